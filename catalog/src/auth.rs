@@ -1,0 +1,352 @@
+//! Tokens: HS256 JWTs carrying tenant, role, scopes and a short expiry, signed with a local key
+//! generated on first use.
+
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::TenantId;
+use crate::{Error, Result};
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Produce events only.
+    Ingest,
+    /// Dashboards and projections.
+    Viewer,
+    /// Ad-hoc SQL.
+    Analyst,
+    /// Tenant settings, keys, erasure; may also ingest and query.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "ingest" => Ok(Role::Ingest),
+            "viewer" => Ok(Role::Viewer),
+            "analyst" => Ok(Role::Analyst),
+            "admin" => Ok(Role::Admin),
+            other => Err(Error::invalid(format!(
+                "unknown role {other:?}: expected ingest, viewer, analyst or admin"
+            ))),
+        }
+    }
+}
+
+/// The verified contents of a token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub tenant: String,
+    pub role: Role,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+    /// Unique id of this token, for audit.
+    pub jti: String,
+}
+
+impl Claims {
+    /// Fails with `Forbidden` unless the token's role is one of `roles`.
+    pub fn require_role(&self, roles: &[Role]) -> Result<()> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden {
+                message: format!(
+                    "role {} may not do this (needs one of: {})",
+                    self.role.as_str(),
+                    roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+}
+
+/// Signs and verifies tokens.
+#[derive(Clone)]
+pub struct TokenAuthority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenAuthority { key: <redacted> }")
+    }
+}
+
+impl TokenAuthority {
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iat"]);
+        TokenAuthority {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Loads the signing key at `path`, generating it (mode 0600) when it does not exist.
+    /// Two processes starting at once agree on one key: the file is created exclusively.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        let ctx = path.display().to_string();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io(parent.display().to_string()))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(path) {
+            Ok(mut file) => {
+                let key: [u8; 32] = rand::random();
+                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                file.write_all(hex.as_bytes())
+                    .map_err(Error::io(ctx.clone()))?;
+                file.sync_all().map_err(Error::io(ctx))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(ctx)(e)),
+        }
+        // A concurrent creator may not have written the key yet: wait briefly for it.
+        for _ in 0..50 {
+            let text =
+                std::fs::read_to_string(path).map_err(Error::io(path.display().to_string()))?;
+            let text = text.trim();
+            if text.len() >= 64 {
+                return Ok(Self::from_secret(text.as_bytes()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(Error::Config {
+            message: format!("signing key file {} is empty or too short", path.display()),
+        })
+    }
+
+    /// Issues a token for `tenant` with `role`, valid for `ttl`.
+    pub fn issue(&self, tenant: &TenantId, role: Role, ttl: Duration) -> Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            tenant: tenant.to_string(),
+            role,
+            scopes: Vec::new(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs() as i64),
+            jti: uuid::Uuid::now_v7().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| Error::internal(format!("signing a token: {e}")))
+    }
+
+    /// Verifies signature and expiry. Every failure is `Unauthenticated`, with a message that
+    /// says which check failed but nothing about the key.
+    pub fn verify(&self, token: &str) -> Result<Claims> {
+        use jsonwebtoken::errors::ErrorKind as K;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| Error::Unauthenticated {
+                message: match e.kind() {
+                    K::ExpiredSignature => "token expired".to_string(),
+                    K::InvalidSignature => "token signature does not verify".to_string(),
+                    K::InvalidAlgorithm => "token algorithm not accepted".to_string(),
+                    _ => "malformed token".to_string(),
+                },
+            })
+    }
+}
+
+/// Parses `90s`, `15m`, `1h`, `7d` (or a bare number of seconds).
+pub fn parse_ttl(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| {
+        Error::invalid(format!(
+            "bad duration {s:?}: expected e.g. 90s, 15m, 1h, 7d"
+        ))
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(Error::invalid(format!(
+                "bad duration unit in {s:?}: use s, m, h or d"
+            )));
+        }
+    };
+    if secs == 0 {
+        return Err(Error::invalid("a duration must be positive"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn tenant(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn issue_and_verify_round_trip() {
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let t = a
+            .issue(&tenant("acme"), Role::Analyst, Duration::from_secs(60))
+            .unwrap();
+        let c = a.verify(&t).unwrap();
+        assert_eq!(c.tenant, "acme");
+        assert_eq!(c.role, Role::Analyst);
+        assert!(c.require_role(&[Role::Ingest, Role::Admin]).is_err());
+        assert!(c.require_role(&[Role::Analyst]).is_ok());
+    }
+
+    #[test]
+    fn forged_expired_and_garbage_tokens_are_unauthenticated() {
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let b = TokenAuthority::from_secret(b"another-key-another-key-another!!");
+        let forged = b
+            .issue(&tenant("acme"), Role::Admin, Duration::from_secs(60))
+            .unwrap();
+        let e = a.verify(&forged).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthenticated);
+        assert!(e.to_string().contains("signature"));
+
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            tenant: "acme".into(),
+            role: Role::Admin,
+            scopes: vec![],
+            iat: now - 100,
+            exp: now - 10,
+            jti: "x".into(),
+        };
+        let expired =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        assert_eq!(a.verify(&expired).unwrap_err().to_string(), "token expired");
+        assert_eq!(
+            a.verify("nope").unwrap_err().kind(),
+            ErrorKind::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/signing.key");
+        let a = TokenAuthority::load_or_create(&path).unwrap();
+        let b = TokenAuthority::load_or_create(&path).unwrap();
+        let t = a
+            .issue(&tenant("acme"), Role::Ingest, Duration::from_secs(60))
+            .unwrap();
+        assert!(b.verify(&t).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("0s").is_err());
+    }
+}
+
+/// Verifies requests: the bearer token, then that its tenant still exists (cached briefly,
+/// so a deleted tenant's tokens stop working within `tenant_cache_ttl`).
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    authority: TokenAuthority,
+    catalog: crate::Catalog,
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    tenant_cache_ttl: Duration,
+}
+
+impl Authenticator {
+    pub fn new(authority: TokenAuthority, catalog: crate::Catalog) -> Self {
+        Authenticator {
+            authority,
+            catalog,
+            known: Default::default(),
+            tenant_cache_ttl: Duration::from_secs(2),
+        }
+    }
+
+    pub fn authority(&self) -> &TokenAuthority {
+        &self.authority
+    }
+
+    /// Checks an `Authorization` header value (`Bearer <jwt>`).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Claims> {
+        let header = authorization.ok_or_else(|| Error::Unauthenticated {
+            message: "missing Authorization header (expected: Bearer <token>)".into(),
+        })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| Error::Unauthenticated {
+                message: "Authorization must be a Bearer token".into(),
+            })?
+            .trim();
+        let claims = self.authority.verify(token)?;
+        let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
+            message: "token names an invalid tenant".into(),
+        })?;
+        let fresh = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|k| k.get(tenant.as_str()).copied())
+            .is_some_and(|at| at.elapsed() < self.tenant_cache_ttl);
+        if !fresh {
+            if !self.catalog.tenant_exists(&tenant).await? {
+                return Err(Error::Unauthenticated {
+                    message: "the token's tenant does not exist".into(),
+                });
+            }
+            if let Ok(mut k) = self.known.lock() {
+                k.insert(tenant.to_string(), std::time::Instant::now());
+            }
+        }
+        Ok(claims)
+    }
+}

@@ -1,0 +1,401 @@
+//! Typed configuration, loaded in layers: defaults < `floe.toml` < `FLOE_*` environment < flags.
+//!
+//! Every key has one dotted name (`listen`, `ingest.flush_interval_ms`). The environment variable
+//! for a key is `FLOE_` plus the name upper-cased with `.` turned into `_`
+//! (`FLOE_INGEST_FLUSH_INTERVAL_MS`); flags pass the same dotted names to [`Config::load`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The whole configuration of a Floe process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded state lives: warehouse, catalog, write-ahead log, signing key.
+    pub data_dir: PathBuf,
+    /// Table storage, by URL. Empty: `file://<data_dir>/warehouse`.
+    pub warehouse: String,
+    /// Catalog database, by URL. Empty: `sqlite://<data_dir>/catalog.db`.
+    pub catalog: String,
+    /// Address the HTTP server listens on.
+    pub listen: String,
+    pub ingest: IngestConfig,
+    pub auth: AuthConfig,
+    pub query: QueryConfig,
+}
+
+/// Ingest limits and batching.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest single event, in bytes (413 above).
+    pub max_event_bytes: usize,
+    /// Largest request body after decompression, in bytes (413 above).
+    pub max_request_bytes: usize,
+    /// Most events in one request (413 above).
+    pub max_events_per_request: usize,
+    /// A tenant's buffered events are committed at most this long after the first arrived.
+    pub flush_interval_ms: u64,
+    /// ... or once this many rows are buffered ...
+    pub flush_max_rows: usize,
+    /// ... or once this many bytes (of event JSON) are buffered.
+    pub flush_max_bytes: usize,
+    /// Acknowledged but not yet committed bytes, over all tenants. Past it, ingest waits up to
+    /// `backpressure_timeout_ms` and then answers 503 with `Retry-After`.
+    pub max_buffered_bytes: usize,
+    /// How long a request waits for buffer space before 503.
+    pub backpressure_timeout_ms: u64,
+    /// The write-ahead log starts a new segment file past this size.
+    pub wal_segment_bytes: u64,
+    /// A retried `(tenant, event_id)` is recognised as a duplicate when it arrives within this
+    /// many seconds of the first copy...
+    pub dedup_window_secs: u64,
+    /// ... and while fewer than this many newer ids were accepted by this process.
+    pub dedup_max_ids: usize,
+    /// `?wait=visible` gives up (504, the events stay durable) after this long.
+    pub wait_visible_timeout_ms: u64,
+    /// Parquet ZSTD level for ingest files.
+    pub zstd_level: i32,
+}
+
+/// Tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing key file. Empty: `<data_dir>/signing.key`, generated on first use (mode 0600).
+    pub signing_key_file: String,
+    /// Longest lifetime `floe token issue` accepts, in seconds.
+    pub max_token_ttl_secs: u64,
+}
+
+/// Query limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// DataFusion target partitions; 0 means the number of cores.
+    pub target_partitions: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./floe-data"),
+            warehouse: String::new(),
+            catalog: String::new(),
+            listen: "127.0.0.1:8080".to_string(),
+            ingest: IngestConfig::default(),
+            auth: AuthConfig::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_event_bytes: 1 << 20,
+            max_request_bytes: 10 << 20,
+            max_events_per_request: 10_000,
+            flush_interval_ms: 250,
+            flush_max_rows: 200_000,
+            flush_max_bytes: 64 << 20,
+            max_buffered_bytes: 512 << 20,
+            backpressure_timeout_ms: 5_000,
+            wal_segment_bytes: 64 << 20,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_ids: 20_000_000,
+            wait_visible_timeout_ms: 30_000,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            signing_key_file: String::new(),
+            max_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers: defaults, then `file` (or `./floe.toml` when it exists), then `FLOE_*`
+    /// variables from `env`, then `overrides` (dotted key, value) from flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| Error::internal(format!("default config does not serialise: {e}")))?;
+        let file = match file {
+            Some(f) => Some(f.to_path_buf()),
+            None => Some(PathBuf::from("floe.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let layer: toml::Value = toml::from_str(&text).map_err(|e| Error::Config {
+                message: format!("{}: {e}", path.display()),
+            })?;
+            merge(&mut value, layer);
+        }
+        let keys = leaf_keys(&value);
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("FLOE_") else {
+                continue;
+            };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let wanted = rest.to_ascii_lowercase();
+            match keys.iter().find(|k| k.replace('.', "_") == wanted) {
+                Some(key) => set_key(&mut value, key, &raw)?,
+                // Other tools may use the prefix too; a typo still gets a warning.
+                None => tracing::warn!(variable = %name, "ignoring unknown FLOE_* variable"),
+            }
+        }
+        for (key, raw) in overrides {
+            set_key(&mut value, key, raw)?;
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config {
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads with the process environment.
+    pub fn from_env(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config> {
+        Config::load(file, std::env::vars(), overrides)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let i = &self.ingest;
+        let positive = [
+            ("ingest.max_event_bytes", i.max_event_bytes as u64),
+            ("ingest.max_request_bytes", i.max_request_bytes as u64),
+            (
+                "ingest.max_events_per_request",
+                i.max_events_per_request as u64,
+            ),
+            ("ingest.flush_interval_ms", i.flush_interval_ms),
+            ("ingest.flush_max_rows", i.flush_max_rows as u64),
+            ("ingest.flush_max_bytes", i.flush_max_bytes as u64),
+            ("ingest.max_buffered_bytes", i.max_buffered_bytes as u64),
+            ("ingest.wal_segment_bytes", i.wal_segment_bytes),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(Error::Config {
+                    message: format!("{key} must be greater than 0"),
+                });
+            }
+        }
+        if i.max_buffered_bytes < i.max_request_bytes {
+            return Err(Error::Config {
+                message: "ingest.max_buffered_bytes must be at least ingest.max_request_bytes"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The warehouse URL, with the embedded default resolved.
+    pub fn warehouse_url(&self) -> Result<String> {
+        if !self.warehouse.is_empty() {
+            return Ok(self.warehouse.trim_end_matches('/').to_string());
+        }
+        Ok(format!(
+            "file://{}",
+            absolute(&self.data_dir.join("warehouse"))?.display()
+        ))
+    }
+
+    /// The catalog URL, with the embedded default resolved.
+    pub fn catalog_url(&self) -> Result<String> {
+        if !self.catalog.is_empty() {
+            return Ok(self.catalog.clone());
+        }
+        Ok(format!(
+            "sqlite://{}",
+            absolute(&self.data_dir.join("catalog.db"))?.display()
+        ))
+    }
+
+    /// The signing key path, with the embedded default resolved.
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.auth.signing_key_file.is_empty() {
+            self.data_dir.join("signing.key")
+        } else {
+            PathBuf::from(&self.auth.signing_key_file)
+        }
+    }
+
+    /// The write-ahead log directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+}
+
+/// Makes `path` absolute without requiring it to exist.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(Error::io(path.display().to_string()))
+}
+
+fn merge(base: &mut toml::Value, layer: toml::Value) {
+    match (base, layer) {
+        (toml::Value::Table(b), toml::Value::Table(l)) => {
+            for (k, v) in l {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, l) => *b = l,
+    }
+}
+
+fn leaf_keys(value: &toml::Value) -> Vec<String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// Sets a dotted key from its text form, typed like the value it replaces.
+fn set_key(root: &mut toml::Value, key: &str, raw: &str) -> Result<()> {
+    let unknown = || Error::Config {
+        message: format!("unknown configuration key {key}"),
+    };
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        node = node.get_mut(*part).ok_or_else(unknown)?;
+    }
+    let last = parts[parts.len() - 1];
+    let table = node.as_table_mut().ok_or_else(unknown)?;
+    let existing = table.get(last).ok_or_else(unknown)?;
+    let bad = |what: &str| Error::Config {
+        message: format!("{key} must be {what}, got {raw:?}"),
+    };
+    let new = match existing {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            parse_size(raw).ok_or_else(|| bad("an integer (a size may end in KiB/MiB/GiB)"))?,
+        ),
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?)
+        }
+        toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|_| bad("a number"))?),
+        toml::Value::Table(_) => return Err(unknown()),
+        _ => toml::Value::String(raw.to_string()),
+    };
+    table.insert(last.to_string(), new);
+    Ok(())
+}
+
+/// Parses `123`, `64KiB`, `10MiB`, `1GiB`.
+fn parse_size(raw: &str) -> Option<i64> {
+    let raw = raw.trim();
+    let (num, mult) = [("KiB", 1i64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+        .iter()
+        .find_map(|(suffix, m)| raw.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+        .unwrap_or((raw, 1));
+    num.parse::<i64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("floe.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\n[ingest]\nflush_interval_ms = 100\nmax_event_bytes = 10\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "FLOE_INGEST_FLUSH_INTERVAL_MS".to_string(),
+                "50".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::load(
+            Some(&file),
+            env,
+            &[("ingest.max_event_bytes", "2KiB".into())],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.ingest.flush_interval_ms, 50);
+        assert_eq!(c.ingest.max_event_bytes, 2048);
+        assert_eq!(c.ingest.max_request_bytes, 10 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let env = vec![("FLOE_NOPE".to_string(), "1".to_string())];
+        assert!(
+            Config::load(None, env, &[]).is_ok(),
+            "unknown variables only warn"
+        );
+        assert!(Config::load(None, vec![], &[("nope", "1".into())]).is_err());
+        let env = vec![("FLOE_INGEST_FLUSH_MAX_ROWS".to_string(), "many".to_string())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("ingest.flush_max_rows"), "{err}");
+        assert!(Config::load(None, vec![], &[("ingest.flush_max_rows", "0".into())]).is_err());
+    }
+
+    #[test]
+    fn example_configs_in_infra_parse_and_match_the_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(Some(&path), vec![], &[]).unwrap();
+                if path.ends_with("floe.example.toml") {
+                    assert_eq!(c, Config::default());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+
+    #[test]
+    fn embedded_defaults_live_under_the_data_dir() {
+        let c = Config::load(None, vec![], &[("data_dir", "/tmp/x".into())]).unwrap();
+        assert_eq!(c.warehouse_url().unwrap(), "file:///tmp/x/warehouse");
+        assert_eq!(c.catalog_url().unwrap(), "sqlite:///tmp/x/catalog.db");
+        assert_eq!(c.signing_key_path(), PathBuf::from("/tmp/x/signing.key"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The catalog's error type: every error knows its kind, and whether retrying can help.
+
+use std::fmt;
+
+/// What went wrong, in terms a caller can act on. The HTTP layer maps kinds to status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller sent something invalid (bad tenant id, bad flag value).
+    InvalidInput,
+    /// No credentials, or credentials that do not verify (forged, expired).
+    Unauthenticated,
+    /// Valid credentials, but not allowed to do this.
+    PermissionDenied,
+    /// The thing named does not exist.
+    NotFound,
+    /// The thing already exists.
+    AlreadyExists,
+    /// Someone else committed first; reload and retry.
+    CommitConflict,
+    /// A dependency (disk, database, object store) failed; a retry may help.
+    Unavailable,
+    /// A bug or corrupt state; retrying will not help.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether the same request may succeed if simply retried later.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::CommitConflict | ErrorKind::Unavailable)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::CommitConflict => "commit_conflict",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Errors of the catalog crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    Invalid { message: String },
+
+    #[error("{message}")]
+    Unauthenticated { message: String },
+
+    #[error("{message}")]
+    Forbidden { message: String },
+
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+
+    #[error("commit conflict on {table}: the table changed since it was loaded")]
+    CommitConflict { table: String },
+
+    #[error("catalog database error during {context}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("iceberg error during {context}")]
+    Iceberg {
+        context: String,
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+
+    #[error("i/o error on {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("configuration error: {message}")]
+    Config { message: String },
+
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } | Error::Config { .. } => ErrorKind::InvalidInput,
+            Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
+            Error::Forbidden { .. } => ErrorKind::PermissionDenied,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::CommitConflict { .. } => ErrorKind::CommitConflict,
+            Error::Database { source, .. } => match source {
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                    ErrorKind::Unavailable
+                }
+                sqlx::Error::Database(db) if db.message().contains("locked") => {
+                    ErrorKind::Unavailable
+                }
+                _ => ErrorKind::Internal,
+            },
+            // Iceberg errors here come from reading and writing table files: storage trouble,
+            // which a later retry may get past.
+            Error::Iceberg { source, .. } => match source.kind() {
+                iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::CommitConflict,
+                _ => ErrorKind::Unavailable,
+            },
+            Error::Io { .. } => ErrorKind::Unavailable,
+            Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.kind().retryable()
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::Invalid {
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Database { context, source }
+    }
+
+    pub(crate) fn ice(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Iceberg {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

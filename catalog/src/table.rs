@@ -1,0 +1,479 @@
+//! Iceberg tables: the `events` table layout, loading tables, and Floe's own commit path.
+//!
+//! iceberg-rust 0.10 cannot run a check inside its commit, and re-applies appends on conflict
+//! without re-checking anything. So this module commits by itself: it writes the manifest, the
+//! manifest list and the new metadata file, then swaps `iceberg_tables.metadata_location` with a
+//! compare-and-swap `UPDATE ... WHERE metadata_location = <the one we read>`. The source
+//! position of the batch (for example the write-ahead-log sequence number) is checked against
+//! the table's current snapshot summary before every attempt and written into the new snapshot
+//! summary, so a batch lands exactly once however often the commit is retried.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use iceberg::spec::{
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder, NestedField,
+    Operation, PrimitiveType, Schema, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder, Transform, Type,
+    UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
+
+use crate::tenant::TenantId;
+use crate::{Catalog, Error, Result};
+
+/// The append-only event log of a tenant.
+pub const EVENTS_TABLE: &str = "events";
+
+/// Snapshot-summary keys holding source positions start with this.
+pub const POSITION_PREFIX: &str = "floe.position.";
+
+/// The schema of `<tenant>.events`. Field ids are fixed: readers and writers rely on them.
+pub fn events_schema() -> Result<Schema> {
+    let string = || Type::Primitive(PrimitiveType::String);
+    let tstz = || Type::Primitive(PrimitiveType::Timestamptz);
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            NestedField::required(1, "event_id", string()).into(),
+            NestedField::required(2, "tenant_id", string()).into(),
+            NestedField::required(3, "type", string()).into(),
+            NestedField::required(4, "version", Type::Primitive(PrimitiveType::Int)).into(),
+            NestedField::required(5, "ts", tstz()).into(),
+            NestedField::required(6, "received_at", tstz()).into(),
+            NestedField::optional(7, "user_id", string()).into(),
+            NestedField::required(8, "payload", string()).into(),
+        ])
+        .build()
+        .map_err(Error::ice("building the events schema"))
+}
+
+/// A batch's position in its source, checked and recorded by [`Catalog::commit_append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// Names the source, e.g. `wal-<uuid>`; the summary key is `floe.position.<source>`.
+    pub source: String,
+    /// First position in this batch (inclusive).
+    pub first: u64,
+    /// Last position in this batch (inclusive); recorded in the snapshot summary.
+    pub last: u64,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The table's current snapshot after the call.
+    pub snapshot_id: Option<i64>,
+    /// The batch's position was already in the table: nothing was committed.
+    pub already_committed: bool,
+    /// How many compare-and-swap attempts lost to another writer.
+    pub conflicts: u32,
+}
+
+/// Cache of the last metadata seen per table, keyed by its location, so a commit does not
+/// re-read a metadata file it wrote itself.
+pub(crate) type TableCache = Arc<Mutex<HashMap<(String, String), (String, Arc<TableMetadata>)>>>;
+
+const MAX_COMMIT_ATTEMPTS: u32 = 25;
+
+impl Catalog {
+    /// Writes the first metadata file of a tenant's events table; returns its location.
+    pub(crate) async fn create_events_metadata(&self, tenant: &TenantId) -> Result<String> {
+        let location = format!("{}/{}/{}", self.warehouse, tenant, EVENTS_TABLE);
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(5, "ts_day", Transform::Day)
+            .map_err(Error::ice("partition spec"))?
+            .build();
+        let creation = TableCreation::builder()
+            .name(EVENTS_TABLE.to_string())
+            .location(location.clone())
+            .schema(events_schema()?)
+            .partition_spec(spec)
+            .properties([
+                ("write.format.default".to_string(), "parquet".to_string()),
+                (
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ),
+                ("floe.table.kind".to_string(), "event-log".to_string()),
+            ])
+            .format_version(FormatVersion::V2)
+            .build();
+        let metadata = TableMetadataBuilder::from_table_creation(creation)
+            .map_err(Error::ice("table metadata"))?
+            .build()
+            .map_err(Error::ice("table metadata"))?
+            .metadata;
+        let metadata_location = MetadataLocation::new_with_metadata(&location, &metadata);
+        let metadata_location = metadata_location.to_string();
+        self.write_metadata(&metadata, &metadata_location).await?;
+        Ok(metadata_location)
+    }
+
+    /// Writes a metadata file and syncs it to storage before returning.
+    async fn write_metadata(&self, metadata: &TableMetadata, location: &str) -> Result<()> {
+        let json = serde_json::to_vec(metadata)
+            .map_err(|e| Error::internal(format!("serialising table metadata: {e}")))?;
+        let out = self
+            .file_io
+            .new_output(location)
+            .map_err(Error::ice("metadata output"))?;
+        let mut writer = out.writer().await.map_err(Error::ice("metadata writer"))?;
+        writer
+            .write(Bytes::from(json))
+            .await
+            .map_err(Error::ice("writing metadata"))?;
+        writer
+            .close()
+            .await
+            .map_err(Error::ice("closing metadata"))?;
+        Ok(())
+    }
+
+    /// Names of the tables in a tenant's namespace.
+    pub async fn list_tables(&self, tenant: &TenantId) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT table_name FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? \
+             ORDER BY table_name",
+        )
+        .bind(&self.name)
+        .bind(tenant.as_str())
+        .fetch_all(&self.db)
+        .await
+        .map_err(Error::db("list tables"))?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    async fn metadata_location(&self, tenant: &TenantId, table: &str) -> Result<String> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? \
+             AND table_namespace = ? AND table_name = ?",
+        )
+        .bind(&self.name)
+        .bind(tenant.as_str())
+        .bind(table)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(Error::db("load table"))?;
+        row.and_then(|(l,)| l).ok_or_else(|| Error::NotFound {
+            what: format!("table {tenant}.{table}"),
+        })
+    }
+
+    /// Loads the current state of a table.
+    pub async fn load_table(&self, tenant: &TenantId, table: &str) -> Result<Table> {
+        let location = self.metadata_location(tenant, table).await?;
+        let key = (tenant.to_string(), table.to_string());
+        let cached = {
+            let cache = self
+                .tables
+                .lock()
+                .map_err(|_| Error::internal("table cache poisoned"))?;
+            cache
+                .get(&key)
+                .filter(|(l, _)| *l == location)
+                .map(|(_, m)| m.clone())
+        };
+        let metadata = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(
+                    TableMetadata::read_from(&self.file_io, &location)
+                        .await
+                        .map_err(Error::ice(format!("reading metadata of {tenant}.{table}")))?,
+                );
+                self.cache_metadata(&key, &location, &m);
+                m
+            }
+        };
+        self.table_from(tenant, table, &location, metadata)
+    }
+
+    fn cache_metadata(&self, key: &(String, String), location: &str, m: &Arc<TableMetadata>) {
+        if let Ok(mut cache) = self.tables.lock() {
+            cache.insert(key.clone(), (location.to_string(), m.clone()));
+        }
+    }
+
+    fn table_from(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        location: &str,
+        metadata: Arc<TableMetadata>,
+    ) -> Result<Table> {
+        // Reads of this table run on the runtime of whoever loaded it.
+        let runtime = iceberg::Runtime::try_current().map_err(Error::ice("no tokio runtime"))?;
+        Table::builder()
+            .runtime(runtime)
+            .file_io(self.file_io.clone())
+            .metadata_location(location)
+            .metadata(metadata)
+            .identifier(TableIdent::new(
+                NamespaceIdent::new(tenant.to_string()),
+                table.to_string(),
+            ))
+            .build()
+            .map_err(Error::ice("building table handle"))
+    }
+
+    /// The last position of `source` committed to the table, read from its current snapshot.
+    pub async fn committed_position(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        source: &str,
+    ) -> Result<Option<u64>> {
+        let t = self.load_table(tenant, table).await?;
+        Ok(position_in(t.metadata(), source))
+    }
+
+    /// Appends `files` to the table in one snapshot, exactly once with respect to `position`:
+    /// if the table already holds the batch's last position, nothing is committed. Retries
+    /// lost compare-and-swaps (reloading and re-checking the position each time).
+    pub async fn commit_append(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        files: Vec<DataFile>,
+        position: Option<&SourcePosition>,
+    ) -> Result<CommitOutcome> {
+        let mut conflicts = 0;
+        loop {
+            let current = self.load_table(tenant, table).await?;
+            let metadata = current.metadata();
+            if let Some(pos) = position {
+                match position_in(metadata, &pos.source) {
+                    Some(done) if done >= pos.last => {
+                        return Ok(CommitOutcome {
+                            snapshot_id: metadata.current_snapshot_id(),
+                            already_committed: true,
+                            conflicts,
+                        });
+                    }
+                    Some(done) if done >= pos.first => {
+                        return Err(Error::internal(format!(
+                            "{tenant}.{table}: batch {}..={} of {} overlaps committed position {done}",
+                            pos.first, pos.last, pos.source
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            let old_location = current
+                .metadata_location()
+                .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+                .to_string();
+            let (new_metadata, new_location, snapshot_id) = self
+                .prepare_append(&current, &old_location, files.clone(), position)
+                .await?;
+            let swapped = sqlx::query(
+                "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+                 WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+            )
+            .bind(&new_location)
+            .bind(&old_location)
+            .bind(&self.name)
+            .bind(tenant.as_str())
+            .bind(table)
+            .bind(&old_location)
+            .execute(&self.db)
+            .await
+            .map_err(Error::db("metadata swap"))?;
+            if swapped.rows_affected() == 1 {
+                let key = (tenant.to_string(), table.to_string());
+                self.cache_metadata(&key, &new_location, &Arc::new(new_metadata));
+                return Ok(CommitOutcome {
+                    snapshot_id: Some(snapshot_id),
+                    already_committed: false,
+                    conflicts,
+                });
+            }
+            conflicts += 1;
+            if conflicts >= MAX_COMMIT_ATTEMPTS {
+                return Err(Error::CommitConflict {
+                    table: format!("{tenant}.{table}"),
+                });
+            }
+            tracing::debug!(%tenant, table, conflicts, "commit lost a race; reloading");
+            let backoff = 5u64 * (1 << conflicts.min(6));
+            let jitter = rand::random::<u64>() % backoff.max(1);
+            tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+        }
+    }
+
+    /// Writes the manifest, manifest list and metadata file of an append on top of `current`.
+    async fn prepare_append(
+        &self,
+        current: &Table,
+        old_location: &str,
+        files: Vec<DataFile>,
+        position: Option<&SourcePosition>,
+    ) -> Result<(TableMetadata, String, i64)> {
+        let metadata = current.metadata();
+        let table_location = metadata.location();
+        let schema = metadata.current_schema().clone();
+        let spec = metadata.default_partition_spec().clone();
+        let commit_id = uuid::Uuid::now_v7();
+        let snapshot_id = new_snapshot_id(metadata);
+        let sequence_number = metadata.next_sequence_number();
+        let parent = metadata.current_snapshot().cloned();
+
+        // The summary: added-* from the new files, total-* carried from the parent, source
+        // positions carried from the parent and this batch's written over them.
+        let mut collector = SnapshotSummaryCollector::default();
+        for f in &files {
+            collector.add_file(f, schema.clone(), spec.clone());
+        }
+        let mut props: HashMap<String, String> = HashMap::new();
+        if let Some(p) = &parent {
+            for (k, v) in &p.summary().additional_properties {
+                if k.starts_with(POSITION_PREFIX) {
+                    props.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let added = collector.build();
+        for (total, added_key) in [
+            ("total-records", "added-records"),
+            ("total-data-files", "added-data-files"),
+            ("total-files-size", "added-files-size"),
+        ] {
+            let before = parent
+                .as_ref()
+                .and_then(|p| p.summary().additional_properties.get(total))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let plus = added
+                .get(added_key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            props.insert(total.to_string(), (before + plus).to_string());
+        }
+        for k in [
+            "total-delete-files",
+            "total-position-deletes",
+            "total-equality-deletes",
+        ] {
+            props.insert(k.to_string(), "0".to_string());
+        }
+        props.extend(added);
+        if let Some(pos) = position {
+            props.insert(
+                format!("{POSITION_PREFIX}{}", pos.source),
+                pos.last.to_string(),
+            );
+        }
+
+        // The new manifest holds the added files; the parent's manifests carry over unchanged.
+        let manifest_path = format!("{table_location}/metadata/{commit_id}-m0.avro");
+        let out = self
+            .file_io
+            .new_output(&manifest_path)
+            .map_err(Error::ice("manifest output"))?;
+        let mut writer =
+            ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), (*spec).clone())
+                .build_v2_data();
+        for f in files {
+            writer
+                .add_file(f, sequence_number)
+                .map_err(Error::ice("adding a file to the manifest"))?;
+        }
+        let new_manifest = writer
+            .write_manifest_file()
+            .await
+            .map_err(Error::ice("writing the manifest"))?;
+        let mut manifests = Vec::new();
+        if let Some(p) = &parent {
+            let list = current
+                .manifest_list_reader(p)
+                .load()
+                .await
+                .map_err(Error::ice("reading the parent manifest list"))?;
+            manifests.extend(list.entries().iter().cloned());
+        }
+        manifests.push(new_manifest);
+
+        let list_path = format!("{table_location}/metadata/snap-{snapshot_id}-0-{commit_id}.avro");
+        let list_out = self
+            .file_io
+            .new_output(&list_path)
+            .map_err(Error::ice("manifest list output"))?
+            .writer()
+            .await
+            .map_err(Error::ice("manifest list writer"))?;
+        let mut list_writer = ManifestListWriter::v2(
+            list_out,
+            snapshot_id,
+            parent.as_ref().map(|p| p.snapshot_id()),
+            sequence_number,
+        );
+        list_writer
+            .add_manifests(manifests.into_iter())
+            .map_err(Error::ice("manifest list"))?;
+        list_writer
+            .close()
+            .await
+            .map_err(Error::ice("writing the manifest list"))?;
+
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
+            .with_sequence_number(sequence_number)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(list_path)
+            .with_summary(Summary {
+                operation: Operation::Append,
+                additional_properties: props,
+            })
+            .with_schema_id(metadata.current_schema_id())
+            .build();
+        let new_metadata = TableMetadataBuilder::new_from_metadata(
+            metadata.clone(),
+            Some(old_location.to_string()),
+        )
+        .add_snapshot(snapshot)
+        .map_err(Error::ice("adding the snapshot"))?
+        .set_ref(
+            MAIN_BRANCH,
+            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+        )
+        .map_err(Error::ice("moving main"))?
+        .build()
+        .map_err(Error::ice("building metadata"))?
+        .metadata;
+        let new_location = MetadataLocation::from_str(old_location)
+            .map_err(Error::ice("parsing the metadata location"))?
+            .with_next_version()
+            .with_new_metadata(&new_metadata)
+            .to_string();
+        self.write_metadata(&new_metadata, &new_location).await?;
+        Ok((new_metadata, new_location, snapshot_id))
+    }
+}
+
+/// The position of `source` recorded in the table's current snapshot.
+pub fn position_in(metadata: &TableMetadata, source: &str) -> Option<u64> {
+    metadata
+        .current_snapshot()?
+        .summary()
+        .additional_properties
+        .get(&format!("{POSITION_PREFIX}{source}"))?
+        .parse()
+        .ok()
+}
+
+fn new_snapshot_id(metadata: &TableMetadata) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && metadata.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine as well as a warm one: builds Floe once (release
+# profile, shared by every step), runs the Rust tests, then the Python tests in which pyiceberg
+# and DuckDB read Floe's tables. Needs no running services: the embedded defaults are what is
+# tested here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${FLOE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/floe}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+echo "== build (release profile, target dir $CARGO_TARGET_DIR)"
+cargo build --release --locked --bin floe
+
+echo "== rust tests"
+cargo test --release --locked --workspace --no-fail-fast
+
+echo "== python tests (pyiceberg, DuckDB)"
+VENV="$CACHE/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+FLOE_BIN="$CARGO_TARGET_DIR/release/floe" "$VENV/bin/python" -m pytest -q tests/python

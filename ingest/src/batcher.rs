@@ -1,0 +1,158 @@
+//! The micro-batcher of one tenant: buffers durable records and commits them as one Iceberg
+//! append when the oldest has waited `flush_interval_ms`, or the buffer reaches
+//! `flush_max_rows` or `flush_max_bytes`, whichever comes first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{ErrorKind, SourcePosition, TenantId};
+use iceberg::spec::DataFile;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::event::StoredEvent;
+use crate::service::{Shared, Visible};
+use crate::wal::Record;
+use crate::writer::write_events;
+use crate::{Error, Result};
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+) {
+    let cfg = shared.config.clone();
+    let interval = Duration::from_millis(cfg.flush_interval_ms);
+    let mut buf: Vec<Record> = Vec::new();
+    let mut rows = 0usize;
+    let mut bytes = 0usize;
+    let mut deadline = Instant::now();
+    loop {
+        let next = if buf.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                r = rx.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+                    rows = 0;
+                    bytes = 0;
+                    continue;
+                }
+            }
+        };
+        let Some(record) = next else {
+            if !buf.is_empty() {
+                flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+            }
+            return;
+        };
+        if buf.is_empty() {
+            deadline = Instant::now() + interval;
+        }
+        rows += record.events.len();
+        bytes += record.events.iter().map(|e| e.size()).sum::<usize>();
+        buf.push(record);
+        if rows >= cfg.flush_max_rows || bytes >= cfg.flush_max_bytes {
+            flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+            rows = 0;
+            bytes = 0;
+        }
+    }
+}
+
+/// Commits `records` exactly once, retrying with backoff until it succeeds. The records stay
+/// in the write-ahead log until then, and their buffer permits stay held (backpressure).
+async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return;
+    };
+    let position = SourcePosition {
+        source: shared.wal_source.clone(),
+        first: first.lsn,
+        last: last.lsn,
+    };
+    let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
+    let events: Vec<&StoredEvent> = records.iter().flat_map(|r| r.events.iter()).collect();
+    let mut files: Option<Vec<DataFile>> = None;
+    let mut attempt = 0u32;
+    let mut failing = false;
+    loop {
+        let started = Instant::now();
+        match try_flush(shared, tenant, &events, &position, &mut files).await {
+            Ok(visible) => {
+                if failing {
+                    tracing::info!(%tenant, "commits recovered");
+                }
+                tracing::debug!(
+                    %tenant, rows = events.len(), lsn = position.last,
+                    ms = started.elapsed().as_millis() as u64, "committed"
+                );
+                shared.committed(tenant, &lsns, visible);
+                return;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::error!(%tenant, error = %e, "tenant table is gone; dropping its buffered events");
+                shared.committed(
+                    tenant,
+                    &lsns,
+                    Visible {
+                        lsn: position.last,
+                        snapshot_id: None,
+                    },
+                );
+                return;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(%tenant, error = %e, source = ?std::error::Error::source(&e), "commit failed; retrying with backoff");
+                    failing = true;
+                }
+                // Files written by a failed attempt are kept for the next one unless the
+                // failure was in writing them.
+                attempt += 1;
+                let base = 100u64 << attempt.min(6);
+                let jitter = rand::random::<u64>() % base;
+                tokio::time::sleep(Duration::from_millis((base + jitter).min(10_000))).await;
+            }
+        }
+    }
+}
+
+async fn try_flush(
+    shared: &Shared,
+    tenant: &TenantId,
+    events: &[&StoredEvent],
+    position: &SourcePosition,
+    files: &mut Option<Vec<DataFile>>,
+) -> Result<Visible> {
+    let catalog = &shared.catalog;
+    if files.is_none() {
+        let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+        // Already committed (a replay after a crash that followed the commit)?
+        if let Some(done) = floe_catalog::table::position_in(table.metadata(), &position.source)
+            && done >= position.last
+        {
+            return Ok(Visible {
+                lsn: position.last,
+                snapshot_id: table.metadata().current_snapshot_id(),
+            });
+        }
+        *files =
+            Some(write_events(&table, tenant.as_str(), events, shared.config.zstd_level).await?);
+    }
+    let data_files = files.clone().ok_or_else(|| Error::Internal {
+        message: "no files to commit".into(),
+    })?;
+    let outcome = catalog
+        .commit_append(tenant, EVENTS_TABLE, data_files, Some(position))
+        .await?;
+    if outcome.already_committed {
+        tracing::info!(%tenant, lsn = position.last, "batch was already committed; its new files are unreferenced");
+    }
+    Ok(Visible {
+        lsn: position.last,
+        snapshot_id: outcome.snapshot_id,
+    })
+}

@@ -1,0 +1,149 @@
+//! De-duplication of `(tenant, event_id)` within a window.
+//!
+//! A producer-supplied `event_id` is remembered (as a 128-bit hash) for `window` after it was
+//! accepted, up to `max_ids` ids per process (oldest forgotten first). A retry inside that
+//! window is acknowledged but not stored again. On start the set is rebuilt from the tables
+//! (ids received within the window) and the write-ahead log, so the guarantee holds across
+//! restarts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// Hash of a `(tenant, event_id)` pair.
+pub type Key = u128;
+
+pub fn key(tenant: &str, event_id: &str) -> Key {
+    let mut h = Xxh3::new();
+    h.update(tenant.as_bytes());
+    h.update(&[0xff]);
+    h.update(event_id.as_bytes());
+    h.digest128()
+}
+
+pub struct Dedup {
+    window_us: i64,
+    max_ids: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Key to the time (µs) it was accepted.
+    seen: HashMap<Key, i64>,
+    /// Insertion order, for eviction.
+    order: VecDeque<(Key, i64)>,
+}
+
+impl Dedup {
+    pub fn new(window_secs: u64, max_ids: usize) -> Dedup {
+        Dedup {
+            window_us: (window_secs as i64).saturating_mul(1_000_000),
+            max_ids: max_ids.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// For each key, in order: `true` if it is new (and now remembered), `false` if it was
+    /// seen within the window (including earlier in the same slice).
+    pub fn admit(&self, keys: &[Key], now_us: i64) -> Vec<bool> {
+        let mut inner = self.lock();
+        self.evict(&mut inner, now_us);
+        let verdicts = keys
+            .iter()
+            .map(|k| {
+                if inner.seen.contains_key(k) {
+                    false
+                } else {
+                    inner.seen.insert(*k, now_us);
+                    inner.order.push_back((*k, now_us));
+                    true
+                }
+            })
+            .collect();
+        self.evict(&mut inner, now_us);
+        verdicts
+    }
+
+    /// Remembers keys accepted earlier (at `at_us`), as found on start.
+    pub fn remember(&self, keys: impl IntoIterator<Item = (Key, i64)>, now_us: i64) {
+        let mut inner = self.lock();
+        for (k, at) in keys {
+            if at + self.window_us < now_us {
+                continue;
+            }
+            if inner.seen.insert(k, at).is_none() {
+                inner.order.push_back((k, at));
+            }
+        }
+        self.evict(&mut inner, now_us);
+    }
+
+    /// Forgets keys admitted by a request that then failed, so that its retry is stored.
+    pub fn forget(&self, keys: &[Key]) {
+        let mut inner = self.lock();
+        for k in keys {
+            inner.seen.remove(k);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The set holds plain data; a panic elsewhere cannot leave it inconsistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn evict(&self, inner: &mut Inner, now_us: i64) {
+        let horizon = now_us - self.window_us;
+        while let Some(&(k, at)) = inner.order.front() {
+            if at >= horizon && inner.order.len() <= self.max_ids {
+                break;
+            }
+            inner.order.pop_front();
+            // Only drop the entry this order slot stands for (it may have been re-admitted).
+            if inner.seen.get(&k) == Some(&at) {
+                inner.seen.remove(&k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_once_within_the_window() {
+        let d = Dedup::new(10, 100);
+        let a = key("t", "a");
+        let b = key("t", "b");
+        assert_eq!(d.admit(&[a, b, a], 0), vec![true, true, false]);
+        assert_eq!(d.admit(&[a], 9_000_000), vec![false]);
+        // After the window, the id is forgotten.
+        assert_eq!(d.admit(&[a], 11_000_001), vec![true]);
+        // Tenants are separate.
+        assert_ne!(key("t1", "a"), key("t2", "a"));
+        assert_ne!(key("ab", "c"), key("a", "bc"));
+    }
+
+    #[test]
+    fn bounded_by_max_ids_and_forget_undoes_admit() {
+        let d = Dedup::new(1000, 3);
+        let keys: Vec<_> = (0..5).map(|i| key("t", &i.to_string())).collect();
+        assert_eq!(d.admit(&keys, 0), vec![true; 5]);
+        assert_eq!(d.len(), 3);
+        // The oldest two were forgotten.
+        assert_eq!(d.admit(&[keys[0]], 1), vec![true]);
+        assert_eq!(d.admit(&[keys[4]], 2), vec![false]);
+        d.forget(&[keys[4]]);
+        assert_eq!(d.admit(&[keys[4]], 3), vec![true]);
+    }
+}

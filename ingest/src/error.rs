@@ -1,0 +1,55 @@
+use floe_catalog::ErrorKind;
+
+/// Errors of the ingest crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Catalog(#[from] floe_catalog::Error),
+
+    #[error("{message}")]
+    Wal { message: String },
+
+    #[error("i/o error on {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("iceberg error while {context}")]
+    Iceberg {
+        context: &'static str,
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+
+    #[error("{message}")]
+    Invalid { message: String },
+
+    #[error("{message}")]
+    Overloaded { message: String },
+
+    #[error("{message}")]
+    Timeout { message: String },
+
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Catalog(e) => e.kind(),
+            Error::Wal { .. } | Error::Io { .. } | Error::Iceberg { .. } => ErrorKind::Unavailable,
+            Error::Overloaded { .. } | Error::Timeout { .. } => ErrorKind::Unavailable,
+            Error::Invalid { .. } => ErrorKind::InvalidInput,
+            Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.kind().retryable()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

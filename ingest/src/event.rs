@@ -1,0 +1,422 @@
+//! Events as producers send them, validated and normalised into [`StoredEvent`]s.
+//!
+//! Bodies are a JSON object, a JSON array of objects, or NDJSON (one object per line). Each
+//! event is judged on its own: the valid ones of a mixed batch are stored, the others are
+//! reported by index with a stable error code.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// An event ready to be logged and stored. Times are microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub kind: String,
+    pub version: i32,
+    pub ts: i64,
+    pub received_at: i64,
+    pub user_id: Option<String>,
+    /// The payload object as JSON text.
+    pub payload: String,
+    /// Whether the producer supplied `event_id` (only those take part in de-duplication).
+    pub client_id: bool,
+}
+
+impl StoredEvent {
+    /// Approximate bytes this event holds in memory and in files.
+    pub fn size(&self) -> usize {
+        self.event_id.len()
+            + self.kind.len()
+            + self.user_id.as_ref().map_or(0, |u| u.len())
+            + self.payload.len()
+            + 32
+    }
+}
+
+/// Why one event was rejected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Body framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A JSON object or an array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// Why a whole body was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyError {
+    /// Not parseable as the declared framing.
+    Malformed(String),
+    /// More events than allowed.
+    TooManyEvents { count: usize, max: usize },
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+}
+
+/// Splits a body into raw per-event JSON texts, without parsing the events themselves.
+pub fn split_body(body: &[u8], framing: Framing, limits: Limits) -> Result<Vec<&str>, BodyError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| BodyError::Malformed(format!("body is not UTF-8: {e}")))?;
+    let items: Vec<&str> = match framing {
+        Framing::Json => {
+            let trimmed = text.trim_start();
+            if trimmed.starts_with('[') {
+                let raws: Vec<&RawValue> = serde_json::from_str(text)
+                    .map_err(|e| BodyError::Malformed(format!("invalid JSON array: {e}")))?;
+                raws.into_iter().map(|r| r.get()).collect()
+            } else if trimmed.starts_with('{') {
+                let raw: &RawValue = serde_json::from_str(text)
+                    .map_err(|e| BodyError::Malformed(format!("invalid JSON object: {e}")))?;
+                vec![raw.get()]
+            } else {
+                return Err(BodyError::Malformed(
+                    "expected a JSON object or an array of objects".into(),
+                ));
+            }
+        }
+        Framing::Ndjson => text
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty())
+            .collect(),
+    };
+    if items.len() > limits.max_events {
+        return Err(BodyError::TooManyEvents {
+            count: items.len(),
+            max: limits.max_events,
+        });
+    }
+    Ok(items)
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    event_id: Option<Value>,
+    tenant_id: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    version: Option<Value>,
+    timestamp: Option<Value>,
+    user_id: Option<Value>,
+    payload: Option<Value>,
+}
+
+const MAX_ID_LEN: usize = 256;
+
+/// Validates one raw event for `tenant`, received at `received_at` (µs).
+pub fn parse_event(
+    index: usize,
+    raw: &str,
+    tenant: &str,
+    received_at: i64,
+    limits: Limits,
+) -> Result<StoredEvent, Rejection> {
+    let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
+        index,
+        event_id,
+        code,
+        message,
+    };
+    if raw.len() > limits.max_event_bytes {
+        return Err(reject(
+            None,
+            "event_too_large",
+            format!(
+                "event is {} bytes; the limit is {}",
+                raw.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|e| reject(None, "malformed_json", format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(reject(
+            None,
+            "not_an_object",
+            "an event must be a JSON object".into(),
+        ));
+    }
+    let ev: Incoming = serde_json::from_value(value)
+        .map_err(|e| reject(None, "malformed_json", format!("invalid event: {e}")))?;
+
+    let (event_id, client_id) = match ev.event_id {
+        None | Some(Value::Null) => (uuid::Uuid::now_v7().to_string(), false),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => (s, true),
+        Some(_) => {
+            return Err(reject(
+                None,
+                "invalid_event_id",
+                format!("event_id must be a non-empty string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    };
+    let id = Some(event_id.clone()).filter(|_| client_id);
+    match ev.tenant_id {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == tenant => {}
+        Some(Value::String(t)) => {
+            return Err(reject(
+                id,
+                "tenant_mismatch",
+                format!("tenant_id {t:?} does not match the token's tenant"),
+            ));
+        }
+        Some(_) => {
+            return Err(reject(
+                id,
+                "invalid_tenant_id",
+                "tenant_id must be a string".into(),
+            ));
+        }
+    }
+    let kind = match ev.kind {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s,
+        None | Some(Value::Null) => {
+            return Err(reject(id, "missing_field", "type is required".into()));
+        }
+        Some(_) => {
+            return Err(reject(
+                id,
+                "invalid_type",
+                format!("type must be a non-empty string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    };
+    let version = match ev.version {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if (1..=i32::MAX as i64).contains(&v) => v as i32,
+            _ => {
+                return Err(reject(
+                    id,
+                    "invalid_version",
+                    "version must be a positive integer".into(),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(reject(
+                id,
+                "invalid_version",
+                "version must be a positive integer".into(),
+            ));
+        }
+    };
+    let ts = match ev.timestamp {
+        None | Some(Value::Null) => {
+            return Err(reject(id, "missing_field", "timestamp is required".into()));
+        }
+        Some(v) => parse_timestamp(&v).map_err(|m| reject(id.clone(), "invalid_timestamp", m))?,
+    };
+    let mut payload = match ev.payload {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(reject(
+                id,
+                "invalid_payload",
+                "payload must be a JSON object".into(),
+            ));
+        }
+    };
+    let user_id = match ev.user_id {
+        None | Some(Value::Null) => match payload.get("user_id") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        },
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(reject(
+                id,
+                "invalid_user_id",
+                format!("user_id must be a string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    };
+    let payload = serde_json::to_string(&std::mem::take(&mut payload))
+        .map_err(|e| reject(id, "invalid_payload", e.to_string()))?;
+    Ok(StoredEvent {
+        event_id,
+        kind,
+        version,
+        ts,
+        received_at,
+        user_id,
+        payload,
+        client_id,
+    })
+}
+
+/// Earliest and latest accepted event time: years 1900 to 9999.
+const MIN_TS_US: i64 = -2_208_988_800_000_000;
+const MAX_TS_US: i64 = 253_402_300_799_999_999;
+
+/// Unix seconds or milliseconds (told apart by magnitude: 10^11 and above is milliseconds),
+/// or RFC 3339 text. Returns microseconds.
+pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
+    let us = match v {
+        Value::Number(n) => {
+            let f = n
+                .as_f64()
+                .ok_or_else(|| "timestamp is not a finite number".to_string())?;
+            if !f.is_finite() {
+                return Err("timestamp is not a finite number".into());
+            }
+            if f.abs() >= 1e11 {
+                match n.as_i64() {
+                    Some(ms) => ms.checked_mul(1000).ok_or("timestamp out of range")?,
+                    None => (f * 1e3).round() as i64,
+                }
+            } else {
+                match n.as_i64() {
+                    Some(s) => s * 1_000_000,
+                    None => (f * 1e6).round() as i64,
+                }
+            }
+        }
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| format!("timestamp {s:?} is not RFC 3339: {e}"))?
+            .timestamp_micros(),
+        _ => return Err("timestamp must be a number (Unix s or ms) or an RFC 3339 string".into()),
+    };
+    if !(MIN_TS_US..=MAX_TS_US).contains(&us) {
+        return Err("timestamp is outside the years 1900 to 9999".into());
+    }
+    Ok(us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const L: Limits = Limits {
+        max_event_bytes: 1 << 20,
+        max_events: 10,
+    };
+
+    #[test]
+    fn three_timestamp_forms_agree() {
+        let s = parse_timestamp(&json!(1_764_150_000)).unwrap();
+        let ms = parse_timestamp(&json!(1_764_150_000_000i64)).unwrap();
+        let rfc = parse_timestamp(&json!("2025-11-26T09:40:00Z")).unwrap();
+        let rfc_offset = parse_timestamp(&json!("2025-11-26T10:40:00+01:00")).unwrap();
+        assert_eq!(s, 1_764_150_000_000_000);
+        assert_eq!(s, ms);
+        assert_eq!(s, rfc);
+        assert_eq!(s, rfc_offset);
+        assert_eq!(parse_timestamp(&json!(1.5)).unwrap(), 1_500_000);
+        assert!(parse_timestamp(&json!("yesterday")).is_err());
+        assert!(parse_timestamp(&json!(true)).is_err());
+        assert!(parse_timestamp(&json!(1e300)).is_err());
+    }
+
+    #[test]
+    fn event_fields_are_validated() {
+        let ok = parse_event(
+            0,
+            r#"{"event_id":"e1","type":"PageViewed","timestamp":1764150000,
+                "payload":{"page":"/","user_id":"u-1"}}"#,
+            "acme",
+            7,
+            L,
+        )
+        .unwrap();
+        assert_eq!(ok.event_id, "e1");
+        assert_eq!(ok.user_id.as_deref(), Some("u-1"));
+        assert_eq!(ok.version, 1);
+        assert_eq!(ok.received_at, 7);
+        assert!(ok.client_id);
+
+        let cases = [
+            (r#"{"timestamp":1}"#, "missing_field"),
+            (r#"{"type":"A"}"#, "missing_field"),
+            (r#"{"type":5,"timestamp":1}"#, "invalid_type"),
+            (r#"{"type":"A","timestamp":"x"}"#, "invalid_timestamp"),
+            (
+                r#"{"type":"A","timestamp":1,"tenant_id":"other"}"#,
+                "tenant_mismatch",
+            ),
+            (
+                r#"{"type":"A","timestamp":1,"version":0}"#,
+                "invalid_version",
+            ),
+            (
+                r#"{"type":"A","timestamp":1,"payload":[1]}"#,
+                "invalid_payload",
+            ),
+            (
+                r#"{"type":"A","timestamp":1,"event_id":""}"#,
+                "invalid_event_id",
+            ),
+            (r#"[1]"#, "not_an_object"),
+            (r#"{"type":"A","timestamp":1"#, "malformed_json"),
+        ];
+        for (raw, code) in cases {
+            let r = parse_event(3, raw, "acme", 0, L).unwrap_err();
+            assert_eq!(r.code, code, "{raw}");
+            assert_eq!(r.index, 3);
+        }
+        let big = format!(
+            r#"{{"type":"A","timestamp":1,"payload":{{"x":"{}"}}}}"#,
+            "a".repeat(100)
+        );
+        let small = Limits {
+            max_event_bytes: 50,
+            max_events: 10,
+        };
+        assert_eq!(
+            parse_event(0, &big, "acme", 0, small).unwrap_err().code,
+            "event_too_large"
+        );
+    }
+
+    #[test]
+    fn missing_event_id_gets_a_server_id() {
+        let e = parse_event(0, r#"{"type":"A","timestamp":1}"#, "acme", 0, L).unwrap();
+        assert!(!e.client_id);
+        assert_eq!(e.event_id.len(), 36);
+    }
+
+    #[test]
+    fn bodies_split_by_framing() {
+        let one = split_body(br#"{"a":1}"#, Framing::Json, L).unwrap();
+        assert_eq!(one, vec![r#"{"a":1}"#]);
+        let arr = split_body(br#"[{"a":1}, {"b":2}]"#, Framing::Json, L).unwrap();
+        assert_eq!(arr.len(), 2);
+        let nd = split_body(b"{\"a\":1}\r\n\n{\"b\":2}\n", Framing::Ndjson, L).unwrap();
+        assert_eq!(nd, vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert!(matches!(
+            split_body(b"[{\"a\":1}", Framing::Json, L),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            split_body(b"42", Framing::Json, L),
+            Err(BodyError::Malformed(_))
+        ));
+        let many = format!("[{}]", ["{}"; 11].join(","));
+        assert_eq!(
+            split_body(many.as_bytes(), Framing::Json, L),
+            Err(BodyError::TooManyEvents { count: 11, max: 10 })
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
+
+use std::io::Read;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use floe_catalog::{Authenticator, ErrorKind, Role, TenantId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::Ingest;
+use crate::event::{self, BodyError, Framing, Limits, Rejection, StoredEvent};
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub ingest: Ingest,
+    pub auth: Authenticator,
+}
+
+/// The ingest routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// An error answer: a status and a JSON body `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Maps an error by kind. Messages of internal and dependency errors are replaced by a
+    /// generic one (the details go to the log, not to the client).
+    pub fn from_kind(kind: ErrorKind, message: String) -> Self {
+        use ErrorKind as K;
+        let (status, code) = match kind {
+            K::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
+            K::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            K::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            K::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            K::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            K::CommitConflict | K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = match kind {
+            K::Internal => "internal error".to_string(),
+            K::CommitConflict | K::Unavailable => {
+                tracing::warn!(%message, "request failed on a dependency");
+                "a dependency is unavailable; retry later".to_string()
+            }
+            _ => message,
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
+        }
+    }
+}
+
+impl From<floe_catalog::Error> for ApiError {
+    fn from(e: floe_catalog::Error) -> Self {
+        if e.kind() == ErrorKind::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        ApiError::from_kind(e.kind(), e.to_string())
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        match &e {
+            crate::Error::Overloaded { message } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "overloaded",
+                message: message.clone(),
+                retry_after: Some(1),
+            },
+            crate::Error::Timeout { message } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not_yet_visible",
+                message.clone(),
+            ),
+            _ => {
+                if e.kind() == ErrorKind::Internal {
+                    tracing::error!(error = %e, "internal error");
+                }
+                ApiError::from_kind(e.kind(), e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    wait: Option<String>,
+}
+
+/// The reply to `POST /v1/events`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventsReply {
+    /// Events stored, plus retries of events already stored.
+    pub accepted: usize,
+    /// Of `accepted`, how many were retries of stored events.
+    pub duplicates: usize,
+    pub rejected: Vec<RejectionOut>,
+    /// With `?wait=visible`: the snapshot in which they are queryable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RejectionOut {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+impl From<Rejection> for RejectionOut {
+    fn from(r: Rejection) -> Self {
+        RejectionOut {
+            index: r.index,
+            event_id: r.event_id,
+            code: r.code.to_string(),
+            message: r.message,
+        }
+    }
+}
+
+async fn post_events(
+    State(st): State<HttpState>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = st.auth.authenticate(auth).await?;
+    claims.require_role(&[Role::Ingest, Role::Admin])?;
+    let tenant = TenantId::parse(&claims.tenant)?;
+    let wait_visible = match q.wait.as_deref() {
+        None => false,
+        Some("visible") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                format!("unknown wait={other:?}; the only value is wait=visible"),
+            ));
+        }
+    };
+    let framing = framing(&headers)?;
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("identity") | Some("") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not supported (use gzip or none)"),
+            ));
+        }
+    };
+    let cfg = st.ingest.config().clone();
+    let raw = axum::body::to_bytes(body, cfg.max_request_bytes)
+        .await
+        .map_err(|_| too_large(cfg.max_request_bytes))?;
+
+    // Decompressing and validating are CPU work: off the I/O threads.
+    let tenant_name = tenant.to_string();
+    let limits = Limits {
+        max_event_bytes: cfg.max_event_bytes,
+        max_events: cfg.max_events_per_request,
+    };
+    let max = cfg.max_request_bytes;
+    let (accepted, rejected) = tokio::task::spawn_blocking(move || {
+        parse_body(&raw, gzip, framing, limits, max, &tenant_name)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })??;
+
+    let submitted = st.ingest.submit(&tenant, accepted).await?;
+    let accepted = submitted.stored + submitted.duplicates;
+    let snapshot_id = if wait_visible {
+        let target = st.ingest.acked(&tenant);
+        Some(st.ingest.wait_visible(&tenant, target).await?.snapshot_id)
+    } else {
+        None
+    };
+    let status = if accepted == 0 && !rejected.is_empty() {
+        if rejected.iter().any(|r| r.code == "tenant_mismatch") {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        }
+    } else {
+        StatusCode::OK
+    };
+    let reply = EventsReply {
+        accepted,
+        duplicates: submitted.duplicates,
+        rejected: rejected.into_iter().map(Into::into).collect(),
+        snapshot_id: snapshot_id.flatten(),
+    };
+    Ok((status, axum::Json(reply)).into_response())
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!("request body exceeds {max} bytes (after decompression)"),
+    )
+}
+
+fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Framing::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Framing::Ndjson),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {ct:?} is not supported: use application/json or \
+                 application/x-ndjson"
+            ),
+        )),
+    }
+}
+
+fn parse_body(
+    raw: &[u8],
+    gzip: bool,
+    framing: Framing,
+    limits: Limits,
+    max_bytes: usize,
+    tenant: &str,
+) -> Result<(Vec<StoredEvent>, Vec<Rejection>), ApiError> {
+    let inflated;
+    let bytes: &[u8] = if gzip {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw)
+            .take(max_bytes as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    format!("body is not valid gzip: {e}"),
+                )
+            })?;
+        if out.len() > max_bytes {
+            return Err(too_large(max_bytes));
+        }
+        inflated = out;
+        &inflated
+    } else {
+        raw
+    };
+    let items = event::split_body(bytes, framing, limits).map_err(|e| match e {
+        BodyError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", m),
+        BodyError::TooManyEvents { count, max } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("{count} events in one request; the limit is {max}"),
+        ),
+    })?;
+    let received_at = chrono::Utc::now().timestamp_micros();
+    let mut accepted = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (i, raw) in items.into_iter().enumerate() {
+        match event::parse_event(i, raw, tenant, received_at, limits) {
+            Ok(e) => accepted.push(e),
+            Err(r) => rejected.push(r),
+        }
+    }
+    Ok((accepted, rejected))
+}
+
+async fn readyz(State(st): State<HttpState>) -> Response {
+    match st.ingest.catalog().ping().await {
+        Ok(_) => (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "down": ["catalog"]})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,468 @@
+//! The ingest service: ties the write-ahead log, de-duplication and the batchers together.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use floe_catalog::config::IngestConfig;
+use floe_catalog::{Catalog, Config, TenantId};
+use futures::TryStreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::batcher;
+use crate::dedup::{self, Dedup};
+use crate::event::StoredEvent;
+use crate::wal::{Record, Wal};
+use crate::{Error, Result};
+
+/// A tenant's committed position: every record of the tenant up to `lsn` is queryable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Visible {
+    pub lsn: u64,
+    pub snapshot_id: Option<i64>,
+}
+
+/// What [`Ingest::submit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// Events newly stored.
+    pub stored: usize,
+    /// Events recognised as retries of stored ones.
+    pub duplicates: usize,
+    /// The log position of the stored events, if any.
+    pub lsn: Option<u64>,
+}
+
+/// Per-tenant progress: what was acknowledged and what is committed.
+pub(crate) struct TenantProgress {
+    pub(crate) acked: AtomicU64,
+    pub(crate) committed: watch::Sender<Visible>,
+}
+
+/// State shared by the log's sink, the batchers and the request handlers.
+pub(crate) struct Shared {
+    pub(crate) catalog: Catalog,
+    pub(crate) config: IngestConfig,
+    pub(crate) wal_source: String,
+    pub(crate) wal: OnceLock<Wal>,
+    /// Log positions handed to batchers and not yet committed (for log truncation).
+    pending: Mutex<BTreeSet<u64>>,
+    next_lsn: AtomicU64,
+    tenants: Mutex<HashMap<TenantId, Arc<TenantProgress>>>,
+    batchers: Mutex<HashMap<TenantId, mpsc::UnboundedSender<Record>>>,
+    flush_runtime: Handle,
+}
+
+impl Shared {
+    pub(crate) fn tenant(&self, t: &TenantId) -> Arc<TenantProgress> {
+        let mut map = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(t.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantProgress {
+                    acked: AtomicU64::new(0),
+                    committed: watch::channel(Visible::default()).0,
+                })
+            })
+            .clone()
+    }
+
+    /// Hands a durable record to its tenant's batcher, in log order.
+    fn route(self: &Arc<Self>, record: Record) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.lsn);
+        self.next_lsn.fetch_max(record.lsn + 1, Ordering::SeqCst);
+        self.tenant(&record.tenant)
+            .acked
+            .fetch_max(record.lsn, Ordering::SeqCst);
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = batchers.entry(record.tenant.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared = self.clone();
+            let tenant = record.tenant.clone();
+            self.flush_runtime
+                .spawn(async move { batcher::run(shared, tenant, rx).await });
+            tx
+        });
+        // The channel is unbounded, but what it holds is bounded by the buffer semaphore,
+        // whose permits travel with the records until they are committed.
+        if let Err(e) = tx.send(record) {
+            tracing::error!(
+                lsn = e.0.lsn,
+                "batcher stopped; record stays in the log for replay"
+            );
+        }
+    }
+
+    /// Called by a batcher once `lsns` are committed (or found already committed).
+    pub(crate) fn committed(&self, tenant: &TenantId, lsns: &[u64], visible: Visible) {
+        self.tenant(tenant).committed.send_if_modified(|v| {
+            if visible.lsn > v.lsn {
+                *v = visible;
+                true
+            } else {
+                false
+            }
+        });
+        let low_water = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for l in lsns {
+                pending.remove(l);
+            }
+            pending
+                .first()
+                .copied()
+                .unwrap_or_else(|| self.next_lsn.load(Ordering::SeqCst))
+        };
+        if let Some(wal) = self.wal.get() {
+            wal.truncate(low_water);
+        }
+    }
+}
+
+/// The ingest service. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    shared: Arc<Shared>,
+    wal: Wal,
+    dedup: Arc<Dedup>,
+    buffer: Arc<Semaphore>,
+    /// Serialises de-duplication with log order: a retry that finds its id already admitted
+    /// is acknowledged only after the first copy's log write.
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Buffer accounting is in KiB so that large limits fit the semaphore's `u32` permits.
+fn kib(bytes: usize) -> u32 {
+    (bytes.div_ceil(1024)).min(u32::MAX as usize) as u32
+}
+
+impl Ingest {
+    /// Opens the write-ahead log, replays what the tables do not hold yet, rebuilds the
+    /// de-duplication window, and starts accepting. Batchers run on `flush_runtime`.
+    pub async fn start(catalog: Catalog, config: &Config, flush_runtime: Handle) -> Result<Ingest> {
+        let cfg = config.ingest.clone();
+        let wal_dir = config.wal_dir();
+        let (wal_id, recovered) = {
+            let dir = wal_dir.clone();
+            tokio::task::spawn_blocking(move || Wal::open(&dir))
+                .await
+                .map_err(|e| Error::Internal {
+                    message: format!("opening the log: {e}"),
+                })??
+        };
+        let shared = Arc::new(Shared {
+            catalog: catalog.clone(),
+            config: cfg.clone(),
+            wal_source: wal_id.clone(),
+            wal: OnceLock::new(),
+            pending: Mutex::new(BTreeSet::new()),
+            next_lsn: AtomicU64::new(recovered.next_lsn),
+            tenants: Mutex::new(HashMap::new()),
+            batchers: Mutex::new(HashMap::new()),
+            flush_runtime,
+        });
+        let buffer = Arc::new(Semaphore::new(kib(cfg.max_buffered_bytes) as usize));
+        let dedup = Arc::new(Dedup::new(cfg.dedup_window_secs, cfg.dedup_max_ids));
+        let now = chrono::Utc::now().timestamp_micros();
+
+        // Rebuild the de-duplication window from the tables.
+        for t in catalog.list_tenants().await? {
+            let tenant = TenantId::parse(&t.id)?;
+            let keys = recent_event_ids(&catalog, &tenant, now, cfg.dedup_window_secs).await?;
+            dedup.remember(keys, now);
+        }
+
+        // Replay the log past each tenant's committed position.
+        let mut committed: HashMap<TenantId, Option<u64>> = HashMap::new();
+        let mut replayed = 0usize;
+        for (lsn, tenant, events) in recovered.records {
+            let done = match committed.get(&tenant) {
+                Some(d) => *d,
+                None => {
+                    let d = match catalog
+                        .committed_position(&tenant, floe_catalog::table::EVENTS_TABLE, &wal_id)
+                        .await
+                    {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => {
+                            tracing::warn!(%tenant, "log holds events of a tenant that no longer exists; dropping them");
+                            Some(u64::MAX)
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    committed.insert(tenant.clone(), d);
+                    d
+                }
+            };
+            if done.is_some_and(|d| d >= lsn) {
+                continue;
+            }
+            dedup.remember(
+                events
+                    .iter()
+                    .filter(|e| e.client_id)
+                    .map(|e| (dedup::key(tenant.as_str(), &e.event_id), e.received_at)),
+                now,
+            );
+            let permit = buffer
+                .clone()
+                .try_acquire_many_owned(kib(events.iter().map(|e| e.size()).sum()))
+                .ok();
+            replayed += events.len();
+            shared.route(Record {
+                lsn,
+                tenant,
+                events: Arc::new(events),
+                permit,
+            });
+        }
+        for (tenant, done) in committed {
+            if let Some(d) = done.filter(|d| *d != u64::MAX) {
+                let progress = shared.tenant(&tenant);
+                progress.acked.fetch_max(d, Ordering::SeqCst);
+                progress.committed.send_if_modified(|v| {
+                    let newer = d > v.lsn;
+                    if newer {
+                        v.lsn = d;
+                    }
+                    newer
+                });
+            }
+        }
+        if replayed > 0 || recovered.truncated_bytes > 0 {
+            tracing::info!(
+                replayed,
+                torn_bytes = recovered.truncated_bytes,
+                "write-ahead log recovered"
+            );
+        }
+
+        // The sink holds the shared state weakly: once the service is dropped, the log's
+        // writer thread sees its channel close and stops.
+        let sink_shared = Arc::downgrade(&shared);
+        let wal = Wal::start(
+            &wal_dir,
+            wal_id,
+            recovered.next_lsn,
+            cfg.wal_segment_bytes,
+            Box::new(move |r| match sink_shared.upgrade() {
+                Some(s) => s.route(r),
+                None => tracing::warn!(lsn = r.lsn, "ingest stopped; record stays in the log"),
+            }),
+        )?;
+        let _ = shared.wal.set(wal.clone());
+        Ok(Ingest {
+            shared,
+            wal,
+            dedup,
+            buffer,
+            order: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.shared.config
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// Makes `events` durable for `tenant`. Returns once they are in the fsynced log.
+    pub async fn submit(&self, tenant: &TenantId, events: Vec<StoredEvent>) -> Result<Submitted> {
+        let bytes: usize = events.iter().map(|e| e.size()).sum();
+        let permit = if events.is_empty() {
+            None
+        } else {
+            let wait = Duration::from_millis(self.shared.config.backpressure_timeout_ms);
+            match tokio::time::timeout(wait, self.buffer.clone().acquire_many_owned(kib(bytes)))
+                .await
+            {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    return Err(Error::Overloaded {
+                        message: "ingest buffer is full: commits are behind; retry later".into(),
+                    });
+                }
+            }
+        };
+        let now = chrono::Utc::now().timestamp_micros();
+        let (fresh, admitted, duplicates, reply) = {
+            let _order = self.order.lock().await;
+            let keys: Vec<dedup::Key> = events
+                .iter()
+                .filter(|e| e.client_id)
+                .map(|e| dedup::key(tenant.as_str(), &e.event_id))
+                .collect();
+            let verdicts = self.dedup.admit(&keys, now);
+            let mut verdict = verdicts.iter();
+            let mut admitted = Vec::new();
+            let mut fresh = Vec::with_capacity(events.len());
+            let mut key = keys.iter();
+            for e in events {
+                if e.client_id {
+                    let (Some(&v), Some(&k)) = (verdict.next(), key.next()) else {
+                        return Err(Error::Internal {
+                            message: "de-duplication verdicts out of step".into(),
+                        });
+                    };
+                    if !v {
+                        continue;
+                    }
+                    admitted.push(k);
+                }
+                fresh.push(e);
+            }
+            let duplicates = keys.len() - admitted.len();
+            let fresh_len = fresh.len();
+            // Enqueue while holding the order lock: log order follows admission order.
+            let reply = if fresh.is_empty() {
+                self.wal.enqueue_barrier().await
+            } else {
+                self.wal
+                    .enqueue(tenant.clone(), Arc::new(fresh), permit)
+                    .await
+            };
+            (fresh_len, admitted, duplicates, reply)
+        };
+        let result = match reply {
+            Ok(rx) => rx.await.unwrap_or_else(|_| {
+                Err(Error::Wal {
+                    message: "the write-ahead log has stopped".into(),
+                })
+            }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(lsn) => Ok(Submitted {
+                stored: fresh,
+                duplicates,
+                lsn: (fresh > 0).then_some(lsn),
+            }),
+            Err(e) => {
+                self.dedup.forget(&admitted);
+                Err(e)
+            }
+        }
+    }
+
+    /// The highest log position acknowledged for `tenant`.
+    pub fn acked(&self, tenant: &TenantId) -> u64 {
+        self.shared.tenant(tenant).acked.load(Ordering::SeqCst)
+    }
+
+    /// Waits until everything of `tenant` up to `lsn` is committed; returns the snapshot.
+    pub async fn wait_visible(&self, tenant: &TenantId, lsn: u64) -> Result<Visible> {
+        let mut rx = self.shared.tenant(tenant).committed.subscribe();
+        let wait = Duration::from_millis(self.shared.config.wait_visible_timeout_ms);
+        // Copy the value out at once: the watch guard must not live across an await.
+        let mut v = *tokio::time::timeout(wait, rx.wait_for(|v| v.lsn >= lsn))
+            .await
+            .map_err(|_| Error::Timeout {
+                message: format!(
+                    "events are durable but not yet visible after {} ms",
+                    wait.as_millis()
+                ),
+            })?
+            .map_err(|_| Error::Internal {
+                message: "progress channel closed".into(),
+            })?;
+        if v.snapshot_id.is_none() {
+            let table = self
+                .shared
+                .catalog
+                .load_table(tenant, floe_catalog::table::EVENTS_TABLE)
+                .await?;
+            v.snapshot_id = table.metadata().current_snapshot_id();
+        }
+        Ok(v)
+    }
+
+    /// Stops taking records, lets every batcher commit what it holds (up to `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        let senders: Vec<_> = {
+            let mut b = self
+                .shared
+                .batchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            b.drain().collect()
+        };
+        drop(senders);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let empty = self
+                .shared
+                .pending
+                .lock()
+                .map(|p| p.is_empty())
+                .unwrap_or(true);
+            if empty || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Ids of events received within the window, read from the table's files whose
+/// `received_at` bounds overlap it.
+async fn recent_event_ids(
+    catalog: &Catalog,
+    tenant: &TenantId,
+    now_us: i64,
+    window_secs: u64,
+) -> Result<Vec<(dedup::Key, i64)>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    use iceberg::expr::Reference;
+    use iceberg::spec::Datum;
+
+    let table = catalog
+        .load_table(tenant, floe_catalog::table::EVENTS_TABLE)
+        .await?;
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(Vec::new());
+    }
+    let since = now_us - (window_secs as i64).saturating_mul(1_000_000);
+    let scan = table
+        .scan()
+        .select(["event_id", "received_at"])
+        .with_filter(
+            Reference::new("received_at")
+                .greater_than_or_equal_to(Datum::timestamptz_micros(since)),
+        )
+        .build()
+        .map_err(|source| Error::Iceberg {
+            context: "planning the de-duplication scan",
+            source: Box::new(source),
+        })?;
+    let mut stream = scan.to_arrow().await.map_err(|source| Error::Iceberg {
+        context: "reading recent event ids",
+        source: Box::new(source),
+    })?;
+    let mut out = Vec::new();
+    let mut seen_server_ids = HashSet::new();
+    while let Some(batch) = stream.try_next().await.map_err(|source| Error::Iceberg {
+        context: "reading recent event ids",
+        source: Box::new(source),
+    })? {
+        let ids = batch.column(0).as_string::<i32>();
+        let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            let t = at.value(i);
+            if t >= since {
+                let k = dedup::key(tenant.as_str(), ids.value(i));
+                if seen_server_ids.insert(k) {
+                    out.push((k, t));
+                }
+            }
+        }
+    }
+    out.sort_by_key(|(_, t)| *t);
+    Ok(out)
+}

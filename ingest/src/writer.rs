@@ -1,0 +1,129 @@
+//! Events to Parquet data files of a table, one file per `day(ts)` partition touched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int32Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::event::StoredEvent;
+use crate::{Error, Result};
+
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// Target size of one ingest file before it rolls over to the next.
+const TARGET_FILE_BYTES: usize = 256 << 20;
+
+/// Writes `events` of `tenant` as Parquet (ZSTD) files of `table`, one per day partition.
+pub async fn write_events(
+    table: &Table,
+    tenant: &str,
+    events: &[&StoredEvent],
+    zstd_level: i32,
+) -> Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec().as_ref().clone();
+    let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice("arrow schema"))?);
+
+    let mut by_day: BTreeMap<i32, Vec<&StoredEvent>> = BTreeMap::new();
+    for e in events {
+        by_day
+            .entry(e.ts.div_euclid(US_PER_DAY) as i32)
+            .or_default()
+            .push(e);
+    }
+
+    let level = ZstdLevel::try_new(zstd_level).map_err(|e| Error::Invalid {
+        message: format!("ingest.zstd_level: {e}"),
+    })?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .build();
+    let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
+    let names = DefaultFileNameGenerator::new(
+        format!("{}", uuid::Uuid::now_v7()),
+        None,
+        DataFileFormat::Parquet,
+    );
+    let rolling = RollingFileWriterBuilder::new(
+        ParquetWriterBuilder::new(props, schema.clone()),
+        TARGET_FILE_BYTES,
+        table.file_io().clone(),
+        location,
+        names,
+    );
+    let builder = DataFileWriterBuilder::new(rolling);
+
+    let mut files = Vec::new();
+    for (day, rows) in by_day {
+        let batch = to_batch(arrow_schema.clone(), tenant, &rows)?;
+        let key = PartitionKey::new(
+            spec.clone(),
+            schema.clone(),
+            Struct::from_iter([Some(Literal::date(day))]),
+        );
+        let mut writer = builder.build(Some(key)).await.map_err(ice("data writer"))?;
+        writer.write(batch).await.map_err(ice("writing parquet"))?;
+        files.extend(writer.close().await.map_err(ice("closing parquet"))?);
+    }
+    Ok(files)
+}
+
+fn to_batch(
+    schema: arrow_schema::SchemaRef,
+    tenant: &str,
+    rows: &[&StoredEvent],
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut event_id = StringBuilder::with_capacity(n, n * 36);
+    let mut tenant_id = StringBuilder::with_capacity(n, n * tenant.len());
+    let mut kind = StringBuilder::with_capacity(n, n * 12);
+    let mut version = Int32Builder::with_capacity(n);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+    let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+    let mut user = StringBuilder::with_capacity(n, n * 8);
+    let mut payload = StringBuilder::with_capacity(n, rows.iter().map(|r| r.payload.len()).sum());
+    for e in rows {
+        event_id.append_value(&e.event_id);
+        tenant_id.append_value(tenant);
+        kind.append_value(&e.kind);
+        version.append_value(e.version);
+        ts.append_value(e.ts);
+        received.append_value(e.received_at);
+        user.append_option(e.user_id.as_deref());
+        payload.append_value(&e.payload);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(event_id.finish()),
+        Arc::new(tenant_id.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(version.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(received.finish()),
+        Arc::new(user.finish()),
+        Arc::new(payload.finish()),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| Error::Internal {
+        message: format!("building a record batch: {e}"),
+    })
+}
+
+fn ice(context: &'static str) -> impl FnOnce(iceberg::Error) -> Error {
+    move |source| Error::Iceberg {
+        context,
+        source: Box::new(source),
+    }
+}

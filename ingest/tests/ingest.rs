@@ -1,0 +1,186 @@
+//! The ingest service in-process: HTTP through the router, durability through the log, and
+//! replay after the batchers die before committing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthority};
+use floe_ingest::Ingest;
+use floe_ingest::http::{HttpState, router};
+use futures::TryStreamExt;
+use tower::ServiceExt;
+
+fn config(dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let mut o: Vec<(&str, String)> = vec![("data_dir", dir.display().to_string())];
+    o.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    Config::load(None, Vec::<(String, String)>::new(), &o).unwrap()
+}
+
+async fn rows(catalog: &Catalog, tenant: &TenantId) -> usize {
+    let table = catalog.load_table(tenant, EVENTS_TABLE).await.unwrap();
+    if table.metadata().current_snapshot().is_none() {
+        return 0;
+    }
+    let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+fn post(token: &str, body: String) -> Request<Body> {
+    Request::post("/v1/events")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = config(dir.path(), &[("ingest.flush_interval_ms", "3600000")]);
+    let catalog = Catalog::open(&slow).await.unwrap();
+    let tenant = TenantId::parse("t1").unwrap();
+    catalog.create_tenant(&tenant, "test").await.unwrap();
+    let authority = TokenAuthority::load_or_create(&slow.signing_key_path()).unwrap();
+    let token = authority
+        .issue(&tenant, Role::Ingest, Duration::from_secs(60))
+        .unwrap();
+
+    // Phase 1: acknowledged, never committed (the batchers' runtime is killed).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ingest = Ingest::start(catalog.clone(), &slow, rt.handle().clone())
+        .await
+        .unwrap();
+    let app = router(HttpState {
+        ingest: ingest.clone(),
+        auth: Authenticator::new(authority.clone(), catalog.clone()),
+    });
+    for b in 0..3 {
+        let events: Vec<_> = (0..10)
+            .map(|i| serde_json::json!({"event_id": format!("e{b}-{i}"), "type": "A", "timestamp": 1_700_000_000 + i}))
+            .collect();
+        let resp = app
+            .clone()
+            .oneshot(post(&token, serde_json::to_string(&events).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(rows(&catalog, &tenant).await, 0);
+    drop(app);
+    drop(ingest);
+    rt.shutdown_background();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Phase 2: a new service replays the log and commits it once.
+    let fast = config(dir.path(), &[("ingest.flush_interval_ms", "20")]);
+    let rt2 = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ingest = Ingest::start(catalog.clone(), &fast, rt2.handle().clone())
+        .await
+        .unwrap();
+    let v = ingest.wait_visible(&tenant, 3).await.unwrap();
+    assert!(v.snapshot_id.is_some());
+    assert_eq!(rows(&catalog, &tenant).await, 30);
+    let table = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
+    let summary = &table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties;
+    let pos: Vec<_> = summary
+        .iter()
+        .filter(|(k, _)| k.starts_with("floe.position.wal-"))
+        .collect();
+    assert_eq!(pos.len(), 1);
+    assert_eq!(pos[0].1, "3");
+    assert_eq!(summary["total-records"], "30");
+
+    // The replayed ids are remembered: re-sending one is a duplicate.
+    let app = router(HttpState {
+        ingest: ingest.clone(),
+        auth: Authenticator::new(authority, catalog.clone()),
+    });
+    let resp = app
+        .oneshot(post(
+            &token,
+            r#"{"event_id":"e1-1","type":"A","timestamp":1}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["duplicates"], 1, "{v}");
+    drop(ingest);
+    rt2.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_to_one_table_lose_nothing() {
+    // Two services (two logs) on one catalog commit to the same table at once: the
+    // compare-and-swap makes one of each racing pair reload and retry.
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), &[("ingest.flush_interval_ms", "5")]);
+    let catalog = Catalog::open(&base).await.unwrap();
+    let tenant = TenantId::parse("shared").unwrap();
+    catalog.create_tenant(&tenant, "test").await.unwrap();
+    let mut services = Vec::new();
+    for i in 0..2 {
+        let sub = dir.path().join(format!("node{i}"));
+        let mut cfg = config(&sub, &[("ingest.flush_interval_ms", "5")]);
+        cfg.catalog = base.catalog_url().unwrap();
+        cfg.warehouse = base.warehouse_url().unwrap();
+        let c = Catalog::open(&cfg).await.unwrap();
+        services.push(
+            Ingest::start(c, &cfg, tokio::runtime::Handle::current())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for (n, svc) in services.iter().enumerate() {
+        let svc = svc.clone();
+        let tenant = tenant.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..25 {
+                let events = (0..4)
+                    .map(|i| {
+                        floe_ingest::event::parse_event(
+                            i,
+                            &format!(r#"{{"event_id":"n{n}-{b}-{i}","type":"A","timestamp":1}}"#),
+                            "shared",
+                            0,
+                            floe_ingest::event::Limits {
+                                max_event_bytes: 1 << 20,
+                                max_events: 100,
+                            },
+                        )
+                        .unwrap()
+                    })
+                    .collect();
+                svc.submit(&tenant, events).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let acked = svc.acked(&tenant);
+            svc.wait_visible(&tenant, acked).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(rows(&catalog, &tenant).await, 200);
+}

@@ -1,0 +1,360 @@
+//! The `floe` command line. It parses arguments and calls into the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthority};
+use floe_ingest::Ingest;
+use floe_ingest::http::HttpState;
+use floe_ingest::loadgen::{Format, GenOptions};
+use floe_query::{Engine, OutputFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "floe",
+    version,
+    about = "Floe: a multi-tenant event lakehouse on Apache Iceberg"
+)]
+struct Cli {
+    /// Configuration file (default: ./floe.toml when present). Env: FLOE_CONFIG.
+    #[arg(long, global = true, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where embedded state lives (warehouse, catalog, write-ahead log, signing key).
+    /// Overrides `data_dir` from the file and FLOE_DATA_DIR.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Set any configuration key, e.g. `--set ingest.flush_interval_ms=100` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: HTTP ingest and the commit pipeline.
+    Serve {
+        /// Address to listen on (config `listen`, default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run a read-only SQL query over one tenant's tables.
+    Sql {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: SqlFormat,
+        /// The SQL statement.
+        sql: String,
+    },
+    /// Send synthetic events to a running Floe and report throughput and time-to-visible.
+    Gen(GenArgs),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (its namespace and events table).
+    Create { id: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token; prints only the token.
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["ingest", "viewer", "analyst", "admin"])]
+        role: String,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormat {
+    Json,
+    Ndjson,
+    Gzip,
+    Mixed,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Base URL of the Floe server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Comma-separated tenants; created if missing (needs the server's --data-dir, whose
+    /// signing key also mints the ingest tokens).
+    #[arg(long, default_value = "demo")]
+    tenants: String,
+    /// Distinct events per tenant.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Fraction of events re-sent with the same event_id.
+    #[arg(long, default_value_t = 0.01)]
+    duplicates: f64,
+    #[arg(long, value_enum, default_value = "mixed")]
+    format: GenFormat,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Skip the time-to-visible probe.
+    #[arg(long)]
+    no_probe: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("floe-io")
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(d) = &cli.data_dir {
+        overrides.push(("data_dir", d.display().to_string()));
+    }
+    if let Some(l) = listen {
+        overrides.push(("listen", l.clone()));
+    }
+    for kv in &cli.set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        overrides.push((k, v.to_string()));
+    }
+    Ok(Config::from_env(cli.config.as_deref(), &overrides)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve { listen } => serve(load_config(&cli, listen.as_ref())?).await,
+        Command::Tenant { command } => {
+            let config = load_config(&cli, None)?;
+            let catalog = Catalog::open(&config).await?;
+            match command {
+                TenantCommand::Create { id } => {
+                    let id = TenantId::parse(id)?;
+                    catalog.create_tenant(&id, "cli").await?;
+                    println!("{id}");
+                }
+                TenantCommand::List => {
+                    for t in catalog.list_tenants().await? {
+                        println!("{}", t.id);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Issue { tenant, role, ttl },
+        } => {
+            let config = load_config(&cli, None)?;
+            let catalog = Catalog::open(&config).await?;
+            let tenant = TenantId::parse(tenant)?;
+            if !catalog.tenant_exists(&tenant).await? {
+                bail!(
+                    "tenant {tenant} does not exist (create it with `floe tenant create {tenant}`)"
+                );
+            }
+            let ttl = floe_catalog::auth::parse_ttl(ttl)?;
+            if ttl.as_secs() > config.auth.max_token_ttl_secs {
+                bail!(
+                    "--ttl exceeds auth.max_token_ttl_secs ({} s)",
+                    config.auth.max_token_ttl_secs
+                );
+            }
+            let role: Role = role.parse()?;
+            let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
+            let token = authority.issue(&tenant, role, ttl)?;
+            catalog
+                .audit(
+                    "cli",
+                    Some(tenant.as_str()),
+                    "token.issue",
+                    &format!(
+                        "{{\"role\":\"{}\",\"ttl_secs\":{}}}",
+                        role.as_str(),
+                        ttl.as_secs()
+                    ),
+                )
+                .await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Sql {
+            tenant,
+            format,
+            sql,
+        } => {
+            let config = load_config(&cli, None)?;
+            let catalog = Catalog::open(&config).await?;
+            let tenant = TenantId::parse(tenant)?;
+            if !catalog.tenant_exists(&tenant).await? {
+                bail!("tenant {tenant} does not exist");
+            }
+            let engine = Engine::new(catalog, config.query.clone());
+            let (schema, batches) = engine.sql(&tenant, sql).await?;
+            let format = match format {
+                SqlFormat::Table => OutputFormat::Table,
+                SqlFormat::Csv => OutputFormat::Csv,
+                SqlFormat::Json => OutputFormat::Json,
+            };
+            let text = floe_query::render(&schema, &batches, format)?;
+            print!("{text}");
+            if format == OutputFormat::Table {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Gen(args) => generate(load_config(&cli, None)?, args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&config).await?;
+    let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
+    // Parquet encoding and commits run on their own threads, away from request handling.
+    let flush_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("floe-flush")
+        .enable_all()
+        .build()?;
+    let ingest = Ingest::start(catalog.clone(), &config, flush_runtime.handle().clone()).await?;
+    let state = HttpState {
+        ingest: ingest.clone(),
+        auth: Authenticator::new(authority, catalog),
+    };
+    let app = floe_ingest::http::router(state);
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        warehouse = %config.warehouse_url()?,
+        catalog = %config.catalog_url()?,
+        "floe serving"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: committing buffered events");
+    ingest.shutdown(Duration::from_secs(10)).await;
+    flush_runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn generate(config: Config, args: &GenArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&config).await?;
+    let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
+    let mut tenants = Vec::new();
+    for t in args
+        .tenants
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let id = TenantId::parse(t)?;
+        if !catalog.tenant_exists(&id).await? {
+            catalog.create_tenant(&id, "gen").await?;
+        }
+        let token = authority.issue(&id, Role::Ingest, Duration::from_secs(24 * 3600))?;
+        tenants.push((id.to_string(), token));
+    }
+    if tenants.is_empty() {
+        bail!("--tenants names no tenant");
+    }
+    let report = floe_ingest::loadgen::run(GenOptions {
+        url: args.url.trim_end_matches('/').to_string(),
+        tenants,
+        events: args.events,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        duplicate_ratio: args.duplicates,
+        format: match args.format {
+            GenFormat::Json => Format::Json,
+            GenFormat::Ndjson => Format::Ndjson,
+            GenFormat::Gzip => Format::Gzip,
+            GenFormat::Mixed => Format::Mixed,
+        },
+        seed: args.seed,
+        probe: !args.no_probe,
+    })
+    .await?;
+    eprintln!(
+        "{} events in {:.2} s: {:.0} events/s accepted; time-to-visible p50 {} ms, p99 {} ms ({} samples)",
+        report.events_sent,
+        report.seconds,
+        report.events_per_sec,
+        report
+            .visible_p50_ms
+            .map_or("-".into(), |v| format!("{v:.0}")),
+        report
+            .visible_p99_ms
+            .map_or("-".into(), |v| format!("{v:.0}")),
+        report.visible_samples
+    );
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Helpers for end-to-end tests: run the real `floe` binary on a private data dir and port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_floe");
+
+pub fn floe(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("FLOE_CONFIG")
+        .output()
+        .expect("run floe");
+    assert!(
+        out.status.success(),
+        "floe {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `floe serve`. Killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(data_dir, free_port(), extra)
+    }
+
+    pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("serve.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("FLOE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn floe serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let server = Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            port,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(200) = http::blocking_get(&format!("{}/healthz", self.url)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.data_dir.join("serve.log")).unwrap_or_default();
+        panic!("floe serve did not become healthy; log:\n{log}");
+    }
+
+    /// SIGKILL: no shutdown hooks, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking HTTP over std, so tests do not need a second async runtime.
+pub mod http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    pub struct Response {
+        pub status: u16,
+        pub headers: String,
+        pub body: String,
+    }
+
+    impl Response {
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        }
+    }
+
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        request("GET", url, &[], &[]).map(|r| r.status)
+    }
+
+    pub fn request(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let rest = url.strip_prefix("http://").expect("http url");
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let mut s = TcpStream::connect(host)?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        // Write the body from another thread while reading: a server may answer (413) before
+        // it has read a large body, and stop reading it.
+        let mut w = s.try_clone()?;
+        let body = body.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&body);
+        });
+        let mut raw = Vec::new();
+        let read = s.read_to_end(&mut raw);
+        let _ = writer.join();
+        if raw.is_empty() {
+            read?;
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok(Response {
+            status,
+            headers: head.to_string(),
+            body,
+        })
+    }
+
+    fn dechunk(mut s: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = s.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || rest.len() < n {
+                break;
+            }
+            out.push_str(&rest[..n]);
+            s = &rest[n..];
+            s = s.strip_prefix("\r\n").unwrap_or(s);
+        }
+        out
+    }
+}
+
+pub fn post_events(
+    url: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+    gzip: bool,
+    wait_visible: bool,
+) -> http::Response {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", content_type),
+    ];
+    if gzip {
+        headers.push(("Content-Encoding", "gzip"));
+    }
+    let path = if wait_visible {
+        format!("{url}/v1/events?wait=visible")
+    } else {
+        format!("{url}/v1/events")
+    };
+    http::request("POST", &path, &headers, body).expect("POST /v1/events")
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// `SELECT`s through `floe sql --format csv`; returns the data rows (header dropped).
+pub fn sql_rows(data_dir: &Path, tenant: &str, sql: &str) -> Vec<Vec<String>> {
+    let out = floe(
+        data_dir,
+        &["sql", "--tenant", tenant, "--format", "csv", sql],
+    );
+    out.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+pub fn setup_tenant(data_dir: &Path, tenant: &str, role: &str) -> String {
+    floe(data_dir, &["tenant", "create", tenant]);
+    floe(
+        data_dir,
+        &[
+            "token", "issue", "--tenant", tenant, "--role", role, "--ttl", "1h",
+        ],
+    )
+    .trim()
+    .to_string()
+}

@@ -1,0 +1,543 @@
+//! End-to-end tests of the `floe` binary on embedded defaults: HTTP ingest through the
+//! write-ahead log into per-tenant Iceberg tables, read back with `floe sql`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn events_json(prefix: &str, n: usize, start: usize) -> Vec<Value> {
+    (start..start + n)
+        .map(|i| {
+            json!({
+                "event_id": format!("{prefix}-{i}"),
+                "type": if i % 3 == 0 { "PurchaseMade" } else { "PageViewed" },
+                "timestamp": 1_764_150_000 + (i as i64 * 7919) % 200_000,
+                "user_id": format!("u-{}", i % 50),
+                "payload": {"page": "/home", "amount": i},
+            })
+        })
+        .collect()
+}
+
+fn barrier(url: &str, token: &str) -> Value {
+    let r = post_events(url, token, "application/json", b"[]", false, true);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn count(dir: &std::path::Path, tenant: &str) -> (u64, u64) {
+    let rows = sql_rows(
+        dir,
+        tenant,
+        "SELECT count(*), count(DISTINCT event_id) FROM events",
+    );
+    (rows[0][0].parse().unwrap(), rows[0][1].parse().unwrap())
+}
+
+#[test]
+fn three_tenants_via_floe_gen_store_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "gen",
+            "--url",
+            &server.url,
+            "--tenants",
+            "gen-a,gen-b,gen-c",
+            "--events",
+            "5000",
+            "--batch",
+            "500",
+            "--duplicates",
+            "0.01",
+            "--format",
+            "mixed",
+            "--concurrency",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rejected"], 0);
+    assert!(report["duplicates"].as_u64().unwrap() >= 50, "{report}");
+    assert!(report["visible_samples"].as_u64().unwrap() > 0);
+
+    for tenant in ["gen-a", "gen-b", "gen-c"] {
+        let token = floe(
+            dir.path(),
+            &["token", "issue", "--tenant", tenant, "--role", "ingest"],
+        );
+        barrier(&server.url, token.trim());
+        let expected: BTreeMap<String, u64> =
+            serde_json::from_value(report["tenants"][tenant]["by_type"].clone()).unwrap();
+        let got: BTreeMap<String, u64> = sql_rows(
+            dir.path(),
+            tenant,
+            "SELECT type, count(*) FROM events GROUP BY type ORDER BY type",
+        )
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
+        assert_eq!(got, expected, "per-type counts of {tenant}");
+        let (n, distinct) = count(dir.path(), tenant);
+        assert_eq!(n, distinct, "duplicate event ids stored for {tenant}");
+        assert_eq!(n, report["tenants"][tenant]["distinct"].as_u64().unwrap());
+        // Only this tenant's rows are visible to it.
+        let tenants = sql_rows(dir.path(), tenant, "SELECT DISTINCT tenant_id FROM events");
+        assert_eq!(tenants, vec![vec![tenant.to_string()]]);
+    }
+}
+
+#[test]
+fn kill_9_after_acknowledgements_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = setup_tenant(dir.path(), "crash", "ingest");
+    // Phase 1: batches are acknowledged (in the log) but never committed before the kill.
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--set",
+            "ingest.flush_interval_ms=600000",
+            "--set",
+            "ingest.flush_max_rows=10000000",
+        ],
+    );
+    let port = server.port;
+    let mut batches = Vec::new();
+    for b in 0..20 {
+        let body = serde_json::to_vec(&events_json("p1", 100, b * 100)).unwrap();
+        let r = post_events(&server.url, &token, "application/json", &body, false, false);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["accepted"], 100);
+        batches.push(body);
+    }
+    server.kill9();
+    assert_eq!(
+        count(dir.path(), "crash").0,
+        0,
+        "nothing was committed before the kill"
+    );
+
+    // Restart: the log is replayed and committed exactly once.
+    let server = Server::start_on(dir.path(), port, &[]);
+    let v = barrier(&server.url, &token);
+    assert!(v["snapshot_id"].is_i64(), "{v}");
+    assert_eq!(count(dir.path(), "crash"), (2000, 2000));
+
+    // Re-sending an acknowledged batch stores nothing new (de-duplication survives restarts).
+    let r = post_events(
+        &server.url,
+        &token,
+        "application/json",
+        &batches[3],
+        false,
+        true,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["duplicates"], 100);
+    assert_eq!(count(dir.path(), "crash"), (2000, 2000));
+
+    // Phase 2: normal flushing, killed right after the last acknowledgement.
+    for b in 0..20 {
+        let body = events_json("p2", 100, b * 100)
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let r = post_events(
+            &server.url,
+            &token,
+            "application/x-ndjson",
+            &gzip(body.as_bytes()),
+            true,
+            false,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    server.kill9();
+    let server = Server::start_on(dir.path(), port, &[]);
+    barrier(&server.url, &token);
+    assert_eq!(count(dir.path(), "crash"), (4000, 4000));
+    drop(server);
+
+    // A graceful restart after that keeps the count too.
+    let server = Server::start_on(dir.path(), port, &[]);
+    barrier(&server.url, &token);
+    assert_eq!(count(dir.path(), "crash"), (4000, 4000));
+}
+
+#[test]
+fn bad_input_gets_documented_statuses_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = setup_tenant(dir.path(), "strict", "ingest");
+    let other = setup_tenant(dir.path(), "someone-else", "ingest");
+    let viewer = floe(
+        dir.path(),
+        &["token", "issue", "--tenant", "strict", "--role", "viewer"],
+    );
+    let server = Server::start(dir.path(), &[]);
+    let url = &server.url;
+    let ok =
+        json!({"event_id": "keep-1", "type": "PageViewed", "timestamp": "2025-11-26T10:00:00Z"});
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        ok.to_string().as_bytes(),
+        false,
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let code = |r: &http::Response| r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+
+    // Malformed and truncated bodies.
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        br#"[{"type":"A","timestamp":1"#,
+        false,
+        false,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (400, "malformed_body"));
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        b"\x1f\x8bnot gzip",
+        true,
+        false,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (400, "malformed_body"));
+
+    // Wrong types and missing fields: every event rejected, each named.
+    let body = json!([
+        {"type": 5, "timestamp": 1},
+        {"timestamp": 1},
+        {"type": "A"},
+        {"type": "A", "timestamp": "soon"},
+    ]);
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        body.to_string().as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let codes: Vec<String> = r.json()["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid_type",
+            "missing_field",
+            "missing_field",
+            "invalid_timestamp"
+        ]
+    );
+
+    // A mixed batch stores its valid events.
+    let body = json!([
+        {"event_id": "keep-2", "type": "A", "timestamp": 1764150000123i64},
+        {"event_id": "bad-1", "type": "A"},
+    ]);
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        body.to_string().as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["accepted"], 1);
+    assert_eq!(v["rejected"][0]["index"], 1);
+    assert_eq!(v["rejected"][0]["event_id"], "bad-1");
+
+    // Another tenant named in the body.
+    let body = json!({"type": "A", "timestamp": 1, "tenant_id": "someone-else"});
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        body.to_string().as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["rejected"][0]["code"], "tenant_mismatch");
+
+    // Too large: 20 MiB body, and the same compressed (limit applies after decompression).
+    let big = format!(
+        "[{}]",
+        vec![r#"{"type":"A","timestamp":1}"#; 800_000].join(",")
+    );
+    assert!(big.len() > 20 << 20);
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        big.as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (413, "request_too_large"));
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        &gzip(big.as_bytes()),
+        true,
+        false,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (413, "request_too_large"));
+    let many = format!(
+        "[{}]",
+        vec![r#"{"type":"A","timestamp":1}"#; 10_001].join(",")
+    );
+    let r = post_events(
+        url,
+        &token,
+        "application/json",
+        many.as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (413, "too_many_events"));
+
+    // Content types and encodings.
+    let r = post_events(
+        url,
+        &token,
+        "text/plain",
+        ok.to_string().as_bytes(),
+        false,
+        false,
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (415, "unsupported_media_type")
+    );
+
+    // Tokens: missing, forged, expired, wrong role.
+    let auth_status = |auth: Option<&str>| {
+        let h = auth.map(|a| format!("Bearer {a}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(h) = &h {
+            headers.push(("Authorization", h.as_str()));
+        }
+        let r = http::request(
+            "POST",
+            &format!("{url}/v1/events"),
+            &headers,
+            ok.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+        r.status
+    };
+    assert_eq!(auth_status(None), 401);
+    // Flip a character in the middle of the signature (not the last, whose low bits are padding).
+    let mut forged: Vec<char> = token.chars().collect();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == 'x' { 'y' } else { 'x' };
+    let forged: String = forged.into_iter().collect();
+    assert_eq!(auth_status(Some(&forged)), 401);
+    assert_eq!(auth_status(Some("not.a.jwt")), 401);
+    let short = floe(
+        dir.path(),
+        &[
+            "token", "issue", "--tenant", "strict", "--role", "ingest", "--ttl", "1s",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(auth_status(Some(short.trim())), 401);
+    assert_eq!(auth_status(Some(viewer.trim())), 403);
+    // A token of another data dir's key is forged too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let foreign = setup_tenant(elsewhere.path(), "strict", "ingest");
+    assert_eq!(auth_status(Some(&foreign)), 401);
+    let _ = other;
+
+    // Nothing accepted was lost along the way.
+    barrier(url, &token);
+    let ids = sql_rows(
+        dir.path(),
+        "strict",
+        "SELECT event_id FROM events ORDER BY event_id",
+    );
+    assert_eq!(
+        ids,
+        vec![vec!["keep-1".to_string()], vec!["keep-2".to_string()]]
+    );
+}
+
+#[test]
+fn sql_sees_only_the_callers_tenant_and_prints_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = setup_tenant(dir.path(), "alpha", "ingest");
+    setup_tenant(dir.path(), "beta", "ingest");
+    let server = Server::start(dir.path(), &[]);
+    let body = serde_json::to_vec(&events_json("a", 10, 0)).unwrap();
+    assert_eq!(
+        post_events(&server.url, &a, "application/json", &body, false, true).status,
+        200
+    );
+
+    let csv = floe(
+        dir.path(),
+        &[
+            "sql",
+            "--tenant",
+            "alpha",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM events",
+        ],
+    );
+    assert_eq!(csv, "n\n10\n");
+    let json = floe(
+        dir.path(),
+        &[
+            "sql",
+            "--tenant",
+            "alpha",
+            "--format",
+            "json",
+            "SELECT count(*) AS n FROM events",
+        ],
+    );
+    assert_eq!(json.trim(), r#"{"n":10}"#);
+    let table = floe(
+        dir.path(),
+        &[
+            "sql",
+            "--tenant",
+            "alpha",
+            "SELECT count(*) AS n FROM events",
+        ],
+    );
+    assert!(
+        table.contains("| n  |") && table.contains("| 10 |"),
+        "{table}"
+    );
+
+    let schemas = sql_rows(
+        dir.path(),
+        "alpha",
+        "SELECT DISTINCT table_catalog, table_schema FROM information_schema.tables WHERE table_schema <> 'information_schema'",
+    );
+    assert_eq!(schemas, vec![vec!["floe".to_string(), "alpha".to_string()]]);
+    for query in [
+        "SELECT * FROM beta.events",
+        "SELECT * FROM floe.beta.events",
+    ] {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["sql", "--tenant", "alpha", query])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not found")
+                || err.contains("doesn't exist")
+                || err.contains("does not exist"),
+            "{err}"
+        );
+    }
+    // Writes are refused.
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["sql", "--tenant", "alpha", "DROP TABLE events"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The column names of the table, in order.
+    let cols = sql_rows(
+        dir.path(),
+        "alpha",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position",
+    );
+    let cols: Vec<&str> = cols.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        cols,
+        [
+            "event_id",
+            "tenant_id",
+            "type",
+            "version",
+            "ts",
+            "received_at",
+            "user_id",
+            "payload"
+        ]
+    );
+}
+
+#[test]
+fn tenant_commands_work_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path(), &[]);
+    floe(dir.path(), &["tenant", "create", "late-1"]);
+    floe(dir.path(), &["tenant", "create", "late-0"]);
+    assert_eq!(floe(dir.path(), &["tenant", "list"]), "late-0\nlate-1\n");
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["tenant", "create", "late-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["tenant", "create", "Bad/Id"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The key is created once, owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A token printed by `token issue` is just the JWT.
+    let t = floe(
+        dir.path(),
+        &[
+            "token", "issue", "--tenant", "late-1", "--role", "admin", "--ttl", "15m",
+        ],
+    );
+    assert_eq!(t.trim().split('.').count(), 3);
+    assert_eq!(t.lines().count(), 1);
+}

@@ -286,47 +286,46 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
     let duplicates = Arc::new(AtomicUsize::new(0));
     let rejected = Arc::new(AtomicUsize::new(0));
 
-    // The probe: small batches with ?wait=visible, timed end to end.
-    let probe = if opts.probe {
-        let client = client.clone();
-        let opts2 = opts.clone();
-        let done = done.clone();
-        Some(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(opts2.seed ^ 0xabcdef);
-            let mut samples: Vec<f64> = Vec::new();
-            let mut accepted = 0u64;
-            let mut by_tenant: BTreeMap<String, TenantCounts> = BTreeMap::new();
-            let mut i = 0usize;
-            while !done.load(Ordering::SeqCst) {
-                let (tenant, token) = &opts2.tenants[i % opts2.tenants.len()];
-                let now_s = chrono::Utc::now().timestamp();
-                let events: Vec<Value> = (0..10)
-                    .map(|k| make_event(&mut rng, tenant, now_s, k))
-                    .collect();
-                let started = Instant::now();
-                let Ok(encoded) = encode(&events, Format::Json) else {
-                    break;
-                };
-                if let Ok(body) = send(&client, &opts2.url, token, encoded, true).await {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
-                    accepted += body["accepted"].as_u64().unwrap_or(0);
-                    let c = by_tenant.entry(tenant.clone()).or_default();
-                    for e in &events {
-                        *c.by_type
-                            .entry(e["type"].as_str().unwrap_or_default().to_string())
-                            .or_default() += 1;
-                        c.distinct += 1;
-                        c.sent_with_duplicates += 1;
+    // The probes: one loop per tenant (at least two), each sending small batches with
+    // ?wait=visible and timing them end to end.
+    let mut probes = Vec::new();
+    if opts.probe {
+        for p in 0..opts.tenants.len().max(2) {
+            let client = client.clone();
+            let (tenant, token) = opts.tenants[p % opts.tenants.len()].clone();
+            let (url, seed) = (opts.url.clone(), opts.seed ^ (0xabcdef + p as u64));
+            let done = done.clone();
+            probes.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut samples: Vec<f64> = Vec::new();
+                let mut accepted = 0u64;
+                let mut counts = TenantCounts::default();
+                while !done.load(Ordering::SeqCst) {
+                    let now_s = chrono::Utc::now().timestamp();
+                    let events: Vec<Value> =
+                        (0..10).map(|k| make_event(&mut rng, &tenant, now_s, k)).collect();
+                    let Ok(encoded) = encode(&events, Format::Json) else {
+                        break;
+                    };
+                    let started = Instant::now();
+                    if let Ok(body) = send(&client, &url, &token, encoded, true).await {
+                        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                        accepted += body["accepted"].as_u64().unwrap_or(0);
+                        for e in &events {
+                            *counts
+                                .by_type
+                                .entry(e["type"].as_str().unwrap_or_default().to_string())
+                                .or_default() += 1;
+                        }
+                        counts.distinct += events.len() as u64;
+                        counts.sent_with_duplicates += events.len() as u64;
                     }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (samples, accepted, by_tenant)
-        }))
-    } else {
-        None
-    };
+                (samples, accepted, tenant, counts)
+            }));
+        }
+    }
 
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -380,23 +379,20 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
     let seconds = started.elapsed().as_secs_f64();
     done.store(true, Ordering::SeqCst);
     let mut tenants = tenants;
-    let (mut samples, probe_accepted) = match probe {
-        Some(p) => match p.await {
-            Ok((s, a, by_tenant)) => {
-                for (t, c) in by_tenant {
-                    let e = tenants.entry(t).or_default();
-                    for (k, v) in c.by_type {
-                        *e.by_type.entry(k).or_default() += v;
-                    }
-                    e.distinct += c.distinct;
-                    e.sent_with_duplicates += c.sent_with_duplicates;
-                }
-                (s, a)
+    let mut samples = Vec::new();
+    let mut probe_accepted = 0;
+    for p in probes {
+        if let Ok((s, a, tenant, c)) = p.await {
+            samples.extend(s);
+            probe_accepted += a;
+            let e = tenants.entry(tenant).or_default();
+            for (k, v) in c.by_type {
+                *e.by_type.entry(k).or_default() += v;
             }
-            Err(_) => (Vec::new(), 0),
-        },
-        None => (Vec::new(), 0),
-    };
+            e.distinct += c.distinct;
+            e.sent_with_duplicates += c.sent_with_duplicates;
+        }
+    }
     if let Some(e) = first_error {
         return Err(e);
     }

@@ -100,6 +100,16 @@ impl Catalog {
                     "zstd".to_string(),
                 ),
                 ("floe.table.kind".to_string(), "event-log".to_string()),
+                // Keep the last 100 metadata files and delete older ones after each commit,
+                // so a table's metadata does not grow without bound (Iceberg's own knobs).
+                (
+                    "write.metadata.delete-after-commit.enabled".to_string(),
+                    "true".to_string(),
+                ),
+                (
+                    "write.metadata.previous-versions-max".to_string(),
+                    "100".to_string(),
+                ),
             ])
             .format_version(FormatVersion::V2)
             .build();
@@ -268,9 +278,15 @@ impl Catalog {
                 .metadata_location()
                 .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
                 .to_string();
-            let (new_metadata, new_location, snapshot_id) = self
+            let prepared = self
                 .prepare_append(&current, &old_location, files.clone(), position)
                 .await?;
+            let (new_metadata, new_location, snapshot_id, expired) = (
+                prepared.metadata,
+                prepared.location,
+                prepared.snapshot_id,
+                prepared.expired,
+            );
             let swapped = sqlx::query(
                 "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
                  WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
@@ -286,13 +302,32 @@ impl Catalog {
             .await
             .map_err(Error::db("metadata swap"))?;
             if swapped.rows_affected() == 1 {
+                let delete_old = new_metadata
+                    .properties()
+                    .get("write.metadata.delete-after-commit.enabled")
+                    .is_some_and(|v| v == "true");
                 let key = (tenant.to_string(), table.to_string());
                 self.cache_metadata(&key, &new_location, &Arc::new(new_metadata));
+                if delete_old {
+                    for old in expired {
+                        // Best effort: a file left behind is found by orphan-file cleanup.
+                        if let Err(e) = self.file_io.delete(&old).await {
+                            tracing::warn!(file = %old, error = %e, "could not delete old metadata");
+                        }
+                    }
+                }
                 return Ok(CommitOutcome {
                     snapshot_id: Some(snapshot_id),
                     already_committed: false,
                     conflicts,
                 });
+            }
+            // The swap did not happen (zero rows, not an error), so nothing can reference what
+            // this attempt wrote: remove it now rather than leave it to orphan cleanup.
+            for f in prepared.written {
+                if let Err(e) = self.file_io.delete(&f).await {
+                    tracing::debug!(file = %f, error = %e, "could not delete a lost attempt's file");
+                }
             }
             conflicts += 1;
             if conflicts >= MAX_COMMIT_ATTEMPTS {
@@ -314,7 +349,7 @@ impl Catalog {
         old_location: &str,
         files: Vec<DataFile>,
         position: Option<&SourcePosition>,
-    ) -> Result<(TableMetadata, String, i64)> {
+    ) -> Result<Prepared> {
         let metadata = current.metadata();
         let table_location = metadata.location();
         let schema = metadata.current_schema().clone();
@@ -400,6 +435,7 @@ impl Catalog {
         manifests.push(new_manifest);
 
         let list_path = format!("{table_location}/metadata/snap-{snapshot_id}-0-{commit_id}.avro");
+        let list_path_written = list_path.clone();
         let list_out = self
             .file_io
             .new_output(&list_path)
@@ -433,7 +469,7 @@ impl Catalog {
             })
             .with_schema_id(metadata.current_schema_id())
             .build();
-        let new_metadata = TableMetadataBuilder::new_from_metadata(
+        let built = TableMetadataBuilder::new_from_metadata(
             metadata.clone(),
             Some(old_location.to_string()),
         )
@@ -445,16 +481,38 @@ impl Catalog {
         )
         .map_err(Error::ice("moving main"))?
         .build()
-        .map_err(Error::ice("building metadata"))?
-        .metadata;
+        .map_err(Error::ice("building metadata"))?;
+        let new_metadata = built.metadata;
+        let expired = built
+            .expired_metadata_logs
+            .into_iter()
+            .map(|l| l.metadata_file)
+            .collect();
         let new_location = MetadataLocation::from_str(old_location)
             .map_err(Error::ice("parsing the metadata location"))?
             .with_next_version()
             .with_new_metadata(&new_metadata)
             .to_string();
         self.write_metadata(&new_metadata, &new_location).await?;
-        Ok((new_metadata, new_location, snapshot_id))
+        Ok(Prepared {
+            written: vec![manifest_path, list_path_written, new_location.clone()],
+            metadata: new_metadata,
+            location: new_location,
+            snapshot_id,
+            expired,
+        })
     }
+}
+
+/// A prepared (written, not yet swapped-in) commit.
+struct Prepared {
+    metadata: TableMetadata,
+    location: String,
+    snapshot_id: i64,
+    /// Metadata files that fell out of the metadata log with this commit.
+    expired: Vec<String>,
+    /// Files this attempt wrote: deleted if the swap is lost.
+    written: Vec<String>,
 }
 
 /// The position of `source` recorded in the table's current snapshot.

@@ -302,8 +302,9 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
                 let mut counts = TenantCounts::default();
                 while !done.load(Ordering::SeqCst) {
                     let now_s = chrono::Utc::now().timestamp();
-                    let events: Vec<Value> =
-                        (0..10).map(|k| make_event(&mut rng, &tenant, now_s, k)).collect();
+                    let events: Vec<Value> = (0..10)
+                        .map(|k| make_event(&mut rng, &tenant, now_s, k))
+                        .collect();
                     let Ok(encoded) = encode(&events, Format::Json) else {
                         break;
                     };

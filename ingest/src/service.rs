@@ -170,11 +170,17 @@ impl Ingest {
         let now = chrono::Utc::now().timestamp_micros();
 
         // Rebuild the de-duplication window from the tables.
+        let started = std::time::Instant::now();
         for t in catalog.list_tenants().await? {
             let tenant = TenantId::parse(&t.id)?;
             let keys = recent_event_ids(&catalog, &tenant, now, cfg.dedup_window_secs).await?;
             dedup.remember(keys, now);
         }
+        tracing::info!(
+            ids = dedup.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "de-duplication window rebuilt from the tables"
+        );
 
         // Replay the log past each tenant's committed position.
         let mut committed: HashMap<TenantId, Option<u64>> = HashMap::new();

@@ -100,7 +100,7 @@ impl Default for IngestConfig {
             max_request_bytes: 10 << 20,
             max_events_per_request: 10_000,
             flush_interval_ms: 250,
-            flush_max_rows: 200_000,
+            flush_max_rows: 100_000,
             flush_max_bytes: 64 << 20,
             max_buffered_bytes: 512 << 20,
             backpressure_timeout_ms: 5_000,
@@ -108,7 +108,7 @@ impl Default for IngestConfig {
             dedup_window_secs: 24 * 3600,
             dedup_max_ids: 20_000_000,
             wait_visible_timeout_ms: 30_000,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }

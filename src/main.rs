@@ -146,7 +146,16 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("floe-io")
         .build()?;
-    runtime.block_on(run(cli))
+    // Parquet encoding and commits run on their own threads, away from request handling.
+    // Owned here, outside any async context, so that it can be shut down (and dropped) safely.
+    let flush_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("floe-flush")
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(cli, flush_runtime.handle().clone()));
+    flush_runtime.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
 fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
@@ -166,9 +175,9 @@ fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
     Ok(Config::from_env(cli.config.as_deref(), &overrides)?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Serve { listen } => serve(load_config(&cli, listen.as_ref())?).await,
+        Command::Serve { listen } => serve(load_config(&cli, listen.as_ref())?, flush).await,
         Command::Tenant { command } => {
             let config = load_config(&cli, None)?;
             let catalog = Catalog::open(&config).await?;
@@ -251,16 +260,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
-    // Parquet encoding and commits run on their own threads, away from request handling.
-    let flush_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("floe-flush")
-        .enable_all()
-        .build()?;
-    let ingest = Ingest::start(catalog.clone(), &config, flush_runtime.handle().clone()).await?;
+    let ingest = Ingest::start(catalog.clone(), &config, flush).await?;
     let state = HttpState {
         ingest: ingest.clone(),
         auth: Authenticator::new(authority, catalog),
@@ -284,7 +287,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?;
     tracing::info!("shutting down: committing buffered events");
     ingest.shutdown(Duration::from_secs(10)).await;
-    flush_runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(())
 }
 

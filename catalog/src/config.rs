@@ -37,6 +37,8 @@ pub struct IngestConfig {
     pub max_request_bytes: usize,
     /// Most events in one request (413 above).
     pub max_events_per_request: usize,
+    /// Ingest requests handled at once; more wait for a slot (bounds memory held by bodies).
+    pub max_concurrent_requests: usize,
     /// A tenant's buffered events are committed at most this long after the first arrived.
     pub flush_interval_ms: u64,
     /// ... or once this many rows are buffered ...
@@ -99,6 +101,7 @@ impl Default for IngestConfig {
             max_event_bytes: 1 << 20,
             max_request_bytes: 10 << 20,
             max_events_per_request: 10_000,
+            max_concurrent_requests: 64,
             flush_interval_ms: 250,
             flush_max_rows: 100_000,
             flush_max_bytes: 64 << 20,

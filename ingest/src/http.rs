@@ -24,8 +24,12 @@ pub struct HttpState {
 
 /// The ingest routes.
 pub fn router(state: HttpState) -> Router {
+    let slots = state.ingest.config().max_concurrent_requests;
     Router::new()
-        .route("/v1/events", post(post_events))
+        .route(
+            "/v1/events",
+            post(post_events).layer(tower::limit::ConcurrencyLimitLayer::new(slots)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)

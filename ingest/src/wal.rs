@@ -75,6 +75,8 @@ impl Wal {
     pub fn open(dir: &Path) -> Result<(String, Recovered)> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let id = load_or_create_id(dir)?;
+        // Only the process holding the lock may read or write the log (see `Wal::start`).
+        check_unlocked(dir)?;
         let segments = list_segments(dir)?;
         let mut records = Vec::new();
         let mut next_lsn = 1;
@@ -152,7 +154,8 @@ impl Wal {
         sink: Sink,
     ) -> Result<Wal> {
         let (tx, rx) = mpsc::channel(MAX_GROUP);
-        let mut writer = Writer::new(dir.to_path_buf(), next_lsn, segment_bytes, sink)?;
+        let lock = lock(dir)?;
+        let mut writer = Writer::new(dir.to_path_buf(), next_lsn, segment_bytes, sink, lock)?;
         std::thread::Builder::new()
             .name("floe-wal".into())
             .spawn(move || writer.run(rx))
@@ -230,10 +233,18 @@ struct Writer {
     sink: Sink,
     failed: Option<String>,
     buf: Vec<u8>,
+    /// Held for the writer's life: the exclusive lock on the log directory.
+    _lock: File,
 }
 
 impl Writer {
-    fn new(dir: PathBuf, next_lsn: u64, segment_bytes: u64, sink: Sink) -> Result<Writer> {
+    fn new(
+        dir: PathBuf,
+        next_lsn: u64,
+        segment_bytes: u64,
+        sink: Sink,
+        lock: File,
+    ) -> Result<Writer> {
         let mut closed = list_segments(&dir)?;
         // Keep appending to the last segment when there is room.
         let active = match closed.pop() {
@@ -256,6 +267,7 @@ impl Writer {
             sink,
             failed: None,
             buf: Vec::with_capacity(1 << 20),
+            _lock: lock,
         })
     }
 
@@ -418,6 +430,34 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Takes the exclusive lock on the log directory, held until the writer thread ends.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Wal {
+            message: format!(
+                "another process is using the write-ahead log in {}; each `floe serve` needs \
+                 its own --data-dir",
+                dir.display()
+            ),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Fails when another process holds the log's lock (checked before reading it).
+fn check_unlocked(dir: &Path) -> Result<()> {
+    drop(lock(dir)?);
+    Ok(())
 }
 
 fn load_or_create_id(dir: &Path) -> Result<String> {

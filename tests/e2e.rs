@@ -502,8 +502,24 @@ fn sql_sees_only_the_callers_tenant_and_prints_formats() {
 #[test]
 fn tenant_commands_work_while_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let _server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &[]);
     floe(dir.path(), &["tenant", "create", "late-1"]);
+    // The running server accepts the new tenant at once.
+    let t = floe(
+        dir.path(),
+        &["token", "issue", "--tenant", "late-1", "--role", "ingest"],
+    );
+    let body = serde_json::to_vec(&events_json("late", 3, 0)).unwrap();
+    let r = post_events(
+        &server.url,
+        t.trim(),
+        "application/json",
+        &body,
+        false,
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(count(dir.path(), "late-1"), (3, 3));
     floe(dir.path(), &["tenant", "create", "late-0"]);
     assert_eq!(floe(dir.path(), &["tenant", "list"]), "late-0\nlate-1\n");
     let out = Command::new(BIN)

@@ -11,6 +11,7 @@ use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthorit
 use floe_ingest::Ingest;
 use floe_ingest::http::HttpState;
 use floe_ingest::loadgen::{Format, GenOptions};
+use floe_query::trino::TrinoState;
 use floe_query::{Engine, OutputFormat};
 
 #[derive(Parser)]
@@ -36,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything in one process: HTTP ingest and the commit pipeline.
+    /// Run everything in one process: HTTP ingest, the commit pipeline, and SQL over the
+    /// Trino client protocol.
     Serve {
         /// Address to listen on (config `listen`, default 127.0.0.1:8080).
         #[arg(long)]
@@ -285,11 +287,15 @@ async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest = Ingest::start(catalog.clone(), &config, flush).await?;
+    let auth = Authenticator::new(authority, catalog.clone());
     let state = HttpState {
         ingest: ingest.clone(),
-        auth: Authenticator::new(authority, catalog),
+        auth: auth.clone(),
     };
-    let app = floe_ingest::http::router(state);
+    let engine = Engine::new(catalog, config.query.clone());
+    // One port: ingest, health, and the Trino protocol for SQL clients.
+    let app = floe_ingest::http::router(state)
+        .merge(floe_query::trino::router(TrinoState::new(engine, auth)));
     let addr: SocketAddr = config
         .listen
         .parse()

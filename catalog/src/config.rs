@@ -74,11 +74,37 @@ pub struct AuthConfig {
 }
 
 /// Query limits.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// DataFusion target partitions; 0 means the number of cores.
     pub target_partitions: usize,
+    /// A query running longer than this fails with `EXCEEDED_TIME_LIMIT`.
+    pub timeout_secs: u64,
+    /// Memory one query may hold (a DataFusion memory pool); past it, `EXCEEDED_MEMORY_LIMIT`.
+    pub memory_limit_bytes: usize,
+    /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
+    pub max_result_rows: u64,
+    /// Longest SQL text accepted.
+    pub max_sql_bytes: usize,
+    /// Rows per page of the Trino protocol (pages are also cut at about 1 MiB).
+    pub page_rows: usize,
+    /// A query whose client stops fetching pages is cancelled after this long.
+    pub abandoned_after_secs: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            target_partitions: 0,
+            timeout_secs: 60,
+            memory_limit_bytes: 1 << 30,
+            max_result_rows: 1_000_000,
+            max_sql_bytes: 1 << 20,
+            page_rows: 10_000,
+            abandoned_after_secs: 300,
+        }
+    }
 }
 
 impl Default for Config {

@@ -4,6 +4,8 @@
 //! is the tenant's namespace. Other tenants' tables are not registered, so they cannot be named,
 //! listed or guessed. Statements that change anything (DDL, DML, `SET`, `COPY`) are refused.
 
+pub mod trino;
+
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -12,6 +14,7 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use floe_catalog::config::QueryConfig;
 use floe_catalog::{CATALOG_NAME, Catalog, ErrorKind, TenantId};
 use iceberg_datafusion::IcebergStaticTableProvider;
@@ -67,6 +70,15 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Which of a tenant's tables a session registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every table (roles `analyst`, `admin`).
+    AllTables,
+    /// Projection tables only (role `viewer`).
+    ProjectionsOnly,
+}
+
 /// Builds tenant-scoped DataFusion sessions.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -79,19 +91,45 @@ impl Engine {
         Engine { catalog, config }
     }
 
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// A session that sees exactly `tenant`'s tables, as of now.
     pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
+        self.session_scoped(tenant, Scope::AllTables).await
+    }
+
+    /// A session that sees `tenant`'s tables allowed by `scope`, with the per-query memory pool.
+    pub async fn session_scoped(&self, tenant: &TenantId, scope: Scope) -> Result<SessionContext> {
+        // The information_schema is Floe's own (below): Trino's shape and type names, and only
+        // this tenant's tables.
         let mut cfg = SessionConfig::new()
-            .with_information_schema(true)
+            .with_information_schema(false)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, tenant.as_str());
         if self.config.target_partitions > 0 {
             cfg = cfg.with_target_partitions(self.config.target_partitions);
         }
-        let ctx = SessionContext::new_with_config(cfg);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(cfg, runtime);
         let schema = Arc::new(MemorySchemaProvider::new());
         for name in self.catalog.list_tables(tenant).await? {
             let table = self.catalog.load_table(tenant, &name).await?;
+            let kind = table
+                .metadata()
+                .properties()
+                .get("floe.table.kind")
+                .cloned();
+            if scope == Scope::ProjectionsOnly && kind.as_deref() != Some("projection") {
+                continue;
+            }
             let provider = IcebergStaticTableProvider::try_new_from_table(table)
                 .await
                 .map_err(|source| Error::Table {
@@ -101,23 +139,144 @@ impl Engine {
             schema.register_table(name, Arc::new(provider))?;
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog.register_schema(
+            INFORMATION_SCHEMA,
+            Arc::new(information_schema(tenant, schema.as_ref()).await?),
+        )?;
         catalog.register_schema(tenant.as_str(), schema)?;
         ctx.register_catalog(CATALOG_NAME, catalog);
         Ok(ctx)
     }
 
-    /// Runs one read-only statement for `tenant` and collects the result.
-    pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let ctx = self.session(tenant).await?;
+    /// Plans one read-only statement in `ctx`: DDL, DML (`COPY` included) and `SET` are refused.
+    pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await?;
+        Ok(ctx.sql_with_options(sql, options).await?)
+    }
+
+    /// Runs one read-only statement for `tenant` and collects the result.
+    pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session(tenant).await?;
+        let df = Self::plan(&ctx, sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
+}
+
+const INFORMATION_SCHEMA: &str = "information_schema";
+
+/// `information_schema.{schemata, tables, columns}` for one tenant, as Trino shows them (column
+/// types by their Trino names), so SQL tools can reflect the tenant's tables.
+async fn information_schema(
+    tenant: &TenantId,
+    tables: &MemorySchemaProvider,
+) -> Result<MemorySchemaProvider> {
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+
+    let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let strings = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let cat = || Some(CATALOG_NAME.to_string());
+    let info_tables = ["columns", "schemata", "tables"];
+
+    let mut names = tables.table_names();
+    names.sort();
+    let (mut t_schema, mut t_name, mut t_type) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cols: [Vec<Option<String>>; 6] = Default::default();
+    let mut positions = Vec::new();
+    for name in &names {
+        t_schema.push(Some(tenant.to_string()));
+        t_name.push(Some(name.clone()));
+        t_type.push(Some("BASE TABLE".to_string()));
+        let Some(table) = tables.table(name).await? else {
+            continue;
+        };
+        for (i, f) in table.schema().fields().iter().enumerate() {
+            cols[0].push(Some(tenant.to_string()));
+            cols[1].push(Some(name.clone()));
+            cols[2].push(Some(f.name().clone()));
+            cols[3].push(Some(if f.is_nullable() { "YES" } else { "NO" }.to_string()));
+            cols[4].push(Some(trino::trino_type(f.data_type()).0));
+            cols[5].push(None);
+            positions.push(i as i64 + 1);
+        }
+    }
+    for name in info_tables {
+        t_schema.push(Some(INFORMATION_SCHEMA.to_string()));
+        t_name.push(Some(name.to_string()));
+        t_type.push(Some("BASE TABLE".to_string()));
+    }
+    let n_tables = t_name.len();
+    let tables_batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            utf8("table_catalog", false),
+            utf8("table_schema", false),
+            utf8("table_name", false),
+            utf8("table_type", false),
+        ])),
+        vec![
+            strings(vec![cat(); n_tables]),
+            strings(t_schema),
+            strings(t_name),
+            strings(t_type),
+        ],
+    )?;
+    let n_cols = positions.len();
+    let [c_schema, c_table, c_name, c_null, c_type, c_comment] = cols;
+    let columns_batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            utf8("table_catalog", false),
+            utf8("table_schema", false),
+            utf8("table_name", false),
+            utf8("column_name", false),
+            Field::new("ordinal_position", DataType::Int64, false),
+            utf8("column_default", true),
+            utf8("is_nullable", false),
+            utf8("data_type", false),
+            utf8("comment", true),
+            utf8("extra_info", true),
+        ])),
+        vec![
+            strings(vec![cat(); n_cols]),
+            strings(c_schema),
+            strings(c_table),
+            strings(c_name),
+            Arc::new(Int64Array::from(positions)),
+            strings(vec![None; n_cols]),
+            strings(c_null),
+            strings(c_type),
+            strings(c_comment),
+            strings(vec![None; n_cols]),
+        ],
+    )?;
+    let schemata_batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            utf8("catalog_name", false),
+            utf8("schema_name", false),
+        ])),
+        vec![
+            strings(vec![cat(), cat()]),
+            strings(vec![
+                Some(tenant.to_string()),
+                Some(INFORMATION_SCHEMA.to_string()),
+            ]),
+        ],
+    )?;
+    let provider = MemorySchemaProvider::new();
+    for (name, batch) in [
+        ("tables", tables_batch),
+        ("columns", columns_batch),
+        ("schemata", schemata_batch),
+    ] {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        provider.register_table(name.to_string(), Arc::new(table))?;
+    }
+    Ok(provider)
 }
 
 /// Renders batches in `format`.

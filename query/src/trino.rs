@@ -337,6 +337,25 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         q.insert(id.clone(), run.clone());
     }
     tracing::info!(tenant = %tenant, query = %id, "query started");
+    // Every query is audited: who (token id and role), which query, its text (capped).
+    let detail = json!({
+        "query_id": id,
+        "role": claims.role.as_str(),
+        "sql": sql.chars().take(4096).collect::<String>(),
+    });
+    if let Err(e) = st
+        .engine
+        .catalog()
+        .audit(
+            &format!("token:{}", claims.jti),
+            Some(tenant.as_str()),
+            "query",
+            &detail.to_string(),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not write the query audit entry");
+    }
     let mut guard = run.lock().await;
     let page = page(
         &st,

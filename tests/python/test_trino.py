@@ -167,3 +167,15 @@ def test_roles_and_credentials(loaded):
                                   http_scheme="http").cursor()
         cur.execute("SELECT 1")
         cur.fetchall()
+
+
+def test_queries_are_audited(loaded):
+    import sqlite3
+    run(loaded, "tq-main", "SELECT 42 AS audited_marker")
+    con = sqlite3.connect(f"{loaded.data}/catalog.db")
+    rows = con.execute(
+        "SELECT tenant, actor, detail FROM floe_audit WHERE action = 'query' AND detail LIKE '%audited_marker%'"
+    ).fetchall()
+    assert len(rows) == 1
+    tenant, actor, detail = rows[0]
+    assert tenant == "tq-main" and actor.startswith("token:")

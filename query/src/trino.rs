@@ -357,16 +357,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         tracing::warn!(error = %e, "could not write the query audit entry");
     }
     let mut guard = run.lock().await;
-    let page = page(
-        &st,
-        &mut guard,
-        &id,
-        &base,
-        cfg.page_rows,
-        cfg.max_result_rows,
-    )
-    .await;
-    axum::Json(page).into_response()
+    axum::Json(page(&st, &mut guard, &id, &base).await).into_response()
 }
 
 fn time_limit(secs: u64) -> QueryError {
@@ -781,17 +772,7 @@ async fn next(
     if token != guard.token {
         return (StatusCode::GONE, "page token is not current").into_response();
     }
-    let cfg = st.engine.config().clone();
-    let page = page(
-        &st,
-        &mut guard,
-        &id,
-        &base,
-        cfg.page_rows,
-        cfg.max_result_rows,
-    )
-    .await;
-    axum::Json(page).into_response()
+    axum::Json(page(&st, &mut guard, &id, &base).await).into_response()
 }
 
 async fn cancel(
@@ -821,14 +802,11 @@ async fn info(State(st): State<TrinoState>) -> Response {
 }
 
 /// Pulls the next page from the running plan and advances the token.
-async fn page(
-    st: &TrinoState,
-    run: &mut Run,
-    id: &str,
-    base: &str,
-    page_rows: usize,
-    max_rows: u64,
-) -> Value {
+async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
+    let (page_rows, max_rows) = {
+        let cfg = st.engine.config();
+        (cfg.page_rows, cfg.max_result_rows)
+    };
     run.touched = Instant::now();
     let mut data: Vec<Value> = Vec::new();
     let mut bytes = 0usize;

@@ -67,7 +67,6 @@ pub fn router(state: TrinoState) -> Router {
 struct Run {
     tenant: String,
     stream: Option<SendableRecordBatchStream>,
-    schema: SchemaRef,
     columns: Value,
     /// The token the next GET must carry; the previous page is kept for a retried GET.
     token: u64,
@@ -325,7 +324,6 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     let run = Arc::new(tokio::sync::Mutex::new(Run {
         tenant: tenant.to_string(),
         stream: Some(stream),
-        schema,
         columns,
         token: 0,
         last_page: None,
@@ -872,7 +870,6 @@ async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
         body["nextUri"] = json!(format!("{base}/v1/statement/executing/{id}/{}", run.token));
     }
     run.last_page = Some(body.clone());
-    let _ = &run.schema;
     body
 }
 

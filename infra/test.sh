@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as well as a warm one: builds Floe once (release
-# profile, shared by every step), runs the Rust tests, then the Python tests in which pyiceberg
-# and DuckDB read Floe's tables. Needs no running services: the embedded defaults are what is
+# profile, shared by every step), runs the Rust tests, then the Python tests in which pyiceberg,
+# DuckDB and the trino client read Floe's tables. Needs no running services: the embedded defaults are what is
 # tested here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ cargo build --release --locked --bin floe
 echo "== rust tests"
 cargo test --release --locked --workspace --no-fail-fast
 
-echo "== python tests (pyiceberg, DuckDB)"
+echo "== python tests (pyiceberg, DuckDB, trino client)"
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

@@ -13,7 +13,7 @@ use iceberg::io::FileIO;
 
 pub use auth::{Authenticator, Claims, Role, TokenAuthority};
 pub use config::Config;
-pub use db::Db;
+use db::Db;
 pub use error::{Error, ErrorKind, Result};
 pub use table::{CommitOutcome, SourcePosition};
 pub use tenant::{Tenant, TenantId};
@@ -61,10 +61,6 @@ impl Catalog {
 
     pub fn file_io(&self) -> &FileIO {
         &self.file_io
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
     }
 }
 

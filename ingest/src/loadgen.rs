@@ -134,7 +134,7 @@ pub fn make_event(rng: &mut StdRng, tenant: &str, now_s: i64, form: usize) -> Va
 struct Request {
     tenant: usize,
     events: usize,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     content_type: &'static str,
     gzip: bool,
 }
@@ -212,7 +212,7 @@ fn plan(opts: &GenOptions) -> Result<(Vec<Request>, BTreeMap<String, TenantCount
             requests.push(Request {
                 tenant: ti,
                 events: chunk.len(),
-                body,
+                body: body.into(),
                 content_type,
                 gzip,
             });
@@ -226,7 +226,7 @@ async fn send(
     client: &reqwest::Client,
     url: &str,
     token: &str,
-    (body, ct, gz): (Vec<u8>, &str, bool),
+    (body, ct, gz): (bytes::Bytes, &str, bool),
     wait_visible: bool,
 ) -> Result<Value> {
     let mut req = client
@@ -309,7 +309,9 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
                         break;
                     };
                     let started = Instant::now();
-                    if let Ok(body) = send(&client, &url, &token, encoded, true).await {
+                    let (body, ct, gz) = encoded;
+                    if let Ok(body) = send(&client, &url, &token, (body.into(), ct, gz), true).await
+                    {
                         samples.push(started.elapsed().as_secs_f64() * 1000.0);
                         accepted += body["accepted"].as_u64().unwrap_or(0);
                         for e in &events {

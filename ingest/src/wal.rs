@@ -8,7 +8,7 @@
 //! only when every record in them is behind the committed positions of the tables.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -606,13 +606,6 @@ fn decode_record(data: &[u8]) -> std::result::Result<Decoded, String> {
         return Err("trailing bytes in record".into());
     }
     Ok((lsn, tenant, events, HEADER + len))
-}
-
-/// Reads the whole of a file; for tests and tools.
-pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    File::open(path)?.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 #[cfg(test)]

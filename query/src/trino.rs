@@ -279,17 +279,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     }
     let prepared = match prepared_statement(sql, &headers) {
         Ok(Prepared::Answer(headers)) => {
-            let body = json!({
-                "id": id, "infoUri": format!("{base}/ui/query.html?{id}"),
-                "stats": stats("FINISHED", 0), "warnings": [],
-            });
-            let mut r = axum::Json(body).into_response();
-            for (k, v) in headers {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    r.headers_mut().insert(k, v);
-                }
-            }
-            return r;
+            return finished(&id, &base, headers, Value::Null, Value::Null);
         }
         Ok(Prepared::Run(sql)) => Some(sql),
         Ok(Prepared::Plain) => None,
@@ -366,6 +356,31 @@ fn time_limit(secs: u64) -> QueryError {
     )
 }
 
+/// A finished `QueryResults` answered without the engine, with session headers for the client.
+fn finished(
+    id: &str,
+    base: &str,
+    headers: Vec<(&'static str, String)>,
+    columns: Value,
+    data: Value,
+) -> Response {
+    let mut body = json!({
+        "id": id, "infoUri": format!("{base}/ui/query.html?{id}"),
+        "stats": stats("FINISHED", 0), "warnings": [],
+    });
+    if !columns.is_null() {
+        body["columns"] = columns;
+        body["data"] = data;
+    }
+    let mut r = axum::Json(body).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
 /// `USE`, `SET SESSION`, `RESET SESSION`, `SHOW CATALOGS`, `SHOW SCHEMAS`: answered here.
 fn session_statement(sql: &str, tenant: &TenantId, id: &str, base: &str) -> Option<Response> {
     let words: Vec<&str> = sql.split_whitespace().collect();
@@ -375,17 +390,7 @@ fn session_statement(sql: &str, tenant: &TenantId, id: &str, base: &str) -> Opti
         .map(|w| w.to_ascii_uppercase())
         .collect();
     let ok = |headers: Vec<(&'static str, String)>, columns: Value, data: Value| {
-        let body = json!({
-            "id": id, "infoUri": format!("{base}/ui/query.html?{id}"),
-            "columns": columns, "data": data, "stats": stats("FINISHED", 0), "warnings": [],
-        });
-        let mut r = axum::Json(body).into_response();
-        for (k, v) in headers {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                r.headers_mut().insert(k, v);
-            }
-        }
-        Some(r)
+        Some(finished(id, base, headers, columns, data))
     };
     let fail = |e: QueryError| Some(axum::Json(e.into_results(id, base)).into_response());
     let varchar_col = |name: &str| json!([column(&Field::new(name, DataType::Utf8, false))]);
@@ -702,11 +707,17 @@ fn trino_rewrite(sql: &str, tenant: &TenantId) -> Option<String> {
             let target = sql
                 .split_whitespace()
                 .nth(if words[0] == "SHOW" { 3 } else { 1 })?;
-            let table = target
-                .rsplit('.')
-                .next()?
-                .trim_matches('"')
-                .replace('\'', "''");
+            let parts: Vec<String> = target
+                .split('.')
+                .map(|p| p.trim_matches('"').replace('\'', "''"))
+                .collect();
+            let table = parts.last()?;
+            // A schema named in the statement is used as given: information_schema holds only
+            // the caller's tenant, so another schema's columns come back empty.
+            let schema = match parts.len() {
+                1 => schema.to_string(),
+                n => parts[n - 2].clone(),
+            };
             Some(format!(
                 "SELECT column_name AS \"Column\", data_type AS \"Type\", '' AS \"Extra\", \
                  '' AS \"Comment\" FROM information_schema.columns \

@@ -149,6 +149,9 @@ def test_isolation(loaded):
         cur.execute("SELECT count(*) FROM events")
         cur.fetchall()
     assert e.value.error_name == "SCHEMA_NOT_FOUND"
+    # Describing another tenant's table shows nothing; describing one's own shows its columns.
+    assert run(loaded, "tq-main", 'DESCRIBE "tq-other".events')[0] == []
+    assert len(run(loaded, "tq-main", "DESCRIBE events")[0]) == 8
     # Each tenant counts only its own rows.
     for t in TENANTS:
         rows, _ = run(loaded, t, "SELECT DISTINCT tenant_id FROM events")

@@ -165,9 +165,13 @@ fn real_main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // SQL parsing and planning walk expression trees recursively; query.max_sql_depth and
+    // query.max_sql_operators bound their depth, and this stack fits the deepest they allow
+    // (reserved address space; only what is touched becomes memory).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("floe-io")
+        .thread_stack_size(floe_query::trino::SQL_STACK_BYTES)
         .build()?;
     // Parquet encoding and commits run on their own threads, away from request handling.
     // Owned here, outside any async context, so that it can be shut down (and dropped) safely.
@@ -176,7 +180,14 @@ fn real_main() -> anyhow::Result<()> {
         .thread_name("floe-flush")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(cli, flush_runtime.handle().clone()));
+    // `block_on` runs `floe sql` on this thread: give it the same stack as the workers.
+    let flush = flush_runtime.handle().clone();
+    let result = std::thread::Builder::new()
+        .name("floe-main".into())
+        .stack_size(floe_query::trino::SQL_STACK_BYTES)
+        .spawn(move || runtime.block_on(run(cli, flush)))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the main thread panicked"))?;
     flush_runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }

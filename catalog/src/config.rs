@@ -87,6 +87,12 @@ pub struct QueryConfig {
     pub max_result_rows: u64,
     /// Longest SQL text accepted.
     pub max_sql_bytes: usize,
+    /// Deepest nesting the SQL parser accepts (parentheses, subqueries); deeper is refused.
+    pub max_sql_depth: usize,
+    /// Most binary operators (`+`, `=`, `AND`, …) one statement may hold; more is refused.
+    pub max_sql_operators: usize,
+    /// Queries one tenant may run at once; past it, `QUERY_QUEUE_FULL`.
+    pub max_concurrent_per_tenant: usize,
     /// Rows per page of the Trino protocol (pages are also cut at about 1 MiB).
     pub page_rows: usize,
     /// A query whose client stops fetching pages is cancelled after this long.
@@ -101,6 +107,9 @@ impl Default for QueryConfig {
             memory_limit_bytes: 1 << 30,
             max_result_rows: 1_000_000,
             max_sql_bytes: 1 << 20,
+            max_sql_depth: 64,
+            max_sql_operators: 1000,
+            max_concurrent_per_tenant: 8,
             page_rows: 10_000,
             abandoned_after_secs: 300,
         }

@@ -4,8 +4,11 @@
 //! is the tenant's namespace. Other tenants' tables are not registered, so they cannot be named,
 //! listed or guessed. Statements that change anything (DDL, DML, `SET`, `COPY`) are refused.
 
+pub mod dialect;
+pub mod functions;
 pub mod trino;
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -37,6 +40,26 @@ pub enum Error {
 
     #[error("formatting results: {0}")]
     Format(#[from] arrow::error::ArrowError),
+
+    /// The statement changes something, or reads what SQL users may not (refused by its kind).
+    #[error("{0}")]
+    Denied(String),
+
+    /// Valid SQL that Floe does not run (e.g. table functions).
+    #[error("{0}")]
+    NotSupported(String),
+
+    /// SQL the parser cannot take, or nested too deeply.
+    #[error("{0}")]
+    Syntax(String),
+
+    /// A well-formed statement with a bad value (unknown snapshot, bad time zone).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A table the statement names does not exist for this tenant.
+    #[error("Table '{0}' does not exist")]
+    TableNotFound(String),
 }
 
 impl Error {
@@ -53,6 +76,11 @@ impl Error {
             },
             Error::Table { .. } => ErrorKind::Unavailable,
             Error::Format(_) => ErrorKind::Internal,
+            Error::Denied(_) => ErrorKind::PermissionDenied,
+            Error::NotSupported(_) | Error::Syntax(_) | Error::InvalidArgument(_) => {
+                ErrorKind::InvalidInput
+            }
+            Error::TableNotFound(_) => ErrorKind::NotFound,
         }
     }
 }
@@ -99,19 +127,31 @@ impl Engine {
         &self.catalog
     }
 
-    /// A session that sees exactly `tenant`'s tables, as of now.
+    /// A session that sees exactly `tenant`'s tables, as of now, in UTC.
     pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
-        self.session_scoped(tenant, Scope::AllTables).await
+        self.session_scoped(tenant, Scope::AllTables, "UTC").await
     }
 
-    /// A session that sees `tenant`'s tables allowed by `scope`, with the per-query memory pool.
-    pub async fn session_scoped(&self, tenant: &TenantId, scope: Scope) -> Result<SessionContext> {
+    /// A session that sees `tenant`'s tables allowed by `scope`, with the per-query memory pool,
+    /// Trino's functions, and `time_zone` (an IANA name or `+hh:mm`) as its zone.
+    pub async fn session_scoped(
+        &self,
+        tenant: &TenantId,
+        scope: Scope,
+        time_zone: &str,
+    ) -> Result<SessionContext> {
+        if arrow::array::timezone::Tz::from_str(time_zone).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "Time zone not supported: {time_zone}"
+            )));
+        }
         // The information_schema is Floe's own (below): Trino's shape and type names, and only
         // this tenant's tables.
         let mut cfg = SessionConfig::new()
             .with_information_schema(false)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, tenant.as_str());
+        cfg.options_mut().execution.time_zone = Some(time_zone.to_string());
         if self.config.target_partitions > 0 {
             cfg = cfg.with_target_partitions(self.config.target_partitions);
         }
@@ -119,6 +159,7 @@ impl Engine {
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(cfg, runtime);
+        functions::register(&ctx);
         let schema = Arc::new(MemorySchemaProvider::new());
         for name in self.catalog.list_tables(tenant).await? {
             let table = self.catalog.load_table(tenant, &name).await?;
@@ -148,22 +189,105 @@ impl Engine {
         Ok(ctx)
     }
 
-    /// Plans one read-only statement in `ctx`: DDL, DML (`COPY` included) and `SET` are refused.
-    pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
-        let options = SQLOptions::new()
+    /// Plans one read-only statement, in Trino's dialect, in a session from `session_scoped`.
+    ///
+    /// The statement is classified before planning (see `dialect`): anything but a query is
+    /// refused by its kind. Tables read at a snapshot (`FOR VERSION AS OF`, `FOR TIMESTAMP AS
+    /// OF`) are registered first, and only if the session already sees the table.
+    pub async fn plan(
+        &self,
+        ctx: &SessionContext,
+        tenant: &TenantId,
+        sql: &str,
+    ) -> Result<datafusion::dataframe::DataFrame> {
+        let translated = dialect::translate(
+            sql,
+            self.config.max_sql_depth,
+            self.config.max_sql_operators,
+        )?;
+        let schema = ctx
+            .catalog(CATALOG_NAME)
+            .and_then(|c| c.schema(tenant.as_str()))
+            .ok_or_else(|| Error::TableNotFound(tenant.to_string()))?;
+        for snap in &translated.snapshots {
+            let other_schema = snap.schema.as_deref().is_some_and(|s| s != tenant.as_str());
+            if other_schema || !schema.table_exist(&snap.table) {
+                return Err(Error::TableNotFound(snap.table.clone()));
+            }
+            if schema.table_exist(&snap.name) {
+                continue;
+            }
+            let table = self.catalog.load_table(tenant, &snap.table).await?;
+            let snapshot_id = snapshot_at(&table, snap.at)?;
+            let provider =
+                IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot_id)
+                    .await
+                    .map_err(|source| Error::Table {
+                        table: snap.table.clone(),
+                        source: Box::new(source),
+                    })?;
+            schema.register_table(snap.name.clone(), Arc::new(provider))?;
+        }
+        let state = ctx.state();
+        for reference in state.resolve_table_references(&translated.statement)? {
+            let resolved = reference.clone().resolve(CATALOG_NAME, tenant.as_str());
+            let known = resolved.catalog.as_ref() == CATALOG_NAME
+                && ctx
+                    .catalog(CATALOG_NAME)
+                    .and_then(|c| c.schema(&resolved.schema))
+                    .is_some_and(|s| s.table_exist(&resolved.table));
+            if !known {
+                // The same answer whether the table is missing or belongs to another tenant.
+                return Err(Error::TableNotFound(reference.to_string()));
+            }
+        }
+        let plan = state.statement_to_plan(translated.statement).await?;
+        SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
-            .with_allow_statements(false);
-        Ok(ctx.sql_with_options(sql, options).await?)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        Ok(ctx.execute_logical_plan(plan).await?)
     }
 
     /// Runs one read-only statement for `tenant` and collects the result.
     pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session(tenant).await?;
-        let df = Self::plan(&ctx, sql).await?;
+        let df = self.plan(&ctx, tenant, sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok((schema, batches))
+    }
+}
+
+/// The snapshot a time-travel clause names: the id itself, or the one current at the instant.
+fn snapshot_at(table: &iceberg::table::Table, at: dialect::AsOf) -> Result<i64> {
+    let meta = table.metadata();
+    match at {
+        dialect::AsOf::Version(id) => {
+            meta.snapshot_by_id(id)
+                .map(|s| s.snapshot_id())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("Iceberg snapshot ID does not exist: {id}"))
+                })
+        }
+        dialect::AsOf::Timestamp(ms) => {
+            // The snapshot log records which snapshot was current from when.
+            meta.history()
+                .iter()
+                .filter(|entry| entry.timestamp_ms() <= ms)
+                .filter(|entry| meta.snapshot_by_id(entry.snapshot_id).is_some())
+                .max_by_key(|entry| entry.timestamp_ms())
+                .map(|entry| entry.snapshot_id)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "No version history table {} at or before {}",
+                        table.identifier(),
+                        chrono::DateTime::from_timestamp_millis(ms)
+                            .map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
+                    ))
+                })
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! from the verified token only (Bearer, or Basic whose password is the token).
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use datafusion::execution::SendableRecordBatchStream;
 use floe_catalog::{Authenticator, Claims, ErrorKind, Role, TenantId};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -31,21 +31,35 @@ use crate::{Engine, Error, Scope};
 
 const PAGE_BYTES: usize = 1 << 20;
 
+/// Stack of query threads: parsing and planning walk expression trees recursively, to the
+/// depth `query.max_sql_depth` and `query.max_sql_operators` allow.
+pub const SQL_STACK_BYTES: usize = 16 << 20;
+
 /// State of the Trino endpoints.
 #[derive(Clone)]
 pub struct TrinoState {
     engine: Engine,
+    /// Worker threads of each query's runtime (see `submit`).
+    threads: usize,
     auth: Authenticator,
     queries: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Run>>>>>,
+    /// Per tenant, the slots of `query.max_concurrent_per_tenant`.
+    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     started: Instant,
 }
 
 impl TrinoState {
     pub fn new(engine: Engine, auth: Authenticator) -> Self {
+        let threads = match engine.config().target_partitions {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
         TrinoState {
             engine,
+            threads,
             auth,
             queries: Default::default(),
+            slots: Default::default(),
             started: Instant::now(),
         }
     }
@@ -66,7 +80,9 @@ pub fn router(state: TrinoState) -> Router {
 /// A running query.
 struct Run {
     tenant: String,
-    stream: Option<SendableRecordBatchStream>,
+    /// Batches from the thread that runs the plan; `None` once finished or failed. Dropping it
+    /// (finished, cancelled, reaped, failed) stops that thread's work.
+    batches: Option<tokio::sync::mpsc::Receiver<Result<Produced, Error>>>,
     columns: Value,
     /// The token the next GET must carry; the previous page is kept for a retried GET.
     token: u64,
@@ -118,18 +134,41 @@ impl QueryError {
 
     fn from_query(e: &Error) -> Self {
         let text = e.to_string();
-        if text.contains("Resources exhausted") {
-            return QueryError::insufficient("EXCEEDED_MEMORY_LIMIT", 131079, text);
-        }
-        if text.contains("DDL not supported")
-            || text.contains("DML not supported")
-            || text.contains("Statement not supported")
-        {
-            return QueryError::user("PERMISSION_DENIED", 4, text);
-        }
-        if text.contains("not found") || text.contains("does not exist") {
-            // The same answer whether the table is missing or belongs to another tenant.
-            return QueryError::user("TABLE_NOT_FOUND", 46, text);
+        match e {
+            Error::Denied(m) => return QueryError::user("PERMISSION_DENIED", 4, m.clone()),
+            Error::NotSupported(m) => return QueryError::user("NOT_SUPPORTED", 13, m.clone()),
+            Error::Syntax(m) => return QueryError::user("SYNTAX_ERROR", 1, m.clone()),
+            Error::InvalidArgument(m) => {
+                return QueryError::user("GENERIC_USER_ERROR", 0, m.clone());
+            }
+            Error::TableNotFound(_) => return QueryError::user("TABLE_NOT_FOUND", 46, text),
+            Error::DataFusion(df) => {
+                use arrow::error::ArrowError as A;
+                use datafusion::error::DataFusionError as D;
+                match df.find_root() {
+                    D::ResourcesExhausted(_) => {
+                        return QueryError::insufficient("EXCEEDED_MEMORY_LIMIT", 131079, text);
+                    }
+                    // Raised by functions on bad input (e.g. an invalid JSON path or unit).
+                    D::Execution(m) => {
+                        return QueryError::user("INVALID_FUNCTION_ARGUMENT", 7, m.clone());
+                    }
+                    D::ArrowError(a, _) => match a.as_ref() {
+                        A::DivideByZero => {
+                            return QueryError::user("DIVISION_BY_ZERO", 8, a.to_string());
+                        }
+                        A::CastError(_) | A::ParseError(_) => {
+                            return QueryError::user("INVALID_CAST_ARGUMENT", 9, a.to_string());
+                        }
+                        A::ComputeError(_) | A::InvalidArgumentError(_) => {
+                            return QueryError::user("INVALID_FUNCTION_ARGUMENT", 7, a.to_string());
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            _ => {}
         }
         match e.kind() {
             ErrorKind::InvalidInput => QueryError::user("SYNTAX_ERROR", 1, text),
@@ -161,6 +200,12 @@ impl QueryError {
             "warnings": [],
         })
     }
+}
+
+/// How a failed query is reported to Trino clients: `ERROR_NAME: message`.
+pub fn error_text(e: &Error) -> String {
+    let q = QueryError::from_query(e);
+    format!("{}: {}", q.name, q.message)
 }
 
 fn stats(state: &str, rows: u64) -> Value {
@@ -292,28 +337,115 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     let rewritten = trino_rewrite(sql, &tenant);
     let sql = rewritten.as_deref().unwrap_or(sql);
     reap(&st, Duration::from_secs(cfg.abandoned_after_secs));
-
-    let ctx = match st.engine.session_scoped(&tenant, scope).await {
-        Ok(c) => c,
-        Err(e) => return fail(QueryError::from_query(&e)),
+    let slot = match take_slot(&st, &tenant, cfg.max_concurrent_per_tenant) {
+        Some(s) => s,
+        None => {
+            return fail(QueryError::insufficient(
+                "QUERY_QUEUE_FULL",
+                131074,
+                format!(
+                    "Too many queries running for tenant {tenant} (limit {})",
+                    cfg.max_concurrent_per_tenant
+                ),
+            ));
+        }
     };
+    let time_zone = trino_header(&headers, "time-zone")
+        .unwrap_or("UTC")
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs);
-    let planned = tokio::time::timeout_at(deadline.into(), async {
-        let df = Engine::plan(&ctx, sql).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
-        Ok::<_, Error>((schema, stream))
-    })
-    .await;
-    let (schema, stream) = match planned {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return fail(QueryError::from_query(&e)),
+    // Each query plans and runs on threads of its own (a small runtime, one worker per
+    // partition), away from the threads that serve HTTP and from other queries. A plan step
+    // that does not yield for seconds (a big nested-loop join) then delays nobody else, and the
+    // OS shares the cores. Batches come back through a bounded channel: a client that reads
+    // slowly holds at most two batches in memory. When the client goes away (or a limit
+    // stops the query), the channel closes and the work stops at its next yield.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Produced, Error>>(2);
+    let engine = st.engine.clone();
+    let plan_tenant = tenant.clone();
+    let plan_sql = sql.to_string();
+    let watch = tx.clone();
+    let work = async move {
+        let started = async {
+            let ctx = engine
+                .session_scoped(&plan_tenant, scope, &time_zone)
+                .await?;
+            let df = engine.plan(&ctx, &plan_tenant, &plan_sql).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await?;
+            Ok::<_, Error>((schema, stream))
+        };
+        let mut stream = match started.await {
+            Ok((schema, stream)) => {
+                if tx.send(Ok(Produced::Schema(schema))).await.is_err() {
+                    return;
+                }
+                stream
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        while let Some(next) = stream.next().await {
+            let item = next.map(Produced::Batch).map_err(Error::DataFusion);
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    };
+    let threads = st.threads;
+    let spawned = std::thread::Builder::new()
+        .name("floe-query".into())
+        .stack_size(SQL_STACK_BYTES)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("floe-query-worker")
+                .thread_stack_size(SQL_STACK_BYTES)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a query runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = watch.closed() => {}
+                    _ = work => {}
+                }
+            });
+            // Waits for the workers' current steps to end; only then is the slot given back,
+            // so that the tenant's limit counts work that is really still running.
+            drop(runtime);
+            drop(slot);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a query thread");
+        return fail(QueryError::insufficient(
+            "SERVER_RESOURCES_EXHAUSTED",
+            131076,
+            "could not start a query thread",
+        ));
+    }
+    let schema = match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        Ok(Some(Ok(Produced::Schema(schema)))) => schema,
+        Ok(Some(Err(e))) => return fail(QueryError::from_query(&e)),
+        Ok(Some(Ok(Produced::Batch(_))) | None) => {
+            return fail(QueryError::from_query(&Error::NotSupported(
+                "the query ended before producing a schema".into(),
+            )));
+        }
         Err(_) => return fail(time_limit(cfg.timeout_secs)),
     };
     let columns = Value::Array(schema.fields().iter().map(|f| column(f)).collect());
     let run = Arc::new(tokio::sync::Mutex::new(Run {
         tenant: tenant.to_string(),
-        stream: Some(stream),
+        batches: Some(rx),
         columns,
         token: 0,
         last_page: None,
@@ -734,6 +866,28 @@ fn trino_rewrite(sql: &str, tenant: &TenantId) -> Option<String> {
 }
 
 /// Cancels queries whose clients stopped fetching.
+/// What the task running a plan sends: the schema first, then the batches.
+enum Produced {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// One of the tenant's query slots, or `None` when all are taken.
+fn take_slot(
+    st: &TrinoState,
+    tenant: &TenantId,
+    limit: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let sem = {
+        let mut slots = st.slots.lock().ok()?;
+        slots
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
+            .clone()
+    };
+    sem.try_acquire_owned().ok()
+}
+
 fn reap(st: &TrinoState, idle: Duration) {
     if let Ok(mut q) = st.queries.lock() {
         q.retain(|_, run| match run.try_lock() {
@@ -822,25 +976,26 @@ async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
     let mut failure = None;
     let mut finished = false;
     while data.len() < page_rows && bytes < PAGE_BYTES {
-        let Some(stream) = run.stream.as_mut() else {
+        let Some(batches) = run.batches.as_mut() else {
             finished = true;
             break;
         };
-        match tokio::time::timeout_at(run.deadline.into(), stream.next()).await {
+        match tokio::time::timeout_at(run.deadline.into(), batches.recv()).await {
             Err(_) => {
                 failure = Some(time_limit(st.engine.config().timeout_secs));
                 break;
             }
             Ok(None) => {
-                run.stream = None;
+                run.batches = None;
                 finished = true;
                 break;
             }
             Ok(Some(Err(e))) => {
-                failure = Some(QueryError::from_query(&Error::DataFusion(e)));
+                failure = Some(QueryError::from_query(&e));
                 break;
             }
-            Ok(Some(Ok(batch))) => {
+            Ok(Some(Ok(Produced::Schema(_)))) => continue,
+            Ok(Some(Ok(Produced::Batch(batch)))) => {
                 run.rows += batch.num_rows() as u64;
                 if run.rows > max_rows {
                     failure = Some(QueryError::insufficient(
@@ -851,7 +1006,7 @@ async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
                     break;
                 }
                 bytes += batch.get_array_memory_size();
-                data.extend(rows(&batch));
+                data.extend(json_rows(&batch));
             }
         }
     }
@@ -859,7 +1014,7 @@ async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
         if let Ok(mut q) = st.queries.lock() {
             q.remove(id);
         }
-        run.stream = None;
+        run.batches = None;
         return f.into_results(id, base);
     }
     let mut body = json!({
@@ -983,7 +1138,8 @@ pub(crate) fn trino_type(dt: &DataType) -> (String, Value) {
     }
 }
 
-fn rows(batch: &RecordBatch) -> Vec<Value> {
+/// The rows of `batch` as the Trino protocol sends them in `data`.
+pub fn json_rows(batch: &RecordBatch) -> Vec<Value> {
     (0..batch.num_rows())
         .map(|r| Value::Array(batch.columns().iter().map(|c| value(c, r)).collect()))
         .collect()
@@ -1070,8 +1226,19 @@ fn value(array: &ArrayRef, row: usize) -> Value {
                 _ => "%Y-%m-%d %H:%M:%S%.6f",
             };
             match tz {
-                // Values are kept in UTC; the zone is shown as Trino does.
-                Some(_) => json!(format!("{} UTC", t.format(digits))),
+                // Shown in the value's zone, named as Trino names it.
+                Some(tz) => {
+                    let name = match tz.as_ref() {
+                        "+00:00" | "UTC" | "Z" | "+0000" | "Etc/UTC" => "UTC",
+                        other => other,
+                    };
+                    match arrow::array::timezone::Tz::from_str(name) {
+                        Ok(zone) => {
+                            json!(format!("{} {name}", t.with_timezone(&zone).format(digits)))
+                        }
+                        Err(_) => json!(format!("{} UTC", t.format(digits))),
+                    }
+                }
                 None => json!(t.format(digits).to_string()),
             }
         }

@@ -37,6 +37,21 @@ def post(url, token, body, wait=True):
         return json.loads(r.read())
 
 
+def statement(server, token, sql, headers=None):
+    """One raw `POST /v1/statement`: the first QueryResults page as JSON."""
+    req = urllib.request.Request(
+        f"{server.url}/v1/statement", data=sql.encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "X-Trino-User": "someone", **(headers or {})},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def healthy(server):
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as r:
+        return r.status == 200
+
+
 class Floe:
     def __init__(self, data, port):
         self.data = data
@@ -51,13 +66,13 @@ class Floe:
         return self.tokens[key]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def start(data, *extra):
+    """Starts `floe serve` on `data` with extra arguments (e.g. `--set key=value`)."""
     assert FLOE and Path(FLOE).exists(), "FLOE_BIN must point at the floe binary (infra/test.sh sets it)"
-    data = tmp_path_factory.mktemp("floe")
     port = free_port()
-    log = open(data / "serve.log", "w")
-    proc = subprocess.Popen([FLOE, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}"], stderr=log)
+    log = open(data / "serve.log", "a")
+    proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
+                            stderr=log)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -65,7 +80,18 @@ def server(tmp_path_factory):
         except Exception:
             time.sleep(0.05)
     else:
-        raise RuntimeError("floe serve did not start")
-    yield Floe(data, port)
+        proc.kill()
+        raise RuntimeError(f"floe serve did not start; see {data / 'serve.log'}")
+    return proc, Floe(data, port)
+
+
+def stop(proc):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, "floe serve did not shut down cleanly"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    proc, srv = start(tmp_path_factory.mktemp("floe"))
+    yield srv
+    stop(proc)

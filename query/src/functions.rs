@@ -527,15 +527,122 @@ fn json_path(path: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-fn json_at<'a>(mut v: &'a Value, path: &[Step]) -> Option<&'a Value> {
-    for step in path {
-        v = match (step, v) {
-            (Step::Key(k), Value::Object(m)) => m.get(k)?,
-            (Step::Index(i), Value::Array(a)) => a.get(*i)?,
-            _ => return None,
-        };
+/// Finds the value at `path` in the JSON text `doc` while parsing it: members and elements off
+/// the path are skipped without being built, and only the value found is materialised.
+/// `None` when the text is not JSON or the path leads nowhere.
+fn json_at(doc: &str, path: &[Step]) -> Option<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(doc);
+    PathSeed { path }.deserialize(&mut de).ok().flatten()
+}
+
+struct PathSeed<'p> {
+    path: &'p [Step],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        use serde::Deserialize;
+        match self.path.split_first() {
+            None => Value::deserialize(d).map(Some),
+            Some((step, rest)) => d.deserialize_any(PathVisitor { step, rest }),
+        }
     }
-    Some(v)
+}
+
+struct PathVisitor<'p> {
+    step: &'p Step,
+    rest: &'p [Step],
+}
+
+/// Whether a member name equals the wanted one, without allocating it.
+struct KeyIs<'p>(&'p str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PathVisitor<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key = match self.step {
+            Step::Key(k) => Some(k.as_str()),
+            Step::Index(_) => None,
+        };
+        let mut found = None;
+        while let Some(hit) = map.next_key_seed(KeyIs(key.unwrap_or("")))? {
+            if hit && key.is_some() && found.is_none() {
+                found = map.next_value_seed(PathSeed { path: self.rest })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let wanted = match self.step {
+            Step::Index(i) => Some(*i),
+            Step::Key(_) => None,
+        };
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            if wanted == Some(i) {
+                match seq.next_element_seed(PathSeed { path: self.rest })? {
+                    Some(v) => found = v,
+                    None => break,
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+
+    // A scalar where the path wants to go deeper: nothing there.
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// `json_extract_scalar` (`scalar`) and `json_extract`: text that is not JSON gives NULL.
@@ -554,14 +661,10 @@ fn json(arrays: &[ArrayRef], scalar: bool) -> Result<ArrayRef> {
             cached = Some((p.to_string(), json_path(p)?));
         }
         let steps = cached.as_ref().map(|(_, s)| s.as_slice()).unwrap_or(&[]);
-        let Ok(doc) = serde_json::from_str::<Value>(docs.value(row)) else {
-            out.push(None);
-            continue;
-        };
-        out.push(match json_at(&doc, steps) {
+        out.push(match json_at(docs.value(row), steps) {
             None => None,
             Some(v) if scalar => match v {
-                Value::String(s) => Some(s.clone()),
+                Value::String(s) => Some(s),
                 Value::Number(n) => Some(n.to_string()),
                 Value::Bool(b) => Some(b.to_string()),
                 _ => None,
@@ -768,6 +871,25 @@ mod tests {
         );
         assert!(json_path("a.b").is_err());
         assert!(json_path("$..").is_err());
+    }
+
+    #[test]
+    fn json_lookup_skips_what_is_off_the_path() {
+        let doc = r#"{"a": {"x": [1, {"deep": true}], "b": [10, {"c": "hit"}]}, "z": null}"#;
+        let at = |p: &str| json_at(doc, &json_path(p).unwrap());
+        assert_eq!(at("$.a.b[1].c"), Some(Value::String("hit".into())));
+        assert_eq!(at("$.a.b[0]"), Some(serde_json::json!(10)));
+        assert_eq!(at("$.a.x[1]"), Some(serde_json::json!({"deep": true})));
+        assert_eq!(at("$.z"), Some(Value::Null));
+        assert_eq!(at("$.a.b[2]"), None);
+        assert_eq!(at("$.a.b.c"), None);
+        assert_eq!(at("$.a.x[0].y"), None);
+        assert_eq!(at("$.missing"), None);
+        assert_eq!(json_at("not json", &json_path("$").unwrap()), None);
+        assert_eq!(
+            json_at(r#"{"k\u0041": 1}"#, &json_path("$.kA").unwrap()),
+            Some(serde_json::json!(1))
+        );
     }
 
     #[test]

@@ -19,12 +19,9 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -35,34 +32,20 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import IntegerType, NestedField, StringType, TimestamptzType
 
-FLOE = os.environ.get("FLOE_BIN", "target/release/floe")
+import floe_server
+
+from floe_server import FLOE
 TYPES = ["PageViewed", "PurchaseMade", "SensorReading", "AlertTriggered"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_floe(tmp, per_tenant, concurrency):
     data = tmp / "floe"
-    port = free_port()
-    log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([FLOE, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}"], stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.05)
+    proc, _, url = floe_server.start(data, tmp / "serve.log")
     out = subprocess.run(
         [FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", "bench-1,bench-2,bench-3",
          "--events", str(per_tenant), "--batch", "500", "--concurrency", str(concurrency)],
         capture_output=True, text=True, check=True)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    floe_server.stop(proc)
     return json.loads(out.stdout)
 
 

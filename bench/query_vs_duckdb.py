@@ -17,13 +17,10 @@ for BENCHMARKS.md.
 import argparse
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -31,7 +28,9 @@ import trino
 from pyiceberg.catalog.sql import SqlCatalog
 from trino.auth import JWTAuthentication
 
-FLOE = os.environ.get("FLOE_BIN", "target/release/floe")
+import floe_server
+
+from floe_server import FLOE
 TENANT = "bench"
 
 # (name, Floe's Trino SQL, DuckDB's SQL)
@@ -73,12 +72,6 @@ QUERIES = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def timed(fn, runs):
     fn()  # warm-up: caches, page cache
     times = []
@@ -97,16 +90,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="floe-qbench-"))
     data = tmp / "floe"
     subprocess.run([FLOE, "--data-dir", str(data), "tenant", "create", TENANT], check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen([FLOE, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}"],
-                            stderr=open(tmp / "serve.log", "w"))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.05)
+    proc, port, url = floe_server.start(data, tmp / "serve.log")
     try:
         started = time.time()
         left, seed = args.events, 1
@@ -153,8 +137,7 @@ def main():
             print(f"| {name} | {f:.3f} | {d:.3f} | {f / d:.2f}× |", flush=True)
         print(f"| geometric mean | | | {statistics.geometric_mean(ratios):.2f}× |")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        floe_server.stop(proc)
 
 
 if __name__ == "__main__":

@@ -24,36 +24,37 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use serde_json::Value;
 
+/// Every function this module adds, by name (some names share a function).
+const FUNCTIONS: &[(&str, Kind)] = &[
+    ("json_extract_scalar", Kind::JsonExtractScalar),
+    ("json_extract", Kind::JsonExtract),
+    ("date_diff", Kind::DateDiff),
+    ("date_add", Kind::DateAdd),
+    ("to_unixtime", Kind::ToUnixtime),
+    ("from_unixtime", Kind::FromUnixtime),
+    ("from_iso8601_timestamp", Kind::FromIso8601),
+    ("format_datetime", Kind::FormatDatetime),
+    ("element_at", Kind::ElementAt),
+    ("date", Kind::Date),
+    ("year", Kind::Field(Part::Year)),
+    ("quarter", Kind::Field(Part::Quarter)),
+    ("month", Kind::Field(Part::Month)),
+    ("week", Kind::Field(Part::Week)),
+    ("week_of_year", Kind::Field(Part::Week)),
+    ("day", Kind::Field(Part::Day)),
+    ("day_of_month", Kind::Field(Part::Day)),
+    ("day_of_week", Kind::Field(Part::DayOfWeek)),
+    ("dow", Kind::Field(Part::DayOfWeek)),
+    ("day_of_year", Kind::Field(Part::DayOfYear)),
+    ("doy", Kind::Field(Part::DayOfYear)),
+    ("hour", Kind::Field(Part::Hour)),
+    ("minute", Kind::Field(Part::Minute)),
+    ("second", Kind::Field(Part::Second)),
+];
+
 /// Registers every Trino function on `ctx`.
 pub fn register(ctx: &SessionContext) {
-    use Kind::*;
-    let all = [
-        ("json_extract_scalar", JsonExtractScalar),
-        ("json_extract", JsonExtract),
-        ("date_diff", DateDiff),
-        ("date_add", DateAdd),
-        ("to_unixtime", ToUnixtime),
-        ("from_unixtime", FromUnixtime),
-        ("from_iso8601_timestamp", FromIso8601),
-        ("format_datetime", FormatDatetime),
-        ("element_at", ElementAt),
-        ("date", Date),
-        ("year", Field(Part::Year)),
-        ("quarter", Field(Part::Quarter)),
-        ("month", Field(Part::Month)),
-        ("week", Field(Part::Week)),
-        ("week_of_year", Field(Part::Week)),
-        ("day", Field(Part::Day)),
-        ("day_of_month", Field(Part::Day)),
-        ("day_of_week", Field(Part::DayOfWeek)),
-        ("dow", Field(Part::DayOfWeek)),
-        ("day_of_year", Field(Part::DayOfYear)),
-        ("doy", Field(Part::DayOfYear)),
-        ("hour", Field(Part::Hour)),
-        ("minute", Field(Part::Minute)),
-        ("second", Field(Part::Second)),
-    ];
-    for (name, kind) in all {
+    for &(name, kind) in FUNCTIONS {
         ctx.register_udf(ScalarUDF::new_from_impl(TrinoFn {
             name,
             kind,
@@ -61,34 +62,6 @@ pub fn register(ctx: &SessionContext) {
         }));
     }
 }
-
-/// The names `register` adds, for the README's function table and its test.
-pub const NAMES: &[&str] = &[
-    "json_extract_scalar",
-    "json_extract",
-    "date_diff",
-    "date_add",
-    "to_unixtime",
-    "from_unixtime",
-    "from_iso8601_timestamp",
-    "format_datetime",
-    "element_at",
-    "date",
-    "year",
-    "quarter",
-    "month",
-    "week",
-    "week_of_year",
-    "day",
-    "day_of_month",
-    "day_of_week",
-    "dow",
-    "day_of_year",
-    "doy",
-    "hour",
-    "minute",
-    "second",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Part {
@@ -890,6 +863,18 @@ mod tests {
             json_at(r#"{"k\u0041": 1}"#, &json_path("$.kA").unwrap()),
             Some(serde_json::json!(1))
         );
+    }
+
+    #[test]
+    fn every_function_is_in_the_readme_table() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (name, _) in FUNCTIONS {
+            assert!(
+                readme.contains(&format!("`{name}(")) || readme.contains(&format!("`{name}`")),
+                "{name} is registered but missing from the README's function table"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,19 @@ def refused(srv, sql):
     return e.value
 
 
+def wait_for_slots(srv, tenant):
+    """A query stopped by a limit keeps its tenant slot until its work has really stopped (the
+    plan's next yield): wait until the tenant can query again, failing if that never happens."""
+    deadline = time.monotonic() + 60
+    while True:
+        body = statement(srv, srv.token(tenant, "analyst"), "SELECT 1")
+        if "error" not in body:
+            return
+        assert body["error"]["errorName"] == "QUERY_QUEUE_FULL", body
+        assert time.monotonic() < deadline, "slots were not given back"
+        time.sleep(0.5)
+
+
 # A three-way cartesian product: stopped by the memory pool or the clock, whichever comes first.
 RUNAWAY = "SELECT count(*) FROM events a, events b, events c WHERE a.payload <> c.payload"
 # Slow but streaming (a nested-loop join over 20,000² pairs): only the clock stops it.
@@ -78,6 +91,7 @@ def test_runaway_join_hits_the_time_limit(tight):
     e = refused(tight, SLOW)
     assert e.error_name == "EXCEEDED_TIME_LIMIT", e
     assert time.monotonic() - started < 30
+    wait_for_slots(tight, TENANT)
 
 
 def test_concurrency_limit_per_tenant(tight):
@@ -112,14 +126,7 @@ def test_concurrency_limit_per_tenant(tight):
     assert errors == ["EXCEEDED_TIME_LIMIT"] * 2
     assert health and all(health)
     # The slots are given back once the stopped work has stopped: the tenant can query again.
-    deadline = time.monotonic() + 60
-    while True:
-        body = statement(tight, tight.token(BUSY, "analyst"), "SELECT 1")
-        if "error" not in body:
-            break
-        assert body["error"]["errorName"] == "QUERY_QUEUE_FULL", body
-        assert time.monotonic() < deadline, "slots were not given back"
-        time.sleep(0.5)
+    wait_for_slots(tight, BUSY)
 
 
 def test_cross_tenant_tricks(tight):

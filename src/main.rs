@@ -160,7 +160,13 @@ fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // PostgreSQL notices ("relation … already exists, skipping") and object_store retries are
+                // not news: Floe logs dependency state changes itself.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,sqlx::postgres::notice=warn,object_store::client::retry=warn",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -317,9 +323,18 @@ async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<
     tracing::info!(
         listen = %listener.local_addr()?,
         warehouse = %config.warehouse_url()?,
-        catalog = %config.catalog_url()?,
+        catalog = %floe_catalog::redact_url(&config.catalog_url()?),
         "floe serving"
     );
+    // Probes the catalog database and the warehouse, logging once per change of what is down
+    // (the same probe answers `/readyz`).
+    let probe = ingest.catalog().clone();
+    tokio::spawn(async move {
+        loop {
+            probe.unavailable(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -1,4 +1,8 @@
 //! Helpers for end-to-end tests: run the real `floe` binary on a private data dir and port.
+//!
+//! `FLOE_TEST_STACK` picks the stack: `local` (default; a folder and SQLite under the data dir)
+//! or `s3pg` (the S3 server and PostgreSQL of `infra/services.sh up`, named by the `FLOE_*`
+//! variables it exports; each data dir gets its own database and warehouse prefix).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
@@ -11,14 +15,78 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_floe");
 
+/// `floe --data-dir DATA_DIR`, with the test stack's environment.
+pub fn command(data_dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--data-dir").arg(data_dir).env_remove("FLOE_CONFIG");
+    for (k, v) in stack_env(data_dir) {
+        c.env(k, v);
+    }
+    c
+}
+
+/// The `FLOE_*` overrides of the processes on `data_dir`: none on the local stack; on `s3pg`,
+/// a database and a warehouse prefix of its own (created on first use).
+pub fn stack_env(data_dir: &Path) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static ENVS: Mutex<Option<HashMap<PathBuf, Vec<(String, String)>>>> = Mutex::new(None);
+    let stack = std::env::var("FLOE_TEST_STACK").unwrap_or_else(|_| "local".into());
+    match stack.as_str() {
+        "local" => return Vec::new(),
+        "s3pg" => {}
+        other => panic!("FLOE_TEST_STACK must be local or s3pg, not {other:?}"),
+    }
+    let mut envs = ENVS.lock().unwrap();
+    let envs = envs.get_or_insert_with(HashMap::new);
+    if let Some(env) = envs.get(data_dir) {
+        return env.clone();
+    }
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run eval \"$(infra/services.sh up)\" first")
+        })
+    };
+    let catalog = var("FLOE_CATALOG");
+    let warehouse = var("FLOE_WAREHOUSE");
+    let name = format!(
+        "e2e_{}_{}",
+        std::process::id(),
+        data_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let (base, _) = catalog
+        .rsplit_once('/')
+        .expect("catalog URL with a database");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&catalog).await.unwrap();
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        });
+    let env = vec![
+        ("FLOE_CATALOG".to_string(), format!("{base}/{name}")),
+        (
+            "FLOE_WAREHOUSE".to_string(),
+            format!("{}/{name}", warehouse.trim_end_matches('/')),
+        ),
+    ];
+    envs.insert(data_dir.to_path_buf(), env.clone());
+    env
+}
+
 pub fn floe(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("FLOE_CONFIG")
-        .output()
-        .expect("run floe");
+    let out = command(data_dir).args(args).output().expect("run floe");
     assert!(
         out.status.success(),
         "floe {args:?} failed: {}",
@@ -53,12 +121,9 @@ impl Server {
             .append(true)
             .open(data_dir.join("serve.log"))
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let child = command(data_dir)
             .args(extra)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("FLOE_CONFIG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

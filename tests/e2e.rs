@@ -44,9 +44,7 @@ fn count(dir: &std::path::Path, tenant: &str) -> (u64, u64) {
 fn three_tenants_via_floe_gen_store_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = command(dir.path())
         .args([
             "gen",
             "--url",
@@ -454,9 +452,7 @@ fn sql_sees_only_the_callers_tenant_and_prints_formats() {
         "SELECT * FROM beta.events",
         "SELECT * FROM floe.beta.events",
     ] {
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(dir.path())
+        let out = command(dir.path())
             .args(["sql", "--tenant", "alpha", query])
             .output()
             .unwrap();
@@ -470,9 +466,7 @@ fn sql_sees_only_the_callers_tenant_and_prints_formats() {
         );
     }
     // Writes are refused.
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = command(dir.path())
         .args(["sql", "--tenant", "alpha", "DROP TABLE events"])
         .output()
         .unwrap();
@@ -522,25 +516,19 @@ fn tenant_commands_work_while_serving() {
     assert_eq!(count(dir.path(), "late-1"), (3, 3));
     floe(dir.path(), &["tenant", "create", "late-0"]);
     assert_eq!(floe(dir.path(), &["tenant", "list"]), "late-0\nlate-1\n");
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = command(dir.path())
         .args(["tenant", "create", "late-1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = command(dir.path())
         .args(["tenant", "create", "Bad/Id"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     // A second server on the same data dir refuses to start: the log has one writer.
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = command(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
         .output()
         .unwrap();

@@ -22,9 +22,53 @@ pub struct Config {
     pub catalog: String,
     /// Address the HTTP server listens on.
     pub listen: String,
+    /// S3 settings, used when `warehouse` is an `s3://` URL.
+    pub s3: S3Config,
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
     pub query: QueryConfig,
+}
+
+/// An S3-compatible object store. Credentials left empty come from the standard AWS chain
+/// (environment, profile, SSO, web identity, container or instance metadata).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); empty: AWS for `region`.
+    pub endpoint: String,
+    /// Region; empty: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO and most S3 servers want.
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// Server-side encryption: `""` (the bucket's default), `AES256` (SSE-S3) or `aws:kms`.
+    pub sse: String,
+    /// KMS key for `sse = "aws:kms"`; empty: the account's default key.
+    pub sse_kms_key_id: String,
+    /// Retries of one failed request (with backoff) before the operation fails and the
+    /// caller's own retry (the commit loop's) takes over.
+    pub request_retries: usize,
+    /// Longest time one request, with its retries, may take.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: String::new(),
+            path_style: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
+            sse: String::new(),
+            sse_kms_key_id: String::new(),
+            request_retries: 3,
+            request_timeout_secs: 30,
+        }
+    }
 }
 
 /// Ingest limits and batching.
@@ -123,6 +167,7 @@ impl Default for Config {
             warehouse: String::new(),
             catalog: String::new(),
             listen: "127.0.0.1:8080".to_string(),
+            s3: S3Config::default(),
             ingest: IngestConfig::default(),
             auth: AuthConfig::default(),
             query: QueryConfig::default(),
@@ -188,7 +233,13 @@ impl Config {
             let Some(rest) = name.strip_prefix("FLOE_") else {
                 continue;
             };
-            if rest == "CONFIG" {
+            // The config file's own variable, and those of the project's scripts and tests.
+            if rest == "CONFIG"
+                || rest == "BIN"
+                || rest == "CACHE_DIR"
+                || rest.starts_with("SERVICES_")
+                || rest.starts_with("TEST_")
+            {
                 continue;
             }
             let wanted = rest.to_ascii_lowercase();

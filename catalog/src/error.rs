@@ -105,10 +105,20 @@ impl Error {
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::CommitConflict { .. } => ErrorKind::CommitConflict,
             Error::Database { source, .. } => match source {
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                    ErrorKind::Unavailable
-                }
-                sqlx::Error::Database(db) if db.message().contains("locked") => {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::Io(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+                // SQLite busy; PostgreSQL connection trouble (08), shutting down or starting
+                // (57), out of resources (53), serialisation failure or deadlock (40).
+                sqlx::Error::Database(db)
+                    if db.message().contains("locked")
+                        || db.code().is_some_and(|c| {
+                            ["08", "57", "53", "40"].iter().any(|p| c.starts_with(p))
+                        }) =>
+                {
                     ErrorKind::Unavailable
                 }
                 _ => ErrorKind::Internal,

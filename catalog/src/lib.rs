@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 mod db;
 mod error;
+pub mod storage;
 pub mod table;
 pub mod tenant;
 
@@ -14,7 +15,9 @@ use iceberg::io::FileIO;
 pub use auth::{Authenticator, Claims, Role, TokenAuthority};
 pub use config::Config;
 use db::Db;
+pub use db::{Backend, redact as redact_url};
 pub use error::{Error, ErrorKind, Result};
+pub use storage::Warehouse;
 pub use table::{CommitOutcome, SourcePosition};
 pub use tenant::{Tenant, TenantId};
 
@@ -25,10 +28,16 @@ pub const CATALOG_NAME: &str = "floe";
 #[derive(Clone)]
 pub struct Catalog {
     db: Db,
+    backend: Backend,
     name: String,
     warehouse: String,
     file_io: FileIO,
     tables: table::TableCache,
+    /// The runtime the catalog was opened on. Database and storage I/O runs there: connections
+    /// made on a short-lived runtime (a query's) would die with it while still in the pool.
+    io: tokio::runtime::Handle,
+    /// What [`Catalog::unavailable`] found down last time.
+    down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -44,19 +53,29 @@ impl Catalog {
     /// Opens the catalog named by `config` (creating the embedded database if needed).
     pub async fn open(config: &Config) -> Result<Catalog> {
         let warehouse = config.warehouse_url()?;
-        let file_io = file_io_for(&warehouse)?;
-        let db = db::open(&config.catalog_url()?).await?;
+        let io = tokio::runtime::Handle::current();
+        let file_io = storage::file_io(&Warehouse::parse(&warehouse)?, &config.s3, &io)?;
+        let (db, backend) = db::open(&config.catalog_url()?).await?;
         Ok(Catalog {
             db,
+            backend,
             name: CATALOG_NAME.to_string(),
             warehouse,
             file_io,
             tables: Default::default(),
+            io,
+            down: Default::default(),
         })
     }
 
+    /// The warehouse URL (`file:///…` or `s3://bucket/prefix`), without a trailing slash.
     pub fn warehouse(&self) -> &str {
         &self.warehouse
+    }
+
+    /// Which database holds the catalog.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn file_io(&self) -> &FileIO {
@@ -64,28 +83,83 @@ impl Catalog {
     }
 }
 
-/// Storage for a warehouse URL.
-fn file_io_for(warehouse: &str) -> Result<FileIO> {
-    if let Some(path) = warehouse.strip_prefix("file://") {
-        std::fs::create_dir_all(path).map_err(Error::io(path.to_string()))?;
-        Ok(FileIO::new_with_fs())
-    } else {
-        Err(Error::Config {
-            message: format!(
-                "unsupported warehouse URL {warehouse:?}: this build supports file://PATH \
-                 (s3:// is planned)"
-            ),
+impl Catalog {
+    /// Runs `work` (database I/O) on the catalog's own runtime, whichever runtime calls.
+    pub(crate) async fn on_io<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(Catalog) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.io
+            .spawn(work(self.clone()))
+            .await
+            .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
+    }
+
+    /// Checks that the catalog database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.on_io(|c| async move {
+            sqlx::query("SELECT 1")
+                .execute(&c.db)
+                .await
+                .map_err(error::Error::db("ping"))?;
+            Ok(())
         })
+        .await
+    }
+
+    /// Checks that the warehouse answers (a metadata request for a key that need not exist).
+    pub async fn ping_storage(&self) -> Result<()> {
+        self.file_io
+            .exists(format!("{}/.floe-probe", self.warehouse))
+            .await
+            .map_err(Error::ice("probing the warehouse"))?;
+        Ok(())
+    }
+
+    /// Which dependencies do not answer within `timeout`: `"catalog"`, `"storage"`. Logs once
+    /// per change of that set, not on every probe.
+    pub async fn unavailable(&self, timeout: std::time::Duration) -> Vec<&'static str> {
+        let (db, storage) = tokio::join!(
+            tokio::time::timeout(timeout, self.ping()),
+            tokio::time::timeout(timeout, self.ping_storage())
+        );
+        let mut down = Vec::new();
+        let mut reasons = Vec::new();
+        for (name, r) in [("catalog", db), ("storage", storage)] {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    down.push(name);
+                    reasons.push(format!("{name}: {e}: {}", error_chain(&e)));
+                }
+                Err(_) => {
+                    down.push(name);
+                    reasons.push(format!("{name}: no answer within {timeout:?}"));
+                }
+            }
+        }
+        let mut last = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != down {
+            if down.is_empty() {
+                tracing::info!(was_down = ?*last, "dependencies are back");
+            } else {
+                tracing::warn!(down = ?down, reasons = ?reasons, "dependencies unavailable");
+            }
+            *last = down.clone();
+        }
+        down
     }
 }
 
-impl Catalog {
-    /// Checks that the catalog database answers.
-    pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.db)
-            .await
-            .map_err(error::Error::db("ping"))?;
-        Ok(())
+/// The sources of an error, joined: what a log line needs to say why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
     }
+    parts.join(": ")
 }

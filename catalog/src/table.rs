@@ -146,32 +146,40 @@ impl Catalog {
 
     /// Names of the tables in a tenant's namespace.
     pub async fn list_tables(&self, tenant: &TenantId) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT table_name FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ? \
-             ORDER BY table_name",
-        )
-        .bind(&self.name)
-        .bind(tenant.as_str())
-        .fetch_all(&self.db)
+        let tenant = tenant.to_string();
+        self.on_io(move |c| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT table_name FROM iceberg_tables WHERE catalog_name = $1 \
+                 AND table_namespace = $2 ORDER BY table_name",
+            )
+            .bind(&c.name)
+            .bind(&tenant)
+            .fetch_all(&c.db)
+            .await
+            .map_err(Error::db("list tables"))?;
+            Ok(rows.into_iter().map(|(n,)| n).collect())
+        })
         .await
-        .map_err(Error::db("list tables"))?;
-        Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
     async fn metadata_location(&self, tenant: &TenantId, table: &str) -> Result<String> {
-        let row: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? \
-             AND table_namespace = ? AND table_name = ?",
-        )
-        .bind(&self.name)
-        .bind(tenant.as_str())
-        .bind(table)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(Error::db("load table"))?;
-        row.and_then(|(l,)| l).ok_or_else(|| Error::NotFound {
-            what: format!("table {tenant}.{table}"),
+        let (tenant, table) = (tenant.to_string(), table.to_string());
+        self.on_io(move |c| async move {
+            let row: Option<(Option<String>,)> = sqlx::query_as(
+                "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = $1 \
+                 AND table_namespace = $2 AND table_name = $3",
+            )
+            .bind(&c.name)
+            .bind(&tenant)
+            .bind(&table)
+            .fetch_optional(&c.db)
+            .await
+            .map_err(Error::db("load table"))?;
+            row.and_then(|(l,)| l).ok_or_else(|| Error::NotFound {
+                what: format!("table {tenant}.{table}"),
+            })
         })
+        .await
     }
 
     /// Loads the current state of a table.
@@ -252,6 +260,21 @@ impl Catalog {
         files: Vec<DataFile>,
         position: Option<&SourcePosition>,
     ) -> Result<CommitOutcome> {
+        let (tenant, table, position) = (tenant.clone(), table.to_string(), position.cloned());
+        self.on_io(move |c| async move {
+            c.commit_append_here(&tenant, &table, files, position.as_ref())
+                .await
+        })
+        .await
+    }
+
+    async fn commit_append_here(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        files: Vec<DataFile>,
+        position: Option<&SourcePosition>,
+    ) -> Result<CommitOutcome> {
         let mut conflicts = 0;
         loop {
             let current = self.load_table(tenant, table).await?;
@@ -288,9 +311,9 @@ impl Catalog {
                 prepared.expired,
             );
             let swapped = sqlx::query(
-                "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-                 WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
-                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
+                "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+                 WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
             )
             .bind(&new_location)
             .bind(&old_location)

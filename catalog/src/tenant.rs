@@ -49,6 +49,12 @@ pub struct Tenant {
 impl Catalog {
     /// Creates the tenant: its row, its Iceberg namespace, and its `events` table.
     pub async fn create_tenant(&self, id: &TenantId, actor: &str) -> Result<Tenant> {
+        let (id, actor) = (id.clone(), actor.to_string());
+        self.on_io(move |c| async move { c.create_tenant_here(&id, &actor).await })
+            .await
+    }
+
+    async fn create_tenant_here(&self, id: &TenantId, actor: &str) -> Result<Tenant> {
         if self.tenant_exists(id).await? {
             return Err(Error::AlreadyExists {
                 what: format!("tenant {id}"),
@@ -60,7 +66,7 @@ impl Catalog {
         let created_at_ms = now_ms();
         let mut tx = self.db.begin().await.map_err(Error::db("create tenant"))?;
         let inserted = sqlx::query(
-            "INSERT INTO floe_tenants (id, created_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO floe_tenants (id, created_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(id.as_str())
         .bind(created_at_ms)
@@ -78,7 +84,7 @@ impl Catalog {
         ] {
             sqlx::query(
                 "INSERT INTO iceberg_namespace_properties \
-                 (catalog_name, namespace, property_key, property_value) VALUES (?, ?, ?, ?)",
+                 (catalog_name, namespace, property_key, property_value) VALUES ($1, $2, $3, $4)",
             )
             .bind(&self.name)
             .bind(id.as_str())
@@ -91,7 +97,7 @@ impl Catalog {
         sqlx::query(
             "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
              metadata_location, previous_metadata_location, iceberg_type) \
-             VALUES (?, ?, ?, ?, NULL, 'TABLE')",
+             VALUES ($1, $2, $3, $4, NULL, 'TABLE')",
         )
         .bind(&self.name)
         .bind(id.as_str())
@@ -111,24 +117,32 @@ impl Catalog {
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT id, created_at_ms FROM floe_tenants ORDER BY id")
-                .fetch_all(&self.db)
-                .await
-                .map_err(Error::db("list tenants"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, created_at_ms)| Tenant { id, created_at_ms })
-            .collect())
+        self.on_io(|c| async move {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT id, created_at_ms FROM floe_tenants ORDER BY id")
+                    .fetch_all(&c.db)
+                    .await
+                    .map_err(Error::db("list tenants"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, created_at_ms)| Tenant { id, created_at_ms })
+                .collect())
+        })
+        .await
     }
 
     pub async fn tenant_exists(&self, id: &TenantId) -> Result<bool> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM floe_tenants WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.db)
-            .await
-            .map_err(Error::db("look up tenant"))?;
-        Ok(row.is_some())
+        let id = id.to_string();
+        self.on_io(move |c| async move {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM floe_tenants WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&c.db)
+                    .await
+                    .map_err(Error::db("look up tenant"))?;
+            Ok(row.is_some())
+        })
+        .await
     }
 
     /// Appends to the audit log.
@@ -139,20 +153,29 @@ impl Catalog {
         action: &str,
         detail: &str,
     ) -> Result<()> {
-        let mut conn = self.db.acquire().await.map_err(Error::db("audit"))?;
-        audit_in(&mut conn, actor, tenant, action, detail).await
+        let (actor, tenant, action, detail) = (
+            actor.to_string(),
+            tenant.map(str::to_string),
+            action.to_string(),
+            detail.to_string(),
+        );
+        self.on_io(move |c| async move {
+            let mut conn = c.db.acquire().await.map_err(Error::db("audit"))?;
+            audit_in(&mut conn, &actor, tenant.as_deref(), &action, &detail).await
+        })
+        .await
     }
 }
 
 async fn audit_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     actor: &str,
     tenant: Option<&str>,
     action: &str,
     detail: &str,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO floe_audit (at_ms, actor, tenant, action, detail) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO floe_audit (at_ms, actor, tenant, action, detail) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(now_ms())
     .bind(actor)

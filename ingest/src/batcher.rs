@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{ErrorKind, SourcePosition, TenantId};
+use futures::FutureExt;
 use iceberg::spec::DataFile;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -80,7 +81,23 @@ async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
     let mut failing = false;
     loop {
         let started = Instant::now();
-        match try_flush(shared, tenant, &events, &position, &mut files).await {
+        // A panic in a writer (a bug, or a library's) must not kill the batcher: the batch
+        // would wait in the log until a restart. It is retried like any other failure.
+        let attempted =
+            std::panic::AssertUnwindSafe(try_flush(shared, tenant, &events, &position, &mut files))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(Error::Internal {
+                        message: format!("commit attempt panicked: {what}"),
+                    })
+                });
+        match attempted {
             Ok(visible) => {
                 if failing {
                     tracing::info!(%tenant, "commits recovered");

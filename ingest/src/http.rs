@@ -1,6 +1,7 @@
 //! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -339,12 +340,18 @@ fn parse_body(
 }
 
 async fn readyz(State(st): State<HttpState>) -> Response {
-    match st.ingest.catalog().ping().await {
-        Ok(_) => (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response(),
-        Err(_) => (
+    let down = st
+        .ingest
+        .catalog()
+        .unavailable(Duration::from_secs(3))
+        .await;
+    if down.is_empty() {
+        (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "down": ["catalog"]})),
+            axum::Json(json!({"ready": false, "down": down})),
         )
-            .into_response(),
+            .into_response()
     }
 }

@@ -1,23 +1,135 @@
-"""Shared fixtures: a running `floe serve` on a private data dir, with tenants and events."""
+"""Shared fixtures: a running `floe serve` on a private data dir, with tenants and events.
+
+The suite runs on one of two stacks, chosen by FLOE_TEST_STACK:
+- `local` (default): the embedded defaults, a local folder and SQLite under the data dir;
+- `s3pg`: the S3 server and PostgreSQL that `infra/services.sh up` started, named by the
+  FLOE_WAREHOUSE / FLOE_CATALOG / FLOE_S3_* variables it exports. Each data dir gets its own
+  PostgreSQL database and its own warehouse prefix, so tests do not see each other's tenants.
+"""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 FLOE = os.environ.get("FLOE_BIN")
+STACK = os.environ.get("FLOE_TEST_STACK", "local")
+assert STACK in ("local", "s3pg"), f"FLOE_TEST_STACK must be local or s3pg, not {STACK!r}"
+
+_ENVS = {}
+
+
+def stack_env(data_dir):
+    """The FLOE_* environment of the floe processes on `data_dir` (empty on the local stack)."""
+    key = str(data_dir)
+    if key in _ENVS:
+        return _ENVS[key]
+    env = {}
+    if STACK == "s3pg":
+        for var in ("FLOE_WAREHOUSE", "FLOE_CATALOG", "FLOE_S3_ENDPOINT", "FLOE_S3_ACCESS_KEY_ID",
+                    "FLOE_S3_SECRET_ACCESS_KEY"):
+            assert os.environ.get(var), f"{var} is not set: run eval \"$(infra/services.sh up)\" first"
+        name = "t_" + re.sub(r"[^a-z0-9]", "_", Path(data_dir).name.lower())[:40] + f"_{os.getpid()}"
+        base = urllib.parse.urlsplit(os.environ["FLOE_CATALOG"])
+        create_database(base, name)
+        env = {
+            "FLOE_CATALOG": urllib.parse.urlunsplit(base._replace(path=f"/{name}")),
+            "FLOE_WAREHOUSE": os.environ["FLOE_WAREHOUSE"].rstrip("/") + f"/{name}",
+        }
+    _ENVS[key] = env
+    return env
+
+
+def create_database(base, name):
+    import sqlalchemy
+
+    url = f"postgresql+psycopg2://{base.username}:{base.password}@{base.hostname}:{base.port}{base.path}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+
+
+def process_env(data_dir):
+    return {**os.environ, **stack_env(data_dir)}
 
 
 def floe(data_dir, *args):
-    out = subprocess.run([FLOE, "--data-dir", str(data_dir), *args], capture_output=True, text=True)
+    out = subprocess.run([FLOE, "--data-dir", str(data_dir), *args], capture_output=True, text=True,
+                         env=process_env(data_dir))
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def iceberg_catalog(data_dir):
+    """pyiceberg's SQL catalog on the same database and warehouse as Floe's."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if STACK == "local":
+        return SqlCatalog("floe", uri=f"sqlite:///{data_dir}/catalog.db", warehouse=f"file://{data_dir}/warehouse")
+    env = stack_env(data_dir)
+    base = urllib.parse.urlsplit(env["FLOE_CATALOG"])
+    return SqlCatalog(
+        "floe",
+        uri=f"postgresql+psycopg2://{base.username}:{base.password}@{base.hostname}:{base.port}{base.path}",
+        warehouse=env["FLOE_WAREHOUSE"],
+        **{
+            "s3.endpoint": os.environ["FLOE_S3_ENDPOINT"],
+            "s3.access-key-id": os.environ["FLOE_S3_ACCESS_KEY_ID"],
+            "s3.secret-access-key": os.environ["FLOE_S3_SECRET_ACCESS_KEY"],
+            "s3.region": os.environ.get("FLOE_S3_REGION", "us-east-1"),
+        },
+    )
+
+
+def catalog_rows(data_dir, sql):
+    """Rows of `sql` run on Floe's catalog database (SQLite or PostgreSQL)."""
+    import sqlalchemy
+
+    if STACK == "local":
+        url = f"sqlite:///{data_dir}/catalog.db"
+    else:
+        base = urllib.parse.urlsplit(stack_env(data_dir)["FLOE_CATALOG"])
+        url = f"postgresql+psycopg2://{base.username}:{base.password}@{base.hostname}:{base.port}{base.path}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as c:
+        rows = [tuple(r) for r in c.execute(sqlalchemy.text(sql))]
+    engine.dispose()
+    return rows
+
+
+def local_files(data_dir, table):
+    """Local paths of the Parquet files of `table`'s current snapshot, for DuckDB: the files
+    themselves on the local stack, copies fetched over the S3 API on the other."""
+    paths = [t.file.file_path for t in table.scan().plan_files()]
+    if STACK == "local":
+        return [p.removeprefix("file://") for p in paths]
+    from pyarrow import fs
+
+    s3 = fs.S3FileSystem(
+        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
+        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
+    )
+    out = []
+    cache = Path(data_dir) / "s3-copies"
+    for p in paths:
+        key = p.removeprefix("s3://")
+        local = cache / key
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with s3.open_input_stream(key) as src, open(local, "wb") as dst:
+                dst.write(src.read())
+        out.append(str(local))
+    return out
 
 
 def free_port():
@@ -72,7 +184,7 @@ def start(data, *extra):
     port = free_port()
     log = open(data / "serve.log", "a")
     proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
-                            stderr=log)
+                            stderr=log, env=process_env(data))
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)

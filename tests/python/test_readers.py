@@ -1,13 +1,11 @@
-"""Other engines read Floe's tables as they are: pyiceberg through the SQL catalog on
-catalog.db, and DuckDB over the Parquet files of the current snapshot."""
+"""Other engines read Floe's tables as they are: pyiceberg through the SQL catalog (on
+catalog.db, or on PostgreSQL and S3), and DuckDB over the Parquet files of the current snapshot."""
 
 import json
 
 import duckdb
 import pytest
-from pyiceberg.catalog.sql import SqlCatalog
-
-from conftest import floe, post
+from conftest import floe, iceberg_catalog, local_files, post
 
 COLUMNS = ["event_id", "tenant_id", "type", "version", "ts", "received_at", "user_id", "payload"]
 
@@ -41,7 +39,7 @@ def floe_data(server):
 
 
 def catalog(data):
-    return SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db", warehouse=f"file://{data}/warehouse")
+    return iceberg_catalog(data)
 
 
 def test_pyiceberg_lists_tenant_namespaces_and_reads_events(floe_data):
@@ -74,7 +72,7 @@ def test_duckdb_reads_the_same_rows(floe_data):
     cat = catalog(data)
     for t, events in expected.items():
         table = cat.load_table(f"{t}.events")
-        files = [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
+        files = local_files(data, table)
         assert files
         con = duckdb.connect()
         rel = con.sql(f"SELECT * FROM read_parquet({files!r}, hive_partitioning = false)")

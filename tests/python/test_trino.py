@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import sqlalchemy
 import trino
-from pyiceberg.catalog.sql import SqlCatalog
 from trino.auth import BasicAuthentication, JWTAuthentication
 
-from conftest import floe, post, statement
+from conftest import catalog_rows, floe, iceberg_catalog, local_files, post, statement
 
 TENANTS = ["tq-main", "tq-other"]
 
@@ -44,8 +43,7 @@ def run(server, tenant, sql, **kw):
 
 
 def duck(server, tenant, sql):
-    cat = SqlCatalog("floe", uri=f"sqlite:///{server.data}/catalog.db", warehouse=f"file://{server.data}/warehouse")
-    files = [t.file.file_path.removeprefix("file://") for t in cat.load_table(f"{tenant}.events").scan().plan_files()]
+    files = local_files(server.data, iceberg_catalog(server.data).load_table(f"{tenant}.events"))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({files!r}, hive_partitioning = false)")
@@ -139,7 +137,7 @@ def test_time_travel(loaded):
     event = lambda i: {"event_id": f"tt-{i}", "type": "PageViewed", "timestamp": 1_763_164_800 + i,
                        "user_id": "u1", "payload": {"page": "/"}}
     post(loaded.url, token, [event(i) for i in range(5)])
-    cat = SqlCatalog("floe", uri=f"sqlite:///{loaded.data}/catalog.db", warehouse=f"file://{loaded.data}/warehouse")
+    cat = iceberg_catalog(loaded.data)
     snap = cat.load_table(f"{tenant}.events").current_snapshot()
     time.sleep(0.05)
     post(loaded.url, token, [event(i) for i in range(5, 12)])
@@ -272,12 +270,11 @@ def test_roles_and_credentials(loaded):
 
 
 def test_queries_are_audited(loaded):
-    import sqlite3
     run(loaded, "tq-main", "SELECT 42 AS audited_marker")
-    con = sqlite3.connect(f"{loaded.data}/catalog.db")
-    rows = con.execute(
-        "SELECT tenant, actor, detail FROM floe_audit WHERE action = 'query' AND detail LIKE '%audited_marker%'"
-    ).fetchall()
+    rows = catalog_rows(
+        loaded.data,
+        "SELECT tenant, actor, detail FROM floe_audit WHERE action = 'query' AND detail LIKE '%audited_marker%'",
+    )
     assert len(rows) == 1
     tenant, actor, detail = rows[0]
     assert tenant == "tq-main" and actor.startswith("token:")

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Local services for Floe's real stack, on loopback ports, with their data in a temp folder:
+#   - an S3-compatible server (MinIO where installed, else s3s-fs built from crates.io),
+#   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing).
+#
+#   infra/services.sh up             install what is missing, start, create the bucket and
+#                                    database; prints `export FLOE_…` lines on stdout, so that
+#                                    eval "$(infra/services.sh up)" points every floe command
+#                                    in the shell at the real stack
+#   infra/services.sh env            the same export lines, for services already up
+#   infra/services.sh status         what runs
+#   infra/services.sh down           stop everything and delete the data
+#   infra/services.sh stop|start s3|postgres
+#                                    stop or start one service, keeping its data (outage tests)
+#
+# Settings (environment): FLOE_SERVICES_DIR (data, logs, pids; default $TMPDIR/floe-services),
+# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_CACHE_DIR (where tools
+# built from crates.io are kept; default ~/.cache/floe).
+# Progress goes to stderr; stdout carries only the export lines.
+set -euo pipefail
+
+DIR="${FLOE_SERVICES_DIR:-${TMPDIR:-/tmp}/floe-services}"
+CACHE="${FLOE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/floe}"
+TOOLS="$CACHE/tools"
+S3_PORT="${FLOE_SERVICES_S3_PORT:-19000}"
+PG_PORT="${FLOE_SERVICES_PG_PORT:-15432}"
+BUCKET="floe"
+S3_KEY="floe-local"
+S3_SECRET="floe-local-secret"
+PG_USER="floe"
+PG_PASSWORD="floe-local"
+PG_DB="floe"
+
+say() { echo "services: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# Waits until something accepts connections on 127.0.0.1:$1 (or gives up after $2 seconds).
+wait_port() {
+  local port=$1 secs=$2 i
+  for ((i = 0; i < secs * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------- S3
+
+s3_binary() {
+  if command -v minio >/dev/null 2>&1; then echo minio; return; fi
+  if [ -x "$TOOLS/bin/s3s-fs" ]; then echo "$TOOLS/bin/s3s-fs"; return; fi
+  if command -v s3s-fs >/dev/null 2>&1; then command -v s3s-fs; return; fi
+  say "installing s3s-fs 0.14.1 from crates.io into $TOOLS (a few minutes, once)"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$TOOLS" \
+    --target-dir "$CACHE/tools-target" >&2 || die "could not build s3s-fs"
+  echo "$TOOLS/bin/s3s-fs"
+}
+
+s3_start() {
+  if alive "$DIR/s3.pid"; then return; fi
+  port_open "$S3_PORT" && die "port $S3_PORT is taken by something else (set FLOE_SERVICES_S3_PORT)"
+  local bin
+  bin=$(s3_binary)
+  mkdir -p "$DIR/s3/$BUCKET"
+  if [ "$(basename "$bin")" = minio ]; then
+    MINIO_ROOT_USER="$S3_KEY" MINIO_ROOT_PASSWORD="$S3_SECRET" \
+      nohup "$bin" server "$DIR/s3" --address "127.0.0.1:$S3_PORT" --console-address "127.0.0.1:0" \
+      >"$DIR/s3.log" 2>&1 &
+  else
+    # s3s-fs keeps each bucket as a folder of the root: the bucket exists already.
+    nohup "$bin" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
+      "$DIR/s3" >"$DIR/s3.log" 2>&1 &
+  fi
+  echo $! >"$DIR/s3.pid"
+  wait_port "$S3_PORT" 60 || die "the S3 server did not start; see $DIR/s3.log"
+  say "S3 ($(basename "$bin")) on 127.0.0.1:$S3_PORT, bucket $BUCKET"
+}
+
+s3_stop() {
+  if alive "$DIR/s3.pid"; then
+    kill "$(cat "$DIR/s3.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do alive "$DIR/s3.pid" || break; sleep 0.1; done
+    kill -9 "$(cat "$DIR/s3.pid")" 2>/dev/null || true
+  fi
+  rm -f "$DIR/s3.pid"
+}
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$d" ] && command -v pg_ctl >/dev/null 2>&1; then d=$(dirname "$(command -v pg_ctl)"); fi
+  if [ -z "$d" ]; then
+    [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed (apt-get install postgresql, as root)"
+    say "installing PostgreSQL from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2 \
+      || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2; } \
+      || die "could not install PostgreSQL"
+    d=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+  echo "$d"
+}
+
+# Runs a PostgreSQL tool as the user that owns the cluster (postgres when we are root).
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_start() {
+  local bin
+  bin=$(pg_bin)
+  if [ ! -f "$DIR/pg/PG_VERSION" ]; then
+    mkdir -p "$DIR/pg"
+    [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg" && chmod 700 "$DIR/pg"
+    as_pg "$bin/initdb" -D "$DIR/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --no-instructions >"$DIR/pg-init.log" 2>&1 || die "initdb failed; see $DIR/pg-init.log"
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$DIR/pg" status >/dev/null 2>&1; then
+    port_open "$PG_PORT" && die "port $PG_PORT is taken by something else (set FLOE_SERVICES_PG_PORT)"
+    touch "$DIR/pg.log"
+    [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg.log"
+    as_pg "$bin/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -t 60 \
+      -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" \
+      start >/dev/null || die "PostgreSQL did not start; see $DIR/pg.log"
+  fi
+  local psql=("$bin/psql" -h "$DIR/pg" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt)
+  if [ "$(as_pg "${psql[@]}" -d postgres -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
+    as_pg "${psql[@]}" -d postgres -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'" >&2
+  fi
+  if [ "$(as_pg "${psql[@]}" -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
+    as_pg "${psql[@]}" -d postgres -c "CREATE DATABASE $PG_DB OWNER $PG_USER" >&2
+  fi
+  say "PostgreSQL on 127.0.0.1:$PG_PORT, database $PG_DB"
+}
+
+pg_stop() {
+  [ -f "$DIR/pg/PG_VERSION" ] || return 0
+  local bin
+  bin=$(pg_bin)
+  if as_pg "$bin/pg_ctl" -D "$DIR/pg" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$DIR/pg" -m fast -w stop >/dev/null || true
+  fi
+}
+
+# ---------------------------------------------------------------------------- commands
+
+print_env() {
+  cat <<EOF
+export FLOE_WAREHOUSE=s3://$BUCKET/warehouse
+export FLOE_CATALOG=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
+export FLOE_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export FLOE_S3_REGION=us-east-1
+export FLOE_S3_PATH_STYLE=true
+export FLOE_S3_ACCESS_KEY_ID=$S3_KEY
+export FLOE_S3_SECRET_ACCESS_KEY=$S3_SECRET
+EOF
+}
+
+status() {
+  local ok=0
+  if alive "$DIR/s3.pid" && port_open "$S3_PORT"; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; ok=1; fi
+  if port_open "$PG_PORT" && [ -f "$DIR/pg/postmaster.pid" ]; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; ok=1; fi
+  return $ok
+}
+
+mkdir -p "$DIR"
+case "${1:-}" in
+  up)
+    s3_start
+    pg_start
+    print_env
+    ;;
+  env) print_env ;;
+  status) status ;;
+  down)
+    s3_stop
+    pg_stop
+    rm -rf "$DIR"
+    say "stopped; data removed"
+    ;;
+  stop)
+    case "${2:-}" in
+      s3) s3_stop ;;
+      postgres) pg_stop ;;
+      *) die "usage: $0 stop s3|postgres" ;;
+    esac
+    ;;
+  start)
+    case "${2:-}" in
+      s3) s3_start ;;
+      postgres) pg_start ;;
+      *) die "usage: $0 start s3|postgres" ;;
+    esac
+    ;;
+  *)
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,188 @@
+"""The storage and catalog stack itself: where objects land, two writers on one catalog, and an
+object-storage outage during ingest. Runs on both stacks (FLOE_TEST_STACK); the outage test needs
+the S3 server of `infra/services.sh` and runs on the s3pg stack only."""
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import STACK, floe, iceberg_catalog, post, stack_env, start, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def events(prefix, n, start_at=0):
+    return [
+        {"event_id": f"{prefix}-{i}", "type": "PageViewed", "timestamp": 1764150000 + i % 86400,
+         "user_id": f"u-{i % 50}", "payload": {"page": f"/p/{i % 7}"}}
+        for i in range(start_at, start_at + n)
+    ]
+
+
+def count_and_ids(data, tenant):
+    table = iceberg_catalog(data).load_table(f"{tenant}.events")
+    ids = table.scan(selected_fields=("event_id",)).to_arrow().column("event_id").to_pylist()
+    return table, ids
+
+
+def object_keys(data, tenant):
+    """Every object under `<warehouse>/<tenant>/`, as paths relative to that prefix."""
+    if STACK == "local":
+        root = Path(data) / "warehouse" / tenant
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    from pyarrow import fs
+
+    s3 = s3fs()
+    prefix = stack_env(data)["FLOE_WAREHOUSE"].removeprefix("s3://") + f"/{tenant}"
+    infos = s3.get_file_info(fs.FileSelector(prefix, recursive=True))
+    return sorted(i.path.removeprefix(prefix + "/") for i in infos if i.type == fs.FileType.File)
+
+
+def s3fs():
+    from pyarrow import fs
+
+    return fs.S3FileSystem(
+        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
+        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
+    )
+
+
+def exists(location):
+    if location.startswith("file://"):
+        return Path(location.removeprefix("file://")).exists()
+    from pyarrow import fs
+
+    return s3fs().get_file_info(location.removeprefix("s3://")).type == fs.FileType.File
+
+
+def test_objects_live_under_the_tenant_prefix_and_other_engines_read_them(server):
+    tenant = "stack-a"
+    floe(server.data, "tenant", "create", tenant)
+    sent = events(tenant, 900)
+    for k in range(0, len(sent), 300):
+        assert post(server.url, server.token(tenant, "ingest"), sent[k:k + 300])["accepted"] == 300
+    keys = object_keys(server.data, tenant)
+    assert any(k.startswith("events/data/") and k.endswith(".parquet") for k in keys), keys
+    assert any(k.startswith("events/metadata/") and k.endswith(".metadata.json") for k in keys), keys
+    table, ids = count_and_ids(server.data, tenant)
+    assert sorted(ids) == sorted(e["event_id"] for e in sent)
+    assert table.metadata.location.endswith(f"/{tenant}/events")
+    # Floe's SQL sees the same rows.
+    rows = floe(server.data, "sql", "--tenant", tenant, "--format", "csv",
+                "SELECT count(*), count(DISTINCT event_id) FROM events")
+    assert rows.splitlines()[1] == "900,900"
+
+
+def test_two_writers_share_one_catalog_and_lose_nothing(tmp_path):
+    a, b = tmp_path / "writer-a", tmp_path / "writer-b"
+    a.mkdir()
+    b.mkdir()
+    # Both processes use writer-a's catalog, warehouse and signing key; each keeps its own
+    # write-ahead log under its own data dir.
+    shared = ["--set", f"auth.signing_key_file={a}/signing.key"]
+    if STACK == "local":
+        shared += ["--set", f"catalog=sqlite://{a}/catalog.db", "--set", f"warehouse=file://{a}/warehouse"]
+    else:
+        import conftest
+
+        conftest._ENVS[str(b)] = stack_env(a)
+    floe(a, "tenant", "create", "shared")
+    pa, sa = start(a, *shared)
+    pb, sb = start(b, *shared)
+    token = sa.token("shared", "ingest")
+    per_writer, batch = 6000, 200
+    errors = []
+
+    def writer(srv, prefix):
+        try:
+            sent = events(prefix, per_writer)
+            for k in range(0, per_writer, batch):
+                reply = post(srv.url, token, sent[k:k + batch], wait=False)
+                assert reply["accepted"] == batch, reply
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(s, p)) for s, p in [(sa, "wa"), (sb, "wb")]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    # A barrier on each writer: everything it acknowledged is visible.
+    for srv, p in [(sa, "barrier-a"), (sb, "barrier-b")]:
+        post(srv.url, token, events(p, 1))
+    stop(pa)
+    stop(pb)
+    _, ids = count_and_ids(a, "shared")
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    assert not dupes, dupes[:5]
+    assert len(ids) == 2 * per_writer + 2
+
+
+@pytest.mark.skipif(STACK != "s3pg", reason="needs the S3 server of infra/services.sh (the s3pg stack)")
+def test_s3_outage_loses_and_duplicates_nothing(tmp_path):
+    services = [str(ROOT / "infra" / "services.sh")]
+    proc, srv = start(tmp_path, "--set", "s3.request_timeout_secs=2", "--set", "s3.request_retries=1")
+    tenant = "outage"
+    floe(tmp_path, "tenant", "create", tenant)
+    token = srv.token(tenant, "ingest")
+    acked, refused = [], []
+    stop_writing = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop_writing.is_set():
+            batch = events("o", 100, i)
+            try:
+                reply = post(srv.url, token, batch, wait=False)
+                assert reply["accepted"] == 100
+                acked.extend(e["event_id"] for e in batch)
+            except urllib.error.HTTPError as e:
+                assert e.code == 503, e
+                assert e.headers.get("Retry-After"), "503 without Retry-After"
+                refused.append(e.code)
+            i += 100
+            time.sleep(0.02)
+
+    w = threading.Thread(target=writer)
+    w.start()
+    try:
+        time.sleep(2)
+        subprocess.run([*services, "stop", "s3"], check=True)
+        down_at = time.monotonic()
+        # /readyz names what is down while the server keeps acknowledging into its log.
+        ready = None
+        while time.monotonic() - down_at < 20:
+            try:
+                with urllib.request.urlopen(f"{srv.url}/readyz", timeout=10) as r:
+                    ready = (r.status, r.read())
+            except urllib.error.HTTPError as e:
+                ready = (e.code, e.read())
+            time.sleep(1)
+        acked_during = len(acked)
+        subprocess.run([*services, "start", "s3"], check=True)
+    finally:
+        stop_writing.set()
+        w.join()
+    assert ready and ready[0] == 503 and b"storage" in ready[1], ready
+    assert acked_during > 0
+    # Everything acknowledged becomes visible once storage is back.
+    post(srv.url, token, events("after", 1))
+    stop(proc)
+    table, ids = count_and_ids(tmp_path, tenant)
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    assert not dupes, dupes[:5]
+    assert set(acked) | {"after-0"} == set(ids)
+    # No snapshot references a missing object.
+    for snap in table.metadata.snapshots:
+        assert exists(snap.manifest_list), snap.manifest_list
+    for task in table.scan().plan_files():
+        assert exists(task.file.file_path), task.file.file_path

@@ -30,7 +30,8 @@ pub fn command(data_dir: &Path) -> Command {
 pub fn stack_env(data_dir: &Path) -> Vec<(String, String)> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static ENVS: Mutex<Option<HashMap<PathBuf, Vec<(String, String)>>>> = Mutex::new(None);
+    type Envs = HashMap<PathBuf, Vec<(String, String)>>;
+    static ENVS: Mutex<Option<Envs>> = Mutex::new(None);
     let stack = std::env::var("FLOE_TEST_STACK").unwrap_or_else(|_| "local".into());
     match stack.as_str() {
         "local" => return Vec::new(),

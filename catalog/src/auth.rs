@@ -292,7 +292,8 @@ mod tests {
 }
 
 /// Verifies requests: the bearer token, then that its tenant still exists (cached briefly,
-/// so a deleted tenant's tokens stop working within `tenant_cache_ttl`).
+/// so a deleted tenant's tokens stop working within `tenant_cache_ttl`; while the catalog
+/// database does not answer, tenants already seen are taken as existing).
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     authority: TokenAuthority,
@@ -331,14 +332,21 @@ impl Authenticator {
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
             message: "token names an invalid tenant".into(),
         })?;
-        let fresh = self
+        let seen = self
             .known
             .lock()
             .ok()
-            .and_then(|k| k.get(tenant.as_str()).copied())
-            .is_some_and(|at| at.elapsed() < self.tenant_cache_ttl);
+            .and_then(|k| k.get(tenant.as_str()).copied());
+        let fresh = seen.is_some_and(|at| at.elapsed() < self.tenant_cache_ttl);
         if !fresh {
-            if !self.catalog.tenant_exists(&tenant).await? {
+            let exists = match self.catalog.tenant_exists(&tenant).await {
+                Ok(exists) => exists,
+                // While the catalog database is down, a tenant this process has seen keeps
+                // working (ingest goes on into the log); one it has never seen gets 503.
+                Err(e) if e.retryable() && seen.is_some() => return Ok(claims),
+                Err(e) => return Err(e),
+            };
+            if !exists {
                 return Err(Error::Unauthenticated {
                     message: "the token's tenant does not exist".into(),
                 });

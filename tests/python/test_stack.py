@@ -186,3 +186,60 @@ def test_s3_outage_loses_and_duplicates_nothing(tmp_path):
         assert exists(snap.manifest_list), snap.manifest_list
     for task in table.scan().plan_files():
         assert exists(task.file.file_path), task.file.file_path
+
+
+@pytest.mark.skipif(STACK != "s3pg", reason="needs the PostgreSQL of infra/services.sh (the s3pg stack)")
+def test_catalog_outage_loses_and_duplicates_nothing(tmp_path):
+    services = [str(ROOT / "infra" / "services.sh")]
+    proc, srv = start(tmp_path)
+    tenant = "pg-outage"
+    floe(tmp_path, "tenant", "create", tenant)
+    token = srv.token(tenant, "ingest")
+    post(srv.url, token, events("warm", 1))  # the server has seen the tenant
+    acked = []
+    try:
+        subprocess.run([*services, "stop", "postgres"], check=True)
+        for k in range(10):
+            batch = events("p", 100, k * 100)
+            assert post(srv.url, token, batch, wait=False)["accepted"] == 100
+            acked.extend(e["event_id"] for e in batch)
+            time.sleep(0.5)
+        try:
+            urllib.request.urlopen(f"{srv.url}/readyz", timeout=15)
+            ready = (200, b"")
+        except urllib.error.HTTPError as e:
+            ready = (e.code, e.read())
+    finally:
+        subprocess.run([*services, "start", "postgres"], check=True)
+    assert ready[0] == 503 and b"catalog" in ready[1], ready
+    post(srv.url, token, events("after", 1))
+    stop(proc)
+    _, ids = count_and_ids(tmp_path, tenant)
+    assert sorted(ids) == sorted(["warm-0", "after-0", *acked])
+
+
+@pytest.mark.skipif(STACK != "s3pg", reason="needs the S3 server of infra/services.sh (the s3pg stack)")
+@pytest.mark.parametrize("source", ["environment", "profile"])
+def test_s3_credentials_from_the_aws_chain(tmp_path, source):
+    """With no keys in Floe's configuration, credentials come from the standard AWS chain."""
+    key, secret = os.environ["FLOE_S3_ACCESS_KEY_ID"], os.environ["FLOE_S3_SECRET_ACCESS_KEY"]
+    stack_env(tmp_path)  # database and prefix for this data dir
+    import conftest
+
+    env = conftest._ENVS[str(tmp_path)]
+    env.update({"FLOE_S3_ACCESS_KEY_ID": "", "FLOE_S3_SECRET_ACCESS_KEY": "",
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "no-config")})
+    if source == "environment":
+        env.update({"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
+    else:
+        creds = tmp_path / "credentials"
+        creds.write_text(f"[floe-test]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+        env.update({"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_PROFILE": "floe-test"})
+    floe(tmp_path, "tenant", "create", "chain")
+    proc, srv = start(tmp_path)
+    try:
+        assert post(srv.url, srv.token("chain", "ingest"), events("c", 10))["accepted"] == 10
+    finally:
+        stop(proc)
+    _, ids = count_and_ids(tmp_path, "chain")
+    assert len(ids) == 10

@@ -116,7 +116,11 @@ pg_start() {
   bin=$(pg_bin)
   if [ ! -f "$DIR/pg/PG_VERSION" ]; then
     mkdir -p "$DIR/pg"
-    [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg" && chmod 700 "$DIR/pg"
+    if [ "$(id -u)" = 0 ]; then
+      # The cluster runs as postgres, which must be able to reach its folder (mktemp -d is 0700).
+      chmod o+x "$DIR"
+      chown postgres "$DIR/pg" && chmod 700 "$DIR/pg"
+    fi
     as_pg "$bin/initdb" -D "$DIR/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
       -E UTF8 --no-instructions >"$DIR/pg-init.log" 2>&1 || die "initdb failed; see $DIR/pg-init.log"
   fi

@@ -30,7 +30,7 @@ cargo test --release --locked --workspace --no-fail-fast || failed+=("rust tests
 test -x "$CARGO_TARGET_DIR/release/floe" || { echo "floe binary missing after the build" >&2; exit 1; }
 
 echo "== rust end-to-end tests on S3 + PostgreSQL"
-(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg cargo test --release --locked --test e2e) \
+(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg cargo test --release --locked --workspace --test e2e) \
   || failed+=("rust end-to-end tests on S3 + PostgreSQL")
 
 echo "== python tests (pyiceberg, DuckDB, trino client)"

@@ -1,6 +1,6 @@
 """Query latency: Floe over the Trino protocol versus DuckDB on the same Parquet files, same run.
 
-    FLOE_BIN=target/release/floe python bench/query_vs_duckdb.py [--events N] [--runs R]
+    FLOE_BIN=target/release/floe python bench/query_vs_duckdb.py [--events N] [--runs R] [--data DIR]
 
 One tenant gets N events (default 10 million) through `floe serve` + `floe gen` (in chunks of
 one million). Then each query runs R times (after one warm-up) in both engines:
@@ -86,14 +86,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--data", type=Path,
+                    help="Floe data folder to keep; if it already holds the tenant, its events are reused")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="floe-qbench-"))
-    data = tmp / "floe"
-    subprocess.run([FLOE, "--data-dir", str(data), "tenant", "create", TENANT], check=True, capture_output=True)
+    data = args.data or tmp / "floe"
+    reuse = (data / "catalog.db").exists()
+    if not reuse:
+        subprocess.run([FLOE, "--data-dir", str(data), "tenant", "create", TENANT], check=True, capture_output=True)
     proc, port, url = floe_server.start(data, tmp / "serve.log")
     try:
         started = time.time()
-        left, seed = args.events, 1
+        left, seed = (0 if reuse else args.events), 1
         while left > 0:
             chunk = min(left, 1_000_000)
             # A seed per chunk: the same seed would send the same event ids again (de-duplicated).
@@ -102,7 +106,8 @@ def main():
                            check=True, capture_output=True)
             left -= chunk
             seed += 1
-        print(f"loaded {args.events:,} events in {time.time() - started:.0f} s")
+        if not reuse:
+            print(f"loaded {args.events:,} events in {time.time() - started:.0f} s")
         token = subprocess.run([FLOE, "--data-dir", str(data), "token", "issue", "--tenant", TENANT,
                                 "--role", "analyst"], check=True, capture_output=True, text=True).stdout.strip()
         conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,

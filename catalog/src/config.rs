@@ -141,6 +141,11 @@ pub struct QueryConfig {
     pub page_rows: usize,
     /// A query whose client stops fetching pages is cancelled after this long.
     pub abandoned_after_secs: u64,
+    /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
+    pub footer_cache_bytes: u64,
+    /// Iceberg manifests kept in memory across queries, counted in the data files they list
+    /// (about 1 KiB each; shared by all tenants).
+    pub manifest_cache_files: usize,
 }
 
 impl Default for QueryConfig {
@@ -156,6 +161,8 @@ impl Default for QueryConfig {
             max_concurrent_per_tenant: 8,
             page_rows: 10_000,
             abandoned_after_secs: 300,
+            footer_cache_bytes: 64 << 20,
+            manifest_cache_files: 200_000,
         }
     }
 }

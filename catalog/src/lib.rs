@@ -32,6 +32,7 @@ pub struct Catalog {
     name: String,
     warehouse: String,
     file_io: FileIO,
+    data_store: storage::DataStore,
     tables: table::TableCache,
     /// The runtime the catalog was opened on. Database and storage I/O runs there: connections
     /// made on a short-lived runtime (a query's) would die with it while still in the pool.
@@ -54,7 +55,8 @@ impl Catalog {
     pub async fn open(config: &Config) -> Result<Catalog> {
         let warehouse = config.warehouse_url()?;
         let io = tokio::runtime::Handle::current();
-        let file_io = storage::file_io(&Warehouse::parse(&warehouse)?, &config.s3, &io)?;
+        let (file_io, data_store) =
+            storage::file_io(&Warehouse::parse(&warehouse)?, &config.s3, &io)?;
         let (db, backend) = db::open(&config.catalog_url()?).await?;
         Ok(Catalog {
             db,
@@ -62,6 +64,7 @@ impl Catalog {
             name: CATALOG_NAME.to_string(),
             warehouse,
             file_io,
+            data_store,
             tables: Default::default(),
             io,
             down: Default::default(),
@@ -80,6 +83,11 @@ impl Catalog {
 
     pub fn file_io(&self) -> &FileIO {
         &self.file_io
+    }
+
+    /// The warehouse as an `object_store` (for DataFusion's readers).
+    pub fn data_store(&self) -> &storage::DataStore {
+        &self.data_store
     }
 }
 

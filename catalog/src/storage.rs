@@ -82,22 +82,43 @@ impl Warehouse {
     }
 }
 
-/// The `FileIO` every table of the warehouse uses.
+/// The warehouse's data files as an `object_store`, for readers that speak it (DataFusion).
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    /// The URL prefix of every location in the store: `file:///` or `s3://bucket`.
+    pub url: String,
+    /// `None`: the local file system, which DataFusion registers itself.
+    pub store: Option<Arc<dyn ObjectStore>>,
+}
+
+/// The `FileIO` every table of the warehouse uses, and the same storage as a [`DataStore`].
 /// S3 requests run on `io` whichever runtime makes them: pooled connections then outlive the
 /// short-lived runtimes of queries.
 pub fn file_io(
     warehouse: &Warehouse,
     s3: &S3Config,
     io: &tokio::runtime::Handle,
-) -> Result<FileIO> {
+) -> Result<(FileIO, DataStore)> {
     match warehouse {
         Warehouse::Local { path } => {
             std::fs::create_dir_all(path).map_err(Error::io(path.clone()))?;
-            Ok(FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build())
+            let data = DataStore {
+                url: "file:///".to_string(),
+                store: None,
+            };
+            Ok((
+                FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build(),
+                data,
+            ))
         }
         Warehouse::S3 { bucket, .. } => {
             let storage = S3Storage::new(bucket, s3, io)?;
-            Ok(FileIOBuilder::new(Arc::new(S3StorageFactory { storage })).build())
+            let data = DataStore {
+                url: format!("s3://{bucket}"),
+                store: Some(storage.object_store()),
+            };
+            let file_io = FileIOBuilder::new(Arc::new(S3StorageFactory { storage })).build();
+            Ok((file_io, data))
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod dialect;
 pub mod functions;
+pub mod scan;
 pub mod trino;
 
 use std::str::FromStr;
@@ -16,11 +17,14 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::execution::cache::DefaultFilesMetadataCache;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use floe_catalog::config::QueryConfig;
 use floe_catalog::{CATALOG_NAME, Catalog, ErrorKind, TenantId};
-use iceberg_datafusion::IcebergStaticTableProvider;
+use scan::FloeTable;
 
 /// Errors of the query crate.
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +112,42 @@ pub enum Scope {
 }
 
 /// Builds tenant-scoped DataFusion sessions.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Engine {
     catalog: Catalog,
     config: QueryConfig,
+    /// Where sessions read data files, and the store to register for it (S3).
+    store_url: ObjectStoreUrl,
+    /// Parquet footers and page indexes, shared by every session: data files never change.
+    footers: Arc<dyn FileMetadataCache>,
+    /// Iceberg manifests, shared by every session: they never change either.
+    manifests: Arc<scan::ManifestCache>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("catalog", &self.catalog)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl Engine {
     pub fn new(catalog: Catalog, config: QueryConfig) -> Self {
-        Engine { catalog, config }
+        let store_url = ObjectStoreUrl::parse(&catalog.data_store().url)
+            .expect("the warehouse's store URL is a valid URL");
+        let footers = Arc::new(DefaultFilesMetadataCache::new(
+            config.footer_cache_bytes as usize,
+        ));
+        let manifests = Arc::new(scan::ManifestCache::new(config.manifest_cache_files));
+        Engine {
+            catalog,
+            config,
+            store_url,
+            footers,
+            manifests,
+        }
     }
 
     pub fn config(&self) -> &QueryConfig {
@@ -155,9 +186,16 @@ impl Engine {
         if self.config.target_partitions > 0 {
             cfg = cfg.with_target_partitions(self.config.target_partitions);
         }
+        let caches = CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.footers.clone()))
+            .with_metadata_cache_limit(self.config.footer_cache_bytes as usize);
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .with_cache_manager(caches)
             .build_arc()?;
+        if let Some(store) = &self.catalog.data_store().store {
+            runtime.register_object_store(self.store_url.as_ref(), store.clone());
+        }
         let ctx = SessionContext::new_with_config_rt(cfg, runtime);
         functions::register(&ctx);
         let schema = Arc::new(MemorySchemaProvider::new());
@@ -171,12 +209,13 @@ impl Engine {
             if scope == Scope::ProjectionsOnly && kind.as_deref() != Some("projection") {
                 continue;
             }
-            let provider = IcebergStaticTableProvider::try_new_from_table(table)
-                .await
-                .map_err(|source| Error::Table {
-                    table: name.clone(),
-                    source: Box::new(source),
-                })?;
+            let provider =
+                FloeTable::try_new(table, None, self.store_url.clone(), self.manifests.clone())
+                    .await
+                    .map_err(|source| Error::Table {
+                        table: name.clone(),
+                        source: Box::new(source),
+                    })?;
             schema.register_table(name, Arc::new(provider))?;
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());
@@ -219,13 +258,17 @@ impl Engine {
             }
             let table = self.catalog.load_table(tenant, &snap.table).await?;
             let snapshot_id = snapshot_at(&table, snap.at)?;
-            let provider =
-                IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot_id)
-                    .await
-                    .map_err(|source| Error::Table {
-                        table: snap.table.clone(),
-                        source: Box::new(source),
-                    })?;
+            let provider = FloeTable::try_new(
+                table,
+                Some(snapshot_id),
+                self.store_url.clone(),
+                self.manifests.clone(),
+            )
+            .await
+            .map_err(|source| Error::Table {
+                table: snap.table.clone(),
+                source: Box::new(source),
+            })?;
             schema.register_table(snap.name.clone(), Arc::new(provider))?;
         }
         let state = ctx.state();

@@ -187,5 +187,47 @@ async fn sqllogictest_files() {
             panic!("{}:\n{}", file.display(), e.display(true));
         }
     }
+    scan_prunes_files_by_manifest_bounds(&engine, &shop).await;
     ingest_service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A time range is answered from the files of that range only: the manifests' `ts` bounds prune
+/// the others before the scan is planned, and the answer stays right.
+async fn scan_prunes_files_by_manifest_bounds(engine: &Engine, tenant: &TenantId) {
+    let (_, batches) = engine
+        .sql(
+            tenant,
+            "EXPLAIN ANALYZE SELECT count(*) FROM events \
+             WHERE ts >= TIMESTAMP '2025-11-15 00:00:00 UTC' AND ts < TIMESTAMP '2025-11-16 00:00:00 UTC'",
+        )
+        .await
+        .unwrap();
+    let plan = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("file_type=parquet"), "{plan}");
+    // Data files are written per day (`ts_day=`): only that day's reach the Parquet scan.
+    assert!(plan.contains("ts_day=2025-11-15/"), "{plan}");
+    for other_day in ["ts_day=2025-11-14/", "ts_day=2025-11-16/"] {
+        assert!(
+            !plan.contains(other_day),
+            "{other_day} was not pruned: {plan}"
+        );
+    }
+
+    let (_, rows) = engine
+        .sql(
+            tenant,
+            "SELECT count(*), count(DISTINCT event_id) FROM events \
+             WHERE ts >= TIMESTAMP '2025-11-15 00:00:00 UTC' AND ts < TIMESTAMP '2025-11-16 00:00:00 UTC'",
+        )
+        .await
+        .unwrap();
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let counts: Vec<i64> = (0..2)
+        .map(|c| rows[0].column(c).as_primitive::<Int64Type>().value(0))
+        .collect();
+    // Five events of 2025-11-15 in shop.ndjson.
+    assert_eq!(counts, vec![5, 5]);
 }

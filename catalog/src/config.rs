@@ -27,6 +27,29 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub auth: AuthConfig,
     pub query: QueryConfig,
+    pub compaction: CompactionConfig,
+}
+
+/// Compaction (`floe compact`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Files below this size are rewritten together into files of about this size.
+    pub target_file_bytes: u64,
+    /// Parquet ZSTD level of rewritten files.
+    pub zstd_level: i32,
+    /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            target_file_bytes: 128 << 20,
+            zstd_level: 3,
+            memory_limit_bytes: 512 << 20,
+        }
+    }
 }
 
 /// An S3-compatible object store. Credentials left empty come from the standard AWS chain
@@ -178,6 +201,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             auth: AuthConfig::default(),
             query: QueryConfig::default(),
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -287,6 +311,14 @@ impl Config {
             ("ingest.flush_max_bytes", i.flush_max_bytes as u64),
             ("ingest.max_buffered_bytes", i.max_buffered_bytes as u64),
             ("ingest.wal_segment_bytes", i.wal_segment_bytes),
+            (
+                "compaction.target_file_bytes",
+                self.compaction.target_file_bytes,
+            ),
+            (
+                "compaction.memory_limit_bytes",
+                self.compaction.memory_limit_bytes as u64,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 mod db;
 mod error;
+pub mod rewrite;
 pub mod storage;
 pub mod table;
 pub mod tenant;

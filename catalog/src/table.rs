@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder, NestedField,
-    Operation, PrimitiveType, Schema, Snapshot, SnapshotReference, SnapshotRetention,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    NestedField, Operation, PrimitiveType, Schema, Snapshot, SnapshotReference, SnapshotRetention,
     SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder, Transform, Type,
     UnboundPartitionSpec,
 };
@@ -310,35 +310,17 @@ impl Catalog {
                 prepared.snapshot_id,
                 prepared.expired,
             );
-            let swapped = sqlx::query(
-                "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-                 WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
-                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
-            )
-            .bind(&new_location)
-            .bind(&old_location)
-            .bind(&self.name)
-            .bind(tenant.as_str())
-            .bind(table)
-            .bind(&old_location)
-            .execute(&self.db)
-            .await
-            .map_err(Error::db("metadata swap"))?;
-            if swapped.rows_affected() == 1 {
-                let delete_old = new_metadata
-                    .properties()
-                    .get("write.metadata.delete-after-commit.enabled")
-                    .is_some_and(|v| v == "true");
-                let key = (tenant.to_string(), table.to_string());
-                self.cache_metadata(&key, &new_location, &Arc::new(new_metadata));
-                if delete_old {
-                    for old in expired {
-                        // Best effort: a file left behind is found by orphan-file cleanup.
-                        if let Err(e) = self.file_io.delete(&old).await {
-                            tracing::warn!(file = %old, error = %e, "could not delete old metadata");
-                        }
-                    }
-                }
+            if self
+                .swap_metadata(
+                    tenant,
+                    table,
+                    &old_location,
+                    &new_location,
+                    new_metadata,
+                    expired,
+                )
+                .await?
+            {
                 return Ok(CommitOutcome {
                     snapshot_id: Some(snapshot_id),
                     already_committed: false,
@@ -363,6 +345,52 @@ impl Catalog {
             let jitter = rand::random::<u64>() % backoff.max(1);
             tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
         }
+    }
+
+    /// Points the catalog at `new_location` if it still points at `old_location` (the
+    /// compare-and-swap). On success caches the new metadata and, if the table asks for it,
+    /// deletes the metadata files that fell out of its log. `false`: another commit won.
+    pub(crate) async fn swap_metadata(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        old_location: &str,
+        new_location: &str,
+        new_metadata: TableMetadata,
+        expired: Vec<String>,
+    ) -> Result<bool> {
+        let swapped = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+             WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
+        )
+        .bind(new_location)
+        .bind(old_location)
+        .bind(&self.name)
+        .bind(tenant.as_str())
+        .bind(table)
+        .bind(old_location)
+        .execute(&self.db)
+        .await
+        .map_err(Error::db("metadata swap"))?;
+        if swapped.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let delete_old = new_metadata
+            .properties()
+            .get("write.metadata.delete-after-commit.enabled")
+            .is_some_and(|v| v == "true");
+        let key = (tenant.to_string(), table.to_string());
+        self.cache_metadata(&key, new_location, &Arc::new(new_metadata));
+        if delete_old {
+            for old in expired {
+                // Best effort: a file left behind is found by orphan-file cleanup.
+                if let Err(e) = self.file_io.delete(&old).await {
+                    tracing::warn!(file = %old, error = %e, "could not delete old metadata");
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Writes the manifest, manifest list and metadata file of an append on top of `current`.
@@ -457,6 +485,43 @@ impl Catalog {
         }
         manifests.push(new_manifest);
 
+        let mut prepared = self
+            .prepare_snapshot(
+                current,
+                old_location,
+                NewSnapshot {
+                    snapshot_id,
+                    sequence_number,
+                    commit_id,
+                    operation: Operation::Append,
+                    props,
+                },
+                manifests,
+            )
+            .await?;
+        prepared.written.insert(0, manifest_path);
+        Ok(prepared)
+    }
+
+    /// Writes the manifest list of `manifests` and the metadata file of a snapshot on top of
+    /// `current` (whose metadata file is `old_location`), making it the head of `main`.
+    pub(crate) async fn prepare_snapshot(
+        &self,
+        current: &Table,
+        old_location: &str,
+        new: NewSnapshot,
+        manifests: Vec<ManifestFile>,
+    ) -> Result<Prepared> {
+        let metadata = current.metadata();
+        let table_location = metadata.location();
+        let parent = metadata.current_snapshot().cloned();
+        let NewSnapshot {
+            snapshot_id,
+            sequence_number,
+            commit_id,
+            operation,
+            props,
+        } = new;
         let list_path = format!("{table_location}/metadata/snap-{snapshot_id}-0-{commit_id}.avro");
         let list_path_written = list_path.clone();
         let list_out = self
@@ -487,7 +552,7 @@ impl Catalog {
             .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
             .with_manifest_list(list_path)
             .with_summary(Summary {
-                operation: Operation::Append,
+                operation,
                 additional_properties: props,
             })
             .with_schema_id(metadata.current_schema_id())
@@ -518,7 +583,7 @@ impl Catalog {
             .to_string();
         self.write_metadata(&new_metadata, &new_location).await?;
         Ok(Prepared {
-            written: vec![manifest_path, list_path_written, new_location.clone()],
+            written: vec![list_path_written, new_location.clone()],
             metadata: new_metadata,
             location: new_location,
             snapshot_id,
@@ -527,15 +592,26 @@ impl Catalog {
     }
 }
 
+/// What a new snapshot is, apart from its manifests.
+pub(crate) struct NewSnapshot {
+    pub snapshot_id: i64,
+    pub sequence_number: i64,
+    /// Names this commit's files.
+    pub commit_id: uuid::Uuid,
+    pub operation: Operation,
+    /// The summary's properties.
+    pub props: HashMap<String, String>,
+}
+
 /// A prepared (written, not yet swapped-in) commit.
-struct Prepared {
-    metadata: TableMetadata,
-    location: String,
-    snapshot_id: i64,
+pub(crate) struct Prepared {
+    pub metadata: TableMetadata,
+    pub location: String,
+    pub snapshot_id: i64,
     /// Metadata files that fell out of the metadata log with this commit.
-    expired: Vec<String>,
+    pub expired: Vec<String>,
     /// Files this attempt wrote: deleted if the swap is lost.
-    written: Vec<String>,
+    pub written: Vec<String>,
 }
 
 /// The position of `source` recorded in the table's current snapshot.
@@ -549,7 +625,7 @@ pub fn position_in(metadata: &TableMetadata, source: &str) -> Option<u64> {
         .ok()
 }
 
-fn new_snapshot_id(metadata: &TableMetadata) -> i64 {
+pub(crate) fn new_snapshot_id(metadata: &TableMetadata) -> i64 {
     loop {
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
         let id = ((a ^ b) & (i64::MAX as u64)) as i64;

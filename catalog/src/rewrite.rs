@@ -1,0 +1,293 @@
+//! Replacing data files with others holding the same rows: Floe's own Iceberg `replace`
+//! snapshot (iceberg-rust 0.10 has no rewrite action), for compaction.
+//!
+//! A replace commit writes one manifest holding every live file of the table: the kept ones as
+//! `EXISTING` (their snapshot and sequence numbers preserved), the replaced ones as `DELETED`,
+//! the new ones as `ADDED`. So each compaction also merges the table's manifests into one. The
+//! commit is the same compare-and-swap as an append; before every attempt it re-reads the table
+//! and checks that every file it replaces is still live. An append that lands meanwhile is
+//! carried into the retry; a replaced file that is gone (another compactor, an erasure), or
+//! losing the swap `MAX_REPLACE_ATTEMPTS` times, makes the commit give up without committing
+//! anything, and the caller deletes its new files. A conflict is never fatal.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg::spec::{
+    DataContentType, DataFile, Manifest, ManifestContentType, ManifestEntryRef,
+    ManifestWriterBuilder, Operation,
+};
+use iceberg::table::Table;
+
+use crate::table::{NewSnapshot, POSITION_PREFIX, new_snapshot_id};
+use crate::tenant::TenantId;
+use crate::{Catalog, Error, Result};
+
+/// How a replace commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    /// The new snapshot; `conflicts`: compare-and-swaps lost to other writers first.
+    Committed { snapshot_id: i64, conflicts: u32 },
+    /// Some replaced files are no longer live: nothing was committed.
+    InputsGone { missing: Vec<String> },
+    /// Other writers won every compare-and-swap: nothing was committed (try again later).
+    KeptLosing { conflicts: u32 },
+}
+
+/// A replace retries longer than an append: each attempt reads only the manifests added since
+/// the last one, and a busy table commits often.
+const MAX_REPLACE_ATTEMPTS: u32 = 100;
+
+/// The live data files of a table's current snapshot, with their manifest entries.
+pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntryRef>> {
+    live_entries_cached(table, &mut HashMap::new()).await
+}
+
+/// [`live_entries`], reading only the manifests not in `seen` (manifests never change).
+async fn live_entries_cached(
+    table: &Table,
+    seen: &mut HashMap<String, Arc<Manifest>>,
+) -> Result<Vec<ManifestEntryRef>> {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(Error::ice("reading the manifest list"))?;
+    let mut live = Vec::new();
+    for manifest in list.entries() {
+        if manifest.content != ManifestContentType::Data {
+            return Err(Error::internal(format!(
+                "{}: delete manifests are not supported ({})",
+                table.identifier(),
+                manifest.manifest_path
+            )));
+        }
+        let m = match seen.get(&manifest.manifest_path) {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(
+                    manifest
+                        .load_manifest(table.file_io())
+                        .await
+                        .map_err(Error::ice("reading a manifest"))?,
+                );
+                seen.insert(manifest.manifest_path.clone(), m.clone());
+                m
+            }
+        };
+        live.extend(m.entries().iter().filter(|e| e.is_alive()).cloned());
+    }
+    Ok(live)
+}
+
+impl Catalog {
+    /// Replaces the data files at `removed` with `added` (the same rows, rewritten) in one
+    /// `replace` snapshot. Source positions and totals carry over; see the module comment.
+    pub async fn commit_replace(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        removed: Vec<String>,
+        added: Vec<DataFile>,
+    ) -> Result<ReplaceOutcome> {
+        let (tenant, table) = (tenant.clone(), table.to_string());
+        self.on_io(
+            move |c| async move { c.commit_replace_here(&tenant, &table, removed, added).await },
+        )
+        .await
+    }
+
+    async fn commit_replace_here(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        removed: Vec<String>,
+        added: Vec<DataFile>,
+    ) -> Result<ReplaceOutcome> {
+        let mut conflicts = 0;
+        let mut seen = HashMap::new();
+        loop {
+            let current = self.load_table(tenant, table).await?;
+            let live = live_entries_cached(&current, &mut seen).await?;
+            let live_paths: HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
+            let missing: Vec<String> = removed
+                .iter()
+                .filter(|p| !live_paths.contains(p.as_str()))
+                .cloned()
+                .collect();
+            if !missing.is_empty() || current.metadata().current_snapshot().is_none() {
+                return Ok(ReplaceOutcome::InputsGone { missing });
+            }
+            let old_location = current
+                .metadata_location()
+                .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+                .to_string();
+            let prepared = self
+                .prepare_replace(&current, &old_location, &live, &removed, added.clone())
+                .await?;
+            let snapshot_id = prepared.snapshot_id;
+            if self
+                .swap_metadata(
+                    tenant,
+                    table,
+                    &old_location,
+                    &prepared.location,
+                    prepared.metadata,
+                    prepared.expired,
+                )
+                .await?
+            {
+                return Ok(ReplaceOutcome::Committed {
+                    snapshot_id,
+                    conflicts,
+                });
+            }
+            for f in prepared.written {
+                if let Err(e) = self.file_io.delete(&f).await {
+                    tracing::debug!(file = %f, error = %e, "could not delete a lost attempt's file");
+                }
+            }
+            conflicts += 1;
+            if conflicts >= MAX_REPLACE_ATTEMPTS {
+                return Ok(ReplaceOutcome::KeptLosing { conflicts });
+            }
+            let backoff = 5u64 * (1 << conflicts.min(6));
+            let jitter = rand::random::<u64>() % backoff.max(1);
+            tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+        }
+    }
+
+    async fn prepare_replace(
+        &self,
+        current: &Table,
+        old_location: &str,
+        live: &[ManifestEntryRef],
+        removed: &[String],
+        added: Vec<DataFile>,
+    ) -> Result<crate::table::Prepared> {
+        let metadata = current.metadata();
+        let parent = metadata
+            .current_snapshot()
+            .ok_or_else(|| Error::internal("replace on a table without snapshots"))?;
+        let schema = metadata.current_schema().clone();
+        let spec = metadata.default_partition_spec().clone();
+        let commit_id = uuid::Uuid::now_v7();
+        let snapshot_id = new_snapshot_id(metadata);
+        let sequence_number = metadata.next_sequence_number();
+        let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
+
+        let manifest_path = format!("{}/metadata/{commit_id}-m0.avro", metadata.location());
+        let out = self
+            .file_io
+            .new_output(&manifest_path)
+            .map_err(Error::ice("manifest output"))?;
+        let mut writer =
+            ManifestWriterBuilder::new(out, Some(snapshot_id), schema, (*spec).clone())
+                .build_v2_data();
+        let (mut deleted_files, mut deleted_records, mut deleted_bytes) = (0u64, 0u64, 0u64);
+        for entry in live {
+            let data = entry.data_file().clone();
+            if data.content_type() != DataContentType::Data {
+                return Err(Error::internal(
+                    "replace over delete files is not supported",
+                ));
+            }
+            let seq = entry
+                .sequence_number()
+                .ok_or_else(|| Error::internal("live entry without a sequence number"))?;
+            if removed.contains(entry.file_path()) {
+                deleted_files += 1;
+                deleted_records += data.record_count();
+                deleted_bytes += data.file_size_in_bytes();
+                writer
+                    .add_delete_file(data, seq, entry.file_sequence_number)
+                    .map_err(Error::ice("manifest: replaced file"))?;
+            } else {
+                let added_by = entry
+                    .snapshot_id()
+                    .ok_or_else(|| Error::internal("live entry without a snapshot id"))?;
+                writer
+                    .add_existing_file(data, added_by, seq, entry.file_sequence_number)
+                    .map_err(Error::ice("manifest: kept file"))?;
+            }
+        }
+        let (added_files, added_records, added_bytes) = (
+            added.len() as u64,
+            added.iter().map(|f| f.record_count()).sum::<u64>(),
+            added.iter().map(|f| f.file_size_in_bytes()).sum::<u64>(),
+        );
+        if added_records != deleted_records {
+            return Err(Error::internal(format!(
+                "replace would change the row count: {deleted_records} rows out, {added_records} in"
+            )));
+        }
+        for f in added {
+            writer
+                .add_file(f, sequence_number)
+                .map_err(Error::ice("manifest: new file"))?;
+        }
+        let manifest = writer
+            .write_manifest_file()
+            .await
+            .map_err(Error::ice("writing the manifest"))?;
+
+        let before = |key: &str| {
+            parent
+                .summary()
+                .additional_properties
+                .get(key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut props: HashMap<String, String> = parent
+            .summary()
+            .additional_properties
+            .iter()
+            .filter(|(k, _)| k.starts_with(POSITION_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let totals = [
+            ("total-records", before("total-records")),
+            (
+                "total-data-files",
+                (before("total-data-files") + added_files).saturating_sub(deleted_files),
+            ),
+            (
+                "total-files-size",
+                (before("total-files-size") + added_bytes).saturating_sub(deleted_bytes),
+            ),
+            ("added-data-files", added_files),
+            ("deleted-data-files", deleted_files),
+            ("added-records", added_records),
+            ("deleted-records", deleted_records),
+            ("added-files-size", added_bytes),
+            ("removed-files-size", deleted_bytes),
+            ("total-delete-files", 0),
+            ("total-position-deletes", 0),
+            ("total-equality-deletes", 0),
+        ];
+        for (k, v) in totals {
+            props.insert(k.to_string(), v.to_string());
+        }
+        let mut prepared = self
+            .prepare_snapshot(
+                current,
+                old_location,
+                NewSnapshot {
+                    snapshot_id,
+                    sequence_number,
+                    commit_id,
+                    operation: Operation::Replace,
+                    props,
+                },
+                vec![manifest],
+            )
+            .await?;
+        prepared.written.insert(0, manifest_path);
+        Ok(prepared)
+    }
+}

@@ -1,0 +1,418 @@
+//! Compaction: rewriting a table's small files into few large ones, sorted by `(type, ts)`.
+//!
+//! Per partition, files below the target size are packed into bins of about the target size
+//! (largest first, each into the first bin with room). Each bin streams through DataFusion: a
+//! Parquet scan of its files, a sort that spills to disk past `compaction.memory_limit_bytes`,
+//! and iceberg-rust's Parquet writer, rolling over at the target size. Each bin is committed on
+//! its own as an Iceberg `replace` snapshot (`floe_catalog::rewrite`), which checks that its
+//! input files are still live and carries appends that landed meanwhile; a bin whose inputs are
+//! gone is dropped and its new files deleted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::prelude::SessionConfig;
+use floe_catalog::config::CompactionConfig;
+use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
+use floe_catalog::{Catalog, TenantId};
+use futures::StreamExt;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Errors of the compactor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Catalog(#[from] floe_catalog::Error),
+
+    #[error("{context}: {source}")]
+    Iceberg {
+        context: &'static str,
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+
+    #[error("rewriting {table}: {source}")]
+    DataFusion {
+        table: String,
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn ice(context: &'static str) -> impl FnOnce(iceberg::Error) -> Error {
+    move |source| Error::Iceberg {
+        context,
+        source: Box::new(source),
+    }
+}
+
+/// One input file of a bin.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: String,
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+/// Files of one partition rewritten together.
+#[derive(Debug, Clone)]
+pub struct Bin {
+    pub partition: Struct,
+    pub files: Vec<InputFile>,
+}
+
+impl Bin {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// What one table looks like, and what compaction would do to it.
+#[derive(Debug, Clone, Default)]
+pub struct TablePlan {
+    pub files: usize,
+    pub bytes: u64,
+    pub partitions: usize,
+    pub bins: Vec<Bin>,
+}
+
+/// The result of one bin.
+#[derive(Debug, Clone)]
+pub struct BinDone {
+    pub partition: String,
+    pub files_in: usize,
+    pub bytes_in: u64,
+    pub files_out: usize,
+    pub bytes_out: u64,
+    pub rows: u64,
+    pub seconds: f64,
+    /// `false`: the inputs changed under the rewrite, or other commits kept winning (nothing
+    /// committed, new files deleted; a later pass tries again).
+    pub committed: bool,
+}
+
+/// Packs the small files of each partition into bins of about `target` bytes. Bins of one
+/// file are left out: rewriting a file alone gains nothing.
+pub fn plan(files: Vec<(Struct, InputFile)>, target: u64) -> TablePlan {
+    let mut plan = TablePlan {
+        files: files.len(),
+        bytes: files.iter().map(|(_, f)| f.bytes).sum(),
+        ..TablePlan::default()
+    };
+    let mut by_partition: HashMap<Struct, Vec<InputFile>> = HashMap::new();
+    for (partition, file) in files {
+        by_partition.entry(partition).or_default().push(file);
+    }
+    plan.partitions = by_partition.len();
+    let mut partitions: Vec<(Struct, Vec<InputFile>)> = by_partition.into_iter().collect();
+    partitions.sort_by_key(|(p, _)| format!("{p:?}"));
+    for (partition, mut files) in partitions {
+        files.retain(|f| f.bytes < target);
+        files.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
+        let mut bins: Vec<Vec<InputFile>> = Vec::new();
+        let mut room: Vec<u64> = Vec::new();
+        for file in files {
+            match room.iter().position(|r| *r >= file.bytes) {
+                Some(i) => {
+                    room[i] -= file.bytes;
+                    bins[i].push(file);
+                }
+                None => {
+                    room.push(target - file.bytes);
+                    bins.push(vec![file]);
+                }
+            }
+        }
+        plan.bins
+            .extend(bins.into_iter().filter(|b| b.len() > 1).map(|files| Bin {
+                partition: partition.clone(),
+                files,
+            }));
+    }
+    plan
+}
+
+/// Compacts one tenant's tables with `config`.
+pub struct Compactor {
+    catalog: Catalog,
+    config: CompactionConfig,
+}
+
+impl Compactor {
+    pub fn new(catalog: Catalog, config: CompactionConfig) -> Compactor {
+        Compactor { catalog, config }
+    }
+
+    /// The plan for one table as it is now.
+    pub async fn plan_table(&self, tenant: &TenantId, table: &str) -> Result<TablePlan> {
+        let t = self.catalog.load_table(tenant, table).await?;
+        if t.metadata().schemas_iter().len() != 1 {
+            // Rewriting maps columns by name, exact only for a schema that never changed.
+            tracing::warn!(%tenant, table, "schema has evolved; not compacting");
+            return Ok(TablePlan::default());
+        }
+        let files = live_entries(&t)
+            .await?
+            .iter()
+            .filter(|e| e.file_format() == DataFileFormat::Parquet)
+            .map(|e| {
+                (
+                    e.data_file().partition().clone(),
+                    InputFile {
+                        path: e.file_path().to_string(),
+                        bytes: e.file_size_in_bytes(),
+                        rows: e.record_count(),
+                    },
+                )
+            })
+            .collect();
+        Ok(plan(files, self.config.target_file_bytes))
+    }
+
+    /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
+    pub async fn run_bin(&self, tenant: &TenantId, table: &str, bin: &Bin) -> Result<BinDone> {
+        let started = Instant::now();
+        let t = self.catalog.load_table(tenant, table).await?;
+        let written = self.rewrite(&t, bin).await?;
+        let (files_out, bytes_out) = (
+            written.len(),
+            written.iter().map(|f| f.file_size_in_bytes()).sum(),
+        );
+        let paths: Vec<String> = written.iter().map(|f| f.file_path().to_string()).collect();
+        let removed = bin.files.iter().map(|f| f.path.clone()).collect();
+        let outcome = self
+            .catalog
+            .commit_replace(tenant, table, removed, written)
+            .await;
+        let committed = match outcome {
+            Ok(ReplaceOutcome::Committed { .. }) => true,
+            Ok(ReplaceOutcome::InputsGone { missing }) => {
+                tracing::info!(%tenant, table, missing = missing.len(), "inputs changed; bin dropped");
+                false
+            }
+            Ok(ReplaceOutcome::KeptLosing { conflicts }) => {
+                tracing::warn!(%tenant, table, conflicts, "other commits kept winning; bin dropped");
+                false
+            }
+            Err(e) => {
+                self.delete(&paths).await;
+                return Err(e.into());
+            }
+        };
+        if !committed {
+            self.delete(&paths).await;
+        }
+        Ok(BinDone {
+            partition: partition_text(&t, &bin.partition),
+            files_in: bin.files.len(),
+            bytes_in: bin.bytes(),
+            files_out,
+            bytes_out,
+            rows: bin.rows(),
+            seconds: started.elapsed().as_secs_f64(),
+            committed,
+        })
+    }
+
+    async fn delete(&self, paths: &[String]) {
+        for p in paths {
+            if let Err(e) = self.catalog.file_io().delete(p).await {
+                tracing::warn!(file = %p, error = %e, "could not delete an uncommitted rewrite");
+            }
+        }
+    }
+
+    /// Reads the bin's files sorted by `(type, ts)` and writes them as files of about the
+    /// target size in the bin's partition.
+    async fn rewrite(&self, table: &Table, bin: &Bin) -> Result<Vec<DataFile>> {
+        let name = table.identifier().to_string();
+        let df = |source: datafusion::error::DataFusionError| Error::DataFusion {
+            table: name.clone(),
+            source: Box::new(source),
+        };
+        let metadata = table.metadata();
+        let schema = metadata.current_schema().clone();
+        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice("arrow schema"))?);
+
+        let store = self.catalog.data_store();
+        let store_url = ObjectStoreUrl::parse(&store.url).map_err(df)?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .build_arc()
+            .map_err(df)?;
+        if let Some(s) = &store.store {
+            runtime.register_object_store(store_url.as_ref(), s.clone());
+        }
+        let task = Arc::new(
+            TaskContext::default()
+                .with_runtime(runtime)
+                .with_session_config(SessionConfig::new().with_target_partitions(1)),
+        );
+        let base = store.url.trim_end_matches('/');
+        let files = bin
+            .files
+            .iter()
+            .map(|f| {
+                let key = object_key(base, &f.path)?;
+                Ok(PartitionedFile::new(key, f.bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let source = Arc::new(ParquetSource::new(TableSchema::from(arrow_schema.clone())));
+        let scan = DataSourceExec::from_data_source(
+            FileScanConfigBuilder::new(store_url, source)
+                .with_file_group(FileGroup::new(files))
+                .build(),
+        );
+        let ordering = ["type", "ts"]
+            .iter()
+            .map(|c| Ok(PhysicalSortExpr::new_default(col(c, &arrow_schema)?)))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df)?;
+        let ordering =
+            LexOrdering::new(ordering).ok_or_else(|| Error::Invalid("empty sort order".into()))?;
+        let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(ordering, scan));
+        let mut stream = sort.execute(0, task).map_err(df)?;
+
+        let level = ZstdLevel::try_new(self.config.zstd_level)
+            .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .build();
+        let location =
+            DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
+        let names = DefaultFileNameGenerator::new(
+            format!("{}", uuid::Uuid::now_v7()),
+            Some("compacted".to_string()),
+            DataFileFormat::Parquet,
+        );
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(props, schema.clone()),
+            self.config.target_file_bytes as usize,
+            table.file_io().clone(),
+            location,
+            names,
+        );
+        let key = PartitionKey::new(
+            metadata.default_partition_spec().as_ref().clone(),
+            schema,
+            bin.partition.clone(),
+        );
+        let mut writer = DataFileWriterBuilder::new(rolling)
+            .build(Some(key))
+            .await
+            .map_err(ice("data writer"))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(df)?;
+            writer.write(batch).await.map_err(ice("writing parquet"))?;
+        }
+        writer.close().await.map_err(ice("closing parquet"))
+    }
+}
+
+/// The object key of an Iceberg location under the store URL `base` (`file://`, `s3://bucket`).
+fn object_key(base: &str, location: &str) -> Result<String> {
+    let location = match location.strip_prefix("s3a://") {
+        Some(rest) => format!("s3://{rest}"),
+        None => location.to_string(),
+    };
+    location
+        .strip_prefix(base)
+        .filter(|rest| rest.starts_with('/'))
+        .map(|rest| rest.trim_start_matches('/').to_string())
+        .ok_or_else(|| Error::Invalid(format!("{location} is outside the warehouse ({base})")))
+}
+
+/// `ts_day=2026-11-24`, as in the data file paths.
+fn partition_text(table: &Table, partition: &Struct) -> String {
+    let metadata = table.metadata();
+    metadata
+        .default_partition_spec()
+        .partition_to_path(partition, metadata.current_schema().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceberg::spec::Literal;
+
+    fn file(day: i32, name: &str, bytes: u64) -> (Struct, InputFile) {
+        (
+            Struct::from_iter([Some(Literal::date(day))]),
+            InputFile {
+                path: name.to_string(),
+                bytes,
+                rows: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn plan_packs_small_files_per_partition() {
+        let files = vec![
+            file(1, "a", 60),
+            file(1, "b", 50),
+            file(1, "c", 40),
+            file(1, "d", 30),
+            file(1, "big", 100),
+            file(2, "e", 10),
+            file(2, "f", 10),
+            file(3, "alone", 10),
+        ];
+        let plan = plan(files, 100);
+        assert_eq!(plan.files, 8);
+        assert_eq!(plan.partitions, 3);
+        let bins: Vec<Vec<&str>> = plan
+            .bins
+            .iter()
+            .map(|b| b.files.iter().map(|f| f.path.as_str()).collect())
+            .collect();
+        // Day 1: 60+40 and 50+30 (the 100-byte file is at target already); day 2: e+f; day 3
+        // has one small file only.
+        assert_eq!(bins, vec![vec!["a", "c"], vec!["b", "d"], vec!["e", "f"]]);
+    }
+
+    #[test]
+    fn object_keys_stay_inside_the_warehouse() {
+        assert_eq!(
+            object_key("file://", "file:///tmp/w/t/data/x.parquet").unwrap(),
+            "tmp/w/t/data/x.parquet"
+        );
+        assert_eq!(
+            object_key("s3://b", "s3a://b/w/x.parquet").unwrap(),
+            "w/x.parquet"
+        );
+        assert!(object_key("s3://b", "s3://other/w/x.parquet").is_err());
+    }
+}

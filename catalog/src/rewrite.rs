@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use iceberg::spec::{
     DataContentType, DataFile, Manifest, ManifestContentType, ManifestEntryRef,
@@ -146,18 +145,13 @@ impl Catalog {
                     conflicts,
                 });
             }
-            for f in prepared.written {
-                if let Err(e) = self.file_io.delete(&f).await {
-                    tracing::debug!(file = %f, error = %e, "could not delete a lost attempt's file");
-                }
-            }
             conflicts += 1;
             if conflicts >= MAX_REPLACE_ATTEMPTS {
+                self.after_lost_swap(prepared.written, None).await;
                 return Ok(ReplaceOutcome::KeptLosing { conflicts });
             }
-            let backoff = 5u64 * (1 << conflicts.min(6));
-            let jitter = rand::random::<u64>() % backoff.max(1);
-            tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+            self.after_lost_swap(prepared.written, Some(conflicts))
+                .await;
         }
     }
 

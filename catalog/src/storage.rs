@@ -91,6 +91,21 @@ pub struct DataStore {
     pub store: Option<Arc<dyn ObjectStore>>,
 }
 
+impl DataStore {
+    /// The object key of an Iceberg location in this store (`s3a://` read as `s3://`), or
+    /// `None` if the location lies outside it.
+    pub fn key(&self, location: &str) -> Option<String> {
+        let base = self.url.trim_end_matches('/');
+        let location = match location.strip_prefix("s3a://") {
+            Some(rest) => format!("s3://{rest}"),
+            None => location.to_string(),
+        };
+        let rest = location.strip_prefix(base)?;
+        rest.starts_with('/')
+            .then(|| rest.trim_start_matches('/').to_string())
+    }
+}
+
 /// The `FileIO` every table of the warehouse uses, and the same storage as a [`DataStore`].
 /// S3 requests run on `io` whichever runtime makes them: pooled connections then outlive the
 /// short-lived runtimes of queries.
@@ -572,6 +587,28 @@ impl CredentialProvider for AwsChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_store_keys_stay_inside_the_store() {
+        let local = DataStore {
+            url: "file:///".into(),
+            store: None,
+        };
+        assert_eq!(
+            local.key("file:///tmp/w/t/data/x.parquet").as_deref(),
+            Some("tmp/w/t/data/x.parquet")
+        );
+        let s3 = DataStore {
+            url: "s3://b".into(),
+            store: None,
+        };
+        assert_eq!(
+            s3.key("s3a://b/w/x.parquet").as_deref(),
+            Some("w/x.parquet")
+        );
+        assert_eq!(s3.key("s3://bb/w/x.parquet"), None);
+        assert_eq!(s3.key("s3://other/w/x.parquet"), None);
+    }
 
     #[test]
     fn warehouse_urls() {

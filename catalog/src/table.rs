@@ -327,20 +327,28 @@ impl Catalog {
                     conflicts,
                 });
             }
-            // The swap did not happen (zero rows, not an error), so nothing can reference what
-            // this attempt wrote: remove it now rather than leave it to orphan cleanup.
-            for f in prepared.written {
-                if let Err(e) = self.file_io.delete(&f).await {
-                    tracing::debug!(file = %f, error = %e, "could not delete a lost attempt's file");
-                }
-            }
             conflicts += 1;
             if conflicts >= MAX_COMMIT_ATTEMPTS {
+                self.after_lost_swap(prepared.written, None).await;
                 return Err(Error::CommitConflict {
                     table: format!("{tenant}.{table}"),
                 });
             }
             tracing::debug!(%tenant, table, conflicts, "commit lost a race; reloading");
+            self.after_lost_swap(prepared.written, Some(conflicts))
+                .await;
+        }
+    }
+
+    /// After a lost compare-and-swap: deletes what the attempt wrote (nothing can reference it)
+    /// and, before attempt `conflicts + 1`, waits an exponential backoff with jitter.
+    pub(crate) async fn after_lost_swap(&self, written: Vec<String>, conflicts: Option<u32>) {
+        for f in written {
+            if let Err(e) = self.file_io.delete(&f).await {
+                tracing::debug!(file = %f, error = %e, "could not delete a lost attempt's file");
+            }
+        }
+        if let Some(conflicts) = conflicts {
             let backoff = 5u64 * (1 << conflicts.min(6));
             let jitter = rand::random::<u64>() % backoff.max(1);
             tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;

@@ -209,13 +209,18 @@ impl Engine {
             if scope == Scope::ProjectionsOnly && kind.as_deref() != Some("projection") {
                 continue;
             }
-            let provider =
-                FloeTable::try_new(table, None, self.store_url.clone(), self.manifests.clone())
-                    .await
-                    .map_err(|source| Error::Table {
-                        table: name.clone(),
-                        source: Box::new(source),
-                    })?;
+            let provider = FloeTable::try_new(
+                table,
+                None,
+                self.store_url.clone(),
+                self.catalog.data_store().clone(),
+                self.manifests.clone(),
+            )
+            .await
+            .map_err(|source| Error::Table {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
             schema.register_table(name, Arc::new(provider))?;
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());
@@ -262,6 +267,7 @@ impl Engine {
                 table,
                 Some(snapshot_id),
                 self.store_url.clone(),
+                self.catalog.data_store().clone(),
                 self.manifests.clone(),
             )
             .await

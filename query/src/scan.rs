@@ -37,6 +37,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicate;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use floe_catalog::storage::DataStore;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
     DataContentType, DataFile, DataFileFormat, Datum, Manifest, ManifestContentType, ManifestFile,
@@ -127,6 +128,8 @@ pub struct FloeTable {
     field_ids: Vec<i32>,
     /// Where the data files live for DataFusion (`file:///`, `s3://bucket`).
     store: ObjectStoreUrl,
+    /// The same, as the catalog knows it (maps locations to keys).
+    data: DataStore,
     manifests: Arc<ManifestCache>,
     /// Whether the table can be read by column name (see the module comment).
     native: bool,
@@ -157,6 +160,7 @@ impl FloeTable {
         table: Table,
         snapshot_id: Option<i64>,
         store: ObjectStoreUrl,
+        data: DataStore,
         manifests: Arc<ManifestCache>,
     ) -> iceberg::Result<FloeTable> {
         let fallback = match snapshot_id {
@@ -181,29 +185,21 @@ impl FloeTable {
             schema,
             field_ids,
             store,
+            data,
             manifests,
             native,
             fallback,
         })
     }
 
-    /// The key of an Iceberg location in the object store `self.store` names.
+    /// The key of an Iceberg location in the warehouse's object store.
     fn object_path(&self, location: &str) -> DFResult<String> {
-        let base = self.store.as_str().trim_end_matches('/');
-        // `s3a://` is another name for `s3://` (the warehouse URL may use either).
-        let location = match location.strip_prefix("s3a://") {
-            Some(rest) => format!("s3://{rest}"),
-            None => location.to_string(),
-        };
-        let rest = location
-            .strip_prefix(base)
-            .filter(|rest| rest.starts_with('/'))
-            .ok_or_else(|| {
-                DataFusionError::Execution(format!(
-                    "data file {location} is outside the warehouse ({base})"
-                ))
-            })?;
-        Ok(rest.trim_start_matches('/').to_string())
+        self.data.key(location).ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "data file {location} is outside the warehouse ({})",
+                self.data.url
+            ))
+        })
     }
 
     async fn manifest(&self, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {

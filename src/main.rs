@@ -65,24 +65,47 @@ enum Command {
     },
     /// Send synthetic events to a running Floe and report throughput and time-to-visible.
     Gen(GenArgs),
-    /// Compact tables once: rewrite small files into files of `compaction.target_file_bytes`,
-    /// sorted by (type, ts), as Iceberg `replace` snapshots. Safe while ingest runs.
+    /// Maintain tables once: pending erasures, retention, compaction (small files rewritten
+    /// into files of `compaction.target_file_bytes`, sorted by (type, ts), as Iceberg `replace`
+    /// snapshots), snapshot expiry with garbage collection, orphan files. Safe while ingest
+    /// runs; tables another compactor holds are skipped.
     Compact {
         /// Only this tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
-        /// Print what would be rewritten, change nothing.
+        /// Print what would be rewritten, expired and deleted; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run table maintenance as a service: erasures every few seconds, everything else every
+    /// `compaction.interval_secs`. Run several: per-table leases share the work.
+    Compactor,
 }
 
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant (its namespace and events table).
     Create { id: String },
-    /// List tenants.
+    /// List tenants with their settings.
     List,
+    /// Change a tenant's settings.
+    Set {
+        id: String,
+        /// Keep this many days of events (by event time, UTC); `none`: forever.
+        #[arg(long)]
+        retention_days: Option<String>,
+        /// Compaction target size for this tenant's files, in bytes; `none`: the default.
+        #[arg(long)]
+        target_file_bytes: Option<String>,
+    },
+    /// Delete a tenant: its namespace and tables leave the catalog and its tokens stop
+    /// working at once.
+    Delete {
+        id: String,
+        /// Also delete every object under the tenant's prefix in the warehouse (erasure).
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,7 +262,50 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                 }
                 TenantCommand::List => {
                     for t in catalog.list_tenants().await? {
-                        println!("{}", t.id);
+                        let mut line = t.id.clone();
+                        if let Some(d) = t.retention_days {
+                            line.push_str(&format!("\tretention_days={d}"));
+                        }
+                        if let Some(b) = t.target_file_bytes {
+                            line.push_str(&format!("\ttarget_file_bytes={b}"));
+                        }
+                        println!("{line}");
+                    }
+                }
+                TenantCommand::Set {
+                    id,
+                    retention_days,
+                    target_file_bytes,
+                } => {
+                    let id = TenantId::parse(id)?;
+                    let settings = floe_catalog::TenantSettings {
+                        retention_days: optional_number("--retention-days", retention_days)?,
+                        target_file_bytes: optional_number(
+                            "--target-file-bytes",
+                            target_file_bytes,
+                        )?,
+                    };
+                    let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
+                    println!("{}", serde_json::to_string(&t)?);
+                }
+                TenantCommand::Delete { id, purge } => {
+                    let id = TenantId::parse(id)?;
+                    let done = catalog.delete_tenant(&id, *purge, "cli").await?;
+                    if *purge {
+                        println!(
+                            "{id}: deleted{}; {} objects purged from the warehouse",
+                            if done.existed {
+                                ""
+                            } else {
+                                " (was already gone)"
+                            },
+                            done.objects_deleted
+                        );
+                    } else {
+                        println!(
+                            "{id}: deleted from the catalog; its files stay in the warehouse \
+                             (run again with --purge to delete them)"
+                        );
                     }
                 }
             }
@@ -310,6 +376,20 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         Command::Compact { tenant, dry_run } => {
             compact(load_config(&cli, None)?, tenant.as_deref(), *dry_run).await
         }
+        Command::Compactor => {
+            let config = load_config(&cli, None)?;
+            let catalog = Catalog::open(&config).await?;
+            let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+            if config.compaction.interval_secs == 0 {
+                bail!(
+                    "compaction.interval_secs is 0 (schedule off): set it above 0 for `floe compactor`, or run `floe compact` once"
+                );
+            }
+            let holder = holder_name("compactor");
+            tracing::info!(%holder, interval_secs = config.compaction.interval_secs, "compactor running");
+            floe_compactor::maintain::run_schedule(compactor, holder, shutdown_signal()).await;
+            Ok(())
+        }
     }
 }
 
@@ -348,6 +428,16 @@ async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    if config.compaction.interval_secs > 0 {
+        let compactor =
+            floe_compactor::Compactor::new(ingest.catalog().clone(), config.compaction.clone());
+        let holder = holder_name("serve");
+        tokio::spawn(floe_compactor::maintain::run_schedule(
+            compactor,
+            holder,
+            std::future::pending(),
+        ));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -435,6 +525,7 @@ fn mib(bytes: u64) -> String {
 
 /// `floe compact`: one pass over the tenants' tables, a line per rewritten bin, then totals.
 async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
+    use floe_compactor::maintain::{Options, Progress};
     let catalog = Catalog::open(&config).await?;
     let tenants = match tenant {
         Some(t) => {
@@ -442,24 +533,49 @@ async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow:
             if !catalog.tenant_exists(&t).await? {
                 bail!("tenant {t} does not exist");
             }
-            vec![t]
+            Some(vec![t])
         }
-        None => catalog
-            .list_tenants()
-            .await?
-            .into_iter()
-            .map(|t| TenantId::parse(&t.id))
-            .collect::<Result<_, _>>()?,
+        None => None,
     };
     let compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
+    let holder = holder_name("compact");
     let started = std::time::Instant::now();
-    let (mut files_before, mut bytes_before, mut files_after, mut bytes_after) = (0, 0, 0, 0);
-    let (mut done, mut dropped, mut rewritten) = (0, 0, 0u64);
-    for tenant in &tenants {
-        for table in catalog.list_tables(tenant).await? {
-            let plan = compactor.plan_table(tenant, &table).await?;
-            files_before += plan.files;
-            bytes_before += plan.bytes;
+    if !dry_run {
+        let erased = compactor.run_erasures(tenants.as_deref(), &holder).await?;
+        if erased > 0 {
+            println!("{erased} erasure requests completed and verified");
+        }
+    }
+    let mut print = |p: Progress<'_>| match p {
+        Progress::Leased { tenant, table } => {
+            println!("{tenant}.{table}: skipped, another compactor holds it")
+        }
+        Progress::Retention {
+            tenant,
+            table,
+            days,
+            done,
+        } => {
+            if done.files > 0 {
+                println!(
+                    "{tenant}.{table}: retention {days} days: {} {} files ({}, {} rows){}",
+                    if dry_run { "would drop" } else { "dropped" },
+                    done.files,
+                    mib(done.bytes),
+                    done.rows,
+                    if dry_run || done.committed {
+                        ""
+                    } else {
+                        " (not committed: files changed; next run)"
+                    }
+                )
+            }
+        }
+        Progress::Plan {
+            tenant,
+            table,
+            plan,
+        } => {
             let in_bins: usize = plan.bins.iter().map(|b| b.files.len()).sum();
             let bytes_in_bins: u64 = plan.bins.iter().map(|b| b.bytes()).sum();
             println!(
@@ -470,49 +586,69 @@ async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow:
                 plan.bins.len(),
                 mib(bytes_in_bins)
             );
-            let (mut files, mut bytes) = (plan.files, plan.bytes);
-            for (i, bin) in plan.bins.iter().enumerate() {
-                if dry_run {
-                    println!(
-                        "  would rewrite {} files ({}, {} rows)",
-                        bin.files.len(),
-                        mib(bin.bytes()),
-                        bin.rows()
-                    );
-                    continue;
-                }
-                let r = compactor.run_bin(tenant, &table, bin).await?;
-                if r.committed {
-                    done += 1;
-                    rewritten += r.bytes_in;
-                    files = files + r.files_out - r.files_in;
-                    bytes = bytes + r.bytes_out - r.bytes_in;
-                } else {
-                    dropped += 1;
-                }
-                println!(
-                    "  [{}/{}] {}: {} files ({}) -> {} files ({}), {} rows, {:.1} s, {:.1} MB/s{}",
-                    i + 1,
-                    plan.bins.len(),
-                    r.partition,
-                    r.files_in,
-                    mib(r.bytes_in),
-                    r.files_out,
-                    mib(r.bytes_out),
-                    r.rows,
-                    r.seconds,
-                    r.bytes_in as f64 / 1e6 / r.seconds.max(1e-9),
-                    if r.committed {
-                        ""
-                    } else {
-                        " (not committed: inputs changed or table too busy)"
-                    }
-                );
-            }
-            files_after += files;
-            bytes_after += bytes;
         }
-    }
+        Progress::WouldRewrite { bin } => println!(
+            "  would rewrite {} files ({}, {} rows)",
+            bin.files.len(),
+            mib(bin.bytes()),
+            bin.rows()
+        ),
+        Progress::Bin { index, of, done: r } => println!(
+            "  [{index}/{of}] {}: {} files ({}) -> {} files ({}), {} rows, {:.1} s, {:.1} MB/s{}",
+            r.partition,
+            r.files_in,
+            mib(r.bytes_in),
+            r.files_out,
+            mib(r.bytes_out),
+            r.rows,
+            r.seconds,
+            r.bytes_in as f64 / 1e6 / r.seconds.max(1e-9),
+            if r.committed {
+                ""
+            } else {
+                " (not committed: inputs changed or table too busy)"
+            }
+        ),
+        Progress::Expired {
+            tenant,
+            table,
+            report,
+        } => println!(
+            "{tenant}.{table}: {} {} snapshots (kept {}); {} {} unreachable files ({} of data)",
+            if dry_run { "would expire" } else { "expired" },
+            report.snapshots_expired,
+            report.snapshots_kept,
+            if dry_run { "would delete" } else { "deleted" },
+            report.files_deleted,
+            mib(report.data_bytes_deleted)
+        ),
+        Progress::Orphans {
+            tenant,
+            table,
+            report,
+        } => {
+            println!(
+                "{tenant}.{table}: {} objects listed; {} {} orphans ({}); {} younger than the safety age kept",
+                report.listed,
+                if dry_run { "would delete" } else { "deleted" },
+                report.orphans_deleted,
+                mib(report.bytes_deleted),
+                report.orphans_too_young
+            );
+            if dry_run {
+                for o in &report.deleted {
+                    println!("  orphan: {o}");
+                }
+            }
+        }
+    };
+    let totals = compactor
+        .maintain(tenants.as_deref(), &holder, Options { dry_run }, &mut print)
+        .await?;
+    let sum = |f: fn(&floe_compactor::maintain::TableRun) -> u64| -> u64 {
+        totals.runs.iter().map(|(_, r)| f(r)).sum()
+    };
+    let (files_before, bytes_before) = (sum(|r| r.files_before as u64), sum(|r| r.bytes_before));
     if dry_run {
         println!(
             "dry run: {files_before} files ({}); nothing changed",
@@ -520,12 +656,38 @@ async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow:
         );
     } else {
         println!(
-            "compacted: {files_before} files ({}) -> {files_after} files ({}); {done} bins committed, {dropped} dropped; {} rewritten in {:.1} s",
+            "compacted: {files_before} files ({}) -> {} files ({}); {} bins committed, {} dropped; {} rewritten; {} snapshots expired, {} files deleted, {} orphans deleted; {} tables held elsewhere; {:.1} s",
             mib(bytes_before),
-            mib(bytes_after),
-            mib(rewritten),
+            sum(|r| r.files_after as u64),
+            mib(sum(|r| r.bytes_after)),
+            sum(|r| r.bins_committed as u64),
+            sum(|r| r.bins_dropped as u64),
+            mib(sum(|r| r.bytes_rewritten)),
+            sum(|r| r.expire.snapshots_expired as u64),
+            sum(|r| r.expire.files_deleted as u64),
+            sum(|r| r.orphans.orphans_deleted as u64),
+            totals.leased_elsewhere,
             started.elapsed().as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// A lease holder name unique to this process: `<role>@<host>:<pid>`.
+fn holder_name(role: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{role}@{host}:{}", std::process::id())
+}
+
+/// `N` or `none` for a setting that may be cleared.
+fn optional_number(flag: &str, value: &Option<String>) -> anyhow::Result<Option<Option<i64>>> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(v) => Ok(Some(Some(v.parse().with_context(|| {
+            format!("{flag} {v:?}: expected a number or `none`")
+        })?))),
+    }
 }

@@ -291,15 +291,15 @@ mod tests {
     }
 }
 
-/// Verifies requests: the bearer token, then that its tenant still exists (cached briefly,
-/// so a deleted tenant's tokens stop working within `tenant_cache_ttl`; while the catalog
+/// Verifies requests: the bearer token, then that its tenant still exists (asked of the catalog
+/// on every request, so a deleted tenant's tokens stop working at once; while the catalog
 /// database does not answer, tenants already seen are taken as existing).
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     authority: TokenAuthority,
     catalog: crate::Catalog,
-    known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
-    tenant_cache_ttl: Duration,
+    /// Tenants seen to exist: they keep working while the catalog database is down.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Authenticator {
@@ -308,7 +308,6 @@ impl Authenticator {
             authority,
             catalog,
             known: Default::default(),
-            tenant_cache_ttl: Duration::from_secs(2),
         }
     }
 
@@ -332,28 +331,31 @@ impl Authenticator {
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
             message: "token names an invalid tenant".into(),
         })?;
-        let seen = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|k| k.get(tenant.as_str()).copied());
-        let fresh = seen.is_some_and(|at| at.elapsed() < self.tenant_cache_ttl);
-        if !fresh {
-            let exists = match self.catalog.tenant_exists(&tenant).await {
-                Ok(exists) => exists,
-                // While the catalog database is down, a tenant this process has seen keeps
-                // working (ingest goes on into the log); one it has never seen gets 503.
-                Err(e) if e.retryable() && seen.is_some() => return Ok(claims),
-                Err(e) => return Err(e),
-            };
-            if !exists {
-                return Err(Error::Unauthenticated {
-                    message: "the token's tenant does not exist".into(),
-                });
-            }
+        let seen = self.known.lock().is_ok_and(|k| k.contains(tenant.as_str()));
+        let created_at_ms = match self.catalog.tenant_created_at(&tenant).await {
+            Ok(at) => at,
+            // While the catalog database is down, a tenant this process has seen keeps
+            // working (ingest goes on into the log); one it has never seen gets 503.
+            Err(e) if e.retryable() && seen => return Ok(claims),
+            Err(e) => return Err(e),
+        };
+        let Some(created_at_ms) = created_at_ms else {
             if let Ok(mut k) = self.known.lock() {
-                k.insert(tenant.to_string(), std::time::Instant::now());
+                k.remove(tenant.as_str());
             }
+            return Err(Error::Unauthenticated {
+                message: "the token's tenant does not exist".into(),
+            });
+        };
+        // A tenant deleted and created again under the same id is another tenant: tokens
+        // issued before it existed do not reach it.
+        if claims.iat < created_at_ms.div_euclid(1000) {
+            return Err(Error::Unauthenticated {
+                message: "the token was issued before its tenant was created".into(),
+            });
+        }
+        if !seen && let Ok(mut k) = self.known.lock() {
+            k.insert(tenant.to_string());
         }
         Ok(claims)
     }

@@ -30,7 +30,8 @@ pub struct Config {
     pub compaction: CompactionConfig,
 }
 
-/// Compaction (`floe compact`).
+/// Table maintenance: compaction, snapshot expiry, garbage and orphan files (`floe compact`,
+/// the schedule in `floe serve`, `floe compactor`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompactionConfig {
@@ -40,6 +41,19 @@ pub struct CompactionConfig {
     pub zstd_level: i32,
     /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
     pub memory_limit_bytes: usize,
+    /// Snapshots older than this are expired (time travel reaches this far back)…
+    pub snapshot_max_age_secs: u64,
+    /// …but each table keeps at least this many of its newest snapshots.
+    pub min_snapshots: usize,
+    /// Files under a table's folder that no snapshot reaches are deleted once this old (a
+    /// commit in flight writes its files before it swaps them in: keep this well above the
+    /// longest commit).
+    pub orphan_min_age_secs: u64,
+    /// `floe serve` and `floe compactor` run maintenance this often; 0 turns the schedule off.
+    pub interval_secs: u64,
+    /// A compactor holds a table for this long per lease (renewed while it works); another
+    /// compactor takes the table over only after the lease runs out.
+    pub lease_secs: u64,
 }
 
 impl Default for CompactionConfig {
@@ -48,6 +62,11 @@ impl Default for CompactionConfig {
             target_file_bytes: 128 << 20,
             zstd_level: 3,
             memory_limit_bytes: 512 << 20,
+            snapshot_max_age_secs: 3600,
+            min_snapshots: 10,
+            orphan_min_age_secs: 24 * 3600,
+            interval_secs: 300,
+            lease_secs: 600,
         }
     }
 }
@@ -319,6 +338,11 @@ impl Config {
                 "compaction.memory_limit_bytes",
                 self.compaction.memory_limit_bytes as u64,
             ),
+            (
+                "compaction.min_snapshots",
+                self.compaction.min_snapshots as u64,
+            ),
+            ("compaction.lease_secs", self.compaction.lease_secs),
         ];
         for (key, v) in positive {
             if v == 0 {

@@ -58,10 +58,11 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "jdbc catalog tables and tenants",
-    sqlite: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jdbc catalog tables and tenants",
+        sqlite: r#"
     CREATE TABLE IF NOT EXISTS iceberg_tables (
         catalog_name VARCHAR(255) NOT NULL,
         table_namespace VARCHAR(255) NOT NULL,
@@ -91,7 +92,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
         detail TEXT NOT NULL
     );
     "#,
-    postgres: r#"
+        postgres: r#"
     CREATE TABLE IF NOT EXISTS iceberg_tables (
         catalog_name VARCHAR(255) NOT NULL,
         table_namespace VARCHAR(255) NOT NULL,
@@ -121,7 +122,62 @@ const MIGRATIONS: &[Migration] = &[Migration {
         detail TEXT NOT NULL
     );
     "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "tenant settings, maintenance leases, erasure requests",
+        sqlite: r#"
+    ALTER TABLE floe_tenants ADD COLUMN retention_days INTEGER;
+    ALTER TABLE floe_tenants ADD COLUMN target_file_bytes INTEGER;
+    CREATE TABLE IF NOT EXISTS floe_maintenance (
+        tenant TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        holder TEXT,
+        lease_until_ms INTEGER NOT NULL DEFAULT 0,
+        last_run_at_ms INTEGER,
+        last_result TEXT,
+        PRIMARY KEY (tenant, table_name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_erasures (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant TEXT NOT NULL,
+        user_ids TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at_ms INTEGER NOT NULL,
+        completed_at_ms INTEGER,
+        verified_at_ms INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS floe_erasures_pending ON floe_erasures (status, requested_at_ms);
+    "#,
+        postgres: r#"
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS retention_days BIGINT;
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS target_file_bytes BIGINT;
+    CREATE TABLE IF NOT EXISTS floe_maintenance (
+        tenant TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        holder TEXT,
+        lease_until_ms BIGINT NOT NULL DEFAULT 0,
+        last_run_at_ms BIGINT,
+        last_result TEXT,
+        PRIMARY KEY (tenant, table_name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_erasures (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant TEXT NOT NULL,
+        user_ids TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at_ms BIGINT NOT NULL,
+        completed_at_ms BIGINT,
+        verified_at_ms BIGINT,
+        detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS floe_erasures_pending ON floe_erasures (status, requested_at_ms);
+    "#,
+    },
+];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies
 /// pending migrations.

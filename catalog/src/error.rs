@@ -91,6 +91,9 @@ pub enum Error {
     #[error("configuration error: {message}")]
     Config { message: String },
 
+    #[error("object storage: {message}")]
+    Storage { message: String },
+
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -129,7 +132,7 @@ impl Error {
                 iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::CommitConflict,
                 _ => ErrorKind::Unavailable,
             },
-            Error::Io { .. } => ErrorKind::Unavailable,
+            Error::Io { .. } | Error::Storage { .. } => ErrorKind::Unavailable,
             Error::Internal { .. } => ErrorKind::Internal,
         }
     }

@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod config;
 mod db;
+pub mod erasure;
 mod error;
+pub mod maintenance;
 pub mod rewrite;
 pub mod storage;
 pub mod table;
@@ -20,7 +22,7 @@ pub use db::{Backend, redact as redact_url};
 pub use error::{Error, ErrorKind, Result};
 pub use storage::Warehouse;
 pub use table::{CommitOutcome, SourcePosition};
-pub use tenant::{Tenant, TenantId};
+pub use tenant::{Tenant, TenantDeleted, TenantId, TenantSettings};
 
 /// The Iceberg catalog name Floe registers its tables under (what other engines call it).
 pub const CATALOG_NAME: &str = "floe";

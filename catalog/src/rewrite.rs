@@ -1,7 +1,8 @@
-//! Replacing data files with others holding the same rows: Floe's own Iceberg `replace`
-//! snapshot (iceberg-rust 0.10 has no rewrite action), for compaction.
+//! Replacing data files: Floe's own Iceberg `replace` (the same rows rewritten: compaction),
+//! `delete` (whole files dropped: retention) and `overwrite` (files rewritten without some rows:
+//! erasure) snapshots. iceberg-rust 0.10 has none of these actions.
 //!
-//! A replace commit writes one manifest holding every live file of the table: the kept ones as
+//! A rewrite commit writes one manifest holding every live file of the table: the kept ones as
 //! `EXISTING` (their snapshot and sequence numbers preserved), the replaced ones as `DELETED`,
 //! the new ones as `ADDED`. So each compaction also merges the table's manifests into one. The
 //! commit is the same compare-and-swap as an append; before every attempt it re-reads the table
@@ -14,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use iceberg::spec::{
-    DataContentType, DataFile, Manifest, ManifestContentType, ManifestEntryRef,
+    DataContentType, DataFile, DataFileBuilder, Manifest, ManifestContentType, ManifestEntryRef,
     ManifestWriterBuilder, Operation,
 };
 use iceberg::table::Table;
@@ -23,7 +24,28 @@ use crate::table::{NewSnapshot, POSITION_PREFIX, new_snapshot_id};
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
-/// How a replace commit ended.
+/// What a rewrite does to the rows of the files it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteKind {
+    /// The new files hold exactly the rows of the old ones (compaction): `replace`.
+    Replace,
+    /// The old files go, nothing comes in (retention): `delete`.
+    Delete,
+    /// The new files hold some of the old files' rows (erasure): `overwrite`.
+    Overwrite,
+}
+
+impl RewriteKind {
+    fn operation(self) -> Operation {
+        match self {
+            RewriteKind::Replace => Operation::Replace,
+            RewriteKind::Delete => Operation::Delete,
+            RewriteKind::Overwrite => Operation::Overwrite,
+        }
+    }
+}
+
+/// How a rewrite commit ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplaceOutcome {
     /// The new snapshot; `conflicts`: compare-and-swaps lost to other writers first.
@@ -93,17 +115,33 @@ impl Catalog {
         removed: Vec<String>,
         added: Vec<DataFile>,
     ) -> Result<ReplaceOutcome> {
-        let (tenant, table) = (tenant.clone(), table.to_string());
-        self.on_io(
-            move |c| async move { c.commit_replace_here(&tenant, &table, removed, added).await },
-        )
-        .await
+        self.commit_rewrite(tenant, table, RewriteKind::Replace, removed, added)
+            .await
     }
 
-    async fn commit_replace_here(
+    /// Removes the data files at `removed` and adds `added` in one snapshot of `kind`; the
+    /// row count must change as `kind` says. See the module comment.
+    pub async fn commit_rewrite(
         &self,
         tenant: &TenantId,
         table: &str,
+        kind: RewriteKind,
+        removed: Vec<String>,
+        added: Vec<DataFile>,
+    ) -> Result<ReplaceOutcome> {
+        let (tenant, table) = (tenant.clone(), table.to_string());
+        self.on_io(move |c| async move {
+            c.commit_rewrite_here(&tenant, &table, kind, removed, added)
+                .await
+        })
+        .await
+    }
+
+    async fn commit_rewrite_here(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        kind: RewriteKind,
         removed: Vec<String>,
         added: Vec<DataFile>,
     ) -> Result<ReplaceOutcome> {
@@ -126,7 +164,14 @@ impl Catalog {
                 .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
                 .to_string();
             let prepared = self
-                .prepare_replace(&current, &old_location, &live, &removed, added.clone())
+                .prepare_rewrite(
+                    &current,
+                    &old_location,
+                    kind,
+                    &live,
+                    &removed,
+                    added.clone(),
+                )
                 .await?;
             let snapshot_id = prepared.snapshot_id;
             if self
@@ -155,10 +200,11 @@ impl Catalog {
         }
     }
 
-    async fn prepare_replace(
+    async fn prepare_rewrite(
         &self,
         current: &Table,
         old_location: &str,
+        kind: RewriteKind,
         live: &[ManifestEntryRef],
         removed: &[String],
         added: Vec<DataFile>,
@@ -197,6 +243,12 @@ impl Catalog {
                 deleted_files += 1;
                 deleted_records += data.record_count();
                 deleted_bytes += data.file_size_in_bytes();
+                // An erasure's or retention's removed files leave no column bounds behind:
+                // bounds are values of the very rows being removed.
+                let data = match kind {
+                    RewriteKind::Replace => data,
+                    RewriteKind::Delete | RewriteKind::Overwrite => without_metrics(&data)?,
+                };
                 writer
                     .add_delete_file(data, seq, entry.file_sequence_number)
                     .map_err(Error::ice("manifest: replaced file"))?;
@@ -214,9 +266,14 @@ impl Catalog {
             added.iter().map(|f| f.record_count()).sum::<u64>(),
             added.iter().map(|f| f.file_size_in_bytes()).sum::<u64>(),
         );
-        if added_records != deleted_records {
+        let rows_ok = match kind {
+            RewriteKind::Replace => added_records == deleted_records,
+            RewriteKind::Delete => added_files == 0,
+            RewriteKind::Overwrite => added_records <= deleted_records,
+        };
+        if !rows_ok {
             return Err(Error::internal(format!(
-                "replace would change the row count: {deleted_records} rows out, {added_records} in"
+                "a {kind:?} rewrite cannot take {deleted_records} rows out and put {added_records} in"
             )));
         }
         for f in added {
@@ -245,7 +302,10 @@ impl Catalog {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let totals = [
-            ("total-records", before("total-records")),
+            (
+                "total-records",
+                (before("total-records") + added_records).saturating_sub(deleted_records),
+            ),
             (
                 "total-data-files",
                 (before("total-data-files") + added_files).saturating_sub(deleted_files),
@@ -275,7 +335,7 @@ impl Catalog {
                     snapshot_id,
                     sequence_number,
                     commit_id,
-                    operation: Operation::Replace,
+                    operation: kind.operation(),
                     props,
                 },
                 vec![manifest],
@@ -284,4 +344,17 @@ impl Catalog {
         prepared.written.insert(0, manifest_path);
         Ok(prepared)
     }
+}
+
+/// The entry of a removed file without its column metrics (only what identifies the file).
+fn without_metrics(f: &DataFile) -> Result<DataFile> {
+    DataFileBuilder::default()
+        .content(f.content_type())
+        .file_path(f.file_path().to_string())
+        .file_format(f.file_format())
+        .partition(f.partition().clone())
+        .record_count(f.record_count())
+        .file_size_in_bytes(f.file_size_in_bytes())
+        .build()
+        .map_err(|e| Error::internal(format!("a removed file's entry: {e}")))
 }

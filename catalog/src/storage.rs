@@ -92,6 +92,14 @@ pub struct DataStore {
 }
 
 impl DataStore {
+    /// The store itself (the local file system for a `file://` warehouse).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        match &self.store {
+            Some(s) => s.clone(),
+            None => Arc::new(object_store::local::LocalFileSystem::new()),
+        }
+    }
+
     /// The object key of an Iceberg location in this store (`s3a://` read as `s3://`), or
     /// `None` if the location lies outside it.
     pub fn key(&self, location: &str) -> Option<String> {

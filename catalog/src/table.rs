@@ -17,8 +17,8 @@ use bytes::Bytes;
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
     NestedField, Operation, PrimitiveType, Schema, Snapshot, SnapshotReference, SnapshotRetention,
-    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder, Transform, Type,
-    UnboundPartitionSpec,
+    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuildResult,
+    TableMetadataBuilder, Transform, Type, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
@@ -578,6 +578,18 @@ impl Catalog {
         .map_err(Error::ice("moving main"))?
         .build()
         .map_err(Error::ice("building metadata"))?;
+        let mut prepared = self.prepare_metadata(old_location, built).await?;
+        prepared.snapshot_id = snapshot_id;
+        prepared.written.insert(0, list_path_written);
+        Ok(prepared)
+    }
+
+    /// Writes the next metadata file after `old_location` (not yet swapped in).
+    pub(crate) async fn prepare_metadata(
+        &self,
+        old_location: &str,
+        built: TableMetadataBuildResult,
+    ) -> Result<Prepared> {
         let new_metadata = built.metadata;
         let expired = built
             .expired_metadata_logs
@@ -590,8 +602,9 @@ impl Catalog {
             .with_new_metadata(&new_metadata)
             .to_string();
         self.write_metadata(&new_metadata, &new_location).await?;
+        let snapshot_id = new_metadata.current_snapshot_id().unwrap_or_default();
         Ok(Prepared {
-            written: vec![list_path_written, new_location.clone()],
+            written: vec![new_location.clone()],
             metadata: new_metadata,
             location: new_location,
             snapshot_id,

@@ -44,6 +44,26 @@ impl fmt::Display for TenantId {
 pub struct Tenant {
     pub id: String,
     pub created_at_ms: i64,
+    /// Days of events kept (by event time); `None`: forever.
+    pub retention_days: Option<i64>,
+    /// The compaction target for this tenant's files; `None`: `compaction.target_file_bytes`.
+    pub target_file_bytes: Option<i64>,
+}
+
+/// A change of tenant settings: `None` leaves a setting alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct TenantSettings {
+    pub retention_days: Option<Option<i64>>,
+    pub target_file_bytes: Option<Option<i64>>,
+}
+
+/// What deleting a tenant removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TenantDeleted {
+    /// The tenant was in the catalog (a purge of one already deleted still sweeps storage).
+    pub existed: bool,
+    /// Objects deleted under the tenant's prefix (0 without `purge`).
+    pub objects_deleted: usize,
 }
 
 impl Catalog {
@@ -113,20 +133,207 @@ impl Catalog {
         Ok(Tenant {
             id: id.to_string(),
             created_at_ms,
+            retention_days: None,
+            target_file_bytes: None,
         })
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         self.on_io(|c| async move {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT id, created_at_ms FROM floe_tenants ORDER BY id")
-                    .fetch_all(&c.db)
-                    .await
-                    .map_err(Error::db("list tenants"))?;
+            let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT id, created_at_ms, retention_days, target_file_bytes FROM floe_tenants \
+                 ORDER BY id",
+            )
+            .fetch_all(&c.db)
+            .await
+            .map_err(Error::db("list tenants"))?;
             Ok(rows
                 .into_iter()
-                .map(|(id, created_at_ms)| Tenant { id, created_at_ms })
+                .map(
+                    |(id, created_at_ms, retention_days, target_file_bytes)| Tenant {
+                        id,
+                        created_at_ms,
+                        retention_days,
+                        target_file_bytes,
+                    },
+                )
                 .collect())
+        })
+        .await
+    }
+
+    /// One tenant, with its settings.
+    pub async fn tenant(&self, id: &TenantId) -> Result<Tenant> {
+        let id = id.clone();
+        self.on_io(move |c| async move {
+            let row: Option<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT id, created_at_ms, retention_days, target_file_bytes FROM floe_tenants \
+                 WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&c.db)
+            .await
+            .map_err(Error::db("look up tenant"))?;
+            let (id, created_at_ms, retention_days, target_file_bytes) =
+                row.ok_or_else(|| Error::NotFound {
+                    what: format!("tenant {id}"),
+                })?;
+            Ok(Tenant {
+                id,
+                created_at_ms,
+                retention_days,
+                target_file_bytes,
+            })
+        })
+        .await
+    }
+
+    /// Changes a tenant's settings (audited).
+    pub async fn set_tenant_settings(
+        &self,
+        id: &TenantId,
+        settings: TenantSettings,
+        actor: &str,
+    ) -> Result<Tenant> {
+        if let Some(Some(days)) = settings.retention_days
+            && days < 1
+        {
+            return Err(Error::Invalid {
+                message: format!("retention_days must be at least 1 (got {days})"),
+            });
+        }
+        if let Some(Some(bytes)) = settings.target_file_bytes
+            && bytes < 1 << 20
+        {
+            return Err(Error::Invalid {
+                message: format!("target_file_bytes must be at least 1 MiB (got {bytes})"),
+            });
+        }
+        let (id2, actor) = (id.clone(), actor.to_string());
+        self.on_io(move |c| async move {
+            let mut tx = c.db.begin().await.map_err(Error::db("tenant settings"))?;
+            let mut detail = serde_json::Map::new();
+            for (column, value) in [
+                ("retention_days", settings.retention_days),
+                ("target_file_bytes", settings.target_file_bytes),
+            ] {
+                let Some(value) = value else { continue };
+                let done = sqlx::query(&format!(
+                    "UPDATE floe_tenants SET {column} = $1 WHERE id = $2"
+                ))
+                .bind(value)
+                .bind(id2.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("tenant settings"))?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::NotFound {
+                        what: format!("tenant {id2}"),
+                    });
+                }
+                detail.insert(column.to_string(), serde_json::json!(value));
+            }
+            let detail = serde_json::Value::Object(detail).to_string();
+            audit_in(
+                &mut tx,
+                &actor,
+                Some(id2.as_str()),
+                "tenant.settings",
+                &detail,
+            )
+            .await?;
+            tx.commit().await.map_err(Error::db("tenant settings"))?;
+            Ok(())
+        })
+        .await?;
+        self.tenant(id).await
+    }
+
+    /// Deletes a tenant from the catalog: its namespace, tables, settings and pending erasure
+    /// requests. Its tokens stop working with the next request. With `purge`, also deletes every
+    /// object under the tenant's prefix in the warehouse (also when the tenant is already gone
+    /// from the catalog: an interrupted purge is finished by running it again).
+    pub async fn delete_tenant(
+        &self,
+        id: &TenantId,
+        purge: bool,
+        actor: &str,
+    ) -> Result<TenantDeleted> {
+        let (id, actor) = (id.clone(), actor.to_string());
+        self.on_io(move |c| async move {
+            let mut tx = c.db.begin().await.map_err(Error::db("delete tenant"))?;
+            let gone = sqlx::query("DELETE FROM floe_tenants WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("delete tenant"))?;
+            let existed = gone.rows_affected() > 0;
+            if !existed && !purge {
+                return Err(Error::NotFound {
+                    what: format!("tenant {id}"),
+                });
+            }
+            for sql in [
+                "DELETE FROM iceberg_tables WHERE catalog_name = $1 AND table_namespace = $2",
+                "DELETE FROM iceberg_namespace_properties WHERE catalog_name = $1 \
+                 AND namespace = $2",
+            ] {
+                sqlx::query(sql)
+                    .bind(&c.name)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("delete tenant"))?;
+            }
+            for sql in [
+                "DELETE FROM floe_maintenance WHERE tenant = $1",
+                "DELETE FROM floe_erasures WHERE tenant = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("delete tenant"))?;
+            }
+            let detail = serde_json::json!({ "purge": purge, "existed": existed }).to_string();
+            audit_in(&mut tx, &actor, Some(id.as_str()), "tenant.delete", &detail).await?;
+            tx.commit().await.map_err(Error::db("delete tenant"))?;
+            if let Ok(mut cache) = c.tables.lock() {
+                cache.retain(|(t, _), _| t != id.as_str());
+            }
+            let objects_deleted = if purge {
+                c.delete_tenant_objects(&id).await?
+            } else {
+                0
+            };
+            if purge {
+                c.audit(
+                    &actor,
+                    Some(id.as_str()),
+                    "tenant.purged",
+                    &serde_json::json!({ "objects_deleted": objects_deleted }).to_string(),
+                )
+                .await?;
+            }
+            Ok(TenantDeleted {
+                existed,
+                objects_deleted,
+            })
+        })
+        .await
+    }
+
+    /// When the tenant was created (ms), or `None` if it does not exist.
+    pub async fn tenant_created_at(&self, id: &TenantId) -> Result<Option<i64>> {
+        let id = id.to_string();
+        self.on_io(move |c| async move {
+            let row: Option<(i64,)> =
+                sqlx::query_as("SELECT created_at_ms FROM floe_tenants WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&c.db)
+                    .await
+                    .map_err(Error::db("look up tenant"))?;
+            Ok(row.map(|(at,)| at))
         })
         .await
     }
@@ -167,7 +374,7 @@ impl Catalog {
     }
 }
 
-async fn audit_in(
+pub(crate) async fn audit_in(
     conn: &mut sqlx::AnyConnection,
     actor: &str,
     tenant: Option<&str>,

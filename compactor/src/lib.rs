@@ -41,6 +41,11 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+pub mod erasure;
+pub mod maintain;
+
+pub use erasure::RowFilter;
+
 /// Errors of the compactor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,6 +92,8 @@ pub struct InputFile {
 pub struct Bin {
     pub partition: Struct,
     pub files: Vec<InputFile>,
+    /// Output files roll over at this size.
+    pub target: u64,
 }
 
 impl Bin {
@@ -159,6 +166,7 @@ pub fn plan(files: Vec<(Struct, InputFile)>, target: u64) -> TablePlan {
             .extend(bins.into_iter().filter(|b| b.len() > 1).map(|files| Bin {
                 partition: partition.clone(),
                 files,
+                target,
             }));
     }
     plan
@@ -177,6 +185,17 @@ impl Compactor {
 
     /// The plan for one table as it is now.
     pub async fn plan_table(&self, tenant: &TenantId, table: &str) -> Result<TablePlan> {
+        self.plan_table_for(tenant, table, self.config.target_file_bytes)
+            .await
+    }
+
+    /// The plan for one table with a target file size of `target` bytes.
+    pub async fn plan_table_for(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        target: u64,
+    ) -> Result<TablePlan> {
         let t = self.catalog.load_table(tenant, table).await?;
         if t.metadata().schemas_iter().len() != 1 {
             // Rewriting maps columns by name, exact only for a schema that never changed.
@@ -198,14 +217,16 @@ impl Compactor {
                 )
             })
             .collect();
-        Ok(plan(files, self.config.target_file_bytes))
+        Ok(plan(files, target))
     }
 
     /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
     pub async fn run_bin(&self, tenant: &TenantId, table: &str, bin: &Bin) -> Result<BinDone> {
         let started = Instant::now();
         let t = self.catalog.load_table(tenant, table).await?;
-        let written = self.rewrite(&t, bin).await?;
+        let written = self
+            .rewrite(&t, &bin.partition, &bin.files, bin.target, None)
+            .await?;
         let (files_out, bytes_out) = (
             written.len(),
             written.iter().map(|f| f.file_size_in_bytes()).sum(),
@@ -246,7 +267,7 @@ impl Compactor {
         })
     }
 
-    async fn delete(&self, paths: &[String]) {
+    pub(crate) async fn delete(&self, paths: &[String]) {
         for p in paths {
             if let Err(e) = self.catalog.file_io().delete(p).await {
                 tracing::warn!(file = %p, error = %e, "could not delete an uncommitted rewrite");
@@ -254,9 +275,16 @@ impl Compactor {
         }
     }
 
-    /// Reads the bin's files sorted by `(type, ts)` and writes them as files of about the
-    /// target size in the bin's partition.
-    async fn rewrite(&self, table: &Table, bin: &Bin) -> Result<Vec<DataFile>> {
+    /// Reads `files` (of one partition) sorted by `(type, ts)`, without the rows `drop` marks,
+    /// and writes them as files of about `target` bytes in that partition.
+    pub(crate) async fn rewrite(
+        &self,
+        table: &Table,
+        partition: &Struct,
+        files: &[InputFile],
+        target: u64,
+        drop: Option<&RowFilter>,
+    ) -> Result<Vec<DataFile>> {
         let name = table.identifier().to_string();
         let df = |source: datafusion::error::DataFusionError| Error::DataFusion {
             table: name.clone(),
@@ -280,8 +308,7 @@ impl Compactor {
                 .with_runtime(runtime)
                 .with_session_config(SessionConfig::new().with_target_partitions(1)),
         );
-        let files = bin
-            .files
+        let files = files
             .iter()
             .map(|f| {
                 let key = store.key(&f.path).ok_or_else(|| {
@@ -323,7 +350,7 @@ impl Compactor {
         );
         let rolling = RollingFileWriterBuilder::new(
             ParquetWriterBuilder::new(props, schema.clone()),
-            self.config.target_file_bytes as usize,
+            target as usize,
             table.file_io().clone(),
             location,
             names,
@@ -331,14 +358,20 @@ impl Compactor {
         let key = PartitionKey::new(
             metadata.default_partition_spec().as_ref().clone(),
             schema,
-            bin.partition.clone(),
+            partition.clone(),
         );
         let mut writer = DataFileWriterBuilder::new(rolling)
             .build(Some(key))
             .await
             .map_err(ice("data writer"))?;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(df)?;
+            let mut batch = batch.map_err(df)?;
+            if let Some(drop) = drop {
+                batch = drop.apply(&batch)?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
             writer.write(batch).await.map_err(ice("writing parquet"))?;
         }
         writer.close().await.map_err(ice("closing parquet"))

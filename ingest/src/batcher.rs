@@ -111,6 +111,12 @@ async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 tracing::error!(%tenant, error = %e, "tenant table is gone; dropping its buffered events");
+                // Files written for the batch would outlive a purge of the tenant's prefix.
+                for f in files.take().unwrap_or_default() {
+                    if let Err(e) = shared.catalog.file_io().delete(f.file_path()).await {
+                        tracing::warn!(%tenant, file = f.file_path(), error = %e, "could not delete a dropped batch's file");
+                    }
+                }
                 shared.committed(
                     tenant,
                     &lsns,

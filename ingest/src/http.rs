@@ -1,11 +1,13 @@
-//! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
+//! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`; and the erasure
+//! requests of tenant admins, `POST /v1/erasures` and `GET /v1/erasures/{id}` (recorded in the
+//! catalog, carried out by the compactor).
 
 use std::io::Read;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +33,8 @@ pub fn router(state: HttpState) -> Router {
             "/v1/events",
             post(post_events).layer(tower::limit::ConcurrencyLimitLayer::new(slots)),
         )
+        .route("/v1/erasures", post(post_erasure))
+        .route("/v1/erasures/{id}", get(get_erasure))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -354,4 +358,60 @@ async fn readyz(State(st): State<HttpState>) -> Response {
         )
             .into_response()
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureRequest {
+    user_ids: Vec<String>,
+}
+
+/// `POST /v1/erasures` (tenant admin): records the request; 202 with its id.
+async fn post_erasure(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let claims = admin(&st, &headers).await?;
+    let request: ErasureRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!("expected {{\"user_ids\": [\"...\"]}}: {e}"),
+        )
+    })?;
+    let tenant = TenantId::parse(&claims.tenant)?;
+    let erasure = st
+        .ingest
+        .catalog()
+        .request_erasure(&tenant, request.user_ids, &format!("token:{}", claims.jti))
+        .await?;
+    let location = format!("/v1/erasures/{}", erasure.id);
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(erasure)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/erasures/{id}` (tenant admin): `pending` or `completed` (with `verified_at_ms`).
+async fn get_erasure(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let claims = admin(&st, &headers).await?;
+    let tenant = TenantId::parse(&claims.tenant)?;
+    // Another tenant's request is "not found", never "forbidden": ids are not confirmed.
+    let erasure = st.ingest.catalog().erasure(Some(&tenant), &id).await?;
+    Ok(axum::Json(erasure).into_response())
+}
+
+async fn admin(st: &HttpState, headers: &HeaderMap) -> Result<floe_catalog::Claims, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = st.auth.authenticate(auth).await?;
+    claims.require_role(&[Role::Admin])?;
+    Ok(claims)
 }

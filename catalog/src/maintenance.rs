@@ -1,0 +1,633 @@
+//! Table maintenance that frees storage: snapshot expiry, garbage collection, orphan files, and
+//! purging a tenant.
+//!
+//! Expiry removes old snapshots from the table metadata (one compare-and-swap, like a commit),
+//! then deletes what only they reached: manifest lists, manifests no kept snapshot lists, and
+//! data files no kept snapshot holds live. Deciding by reachability, not by "what was deleted
+//! when", also collects what replace, delete and overwrite snapshots left behind. Orphan cleanup
+//! lists a table's folder and deletes objects that no snapshot and no metadata file in the log
+//! reaches, once they are older than a safety age: a commit in flight has written its files but
+//! not swapped them in yet, and must not lose them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use iceberg::spec::{Manifest, ManifestFile, SnapshotRef, TableMetadataBuilder};
+use iceberg::table::Table;
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use crate::db::now_ms;
+use crate::tenant::TenantId;
+use crate::{Catalog, Error, Result};
+
+/// Manifests and manifest lists read at once.
+const READ_CONCURRENCY: usize = 16;
+/// Expiry retries a lost compare-and-swap this often before leaving it to the next run.
+const MAX_EXPIRE_ATTEMPTS: u32 = 25;
+
+/// Which snapshots expiry keeps: the current one, every one younger than `max_age`, and the
+/// `min_snapshots` newest.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpirePolicy {
+    pub max_age: Duration,
+    pub min_snapshots: usize,
+}
+
+impl ExpirePolicy {
+    /// Keep only the current snapshot (after an erasure: older snapshots hold the erased rows).
+    pub fn keep_current_only() -> Self {
+        ExpirePolicy {
+            max_age: Duration::ZERO,
+            min_snapshots: 0,
+        }
+    }
+}
+
+/// What expiry did (or, dry, would do).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExpireReport {
+    pub snapshots_expired: usize,
+    pub snapshots_kept: usize,
+    /// Data files, manifests and manifest lists deleted (or to delete).
+    pub files_deleted: usize,
+    /// Bytes of the deleted data files.
+    pub data_bytes_deleted: u64,
+    /// Compare-and-swaps lost to commits before expiry's own landed.
+    pub conflicts: u32,
+    /// The objects deleted (or to delete).
+    #[serde(skip)]
+    pub deleted: Vec<String>,
+}
+
+/// What orphan cleanup did (or, dry, would do).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OrphanReport {
+    /// Objects listed under the table's folder.
+    pub listed: usize,
+    pub orphans_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Orphans younger than the safety age, left for a later run.
+    pub orphans_too_young: usize,
+    #[serde(skip)]
+    pub deleted: Vec<String>,
+}
+
+/// The files a set of snapshots reaches.
+#[derive(Default)]
+struct Reach {
+    lists: HashSet<String>,
+    manifests: HashSet<String>,
+    /// Data files by path, with their size.
+    data: HashMap<String, u64>,
+}
+
+impl Catalog {
+    /// Expires the snapshots `policy` does not keep and deletes the files only they reached.
+    /// With `dry_run`, changes nothing and reports what would go.
+    pub async fn expire_snapshots(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        policy: ExpirePolicy,
+        dry_run: bool,
+    ) -> Result<ExpireReport> {
+        let (tenant, table) = (tenant.clone(), table.to_string());
+        self.on_io(move |c| async move { c.expire_here(&tenant, &table, policy, dry_run).await })
+            .await
+    }
+
+    async fn expire_here(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        policy: ExpirePolicy,
+        dry_run: bool,
+    ) -> Result<ExpireReport> {
+        let mut conflicts = 0;
+        let mut manifests = HashMap::new();
+        loop {
+            let current = self.load_table(tenant, table).await?;
+            let metadata = current.metadata();
+            let (keep, expire) = split_snapshots(metadata, policy, now_ms());
+            let mut report = ExpireReport {
+                snapshots_expired: expire.len(),
+                snapshots_kept: keep.len(),
+                conflicts,
+                ..ExpireReport::default()
+            };
+            if expire.is_empty() {
+                return Ok(report);
+            }
+            let kept = reach(&current, &keep, &HashSet::new(), true, &mut manifests).await?;
+            let gone = reach(&current, &expire, &kept.manifests, false, &mut manifests).await?;
+            let mut garbage: Vec<String> = Vec::new();
+            for (path, bytes) in &gone.data {
+                if !kept.data.contains_key(path) {
+                    report.data_bytes_deleted += bytes;
+                    garbage.push(path.clone());
+                }
+            }
+            garbage.extend(gone.manifests.difference(&kept.manifests).cloned());
+            garbage.extend(gone.lists.difference(&kept.lists).cloned());
+            report.files_deleted = garbage.len();
+            if dry_run {
+                report.deleted = garbage;
+                return Ok(report);
+            }
+
+            let old_location = current
+                .metadata_location()
+                .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+                .to_string();
+            let ids: Vec<i64> = expire.iter().map(|s| s.snapshot_id()).collect();
+            let built = TableMetadataBuilder::new_from_metadata(
+                metadata.clone(),
+                Some(old_location.clone()),
+            )
+            .remove_snapshots(&ids)
+            .build()
+            .map_err(Error::ice("expiring snapshots"))?;
+            let prepared = self.prepare_metadata(&old_location, built).await?;
+            if self
+                .swap_metadata(
+                    tenant,
+                    table,
+                    &old_location,
+                    &prepared.location,
+                    prepared.metadata,
+                    prepared.expired,
+                )
+                .await?
+            {
+                // Nothing can reach the garbage now: new commits start from the kept snapshots.
+                self.delete_objects(&garbage).await?;
+                report.deleted = garbage;
+                return Ok(report);
+            }
+            conflicts += 1;
+            if conflicts >= MAX_EXPIRE_ATTEMPTS {
+                self.after_lost_swap(prepared.written, None).await;
+                // Commits kept winning; the next run tries again.
+                return Err(Error::CommitConflict {
+                    table: format!("{tenant}.{table}"),
+                });
+            }
+            self.after_lost_swap(prepared.written, Some(conflicts))
+                .await;
+        }
+    }
+
+    /// Deletes objects under the table's folder that no snapshot and no metadata file of the
+    /// table reaches, if they are older than `min_age`. With `dry_run`, lists them only.
+    pub async fn remove_orphans(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        min_age: Duration,
+        dry_run: bool,
+    ) -> Result<OrphanReport> {
+        let (tenant, table) = (tenant.clone(), table.to_string());
+        self.on_io(move |c| async move {
+            c.remove_orphans_here(&tenant, &table, min_age, dry_run)
+                .await
+        })
+        .await
+    }
+
+    async fn remove_orphans_here(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        min_age: Duration,
+        dry_run: bool,
+    ) -> Result<OrphanReport> {
+        // List first, then read the table: a file listed before the read is either reached by
+        // the metadata read after it, or was written by a commit not yet swapped in (and is
+        // then younger than any sane safety age).
+        let current = self.load_table(tenant, table).await?;
+        let prefix = self.object_key(current.metadata().location())?;
+        let store = self.data_store.object_store();
+        let listed: Vec<object_store::ObjectMeta> = store
+            .list(Some(&Path::from(format!("{prefix}/"))))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage {
+                message: format!("listing {prefix}: {e}"),
+            })?;
+        let current = self.load_table(tenant, table).await?;
+        let metadata = current.metadata();
+        let snapshots: Vec<SnapshotRef> = metadata.snapshots().cloned().collect();
+        let reached = reach(
+            &current,
+            &snapshots,
+            &HashSet::new(),
+            true,
+            &mut HashMap::new(),
+        )
+        .await?;
+        let mut keep: HashSet<String> = HashSet::new();
+        let mut add = |location: &str| {
+            if let Some(k) = self.data_store.key(location) {
+                keep.insert(k);
+            }
+        };
+        reached.lists.iter().for_each(|l| add(l));
+        reached.manifests.iter().for_each(|m| add(m));
+        reached.data.keys().for_each(|d| add(d));
+        if let Some(l) = current.metadata_location() {
+            add(l);
+        }
+        metadata
+            .metadata_log()
+            .iter()
+            .for_each(|l| add(&l.metadata_file));
+
+        let cutoff = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() - min_age);
+        let mut report = OrphanReport {
+            listed: listed.len(),
+            ..OrphanReport::default()
+        };
+        let mut orphans = Vec::new();
+        for object in listed {
+            let key = object.location.to_string();
+            if keep.contains(&key) {
+                continue;
+            }
+            if object.last_modified > cutoff {
+                report.orphans_too_young += 1;
+                continue;
+            }
+            report.bytes_deleted += object.size;
+            orphans.push(key);
+        }
+        report.orphans_deleted = orphans.len();
+        if !dry_run {
+            self.delete_keys(&orphans).await?;
+        }
+        report.deleted = orphans;
+        Ok(report)
+    }
+
+    /// Deletes every object under a tenant's prefix in the warehouse; returns how many went.
+    pub(crate) async fn delete_tenant_objects(&self, tenant: &TenantId) -> Result<usize> {
+        let prefix = self.object_key(&format!("{}/{}", self.warehouse, tenant))?;
+        let store = self.data_store.object_store();
+        let mut deleted = 0;
+        // Listing and deleting page by page keeps memory flat for any tenant size.
+        loop {
+            let page: Vec<String> = store
+                .list(Some(&Path::from(format!("{prefix}/"))))
+                .take(1000)
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .map_err(|e| Error::Storage {
+                    message: format!("listing {prefix}: {e}"),
+                })?;
+            if page.is_empty() {
+                break;
+            }
+            deleted += page.len();
+            self.delete_keys(&page).await?;
+        }
+        if self.data_store.store.is_none() {
+            // A local warehouse keeps empty folders; remove them too.
+            let dir = std::path::Path::new("/").join(&prefix);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(dir.display().to_string())(e)),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The object key of a warehouse location, or an error if it lies outside the warehouse.
+    fn object_key(&self, location: &str) -> Result<String> {
+        self.data_store
+            .key(location)
+            .map(|k| k.trim_end_matches('/').to_string())
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "{location} lies outside the warehouse {}",
+                    self.data_store.url
+                ))
+            })
+    }
+
+    /// Deletes the objects at these Iceberg locations (missing ones count as deleted).
+    pub(crate) async fn delete_objects(&self, locations: &[String]) -> Result<()> {
+        let keys: Vec<String> = locations
+            .iter()
+            .map(|l| self.object_key(l))
+            .collect::<Result<_>>()?;
+        self.delete_keys(&keys).await
+    }
+
+    /// Deletes objects by key in batches (S3 `DeleteObjects` takes 1,000 at a time).
+    async fn delete_keys(&self, keys: &[String]) -> Result<()> {
+        let store = self.data_store.object_store();
+        let paths: Vec<object_store::Result<Path>> =
+            keys.iter().map(|k| Ok(Path::from(k.as_str()))).collect();
+        let paths = futures::stream::iter(paths).boxed();
+        let mut results = store.delete_stream(paths);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(Error::Storage {
+                        message: format!("deleting: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table's maintenance record: who holds it, and how the last run ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MaintenanceRecord {
+    pub tenant: String,
+    pub table: String,
+    pub holder: Option<String>,
+    pub lease_until_ms: i64,
+    pub last_run_at_ms: Option<i64>,
+    pub last_result: Option<String>,
+}
+
+impl Catalog {
+    /// Takes (or renews) the maintenance lease of a table for `holder` until now + `lease`.
+    /// `false`: another holder's lease has not run out.
+    pub async fn take_lease(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let (tenant, table, holder) = (tenant.to_string(), table.to_string(), holder.to_string());
+        self.on_io(move |c| async move {
+            let now = now_ms();
+            let taken = sqlx::query(
+                "INSERT INTO floe_maintenance (tenant, table_name, holder, lease_until_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, table_name) DO UPDATE \
+                 SET holder = excluded.holder, lease_until_ms = excluded.lease_until_ms \
+                 WHERE floe_maintenance.lease_until_ms < $5 OR floe_maintenance.holder = $3",
+            )
+            .bind(&tenant)
+            .bind(&table)
+            .bind(&holder)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .execute(&c.db)
+            .await
+            .map_err(Error::db("maintenance lease"))?;
+            Ok(taken.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Gives a lease back and records how the run ended (`result`: a JSON summary).
+    pub async fn release_lease(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        holder: &str,
+        result: &str,
+    ) -> Result<()> {
+        let (tenant, table, holder, result) = (
+            tenant.to_string(),
+            table.to_string(),
+            holder.to_string(),
+            result.to_string(),
+        );
+        self.on_io(move |c| async move {
+            sqlx::query(
+                "UPDATE floe_maintenance SET holder = NULL, lease_until_ms = 0, \
+                 last_run_at_ms = $1, last_result = $2 \
+                 WHERE tenant = $3 AND table_name = $4 AND holder = $5",
+            )
+            .bind(now_ms())
+            .bind(&result)
+            .bind(&tenant)
+            .bind(&table)
+            .bind(&holder)
+            .execute(&c.db)
+            .await
+            .map_err(Error::db("maintenance lease"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every table's maintenance record (for `/metrics` and `floe compact --status`).
+    pub async fn maintenance_records(&self) -> Result<Vec<MaintenanceRecord>> {
+        self.on_io(|c| async move {
+            let rows: Vec<(
+                String,
+                String,
+                Option<String>,
+                i64,
+                Option<i64>,
+                Option<String>,
+            )> = sqlx::query_as(
+                "SELECT tenant, table_name, holder, lease_until_ms, last_run_at_ms, \
+                     last_result FROM floe_maintenance ORDER BY tenant, table_name",
+            )
+            .fetch_all(&c.db)
+            .await
+            .map_err(Error::db("maintenance records"))?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(tenant, table, holder, lease_until_ms, last_run_at_ms, last_result)| {
+                        MaintenanceRecord {
+                            tenant,
+                            table,
+                            holder,
+                            lease_until_ms,
+                            last_run_at_ms,
+                            last_result,
+                        }
+                    },
+                )
+                .collect())
+        })
+        .await
+    }
+}
+
+/// Splits the table's snapshots into kept and expired ones.
+fn split_snapshots(
+    metadata: &iceberg::spec::TableMetadata,
+    policy: ExpirePolicy,
+    now_ms: i64,
+) -> (Vec<SnapshotRef>, Vec<SnapshotRef>) {
+    let mut all: Vec<SnapshotRef> = metadata.snapshots().cloned().collect();
+    all.sort_by_key(|s| std::cmp::Reverse((s.timestamp_ms(), s.sequence_number())));
+    // Branches and tags (iceberg-rust has no public accessor for them; Floe only writes main).
+    let mut referenced: HashSet<i64> = HashSet::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(metadata)
+        && let Some(serde_json::Value::Object(refs)) = m.get("refs")
+    {
+        referenced.extend(
+            refs.values()
+                .filter_map(|r| r.get("snapshot-id").and_then(|v| v.as_i64())),
+        );
+    }
+    let current = metadata.current_snapshot_id();
+    let cutoff = now_ms - policy.max_age.as_millis() as i64;
+    let (mut keep, mut expire) = (Vec::new(), Vec::new());
+    for (i, s) in all.into_iter().enumerate() {
+        let id = s.snapshot_id();
+        if Some(id) == current
+            || referenced.contains(&id)
+            || i < policy.min_snapshots
+            || s.timestamp_ms() >= cutoff
+        {
+            keep.push(s);
+        } else {
+            expire.push(s);
+        }
+    }
+    (keep, expire)
+}
+
+/// The manifest lists, manifests and data files `snapshots` reach. Manifests in `skip` are not
+/// read (nor counted); `alive_only`: only entries live in their snapshot count as reached.
+async fn reach(
+    table: &Table,
+    snapshots: &[SnapshotRef],
+    skip: &HashSet<String>,
+    alive_only: bool,
+    cache: &mut HashMap<String, Arc<Manifest>>,
+) -> Result<Reach> {
+    let mut out = Reach::default();
+    let lists: Vec<Vec<ManifestFile>> = futures::stream::iter(snapshots.iter().cloned().map(|s| {
+        let table = table.clone();
+        async move {
+            table
+                .manifest_list_reader(&s)
+                .load()
+                .await
+                .map(|l| l.entries().to_vec())
+                .map_err(Error::ice("reading a manifest list"))
+        }
+    }))
+    .buffer_unordered(READ_CONCURRENCY)
+    .try_collect()
+    .await?;
+    out.lists = snapshots
+        .iter()
+        .map(|s| s.manifest_list().to_string())
+        .collect();
+    let mut wanted: HashMap<String, ManifestFile> = HashMap::new();
+    for m in lists.into_iter().flatten() {
+        if !skip.contains(&m.manifest_path) {
+            out.manifests.insert(m.manifest_path.clone());
+            if !cache.contains_key(&m.manifest_path) {
+                wanted.insert(m.manifest_path.clone(), m);
+            }
+        }
+    }
+    let loaded: Vec<(String, Arc<Manifest>)> =
+        futures::stream::iter(wanted.into_values().map(|m| {
+            let io = table.file_io().clone();
+            async move {
+                let manifest = m
+                    .load_manifest(&io)
+                    .await
+                    .map_err(Error::ice("reading a manifest"))?;
+                Ok::<_, Error>((m.manifest_path, Arc::new(manifest)))
+            }
+        }))
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    cache.extend(loaded);
+    for path in &out.manifests {
+        let Some(manifest) = cache.get(path) else {
+            continue;
+        };
+        for e in manifest.entries() {
+            if !alive_only || e.is_alive() {
+                out.data.insert(
+                    e.file_path().to_string(),
+                    e.data_file().file_size_in_bytes(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_keeps_current_recent_and_newest() {
+        let json = |snapshots: &[(i64, i64)], current: i64| {
+            let snaps: Vec<String> = snapshots
+                .iter()
+                .enumerate()
+                .map(|(i, (id, ts))| {
+                    format!(
+                        r#"{{"snapshot-id":{id},"sequence-number":{},"timestamp-ms":{ts},
+                        "manifest-list":"/t/m/{id}.avro","summary":{{"operation":"append"}},
+                        "schema-id":0}}"#,
+                        i + 1
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"format-version":2,"table-uuid":"9c12d441-03fe-4693-9a96-a0705ddf69c1",
+                "location":"/t","last-sequence-number":{},"last-updated-ms":1,
+                "last-column-id":1,"current-schema-id":0,
+                "schemas":[{{"type":"struct","schema-id":0,"fields":[
+                  {{"id":1,"name":"x","required":true,"type":"long"}}]}}],
+                "default-spec-id":0,"partition-specs":[{{"spec-id":0,"fields":[]}}],
+                "last-partition-id":999,"default-sort-order-id":0,
+                "sort-orders":[{{"order-id":0,"fields":[]}}],
+                "properties":{{}},"current-snapshot-id":{current},
+                "refs":{{"main":{{"snapshot-id":{current},"type":"branch"}}}},
+                "snapshots":[{}],"snapshot-log":[],"metadata-log":[]}}"#,
+                snapshots.len(),
+                snaps.join(",")
+            )
+        };
+        let now = 1_000_000;
+        let m: iceberg::spec::TableMetadata = serde_json::from_str(&json(
+            &[(1, 1_000), (2, 2_000), (3, 3_000), (4, 999_000)],
+            4,
+        ))
+        .unwrap();
+        let ids = |v: Vec<SnapshotRef>| {
+            let mut v: Vec<i64> = v.iter().map(|s| s.snapshot_id()).collect();
+            v.sort();
+            v
+        };
+        let policy = |secs, min| ExpirePolicy {
+            max_age: Duration::from_secs(secs),
+            min_snapshots: min,
+        };
+        // Age 10 s, keep 1: only the current one (and nothing younger than 10 s but it).
+        let (keep, expire) = split_snapshots(&m, policy(10, 1), now);
+        assert_eq!((ids(keep), ids(expire)), (vec![4], vec![1, 2, 3]));
+        // Keep the two newest.
+        let (keep, expire) = split_snapshots(&m, policy(10, 2), now);
+        assert_eq!((ids(keep), ids(expire)), (vec![3, 4], vec![1, 2]));
+        // Everything younger than 998.5 s stays.
+        let (keep, expire) = split_snapshots(&m, policy(998, 1), now);
+        assert_eq!((ids(keep), ids(expire)), (vec![2, 3, 4], vec![1]));
+        // Only the current snapshot stays, even when a newer one exists (after a rollback).
+        let m: iceberg::spec::TableMetadata =
+            serde_json::from_str(&json(&[(1, 1_000), (2, 2_000)], 1)).unwrap();
+        let (keep, expire) = split_snapshots(&m, ExpirePolicy::keep_current_only(), now);
+        assert_eq!((ids(keep), ids(expire)), (vec![1], vec![2]));
+    }
+}

@@ -1,0 +1,414 @@
+//! Maintenance of whole tables, in this order: retention (drop days older than the tenant's
+//! `retention_days` with a `delete` snapshot), compaction, snapshot expiry with garbage
+//! collection, orphan files. One run per table holds that table's lease in the catalog
+//! database, so several compactors (`floe serve` schedules, `floe compactor` services,
+//! `floe compact` one-shots) share the work without doing it twice.
+//!
+//! Pending user erasures run first, each under the leases of the tenant's tables.
+
+use std::time::{Duration, Instant};
+
+use floe_catalog::maintenance::{ExpirePolicy, ExpireReport, OrphanReport};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::{Tenant, TenantId};
+use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
+
+use crate::{Bin, BinDone, Compactor, Result, TablePlan};
+
+/// What to do in one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Report what would happen; change nothing.
+    pub dry_run: bool,
+}
+
+/// Progress of a run, for a command line or a log.
+pub enum Progress<'a> {
+    /// Another compactor holds the table.
+    Leased {
+        tenant: &'a TenantId,
+        table: &'a str,
+    },
+    Retention {
+        tenant: &'a TenantId,
+        table: &'a str,
+        days: i64,
+        done: &'a RetentionDone,
+    },
+    Plan {
+        tenant: &'a TenantId,
+        table: &'a str,
+        plan: &'a TablePlan,
+    },
+    WouldRewrite {
+        bin: &'a Bin,
+    },
+    Bin {
+        index: usize,
+        of: usize,
+        done: &'a BinDone,
+    },
+    Expired {
+        tenant: &'a TenantId,
+        table: &'a str,
+        report: &'a ExpireReport,
+    },
+    Orphans {
+        tenant: &'a TenantId,
+        table: &'a str,
+        report: &'a OrphanReport,
+    },
+}
+
+/// Files dropped by retention.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RetentionDone {
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    /// `false`: the files changed under the commit (the next run tries again).
+    pub committed: bool,
+}
+
+/// One table's run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TableRun {
+    pub files_before: usize,
+    pub bytes_before: u64,
+    pub files_after: usize,
+    pub bytes_after: u64,
+    pub retention: RetentionDone,
+    pub bins_committed: usize,
+    pub bins_dropped: usize,
+    pub bytes_rewritten: u64,
+    pub rewrite_seconds: f64,
+    pub expire: ExpireReport,
+    pub orphans: OrphanReport,
+    pub seconds: f64,
+}
+
+/// Totals over a run.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub tables: usize,
+    pub leased_elsewhere: usize,
+    pub runs: Vec<(String, TableRun)>,
+}
+
+impl Compactor {
+    /// Runs maintenance over `tenants` (all of them when `None`), table by table, each under
+    /// its lease held as `holder`.
+    pub async fn maintain(
+        &self,
+        tenants: Option<&[TenantId]>,
+        holder: &str,
+        options: Options,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<Totals> {
+        let all = self.catalog.list_tenants().await?;
+        let mut totals = Totals::default();
+        for tenant in all {
+            let id = TenantId::parse(&tenant.id)?;
+            if tenants.is_some_and(|ts| !ts.contains(&id)) {
+                continue;
+            }
+            for table in self.catalog.list_tables(&id).await? {
+                totals.tables += 1;
+                let lease = Duration::from_secs(self.config.lease_secs);
+                if !options.dry_run && !self.catalog.take_lease(&id, &table, holder, lease).await? {
+                    totals.leased_elsewhere += 1;
+                    progress(Progress::Leased {
+                        tenant: &id,
+                        table: &table,
+                    });
+                    continue;
+                }
+                let run = self
+                    .maintain_table(&tenant, &id, &table, options, progress)
+                    .await;
+                if !options.dry_run {
+                    let result = match &run {
+                        Ok(r) => serde_json::json!({ "ok": r }).to_string(),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                    };
+                    if let Err(e) = self
+                        .catalog
+                        .release_lease(&id, &table, holder, &result)
+                        .await
+                    {
+                        tracing::warn!(tenant = %id, table, error = %e, "could not release a maintenance lease");
+                    }
+                }
+                totals.runs.push((format!("{id}.{table}"), run?));
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn maintain_table(
+        &self,
+        tenant: &Tenant,
+        id: &TenantId,
+        table: &str,
+        options: Options,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<TableRun> {
+        let started = Instant::now();
+        let mut run = TableRun::default();
+        if let Some(days) = tenant.retention_days {
+            run.retention = self
+                .apply_retention(id, table, days, options.dry_run)
+                .await?;
+            progress(Progress::Retention {
+                tenant: id,
+                table,
+                days,
+                done: &run.retention,
+            });
+        }
+
+        let target = tenant
+            .target_file_bytes
+            .map(|b| b as u64)
+            .unwrap_or(self.config.target_file_bytes);
+        let plan = self.plan_table_for(id, table, target).await?;
+        progress(Progress::Plan {
+            tenant: id,
+            table,
+            plan: &plan,
+        });
+        (run.files_before, run.bytes_before) = (plan.files, plan.bytes);
+        (run.files_after, run.bytes_after) = (plan.files, plan.bytes);
+        let rewrite_started = Instant::now();
+        for (i, bin) in plan.bins.iter().enumerate() {
+            if options.dry_run {
+                progress(Progress::WouldRewrite { bin });
+                continue;
+            }
+            let done = self.run_bin(id, table, bin).await?;
+            if done.committed {
+                run.bins_committed += 1;
+                run.bytes_rewritten += done.bytes_in;
+                run.files_after = run.files_after + done.files_out - done.files_in;
+                run.bytes_after = run.bytes_after + done.bytes_out - done.bytes_in;
+            } else {
+                run.bins_dropped += 1;
+            }
+            progress(Progress::Bin {
+                index: i + 1,
+                of: plan.bins.len(),
+                done: &done,
+            });
+        }
+        run.rewrite_seconds = rewrite_started.elapsed().as_secs_f64();
+
+        let policy = ExpirePolicy {
+            max_age: Duration::from_secs(self.config.snapshot_max_age_secs),
+            min_snapshots: self.config.min_snapshots,
+        };
+        run.expire = self
+            .catalog
+            .expire_snapshots(id, table, policy, options.dry_run)
+            .await?;
+        progress(Progress::Expired {
+            tenant: id,
+            table,
+            report: &run.expire,
+        });
+        run.orphans = self
+            .catalog
+            .remove_orphans(
+                id,
+                table,
+                Duration::from_secs(self.config.orphan_min_age_secs),
+                options.dry_run,
+            )
+            .await?;
+        progress(Progress::Orphans {
+            tenant: id,
+            table,
+            report: &run.orphans,
+        });
+        run.seconds = started.elapsed().as_secs_f64();
+        Ok(run)
+    }
+
+    /// Drops the files of days more than `days` before today (UTC) with a `delete` snapshot.
+    /// Only tables partitioned by a day transform are touched, whole files at a time.
+    pub async fn apply_retention(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        days: i64,
+        dry_run: bool,
+    ) -> Result<RetentionDone> {
+        let t = self.catalog.load_table(tenant, table).await?;
+        let spec = t.metadata().default_partition_spec();
+        let Some(day_field) = spec
+            .fields()
+            .iter()
+            .position(|f| f.transform == Transform::Day)
+        else {
+            return Ok(RetentionDone::default());
+        };
+        let today = chrono::Utc::now().timestamp().div_euclid(86_400);
+        let cutoff = today - days;
+        let mut done = RetentionDone::default();
+        let mut removed = Vec::new();
+        for e in live_entries(&t).await? {
+            let day = match e.data_file().partition().fields().get(day_field) {
+                Some(Some(Literal::Primitive(PrimitiveLiteral::Int(d)))) => *d as i64,
+                _ => continue,
+            };
+            if day < cutoff {
+                done.files += 1;
+                done.rows += e.record_count();
+                done.bytes += e.file_size_in_bytes();
+                removed.push(e.file_path().to_string());
+            }
+        }
+        if removed.is_empty() || dry_run {
+            return Ok(done);
+        }
+        done.committed = matches!(
+            self.catalog
+                .commit_rewrite(tenant, table, RewriteKind::Delete, removed, Vec::new())
+                .await?,
+            ReplaceOutcome::Committed { .. }
+        );
+        Ok(done)
+    }
+
+    /// Carries out pending erasure requests (all tenants, or only `tenants`). A request whose
+    /// tables are leased elsewhere waits for the next run.
+    pub async fn run_erasures(&self, tenants: Option<&[TenantId]>, holder: &str) -> Result<usize> {
+        let mut completed = 0;
+        for request in self.catalog.pending_erasures().await? {
+            let id = TenantId::parse(&request.tenant)?;
+            if tenants.is_some_and(|ts| !ts.contains(&id)) {
+                continue;
+            }
+            let tables = self.catalog.list_tables(&id).await?;
+            let lease = Duration::from_secs(self.config.lease_secs);
+            let mut held = Vec::new();
+            for t in &tables {
+                if self.catalog.take_lease(&id, t, holder, lease).await? {
+                    held.push(t.clone());
+                } else {
+                    break;
+                }
+            }
+            if held.len() == tables.len() {
+                let started = Instant::now();
+                let outcome = self.erase_users(&id, &request.user_ids).await;
+                let (verified, detail) = match &outcome {
+                    Ok(run) => (
+                        run.still_holding.is_empty(),
+                        serde_json::json!({
+                            "files_rewritten": run.files_rewritten,
+                            "rows_removed": run.rows_removed,
+                            "snapshots_expired": run.snapshots_expired,
+                            "files_deleted": run.files_deleted,
+                            "orphans_deleted": run.orphans_deleted,
+                            "objects_still_holding": run.still_holding.len(),
+                            "examples": run.still_holding.iter().take(5).collect::<Vec<_>>(),
+                            "seconds": started.elapsed().as_secs_f64(),
+                        }),
+                    ),
+                    Err(e) => (false, serde_json::json!({ "error": e.to_string() })),
+                };
+                self.catalog
+                    .record_erasure(&request, verified, &detail.to_string())
+                    .await?;
+                if verified {
+                    completed += 1;
+                    tracing::info!(tenant = %id, erasure = %request.id, "erasure completed and verified");
+                } else {
+                    tracing::warn!(tenant = %id, erasure = %request.id, %detail, "erasure not verified yet; retrying on the next run");
+                }
+            }
+            for t in held {
+                let _ = self
+                    .catalog
+                    .release_lease(&id, &t, holder, "{\"erasure\":true}")
+                    .await;
+            }
+        }
+        Ok(completed)
+    }
+}
+
+/// Runs erasures often and full maintenance every `compaction.interval_secs`, until `stop`
+/// resolves (the schedule of `floe serve` and the loop of `floe compactor`).
+pub async fn run_schedule(
+    compactor: Compactor,
+    holder: String,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let interval = Duration::from_secs(compactor.config.interval_secs);
+    let erasure_tick = Duration::from_secs(5)
+        .min(interval)
+        .max(Duration::from_millis(200));
+    // The first full run waits one interval: restarts do not bunch maintenance together.
+    let mut last_full = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        if let Err(e) = compactor.run_erasures(None, &holder).await {
+            tracing::warn!(error = %e, "erasure run failed; retrying on the next tick");
+        }
+        if interval > Duration::ZERO && last_full.elapsed() >= interval {
+            last_full = Instant::now();
+            let mut log = |p: Progress<'_>| log_progress(&p);
+            match compactor
+                .maintain(None, &holder, Options { dry_run: false }, &mut log)
+                .await
+            {
+                Ok(t) => tracing::info!(
+                    tables = t.tables,
+                    leased_elsewhere = t.leased_elsewhere,
+                    "maintenance run done"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "maintenance run failed; retrying on the next interval")
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(erasure_tick) => {}
+        }
+    }
+}
+
+fn log_progress(p: &Progress<'_>) {
+    match p {
+        Progress::Bin { done, .. } => tracing::info!(
+            partition = %done.partition, files_in = done.files_in, files_out = done.files_out,
+            bytes_in = done.bytes_in, committed = done.committed, "compacted a bin"
+        ),
+        Progress::Retention {
+            tenant,
+            table,
+            days,
+            done,
+        } if done.files > 0 => tracing::info!(
+            %tenant, table, days, files = done.files, rows = done.rows, "retention dropped old days"
+        ),
+        Progress::Expired {
+            tenant,
+            table,
+            report,
+        } if report.snapshots_expired > 0 => {
+            tracing::info!(%tenant, table, expired = report.snapshots_expired,
+                files_deleted = report.files_deleted, "expired snapshots")
+        }
+        Progress::Orphans {
+            tenant,
+            table,
+            report,
+        } if report.orphans_deleted > 0 => {
+            tracing::info!(%tenant, table, deleted = report.orphans_deleted, "removed orphan files")
+        }
+        _ => {}
+    }
+}

@@ -16,10 +16,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(data, log_path):
-    """Starts `floe serve` on `data`; returns the process, its port and its base URL."""
+def start(data, log_path, extra=()):
+    """Starts `floe serve` on `data` (with `extra` global flags, e.g. `--set k=v`); returns the
+    process, its port and its base URL."""
     port = free_port()
-    proc = subprocess.Popen([FLOE, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
                             stderr=open(log_path, "w"))
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -76,6 +76,9 @@ enum Command {
         /// Print what would be rewritten, expired and deleted; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print each table's last maintenance run and current lease holder; change nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        status: bool,
     },
     /// Run table maintenance as a service: erasures every few seconds, everything else every
     /// `compaction.interval_secs`. Run several: per-table leases share the work.
@@ -373,9 +376,38 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => generate(load_config(&cli, None)?, args).await,
-        Command::Compact { tenant, dry_run } => {
-            compact(load_config(&cli, None)?, tenant.as_deref(), *dry_run).await
+        Command::Compact {
+            status: true,
+            tenant,
+            ..
+        } => {
+            let catalog = Catalog::open(&load_config(&cli, None)?).await?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            for r in catalog.maintenance_records().await? {
+                if tenant.as_ref().is_some_and(|t| *t != r.tenant) {
+                    continue;
+                }
+                let held = match &r.holder {
+                    Some(h) if r.lease_until_ms > now => format!("held by {h}"),
+                    _ => "free".to_string(),
+                };
+                let last = r.last_run_at_ms.map_or("never".to_string(), |at| {
+                    format!("{:.0} s ago", (now - at) as f64 / 1000.0)
+                });
+                println!(
+                    "{}.{}\t{held}\tlast run {last}\t{}",
+                    r.tenant,
+                    r.table,
+                    r.last_result.unwrap_or_default()
+                );
+            }
+            Ok(())
         }
+        Command::Compact {
+            tenant, dry_run, ..
+        } => compact(load_config(&cli, None)?, tenant.as_deref(), *dry_run).await,
         Command::Compactor => {
             let config = load_config(&cli, None)?;
             let catalog = Catalog::open(&config).await?;

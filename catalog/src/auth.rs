@@ -66,6 +66,19 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// When the token was issued, to the millisecond (from its UUIDv7 `jti`; from `iat`,
+    /// to the second, for any other id).
+    pub fn issued_at_ms(&self) -> i64 {
+        uuid::Uuid::parse_str(&self.jti)
+            .ok()
+            .and_then(|u| u.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs as i64 * 1000 + (nanos / 1_000_000) as i64
+            })
+            .unwrap_or(self.iat.saturating_mul(1000))
+    }
+
     /// Fails with `Forbidden` unless the token's role is one of `roles`.
     pub fn require_role(&self, roles: &[Role]) -> Result<()> {
         if roles.contains(&self.role) {
@@ -349,7 +362,7 @@ impl Authenticator {
         };
         // A tenant deleted and created again under the same id is another tenant: tokens
         // issued before it existed do not reach it.
-        if claims.iat < created_at_ms.div_euclid(1000) {
+        if claims.issued_at_ms() < created_at_ms {
             return Err(Error::Unauthenticated {
                 message: "the token was issued before its tenant was created".into(),
             });

@@ -424,17 +424,18 @@ impl Catalog {
         .await
     }
 
-    /// Every table's maintenance record (for `/metrics` and `floe compact --status`).
+    /// Every table's maintenance record (`floe compact --status`).
     pub async fn maintenance_records(&self) -> Result<Vec<MaintenanceRecord>> {
         self.on_io(|c| async move {
-            let rows: Vec<(
+            type Row = (
                 String,
                 String,
                 Option<String>,
                 i64,
                 Option<i64>,
                 Option<String>,
-            )> = sqlx::query_as(
+            );
+            let rows: Vec<Row> = sqlx::query_as(
                 "SELECT tenant, table_name, holder, lease_until_ms, last_run_at_ms, \
                      last_result FROM floe_maintenance ORDER BY tenant, table_name",
             )
@@ -507,7 +508,9 @@ async fn reach(
     cache: &mut HashMap<String, Arc<Manifest>>,
 ) -> Result<Reach> {
     let mut out = Reach::default();
-    let lists: Vec<Vec<ManifestFile>> = futures::stream::iter(snapshots.iter().cloned().map(|s| {
+    // Lists are folded in as they arrive: many snapshots share most of their manifests, and
+    // holding every list at once would take memory in proportion to snapshots × manifests.
+    let mut lists = futures::stream::iter(snapshots.iter().cloned().map(|s| {
         let table = table.clone();
         async move {
             table
@@ -518,18 +521,18 @@ async fn reach(
                 .map_err(Error::ice("reading a manifest list"))
         }
     }))
-    .buffer_unordered(READ_CONCURRENCY)
-    .try_collect()
-    .await?;
+    .buffer_unordered(READ_CONCURRENCY);
     out.lists = snapshots
         .iter()
         .map(|s| s.manifest_list().to_string())
         .collect();
     let mut wanted: HashMap<String, ManifestFile> = HashMap::new();
-    for m in lists.into_iter().flatten() {
-        if !skip.contains(&m.manifest_path) {
-            out.manifests.insert(m.manifest_path.clone());
-            if !cache.contains_key(&m.manifest_path) {
+    while let Some(list) = lists.next().await {
+        for m in list? {
+            if !skip.contains(&m.manifest_path)
+                && out.manifests.insert(m.manifest_path.clone())
+                && !cache.contains_key(&m.manifest_path)
+            {
                 wanted.insert(m.manifest_path.clone(), m);
             }
         }

@@ -1,0 +1,159 @@
+"""Compaction: a table built from many small commits, before and after `floe compact`.
+
+    FLOE_BIN=target/release/floe python bench/compaction.py [--commits 5000] [--events-per-commit 200] [--runs 3]
+
+1. `floe serve` (maintenance schedule off) takes `--commits` requests of `--events-per-commit`
+   events over three days, each acknowledged with `?wait=visible`: one Iceberg commit each.
+2. The query set of bench/query_vs_duckdb.py runs through the Trino protocol (median of R).
+3. `floe compact` (with snapshot expiry down to the current snapshot) rewrites the table; its
+   throughput (input MB/s) is printed beside the raw read-plus-write rate of the same input
+   files: DuckDB reading them and writing one sorted ZSTD Parquet file, in the same run.
+4. The checks of issue 6: files per partition at most ceil(bytes / target) + 1, rows and
+   checksums unchanged, pyiceberg and DuckDB read the compacted table.
+5. The queries again. Prints Markdown tables for BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import trino
+from pyiceberg.catalog.sql import SqlCatalog
+from trino.auth import JWTAuthentication
+
+import floe_server
+from floe_server import FLOE
+from query_vs_duckdb import QUERIES, timed
+
+TENANT = "bench"
+TARGET = 128 << 20
+CHECKSUM = ("SELECT count(*), count(DISTINCT event_id), sum(length(payload)), min(ts), max(ts), "
+            "count(DISTINCT user_id) FROM events")
+
+
+def floe(data, *args):
+    return subprocess.run([FLOE, "--data-dir", str(data), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def post(url, token, events):
+    req = urllib.request.Request(f"{url}/v1/events?wait=visible", data=json.dumps(events).encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        reply = json.loads(r.read())
+    assert reply["accepted"] == len(events), reply
+
+
+def live_files(data):
+    table = SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db",
+                       warehouse=f"file://{data}/warehouse").load_table(f"{TENANT}.events")
+    return table, [(t.file.file_path.removeprefix("file://"), t.file.partition, t.file.file_size_in_bytes)
+                   for t in table.scan().plan_files()]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--commits", type=int, default=5000)
+    ap.add_argument("--events-per-commit", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="floe-cbench-"))
+    data = tmp / "floe"
+    floe(data, "tenant", "create", TENANT)
+    proc, port, url = floe_server.start(data, tmp / "serve.log", extra=[
+        "--set", "compaction.interval_secs=0", "--set", "ingest.flush_interval_ms=5"])
+    try:
+        token = floe(data, "token", "issue", "--tenant", TENANT, "--role", "admin").strip()
+        now = int(time.time())
+        started = time.time()
+        n = args.events_per_commit
+        for c in range(args.commits):
+            post(url, token, [{
+                "event_id": f"e-{c}-{i}",
+                "type": ["PageViewed", "PurchaseMade", "SensorReading"][(c + i) % 3],
+                "timestamp": now - ((c * n + i) * 7919) % (3 * 86400),
+                "user_id": f"u-{(c * n + i) % 5000}",
+                "payload": {"page": f"/p/{i % 20}", "amount": (c + i) % 500, "currency": "EUR"},
+            } for i in range(n)])
+        load_s = time.time() - started
+        print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s")
+
+        conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
+                                   http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
+
+        def q(sql):
+            cur = conn.cursor()
+            cur.execute(sql)
+            return cur.fetchall()
+
+        checksum = q(CHECKSUM)
+        _, before_files = live_files(data)
+        bytes_in = sum(f[2] for f in before_files)
+        before = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
+
+        # The peer: DuckDB reads the same files and writes them sorted into one ZSTD file.
+        duck = duckdb.connect()
+        out = tmp / "duckdb-rewrite.parquet"
+        t = time.perf_counter()
+        duck.execute(f"COPY (SELECT * FROM read_parquet({[f[0] for f in before_files]!r}) ORDER BY type, ts) "
+                     f"TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        duck_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report = floe(data, "--set", "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1",
+                      "compact", "--tenant", TENANT)
+        compact_s = time.perf_counter() - t
+        summary = [line for line in report.splitlines() if line.startswith(("compacted:", f"{TENANT}.events: expired"))]
+
+        table, after_files = live_files(data)
+        assert q(CHECKSUM) == checksum, "rows or checksums changed"
+        parts = {}
+        for _, part, size in after_files:
+            parts.setdefault(str(part), []).append(size)
+        for part, sizes in parts.items():
+            assert len(sizes) <= math.ceil(sum(sizes) / TARGET) + 1, (part, sizes)
+        arrow = table.scan().to_arrow()
+        assert len(arrow) == checksum[0][0]
+        duck_rows = duck.sql(f"SELECT count(*) FROM read_parquet({[f[0] for f in after_files]!r})").fetchone()[0]
+        assert duck_rows == checksum[0][0]
+        after = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
+
+        print()
+        print(f"{args.commits} commits × {n} events = {checksum[0][0]:,} rows; {platform.machine()}, "
+              f"{os.cpu_count()} cores; median of {args.runs}")
+        print()
+        print(f"- before: {len(before_files)} files, {bytes_in / 2**20:.1f} MiB; after: {len(after_files)} files "
+              f"in {len(parts)} partitions, {sum(f[2] for f in after_files) / 2**20:.1f} MiB")
+        print(f"- `floe compact`: {compact_s:.1f} s, {bytes_in / 1e6 / compact_s:.1f} MB/s of input "
+              f"(whole command: planning, rewrite, commits, expiry, garbage)")
+        print(f"- DuckDB read + sort + write of the same files: {duck_s:.1f} s, {bytes_in / 1e6 / duck_s:.1f} MB/s "
+              f"(Floe / DuckDB time: {compact_s / duck_s:.2f}×)")
+        for line in summary:
+            print(f"- {line}")
+        print()
+        print("| query | before (s) | after (s) | speed-up |")
+        print("|---|---:|---:|---:|")
+        ups = []
+        for name, _, _ in QUERIES:
+            ups.append(before[name] / after[name])
+            print(f"| {name} | {before[name]:.3f} | {after[name]:.3f} | {ups[-1]:.1f}× |")
+        print(f"| geometric mean | | | {statistics.geometric_mean(ups):.1f}× |")
+        m = re.search(r"(\d+) snapshots expired", report)
+        print(f"\nsnapshots expired: {m.group(1) if m else '?'}")
+    finally:
+        floe_server.stop(proc)
+
+
+if __name__ == "__main__":
+    main()

@@ -87,7 +87,7 @@ def main():
                 "payload": {"page": f"/p/{i % 20}", "amount": (c + i) % 500, "currency": "EUR"},
             } for i in range(n)])
         load_s = time.time() - started
-        print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s")
+        print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s", flush=True)
 
         conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
                                    http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
@@ -101,6 +101,7 @@ def main():
         _, before_files = live_files(data)
         bytes_in = sum(f[2] for f in before_files)
         before = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
+        print(f"before: {len(before_files)} files; query seconds {before}", flush=True)
 
         # The peer: DuckDB reads the same files and writes them sorted into one ZSTD file.
         duck = duckdb.connect()
@@ -114,6 +115,7 @@ def main():
         report = floe(data, "--set", "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1",
                       "compact", "--tenant", TENANT)
         compact_s = time.perf_counter() - t
+        print(f"floe compact: {compact_s:.1f} s; DuckDB rewrite: {duck_s:.1f} s\n{report}", flush=True)
         summary = [line for line in report.splitlines() if line.startswith(("compacted:", f"{TENANT}.events: expired"))]
 
         table, after_files = live_files(data)
@@ -125,7 +127,7 @@ def main():
             assert len(sizes) <= math.ceil(sum(sizes) / TARGET) + 1, (part, sizes)
         arrow = table.scan().to_arrow()
         assert len(arrow) == checksum[0][0]
-        duck_rows = duck.sql(f"SELECT count(*) FROM read_parquet({[f[0] for f in after_files]!r})").fetchone()[0]
+        duck_rows = duck.sql(f"SELECT count(*) FROM read_parquet({[f[0] for f in after_files]!r})").fetchall()[0][0]
         assert duck_rows == checksum[0][0]
         after = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
 

@@ -607,11 +607,12 @@ async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow:
             tenant,
             table,
             plan,
+            seconds,
         } => {
             let in_bins: usize = plan.bins.iter().map(|b| b.files.len()).sum();
             let bytes_in_bins: u64 = plan.bins.iter().map(|b| b.bytes()).sum();
             println!(
-                "{tenant}.{table}: {} files ({}) in {} partitions; {} bins of {in_bins} files ({}) to rewrite",
+                "{tenant}.{table}: {} files ({}) in {} partitions; {} bins of {in_bins} files ({}) to rewrite ({seconds:.1} s to plan)",
                 plan.files,
                 mib(plan.bytes),
                 plan.partitions,
@@ -646,13 +647,14 @@ async fn compact(config: Config, tenant: Option<&str>, dry_run: bool) -> anyhow:
             table,
             report,
         } => println!(
-            "{tenant}.{table}: {} {} snapshots (kept {}); {} {} unreachable files ({} of data)",
+            "{tenant}.{table}: {} {} snapshots (kept {}); {} {} unreachable files ({} of data); {:.1} s",
             if dry_run { "would expire" } else { "expired" },
             report.snapshots_expired,
             report.snapshots_kept,
             if dry_run { "would delete" } else { "deleted" },
             report.files_deleted,
-            mib(report.data_bytes_deleted)
+            mib(report.data_bytes_deleted),
+            report.seconds
         ),
         Progress::Orphans {
             tenant,

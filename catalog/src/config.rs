@@ -62,7 +62,7 @@ impl Default for CompactionConfig {
             target_file_bytes: 128 << 20,
             zstd_level: 3,
             memory_limit_bytes: 512 << 20,
-            snapshot_max_age_secs: 3600,
+            snapshot_max_age_secs: 900,
             min_snapshots: 10,
             orphan_min_age_secs: 24 * 3600,
             interval_secs: 300,

@@ -57,6 +57,8 @@ pub struct ExpireReport {
     pub data_bytes_deleted: u64,
     /// Compare-and-swaps lost to commits before expiry's own landed.
     pub conflicts: u32,
+    /// Wall time, reading what the snapshots reach and deleting included.
+    pub seconds: f64,
     /// The objects deleted (or to delete).
     #[serde(skip)]
     pub deleted: Vec<String>,
@@ -71,6 +73,7 @@ pub struct OrphanReport {
     pub bytes_deleted: u64,
     /// Orphans younger than the safety age, left for a later run.
     pub orphans_too_young: usize,
+    pub seconds: f64,
     #[serde(skip)]
     pub deleted: Vec<String>,
 }
@@ -106,6 +109,7 @@ impl Catalog {
         policy: ExpirePolicy,
         dry_run: bool,
     ) -> Result<ExpireReport> {
+        let started = std::time::Instant::now();
         let mut conflicts = 0;
         let mut manifests = HashMap::new();
         loop {
@@ -119,6 +123,7 @@ impl Catalog {
                 ..ExpireReport::default()
             };
             if expire.is_empty() {
+                report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
             let kept = reach(&current, &keep, &HashSet::new(), true, &mut manifests).await?;
@@ -135,6 +140,7 @@ impl Catalog {
             report.files_deleted = garbage.len();
             if dry_run {
                 report.deleted = garbage;
+                report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
 
@@ -165,6 +171,7 @@ impl Catalog {
                 // Nothing can reach the garbage now: new commits start from the kept snapshots.
                 self.delete_objects(&garbage).await?;
                 report.deleted = garbage;
+                report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
             conflicts += 1;
@@ -204,6 +211,7 @@ impl Catalog {
         min_age: Duration,
         dry_run: bool,
     ) -> Result<OrphanReport> {
+        let started = std::time::Instant::now();
         // List first, then read the table: a file listed before the read is either reached by
         // the metadata read after it, or was written by a commit not yet swapped in (and is
         // then younger than any sane safety age).
@@ -268,6 +276,7 @@ impl Catalog {
             self.delete_keys(&orphans).await?;
         }
         report.deleted = orphans;
+        report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
 

@@ -14,9 +14,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
     DataContentType, DataFile, DataFileBuilder, Manifest, ManifestContentType, ManifestEntryRef,
-    ManifestWriterBuilder, Operation,
+    ManifestFile, ManifestWriterBuilder, Operation,
 };
 use iceberg::table::Table;
 
@@ -78,29 +79,44 @@ async fn live_entries_cached(
         .load()
         .await
         .map_err(Error::ice("reading the manifest list"))?;
+    if let Some(m) = list
+        .entries()
+        .iter()
+        .find(|m| m.content != ManifestContentType::Data)
+    {
+        return Err(Error::internal(format!(
+            "{}: delete manifests are not supported ({})",
+            table.identifier(),
+            m.manifest_path
+        )));
+    }
+    // Unseen manifests are read concurrently: a table of many small commits has thousands.
+    let unseen: Vec<ManifestFile> = list
+        .entries()
+        .iter()
+        .filter(|m| !seen.contains_key(&m.manifest_path))
+        .cloned()
+        .collect();
+    let unseen = unseen.into_iter().map(|m| {
+        let io = table.file_io().clone();
+        async move {
+            let manifest = m
+                .load_manifest(&io)
+                .await
+                .map_err(Error::ice("reading a manifest"))?;
+            Ok::<_, Error>((m.manifest_path, Arc::new(manifest)))
+        }
+    });
+    let loaded: Vec<(String, Arc<Manifest>)> = futures::stream::iter(unseen)
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    seen.extend(loaded);
     let mut live = Vec::new();
     for manifest in list.entries() {
-        if manifest.content != ManifestContentType::Data {
-            return Err(Error::internal(format!(
-                "{}: delete manifests are not supported ({})",
-                table.identifier(),
-                manifest.manifest_path
-            )));
+        if let Some(m) = seen.get(&manifest.manifest_path) {
+            live.extend(m.entries().iter().filter(|e| e.is_alive()).cloned());
         }
-        let m = match seen.get(&manifest.manifest_path) {
-            Some(m) => m.clone(),
-            None => {
-                let m = Arc::new(
-                    manifest
-                        .load_manifest(table.file_io())
-                        .await
-                        .map_err(Error::ice("reading a manifest"))?,
-                );
-                seen.insert(manifest.manifest_path.clone(), m.clone());
-                m
-            }
-        };
-        live.extend(m.entries().iter().filter(|e| e.is_alive()).cloned());
     }
     Ok(live)
 }

@@ -14,15 +14,15 @@ use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use floe_catalog::TenantId;
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind};
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{DataFileFormat, Manifest, PrimitiveLiteral};
+use iceberg::spec::{Manifest, PrimitiveLiteral};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::async_reader::ParquetObjectReader;
 
-use crate::{Compactor, Error, InputFile, Result};
+use crate::{Compactor, Error, Result};
 
 /// Unreferenced files younger than this are left alone by an erasure (a commit in flight may
 /// own them); one holding an erased user keeps the request pending until it is old enough.
@@ -160,21 +160,7 @@ impl Compactor {
     ) -> Result<bool> {
         let t = self.catalog.load_table(tenant, table).await?;
         // Every file is read: payloads can name a user whatever the `user_id` bounds say.
-        let candidates: Vec<(iceberg::spec::Struct, InputFile)> = live_entries(&t)
-            .await?
-            .iter()
-            .filter(|e| e.file_format() == DataFileFormat::Parquet)
-            .map(|e| {
-                (
-                    e.data_file().partition().clone(),
-                    InputFile {
-                        path: e.file_path().to_string(),
-                        bytes: e.file_size_in_bytes(),
-                        rows: e.record_count(),
-                    },
-                )
-            })
-            .collect();
+        let candidates = crate::parquet_inputs(&t).await?;
         let (mut removed, mut added, mut rows_removed) = (Vec::new(), Vec::new(), 0u64);
         for (partition, file) in candidates {
             let target = file.bytes.max(self.config.target_file_bytes);

@@ -202,22 +202,7 @@ impl Compactor {
             tracing::warn!(%tenant, table, "schema has evolved; not compacting");
             return Ok(TablePlan::default());
         }
-        let files = live_entries(&t)
-            .await?
-            .iter()
-            .filter(|e| e.file_format() == DataFileFormat::Parquet)
-            .map(|e| {
-                (
-                    e.data_file().partition().clone(),
-                    InputFile {
-                        path: e.file_path().to_string(),
-                        bytes: e.file_size_in_bytes(),
-                        rows: e.record_count(),
-                    },
-                )
-            })
-            .collect();
-        Ok(plan(files, target))
+        Ok(plan(parquet_inputs(&t).await?, target))
     }
 
     /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
@@ -376,6 +361,25 @@ impl Compactor {
         }
         writer.close().await.map_err(ice("closing parquet"))
     }
+}
+
+/// The live Parquet files of a table, with their partitions.
+pub(crate) async fn parquet_inputs(table: &Table) -> Result<Vec<(Struct, InputFile)>> {
+    Ok(live_entries(table)
+        .await?
+        .iter()
+        .filter(|e| e.file_format() == DataFileFormat::Parquet)
+        .map(|e| {
+            (
+                e.data_file().partition().clone(),
+                InputFile {
+                    path: e.file_path().to_string(),
+                    bytes: e.file_size_in_bytes(),
+                    rows: e.record_count(),
+                },
+            )
+        })
+        .collect())
 }
 
 /// `ts_day=2026-11-24`, as in the data file paths.

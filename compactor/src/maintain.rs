@@ -39,6 +39,7 @@ pub enum Progress<'a> {
         tenant: &'a TenantId,
         table: &'a str,
         plan: &'a TablePlan,
+        seconds: f64,
     },
     WouldRewrite {
         bin: &'a Bin,
@@ -124,7 +125,7 @@ impl Compactor {
                     continue;
                 }
                 let run = self
-                    .maintain_table(&tenant, &id, &table, options, progress)
+                    .maintain_table(&tenant, &id, &table, holder, options, progress)
                     .await;
                 if !options.dry_run {
                     let result = match &run {
@@ -150,9 +151,11 @@ impl Compactor {
         tenant: &Tenant,
         id: &TenantId,
         table: &str,
+        holder: &str,
         options: Options,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
     ) -> Result<TableRun> {
+        let lease = Duration::from_secs(self.config.lease_secs);
         let started = Instant::now();
         let mut run = TableRun::default();
         if let Some(days) = tenant.retention_days {
@@ -171,11 +174,13 @@ impl Compactor {
             .target_file_bytes
             .map(|b| b as u64)
             .unwrap_or(self.config.target_file_bytes);
+        let planning = Instant::now();
         let plan = self.plan_table_for(id, table, target).await?;
         progress(Progress::Plan {
             tenant: id,
             table,
             plan: &plan,
+            seconds: planning.elapsed().as_secs_f64(),
         });
         (run.files_before, run.bytes_before) = (plan.files, plan.bytes);
         (run.files_after, run.bytes_after) = (plan.files, plan.bytes);
@@ -184,6 +189,12 @@ impl Compactor {
             if options.dry_run {
                 progress(Progress::WouldRewrite { bin });
                 continue;
+            }
+            // Renew the lease per bin; if another compactor took the table over (this one
+            // stalled past its lease), stop here.
+            if !self.catalog.take_lease(id, table, holder, lease).await? {
+                tracing::warn!(tenant = %id, table, "lost the maintenance lease; stopping this table");
+                return Ok(run);
             }
             let done = self.run_bin(id, table, bin).await?;
             if done.committed {
@@ -202,6 +213,10 @@ impl Compactor {
         }
         run.rewrite_seconds = rewrite_started.elapsed().as_secs_f64();
 
+        if !options.dry_run && !self.catalog.take_lease(id, table, holder, lease).await? {
+            tracing::warn!(tenant = %id, table, "lost the maintenance lease; stopping this table");
+            return Ok(run);
+        }
         let policy = ExpirePolicy {
             max_age: Duration::from_secs(self.config.snapshot_max_age_secs),
             min_snapshots: self.config.min_snapshots,

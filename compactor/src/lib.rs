@@ -113,6 +113,16 @@ pub struct TablePlan {
     pub bytes: u64,
     pub partitions: usize,
     pub bins: Vec<Bin>,
+    /// Live files and bytes per partition (`ts_day=…`), before compaction.
+    pub partition_stats: Vec<PartitionStat>,
+}
+
+/// Files and bytes of one partition.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartitionStat {
+    pub partition: String,
+    pub files: usize,
+    pub bytes: u64,
 }
 
 /// The result of one bin.
@@ -128,6 +138,8 @@ pub struct BinDone {
     /// `false`: the inputs changed under the rewrite, or other commits kept winning (nothing
     /// committed, new files deleted; a later pass tries again).
     pub committed: bool,
+    /// Compare-and-swaps the bin's commit lost to other writers.
+    pub conflicts: u32,
 }
 
 /// Packs the small files of each partition into bins of about `target` bytes. Bins of one
@@ -202,7 +214,20 @@ impl Compactor {
             tracing::warn!(%tenant, table, "schema has evolved; not compacting");
             return Ok(TablePlan::default());
         }
-        Ok(plan(parquet_inputs(&t).await?, target))
+        let inputs = parquet_inputs(&t).await?;
+        let mut stats: std::collections::BTreeMap<String, PartitionStat> = Default::default();
+        for (partition, file) in &inputs {
+            let name = partition_text(&t, partition);
+            let stat = stats.entry(name.clone()).or_insert_with(|| PartitionStat {
+                partition: name,
+                ..PartitionStat::default()
+            });
+            stat.files += 1;
+            stat.bytes += file.bytes;
+        }
+        let mut plan = plan(inputs, target);
+        plan.partition_stats = stats.into_values().collect();
+        Ok(plan)
     }
 
     /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
@@ -222,15 +247,15 @@ impl Compactor {
             .catalog
             .commit_replace(tenant, table, removed, written)
             .await;
-        let committed = match outcome {
-            Ok(ReplaceOutcome::Committed { .. }) => true,
+        let (committed, conflicts) = match outcome {
+            Ok(ReplaceOutcome::Committed { conflicts, .. }) => (true, conflicts),
             Ok(ReplaceOutcome::InputsGone { missing }) => {
                 tracing::info!(%tenant, table, missing = missing.len(), "inputs changed; bin dropped");
-                false
+                (false, 0)
             }
             Ok(ReplaceOutcome::KeptLosing { conflicts }) => {
                 tracing::warn!(%tenant, table, conflicts, "other commits kept winning; bin dropped");
-                false
+                (false, conflicts)
             }
             Err(e) => {
                 self.delete(&paths).await;
@@ -249,6 +274,7 @@ impl Compactor {
             rows: bin.rows(),
             seconds: started.elapsed().as_secs_f64(),
             committed,
+            conflicts,
         })
     }
 

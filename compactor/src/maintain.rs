@@ -74,6 +74,8 @@ pub struct RetentionDone {
 /// One table's run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TableRun {
+    /// Live files and bytes per partition before the run.
+    pub partitions_before: Vec<crate::PartitionStat>,
     pub files_before: usize,
     pub bytes_before: u64,
     pub files_after: usize,
@@ -81,6 +83,8 @@ pub struct TableRun {
     pub retention: RetentionDone,
     pub bins_committed: usize,
     pub bins_dropped: usize,
+    /// Compare-and-swaps the bins' commits lost to other writers (ingest, other compactors).
+    pub commit_conflicts: u32,
     pub bytes_rewritten: u64,
     pub rewrite_seconds: f64,
     pub expire: ExpireReport,
@@ -183,6 +187,7 @@ impl Compactor {
             seconds: planning.elapsed().as_secs_f64(),
         });
         (run.files_before, run.bytes_before) = (plan.files, plan.bytes);
+        run.partitions_before = plan.partition_stats.clone();
         (run.files_after, run.bytes_after) = (plan.files, plan.bytes);
         let rewrite_started = Instant::now();
         for (i, bin) in plan.bins.iter().enumerate() {
@@ -197,6 +202,7 @@ impl Compactor {
                 return Ok(run);
             }
             let done = self.run_bin(id, table, bin).await?;
+            run.commit_conflicts += done.conflicts;
             if done.committed {
                 run.bins_committed += 1;
                 run.bytes_rewritten += done.bytes_in;

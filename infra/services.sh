@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local services for Floe's real stack, on loopback ports, with their data in a temp folder:
 #   - an S3-compatible server (MinIO where installed, else s3s-fs built from crates.io),
-#   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing).
+#   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing),
+#   - a Kafka-compatible broker (tansu, built from crates.io, SQLite storage in the folder).
 #
 #   infra/services.sh up             install what is missing, start, create the bucket and
 #                                    database; prints `export FLOE_…` lines on stdout, so that
@@ -10,12 +11,12 @@
 #   infra/services.sh env            the same export lines, for services already up
 #   infra/services.sh status         what runs
 #   infra/services.sh down           stop everything and delete the data
-#   infra/services.sh stop|start s3|postgres
+#   infra/services.sh stop|start s3|postgres|kafka
 #                                    stop or start one service, keeping its data (outage tests)
 #
 # Settings (environment): FLOE_SERVICES_DIR (data, logs, pids; default $TMPDIR/floe-services),
-# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_CACHE_DIR (where tools
-# built from crates.io are kept; default ~/.cache/floe).
+# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_SERVICES_KAFKA_PORT (19092),
+# FLOE_CACHE_DIR (where tools built from crates.io are kept; default ~/.cache/floe).
 # Progress goes to stderr; stdout carries only the export lines.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ CACHE="${FLOE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/floe}"
 TOOLS="$CACHE/tools"
 S3_PORT="${FLOE_SERVICES_S3_PORT:-19000}"
 PG_PORT="${FLOE_SERVICES_PG_PORT:-15432}"
+KAFKA_PORT="${FLOE_SERVICES_KAFKA_PORT:-19092}"
 BUCKET="floe"
 S3_KEY="floe-local"
 S3_SECRET="floe-local-secret"
@@ -151,6 +153,43 @@ pg_stop() {
   fi
 }
 
+# ---------------------------------------------------------------------------- Kafka
+
+# Apache Kafka cannot be fetched from the package registries; tansu speaks its protocol. Its
+# SQLite storage is used because the memory one cannot fetch from an offset inside a batch.
+kafka_binary() {
+  if [ -x "$TOOLS/bin/tansu" ]; then echo "$TOOLS/bin/tansu"; return; fi
+  if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
+  say "installing tansu 0.6.0 from crates.io into $TOOLS (about 10 minutes on 2 cores, once)"
+  cargo install --quiet --locked tansu@0.6.0 --features dynostore,postgres,libsql --root "$TOOLS" \
+    --target-dir "$CACHE/tools-target" >&2 || die "could not build tansu"
+  echo "$TOOLS/bin/tansu"
+}
+
+kafka_start() {
+  if alive "$DIR/kafka.pid"; then return; fi
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by something else (set FLOE_SERVICES_KAFKA_PORT)"
+  local bin
+  bin=$(kafka_binary)
+  mkdir -p "$DIR/kafka"
+  (cd "$DIR/kafka" && RUST_LOG="${FLOE_SERVICES_KAFKA_LOG:-warn}" nohup "$bin" broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine "sqlite://kafka.db" >"$DIR/kafka.log" 2>&1 &
+    echo $! >"$DIR/kafka.pid")
+  wait_port "$KAFKA_PORT" 60 || die "the Kafka broker did not start; see $DIR/kafka.log"
+  say "Kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
+}
+
+kafka_stop() {
+  if alive "$DIR/kafka.pid"; then
+    kill "$(cat "$DIR/kafka.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do alive "$DIR/kafka.pid" || break; sleep 0.1; done
+    kill -9 "$(cat "$DIR/kafka.pid")" 2>/dev/null || true
+  fi
+  rm -f "$DIR/kafka.pid"
+}
+
 # ---------------------------------------------------------------------------- commands
 
 print_env() {
@@ -162,6 +201,7 @@ export FLOE_S3_REGION=us-east-1
 export FLOE_S3_PATH_STYLE=true
 export FLOE_S3_ACCESS_KEY_ID=$S3_KEY
 export FLOE_S3_SECRET_ACCESS_KEY=$S3_SECRET
+export FLOE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 EOF
 }
 
@@ -169,6 +209,7 @@ status() {
   local ok=0
   if alive "$DIR/s3.pid" && port_open "$S3_PORT"; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; ok=1; fi
   if port_open "$PG_PORT" && [ -f "$DIR/pg/postmaster.pid" ]; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; ok=1; fi
+  if alive "$DIR/kafka.pid" && port_open "$KAFKA_PORT"; then echo "kafka: up on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: down"; ok=1; fi
   return $ok
 }
 
@@ -177,6 +218,7 @@ case "${1:-}" in
   up)
     s3_start
     pg_start
+    kafka_start
     print_env
     ;;
   env) print_env ;;
@@ -184,6 +226,7 @@ case "${1:-}" in
   down)
     s3_stop
     pg_stop
+    kafka_stop
     rm -rf "$DIR"
     say "stopped; data removed"
     ;;
@@ -191,14 +234,16 @@ case "${1:-}" in
     case "${2:-}" in
       s3) s3_stop ;;
       postgres) pg_stop ;;
-      *) die "usage: $0 stop s3|postgres" ;;
+      kafka) kafka_stop ;;
+      *) die "usage: $0 stop s3|postgres|kafka" ;;
     esac
     ;;
   start)
     case "${2:-}" in
       s3) s3_start ;;
       postgres) pg_start ;;
-      *) die "usage: $0 start s3|postgres" ;;
+      kafka) kafka_start ;;
+      *) die "usage: $0 start s3|postgres|kafka" ;;
     esac
     ;;
   *)

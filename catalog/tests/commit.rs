@@ -145,3 +145,92 @@ async fn racing_catalogs_both_land_and_old_metadata_is_bounded() {
         .count();
     assert_eq!(files, 101);
 }
+
+#[tokio::test]
+async fn kafka_positions_fence_zombies_and_skip_replays() {
+    use floe_catalog::table::{KafkaBatch, KafkaCommit, KafkaRange, kafka_positions};
+    use std::collections::BTreeMap;
+
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let t = TenantId::parse("acme").unwrap();
+    catalog.create_tenant(&t, "test").await.unwrap();
+    let batch = |group: &str, parts: &[(i32, Option<i64>, i64)]| KafkaBatch {
+        group: group.into(),
+        topic: "tenant-acme.events".into(),
+        partitions: parts
+            .iter()
+            .map(|&(p, expected, next)| (p, KafkaRange { expected, next }))
+            .collect(),
+    };
+    let commit = |b: KafkaBatch| {
+        let catalog = catalog.clone();
+        let t = t.clone();
+        async move {
+            catalog
+                .commit_append_kafka(&t, EVENTS_TABLE, vec![], &b)
+                .await
+                .unwrap()
+        }
+    };
+    let stored = |group: &'static str| {
+        let catalog = catalog.clone();
+        let t = t.clone();
+        async move {
+            let table = catalog.load_table(&t, EVENTS_TABLE).await.unwrap();
+            kafka_positions(table.metadata(), group, "tenant-acme.events").unwrap()
+        }
+    };
+
+    let first = commit(batch("g", &[(0, None, 10), (1, None, 5)])).await;
+    assert!(matches!(first, KafkaCommit::Committed { .. }), "{first:?}");
+    assert_eq!(stored("g").await, BTreeMap::from([(0, 10), (1, 5)]));
+
+    // A worker that read from the start again (a replay after a crash): already in.
+    assert_eq!(
+        commit(batch("g", &[(0, None, 7)])).await,
+        KafkaCommit::AlreadyCommitted
+    );
+    // A zombie whose batch reaches past what the table holds, from a stale start: fenced.
+    assert_eq!(
+        commit(batch("g", &[(0, None, 12)])).await,
+        KafkaCommit::Fenced {
+            stored: BTreeMap::from([(0, 10), (1, 5)])
+        }
+    );
+    // A start past the table's position would skip records: fenced too.
+    assert!(matches!(
+        commit(batch("g", &[(1, Some(8), 9)])).await,
+        KafkaCommit::Fenced { .. }
+    ));
+    // The owner goes on from the table's position.
+    assert!(matches!(
+        commit(batch("g", &[(0, Some(10), 20)])).await,
+        KafkaCommit::Committed { .. }
+    ));
+    // Partly committed (partition 1 is, partition 0 is not): fenced, nothing lands.
+    assert!(matches!(
+        commit(batch("g", &[(0, Some(20), 25), (1, Some(3), 5)])).await,
+        KafkaCommit::Fenced { .. }
+    ));
+    assert_eq!(stored("g").await, BTreeMap::from([(0, 20), (1, 5)]));
+
+    // Another consumer group keeps positions of its own, carried by every commit.
+    assert!(matches!(
+        commit(batch("h", &[(0, None, 3)])).await,
+        KafkaCommit::Committed { .. }
+    ));
+    assert_eq!(stored("g").await, BTreeMap::from([(0, 20), (1, 5)]));
+    assert_eq!(stored("h").await, BTreeMap::from([(0, 3)]));
+    let snapshots = catalog
+        .load_table(&t, EVENTS_TABLE)
+        .await
+        .unwrap()
+        .metadata()
+        .snapshots()
+        .count();
+    assert_eq!(
+        snapshots, 3,
+        "only the three committed batches made snapshots"
+    );
+}

@@ -23,6 +23,9 @@ use crate::event::{self, BodyError, Framing, Limits, Rejection, StoredEvent};
 pub struct HttpState {
     pub ingest: Ingest,
     pub auth: Authenticator,
+    /// Kafka mode (`kafka.brokers` set): accepted events go to the tenant's topic, and
+    /// `floe ingest kafka` commits them; otherwise to the local write-ahead log.
+    pub producer: Option<std::sync::Arc<crate::produce::Producer>>,
 }
 
 /// The ingest routes.
@@ -235,14 +238,38 @@ async fn post_events(
         )
     })??;
 
-    let submitted = st.ingest.submit(&tenant, accepted).await?;
-    let accepted = submitted.stored + submitted.duplicates;
-    let snapshot_id = if wait_visible {
-        let target = st.ingest.acked(&tenant);
-        Some(st.ingest.wait_visible(&tenant, target).await?.snapshot_id)
-    } else {
-        None
+    let (stored, duplicates, snapshot_id) = match &st.producer {
+        Some(producer) => {
+            let produced = producer.send(&tenant, accepted).await?;
+            let snapshot_id = if wait_visible {
+                let timeout = Duration::from_millis(cfg.wait_visible_timeout_ms);
+                Some(
+                    producer
+                        .wait_visible(
+                            st.ingest.catalog(),
+                            &tenant,
+                            &produced.last_offsets,
+                            timeout,
+                        )
+                        .await?,
+                )
+            } else {
+                None
+            };
+            (produced.stored, produced.duplicates, snapshot_id)
+        }
+        None => {
+            let submitted = st.ingest.submit(&tenant, accepted).await?;
+            let snapshot_id = if wait_visible {
+                let target = st.ingest.acked(&tenant);
+                Some(st.ingest.wait_visible(&tenant, target).await?.snapshot_id)
+            } else {
+                None
+            };
+            (submitted.stored, submitted.duplicates, snapshot_id)
+        }
     };
+    let accepted = stored + duplicates;
     let status = if accepted == 0 && !rejected.is_empty() {
         if rejected.iter().any(|r| r.code == "tenant_mismatch") {
             StatusCode::FORBIDDEN
@@ -254,7 +281,7 @@ async fn post_events(
     };
     let reply = EventsReply {
         accepted,
-        duplicates: submitted.duplicates,
+        duplicates,
         rejected: rejected.into_iter().map(Into::into).collect(),
         snapshot_id: snapshot_id.flatten(),
     };

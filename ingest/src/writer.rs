@@ -33,19 +33,40 @@ pub async fn write_events(
     events: &[&StoredEvent],
     zstd_level: i32,
 ) -> Result<Vec<DataFile>> {
+    let arrow_schema = arrow_schema_of(table)?;
+    let mut by_day: BTreeMap<i32, Vec<&StoredEvent>> = BTreeMap::new();
+    for e in events {
+        by_day.entry(day_of(e.ts)).or_default().push(e);
+    }
+    let mut batches = Vec::with_capacity(by_day.len());
+    for (day, rows) in by_day {
+        batches.push((day, to_batch(arrow_schema.clone(), tenant, &rows)?));
+    }
+    write_days(table, batches, zstd_level).await
+}
+
+/// The day (since the Unix epoch) of a time in microseconds.
+pub fn day_of(ts_us: i64) -> i32 {
+    ts_us.div_euclid(US_PER_DAY) as i32
+}
+
+/// The Arrow schema of a table's current schema (with Iceberg's field ids).
+pub fn arrow_schema_of(table: &Table) -> Result<arrow_schema::SchemaRef> {
+    let schema = table.metadata().current_schema();
+    Ok(Arc::new(
+        schema_to_arrow_schema(schema).map_err(ice("arrow schema"))?,
+    ))
+}
+
+/// Writes record batches of a table partitioned by one day transform, one batch per day.
+pub async fn write_days(
+    table: &Table,
+    batches: Vec<(i32, RecordBatch)>,
+    zstd_level: i32,
+) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(ice("arrow schema"))?);
-
-    let mut by_day: BTreeMap<i32, Vec<&StoredEvent>> = BTreeMap::new();
-    for e in events {
-        by_day
-            .entry(e.ts.div_euclid(US_PER_DAY) as i32)
-            .or_default()
-            .push(e);
-    }
-
     let level = ZstdLevel::try_new(zstd_level).map_err(|e| Error::Invalid {
         message: format!("ingest.zstd_level: {e}"),
     })?;
@@ -68,8 +89,7 @@ pub async fn write_events(
     let builder = DataFileWriterBuilder::new(rolling);
 
     let mut files = Vec::new();
-    for (day, rows) in by_day {
-        let batch = to_batch(arrow_schema.clone(), tenant, &rows)?;
+    for (day, batch) in batches {
         let key = PartitionKey::new(
             spec.clone(),
             schema.clone(),

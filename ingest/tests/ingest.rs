@@ -62,6 +62,7 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     let app = router(HttpState {
         ingest: ingest.clone(),
         auth: Authenticator::new(authority.clone(), catalog.clone()),
+        producer: None,
     });
     for b in 0..3 {
         let events: Vec<_> = (0..10)
@@ -112,6 +113,7 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     let app = router(HttpState {
         ingest: ingest.clone(),
         auth: Authenticator::new(authority, catalog.clone()),
+        producer: None,
     });
     let resp = app
         .oneshot(post(

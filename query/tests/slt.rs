@@ -135,6 +135,7 @@ async fn sqllogictest_files() {
     let app = router(HttpState {
         ingest: ingest_service.clone(),
         auth: Authenticator::new(authority.clone(), catalog.clone()),
+        producer: None,
     });
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
     let token = |t: &TenantId| {

@@ -1,0 +1,311 @@
+//! Producing events to tenant topics: `POST /v1/events` when `kafka.brokers` is set, topic
+//! creation for new tenants, and `floe dlq replay`.
+//!
+//! The producer is idempotent with `acks=all`: a record the broker acknowledged is in every
+//! in-sync replica, and the client's own retries do not write it twice. Records are keyed by
+//! `user_id` (else `event_id`), so one user's events stay in order within a partition. Client
+//! retries of an event with the same `event_id` are recognised within the de-duplication window
+//! of this process, as on the write-ahead-log path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_catalog::table::{EVENTS_TABLE, kafka_positions};
+use floe_catalog::{Catalog, Config, TenantId};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::value::RawValue;
+
+use crate::dedup::{self, Dedup};
+use crate::event::{Limits, StoredEvent, parse_event};
+use crate::kafka::client_config;
+use crate::{Error, Result};
+
+/// Sends events to `kafka.topic_template` topics.
+pub struct Producer {
+    inner: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    template: String,
+    group: String,
+    timeout: Duration,
+    partitions: i32,
+    replication: i32,
+    dedup: Arc<Dedup>,
+}
+
+/// What a produce did: per partition, the highest offset written.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub last_offsets: BTreeMap<i32, i64>,
+}
+
+impl Producer {
+    pub fn new(config: &Config) -> Result<Producer> {
+        if config.kafka.brokers.is_empty() {
+            return Err(Error::Invalid {
+                message: "no Kafka brokers: set kafka.brokers (FLOE_KAFKA_BROKERS)".into(),
+            });
+        }
+        let timeout = config.kafka.produce_timeout_ms.to_string();
+        let client = client_config(
+            config,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("message.timeout.ms", &timeout),
+                ("compression.type", "lz4"),
+            ],
+        );
+        let inner: FutureProducer = client.create().map_err(kafka_err("creating a producer"))?;
+        let admin: AdminClient<DefaultClientContext> = client_config(config, &[])
+            .create()
+            .map_err(kafka_err("creating an admin client"))?;
+        Ok(Producer {
+            inner,
+            admin,
+            template: config.kafka.topic_template.clone(),
+            group: config.kafka.group.clone(),
+            timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+            partitions: config.kafka.topic_partitions,
+            replication: config.kafka.replication_factor,
+            dedup: Arc::new(Dedup::new(
+                config.ingest.dedup_window_secs,
+                config.ingest.dedup_max_ids,
+            )),
+        })
+    }
+
+    /// The topic of a tenant's events.
+    pub fn topic(&self, tenant: &TenantId) -> String {
+        self.template.replace("{tenant}", tenant.as_str())
+    }
+
+    /// Creates the tenant's topic (`kafka.topic_partitions`; 0 turns this off). A topic that
+    /// exists already is fine; a broker that refuses (no rights, auto-creation only) is logged.
+    pub async fn create_topic(&self, tenant: &TenantId) -> Result<()> {
+        if self.partitions <= 0 {
+            return Ok(());
+        }
+        let topic = self.topic(tenant);
+        let new = NewTopic::new(
+            &topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        );
+        let results = self
+            .admin
+            .create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(self.timeout)),
+            )
+            .await
+            .map_err(kafka_err("creating a topic"))?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(%topic, partitions = self.partitions, "topic created"),
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    tracing::warn!(topic = %t, error = %code, "could not create the topic; the broker may create it on first use");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends events and waits for the broker's acknowledgement of every one. Retries of
+    /// already-sent `event_id`s (within the de-duplication window) are not sent again.
+    pub async fn send(&self, tenant: &TenantId, events: Vec<StoredEvent>) -> Result<Produced> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let keys: Vec<dedup::Key> = events
+            .iter()
+            .filter(|e| e.client_id)
+            .map(|e| dedup::key(tenant.as_str(), &e.event_id))
+            .collect();
+        let verdicts = self.dedup.admit(&keys, now);
+        let mut verdict = verdicts.iter();
+        let mut admitted = Vec::new();
+        let mut key = keys.iter();
+        let mut fresh = Vec::with_capacity(events.len());
+        for e in events {
+            if e.client_id {
+                let (Some(&v), Some(&k)) = (verdict.next(), key.next()) else {
+                    return Err(Error::Internal {
+                        message: "de-duplication verdicts out of step".into(),
+                    });
+                };
+                if !v {
+                    continue;
+                }
+                admitted.push(k);
+            }
+            fresh.push(e);
+        }
+        let duplicates = keys.len() - admitted.len();
+        match self.send_all(tenant, &fresh).await {
+            Ok(last_offsets) => Ok(Produced {
+                stored: fresh.len(),
+                duplicates,
+                last_offsets,
+            }),
+            Err(e) => {
+                self.dedup.forget(&admitted);
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_all(
+        &self,
+        tenant: &TenantId,
+        events: &[StoredEvent],
+    ) -> Result<BTreeMap<i32, i64>> {
+        let topic = self.topic(tenant);
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            let value = to_wire(tenant, e)?;
+            let key = e.user_id.clone().unwrap_or_else(|| e.event_id.clone());
+            let inner = &self.inner;
+            let topic = &topic;
+            pending.push(async move {
+                let record = FutureRecord::to(topic).key(&key).payload(&value);
+                inner
+                    .send(record, self.timeout)
+                    .await
+                    .map_err(|(e, _)| Error::Timeout {
+                        message: format!("kafka: producing to {topic}: {e}"),
+                    })
+            });
+        }
+        let mut last = BTreeMap::new();
+        for r in futures::future::join_all(pending).await {
+            let delivery = r?;
+            let (p, o) = (delivery.partition, delivery.offset);
+            let e = last.entry(p).or_insert(o);
+            *e = (*e).max(o);
+        }
+        Ok(last)
+    }
+
+    /// Waits until the tenant's table holds every record up to `last_offsets` (committed by
+    /// `floe ingest kafka` of group `kafka.group`); returns the snapshot.
+    pub async fn wait_visible(
+        &self,
+        catalog: &Catalog,
+        tenant: &TenantId,
+        last_offsets: &BTreeMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<Option<i64>> {
+        let topic = self.topic(tenant);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+            let stored = kafka_positions(table.metadata(), &self.group, &topic)?;
+            if last_offsets
+                .iter()
+                .all(|(p, o)| stored.get(p).is_some_and(|s| s > o))
+            {
+                return Ok(table.metadata().current_snapshot_id());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    message: format!(
+                        "events are in Kafka ({topic}) but not yet committed by the consumer \
+                         group {:?}: is `floe ingest kafka` running?",
+                        self.group
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An event as Floe writes it to Kafka: the validated, normalised form (an `event_id` always
+/// present, the timestamp in RFC 3339 with microseconds), which validates again unchanged.
+pub fn to_wire(tenant: &TenantId, e: &StoredEvent) -> Result<String> {
+    let ts = chrono::DateTime::from_timestamp_micros(e.ts)
+        .ok_or_else(|| Error::Internal {
+            message: format!("timestamp {} out of range", e.ts),
+        })?
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let payload = RawValue::from_string(e.payload.clone()).map_err(|err| Error::Internal {
+        message: format!("stored payload is not JSON: {err}"),
+    })?;
+    serde_json::to_string(&serde_json::json!({
+        "event_id": e.event_id,
+        "tenant_id": tenant.as_str(),
+        "type": e.kind,
+        "version": e.version,
+        "timestamp": ts,
+        "user_id": e.user_id,
+        "payload": payload,
+    }))
+    .map_err(|err| Error::Internal {
+        message: format!("serialising an event: {err}"),
+    })
+}
+
+/// What `floe dlq replay` did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub topic: String,
+    pub sent: usize,
+    /// (line number, why) of lines that still fail validation: not sent.
+    pub invalid: Vec<(usize, String)>,
+}
+
+/// Validates fixed events and sends the valid ones to the tenant's topic. A line is either a
+/// dead letter as `floe sql … 'SELECT * FROM events_dlq'` prints it (its `payload` text is the
+/// event) or an event object.
+pub async fn replay(producer: &Producer, tenant: &TenantId, text: &str) -> Result<Replayed> {
+    let mut done = Replayed {
+        topic: producer.topic(tenant),
+        ..Replayed::default()
+    };
+    let limits = Limits {
+        max_event_bytes: usize::MAX,
+        max_events: 1,
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let event_text = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(m)) if m.contains_key("reason") => {
+                match m.get("payload") {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    _ => {
+                        done.invalid
+                            .push((i + 1, "a dead letter without a payload text".into()));
+                        continue;
+                    }
+                }
+            }
+            _ => line.to_string(),
+        };
+        match parse_event(i, &event_text, tenant.as_str(), now, limits) {
+            Ok(e) => events.push(e),
+            Err(r) => done
+                .invalid
+                .push((i + 1, format!("{}: {}", r.code, r.message))),
+        }
+    }
+    if done.invalid.is_empty() {
+        done.sent = producer.send(tenant, events).await?.stored;
+    }
+    Ok(done)
+}
+
+fn kafka_err(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+    move |e| Error::Invalid {
+        message: format!("kafka: {context}: {e}"),
+    }
+}

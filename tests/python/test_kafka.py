@@ -1,0 +1,353 @@
+"""Kafka ingestion checked from outside Floe: records are produced with kafka-python (an
+independent client), `floe ingest kafka` workers are killed with SIGKILL, restarted, joined and
+left while they consume, and the tables are read back with pyiceberg.
+
+Needs the Kafka-compatible broker that `infra/services.sh up` starts (FLOE_TEST_KAFKA_BROKERS)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import FLOE, floe, free_port, iceberg_catalog, post, process_env, start, stop
+
+BROKERS = os.environ.get("FLOE_TEST_KAFKA_BROKERS")
+TENANTS = int(os.environ.get("FLOE_TEST_KAFKA_TENANTS", "20"))
+EVENTS = int(os.environ.get("FLOE_TEST_KAFKA_EVENTS", "200000"))
+
+
+@pytest.fixture(scope="module")
+def brokers():
+    assert BROKERS, "FLOE_TEST_KAFKA_BROKERS is not set: run eval \"$(infra/services.sh up)\" first"
+    return BROKERS
+
+
+def admin(brokers):
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=30000)
+
+
+def create_topics(brokers, topics, partitions=4):
+    from kafka.admin import NewTopic
+
+    a = admin(brokers)
+    a.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    a.close()
+
+
+class Workers:
+    """`floe ingest kafka` processes of one consumer group, each with its own log."""
+
+    def __init__(self, data, brokers, group, pattern, *extra):
+        self.data, self.brokers, self.group, self.pattern, self.extra = data, brokers, group, pattern, extra
+        self.procs = {}
+        self.started = 0
+
+    def start(self, name):
+        self.started += 1
+        log = open(self.data / f"worker-{name}-{self.started}.log", "w")
+        self.procs[name] = subprocess.Popen(
+            [FLOE, "--data-dir", str(self.data), *self.extra, "ingest", "kafka", "--brokers", self.brokers,
+             "--group", self.group, "--topic-pattern", self.pattern],
+            stderr=log, env=process_env(self.data))
+
+    def kill(self, name):
+        p = self.procs.pop(name)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+
+    def stop(self, name):
+        p = self.procs.pop(name)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, f"worker {name} did not stop cleanly"
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+    def check_alive(self):
+        for name, p in self.procs.items():
+            assert p.poll() is None, f"worker {name} exited with {p.returncode}; see {self.data}/worker-{name}-*.log"
+
+
+def event(tenant, i):
+    return {
+        "event_id": f"{tenant}-{i}",
+        "tenant_id": tenant,
+        "type": random.choice(["page_view", "purchase", "signup"]),
+        "timestamp": 1764000000 + i,
+        "user_id": f"u{i % 97}",
+        "payload": {"i": i, "page": f"/p/{i % 13}"},
+    }
+
+
+POISON = [
+    b"not json at all",
+    b"{\"type\": \"truncated\"",
+    b"\xff\xfe\x00 binary",
+    b"[1, 2, 3]",
+    json.dumps({"type": "x", "timestamp": 1764000000}).encode(),  # wrong tenant: filled below
+    json.dumps({"type": "no_timestamp"}).encode(),
+    json.dumps({"timestamp": 1764000000}).encode(),
+    json.dumps({"type": "x", "timestamp": "yesterday"}).encode(),
+    json.dumps({"type": "x", "timestamp": 1764000000, "payload": [1]}).encode(),
+    json.dumps({"type": "x", "timestamp": 1764000000, "version": -3}).encode(),
+]
+
+
+def table_rows(data, tenant, table, columns):
+    t = iceberg_catalog(data).load_table(f"{tenant}.{table}")
+    return t.scan(selected_fields=columns).to_arrow()
+
+
+def test_exactly_once_through_kills_and_rebalances(tmp_path, brokers):
+    """200,000 events over 20 tenant topics while two workers run; workers are SIGKILLed and
+    restarted five times at random moments and a third joins and leaves. Every tenant ends with
+    exactly what was produced, no event_id twice, and the ten poison records in events_dlq."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    tenants = [f"k{run}-{i}" for i in range(TENANTS)]
+    for t in tenants:
+        floe(data, "tenant", "create", t)
+    create_topics(brokers, [f"tenant-{t}.events" for t in tenants])
+    workers = Workers(data, brokers, f"g-{run}", rf"^tenant-(k{run}-[0-9]+)\.events$",
+                      "--set", "ingest.flush_interval_ms=200")
+    workers.start("a")
+    workers.start("b")
+
+    per_tenant = EVENTS // TENANTS
+    produced = {t: 0 for t in tenants}
+    poison_at = {}
+    done = threading.Event()
+    errors = []
+
+    def produce():
+        try:
+            p = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5, retries=10,
+                              max_in_flight_requests_per_connection=1)
+            rng = random.Random(7)
+            poison_slots = set(rng.sample(range(per_tenant * TENANTS), len(POISON)))
+            n = 0
+            start = time.monotonic()
+            for i in range(per_tenant):
+                for t in tenants:
+                    if n in poison_slots:
+                        k = len(poison_at)
+                        raw = POISON[k]
+                        if k == 4:
+                            raw = json.dumps({"type": "x", "timestamp": 1764000000,
+                                              "tenant_id": "someone-else"}).encode()
+                        poison_at[(t, k)] = p.send(f"tenant-{t}.events", value=raw)
+                    e = event(t, i)
+                    p.send(f"tenant-{t}.events", key=e["user_id"].encode(), value=json.dumps(e).encode())
+                    produced[t] += 1
+                    n += 1
+                    # A steady rate, so that the kills land while records flow (~40 s).
+                    if n % 1000 == 0:
+                        ahead = n / (EVENTS / 40) - (time.monotonic() - start)
+                        if ahead > 0:
+                            time.sleep(ahead)
+            p.flush()
+            for key, fut in list(poison_at.items()):
+                poison_at[key] = fut.get(timeout=30)
+            p.close()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+        finally:
+            done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    rng = random.Random()
+    kills = 0
+    third = False
+    t0 = time.monotonic()
+    while kills < 5 or not done.is_set():
+        time.sleep(rng.uniform(2, 7))
+        workers.check_alive()
+        if kills < 5:
+            victim = rng.choice(sorted(workers.procs))
+            workers.kill(victim)
+            time.sleep(rng.uniform(0, 2))
+            workers.start(victim)
+            kills += 1
+        if kills == 2 and not third:
+            workers.start("c")
+            third = True
+        if kills == 4 and "c" in workers.procs:
+            workers.stop("c")
+        assert time.monotonic() - t0 < 600, "producer did not finish"
+    producer.join()
+    assert not errors, errors
+    assert "c" not in workers.procs and third
+
+    expected = sum(produced.values())
+    assert expected == per_tenant * TENANTS
+    deadline = time.monotonic() + 240
+    counts = {}
+    while time.monotonic() < deadline:
+        workers.check_alive()
+        counts = {t: table_rows(data, t, "events", ("event_id",)).num_rows for t in tenants}
+        if counts == produced:
+            break
+        time.sleep(2)
+    workers.stop_all()
+    assert counts == produced, {t: (counts.get(t), produced[t]) for t in tenants if counts.get(t) != produced[t]}
+    for t in tenants:
+        ids = table_rows(data, t, "events", ("event_id",)).column("event_id").to_pylist()
+        assert len(ids) == len(set(ids)) == per_tenant, t
+        assert set(ids) == {f"{t}-{i}" for i in range(per_tenant)}, t
+
+    # The ten poison records, each once, at the offset the broker gave it.
+    dead = []
+    for t in {t for (t, _) in poison_at}:
+        rows = table_rows(data, t, "events_dlq", ("topic", "partition", "offset", "reason")).to_pylist()
+        dead += [(t, r["partition"], r["offset"], r["reason"]) for r in rows]
+    assert len(dead) == len(POISON), dead
+    want = sorted((t, md.partition, md.offset) for (t, _), md in poison_at.items())
+    assert sorted((t, p, o) for t, p, o, _ in dead) == want
+    reasons = {r for *_, r in dead}
+    assert {"malformed_json", "not_utf8", "not_an_object", "tenant_mismatch", "missing_field",
+            "invalid_timestamp", "invalid_payload", "invalid_version"} <= reasons, reasons
+
+
+def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
+    """`floe serve` with kafka.brokers produces accepted events to the tenant's topic (created
+    with the tenant); ?wait=visible answers once a worker committed them; a retried event_id is
+    not produced twice; a dead letter fixed and replayed becomes an event."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    tenant = f"h{run}"
+    group = f"g-{run}"
+    kafka = ["--set", f"kafka.brokers={brokers}", "--set", f"kafka.group={group}",
+             "--set", "ingest.flush_interval_ms=100"]
+    floe(data, *kafka, "tenant", "create", tenant)
+    topics = admin(brokers).list_topics()
+    assert f"tenant-{tenant}.events" in topics, "tenant creation did not create its topic"
+
+    proc, srv = start(data, *kafka)
+    workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)
+    workers.start("a")
+    try:
+        token = srv.token(tenant, "ingest")
+        batch = [{"event_id": f"e{i}", "type": "page_view", "timestamp": 1764000000 + i,
+                  "user_id": f"u{i % 5}", "payload": {"i": i}} for i in range(500)]
+        reply = post(srv.url, token, batch)
+        assert reply["accepted"] == 500 and reply["duplicates"] == 0
+        assert reply.get("snapshot_id"), reply
+        # Visible when the reply comes: the table holds all 500.
+        assert table_rows(data, tenant, "events", ("event_id",)).num_rows == 500
+        again = post(srv.url, token, batch[:10] + [{"event_id": "new", "type": "x", "timestamp": 1764000000}])
+        assert again["accepted"] == 11 and again["duplicates"] == 10
+        ids = table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist()
+        assert len(ids) == 501 == len(set(ids))
+
+        # A poison record, then its fixed version through `floe dlq replay`.
+        p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+        p.send(f"tenant-{tenant}.events", value=json.dumps({"event_id": "fixme", "type": "x"}).encode())
+        p.flush()
+        p.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if table_rows(data, tenant, "events_dlq", ("offset",)).num_rows == 1:
+                    break
+            except Exception:  # noqa: BLE001 - the table appears with the first dead letter
+                pass
+            time.sleep(0.5)
+        out = floe(data, "sql", "--tenant", tenant, "--format", "json", "SELECT * FROM events_dlq")
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        rows = rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
+        assert len(rows) == 1 and rows[0]["reason"] == "missing_field", rows
+        fixed = json.loads(rows[0]["payload"])
+        fixed["timestamp"] = 1764000999
+        rows[0]["payload"] = json.dumps(fixed)
+        (data / "fixed.jsonl").write_text(json.dumps(rows[0]) + "\n")
+        floe(data, *kafka, "dlq", "replay", "--tenant", tenant, "--file", str(data / "fixed.jsonl"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ids = table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist()
+            if "fixme" in ids:
+                break
+            time.sleep(0.5)
+        assert "fixme" in ids and len(ids) == 502
+        workers.check_alive()
+    finally:
+        workers.stop_all()
+        stop(proc)
+
+
+def test_frozen_worker_does_not_commit_twice(tmp_path, brokers):
+    """A worker frozen (SIGSTOP) with a batch in hand loses its partitions to another, which
+    commits the same records; thawed, the first one's batch must not land a second time."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    tenant = f"z{run}"
+    topic = f"tenant-{tenant}.events"
+    floe(data, "tenant", "create", tenant)
+    create_topics(brokers, [topic], partitions=1)
+    group = f"g-{run}"
+    pattern = rf"^tenant-({tenant})\.events$"
+    slow = Workers(data, brokers, group, pattern, "--set", "ingest.flush_interval_ms=4000")
+    fast = Workers(data, brokers, group, pattern, "--set", "ingest.flush_interval_ms=200")
+    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        for _ in range(n):
+            p.send(topic, value=json.dumps(event(tenant, sent)).encode())
+            sent += 1
+        p.flush()
+
+    def wait_rows(n, secs=90):
+        deadline = time.monotonic() + secs
+        rows = -1
+        while time.monotonic() < deadline:
+            rows = table_rows(data, tenant, "events", ("event_id",)).num_rows
+            if rows >= n:
+                return rows
+            time.sleep(0.3)
+        return rows
+
+    slow.start("a")
+    try:
+        send(500)
+        assert wait_rows(500) == 500
+        send(500)
+        time.sleep(2)  # in a's buffer, not committed (4 s interval)
+        frozen = slow.procs["a"]
+        frozen.send_signal(signal.SIGSTOP)
+        fast.start("b")
+        assert wait_rows(1000) == 1000, "b did not take the partition over"
+        send(100)
+        assert wait_rows(1100) == 1100
+        frozen.send_signal(signal.SIGCONT)
+        time.sleep(8)  # a's stale batch is due: it must find its records already in
+        send(100)
+        assert wait_rows(1200) == 1200
+        time.sleep(3)
+        ids = table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 1200
+        slow.check_alive()
+        fast.check_alive()
+    finally:
+        p.close()
+        for w in (slow, fast):
+            for name, proc in list(w.procs.items()):
+                proc.send_signal(signal.SIGCONT)
+            w.stop_all()
+    log = "".join((data / f).read_text() for f in os.listdir(data) if f.startswith("worker-a-"))
+    assert "already committed" in log or "fenced" in log, "the frozen worker's batch was not refused"

@@ -10,7 +10,10 @@ Needs a Kafka-compatible broker (`eval "$(infra/services.sh up)"` starts one) an
    while a producer sends `--rate` events/s for `--seconds`. Every 100th record's produce time is
    kept with its (partition, offset); a prober reads each table's current snapshot every 50 ms
    (catalog row, then the metadata file) and notes when the group's position passes the offset.
-   Latency = visible - produced (the poll period bounds the error: +0..50 ms).
+   Latency = visible - acknowledged by the broker (the poll period adds 0..50 ms). The worker's
+   own figure, first record of a batch received to its commit, is read from its /metrics.
+   `--plain-consumer` also times a plain consumer of the same topics: what the broker alone
+   adds before any client sees a record.
 2. Highest sustained rate: a backlog of `--backlog` events is produced first, then a worker
    starts; events/s = backlog / time until every table holds it all.
 3. The peer, same backlog, same machine: a Python consumer (confluent-kafka) appending each
@@ -46,8 +49,8 @@ def floe(data, *args):
 
 
 def create_topics(topics, partitions=4):
-    futures = AdminClient({"bootstrap.servers": BROKERS}).create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    admin = AdminClient({"bootstrap.servers": BROKERS})
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
     for f in futures.values():
         f.result()
 
@@ -83,10 +86,32 @@ class Positions:
         return sum(sum(self.of(t).values()) for t in tenants)
 
 
-def start_worker(data, log):
+METRICS_PORT = 19464
+
+
+def start_worker(data, log, prefix):
+    # Only this run's topics: the broker may hold other runs' and other tests' topics.
     return subprocess.Popen([FLOE, "--data-dir", str(data), "ingest", "kafka", "--brokers", BROKERS,
-                             "--group", GROUP, "--metrics-listen", "127.0.0.1:0"],
+                             "--group", GROUP, "--topic-pattern", rf"^tenant-({prefix}-[0-9]+)\.events$",
+                             "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"],
                             stderr=open(log, "w"))
+
+
+def worker_metrics():
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    return {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines()
+            if line.startswith(("floe_kafka_commit_ms{", "floe_kafka_records_per_commit{", "floe_kafka_commits_total"))}
+
+
+def send(producer, topic, value, **kw):
+    while True:
+        try:
+            producer.produce(topic, value, **kw)
+            return
+        except BufferError:  # the broker is behind: wait for deliveries
+            producer.poll(0.01)
 
 
 def stop(proc):
@@ -94,19 +119,19 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def steady(data, tenants, rate, seconds):
+def steady(data, tenants, rate, seconds, plain_consumer=False):
     rng = random.Random(1)
     positions = Positions(data)
-    worker = start_worker(data, data / "worker-steady.log")
+    worker = start_worker(data, data / "worker-steady.log", tenants[0].rsplit("-", 1)[0])
     time.sleep(3)
     producer = Producer({"bootstrap.servers": BROKERS, "acks": "all", "enable.idempotence": True,
                          "linger.ms": 5})
-    samples = []  # (tenant, produced_at, partition, offset)
+    samples = []  # (tenant, produced_at, acknowledged_at, partition, offset)
 
     def report(tenant, sent_at):
         def cb(err, msg):
             if err is None:
-                samples.append((tenant, sent_at, msg.partition(), msg.offset()))
+                samples.append((tenant, sent_at, time.monotonic(), msg.partition(), msg.offset()))
         return cb
 
     seen = {}  # (tenant, partition) -> [(time, position)]
@@ -122,16 +147,35 @@ def steady(data, tenants, rate, seconds):
                         hist.append((now, pos))
             time.sleep(0.05)
 
-    prober = threading.Thread(target=probe)
+    # A plain consumer of the same topics (its own group) notes when each record reaches a
+    # client at all: what the broker adds before any consumer can see a record.
+    arrivals = {}  # (tenant, partition) -> [(offset, time)]
+    consumer = None
+    if plain_consumer:
+        consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "fetch.wait.max.ms": 100})
+        consumer.subscribe([f"tenant-{t}.events" for t in tenants])
+
+    def listen():
+        while plain_consumer and not stop_probe.is_set():
+            for m in consumer.consume(num_messages=5000, timeout=0.1):
+                if not m.error():
+                    t = m.topic().removeprefix("tenant-").removesuffix(".events")
+                    arrivals.setdefault((t, m.partition()), []).append((m.offset(), time.monotonic()))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    prober = threading.Thread(target=probe, daemon=True)
     prober.start()
     total = rate * seconds
     t0 = time.monotonic()
     for i in range(total):
         t = tenants[i % len(tenants)]
         if i % 100 == 0:
-            producer.produce(f"tenant-{t}.events", event(t, i, rng), on_delivery=report(t, time.monotonic()))
+            send(producer, f"tenant-{t}.events", event(t, i, rng), on_delivery=report(t, time.monotonic()))
         else:
-            producer.produce(f"tenant-{t}.events", event(t, i, rng))
+            send(producer, f"tenant-{t}.events", event(t, i, rng))
         if i % 1000 == 0:
             producer.poll(0)
             ahead = i / rate - (time.monotonic() - t0)
@@ -145,21 +189,40 @@ def steady(data, tenants, rate, seconds):
     time.sleep(0.3)
     stop_probe.set()
     prober.join()
+    listener.join()
+    if consumer:
+        consumer.close()
+    metrics = worker_metrics()
     stop(worker)
-    lat = []
+    # Kafka-to-visible: from the broker's acknowledgement (the record is in Kafka) to the
+    # first snapshot holding it; the producer's own queueing and the broker's write are apart.
+    import bisect
+
+    lat, ack, delivered = [], [], []
     missing = 0
-    for t, sent, p, off in samples:
+    for t, sent, acked, p, off in samples:
+        got = arrivals.get((t, p), [])
+        i = bisect.bisect_left(got, (off, 0.0))
+        if i < len(got) and got[i][0] == off:
+            delivered.append(max(0.0, got[i][1] - acked) * 1000)
         hist = seen.get((t, p), [])
         when = next((ts for ts, pos in hist if pos > off), None)
+        ack.append((acked - sent) * 1000)
         if when is None:
             missing += 1
         else:
-            lat.append((when - sent) * 1000)
-    lat.sort()
-    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))]  # noqa: E731
+            lat.append(max(0.0, when - acked) * 1000)
+
+    def q(xs, f):
+        xs = sorted(xs)
+        return round(xs[min(len(xs) - 1, int(f * len(xs)))]) if xs else None
+
     return {"events": total, "produced_per_s": round(achieved), "samples": len(lat), "missing": missing,
-            "p50_ms": round(q(0.5)), "p90_ms": round(q(0.9)), "p99_ms": round(q(0.99)),
-            "max_ms": round(lat[-1])}
+            "visible_p50_ms": q(lat, 0.5), "visible_p90_ms": q(lat, 0.9), "visible_p99_ms": q(lat, 0.99),
+            "visible_max_ms": q(lat, 1.0),
+            "broker_to_plain_consumer_p50_ms": q(delivered, 0.5), "broker_to_plain_consumer_p99_ms": q(delivered, 0.99),
+            "produce_ack_p50_ms": q(ack, 0.5), "produce_ack_p99_ms": q(ack, 0.99),
+            "worker": metrics}
 
 
 def produce_backlog(topics, n):
@@ -168,7 +231,7 @@ def produce_backlog(topics, n):
                          "batch.num.messages": 10000})
     for i in range(n):
         t = topics[i % len(topics)]
-        producer.produce(f"tenant-{t}.events", event(t, i, rng))
+        send(producer, f"tenant-{t}.events", event(t, i, rng))
         if i % 10000 == 0:
             producer.poll(0)
     producer.flush()
@@ -176,7 +239,7 @@ def produce_backlog(topics, n):
 
 def drain(data, tenants, n):
     positions = Positions(data)
-    worker = start_worker(data, data / "worker-drain.log")
+    worker = start_worker(data, data / "worker-drain.log", tenants[0].rsplit("-", 1)[0])
     t0 = time.monotonic()
     while positions.total(tenants) < n:
         time.sleep(0.2)
@@ -199,10 +262,12 @@ def pyiceberg_sink(data, tenants, n):
     table = cat.create_table("peer.events", schema=schema)
     c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"peer-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    # Timed from the subscription, like the worker from its start: joining the group and the
+    # first fetch count for both.
+    t0 = time.monotonic()
     c.subscribe([f"tenant-{t}.events" for t in tenants])
     got = 0
     rows = {k: [] for k in schema.names}
-    t0 = None
 
     def flush():
         table.append(pa.table(rows, schema=schema))
@@ -213,8 +278,6 @@ def pyiceberg_sink(data, tenants, n):
         for m in c.consume(num_messages=10000, timeout=1.0):
             if m.error():
                 continue
-            if t0 is None:
-                t0 = time.monotonic()
             e = json.loads(m.value())
             rows["event_id"].append(e["event_id"])
             rows["type"].append(e["type"])
@@ -238,6 +301,9 @@ def main():
     ap.add_argument("--tenants", type=int, default=4)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-drain", action="store_true")
+    ap.add_argument("--plain-consumer", action="store_true",
+                    help="also time a plain consumer of the same topics (adds load to the broker)")
     args = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="floe-kafka-bench-"))
     run = uuid.uuid4().hex[:6]
@@ -247,9 +313,11 @@ def main():
     create_topics([f"tenant-{t}.events" for t in tenants])
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}; data {data}; broker {BROKERS}")
 
-    s = steady(data, tenants, args.rate, args.seconds)
+    s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer)
     print(f"steady {args.rate} events/s for {args.seconds} s over {args.tenants} tenants: {json.dumps(s)}")
 
+    if args.skip_drain:
+        return
     backlog_tenants = [f"d{run}-{i}" for i in range(args.tenants)]
     for t in backlog_tenants:
         floe(data, "tenant", "create", t)

@@ -545,6 +545,12 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
 
 /// `floe ingest kafka`: one consumer-group member until SIGTERM or Ctrl-C.
 async fn ingest_kafka(config: Config, metrics_listen: Option<&str>) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM while connecting still means a clean stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     let catalog = Catalog::open(&config).await?;
     let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
     if let Some(addr) = metrics_listen {
@@ -562,11 +568,6 @@ async fn ingest_kafka(config: Config, metrics_listen: Option<&str>) -> anyhow::R
         tracing::info!(listen = %listener.local_addr()?, "kafka worker metrics at /metrics");
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
     worker.run(stop_rx, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -99,11 +99,29 @@ impl Batch {
     }
 }
 
-/// Per partition: the offset expected next, and whether a seek to it was asked.
+/// Per partition: the offset expected next, and where a seek to it stands.
 #[derive(Debug, Clone, Copy)]
 struct Part {
     next: Option<i64>,
-    seeking: bool,
+    seek: Seek,
+}
+
+/// A seek runs off the worker loop; until librdkafka confirms it, records of the partition
+/// may still come from the old position and are dropped. After it, the first record is the
+/// first the broker has at or past the position: a gap before it is real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seek {
+    No,
+    Pending(u64),
+    Done,
+}
+
+/// A seek finished (`ok`) or failed.
+struct SeekDone {
+    topic: String,
+    partition: i32,
+    id: u64,
+    ok: bool,
 }
 
 struct TopicState {
@@ -314,7 +332,6 @@ enum Flushed {
 struct FlushDone {
     topic: String,
     ranges: BTreeMap<i32, KafkaRange>,
-    bytes: usize,
     first_at: Option<Instant>,
     outcome: Flushed,
 }
@@ -371,6 +388,9 @@ pub struct Worker {
     consumer: Arc<Kafka>,
     pattern: regex::Regex,
     pub metrics: Arc<Metrics>,
+    seeks: mpsc::UnboundedSender<SeekDone>,
+    seeks_done: Mutex<Option<mpsc::UnboundedReceiver<SeekDone>>>,
+    next_seek: AtomicU64,
 }
 
 impl Worker {
@@ -404,6 +424,9 @@ impl Worker {
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("isolation.level", "read_committed"),
                 ("session.timeout.ms", "10000"),
+                // A fetch answers after at most this long even when little is new: records
+                // reach the buffer sooner (the default 500 ms would add to every latency).
+                ("fetch.wait.max.ms", "100"),
                 ("heartbeat.interval.ms", "1000"),
                 ("topic.metadata.refresh.interval.ms", "5000"),
                 ("statistics.interval.ms", "5000"),
@@ -425,12 +448,16 @@ impl Worker {
         consumer
             .subscribe(&[&subscription])
             .map_err(kafka_err("subscribing"))?;
+        let (seeks, seeks_done) = mpsc::unbounded_channel();
         Ok(Worker {
             catalog,
             settings,
             consumer: Arc::new(consumer),
             pattern,
             metrics: Arc::new(Metrics::new()),
+            seeks,
+            seeks_done: Mutex::new(Some(seeks_done)),
+            next_seek: AtomicU64::new(1),
         })
     }
 
@@ -462,8 +489,15 @@ impl Worker {
     /// Consumes until `stop` turns true, then commits what it holds (within `grace`).
     pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) -> Result<()> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FlushDone>();
+        let mut seeks_done = self
+            .seeks_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| Error::Internal {
+                message: "kafka worker run twice".into(),
+            })?;
         let mut topics: HashMap<String, TopicState> = HashMap::new();
-        let mut in_flight = 0usize;
         let mut all_paused = false;
         let mut last_report = Instant::now();
         let tick = Duration::from_millis(50).min(self.settings.flush_interval);
@@ -474,9 +508,17 @@ impl Worker {
             }
             tokio::select! {
                 _ = stop.changed() => continue,
+                Some(seek) = seeks_done.recv() => {
+                    if let Some(part) = topics
+                        .get_mut(&seek.topic)
+                        .and_then(|s| s.parts.get_mut(&seek.partition))
+                        && part.seek == Seek::Pending(seek.id)
+                    {
+                        part.seek = if seek.ok { Seek::Done } else { Seek::No };
+                    }
+                }
                 done = done_rx.recv() => {
                     if let Some(done) = done {
-                        in_flight -= done.bytes;
                         self.finished(&mut topics, done);
                     }
                 }
@@ -492,8 +534,7 @@ impl Worker {
                             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                             let value = m.payload().map(|v| v.to_vec());
                             drop(m);
-                            in_flight += self
-                                .accept(&mut topics, &topic, partition, offset, key, value)
+                            self.accept(&mut topics, &topic, partition, offset, key, value)
                                 .await;
                         }
                     }
@@ -531,6 +572,11 @@ impl Worker {
                     state.paused = pause;
                 }
             }
+            // Buffered plus committing: what this worker holds of the records it read.
+            let in_flight: usize = topics
+                .values()
+                .map(|s| s.buf.bytes + s.flushing.unwrap_or(0))
+                .sum();
             let over = in_flight >= self.settings.max_in_flight_bytes;
             let under = in_flight < self.settings.max_in_flight_bytes / 2;
             if over && !all_paused {
@@ -675,17 +721,20 @@ impl Worker {
                 partition,
                 Part {
                     next,
-                    seeking: false,
+                    seek: Seek::No,
                 },
             );
         }
         let Some(part) = state.parts.get_mut(&partition) else {
             return 0;
         };
+        if matches!(part.seek, Seek::Pending(_)) {
+            return 0;
+        }
         match part.next {
             Some(n) if offset < n => return 0,
             Some(n) if offset > n => {
-                if !part.seeking {
+                if part.seek != Seek::Done {
                     tracing::debug!(
                         topic,
                         partition,
@@ -693,8 +742,7 @@ impl Worker {
                         expected = n,
                         "seeking to the table's position"
                     );
-                    part.seeking = true;
-                    self.seek(topic, partition, Some(n));
+                    part.seek = self.seek(topic, partition, Some(n));
                     return 0;
                 }
                 tracing::warn!(
@@ -707,14 +755,13 @@ impl Worker {
             }
             // The table holds nothing of this partition: start from its first record, wherever
             // Kafka's committed offset (advisory) would have started.
-            None if !part.seeking => {
-                part.seeking = true;
-                self.seek(topic, partition, None);
+            None if part.seek != Seek::Done => {
+                part.seek = self.seek(topic, partition, None);
                 return 0;
             }
             _ => {}
         }
-        part.seeking = false;
+        part.seek = Seek::No;
         let expected = part.next;
         part.next = Some(offset + 1);
         let buf = &mut state.buf;
@@ -781,16 +828,28 @@ impl Worker {
         )?)
     }
 
-    /// Seeks a partition to `offset` (`None`: its beginning). Errors (a partition no longer
-    /// assigned) are logged; the offset check catches anything read meanwhile.
-    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) {
-        let to = offset.map_or(Offset::Beginning, Offset::Offset);
-        if let Err(e) = self
-            .consumer
-            .seek(topic, partition, to, Duration::from_secs(10))
-        {
-            tracing::debug!(topic, partition, error = %e, "seek failed");
-        }
+    /// Seeks a partition to `offset` (`None`: its beginning) on a blocking thread, so that the
+    /// loop goes on with other partitions; the outcome comes back through `seeks`. A failed seek
+    /// (a partition no longer assigned) is logged; the next record of the partition retries.
+    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) -> Seek {
+        let id = self.next_seek.fetch_add(1, Ordering::Relaxed);
+        let consumer = self.consumer.clone();
+        let done = self.seeks.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let to = offset.map_or(Offset::Beginning, Offset::Offset);
+            let result = consumer.seek(&topic, partition, to, Duration::from_secs(10));
+            if let Err(e) = &result {
+                tracing::warn!(%topic, partition, error = %e, "seek failed");
+            }
+            let _ = done.send(SeekDone {
+                topic,
+                partition,
+                id,
+                ok: result.is_ok(),
+            });
+        });
+        Seek::Pending(id)
     }
 
     fn set_paused(&self, topic: &str, pause: bool) {
@@ -928,9 +987,8 @@ impl Worker {
                         let next = stored.get(&p).copied();
                         *part = Part {
                             next,
-                            seeking: true,
+                            seek: self.seek(&done.topic, p, next),
                         };
-                        self.seek(&done.topic, p, next);
                     }
                 }
             }
@@ -960,12 +1018,11 @@ impl Worker {
         let zstd = self.settings.zstd_level;
         tokio::spawn(async move {
             let ranges = batch.ranges.clone();
-            let (bytes, first_at) = (batch.bytes, batch.first_at);
+            let first_at = batch.first_at;
             let outcome = flush(&catalog, &tenant, &group, &topic, batch, zstd).await;
             let _ = done.send(FlushDone {
                 topic,
                 ranges,
-                bytes,
                 first_at,
                 outcome,
             });

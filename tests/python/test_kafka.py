@@ -174,7 +174,8 @@ def test_exactly_once_through_kills_and_rebalances(tmp_path, brokers):
         time.sleep(rng.uniform(2, 7))
         workers.check_alive()
         if kills < 5:
-            victim = rng.choice(sorted(workers.procs))
+            # The two long-lived workers; the third only joins and leaves.
+            victim = rng.choice(["a", "b"])
             workers.kill(victim)
             time.sleep(rng.uniform(0, 2))
             workers.start(victim)
@@ -330,6 +331,10 @@ def test_frozen_worker_does_not_commit_twice(tmp_path, brokers):
         time.sleep(2)  # in a's buffer, not committed (4 s interval)
         frozen = slow.procs["a"]
         frozen.send_signal(signal.SIGSTOP)
+        # Past a's session (10 s) before b joins: the group then forms without a. (Joining
+        # earlier works on Apache Kafka too, but tansu does not rebalance when it drops a
+        # member for a missed heartbeat while the others keep their subscription.)
+        time.sleep(12)
         fast.start("b")
         assert wait_rows(1000) == 1000, "b did not take the partition over"
         send(100)
@@ -349,5 +354,8 @@ def test_frozen_worker_does_not_commit_twice(tmp_path, brokers):
             for name, proc in list(w.procs.items()):
                 proc.send_signal(signal.SIGCONT)
             w.stop_all()
+    # Thawed, a learns it lost the partition (revoked: its batch is dropped) or tries to commit
+    # its batch (refused as already committed, or fenced), whichever comes first.
     log = "".join((data / f).read_text() for f in os.listdir(data) if f.startswith("worker-a-"))
-    assert "already committed" in log or "fenced" in log, "the frozen worker's batch was not refused"
+    assert ("batch was already committed" in log or "fenced: another worker" in log
+            or "partitions revoked" in log), "the frozen worker never learnt it lost the partition"

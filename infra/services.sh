@@ -172,11 +172,12 @@ kafka_start() {
   local bin
   bin=$(kafka_binary)
   mkdir -p "$DIR/kafka"
-  (cd "$DIR/kafka" && RUST_LOG="${FLOE_SERVICES_KAFKA_LOG:-warn}" nohup "$bin" broker \
+  # The subshell execs the broker, so that $! is the broker itself (stop kills it).
+  (cd "$DIR/kafka" && RUST_LOG="${FLOE_SERVICES_KAFKA_LOG:-warn}" exec "$bin" broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://kafka.db" >"$DIR/kafka.log" 2>&1 &
-    echo $! >"$DIR/kafka.pid")
+    --storage-engine "sqlite://kafka.db") >"$DIR/kafka.log" 2>&1 &
+  echo $! >"$DIR/kafka.pid"
   wait_port "$KAFKA_PORT" 60 || die "the Kafka broker did not start; see $DIR/kafka.log"
   say "Kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
 }

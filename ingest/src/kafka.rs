@@ -899,39 +899,31 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for n in notices {
-            match n {
-                Notice::Assigned(list) => {
-                    tracing::info!(partitions = list.len(), "partitions assigned");
-                    // Assignment resets pauses; positions load on each partition's first record,
-                    // and nothing buffered before may mix with what is read from there.
-                    let mut by_topic: HashMap<String, HashSet<i32>> = HashMap::new();
-                    for (topic, p) in list {
-                        by_topic.entry(topic).or_default().insert(p);
+            let (list, assigned) = match n {
+                Notice::Assigned(list) => (list, true),
+                Notice::Revoked(list) => (list, false),
+            };
+            tracing::info!(
+                partitions = list.len(),
+                "partitions {}",
+                if assigned { "assigned" } else { "revoked" }
+            );
+            // Either way the partitions start over: a revoked one's records are the new
+            // owner's; an assigned one loads its position on its first record, and nothing
+            // buffered before may mix with what is read from there.
+            let mut by_topic: HashMap<String, HashSet<i32>> = HashMap::new();
+            for (topic, p) in list {
+                by_topic.entry(topic).or_default().insert(p);
+            }
+            for (topic, parts) in by_topic {
+                if let Some(state) = topics.get_mut(&topic) {
+                    for p in &parts {
+                        state.parts.remove(p);
                     }
-                    for (topic, parts) in by_topic {
-                        if let Some(state) = topics.get_mut(&topic) {
-                            for p in &parts {
-                                state.parts.remove(p);
-                            }
-                            state.buf.drop_partitions(&parts);
-                            state.paused = false;
-                        }
-                    }
-                }
-                Notice::Revoked(list) => {
-                    tracing::info!(partitions = list.len(), "partitions revoked");
-                    let mut by_topic: HashMap<String, HashSet<i32>> = HashMap::new();
-                    for (topic, p) in list {
-                        by_topic.entry(topic).or_default().insert(p);
-                    }
-                    for (topic, parts) in by_topic {
-                        if let Some(state) = topics.get_mut(&topic) {
-                            for p in &parts {
-                                state.parts.remove(p);
-                            }
-                            // Their records are the new owner's now.
-                            state.buf.drop_partitions(&parts);
-                        }
+                    state.buf.drop_partitions(&parts);
+                    if assigned {
+                        // An assignment starts unpaused.
+                        state.paused = false;
                     }
                 }
             }

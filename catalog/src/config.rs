@@ -53,6 +53,11 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// A produce (HTTP in Kafka mode) waits this long for the broker's acknowledgement.
     pub produce_timeout_ms: u64,
+    /// A partition of a consumed topic that is behind, read by no member (its group offset
+    /// has not moved for this long), makes a worker leave and rejoin the group so that the
+    /// coordinator assigns it again (0: never). Guards against a coordinator that drops a
+    /// dead member without starting a new generation.
+    pub stall_rejoin_ms: u64,
     /// Extra client settings passed to librdkafka as they are (`security.protocol`,
     /// `sasl.mechanisms`, …), for the consumer and the producer.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -69,6 +74,7 @@ impl Default for KafkaConfig {
             topic_partitions: 4,
             replication_factor: -1,
             produce_timeout_ms: 30_000,
+            stall_rejoin_ms: 30_000,
             properties: Default::default(),
         }
     }
@@ -506,6 +512,11 @@ fn set_key(root: &mut toml::Value, key: &str, raw: &str) -> Result<()> {
     }
     let last = parts[parts.len() - 1];
     let table = node.as_table_mut().ok_or_else(unknown)?;
+    // `kafka.properties` is a free-form map of librdkafka settings: any key, text values.
+    if parts.len() == 3 && parts[..2] == ["kafka", "properties"] {
+        table.insert(last.to_string(), toml::Value::String(raw.to_string()));
+        return Ok(());
+    }
     let existing = table.get(last).ok_or_else(unknown)?;
     let bad = |what: &str| Error::Config {
         message: format!("{key} must be {what}, got {raw:?}"),
@@ -579,6 +590,14 @@ mod tests {
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("ingest.flush_max_rows"), "{err}");
         assert!(Config::load(None, vec![], &[("ingest.flush_max_rows", "0".into())]).is_err());
+    }
+
+    #[test]
+    fn kafka_properties_take_any_key() {
+        let c = Config::load(None, vec![], &[("kafka.properties.debug", "cgrp".into())]).unwrap();
+        assert_eq!(c.kafka.properties["debug"], "cgrp");
+        assert!(Config::load(None, vec![], &[("kafka.nope", "1".into())]).is_err());
+        assert!(Config::load(None, vec![], &[("kafka.properties.a.b", "1".into())]).is_err());
     }
 
     #[test]

@@ -11,6 +11,18 @@ use std::sync::Mutex;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::event::StoredEvent;
+
+/// Events split by [`Dedup::admit_events`].
+pub struct Admission {
+    /// The events to store, in their order.
+    pub fresh: Vec<StoredEvent>,
+    /// Keys remembered for them: [`Dedup::forget`] them if storing fails.
+    pub admitted: Vec<Key>,
+    /// Retries left out.
+    pub duplicates: usize,
+}
+
 /// Hash of a `(tenant, event_id)` pair.
 pub type Key = u128;
 
@@ -64,6 +76,36 @@ impl Dedup {
             .collect();
         self.evict(&mut inner, now_us);
         verdicts
+    }
+
+    /// Leaves out the events of `tenant` whose producer-supplied `event_id` was seen within
+    /// the window (generated ids are always fresh) and remembers the others.
+    pub fn admit_events(&self, tenant: &str, events: Vec<StoredEvent>, now_us: i64) -> Admission {
+        let keys: Vec<Key> = events
+            .iter()
+            .filter(|e| e.client_id)
+            .map(|e| key(tenant, &e.event_id))
+            .collect();
+        let mut verdicts = self.admit(&keys, now_us).into_iter().zip(keys);
+        let mut out = Admission {
+            fresh: Vec::with_capacity(events.len()),
+            admitted: Vec::new(),
+            duplicates: 0,
+        };
+        for e in events {
+            if e.client_id {
+                // One verdict per key, in the events' order.
+                match verdicts.next() {
+                    Some((true, k)) => out.admitted.push(k),
+                    _ => {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                }
+            }
+            out.fresh.push(e);
+        }
+        out
     }
 
     /// Remembers keys accepted earlier (at `at_us`), as found on start.
@@ -145,5 +187,32 @@ mod tests {
         assert_eq!(d.admit(&[keys[4]], 2), vec![false]);
         d.forget(&[keys[4]]);
         assert_eq!(d.admit(&[keys[4]], 3), vec![true]);
+    }
+
+    #[test]
+    fn admit_events_leaves_out_retries_of_client_ids_only() {
+        let d = Dedup::new(10, 100);
+        let ev = |id: &str, client_id: bool| StoredEvent {
+            event_id: id.into(),
+            kind: "k".into(),
+            version: 1,
+            ts: 0,
+            received_at: 0,
+            user_id: None,
+            payload: "{}".into(),
+            client_id,
+        };
+        let first = d.admit_events("t", vec![ev("a", true), ev("g", false), ev("a", true)], 0);
+        let ids: Vec<_> = first.fresh.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["a", "g"]);
+        assert_eq!((first.admitted.len(), first.duplicates), (1, 1));
+        // A generated id is never a duplicate; a client id retried is.
+        let again = d.admit_events("t", vec![ev("g", false), ev("a", true), ev("b", true)], 1);
+        let ids: Vec<_> = again.fresh.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["g", "b"]);
+        assert_eq!(again.duplicates, 1);
+        d.forget(&again.admitted);
+        assert_eq!(d.admit_events("u", vec![ev("b", true)], 2).duplicates, 0);
+        assert_eq!(d.admit_events("t", vec![ev("b", true)], 2).duplicates, 0);
     }
 }

@@ -40,7 +40,9 @@ use hdrhistogram::Histogram;
 use iceberg::spec::DataFile;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -127,6 +129,10 @@ struct SeekDone {
 struct TopicState {
     tenant: Option<TenantId>,
     parts: HashMap<i32, Part>,
+    /// The table's positions of the topic, read for the first partition that needed them
+    /// since the last assignment, revocation or fence: the others of the same assignment
+    /// start from the same read instead of one table load each.
+    positions: Option<BTreeMap<i32, i64>>,
     buf: Batch,
     /// Bytes of the batch being committed.
     flushing: Option<usize>,
@@ -144,6 +150,8 @@ enum Notice {
 /// The consumer's context: collects rebalances and the brokers' high watermarks.
 pub struct WorkerContext {
     notices: Mutex<Vec<Notice>>,
+    /// Rebalances seen (assignments and revocations).
+    rebalances: AtomicU64,
     high_watermarks: Mutex<HashMap<(String, i32), i64>>,
 }
 
@@ -186,6 +194,7 @@ impl ConsumerContext for WorkerContext {
                 return;
             }
         };
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         self.notices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -195,6 +204,215 @@ impl ConsumerContext for WorkerContext {
 
 type Kafka = StreamConsumer<WorkerContext>;
 
+/// Watches for partitions that no member of the group reads.
+///
+/// A coordinator that drops a member for a missed heartbeat must start a new generation so
+/// that the survivors take over its partitions. tansu 0.6 does not: it forgets the member,
+/// keeps the generation, and the survivors, whose heartbeats still succeed, never rejoin; the
+/// dead member's partitions are read by nobody until some member joins or leaves. No client
+/// setting recovers from that, so the worker looks for it. Every half `after`, it asks the
+/// brokers for the partitions of the consumed topics it does not own whose records run past
+/// the group's committed offset. One whose offset has not moved for `after`, whose tenant
+/// exists (a missing tenant's topic is held on purpose) and that has a record to read there
+/// (not only transaction markers or aborted records, checked with a group-less consumer) is
+/// read by nobody: the worker leaves and rejoins the group. The leave starts a new
+/// generation, which assigns every partition to a live member. Rejoins back off (doubling up
+/// to 10 minutes) while a stall persists, since then something else is wrong (a member alive
+/// but unable to commit).
+struct StallWatch {
+    after: Duration,
+    consumer: Arc<Kafka>,
+    pattern: regex::Regex,
+    subscription: String,
+    catalog: Catalog,
+    metrics: Arc<Metrics>,
+    /// Settings of the group-less consumer that peeks at a stalled partition.
+    peek: ClientConfig,
+    /// Partition → (the group's offset, first seen at that offset).
+    since: HashMap<(String, i32), (i64, Instant)>,
+}
+
+impl StallWatch {
+    /// Probes until the worker drops it; a failed rejoin is fatal to the worker.
+    async fn run(mut self, fatal: mpsc::UnboundedSender<Error>) {
+        let mut next_rejoin = Instant::now();
+        let mut backoff = self.after;
+        loop {
+            tokio::time::sleep(self.after / 2).await;
+            let started = Instant::now();
+            let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
+            let (consumer, pattern) = (self.consumer.clone(), self.pattern.clone());
+            let behind = match tokio::task::spawn_blocking(move || {
+                probe_behind(&consumer, &pattern)
+            })
+            .await
+            {
+                Ok(Ok(behind)) => behind,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "stall probe failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if self.consumer.context().rebalances.load(Ordering::Relaxed) != rebalances {
+                // Owners changed while probing: what it saw says nothing.
+                self.since.clear();
+                continue;
+            }
+            let mut stalled = Vec::new();
+            let mut since = HashMap::new();
+            for (tp, at) in behind {
+                let first = match self.since.get(&tp) {
+                    Some(&(o, t)) if o == at => t,
+                    _ => started,
+                };
+                if started.duration_since(first) >= self.after {
+                    stalled.push((tp.clone(), at));
+                }
+                since.insert(tp, (at, first));
+            }
+            self.since = since;
+            let stalled = self.unread(stalled).await;
+            if stalled.is_empty() {
+                backoff = self.after;
+                continue;
+            }
+            if Instant::now() < next_rejoin {
+                continue;
+            }
+            tracing::warn!(
+                partitions = ?stalled,
+                secs = self.after.as_secs(),
+                "partitions behind the group's offset have had no reader; rejoining the group so that they are assigned"
+            );
+            self.metrics.rejoins.fetch_add(1, Ordering::Relaxed);
+            self.consumer.unsubscribe();
+            if let Err(e) = self.consumer.subscribe(&[&self.subscription]) {
+                let _ = fatal.send(kafka_err("subscribing again")(e));
+                return;
+            }
+            self.since.clear();
+            next_rejoin = Instant::now() + backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(600));
+        }
+    }
+
+    /// Of the stalled partitions, those of existing tenants with a record to read.
+    async fn unread(&self, stalled: Vec<((String, i32), i64)>) -> Vec<(String, i32)> {
+        let mut exists: HashMap<String, bool> = HashMap::new();
+        let mut kept = Vec::new();
+        for ((topic, p), at) in stalled {
+            if !exists.contains_key(&topic) {
+                let found = match self
+                    .pattern
+                    .captures(&topic)
+                    .and_then(|c| c.get(1))
+                    .and_then(|t| TenantId::parse(t.as_str()).ok())
+                {
+                    Some(tenant) => !matches!(
+                        self.catalog.load_table(&tenant, EVENTS_TABLE).await,
+                        Err(e) if e.kind() == ErrorKind::NotFound
+                    ),
+                    None => false,
+                };
+                exists.insert(topic.clone(), found);
+            }
+            if exists[&topic] {
+                kept.push(((topic, p), at));
+            }
+        }
+        if kept.is_empty() {
+            return Vec::new();
+        }
+        let peek = self.peek.clone();
+        match tokio::task::spawn_blocking(move || peek_readable(&peek, &kept)).await {
+            Ok(Ok(mut readable)) => {
+                readable.sort();
+                readable
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "stall probe could not read the partitions");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Partitions of the consumed topics this worker does not own whose records run past the
+/// group's committed offset (its start when none), with that offset. Blocking.
+fn probe_behind(consumer: &Kafka, pattern: &regex::Regex) -> Result<HashMap<(String, i32), i64>> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(kafka_err("reading topic metadata"))?;
+    let own: HashSet<(String, i32)> = consumer
+        .assignment()
+        .map_err(kafka_err("reading the assignment"))?
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        if t.error().is_some() || !pattern.is_match(t.name()) {
+            continue;
+        }
+        for p in t.partitions() {
+            if !own.contains(&(t.name().to_string(), p.id())) {
+                tpl.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    let mut behind = HashMap::new();
+    if tpl.count() == 0 {
+        return Ok(behind);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(kafka_err("reading the group's offsets"))?;
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), timeout)
+            .map_err(kafka_err("reading watermarks"))?;
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if high > at {
+            behind.insert((e.topic().to_string(), e.partition()), at);
+        }
+    }
+    Ok(behind)
+}
+
+/// Of `parts` (partition, offset), those with a committed record at or past the offset,
+/// read by a consumer outside any group. Blocking; gives up on a partition after 5 s.
+fn peek_readable(
+    config: &ClientConfig,
+    parts: &[((String, i32), i64)],
+) -> Result<Vec<(String, i32)>> {
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(kafka_err("creating the stall probe's consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), at) in parts {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*at))
+            .map_err(kafka_err("assigning the stall probe"))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the stall probe"))?;
+    let mut found = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while found.len() < parts.len() && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            found.insert((m.topic().to_string(), m.partition()));
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
 /// Figures of one worker, in the shape a metrics endpoint exposes
 /// (see [`Metrics::prometheus`]).
 pub struct Metrics {
@@ -203,6 +421,7 @@ pub struct Metrics {
     pub dead_letters: AtomicU64,
     pub fenced: AtomicU64,
     pub paused: AtomicU64,
+    pub rejoins: AtomicU64,
     records_per_commit: Mutex<Histogram<u64>>,
     commit_ms: Mutex<Histogram<u64>>,
     /// Per (topic, partition): the position committed to the table, as this worker knows it.
@@ -220,6 +439,7 @@ impl Metrics {
             dead_letters: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             paused: AtomicU64::new(0),
+            rejoins: AtomicU64::new(0),
             records_per_commit: hist(),
             commit_ms: hist(),
             committed: Mutex::new(HashMap::new()),
@@ -291,6 +511,12 @@ impl Metrics {
             "Times partitions were paused for backpressure.",
             self.paused.load(Ordering::Relaxed),
         );
+        counter(
+            &mut s,
+            "floe_kafka_rejoins_total",
+            "Times the worker rejoined the group because partitions had no reader.",
+            self.rejoins.load(Ordering::Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP floe_kafka_consumer_lag Records behind the high watermark, per tenant.\n\
@@ -347,6 +573,8 @@ pub struct WorkerSettings {
     pub max_in_flight_bytes: usize,
     pub zstd_level: i32,
     pub limits: Limits,
+    /// See [`StallWatch`]; `None`: off.
+    pub stall_rejoin: Option<Duration>,
 }
 
 impl WorkerSettings {
@@ -363,6 +591,8 @@ impl WorkerSettings {
                 max_event_bytes: config.ingest.max_event_bytes,
                 max_events: 1,
             },
+            stall_rejoin: (config.kafka.stall_rejoin_ms > 0)
+                .then(|| Duration::from_millis(config.kafka.stall_rejoin_ms)),
         }
     }
 }
@@ -387,6 +617,10 @@ pub struct Worker {
     settings: WorkerSettings,
     consumer: Arc<Kafka>,
     pattern: regex::Regex,
+    /// The pattern as librdkafka takes it.
+    subscription: String,
+    /// Settings of the stall watch's group-less consumer.
+    peek: ClientConfig,
     pub metrics: Arc<Metrics>,
     seeks: mpsc::UnboundedSender<SeekDone>,
     seeks_done: Mutex<Option<mpsc::UnboundedReceiver<SeekDone>>>,
@@ -436,6 +670,7 @@ impl Worker {
         let consumer: Kafka = client
             .create_with_context(WorkerContext {
                 notices: Mutex::new(Vec::new()),
+                rebalances: AtomicU64::new(0),
                 high_watermarks: Mutex::new(HashMap::new()),
             })
             .map_err(kafka_err("creating the consumer"))?;
@@ -448,12 +683,27 @@ impl Worker {
         consumer
             .subscribe(&[&subscription])
             .map_err(kafka_err("subscribing"))?;
+        // It assigns partitions by hand and never joins: the group id only names it.
+        let peek_group = format!("{}.stall-probe", settings.group);
+        let peek = client_config(
+            config,
+            &[
+                ("group.id", &peek_group),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+                ("fetch.max.bytes", "1048576"),
+                ("queued.max.messages.kbytes", "1024"),
+            ],
+        );
         let (seeks, seeks_done) = mpsc::unbounded_channel();
         Ok(Worker {
             catalog,
             settings,
             consumer: Arc::new(consumer),
             pattern,
+            subscription,
+            peek,
             metrics: Arc::new(Metrics::new()),
             seeks,
             seeks_done: Mutex::new(Some(seeks_done)),
@@ -497,6 +747,22 @@ impl Worker {
             .ok_or_else(|| Error::Internal {
                 message: "kafka worker run twice".into(),
             })?;
+        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<Error>();
+        let stall_watch = self.settings.stall_rejoin.map(|after| {
+            tokio::spawn(
+                StallWatch {
+                    after,
+                    consumer: self.consumer.clone(),
+                    pattern: self.pattern.clone(),
+                    subscription: self.subscription.clone(),
+                    catalog: self.catalog.clone(),
+                    metrics: self.metrics.clone(),
+                    peek: self.peek.clone(),
+                    since: HashMap::new(),
+                }
+                .run(fatal_tx),
+            )
+        });
         let mut topics: HashMap<String, TopicState> = HashMap::new();
         let mut all_paused = false;
         let mut last_report = Instant::now();
@@ -508,6 +774,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = stop.changed() => continue,
+                Some(e) = fatal_rx.recv() => return Err(e),
                 Some(seek) = seeks_done.recv() => {
                     if let Some(part) = topics
                         .get_mut(&seek.topic)
@@ -608,6 +875,9 @@ impl Worker {
             }
         }
         // Shutting down: commit what is buffered, wait for the commits, leave the group.
+        if let Some(w) = stall_watch {
+            w.abort();
+        }
         tracing::info!("kafka worker stopping; committing buffered records");
         let deadline = Instant::now() + grace;
         loop {
@@ -673,6 +943,7 @@ impl Worker {
                 TopicState {
                     tenant,
                     parts: HashMap::new(),
+                    positions: None,
                     buf: Batch::default(),
                     flushing: None,
                     paused: false,
@@ -693,23 +964,28 @@ impl Worker {
             return 0;
         }
         if !state.parts.contains_key(&partition) {
-            let stored = match self.stored_positions(&tenant, topic).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let missing = e.kind() == ErrorKind::NotFound;
-                    tracing::warn!(%tenant, topic, error = %e, "cannot read the table's positions; holding the topic");
-                    state.hold_until = Some(
-                        Instant::now()
-                            + if missing {
-                                Duration::from_secs(30)
-                            } else {
-                                Duration::from_secs(1)
-                            },
-                    );
-                    return 0;
+            if state.positions.is_none() {
+                match self.stored_positions(&tenant, topic).await {
+                    Ok(p) => state.positions = Some(p),
+                    Err(e) => {
+                        let missing = e.kind() == ErrorKind::NotFound;
+                        tracing::warn!(%tenant, topic, error = %e, "cannot read the table's positions; holding the topic");
+                        state.hold_until = Some(
+                            Instant::now()
+                                + if missing {
+                                    Duration::from_secs(30)
+                                } else {
+                                    Duration::from_secs(1)
+                                },
+                        );
+                        return 0;
+                    }
                 }
-            };
-            let next = stored.get(&partition).copied();
+            }
+            let next = state
+                .positions
+                .as_ref()
+                .and_then(|p| p.get(&partition).copied());
             if let Some(n) = next {
                 self.metrics
                     .committed
@@ -917,6 +1193,7 @@ impl Worker {
             }
             for (topic, parts) in by_topic {
                 if let Some(state) = topics.get_mut(&topic) {
+                    state.positions = None;
                     for p in &parts {
                         state.parts.remove(p);
                     }
@@ -973,6 +1250,7 @@ impl Worker {
                 let parts: HashSet<i32> = done.ranges.keys().copied().collect();
                 tracing::info!(topic = %done.topic, partitions = ?parts, "fenced: another worker moved the positions; re-reading from the table");
                 state.buf.drop_partitions(&parts);
+                state.positions = None;
                 for p in parts {
                     // Partitions still ours restart from the table's position.
                     if let Some(part) = state.parts.get_mut(&p) {
@@ -990,6 +1268,7 @@ impl Worker {
                 let parts: HashSet<i32> = done.ranges.keys().copied().collect();
                 tracing::error!(topic = %done.topic, "tenant does not exist; its records wait in Kafka");
                 state.buf.drop_partitions(&parts);
+                state.positions = None;
                 for p in parts {
                     state.parts.remove(&p);
                 }

@@ -121,31 +121,11 @@ impl Producer {
     /// already-sent `event_id`s (within the de-duplication window) are not sent again.
     pub async fn send(&self, tenant: &TenantId, events: Vec<StoredEvent>) -> Result<Produced> {
         let now = chrono::Utc::now().timestamp_micros();
-        let keys: Vec<dedup::Key> = events
-            .iter()
-            .filter(|e| e.client_id)
-            .map(|e| dedup::key(tenant.as_str(), &e.event_id))
-            .collect();
-        let verdicts = self.dedup.admit(&keys, now);
-        let mut verdict = verdicts.iter();
-        let mut admitted = Vec::new();
-        let mut key = keys.iter();
-        let mut fresh = Vec::with_capacity(events.len());
-        for e in events {
-            if e.client_id {
-                let (Some(&v), Some(&k)) = (verdict.next(), key.next()) else {
-                    return Err(Error::Internal {
-                        message: "de-duplication verdicts out of step".into(),
-                    });
-                };
-                if !v {
-                    continue;
-                }
-                admitted.push(k);
-            }
-            fresh.push(e);
-        }
-        let duplicates = keys.len() - admitted.len();
+        let dedup::Admission {
+            fresh,
+            admitted,
+            duplicates,
+        } = self.dedup.admit_events(tenant.as_str(), events, now);
         match self.send_all(tenant, &fresh).await {
             Ok(last_offsets) => Ok(Produced {
                 stored: fresh.len(),

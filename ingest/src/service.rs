@@ -299,31 +299,11 @@ impl Ingest {
         let now = chrono::Utc::now().timestamp_micros();
         let (fresh, admitted, duplicates, reply) = {
             let _order = self.order.lock().await;
-            let keys: Vec<dedup::Key> = events
-                .iter()
-                .filter(|e| e.client_id)
-                .map(|e| dedup::key(tenant.as_str(), &e.event_id))
-                .collect();
-            let verdicts = self.dedup.admit(&keys, now);
-            let mut verdict = verdicts.iter();
-            let mut admitted = Vec::new();
-            let mut fresh = Vec::with_capacity(events.len());
-            let mut key = keys.iter();
-            for e in events {
-                if e.client_id {
-                    let (Some(&v), Some(&k)) = (verdict.next(), key.next()) else {
-                        return Err(Error::Internal {
-                            message: "de-duplication verdicts out of step".into(),
-                        });
-                    };
-                    if !v {
-                        continue;
-                    }
-                    admitted.push(k);
-                }
-                fresh.push(e);
-            }
-            let duplicates = keys.len() - admitted.len();
+            let dedup::Admission {
+                fresh,
+                admitted,
+                duplicates,
+            } = self.dedup.admit_events(tenant.as_str(), events, now);
             let fresh_len = fresh.len();
             // Enqueue while holding the order lock: log order follows admission order.
             let reply = if fresh.is_empty() {

@@ -359,3 +359,56 @@ def test_frozen_worker_does_not_commit_twice(tmp_path, brokers):
     log = "".join((data / f).read_text() for f in os.listdir(data) if f.startswith("worker-a-"))
     assert ("batch was already committed" in log or "fenced: another worker" in log
             or "partitions revoked" in log), "the frozen worker never learnt it lost the partition"
+
+
+def test_partitions_of_a_dead_member_are_read_again(tmp_path, brokers):
+    """Of two workers, one is SIGKILLed and nobody joins after: once its session ends, its
+    partitions must reach the live worker, and every record lands once."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    tenant = f"d{run}"
+    topic = f"tenant-{tenant}.events"
+    floe(data, "tenant", "create", tenant)
+    create_topics(brokers, [topic], partitions=6)
+    workers = Workers(data, brokers, f"g-{run}", rf"^tenant-({tenant})\.events$",
+                      "--set", "ingest.flush_interval_ms=200", "--set", "kafka.stall_rejoin_ms=8000")
+    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        for _ in range(n):
+            e = event(tenant, sent)
+            p.send(topic, key=str(sent).encode(), value=json.dumps(e).encode())
+            sent += 1
+        p.flush()
+
+    def rows():
+        return table_rows(data, tenant, "events", ("event_id",)).num_rows
+
+    def wait_rows(n, secs):
+        deadline = time.monotonic() + secs
+        while time.monotonic() < deadline and rows() < n:
+            workers.check_alive()
+            time.sleep(0.5)
+        return rows()
+
+    workers.start("a")
+    try:
+        send(300)
+        assert wait_rows(300, 90) == 300
+        workers.start("b")
+        send(300)
+        assert wait_rows(600, 90) == 600
+        time.sleep(5)  # the group settles with both
+        workers.kill("b")
+        send(600)
+        got = wait_rows(1200, 120)
+        assert got == 1200, f"{1200 - got} records were never read: partitions left to the dead member"
+        ids = table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 1200
+    finally:
+        p.close()
+        workers.stop_all()

@@ -119,13 +119,13 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def steady(data, tenants, rate, seconds, plain_consumer=False):
+def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
     rng = random.Random(1)
     positions = Positions(data)
     worker = start_worker(data, data / "worker-steady.log", tenants[0].rsplit("-", 1)[0])
     time.sleep(3)
     producer = Producer({"bootstrap.servers": BROKERS, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": 5})
+                         "linger.ms": linger_ms})
     samples = []  # (tenant, produced_at, acknowledged_at, partition, offset)
 
     def report(tenant, sent_at):
@@ -302,6 +302,9 @@ def main():
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-drain", action="store_true")
+    ap.add_argument("--skip-steady", action="store_true")
+    ap.add_argument("--linger-ms", type=int, default=5,
+                    help="the steady producer's linger.ms: larger batches cost the broker less per record")
     ap.add_argument("--plain-consumer", action="store_true",
                     help="also time a plain consumer of the same topics (adds load to the broker)")
     args = ap.parse_args()
@@ -313,8 +316,10 @@ def main():
     create_topics([f"tenant-{t}.events" for t in tenants])
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}; data {data}; broker {BROKERS}")
 
-    s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer)
-    print(f"steady {args.rate} events/s for {args.seconds} s over {args.tenants} tenants: {json.dumps(s)}")
+    if not args.skip_steady:
+        s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer, args.linger_ms)
+        print(f"steady {args.rate} events/s for {args.seconds} s over {args.tenants} tenants "
+              f"(linger.ms {args.linger_ms}): {json.dumps(s)}")
 
     if args.skip_drain:
         return

@@ -40,9 +40,7 @@ use hdrhistogram::Histogram;
 use iceberg::spec::DataFile;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -141,14 +139,26 @@ struct TopicState {
     hold_until: Option<Instant>,
 }
 
+/// Where an assignment started a partition: `Some(Some(next))` at the table's position,
+/// `Some(None)` at the partition's beginning (the table holds none), `None` not positioned
+/// (the table could not be read; the first record loads it).
+type Start = Option<Option<i64>>;
+
 /// Rebalance notices, handed from librdkafka's callback to the worker loop.
 enum Notice {
-    Assigned(Vec<(String, i32)>),
+    /// Partitions with where the assignment started them.
+    Assigned(Vec<(String, i32, Start)>),
     Revoked(Vec<(String, i32)>),
 }
 
-/// The consumer's context: collects rebalances and the brokers' high watermarks.
+/// The consumer's context: positions assigned partitions at the table's positions, collects
+/// rebalances and the brokers' high watermarks.
 pub struct WorkerContext {
+    /// For reading the tables' positions when partitions are assigned.
+    catalog: Catalog,
+    group: String,
+    pattern: regex::Regex,
+    runtime: Option<tokio::runtime::Handle>,
     notices: Mutex<Vec<Notice>>,
     /// Rebalances seen (assignments and revocations).
     rebalances: AtomicU64,
@@ -174,26 +184,123 @@ impl ClientContext for WorkerContext {
     }
 }
 
+impl WorkerContext {
+    /// The table's positions of each topic in `tpl`, keyed by topic (absent: unreadable).
+    /// Runs inside librdkafka's rebalance callback, on the thread polling the consumer: the
+    /// reads go to a scoped thread that enters the runtime, once per topic.
+    fn table_positions(&self, tpl: &TopicPartitionList) -> HashMap<String, BTreeMap<i32, i64>> {
+        let Some(runtime) = &self.runtime else {
+            return HashMap::new();
+        };
+        let topics: HashSet<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    runtime.block_on(async {
+                        let mut out = HashMap::new();
+                        for topic in topics {
+                            let Some(tenant) = self
+                                .pattern
+                                .captures(&topic)
+                                .and_then(|c| c.get(1))
+                                .and_then(|t| TenantId::parse(t.as_str()).ok())
+                            else {
+                                continue;
+                            };
+                            let read = async {
+                                let table = self.catalog.load_table(&tenant, EVENTS_TABLE).await?;
+                                Ok::<_, Error>(kafka_positions(
+                                    table.metadata(),
+                                    &self.group,
+                                    &topic,
+                                )?)
+                            };
+                            match read.await {
+                                Ok(p) => {
+                                    out.insert(topic, p);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(%topic, error = %e, "positions not read at assignment");
+                                }
+                            }
+                        }
+                        out
+                    })
+                })
+                .join()
+                .unwrap_or_default()
+        })
+    }
+}
+
 impl ConsumerContext for WorkerContext {
-    fn post_rebalance(
+    /// Assigned partitions start at the table's positions (a partition the table holds
+    /// nothing of, at its beginning), never at Kafka's committed offsets, which are advisory:
+    /// no record is fetched twice to get there.
+    fn rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
+        base: &rdkafka::consumer::BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
     ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
+        };
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let list = |tpl: &TopicPartitionList| {
             tpl.elements()
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect::<Vec<_>>()
         };
-        let notice = match rebalance {
-            Rebalance::Assign(tpl) => Notice::Assigned(list(tpl)),
-            Rebalance::Revoke(tpl) => Notice::Revoked(list(tpl)),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "rebalance error");
-                return;
+        let (result, notice) = match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positions = self.table_positions(tpl);
+                let mut assigned = Vec::new();
+                for (topic, p) in list(tpl) {
+                    let start = positions.get(&topic).map(|stored| stored.get(&p).copied());
+                    if let Some(next) = start {
+                        let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                        if tpl.set_partition_offset(&topic, p, offset).is_err() {
+                            assigned.push((topic, p, None));
+                            continue;
+                        }
+                    }
+                    assigned.push((topic, p, start));
+                }
+                let r = if cooperative {
+                    base.incremental_assign(tpl)
+                } else {
+                    base.assign(tpl)
+                };
+                (r, Notice::Assigned(assigned))
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let r = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
+                (r, Notice::Revoked(list(tpl)))
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                let r = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
+                (r, Notice::Revoked(list(tpl)))
             }
         };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the rebalance failed");
+        }
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         self.notices
             .lock()
@@ -669,6 +776,10 @@ impl Worker {
         );
         let consumer: Kafka = client
             .create_with_context(WorkerContext {
+                catalog: catalog.clone(),
+                group: settings.group.clone(),
+                pattern: pattern.clone(),
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 notices: Mutex::new(Vec::new()),
                 rebalances: AtomicU64::new(0),
                 high_watermarks: Mutex::new(HashMap::new()),
@@ -797,6 +908,8 @@ impl Worker {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Ok(Ok(m)) => {
+                            // A rebalance served while polling is applied before its records.
+                            self.handle_notices(&mut topics);
                             let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
                             let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                             let value = m.payload().map(|v| v.to_vec());
@@ -908,6 +1021,39 @@ impl Worker {
         Ok(())
     }
 
+    /// The state of `topic`, made on first use.
+    fn topic_state<'a>(
+        &self,
+        topics: &'a mut HashMap<String, TopicState>,
+        topic: &str,
+    ) -> &'a mut TopicState {
+        topics.entry(topic.to_string()).or_insert_with(|| {
+            let tenant = self.tenant_of(topic);
+            match &tenant {
+                None => tracing::error!(
+                    topic,
+                    "topic name holds no valid tenant id; its partitions are paused"
+                ),
+                Some(t) => {
+                    self.metrics
+                        .tenants
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(topic.to_string(), t.to_string());
+                }
+            }
+            TopicState {
+                tenant,
+                parts: HashMap::new(),
+                positions: None,
+                buf: Batch::default(),
+                flushing: None,
+                paused: false,
+                hold_until: None,
+            }
+        })
+    }
+
     fn tenant_of(&self, topic: &str) -> Option<TenantId> {
         let caps = self.pattern.captures(topic)?;
         TenantId::parse(caps.get(1)?.as_str()).ok()
@@ -923,37 +1069,7 @@ impl Worker {
         key: Option<String>,
         value: Option<Vec<u8>>,
     ) -> usize {
-        if !topics.contains_key(topic) {
-            let tenant = self.tenant_of(topic);
-            if tenant.is_none() {
-                tracing::error!(
-                    topic,
-                    "topic name holds no valid tenant id; its partitions are paused"
-                );
-            }
-            if let Some(t) = &tenant {
-                self.metrics
-                    .tenants
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(topic.to_string(), t.to_string());
-            }
-            topics.insert(
-                topic.to_string(),
-                TopicState {
-                    tenant,
-                    parts: HashMap::new(),
-                    positions: None,
-                    buf: Batch::default(),
-                    flushing: None,
-                    paused: false,
-                    hold_until: None,
-                },
-            );
-        }
-        let Some(state) = topics.get_mut(topic) else {
-            return 0;
-        };
+        let state = self.topic_state(topics, topic);
         let Some(tenant) = state.tenant.clone() else {
             return 0;
         };
@@ -1175,9 +1291,11 @@ impl Worker {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for n in notices {
-            let (list, assigned) = match n {
+            let (list, assigned): (Vec<_>, bool) = match n {
                 Notice::Assigned(list) => (list, true),
-                Notice::Revoked(list) => (list, false),
+                Notice::Revoked(list) => {
+                    (list.into_iter().map(|(t, p)| (t, p, None)).collect(), false)
+                }
             };
             tracing::info!(
                 partitions = list.len(),
@@ -1185,23 +1303,46 @@ impl Worker {
                 if assigned { "assigned" } else { "revoked" }
             );
             // Either way the partitions start over: a revoked one's records are the new
-            // owner's; an assigned one loads its position on its first record, and nothing
-            // buffered before may mix with what is read from there.
-            let mut by_topic: HashMap<String, HashSet<i32>> = HashMap::new();
-            for (topic, p) in list {
-                by_topic.entry(topic).or_default().insert(p);
+            // owner's; nothing buffered before an assignment may mix with what is read from
+            // where it starts.
+            let mut by_topic: HashMap<String, Vec<(i32, Start)>> = HashMap::new();
+            for (topic, p, start) in list {
+                by_topic.entry(topic).or_default().push((p, start));
             }
             for (topic, parts) in by_topic {
-                if let Some(state) = topics.get_mut(&topic) {
-                    state.positions = None;
-                    for p in &parts {
-                        state.parts.remove(p);
+                if !assigned && !topics.contains_key(&topic) {
+                    continue;
+                }
+                let state = self.topic_state(topics, &topic);
+                state.positions = None;
+                let ids: HashSet<i32> = parts.iter().map(|(p, _)| *p).collect();
+                state.buf.drop_partitions(&ids);
+                for (p, start) in parts {
+                    state.parts.remove(&p);
+                    // The assignment fetches from the table's position (or the beginning):
+                    // like after a confirmed seek, the first record is where reading starts.
+                    // Notices are handled before the next record is taken, so none read
+                    // before the assignment can slip in.
+                    if let Some(next) = start {
+                        state.parts.insert(
+                            p,
+                            Part {
+                                next,
+                                seek: Seek::Done,
+                            },
+                        );
+                        if let Some(n) = next {
+                            self.metrics
+                                .committed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert((topic.clone(), p), n);
+                        }
                     }
-                    state.buf.drop_partitions(&parts);
-                    if assigned {
-                        // An assignment starts unpaused.
-                        state.paused = false;
-                    }
+                }
+                if assigned {
+                    // An assignment starts unpaused.
+                    state.paused = false;
                 }
             }
         }

@@ -6,7 +6,9 @@
 //! compare-and-swap that adds the batch's files ([`Catalog::commit_append_kafka`]). A worker
 //! keeps, per partition it reads, the offset it expects next:
 //!
-//! - the first record of a partition (after an assignment, a restart or a fence) loads the
+//! - an assignment starts each partition at the table's position (its beginning when the
+//!   table holds none), set in the rebalance callback so that nothing is fetched twice; where
+//!   that could not be read, and after a fence, the first record of the partition loads the
 //!   table's position; a record below the expected offset is skipped (already committed or
 //!   already buffered), a record past it makes the worker seek back to it (Kafka's committed
 //!   offset was behind or ahead); after a seek, a record past the position is a real gap

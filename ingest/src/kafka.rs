@@ -568,6 +568,14 @@ impl Metrics {
         }
     }
 
+    /// The table's position of a partition, as this worker last knew it (for the lag).
+    fn note_position(&self, topic: &str, partition: i32, next: i64) {
+        self.committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((topic.to_string(), partition), next);
+    }
+
     /// Records behind the brokers' high watermarks, per tenant (assigned partitions only).
     pub fn lag(&self, high: &HashMap<(String, i32), i64>) -> BTreeMap<String, i64> {
         let committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
@@ -1105,11 +1113,7 @@ impl Worker {
                 .as_ref()
                 .and_then(|p| p.get(&partition).copied());
             if let Some(n) = next {
-                self.metrics
-                    .committed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((topic.to_string(), partition), n);
+                self.metrics.note_position(topic, partition, n);
             }
             state.parts.insert(
                 partition,
@@ -1334,11 +1338,7 @@ impl Worker {
                             },
                         );
                         if let Some(n) = next {
-                            self.metrics
-                                .committed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert((topic.clone(), p), n);
+                            self.metrics.note_position(&topic, p, n);
                         }
                     }
                 }

@@ -38,6 +38,7 @@ use floe_catalog::table::{
     DLQ_TABLE, EVENTS_TABLE, KafkaBatch, KafkaCommit, KafkaRange, kafka_positions,
 };
 use floe_catalog::{Catalog, Config, ErrorKind, TenantId};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use iceberg::spec::DataFile;
 use rdkafka::ClientContext;
@@ -203,34 +204,33 @@ impl WorkerContext {
             scope
                 .spawn(|| {
                     runtime.block_on(async {
-                        let mut out = HashMap::new();
-                        for topic in topics {
-                            let Some(tenant) = self
-                                .pattern
-                                .captures(&topic)
-                                .and_then(|c| c.get(1))
-                                .and_then(|t| TenantId::parse(t.as_str()).ok())
-                            else {
-                                continue;
-                            };
-                            let read = async {
-                                let table = self.catalog.load_table(&tenant, EVENTS_TABLE).await?;
-                                Ok::<_, Error>(kafka_positions(
-                                    table.metadata(),
-                                    &self.group,
-                                    &topic,
-                                )?)
-                            };
-                            match read.await {
-                                Ok(p) => {
-                                    out.insert(topic, p);
+                        // A few reads at a time: an assignment may bring many tenants.
+                        let reads = topics.into_iter().filter_map(|topic| {
+                            let tenant = tenant_of(&self.pattern, &topic)?;
+                            Some(async move {
+                                let read = async {
+                                    let table =
+                                        self.catalog.load_table(&tenant, EVENTS_TABLE).await?;
+                                    Ok::<_, Error>(kafka_positions(
+                                        table.metadata(),
+                                        &self.group,
+                                        &topic,
+                                    )?)
+                                };
+                                match read.await {
+                                    Ok(p) => Some((topic, p)),
+                                    Err(e) => {
+                                        tracing::debug!(%topic, error = %e, "positions not read at assignment");
+                                        None
+                                    }
                                 }
-                                Err(e) => {
-                                    tracing::debug!(%topic, error = %e, "positions not read at assignment");
-                                }
-                            }
-                        }
-                        out
+                            })
+                        });
+                        let out: Vec<_> = futures::stream::iter(reads)
+                            .buffer_unordered(16)
+                            .collect()
+                            .await;
+                        out.into_iter().flatten().collect::<HashMap<_, _>>()
                     })
                 })
                 .join()
@@ -412,12 +412,7 @@ impl StallWatch {
         let mut kept = Vec::new();
         for ((topic, p), at) in stalled {
             if !exists.contains_key(&topic) {
-                let found = match self
-                    .pattern
-                    .captures(&topic)
-                    .and_then(|c| c.get(1))
-                    .and_then(|t| TenantId::parse(t.as_str()).ok())
-                {
+                let found = match tenant_of(&self.pattern, &topic) {
                     Some(tenant) => !matches!(
                         self.catalog.load_table(&tenant, EVENTS_TABLE).await,
                         Err(e) if e.kind() == ErrorKind::NotFound
@@ -1065,8 +1060,7 @@ impl Worker {
     }
 
     fn tenant_of(&self, topic: &str) -> Option<TenantId> {
-        let caps = self.pattern.captures(topic)?;
-        TenantId::parse(caps.get(1)?.as_str()).ok()
+        tenant_of(&self.pattern, topic)
     }
 
     /// Takes one record into its topic's buffer (or skips it); returns the bytes added.
@@ -1633,6 +1627,12 @@ async fn write_dead_letters(
         batches.push((day, batch));
     }
     write_days(table, batches, zstd).await
+}
+
+/// The tenant a topic belongs to: the pattern's first capture group, when a valid tenant id.
+fn tenant_of(pattern: &regex::Regex, topic: &str) -> Option<TenantId> {
+    let caps = pattern.captures(topic)?;
+    TenantId::parse(caps.get(1)?.as_str()).ok()
 }
 
 fn kafka_err(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {

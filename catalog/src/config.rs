@@ -58,6 +58,9 @@ pub struct KafkaConfig {
     /// coordinator assigns it again (0: never). Guards against a coordinator that drops a
     /// dead member without starting a new generation.
     pub stall_rejoin_ms: u64,
+    /// `?wait=visible` in Kafka mode polls the tenant's table this often (one poll per tenant
+    /// however many requests wait).
+    pub visible_poll_ms: u64,
     /// Extra client settings passed to librdkafka as they are (`security.protocol`,
     /// `sasl.mechanisms`, …), for the consumer and the producer.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -75,6 +78,7 @@ impl Default for KafkaConfig {
             replication_factor: -1,
             produce_timeout_ms: 30_000,
             stall_rejoin_ms: 30_000,
+            visible_poll_ms: 50,
             properties: Default::default(),
         }
     }
@@ -399,6 +403,7 @@ impl Config {
                 self.kafka.max_in_flight_bytes as u64,
             ),
             ("kafka.produce_timeout_ms", self.kafka.produce_timeout_ms),
+            ("kafka.visible_poll_ms", self.kafka.visible_poll_ms),
         ];
         for (key, v) in positive {
             if v == 0 {

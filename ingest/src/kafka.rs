@@ -208,16 +208,9 @@ impl WorkerContext {
                         let reads = topics.into_iter().filter_map(|topic| {
                             let tenant = tenant_of(&self.pattern, &topic)?;
                             Some(async move {
-                                let read = async {
-                                    let table =
-                                        self.catalog.load_table(&tenant, EVENTS_TABLE).await?;
-                                    Ok::<_, Error>(kafka_positions(
-                                        table.metadata(),
-                                        &self.group,
-                                        &topic,
-                                    )?)
-                                };
-                                match read.await {
+                                match read_positions(&self.catalog, &self.group, &tenant, &topic)
+                                    .await
+                                {
                                     Ok(p) => Some((topic, p)),
                                     Err(e) => {
                                         tracing::debug!(%topic, error = %e, "positions not read at assignment");
@@ -1085,7 +1078,7 @@ impl Worker {
         }
         if !state.parts.contains_key(&partition) {
             if state.positions.is_none() {
-                match self.stored_positions(&tenant, topic).await {
+                match read_positions(&self.catalog, &self.settings.group, &tenant, topic).await {
                     Ok(p) => state.positions = Some(p),
                     Err(e) => {
                         let missing = e.kind() == ErrorKind::NotFound;
@@ -1209,15 +1202,6 @@ impl Worker {
         };
         buf.bytes += added;
         added
-    }
-
-    async fn stored_positions(&self, tenant: &TenantId, topic: &str) -> Result<BTreeMap<i32, i64>> {
-        let table = self.catalog.load_table(tenant, EVENTS_TABLE).await?;
-        Ok(kafka_positions(
-            table.metadata(),
-            &self.settings.group,
-            topic,
-        )?)
     }
 
     /// Seeks a partition to `offset` (`None`: its beginning) on a blocking thread, so that the
@@ -1630,6 +1614,18 @@ async fn write_dead_letters(
 }
 
 /// The tenant a topic belongs to: the pattern's first capture group, when a valid tenant id.
+/// The positions of `group` in `topic` that the tenant's events table holds (its current
+/// snapshot's summary): partition → next offset to read.
+async fn read_positions(
+    catalog: &Catalog,
+    group: &str,
+    tenant: &TenantId,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>> {
+    let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+    Ok(kafka_positions(table.metadata(), group, topic)?)
+}
+
 fn tenant_of(pattern: &regex::Regex, topic: &str) -> Option<TenantId> {
     let caps = pattern.captures(topic)?;
     TenantId::parse(caps.get(1)?.as_str()).ok()

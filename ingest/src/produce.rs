@@ -7,8 +7,8 @@
 //! retries of an event with the same `event_id` are recognised within the de-duplication window
 //! of this process, as on the write-ahead-log path.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floe_catalog::table::{EVENTS_TABLE, kafka_positions};
@@ -17,6 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 use crate::dedup::{self, Dedup};
 use crate::event::{Limits, StoredEvent, parse_event};
@@ -28,11 +29,11 @@ pub struct Producer {
     inner: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     template: String,
-    group: String,
     timeout: Duration,
     partitions: i32,
     replication: i32,
     dedup: Arc<Dedup>,
+    visibility: Visibility,
 }
 
 /// What a produce did: per partition, the highest offset written.
@@ -69,7 +70,6 @@ impl Producer {
             inner,
             admin,
             template: config.kafka.topic_template.clone(),
-            group: config.kafka.group.clone(),
             timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
             partitions: config.kafka.topic_partitions,
             replication: config.kafka.replication_factor,
@@ -77,6 +77,10 @@ impl Producer {
                 config.ingest.dedup_window_secs,
                 config.ingest.dedup_max_ids,
             )),
+            visibility: Visibility::new(
+                &config.kafka.group,
+                Duration::from_millis(config.kafka.visible_poll_ms),
+            ),
         })
     }
 
@@ -180,28 +184,139 @@ impl Producer {
         last_offsets: &BTreeMap<i32, i64>,
         timeout: Duration,
     ) -> Result<Option<i64>> {
-        let topic = self.topic(tenant);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
-            let stored = kafka_positions(table.metadata(), &self.group, &topic)?;
-            if last_offsets
-                .iter()
-                .all(|(p, o)| stored.get(p).is_some_and(|s| s > o))
-            {
-                return Ok(table.metadata().current_snapshot_id());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    message: format!(
-                        "events are in Kafka ({topic}) but not yet committed by the consumer \
-                         group {:?}: is `floe ingest kafka` running?",
-                        self.group
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.visibility
+            .wait(catalog, tenant, &self.topic(tenant), last_offsets, timeout)
+            .await
+    }
+}
+
+/// What a table poll saw of a topic: the group's positions and the snapshot holding them, or
+/// why the table could not be read.
+#[derive(Debug, Clone, Default)]
+enum Seen {
+    #[default]
+    Nothing,
+    Read {
+        positions: BTreeMap<i32, i64>,
+        snapshot_id: Option<i64>,
+    },
+    Failed(String),
+}
+
+/// Waits of `?wait=visible` in Kafka mode. However many requests wait on a tenant, one task
+/// polls its table (every `kafka.visible_poll_ms`) and hands each read to all of them; the task
+/// ends when the last waiter is gone. A poll that fails does not fail the waiters (their events
+/// are in Kafka already): they keep waiting, and a timeout reports the last failure.
+pub struct Visibility {
+    group: String,
+    every: Duration,
+    /// Topic → the poll in progress. A poll removes itself, under this lock, when it finds no
+    /// receiver left, so a waiter either joins a running poll or starts a new one.
+    polls: Arc<Mutex<HashMap<String, Arc<watch::Sender<Seen>>>>>,
+}
+
+impl Visibility {
+    pub fn new(group: &str, every: Duration) -> Visibility {
+        Visibility {
+            group: group.to_string(),
+            every,
+            polls: Arc::default(),
         }
+    }
+
+    /// Topics being polled now.
+    pub fn polls(&self) -> usize {
+        self.polls.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until the table of `tenant` holds every record of `topic` up to `last_offsets`;
+    /// returns the snapshot that holds them.
+    pub async fn wait(
+        &self,
+        catalog: &Catalog,
+        tenant: &TenantId,
+        topic: &str,
+        last_offsets: &BTreeMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<Option<i64>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = self.subscribe(catalog, tenant, topic);
+        let mut failure = None;
+        loop {
+            match &*seen.borrow_and_update() {
+                Seen::Read {
+                    positions,
+                    snapshot_id,
+                } if last_offsets
+                    .iter()
+                    .all(|(p, o)| positions.get(p).is_some_and(|next| next > o)) =>
+                {
+                    return Ok(*snapshot_id);
+                }
+                Seen::Failed(why) => failure = Some(why.clone()),
+                Seen::Read { .. } => failure = None,
+                Seen::Nothing => {}
+            }
+            match tokio::time::timeout_at(deadline, seen.changed()).await {
+                Ok(Ok(())) => {}
+                // The poll ended under a waiter: it cannot, as the waiter holds a receiver.
+                Ok(Err(_)) => {
+                    return Err(Error::Internal {
+                        message: format!("the visibility poll of {topic} ended"),
+                    });
+                }
+                Err(_) => {
+                    let last = failure
+                        .map(|why| format!(" (the last read of the table failed: {why})"))
+                        .unwrap_or_default();
+                    return Err(Error::Timeout {
+                        message: format!(
+                            "events are in Kafka ({topic}) but not yet committed by the \
+                             consumer group {:?}: is `floe ingest kafka` running?{last}",
+                            self.group
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A receiver of the topic's poll, started if none runs.
+    fn subscribe(
+        &self,
+        catalog: &Catalog,
+        tenant: &TenantId,
+        topic: &str,
+    ) -> watch::Receiver<Seen> {
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = polls.get(topic) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Seen::Nothing);
+        let tx = Arc::new(tx);
+        polls.insert(topic.to_string(), tx.clone());
+        let (catalog, tenant, topic) = (catalog.clone(), tenant.clone(), topic.to_string());
+        let (group, every, registry) = (self.group.clone(), self.every, self.polls.clone());
+        tokio::spawn(async move {
+            loop {
+                let read = async {
+                    let table = catalog.load_table(&tenant, EVENTS_TABLE).await?;
+                    Ok::<_, Error>(Seen::Read {
+                        positions: kafka_positions(table.metadata(), &group, &topic)?,
+                        snapshot_id: table.metadata().current_snapshot_id(),
+                    })
+                };
+                let seen = read.await.unwrap_or_else(|e| Seen::Failed(e.to_string()));
+                tx.send_replace(seen);
+                tokio::time::sleep(every).await;
+                let mut polls = registry.lock().unwrap_or_else(|p| p.into_inner());
+                if tx.receiver_count() == 0 {
+                    polls.remove(&topic);
+                    return;
+                }
+            }
+        });
+        rx
     }
 }
 

@@ -48,8 +48,8 @@ def floe(data, *args):
                           text=True).stdout
 
 
-def create_topics(topics, partitions=4):
-    admin = AdminClient({"bootstrap.servers": BROKERS})
+def create_topics(topics, partitions=4, brokers=BROKERS):
+    admin = AdminClient({"bootstrap.servers": brokers})
     futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
     for f in futures.values():
         f.result()
@@ -69,18 +69,26 @@ class Positions:
 
     def __init__(self, data):
         self.db = sqlite3.connect(f"{data}/catalog.db", check_same_thread=False)
+        # tenant -> (metadata location, positions): a metadata file never changes, so it is
+        # parsed once, not at every poll (the prober shares the two cores with what it measures).
+        self.known = {}
 
     def of(self, tenant):
         row = self.db.execute(
             "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = 'events'",
             (tenant,)).fetchone()
+        known = self.known.get(tenant)
+        if known and known[0] == row[0]:
+            return known[1]
         meta = json.loads(Path(row[0].removeprefix("file://")).read_text())
         current = meta.get("current-snapshot-id")
+        positions = {}
         for s in meta.get("snapshots", []):
             if s["snapshot-id"] == current:
                 raw = s["summary"].get(f"floe.kafka.{GROUP}.tenant-{tenant}.events")
-                return {int(k): v for k, v in json.loads(raw).items()} if raw else {}
-        return {}
+                positions = {int(k): v for k, v in json.loads(raw).items()} if raw else {}
+        self.known[tenant] = (row[0], positions)
+        return positions
 
     def total(self, tenants):
         return sum(sum(self.of(t).values()) for t in tenants)
@@ -89,20 +97,21 @@ class Positions:
 METRICS_PORT = 19464
 
 
-def start_worker(data, log, prefix):
+def start_worker(data, log, prefix, brokers=BROKERS, port=METRICS_PORT):
     # Only this run's topics: the broker may hold other runs' and other tests' topics.
-    return subprocess.Popen([FLOE, "--data-dir", str(data), "ingest", "kafka", "--brokers", BROKERS,
+    return subprocess.Popen([FLOE, "--data-dir", str(data), "ingest", "kafka", "--brokers", brokers,
                              "--group", GROUP, "--topic-pattern", rf"^tenant-({prefix}-[0-9]+)\.events$",
-                             "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"],
+                             "--metrics-listen", f"127.0.0.1:{port}"],
                             stderr=open(log, "w"))
 
 
-def worker_metrics():
+def worker_metrics(port=METRICS_PORT):
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines()
-            if line.startswith(("floe_kafka_commit_ms{", "floe_kafka_records_per_commit{", "floe_kafka_commits_total"))}
+            if line.startswith(("floe_kafka_commit_ms{", "floe_kafka_visible_ms{", "floe_kafka_records_per_commit{",
+                                    "floe_kafka_commits_total"))}
 
 
 def send(producer, topic, value, **kw):
@@ -119,13 +128,21 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
+def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clusters=(BROKERS,)):
+    """Tenant k's topic is on cluster k % len(clusters); one worker per cluster."""
     rng = random.Random(1)
+    total = rate * seconds
+    # Made before the clock starts: the producer's loop only hands bytes to librdkafka, so the
+    # harness takes as little as it can of the cores the broker and the worker run on.
+    values = [event(tenants[i % len(tenants)], i, rng) for i in range(total)]
     positions = Positions(data)
-    worker = start_worker(data, data / "worker-steady.log", tenants[0].rsplit("-", 1)[0])
+    prefix = tenants[0].rsplit("-", 1)[0]
+    workers = [start_worker(data, data / f"worker-steady-{c}.log", prefix, brokers, METRICS_PORT + c)
+               for c, brokers in enumerate(clusters)]
     time.sleep(3)
-    producer = Producer({"bootstrap.servers": BROKERS, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": linger_ms})
+    producers = [Producer({"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": True,
+                           "linger.ms": linger_ms}) for brokers in clusters]
+    producer_of = [producers[k % len(clusters)] for k in range(len(tenants))]
     samples = []  # (tenant, produced_at, acknowledged_at, partition, offset)
 
     def report(tenant, sent_at):
@@ -152,7 +169,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
     arrivals = {}  # (tenant, partition) -> [(offset, time)]
     consumer = None
     if plain_consumer:
-        consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
+        consumer = Consumer({"bootstrap.servers": clusters[0], "group.id": f"probe-{uuid.uuid4().hex[:6]}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
                              "fetch.wait.max.ms": 100})
         consumer.subscribe([f"tenant-{t}.events" for t in tenants])
@@ -168,20 +185,22 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
     listener.start()
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
-    total = rate * seconds
+    topics = [f"tenant-{t}.events" for t in tenants]
     t0 = time.monotonic()
     for i in range(total):
-        t = tenants[i % len(tenants)]
+        k = i % len(tenants)
         if i % 100 == 0:
-            send(producer, f"tenant-{t}.events", event(t, i, rng), on_delivery=report(t, time.monotonic()))
+            send(producer_of[k], topics[k], values[i], on_delivery=report(tenants[k], time.monotonic()))
         else:
-            send(producer, f"tenant-{t}.events", event(t, i, rng))
+            send(producer_of[k], topics[k], values[i])
         if i % 1000 == 0:
-            producer.poll(0)
+            for producer in producers:
+                producer.poll(0)
             ahead = i / rate - (time.monotonic() - t0)
             if ahead > 0:
                 time.sleep(ahead)
-    producer.flush()
+    for producer in producers:
+        producer.flush()
     achieved = total / (time.monotonic() - t0)
     deadline = time.monotonic() + 60
     while positions.total(tenants) < total and time.monotonic() < deadline:
@@ -192,8 +211,9 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
     listener.join()
     if consumer:
         consumer.close()
-    metrics = worker_metrics()
-    stop(worker)
+    metrics = [worker_metrics(METRICS_PORT + c) for c in range(len(clusters))]
+    for worker in workers:
+        stop(worker)
     # Kafka-to-visible: from the broker's acknowledgement (the record is in Kafka) to the
     # first snapshot holding it; the producer's own queueing and the broker's write are apart.
     import bisect
@@ -222,7 +242,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5):
             "visible_max_ms": q(lat, 1.0),
             "broker_to_plain_consumer_p50_ms": q(delivered, 0.5), "broker_to_plain_consumer_p99_ms": q(delivered, 0.99),
             "produce_ack_p50_ms": q(ack, 0.5), "produce_ack_p99_ms": q(ack, 0.99),
-            "worker": metrics}
+            "workers": metrics}
 
 
 def produce_backlog(topics, n):
@@ -313,21 +333,25 @@ def main():
     ap.add_argument("--skip-steady", action="store_true")
     ap.add_argument("--linger-ms", type=int, default=5,
                     help="the steady producer's linger.ms: larger batches cost the broker less per record")
+    ap.add_argument("--clusters", default=BROKERS,
+                    help="steady phase only: independent Kafka clusters separated by ';', one worker "
+                         "each, the tenants spread over them (a broker that cannot take the rate alone)")
     ap.add_argument("--plain-consumer", action="store_true",
                     help="also time a plain consumer of the same topics (adds load to the broker)")
     args = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="floe-kafka-bench-"))
     run = uuid.uuid4().hex[:6]
     tenants = [f"b{run}-{i}" for i in range(args.tenants)]
-    for t in tenants:
+    clusters = args.clusters.split(";")
+    for k, t in enumerate(tenants):
         floe(data, "tenant", "create", t)
-    create_topics([f"tenant-{t}.events" for t in tenants])
+        create_topics([f"tenant-{t}.events"], brokers=clusters[k % len(clusters)])
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}; data {data}; broker {BROKERS}")
 
     if not args.skip_steady:
-        s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer, args.linger_ms)
+        s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer, args.linger_ms, clusters)
         print(f"steady {args.rate} events/s for {args.seconds} s over {args.tenants} tenants "
-              f"(linger.ms {args.linger_ms}): {json.dumps(s)}")
+              f"on {len(clusters)} cluster(s) (linger.ms {args.linger_ms}): {json.dumps(s)}")
 
     if args.skip_drain:
         return

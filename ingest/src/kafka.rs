@@ -66,6 +66,14 @@ struct DeadLetter {
     at_us: i64,
 }
 
+/// What the worker keeps of a consumed record besides its position.
+struct Record {
+    /// The record's timestamp (ms since the epoch), when it has one.
+    timestamp_ms: Option<i64>,
+    key: Option<String>,
+    value: Option<Vec<u8>>,
+}
+
 /// What a topic's buffer holds, and the positions it covers.
 #[derive(Default)]
 struct Batch {
@@ -74,6 +82,8 @@ struct Batch {
     ranges: BTreeMap<i32, KafkaRange>,
     bytes: usize,
     first_at: Option<Instant>,
+    /// The earliest record timestamp (ms since the epoch) of the batch, when records have one.
+    oldest_ms: Option<i64>,
 }
 
 impl Batch {
@@ -98,6 +108,7 @@ impl Batch {
                 .sum::<usize>();
         if self.ranges.is_empty() {
             self.first_at = None;
+            self.oldest_ms = None;
         }
     }
 }
@@ -521,6 +532,8 @@ pub struct Metrics {
     pub rejoins: AtomicU64,
     records_per_commit: Mutex<Histogram<u64>>,
     commit_ms: Mutex<Histogram<u64>>,
+    /// Record timestamp of a batch's oldest record to its commit.
+    visible_ms: Mutex<Histogram<u64>>,
     /// Per (topic, partition): the position committed to the table, as this worker knows it.
     committed: Mutex<HashMap<(String, i32), i64>>,
     /// topic → tenant, for lag per tenant.
@@ -539,12 +552,15 @@ impl Metrics {
             rejoins: AtomicU64::new(0),
             records_per_commit: hist(),
             commit_ms: hist(),
+            visible_ms: hist(),
             committed: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
         }
     }
 
-    fn record_commit(&self, records: usize, ms: u64) {
+    /// A batch committed: `ms` from its first record's arrival, `age_ms` from its oldest
+    /// record's timestamp (absent when records carry none).
+    fn record_commit(&self, records: usize, ms: u64, age_ms: Option<i64>) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.records_committed
             .fetch_add(records as u64, Ordering::Relaxed);
@@ -553,6 +569,12 @@ impl Metrics {
         }
         if let Ok(mut h) = self.commit_ms.lock() {
             let _ = h.record(ms.max(1));
+        }
+        if let Some(age) = age_ms
+            && let Ok(mut h) = self.visible_ms.lock()
+        {
+            // Clocks of other hosts may be ahead: a negative age counts as the least.
+            let _ = h.record(age.clamp(1, 3_600_000) as u64);
         }
     }
 
@@ -641,6 +663,12 @@ impl Metrics {
                 "Milliseconds from a batch's first record to its commit.",
                 &self.commit_ms,
             ),
+            (
+                "floe_kafka_visible_ms",
+                "Milliseconds from the timestamp of a batch's oldest record (its producer's, or \
+                 the broker's on LogAppendTime topics) to the commit that made it queryable.",
+                &self.visible_ms,
+            ),
         ] {
             let h = h.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} summary");
@@ -664,6 +692,7 @@ struct FlushDone {
     topic: String,
     ranges: BTreeMap<i32, KafkaRange>,
     first_at: Option<Instant>,
+    oldest_ms: Option<i64>,
     outcome: Flushed,
 }
 
@@ -909,10 +938,13 @@ impl Worker {
                             // A rebalance served while polling is applied before its records.
                             self.handle_notices(&mut topics);
                             let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-                            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                            let value = m.payload().map(|v| v.to_vec());
+                            let record = Record {
+                                timestamp_ms: m.timestamp().to_millis(),
+                                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                                value: m.payload().map(|v| v.to_vec()),
+                            };
                             drop(m);
-                            self.accept(&mut topics, &topic, partition, offset, key, value)
+                            self.accept(&mut topics, &topic, partition, offset, record)
                                 .await;
                         }
                     }
@@ -1063,9 +1095,13 @@ impl Worker {
         topic: &str,
         partition: i32,
         offset: i64,
-        key: Option<String>,
-        value: Option<Vec<u8>>,
+        record: Record,
     ) -> usize {
+        let Record {
+            timestamp_ms,
+            key,
+            value,
+        } = record;
         let state = self.topic_state(topics, topic);
         let Some(tenant) = state.tenant.clone() else {
             return 0;
@@ -1159,6 +1195,9 @@ impl Worker {
             .next = offset + 1;
         if buf.first_at.is_none() {
             buf.first_at = Some(Instant::now());
+        }
+        if let Some(ts) = timestamp_ms {
+            buf.oldest_ms = Some(buf.oldest_ms.map_or(ts, |o| o.min(ts)));
         }
         let now_us = chrono::Utc::now().timestamp_micros();
         let dead = |reason: &str, detail: String, payload: String| DeadLetter {
@@ -1337,8 +1376,11 @@ impl Worker {
         match done.outcome {
             Flushed::Done { records, dead } => {
                 let ms = done.first_at.map_or(0, |t| t.elapsed().as_millis() as u64);
+                let age = done
+                    .oldest_ms
+                    .map(|ts| chrono::Utc::now().timestamp_millis() - ts);
                 if records + dead > 0 {
-                    self.metrics.record_commit(records + dead, ms);
+                    self.metrics.record_commit(records + dead, ms, age);
                 }
                 self.metrics
                     .dead_letters
@@ -1410,12 +1452,13 @@ impl Worker {
         let zstd = self.settings.zstd_level;
         tokio::spawn(async move {
             let ranges = batch.ranges.clone();
-            let first_at = batch.first_at;
+            let (first_at, oldest_ms) = (batch.first_at, batch.oldest_ms);
             let outcome = flush(&catalog, &tenant, &group, &topic, batch, zstd).await;
             let _ = done.send(FlushDone {
                 topic,
                 ranges,
                 first_at,
+                oldest_ms,
                 outcome,
             });
         });

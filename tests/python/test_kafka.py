@@ -49,12 +49,12 @@ class Workers:
         self.procs = {}
         self.started = 0
 
-    def start(self, name):
+    def start(self, name, *args):
         self.started += 1
         log = open(self.data / f"worker-{name}-{self.started}.log", "w")
         self.procs[name] = subprocess.Popen(
             [FLOE, "--data-dir", str(self.data), *self.extra, "ingest", "kafka", "--brokers", self.brokers,
-             "--group", self.group, "--topic-pattern", self.pattern],
+             "--group", self.group, "--topic-pattern", self.pattern, *args],
             stderr=log, env=process_env(self.data))
 
     def kill(self, name):
@@ -99,6 +99,15 @@ POISON = [
     json.dumps({"type": "x", "timestamp": 1764000000, "payload": [1]}).encode(),
     json.dumps({"type": "x", "timestamp": 1764000000, "version": -3}).encode(),
 ]
+
+
+def scrape(port):
+    """The worker's /metrics as {series: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def table_rows(data, tenant, table, columns):
@@ -238,7 +247,8 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
 
     proc, srv = start(data, *kafka)
     workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)
-    workers.start("a")
+    metrics_port = free_port()
+    workers.start("a", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     try:
         token = srv.token(tenant, "ingest")
         batch = [{"event_id": f"e{i}", "type": "page_view", "timestamp": 1764000000 + i,
@@ -282,6 +292,23 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
                 break
             time.sleep(0.5)
         assert "fixme" in ids and len(ids) == 502
+
+        # The worker's figures: 501 + 1 events and 1 dead letter committed, no lag left (the
+        # brokers' watermarks reach the worker with its statistics, every 5 s), and each
+        # commit timed from its oldest record's timestamp.
+        deadline = time.monotonic() + 30
+        while True:
+            m = scrape(metrics_port)
+            if m.get(f'floe_kafka_consumer_lag{{tenant="{tenant}"}}') == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert m["floe_kafka_records_committed_total"] == 503, m
+        assert m["floe_kafka_dlq_records_total"] == 1, m
+        assert m[f'floe_kafka_consumer_lag{{tenant="{tenant}"}}'] == 0, m
+        assert m["floe_kafka_commits_total"] >= 3 and m["floe_kafka_commit_ms_count"] == m["floe_kafka_commits_total"], m
+        assert m["floe_kafka_visible_ms_count"] == m["floe_kafka_commits_total"], m
+        # Produced during this test: no record was older than a minute when it became visible.
+        assert 0 < m['floe_kafka_visible_ms{quantile="0.99"}'] < 60_000, m
         workers.check_alive()
     finally:
         workers.stop_all()

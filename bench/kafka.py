@@ -13,7 +13,8 @@ Needs a Kafka-compatible broker (`eval "$(infra/services.sh up)"` starts one) an
    Latency = visible - acknowledged by the broker (the poll period adds 0..50 ms). The worker's
    own figure, first record of a batch received to its commit, is read from its /metrics.
    `--plain-consumer` also times a plain consumer of the same topics: what the broker alone
-   adds before any client sees a record.
+   adds before any client sees a record. `--clusters "A;B"` spreads the tenants over
+   independent brokers, one worker each, for a broker that cannot take the rate alone.
 2. Highest sustained rate: a backlog of `--backlog` events is produced first, then a worker
    starts; events/s = backlog / time until every table holds it all.
 3. The peer, same backlog, same machine: a Python consumer (confluent-kafka) appending each

@@ -1656,7 +1656,6 @@ async fn write_dead_letters(
     write_days(table, batches, zstd).await
 }
 
-/// The tenant a topic belongs to: the pattern's first capture group, when a valid tenant id.
 /// The positions of `group` in `topic` that the tenant's events table holds (its current
 /// snapshot's summary): partition → next offset to read.
 async fn read_positions(
@@ -1669,6 +1668,7 @@ async fn read_positions(
     Ok(kafka_positions(table.metadata(), group, topic)?)
 }
 
+/// The tenant a topic belongs to: the pattern's first capture group, when a valid tenant id.
 fn tenant_of(pattern: &regex::Regex, topic: &str) -> Option<TenantId> {
     let caps = pattern.captures(topic)?;
     TenantId::parse(caps.get(1)?.as_str()).ok()

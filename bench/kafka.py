@@ -96,11 +96,14 @@ class Positions:
 
 
 METRICS_PORT = 19464
+# `--worker-set KEY=VALUE` settings, given to every worker as `--set`.
+WORKER_SET = []
 
 
 def start_worker(data, log, prefix, brokers=BROKERS, port=METRICS_PORT):
     # Only this run's topics: the broker may hold other runs' and other tests' topics.
-    return subprocess.Popen([FLOE, "--data-dir", str(data), "ingest", "kafka", "--brokers", brokers,
+    sets = [a for kv in WORKER_SET for a in ("--set", kv)]
+    return subprocess.Popen([FLOE, "--data-dir", str(data), *sets, "ingest", "kafka", "--brokers", brokers,
                              "--group", GROUP, "--topic-pattern", rf"^tenant-({prefix}-[0-9]+)\.events$",
                              "--metrics-listen", f"127.0.0.1:{port}"],
                             stderr=open(log, "w"))
@@ -337,9 +340,12 @@ def main():
     ap.add_argument("--clusters", default=BROKERS,
                     help="steady phase only: independent Kafka clusters separated by ';', one worker "
                          "each, the tenants spread over them (a broker that cannot take the rate alone)")
+    ap.add_argument("--worker-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Floe setting for the workers (e.g. kafka.properties.fetch.wait.max.ms=500)")
     ap.add_argument("--plain-consumer", action="store_true",
                     help="also time a plain consumer of the same topics (adds load to the broker)")
     args = ap.parse_args()
+    WORKER_SET.extend(args.worker_set)
     data = Path(tempfile.mkdtemp(prefix="floe-kafka-bench-"))
     run = uuid.uuid4().hex[:6]
     tenants = [f"b{run}-{i}" for i in range(args.tenants)]

@@ -510,6 +510,19 @@ fn set_key(root: &mut toml::Value, key: &str, raw: &str) -> Result<()> {
     let unknown = || Error::Config {
         message: format!("unknown configuration key {key}"),
     };
+    // `kafka.properties` is a free-form map of librdkafka settings, whose own names hold dots
+    // (`security.protocol`): everything after the prefix is one key, the value stays text.
+    if let Some(name) = key.strip_prefix("kafka.properties.")
+        && !name.is_empty()
+    {
+        let properties = root
+            .get_mut("kafka")
+            .and_then(|k| k.get_mut("properties"))
+            .and_then(|p| p.as_table_mut())
+            .ok_or_else(unknown)?;
+        properties.insert(name.to_string(), toml::Value::String(raw.to_string()));
+        return Ok(());
+    }
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for part in &parts[..parts.len() - 1] {
@@ -517,11 +530,6 @@ fn set_key(root: &mut toml::Value, key: &str, raw: &str) -> Result<()> {
     }
     let last = parts[parts.len() - 1];
     let table = node.as_table_mut().ok_or_else(unknown)?;
-    // `kafka.properties` is a free-form map of librdkafka settings: any key, text values.
-    if parts.len() == 3 && parts[..2] == ["kafka", "properties"] {
-        table.insert(last.to_string(), toml::Value::String(raw.to_string()));
-        return Ok(());
-    }
     let existing = table.get(last).ok_or_else(unknown)?;
     let bad = |what: &str| Error::Config {
         message: format!("{key} must be {what}, got {raw:?}"),
@@ -599,10 +607,23 @@ mod tests {
 
     #[test]
     fn kafka_properties_take_any_key() {
-        let c = Config::load(None, vec![], &[("kafka.properties.debug", "cgrp".into())]).unwrap();
+        let c = Config::load(
+            None,
+            vec![],
+            &[
+                ("kafka.properties.debug", "cgrp".into()),
+                // librdkafka's names hold dots: the whole rest is the key.
+                ("kafka.properties.security.protocol", "SASL_SSL".into()),
+                ("kafka.properties.fetch.wait.max.ms", "500".into()),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.kafka.properties["debug"], "cgrp");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["fetch.wait.max.ms"], "500");
+        assert_eq!(c.kafka.properties.len(), 3);
         assert!(Config::load(None, vec![], &[("kafka.nope", "1".into())]).is_err());
-        assert!(Config::load(None, vec![], &[("kafka.properties.a.b", "1".into())]).is_err());
+        assert!(Config::load(None, vec![], &[("kafka.properties.", "1".into())]).is_err());
     }
 
     #[test]

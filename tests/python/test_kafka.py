@@ -245,6 +245,14 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
     topics = admin(brokers).list_topics()
     assert f"tenant-{tenant}.events" in topics, "tenant creation did not create its topic"
 
+    # librdkafka settings go through `--set kafka.properties.NAME` (their names hold dots) to
+    # the client as they are: a bad value reaches librdkafka, which refuses it by name.
+    bad = subprocess.run([FLOE, "--data-dir", str(data), *kafka, "--set", "kafka.properties.fetch.wait.max.ms=soon",
+                          "ingest", "kafka", "--brokers", brokers, "--group", group],
+                         capture_output=True, text=True, timeout=60, env=process_env(data))
+    assert bad.returncode != 0 and 'Invalid value for configuration property "fetch.wait.max.ms"' in bad.stderr, \
+        bad.stderr
+
     proc, srv = start(data, *kafka)
     workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)
     metrics_port = free_port()

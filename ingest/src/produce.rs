@@ -192,9 +192,8 @@ impl Producer {
 
 /// What a table poll saw of a topic: the group's positions and the snapshot holding them, or
 /// why the table could not be read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 enum Seen {
-    #[default]
     Nothing,
     Read {
         positions: BTreeMap<i32, i64>,
@@ -203,6 +202,8 @@ enum Seen {
     Failed(String),
 }
 
+type Polls = HashMap<(TenantId, String), Arc<watch::Sender<Seen>>>;
+
 /// Waits of `?wait=visible` in Kafka mode. However many requests wait on a tenant, one task
 /// polls its table (every `kafka.visible_poll_ms`) and hands each read to all of them; the task
 /// ends when the last waiter is gone. A poll that fails does not fail the waiters (their events
@@ -210,9 +211,9 @@ enum Seen {
 pub struct Visibility {
     group: String,
     every: Duration,
-    /// Topic → the poll in progress. A poll removes itself, under this lock, when it finds no
-    /// receiver left, so a waiter either joins a running poll or starts a new one.
-    polls: Arc<Mutex<HashMap<String, Arc<watch::Sender<Seen>>>>>,
+    /// (tenant, topic) → the poll in progress. A poll removes itself, under this lock, when it
+    /// finds no receiver left, so a waiter either joins a running poll or starts a new one.
+    polls: Arc<Mutex<Polls>>,
 }
 
 impl Visibility {
@@ -224,7 +225,7 @@ impl Visibility {
         }
     }
 
-    /// Topics being polled now.
+    /// Tables being polled now.
     pub fn polls(&self) -> usize {
         self.polls.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -288,21 +289,23 @@ impl Visibility {
         tenant: &TenantId,
         topic: &str,
     ) -> watch::Receiver<Seen> {
+        let key = (tenant.clone(), topic.to_string());
         let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = polls.get(topic) {
+        if let Some(tx) = polls.get(&key) {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(Seen::Nothing);
         let tx = Arc::new(tx);
-        polls.insert(topic.to_string(), tx.clone());
-        let (catalog, tenant, topic) = (catalog.clone(), tenant.clone(), topic.to_string());
+        polls.insert(key.clone(), tx.clone());
+        let catalog = catalog.clone();
         let (group, every, registry) = (self.group.clone(), self.every, self.polls.clone());
         tokio::spawn(async move {
             loop {
+                let (tenant, topic) = &key;
                 let read = async {
-                    let table = catalog.load_table(&tenant, EVENTS_TABLE).await?;
+                    let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
                     Ok::<_, Error>(Seen::Read {
-                        positions: kafka_positions(table.metadata(), &group, &topic)?,
+                        positions: kafka_positions(table.metadata(), &group, topic)?,
                         snapshot_id: table.metadata().current_snapshot_id(),
                     })
                 };
@@ -311,7 +314,7 @@ impl Visibility {
                 tokio::time::sleep(every).await;
                 let mut polls = registry.lock().unwrap_or_else(|p| p.into_inner());
                 if tx.receiver_count() == 0 {
-                    polls.remove(&topic);
+                    polls.remove(&key);
                     return;
                 }
             }

@@ -286,16 +286,12 @@ impl ConsumerContext for WorkerContext {
                 };
                 (r, Notice::Assigned(assigned))
             }
-            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let r = if cooperative {
-                    base.incremental_unassign(tpl)
-                } else {
-                    base.unassign()
-                };
-                (r, Notice::Revoked(list(tpl)))
-            }
+            // A revocation, or an error after which the assignment cannot be trusted: give
+            // the partitions back either way.
             other => {
-                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                if other != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                }
                 let r = if cooperative {
                     base.incremental_unassign(tpl)
                 } else {

@@ -1,13 +1,15 @@
 """Kafka ingest: Kafka-to-visible latency at a steady rate, and the highest sustained rate.
 
+    cargo build --release --bin floe && cargo build --release -p floe-ingest --example kafka_load
     FLOE_BIN=target/release/floe FLOE_TEST_KAFKA_BROKERS=127.0.0.1:19092 \
         python bench/kafka.py [--rate 20000] [--seconds 60] [--tenants 4] [--backlog 1000000]
 
 Needs a Kafka-compatible broker (`eval "$(infra/services.sh up)"` starts one) and
-`confluent-kafka` (a C producer fast enough to hold the rate on the same two cores).
+`confluent-kafka` (backlog producer, peer and plain consumer).
 
 1. Steady rate: one `floe ingest kafka` worker consumes `--tenants` topics (4 partitions each)
-   while a producer sends `--rate` events/s for `--seconds`. Every 100th record's produce time is
+   while `kafka_load` (Rust, `ingest/examples/kafka_load.rs`; `FLOE_KAFKA_LOAD` names another
+   build) sends `--rate` events/s for `--seconds`. Every 100th record's produce time is
    kept with its (partition, offset); a prober reads each table's current snapshot every 50 ms
    (catalog row, then the metadata file) and notes when the group's position passes the offset.
    Latency = visible - acknowledged by the broker (the poll period adds 0..50 ms). The worker's
@@ -40,8 +42,21 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 FLOE = os.environ.get("FLOE_BIN", "target/release/floe")
+# The steady-rate producer, built beside floe by `cargo build --release --example kafka_load`.
+KAFKA_LOAD = os.environ.get("FLOE_KAFKA_LOAD", str(Path(FLOE).parent / "examples" / "kafka_load"))
 BROKERS = os.environ.get("FLOE_TEST_KAFKA_BROKERS", "127.0.0.1:19092")
 GROUP = "bench"
+
+
+def cpu_model():
+    """The CPU's name and clock as /proc/cpuinfo gives them: the broker is single-core-bound, so
+    figures from different machines differ by this."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info = dict((k.strip(), v) for k, v in (line.split(":", 1) for line in lines if ":" in line))
+        return f"{info['model name'].strip()} at {float(info['cpu MHz']):.0f} MHz"
+    except (OSError, KeyError, ValueError):
+        return platform.processor() or "cpu unknown"
 
 
 def floe(data, *args):
@@ -134,34 +149,20 @@ def stop(proc):
 
 def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clusters=(BROKERS,)):
     """Tenant k's topic is on cluster k % len(clusters); one worker per cluster."""
-    rng = random.Random(1)
     total = rate * seconds
-    # Made before the clock starts: the producer's loop only hands bytes to librdkafka, so the
-    # harness takes as little as it can of the cores the broker and the worker run on.
-    values = [event(tenants[i % len(tenants)], i, rng) for i in range(total)]
     positions = Positions(data)
     prefix = tenants[0].rsplit("-", 1)[0]
     workers = [start_worker(data, data / f"worker-steady-{c}.log", prefix, brokers, METRICS_PORT + c)
                for c, brokers in enumerate(clusters)]
     time.sleep(3)
-    producers = [Producer({"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": True,
-                           "linger.ms": linger_ms}) for brokers in clusters]
-    producer_of = [producers[k % len(clusters)] for k in range(len(tenants))]
-    samples = []  # (tenant, produced_at, acknowledged_at, partition, offset)
 
-    def report(tenant, sent_at):
-        def cb(err, msg):
-            if err is None:
-                samples.append((tenant, sent_at, time.monotonic(), msg.partition(), msg.offset()))
-        return cb
-
-    seen = {}  # (tenant, partition) -> [(time, position)]
+    seen = {}  # (tenant, partition) -> [(unix time, position)]
     stop_probe = threading.Event()
 
     def probe():
         while not stop_probe.is_set():
             for t in tenants:
-                now = time.monotonic()
+                now = time.time()
                 for p, pos in positions.of(t).items():
                     hist = seen.setdefault((t, p), [])
                     if not hist or hist[-1][1] != pos:
@@ -170,7 +171,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
 
     # A plain consumer of the same topics (its own group) notes when each record reaches a
     # client at all: what the broker adds before any consumer can see a record.
-    arrivals = {}  # (tenant, partition) -> [(offset, time)]
+    arrivals = {}  # (tenant, partition) -> [(offset, unix time)]
     consumer = None
     if plain_consumer:
         consumer = Consumer({"bootstrap.servers": clusters[0], "group.id": f"probe-{uuid.uuid4().hex[:6]}",
@@ -183,29 +184,30 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
             for m in consumer.consume(num_messages=5000, timeout=0.1):
                 if not m.error():
                     t = m.topic().removeprefix("tenant-").removesuffix(".events")
-                    arrivals.setdefault((t, m.partition()), []).append((m.offset(), time.monotonic()))
+                    arrivals.setdefault((t, m.partition()), []).append((m.offset(), time.time()))
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
-    topics = [f"tenant-{t}.events" for t in tenants]
-    t0 = time.monotonic()
-    for i in range(total):
-        k = i % len(tenants)
-        if i % 100 == 0:
-            send(producer_of[k], topics[k], values[i], on_delivery=report(tenants[k], time.monotonic()))
-        else:
-            send(producer_of[k], topics[k], values[i])
-        if i % 1000 == 0:
-            for producer in producers:
-                producer.poll(0)
-            ahead = i / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-    for producer in producers:
-        producer.flush()
-    achieved = total / (time.monotonic() - t0)
+    # The producer is a Rust program (ingest/examples/kafka_load.rs): a Python loop handing
+    # 20,000 records/s to librdkafka took a fifth of a core from the broker and the worker.
+    out = data / "samples.tsv"
+    with open(out, "w") as stdout:
+        load = subprocess.run([KAFKA_LOAD, "--clusters", ";".join(clusters), "--tenants", ",".join(tenants),
+                               "--rate", str(rate), "--seconds", str(seconds), "--linger-ms", str(linger_ms)],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+    if load.returncode != 0:
+        raise SystemExit(f"kafka_load failed: {load.stderr}")
+    summary = json.loads(load.stderr.strip().splitlines()[-1])
+    if summary["failed"]:
+        raise SystemExit(f"kafka_load: {summary['failed']} records not delivered: {load.stderr}")
+    achieved = summary["per_s"]
+    # (tenant, produced_at, acknowledged_at, partition, offset), times in Unix seconds
+    samples = []
+    for line in out.read_text().splitlines():
+        t, p, off, sent_ns, acked_ns = line.split("\t")
+        samples.append((t, int(sent_ns) / 1e9, int(acked_ns) / 1e9, int(p), int(off)))
     deadline = time.monotonic() + 60
     while positions.total(tenants) < total and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -219,10 +221,11 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
     for worker in workers:
         stop(worker)
     # Kafka-to-visible: from the broker's acknowledgement (the record is in Kafka) to the
-    # first snapshot holding it; the producer's own queueing and the broker's write are apart.
+    # first snapshot holding it; the producer's own queueing and the broker's write are apart,
+    # and counted in produced-to-visible (handed to the client to queryable).
     import bisect
 
-    lat, ack, delivered = [], [], []
+    lat, ack, delivered, whole = [], [], [], []
     missing = 0
     for t, sent, acked, p, off in samples:
         got = arrivals.get((t, p), [])
@@ -236,6 +239,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
             missing += 1
         else:
             lat.append(max(0.0, when - acked) * 1000)
+            whole.append(max(0.0, when - sent) * 1000)
 
     def q(xs, f):
         xs = sorted(xs)
@@ -246,6 +250,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
             "visible_max_ms": q(lat, 1.0),
             "broker_to_plain_consumer_p50_ms": q(delivered, 0.5), "broker_to_plain_consumer_p99_ms": q(delivered, 0.99),
             "produce_ack_p50_ms": q(ack, 0.5), "produce_ack_p99_ms": q(ack, 0.99),
+            "produced_to_visible_p50_ms": q(whole, 0.5), "produced_to_visible_p99_ms": q(whole, 0.99),
             "workers": metrics}
 
 
@@ -353,7 +358,7 @@ def main():
     for k, t in enumerate(tenants):
         floe(data, "tenant", "create", t)
         create_topics([f"tenant-{t}.events"], brokers=clusters[k % len(clusters)])
-    print(f"machine: {os.cpu_count()} cores, {platform.machine()}; data {data}; broker {BROKERS}")
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {cpu_model()}; data {data}; broker {BROKERS}")
 
     if not args.skip_steady:
         s = steady(data, tenants, args.rate, args.seconds, args.plain_consumer, args.linger_ms, clusters)

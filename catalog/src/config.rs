@@ -348,6 +348,18 @@ impl Config {
                 continue;
             }
             let wanted = rest.to_ascii_lowercase();
+            // librdkafka settings hold dots, which variable names cannot: `_` stands for `.`
+            // and `__` for `_` (FLOE_KAFKA_PROPERTIES_SASL_PASSWORD is sasl.password), so
+            // secrets can come from the environment rather than the file.
+            if let Some(property) = wanted.strip_prefix("kafka_properties_") {
+                let name = property
+                    .split("__")
+                    .map(|part| part.replace('_', "."))
+                    .collect::<Vec<_>>()
+                    .join("_");
+                set_key(&mut value, &format!("kafka.properties.{name}"), &raw)?;
+                continue;
+            }
             match keys.iter().find(|k| k.replace('.', "_") == wanted) {
                 Some(key) => set_key(&mut value, key, &raw)?,
                 // Other tools may use the prefix too; a typo still gets a warning.
@@ -624,6 +636,38 @@ mod tests {
         assert_eq!(c.kafka.properties.len(), 3);
         assert!(Config::load(None, vec![], &[("kafka.nope", "1".into())]).is_err());
         assert!(Config::load(None, vec![], &[("kafka.properties.", "1".into())]).is_err());
+    }
+
+    #[test]
+    fn kafka_properties_from_the_environment() {
+        let env = vec![
+            (
+                "FLOE_KAFKA_PROPERTIES_SASL_PASSWORD".to_string(),
+                "s3cret".to_string(),
+            ),
+            (
+                "FLOE_KAFKA_PROPERTIES_SESSION_TIMEOUT_MS".to_string(),
+                "30000".to_string(),
+            ),
+            // `__` keeps an underscore.
+            (
+                "FLOE_KAFKA_PROPERTIES_PLUGIN__LIBRARY_PATHS".to_string(),
+                "x".to_string(),
+            ),
+        ];
+        // Flags still win over the environment.
+        let c = Config::load(
+            None,
+            env,
+            &[("kafka.properties.session.timeout.ms", "45000".into())],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(c.kafka.properties["session.timeout.ms"], "45000");
+        assert_eq!(c.kafka.properties["plugin_library.paths"], "x");
+        assert_eq!(c.kafka.properties.len(), 3);
+        let empty = vec![("FLOE_KAFKA_PROPERTIES_".to_string(), "1".to_string())];
+        assert!(Config::load(None, empty, &[]).is_err());
     }
 
     #[test]

@@ -252,6 +252,12 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
                          capture_output=True, text=True, timeout=60, env=process_env(data))
     assert bad.returncode != 0 and 'Invalid value for configuration property "fetch.wait.max.ms"' in bad.stderr, \
         bad.stderr
+    # The same through the environment, `_` for `.` (how secrets such as sasl.password arrive).
+    bad = subprocess.run([FLOE, "--data-dir", str(data), *kafka, "ingest", "kafka", "--brokers", brokers,
+                          "--group", group], capture_output=True, text=True, timeout=60,
+                         env={**process_env(data), "FLOE_KAFKA_PROPERTIES_SESSION_TIMEOUT_MS": "soon"})
+    assert bad.returncode != 0 and 'Invalid value for configuration property "session.timeout.ms"' in bad.stderr, \
+        bad.stderr
 
     proc, srv = start(data, *kafka)
     workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)

@@ -90,6 +90,8 @@ struct Run {
     rows: u64,
     deadline: Instant,
     touched: Instant,
+    /// Fires when the query's thread has given its tenant slot back.
+    released: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 fn base_uri(headers: &HeaderMap) -> String {
@@ -395,6 +397,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
             }
         }
     };
+    let (released_tx, released) = tokio::sync::oneshot::channel::<()>();
     let threads = st.threads;
     let spawned = std::thread::Builder::new()
         .name("floe-query".into())
@@ -423,6 +426,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
             // so that the tenant's limit counts work that is really still running.
             drop(runtime);
             drop(slot);
+            let _ = released_tx.send(());
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start a query thread");
@@ -432,10 +436,17 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
             "could not start a query thread",
         ));
     }
-    let schema = match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+    let first = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+    let schema = match first {
         Ok(Some(Ok(Produced::Schema(schema)))) => schema,
-        Ok(Some(Err(e))) => return fail(QueryError::from_query(&e)),
+        Ok(Some(Err(e))) => {
+            drop(rx);
+            slot_back(Some(released), deadline).await;
+            return fail(QueryError::from_query(&e));
+        }
         Ok(Some(Ok(Produced::Batch(_))) | None) => {
+            drop(rx);
+            slot_back(Some(released), deadline).await;
             return fail(QueryError::from_query(&Error::NotSupported(
                 "the query ended before producing a schema".into(),
             )));
@@ -452,6 +463,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         rows: 0,
         deadline,
         touched: Instant::now(),
+        released: Some(released),
     }));
     if let Ok(mut q) = st.queries.lock() {
         q.insert(id.clone(), run.clone());
@@ -964,6 +976,17 @@ async fn info(State(st): State<TrinoState>) -> Response {
     .into_response()
 }
 
+/// Waits, until `deadline` at most, for a query's thread to give its tenant slot back. Called
+/// once the work has ended by itself (finished or failed), when that takes milliseconds: a
+/// client that sees the end and sends its next query at once must not find the slot still
+/// taken. A query stopped by a limit is answered at once instead; its slot comes back when its
+/// work reaches its next yield.
+async fn slot_back(released: Option<tokio::sync::oneshot::Receiver<()>>, deadline: Instant) {
+    if let Some(released) = released {
+        let _ = tokio::time::timeout_at(deadline.into(), released).await;
+    }
+}
+
 /// Pulls the next page from the running plan and advances the token.
 async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
     let (page_rows, max_rows) = {
@@ -988,10 +1011,14 @@ async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Value {
             Ok(None) => {
                 run.batches = None;
                 finished = true;
+                slot_back(run.released.take(), run.deadline).await;
                 break;
             }
             Ok(Some(Err(e))) => {
                 failure = Some(QueryError::from_query(&e));
+                // The work stops on its own after an error: wait for its slot as for an end.
+                run.batches = None;
+                slot_back(run.released.take(), run.deadline).await;
                 break;
             }
             Ok(Some(Ok(Produced::Schema(_)))) => continue,

@@ -154,3 +154,20 @@ def test_cross_tenant_tricks(tight):
     cur.execute("SELECT DISTINCT tenant_id FROM events")
     assert cur.fetchall() == [[TENANT]]
     assert healthy(tight)
+
+
+def test_an_ended_query_has_given_its_slot_back(tmp_path):
+    """Once a query's end (its last page, or its error) reaches the client, its tenant slot is
+    free again: back-to-back queries under a limit of one are never refused QUERY_QUEUE_FULL
+    (the slot used to come back a moment after the answer: on S3 + PostgreSQL, where the
+    query's runtime takes longer to wind down, this test failed every time)."""
+    proc, srv = start(tmp_path, "--set", "query.max_concurrent_per_tenant=1")
+    try:
+        floe(tmp_path, "tenant", "create", "one-slot")
+        token = srv.token("one-slot", "analyst")
+        for _ in range(40):
+            body = statement(srv, token, "SELECT * FROM events FOR VERSION AS OF 1")
+            assert body.get("error", {}).get("errorName") == "GENERIC_USER_ERROR", body
+            assert run(srv, "SELECT count(*) FROM events", tenant="one-slot") == [[0]]
+    finally:
+        stop(proc)

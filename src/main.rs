@@ -43,6 +43,16 @@ enum Command {
         /// Address to listen on (config `listen`, default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// Start although the write-ahead log is damaged at SEGMENT@OFFSET (as the refusal to
+        /// start names it), losing the unreadable records there and keeping the readable
+        /// ones after them; recorded in the audit log. Repeatable. See `floe wal check`.
+        #[arg(long = "accept-wal-loss", value_name = "SEGMENT@OFFSET")]
+        accept_wal_loss: Vec<String>,
+    },
+    /// Inspect the write-ahead log of --data-dir.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
     },
     /// Manage tenants.
     Tenant {
@@ -119,6 +129,13 @@ enum IngestCommand {
 }
 
 #[derive(Subcommand)]
+enum WalCommand {
+    /// Read every segment and report records, torn tails and damage; changes nothing. Exits
+    /// non-zero when the log is damaged (`floe serve` would refuse to start).
+    Check,
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// Re-submit fixed events to the tenant's topic: JSON lines from --file (e.g. `floe dlq
     /// list` output with each `payload` corrected), each line's `payload` (or the line itself
@@ -148,6 +165,11 @@ enum TenantCommand {
         /// Compaction target size for this tenant's files, in bytes; `none`: the default.
         #[arg(long)]
         target_file_bytes: Option<String>,
+        /// Payload fields that name a user, besides `user_id` (comma-separated, e.g.
+        /// `payload.customer_id,payload.buyer.id`): user erasure also removes the rows where
+        /// one of them equals an erased id. `none` clears them.
+        #[arg(long, alias = "user-field", value_name = "FIELDS")]
+        user_fields: Option<String>,
     },
     /// Delete a tenant: its namespace and tables leave the catalog and its tokens stop
     /// working at once.
@@ -310,20 +332,36 @@ fn load_config_with(
 
 async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Serve { listen } => serve(load_config(&cli, listen.as_ref())?, flush).await,
+        Command::Serve {
+            listen,
+            accept_wal_loss,
+        } => serve(load_config(&cli, listen.as_ref())?, flush, accept_wal_loss).await,
+        Command::Wal {
+            command: WalCommand::Check,
+        } => wal_check(&load_config(&cli, None)?),
         Command::Tenant { command } => {
             let config = load_config(&cli, None)?;
             let catalog = Catalog::open(&config).await?;
             match command {
                 TenantCommand::Create { id } => {
                     let id = TenantId::parse(id)?;
-                    catalog.create_tenant(&id, "cli").await?;
+                    let mut properties = Vec::new();
                     if !config.kafka.brokers.is_empty() {
                         let producer = floe_ingest::produce::Producer::new(&config)?;
                         if let Err(e) = producer.create_topic(&id).await {
                             tracing::warn!(tenant = %id, error = %e, "could not create the tenant's topic");
                         }
+                        // The new tenant's table reads its topic from where it ends now: what
+                        // an earlier tenant with this id left there is not this tenant's.
+                        let ends = producer.end_offsets(&id).await.with_context(|| {
+                            format!("reading where topic {} ends", producer.topic(&id))
+                        })?;
+                        properties.push(floe_catalog::table::kafka_start_property(
+                            &producer.topic(&id),
+                            &ends,
+                        ));
                     }
+                    catalog.create_tenant_with(&id, "cli", properties).await?;
                     println!("{id}");
                 }
                 TenantCommand::List => {
@@ -335,6 +373,9 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                         if let Some(b) = t.target_file_bytes {
                             line.push_str(&format!("\ttarget_file_bytes={b}"));
                         }
+                        if !t.user_fields.is_empty() {
+                            line.push_str(&format!("\tuser_fields={}", t.user_fields.join(",")));
+                        }
                         println!("{line}");
                     }
                 }
@@ -342,6 +383,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                     id,
                     retention_days,
                     target_file_bytes,
+                    user_fields,
                 } => {
                     let id = TenantId::parse(id)?;
                     let settings = floe_catalog::TenantSettings {
@@ -350,6 +392,10 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                             "--target-file-bytes",
                             target_file_bytes,
                         )?,
+                        user_fields: user_fields.as_ref().map(|f| match f.trim() {
+                            "none" | "" => Vec::new(),
+                            list => list.split(',').map(str::to_string).collect(),
+                        }),
                     };
                     let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
                     println!("{}", serde_json::to_string(&t)?);
@@ -519,9 +565,9 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                         std::fs::read_to_string(file)
                             .with_context(|| format!("reading {}", file.display()))?
                     };
-                    if !catalog.tenant_exists(&tenant).await? {
+                    let Some(tenant) = catalog.tenant_key(&tenant).await? else {
                         bail!("tenant {tenant} does not exist");
-                    }
+                    };
                     let producer = floe_ingest::produce::Producer::new(&config)?;
                     let done = floe_ingest::produce::replay(&producer, &tenant, &text).await?;
                     eprintln!(
@@ -572,10 +618,59 @@ async fn ingest_kafka(config: Config, metrics_listen: Option<&str>) -> anyhow::R
     Ok(())
 }
 
-async fn serve(config: Config, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
+/// `floe wal check`: what is in the write-ahead log; fails when it is damaged.
+fn wal_check(config: &Config) -> anyhow::Result<()> {
+    let dir = config.wal_dir();
+    if !dir.exists() {
+        println!("{}: no write-ahead log", dir.display());
+        return Ok(());
+    }
+    let (scan, in_use) = floe_ingest::wal::Wal::check(&dir)?;
+    if in_use {
+        println!(
+            "{}: in use by a running process (its last record may be mid-write)",
+            dir.display()
+        );
+    }
+    for s in &scan.segments {
+        println!(
+            "{}\tfirst {}\t{} records\t{} bytes",
+            s.segment, s.first_lsn, s.records, s.bytes
+        );
+        if let Some((offset, bytes)) = s.torn_tail {
+            println!(
+                "  torn tail at offset {offset} ({bytes} bytes, never acknowledged): cut on the next start"
+            );
+        }
+        for d in &s.damage {
+            println!("  DAMAGED: {d}");
+        }
+    }
+    println!(
+        "{} records readable; next sequence number {}",
+        scan.records.len(),
+        scan.next_lsn
+    );
+    let damage: Vec<String> = scan.damage().map(|d| d.token()).collect();
+    if !damage.is_empty() {
+        bail!(
+            "the log is damaged: `floe serve` refuses to start; to start anyway, losing the \
+             unreadable records: floe serve --accept-wal-loss {}",
+            damage.join(" --accept-wal-loss ")
+        );
+    }
+    Ok(())
+}
+
+async fn serve(
+    config: Config,
+    flush: tokio::runtime::Handle,
+    accept_wal_loss: &[String],
+) -> anyhow::Result<()> {
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
-    let ingest = Ingest::start(catalog.clone(), &config, flush).await?;
+    let ingest =
+        Ingest::start_accepting_loss(catalog.clone(), &config, flush, accept_wal_loss).await?;
     let auth = Authenticator::new(authority, catalog.clone());
     let producer = if config.kafka.brokers.is_empty() {
         None

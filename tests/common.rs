@@ -117,6 +117,16 @@ impl Server {
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        Self::start_serving(data_dir, port, extra, &[])
+    }
+
+    /// `floe [extra] serve --listen … [serve_args]`.
+    pub fn start_serving(
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        serve_args: &[&str],
+    ) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,6 +135,7 @@ impl Server {
         let child = command(data_dir)
             .args(extra)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(serve_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -310,4 +321,35 @@ pub fn setup_tenant(data_dir: &Path, tenant: &str, role: &str) -> String {
     )
     .trim()
     .to_string()
+}
+
+/// Rows of `sql` on the catalog database of `data_dir` (SQLite or PostgreSQL), each row's
+/// columns joined with `|` (every column must be text).
+pub fn catalog_rows(data_dir: &Path, sql: &str) -> Vec<String> {
+    let url = stack_env(data_dir)
+        .into_iter()
+        .find(|(k, _)| k == "FLOE_CATALOG")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| format!("sqlite://{}/catalog.db", data_dir.display()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::{Connection, Row};
+            sqlx::any::install_default_drivers();
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::query(sql)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<String, _>(i))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect()
+        })
 }

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "e2e/data_safety.rs"]
+mod data_safety;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -146,6 +146,11 @@ impl TokenAuthority {
                 file.write_all(hex.as_bytes())
                     .map_err(Error::io(ctx.clone()))?;
                 file.sync_all().map_err(Error::io(ctx))?;
+                // The new name is durable only once its directory is.
+                if let Some(parent) = path.parent() {
+                    crate::storage::sync_dir(parent)
+                        .map_err(Error::io(parent.display().to_string()))?;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(ctx)(e)),
@@ -304,6 +309,21 @@ mod tests {
     }
 }
 
+/// Who is asking: a verified token and the tenant incarnation it reaches.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub claims: Claims,
+    /// The token's tenant, as it exists now.
+    pub tenant: crate::tenant::TenantKey,
+}
+
+impl Principal {
+    /// Fails with `Forbidden` unless the token's role is one of `roles`.
+    pub fn require_role(&self, roles: &[Role]) -> Result<()> {
+        self.claims.require_role(roles)
+    }
+}
+
 /// Verifies requests: the bearer token, then that its tenant still exists (asked of the catalog
 /// on every request, so a deleted tenant's tokens stop working at once; while the catalog
 /// database does not answer, tenants already seen are taken as existing).
@@ -311,8 +331,11 @@ mod tests {
 pub struct Authenticator {
     authority: TokenAuthority,
     catalog: crate::Catalog,
-    /// Tenants seen to exist: they keep working while the catalog database is down.
-    known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Tenants seen to exist, with their incarnation: they keep working while the catalog
+    /// database is down.
+    known: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, crate::tenant::TenantKey>>,
+    >,
 }
 
 impl Authenticator {
@@ -329,7 +352,7 @@ impl Authenticator {
     }
 
     /// Checks an `Authorization` header value (`Bearer <jwt>`).
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Claims> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
         let header = authorization.ok_or_else(|| Error::Unauthenticated {
             message: "missing Authorization header (expected: Bearer <token>)".into(),
         })?;
@@ -344,15 +367,27 @@ impl Authenticator {
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
             message: "token names an invalid tenant".into(),
         })?;
-        let seen = self.known.lock().is_ok_and(|k| k.contains(tenant.as_str()));
-        let created_at_ms = match self.catalog.tenant_created_at(&tenant).await {
-            Ok(at) => at,
+        let seen = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|k| k.get(tenant.as_str()).cloned());
+        let found = match self.catalog.find_tenant(&tenant).await {
+            Ok(found) => found,
             // While the catalog database is down, a tenant this process has seen keeps
             // working (ingest goes on into the log); one it has never seen gets 503.
-            Err(e) if e.retryable() && seen => return Ok(claims),
+            Err(e) if e.retryable() => match seen {
+                Some(key) => {
+                    return Ok(Principal {
+                        claims,
+                        tenant: key,
+                    });
+                }
+                None => return Err(e),
+            },
             Err(e) => return Err(e),
         };
-        let Some(created_at_ms) = created_at_ms else {
+        let Some(found) = found else {
             if let Ok(mut k) = self.known.lock() {
                 k.remove(tenant.as_str());
             }
@@ -362,14 +397,20 @@ impl Authenticator {
         };
         // A tenant deleted and created again under the same id is another tenant: tokens
         // issued before it existed do not reach it.
-        if claims.issued_at_ms() < created_at_ms {
+        if claims.issued_at_ms() < found.created_at_ms {
             return Err(Error::Unauthenticated {
                 message: "the token was issued before its tenant was created".into(),
             });
         }
-        if !seen && let Ok(mut k) = self.known.lock() {
-            k.insert(tenant.to_string());
+        let key = found.key()?;
+        if seen.as_ref() != Some(&key)
+            && let Ok(mut k) = self.known.lock()
+        {
+            k.insert(tenant.to_string(), key.clone());
         }
-        Ok(claims)
+        Ok(Principal {
+            claims,
+            tenant: key,
+        })
     }
 }

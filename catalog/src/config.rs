@@ -108,6 +108,12 @@ pub struct CompactionConfig {
     /// A compactor holds a table for this long per lease (renewed while it works); another
     /// compactor takes the table over only after the lease runs out.
     pub lease_secs: u64,
+    /// Tenants whose pending user erasures are worked on side by side in one tick of the
+    /// schedule (each tenant gets one pass per tick, whatever its backlog).
+    pub erasure_tenants_at_once: usize,
+    /// Most user ids one erasure pass takes on (requests of a tenant are merged into one
+    /// pass up to this many ids; the rest wait for the next tick).
+    pub erasure_max_users_per_pass: usize,
 }
 
 impl Default for CompactionConfig {
@@ -121,6 +127,8 @@ impl Default for CompactionConfig {
             orphan_min_age_secs: 24 * 3600,
             interval_secs: 300,
             lease_secs: 600,
+            erasure_tenants_at_once: 2,
+            erasure_max_users_per_pass: 10_000,
         }
     }
 }
@@ -410,6 +418,14 @@ impl Config {
                 self.compaction.min_snapshots as u64,
             ),
             ("compaction.lease_secs", self.compaction.lease_secs),
+            (
+                "compaction.erasure_tenants_at_once",
+                self.compaction.erasure_tenants_at_once as u64,
+            ),
+            (
+                "compaction.erasure_max_users_per_pass",
+                self.compaction.erasure_max_users_per_pass as u64,
+            ),
             (
                 "kafka.max_in_flight_bytes",
                 self.kafka.max_in_flight_bytes as u64,

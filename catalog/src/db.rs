@@ -177,6 +177,28 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX IF NOT EXISTS floe_erasures_pending ON floe_erasures (status, requested_at_ms);
     "#,
     },
+    Migration {
+        version: 3,
+        description: "tenant incarnations, declared user fields, erasure accounting",
+        sqlite: r#"
+    ALTER TABLE floe_tenants ADD COLUMN incarnation TEXT;
+    UPDATE floe_tenants SET incarnation = 'legacy' WHERE incarnation IS NULL;
+    ALTER TABLE floe_tenants ADD COLUMN user_fields TEXT;
+    ALTER TABLE floe_erasures ADD COLUMN fields TEXT;
+    ALTER TABLE floe_erasures ADD COLUMN rows_removed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE floe_erasures ADD COLUMN files_rewritten INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE floe_erasures ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    "#,
+        postgres: r#"
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS incarnation TEXT;
+    UPDATE floe_tenants SET incarnation = 'legacy' WHERE incarnation IS NULL;
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS user_fields TEXT;
+    ALTER TABLE floe_erasures ADD COLUMN IF NOT EXISTS fields TEXT;
+    ALTER TABLE floe_erasures ADD COLUMN IF NOT EXISTS rows_removed BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE floe_erasures ADD COLUMN IF NOT EXISTS files_rewritten BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE floe_erasures ADD COLUMN IF NOT EXISTS attempts BIGINT NOT NULL DEFAULT 0;
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

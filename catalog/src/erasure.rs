@@ -1,14 +1,22 @@
 //! User erasure requests (GDPR): recorded here, carried out by the compactor.
 //!
+//! A request names users; a row is theirs when its `user_id` is one of the ids, or when a
+//! payload field the tenant declared as a user reference (`floe tenant set T --user-fields
+//! payload.customer_id`) holds one, compared exactly. The fields are fixed when the request is
+//! made and reported with it.
+//!
 //! A request is `pending` until the compactor has rewritten every file holding the users'
 //! rows, expired the snapshots that still reached the old files, deleted them, and checked that
-//! no object under the tenant's prefix holds the users in any form; then it is `completed` with
-//! `verified_at_ms`. The user ids live in the catalog database only while the request is open:
-//! once verified they are replaced by their count.
+//! no object under the tenant's prefix holds the users in those fields; then it is `completed`
+//! with `verified_at`. The user ids live in the catalog database only while the request is
+//! open: once verified they are replaced by their count.
 
 use crate::db::now_ms;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
+
+/// The field every erasure matches.
+pub const USER_ID_FIELD: &str = "user_id";
 
 /// Most user ids one request may name.
 pub const MAX_USER_IDS: usize = 10_000;
@@ -23,17 +31,42 @@ pub struct Erasure {
     pub user_ids: Vec<String>,
     /// How many users the request names.
     pub users: usize,
+    /// The fields compared with the ids: `user_id` and the tenant's declared user fields
+    /// (`payload.customer_id`) when the request was made.
+    pub fields: Vec<String>,
     /// `pending` or `completed`.
     pub status: String,
     pub requested_by: String,
     pub requested_at_ms: i64,
     pub completed_at_ms: Option<i64>,
     pub verified_at_ms: Option<i64>,
-    /// What the last attempt found (rows removed, objects still holding the users, errors).
+    /// `verified_at_ms` as RFC 3339.
+    pub verified_at: Option<String>,
+    /// Rows of the users removed so far, and the files that held them (rewritten).
+    pub rows_removed: u64,
+    pub files_rewritten: u64,
+    /// Passes run for the request.
+    pub attempts: u64,
+    /// What the last attempt found (objects still holding the users, errors).
     pub detail: Option<String>,
 }
 
-type Row = (
+/// What one pass did for one request (see [`Catalog::record_erasure`]).
+#[derive(Debug, Clone, Default)]
+pub struct ErasurePass {
+    /// Nothing under the tenant's prefix holds the request's users any more.
+    pub verified: bool,
+    pub rows_removed: u64,
+    pub files_rewritten: u64,
+    pub detail: String,
+}
+
+const COLUMNS: &str = "id, tenant, user_ids, status, requested_by, requested_at_ms, \
+                       completed_at_ms, verified_at_ms, detail, \
+                       fields, rows_removed, files_rewritten, attempts";
+
+/// A row of `floe_erasures` as read (see `COLUMNS`).
+type FlatRow = (
     String,
     String,
     String,
@@ -43,14 +76,28 @@ type Row = (
     Option<i64>,
     Option<i64>,
     Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
 );
 
-const COLUMNS: &str = "id, tenant, user_ids, status, requested_by, requested_at_ms, \
-                       completed_at_ms, verified_at_ms, detail";
-
-fn from_row(r: Row) -> Erasure {
-    let (id, tenant, user_ids, status, requested_by, requested_at_ms, completed, verified, detail) =
-        r;
+fn from_row(r: FlatRow) -> Erasure {
+    let (
+        id,
+        tenant,
+        user_ids,
+        status,
+        requested_by,
+        requested_at_ms,
+        completed,
+        verified,
+        detail,
+        fields,
+        rows_removed,
+        files_rewritten,
+        attempts,
+    ) = r;
     let parsed: serde_json::Value = serde_json::from_str(&user_ids).unwrap_or_default();
     let (user_ids, users) = match parsed {
         serde_json::Value::Array(ids) => {
@@ -64,16 +111,26 @@ fn from_row(r: Row) -> Erasure {
         serde_json::Value::Number(n) => (Vec::new(), n.as_u64().unwrap_or(0) as usize),
         _ => (Vec::new(), 0),
     };
+    let fields = fields
+        .and_then(|f| serde_json::from_str(&f).ok())
+        .unwrap_or_else(|| vec![USER_ID_FIELD.to_string()]);
     Erasure {
         id,
         tenant,
         user_ids,
         users,
+        fields,
         status,
         requested_by,
         requested_at_ms,
         completed_at_ms: completed,
         verified_at_ms: verified,
+        verified_at: verified
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        rows_removed: rows_removed.max(0) as u64,
+        files_rewritten: files_rewritten.max(0) as u64,
+        attempts: attempts.max(0) as u64,
         detail,
     }
 }
@@ -113,15 +170,36 @@ impl Catalog {
         let count = ids.len();
         self.on_io(move |c| async move {
             let mut tx = c.db.begin().await.map_err(Error::db("erasure request"))?;
+            // The fields compared are fixed now, with the request, and reported with it.
+            let declared: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT user_fields FROM floe_tenants WHERE id = $1")
+                    .bind(tenant.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::db("erasure request"))?;
+            let Some((declared,)) = declared else {
+                return Err(Error::NotFound {
+                    what: format!("tenant {tenant}"),
+                });
+            };
+            let mut fields = vec![USER_ID_FIELD.to_string()];
+            fields.extend(
+                declared
+                    .and_then(|f| serde_json::from_str::<Vec<String>>(&f).ok())
+                    .unwrap_or_default(),
+            );
+            let fields = serde_json::to_string(&fields)
+                .map_err(|e| Error::internal(format!("erasure fields: {e}")))?;
             sqlx::query(
                 "INSERT INTO floe_erasures (id, tenant, user_ids, status, requested_by, \
-                 requested_at_ms) VALUES ($1, $2, $3, 'pending', $4, $5)",
+                 requested_at_ms, fields) VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
             )
             .bind(&id2)
             .bind(tenant.as_str())
             .bind(&users)
             .bind(&actor)
             .bind(now_ms())
+            .bind(&fields)
             .execute(&mut *tx)
             .await
             .map_err(Error::db("erasure request"))?;
@@ -146,7 +224,7 @@ impl Catalog {
     pub async fn erasure(&self, tenant: Option<&TenantId>, id: &str) -> Result<Erasure> {
         let (tenant, id) = (tenant.cloned(), id.to_string());
         self.on_io(move |c| async move {
-            let row: Option<Row> = sqlx::query_as(&format!(
+            let row: Option<FlatRow> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM floe_erasures WHERE id = $1"
             ))
             .bind(&id)
@@ -165,7 +243,7 @@ impl Catalog {
     /// Pending requests, oldest first.
     pub async fn pending_erasures(&self) -> Result<Vec<Erasure>> {
         self.on_io(|c| async move {
-            let rows: Vec<Row> = sqlx::query_as(&format!(
+            let rows: Vec<FlatRow> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM floe_erasures WHERE status = 'pending' \
                  ORDER BY requested_at_ms"
             ))
@@ -177,22 +255,32 @@ impl Catalog {
         .await
     }
 
-    /// Records an attempt: `verified` completes the request (and forgets the ids, keeping
-    /// their count); otherwise it stays pending with `detail`.
-    pub async fn record_erasure(&self, e: &Erasure, verified: bool, detail: &str) -> Result<()> {
-        let (id, tenant, users, detail) =
-            (e.id.clone(), e.tenant.clone(), e.users, detail.to_string());
+    /// Records a pass: its rows and files add to the request's; `verified` completes the
+    /// request (and forgets the ids, keeping their count); otherwise it stays pending with
+    /// `detail`.
+    pub async fn record_erasure(&self, e: &Erasure, pass: &ErasurePass) -> Result<()> {
+        let (id, tenant, users, pass) = (e.id.clone(), e.tenant.clone(), e.users, pass.clone());
         self.on_io(move |c| async move {
             let mut tx = c.db.begin().await.map_err(Error::db("erasure"))?;
-            if verified {
+            sqlx::query(
+                "UPDATE floe_erasures SET detail = $1, rows_removed = rows_removed + $2, \
+                 files_rewritten = files_rewritten + $3, attempts = attempts + 1 WHERE id = $4",
+            )
+            .bind(&pass.detail)
+            .bind(pass.rows_removed as i64)
+            .bind(pass.files_rewritten as i64)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("erasure"))?;
+            if pass.verified {
                 let now = now_ms();
                 sqlx::query(
                     "UPDATE floe_erasures SET status = 'completed', user_ids = $1, \
-                     completed_at_ms = $2, verified_at_ms = $2, detail = $3 WHERE id = $4",
+                     completed_at_ms = $2, verified_at_ms = $2 WHERE id = $3",
                 )
                 .bind(users.to_string())
                 .bind(now)
-                .bind(&detail)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await
@@ -206,13 +294,6 @@ impl Catalog {
                     &audit,
                 )
                 .await?;
-            } else {
-                sqlx::query("UPDATE floe_erasures SET detail = $1 WHERE id = $2")
-                    .bind(&detail)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db("erasure"))?;
             }
             tx.commit().await.map_err(Error::db("erasure"))?;
             Ok(())

@@ -64,6 +64,11 @@ pub enum Error {
     #[error("{what} already exists")]
     AlreadyExists { what: String },
 
+    /// The tenant was deleted (and maybe created again): state of the incarnation named here
+    /// must be dropped, never applied to a newer one.
+    #[error("tenant {tenant} (incarnation {incarnation}) no longer exists")]
+    IncarnationGone { tenant: String, incarnation: String },
+
     #[error("commit conflict on {table}: the table changed since it was loaded")]
     CommitConflict { table: String },
 
@@ -104,7 +109,7 @@ impl Error {
             Error::Invalid { .. } | Error::Config { .. } => ErrorKind::InvalidInput,
             Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
             Error::Forbidden { .. } => ErrorKind::PermissionDenied,
-            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::IncarnationGone { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::CommitConflict { .. } => ErrorKind::CommitConflict,
             Error::Database { source, .. } => match source {

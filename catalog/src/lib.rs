@@ -15,14 +15,14 @@ pub mod tenant;
 
 use iceberg::io::FileIO;
 
-pub use auth::{Authenticator, Claims, Role, TokenAuthority};
+pub use auth::{Authenticator, Claims, Principal, Role, TokenAuthority};
 pub use config::Config;
 use db::Db;
 pub use db::{Backend, redact as redact_url};
 pub use error::{Error, ErrorKind, Result};
 pub use storage::Warehouse;
 pub use table::{CommitOutcome, SourcePosition};
-pub use tenant::{Tenant, TenantDeleted, TenantId, TenantSettings};
+pub use tenant::{Tenant, TenantDeleted, TenantId, TenantKey, TenantSettings};
 
 /// The Iceberg catalog name Floe registers its tables under (what other engines call it).
 pub const CATALOG_NAME: &str = "floe";

@@ -161,6 +161,8 @@ impl Catalog {
         removed: Vec<String>,
         added: Vec<DataFile>,
     ) -> Result<ReplaceOutcome> {
+        self.sync_dirs(added.iter().map(|f| f.file_path().to_string()).collect())
+            .await?;
         let mut conflicts = 0;
         let mut seen = HashMap::new();
         loop {

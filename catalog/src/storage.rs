@@ -114,6 +114,39 @@ impl DataStore {
     }
 }
 
+/// Makes the entries of `dir` durable (`fsync` on the directory): a file created or renamed
+/// in it survives a power loss only once its directory is synced too.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Syncs the directories that hold `locations` (`file://` paths; others are skipped) and
+/// their ancestors up to `root`, so that files and the folders made for them survive a
+/// power loss. Each directory is synced once.
+pub fn sync_dirs_of<'a>(root: &str, locations: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let Some(root) = root.strip_prefix("file://") else {
+        return Ok(());
+    };
+    let root = std::path::Path::new(root);
+    let mut dirs = std::collections::BTreeSet::new();
+    for location in locations {
+        let Some(path) = location.strip_prefix("file://") else {
+            continue;
+        };
+        let mut dir = std::path::Path::new(path).parent();
+        while let Some(d) = dir {
+            if !d.starts_with(root) || !dirs.insert(d.to_path_buf()) {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    for d in dirs {
+        sync_dir(&d).map_err(Error::io(d.display().to_string()))?;
+    }
+    Ok(())
+}
+
 /// The `FileIO` every table of the warehouse uses, and the same storage as a [`DataStore`].
 /// S3 requests run on `io` whichever runtime makes them: pooled connections then outlive the
 /// short-lived runtimes of queries.

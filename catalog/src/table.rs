@@ -23,8 +23,8 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
 
-use crate::tenant::TenantId;
-use crate::{Catalog, Error, Result};
+use crate::tenant::{INCARNATION_PROPERTY, TenantId, TenantKey, table_incarnation};
+use crate::{Catalog, Error, Result, storage};
 
 /// The append-only event log of a tenant.
 pub const EVENTS_TABLE: &str = "events";
@@ -55,34 +55,58 @@ pub fn kafka_key(group: &str, topic: &str) -> String {
     format!("{KAFKA_PREFIX}{group}.{topic}")
 }
 
-/// The Kafka positions (partition → next offset to read) of `group` in `topic` recorded in the
-/// table's current snapshot; empty when none are.
+/// The table property holding where the table's Kafka consumption of a topic begins:
+/// `floe.kafka.start.<topic>` = `{"<partition>": <offset>, …}` (JSON). Set when a tenant is
+/// created in Kafka mode (the topic's end at that moment), so that records left in a topic by
+/// an earlier tenant with the same id never reach the new tenant's table.
+pub const KAFKA_START_PREFIX: &str = "floe.kafka.start.";
+
+/// The Kafka positions (partition → next offset to read) of `group` in `topic`: those recorded
+/// in the table's current snapshot, and for partitions without one, where the table's
+/// consumption of the topic begins ([`KAFKA_START_PREFIX`]); empty when there are none.
 pub fn kafka_positions(
     metadata: &TableMetadata,
     group: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>> {
-    let Some(raw) = metadata.current_snapshot().and_then(|s| {
+    let mut positions = match metadata.current_snapshot().and_then(|s| {
         s.summary()
             .additional_properties
             .get(&kafka_key(group, topic))
-    }) else {
-        return Ok(BTreeMap::new());
+    }) {
+        Some(raw) => parse_offsets(raw, &kafka_key(group, topic))?,
+        None => BTreeMap::new(),
     };
-    let parsed: BTreeMap<String, i64> = serde_json::from_str(raw).map_err(|e| {
-        Error::internal(format!(
-            "snapshot summary {}: not a map of partition to offset: {e}",
-            kafka_key(group, topic)
-        ))
-    })?;
+    let start_key = format!("{KAFKA_START_PREFIX}{topic}");
+    if let Some(raw) = metadata.properties().get(&start_key) {
+        for (p, o) in parse_offsets(raw, &start_key)? {
+            positions.entry(p).or_insert(o);
+        }
+    }
+    Ok(positions)
+}
+
+/// Parses `{"<partition>": <offset>, …}`.
+fn parse_offsets(raw: &str, what: &str) -> Result<BTreeMap<i32, i64>> {
+    let parsed: BTreeMap<String, i64> = serde_json::from_str(raw)
+        .map_err(|e| Error::internal(format!("{what}: not a map of partition to offset: {e}")))?;
     parsed
         .into_iter()
         .map(|(p, o)| {
             p.parse::<i32>()
                 .map(|p| (p, o))
-                .map_err(|_| Error::internal(format!("snapshot summary: bad partition {p:?}")))
+                .map_err(|_| Error::internal(format!("{what}: bad partition {p:?}")))
         })
         .collect()
+}
+
+/// The property value of [`KAFKA_START_PREFIX`] for `offsets`.
+pub fn kafka_start_property(topic: &str, offsets: &BTreeMap<i32, i64>) -> (String, String) {
+    let json: BTreeMap<String, i64> = offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect();
+    (
+        format!("{KAFKA_START_PREFIX}{topic}"),
+        serde_json::to_string(&json).unwrap_or_else(|_| "{}".into()),
+    )
 }
 
 /// Records of one topic in one commit: per partition, the position the writer believes the
@@ -217,21 +241,34 @@ const MAX_COMMIT_ATTEMPTS: u32 = 25;
 
 impl Catalog {
     /// Writes the first metadata file of a tenant's events table; returns its location.
-    pub(crate) async fn create_events_metadata(&self, tenant: &TenantId) -> Result<String> {
-        self.create_table_metadata(tenant, EVENTS_TABLE, events_schema()?, 5, "event-log")
-            .await
+    pub(crate) async fn create_events_metadata(
+        &self,
+        tenant: &TenantKey,
+        properties: &[(String, String)],
+    ) -> Result<String> {
+        self.create_table_metadata(
+            tenant,
+            EVENTS_TABLE,
+            events_schema()?,
+            5,
+            "event-log",
+            properties,
+        )
+        .await
     }
 
-    /// Writes the first metadata file of a table partitioned by `day(<field day_of>)`.
+    /// Writes the first metadata file of a table partitioned by `day(<field day_of>)`, owned
+    /// by the tenant incarnation `tenant` (a table property).
     async fn create_table_metadata(
         &self,
-        tenant: &TenantId,
+        tenant: &TenantKey,
         name: &str,
         schema: Schema,
         day_of: i32,
         kind: &str,
+        properties: &[(String, String)],
     ) -> Result<String> {
-        let location = format!("{}/{}/{}", self.warehouse, tenant, name);
+        let location = format!("{}/{}/{}", self.warehouse, tenant.id(), name);
         let spec = UnboundPartitionSpec::builder()
             .add_partition_field(day_of, "ts_day", Transform::Day)
             .map_err(Error::ice("partition spec"))?
@@ -241,24 +278,32 @@ impl Catalog {
             .location(location.clone())
             .schema(schema)
             .partition_spec(spec)
-            .properties([
-                ("write.format.default".to_string(), "parquet".to_string()),
-                (
-                    "write.parquet.compression-codec".to_string(),
-                    "zstd".to_string(),
-                ),
-                ("floe.table.kind".to_string(), kind.to_string()),
-                // Keep the last 100 metadata files and delete older ones after each commit,
-                // so a table's metadata does not grow without bound (Iceberg's own knobs).
-                (
-                    "write.metadata.delete-after-commit.enabled".to_string(),
-                    "true".to_string(),
-                ),
-                (
-                    "write.metadata.previous-versions-max".to_string(),
-                    "100".to_string(),
-                ),
-            ])
+            .properties(
+                [
+                    ("write.format.default".to_string(), "parquet".to_string()),
+                    (
+                        "write.parquet.compression-codec".to_string(),
+                        "zstd".to_string(),
+                    ),
+                    ("floe.table.kind".to_string(), kind.to_string()),
+                    (
+                        INCARNATION_PROPERTY.to_string(),
+                        tenant.incarnation().to_string(),
+                    ),
+                    // Keep the last 100 metadata files and delete older ones after each commit,
+                    // so a table's metadata does not grow without bound (Iceberg's own knobs).
+                    (
+                        "write.metadata.delete-after-commit.enabled".to_string(),
+                        "true".to_string(),
+                    ),
+                    (
+                        "write.metadata.previous-versions-max".to_string(),
+                        "100".to_string(),
+                    ),
+                ]
+                .into_iter()
+                .chain(properties.iter().cloned()),
+            )
             .format_version(FormatVersion::V2)
             .build();
         let metadata = TableMetadataBuilder::from_table_creation(creation)
@@ -280,13 +325,13 @@ impl Catalog {
             if c.metadata_location(&tenant, DLQ_TABLE).await.is_ok() {
                 return Ok(());
             }
-            if !c.tenant_exists(&tenant).await? {
+            let Some(key) = c.tenant_key(&tenant).await? else {
                 return Err(Error::NotFound {
                     what: format!("tenant {tenant}"),
                 });
-            }
+            };
             let location = c
-                .create_table_metadata(&tenant, DLQ_TABLE, dlq_schema()?, 6, "dead-letter")
+                .create_table_metadata(&key, DLQ_TABLE, dlq_schema()?, 6, "dead-letter", &[])
                 .await?;
             let inserted = sqlx::query(
                 "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
@@ -326,7 +371,22 @@ impl Catalog {
             .close()
             .await
             .map_err(Error::ice("closing metadata"))?;
-        Ok(())
+        // On a local warehouse, the metadata file (and the manifests and list written before
+        // it, in the same folder) are durable only once their folders are.
+        self.sync_dirs(vec![location.to_string()]).await
+    }
+
+    /// Syncs the folders holding `locations` on a local warehouse (nothing on S3).
+    pub(crate) async fn sync_dirs(&self, locations: Vec<String>) -> Result<()> {
+        if !self.warehouse.starts_with("file://") {
+            return Ok(());
+        }
+        let root = self.warehouse.clone();
+        tokio::task::spawn_blocking(move || {
+            storage::sync_dirs_of(&root, locations.iter().map(String::as_str))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("syncing folders: {e}")))?
     }
 
     /// Names of the tables in a tenant's namespace.
@@ -435,12 +495,15 @@ impl Catalog {
         Ok(position_in(t.metadata(), source))
     }
 
-    /// Appends `files` to the table in one snapshot, exactly once with respect to `position`:
-    /// if the table already holds the batch's last position, nothing is committed. Retries
-    /// lost compare-and-swaps (reloading and re-checking the position each time).
+    /// Appends `files` to the table of the tenant incarnation `tenant` in one snapshot,
+    /// exactly once with respect to `position`: if the table already holds the batch's last
+    /// position, nothing is committed. Retries lost compare-and-swaps (reloading and
+    /// re-checking the position each time). If the table now belongs to another incarnation
+    /// (the tenant was deleted and created again), nothing is committed:
+    /// [`Error::IncarnationGone`].
     pub async fn commit_append(
         &self,
-        tenant: &TenantId,
+        tenant: &TenantKey,
         table: &str,
         files: Vec<DataFile>,
         position: Option<&SourcePosition>,
@@ -448,7 +511,16 @@ impl Catalog {
         let (tenant, table, position) = (tenant.clone(), table.to_string(), position.cloned());
         self.on_io(move |c| async move {
             let guard = position.as_ref().map(Guard::Log);
-            match c.commit_append_here(&tenant, &table, files, guard).await? {
+            match c
+                .commit_append_here(
+                    tenant.id(),
+                    &table,
+                    files,
+                    guard,
+                    Some(tenant.incarnation()),
+                )
+                .await?
+            {
                 Ok(outcome) => Ok(outcome),
                 Err(_) => Err(Error::internal("a log position cannot be fenced")),
             }
@@ -470,7 +542,7 @@ impl Catalog {
         self.on_io(move |c| async move {
             Ok(
                 match c
-                    .commit_append_here(&tenant, &table, files, Some(Guard::Kafka(&batch)))
+                    .commit_append_here(&tenant, &table, files, Some(Guard::Kafka(&batch)), None)
                     .await?
                 {
                     Ok(o) if o.already_committed => KafkaCommit::AlreadyCommitted,
@@ -485,18 +557,33 @@ impl Catalog {
         .await
     }
 
-    /// `Ok(Err(stored))`: a Kafka guard found other positions than expected.
+    /// `Ok(Err(stored))`: a Kafka guard found other positions than expected. With
+    /// `incarnation`, the table must belong to it (checked on the metadata each attempt swaps
+    /// out, so atomically with the swap).
     async fn commit_append_here(
         &self,
         tenant: &TenantId,
         table: &str,
         files: Vec<DataFile>,
         guard: Option<Guard<'_>>,
+        incarnation: Option<&str>,
     ) -> Result<std::result::Result<CommitOutcome, BTreeMap<i32, i64>>> {
+        // The data files (and the partition folders made for them) must be durable before
+        // any snapshot names them.
+        self.sync_dirs(files.iter().map(|f| f.file_path().to_string()).collect())
+            .await?;
         let mut conflicts = 0;
         loop {
             let current = self.load_table(tenant, table).await?;
             let metadata = current.metadata();
+            if let Some(expected) = incarnation
+                && table_incarnation(metadata) != expected
+            {
+                return Err(Error::IncarnationGone {
+                    tenant: tenant.to_string(),
+                    incarnation: expected.to_string(),
+                });
+            }
             let already = Ok(Ok(CommitOutcome {
                 snapshot_id: metadata.current_snapshot_id(),
                 already_committed: true,

@@ -1,6 +1,7 @@
 //! Tenants: validated ids, and their lifecycle in the catalog (one Iceberg namespace each).
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::db::now_ms;
 use crate::{Catalog, Error, Result};
@@ -39,15 +40,78 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The incarnation of tenants created before incarnations were recorded, and of tables that
+/// carry no [`INCARNATION_PROPERTY`].
+pub const LEGACY_INCARNATION: &str = "legacy";
+
+/// The table property naming the tenant incarnation a table was created for.
+pub const INCARNATION_PROPERTY: &str = "floe.tenant.incarnation";
+
+/// One incarnation of a tenant. A tenant deleted and created again under the same id is
+/// another tenant: every piece of per-tenant state (de-duplication, batchers, log records not
+/// yet committed, query slots) is keyed by this, never by the id alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantKey {
+    id: TenantId,
+    incarnation: Arc<str>,
+}
+
+impl TenantKey {
+    pub fn new(id: TenantId, incarnation: impl Into<Arc<str>>) -> TenantKey {
+        TenantKey {
+            id,
+            incarnation: incarnation.into(),
+        }
+    }
+
+    pub fn id(&self) -> &TenantId {
+        &self.id
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+}
+
+impl fmt::Display for TenantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id.as_str())
+    }
+}
+
+/// The incarnation a table belongs to (its [`INCARNATION_PROPERTY`]).
+pub fn table_incarnation(metadata: &iceberg::spec::TableMetadata) -> &str {
+    metadata
+        .properties()
+        .get(INCARNATION_PROPERTY)
+        .map(String::as_str)
+        .unwrap_or(LEGACY_INCARNATION)
+}
+
 /// A tenant as listed by the catalog.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Tenant {
     pub id: String,
     pub created_at_ms: i64,
+    /// Which creation of this id this is (see [`TenantKey`]).
+    pub incarnation: String,
     /// Days of events kept (by event time); `None`: forever.
     pub retention_days: Option<i64>,
     /// The compaction target for this tenant's files; `None`: `compaction.target_file_bytes`.
     pub target_file_bytes: Option<i64>,
+    /// Payload fields that name a user besides `user_id` (`payload.customer_id`): user
+    /// erasure removes the rows where one of them is an erased id.
+    pub user_fields: Vec<String>,
+}
+
+impl Tenant {
+    /// The key of this incarnation.
+    pub fn key(&self) -> Result<TenantKey> {
+        Ok(TenantKey::new(
+            TenantId::parse(&self.id)?,
+            self.incarnation.as_str(),
+        ))
+    }
 }
 
 /// A change of tenant settings: `None` leaves a setting alone, `Some(None)` clears it.
@@ -55,6 +119,68 @@ pub struct Tenant {
 pub struct TenantSettings {
     pub retention_days: Option<Option<i64>>,
     pub target_file_bytes: Option<Option<i64>>,
+    /// `Some(vec![])` clears the declared user fields.
+    pub user_fields: Option<Vec<String>>,
+}
+
+/// Most payload fields a tenant may declare as user references.
+pub const MAX_USER_FIELDS: usize = 32;
+
+/// Checks and normalises declared user fields: each `payload.<key>[.<key>…]`, keys non-empty.
+pub fn parse_user_fields(fields: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for f in fields {
+        let f = f.trim();
+        if f.is_empty() {
+            continue;
+        }
+        let ok = f
+            .strip_prefix("payload.")
+            .is_some_and(|path| path.split('.').all(|k| !k.is_empty()));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "user field {f:?} must name a payload field, as payload.<key> or \
+                 payload.<key>.<key> (user_id is always matched)"
+            )));
+        }
+        if !out.iter().any(|o| o == f) {
+            out.push(f.to_string());
+        }
+    }
+    if out.len() > MAX_USER_FIELDS {
+        return Err(Error::invalid(format!(
+            "at most {MAX_USER_FIELDS} user fields (got {})",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The row of `floe_tenants` as read.
+type TenantRow = (
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+const TENANT_COLUMNS: &str =
+    "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields";
+
+fn tenant_from_row(row: TenantRow) -> Tenant {
+    let (id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields) = row;
+    Tenant {
+        id,
+        created_at_ms,
+        incarnation: incarnation.unwrap_or_else(|| LEGACY_INCARNATION.to_string()),
+        retention_days,
+        target_file_bytes,
+        user_fields: user_fields
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default(),
+    }
 }
 
 /// What deleting a tenant removed.
@@ -69,27 +195,50 @@ pub struct TenantDeleted {
 impl Catalog {
     /// Creates the tenant: its row, its Iceberg namespace, and its `events` table.
     pub async fn create_tenant(&self, id: &TenantId, actor: &str) -> Result<Tenant> {
-        let (id, actor) = (id.clone(), actor.to_string());
-        self.on_io(move |c| async move { c.create_tenant_here(&id, &actor).await })
-            .await
+        self.create_tenant_with(id, actor, Vec::new()).await
     }
 
-    async fn create_tenant_here(&self, id: &TenantId, actor: &str) -> Result<Tenant> {
+    /// [`Catalog::create_tenant`], with extra properties on the `events` table (where its
+    /// Kafka consumption begins, see [`crate::table::KAFKA_START_PREFIX`]).
+    pub async fn create_tenant_with(
+        &self,
+        id: &TenantId,
+        actor: &str,
+        events_properties: Vec<(String, String)>,
+    ) -> Result<Tenant> {
+        let (id, actor) = (id.clone(), actor.to_string());
+        self.on_io(
+            move |c| async move { c.create_tenant_here(&id, &actor, &events_properties).await },
+        )
+        .await
+    }
+
+    async fn create_tenant_here(
+        &self,
+        id: &TenantId,
+        actor: &str,
+        events_properties: &[(String, String)],
+    ) -> Result<Tenant> {
         if self.tenant_exists(id).await? {
             return Err(Error::AlreadyExists {
                 what: format!("tenant {id}"),
             });
         }
+        // A new incarnation: nothing of an earlier tenant with this id reaches this one.
+        let incarnation = uuid::Uuid::now_v7().simple().to_string();
+        let key = TenantKey::new(id.clone(), incarnation.as_str());
         // Write the table's first metadata file before any row points at it: a crash in
         // between leaves an unreferenced file, never a row naming a missing file.
-        let events_location = self.create_events_metadata(id).await?;
+        let events_location = self.create_events_metadata(&key, events_properties).await?;
         let created_at_ms = now_ms();
         let mut tx = self.db.begin().await.map_err(Error::db("create tenant"))?;
         let inserted = sqlx::query(
-            "INSERT INTO floe_tenants (id, created_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO floe_tenants (id, created_at_ms, incarnation) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(id.as_str())
         .bind(created_at_ms)
+        .bind(&incarnation)
         .execute(&mut *tx)
         .await
         .map_err(Error::db("insert tenant"))?;
@@ -133,59 +282,55 @@ impl Catalog {
         Ok(Tenant {
             id: id.to_string(),
             created_at_ms,
+            incarnation,
             retention_days: None,
             target_file_bytes: None,
+            user_fields: Vec::new(),
         })
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         self.on_io(|c| async move {
-            let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-                "SELECT id, created_at_ms, retention_days, target_file_bytes FROM floe_tenants \
-                 ORDER BY id",
-            )
+            let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM floe_tenants ORDER BY id"
+            ))
             .fetch_all(&c.db)
             .await
             .map_err(Error::db("list tenants"))?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(id, created_at_ms, retention_days, target_file_bytes)| Tenant {
-                        id,
-                        created_at_ms,
-                        retention_days,
-                        target_file_bytes,
-                    },
-                )
-                .collect())
+            Ok(rows.into_iter().map(tenant_from_row).collect())
+        })
+        .await
+    }
+
+    /// One tenant, with its settings; `None` if it does not exist.
+    pub async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let id = id.clone();
+        self.on_io(move |c| async move {
+            let row: Option<TenantRow> = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM floe_tenants WHERE id = $1"
+            ))
+            .bind(id.as_str())
+            .fetch_optional(&c.db)
+            .await
+            .map_err(Error::db("look up tenant"))?;
+            Ok(row.map(tenant_from_row))
         })
         .await
     }
 
     /// One tenant, with its settings.
     pub async fn tenant(&self, id: &TenantId) -> Result<Tenant> {
-        let id = id.clone();
-        self.on_io(move |c| async move {
-            let row: Option<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-                "SELECT id, created_at_ms, retention_days, target_file_bytes FROM floe_tenants \
-                 WHERE id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_optional(&c.db)
-            .await
-            .map_err(Error::db("look up tenant"))?;
-            let (id, created_at_ms, retention_days, target_file_bytes) =
-                row.ok_or_else(|| Error::NotFound {
-                    what: format!("tenant {id}"),
-                })?;
-            Ok(Tenant {
-                id,
-                created_at_ms,
-                retention_days,
-                target_file_bytes,
-            })
+        self.find_tenant(id).await?.ok_or_else(|| Error::NotFound {
+            what: format!("tenant {id}"),
         })
-        .await
+    }
+
+    /// The current incarnation of a tenant; `None` if it does not exist.
+    pub async fn tenant_key(&self, id: &TenantId) -> Result<Option<TenantKey>> {
+        Ok(match self.find_tenant(id).await? {
+            Some(t) => Some(t.key()?),
+            None => None,
+        })
     }
 
     /// Changes a tenant's settings (audited).
@@ -209,29 +354,46 @@ impl Catalog {
                 message: format!("target_file_bytes must be at least 1 MiB (got {bytes})"),
             });
         }
+        let user_fields = match &settings.user_fields {
+            Some(f) => Some(parse_user_fields(f)?),
+            None => None,
+        };
         let (id2, actor) = (id.clone(), actor.to_string());
         self.on_io(move |c| async move {
             let mut tx = c.db.begin().await.map_err(Error::db("tenant settings"))?;
             let mut detail = serde_json::Map::new();
+            let mut updates: Vec<(&str, Option<i64>, Option<String>)> = Vec::new();
             for (column, value) in [
                 ("retention_days", settings.retention_days),
                 ("target_file_bytes", settings.target_file_bytes),
             ] {
-                let Some(value) = value else { continue };
-                let done = sqlx::query(&format!(
-                    "UPDATE floe_tenants SET {column} = $1 WHERE id = $2"
-                ))
-                .bind(value)
-                .bind(id2.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("tenant settings"))?;
+                if let Some(value) = value {
+                    detail.insert(column.to_string(), serde_json::json!(value));
+                    updates.push((column, value, None));
+                }
+            }
+            if let Some(fields) = &user_fields {
+                detail.insert("user_fields".to_string(), serde_json::json!(fields));
+                let text = serde_json::to_string(fields)
+                    .map_err(|e| Error::internal(format!("user fields: {e}")))?;
+                updates.push(("user_fields", None, Some(text)));
+            }
+            for (column, number, text) in updates {
+                let update = format!("UPDATE floe_tenants SET {column} = $1 WHERE id = $2");
+                let query = match text {
+                    Some(t) => sqlx::query(&update).bind(t),
+                    None => sqlx::query(&update).bind(number),
+                };
+                let done = query
+                    .bind(id2.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("tenant settings"))?;
                 if done.rows_affected() == 0 {
                     return Err(Error::NotFound {
                         what: format!("tenant {id2}"),
                     });
                 }
-                detail.insert(column.to_string(), serde_json::json!(value));
             }
             let detail = serde_json::Value::Object(detail).to_string();
             audit_in(
@@ -323,21 +485,6 @@ impl Catalog {
         .await
     }
 
-    /// When the tenant was created (ms), or `None` if it does not exist.
-    pub async fn tenant_created_at(&self, id: &TenantId) -> Result<Option<i64>> {
-        let id = id.to_string();
-        self.on_io(move |c| async move {
-            let row: Option<(i64,)> =
-                sqlx::query_as("SELECT created_at_ms FROM floe_tenants WHERE id = $1")
-                    .bind(&id)
-                    .fetch_optional(&c.db)
-                    .await
-                    .map_err(Error::db("look up tenant"))?;
-            Ok(row.map(|(at,)| at))
-        })
-        .await
-    }
-
     pub async fn tenant_exists(&self, id: &TenantId) -> Result<bool> {
         let id = id.to_string();
         self.on_io(move |c| async move {
@@ -398,6 +545,27 @@ pub(crate) async fn audit_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_fields_name_payload_paths() {
+        let ok = parse_user_fields(&[
+            "payload.customer_id".into(),
+            " payload.buyer.id ".into(),
+            "payload.customer_id".into(),
+            "".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok, vec!["payload.customer_id", "payload.buyer.id"]);
+        for bad in [
+            "user_id",
+            "customer_id",
+            "payload.",
+            "payload..x",
+            "payload",
+        ] {
+            assert!(parse_user_fields(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn tenant_id_rules() {

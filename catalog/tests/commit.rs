@@ -23,10 +23,15 @@ async fn positions_make_commits_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = open(dir.path()).await;
     let t = TenantId::parse("acme").unwrap();
-    catalog.create_tenant(&t, "test").await.unwrap();
+    let k = catalog
+        .create_tenant(&t, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
 
     let first = catalog
-        .commit_append(&t, EVENTS_TABLE, vec![], Some(&pos(1, 5)))
+        .commit_append(&k, EVENTS_TABLE, vec![], Some(&pos(1, 5)))
         .await
         .unwrap();
     assert!(!first.already_committed);
@@ -40,7 +45,7 @@ async fn positions_make_commits_exactly_once() {
 
     // The same batch again (a replay, or a retry whose first attempt did land): nothing happens.
     let again = catalog
-        .commit_append(&t, EVENTS_TABLE, vec![], Some(&pos(1, 5)))
+        .commit_append(&k, EVENTS_TABLE, vec![], Some(&pos(1, 5)))
         .await
         .unwrap();
     assert!(again.already_committed);
@@ -49,7 +54,7 @@ async fn positions_make_commits_exactly_once() {
     // A batch overlapping committed positions is a bug, reported as such.
     assert!(
         catalog
-            .commit_append(&t, EVENTS_TABLE, vec![], Some(&pos(4, 8)))
+            .commit_append(&k, EVENTS_TABLE, vec![], Some(&pos(4, 8)))
             .await
             .is_err()
     );
@@ -61,11 +66,11 @@ async fn positions_make_commits_exactly_once() {
         last: 1,
     };
     catalog
-        .commit_append(&t, EVENTS_TABLE, vec![], Some(&other))
+        .commit_append(&k, EVENTS_TABLE, vec![], Some(&other))
         .await
         .unwrap();
     catalog
-        .commit_append(&t, EVENTS_TABLE, vec![], Some(&pos(6, 9)))
+        .commit_append(&k, EVENTS_TABLE, vec![], Some(&pos(6, 9)))
         .await
         .unwrap();
     let table = catalog.load_table(&t, EVENTS_TABLE).await.unwrap();
@@ -85,17 +90,65 @@ async fn positions_make_commits_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_tenant_created_again_is_another_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let t = TenantId::parse("again").unwrap();
+    let first = catalog
+        .create_tenant(&t, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    catalog
+        .commit_append(&first, EVENTS_TABLE, vec![], Some(&pos(1, 1)))
+        .await
+        .unwrap();
+
+    // Deleted and created again: a new incarnation, with a table that knows it.
+    catalog.delete_tenant(&t, true, "test").await.unwrap();
+    let second = catalog
+        .create_tenant(&t, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    assert_eq!(first.id(), second.id());
+    assert_ne!(first.incarnation(), second.incarnation());
+    assert_eq!(catalog.tenant_key(&t).await.unwrap(), Some(second.clone()));
+
+    // A batch the first incarnation left uncommitted (a writer that had not yet heard of the
+    // deletion) is refused by the new table, inside the compare-and-swap loop: it would
+    // otherwise land there, since the new table holds no positions to skip it by.
+    let err = catalog
+        .commit_append(&first, EVENTS_TABLE, vec![], Some(&pos(2, 2)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), floe_catalog::ErrorKind::NotFound, "{err}");
+    assert!(matches!(err, floe_catalog::Error::IncarnationGone { .. }));
+    let table = catalog.load_table(&t, EVENTS_TABLE).await.unwrap();
+    assert!(table.metadata().current_snapshot().is_none());
+
+    // The new incarnation commits from position 1 again: its table never saw the old log.
+    let done = catalog
+        .commit_append(&second, EVENTS_TABLE, vec![], Some(&pos(1, 1)))
+        .await
+        .unwrap();
+    assert!(!done.already_committed);
+}
+
+#[tokio::test]
 async fn racing_catalogs_both_land_and_old_metadata_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path()).await;
     let b = open(dir.path()).await;
     let t = TenantId::parse("race").unwrap();
-    a.create_tenant(&t, "test").await.unwrap();
+    let k = a.create_tenant(&t, "test").await.unwrap().key().unwrap();
 
     // Two handles with separate caches commit interleaved: each must notice the other's swap.
     let mut tasks = Vec::new();
     for (name, c) in [("wal-a", a.clone()), ("wal-b", b.clone())] {
-        let t = t.clone();
+        let k = k.clone();
         tasks.push(tokio::spawn(async move {
             let mut conflicts = 0;
             for i in 1..=60u64 {
@@ -105,7 +158,7 @@ async fn racing_catalogs_both_land_and_old_metadata_is_bounded() {
                     last: i,
                 };
                 conflicts += c
-                    .commit_append(&t, EVENTS_TABLE, vec![], Some(&p))
+                    .commit_append(&k, EVENTS_TABLE, vec![], Some(&p))
                     .await
                     .unwrap()
                     .conflicts;

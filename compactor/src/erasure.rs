@@ -2,112 +2,98 @@
 //! Iceberg `overwrite` snapshot), then expiring every older snapshot and deleting what only
 //! they reached, and checking that no object under the tenant's prefix still holds the users.
 //!
-//! A row belongs to a user when its `user_id` is one of the ids, or when its payload names one
-//! of them as a JSON string (`"u-17"`): an event about the user is the user's data too.
+//! Which rows are a user's is [`filter`]'s business (the `user_id` column and the payload
+//! fields the tenant declared, compared exactly); what can hold user data, and how it is
+//! searched, is [`verify`]'s. A file is rewritten only when a read of those columns finds a
+//! user in it; without declared fields, a file whose `user_id` bounds exclude every id is not
+//! read at all.
+//!
+//! The schedule gives each tenant with pending requests one pass per tick
+//! ([`Compactor::run_erasures`]): a tenant's requests are merged into that pass, and tenants
+//! are worked on side by side (`compaction.erasure_tenants_at_once`), so one tenant's backlog
+//! never holds up another's.
+
+pub mod filter;
+pub mod verify;
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::DataType;
 use floe_catalog::TenantId;
+use floe_catalog::erasure::{Erasure, ErasurePass};
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind};
-use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{Manifest, PrimitiveLiteral};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use futures::StreamExt;
+use iceberg::spec::{DataFileFormat, PrimitiveLiteral};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::async_reader::ParquetObjectReader;
 
-use crate::{Compactor, Error, Result};
+pub use filter::RowFilter;
+
+use crate::{Compactor, Error, InputFile, Result};
 
 /// Unreferenced files younger than this are left alone by an erasure (a commit in flight may
 /// own them); one holding an erased user keeps the request pending until it is old enough.
 pub const ERASURE_ORPHAN_MIN_AGE: Duration = Duration::from_secs(600);
 /// An erasure pass whose files were rewritten by a compaction meanwhile starts over this often.
 const MAX_ERASURE_PASSES: usize = 5;
-/// Objects read at once while verifying.
-const VERIFY_CONCURRENCY: usize = 4;
-
-/// Which rows belong to a set of users.
-#[derive(Debug, Clone)]
-pub struct RowFilter {
-    ids: HashSet<String>,
-    quoted: Vec<String>,
-}
-
-impl RowFilter {
-    pub fn new(user_ids: &[String]) -> RowFilter {
-        RowFilter {
-            ids: user_ids.iter().cloned().collect(),
-            quoted: user_ids
-                .iter()
-                .map(|u| serde_json::Value::String(u.clone()).to_string())
-                .collect(),
-        }
-    }
-
-    /// Whether one string value names a user: equal to an id, or holding one as a JSON string.
-    fn names(&self, value: &str) -> bool {
-        self.ids.contains(value) || self.quoted.iter().any(|q| value.contains(q.as_str()))
-    }
-
-    /// Which rows of `batch` name a user in any string column.
-    fn matches(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
-        let mut hit = vec![false; batch.num_rows()];
-        for column in batch.columns() {
-            let strings = match column.data_type() {
-                DataType::Utf8 => column.clone(),
-                DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => {
-                    cast(column, &DataType::Utf8)
-                        .map_err(|e| Error::Invalid(format!("reading strings: {e}")))?
-                }
-                _ => continue,
-            };
-            let strings = strings.as_string::<i32>();
-            for (i, h) in hit.iter_mut().enumerate() {
-                if !*h && strings.is_valid(i) && self.names(strings.value(i)) {
-                    *h = true;
-                }
-            }
-        }
-        Ok(hit)
-    }
-
-    /// `batch` without the rows that name a user.
-    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let keep: BooleanArray = self.matches(batch)?.into_iter().map(|h| Some(!h)).collect();
-        filter_record_batch(batch, &keep).map_err(|e| Error::Invalid(format!("filtering: {e}")))
-    }
-}
 
 /// What one erasure run did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ErasureRun {
     pub files_rewritten: usize,
     pub rows_removed: u64,
     pub snapshots_expired: usize,
     pub files_deleted: usize,
     pub orphans_deleted: usize,
-    /// Objects under the tenant's prefix still holding a user (empty: verified).
-    pub still_holding: Vec<String>,
+    /// Files read to look for the users (bounds ruled the others out).
+    pub files_read: usize,
+    /// Per rewritten file, the rows it held per id index (only ids it held).
+    pub rewritten: Vec<Vec<(usize, u64)>>,
+    /// Per id index, the objects still holding it (all empty: verified).
+    pub still_holding: Vec<Vec<String>>,
+    /// Objects that could not be checked.
+    pub unverifiable: Vec<String>,
+}
+
+impl ErasureRun {
+    /// Whether none of `ids` (indexes) is held anywhere and nothing was unverifiable.
+    pub fn verified(&self, ids: &[usize]) -> bool {
+        self.unverifiable.is_empty()
+            && ids
+                .iter()
+                .all(|i| self.still_holding.get(*i).is_none_or(|h| h.is_empty()))
+    }
+
+    /// Rows removed and files rewritten that held any of `ids` (indexes).
+    pub fn tally(&self, ids: &[usize]) -> (u64, u64) {
+        let mut rows = 0;
+        let mut files = 0;
+        for file in &self.rewritten {
+            let held: u64 = file
+                .iter()
+                .filter(|(i, _)| ids.contains(i))
+                .map(|(_, n)| n)
+                .sum();
+            if held > 0 {
+                rows += held;
+                files += 1;
+            }
+        }
+        (rows, files)
+    }
 }
 
 impl Compactor {
     /// Erases the users' rows from every table of `tenant`, expires all older snapshots,
     /// deletes what they reached, and verifies. The caller holds the tables' leases.
-    pub async fn erase_users(&self, tenant: &TenantId, user_ids: &[String]) -> Result<ErasureRun> {
-        let filter = RowFilter::new(user_ids);
+    pub async fn erase_users(&self, tenant: &TenantId, filter: &RowFilter) -> Result<ErasureRun> {
         let mut run = ErasureRun::default();
         for table in self.catalog.list_tables(tenant).await? {
             let mut pass = 0;
             loop {
                 pass += 1;
                 match self
-                    .erase_in_table(tenant, &table, &filter, &mut run)
+                    .erase_in_table(tenant, &table, filter, &mut run)
                     .await?
                 {
                     true => break,
@@ -146,8 +132,19 @@ impl Compactor {
                 .await?;
             run.orphans_deleted += orphans.orphans_deleted;
         }
-        run.still_holding = self.objects_holding(tenant, &filter).await?;
+        let verified = self.verify(tenant, filter).await?;
+        run.still_holding = verified.holding;
+        run.unverifiable = verified.unverifiable;
         Ok(run)
+    }
+
+    /// What the tenant's prefix still holds of the users (see [`verify`]).
+    pub async fn verify(&self, tenant: &TenantId, filter: &RowFilter) -> Result<verify::Verified> {
+        let data = self.catalog.data_store();
+        let prefix = data
+            .key(&format!("{}/{}", self.catalog.warehouse(), tenant))
+            .ok_or_else(|| Error::Invalid("the tenant prefix lies outside the warehouse".into()))?;
+        verify::objects_holding(data.object_store(), &prefix, filter).await
     }
 
     /// One pass over a table: `false` if a rewritten file was replaced meanwhile.
@@ -159,10 +156,62 @@ impl Compactor {
         run: &mut ErasureRun,
     ) -> Result<bool> {
         let t = self.catalog.load_table(tenant, table).await?;
-        // Every file is read: payloads can name a user whatever the `user_id` bounds say.
-        let candidates = crate::parquet_inputs(&t).await?;
-        let (mut removed, mut added, mut rows_removed) = (Vec::new(), Vec::new(), 0u64);
-        for (partition, file) in candidates {
+        let store = self.catalog.data_store();
+        let user_id = t
+            .metadata()
+            .current_schema()
+            .field_by_name(filter::USER_ID)
+            .map(|f| f.id);
+        let mut holders = Vec::new();
+        for e in live_entries(&t).await? {
+            if e.file_format() != DataFileFormat::Parquet {
+                continue;
+            }
+            let f = e.data_file();
+            // Without declared payload fields, only `user_id` can name a user: its bounds
+            // rule files out without reading them.
+            if let Some(field) = user_id.filter(|_| !filter.reads_payload()) {
+                let bound = |b: &std::collections::HashMap<i32, iceberg::spec::Datum>| {
+                    b.get(&field).and_then(|d| match d.literal() {
+                        PrimitiveLiteral::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                };
+                let (lower, upper) = (bound(f.lower_bounds()), bound(f.upper_bounds()));
+                if !filter.may_hold(lower.as_deref(), upper.as_deref()) {
+                    continue;
+                }
+            }
+            let key = store.key(f.file_path()).ok_or_else(|| {
+                Error::Invalid(format!("{} is outside the warehouse", f.file_path()))
+            })?;
+            run.files_read += 1;
+            let counts = verify::rows_per_user(
+                store.object_store(),
+                Path::from(key),
+                Some(f.file_size_in_bytes()),
+                filter,
+            )
+            .await?;
+            let held: Vec<(usize, u64)> = counts
+                .into_iter()
+                .enumerate()
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            if !held.is_empty() {
+                let input = InputFile {
+                    path: f.file_path().to_string(),
+                    bytes: f.file_size_in_bytes(),
+                    rows: f.record_count(),
+                };
+                holders.push((f.partition().clone(), input, held));
+            }
+        }
+        if holders.is_empty() {
+            return Ok(true);
+        }
+        let (mut removed, mut added, mut held_rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (partition, file, held) in holders {
             let target = file.bytes.max(self.config.target_file_bytes);
             let out = self
                 .rewrite(
@@ -172,22 +221,19 @@ impl Compactor {
                     target,
                     Some(filter),
                 )
-                .await?;
-            let rows: u64 = out.iter().map(|f| f.record_count()).sum();
-            if rows == file.rows {
-                // Nobody to erase here.
-                let paths: Vec<String> = out.iter().map(|f| f.file_path().to_string()).collect();
-                self.delete(&paths).await;
-                continue;
-            }
-            rows_removed += file.rows - rows;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    self.delete(&paths_of(&added)).await;
+                    return Err(e);
+                }
+            };
             removed.push(file.path);
             added.extend(out);
+            held_rows.push(held);
         }
-        if removed.is_empty() {
-            return Ok(true);
-        }
-        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
+        let paths = paths_of(&added);
         let files = removed.len();
         match self
             .catalog
@@ -196,7 +242,11 @@ impl Compactor {
         {
             Ok(ReplaceOutcome::Committed { .. }) => {
                 run.files_rewritten += files;
-                run.rows_removed += rows_removed;
+                run.rows_removed += held_rows
+                    .iter()
+                    .flat_map(|h| h.iter().map(|(_, n)| n))
+                    .sum::<u64>();
+                run.rewritten.extend(held_rows);
                 Ok(true)
             }
             Ok(_) => {
@@ -210,125 +260,145 @@ impl Compactor {
         }
     }
 
-    /// Every object under the tenant's prefix that still holds one of the users: Parquet files
-    /// by their rows, manifests by their column bounds, anything else (metadata JSON, manifest
-    /// lists, which hold only partition values) by its bytes.
-    pub async fn objects_holding(
-        &self,
-        tenant: &TenantId,
-        filter: &RowFilter,
-    ) -> Result<Vec<String>> {
-        let data = self.catalog.data_store();
-        let store = data.object_store();
-        let prefix = data
-            .key(&format!("{}/{}", self.catalog.warehouse(), tenant))
-            .ok_or_else(|| Error::Invalid("the tenant prefix lies outside the warehouse".into()))?;
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&Path::from(format!(
-                "{}/",
-                prefix.trim_end_matches('/')
-            ))))
-            .try_collect()
-            .await
-            .map_err(|e| Error::Invalid(format!("listing {prefix}: {e}")))?;
-        let found: Vec<Option<String>> = futures::stream::iter(objects.into_iter().map(|o| {
-            let store = store.clone();
-            async move {
-                let key = o.location.to_string();
-                let holds = holds_users(store, o, filter).await?;
-                Ok::<_, Error>(holds.then_some(key))
+    /// Works on pending erasure requests (all tenants, or only `tenants`): one pass per tenant
+    /// that has any, merging its requests that compare the same fields (oldest first, up to
+    /// `compaction.erasure_max_users_per_pass` ids), `compaction.erasure_tenants_at_once`
+    /// tenants side by side. A tenant whose tables are leased elsewhere waits for the next
+    /// tick. Returns how many requests completed.
+    pub async fn run_erasures(&self, tenants: Option<&[TenantId]>, holder: &str) -> Result<usize> {
+        let mut by_tenant: Vec<(TenantId, Vec<Erasure>)> = Vec::new();
+        for request in self.catalog.pending_erasures().await? {
+            let id = TenantId::parse(&request.tenant)?;
+            if tenants.is_some_and(|ts| !ts.contains(&id)) {
+                continue;
             }
-        }))
-        .buffer_unordered(VERIFY_CONCURRENCY)
-        .try_collect()
-        .await?;
-        let mut found: Vec<String> = found.into_iter().flatten().collect();
-        found.sort();
-        Ok(found)
-    }
-}
-
-async fn holds_users(
-    store: Arc<dyn ObjectStore>,
-    object: object_store::ObjectMeta,
-    filter: &RowFilter,
-) -> Result<bool> {
-    let key = object.location.to_string();
-    let failed = |e: &dyn std::fmt::Display| Error::Invalid(format!("verifying {key}: {e}"));
-    if key.ends_with(".parquet") {
-        let reader =
-            ParquetObjectReader::new(store, object.location.clone()).with_file_size(object.size);
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| failed(&e))?
-            .build()
-            .map_err(|e| failed(&e))?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| failed(&e))?;
-            if filter.matches(&batch)?.into_iter().any(|h| h) {
-                return Ok(true);
+            match by_tenant.iter_mut().find(|(t, _)| *t == id) {
+                Some((_, requests)) => requests.push(request),
+                None => by_tenant.push((id, vec![request])),
             }
         }
-        return Ok(false);
+        let max = self.config.erasure_max_users_per_pass;
+        let passes = by_tenant.into_iter().map(|(tenant, requests)| {
+            let fields = requests[0].fields.clone();
+            let mut batch: Vec<Erasure> = Vec::new();
+            let mut ids = 0;
+            for r in requests.into_iter().filter(|r| r.fields == fields) {
+                if !batch.is_empty() && ids + r.user_ids.len() > max {
+                    break;
+                }
+                ids += r.user_ids.len();
+                batch.push(r);
+            }
+            async move {
+                let done = self.erasure_pass(&tenant, &batch, &fields, holder).await;
+                if let Err(e) = &done {
+                    tracing::warn!(%tenant, error = %e, "erasure pass failed; retrying on the next tick");
+                }
+                done.unwrap_or(0)
+            }
+        });
+        Ok(futures::stream::iter(passes)
+            .buffer_unordered(self.config.erasure_tenants_at_once.max(1))
+            .collect::<Vec<usize>>()
+            .await
+            .into_iter()
+            .sum())
     }
-    let bytes = store
-        .get(&object.location)
-        .await
-        .map_err(|e| failed(&e))?
-        .bytes()
-        .await
-        .map_err(|e| failed(&e))?;
-    let name = key.rsplit('/').next().unwrap_or_default();
-    if name.ends_with(".avro") && !name.starts_with("snap-") {
-        let manifest = Manifest::parse_avro(&bytes).map_err(|e| failed(&e))?;
-        return Ok(manifest.entries().iter().any(|e| {
-            let f = e.data_file();
-            f.lower_bounds()
-                .values()
-                .chain(f.upper_bounds().values())
-                .any(|d| matches!(d.literal(), PrimitiveLiteral::String(s) if filter.names(s)))
-        }));
+
+    /// One pass over a tenant for `requests` (which all compare `fields`), under the leases
+    /// of all its tables. Returns how many requests completed.
+    async fn erasure_pass(
+        &self,
+        tenant: &TenantId,
+        requests: &[Erasure],
+        fields: &[String],
+        holder: &str,
+    ) -> Result<usize> {
+        let tables = self.catalog.list_tables(tenant).await?;
+        let lease = Duration::from_secs(self.config.lease_secs);
+        let mut held = Vec::new();
+        for t in &tables {
+            if !self.catalog.take_lease(tenant, t, holder, lease).await? {
+                break;
+            }
+            held.push(t.clone());
+        }
+        let outcome = if held.len() == tables.len() {
+            Some(self.erase_requests(tenant, requests, fields).await)
+        } else {
+            None
+        };
+        for t in held {
+            let _ = self
+                .catalog
+                .release_lease(tenant, &t, holder, "{\"erasure\":true}")
+                .await;
+        }
+        outcome.unwrap_or(Ok(0))
     }
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(filter.quoted.iter().any(|q| text.contains(q.as_str())))
+
+    async fn erase_requests(
+        &self,
+        tenant: &TenantId,
+        requests: &[Erasure],
+        fields: &[String],
+    ) -> Result<usize> {
+        let started = Instant::now();
+        let all: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.user_ids.iter().cloned())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let filter = RowFilter::new(&all, fields)?;
+        let index = |id: &String| filter.ids().iter().position(|i| i == id);
+        let outcome = self.erase_users(tenant, &filter).await;
+        let mut completed = 0;
+        for request in requests {
+            let ids: Vec<usize> = request.user_ids.iter().filter_map(index).collect();
+            let pass = match &outcome {
+                Ok(run) => {
+                    let (rows_removed, files_rewritten) = run.tally(&ids);
+                    let holding: Vec<&String> = ids
+                        .iter()
+                        .flat_map(|i| run.still_holding[*i].iter())
+                        .collect();
+                    ErasurePass {
+                        verified: run.verified(&ids),
+                        rows_removed,
+                        files_rewritten,
+                        detail: serde_json::json!({
+                            "fields": fields,
+                            "files_read": run.files_read,
+                            "snapshots_expired": run.snapshots_expired,
+                            "files_deleted": run.files_deleted,
+                            "orphans_deleted": run.orphans_deleted,
+                            "objects_still_holding": holding.len(),
+                            "examples": holding.iter().take(5).collect::<Vec<_>>(),
+                            "unverifiable": run.unverifiable.iter().take(5).collect::<Vec<_>>(),
+                            "requests_in_pass": requests.len(),
+                            "seconds": started.elapsed().as_secs_f64(),
+                        })
+                        .to_string(),
+                    }
+                }
+                Err(e) => ErasurePass {
+                    detail: serde_json::json!({ "error": e.to_string() }).to_string(),
+                    ..ErasurePass::default()
+                },
+            };
+            self.catalog.record_erasure(request, &pass).await?;
+            if pass.verified {
+                completed += 1;
+                tracing::info!(%tenant, erasure = %request.id, rows = pass.rows_removed, "erasure completed and verified");
+            } else {
+                tracing::warn!(%tenant, erasure = %request.id, detail = %pass.detail, "erasure not verified yet; retrying on the next tick");
+            }
+        }
+        outcome.map(|_| completed)
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::arrow::array::StringArray;
-    use datafusion::arrow::datatypes::{Field, Schema};
-
-    #[test]
-    fn filter_drops_the_users_rows_and_rows_naming_them() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Utf8, true),
-            Field::new("payload", DataType::Utf8, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(vec![
-                    Some("u-1"),
-                    Some("u-17"),
-                    None,
-                    Some("u-2"),
-                    Some("u-170"),
-                ])),
-                Arc::new(StringArray::from(vec![
-                    "{}",
-                    "{}",
-                    r#"{"friend":"u-1"}"#,
-                    r#"{"note":"u-1x"}"#,
-                    "{}",
-                ])),
-            ],
-        )
-        .unwrap();
-        let f = RowFilter::new(&["u-1".to_string()]);
-        let kept = f.apply(&batch).unwrap();
-        let users: Vec<Option<&str>> = kept.column(0).as_string::<i32>().iter().collect();
-        // u-1 (by id) and the null-user row naming "u-1" go; "u-1x" and "u-170" are others.
-        assert_eq!(users, vec![Some("u-17"), Some("u-2"), Some("u-170")]);
-    }
+fn paths_of(files: &[iceberg::spec::DataFile]) -> Vec<String> {
+    files.iter().map(|f| f.file_path().to_string()).collect()
 }

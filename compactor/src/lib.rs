@@ -337,15 +337,19 @@ impl Compactor {
                 .with_file_group(FileGroup::new(files))
                 .build(),
         );
+        // Events are sorted by (type, ts); a table without those columns (dead letters) is
+        // rewritten in its order.
         let ordering = ["type", "ts"]
             .iter()
+            .filter(|c| arrow_schema.column_with_name(c).is_some())
             .map(|c| Ok(PhysicalSortExpr::new_default(col(c, &arrow_schema)?)))
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(df)?;
-        let ordering =
-            LexOrdering::new(ordering).ok_or_else(|| Error::Invalid("empty sort order".into()))?;
-        let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(ordering, scan));
-        let mut stream = sort.execute(0, task).map_err(df)?;
+        let plan: Arc<dyn ExecutionPlan> = match LexOrdering::new(ordering) {
+            Some(ordering) => Arc::new(SortExec::new(ordering, scan)),
+            None => scan,
+        };
+        let mut stream = plan.execute(0, task).map_err(df)?;
 
         let level = ZstdLevel::try_new(self.config.zstd_level)
             .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;

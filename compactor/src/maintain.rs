@@ -4,7 +4,8 @@
 //! database, so several compactors (`floe serve` schedules, `floe compactor` services,
 //! `floe compact` one-shots) share the work without doing it twice.
 //!
-//! Pending user erasures run first, each under the leases of the tenant's tables.
+//! Pending user erasures run on a tick of their own (`erasure.rs`), each pass under the leases
+//! of the tenant's tables.
 
 use std::time::{Duration, Instant};
 
@@ -298,64 +299,6 @@ impl Compactor {
             ReplaceOutcome::Committed { .. }
         );
         Ok(done)
-    }
-
-    /// Carries out pending erasure requests (all tenants, or only `tenants`). A request whose
-    /// tables are leased elsewhere waits for the next run.
-    pub async fn run_erasures(&self, tenants: Option<&[TenantId]>, holder: &str) -> Result<usize> {
-        let mut completed = 0;
-        for request in self.catalog.pending_erasures().await? {
-            let id = TenantId::parse(&request.tenant)?;
-            if tenants.is_some_and(|ts| !ts.contains(&id)) {
-                continue;
-            }
-            let tables = self.catalog.list_tables(&id).await?;
-            let lease = Duration::from_secs(self.config.lease_secs);
-            let mut held = Vec::new();
-            for t in &tables {
-                if self.catalog.take_lease(&id, t, holder, lease).await? {
-                    held.push(t.clone());
-                } else {
-                    break;
-                }
-            }
-            if held.len() == tables.len() {
-                let started = Instant::now();
-                let outcome = self.erase_users(&id, &request.user_ids).await;
-                let (verified, detail) = match &outcome {
-                    Ok(run) => (
-                        run.still_holding.is_empty(),
-                        serde_json::json!({
-                            "files_rewritten": run.files_rewritten,
-                            "rows_removed": run.rows_removed,
-                            "snapshots_expired": run.snapshots_expired,
-                            "files_deleted": run.files_deleted,
-                            "orphans_deleted": run.orphans_deleted,
-                            "objects_still_holding": run.still_holding.len(),
-                            "examples": run.still_holding.iter().take(5).collect::<Vec<_>>(),
-                            "seconds": started.elapsed().as_secs_f64(),
-                        }),
-                    ),
-                    Err(e) => (false, serde_json::json!({ "error": e.to_string() })),
-                };
-                self.catalog
-                    .record_erasure(&request, verified, &detail.to_string())
-                    .await?;
-                if verified {
-                    completed += 1;
-                    tracing::info!(tenant = %id, erasure = %request.id, "erasure completed and verified");
-                } else {
-                    tracing::warn!(tenant = %id, erasure = %request.id, %detail, "erasure not verified yet; retrying on the next run");
-                }
-            }
-            for t in held {
-                let _ = self
-                    .catalog
-                    .release_lease(&id, &t, holder, "{\"erasure\":true}")
-                    .await;
-            }
-        }
-        Ok(completed)
     }
 }
 

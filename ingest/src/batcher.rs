@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_catalog::table::EVENTS_TABLE;
-use floe_catalog::{ErrorKind, SourcePosition, TenantId};
+use floe_catalog::{ErrorKind, SourcePosition, TenantKey};
 use futures::FutureExt;
 use iceberg::spec::DataFile;
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ use crate::{Error, Result};
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    tenant: TenantId,
+    tenant: TenantKey,
     mut rx: mpsc::UnboundedReceiver<Record>,
 ) {
     let cfg = shared.config.clone();
@@ -65,7 +65,7 @@ pub(crate) async fn run(
 
 /// Commits `records` exactly once, retrying with backoff until it succeeds. The records stay
 /// in the write-ahead log until then, and their buffer permits stay held (backpressure).
-async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
+async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return;
     };
@@ -110,7 +110,9 @@ async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
                 return;
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                tracing::error!(%tenant, error = %e, "tenant table is gone; dropping its buffered events");
+                // The tenant was deleted (and maybe created again: its new table must not
+                // get what the old incarnation left uncommitted).
+                tracing::error!(%tenant, error = %e, "tenant is gone; dropping its buffered events");
                 // Files written for the batch would outlive a purge of the tenant's prefix.
                 for f in files.take().unwrap_or_default() {
                     if let Err(e) = shared.catalog.file_io().delete(f.file_path()).await {
@@ -145,14 +147,21 @@ async fn flush(shared: &Shared, tenant: &TenantId, records: Vec<Record>) {
 
 async fn try_flush(
     shared: &Shared,
-    tenant: &TenantId,
+    tenant: &TenantKey,
     events: &[&StoredEvent],
     position: &SourcePosition,
     files: &mut Option<Vec<DataFile>>,
 ) -> Result<Visible> {
     let catalog = &shared.catalog;
     if files.is_none() {
-        let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+        let table = catalog.load_table(tenant.id(), EVENTS_TABLE).await?;
+        if floe_catalog::tenant::table_incarnation(table.metadata()) != tenant.incarnation() {
+            return Err(floe_catalog::Error::IncarnationGone {
+                tenant: tenant.to_string(),
+                incarnation: tenant.incarnation().to_string(),
+            }
+            .into());
+        }
         // Already committed (a replay after a crash that followed the commit)?
         if let Some(done) = floe_catalog::table::position_in(table.metadata(), &position.source)
             && done >= position.last
@@ -162,8 +171,15 @@ async fn try_flush(
                 snapshot_id: table.metadata().current_snapshot_id(),
             });
         }
-        *files =
-            Some(write_events(&table, tenant.as_str(), events, shared.config.zstd_level).await?);
+        *files = Some(
+            write_events(
+                &table,
+                tenant.id().as_str(),
+                events,
+                shared.config.zstd_level,
+            )
+            .await?,
+        );
     }
     let data_files = files.clone().ok_or_else(|| Error::Internal {
         message: "no files to commit".into(),

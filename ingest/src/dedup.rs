@@ -1,6 +1,8 @@
-//! De-duplication of `(tenant, event_id)` within a window.
+//! De-duplication of `(tenant incarnation, event_id)` within a window.
 //!
-//! A producer-supplied `event_id` is remembered (as a 128-bit hash) for `window` after it was
+//! A producer-supplied `event_id` is remembered (as a 128-bit hash of the tenant id, its
+//! incarnation and the id: a tenant created again under an old id starts with an empty window)
+//! for `window` after it was
 //! accepted, up to `max_ids` ids per process (oldest forgotten first). A retry inside that
 //! window is acknowledged but not stored again. On start the set is rebuilt from the tables
 //! (ids received within the window) and the write-ahead log, so the guarantee holds across
@@ -9,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use floe_catalog::TenantKey;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::event::StoredEvent;
@@ -23,12 +26,15 @@ pub struct Admission {
     pub duplicates: usize,
 }
 
-/// Hash of a `(tenant, event_id)` pair.
+/// Hash of a `(tenant incarnation, event_id)` pair.
 pub type Key = u128;
 
-pub fn key(tenant: &str, event_id: &str) -> Key {
+pub fn key(tenant: &TenantKey, event_id: &str) -> Key {
     let mut h = Xxh3::new();
-    h.update(tenant.as_bytes());
+    // 0xff never occurs in UTF-8: the parts cannot run into each other.
+    h.update(tenant.id().as_str().as_bytes());
+    h.update(&[0xff]);
+    h.update(tenant.incarnation().as_bytes());
     h.update(&[0xff]);
     h.update(event_id.as_bytes());
     h.digest128()
@@ -80,7 +86,12 @@ impl Dedup {
 
     /// Leaves out the events of `tenant` whose producer-supplied `event_id` was seen within
     /// the window (generated ids are always fresh) and remembers the others.
-    pub fn admit_events(&self, tenant: &str, events: Vec<StoredEvent>, now_us: i64) -> Admission {
+    pub fn admit_events(
+        &self,
+        tenant: &TenantKey,
+        events: Vec<StoredEvent>,
+        now_us: i64,
+    ) -> Admission {
         let keys: Vec<Key> = events
             .iter()
             .filter(|e| e.client_id)
@@ -162,24 +173,30 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    fn t(id: &str) -> TenantKey {
+        TenantKey::new(floe_catalog::TenantId::parse(id).unwrap(), "i1")
+    }
+
     #[test]
     fn admits_once_within_the_window() {
         let d = Dedup::new(10, 100);
-        let a = key("t", "a");
-        let b = key("t", "b");
+        let a = key(&t("t"), "a");
+        let b = key(&t("t"), "b");
         assert_eq!(d.admit(&[a, b, a], 0), vec![true, true, false]);
         assert_eq!(d.admit(&[a], 9_000_000), vec![false]);
         // After the window, the id is forgotten.
         assert_eq!(d.admit(&[a], 11_000_001), vec![true]);
-        // Tenants are separate.
-        assert_ne!(key("t1", "a"), key("t2", "a"));
-        assert_ne!(key("ab", "c"), key("a", "bc"));
+        // Tenants are separate, and so are two incarnations of one tenant id.
+        assert_ne!(key(&t("t1"), "a"), key(&t("t2"), "a"));
+        assert_ne!(key(&t("ab"), "c"), key(&t("a"), "bc"));
+        let again = TenantKey::new(floe_catalog::TenantId::parse("t").unwrap(), "i2");
+        assert_ne!(key(&t("t"), "a"), key(&again, "a"));
     }
 
     #[test]
     fn bounded_by_max_ids_and_forget_undoes_admit() {
         let d = Dedup::new(1000, 3);
-        let keys: Vec<_> = (0..5).map(|i| key("t", &i.to_string())).collect();
+        let keys: Vec<_> = (0..5).map(|i| key(&t("t"), &i.to_string())).collect();
         assert_eq!(d.admit(&keys, 0), vec![true; 5]);
         assert_eq!(d.len(), 3);
         // The oldest two were forgotten.
@@ -202,17 +219,31 @@ mod tests {
             payload: "{}".into(),
             client_id,
         };
-        let first = d.admit_events("t", vec![ev("a", true), ev("g", false), ev("a", true)], 0);
+        let first = d.admit_events(
+            &t("t"),
+            vec![ev("a", true), ev("g", false), ev("a", true)],
+            0,
+        );
         let ids: Vec<_> = first.fresh.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["a", "g"]);
         assert_eq!((first.admitted.len(), first.duplicates), (1, 1));
         // A generated id is never a duplicate; a client id retried is.
-        let again = d.admit_events("t", vec![ev("g", false), ev("a", true), ev("b", true)], 1);
+        let again = d.admit_events(
+            &t("t"),
+            vec![ev("g", false), ev("a", true), ev("b", true)],
+            1,
+        );
         let ids: Vec<_> = again.fresh.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["g", "b"]);
         assert_eq!(again.duplicates, 1);
         d.forget(&again.admitted);
-        assert_eq!(d.admit_events("u", vec![ev("b", true)], 2).duplicates, 0);
-        assert_eq!(d.admit_events("t", vec![ev("b", true)], 2).duplicates, 0);
+        assert_eq!(
+            d.admit_events(&t("u"), vec![ev("b", true)], 2).duplicates,
+            0
+        );
+        assert_eq!(
+            d.admit_events(&t("t"), vec![ev("b", true)], 2).duplicates,
+            0
+        );
     }
 }

@@ -9,6 +9,10 @@ pub enum Error {
     #[error("{message}")]
     Wal { message: String },
 
+    /// The log is damaged and the loss was not accepted: the start is refused.
+    #[error("{0}")]
+    WalDamaged(Box<crate::wal::recovery::Refusal>),
+
     #[error("i/o error on {path}")]
     Io {
         path: String,
@@ -43,6 +47,8 @@ impl Error {
             Error::Wal { .. } | Error::Io { .. } | Error::Iceberg { .. } => ErrorKind::Unavailable,
             Error::Overloaded { .. } | Error::Timeout { .. } => ErrorKind::Unavailable,
             Error::Invalid { .. } => ErrorKind::InvalidInput,
+            // Retrying will read the same bytes: an operator has to decide.
+            Error::WalDamaged(_) => ErrorKind::Internal,
             Error::Internal { .. } => ErrorKind::Internal,
         }
     }

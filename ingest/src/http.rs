@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floe_catalog::{Authenticator, ErrorKind, Role, TenantId};
+use floe_catalog::{Authenticator, ErrorKind, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -184,9 +184,9 @@ async fn post_events(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let claims = st.auth.authenticate(auth).await?;
-    claims.require_role(&[Role::Ingest, Role::Admin])?;
-    let tenant = TenantId::parse(&claims.tenant)?;
+    let principal = st.auth.authenticate(auth).await?;
+    principal.require_role(&[Role::Ingest, Role::Admin])?;
+    let tenant = principal.tenant;
     let wait_visible = match q.wait.as_deref() {
         None => false,
         Some("visible") => true,
@@ -220,7 +220,7 @@ async fn post_events(
         .map_err(|_| too_large(cfg.max_request_bytes))?;
 
     // Decompressing and validating are CPU work: off the I/O threads.
-    let tenant_name = tenant.to_string();
+    let tenant_name = tenant.id().to_string();
     let limits = Limits {
         max_event_bytes: cfg.max_event_bytes,
         max_events: cfg.max_events_per_request,
@@ -247,7 +247,7 @@ async fn post_events(
                     producer
                         .wait_visible(
                             st.ingest.catalog(),
-                            &tenant,
+                            tenant.id(),
                             &produced.last_offsets,
                             timeout,
                         )
@@ -399,7 +399,7 @@ async fn post_erasure(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let claims = admin(&st, &headers).await?;
+    let principal = admin(&st, &headers).await?;
     let request: ErasureRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -407,11 +407,14 @@ async fn post_erasure(
             format!("expected {{\"user_ids\": [\"...\"]}}: {e}"),
         )
     })?;
-    let tenant = TenantId::parse(&claims.tenant)?;
     let erasure = st
         .ingest
         .catalog()
-        .request_erasure(&tenant, request.user_ids, &format!("token:{}", claims.jti))
+        .request_erasure(
+            principal.tenant.id(),
+            request.user_ids,
+            &format!("token:{}", principal.claims.jti),
+        )
         .await?;
     let location = format!("/v1/erasures/{}", erasure.id);
     let mut resp = (StatusCode::ACCEPTED, axum::Json(erasure)).into_response();
@@ -427,18 +430,21 @@ async fn get_erasure(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let claims = admin(&st, &headers).await?;
-    let tenant = TenantId::parse(&claims.tenant)?;
+    let principal = admin(&st, &headers).await?;
     // Another tenant's request is "not found", never "forbidden": ids are not confirmed.
-    let erasure = st.ingest.catalog().erasure(Some(&tenant), &id).await?;
+    let erasure = st
+        .ingest
+        .catalog()
+        .erasure(Some(principal.tenant.id()), &id)
+        .await?;
     Ok(axum::Json(erasure).into_response())
 }
 
-async fn admin(st: &HttpState, headers: &HeaderMap) -> Result<floe_catalog::Claims, ApiError> {
+async fn admin(st: &HttpState, headers: &HeaderMap) -> Result<floe_catalog::Principal, ApiError> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let claims = st.auth.authenticate(auth).await?;
-    claims.require_role(&[Role::Admin])?;
-    Ok(claims)
+    let principal = st.auth.authenticate(auth).await?;
+    principal.require_role(&[Role::Admin])?;
+    Ok(principal)
 }

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floe_catalog::table::{EVENTS_TABLE, kafka_positions};
-use floe_catalog::{Catalog, Config, TenantId};
+use floe_catalog::{Catalog, Config, TenantId, TenantKey};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
@@ -121,16 +121,48 @@ impl Producer {
         Ok(())
     }
 
+    /// Where the tenant's topic ends now, per partition: a new tenant's table starts reading
+    /// there ([`floe_catalog::table::KAFKA_START_PREFIX`]), so that records an earlier tenant
+    /// with the same id left in the topic never reach it. Empty when the topic does not exist.
+    pub async fn end_offsets(&self, tenant: &TenantId) -> Result<BTreeMap<i32, i64>> {
+        let topic = self.topic(tenant);
+        let client = self.inner.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            let client = client.client();
+            let metadata = client
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka_err("reading topic metadata"))?;
+            let mut out = BTreeMap::new();
+            for t in metadata.topics() {
+                if t.error().is_some() {
+                    continue;
+                }
+                for p in t.partitions() {
+                    let (_, high) = client
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .map_err(kafka_err("reading where a partition ends"))?;
+                    out.insert(p.id(), high);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("reading topic ends: {e}"),
+        })?
+    }
+
     /// Sends events and waits for the broker's acknowledgement of every one. Retries of
     /// already-sent `event_id`s (within the de-duplication window) are not sent again.
-    pub async fn send(&self, tenant: &TenantId, events: Vec<StoredEvent>) -> Result<Produced> {
+    pub async fn send(&self, tenant: &TenantKey, events: Vec<StoredEvent>) -> Result<Produced> {
         let now = chrono::Utc::now().timestamp_micros();
         let dedup::Admission {
             fresh,
             admitted,
             duplicates,
-        } = self.dedup.admit_events(tenant.as_str(), events, now);
-        match self.send_all(tenant, &fresh).await {
+        } = self.dedup.admit_events(tenant, events, now);
+        match self.send_all(tenant.id(), &fresh).await {
             Ok(last_offsets) => Ok(Produced {
                 stored: fresh.len(),
                 duplicates,
@@ -360,9 +392,9 @@ pub struct Replayed {
 /// Validates fixed events and sends the valid ones to the tenant's topic. A line is either a
 /// dead letter as `floe sql … 'SELECT * FROM events_dlq'` prints it (its `payload` text is the
 /// event) or an event object.
-pub async fn replay(producer: &Producer, tenant: &TenantId, text: &str) -> Result<Replayed> {
+pub async fn replay(producer: &Producer, tenant: &TenantKey, text: &str) -> Result<Replayed> {
     let mut done = Replayed {
-        topic: producer.topic(tenant),
+        topic: producer.topic(tenant.id()),
         ..Replayed::default()
     };
     let limits = Limits {
@@ -389,7 +421,7 @@ pub async fn replay(producer: &Producer, tenant: &TenantId, text: &str) -> Resul
             }
             _ => line.to_string(),
         };
-        match parse_event(i, &event_text, tenant.as_str(), now, limits) {
+        match parse_event(i, &event_text, tenant.id().as_str(), now, limits) {
             Ok(e) => events.push(e),
             Err(r) => done
                 .invalid

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use floe_catalog::config::IngestConfig;
-use floe_catalog::{Catalog, Config, TenantId};
+use floe_catalog::tenant::LEGACY_INCARNATION;
+use floe_catalog::{Catalog, Config, TenantId, TenantKey};
 use futures::TryStreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -50,13 +51,15 @@ pub(crate) struct Shared {
     /// Log positions handed to batchers and not yet committed (for log truncation).
     pending: Mutex<BTreeSet<u64>>,
     next_lsn: AtomicU64,
-    tenants: Mutex<HashMap<TenantId, Arc<TenantProgress>>>,
-    batchers: Mutex<HashMap<TenantId, mpsc::UnboundedSender<Record>>>,
+    /// Keyed by incarnation: a tenant created again under an old id shares nothing with the
+    /// old one (its batcher drops what the old one left uncommitted).
+    tenants: Mutex<HashMap<TenantKey, Arc<TenantProgress>>>,
+    batchers: Mutex<HashMap<TenantKey, mpsc::UnboundedSender<Record>>>,
     flush_runtime: Handle,
 }
 
 impl Shared {
-    pub(crate) fn tenant(&self, t: &TenantId) -> Arc<TenantProgress> {
+    pub(crate) fn tenant(&self, t: &TenantKey) -> Arc<TenantProgress> {
         let mut map = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(t.clone())
             .or_insert_with(|| {
@@ -98,7 +101,7 @@ impl Shared {
     }
 
     /// Called by a batcher once `lsns` are committed (or found already committed).
-    pub(crate) fn committed(&self, tenant: &TenantId, lsns: &[u64], visible: Visible) {
+    pub(crate) fn committed(&self, tenant: &TenantKey, lsns: &[u64], visible: Visible) {
         self.tenant(tenant).committed.send_if_modified(|v| {
             if visible.lsn > v.lsn {
                 *v = visible;
@@ -144,16 +147,35 @@ impl Ingest {
     /// Opens the write-ahead log, replays what the tables do not hold yet, rebuilds the
     /// de-duplication window, and starts accepting. Batchers run on `flush_runtime`.
     pub async fn start(catalog: Catalog, config: &Config, flush_runtime: Handle) -> Result<Ingest> {
+        Self::start_accepting_loss(catalog, config, flush_runtime, &[]).await
+    }
+
+    /// [`Ingest::start`], repairing the damaged log spans that `accept_wal_loss` names
+    /// (`SEGMENT@OFFSET`, as the refusal to start printed them); each loss is audited.
+    pub async fn start_accepting_loss(
+        catalog: Catalog,
+        config: &Config,
+        flush_runtime: Handle,
+        accept_wal_loss: &[String],
+    ) -> Result<Ingest> {
         let cfg = config.ingest.clone();
         let wal_dir = config.wal_dir();
         let (wal_id, recovered) = {
-            let dir = wal_dir.clone();
-            tokio::task::spawn_blocking(move || Wal::open(&dir))
+            let (dir, accept) = (wal_dir.clone(), accept_wal_loss.to_vec());
+            tokio::task::spawn_blocking(move || Wal::open(&dir, &accept))
                 .await
                 .map_err(|e| Error::Internal {
                     message: format!("opening the log: {e}"),
                 })??
         };
+        for d in &recovered.accepted_loss {
+            let detail = serde_json::json!({
+                "wal": wal_id, "dir": wal_dir.display().to_string(), "damage": d,
+            });
+            catalog
+                .audit("operator", None, "wal.loss_accepted", &detail.to_string())
+                .await?;
+        }
         let shared = Arc::new(Shared {
             catalog: catalog.clone(),
             config: cfg.clone(),
@@ -171,10 +193,12 @@ impl Ingest {
 
         // Rebuild the de-duplication window from the tables.
         let started = std::time::Instant::now();
+        let mut current: HashMap<TenantId, Option<TenantKey>> = HashMap::new();
         for t in catalog.list_tenants().await? {
-            let tenant = TenantId::parse(&t.id)?;
-            let keys = recent_event_ids(&catalog, &tenant, now, cfg.dedup_window_secs).await?;
+            let key = t.key()?;
+            let keys = recent_event_ids(&catalog, &key, now, cfg.dedup_window_secs).await?;
             dedup.remember(keys, now);
+            current.insert(key.id().clone(), Some(key));
         }
         tracing::info!(
             ids = dedup.len(),
@@ -182,36 +206,37 @@ impl Ingest {
             "de-duplication window rebuilt from the tables"
         );
 
-        // Replay the log past each tenant's committed position.
-        let mut committed: HashMap<TenantId, Option<u64>> = HashMap::new();
-        let mut replayed = 0usize;
-        for (lsn, tenant, events) in recovered.records {
+        // Replay the log past each tenant's committed position. Records of a tenant that no
+        // longer exists, or of an earlier incarnation of its id, are dropped: they belong to
+        // a tenant that was deleted, never to the one that has the id now.
+        let mut committed: HashMap<TenantKey, Option<u64>> = HashMap::new();
+        let (mut replayed, mut dropped) = (0usize, HashMap::<TenantId, usize>::new());
+        for record in recovered.records {
+            let current = current.get(&record.tenant).cloned().flatten();
+            let incarnation = record.incarnation.as_deref().unwrap_or(LEGACY_INCARNATION);
+            let Some(tenant) = current.filter(|k| k.incarnation() == incarnation) else {
+                *dropped.entry(record.tenant).or_default() += record.events.len();
+                continue;
+            };
             let done = match committed.get(&tenant) {
                 Some(d) => *d,
                 None => {
-                    let d = match catalog
-                        .committed_position(&tenant, floe_catalog::table::EVENTS_TABLE, &wal_id)
-                        .await
-                    {
-                        Ok(d) => d,
-                        Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => {
-                            tracing::warn!(%tenant, "log holds events of a tenant that no longer exists; dropping them");
-                            Some(u64::MAX)
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
+                    let d = catalog
+                        .committed_position(tenant.id(), floe_catalog::table::EVENTS_TABLE, &wal_id)
+                        .await?;
                     committed.insert(tenant.clone(), d);
                     d
                 }
             };
-            if done.is_some_and(|d| d >= lsn) {
+            if done.is_some_and(|d| d >= record.lsn) {
                 continue;
             }
+            let events = record.events;
             dedup.remember(
                 events
                     .iter()
                     .filter(|e| e.client_id)
-                    .map(|e| (dedup::key(tenant.as_str(), &e.event_id), e.received_at)),
+                    .map(|e| (dedup::key(&tenant, &e.event_id), e.received_at)),
                 now,
             );
             let permit = buffer
@@ -220,14 +245,21 @@ impl Ingest {
                 .ok();
             replayed += events.len();
             shared.route(Record {
-                lsn,
+                lsn: record.lsn,
                 tenant,
                 events: Arc::new(events),
                 permit,
             });
         }
+        for (tenant, events) in dropped {
+            tracing::warn!(
+                %tenant, events,
+                "the log holds uncommitted events of a deleted tenant (or of an earlier tenant \
+                 with this id); dropping them"
+            );
+        }
         for (tenant, done) in committed {
-            if let Some(d) = done.filter(|d| *d != u64::MAX) {
+            if let Some(d) = done {
                 let progress = shared.tenant(&tenant);
                 progress.acked.fetch_max(d, Ordering::SeqCst);
                 progress.committed.send_if_modified(|v| {
@@ -279,7 +311,7 @@ impl Ingest {
     }
 
     /// Makes `events` durable for `tenant`. Returns once they are in the fsynced log.
-    pub async fn submit(&self, tenant: &TenantId, events: Vec<StoredEvent>) -> Result<Submitted> {
+    pub async fn submit(&self, tenant: &TenantKey, events: Vec<StoredEvent>) -> Result<Submitted> {
         let bytes: usize = events.iter().map(|e| e.size()).sum();
         let permit = if events.is_empty() {
             None
@@ -303,7 +335,7 @@ impl Ingest {
                 fresh,
                 admitted,
                 duplicates,
-            } = self.dedup.admit_events(tenant.as_str(), events, now);
+            } = self.dedup.admit_events(tenant, events, now);
             let fresh_len = fresh.len();
             // Enqueue while holding the order lock: log order follows admission order.
             let reply = if fresh.is_empty() {
@@ -337,12 +369,12 @@ impl Ingest {
     }
 
     /// The highest log position acknowledged for `tenant`.
-    pub fn acked(&self, tenant: &TenantId) -> u64 {
+    pub fn acked(&self, tenant: &TenantKey) -> u64 {
         self.shared.tenant(tenant).acked.load(Ordering::SeqCst)
     }
 
     /// Waits until everything of `tenant` up to `lsn` is committed; returns the snapshot.
-    pub async fn wait_visible(&self, tenant: &TenantId, lsn: u64) -> Result<Visible> {
+    pub async fn wait_visible(&self, tenant: &TenantKey, lsn: u64) -> Result<Visible> {
         let mut rx = self.shared.tenant(tenant).committed.subscribe();
         let wait = Duration::from_millis(self.shared.config.wait_visible_timeout_ms);
         // Copy the value out at once: the watch guard must not live across an await.
@@ -361,7 +393,7 @@ impl Ingest {
             let table = self
                 .shared
                 .catalog
-                .load_table(tenant, floe_catalog::table::EVENTS_TABLE)
+                .load_table(tenant.id(), floe_catalog::table::EVENTS_TABLE)
                 .await?;
             v.snapshot_id = table.metadata().current_snapshot_id();
         }
@@ -399,7 +431,7 @@ impl Ingest {
 /// `received_at` bounds overlap it.
 async fn recent_event_ids(
     catalog: &Catalog,
-    tenant: &TenantId,
+    tenant: &TenantKey,
     now_us: i64,
     window_secs: u64,
 ) -> Result<Vec<(dedup::Key, i64)>> {
@@ -409,7 +441,7 @@ async fn recent_event_ids(
     use iceberg::spec::Datum;
 
     let table = catalog
-        .load_table(tenant, floe_catalog::table::EVENTS_TABLE)
+        .load_table(tenant.id(), floe_catalog::table::EVENTS_TABLE)
         .await?;
     if table.metadata().current_snapshot().is_none() {
         return Ok(Vec::new());
@@ -442,7 +474,7 @@ async fn recent_event_ids(
         for i in 0..batch.num_rows() {
             let t = at.value(i);
             if t >= since {
-                let k = dedup::key(tenant.as_str(), ids.value(i));
+                let k = dedup::key(tenant, ids.value(i));
                 if seen_server_ids.insert(k) {
                     out.push((k, t));
                 }

@@ -2,27 +2,33 @@
 //!
 //! One log per process, in segment files named by their first sequence number (`lsn`). A single
 //! writer thread drains every waiting append, writes them, calls `fsync` once, hands the records
-//! to the batchers in `lsn` order, and only then acknowledges them (group commit). Records are
-//! `len | crc32 | lsn | payload`; on open, a torn record at the end of the last segment is cut
-//! off (it was never acknowledged), while damage anywhere else is an error. Segments are deleted
-//! only when every record in them is behind the committed positions of the tables.
+//! to the batchers in `lsn` order, and only then acknowledges them (group commit). The record
+//! format is in [`record`]; on open ([`recovery`]), a torn record at the end of the last
+//! segment is cut off (it was never acknowledged), while damage anywhere else stops the start
+//! unless an operator accepts the loss. Segments are deleted only when every record in them is
+//! behind the committed positions of the tables.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use floe_catalog::TenantId;
+use floe_catalog::TenantKey;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::event::StoredEvent;
 use crate::{Error, Result};
 
-/// A durable record: one request's accepted events for one tenant.
+pub mod record;
+pub mod recovery;
+
+pub use recovery::{Damage, RecoveredRecord, Scan, SegmentReport};
+
+/// A durable record: one request's accepted events for one tenant incarnation.
 #[derive(Debug)]
 pub struct Record {
     pub lsn: u64,
-    pub tenant: TenantId,
+    pub tenant: TenantKey,
     pub events: Arc<Vec<StoredEvent>>,
     /// Buffer space held until the record is committed to its table.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -33,7 +39,7 @@ pub type Sink = Box<dyn FnMut(Record) + Send>;
 
 enum Command {
     Append {
-        tenant: TenantId,
+        tenant: TenantKey,
         events: Arc<Vec<StoredEvent>>,
         permit: Option<OwnedSemaphorePermit>,
         reply: oneshot::Sender<Result<u64>>,
@@ -54,15 +60,15 @@ pub struct Wal {
 /// What [`Wal::open`] found on disk.
 pub struct Recovered {
     /// Every record still in the log, in `lsn` order.
-    pub records: Vec<(u64, TenantId, Vec<StoredEvent>)>,
+    pub records: Vec<RecoveredRecord>,
     /// The `lsn` the next append gets.
     pub next_lsn: u64,
     /// Bytes cut off a torn tail.
     pub truncated_bytes: u64,
+    /// Damage an operator accepted (`--accept-wal-loss`), repaired by this open.
+    pub accepted_loss: Vec<Damage>,
 }
 
-const HEADER: usize = 16;
-const MAX_RECORD: usize = 1 << 30;
 const MAX_GROUP: usize = 4096;
 
 impl Wal {
@@ -71,78 +77,36 @@ impl Wal {
         &self.id
     }
 
-    /// Reads the log in `dir` (creating it if needed). Call [`Wal::start`] afterwards.
-    pub fn open(dir: &Path) -> Result<(String, Recovered)> {
+    /// Reads the log in `dir` (creating it if needed), cutting a torn tail; damage stops it
+    /// unless `accept` names it (`SEGMENT@OFFSET`, see [`Damage::token`]). Call
+    /// [`Wal::start`] afterwards.
+    pub fn open(dir: &Path, accept: &[String]) -> Result<(String, Recovered)> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let id = load_or_create_id(dir)?;
         // Only the process holding the lock may read or write the log (see `Wal::start`).
         check_unlocked(dir)?;
-        let segments = list_segments(dir)?;
-        let mut records = Vec::new();
-        let mut next_lsn = 1;
-        let mut truncated_bytes = 0;
-        for (i, (first, path)) in segments.iter().enumerate() {
-            let last_segment = i + 1 == segments.len();
-            if *first != next_lsn && !records.is_empty() {
-                return Err(Error::Wal {
-                    message: format!(
-                        "{}: expected a segment starting at {next_lsn}, found {first}",
-                        path.display()
-                    ),
-                });
-            }
-            next_lsn = *first;
-            let data = fs::read(path).map_err(io_err(path))?;
-            let mut at = 0;
-            while at < data.len() {
-                match decode_record(&data[at..]) {
-                    Ok((lsn, tenant, events, used)) => {
-                        if lsn != next_lsn {
-                            return Err(Error::Wal {
-                                message: format!(
-                                    "{}: record {lsn} where {next_lsn} was expected",
-                                    path.display()
-                                ),
-                            });
-                        }
-                        records.push((lsn, tenant, events));
-                        next_lsn += 1;
-                        at += used;
-                    }
-                    Err(why) if last_segment => {
-                        tracing::warn!(
-                            segment = %path.display(), offset = at, %why,
-                            "cutting a torn write-ahead-log tail (never acknowledged)"
-                        );
-                        truncated_bytes = (data.len() - at) as u64;
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(io_err(path))?;
-                        f.set_len(at as u64).map_err(io_err(path))?;
-                        f.sync_all().map_err(io_err(path))?;
-                        break;
-                    }
-                    Err(why) => {
-                        return Err(Error::Wal {
-                            message: format!(
-                                "{} is damaged at offset {at} ({why}); it is not the last \
-                                 segment, so acknowledged events may be affected",
-                                path.display()
-                            ),
-                        });
-                    }
-                }
-            }
-        }
+        let (scan, accepted_loss) = recovery::recover(dir, accept)?;
+        let truncated_bytes = scan
+            .segments
+            .iter()
+            .filter_map(|s| s.torn_tail.map(|(_, bytes)| bytes))
+            .sum();
         Ok((
             id,
             Recovered {
-                records,
-                next_lsn,
+                records: scan.records,
+                next_lsn: scan.next_lsn,
                 truncated_bytes,
+                accepted_loss,
             },
         ))
+    }
+
+    /// Reads the log in `dir` and reports it, changing nothing (`floe wal check`). Also
+    /// says whether a running process holds the log (its tail may then be mid-write).
+    pub fn check(dir: &Path) -> Result<(Scan, bool)> {
+        let in_use = check_unlocked(dir).is_err();
+        Ok((recovery::scan(dir)?, in_use))
     }
 
     /// Starts the writer thread, appending after `next_lsn - 1`.
@@ -166,7 +130,7 @@ impl Wal {
     /// Appends `events` for `tenant`; returns once they are fsynced and handed to the sink.
     pub async fn append(
         &self,
-        tenant: TenantId,
+        tenant: TenantKey,
         events: Arc<Vec<StoredEvent>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<u64> {
@@ -180,7 +144,7 @@ impl Wal {
     /// of `enqueue` calls.
     pub async fn enqueue(
         &self,
-        tenant: TenantId,
+        tenant: TenantKey,
         events: Arc<Vec<StoredEvent>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<oneshot::Receiver<Result<u64>>> {
@@ -217,7 +181,7 @@ impl Wal {
 
 /// An append waiting in a group: tenant, events, buffer permit, and where to answer.
 type PendingAppend = (
-    TenantId,
+    TenantKey,
     Arc<Vec<StoredEvent>>,
     Option<OwnedSemaphorePermit>,
     oneshot::Sender<Result<u64>>,
@@ -327,7 +291,7 @@ impl Writer {
         self.buf.clear();
         let first = self.next_lsn;
         for (i, (tenant, events, ..)) in appends.iter().enumerate() {
-            encode_record(&mut self.buf, first + i as u64, tenant, events);
+            record::encode_events(&mut self.buf, first + i as u64, tenant, events);
         }
         match self.write_durably(first) {
             Ok(()) => {
@@ -367,7 +331,7 @@ impl Writer {
                 .create_new(true)
                 .append(true)
                 .open(&path)?;
-            File::open(&self.dir)?.sync_all()?;
+            floe_catalog::storage::sync_dir(&self.dir)?;
             if let Some((f, p, _, _)) = self.active.take() {
                 self.closed.push((f, p));
             }
@@ -425,7 +389,7 @@ fn stopped() -> Error {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -471,15 +435,13 @@ fn load_or_create_id(dir: &Path) -> Result<String> {
             f.write_all(id.as_bytes()).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
             fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
+            floe_catalog::storage::sync_dir(dir).map_err(io_err(dir))?;
             Ok(id)
         }
     }
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -495,162 +457,17 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn encode_record(buf: &mut Vec<u8>, lsn: u64, tenant: &TenantId, events: &[StoredEvent]) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; HEADER]);
-    put_str(buf, tenant.as_str());
-    buf.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    for e in events {
-        put_str(buf, &e.event_id);
-        put_str(buf, &e.kind);
-        buf.extend_from_slice(&e.version.to_le_bytes());
-        buf.extend_from_slice(&e.ts.to_le_bytes());
-        buf.extend_from_slice(&e.received_at.to_le_bytes());
-        match &e.user_id {
-            Some(u) => {
-                buf.push(1);
-                put_str(buf, u);
-            }
-            None => buf.push(0),
-        }
-        put_str(buf, &e.payload);
-        buf.push(e.client_id as u8);
-    }
-    let payload_len = (buf.len() - start - HEADER) as u32;
-    buf[start + 8..start + 16].copy_from_slice(&lsn.to_le_bytes());
-    let crc = crc32fast::hash(&buf[start + 8..]);
-    buf[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> std::result::Result<&[u8], &'static str> {
-        if self.0.len() < n {
-            return Err("record ends early");
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> std::result::Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> std::result::Result<u32, &'static str> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(b))
-    }
-    fn i64(&mut self) -> std::result::Result<i64, &'static str> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(i64::from_le_bytes(b))
-    }
-    fn string(&mut self) -> std::result::Result<String, &'static str> {
-        let n = self.u32()? as usize;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8")
-    }
-}
-
-type Decoded = (u64, TenantId, Vec<StoredEvent>, usize);
-
-fn decode_record(data: &[u8]) -> std::result::Result<Decoded, String> {
-    if data.len() < HEADER {
-        return Err("partial header".into());
-    }
-    let mut head = Cursor(&data[..HEADER]);
-    let len = head.u32()? as usize;
-    let crc = head.u32()?;
-    let lsn = head.i64()? as u64;
-    if len > MAX_RECORD || data.len() < HEADER + len {
-        return Err("partial record".into());
-    }
-    if crc32fast::hash(&data[8..HEADER + len]) != crc {
-        return Err("checksum mismatch".into());
-    }
-    let mut c = Cursor(&data[HEADER..HEADER + len]);
-    let tenant = TenantId::parse(&c.string()?).map_err(|e| e.to_string())?;
-    let count = c.u32()? as usize;
-    let mut events = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let event_id = c.string()?;
-        let kind = c.string()?;
-        let version = c.u32()? as i32;
-        let ts = c.i64()?;
-        let received_at = c.i64()?;
-        let user_id = match c.u8()? {
-            0 => None,
-            _ => Some(c.string()?),
-        };
-        let payload = c.string()?;
-        let client_id = c.u8()? != 0;
-        events.push(StoredEvent {
-            event_id,
-            kind,
-            version,
-            ts,
-            received_at,
-            user_id,
-            payload,
-            client_id,
-        });
-    }
-    if !c.0.is_empty() {
-        return Err("trailing bytes in record".into());
-    }
-    Ok((lsn, tenant, events, HEADER + len))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::record::tests::{ev, key};
     use super::*;
     use std::sync::Mutex;
-
-    fn ev(i: usize) -> StoredEvent {
-        StoredEvent {
-            event_id: format!("e{i}"),
-            kind: "PageViewed".into(),
-            version: 1,
-            ts: i as i64 * 1000,
-            received_at: 5,
-            user_id: i.is_multiple_of(2).then(|| format!("u{i}")),
-            payload: format!("{{\"i\":{i}}}"),
-            client_id: true,
-        }
-    }
-
-    fn tenant() -> TenantId {
-        TenantId::parse("acme").unwrap()
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let events: Vec<_> = (0..5).map(ev).collect();
-        let mut buf = Vec::new();
-        encode_record(&mut buf, 42, &tenant(), &events);
-        let (lsn, t, back, used) = decode_record(&buf).unwrap();
-        assert_eq!((lsn, t, used), (42, tenant(), buf.len()));
-        assert_eq!(back, events);
-        // Any single flipped byte is caught.
-        for i in 0..buf.len() {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x40;
-            assert!(decode_record(&bad).is_err(), "flip at {i} undetected");
-        }
-    }
 
     #[tokio::test]
     async fn appends_survive_reopen_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (id, rec) = Wal::open(dir.path()).unwrap();
+        let (id, rec) = Wal::open(dir.path(), &[]).unwrap();
         assert_eq!(rec.next_lsn, 1);
         let s = seen.clone();
         // Tiny segments: every append after the first starts a new segment.
@@ -664,7 +481,7 @@ mod tests {
         .unwrap();
         for i in 0..4 {
             let lsn = wal
-                .append(tenant(), Arc::new(vec![ev(i)]), None)
+                .append(key(), Arc::new(vec![ev(i)]), None)
                 .await
                 .unwrap();
             assert_eq!(lsn, i as u64 + 1);
@@ -684,24 +501,25 @@ mod tests {
             .set_len(len - 3)
             .unwrap();
 
-        let (id2, rec) = Wal::open(dir.path()).unwrap();
+        let (id2, rec) = Wal::open(dir.path(), &[]).unwrap();
         assert_eq!(id2, id);
         assert_eq!(rec.records.len(), 3);
         assert_eq!(rec.next_lsn, 4);
         assert!(rec.truncated_bytes > 0);
-        assert_eq!(rec.records[2].2, vec![ev(2)]);
+        assert_eq!(rec.records[2].events, vec![ev(2)]);
+        assert_eq!(rec.records[2].incarnation.as_deref(), Some("inc-1"));
 
         // Truncation deletes only segments wholly below the low-water mark.
         let wal = Wal::start(dir.path(), id2, rec.next_lsn, 64, Box::new(|_| {})).unwrap();
         assert_eq!(
-            wal.append(tenant(), Arc::new(vec![ev(9)]), None)
+            wal.append(key(), Arc::new(vec![ev(9)]), None)
                 .await
                 .unwrap(),
             4
         );
         wal.truncate(3);
         assert_eq!(
-            wal.append(tenant(), Arc::new(vec![ev(10)]), None)
+            wal.append(key(), Arc::new(vec![ev(10)]), None)
                 .await
                 .unwrap(),
             5
@@ -718,12 +536,29 @@ mod tests {
     fn damage_before_the_last_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Vec::new();
-        encode_record(&mut a, 1, &tenant(), &[ev(1)]);
+        record::encode_events(&mut a, 1, &key(), &[ev(1)]);
         let mut b = Vec::new();
-        encode_record(&mut b, 2, &tenant(), &[ev(2)]);
+        record::encode_events(&mut b, 2, &key(), &[ev(2)]);
         a[20] ^= 1;
         fs::write(dir.path().join(format!("{:020}.wal", 1)), &a).unwrap();
         fs::write(dir.path().join(format!("{:020}.wal", 2)), &b).unwrap();
-        assert!(Wal::open(dir.path()).is_err());
+        assert!(Wal::open(dir.path(), &[]).is_err());
+    }
+
+    #[test]
+    fn logs_written_before_incarnations_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Vec::new();
+        record::encode_untagged(&mut a, 1, key().id(), &[ev(1)]);
+        record::encode_events(&mut a, 2, &key(), &[ev(2)]);
+        fs::write(dir.path().join(format!("{:020}.wal", 1)), &a).unwrap();
+        let (_, rec) = Wal::open(dir.path(), &[]).unwrap();
+        let incarnations: Vec<Option<&str>> = rec
+            .records
+            .iter()
+            .map(|r| r.incarnation.as_deref())
+            .collect();
+        assert_eq!(incarnations, vec![None, Some("inc-1")]);
+        assert_eq!(rec.next_lsn, 3);
     }
 }

@@ -44,7 +44,7 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     let slow = config(dir.path(), &[("ingest.flush_interval_ms", "3600000")]);
     let catalog = Catalog::open(&slow).await.unwrap();
     let tenant = TenantId::parse("t1").unwrap();
-    catalog.create_tenant(&tenant, "test").await.unwrap();
+    let key = create(&catalog, &tenant).await;
     let authority = TokenAuthority::load_or_create(&slow.signing_key_path()).unwrap();
     let token = authority
         .issue(&tenant, Role::Ingest, Duration::from_secs(60))
@@ -91,7 +91,7 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     let ingest = Ingest::start(catalog.clone(), &fast, rt2.handle().clone())
         .await
         .unwrap();
-    let v = ingest.wait_visible(&tenant, 3).await.unwrap();
+    let v = ingest.wait_visible(&key, 3).await.unwrap();
     assert!(v.snapshot_id.is_some());
     assert_eq!(rows(&catalog, &tenant).await, 30);
     let table = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
@@ -139,7 +139,7 @@ async fn concurrent_commits_to_one_table_lose_nothing() {
     let base = config(dir.path(), &[("ingest.flush_interval_ms", "5")]);
     let catalog = Catalog::open(&base).await.unwrap();
     let tenant = TenantId::parse("shared").unwrap();
-    catalog.create_tenant(&tenant, "test").await.unwrap();
+    let key = create(&catalog, &tenant).await;
     let mut services = Vec::new();
     for i in 0..2 {
         let sub = dir.path().join(format!("node{i}"));
@@ -156,7 +156,7 @@ async fn concurrent_commits_to_one_table_lose_nothing() {
     let mut tasks = Vec::new();
     for (n, svc) in services.iter().enumerate() {
         let svc = svc.clone();
-        let tenant = tenant.clone();
+        let tenant = key.clone();
         tasks.push(tokio::spawn(async move {
             for b in 0..25 {
                 let events = (0..4)
@@ -185,4 +185,141 @@ async fn concurrent_commits_to_one_table_lose_nothing() {
         t.await.unwrap();
     }
     assert_eq!(rows(&catalog, &tenant).await, 200);
+}
+
+/// Creates the tenant; its current incarnation.
+async fn create(catalog: &Catalog, tenant: &TenantId) -> floe_catalog::TenantKey {
+    catalog
+        .create_tenant(tenant, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap()
+}
+
+/// Events received now (the de-duplication window counts from `received_at`).
+fn events(prefix: &str, n: usize) -> Vec<floe_ingest::event::StoredEvent> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    (0..n)
+        .map(|i| {
+            floe_ingest::event::parse_event(
+                i,
+                &format!(r#"{{"event_id":"{prefix}-{i}","type":"A","timestamp":1700000000}}"#),
+                "again",
+                now,
+                floe_ingest::event::Limits {
+                    max_event_bytes: 1 << 20,
+                    max_events: 100,
+                },
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The ids (`event_id`) in a tenant's events table.
+async fn ids(catalog: &Catalog, tenant: &TenantId) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    let table = catalog.load_table(tenant, EVENTS_TABLE).await.unwrap();
+    if table.metadata().current_snapshot().is_none() {
+        return Vec::new();
+    }
+    let stream = table
+        .scan()
+        .select(["event_id"])
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    let mut out: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_tenant_starts_clean_and_never_gets_the_old_ones_events() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is committed by time: only a graceful stop or a restart's replay commits.
+    let cfg = config(dir.path(), &[("ingest.flush_interval_ms", "3600000")]);
+    let catalog = Catalog::open(&cfg).await.unwrap();
+    let tenant = TenantId::parse("again").unwrap();
+    let old = create(&catalog, &tenant).await;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ingest = Ingest::start(catalog.clone(), &cfg, rt.handle().clone())
+        .await
+        .unwrap();
+
+    // The old tenant's events are acknowledged (in the log), not yet committed …
+    let first = ingest.submit(&old, events("e", 5)).await.unwrap();
+    assert_eq!((first.stored, first.duplicates), (5, 0));
+    // … when the tenant is deleted and created again under the same id.
+    catalog.delete_tenant(&tenant, true, "test").await.unwrap();
+    let new = create(&catalog, &tenant).await;
+    assert_ne!(old, new);
+
+    // The same ids sent to the new tenant are new events, not retries of the old ones.
+    let again = ingest.submit(&new, events("e", 5)).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (5, 0));
+    let more = ingest.submit(&new, events("n", 2)).await.unwrap();
+    assert_eq!(more.stored, 2);
+
+    // A restart replays the log: the old incarnation's records are dropped, the new one's
+    // committed, once.
+    drop(ingest);
+    rt.shutdown_background();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = config(dir.path(), &[("ingest.flush_interval_ms", "20")]);
+    let ingest = Ingest::start(catalog.clone(), &fast, tokio::runtime::Handle::current())
+        .await
+        .unwrap();
+    let acked = ingest.acked(&new);
+    ingest.wait_visible(&new, acked).await.unwrap();
+    let mut want: Vec<String> = (0..5).map(|i| format!("e-{i}")).collect();
+    want.extend((0..2).map(|i| format!("n-{i}")));
+    want.sort();
+    assert_eq!(ids(&catalog, &tenant).await, want);
+    // The window after the restart is the new tenant's: its ids are retries now.
+    let retry = ingest.submit(&new, events("e", 5)).await.unwrap();
+    assert_eq!((retry.stored, retry.duplicates), (0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_a_deleted_tenant_is_never_committed_into_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("ingest.flush_interval_ms", "300")]);
+    let catalog = Catalog::open(&cfg).await.unwrap();
+    let tenant = TenantId::parse("again").unwrap();
+    let old = create(&catalog, &tenant).await;
+    let ingest = Ingest::start(catalog.clone(), &cfg, tokio::runtime::Handle::current())
+        .await
+        .unwrap();
+    // Buffered in the old incarnation's batcher, then the id changes hands before the flush.
+    ingest.submit(&old, events("old", 3)).await.unwrap();
+    catalog.delete_tenant(&tenant, true, "test").await.unwrap();
+    let new = create(&catalog, &tenant).await;
+    ingest.submit(&new, events("new", 2)).await.unwrap();
+    let acked = ingest.acked(&new);
+    ingest.wait_visible(&new, acked).await.unwrap();
+    // The old batch's flush found a table of another incarnation and dropped it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ids(&catalog, &tenant).await, vec!["new-0", "new-1"]);
 }

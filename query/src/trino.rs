@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use floe_catalog::{Authenticator, Claims, ErrorKind, Role, TenantId};
+use floe_catalog::{Authenticator, ErrorKind, Principal, Role, TenantId, TenantKey};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -43,8 +43,8 @@ pub struct TrinoState {
     threads: usize,
     auth: Authenticator,
     queries: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Run>>>>>,
-    /// Per tenant, the slots of `query.max_concurrent_per_tenant`.
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    /// Per tenant incarnation, the slots of `query.max_concurrent_per_tenant`.
+    slots: Arc<Mutex<HashMap<TenantKey, Arc<tokio::sync::Semaphore>>>>,
     started: Instant,
 }
 
@@ -79,7 +79,8 @@ pub fn router(state: TrinoState) -> Router {
 
 /// A running query.
 struct Run {
-    tenant: String,
+    /// The incarnation that ran it: a tenant created again under the id cannot read it.
+    tenant: TenantKey,
     /// Batches from the thread that runs the plan; `None` once finished or failed. Dropping it
     /// (finished, cancelled, reaped, failed) stops that thread's work.
     batches: Option<tokio::sync::mpsc::Receiver<Result<Produced, Error>>>,
@@ -228,7 +229,7 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
-async fn authenticate(st: &TrinoState, headers: &HeaderMap) -> Result<Claims, Response> {
+async fn authenticate(st: &TrinoState, headers: &HeaderMap) -> Result<Principal, Response> {
     let raw = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -264,10 +265,11 @@ fn trino_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -> Response {
-    let claims = match authenticate(&st, &headers).await {
+    let principal = match authenticate(&st, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let claims = &principal.claims;
     let base = base_uri(&headers);
     let id = format!(
         "{}_{}",
@@ -286,9 +288,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
             ));
         }
     };
-    let Ok(tenant) = TenantId::parse(&claims.tenant) else {
-        return unauthorized("token names an invalid tenant");
-    };
+    let tenant = principal.tenant.id().clone();
     let cfg = st.engine.config().clone();
     if body.len() > cfg.max_sql_bytes {
         return fail(QueryError::user(
@@ -339,7 +339,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     let rewritten = trino_rewrite(sql, &tenant);
     let sql = rewritten.as_deref().unwrap_or(sql);
     reap(&st, Duration::from_secs(cfg.abandoned_after_secs));
-    let slot = match take_slot(&st, &tenant, cfg.max_concurrent_per_tenant) {
+    let slot = match take_slot(&st, &principal.tenant, cfg.max_concurrent_per_tenant) {
         Some(s) => s,
         None => {
             return fail(QueryError::insufficient(
@@ -455,7 +455,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     };
     let columns = Value::Array(schema.fields().iter().map(|f| column(f)).collect());
     let run = Arc::new(tokio::sync::Mutex::new(Run {
-        tenant: tenant.to_string(),
+        tenant: principal.tenant.clone(),
         batches: Some(rx),
         columns,
         token: 0,
@@ -887,13 +887,13 @@ enum Produced {
 /// One of the tenant's query slots, or `None` when all are taken.
 fn take_slot(
     st: &TrinoState,
-    tenant: &TenantId,
+    tenant: &TenantKey,
     limit: usize,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let sem = {
         let mut slots = st.slots.lock().ok()?;
         slots
-            .entry(tenant.to_string())
+            .entry(tenant.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
             .clone()
     };
@@ -914,7 +914,7 @@ async fn lookup(
     headers: &HeaderMap,
     id: &str,
 ) -> Result<Arc<tokio::sync::Mutex<Run>>, Response> {
-    let claims = authenticate(st, headers).await?;
+    let principal = authenticate(st, headers).await?;
     let run = st
         .queries
         .lock()
@@ -922,7 +922,7 @@ async fn lookup(
         .and_then(|q| q.get(id).cloned())
         .ok_or_else(|| (StatusCode::NOT_FOUND, "no such query").into_response())?;
     // Another tenant's query id is as unknown as a made-up one.
-    if run.lock().await.tenant != claims.tenant {
+    if run.lock().await.tenant != principal.tenant {
         return Err((StatusCode::NOT_FOUND, "no such query").into_response());
     }
     Ok(run)

@@ -323,6 +323,18 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
         assert m["floe_kafka_visible_ms_count"] == m["floe_kafka_commits_total"], m
         # Produced during this test: no record was older than a minute when it became visible.
         assert 0 < m['floe_kafka_visible_ms{quantile="0.99"}'] < 60_000, m
+
+        # Deleted and created again while everything runs: the new tenant's table starts where
+        # the topic ends, so none of the old tenant's 502 events reach it, and the same event
+        # ids are new events for it.
+        floe(data, *kafka, "tenant", "delete", tenant, "--purge")
+        floe(data, *kafka, "tenant", "create", tenant)
+        srv.tokens.clear()
+        token = srv.token(tenant, "ingest")
+        reply = post(srv.url, token, batch[:3])
+        assert reply["accepted"] == 3 and reply["duplicates"] == 0, reply
+        ids = table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist()
+        assert sorted(ids) == ["e0", "e1", "e2"], len(ids)
         workers.check_alive()
     finally:
         workers.stop_all()

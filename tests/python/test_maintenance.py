@@ -147,7 +147,8 @@ def test_retention_drops_old_days_and_their_bytes(srv):
 
 
 def holds_user(filesystem, io, path, user):
-    """Whether one object holds `user` in any form we can decode."""
+    """Whether one object holds `user` in any string we can decode: stricter than Floe's own
+    verification (which compares only `user_id` and the declared fields), as a cross-check."""
     quoted = json.dumps(user)
     with filesystem.open_input_file(path) as f:
         raw = f.read()
@@ -174,34 +175,43 @@ def holds_user(filesystem, io, path, user):
     return quoted.encode() in raw
 
 
+def erase(srv, admin, user_ids, timeout=120):
+    """Requests an erasure and waits for it to complete; returns its final state."""
+    status, reply = request("POST", f"{srv.url}/v1/erasures", admin, {"user_ids": user_ids})
+    assert status == 202, reply
+    assert reply["status"] == "pending" and reply["verified_at_ms"] is None
+    deadline = time.time() + timeout
+    while True:
+        status, state = request("GET", f"{srv.url}/v1/erasures/{reply['id']}", admin)
+        assert status == 200, state
+        if state["status"] == "completed":
+            assert state["verified_at_ms"] >= state["requested_at_ms"]
+            assert state["verified_at"], state
+            return state
+        assert time.time() < deadline, state
+        time.sleep(1)
+
+
 def test_user_erasure_leaves_no_trace_in_any_object(srv):
     floe(srv.data, "tenant", "create", "gdpr")
+    # Another user's event that names u-7 in a declared field is u-7's data too.
+    floe(srv.data, "tenant", "set", "gdpr", "--user-fields", "payload.friend")
     ingest, admin = srv.token("gdpr", "ingest"), srv.token("gdpr", "admin")
     now = int(time.time())
     evs = events("g", 600, now)
-    # Another user's event that names u-7 in its payload is u-7's data too.
     evs[1]["payload"]["friend"] = "u-7"
     for k in range(0, 600, 100):
         post(srv.url, ingest, evs[k:k + 100])
     keep = [e["event_id"] for e in evs if e["user_id"] != "u-7" and e["payload"].get("friend") != "u-7"]
 
     assert request("POST", f"{srv.url}/v1/erasures", ingest, {"user_ids": ["u-7"]})[0] == 403
-    status, reply = request("POST", f"{srv.url}/v1/erasures", admin, {"user_ids": ["u-7"]})
-    assert status == 202, reply
-    assert reply["status"] == "pending" and reply["verified_at_ms"] is None
     floe(srv.data, "tenant", "create", "other")
-    assert request("GET", f"{srv.url}/v1/erasures/{reply['id']}", srv.token("other", "admin"))[0] == 404
-
-    deadline = time.time() + 120
-    while True:
-        status, state = request("GET", f"{srv.url}/v1/erasures/{reply['id']}", admin)
-        assert status == 200, state
-        if state["status"] == "completed":
-            break
-        assert time.time() < deadline, state
-        time.sleep(1)
-    assert state["verified_at_ms"] >= state["requested_at_ms"]
+    state = erase(srv, admin, ["u-7"])
+    assert request("GET", f"{srv.url}/v1/erasures/{state['id']}", srv.token("other", "admin"))[0] == 404
     assert "user_ids" not in state and state["users"] == 1
+    assert state["fields"] == ["user_id", "payload.friend"], state
+    assert state["rows_removed"] == 600 - len(keep), state
+    assert state["files_rewritten"] >= 1, state
 
     table = iceberg_catalog(srv.data).load_table("gdpr.events")
     rows = table.scan().to_arrow()
@@ -213,6 +223,47 @@ def test_user_erasure_leaves_no_trace_in_any_object(srv):
     assert holding == []
     # The check itself finds users that are there.
     assert any(holds_user(filesystem, table.io, p, "u-6") for p in listed if p.endswith(".parquet"))
+
+
+def test_erasure_touches_only_the_named_users_rows_and_completes_for_any_id(srv):
+    """An id equal to an event type, a page or an order id erases nothing of those; a short id
+    such as "1" completes (it occurs in snapshot summaries, which hold no user data)."""
+    floe(srv.data, "tenant", "create", "exact")
+    floe(srv.data, "tenant", "set", "exact", "--user-fields", "payload.customer_id")
+    assert "user_fields=payload.customer_id" in floe(srv.data, "tenant", "list")
+    ingest, admin = srv.token("exact", "ingest"), srv.token("exact", "admin")
+    now = int(time.time())
+    evs = []
+    for i in range(400):
+        payload = {"page": str(i % 4), "order_id": str(i % 7)}
+        if i % 50 == 3:
+            payload["customer_id"] = "1"  # another user's event about customer "1"
+        if i % 50 == 4:
+            payload["customer_id"] = 1  # the same, as a JSON number
+        evs.append({"event_id": f"x-{i}", "type": ["PageViewed", "PurchaseMade"][i % 2],
+                    "timestamp": now - (i % 3) * DAY - i, "user_id": str(i % 10), "payload": payload})
+    for k in range(0, 400, 100):
+        post(srv.url, ingest, evs[k:k + 100])
+    table = iceberg_catalog(srv.data).load_table("exact.events")
+    assert len(table.scan().to_arrow()) == 400
+
+    # "PageViewed" is a type, not a user: nothing changes.
+    state = erase(srv, admin, ["PageViewed"])
+    assert state["fields"] == ["user_id", "payload.customer_id"], state
+    assert state["rows_removed"] == 0 and state["files_rewritten"] == 0, state
+    table = iceberg_catalog(srv.data).load_table("exact.events")
+    assert len(table.scan().to_arrow()) == 400
+
+    # "1": the user's rows and the rows naming it as customer go; page "1" and order "1" stay.
+    gone = {e["event_id"] for e in evs if e["user_id"] == "1" or str(e["payload"].get("customer_id")) == "1"}
+    state = erase(srv, admin, ["1"], timeout=90)
+    assert state["rows_removed"] == len(gone), state
+    table = iceberg_catalog(srv.data).load_table("exact.events")
+    rows = table.scan().to_arrow().to_pylist()
+    assert sorted(r["event_id"] for r in rows) == sorted(e["event_id"] for e in evs if e["event_id"] not in gone)
+    assert any(json.loads(r["payload"])["page"] == "1" for r in rows)
+    assert any(json.loads(r["payload"])["order_id"] == "1" for r in rows)
+    assert not any(r["user_id"] == "1" for r in rows)
 
 
 def test_tenant_purge_removes_every_object_and_its_tokens_stop_at_once(srv):

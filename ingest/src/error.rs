@@ -30,6 +30,14 @@ pub enum Error {
     #[error("{message}")]
     Invalid { message: String },
 
+    /// librdkafka refused a setting, or could not reach the brokers.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
     #[error("{message}")]
     Overloaded { message: String },
 
@@ -47,6 +55,14 @@ impl Error {
             Error::Wal { .. } | Error::Io { .. } | Error::Iceberg { .. } => ErrorKind::Unavailable,
             Error::Overloaded { .. } | Error::Timeout { .. } => ErrorKind::Unavailable,
             Error::Invalid { .. } => ErrorKind::InvalidInput,
+            // A setting librdkafka refuses is the operator's to fix; anything else (brokers
+            // unreachable, timeouts, a topic not there yet) may pass with a retry.
+            Error::Kafka { source, .. } => match source {
+                rdkafka::error::KafkaError::ClientConfig(..)
+                | rdkafka::error::KafkaError::ClientCreation(_)
+                | rdkafka::error::KafkaError::Subscription(_) => ErrorKind::InvalidInput,
+                _ => ErrorKind::Unavailable,
+            },
             // Retrying will read the same bytes: an operator has to decide.
             Error::WalDamaged(_) => ErrorKind::Internal,
             Error::Internal { .. } => ErrorKind::Internal,

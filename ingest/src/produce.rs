@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::dedup::{self, Dedup};
 use crate::event::{Limits, StoredEvent, parse_event};
-use crate::kafka::client_config;
+use crate::kafka::client::{client_config, kafka_err};
 use crate::{Error, Result};
 
 /// Sends events to `kafka.topic_template` topics.
@@ -432,10 +432,4 @@ pub async fn replay(producer: &Producer, tenant: &TenantKey, text: &str) -> Resu
         done.sent = producer.send(tenant, events).await?.stored;
     }
     Ok(done)
-}
-
-fn kafka_err(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
-    move |e| Error::Invalid {
-        message: format!("kafka: {context}: {e}"),
-    }
 }

@@ -1,0 +1,228 @@
+//! Committing a topic's batch: its dead letters to `events_dlq`, then its events with the
+//! partitions' positions, in one compare-and-swap each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::builder::{
+    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use floe_catalog::table::{
+    DLQ_TABLE, EVENTS_TABLE, KafkaBatch, KafkaCommit, KafkaRange, kafka_positions,
+};
+use floe_catalog::{Catalog, ErrorKind, TenantId};
+use iceberg::spec::DataFile;
+use tokio::time::Instant;
+
+use super::buffer::{Batch, DeadLetter};
+use crate::event::StoredEvent;
+use crate::writer::{arrow_schema_of, day_of, write_days, write_events};
+use crate::{Error, Result};
+
+/// What one flush ended with.
+pub(crate) enum Flushed {
+    Done { records: usize, dead: usize },
+    Fenced { stored: BTreeMap<i32, i64> },
+    TenantMissing,
+}
+
+pub(crate) struct FlushDone {
+    pub(crate) topic: String,
+    pub(crate) ranges: BTreeMap<i32, KafkaRange>,
+    pub(crate) first_at: Option<Instant>,
+    pub(crate) oldest_ms: Option<i64>,
+    pub(crate) outcome: Flushed,
+}
+
+/// Commits a batch: its dead letters, then its events with the positions. Retries failures
+/// that a retry can get past, with backoff, until it has an answer.
+pub(crate) async fn flush(
+    catalog: &Catalog,
+    tenant: &TenantId,
+    group: &str,
+    topic: &str,
+    batch: Batch,
+    zstd: i32,
+) -> Flushed {
+    let mut attempt = 0u32;
+    let mut dead_done = batch.dead.is_empty();
+    let mut files: Option<Vec<DataFile>> = None;
+    loop {
+        let result: Result<Flushed> = async {
+            if !dead_done {
+                commit_dead_letters(catalog, tenant, group, topic, &batch, zstd).await?;
+                dead_done = true;
+            }
+            if files.is_none() {
+                let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+                let events: Vec<&StoredEvent> = batch.events.iter().map(|(_, e)| e).collect();
+                files = Some(if events.is_empty() {
+                    Vec::new()
+                } else {
+                    write_events(&table, tenant.as_str(), &events, zstd).await?
+                });
+            }
+            let kafka = KafkaBatch {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partitions: batch.ranges.clone(),
+            };
+            let written = files.clone().unwrap_or_default();
+            let outcome = catalog
+                .commit_append_kafka(tenant, EVENTS_TABLE, written, &kafka)
+                .await?;
+            Ok(match outcome {
+                KafkaCommit::Committed { .. } => Flushed::Done {
+                    records: batch.events.len(),
+                    dead: batch.dead.len(),
+                },
+                KafkaCommit::AlreadyCommitted => {
+                    tracing::info!(%tenant, topic, partitions = ?batch.ranges.keys().collect::<Vec<_>>(), "batch was already committed (by this worker before a crash, or by the partitions' new owner)");
+                    delete_files(catalog, files.take().unwrap_or_default()).await;
+                    Flushed::Done {
+                        records: 0,
+                        dead: 0,
+                    }
+                }
+                KafkaCommit::Fenced { stored } => {
+                    delete_files(catalog, files.take().unwrap_or_default()).await;
+                    Flushed::Fenced { stored }
+                }
+            })
+        }
+        .await;
+        match result {
+            Ok(f) => return f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                delete_files(catalog, files.take().unwrap_or_default()).await;
+                return Flushed::TenantMissing;
+            }
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(%tenant, topic, attempt, error = %e, source = ?std::error::Error::source(&e), "commit failed; retrying with backoff");
+                }
+                let base = 100u64 << attempt.min(6);
+                let jitter = rand::random::<u64>() % base;
+                tokio::time::sleep(Duration::from_millis((base + jitter).min(10_000))).await;
+            }
+        }
+    }
+}
+
+async fn delete_files(catalog: &Catalog, files: Vec<DataFile>) {
+    for f in files {
+        if let Err(e) = catalog.file_io().delete(f.file_path()).await {
+            tracing::debug!(file = f.file_path(), error = %e, "could not delete an unused file");
+        }
+    }
+}
+
+/// Appends the batch's dead letters to `events_dlq`, skipping those the table already holds
+/// (its positions say how far it has them).
+async fn commit_dead_letters(
+    catalog: &Catalog,
+    tenant: &TenantId,
+    group: &str,
+    topic: &str,
+    batch: &Batch,
+    zstd: i32,
+) -> Result<()> {
+    catalog.ensure_dlq_table(tenant).await?;
+    for _ in 0..100 {
+        let table = catalog.load_table(tenant, DLQ_TABLE).await?;
+        let stored = kafka_positions(table.metadata(), group, topic)?;
+        let rows: Vec<&DeadLetter> = batch
+            .dead
+            .iter()
+            .filter(|d| stored.get(&d.partition).is_none_or(|s| d.offset >= *s))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let partitions = rows
+            .iter()
+            .filter_map(|d| {
+                let next = batch.ranges.get(&d.partition)?.next;
+                Some((
+                    d.partition,
+                    KafkaRange {
+                        expected: stored.get(&d.partition).copied(),
+                        next,
+                    },
+                ))
+            })
+            .collect();
+        let files = write_dead_letters(&table, topic, &rows, zstd).await?;
+        let kafka = KafkaBatch {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partitions,
+        };
+        match catalog
+            .commit_append_kafka(tenant, DLQ_TABLE, files.clone(), &kafka)
+            .await?
+        {
+            KafkaCommit::Committed { .. } => return Ok(()),
+            // Another worker stored some of them meanwhile: filter again.
+            KafkaCommit::AlreadyCommitted | KafkaCommit::Fenced { .. } => {
+                delete_files(catalog, files).await;
+            }
+        }
+    }
+    Err(Error::Internal {
+        message: format!("{tenant}.{DLQ_TABLE}: positions kept moving"),
+    })
+}
+
+async fn write_dead_letters(
+    table: &iceberg::table::Table,
+    topic: &str,
+    rows: &[&DeadLetter],
+    zstd: i32,
+) -> Result<Vec<DataFile>> {
+    let schema = arrow_schema_of(table)?;
+    let mut by_day: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
+    for d in rows {
+        by_day.entry(day_of(d.at_us)).or_default().push(d);
+    }
+    let mut batches = Vec::new();
+    for (day, rows) in by_day {
+        let n = rows.len();
+        let mut t = StringBuilder::with_capacity(n, n * topic.len());
+        let mut p = Int32Builder::with_capacity(n);
+        let mut o = Int64Builder::with_capacity(n);
+        let mut reason = StringBuilder::new();
+        let mut detail = StringBuilder::new();
+        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+        let mut key = StringBuilder::new();
+        let mut payload = StringBuilder::new();
+        for d in rows {
+            t.append_value(topic);
+            p.append_value(d.partition);
+            o.append_value(d.offset);
+            reason.append_value(&d.reason);
+            detail.append_value(&d.detail);
+            at.append_value(d.at_us);
+            key.append_option(d.key.as_deref());
+            payload.append_value(&d.payload);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(t.finish()),
+            Arc::new(p.finish()),
+            Arc::new(o.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(detail.finish()),
+            Arc::new(at.finish()),
+            Arc::new(key.finish()),
+            Arc::new(payload.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal {
+            message: format!("building a dead-letter batch: {e}"),
+        })?;
+        batches.push((day, batch));
+    }
+    write_days(table, batches, zstd).await
+}

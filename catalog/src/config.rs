@@ -10,8 +10,56 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// A setting that must never be printed: `***` in `Debug` (and so in logs and error
+/// messages that show a configuration), its value only through [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that needs it (a client's credentials).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+/// Whether a librdkafka setting holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, …): its value is never printed.
+pub fn is_secret_property(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "key.pem",
+        "credentials",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
 /// The whole configuration of a Floe process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where embedded state lives: warehouse, catalog, write-ahead log, signing key.
@@ -28,12 +76,34 @@ pub struct Config {
     pub auth: AuthConfig,
     pub query: QueryConfig,
     pub compaction: CompactionConfig,
+    pub commit: CommitConfig,
     pub kafka: KafkaConfig,
+}
+
+/// Commits: every change to a table is a compare-and-swap of its metadata pointer; a change
+/// that loses to another writer is prepared again from the new metadata, after a backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Swaps one commit may lose before it gives up (ingest keeps its batch and tries again
+    /// later; a compaction bin waits for the next run).
+    pub max_attempts: u32,
+    /// Longest wait between two attempts (the wait doubles from 5 ms, with jitter).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_attempts: 100,
+            backoff_max_ms: 500,
+        }
+    }
 }
 
 /// Kafka: `floe ingest kafka` consumes tenant topics into the tables; with `brokers` set,
 /// `floe serve` writes accepted events to those topics instead of its local log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers (`host:port,…`). Empty: Kafka is off.
@@ -145,8 +215,8 @@ pub struct S3Config {
     /// Path-style requests (`endpoint/bucket/key`), as MinIO and most S3 servers want.
     pub path_style: bool,
     pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
     /// Server-side encryption: `""` (the bucket's default), `AES256` (SSE-S3) or `aws:kms`.
     pub sse: String,
     /// KMS key for `sse = "aws:kms"`; empty: the account's default key.
@@ -165,8 +235,8 @@ impl Default for S3Config {
             region: String::new(),
             path_style: false,
             access_key_id: String::new(),
-            secret_access_key: String::new(),
-            session_token: String::new(),
+            secret_access_key: Secret::default(),
+            session_token: Secret::default(),
             sse: String::new(),
             sse_kms_key_id: String::new(),
             request_retries: 3,
@@ -283,8 +353,54 @@ impl Default for Config {
             auth: AuthConfig::default(),
             query: QueryConfig::default(),
             compaction: CompactionConfig::default(),
+            commit: CommitConfig::default(),
             kafka: KafkaConfig::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("warehouse", &self.warehouse)
+            // A database URL may hold its password.
+            .field("catalog", &crate::db::redact(&self.catalog))
+            .field("listen", &self.listen)
+            .field("s3", &self.s3)
+            .field("ingest", &self.ingest)
+            .field("auth", &self.auth)
+            .field("query", &self.query)
+            .field("compaction", &self.compaction)
+            .field("commit", &self.commit)
+            .field("kafka", &self.kafka)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: std::collections::BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) { "***" } else { v };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("topic_pattern", &self.topic_pattern)
+            .field("topic_template", &self.topic_template)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("produce_timeout_ms", &self.produce_timeout_ms)
+            .field("stall_rejoin_ms", &self.stall_rejoin_ms)
+            .field("visible_poll_ms", &self.visible_poll_ms)
+            .field("properties", &properties)
+            .finish()
     }
 }
 
@@ -418,6 +534,8 @@ impl Config {
                 self.compaction.min_snapshots as u64,
             ),
             ("compaction.lease_secs", self.compaction.lease_secs),
+            ("commit.max_attempts", self.commit.max_attempts as u64),
+            ("commit.backoff_max_ms", self.commit.backoff_max_ms),
             (
                 "compaction.erasure_tenants_at_once",
                 self.compaction.erasure_tenants_at_once as u64,
@@ -590,6 +708,34 @@ fn parse_size(raw: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let mut c = Config::load(
+            None,
+            vec![(
+                "FLOE_KAFKA_PROPERTIES_SASL_PASSWORD".to_string(),
+                "hunter2-kafka".to_string(),
+            )],
+            &[
+                ("s3.secret_access_key", "hunter2-s3".to_string()),
+                ("s3.session_token", "hunter2-token".to_string()),
+                (
+                    "catalog",
+                    "postgres://floe:hunter2-db@h:5432/floe".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        c.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+        assert_eq!(c.s3.secret_access_key.expose(), "hunter2-s3");
+        assert_eq!(c.kafka.properties["sasl.password"], "hunter2-kafka");
+    }
 
     #[test]
     fn layers_apply_in_order() {

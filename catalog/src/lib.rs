@@ -2,12 +2,17 @@
 //! Floe's own commit path (metadata written, then a compare-and-swap of the table's metadata
 //! pointer, with source positions in the snapshot summary of the same commit).
 
+pub mod api;
+mod append;
 pub mod auth;
+mod commit;
 pub mod config;
 mod db;
 pub mod erasure;
 mod error;
 pub mod maintenance;
+pub mod positions;
+pub mod retry;
 pub mod rewrite;
 pub mod storage;
 pub mod table;
@@ -40,6 +45,8 @@ pub struct Catalog {
     /// The runtime the catalog was opened on. Database and storage I/O runs there: connections
     /// made on a short-lived runtime (a query's) would die with it while still in the pool.
     io: tokio::runtime::Handle,
+    /// Limits of the commit loop (`commit.*`).
+    commit: config::CommitConfig,
     /// What [`Catalog::unavailable`] found down last time.
     down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
@@ -69,6 +76,7 @@ impl Catalog {
             file_io,
             data_store,
             tables: Default::default(),
+            commit: config.commit.clone(),
             io,
             down: Default::default(),
         })

@@ -19,14 +19,13 @@ use iceberg::table::Table;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use crate::commit::{Attempt, Change, Committed};
 use crate::db::now_ms;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// Manifests and manifest lists read at once.
 const READ_CONCURRENCY: usize = 16;
-/// Expiry retries a lost compare-and-swap this often before leaving it to the next run.
-const MAX_EXPIRE_ATTEMPTS: u32 = 25;
 
 /// Which snapshots expiry keeps: the current one, every one younger than `max_age`, and the
 /// `min_snapshots` newest.
@@ -110,80 +109,30 @@ impl Catalog {
         dry_run: bool,
     ) -> Result<ExpireReport> {
         let started = std::time::Instant::now();
-        let mut conflicts = 0;
-        let mut manifests = HashMap::new();
-        loop {
-            let current = self.load_table(tenant, table).await?;
-            let metadata = current.metadata();
-            let (keep, expire) = split_snapshots(metadata, policy, now_ms());
-            let mut report = ExpireReport {
-                snapshots_expired: expire.len(),
-                snapshots_kept: keep.len(),
-                conflicts,
-                ..ExpireReport::default()
-            };
-            if expire.is_empty() {
-                report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
-            }
-            let kept = reach(&current, &keep, &HashSet::new(), true, &mut manifests).await?;
-            let gone = reach(&current, &expire, &kept.manifests, false, &mut manifests).await?;
-            let mut garbage: Vec<String> = Vec::new();
-            for (path, bytes) in &gone.data {
-                if !kept.data.contains_key(path) {
-                    report.data_bytes_deleted += bytes;
-                    garbage.push(path.clone());
-                }
-            }
-            garbage.extend(gone.manifests.difference(&kept.manifests).cloned());
-            garbage.extend(gone.lists.difference(&kept.lists).cloned());
-            report.files_deleted = garbage.len();
-            if dry_run {
-                report.deleted = garbage;
-                report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
-            }
-
-            let old_location = current
-                .metadata_location()
-                .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
-                .to_string();
-            let ids: Vec<i64> = expire.iter().map(|s| s.snapshot_id()).collect();
-            let built = TableMetadataBuilder::new_from_metadata(
-                metadata.clone(),
-                Some(old_location.clone()),
-            )
-            .remove_snapshots(&ids)
-            .build()
-            .map_err(Error::ice("expiring snapshots"))?;
-            let prepared = self.prepare_metadata(&old_location, built).await?;
-            if self
-                .swap_metadata(
-                    tenant,
-                    table,
-                    &old_location,
-                    &prepared.location,
-                    prepared.metadata,
-                    prepared.expired,
-                )
-                .await?
-            {
-                // Nothing can reach the garbage now: new commits start from the kept snapshots.
+        let mut change = ExpireChange {
+            policy,
+            dry_run,
+            manifests: HashMap::new(),
+        };
+        let outcome = self.commit_loop(tenant, table, &mut change).await?;
+        match outcome {
+            Committed::Done {
+                value: (mut report, garbage),
+                ..
+            } => {
+                // Nothing can reach the garbage once expired: new commits start from the kept
+                // snapshots. (A dry run, or nothing to expire, leaves none.)
                 self.delete_objects(&garbage).await?;
-                report.deleted = garbage;
+                if !garbage.is_empty() {
+                    report.deleted = garbage;
+                }
                 report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
+                Ok(report)
             }
-            conflicts += 1;
-            if conflicts >= MAX_EXPIRE_ATTEMPTS {
-                self.after_lost_swap(prepared.written, None).await;
-                // Commits kept winning; the next run tries again.
-                return Err(Error::CommitConflict {
-                    table: format!("{tenant}.{table}"),
-                });
-            }
-            self.after_lost_swap(prepared.written, Some(conflicts))
-                .await;
+            // Commits kept winning; the next run tries again.
+            Committed::KeptLosing { .. } => Err(Error::CommitConflict {
+                table: format!("{tenant}.{table}"),
+            }),
         }
     }
 
@@ -575,6 +524,76 @@ async fn reach(
         }
     }
     Ok(out)
+}
+
+/// Snapshot expiry, as the commit loop runs it: the value is the report and the files only
+/// the expired snapshots reached (deleted once the swap is in).
+struct ExpireChange {
+    policy: ExpirePolicy,
+    dry_run: bool,
+    /// Manifests read by earlier attempts.
+    manifests: HashMap<String, Arc<Manifest>>,
+}
+
+impl Change for ExpireChange {
+    type Value = (ExpireReport, Vec<String>);
+
+    async fn attempt(
+        &mut self,
+        catalog: &Catalog,
+        current: Table,
+        conflicts: u32,
+    ) -> Result<Attempt<Self::Value>> {
+        let metadata = current.metadata();
+        let (keep, expire) = split_snapshots(metadata, self.policy, now_ms());
+        let mut report = ExpireReport {
+            snapshots_expired: expire.len(),
+            snapshots_kept: keep.len(),
+            conflicts,
+            ..ExpireReport::default()
+        };
+        if expire.is_empty() {
+            return Ok(Attempt::Done((report, Vec::new())));
+        }
+        let kept = reach(&current, &keep, &HashSet::new(), true, &mut self.manifests).await?;
+        let gone = reach(
+            &current,
+            &expire,
+            &kept.manifests,
+            false,
+            &mut self.manifests,
+        )
+        .await?;
+        let mut garbage: Vec<String> = Vec::new();
+        for (path, bytes) in &gone.data {
+            if !kept.data.contains_key(path) {
+                report.data_bytes_deleted += bytes;
+                garbage.push(path.clone());
+            }
+        }
+        garbage.extend(gone.manifests.difference(&kept.manifests).cloned());
+        garbage.extend(gone.lists.difference(&kept.lists).cloned());
+        report.files_deleted = garbage.len();
+        if self.dry_run {
+            report.deleted = garbage;
+            return Ok(Attempt::Done((report, Vec::new())));
+        }
+        let old_location = current
+            .metadata_location()
+            .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+            .to_string();
+        let ids: Vec<i64> = expire.iter().map(|s| s.snapshot_id()).collect();
+        let built =
+            TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
+                .remove_snapshots(&ids)
+                .build()
+                .map_err(Error::ice("expiring snapshots"))?;
+        let prepared = catalog.prepare_metadata(&old_location, built).await?;
+        Ok(Attempt::Swap {
+            prepared: Box::new(prepared),
+            value: (report, garbage),
+        })
+    }
 }
 
 #[cfg(test)]

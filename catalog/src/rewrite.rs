@@ -7,9 +7,10 @@
 //! the new ones as `ADDED`. So each compaction also merges the table's manifests into one. The
 //! commit is the same compare-and-swap as an append; before every attempt it re-reads the table
 //! and checks that every file it replaces is still live. An append that lands meanwhile is
-//! carried into the retry; a replaced file that is gone (another compactor, an erasure), or
-//! losing the swap `MAX_REPLACE_ATTEMPTS` times, makes the commit give up without committing
-//! anything, and the caller deletes its new files. A conflict is never fatal.
+//! carried into the retry (each attempt reads only the manifests added since the last); a
+//! replaced file that is gone (another compactor, an erasure), or losing the swap
+//! `commit.max_attempts` times, makes the commit give up without committing anything, and the
+//! caller deletes its new files. A conflict is never fatal.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
-use crate::table::{NewSnapshot, carried_properties, new_snapshot_id};
+use crate::commit::{Attempt, Change, Committed, NewSnapshot, Prepared, new_snapshot_id};
+use crate::positions::carried_properties;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
@@ -57,9 +59,12 @@ pub enum ReplaceOutcome {
     KeptLosing { conflicts: u32 },
 }
 
-/// A replace retries longer than an append: each attempt reads only the manifests added since
-/// the last one, and a busy table commits often.
-const MAX_REPLACE_ATTEMPTS: u32 = 100;
+/// What one attempt of a rewrite came to.
+enum Rewritten {
+    Committed(i64),
+    /// These replaced files are no longer live.
+    InputsGone(Vec<String>),
+}
 
 /// The live data files of a table's current snapshot, with their manifest entries.
 pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntryRef>> {
@@ -163,59 +168,27 @@ impl Catalog {
     ) -> Result<ReplaceOutcome> {
         self.sync_dirs(added.iter().map(|f| f.file_path().to_string()).collect())
             .await?;
-        let mut conflicts = 0;
-        let mut seen = HashMap::new();
-        loop {
-            let current = self.load_table(tenant, table).await?;
-            let live = live_entries_cached(&current, &mut seen).await?;
-            let live_paths: HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
-            let missing: Vec<String> = removed
-                .iter()
-                .filter(|p| !live_paths.contains(p.as_str()))
-                .cloned()
-                .collect();
-            if !missing.is_empty() || current.metadata().current_snapshot().is_none() {
-                return Ok(ReplaceOutcome::InputsGone { missing });
-            }
-            let old_location = current
-                .metadata_location()
-                .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
-                .to_string();
-            let prepared = self
-                .prepare_rewrite(
-                    &current,
-                    &old_location,
-                    kind,
-                    &live,
-                    &removed,
-                    added.clone(),
-                )
-                .await?;
-            let snapshot_id = prepared.snapshot_id;
-            if self
-                .swap_metadata(
-                    tenant,
-                    table,
-                    &old_location,
-                    &prepared.location,
-                    prepared.metadata,
-                    prepared.expired,
-                )
-                .await?
-            {
-                return Ok(ReplaceOutcome::Committed {
-                    snapshot_id,
-                    conflicts,
-                });
-            }
-            conflicts += 1;
-            if conflicts >= MAX_REPLACE_ATTEMPTS {
-                self.after_lost_swap(prepared.written, None).await;
-                return Ok(ReplaceOutcome::KeptLosing { conflicts });
-            }
-            self.after_lost_swap(prepared.written, Some(conflicts))
-                .await;
-        }
+        let mut change = RewriteChange {
+            kind,
+            removed,
+            added,
+            seen: HashMap::new(),
+        };
+        let outcome = self.commit_loop(tenant, table, &mut change).await?;
+        Ok(match outcome {
+            Committed::Done {
+                value: Rewritten::Committed(snapshot_id),
+                conflicts,
+            } => ReplaceOutcome::Committed {
+                snapshot_id,
+                conflicts,
+            },
+            Committed::Done {
+                value: Rewritten::InputsGone(missing),
+                ..
+            } => ReplaceOutcome::InputsGone { missing },
+            Committed::KeptLosing { conflicts } => ReplaceOutcome::KeptLosing { conflicts },
+        })
     }
 
     async fn prepare_rewrite(
@@ -226,7 +199,7 @@ impl Catalog {
         live: &[ManifestEntryRef],
         removed: &[String],
         added: Vec<DataFile>,
-    ) -> Result<crate::table::Prepared> {
+    ) -> Result<Prepared> {
         let metadata = current.metadata();
         let parent = metadata
             .current_snapshot()
@@ -369,4 +342,55 @@ fn without_metrics(f: &DataFile) -> Result<DataFile> {
         .file_size_in_bytes(f.file_size_in_bytes())
         .build()
         .map_err(|e| Error::internal(format!("a removed file's entry: {e}")))
+}
+
+/// A rewrite, as the commit loop runs it.
+struct RewriteChange {
+    kind: RewriteKind,
+    removed: Vec<String>,
+    added: Vec<DataFile>,
+    /// Manifests read by earlier attempts (manifests never change).
+    seen: HashMap<String, Arc<Manifest>>,
+}
+
+impl Change for RewriteChange {
+    type Value = Rewritten;
+
+    async fn attempt(
+        &mut self,
+        catalog: &Catalog,
+        current: Table,
+        _conflicts: u32,
+    ) -> Result<Attempt<Rewritten>> {
+        let live = live_entries_cached(&current, &mut self.seen).await?;
+        let live_paths: HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
+        let missing: Vec<String> = self
+            .removed
+            .iter()
+            .filter(|p| !live_paths.contains(p.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() || current.metadata().current_snapshot().is_none() {
+            return Ok(Attempt::Done(Rewritten::InputsGone(missing)));
+        }
+        let old_location = current
+            .metadata_location()
+            .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+            .to_string();
+        let prepared = catalog
+            .prepare_rewrite(
+                &current,
+                &old_location,
+                self.kind,
+                &live,
+                &self.removed,
+                self.added.clone(),
+            )
+            .await?;
+        let snapshot_id = prepared.snapshot_id;
+        Ok(Attempt::Swap {
+            prepared: Box::new(prepared),
+            value: Rewritten::Committed(snapshot_id),
+        })
+    }
 }

@@ -219,9 +219,9 @@ impl S3Storage {
             (false, false) => {
                 builder = builder
                     .with_access_key_id(&s3.access_key_id)
-                    .with_secret_access_key(&s3.secret_access_key);
+                    .with_secret_access_key(s3.secret_access_key.expose());
                 if !s3.session_token.is_empty() {
-                    builder = builder.with_token(&s3.session_token);
+                    builder = builder.with_token(s3.session_token.expose());
                 }
             }
             (true, true) => {

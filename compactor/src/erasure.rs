@@ -99,10 +99,10 @@ impl Compactor {
                     true => break,
                     false if pass < MAX_ERASURE_PASSES => continue,
                     false => {
-                        return Err(Error::Invalid(format!(
-                            "{tenant}.{table}: the files kept changing under the erasure; \
-                             the next run tries again"
-                        )));
+                        return Err(Error::KeptChanging {
+                            table: format!("{tenant}.{table}"),
+                            what: "the files kept changing under the erasure",
+                        });
                     }
                 }
             }
@@ -114,10 +114,10 @@ impl Compactor {
             {
                 ReplaceOutcome::Committed { .. } | ReplaceOutcome::InputsGone { .. } => {}
                 ReplaceOutcome::KeptLosing { .. } => {
-                    return Err(Error::Invalid(format!(
-                        "{tenant}.{table}: other commits kept winning over the erasure; the next \
-                         run tries again"
-                    )));
+                    return Err(Error::KeptChanging {
+                        table: format!("{tenant}.{table}"),
+                        what: "other commits kept winning over the erasure",
+                    });
                 }
             }
             let expired = self

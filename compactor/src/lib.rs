@@ -46,7 +46,8 @@ pub mod maintain;
 
 pub use erasure::RowFilter;
 
-/// Errors of the compactor.
+/// Errors of the compactor. Each says, through [`Error::kind`], whether the next run can get
+/// past it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -66,8 +67,45 @@ pub enum Error {
         source: Box<datafusion::error::DataFusionError>,
     },
 
+    /// Reading or listing an object in the warehouse failed.
+    #[error("{action} {object}: {message}")]
+    Storage {
+        action: &'static str,
+        object: String,
+        message: String,
+    },
+
+    /// A table kept changing under a maintenance step (commits of other writers won, or the
+    /// files it works on were replaced): nothing was committed; the next run tries again.
+    #[error("{table}: {what}; the next run tries again")]
+    KeptChanging { table: String, what: &'static str },
+
+    /// A setting or an input that cannot work, whatever the retries.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> floe_catalog::ErrorKind {
+        use floe_catalog::ErrorKind as K;
+        match self {
+            Error::Catalog(e) => e.kind(),
+            Error::Iceberg { .. } | Error::Storage { .. } => K::Unavailable,
+            Error::DataFusion { source, .. } => match source.find_root() {
+                datafusion::error::DataFusionError::ResourcesExhausted(_)
+                | datafusion::error::DataFusionError::IoError(_)
+                | datafusion::error::DataFusionError::ObjectStore(_) => K::Unavailable,
+                _ => K::Internal,
+            },
+            Error::KeptChanging { .. } => K::CommitConflict,
+            Error::Invalid(_) => K::InvalidInput,
+        }
+    }
+
+    /// Whether the same step may succeed on a later run.
+    pub fn retryable(&self) -> bool {
+        self.kind().retryable()
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -303,7 +303,11 @@ impl Compactor {
 }
 
 /// Runs erasures often and full maintenance every `compaction.interval_secs`, until `stop`
-/// resolves (the schedule of `floe serve` and the loop of `floe compactor`).
+/// resolves (the schedule of `floe serve` and the loop of `floe compactor`). A step in
+/// progress when `stop` resolves is dropped where it stands: every change it makes is one
+/// compare-and-swap, so a table is left as it was or as the step's last commit made it (files
+/// written for a commit that never happened are orphans for a later cleanup), and its leases
+/// run out.
 pub async fn run_schedule(
     compactor: Compactor,
     holder: String,
@@ -317,25 +321,31 @@ pub async fn run_schedule(
     let mut last_full = Instant::now();
     tokio::pin!(stop);
     loop {
-        if let Err(e) = compactor.run_erasures(None, &holder).await {
-            tracing::warn!(error = %e, "erasure run failed; retrying on the next tick");
-        }
-        if interval > Duration::ZERO && last_full.elapsed() >= interval {
-            last_full = Instant::now();
-            let mut log = |p: Progress<'_>| log_progress(&p);
-            match compactor
-                .maintain(None, &holder, Options { dry_run: false }, &mut log)
-                .await
-            {
-                Ok(t) => tracing::info!(
-                    tables = t.tables,
-                    leased_elsewhere = t.leased_elsewhere,
-                    "maintenance run done"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "maintenance run failed; retrying on the next interval")
+        let tick = async {
+            if let Err(e) = compactor.run_erasures(None, &holder).await {
+                tracing::warn!(error = %e, "erasure run failed; retrying on the next tick");
+            }
+            if interval > Duration::ZERO && last_full.elapsed() >= interval {
+                last_full = Instant::now();
+                let mut log = |p: Progress<'_>| log_progress(&p);
+                match compactor
+                    .maintain(None, &holder, Options { dry_run: false }, &mut log)
+                    .await
+                {
+                    Ok(t) => tracing::info!(
+                        tables = t.tables,
+                        leased_elsewhere = t.leased_elsewhere,
+                        "maintenance run done"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "maintenance run failed; retrying on the next interval")
+                    }
                 }
             }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick => {}
         }
         tokio::select! {
             _ = &mut stop => return,

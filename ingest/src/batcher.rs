@@ -77,7 +77,7 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
     let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
     let events: Vec<&StoredEvent> = records.iter().flat_map(|r| r.events.iter()).collect();
     let mut files: Option<Vec<DataFile>> = None;
-    let mut attempt = 0u32;
+    let mut backoff = floe_catalog::retry::Backoff::for_failures();
     let mut failing = false;
     loop {
         let started = Instant::now();
@@ -136,10 +136,7 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
                 }
                 // Files written by a failed attempt are kept for the next one unless the
                 // failure was in writing them.
-                attempt += 1;
-                let base = 100u64 << attempt.min(6);
-                let jitter = rand::random::<u64>() % base;
-                tokio::time::sleep(Duration::from_millis((base + jitter).min(10_000))).await;
+                backoff.wait().await;
             }
         }
     }

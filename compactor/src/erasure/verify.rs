@@ -57,7 +57,11 @@ pub async fn objects_holding(
         ))))
         .try_collect()
         .await
-        .map_err(|e| Error::Invalid(format!("listing {prefix}: {e}")))?;
+        .map_err(|e| Error::Storage {
+            action: "listing",
+            object: prefix.to_string(),
+            message: e.to_string(),
+        })?;
     let found: Vec<(String, Holds)> = futures::stream::iter(objects.into_iter().map(|o| {
         let store = store.clone();
         async move {
@@ -105,7 +109,11 @@ async fn holds_users(
     if name.ends_with(".metadata.json") || (name.starts_with("snap-") && name.ends_with(".avro")) {
         return Ok(Holds::Users(Vec::new()));
     }
-    let failed = |e: &dyn std::fmt::Display| Error::Invalid(format!("verifying {key}: {e}"));
+    let failed = |e: &dyn std::fmt::Display| Error::Storage {
+        action: "verifying",
+        object: key.clone(),
+        message: e.to_string(),
+    };
     let bytes = store
         .get(&object.location)
         .await
@@ -141,7 +149,11 @@ pub async fn rows_per_user(
     size: Option<u64>,
     filter: &RowFilter,
 ) -> Result<Vec<u64>> {
-    let failed = |e: &dyn std::fmt::Display| Error::Invalid(format!("reading {location}: {e}"));
+    let failed = |e: &dyn std::fmt::Display| Error::Storage {
+        action: "reading",
+        object: location.to_string(),
+        message: e.to_string(),
+    };
     let mut reader = ParquetObjectReader::new(store, location.clone());
     if let Some(size) = size {
         reader = reader.with_file_size(size);

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::builder::{
     Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
@@ -46,7 +45,7 @@ pub(crate) async fn flush(
     batch: Batch,
     zstd: i32,
 ) -> Flushed {
-    let mut attempt = 0u32;
+    let mut backoff = floe_catalog::retry::Backoff::for_failures();
     let mut dead_done = batch.dead.is_empty();
     let mut files: Option<Vec<DataFile>> = None;
     loop {
@@ -100,13 +99,11 @@ pub(crate) async fn flush(
                 return Flushed::TenantMissing;
             }
             Err(e) => {
-                attempt += 1;
+                let attempt = backoff.attempts() + 1;
                 if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(%tenant, topic, attempt, error = %e, source = ?std::error::Error::source(&e), "commit failed; retrying with backoff");
                 }
-                let base = 100u64 << attempt.min(6);
-                let jitter = rand::random::<u64>() % base;
-                tokio::time::sleep(Duration::from_millis((base + jitter).min(10_000))).await;
+                backoff.wait().await;
             }
         }
     }

@@ -1,17 +1,16 @@
-//! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`; and the erasure
-//! requests of tenant admins, `POST /v1/erasures` and `GET /v1/erasures/{id}` (recorded in the
-//! catalog, carried out by the compactor).
+//! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
 
 use std::io::Read;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floe_catalog::{Authenticator, ErrorKind, Role};
+pub use floe_catalog::api::ApiError;
+use floe_catalog::{Authenticator, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -36,69 +35,9 @@ pub fn router(state: HttpState) -> Router {
             "/v1/events",
             post(post_events).layer(tower::limit::ConcurrencyLimitLayer::new(slots)),
         )
-        .route("/v1/erasures", post(post_erasure))
-        .route("/v1/erasures/{id}", get(get_erasure))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
-}
-
-/// An error answer: a status and a JSON body `{"error": {"code", "message"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u32>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// Maps an error by kind. Messages of internal and dependency errors are replaced by a
-    /// generic one (the details go to the log, not to the client).
-    pub fn from_kind(kind: ErrorKind, message: String) -> Self {
-        use ErrorKind as K;
-        let (status, code) = match kind {
-            K::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
-            K::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            K::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-            K::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            K::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-            K::CommitConflict | K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        let message = match kind {
-            K::Internal => "internal error".to_string(),
-            K::CommitConflict | K::Unavailable => {
-                tracing::warn!(%message, "request failed on a dependency");
-                "a dependency is unavailable; retry later".to_string()
-            }
-            _ => message,
-        };
-        ApiError {
-            status,
-            code,
-            message,
-            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
-        }
-    }
-}
-
-impl From<floe_catalog::Error> for ApiError {
-    fn from(e: floe_catalog::Error) -> Self {
-        if e.kind() == ErrorKind::Internal {
-            tracing::error!(error = %e, "internal error");
-        }
-        ApiError::from_kind(e.kind(), e.to_string())
-    }
 }
 
 impl From<crate::Error> for ApiError {
@@ -115,25 +54,8 @@ impl From<crate::Error> for ApiError {
                 "not_yet_visible",
                 message.clone(),
             ),
-            _ => {
-                if e.kind() == ErrorKind::Internal {
-                    tracing::error!(error = %e, "internal error");
-                }
-                ApiError::from_kind(e.kind(), e.to_string())
-            }
+            _ => ApiError::from_kind(e.kind(), e.to_string()),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
     }
 }
 
@@ -385,66 +307,4 @@ async fn readyz(State(st): State<HttpState>) -> Response {
         )
             .into_response()
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ErasureRequest {
-    user_ids: Vec<String>,
-}
-
-/// `POST /v1/erasures` (tenant admin): records the request; 202 with its id.
-async fn post_erasure(
-    State(st): State<HttpState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let principal = admin(&st, &headers).await?;
-    let request: ErasureRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            format!("expected {{\"user_ids\": [\"...\"]}}: {e}"),
-        )
-    })?;
-    let erasure = st
-        .ingest
-        .catalog()
-        .request_erasure(
-            principal.tenant.id(),
-            request.user_ids,
-            &format!("token:{}", principal.claims.jti),
-        )
-        .await?;
-    let location = format!("/v1/erasures/{}", erasure.id);
-    let mut resp = (StatusCode::ACCEPTED, axum::Json(erasure)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
-}
-
-/// `GET /v1/erasures/{id}` (tenant admin): `pending` or `completed` (with `verified_at_ms`).
-async fn get_erasure(
-    State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let principal = admin(&st, &headers).await?;
-    // Another tenant's request is "not found", never "forbidden": ids are not confirmed.
-    let erasure = st
-        .ingest
-        .catalog()
-        .erasure(Some(principal.tenant.id()), &id)
-        .await?;
-    Ok(axum::Json(erasure).into_response())
-}
-
-async fn admin(st: &HttpState, headers: &HeaderMap) -> Result<floe_catalog::Principal, ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = st.auth.authenticate(auth).await?;
-    principal.require_role(&[Role::Admin])?;
-    Ok(principal)
 }

@@ -12,7 +12,6 @@ mod error;
 pub mod event;
 pub mod http;
 pub mod kafka;
-pub mod loadgen;
 pub mod produce;
 mod service;
 pub mod wal;

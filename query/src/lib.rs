@@ -8,6 +8,7 @@ pub mod dialect;
 pub mod functions;
 pub mod scan;
 pub mod trino;
+pub mod type_names;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -374,7 +375,7 @@ async fn information_schema(
             cols[1].push(Some(name.clone()));
             cols[2].push(Some(f.name().clone()));
             cols[3].push(Some(if f.is_nullable() { "YES" } else { "NO" }.to_string()));
-            cols[4].push(Some(trino::trino_type(f.data_type()).0));
+            cols[4].push(Some(type_names::trino_type(f.data_type()).0));
             cols[5].push(None);
             positions.push(i as i64 + 1);
         }

@@ -1,9 +1,16 @@
-//! SQL behaviour over a fixed dataset, as sqllogictest files (`tests/slt/*.slt`).
+//! SQL behaviour over a fixed dataset, as sqllogictest files (`tests/slt/*.slt`), each file one
+//! case: `cargo test -p floe-query --test slt` runs them all and names each file that fails;
+//! `… --test slt -- FILTER` runs the files whose name holds FILTER; `… -- --complete` rewrites
+//! the expected output of those files from what Floe answers now (read the diff before
+//! committing it), as DataFusion's runner does.
 //!
 //! The events in `tests/slt/*.ndjson` go in through the real ingest path (HTTP router, log,
-//! Iceberg commit) into tenants `shop` and `other`; every statement then runs as a Trino client's
-//! would: Trino dialect, read-only guard, tenant-scoped session, values rendered as the protocol
-//! sends them. Failures read `ERROR_NAME: message`, as Trino clients see them.
+//! Iceberg commit) into tenants `shop` and `other`. Every statement then goes through the Trino
+//! protocol as a client sends it (`POST /v1/statement`, then the `nextUri` pages), with an
+//! analyst token of `shop`, and the client's session carried from one statement to the next
+//! (`X-Trino-Set-Catalog`/`-Schema`, session properties, prepared statements): `USE`, `SHOW`,
+//! `DESCRIBE` and `PREPARE`/`EXECUTE` take the same path as in a real client. Failures read
+//! `ERROR_NAME: message`, as Trino clients see them.
 //!
 //! Values: NULL is `NULL`, an empty string `(empty)`, arrays, maps and rows their JSON text.
 //! Variables: `$SNAPSHOT_1` is the id of the snapshot holding the first 8 `shop` events, and
@@ -11,7 +18,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,64 +28,119 @@ use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthority};
 use floe_ingest::Ingest;
 use floe_ingest::http::{HttpState, router};
-use floe_query::{Engine, Scope};
+use floe_query::Engine;
+use floe_query::trino::TrinoState;
 use serde_json::Value;
 use sqllogictest::{DBOutput, DefaultColumnType};
 use tower::ServiceExt;
 
-struct Floe {
-    engine: Engine,
-    tenant: TenantId,
+/// A Trino client of Floe's protocol router, with its session.
+struct Client {
+    app: axum::Router,
+    token: String,
+    /// `X-Trino-*` request headers the server asked the client to send (catalog, schema,
+    /// session properties, prepared statements).
+    session: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Failed(String);
 
+impl Client {
+    async fn call(&mut self, request: Request<Body>) -> Value {
+        let resp = self.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        for (name, value) in resp.headers() {
+            let value = value.to_str().unwrap().to_string();
+            match name.as_str() {
+                "x-trino-set-catalog" => self.set("x-trino-catalog", value),
+                "x-trino-set-schema" => self.set("x-trino-schema", value),
+                "x-trino-set-session" => self.session.push(("x-trino-session".into(), value)),
+                "x-trino-clear-session" => self.session.retain(|(k, v)| {
+                    k != "x-trino-session" || !v.starts_with(&format!("{value}="))
+                }),
+                "x-trino-added-prepare" => self
+                    .session
+                    .push(("x-trino-prepared-statement".into(), value)),
+                "x-trino-deallocated-prepare" => self.session.retain(|(k, v)| {
+                    k != "x-trino-prepared-statement" || !v.starts_with(&format!("{value}="))
+                }),
+                _ => {}
+            }
+        }
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 30)
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn set(&mut self, name: &str, value: String) {
+        self.session.retain(|(k, _)| k != name);
+        self.session.push((name.to_string(), value));
+    }
+
+    fn request(&self, builder: axum::http::request::Builder) -> axum::http::request::Builder {
+        let mut b = builder
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("x-trino-user", "slt")
+            .header("x-trino-time-zone", "UTC");
+        for (k, v) in &self.session {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        b
+    }
+}
+
 #[async_trait::async_trait]
-impl sqllogictest::AsyncDB for Floe {
+impl sqllogictest::AsyncDB for Client {
     type Error = Failed;
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Failed> {
-        let failed = |e: floe_query::Error| Failed(floe_query::trino::error_text(&e));
-        let ctx = self
-            .engine
-            .session_scoped(&self.tenant, Scope::AllTables, "UTC")
-            .await
-            .map_err(failed)?;
-        let df = self
-            .engine
-            .plan(&ctx, &self.tenant, sql)
-            .await
-            .map_err(failed)?;
-        let types = df
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                let t = f.data_type();
-                if t.is_integer() {
-                    DefaultColumnType::Integer
-                } else if t.is_floating() || matches!(t, arrow::datatypes::DataType::Decimal128(..))
-                {
-                    DefaultColumnType::FloatingPoint
-                } else {
-                    DefaultColumnType::Text
-                }
-            })
-            .collect();
-        let batches = df
-            .collect()
-            .await
-            .map_err(|e| failed(floe_query::Error::DataFusion(e)))?;
-        let mut rows = Vec::new();
-        for b in &batches {
-            for row in floe_query::trino::json_rows(b) {
-                let Value::Array(values) = row else { continue };
-                rows.push(values.iter().map(text).collect());
+        let post = self
+            .request(Request::post("/v1/statement"))
+            .body(Body::from(sql.to_string()))
+            .unwrap();
+        let mut page = self.call(post).await;
+        assert_eq!(page["stats"]["state"], "QUEUED", "{page}");
+        let (mut columns, mut rows) = (None, Vec::new());
+        while let Some(next) = page["nextUri"].as_str() {
+            let path = next.trim_start_matches("http://localhost").to_string();
+            page = self
+                .call(
+                    self.request(Request::get(path))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            if let Some(error) = page.get("error") {
+                return Err(Failed(format!(
+                    "{}: {}",
+                    error["errorName"].as_str().unwrap_or("?"),
+                    error["message"].as_str().unwrap_or("?")
+                )));
+            }
+            if let Some(c) = page.get("columns").and_then(Value::as_array) {
+                columns = Some(c.clone());
+            }
+            for row in page["data"].as_array().into_iter().flatten() {
+                rows.push(row.as_array().unwrap().iter().map(text).collect());
             }
         }
+        let Some(columns) = columns else {
+            return Ok(DBOutput::StatementComplete(0));
+        };
+        let types = columns
+            .iter()
+            .map(|c| match c["type"].as_str().unwrap_or("") {
+                "tinyint" | "smallint" | "integer" | "bigint" => DefaultColumnType::Integer,
+                t if t == "real" || t == "double" || t.starts_with("decimal") => {
+                    DefaultColumnType::FloatingPoint
+                }
+                _ => DefaultColumnType::Text,
+            })
+            .collect();
         Ok(DBOutput::Rows { types, rows })
     }
 
@@ -118,8 +181,18 @@ async fn ingest(app: &axum::Router, token: &str, lines: &str) {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqllogictest_files() {
+/// The dataset every file runs against, and what the files may refer to.
+struct Fixture {
+    engine: Engine,
+    trino: axum::Router,
+    token: String,
+    shop: TenantId,
+    vars: Vec<(String, String)>,
+    ingest: Ingest,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(fixtures: &Path) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::load(
         None,
@@ -132,17 +205,13 @@ async fn sqllogictest_files() {
     let ingest_service = Ingest::start(catalog.clone(), &config, tokio::runtime::Handle::current())
         .await
         .unwrap();
+    let auth = Authenticator::new(authority.clone(), catalog.clone());
     let app = router(HttpState {
         ingest: ingest_service.clone(),
-        auth: Authenticator::new(authority.clone(), catalog.clone()),
+        auth: auth.clone(),
         producer: None,
     });
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-    let token = |t: &TenantId| {
-        authority
-            .issue(t, Role::Ingest, Duration::from_secs(600))
-            .unwrap()
-    };
+    let token = |t: &TenantId, role| authority.issue(t, role, Duration::from_secs(3600)).unwrap();
 
     let shop = TenantId::parse("shop").unwrap();
     let other = TenantId::parse("other").unwrap();
@@ -151,45 +220,124 @@ async fn sqllogictest_files() {
     }
     let shop_events = std::fs::read_to_string(fixtures.join("shop.ndjson")).unwrap();
     let (first, second) = shop_events.split_once("---\n").unwrap();
-    ingest(&app, &token(&shop), first).await;
+    ingest(&app, &token(&shop, Role::Ingest), first).await;
     let table = catalog.load_table(&shop, EVENTS_TABLE).await.unwrap();
     let snapshot = table.metadata().current_snapshot().unwrap().clone();
     // The next commit must be later than this one, to the millisecond.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    ingest(&app, &token(&shop), second).await;
+    ingest(&app, &token(&shop, Role::Ingest), second).await;
     let other_events = std::fs::read_to_string(fixtures.join("other.ndjson")).unwrap();
-    ingest(&app, &token(&other), &other_events).await;
+    ingest(&app, &token(&other, Role::Ingest), &other_events).await;
 
     let engine = Engine::new(catalog.clone(), config.query.clone());
-    let mut files: Vec<_> = std::fs::read_dir(&fixtures)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "slt"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no .slt files in {}", fixtures.display());
-    for file in files {
-        let engine = engine.clone();
-        let tenant = shop.clone();
-        let mut runner = sqllogictest::Runner::new(move || {
-            let engine = engine.clone();
-            let tenant = tenant.clone();
-            async move { Ok(Floe { engine, tenant }) }
-        });
-        runner.set_var("SNAPSHOT_1".into(), snapshot.snapshot_id().to_string());
-        runner.set_var(
-            "SNAPSHOT_1_AT".into(),
+    let vars = vec![
+        ("SNAPSHOT_1".to_string(), snapshot.snapshot_id().to_string()),
+        (
+            "SNAPSHOT_1_AT".to_string(),
             chrono::DateTime::from_timestamp_millis(snapshot.timestamp_ms())
                 .unwrap()
                 .format("%Y-%m-%d %H:%M:%S%.3f UTC")
                 .to_string(),
-        );
-        if let Err(e) = runner.run_file_async(&file).await {
-            panic!("{}:\n{}", file.display(), e.display(true));
-        }
+        ),
+    ];
+    Fixture {
+        trino: floe_query::trino::router(TrinoState::new(engine.clone(), auth)),
+        token: token(&shop, Role::Analyst),
+        engine,
+        shop,
+        vars,
+        ingest: ingest_service,
+        _dir: dir,
     }
-    scan_prunes_files_by_manifest_bounds(&engine, &shop).await;
-    ingest_service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Runs one file (or rewrites its expected output); `Err` says what failed.
+async fn run_file(f: &Fixture, file: &Path, complete: bool) -> Result<(), String> {
+    let (app, token) = (f.trino.clone(), f.token.clone());
+    let mut runner = sqllogictest::Runner::new(move || {
+        let (app, token) = (app.clone(), token.clone());
+        async move {
+            Ok(Client {
+                app,
+                token,
+                session: vec![
+                    ("x-trino-catalog".into(), "floe".into()),
+                    ("x-trino-schema".into(), "shop".into()),
+                ],
+            })
+        }
+    });
+    for (k, v) in &f.vars {
+        runner.set_var(k.clone(), v.clone());
+    }
+    if complete {
+        return runner
+            .update_test_file(
+                file,
+                " ",
+                sqllogictest::default_validator,
+                sqllogictest::default_normalizer,
+                sqllogictest::default_column_validator,
+            )
+            .await
+            .map_err(|e| e.to_string());
+    }
+    runner
+        .run_file_async(file)
+        .await
+        .map_err(|e| e.display(true).to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let complete = args.iter().any(|a| a == "--complete");
+    // Other flags (libtest's, passed by `cargo test -- …`) are taken and ignored.
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "slt"))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        })
+        .collect();
+    files.sort();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let failed = runtime.block_on(async {
+        let f = fixture(&fixtures).await;
+        println!("\nrunning {} sqllogictest files", files.len());
+        let mut failed = Vec::new();
+        for file in &files {
+            let name = file.strip_prefix(&fixtures).unwrap_or(file).display();
+            match run_file(&f, file, complete).await {
+                Ok(()) if complete => println!("slt {name} ... rewritten"),
+                Ok(()) => println!("slt {name} ... ok"),
+                Err(e) => {
+                    println!("slt {name} ... FAILED\n{e}");
+                    failed.push(name.to_string());
+                }
+            }
+        }
+        if filters.is_empty() {
+            scan_prunes_files_by_manifest_bounds(&f.engine, &f.shop).await;
+            println!("scan_prunes_files_by_manifest_bounds ... ok");
+        }
+        f.ingest.shutdown(Duration::from_secs(5)).await;
+        failed
+    });
+    if failed.is_empty() {
+        println!("\nslt result: ok. {} files", files.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("\nslt result: FAILED: {}", failed.join(", "));
+        ExitCode::FAILURE
+    }
 }
 
 /// A time range is answered from the files of that range only: the manifests' `ts` bounds prune

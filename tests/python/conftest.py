@@ -150,13 +150,19 @@ def post(url, token, body, wait=True):
 
 
 def statement(server, token, sql, headers=None):
-    """One raw `POST /v1/statement`: the first QueryResults page as JSON."""
-    req = urllib.request.Request(
-        f"{server.url}/v1/statement", data=sql.encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "X-Trino-User": "someone", **(headers or {})},
-    )
+    """A raw `POST /v1/statement`, answered as Trino answers it (queued: an id, `nextUri`, no
+    rows), then its `nextUri` pages until one says how the query went: the first page with an
+    error or with columns, or the last one."""
+    hdrs = {"Authorization": f"Bearer {token}", "X-Trino-User": "someone", **(headers or {})}
+    req = urllib.request.Request(f"{server.url}/v1/statement", data=sql.encode(), method="POST", headers=hdrs)
     with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
+        body = json.loads(r.read())
+    assert body["stats"]["state"] == "QUEUED" and body.get("nextUri"), body
+    assert "data" not in body and "columns" not in body and "error" not in body, body
+    while body.get("nextUri") and "error" not in body and "columns" not in body:
+        with urllib.request.urlopen(urllib.request.Request(body["nextUri"], headers=hdrs), timeout=120) as r:
+            body = json.loads(r.read())
+    return body
 
 
 def healthy(server):

@@ -1,8 +1,13 @@
 """SQL over the Trino client protocol, through the real `trino` Python client: DBAPI with JWT
 and Basic credentials, SQLAlchemy reflection, pandas; results compared with DuckDB over the same
-Parquet files; tenant isolation and refused statements."""
+Parquet files; tenant isolation and refused statements. The official JavaScript client (npm
+`trino-client`, installed by infra/test.sh into tests/js) must get the same rows."""
 
+import json
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import duckdb
@@ -278,3 +283,35 @@ def test_queries_are_audited(loaded):
     assert len(rows) == 1
     tenant, actor, detail = rows[0]
     assert tenant == "tq-main" and actor.startswith("token:")
+
+
+JS = Path(__file__).resolve().parent.parent / "js"
+
+
+def js_query(server, tenant, sql, role="analyst"):
+    """What the Trino JavaScript client gets for `sql`: {"columns", "rows"} or {"error"}."""
+    node = shutil.which("node")
+    assert node, "node is not on the PATH"
+    assert (JS / "node_modules" / "trino-client").is_dir(), \
+        "trino-client is not installed: run infra/test.sh (it runs npm ci in tests/js)"
+    out = subprocess.run([node, str(JS / "query.js"), server.url, server.token(tenant, role), tenant, sql],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_javascript_client_gets_the_same_rows(loaded):
+    """The JavaScript client reads rows only from `nextUri` pages (never from the reply to the
+    POST): before Floe answered the POST as Trino does, it got no rows at all."""
+    for sql in [ANALYTICS[0], ANALYTICS[2], "SELECT event_id, type, version FROM events ORDER BY event_id LIMIT 25000"]:
+        expected, desc = run(loaded, "tq-main", sql)
+        got = js_query(loaded, "tq-main", sql)
+        assert "error" not in got, (sql, got)
+        assert got["columns"] == [[d[0], d[1]] for d in desc], sql
+        assert got["rows"] == [list(r) for r in expected], sql
+    got = js_query(loaded, "tq-main", "SHOW TABLES")
+    assert ["events"] in got["rows"], got
+    got = js_query(loaded, "tq-main", "SELECT * FROM missing")
+    assert got["error"]["errorName"] == "TABLE_NOT_FOUND", got
+    got = js_query(loaded, "tq-main", "SELECT count(*) FROM events", role="ingest")
+    assert got["error"]["errorName"] == "PERMISSION_DENIED", got

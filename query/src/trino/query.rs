@@ -1,0 +1,371 @@
+//! A query's life: started on threads of its own, answered page by page, reaped when its client
+//! stops fetching.
+//!
+//! Each query plans and runs on its own thread with a small runtime (one worker per partition),
+//! away from the threads that serve HTTP and from other queries: a plan step that does not
+//! yield for seconds (a big nested-loop join) delays nobody else, and the OS shares the cores.
+//! Batches come back through a bounded channel, so a client that reads slowly holds at most two
+//! batches in memory; when the client goes away (or a limit stops the query), the channel
+//! closes and the work stops at its next yield. The tenant's slot is given back only when the
+//! thread's work has stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use floe_catalog::{TenantId, TenantKey};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{
+    EXCEEDED_ROW_LIMIT, NOT_SUPPORTED, QueryError, SERVER_RESOURCES_EXHAUSTED, time_limit,
+};
+use super::session::Answer;
+use super::values::{column, json_rows, stats};
+use super::{Queries, TrinoState, info_uri};
+use crate::{Engine, Error, Scope};
+
+/// Stack of query threads: parsing and planning walk expression trees recursively, to the
+/// depth `query.max_sql_depth` and `query.max_sql_operators` allow.
+pub const SQL_STACK_BYTES: usize = 16 << 20;
+
+/// A page holds at most `query.page_rows` rows, or about this many bytes.
+const PAGE_BYTES: usize = 1 << 20;
+
+/// What the thread running a plan sends: the schema first, then the batches.
+pub(crate) enum Produced {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// Where a query's pages come from.
+enum Source {
+    /// The plan running on its thread; `None` once it ended or was stopped. Dropping it stops
+    /// the thread's work.
+    Engine(Option<mpsc::Receiver<Result<Produced, Error>>>),
+    /// A result made without the engine (session statements).
+    Ready(Answer),
+    /// Refused before it ran (limits, permissions).
+    Failed(QueryError),
+}
+
+/// A query between `POST /v1/statement` and its last page.
+pub(crate) struct Run {
+    /// The incarnation that ran it: a tenant created again under the id cannot read it.
+    pub tenant: TenantKey,
+    source: Source,
+    /// The columns, once the plan has produced its schema.
+    columns: Option<Value>,
+    /// The token the next GET must carry; the previous page is kept for a retried GET.
+    pub token: u64,
+    pub last_page: Option<Page>,
+    rows: u64,
+    deadline: Instant,
+    pub touched: Instant,
+    /// Fires when the query's thread has given its tenant slot back.
+    released: Option<oneshot::Receiver<()>>,
+}
+
+/// A page of `QueryResults` and the session headers that go with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Page {
+    pub body: Value,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Run {
+    fn new(tenant: TenantKey, source: Source, deadline: Instant) -> Run {
+        Run {
+            tenant,
+            source,
+            columns: None,
+            token: 0,
+            last_page: None,
+            rows: 0,
+            deadline,
+            touched: Instant::now(),
+            released: None,
+        }
+    }
+
+    /// A query answered without the engine.
+    pub fn answered(tenant: TenantKey, answer: Answer, deadline: Instant) -> Run {
+        Run::new(tenant, Source::Ready(answer), deadline)
+    }
+
+    /// A query refused before it ran.
+    pub fn failed(tenant: TenantKey, error: QueryError, deadline: Instant) -> Run {
+        Run::new(tenant, Source::Failed(error), deadline)
+    }
+}
+
+/// What the engine runs for one query.
+pub(crate) struct Plan {
+    pub engine: Engine,
+    pub tenant: TenantId,
+    pub scope: Scope,
+    pub time_zone: String,
+    pub sql: String,
+    pub threads: usize,
+}
+
+/// Starts `plan` on a thread of its own, holding `slot` until its work has stopped.
+pub(crate) fn start(
+    tenant: TenantKey,
+    plan: Plan,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    deadline: Instant,
+) -> Run {
+    let (tx, rx) = mpsc::channel::<Result<Produced, Error>>(2);
+    let (released_tx, released) = oneshot::channel::<()>();
+    let watch = tx.clone();
+    let Plan {
+        engine,
+        tenant: plan_tenant,
+        scope,
+        time_zone,
+        sql,
+        threads,
+    } = plan;
+    let work = async move {
+        let started = async {
+            let ctx = engine
+                .session_scoped(&plan_tenant, scope, &time_zone)
+                .await?;
+            let df = engine.plan(&ctx, &plan_tenant, &sql).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await?;
+            Ok::<_, Error>((schema, stream))
+        };
+        let mut stream = match started.await {
+            Ok((schema, stream)) => {
+                if tx.send(Ok(Produced::Schema(schema))).await.is_err() {
+                    return;
+                }
+                stream
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        while let Some(next) = stream.next().await {
+            let item = next.map(Produced::Batch).map_err(Error::DataFusion);
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("floe-query".into())
+        .stack_size(SQL_STACK_BYTES)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("floe-query-worker")
+                .thread_stack_size(SQL_STACK_BYTES)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a query runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = watch.closed() => {}
+                    _ = work => {}
+                }
+            });
+            // Waits for the workers' current steps to end; only then is the slot given back,
+            // so that the tenant's limit counts work that is really still running.
+            drop(runtime);
+            drop(slot);
+            let _ = released_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let mut run = Run::new(tenant, Source::Engine(Some(rx)), deadline);
+            run.released = Some(released);
+            run
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start a query thread");
+            Run::failed(
+                tenant,
+                QueryError::new(SERVER_RESOURCES_EXHAUSTED, "could not start a query thread"),
+                deadline,
+            )
+        }
+    }
+}
+
+/// Waits, until `deadline` at most, for a query's thread to give its tenant slot back. Called
+/// once the work has ended by itself (finished or failed), when that takes milliseconds: a
+/// client that sees the end and sends its next query at once must not find the slot still
+/// taken. A query stopped by a limit is answered at once instead; its slot comes back when its
+/// work reaches its next yield.
+async fn slot_back(released: Option<oneshot::Receiver<()>>, deadline: Instant) {
+    if let Some(released) = released {
+        let _ = tokio::time::timeout_at(deadline.into(), released).await;
+    }
+}
+
+/// The first reply to `POST /v1/statement`: queued, rows to come from `nextUri` (as Trino
+/// answers; the JavaScript client reads rows only from `nextUri` pages).
+pub(crate) fn queued(id: &str, base: &str) -> Value {
+    json!({
+        "id": id,
+        "infoUri": info_uri(base, id),
+        "nextUri": format!("{base}/v1/statement/executing/{id}/0"),
+        "stats": stats("QUEUED", 0),
+        "warnings": [],
+    })
+}
+
+/// The next page of `run`, advancing its token; removes a query that ended.
+pub(crate) async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Page {
+    run.touched = Instant::now();
+    let (done, page) = match std::mem::replace(&mut run.source, Source::Engine(None)) {
+        Source::Failed(e) => (true, failed(e, id, base)),
+        Source::Ready(answer) => {
+            let mut body = json!({
+                "id": id, "infoUri": info_uri(base, id),
+                "stats": stats("FINISHED", answer.rows.len() as u64), "warnings": [],
+            });
+            if let Some(name) = answer.column {
+                body["columns"] = json!([column(&Field::new(name, DataType::Utf8, false))]);
+                body["data"] = Value::Array(answer.rows);
+            }
+            let page = Page {
+                body,
+                headers: answer.headers,
+            };
+            (true, page)
+        }
+        Source::Engine(batches) => {
+            run.source = Source::Engine(batches);
+            engine_page(st, run, id, base).await
+        }
+    };
+    if done {
+        if let Ok(mut q) = st.queries.lock() {
+            q.remove(id);
+        }
+    } else {
+        run.token += 1;
+    }
+    run.last_page = Some(page.clone());
+    page
+}
+
+fn failed(e: QueryError, id: &str, base: &str) -> Page {
+    Page {
+        body: e.into_results(id, base),
+        headers: Vec::new(),
+    }
+}
+
+/// Pulls rows from the running plan until a page is full; `true` when the query ended.
+async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (bool, Page) {
+    let (page_rows, max_rows, timeout_secs) = {
+        let cfg = st.engine.config();
+        (cfg.page_rows, cfg.max_result_rows, cfg.timeout_secs)
+    };
+    let mut data: Vec<Value> = Vec::new();
+    let mut bytes = 0usize;
+    let mut failure = None;
+    let mut finished = false;
+    while run.columns.is_none() || (data.len() < page_rows && bytes < PAGE_BYTES) {
+        let Source::Engine(Some(batches)) = &mut run.source else {
+            finished = true;
+            break;
+        };
+        match tokio::time::timeout_at(run.deadline.into(), batches.recv()).await {
+            Err(_) => {
+                failure = Some(time_limit(timeout_secs));
+                break;
+            }
+            Ok(None) => {
+                run.source = Source::Engine(None);
+                finished = true;
+                slot_back(run.released.take(), run.deadline).await;
+                if run.columns.is_none() {
+                    failure = Some(QueryError::new(
+                        NOT_SUPPORTED,
+                        "the query ended before producing a schema",
+                    ));
+                }
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                failure = Some(QueryError::from_query(&e));
+                // The work stops on its own after an error: wait for its slot as for an end.
+                run.source = Source::Engine(None);
+                slot_back(run.released.take(), run.deadline).await;
+                break;
+            }
+            Ok(Some(Ok(Produced::Schema(schema)))) => {
+                run.columns = Some(Value::Array(
+                    schema.fields().iter().map(|f| column(f)).collect(),
+                ));
+            }
+            Ok(Some(Ok(Produced::Batch(batch)))) => {
+                run.rows += batch.num_rows() as u64;
+                if run.rows > max_rows {
+                    failure = Some(QueryError::new(
+                        EXCEEDED_ROW_LIMIT,
+                        format!("Query returned more than the limit of {max_rows} rows"),
+                    ));
+                    break;
+                }
+                bytes += batch.get_array_memory_size();
+                data.extend(json_rows(&batch));
+            }
+        }
+    }
+    if let Some(f) = failure {
+        // Dropping the receiver stops the work.
+        run.source = Source::Engine(None);
+        return (true, failed(f, id, base));
+    }
+    let state = if finished { "FINISHED" } else { "RUNNING" };
+    let mut body = json!({
+        "id": id,
+        "infoUri": info_uri(base, id),
+        "columns": run.columns,
+        "stats": stats(state, run.rows),
+        "warnings": [],
+    });
+    if !data.is_empty() {
+        body["data"] = Value::Array(data);
+    }
+    if !finished {
+        body["nextUri"] = json!(format!(
+            "{base}/v1/statement/executing/{id}/{}",
+            run.token + 1
+        ));
+    }
+    (
+        finished,
+        Page {
+            body,
+            headers: Vec::new(),
+        },
+    )
+}
+
+/// Drops queries whose clients stopped fetching for `idle` (their work stops with them).
+pub(crate) fn reap(queries: &Queries, idle: Duration) {
+    if let Ok(mut q) = queries.lock() {
+        q.retain(|_, run| match run.try_lock() {
+            Ok(r) => r.touched.elapsed() < idle,
+            Err(_) => true,
+        });
+    }
+}

@@ -565,18 +565,39 @@ fn tenant_commands_work_while_serving() {
 fn sigterm_commits_buffered_events_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let token = setup_tenant(dir.path(), "calm", "ingest");
-    // A flush interval long enough that only the shutdown itself can commit.
-    let mut server = Server::start(dir.path(), &["--set", "ingest.flush_interval_ms=600000"]);
+    // A flush interval long enough that only the shutdown itself can commit, and the
+    // maintenance schedule on (every second): it stops with everything else.
+    let mut server = Server::start(
+        dir.path(),
+        &[
+            "--set",
+            "ingest.flush_interval_ms=600000",
+            "--set",
+            "compaction.interval_secs=1",
+        ],
+    );
     let body = serde_json::to_vec(&events_json("t", 300, 0)).unwrap();
     let r = post_events(&server.url, &token, "application/json", &body, false, false);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(count(dir.path(), "calm").0, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let term = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let status = server.child.wait().unwrap();
+    // Bounded so that a service that ignores the stop fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "floe serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(status.success(), "floe serve exited with {status}");
     assert_eq!(count(dir.path(), "calm"), (300, 300));
 }

@@ -1,4 +1,4 @@
-//! `floe gen`: synthetic events of the four demo types sent to a running Floe, measuring
+//! The load generator of `floe gen`: synthetic events of the four demo types sent to a running Floe, measuring
 //! accepted events per second and time-to-visible.
 //!
 //! Time-to-visible is sampled by a probe that, beside the load, sends small batches with
@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{Error, Result};
+use anyhow::{Context, Result, anyhow};
 
 /// Body framing of the generated requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub struct GenOptions {
     pub seed: u64,
     /// Run the time-to-visible probe.
     pub probe: bool,
+    /// Counts the events sent so far (for a progress bar).
+    pub sent: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -140,29 +142,18 @@ struct Request {
 }
 
 fn encode(events: &[Value], format: Format) -> Result<(Vec<u8>, &'static str, bool)> {
-    let bad = |e: std::io::Error| Error::Internal {
-        message: e.to_string(),
-    };
     Ok(match format {
-        Format::Json | Format::Mixed => (
-            serde_json::to_vec(events).map_err(|e| Error::Internal {
-                message: e.to_string(),
-            })?,
-            "application/json",
-            false,
-        ),
+        Format::Json | Format::Mixed => (serde_json::to_vec(events)?, "application/json", false),
         Format::Ndjson | Format::Gzip => {
             let mut body = Vec::new();
             for e in events {
-                serde_json::to_writer(&mut body, e).map_err(|e| Error::Internal {
-                    message: e.to_string(),
-                })?;
+                serde_json::to_writer(&mut body, e)?;
                 body.push(b'\n');
             }
             if format == Format::Gzip {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&body).map_err(bad)?;
-                (gz.finish().map_err(bad)?, "application/x-ndjson", true)
+                gz.write_all(&body)?;
+                (gz.finish()?, "application/x-ndjson", true)
             } else {
                 (body, "application/x-ndjson", false)
             }
@@ -245,14 +236,10 @@ async fn send(
     loop {
         let resp = req
             .try_clone()
-            .ok_or_else(|| Error::Internal {
-                message: "request cannot be retried".into(),
-            })?
+            .ok_or_else(|| anyhow!("request cannot be retried"))?
             .send()
             .await
-            .map_err(|e| Error::Invalid {
-                message: format!("sending to {url}: {e}"),
-            })?;
+            .with_context(|| format!("sending to {url}"))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status.as_u16() == 503 {
@@ -262,9 +249,7 @@ async fn send(
             continue;
         }
         if !status.is_success() {
-            return Err(Error::Invalid {
-                message: format!("{url} answered {status}: {body}"),
-            });
+            return Err(anyhow!("{url} answered {status}: {body}"));
         }
         return Ok(body);
     }
@@ -275,10 +260,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
     let (requests, tenants) = plan(&opts)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency.max(1) * 2)
-        .build()
-        .map_err(|e| Error::Internal {
-            message: e.to_string(),
-        })?;
+        .build()?;
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -341,7 +323,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(r) = requests.get(i) else {
-                    return Ok::<(), Error>(());
+                    return Ok::<(), anyhow::Error>(());
                 };
                 let token = &opts.tenants[r.tenant].1;
                 let body = send(
@@ -352,6 +334,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
                     false,
                 )
                 .await?;
+                opts.sent.fetch_add(r.events as u64, Ordering::Relaxed);
                 accepted.fetch_add(
                     body["accepted"].as_u64().unwrap_or(0) as usize,
                     Ordering::Relaxed,
@@ -372,11 +355,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
         match w.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => {
-                first_error = first_error.or(Some(Error::Internal {
-                    message: e.to_string(),
-                }))
-            }
+            Err(e) => first_error = first_error.or(Some(anyhow!("a sender failed: {e}"))),
         }
     }
     let seconds = started.elapsed().as_secs_f64();

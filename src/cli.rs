@@ -1,0 +1,259 @@
+//! The command line's shape (clap), and the configuration it selects.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use floe_catalog::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "floe",
+    version,
+    about = "Floe: a multi-tenant event lakehouse on Apache Iceberg"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./floe.toml when present). Env: FLOE_CONFIG.
+    #[arg(long, global = true, env = "FLOE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where embedded state lives (warehouse, catalog, write-ahead log, signing key).
+    /// Overrides `data_dir` from the file and FLOE_DATA_DIR.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Set any configuration key, e.g. `--set ingest.flush_interval_ms=100` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run everything in one process: HTTP ingest, the commit pipeline, and SQL over the
+    /// Trino client protocol.
+    Serve {
+        /// Address to listen on (config `listen`, default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Start although the write-ahead log is damaged at SEGMENT@OFFSET (as the refusal to
+        /// start names it), losing the unreadable records there and keeping the readable
+        /// ones after them; recorded in the audit log. Repeatable. See `floe wal check`.
+        #[arg(long = "accept-wal-loss", value_name = "SEGMENT@OFFSET")]
+        accept_wal_loss: Vec<String>,
+    },
+    /// Inspect the write-ahead log of --data-dir.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run a read-only SQL query over one tenant's tables.
+    Sql {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: SqlFormat,
+        /// The SQL statement.
+        sql: String,
+    },
+    /// Send synthetic events to a running Floe and report throughput and time-to-visible.
+    Gen(GenArgs),
+    /// Maintain tables once: pending erasures, retention, compaction (small files rewritten
+    /// into files of `compaction.target_file_bytes`, sorted by (type, ts), as Iceberg `replace`
+    /// snapshots), snapshot expiry with garbage collection, orphan files. Safe while ingest
+    /// runs; tables another compactor holds are skipped.
+    Compact {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print what would be rewritten, expired and deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print each table's last maintenance run and current lease holder; change nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        status: bool,
+    },
+    /// Run table maintenance as a service: erasures every few seconds, everything else every
+    /// `compaction.interval_secs`. Run several: per-table leases share the work.
+    Compactor,
+    /// Ingest from a source other than HTTP.
+    Ingest {
+        #[command(subcommand)]
+        command: IngestCommand,
+    },
+    /// Records that could not become events. They are in the tenant's `events_dlq` table:
+    /// `floe sql --tenant T --format json 'SELECT * FROM events_dlq'` lists them.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IngestCommand {
+    /// Consume tenant topics (`kafka.topic_pattern`) as a member of consumer group
+    /// `kafka.group` and commit them to the tenants' tables exactly once. Run several: the
+    /// group shares the partitions.
+    Kafka {
+        /// Bootstrap servers (config `kafka.brokers`).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Consumer group (config `kafka.group`, default floe-ingest).
+        #[arg(long)]
+        group: Option<String>,
+        /// Topics to consume; the first capture group is the tenant id (config
+        /// `kafka.topic_pattern`, default `^tenant-(.+)\.events$`).
+        #[arg(long)]
+        topic_pattern: Option<String>,
+        /// Serve the worker's metrics (Prometheus text) on this address at /metrics.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WalCommand {
+    /// Read every segment and report records, torn tails and damage; changes nothing. Exits
+    /// non-zero when the log is damaged (`floe serve` would refuse to start).
+    Check,
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Re-submit fixed events to the tenant's topic: JSON lines from --file (e.g. `floe dlq
+    /// list` output with each `payload` corrected), each line's `payload` (or the line itself
+    /// when it has none) being one event. Lines that still fail validation are reported and
+    /// not sent.
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        /// JSON lines to send; `-` reads standard input.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (its namespace and events table).
+    Create { id: String },
+    /// List tenants with their settings.
+    List,
+    /// Change a tenant's settings.
+    Set {
+        id: String,
+        /// Keep this many days of events (by event time, UTC); `none`: forever.
+        #[arg(long)]
+        retention_days: Option<String>,
+        /// Compaction target size for this tenant's files, in bytes; `none`: the default.
+        #[arg(long)]
+        target_file_bytes: Option<String>,
+        /// Payload fields that name a user, besides `user_id` (comma-separated, e.g.
+        /// `payload.customer_id,payload.buyer.id`): user erasure also removes the rows where
+        /// one of them equals an erased id. `none` clears them.
+        #[arg(long, alias = "user-field", value_name = "FIELDS")]
+        user_fields: Option<String>,
+    },
+    /// Delete a tenant: its namespace and tables leave the catalog and its tokens stop
+    /// working at once.
+    Delete {
+        id: String,
+        /// Also delete every object under the tenant's prefix in the warehouse (erasure).
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token; prints only the token.
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["ingest", "viewer", "analyst", "admin"])]
+        role: String,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GenFormat {
+    Json,
+    Ndjson,
+    Gzip,
+    Mixed,
+}
+
+#[derive(Args)]
+pub struct GenArgs {
+    /// Base URL of the Floe server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Comma-separated tenants; created if missing (needs the server's --data-dir, whose
+    /// signing key also mints the ingest tokens).
+    #[arg(long, default_value = "demo")]
+    pub tenants: String,
+    /// Distinct events per tenant.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Fraction of events re-sent with the same event_id.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicates: f64,
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub format: GenFormat,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Skip the time-to-visible probe.
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+pub fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
+    load_config_with(cli, listen, &[])
+}
+
+/// Like [`load_config`], with a command's own flags (`key=value`) applied over `--set`.
+pub fn load_config_with(
+    cli: &Cli,
+    listen: Option<&String>,
+    extra: &[String],
+) -> anyhow::Result<Config> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(d) = &cli.data_dir {
+        overrides.push(("data_dir", d.display().to_string()));
+    }
+    if let Some(l) = listen {
+        overrides.push(("listen", l.clone()));
+    }
+    for kv in cli.set.iter().chain(extra) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        overrides.push((k, v.to_string()));
+    }
+    Ok(Config::from_env(cli.config.as_deref(), &overrides)?)
+}

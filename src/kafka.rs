@@ -1,0 +1,72 @@
+//! `floe ingest kafka` (a consumer-group worker) and `floe dlq replay`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use floe_catalog::{Catalog, Config, TenantId};
+
+use crate::serve::Stop;
+
+/// `floe ingest kafka`: one consumer-group member until SIGTERM or Ctrl-C.
+pub async fn ingest(config: Config, metrics_listen: Option<&str>) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM while connecting still means a clean stop.
+    let stop = Stop::on_signals();
+    let catalog = Catalog::open(&config).await?;
+    let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
+    if let Some(addr) = metrics_listen {
+        let render = std::sync::Arc::new(worker.metrics_source());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let render = render.clone();
+                async move { render() }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "kafka worker metrics at /metrics");
+        let metrics_stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(metrics_stop.wait())
+                .await
+        });
+    }
+    worker.run(stop.receiver(), Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// `floe dlq replay`: fixed events (JSON lines, or dead letters with a corrected `payload`)
+/// produced to the tenant's topic; nothing is sent while any line is invalid.
+pub async fn dlq_replay(
+    config: &Config,
+    tenant: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    let tenant = TenantId::parse(tenant)?;
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let Some(tenant) = catalog.tenant_key(&tenant).await? else {
+        bail!("tenant {tenant} does not exist");
+    };
+    let producer = floe_ingest::produce::Producer::new(config)?;
+    let done = floe_ingest::produce::replay(&producer, &tenant, &text).await?;
+    eprintln!(
+        "{} events sent to {}; {} lines still invalid",
+        done.sent,
+        done.topic,
+        done.invalid.len()
+    );
+    for (line, why) in &done.invalid {
+        eprintln!("line {line}: {why}");
+    }
+    if !done.invalid.is_empty() {
+        bail!("{} lines were not sent", done.invalid.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `floe serve`: every service of one process, composed here, started together and stopped
+//! together on SIGTERM or Ctrl-C.
+//!
+//! The services: the HTTP port (ingest, the Trino protocol, the admin API, health), the commit
+//! pipeline behind ingest, the dependency probe, and the maintenance schedule. On the signal
+//! the port stops taking connections and gives requests in flight [`HTTP_GRACE`]; the
+//! batchers commit what they buffer (up to [`COMMIT_GRACE`]; what does not commit stays in the
+//! write-ahead log for the next start); the probe and the schedule stop at once (a maintenance
+//! step cut short leaves its table as it was: every change is one compare-and-swap).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use floe_admin::AdminState;
+use floe_catalog::{Authenticator, Catalog, Config, TokenAuthority};
+use floe_ingest::Ingest;
+use floe_ingest::http::HttpState;
+use floe_query::Engine;
+use floe_query::trino::TrinoState;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long requests in flight may take to finish once a stop is asked for.
+pub const HTTP_GRACE: Duration = Duration::from_secs(3);
+/// How long the batchers may take to commit what they buffer on a stop.
+pub const COMMIT_GRACE: Duration = Duration::from_secs(10);
+
+/// A stop asked for, shared by the services of one process.
+#[derive(Clone)]
+pub struct Stop {
+    rx: watch::Receiver<bool>,
+}
+
+impl Stop {
+    /// Fires on SIGTERM or Ctrl-C. Listens from now on: a signal while connecting to
+    /// dependencies still means a clean stop.
+    pub fn on_signals() -> Stop {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            signal().await;
+            let _ = tx.send(true);
+        });
+        Stop { rx }
+    }
+
+    /// Resolves once the stop is asked for.
+    pub async fn wait(self) {
+        let mut rx = self.rx;
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// The stop as a watch receiver (`true` once asked for).
+    pub fn receiver(&self) -> watch::Receiver<bool> {
+        self.rx.clone()
+    }
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub async fn serve(
+    config: Config,
+    flush: tokio::runtime::Handle,
+    accept_wal_loss: &[String],
+) -> anyhow::Result<()> {
+    let stop = Stop::on_signals();
+    let catalog = Catalog::open(&config).await?;
+    let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
+    let ingest =
+        Ingest::start_accepting_loss(catalog.clone(), &config, flush, accept_wal_loss).await?;
+    let auth = Authenticator::new(authority, catalog.clone());
+    let producer = if config.kafka.brokers.is_empty() {
+        None
+    } else {
+        tracing::info!(brokers = %config.kafka.brokers, topics = %config.kafka.topic_template, "Kafka mode: accepted events are produced to tenant topics");
+        Some(Arc::new(floe_ingest::produce::Producer::new(&config)?))
+    };
+    let engine = Engine::new(catalog.clone(), config.query.clone());
+    // One port: ingest, health, the Trino protocol for SQL clients, and the admin API.
+    let app = floe_ingest::http::router(HttpState {
+        ingest: ingest.clone(),
+        auth: auth.clone(),
+        producer,
+    })
+    .merge(floe_query::trino::router(TrinoState::new(
+        engine,
+        auth.clone(),
+    )))
+    .merge(floe_admin::router(AdminState {
+        catalog: catalog.clone(),
+        auth,
+    }));
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        warehouse = %config.warehouse_url()?,
+        catalog = %floe_catalog::redact_url(&config.catalog_url()?),
+        "floe serving"
+    );
+
+    let mut services = JoinSet::new();
+    // Probes the catalog database and the warehouse, logging once per change of what is down
+    // (the same probe answers `/readyz`).
+    let probe = catalog.clone();
+    services.spawn(until(stop.clone(), async move {
+        loop {
+            probe.unavailable(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }));
+    if config.compaction.interval_secs > 0 {
+        let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+        services.spawn(floe_compactor::maintain::run_schedule(
+            compactor,
+            crate::compact::holder_name("serve"),
+            stop.clone().wait(),
+        ));
+    }
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().wait())
+            .into_future(),
+    );
+    // Either the port ends (a stop asked for, or a failure) or the stop comes first.
+    let server_ended = tokio::select! {
+        done = &mut server => {
+            done.context("the HTTP server stopped")??;
+            true
+        }
+        _ = stop.wait() => false,
+    };
+    tracing::info!("stopping: finishing requests in flight, committing buffered events");
+    if !server_ended && tokio::time::timeout(HTTP_GRACE, &mut server).await.is_err() {
+        tracing::warn!(
+            "requests still in flight after {HTTP_GRACE:?}; closing them (their events are durable)"
+        );
+        server.abort();
+    }
+    ingest.shutdown(COMMIT_GRACE).await;
+    services.shutdown().await;
+    Ok(())
+}
+
+/// Runs `work` until the stop is asked for.
+async fn until(stop: Stop, work: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = stop.wait() => {}
+        _ = work => {}
+    }
+}

@@ -1,0 +1,99 @@
+//! `floe tenant create|list|set|delete`.
+
+use anyhow::Context;
+use floe_catalog::{Catalog, Config, TenantId, TenantSettings};
+
+use crate::cli::TenantCommand;
+
+pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    match command {
+        TenantCommand::Create { id } => {
+            let id = TenantId::parse(id)?;
+            let mut properties = Vec::new();
+            if !config.kafka.brokers.is_empty() {
+                let producer = floe_ingest::produce::Producer::new(config)?;
+                if let Err(e) = producer.create_topic(&id).await {
+                    tracing::warn!(tenant = %id, error = %e, "could not create the tenant's topic");
+                }
+                // The new tenant's table reads its topic from where it ends now: what an
+                // earlier tenant with this id left there is not this tenant's.
+                let ends = producer
+                    .end_offsets(&id)
+                    .await
+                    .with_context(|| format!("reading where topic {} ends", producer.topic(&id)))?;
+                properties.push(floe_catalog::table::kafka_start_property(
+                    &producer.topic(&id),
+                    &ends,
+                ));
+            }
+            catalog.create_tenant_with(&id, "cli", properties).await?;
+            println!("{id}");
+        }
+        TenantCommand::List => {
+            for t in catalog.list_tenants().await? {
+                let mut line = t.id.clone();
+                if let Some(d) = t.retention_days {
+                    line.push_str(&format!("\tretention_days={d}"));
+                }
+                if let Some(b) = t.target_file_bytes {
+                    line.push_str(&format!("\ttarget_file_bytes={b}"));
+                }
+                if !t.user_fields.is_empty() {
+                    line.push_str(&format!("\tuser_fields={}", t.user_fields.join(",")));
+                }
+                println!("{line}");
+            }
+        }
+        TenantCommand::Set {
+            id,
+            retention_days,
+            target_file_bytes,
+            user_fields,
+        } => {
+            let id = TenantId::parse(id)?;
+            let settings = TenantSettings {
+                retention_days: optional_number("--retention-days", retention_days)?,
+                target_file_bytes: optional_number("--target-file-bytes", target_file_bytes)?,
+                user_fields: user_fields.as_ref().map(|f| match f.trim() {
+                    "none" | "" => Vec::new(),
+                    list => list.split(',').map(str::to_string).collect(),
+                }),
+            };
+            let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        TenantCommand::Delete { id, purge } => {
+            let id = TenantId::parse(id)?;
+            let done = catalog.delete_tenant(&id, *purge, "cli").await?;
+            if *purge {
+                let was = if done.existed {
+                    ""
+                } else {
+                    " (was already gone)"
+                };
+                println!(
+                    "{id}: deleted{was}; {} objects purged from the warehouse",
+                    done.objects_deleted
+                );
+            } else {
+                println!(
+                    "{id}: deleted from the catalog; its files stay in the warehouse \
+                     (run again with --purge to delete them)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `N` or `none` for a setting that may be cleared.
+fn optional_number(flag: &str, value: &Option<String>) -> anyhow::Result<Option<Option<i64>>> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(v) => Ok(Some(Some(v.parse().with_context(|| {
+            format!("{flag} {v:?}: expected a number or `none`")
+        })?))),
+    }
+}

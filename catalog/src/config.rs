@@ -4,59 +4,17 @@
 //! for a key is `FLOE_` plus the name upper-cased with `.` turned into `_`
 //! (`FLOE_INGEST_FLUSH_INTERVAL_MS`); flags pass the same dotted names to [`Config::load`].
 
+mod secret;
+mod sections;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use secret::{Secret, is_secret_property};
+pub use sections::*;
+
 use crate::{Error, Result};
-
-/// A setting that must never be printed: `***` in `Debug` (and so in logs and error
-/// messages that show a configuration), its value only through [`Secret::expose`].
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that needs it (a client's credentials).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Secret {
-        Secret(s.to_string())
-    }
-}
-
-/// Whether a librdkafka setting holds a secret (`sasl.password`, `ssl.key.password`,
-/// `sasl.oauthbearer.client.secret`, …): its value is never printed.
-pub fn is_secret_property(name: &str) -> bool {
-    [
-        "password",
-        "secret",
-        "token",
-        "jaas",
-        "key.pem",
-        "credentials",
-    ]
-    .iter()
-    .any(|w| name.contains(w))
-}
 
 /// The whole configuration of a Floe process.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -78,267 +36,8 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub commit: CommitConfig,
     pub kafka: KafkaConfig,
-}
-
-/// Commits: every change to a table is a compare-and-swap of its metadata pointer; a change
-/// that loses to another writer is prepared again from the new metadata, after a backoff.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CommitConfig {
-    /// Swaps one commit may lose before it gives up (ingest keeps its batch and tries again
-    /// later; a compaction bin waits for the next run).
-    pub max_attempts: u32,
-    /// Longest wait between two attempts (the wait doubles from 5 ms, with jitter).
-    pub backoff_max_ms: u64,
-}
-
-impl Default for CommitConfig {
-    fn default() -> Self {
-        CommitConfig {
-            max_attempts: 100,
-            backoff_max_ms: 500,
-        }
-    }
-}
-
-/// Kafka: `floe ingest kafka` consumes tenant topics into the tables; with `brokers` set,
-/// `floe serve` writes accepted events to those topics instead of its local log.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers (`host:port,…`). Empty: Kafka is off.
-    pub brokers: String,
-    /// Consumer group of `floe ingest kafka`; positions are kept per group in each table.
-    pub group: String,
-    /// Topics consumed: a regular expression whose first capture group is the tenant id.
-    pub topic_pattern: String,
-    /// The topic a tenant's events are produced to; `{tenant}` is replaced by the tenant id.
-    pub topic_template: String,
-    /// Bytes of records one worker holds between the broker and a commit; past it, the
-    /// worker pauses its partitions until commits catch up.
-    pub max_in_flight_bytes: usize,
-    /// Partitions of a topic created for a new tenant (0: don't create topics).
-    pub topic_partitions: i32,
-    /// Replication factor of created topics (-1: the broker's default).
-    pub replication_factor: i32,
-    /// A produce (HTTP in Kafka mode) waits this long for the broker's acknowledgement.
-    pub produce_timeout_ms: u64,
-    /// A partition of a consumed topic that is behind, read by no member (its group offset
-    /// has not moved for this long), makes a worker leave and rejoin the group so that the
-    /// coordinator assigns it again (0: never). Guards against a coordinator that drops a
-    /// dead member without starting a new generation.
-    pub stall_rejoin_ms: u64,
-    /// `?wait=visible` in Kafka mode polls the tenant's table this often (one poll per tenant
-    /// however many requests wait).
-    pub visible_poll_ms: u64,
-    /// Extra client settings passed to librdkafka as they are (`security.protocol`,
-    /// `sasl.mechanisms`, …), for the consumer and the producer.
-    pub properties: std::collections::BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: String::new(),
-            group: "floe-ingest".to_string(),
-            topic_pattern: r"^tenant-(.+)\.events$".to_string(),
-            topic_template: "tenant-{tenant}.events".to_string(),
-            max_in_flight_bytes: 256 << 20,
-            topic_partitions: 4,
-            replication_factor: -1,
-            produce_timeout_ms: 30_000,
-            stall_rejoin_ms: 30_000,
-            visible_poll_ms: 50,
-            properties: Default::default(),
-        }
-    }
-}
-
-/// Table maintenance: compaction, snapshot expiry, garbage and orphan files (`floe compact`,
-/// the schedule in `floe serve`, `floe compactor`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CompactionConfig {
-    /// Files below this size are rewritten together into files of about this size.
-    pub target_file_bytes: u64,
-    /// Parquet ZSTD level of rewritten files.
-    pub zstd_level: i32,
-    /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
-    pub memory_limit_bytes: usize,
-    /// Snapshots older than this are expired (time travel reaches this far back)…
-    pub snapshot_max_age_secs: u64,
-    /// …but each table keeps at least this many of its newest snapshots.
-    pub min_snapshots: usize,
-    /// Files under a table's folder that no snapshot reaches are deleted once this old (a
-    /// commit in flight writes its files before it swaps them in: keep this well above the
-    /// longest commit).
-    pub orphan_min_age_secs: u64,
-    /// `floe serve` and `floe compactor` run maintenance this often; 0 turns the schedule off.
-    pub interval_secs: u64,
-    /// A compactor holds a table for this long per lease (renewed while it works); another
-    /// compactor takes the table over only after the lease runs out.
-    pub lease_secs: u64,
-    /// Tenants whose pending user erasures are worked on side by side in one tick of the
-    /// schedule (each tenant gets one pass per tick, whatever its backlog).
-    pub erasure_tenants_at_once: usize,
-    /// Most user ids one erasure pass takes on (requests of a tenant are merged into one
-    /// pass up to this many ids; the rest wait for the next tick).
-    pub erasure_max_users_per_pass: usize,
-}
-
-impl Default for CompactionConfig {
-    fn default() -> Self {
-        CompactionConfig {
-            target_file_bytes: 128 << 20,
-            zstd_level: 3,
-            memory_limit_bytes: 512 << 20,
-            snapshot_max_age_secs: 900,
-            min_snapshots: 10,
-            orphan_min_age_secs: 24 * 3600,
-            interval_secs: 300,
-            lease_secs: 600,
-            erasure_tenants_at_once: 2,
-            erasure_max_users_per_pass: 10_000,
-        }
-    }
-}
-
-/// An S3-compatible object store. Credentials left empty come from the standard AWS chain
-/// (environment, profile, SSO, web identity, container or instance metadata).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct S3Config {
-    /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); empty: AWS for `region`.
-    pub endpoint: String,
-    /// Region; empty: `AWS_REGION`, else `us-east-1`.
-    pub region: String,
-    /// Path-style requests (`endpoint/bucket/key`), as MinIO and most S3 servers want.
-    pub path_style: bool,
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-    pub session_token: Secret,
-    /// Server-side encryption: `""` (the bucket's default), `AES256` (SSE-S3) or `aws:kms`.
-    pub sse: String,
-    /// KMS key for `sse = "aws:kms"`; empty: the account's default key.
-    pub sse_kms_key_id: String,
-    /// Retries of one failed request (with backoff) before the operation fails and the
-    /// caller's own retry (the commit loop's) takes over.
-    pub request_retries: usize,
-    /// Longest time one request, with its retries, may take.
-    pub request_timeout_secs: u64,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        S3Config {
-            endpoint: String::new(),
-            region: String::new(),
-            path_style: false,
-            access_key_id: String::new(),
-            secret_access_key: Secret::default(),
-            session_token: Secret::default(),
-            sse: String::new(),
-            sse_kms_key_id: String::new(),
-            request_retries: 3,
-            request_timeout_secs: 30,
-        }
-    }
-}
-
-/// Ingest limits and batching.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestConfig {
-    /// Largest single event, in bytes (413 above).
-    pub max_event_bytes: usize,
-    /// Largest request body after decompression, in bytes (413 above).
-    pub max_request_bytes: usize,
-    /// Most events in one request (413 above).
-    pub max_events_per_request: usize,
-    /// Ingest requests handled at once; more wait for a slot (bounds memory held by bodies).
-    pub max_concurrent_requests: usize,
-    /// A tenant's buffered events are committed at most this long after the first arrived.
-    pub flush_interval_ms: u64,
-    /// ... or once this many rows are buffered ...
-    pub flush_max_rows: usize,
-    /// ... or once this many bytes (of event JSON) are buffered.
-    pub flush_max_bytes: usize,
-    /// Acknowledged but not yet committed bytes, over all tenants. Past it, ingest waits up to
-    /// `backpressure_timeout_ms` and then answers 503 with `Retry-After`.
-    pub max_buffered_bytes: usize,
-    /// How long a request waits for buffer space before 503.
-    pub backpressure_timeout_ms: u64,
-    /// The write-ahead log starts a new segment file past this size.
-    pub wal_segment_bytes: u64,
-    /// A retried `(tenant, event_id)` is recognised as a duplicate when it arrives within this
-    /// many seconds of the first copy...
-    pub dedup_window_secs: u64,
-    /// ... and while fewer than this many newer ids were accepted by this process.
-    pub dedup_max_ids: usize,
-    /// `?wait=visible` gives up (504, the events stay durable) after this long.
-    pub wait_visible_timeout_ms: u64,
-    /// Parquet ZSTD level for ingest files.
-    pub zstd_level: i32,
-}
-
-/// Tokens.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// HS256 signing key file. Empty: `<data_dir>/signing.key`, generated on first use (mode 0600).
-    pub signing_key_file: String,
-    /// Longest lifetime `floe token issue` accepts, in seconds.
-    pub max_token_ttl_secs: u64,
-}
-
-/// Query limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct QueryConfig {
-    /// DataFusion target partitions; 0 means the number of cores.
-    pub target_partitions: usize,
-    /// A query running longer than this fails with `EXCEEDED_TIME_LIMIT`.
-    pub timeout_secs: u64,
-    /// Memory one query may hold (a DataFusion memory pool); past it, `EXCEEDED_MEMORY_LIMIT`.
-    pub memory_limit_bytes: usize,
-    /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
-    pub max_result_rows: u64,
-    /// Longest SQL text accepted.
-    pub max_sql_bytes: usize,
-    /// Deepest nesting the SQL parser accepts (parentheses, subqueries); deeper is refused.
-    pub max_sql_depth: usize,
-    /// Most binary operators (`+`, `=`, `AND`, …) one statement may hold; more is refused.
-    pub max_sql_operators: usize,
-    /// Queries one tenant may run at once; past it, `QUERY_QUEUE_FULL`.
-    pub max_concurrent_per_tenant: usize,
-    /// Rows per page of the Trino protocol (pages are also cut at about 1 MiB).
-    pub page_rows: usize,
-    /// A query whose client stops fetching pages is cancelled after this long.
-    pub abandoned_after_secs: u64,
-    /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
-    pub footer_cache_bytes: u64,
-    /// Iceberg manifests kept in memory across queries, counted in the data files they list
-    /// (about 1 KiB each; shared by all tenants).
-    pub manifest_cache_files: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        QueryConfig {
-            target_partitions: 0,
-            timeout_secs: 60,
-            memory_limit_bytes: 1 << 30,
-            max_result_rows: 1_000_000,
-            max_sql_bytes: 1 << 20,
-            max_sql_depth: 64,
-            max_sql_operators: 1000,
-            max_concurrent_per_tenant: 8,
-            page_rows: 10_000,
-            abandoned_after_secs: 300,
-            footer_cache_bytes: 64 << 20,
-            manifest_cache_files: 200_000,
-        }
-    }
+    pub http: HttpConfig,
+    pub quota: QuotaConfig,
 }
 
 impl Default for Config {
@@ -355,6 +54,8 @@ impl Default for Config {
             compaction: CompactionConfig::default(),
             commit: CommitConfig::default(),
             kafka: KafkaConfig::default(),
+            http: HttpConfig::default(),
+            quota: QuotaConfig::default(),
         }
     }
 }
@@ -374,63 +75,9 @@ impl std::fmt::Debug for Config {
             .field("compaction", &self.compaction)
             .field("commit", &self.commit)
             .field("kafka", &self.kafka)
+            .field("http", &self.http)
+            .field("quota", &self.quota)
             .finish()
-    }
-}
-
-impl std::fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: std::collections::BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let shown = if is_secret_property(k) { "***" } else { v };
-                (k.as_str(), shown)
-            })
-            .collect();
-        f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("group", &self.group)
-            .field("topic_pattern", &self.topic_pattern)
-            .field("topic_template", &self.topic_template)
-            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
-            .field("topic_partitions", &self.topic_partitions)
-            .field("replication_factor", &self.replication_factor)
-            .field("produce_timeout_ms", &self.produce_timeout_ms)
-            .field("stall_rejoin_ms", &self.stall_rejoin_ms)
-            .field("visible_poll_ms", &self.visible_poll_ms)
-            .field("properties", &properties)
-            .finish()
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig {
-            max_event_bytes: 1 << 20,
-            max_request_bytes: 10 << 20,
-            max_events_per_request: 10_000,
-            max_concurrent_requests: 64,
-            flush_interval_ms: 250,
-            flush_max_rows: 100_000,
-            flush_max_bytes: 64 << 20,
-            max_buffered_bytes: 512 << 20,
-            backpressure_timeout_ms: 5_000,
-            wal_segment_bytes: 64 << 20,
-            dedup_window_secs: 24 * 3600,
-            dedup_max_ids: 20_000_000,
-            wait_visible_timeout_ms: 30_000,
-            zstd_level: 1,
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            signing_key_file: String::new(),
-            max_token_ttl_secs: 30 * 24 * 3600,
-        }
     }
 }
 
@@ -550,6 +197,31 @@ impl Config {
             ),
             ("kafka.produce_timeout_ms", self.kafka.produce_timeout_ms),
             ("kafka.visible_poll_ms", self.kafka.visible_poll_ms),
+            (
+                "ingest.max_concurrent_requests",
+                i.max_concurrent_requests as u64,
+            ),
+            (
+                "ingest.max_concurrent_requests_per_tenant",
+                i.max_concurrent_requests_per_tenant as u64,
+            ),
+            (
+                "query.memory_limit_bytes",
+                self.query.memory_limit_bytes as u64,
+            ),
+            (
+                "query.memory_total_bytes",
+                self.query.memory_total_bytes as u64,
+            ),
+            ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.keep_alive_idle_secs", self.http.keep_alive_idle_secs),
+            ("quota.burst_secs", self.quota.burst_secs),
+            ("quota.concurrent_queries", self.quota.concurrent_queries),
+            ("quota.refresh_secs", self.quota.refresh_secs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -561,6 +233,12 @@ impl Config {
         if !self.kafka.topic_template.contains("{tenant}") {
             return Err(Error::Config {
                 message: "kafka.topic_template must contain {tenant}".into(),
+            });
+        }
+        if self.query.memory_total_bytes < self.query.memory_limit_bytes {
+            return Err(Error::Config {
+                message: "query.memory_total_bytes must be at least query.memory_limit_bytes"
+                    .into(),
             });
         }
         if i.max_buffered_bytes < i.max_request_bytes {
@@ -696,7 +374,7 @@ fn set_key(root: &mut toml::Value, key: &str, raw: &str) -> Result<()> {
 }
 
 /// Parses `123`, `64KiB`, `10MiB`, `1GiB`.
-fn parse_size(raw: &str) -> Option<i64> {
+pub(crate) fn parse_size(raw: &str) -> Option<i64> {
     let raw = raw.trim();
     let (num, mult) = [("KiB", 1i64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
         .iter()

@@ -17,14 +17,14 @@ use arrow::array::timezone::Tz;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart,
-    SetExpr, Statement, TableFactor, VisitMut, VisitorMut,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName,
+    ObjectNamePart, SetExpr, Statement, TableFactor, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-use crate::Error;
+use crate::{Error, functions};
 
 /// A snapshot of a table that the statement reads, registered under `name` before planning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +211,33 @@ impl VisitorMut for Rewriter {
     }
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Error> {
+        // `a || b` is a function call, so that what it makes is bounded like any function's
+        // (`functions/concat.rs`).
+        if let Expr::BinaryOp {
+            op: BinaryOperator::StringConcat,
+            ..
+        } = expr
+        {
+            let Expr::BinaryOp { left, right, .. } =
+                std::mem::replace(expr, Expr::value(Value::Null))
+            else {
+                unreachable!("matched above")
+            };
+            let mut call = match parse_expr(&format!("{}(NULL, NULL)", functions::concat::NAME)) {
+                Ok(e) => e,
+                Err(e) => return ControlFlow::Break(e),
+            };
+            if let Expr::Function(f) = &mut call
+                && let FunctionArguments::List(list) = &mut f.args
+            {
+                list.args = vec![
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(*left)),
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(*right)),
+                ];
+            }
+            *expr = call;
+            return ControlFlow::Continue(());
+        }
         let Expr::Function(f) = expr else {
             return ControlFlow::Continue(());
         };

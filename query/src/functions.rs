@@ -20,6 +20,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+pub mod bounded;
+pub mod concat;
 mod json;
 mod time;
 
@@ -63,6 +65,7 @@ pub fn register(ctx: &SessionContext) {
             signature: Signature::user_defined(Volatility::Immutable),
         }));
     }
+    ctx.register_udf(ScalarUDF::new_from_impl(concat::Concat::default()));
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

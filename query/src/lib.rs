@@ -6,6 +6,7 @@
 
 pub mod dialect;
 pub mod functions;
+pub mod memory;
 pub mod scan;
 pub mod trino;
 pub mod type_names;
@@ -123,6 +124,8 @@ pub struct Engine {
     footers: Arc<dyn FileMetadataCache>,
     /// Iceberg manifests, shared by every session: they never change either.
     manifests: Arc<scan::ManifestCache>,
+    /// The memory all queries share (`query.memory_total_bytes`).
+    memory: memory::Budget,
 }
 
 impl std::fmt::Debug for Engine {
@@ -142,12 +145,17 @@ impl Engine {
             config.footer_cache_bytes as usize,
         ));
         let manifests = Arc::new(scan::ManifestCache::new(config.manifest_cache_files));
+        let memory = memory::Budget::new(
+            config.memory_total_bytes,
+            std::time::Duration::from_millis(config.memory_wait_ms),
+        );
         Engine {
             catalog,
             config,
             store_url,
             footers,
             manifests,
+            memory,
         }
     }
 
@@ -157,6 +165,11 @@ impl Engine {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The memory all queries share.
+    pub fn memory(&self) -> &memory::Budget {
+        &self.memory
     }
 
     /// A session that sees exactly `tenant`'s tables, as of now, in UTC.
@@ -190,8 +203,11 @@ impl Engine {
         let caches = CacheManagerConfig::default()
             .with_file_metadata_cache(Some(self.footers.clone()))
             .with_metadata_cache_limit(self.config.footer_cache_bytes as usize);
+        let pool = self
+            .memory
+            .query_pool(tenant.as_str(), self.config.memory_limit_bytes);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .with_memory_pool(pool.clone())
             .with_cache_manager(caches)
             .build_arc()?;
         if let Some(store) = &self.catalog.data_store().store {
@@ -199,6 +215,7 @@ impl Engine {
         }
         let ctx = SessionContext::new_with_config_rt(cfg, runtime);
         functions::register(&ctx);
+        functions::bounded::register(&ctx, &pool);
         let schema = Arc::new(MemorySchemaProvider::new());
         for name in self.catalog.list_tables(tenant).await? {
             let table = self.catalog.load_table(tenant, &name).await?;

@@ -7,13 +7,25 @@
 //! Batches come back through a bounded channel, so a client that reads slowly holds at most two
 //! batches in memory; when the client goes away (or a limit stops the query), the channel
 //! closes and the work stops at its next yield. The tenant's slot is given back only when the
-//! thread's work has stopped.
+//! thread's work has stopped and the query is gone (its last page fetched, cancelled, or
+//! reaped): results waiting for their client hold it.
+//!
+//! Batches waiting for their client are held in the query's memory pool until their rows are
+//! rendered; a page renders only what fits in it (a batch larger than a page is sliced, its
+//! rest kept for the next page). A client that never fetches therefore holds at most the
+//! query's memory and one of its tenant's slots. The time limit is a timer on the query's own
+//! runtime, whether or not the client fetches; a query is reaped once its client has not
+//! fetched for `query.abandoned_after_secs` or [`REAP_AFTER_DEADLINE`] after its time limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::physical_plan::ExecutionPlan;
+use floe_catalog::quota::QuerySlot;
 use floe_catalog::{TenantId, TenantKey};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -34,10 +46,14 @@ pub const SQL_STACK_BYTES: usize = 16 << 20;
 /// A page holds at most `query.page_rows` rows, or about this many bytes.
 const PAGE_BYTES: usize = 1 << 20;
 
+/// A query past its time limit is dropped this long after it, fetched or not.
+const REAP_AFTER_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What the thread running a plan sends: the schema first, then the batches.
 pub(crate) enum Produced {
     Schema(SchemaRef),
-    Batch(RecordBatch),
+    /// A batch, and its bytes held in the query's pool until its page is made.
+    Batch(RecordBatch, MemoryReservation),
 }
 
 /// Where a query's pages come from.
@@ -66,6 +82,14 @@ pub(crate) struct Run {
     pub touched: Instant,
     /// Fires when the query's thread has given its tenant slot back.
     released: Option<oneshot::Receiver<()>>,
+    /// Set when the query's timer stopped its work.
+    timed_out: Arc<AtomicBool>,
+    /// The rows of a batch that did not fit on the last page, still held in the query's pool.
+    pending: Option<(RecordBatch, MemoryReservation)>,
+    /// The tenant's place in `concurrent_queries`, shared with the query's thread: given back
+    /// once the work has stopped *and* the query is gone (last page fetched, cancelled or
+    /// reaped). Results waiting for their client hold it.
+    slot: Option<Arc<QuerySlot>>,
 }
 
 /// A page of `QueryResults` and the session headers that go with it.
@@ -87,6 +111,9 @@ impl Run {
             deadline,
             touched: Instant::now(),
             released: None,
+            timed_out: Arc::new(AtomicBool::new(false)),
+            pending: None,
+            slot: None,
         }
     }
 
@@ -111,16 +138,17 @@ pub(crate) struct Plan {
     pub threads: usize,
 }
 
-/// Starts `plan` on a thread of its own, holding `slot` until its work has stopped.
-pub(crate) fn start(
-    tenant: TenantKey,
-    plan: Plan,
-    slot: tokio::sync::OwnedSemaphorePermit,
-    deadline: Instant,
-) -> Run {
+/// Starts `plan` on a thread of its own, holding `slot` until its work has stopped and the
+/// query is gone.
+pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: Instant) -> Run {
     let (tx, rx) = mpsc::channel::<Result<Produced, Error>>(2);
     let (released_tx, released) = oneshot::channel::<()>();
     let watch = tx.clone();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer_fired = timed_out.clone();
+    let slot = Arc::new(slot);
+    let scanned = slot.clone();
+    let kept = slot.clone();
     let Plan {
         engine,
         tenant: plan_tenant,
@@ -136,15 +164,21 @@ pub(crate) fn start(
                 .await?;
             let df = engine.plan(&ctx, &plan_tenant, &sql).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let stream = df.execute_stream().await?;
-            Ok::<_, Error>((schema, stream))
+            let task = Arc::new(df.task_ctx());
+            let physical = df.create_physical_plan().await?;
+            scanned.add_scanned(file_bytes(&physical));
+            let physical = crate::memory::guard::check_projections(physical)?;
+            let stream = datafusion::physical_plan::execute_stream(physical, task)?;
+            let pages = MemoryConsumer::new("pages not yet fetched")
+                .register(&ctx.runtime_env().memory_pool);
+            Ok::<_, Error>((schema, stream, pages))
         };
-        let mut stream = match started.await {
-            Ok((schema, stream)) => {
+        let (mut stream, pages) = match started.await {
+            Ok((schema, stream, pages)) => {
                 if tx.send(Ok(Produced::Schema(schema))).await.is_err() {
                     return;
                 }
-                stream
+                (stream, pages)
             }
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -152,7 +186,11 @@ pub(crate) fn start(
             }
         };
         while let Some(next) = stream.next().await {
-            let item = next.map(Produced::Batch).map_err(Error::DataFusion);
+            let item = next.map_err(Error::DataFusion).and_then(|batch| {
+                let bytes = batch.get_array_memory_size();
+                pages.try_grow(bytes).map_err(Error::DataFusion)?;
+                Ok(Produced::Batch(batch, pages.split(bytes)))
+            });
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 return;
@@ -180,6 +218,9 @@ pub(crate) fn start(
                 tokio::select! {
                     _ = watch.closed() => {}
                     _ = work => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        timer_fired.store(true, Ordering::Relaxed);
+                    }
                 }
             });
             // Waits for the workers' current steps to end; only then is the slot given back,
@@ -192,6 +233,8 @@ pub(crate) fn start(
         Ok(_) => {
             let mut run = Run::new(tenant, Source::Engine(Some(rx)), deadline);
             run.released = Some(released);
+            run.timed_out = timed_out;
+            run.slot = Some(kept);
             run
         }
         Err(e) => {
@@ -282,12 +325,22 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
     let mut failure = None;
     let mut finished = false;
     while run.columns.is_none() || (data.len() < page_rows && bytes < PAGE_BYTES) {
-        let Source::Engine(Some(batches)) = &mut run.source else {
-            finished = true;
-            break;
+        let next = match run.pending.take() {
+            Some((batch, held)) => Ok(Some(Ok(Produced::Batch(batch, held)))),
+            None => {
+                let Source::Engine(Some(batches)) = &mut run.source else {
+                    finished = true;
+                    break;
+                };
+                tokio::time::timeout_at(run.deadline.into(), batches.recv()).await
+            }
         };
-        match tokio::time::timeout_at(run.deadline.into(), batches.recv()).await {
+        match next {
             Err(_) => {
+                failure = Some(time_limit(timeout_secs));
+                break;
+            }
+            Ok(None) if run.timed_out.load(Ordering::Relaxed) => {
                 failure = Some(time_limit(timeout_secs));
                 break;
             }
@@ -315,8 +368,21 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
                     schema.fields().iter().map(|f| column(f)).collect(),
                 ));
             }
-            Ok(Some(Ok(Produced::Batch(batch)))) => {
-                run.rows += batch.num_rows() as u64;
+            Ok(Some(Ok(Produced::Batch(batch, held)))) => {
+                // Only what fits on this page is rendered; the rest waits for the next one.
+                let n = batch.num_rows();
+                let size = batch.get_array_memory_size().max(1);
+                let room = PAGE_BYTES.saturating_sub(bytes);
+                let fit = if size <= room {
+                    n
+                } else {
+                    (n * room / size).max(1)
+                };
+                let take = fit.min(page_rows - data.len()).min(n);
+                if take < n {
+                    run.pending = Some((batch.slice(take, n - take), held));
+                }
+                run.rows += take as u64;
                 if run.rows > max_rows {
                     failure = Some(QueryError::new(
                         EXCEEDED_ROW_LIMIT,
@@ -324,14 +390,15 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
                     ));
                     break;
                 }
-                bytes += batch.get_array_memory_size();
-                data.extend(json_rows(&batch));
+                bytes += size * take / n.max(1);
+                data.extend(json_rows(&batch.slice(0, take)));
             }
         }
     }
     if let Some(f) = failure {
         // Dropping the receiver stops the work.
         run.source = Source::Engine(None);
+        run.pending = None;
         return (true, failed(f, id, base));
     }
     let state = if finished { "FINISHED" } else { "RUNNING" };
@@ -360,11 +427,36 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
     )
 }
 
+/// Bytes of the data files a plan reads (as listed, before row groups are pruned): what
+/// `scanned_bytes_per_day` counts.
+fn file_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let mut total = 0u64;
+    let _ = plan.apply(|node| {
+        if let Some(exec) = node.as_any().downcast_ref::<DataSourceExec>()
+            && let Some(scan) = exec.data_source().as_any().downcast_ref::<FileScanConfig>()
+        {
+            for group in &scan.file_groups {
+                for file in group.files() {
+                    total += file.object_meta.size;
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    total
+}
+
 /// Drops queries whose clients stopped fetching for `idle` (their work stops with them).
 pub(crate) fn reap(queries: &Queries, idle: Duration) {
     if let Ok(mut q) = queries.lock() {
+        let now = Instant::now();
         q.retain(|_, run| match run.try_lock() {
-            Ok(r) => r.touched.elapsed() < idle,
+            // Untouched for the idle time, or its time limit long past (its work stopped at
+            // the limit; what it still holds is given back).
+            Ok(r) => r.touched.elapsed() < idle && now < r.deadline + REAP_AFTER_DEADLINE,
             Err(_) => true,
         });
     }

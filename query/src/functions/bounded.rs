@@ -1,0 +1,404 @@
+//! Functions whose values can outgrow their arguments, bounded by the query's memory.
+//!
+//! DataFusion's memory pool sees operators (sorts, joins, aggregations), not the values scalar
+//! functions make: `range(0, 400000000)` or `repeat('x', 1500000000)` would allocate gigabytes
+//! that no pool counts. Each such function is wrapped: before it runs, the size of what it will
+//! make is estimated from its arguments and reserved in the query's pool (refused with
+//! `ResourcesExhausted` past the query's or the tenant's memory); after it runs, the size of what
+//! it made is checked the same way (a function that grows with its inputs, chained through
+//! subqueries, is stopped at the step that crosses the limit). The reservation ends when the
+//! function returns: the value then travels in a batch that the pages count (see
+//! `trino::query`).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::memory::QueryPool;
+
+/// How a function's output size follows from its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `range`/`generate_series(start, stop[, step])` (`inclusive` for the latter).
+    Range { inclusive: bool },
+    /// `repeat(text, n)`.
+    Repeat,
+    /// `lpad`/`rpad(text, n[, fill])`: `n` characters.
+    Pad,
+    /// `array_repeat(element, n)`.
+    ArrayRepeat,
+    /// `array_resize(array, n[, value])`.
+    ArrayResize,
+    /// `replace(text, from, to)`: each match of `from` becomes `to`.
+    Replace,
+    /// `regexp_replace(text, pattern, to[, flags])`: at most one match per position.
+    RegexpReplace,
+    /// Grows with its inputs (`concat`, `array_concat`, …): checked after it runs.
+    WithInputs,
+}
+
+const BOUNDED: &[(&str, Growth)] = &[
+    ("range", Growth::Range { inclusive: false }),
+    ("generate_series", Growth::Range { inclusive: true }),
+    ("repeat", Growth::Repeat),
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("array_repeat", Growth::ArrayRepeat),
+    ("array_resize", Growth::ArrayResize),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("concat", Growth::WithInputs),
+    (super::concat::NAME, Growth::WithInputs),
+    ("concat_ws", Growth::WithInputs),
+    ("array_concat", Growth::WithInputs),
+    ("array_append", Growth::WithInputs),
+    ("array_prepend", Growth::WithInputs),
+    ("array_union", Growth::WithInputs),
+    ("flatten", Growth::WithInputs),
+    ("string_to_array", Growth::WithInputs),
+    ("translate", Growth::WithInputs),
+];
+
+/// Replaces the functions of [`BOUNDED`] in `ctx` by bounded ones drawing on `pool`.
+pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>) {
+    let state = ctx.state();
+    let functions = state.scalar_functions();
+    for &(name, growth) in BOUNDED {
+        let Some(inner) = functions.get(name) else {
+            continue;
+        };
+        // Already wrapped (a registry shared between sessions): wrap the original only.
+        if inner.inner().as_any().is::<Bounded>() {
+            continue;
+        }
+        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+            inner: inner.clone(),
+            growth,
+            pool: PoolRef(pool.clone()),
+        }));
+    }
+}
+
+/// The query's pool, compared by identity (a function's equality must not look inside it).
+#[derive(Debug, Clone)]
+struct PoolRef(Arc<QueryPool>);
+
+impl PartialEq for PoolRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PoolRef {}
+
+impl std::hash::Hash for PoolRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Bounded {
+    inner: Arc<ScalarUDF>,
+    growth: Growth,
+    pool: PoolRef,
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.schema_name(args)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let pool = &self.pool.0;
+        let name = self.inner.name().to_string();
+        let held = estimate(self.growth, &args.args, args.number_rows)?;
+        pool.try_take(held, &format!("{name}(…)"))?;
+        let made = self.inner.invoke_with_args(args);
+        pool.give_back(held);
+        let made = made?;
+        let size = match &made {
+            ColumnarValue::Array(a) => a.get_array_memory_size(),
+            ColumnarValue::Scalar(s) => s.size(),
+        };
+        if size > held {
+            pool.try_take(size, &format!("the value of {name}(…)"))?;
+            pool.give_back(size);
+        }
+        Ok(made)
+    }
+}
+
+/// Bytes `growth` will make from `args` (an upper bound where it can be known; 0 for functions
+/// checked after they run).
+fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize> {
+    // Scalars only: the function runs once.
+    let rows = if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+        1
+    } else {
+        rows
+    };
+    let mut total: u128 = 0;
+    match growth {
+        Growth::Range { inclusive } => {
+            let (start, stop, step) = match args.len() {
+                1 => (None, &args[0], None),
+                2 => (Some(&args[0]), &args[1], None),
+                _ => (Some(&args[0]), &args[1], Some(&args[2])),
+            };
+            let stop = instants(stop, rows)?;
+            let start = match start {
+                Some(s) => instants(s, rows)?,
+                None => vec![Some(0); rows],
+            };
+            let step = match step {
+                Some(s) => steps(s, rows)?,
+                None => vec![Some(1); rows],
+            };
+            for i in 0..rows {
+                if let (Some(a), Some(b), Some(s)) = (start[i], stop[i], step[i])
+                    && s != 0
+                {
+                    let span = (b as i128 - a as i128) / s as i128;
+                    let n = span.max(0) as u128 + u128::from(inclusive);
+                    total += n * 8;
+                }
+            }
+        }
+        Growth::Repeat => {
+            let text = lengths(&args[0], rows)?;
+            let times = ints(&args[1], rows)?;
+            for i in 0..rows {
+                total += text[i] as u128 * times[i].unwrap_or(0).max(0) as u128;
+            }
+        }
+        Growth::Pad => {
+            let n = ints(&args[1], rows)?;
+            for v in n.into_iter().flatten() {
+                // A character is at most 4 bytes.
+                total += v.max(0) as u128 * 4;
+            }
+        }
+        Growth::ArrayRepeat | Growth::ArrayResize => {
+            let element = match growth {
+                Growth::ArrayRepeat => lengths(&args[0], rows)?,
+                _ => vec![8; rows],
+            };
+            let n = ints(&args[1], rows)?;
+            for i in 0..rows {
+                total += element[i].max(1) as u128 * n[i].unwrap_or(0).max(0) as u128;
+            }
+        }
+        Growth::Replace | Growth::RegexpReplace => {
+            let text = lengths(&args[0], rows)?;
+            let from = lengths(&args[1], rows)?;
+            let to = lengths(&args[2], rows)?;
+            for i in 0..rows {
+                let matches = match growth {
+                    Growth::Replace => text[i] / from[i].max(1) + 1,
+                    _ => text[i] + 1,
+                };
+                total += text[i] as u128 + matches as u128 * to[i] as u128;
+            }
+        }
+        Growth::WithInputs => {}
+    }
+    Ok(usize::try_from(total).unwrap_or(usize::MAX))
+}
+
+/// The argument as integers, one per row (`None` for null).
+fn ints(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
+    let array = one_per_row(v, rows)?;
+    let array = cast(&array, &DataType::Int64)?;
+    Ok(array
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .iter()
+        .collect())
+}
+
+/// A range's bound as a number on one scale: integers as they are, dates and timestamps in
+/// nanoseconds.
+fn instants(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
+    let per_unit: i64 = match v.data_type() {
+        DataType::Date32 => 86_400 * 1_000_000_000,
+        DataType::Date64 | DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000_000,
+        DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        _ => 1,
+    };
+    let raw = match v.data_type() {
+        DataType::Date32 => {
+            let a = one_per_row(v, rows)?;
+            cast(&cast(&a, &DataType::Int32)?, &DataType::Int64)?
+        }
+        DataType::Timestamp(..) | DataType::Date64 => {
+            cast(&one_per_row(v, rows)?, &DataType::Int64)?
+        }
+        _ => return ints(v, rows),
+    };
+    Ok(raw
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .iter()
+        .map(|x| x.map(|x| x.saturating_mul(per_unit)))
+        .collect())
+}
+
+/// A range's step on the scale of [`instants`]: an interval as its shortest length in
+/// nanoseconds (a month as 28 days), a number as it is.
+fn steps(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i64>>> {
+    const DAY: i64 = 86_400 * 1_000_000_000;
+    match v.data_type() {
+        DataType::Interval(_) => {
+            let a = cast(
+                &one_per_row(v, rows)?,
+                &DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+            )?;
+            Ok(
+                a.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
+                    .iter()
+                    .map(|x| {
+                        x.map(
+                            |IntervalMonthDayNano {
+                                 months,
+                                 days,
+                                 nanoseconds,
+                             }| {
+                                (months as i64 * 28 + days as i64)
+                                    .saturating_mul(DAY)
+                                    .saturating_add(nanoseconds)
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        _ => ints(v, rows),
+    }
+}
+
+/// The byte length of the argument's value in each row (text: its bytes; other values: their
+/// in-memory size).
+fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
+    if let ColumnarValue::Scalar(s) = v {
+        let len = match s {
+            ScalarValue::Utf8(t) | ScalarValue::LargeUtf8(t) | ScalarValue::Utf8View(t) => {
+                t.as_ref().map_or(0, String::len)
+            }
+            other => other.size(),
+        };
+        return Ok(vec![len; rows]);
+    }
+    let array = one_per_row(v, rows)?;
+    Ok(match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().map(len_of).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(len_of).collect(),
+        DataType::Utf8View => array.as_string_view().iter().map(len_of).collect(),
+        _ => {
+            let each = array.get_array_memory_size() / array.len().max(1);
+            vec![each; array.len()]
+        }
+    })
+}
+
+fn len_of(s: Option<&str>) -> usize {
+    s.map_or(0, str::len)
+}
+
+fn one_per_row(v: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
+    v.to_array(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(v: i64) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Int64(Some(v)))
+    }
+
+    fn text(v: &str) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(v.to_string())))
+    }
+
+    #[test]
+    fn estimates_follow_the_arguments() {
+        let e = |g, a: &[ColumnarValue]| estimate(g, a, 1).unwrap();
+        assert_eq!(
+            e(
+                Growth::Range { inclusive: false },
+                &[int(0), int(400_000_000)]
+            ),
+            3_200_000_000
+        );
+        assert_eq!(e(Growth::Range { inclusive: true }, &[int(1), int(3)]), 24);
+        assert_eq!(e(Growth::Range { inclusive: false }, &[int(10)]), 80);
+        assert_eq!(e(Growth::Range { inclusive: false }, &[int(5), int(0)]), 0);
+        assert_eq!(
+            e(Growth::Repeat, &[text("xy"), int(1_500_000_000)]),
+            3_000_000_000
+        );
+        assert_eq!(e(Growth::Pad, &[text("a"), int(100)]), 400);
+        assert_eq!(
+            e(Growth::ArrayRepeat, &[int(1), int(1000)]),
+            e(Growth::ArrayRepeat, &[int(2), int(1000)])
+        );
+        assert!(
+            e(
+                Growth::Replace,
+                &[text("aaaa"), text("a"), text("bbbbbbbb")]
+            ) >= 4 * 8
+        );
+        let days = ColumnarValue::Scalar(ScalarValue::IntervalMonthDayNano(Some(
+            IntervalMonthDayNano::new(0, 1, 0),
+        )));
+        let d = |v| ColumnarValue::Scalar(ScalarValue::Date32(Some(v)));
+        assert_eq!(
+            e(Growth::Range { inclusive: true }, &[d(0), d(9), days]),
+            80
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Query memory: each query's pool (`query.memory_limit_bytes`) draws from one budget that all
+//! running queries share (`query.memory_total_bytes`), split fairly between tenants.
+//!
+//! The rule of the shared budget: a tenant may always grow up to its share (the budget divided
+//! by the tenants that have queries running); past its share it may borrow what nobody else is
+//! waiting for. A query that finds the budget held by others waits (up to `query.memory_wait_ms`,
+//! on its own thread: see `trino::query`) while the tenants over their share are refused any
+//! further growth, fail or spill, and give memory back. Whoever is refused gets DataFusion's
+//! `ResourcesExhausted`, which the protocol answers as `EXCEEDED_MEMORY_LIMIT`.
+//!
+//! Memory that DataFusion does not account for is brought under the same pools by the engine:
+//! values made by functions (`functions::bounded`), batches made by projections ([`guard`]),
+//! and the pages a client has not fetched yet.
+
+pub mod guard;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool, MemoryReservation};
+
+/// The memory all queries of a process share.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    total: usize,
+    wait: Duration,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    used: usize,
+    tenants: HashMap<String, TenantUse>,
+}
+
+#[derive(Debug, Default)]
+struct TenantUse {
+    used: usize,
+    /// Query pools alive: the tenant counts for the shares while it has one.
+    queries: usize,
+    /// Queries of the tenant waiting for memory.
+    waiting: usize,
+}
+
+impl State {
+    fn share(&self, total: usize) -> usize {
+        let active = self.tenants.values().filter(|t| t.queries > 0).count();
+        total / active.max(1)
+    }
+
+    /// Whether another tenant than `tenant` waits for memory.
+    fn others_wait(&self, tenant: &str) -> bool {
+        self.tenants
+            .iter()
+            .any(|(name, t)| name != tenant && t.waiting > 0)
+    }
+}
+
+impl Budget {
+    pub fn new(total: usize, wait: Duration) -> Budget {
+        Budget {
+            inner: Arc::new(Shared {
+                total,
+                wait,
+                state: Mutex::new(State::default()),
+                freed: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The pool of one query of `tenant`, which may hold `limit` bytes at most.
+    pub fn query_pool(&self, tenant: &str, limit: usize) -> Arc<QueryPool> {
+        self.inner
+            .lock()
+            .tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .queries += 1;
+        Arc::new(QueryPool {
+            budget: self.inner.clone(),
+            tenant: tenant.to_string(),
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held by all queries.
+    pub fn used(&self) -> usize {
+        self.inner.lock().used
+    }
+
+    /// Bytes held by `tenant`'s queries.
+    pub fn used_by(&self, tenant: &str) -> usize {
+        self.inner.lock().tenants.get(tenant).map_or(0, |t| t.used)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves only counters behind: keep using them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `bytes` for `tenant`, waiting for others to give memory back when the budget is
+    /// held by tenants over their share.
+    fn take(&self, tenant: &str, bytes: usize) -> Result<()> {
+        let until = Instant::now() + self.wait;
+        let mut state = self.lock();
+        let mut waiting = false;
+        let outcome = loop {
+            let share = state.share(self.total);
+            let mine = state.tenants.get(tenant).map_or(0, |t| t.used);
+            let fits = state.used + bytes <= self.total;
+            let within_share = mine + bytes <= share;
+            if fits && (within_share || !state.others_wait(tenant)) {
+                break Ok(());
+            }
+            if !within_share {
+                break Err(exhausted(format!(
+                    "Query exceeded the memory its tenant may hold while other tenants' queries \
+                     run: {share} bytes of query.memory_total_bytes ({}), shared by the tenants \
+                     with queries running",
+                    self.total
+                )));
+            }
+            let now = Instant::now();
+            if now >= until {
+                break Err(exhausted(format!(
+                    "Query found the server's query memory (query.memory_total_bytes, {} \
+                     bytes) in use for {:?}; retry when fewer queries run",
+                    self.total, self.wait
+                )));
+            }
+            if !waiting {
+                waiting = true;
+                state.tenants.entry(tenant.to_string()).or_default().waiting += 1;
+            }
+            state = self
+                .freed
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        if waiting && let Some(t) = state.tenants.get_mut(tenant) {
+            t.waiting -= 1;
+        }
+        if outcome.is_ok() {
+            state.used += bytes;
+            state.tenants.entry(tenant.to_string()).or_default().used += bytes;
+        }
+        outcome
+    }
+
+    /// Takes `bytes` whatever the budget (DataFusion's infallible `grow`).
+    fn force(&self, tenant: &str, bytes: usize) {
+        let mut state = self.lock();
+        state.used += bytes;
+        state.tenants.entry(tenant.to_string()).or_default().used += bytes;
+    }
+
+    fn give_back(&self, tenant: &str, bytes: usize) {
+        let mut state = self.lock();
+        state.used = state.used.saturating_sub(bytes);
+        if let Some(t) = state.tenants.get_mut(tenant) {
+            t.used = t.used.saturating_sub(bytes);
+        }
+        drop(state);
+        self.freed.notify_all();
+    }
+}
+
+fn exhausted(message: String) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(message)
+}
+
+/// One query's memory: at most its limit, drawn from the shared [`Budget`].
+#[derive(Debug)]
+pub struct QueryPool {
+    budget: Arc<Shared>,
+    tenant: String,
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl QueryPool {
+    /// Reserves `bytes` that no DataFusion operator accounts for (a value being made, a page
+    /// waiting for its client); refused like an operator's reservation.
+    pub fn try_take(&self, bytes: usize, what: &str) -> Result<()> {
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(bytes) > self.limit {
+            return Err(exhausted(format!(
+                "Query exceeded the per-query memory limit of {} bytes \
+                 (query.memory_limit_bytes): {what} needs {bytes} bytes, {used} already held",
+                self.limit
+            )));
+        }
+        self.budget.take(&self.tenant, bytes)?;
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives back bytes taken with [`QueryPool::try_take`].
+    pub fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.give_back(&self.tenant, bytes);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for QueryPool {
+    fn drop(&mut self) {
+        let left = self.used.swap(0, Ordering::Relaxed);
+        let mut state = self.budget.lock();
+        state.used = state.used.saturating_sub(left);
+        let gone = match state.tenants.get_mut(&self.tenant) {
+            Some(t) => {
+                t.used = t.used.saturating_sub(left);
+                t.queries = t.queries.saturating_sub(1);
+                t.queries == 0 && t.waiting == 0 && t.used == 0
+            }
+            None => false,
+        };
+        if gone {
+            state.tenants.remove(&self.tenant);
+        }
+        drop(state);
+        // One tenant fewer: the others' shares grew.
+        self.budget.freed.notify_all();
+    }
+}
+
+impl MemoryPool for QueryPool {
+    fn grow(&self, _reservation: &MemoryReservation, additional: usize) {
+        self.used.fetch_add(additional, Ordering::Relaxed);
+        self.budget.force(&self.tenant, additional);
+    }
+
+    fn shrink(&self, _reservation: &MemoryReservation, shrink: usize) {
+        self.give_back(shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        self.try_take(additional, reservation.consumer().name())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn a_query_stops_at_its_own_limit() {
+        let budget = Budget::new(100 * MIB, Duration::ZERO);
+        let pool = budget.query_pool("a", 10 * MIB);
+        pool.try_take(8 * MIB, "x").unwrap();
+        let e = pool.try_take(4 * MIB, "x").unwrap_err();
+        assert!(e.to_string().contains("query.memory_limit_bytes"), "{e}");
+        pool.give_back(8 * MIB);
+        pool.try_take(10 * MIB, "x").unwrap();
+        drop(pool);
+        assert_eq!(budget.used(), 0, "a dropped pool gives everything back");
+    }
+
+    #[test]
+    fn a_lone_tenant_may_use_the_whole_budget_but_not_more() {
+        let budget = Budget::new(30 * MIB, Duration::ZERO);
+        let pools: Vec<_> = (0..4).map(|_| budget.query_pool("a", 10 * MIB)).collect();
+        for p in &pools[..3] {
+            p.try_take(10 * MIB, "x").unwrap();
+        }
+        let e = pools[3].try_take(MIB, "x").unwrap_err();
+        assert!(e.to_string().contains("query.memory_total_bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_tenant_over_its_share_is_refused_while_another_waits_and_the_other_then_gets_memory() {
+        let budget = Budget::new(40 * MIB, Duration::from_secs(5));
+        let hog: Vec<_> = (0..4).map(|_| budget.query_pool("hog", 10 * MIB)).collect();
+        for p in &hog {
+            p.try_take(10 * MIB, "x").unwrap();
+        }
+        assert_eq!(budget.used_by("hog"), 40 * MIB);
+        // b arrives: the budget is full, b is within its share (20 MiB): b waits.
+        let b = budget.query_pool("b", 10 * MIB);
+        let waiter = std::thread::spawn(move || {
+            let r = b.try_take(8 * MIB, "x");
+            (r.is_ok(), b)
+        });
+        while budget
+            .inner
+            .lock()
+            .tenants
+            .get("b")
+            .map_or(0, |t| t.waiting)
+            == 0
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // While b waits, the hog may not grow, even by a byte freed elsewhere.
+        hog[0].give_back(MIB);
+        let e = hog[0].try_take(MIB, "x").unwrap_err();
+        assert!(e.to_string().contains("other tenants"), "{e}");
+        // A hog query that ends gives b its memory.
+        drop(hog.into_iter().next());
+        let (ok, b) = waiter.join().unwrap();
+        assert!(ok, "b got memory once the hog gave some back");
+        assert_eq!(budget.used_by("b"), 8 * MIB);
+        drop(b);
+    }
+
+    #[test]
+    fn a_waiting_query_gives_up_after_the_wait() {
+        let budget = Budget::new(20 * MIB, Duration::from_millis(50));
+        let hog = budget.query_pool("hog", 20 * MIB);
+        hog.try_take(20 * MIB, "x").unwrap();
+        let b = budget.query_pool("b", 10 * MIB);
+        let e = b.try_take(MIB, "x").unwrap_err();
+        assert!(e.to_string().contains("retry"), "{e}");
+        assert_eq!(budget.inner.lock().tenants["b"].waiting, 0);
+    }
+}

@@ -162,7 +162,15 @@ pub enum TenantCommand {
         /// one of them equals an erased id. `none` clears them.
         #[arg(long, alias = "user-field", value_name = "FIELDS")]
         user_fields: Option<String>,
+        /// Override a quota: `NAME=VALUE` (0: unlimited; `default`: back to `[quota]`'s
+        /// value). Names: ingest_events_per_sec, ingest_bytes_per_sec, concurrent_queries,
+        /// queries_per_minute, scanned_bytes_per_day, stored_bytes. Repeat for several.
+        /// Running servers apply it within `quota.refresh_secs`.
+        #[arg(long = "quota", value_name = "NAME=VALUE")]
+        quotas: Vec<String>,
     },
+    /// Show a tenant: its settings, its quotas (default or its own) and today's usage.
+    Show { id: String },
     /// Delete a tenant: its namespace and tables leave the catalog and its tokens stop
     /// working at once.
     Delete {

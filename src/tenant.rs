@@ -1,6 +1,7 @@
 //! `floe tenant create|list|set|delete`.
 
 use anyhow::Context;
+use floe_catalog::quota::{Quota, Quotas};
 use floe_catalog::{Catalog, Config, TenantId, TenantSettings};
 
 use crate::cli::TenantCommand;
@@ -50,6 +51,7 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
             retention_days,
             target_file_bytes,
             user_fields,
+            quotas,
         } => {
             let id = TenantId::parse(id)?;
             let settings = TenantSettings {
@@ -59,9 +61,14 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
                     "none" | "" => Vec::new(),
                     list => list.split(',').map(str::to_string).collect(),
                 }),
+                quotas: floe_catalog::quota::parse_overrides(quotas)?,
             };
             let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
             println!("{}", serde_json::to_string(&t)?);
+        }
+        TenantCommand::Show { id } => {
+            let id = TenantId::parse(id)?;
+            show(config, &catalog, &id).await?;
         }
         TenantCommand::Delete { id, purge } => {
             let id = TenantId::parse(id)?;
@@ -83,6 +90,44 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints a tenant's settings, quotas and usage.
+async fn show(config: &Config, catalog: &Catalog, id: &TenantId) -> anyhow::Result<()> {
+    let tenant = catalog.tenant(id).await?;
+    let quotas = Quotas::resolve(&config.quota, &tenant.quotas);
+    let usage = catalog.usage(id, &floe_catalog::quota::today()).await?;
+    let stored = catalog.stored_bytes(id).await?;
+    println!("tenant\t{}", tenant.id);
+    println!("incarnation\t{}", tenant.incarnation);
+    let or_none = |v: Option<i64>| v.map_or("none".to_string(), |v| v.to_string());
+    println!("retention_days\t{}", or_none(tenant.retention_days));
+    println!("target_file_bytes\t{}", or_none(tenant.target_file_bytes));
+    println!("user_fields\t{}", tenant.user_fields.join(","));
+    println!();
+    println!("quota\tlimit\tsource\tused");
+    for q in Quota::ALL {
+        let limit = match quotas.get(q) {
+            0 => "unlimited".to_string(),
+            n => n.to_string(),
+        };
+        let source = if quotas.is_override(q) {
+            "tenant"
+        } else {
+            "default"
+        };
+        let used = match q {
+            Quota::StoredBytes => stored.to_string(),
+            Quota::ScannedBytesPerDay => format!("{} today", usage.scanned_bytes),
+            Quota::QueriesPerMinute => format!("{} today", usage.queries),
+            Quota::IngestEventsPerSec => format!("{} events today", usage.events),
+            Quota::IngestBytesPerSec => format!("{} bytes today", usage.bytes),
+            // Counted by each server for the queries it runs.
+            Quota::ConcurrentQueries => "-".to_string(),
+        };
+        println!("{}\t{limit}\t{source}\t{used}", q.name());
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::ErrorKind;
 
+pub mod min_rate;
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -16,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u32>,
+    /// More fields of the error object (`quota`, `limit`, …).
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The status and code of each kind: the one place the HTTP edge maps them.
@@ -39,7 +43,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            fields: Default::default(),
         }
+    }
+
+    /// Adds a field to the error object.
+    pub fn with(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.insert(name.to_string(), value.into());
+        self
     }
 
     /// An error of `kind`, answered by the table above. A retry may help with a dependency
@@ -62,6 +73,7 @@ impl ApiError {
             code,
             message,
             retry_after: kind.retryable().then_some(1),
+            fields: Default::default(),
         }
     }
 }
@@ -72,9 +84,22 @@ impl From<crate::Error> for ApiError {
     }
 }
 
+impl From<crate::quota::QuotaExceeded> for ApiError {
+    fn from(e: crate::quota::QuotaExceeded) -> Self {
+        let mut api = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.message)
+            .with("quota", e.quota.name())
+            .with("limit", e.limit);
+        api.retry_after = Some(u32::try_from(e.retry_after_secs).unwrap_or(u32::MAX));
+        api
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = self.fields;
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        let body = json!({ "error": error });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

@@ -199,6 +199,34 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE floe_erasures ADD COLUMN IF NOT EXISTS attempts BIGINT NOT NULL DEFAULT 0;
     "#,
     },
+    Migration {
+        version: 4,
+        description: "tenant quota overrides, daily usage",
+        sqlite: r#"
+    ALTER TABLE floe_tenants ADD COLUMN quotas TEXT;
+    CREATE TABLE IF NOT EXISTS floe_usage (
+        tenant TEXT NOT NULL,
+        day TEXT NOT NULL,
+        events INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        queries INTEGER NOT NULL DEFAULT 0,
+        scanned_bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, day)
+    );
+    "#,
+        postgres: r#"
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS quotas TEXT;
+    CREATE TABLE IF NOT EXISTS floe_usage (
+        tenant TEXT NOT NULL,
+        day TEXT NOT NULL,
+        events BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        queries BIGINT NOT NULL DEFAULT 0,
+        scanned_bytes BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, day)
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

@@ -102,6 +102,8 @@ pub struct Tenant {
     /// Payload fields that name a user besides `user_id` (`payload.customer_id`): user
     /// erasure removes the rows where one of them is an erased id.
     pub user_fields: Vec<String>,
+    /// Quotas set for this tenant, by name (the others are `[quota]`'s defaults).
+    pub quotas: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tenant {
@@ -121,6 +123,8 @@ pub struct TenantSettings {
     pub target_file_bytes: Option<Option<i64>>,
     /// `Some(vec![])` clears the declared user fields.
     pub user_fields: Option<Vec<String>>,
+    /// Quota overrides to set (`Some(n)`) or clear back to the default (`None`), by name.
+    pub quotas: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 /// Most payload fields a tenant may declare as user references.
@@ -164,13 +168,15 @@ type TenantRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 const TENANT_COLUMNS: &str =
-    "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields";
+    "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas";
 
 fn tenant_from_row(row: TenantRow) -> Tenant {
-    let (id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields) = row;
+    let (id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas) =
+        row;
     Tenant {
         id,
         created_at_ms,
@@ -179,6 +185,9 @@ fn tenant_from_row(row: TenantRow) -> Tenant {
         target_file_bytes,
         user_fields: user_fields
             .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default(),
+        quotas: quotas
+            .and_then(|q| serde_json::from_str(&q).ok())
             .unwrap_or_default(),
     }
 }
@@ -286,6 +295,7 @@ impl Catalog {
             retention_days: None,
             target_file_bytes: None,
             user_fields: Vec::new(),
+            quotas: Default::default(),
         })
     }
 
@@ -358,6 +368,21 @@ impl Catalog {
             Some(f) => Some(parse_user_fields(f)?),
             None => None,
         };
+        for name in settings.quotas.keys() {
+            crate::quota::check_name(name)?;
+        }
+        let quotas = if settings.quotas.is_empty() {
+            None
+        } else {
+            let mut merged = self.tenant(id).await?.quotas;
+            for (name, value) in &settings.quotas {
+                match value {
+                    Some(v) => merged.insert(name.clone(), *v),
+                    None => merged.remove(name),
+                };
+            }
+            Some(merged)
+        };
         let (id2, actor) = (id.clone(), actor.to_string());
         self.on_io(move |c| async move {
             let mut tx = c.db.begin().await.map_err(Error::db("tenant settings"))?;
@@ -377,6 +402,12 @@ impl Catalog {
                 let text = serde_json::to_string(fields)
                     .map_err(|e| Error::internal(format!("user fields: {e}")))?;
                 updates.push(("user_fields", None, Some(text)));
+            }
+            if let Some(quotas) = &quotas {
+                detail.insert("quotas".to_string(), serde_json::json!(settings.quotas));
+                let text = serde_json::to_string(quotas)
+                    .map_err(|e| Error::internal(format!("quotas: {e}")))?;
+                updates.push(("quotas", None, Some(text)));
             }
             for (column, number, text) in updates {
                 let update = format!("UPDATE floe_tenants SET {column} = $1 WHERE id = $2");
@@ -450,6 +481,7 @@ impl Catalog {
             for sql in [
                 "DELETE FROM floe_maintenance WHERE tenant = $1",
                 "DELETE FROM floe_erasures WHERE tenant = $1",
+                "DELETE FROM floe_usage WHERE tenant = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())

@@ -1,4 +1,11 @@
 //! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
+//!
+//! A request is authenticated, takes one of its tenant's request slots ([`slots`]), has its
+//! body read (at a minimum rate, else 408), parsed and checked against the tenant's ingest
+//! quotas (429 with `Retry-After`, nothing stored), and only then is stored. Every reply to an
+//! authenticated request carries the tenant's `X-RateLimit-*` headers.
+
+pub mod slots;
 
 use std::io::Read;
 use std::time::Duration;
@@ -10,7 +17,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub use floe_catalog::api::ApiError;
-use floe_catalog::{Authenticator, Role};
+use floe_catalog::api::min_rate::too_slow;
+use floe_catalog::quota::{QuotaBook, RateLimit};
+use floe_catalog::{Authenticator, Role, TenantKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,16 +34,40 @@ pub struct HttpState {
     /// Kafka mode (`kafka.brokers` set): accepted events go to the tenant's topic, and
     /// `floe ingest kafka` commits them; otherwise to the local write-ahead log.
     pub producer: Option<std::sync::Arc<crate::produce::Producer>>,
+    /// Tenants' quotas.
+    pub quotas: QuotaBook,
+    /// The request slots, shared fairly between tenants.
+    pub slots: std::sync::Arc<slots::Slots>,
+}
+
+impl HttpState {
+    /// The state for `ingest`, with its slots from the ingest configuration.
+    pub fn new(
+        ingest: Ingest,
+        auth: Authenticator,
+        producer: Option<std::sync::Arc<crate::produce::Producer>>,
+        quotas: QuotaBook,
+    ) -> HttpState {
+        let cfg = ingest.config();
+        let slots = slots::Slots::new(
+            cfg.max_concurrent_requests,
+            cfg.max_concurrent_requests_per_tenant,
+            Duration::from_millis(cfg.slot_wait_ms),
+        );
+        HttpState {
+            ingest,
+            auth,
+            producer,
+            quotas,
+            slots: std::sync::Arc::new(slots),
+        }
+    }
 }
 
 /// The ingest routes.
 pub fn router(state: HttpState) -> Router {
-    let slots = state.ingest.config().max_concurrent_requests;
     Router::new()
-        .route(
-            "/v1/events",
-            post(post_events).layer(tower::limit::ConcurrencyLimitLayer::new(slots)),
-        )
+        .route("/v1/events", post(post_events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -43,12 +76,15 @@ pub fn router(state: HttpState) -> Router {
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> Self {
         match &e {
-            crate::Error::Overloaded { message } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "overloaded",
-                message: message.clone(),
-                retry_after: Some(1),
-            },
+            crate::Error::Overloaded { message } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    message.clone(),
+                );
+                e.retry_after = Some(1);
+                e
+            }
             crate::Error::Timeout { message } => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "not_yet_visible",
@@ -109,6 +145,37 @@ async fn post_events(
     let principal = st.auth.authenticate(auth).await?;
     principal.require_role(&[Role::Ingest, Role::Admin])?;
     let tenant = principal.tenant;
+    let (reply, rate) = match accept(&st, &tenant, q, &headers, body).await {
+        Ok((reply, rate)) => (reply, rate),
+        Err(e) => (e.into_response(), None),
+    };
+    let rate = match rate {
+        Some(r) => Some(r),
+        None => st.quotas.ingest_rate(tenant.id()).await,
+    };
+    Ok(with_rate(reply, rate))
+}
+
+/// The `X-RateLimit-*` headers: the tenant's events per second, the events it may send now,
+/// and the seconds until its bucket is full again.
+fn with_rate(mut reply: Response, rate: Option<RateLimit>) -> Response {
+    if let Some(r) = rate {
+        let h = reply.headers_mut();
+        h.insert("x-ratelimit-limit", r.limit.into());
+        h.insert("x-ratelimit-remaining", r.remaining.into());
+        h.insert("x-ratelimit-reset", r.reset_secs.into());
+    }
+    reply
+}
+
+/// Stores the events of an authenticated request.
+async fn accept(
+    st: &HttpState,
+    tenant: &TenantKey,
+    q: EventsQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, Option<RateLimit>), ApiError> {
     let wait_visible = match q.wait.as_deref() {
         None => false,
         Some("visible") => true,
@@ -120,7 +187,7 @@ async fn post_events(
             ));
         }
     };
-    let framing = framing(&headers)?;
+    let framing = framing(headers)?;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -137,9 +204,30 @@ async fn post_events(
         }
     };
     let cfg = st.ingest.config().clone();
+    let _slot = st.slots.take(tenant).await.map_err(|no| {
+        let message = match no {
+            slots::NoSlot::Tenant { limit } => format!(
+                "tenant {} has {limit} ingest requests in flight \
+                 (ingest.max_concurrent_requests_per_tenant); retry",
+                tenant.id()
+            ),
+            slots::NoSlot::All { limit } => format!(
+                "all {limit} ingest request slots are taken (ingest.max_concurrent_requests); \
+                 retry"
+            ),
+        };
+        ApiError::from(crate::Error::Overloaded { message })
+    })?;
     let raw = axum::body::to_bytes(body, cfg.max_request_bytes)
         .await
-        .map_err(|_| too_large(cfg.max_request_bytes))?;
+        .map_err(|e| match too_slow(&e) {
+            Some(slow) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_too_slow",
+                slow.to_string(),
+            ),
+            None => too_large(cfg.max_request_bytes),
+        })?;
 
     // Decompressing and validating are CPU work: off the I/O threads.
     let tenant_name = tenant.id().to_string();
@@ -160,9 +248,18 @@ async fn post_events(
         )
     })??;
 
+    let event_bytes: usize = accepted.iter().map(StoredEvent::size).sum();
+    let rate = if accepted.is_empty() {
+        None
+    } else {
+        st.quotas
+            .admit_ingest(tenant.id(), accepted.len() as u64, event_bytes as u64)
+            .await?
+    };
+
     let (stored, duplicates, snapshot_id) = match &st.producer {
         Some(producer) => {
-            let produced = producer.send(&tenant, accepted).await?;
+            let produced = producer.send(tenant, accepted).await?;
             let snapshot_id = if wait_visible {
                 let timeout = Duration::from_millis(cfg.wait_visible_timeout_ms);
                 Some(
@@ -181,10 +278,10 @@ async fn post_events(
             (produced.stored, produced.duplicates, snapshot_id)
         }
         None => {
-            let submitted = st.ingest.submit(&tenant, accepted).await?;
+            let submitted = st.ingest.submit(tenant, accepted).await?;
             let snapshot_id = if wait_visible {
-                let target = st.ingest.acked(&tenant);
-                Some(st.ingest.wait_visible(&tenant, target).await?.snapshot_id)
+                let target = st.ingest.acked(tenant);
+                Some(st.ingest.wait_visible(tenant, target).await?.snapshot_id)
             } else {
                 None
             };
@@ -207,7 +304,7 @@ async fn post_events(
         rejected: rejected.into_iter().map(Into::into).collect(),
         snapshot_id: snapshot_id.flatten(),
     };
-    Ok((status, axum::Json(reply)).into_response())
+    Ok(((status, axum::Json(reply)).into_response(), rate))
 }
 
 fn too_large(max: usize) -> ApiError {

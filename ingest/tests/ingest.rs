@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use floe_catalog::quota::QuotaBook;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthority};
 use floe_ingest::Ingest;
@@ -59,11 +60,12 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     let ingest = Ingest::start(catalog.clone(), &slow, rt.handle().clone())
         .await
         .unwrap();
-    let app = router(HttpState {
-        ingest: ingest.clone(),
-        auth: Authenticator::new(authority.clone(), catalog.clone()),
-        producer: None,
-    });
+    let app = router(HttpState::new(
+        ingest.clone(),
+        Authenticator::new(authority.clone(), catalog.clone()),
+        None,
+        QuotaBook::new(catalog.clone(), Default::default()),
+    ));
     for b in 0..3 {
         let events: Vec<_> = (0..10)
             .map(|i| serde_json::json!({"event_id": format!("e{b}-{i}"), "type": "A", "timestamp": 1_700_000_000 + i}))
@@ -110,11 +112,12 @@ async fn acknowledged_events_replay_exactly_once_after_batchers_die() {
     assert_eq!(summary["total-records"], "30");
 
     // The replayed ids are remembered: re-sending one is a duplicate.
-    let app = router(HttpState {
-        ingest: ingest.clone(),
-        auth: Authenticator::new(authority, catalog.clone()),
-        producer: None,
-    });
+    let app = router(HttpState::new(
+        ingest.clone(),
+        Authenticator::new(authority, catalog.clone()),
+        None,
+        QuotaBook::new(catalog.clone(), Default::default()),
+    ));
     let resp = app
         .oneshot(post(
             &token,

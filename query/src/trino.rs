@@ -27,7 +27,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use floe_catalog::{Authenticator, ErrorKind, Principal, Role, TenantKey};
+use floe_catalog::quota::{QuerySlot, Quota, QuotaBook};
+use floe_catalog::{Authenticator, ErrorKind, Principal, Role};
 use serde_json::json;
 
 pub use error::error_text;
@@ -35,8 +36,8 @@ pub use query::SQL_STACK_BYTES;
 pub use values::json_rows;
 
 use error::{
-    CATALOG_NOT_FOUND, PERMISSION_DENIED, QUERY_QUEUE_FULL, QUERY_TEXT_TOO_LARGE, QueryError,
-    SCHEMA_NOT_FOUND, SYNTAX_ERROR,
+    CATALOG_NOT_FOUND, PERMISSION_DENIED, QUERY_QUEUE_FULL, QUERY_TEXT_TOO_LARGE, QUOTA_EXCEEDED,
+    QueryError, SCHEMA_NOT_FOUND, SYNTAX_ERROR,
 };
 use query::{Page, Plan, Run};
 use session::Session;
@@ -54,13 +55,13 @@ pub struct TrinoState {
     threads: usize,
     auth: Authenticator,
     queries: Arc<Queries>,
-    /// Per tenant incarnation, the slots of `query.max_concurrent_per_tenant`.
-    slots: Arc<Mutex<HashMap<TenantKey, Arc<tokio::sync::Semaphore>>>>,
+    /// Tenants' quotas: concurrent queries, queries per minute, bytes scanned per day.
+    quotas: QuotaBook,
     started: Instant,
 }
 
 impl TrinoState {
-    pub fn new(engine: Engine, auth: Authenticator) -> Self {
+    pub fn new(engine: Engine, auth: Authenticator, quotas: QuotaBook) -> Self {
         let threads = match engine.config().target_partitions {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -70,7 +71,7 @@ impl TrinoState {
             threads,
             auth,
             queries: Default::default(),
-            slots: Default::default(),
+            quotas,
             started: Instant::now(),
         }
     }
@@ -83,7 +84,7 @@ pub fn router(state: TrinoState) -> Router {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let queries = Arc::downgrade(&state.queries);
         let idle = Duration::from_secs(state.engine.config().abandoned_after_secs);
-        let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -189,9 +190,8 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         uuid::Uuid::now_v7().simple()
     );
     let cfg = st.engine.config().clone();
-    query::reap(&st.queries, Duration::from_secs(cfg.abandoned_after_secs));
     let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs);
-    let run = match admit(&st, &principal, &headers, &body) {
+    let run = match admit(&st, &principal, &headers, &body).await {
         Ok(Admitted::Answer(answer)) => Run::answered(principal.tenant.clone(), answer, deadline),
         Ok(Admitted::Run { sql, scope, slot }) => {
             audit(&st, &principal, &id, &sql).await;
@@ -222,13 +222,13 @@ enum Admitted {
     Run {
         sql: String,
         scope: Scope,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: QuerySlot,
     },
 }
 
 /// Checks a submission against the caller's role, the session headers and the limits, and
 /// tells session statements from queries.
-fn admit(
+async fn admit(
     st: &TrinoState,
     principal: &Principal,
     headers: &HeaderMap,
@@ -281,16 +281,13 @@ fn admit(
         Session::Run(sql) => sql,
         Session::Plain => sql.to_string(),
     };
-    let slot =
-        take_slot(st, &principal.tenant, cfg.max_concurrent_per_tenant).ok_or_else(|| {
-            QueryError::new(
-                QUERY_QUEUE_FULL,
-                format!(
-                    "Too many queries running for tenant {tenant} (limit {})",
-                    cfg.max_concurrent_per_tenant
-                ),
-            )
-        })?;
+    let slot = st.quotas.start_query(tenant).await.map_err(|e| {
+        let code = match e.quota {
+            Quota::ConcurrentQueries => QUERY_QUEUE_FULL,
+            _ => QUOTA_EXCEEDED,
+        };
+        QueryError::new(code, e.message)
+    })?;
     Ok(Admitted::Run { sql, scope, slot })
 }
 
@@ -314,22 +311,6 @@ async fn audit(st: &TrinoState, principal: &Principal, id: &str, sql: &str) {
     {
         tracing::warn!(error = %e, "could not write the query audit entry");
     }
-}
-
-/// One of the tenant's query slots, or `None` when all are taken.
-fn take_slot(
-    st: &TrinoState,
-    tenant: &TenantKey,
-    limit: usize,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let sem = {
-        let mut slots = st.slots.lock().ok()?;
-        slots
-            .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
-            .clone()
-    };
-    sem.try_acquire_owned().ok()
 }
 
 async fn lookup(

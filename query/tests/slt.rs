@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use floe_catalog::quota::QuotaBook;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Authenticator, Catalog, Config, Role, TenantId, TokenAuthority};
 use floe_ingest::Ingest;
@@ -206,11 +207,13 @@ async fn fixture(fixtures: &Path) -> Fixture {
         .await
         .unwrap();
     let auth = Authenticator::new(authority.clone(), catalog.clone());
-    let app = router(HttpState {
-        ingest: ingest_service.clone(),
-        auth: auth.clone(),
-        producer: None,
-    });
+    let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
+    let app = router(HttpState::new(
+        ingest_service.clone(),
+        auth.clone(),
+        None,
+        quotas.clone(),
+    ));
     let token = |t: &TenantId, role| authority.issue(t, role, Duration::from_secs(3600)).unwrap();
 
     let shop = TenantId::parse("shop").unwrap();
@@ -241,7 +244,7 @@ async fn fixture(fixtures: &Path) -> Fixture {
         ),
     ];
     Fixture {
-        trino: floe_query::trino::router(TrinoState::new(engine.clone(), auth)),
+        trino: floe_query::trino::router(TrinoState::new(engine.clone(), auth, quotas)),
         token: token(&shop, Role::Analyst),
         engine,
         shop,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use floe_catalog::quota::QuotaBook;
 use floe_catalog::{Catalog, Config, ErrorKind, TenantId};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -45,6 +46,8 @@ struct TopicState {
     paused: bool,
     /// The tenant did not exist at the last commit: the topic waits until then.
     hold_until: Option<Instant>,
+    /// The tenant went over an ingest quota: the topic pauses until its bucket is paid back.
+    quota_until: Option<Instant>,
 }
 
 /// Settings of one worker (from `[kafka]` and `[ingest]`).
@@ -96,6 +99,9 @@ pub struct Worker {
     seeks: mpsc::UnboundedSender<SeekDone>,
     seeks_done: Mutex<Option<mpsc::UnboundedReceiver<SeekDone>>>,
     next_seek: AtomicU64,
+    /// Tenants' ingest quotas: a tenant over one has its topic paused (lag grows, nothing
+    /// already read is dropped).
+    quotas: QuotaBook,
 }
 
 impl Worker {
@@ -173,6 +179,7 @@ impl Worker {
         );
         let (seeks, seeks_done) = mpsc::unbounded_channel();
         Ok(Worker {
+            quotas: QuotaBook::new(catalog.clone(), config.quota.clone()),
             catalog,
             settings,
             consumer: Arc::new(consumer),
@@ -311,7 +318,9 @@ impl Worker {
                 let full = state.flushing.is_some()
                     && (state.buf.bytes >= self.settings.flush_max_bytes
                         || state.buf.records() >= self.settings.flush_max_rows);
-                let held = state.tenant.is_none() || state.hold_until.is_some_and(|t| now < t);
+                let held = state.tenant.is_none()
+                    || state.hold_until.is_some_and(|t| now < t)
+                    || state.quota_until.is_some_and(|t| now < t);
                 let pause = full || held;
                 if pause != state.paused && !all_paused {
                     self.set_paused(topic, pause);
@@ -416,6 +425,7 @@ impl Worker {
                 flushing: None,
                 paused: false,
                 hold_until: None,
+                quota_until: None,
             }
         })
     }
@@ -495,14 +505,24 @@ impl Worker {
             Verdict::Take { expected } => expected,
         };
         part.took(offset);
-        state.buf.take(
+        let bytes = state.buf.take(
             partition,
             offset,
             expected,
             record,
             &tenant,
             self.settings.limits,
-        )
+        );
+        if let Some(wait) = self.quotas.charge_ingest(&tenant, 1, bytes as u64).await {
+            let until = Instant::now() + wait;
+            if state.quota_until.is_none_or(|t| t < until) {
+                if state.quota_until.is_none_or(|t| t <= Instant::now()) {
+                    tracing::info!(%tenant, topic, pause_ms = wait.as_millis() as u64, "tenant over its ingest quota; pausing its topic");
+                }
+                state.quota_until = Some(until);
+            }
+        }
+        bytes
     }
 
     /// Seeks a partition to `offset` (`None`: its beginning) on a blocking thread, so that the

@@ -67,6 +67,8 @@ pub const GENERIC_INTERNAL_ERROR: ErrorCode = ErrorCode {
     code: 65_536,
     kind: ErrorType::Internal,
 };
+/// Floe's name for a tenant quota's refusal, on Trino's generic resource code.
+pub const QUOTA_EXCEEDED: ErrorCode = resources("QUOTA_EXCEEDED", 131_072);
 pub const QUERY_QUEUE_FULL: ErrorCode = resources("QUERY_QUEUE_FULL", 131_074);
 pub const EXCEEDED_TIME_LIMIT: ErrorCode = resources("EXCEEDED_TIME_LIMIT", 131_075);
 pub const SERVER_RESOURCES_EXHAUSTED: ErrorCode = resources("SERVER_RESOURCES_EXHAUSTED", 131_076);

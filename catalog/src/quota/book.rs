@@ -1,0 +1,652 @@
+//! What one process checks tenants' quotas against: token buckets for ingest, counters for
+//! queries, and today's usage, refreshed from the catalog every `quota.refresh_secs` (so that an
+//! override set with `floe tenant set` reaches running servers within that time).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Quota, Quotas, Usage, today};
+use crate::config::QuotaConfig;
+use crate::{Catalog, TenantId};
+
+/// How long a request waits for its tenant's first read of quotas (later reads happen in the
+/// background).
+const FIRST_READ: Duration = Duration::from_secs(2);
+
+/// The state of a tenant's ingest rate, as the `X-RateLimit-*` headers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Events per second (`ingest_events_per_sec`); 0: unlimited.
+    pub limit: u64,
+    /// Events that may be sent now without waiting.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+}
+
+/// A request refused by a quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub quota: Quota,
+    pub limit: u64,
+    /// When a retry can succeed, in seconds.
+    pub retry_after_secs: u64,
+    pub message: String,
+    /// The ingest rate after the refusal (for the headers).
+    pub rate: Option<RateLimit>,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A token bucket: refills at a rate, holds `burst_secs` of it.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: u64, burst_secs: u64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: (rate * burst_secs) as f64,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u64, burst_secs: u64, now: Instant) {
+        let capacity = (rate * burst_secs) as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate as f64).min(capacity);
+        self.at = now;
+    }
+
+    /// Takes `n` tokens if the bucket holds them, or if it is full (a request larger than the
+    /// burst then passes and leaves the bucket in debt, so that it still gets through at the
+    /// rate); otherwise how long until it would.
+    fn take(&mut self, n: u64, rate: u64, burst_secs: u64, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, burst_secs, now);
+        let capacity = (rate * burst_secs) as f64;
+        let n = n as f64;
+        if self.tokens >= n || self.tokens >= capacity {
+            self.tokens -= n;
+            return Ok(());
+        }
+        let short = n.min(capacity) - self.tokens;
+        Err(Duration::from_secs_f64(short / rate as f64))
+    }
+
+    /// Takes `n` tokens whatever the bucket holds; when that leaves it in debt, how long the
+    /// rate takes to pay it back.
+    fn charge(&mut self, n: u64, rate: u64, burst_secs: u64, now: Instant) -> Option<Duration> {
+        self.refill(rate, burst_secs, now);
+        self.tokens -= n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate as f64))
+    }
+
+    fn give_back(&mut self, n: u64) {
+        self.tokens += n as f64;
+    }
+
+    fn state(&self, rate: u64, burst_secs: u64) -> RateLimit {
+        let capacity = (rate * burst_secs) as f64;
+        RateLimit {
+            limit: rate,
+            remaining: self.tokens.max(0.0) as u64,
+            reset_secs: ((capacity - self.tokens).max(0.0) / rate as f64).ceil() as u64,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    quotas: Quotas,
+    fetched: Instant,
+    /// A read of the catalog for this entry is under way.
+    refreshing: bool,
+    events: Bucket,
+    bytes: Bucket,
+    /// Queries started in the last minute.
+    started: VecDeque<Instant>,
+    running: u64,
+    /// The UTC day of `shared` and `unflushed`.
+    day: String,
+    /// Today's usage as the catalog had it at the last refresh (every process's).
+    shared: Usage,
+    /// What this process added since.
+    unflushed: Usage,
+    stored_bytes: u64,
+}
+
+impl Entry {
+    fn today(&self) -> Usage {
+        Usage {
+            events: self.shared.events + self.unflushed.events,
+            bytes: self.shared.bytes + self.unflushed.bytes,
+            queries: self.shared.queries + self.unflushed.queries,
+            scanned_bytes: self.shared.scanned_bytes + self.unflushed.scanned_bytes,
+        }
+    }
+}
+
+/// The quotas of every tenant this process serves.
+#[derive(Clone)]
+pub struct QuotaBook {
+    catalog: Catalog,
+    defaults: QuotaConfig,
+    tenants: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    /// One refresh at a time: a burst of requests for a tenant reads the catalog once.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for QuotaBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaBook")
+            .field("defaults", &self.defaults)
+            .finish()
+    }
+}
+
+/// A running query's place in its tenant's `concurrent_queries`; given back when dropped.
+#[derive(Debug)]
+pub struct QuerySlot {
+    tenants: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    tenant: TenantId,
+}
+
+impl QuerySlot {
+    fn with(&self, f: impl FnOnce(&mut Entry)) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = tenants.get_mut(&self.tenant) {
+            f(e);
+        }
+    }
+
+    /// Counts bytes of data files the query reads against `scanned_bytes_per_day`.
+    pub fn add_scanned(&self, bytes: u64) {
+        self.with(|e| e.unflushed.scanned_bytes += bytes);
+    }
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        self.with(|e| e.running = e.running.saturating_sub(1));
+    }
+}
+
+impl QuotaBook {
+    /// The book; with a runtime, a task writes usage to the catalog every `refresh_secs`.
+    pub fn new(catalog: Catalog, defaults: QuotaConfig) -> QuotaBook {
+        let book = QuotaBook {
+            catalog,
+            defaults,
+            tenants: Default::default(),
+            refreshing: Default::default(),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Holds the state weakly: the task ends with the last handle of the book.
+            let weak = Arc::downgrade(&book.tenants);
+            let (catalog, defaults, refreshing) = (
+                book.catalog.clone(),
+                book.defaults.clone(),
+                book.refreshing.clone(),
+            );
+            let every = book.refresh_every();
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(tenants) = weak.upgrade() else {
+                        return;
+                    };
+                    let book = QuotaBook {
+                        catalog: catalog.clone(),
+                        defaults: defaults.clone(),
+                        tenants,
+                        refreshing: refreshing.clone(),
+                    };
+                    book.flush().await;
+                    book.refresh_all().await;
+                }
+            });
+        }
+        book
+    }
+
+    fn refresh_every(&self) -> Duration {
+        Duration::from_secs(self.defaults.refresh_secs.max(1))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Entry>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The quotas in effect for `tenant` (read again when older than `refresh_secs`).
+    pub async fn quotas(&self, tenant: &TenantId) -> Quotas {
+        self.ensure(tenant).await;
+        self.lock()
+            .get(tenant)
+            .map(|e| e.quotas.clone())
+            .unwrap_or_else(|| Quotas::resolve(&self.defaults, &Default::default()))
+    }
+
+    /// Makes sure `tenant` has an entry, read again in the background when stale: a request
+    /// never waits for the catalog but for a tenant's first (and then for at most
+    /// [`FIRST_READ`]; an outage of the catalog must not stop ingest).
+    async fn ensure(&self, tenant: &TenantId) {
+        let stale = {
+            let mut tenants = self.lock();
+            match tenants.get_mut(tenant) {
+                Some(e) if e.refreshing || e.fetched.elapsed() < self.refresh_every() => return,
+                Some(e) => {
+                    e.refreshing = true;
+                    true
+                }
+                None => false,
+            }
+        };
+        if stale {
+            let book = self.clone();
+            let tenant = tenant.clone();
+            tokio::spawn(async move { book.refresh(&tenant).await });
+            return;
+        }
+        let _one = self.refreshing.lock().await;
+        if self.lock().contains_key(tenant) {
+            return;
+        }
+        if tokio::time::timeout(FIRST_READ, self.refresh(tenant))
+            .await
+            .is_err()
+        {
+            tracing::warn!(tenant = %tenant, "quota overrides not read in time; the defaults apply until they are");
+            let now = Instant::now();
+            let defaults = Quotas::resolve(&self.defaults, &Default::default());
+            self.lock()
+                .entry(tenant.clone())
+                .or_insert_with(|| self.entry(defaults, now));
+        }
+    }
+
+    fn entry(&self, quotas: Quotas, now: Instant) -> Entry {
+        let burst = self.defaults.burst_secs;
+        Entry {
+            events: Bucket::full(quotas.get(Quota::IngestEventsPerSec), burst, now),
+            bytes: Bucket::full(quotas.get(Quota::IngestBytesPerSec), burst, now),
+            quotas,
+            fetched: now,
+            refreshing: false,
+            started: VecDeque::new(),
+            running: 0,
+            day: today(),
+            shared: Usage::default(),
+            unflushed: Usage::default(),
+            stored_bytes: 0,
+        }
+    }
+
+    /// Reads the tenant's overrides, today's usage and stored bytes; what cannot be read
+    /// stays as it was.
+    async fn refresh(&self, tenant: &TenantId) {
+        let day = today();
+        let overrides = match self.catalog.find_tenant(tenant).await {
+            Ok(t) => Some(t.map(|t| t.quotas).unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "could not read quota overrides; keeping the last known");
+                None
+            }
+        };
+        let shared = match self.catalog.usage(tenant, &day).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "could not read usage; keeping the last known");
+                None
+            }
+        };
+        let quotas = overrides.map(|o| Quotas::resolve(&self.defaults, &o));
+        let stored_bytes = match &quotas {
+            Some(q) if q.get(Quota::StoredBytes) > 0 => {
+                self.catalog.stored_bytes(tenant).await.ok()
+            }
+            _ => None,
+        };
+        let now = Instant::now();
+        let burst = self.defaults.burst_secs;
+        let mut tenants = self.lock();
+        let entry = tenants.entry(tenant.clone()).or_insert_with(|| {
+            self.entry(
+                quotas
+                    .clone()
+                    .unwrap_or_else(|| Quotas::resolve(&self.defaults, &Default::default())),
+                now,
+            )
+        });
+        if let Some(quotas) = quotas {
+            // A changed rate starts a full bucket of the new size.
+            for (quota, bucket) in [
+                (Quota::IngestEventsPerSec, &mut entry.events),
+                (Quota::IngestBytesPerSec, &mut entry.bytes),
+            ] {
+                if entry.quotas.get(quota) != quotas.get(quota) {
+                    *bucket = Bucket::full(quotas.get(quota), burst, now);
+                }
+            }
+            entry.quotas = quotas;
+        }
+        if let Some(shared) = shared {
+            if entry.day != day {
+                entry.day = day;
+            }
+            entry.shared = shared;
+        }
+        if let Some(stored) = stored_bytes {
+            entry.stored_bytes = stored;
+        }
+        entry.fetched = now;
+        entry.refreshing = false;
+    }
+
+    /// Admits `events` events of `bytes` bytes of `tenant`, or tells which quota refuses them.
+    /// Nothing is counted for a refused request.
+    pub async fn admit_ingest(
+        &self,
+        tenant: &TenantId,
+        events: u64,
+        bytes: u64,
+    ) -> Result<Option<RateLimit>, QuotaExceeded> {
+        self.ensure(tenant).await;
+        let burst = self.defaults.burst_secs;
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        let Some(e) = tenants.get_mut(tenant) else {
+            return Ok(None);
+        };
+        let rate_of = |e: &Entry| {
+            let limit = e.quotas.get(Quota::IngestEventsPerSec);
+            (limit > 0).then(|| e.events.state(limit, burst))
+        };
+        let stored_limit = e.quotas.get(Quota::StoredBytes);
+        if stored_limit > 0 && e.stored_bytes >= stored_limit {
+            return Err(QuotaExceeded {
+                quota: Quota::StoredBytes,
+                limit: stored_limit,
+                retry_after_secs: 60,
+                message: format!(
+                    "tenant {tenant} stores {} bytes; its quota stored_bytes is {stored_limit} \
+                     (retention, erasure or a raised quota frees room)",
+                    e.stored_bytes
+                ),
+                rate: rate_of(e),
+            });
+        }
+        let events_rate = e.quotas.get(Quota::IngestEventsPerSec);
+        if events_rate > 0
+            && let Err(wait) = e.events.take(events, events_rate, burst, now)
+        {
+            return Err(rate_exceeded(
+                tenant,
+                Quota::IngestEventsPerSec,
+                events_rate,
+                events,
+                wait,
+                rate_of(e),
+            ));
+        }
+        let bytes_rate = e.quotas.get(Quota::IngestBytesPerSec);
+        if bytes_rate > 0
+            && let Err(wait) = e.bytes.take(bytes, bytes_rate, burst, now)
+        {
+            if events_rate > 0 {
+                e.events.give_back(events);
+            }
+            return Err(rate_exceeded(
+                tenant,
+                Quota::IngestBytesPerSec,
+                bytes_rate,
+                bytes,
+                wait,
+                rate_of(e),
+            ));
+        }
+        e.unflushed.events += events;
+        e.unflushed.bytes += bytes;
+        Ok(rate_of(e))
+    }
+
+    /// Counts `events` of `bytes` that a Kafka worker has already read for `tenant` (they are
+    /// never dropped), and tells how long the tenant's partitions should pause when that put
+    /// it over a quota.
+    pub async fn charge_ingest(
+        &self,
+        tenant: &TenantId,
+        events: u64,
+        bytes: u64,
+    ) -> Option<Duration> {
+        self.ensure(tenant).await;
+        let burst = self.defaults.burst_secs;
+        let now = Instant::now();
+        let refresh = self.refresh_every();
+        let mut tenants = self.lock();
+        let e = tenants.get_mut(tenant)?;
+        e.unflushed.events += events;
+        e.unflushed.bytes += bytes;
+        let stored_limit = e.quotas.get(Quota::StoredBytes);
+        let mut wait = (stored_limit > 0 && e.stored_bytes >= stored_limit).then_some(refresh);
+        for (quota, bucket, n) in [
+            (Quota::IngestEventsPerSec, &mut e.events, events),
+            (Quota::IngestBytesPerSec, &mut e.bytes, bytes),
+        ] {
+            let rate = e.quotas.get(quota);
+            if rate == 0 {
+                continue;
+            }
+            if let Some(w) = bucket.charge(n, rate, burst, now) {
+                wait = Some(wait.map_or(w, |x: Duration| x.max(w)));
+            }
+        }
+        wait
+    }
+
+    /// The ingest rate state of `tenant`, for replies that admitted nothing.
+    pub async fn ingest_rate(&self, tenant: &TenantId) -> Option<RateLimit> {
+        self.ensure(tenant).await;
+        let burst = self.defaults.burst_secs;
+        let mut tenants = self.lock();
+        let e = tenants.get_mut(tenant)?;
+        let limit = e.quotas.get(Quota::IngestEventsPerSec);
+        if limit == 0 {
+            return None;
+        }
+        e.events.refill(limit, burst, Instant::now());
+        Some(e.events.state(limit, burst))
+    }
+
+    /// Starts a query of `tenant`: within `concurrent_queries`, `queries_per_minute` and
+    /// `scanned_bytes_per_day`, or the quota that refuses it.
+    pub async fn start_query(&self, tenant: &TenantId) -> Result<QuerySlot, QuotaExceeded> {
+        self.ensure(tenant).await;
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        let e = tenants.entry(tenant.clone()).or_insert_with(|| {
+            self.entry(Quotas::resolve(&self.defaults, &Default::default()), now)
+        });
+        let refuse = |quota: Quota, limit: u64, retry_after_secs: u64, message: String| {
+            Err(QuotaExceeded {
+                quota,
+                limit,
+                retry_after_secs,
+                message,
+                rate: None,
+            })
+        };
+        let concurrent = e.quotas.get(Quota::ConcurrentQueries);
+        if concurrent > 0 && e.running >= concurrent {
+            return refuse(
+                Quota::ConcurrentQueries,
+                concurrent,
+                1,
+                format!(
+                    "Too many queries running for tenant {tenant} (quota concurrent_queries \
+                     {concurrent})"
+                ),
+            );
+        }
+        let per_minute = e.quotas.get(Quota::QueriesPerMinute);
+        while e
+            .started
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            e.started.pop_front();
+        }
+        if per_minute > 0 && e.started.len() as u64 >= per_minute {
+            let oldest = e.started.front().copied().unwrap_or(now);
+            let wait = Duration::from_secs(60).saturating_sub(now.duration_since(oldest));
+            return refuse(
+                Quota::QueriesPerMinute,
+                per_minute,
+                wait.as_secs().max(1),
+                format!(
+                    "Tenant {tenant} started {} queries in the last minute (quota \
+                     queries_per_minute {per_minute})",
+                    e.started.len()
+                ),
+            );
+        }
+        let scanned_limit = e.quotas.get(Quota::ScannedBytesPerDay);
+        let scanned = e.today().scanned_bytes;
+        if scanned_limit > 0 && scanned >= scanned_limit {
+            return refuse(
+                Quota::ScannedBytesPerDay,
+                scanned_limit,
+                seconds_to_midnight(),
+                format!(
+                    "Tenant {tenant} scanned {scanned} bytes today (quota scanned_bytes_per_day \
+                     {scanned_limit}); the count starts again at 00:00 UTC"
+                ),
+            );
+        }
+        e.running += 1;
+        e.started.push_back(now);
+        e.unflushed.queries += 1;
+        drop(tenants);
+        Ok(QuerySlot {
+            tenants: self.tenants.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// Reads every known tenant's quotas and usage again, so that an override reaches this
+    /// process within `quota.refresh_secs` whether or not the tenant sends anything.
+    async fn refresh_all(&self) {
+        let tenants: Vec<TenantId> = self.lock().keys().cloned().collect();
+        for t in tenants {
+            self.refresh(&t).await;
+        }
+    }
+
+    /// Writes what this process counted to the catalog.
+    pub async fn flush(&self) {
+        let tenants: Vec<TenantId> = self.lock().keys().cloned().collect();
+        for t in tenants {
+            self.flush_tenant(&t).await;
+        }
+    }
+
+    async fn flush_tenant(&self, tenant: &TenantId) {
+        let taken = self.lock().get_mut(tenant).map(|e| {
+            let delta = std::mem::take(&mut e.unflushed);
+            (e.day.clone(), delta)
+        });
+        let Some((day, delta)) = taken else { return };
+        if let Err(e) = self.catalog.add_usage(tenant, &day, delta).await {
+            tracing::warn!(tenant = %tenant, error = %e, "could not record usage; keeping it for the next flush");
+            if let Some(entry) = self.lock().get_mut(tenant) {
+                entry.unflushed.events += delta.events;
+                entry.unflushed.bytes += delta.bytes;
+                entry.unflushed.queries += delta.queries;
+                entry.unflushed.scanned_bytes += delta.scanned_bytes;
+            }
+            return;
+        }
+        let mut tenants = self.lock();
+        if let Some(entry) = tenants.get_mut(tenant) {
+            if entry.day == day {
+                entry.shared.events += delta.events;
+                entry.shared.bytes += delta.bytes;
+                entry.shared.queries += delta.queries;
+                entry.shared.scanned_bytes += delta.scanned_bytes;
+            }
+            let now = today();
+            if entry.day != now {
+                entry.day = now;
+                entry.shared = Usage::default();
+            }
+        }
+    }
+}
+
+fn rate_exceeded(
+    tenant: &TenantId,
+    quota: Quota,
+    rate: u64,
+    asked: u64,
+    wait: Duration,
+    state: Option<RateLimit>,
+) -> QuotaExceeded {
+    let unit = match quota {
+        Quota::IngestBytesPerSec => "bytes",
+        _ => "events",
+    };
+    QuotaExceeded {
+        quota,
+        limit: rate,
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        message: format!(
+            "tenant {tenant} is over its quota {quota} ({rate} {unit}/s): this request of \
+             {asked} {unit} was not accepted; retry after the delay in Retry-After"
+        ),
+        rate: state,
+    }
+}
+
+fn seconds_to_midnight() -> u64 {
+    let now = chrono::Utc::now();
+    let tomorrow = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc());
+    tomorrow.map_or(3600, |t| (t - now).num_seconds().max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_takes_its_burst_then_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(100, 2, t0);
+        assert!(b.take(150, 100, 2, t0).is_ok());
+        let wait = b.take(100, 100, 2, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 0.01, "{wait:?}");
+        assert!(b.take(100, 100, 2, t0 + Duration::from_millis(500)).is_ok());
+        assert_eq!(b.state(100, 2).remaining, 0);
+        assert_eq!(b.state(100, 2).reset_secs, 2);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_burst_passes_only_on_a_full_bucket() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(10, 1, t0);
+        assert!(
+            b.take(25, 10, 1, t0).is_ok(),
+            "full bucket: passes, in debt"
+        );
+        let wait = b.take(25, 10, 1, t0).unwrap_err();
+        assert!(wait >= Duration::from_secs(2), "{wait:?}");
+        assert!(b.take(25, 10, 1, t0 + Duration::from_secs(3)).is_ok());
+    }
+}

@@ -5,6 +5,7 @@ mod cli;
 mod compact;
 mod generate;
 mod kafka;
+mod listener;
 mod progress;
 mod serve;
 mod sql;

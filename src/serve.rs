@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use floe_admin::AdminState;
+use floe_catalog::quota::QuotaBook;
 use floe_catalog::{Authenticator, Catalog, Config, TokenAuthority};
 use floe_ingest::Ingest;
 use floe_ingest::http::HttpState;
@@ -94,15 +95,18 @@ pub async fn serve(
         Some(Arc::new(floe_ingest::produce::Producer::new(&config)?))
     };
     let engine = Engine::new(catalog.clone(), config.query.clone());
+    let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
     // One port: ingest, health, the Trino protocol for SQL clients, and the admin API.
-    let app = floe_ingest::http::router(HttpState {
-        ingest: ingest.clone(),
-        auth: auth.clone(),
+    let app = floe_ingest::http::router(HttpState::new(
+        ingest.clone(),
+        auth.clone(),
         producer,
-    })
+        quotas.clone(),
+    ))
     .merge(floe_query::trino::router(TrinoState::new(
         engine,
         auth.clone(),
+        quotas.clone(),
     )))
     .merge(floe_admin::router(AdminState {
         catalog: catalog.clone(),
@@ -140,11 +144,12 @@ pub async fn serve(
             stop.clone().wait(),
         ));
     }
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.clone().wait())
-            .into_future(),
-    );
+    let mut server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        config.http.clone(),
+        stop.receiver(),
+    ));
     // Either the port ends (a stop asked for, or a failure) or the stop comes first.
     let server_ended = tokio::select! {
         done = &mut server => {
@@ -161,6 +166,8 @@ pub async fn serve(
         server.abort();
     }
     ingest.shutdown(COMMIT_GRACE).await;
+    // What this process counted reaches the catalog's daily usage.
+    quotas.flush().await;
     services.shutdown().await;
     Ok(())
 }

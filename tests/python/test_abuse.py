@@ -21,7 +21,7 @@ BUSY = "abuse-busy"
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
     data = tmp_path_factory.mktemp("abuse")
-    proc, srv = start(data, "--set", "query.timeout_secs=3", "--set", "query.max_concurrent_per_tenant=2",
+    proc, srv = start(data, "--set", "query.timeout_secs=3", "--set", "quota.concurrent_queries=2",
                       "--set", "query.max_sql_bytes=65536")
     floe(data, "tenant", "create", TENANT)
     floe(data, "tenant", "create", BUSY)
@@ -161,7 +161,7 @@ def test_an_ended_query_has_given_its_slot_back(tmp_path):
     free again: back-to-back queries under a limit of one are never refused QUERY_QUEUE_FULL
     (the slot used to come back a moment after the answer: on S3 + PostgreSQL, where the
     query's runtime takes longer to wind down, this test failed every time)."""
-    proc, srv = start(tmp_path, "--set", "query.max_concurrent_per_tenant=1")
+    proc, srv = start(tmp_path, "--set", "quota.concurrent_queries=1")
     try:
         floe(tmp_path, "tenant", "create", "one-slot")
         token = srv.token("one-slot", "analyst")

@@ -465,3 +465,57 @@ def test_partitions_of_a_dead_member_are_read_again(tmp_path, brokers):
     finally:
         p.close()
         workers.stop_all()
+
+
+def test_a_tenant_over_its_quota_is_paused_not_dropped(tmp_path, brokers):
+    """A tenant whose producers write past its ingest quota straight to Kafka has its topic
+    paused: its rows arrive at about the quota's rate (the lag grows meanwhile), another
+    tenant's arrive at once, and in the end every record of both is stored exactly once."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    slow, quick = f"qs{run}", f"qq{run}"
+    for t in (slow, quick):
+        floe(data, "tenant", "create", t)
+    create_topics(brokers, [f"tenant-{t}.events" for t in (slow, quick)], partitions=2)
+    floe(data, "tenant", "set", slow, "--quota", "ingest_events_per_sec=200")
+    workers = Workers(data, brokers, f"g-{run}", rf"^tenant-({slow}|{quick})\.events$",
+                      "--set", "ingest.flush_interval_ms=200", "--set", "quota.burst_secs=1")
+    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    try:
+        for t in (slow, quick):
+            for i in range(2000):
+                p.send(f"tenant-{t}.events", value=json.dumps(event(t, i)).encode())
+        p.flush()
+        started = time.monotonic()
+        workers.start("a")
+
+        def rows(t):
+            try:
+                return table_rows(data, t, "events", ("event_id",)).num_rows
+            except Exception:
+                return 0
+
+        deadline = started + 90
+        while rows(quick) < 2000:
+            assert time.monotonic() < deadline, f"the other tenant was held up: {rows(quick)} rows"
+            time.sleep(0.3)
+        # 200/s with a 1 s burst: far from 2,000 within a few seconds of the start.
+        early = rows(slow)
+        elapsed = time.monotonic() - started
+        assert early < 200 * (elapsed + 1) + 1000, (early, elapsed)
+        assert early < 2000, f"the quota did not hold the tenant back: {early} rows after {elapsed:.1f} s"
+        while rows(slow) < 2000:
+            assert time.monotonic() < deadline, f"the paused tenant never caught up: {rows(slow)} rows"
+            time.sleep(0.5)
+        time.sleep(1)
+        for t in (slow, quick):
+            ids = table_rows(data, t, "events", ("event_id",)).column("event_id").to_pylist()
+            assert len(ids) == len(set(ids)) == 2000, t
+        workers.check_alive()
+        log = "".join((data / f).read_text() for f in os.listdir(data) if f.startswith("worker-a-"))
+        assert "over its ingest quota" in log
+    finally:
+        p.close()
+        workers.stop_all()

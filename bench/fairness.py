@@ -1,0 +1,204 @@
+"""Fairness between tenants: tenant B's ingest time-to-visible and query latency, alone and
+while tenant A floods ingest at ten times its quota and runs heavy queries, on one `floe serve`.
+
+    FLOE_BIN=target/release/floe python bench/fairness.py [--seconds 30] [--quota 5000]
+
+Both tenants get the quota `ingest_events_per_sec` (default 5,000, burst 2 s). B sends 200
+events five times a second with `?wait=visible` (its time-to-visible is send-to-reply) and runs
+`SELECT type, count(*) FROM events GROUP BY type` twice a second. A, in the second phase,
+sends 500-event batches from four connections as fast as the server answers (ten times its
+quota and more; most get 429), and two heavy queries at a time in a loop (distinct users and
+a sort over its whole table). The peer of each figure is B's own baseline in the same run.
+
+Prints a Markdown table; the figures go into BENCHMARKS.md.
+"""
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import floe_server
+from floe_server import FLOE
+
+
+def floe(data, *args):
+    return subprocess.run([FLOE, "--data-dir", str(data), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def body_of(tenant, start, n):
+    now = int(time.time())
+    return json.dumps([{"event_id": f"{tenant}-{start + i}", "type": ["PageViewed", "PurchaseMade"][i % 2],
+                        "user_id": f"u{(start + i) % 5000}", "timestamp": now - (i % 86400),
+                        "payload": {"page": f"/p/{i % 50}", "amount": i % 100}} for i in range(n)]).encode()
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+class Tenant:
+    def __init__(self, url, data, name):
+        self.url, self.name = url, name
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.ingest = floe(data, "token", "issue", "--tenant", name, "--role", "ingest", "--ttl", "2h")
+        self.analyst = floe(data, "token", "issue", "--tenant", name, "--role", "analyst", "--ttl", "2h")
+
+    def post(self, body, wait):
+        req = urllib.request.Request(f"{self.url}/v1/events" + ("?wait=visible" if wait else ""), data=body,
+                                     method="POST", headers={"Authorization": f"Bearer {self.ingest}",
+                                                             "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def query(self, sql):
+        hdrs = {"Authorization": f"Bearer {self.analyst}", "X-Trino-User": self.name}
+        req = urllib.request.Request(f"{self.url}/v1/statement", data=sql.encode(), method="POST", headers=hdrs)
+        with urllib.request.urlopen(req, timeout=120) as r:
+            page = json.loads(r.read())
+        while page.get("nextUri"):
+            with urllib.request.urlopen(urllib.request.Request(page["nextUri"], headers=hdrs), timeout=120) as r:
+                page = json.loads(r.read())
+        return page.get("error", {}).get("errorName")
+
+
+def tenant_b(b, seconds, results):
+    """B's steady load; fills `results` with time-to-visible and query latencies (ms)."""
+    stop = time.monotonic() + seconds
+    sent = [results.get("sent", 0)]
+
+    def ingest():
+        while time.monotonic() < stop:
+            t0 = time.monotonic()
+            status = b.post(body_of(b.name, sent[0], 200), wait=True)
+            sent[0] += 200
+            if status == 200:
+                results["visible"].append((time.monotonic() - t0) * 1000)
+            else:
+                results["refused"] += 1
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
+
+    def query():
+        while time.monotonic() < stop:
+            t0 = time.monotonic()
+            error = b.query("SELECT type, count(*) FROM events GROUP BY type")
+            if error is None:
+                results["query"].append((time.monotonic() - t0) * 1000)
+            else:
+                results["query_errors"].append(error)
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
+
+    threads = [threading.Thread(target=ingest), threading.Thread(target=query)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results["sent"] = sent[0]
+
+
+def tenant_a(a, seconds, stats):
+    """A's flood: four connections of 500-event batches, as fast as answered; two heavy
+    queries at a time."""
+    stop = time.monotonic() + seconds
+    bodies = [body_of(a.name, i * 500, 500) for i in range(200)]
+
+    def flood(k):
+        conn = http.client.HTTPConnection(a.host, int(a.port), timeout=60)
+        i = k
+        while time.monotonic() < stop:
+            conn.request("POST", "/v1/events", body=bodies[i % len(bodies)],
+                         headers={"Authorization": f"Bearer {a.ingest}", "Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            stats["attempted"] += 500
+            if r.status == 200:
+                stats["accepted"] += 500
+            elif r.status == 429:
+                stats["429"] += 1
+            i += 4
+
+    def heavy():
+        sqls = ["SELECT count(DISTINCT user_id), count(DISTINCT event_id) FROM events",
+                "SELECT event_id, payload FROM events ORDER BY payload DESC, event_id LIMIT 10"]
+        i = 0
+        while time.monotonic() < stop:
+            error = a.query(sqls[i % 2])
+            stats["queries"] += 1
+            if error:
+                stats["query_errors"] += 1
+            i += 1
+
+    threads = [threading.Thread(target=flood, args=(k,)) for k in range(4)]
+    threads += [threading.Thread(target=heavy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def summary(label, r):
+    return (f"| {label} | {pct(r['visible'], 50):.0f} ms | {pct(r['visible'], 99):.0f} ms | "
+            f"{pct(r['query'], 50):.0f} ms | {pct(r['query'], 99):.0f} ms | {len(r['visible'])} / "
+            f"{len(r['query'])} | {r['refused']} / {len(r['query_errors'])} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--quota", type=int, default=5000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="floe-fair-"))
+    data = tmp / "floe"
+    data.mkdir()
+    proc, _, url = floe_server.start(data, tmp / "serve.log", extra=(
+        "--set", f"quota.ingest_events_per_sec={args.quota}", "--set", "quota.refresh_secs=1",
+        "--set", "compaction.interval_secs=0"))
+    try:
+        for t in ("tenant-a", "tenant-b"):
+            floe(data, "tenant", "create", t)
+        a, b = Tenant(url, data, "tenant-a"), Tenant(url, data, "tenant-b")
+        # A's table holds something to query before the flood starts.
+        for i in range(40):
+            a.post(body_of(a.name, 1_000_000 + i * 500, 500), wait=False)
+            time.sleep(0.1)
+        fresh = lambda: {"visible": [], "query": [], "refused": 0, "query_errors": []}  # noqa: E731
+        solo = fresh()
+        tenant_b(b, args.seconds, solo)
+        contended = fresh()
+        contended["sent"] = solo["sent"]
+        stats = {"attempted": 0, "accepted": 0, "429": 0, "queries": 0, "query_errors": 0}
+        started = time.monotonic()
+        flood = tenant_a(a, args.seconds, stats)
+        tenant_b(b, args.seconds, contended)
+        for t in flood:
+            t.join()
+        elapsed = time.monotonic() - started
+    finally:
+        floe_server.stop(proc)
+    print(f"quota ingest_events_per_sec = {args.quota} for both tenants; {args.seconds} s per phase\n")
+    print("| tenant B | time-to-visible p50 | p99 | query p50 | p99 | samples (ingest / queries) | refused (ingest / queries) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(summary("alone", solo))
+    print(summary("while A floods", contended))
+    ratio_v = pct(contended["visible"], 99) / pct(solo["visible"], 99)
+    ratio_q = pct(contended["query"], 99) / pct(solo["query"], 99)
+    print(f"\nB's p99 under A's flood / alone: time-to-visible {ratio_v:.2f}x, query {ratio_q:.2f}x")
+    print(f"A: attempted {stats['attempted'] / elapsed:,.0f} events/s, accepted {stats['accepted'] / elapsed:,.0f} "
+          f"events/s ({stats['429']} replies 429), {stats['queries']} heavy queries ({stats['query_errors']} refused)")
+
+
+if __name__ == "__main__":
+    main()

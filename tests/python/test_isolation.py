@@ -1,0 +1,272 @@
+"""Tenant isolation of resources, tried as a careless or hostile tenant would with the tokens it
+gets: memory bombs in SQL, results never fetched, slow bodies, unfinished headers, quota
+floods. The server stays up, its memory stays within its budgets, and another tenant keeps
+being answered within 2 s."""
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import floe, healthy, post, start, statement, stop
+
+MIB = 1 << 20
+
+
+def rss_bytes(proc):
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def peak_rss_bytes(proc):
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def events(n, prefix="e", start_at=0):
+    return [{"event_id": f"{prefix}-{i}", "type": "PageViewed", "user_id": f"u{i % 7}",
+             "timestamp": 1_700_000_000 + i, "payload": {"page": f"/p{i % 5}"}}
+            for i in range(start_at, start_at + n)]
+
+
+def other_tenant_answers(srv, token, label):
+    """Another tenant's 10-event request and a query, each within 2 s."""
+    t0 = time.monotonic()
+    reply = post(srv.url, token["ingest"], events(10, prefix=f"b-{label}-{time.time_ns()}"), wait=False)
+    assert reply["accepted"] == 10, reply
+    took = time.monotonic() - t0
+    assert took < 2, f"{label}: the other tenant's ingest took {took:.1f} s"
+    t0 = time.monotonic()
+    body = statement(srv, token["analyst"], "SELECT 1")
+    assert "error" not in body, body
+    took = time.monotonic() - t0
+    assert took < 2, f"{label}: the other tenant's query took {took:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    data = tmp_path_factory.mktemp("isolation")
+    proc, srv = start(data,
+                      "--set", "query.memory_limit_bytes=256MiB",
+                      "--set", "query.memory_total_bytes=512MiB",
+                      "--set", "query.memory_wait_ms=500",
+                      "--set", "http.header_read_timeout_ms=2000",
+                      "--set", "http.body_grace_ms=1000",
+                      "--set", "http.body_min_bytes_per_sec=4096",
+                      "--set", "ingest.max_concurrent_requests=32",
+                      "--set", "ingest.max_concurrent_requests_per_tenant=8",
+                      "--set", "ingest.slot_wait_ms=1000")
+    for t in ("hog", "calm"):
+        floe(data, "tenant", "create", t)
+    srv.proc = proc
+    srv.calm = {"ingest": srv.token("calm", "ingest"), "analyst": srv.token("calm", "analyst")}
+    yield srv
+    stop(proc)
+
+
+def error_of(srv, token, sql):
+    body = statement(srv, token, sql)
+    assert "error" in body, body
+    return body["error"]
+
+
+def test_memory_bombs_in_sql_are_refused_and_the_server_stays_small(guarded):
+    """`range` and `repeat` made gigabytes no pool counted (+3 GB and +5.7 GB of RSS with a
+    viewer token); now the value's size is reserved before it is made, and refused past the
+    query's memory."""
+    viewer = guarded.token("hog", "viewer")
+    before = rss_bytes(guarded.proc)
+    for sql in ["SELECT cardinality(range(0, 400000000))",
+                "SELECT length(repeat('x', 1500000000))",
+                "SELECT cardinality(array_repeat(1, 400000000))",
+                "SELECT length(lpad('x', 1500000000, 'y'))",
+                "SELECT count(*) FROM (SELECT unnest(generate_series(1, 400000000)))"]:
+        e = error_of(guarded, viewer, sql)
+        assert e["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql, e)
+        assert "query.memory_limit_bytes" in e["message"], e
+    # `||` doubling through common table expressions: one SQL line per doubling, 2^33 bytes at
+    # the end; stopped at the first step past the limit, whether folded while planning or run.
+    post(guarded.url, guarded.token("hog", "ingest"), events(3, prefix="seed"))
+    ctes = ["a0 AS (SELECT 'x' AS s)"] + [f"a{i} AS (SELECT s || s AS s FROM a{i - 1})" for i in range(1, 34)]
+    for source in ("", " FROM events"):
+        seed = "SELECT 'x' AS s" + source
+        sql = "WITH " + ", ".join([f"a0 AS ({seed})"] + ctes[1:]) + " SELECT length(s) FROM a33"
+        e = error_of(guarded, viewer if not source else guarded.token("hog", "analyst"), sql)
+        assert e["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql, e)
+    # Three at once, as the attack that took the machine down.
+    errors = []
+
+    def bomb():
+        errors.append(error_of(guarded, viewer, "SELECT length(repeat('x', 1500000000))"))
+
+    threads = [threading.Thread(target=bomb) for _ in range(3)]
+    for t in threads:
+        t.start()
+    other_tenant_answers(guarded, guarded.calm, "during memory bombs")
+    for t in threads:
+        t.join()
+    assert [e["errorName"] for e in errors] == ["EXCEEDED_MEMORY_LIMIT"] * 3
+    assert healthy(guarded)
+    grown = rss_bytes(guarded.proc) - before
+    assert grown < 300 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
+    assert peak_rss_bytes(guarded.proc) < 1200 * MIB, "peak RSS beyond the budgets"
+    # Just under the limit is still a query.
+    body = statement(guarded, viewer, "SELECT cardinality(range(0, 1000000))")
+    assert body["data"] == [[1000000]], body
+
+
+def test_results_never_fetched_hold_no_more_than_the_query_memory(guarded):
+    """60 queries of large results whose pages are never fetched: each holds at most a couple
+    of batches, counted in its query's pool; the tenant's queries past its quota are refused,
+    not queued in memory; the other tenant is answered."""
+    token = guarded.token("hog", "analyst")
+    before = rss_bytes(guarded.proc)
+    outcomes = []
+    for i in range(60):
+        req = urllib.request.Request(
+            f"{guarded.url}/v1/statement",
+            data=f"SELECT x, repeat('y', 200) AS pad FROM unnest(range({i}, 120000)) AS t(x)".encode(),
+            headers={"Authorization": f"Bearer {token}", "X-Trino-User": "hog"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = json.loads(r.read())
+        # Only the first page: the query starts, its results wait for a client that never comes.
+        with urllib.request.urlopen(urllib.request.Request(body["nextUri"], headers={
+                "Authorization": f"Bearer {token}"}), timeout=10) as r:
+            page = json.loads(r.read())
+        outcomes.append(page.get("error", {}).get("errorName", "RUNNING"))
+    assert "RUNNING" in outcomes, outcomes
+    assert set(outcomes) <= {"RUNNING", "QUERY_QUEUE_FULL"}, outcomes
+    time.sleep(1)
+    grown = rss_bytes(guarded.proc) - before
+    assert grown < 400 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
+    other_tenant_answers(guarded, guarded.calm, "with unfetched results")
+
+
+def test_slow_bodies_and_unfinished_headers_do_not_starve_another_tenant(guarded):
+    """80 request bodies trickling in and 400 connections that never finish their headers, all
+    from one tenant: another tenant's requests are answered within 2 s, the slow bodies get
+    408, and the unfinished connections are closed by the header timeout."""
+    token = guarded.token("hog", "ingest")
+    host, port = "127.0.0.1", guarded.port
+    slow, unfinished = [], []
+    for _ in range(80):
+        s = socket.create_connection((host, port))
+        s.sendall((f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n[").encode())
+        slow.append(s)
+    for _ in range(400):
+        s = socket.create_connection((host, port))
+        s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        unfinished.append(s)
+    other_tenant_answers(guarded, guarded.calm, "under slow bodies")
+    # A body that stops is far below the minimum rate: 408 once the grace is over (or 503 for
+    # the requests that waited in vain for one of their tenant's slots).
+    statuses = []
+    for s in slow:
+        s.settimeout(10)
+        statuses.append(s.recv(200).split(b"\r\n", 1)[0].decode())
+    assert all(" 408 " in line or " 503 " in line for line in statuses), statuses
+    assert sum(" 408 " in line for line in statuses) >= 8, statuses
+    # Header timeout (2 s): every unfinished connection is closed by the server.
+    deadline = time.monotonic() + 10
+    for s in unfinished:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            assert s.recv(100) is not None
+        except socket.timeout:
+            pytest.fail("a connection that never finished its headers was still open after 10 s")
+        except ConnectionResetError:
+            pass
+    for s in slow + unfinished:
+        s.close()
+    other_tenant_answers(guarded, guarded.calm, "after the flood")
+    assert healthy(guarded)
+
+
+def send(srv, token, body):
+    req = urllib.request.Request(f"{srv.url}/v1/events", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def test_ingest_quota_headers_429_and_nothing_accepted_is_lost(tmp_path):
+    """A quota set on a running server applies within seconds; every reply carries the rate
+    headers; past the quota the reply is 429 with Retry-After and names the quota; every event
+    that was accepted is stored."""
+    proc, srv = start(tmp_path, "--set", "quota.refresh_secs=1", "--set", "quota.burst_secs=1")
+    try:
+        floe(tmp_path, "tenant", "create", "metered")
+        token = srv.token("metered", "ingest")
+        status, headers, body = send(srv, token, events(5, prefix="warm"))
+        assert status == 200 and int(headers["X-RateLimit-Limit"]) == 1_000_000, headers
+        floe(tmp_path, "tenant", "set", "metered", "--quota", "ingest_events_per_sec=100")
+        deadline = time.monotonic() + 10
+        while True:
+            status, headers, body = send(srv, token, [])
+            if headers.get("X-RateLimit-Limit") == "100":
+                break
+            assert time.monotonic() < deadline, f"the new quota never reached the server: {headers}"
+            time.sleep(0.3)
+        accepted, refused = 5, 0
+        for batch in range(20):
+            status, headers, body = send(srv, token, events(40, prefix=f"q{batch}"))
+            for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+                assert h in headers, (h, headers)
+            if status == 200:
+                accepted += body["accepted"]
+            else:
+                assert status == 429, (status, body)
+                assert body["error"]["code"] == "quota_exceeded"
+                assert body["error"]["quota"] == "ingest_events_per_sec"
+                assert int(headers["Retry-After"]) >= 1
+                refused += 1
+        assert refused > 0 and accepted > 5, (accepted, refused)
+        # Every accepted event is stored, no refused one is.
+        count = statement(srv, srv.token("metered", "analyst"), "SELECT count(*) FROM events")
+        deadline = time.monotonic() + 10
+        while count.get("data") != [[accepted]]:
+            assert time.monotonic() < deadline, (count, accepted)
+            time.sleep(0.3)
+            count = statement(srv, srv.token("metered", "analyst"), "SELECT count(*) FROM events")
+        shown = floe(tmp_path, "tenant", "show", "metered")
+        assert "ingest_events_per_sec\t100\ttenant" in shown, shown
+        assert "stored_bytes\tunlimited\tdefault" in shown, shown
+    finally:
+        stop(proc)
+
+
+def test_query_quotas_fail_with_a_trino_error_naming_them(tmp_path):
+    proc, srv = start(tmp_path, "--set", "quota.refresh_secs=1")
+    try:
+        floe(tmp_path, "tenant", "create", "counted")
+        floe(tmp_path, "tenant", "set", "counted", "--quota", "queries_per_minute=3")
+        token = srv.token("counted", "analyst")
+        for _ in range(3):
+            assert "error" not in statement(srv, token, "SELECT 1")
+        e = statement(srv, token, "SELECT 1")["error"]
+        assert e["errorName"] == "QUOTA_EXCEEDED" and "queries_per_minute" in e["message"], e
+        assert e["errorType"] == "INSUFFICIENT_RESOURCES", e
+        # Scanned bytes per day: one query that reads the table uses the day's allowance.
+        floe(tmp_path, "tenant", "set", "counted", "--quota", "queries_per_minute=default",
+             "--quota", "scanned_bytes_per_day=1")
+        post(srv.url, srv.token("counted", "ingest"), events(100, prefix="s"))
+        time.sleep(3)  # the server reads overrides every second
+        assert "error" not in statement(srv, token, "SELECT count(DISTINCT user_id) FROM events")
+        e = statement(srv, token, "SELECT count(DISTINCT user_id) FROM events")["error"]
+        assert e["errorName"] == "QUOTA_EXCEEDED" and "scanned_bytes_per_day" in e["message"], e
+    finally:
+        stop(proc)

@@ -1,13 +1,13 @@
 """Fairness between tenants: tenant B's ingest time-to-visible and query latency, alone and
 while tenant A floods ingest at ten times its quota and runs heavy queries, on one `floe serve`.
 
-    FLOE_BIN=target/release/floe python bench/fairness.py [--seconds 30] [--quota 5000]
+    FLOE_BIN=target/release/floe python bench/fairness.py [--seconds 30] [--quota 5000] [--flood 10]
 
 Both tenants get the quota `ingest_events_per_sec` (default 5,000, burst 2 s). B sends 200
 events five times a second with `?wait=visible` (its time-to-visible is send-to-reply) and runs
 `SELECT type, count(*) FROM events GROUP BY type` twice a second. A, in the second phase,
-sends 500-event batches from four connections as fast as the server answers (ten times its
-quota and more; most get 429), and two heavy queries at a time in a loop (distinct users and
+sends 500-event batches from four connections at ten times its quota (`--flood`; 0 sends as
+fast as the server answers; most get 429), and two heavy queries at a time in a loop (distinct users and
 a sort over its whole table). The peer of each figure is B's own baseline in the same run.
 
 Prints a Markdown table; the figures go into BENCHMARKS.md.
@@ -110,16 +110,20 @@ def tenant_b(b, seconds, results):
     results["sent"] = sent[0]
 
 
-def tenant_a(a, seconds, stats):
-    """A's flood: four connections of 500-event batches, as fast as answered; two heavy
-    queries at a time."""
+def tenant_a(a, seconds, stats, rate):
+    """A's flood: four connections of 500-event batches at `rate` events/s in all (0: as fast
+    as answered); two heavy queries at a time."""
     stop = time.monotonic() + seconds
+    gap = 4 * 500 / rate if rate else 0.0
     bodies = [body_of(a.name, i * 500, 500) for i in range(200)]
 
     def flood(k):
         conn = http.client.HTTPConnection(a.host, int(a.port), timeout=60)
         i = k
+        next_at = time.monotonic()
         while time.monotonic() < stop:
+            next_at += gap
+            time.sleep(max(0.0, next_at - time.monotonic()))
             conn.request("POST", "/v1/events", body=bodies[i % len(bodies)],
                          headers={"Authorization": f"Bearer {a.ingest}", "Content-Type": "application/json"})
             r = conn.getresponse()
@@ -159,6 +163,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--quota", type=int, default=5000)
+    ap.add_argument("--flood", type=float, default=10,
+                    help="A's attempted rate as a multiple of its quota (0: as fast as answered)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="floe-fair-"))
     data = tmp / "floe"
@@ -181,7 +187,7 @@ def main():
         contended["sent"] = solo["sent"]
         stats = {"attempted": 0, "accepted": 0, "429": 0, "queries": 0, "query_errors": 0}
         started = time.monotonic()
-        flood = tenant_a(a, args.seconds, stats)
+        flood = tenant_a(a, args.seconds, stats, int(args.flood * args.quota))
         tenant_b(b, args.seconds, contended)
         for t in flood:
             t.join()

@@ -17,20 +17,21 @@ from conftest import floe, healthy, post, start, statement, stop
 MIB = 1 << 20
 
 
-def rss_bytes(proc):
+def status_bytes(proc, field):
+    """A size from /proc/PID/status (VmRSS: resident now, VmHWM: the peak)."""
     with open(f"/proc/{proc.pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def rss_bytes(proc):
+    return status_bytes(proc, "VmRSS")
 
 
 def peak_rss_bytes(proc):
-    with open(f"/proc/{proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    return status_bytes(proc, "VmHWM")
 
 
 def events(n, prefix="e", start_at=0):

@@ -213,10 +213,6 @@ impl QueryPool {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.give_back(&self.tenant, bytes);
     }
-
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 impl Drop for QueryPool {

@@ -307,7 +307,8 @@ pub struct QueryConfig {
     pub max_sql_bytes: usize,
     /// Deepest nesting the SQL parser accepts (parentheses, subqueries); deeper is refused.
     pub max_sql_depth: usize,
-    /// Most binary operators (`+`, `=`, `AND`, …) one statement may hold; more is refused.
+    /// Most operators (`+`, `=`, `AND`, `::`, `[…]`, `IS`, `LIKE`, …), set operations and joins
+    /// one statement may hold; more is refused.
     pub max_sql_operators: usize,
     /// Queries one tenant may run at once; past it, `QUERY_QUEUE_FULL`.
     pub max_concurrent_per_tenant: usize,

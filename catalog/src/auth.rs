@@ -214,17 +214,22 @@ pub fn parse_ttl(s: &str) -> Result<Duration> {
             "bad duration {s:?}: expected e.g. 90s, 15m, 1h, 7d"
         ))
     })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => {
             return Err(Error::invalid(format!(
                 "bad duration unit in {s:?}: use s, m, h or d"
             )));
         }
     };
+    // Checked: an unchecked product wrapped around in release builds (a huge --ttl became a
+    // short one that passed the maximum) and panicked in debug builds.
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| Error::invalid(format!("duration {s:?} is too long")))?;
     if secs == 0 {
         return Err(Error::invalid("a duration must be positive"));
     }
@@ -306,6 +311,7 @@ mod tests {
         assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
         assert!(parse_ttl("1y").is_err());
         assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("214000000000000d").is_err());
     }
 }
 

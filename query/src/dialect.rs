@@ -54,11 +54,11 @@ pub struct Translated {
 }
 
 /// Translates one Trino statement. `max_depth` bounds the parser's recursion and `max_operators`
-/// the binary operators (each one level of the expression tree, which later passes walk
-/// recursively), so deeply nested or very long expressions are refused rather than exhausting
-/// the stack.
+/// the operators, set operations and joins (each one level of the expression or query tree,
+/// which later passes walk recursively; see `adds_a_level`), so deeply nested or very long
+/// expressions are refused rather than exhausting the stack.
 pub fn translate(sql: &str, max_depth: usize, max_operators: usize) -> Result<Translated, Error> {
-    let (sql, snapshots) = rewrite_tokens(sql, max_operators)?;
+    let (sql, snapshots) = rewrite_tokens(sql, max_depth, max_operators)?;
     let dialect = GenericDialect {};
     let mut statements = DFParserBuilder::new(sql.as_str())
         .with_dialect(&dialect)
@@ -301,35 +301,16 @@ fn parse_expr(text: &str) -> Result<Expr, Error> {
 }
 
 /// The token pass: time travel and zoned timestamp literals.
-fn rewrite_tokens(sql: &str, max_operators: usize) -> Result<(String, Vec<SnapshotRef>), Error> {
+fn rewrite_tokens(
+    sql: &str,
+    max_depth: usize,
+    max_operators: usize,
+) -> Result<(String, Vec<SnapshotRef>), Error> {
     let dialect = GenericDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::Syntax(e.to_string()))?;
-    let operators = tokens
-        .iter()
-        .filter(|t| {
-            matches!(
-                &t.token,
-                Token::Plus
-                    | Token::Minus
-                    | Token::Mul
-                    | Token::Div
-                    | Token::Mod
-                    | Token::StringConcat
-                    | Token::Eq
-                    | Token::DoubleEq
-                    | Token::Neq
-                    | Token::Lt
-                    | Token::Gt
-                    | Token::LtEq
-                    | Token::GtEq
-                    | Token::Caret
-                    | Token::Ampersand
-                    | Token::Pipe
-            ) || matches!(&t.token, Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR))
-        })
-        .count();
+    let operators = tokens.iter().filter(|t| adds_a_level(&t.token)).count();
     if operators > max_operators {
         return Err(Error::Syntax(format!(
             "SQL has {operators} operators; the limit is {max_operators} (query.max_sql_operators)"
@@ -339,6 +320,7 @@ fn rewrite_tokens(sql: &str, max_operators: usize) -> Result<(String, Vec<Snapsh
     let sig: Vec<usize> = (0..tokens.len())
         .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_) | Token::EOF))
         .collect();
+    check_nesting(&tokens, &sig, max_depth)?;
     let offsets = LineOffsets::new(sql);
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let mut snapshots = Vec::new();
@@ -447,6 +429,213 @@ fn rewrite_tokens(sql: &str, max_operators: usize) -> Result<(String, Vec<Snapsh
     }
     out.push_str(&sql[at..]);
     Ok((out, snapshots))
+}
+
+/// Whether `token` is an operator: binary, postfix (`::` casts, `[…]` subscripts, `IS`, `IN`,
+/// `LIKE`, `AT TIME ZONE`, `COLLATE`, …), a set operation or a join. Each one adds a level to
+/// the expression or query tree, which the planner and optimizer walk recursively: a chain of
+/// 20,000 `IS NULL`s, `::bigint`s or `UNION ALL SELECT`s overflowed the query thread's stack.
+fn adds_a_level(token: &Token) -> bool {
+    match token {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::RLIKE
+                | Keyword::REGEXP
+                | Keyword::SIMILAR
+                | Keyword::BETWEEN
+                | Keyword::AT
+                | Keyword::COLLATE
+                | Keyword::DIV
+                | Keyword::OVERLAPS
+                | Keyword::UNION
+                | Keyword::INTERSECT
+                | Keyword::EXCEPT
+                | Keyword::MINUS
+                | Keyword::JOIN
+        ),
+        Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::DuckIntDiv
+        | Token::Mod
+        | Token::StringConcat
+        | Token::Eq
+        | Token::DoubleEq
+        | Token::Neq
+        | Token::Lt
+        | Token::Gt
+        | Token::LtEq
+        | Token::GtEq
+        | Token::Spaceship
+        | Token::Caret
+        | Token::Ampersand
+        | Token::Pipe
+        | Token::DoubleColon
+        | Token::LBracket
+        | Token::RArrow
+        | Token::Sharp
+        | Token::DoubleSharp
+        | Token::Tilde
+        | Token::TildeAsterisk
+        | Token::ExclamationMarkTilde
+        | Token::ExclamationMarkTildeAsterisk
+        | Token::DoubleTilde
+        | Token::DoubleTildeAsterisk
+        | Token::ExclamationMarkDoubleTilde
+        | Token::ExclamationMarkDoubleTildeAsterisk
+        | Token::ShiftLeft
+        | Token::ShiftRight
+        | Token::Overlap
+        | Token::ExclamationMark
+        | Token::DoubleExclamationMark
+        | Token::AtSign
+        | Token::CaretAt
+        | Token::PGSquareRoot
+        | Token::PGCubeRoot
+        | Token::Arrow
+        | Token::LongArrow
+        | Token::HashArrow
+        | Token::HashLongArrow
+        | Token::AtDashAt
+        | Token::QuestionMarkDash
+        | Token::AmpersandLeftAngleBracket
+        | Token::AmpersandRightAngleBracket
+        | Token::AmpersandLeftAngleBracketVerticalBar
+        | Token::VerticalBarAmpersandRightAngleBracket
+        | Token::TwoWayArrow
+        | Token::LeftAngleBracketCaret
+        | Token::RightAngleBracketCaret
+        | Token::QuestionMarkSharp
+        | Token::QuestionMarkDashVerticalBar
+        | Token::QuestionMarkDoubleVerticalBar
+        | Token::TildeEqual
+        | Token::ShiftLeftVerticalBar
+        | Token::VerticalBarShiftRight
+        | Token::VerticalBarRightAngleBracket
+        | Token::AtArrow
+        | Token::ArrowAt
+        | Token::HashMinus
+        | Token::AtQuestion
+        | Token::AtAt
+        | Token::Question
+        | Token::QuestionAnd
+        | Token::QuestionPipe
+        | Token::CustomBinaryOperator(_) => true,
+        _ => false,
+    }
+}
+
+/// Keywords before a bracket whose content is worked through twice, so that nesting them
+/// doubles the work per level:
+/// - special forms (`CAST(x AS t)`, `ARRAY[…]`, `EXTRACT(…)`, `NOT (…)`, …), which sqlparser,
+///   when one fails, parses again from the start as a plain function call or subscript
+///   (`Parser::parse_prefix`): 25 nested `CAST(` around a typo took minutes, and stopping at
+///   the recursion limit counts as failing;
+/// - `AS (` and `MATERIALIZED (`, the body of a common table expression, which DataFusion plans
+///   twice: 20 `WITH`s nested in one another took a second to plan, 61 did not finish.
+const READ_TWICE: &[Keyword] = &[
+    Keyword::AS,
+    Keyword::MATERIALIZED,
+    Keyword::ARRAY,
+    Keyword::CASE,
+    Keyword::CAST,
+    Keyword::TRY_CAST,
+    Keyword::SAFE_CAST,
+    Keyword::CONVERT,
+    Keyword::TRY_CONVERT,
+    Keyword::EXTRACT,
+    Keyword::CEIL,
+    Keyword::FLOOR,
+    Keyword::POSITION,
+    Keyword::SUBSTR,
+    Keyword::SUBSTRING,
+    Keyword::OVERLAY,
+    Keyword::NOT,
+    Keyword::CURRENT_CATALOG,
+    Keyword::CURRENT_USER,
+    Keyword::SESSION_USER,
+    Keyword::USER,
+    Keyword::CURRENT_TIMESTAMP,
+    Keyword::CURRENT_TIME,
+    Keyword::CURRENT_DATE,
+    Keyword::LOCALTIME,
+    Keyword::LOCALTIMESTAMP,
+    Keyword::MAP,
+    Keyword::MATCH,
+    Keyword::LAMBDA,
+    Keyword::PRIOR,
+    Keyword::CIRCLE,
+    Keyword::BOX,
+    Keyword::PATH,
+    Keyword::LINE,
+    Keyword::LSEG,
+    Keyword::POINT,
+    Keyword::POLYGON,
+];
+
+/// Refuses, before the parser sees them, statements that would make parsing or planning work
+/// far more than linearly (see [`READ_TWICE`]):
+/// - brackets and `CASE … END` nested deeper than `max_depth` (each is at least one level of
+///   the parser's recursion, so these would be refused anyway, but only after the parser has
+///   retried every enclosing form that failed with them);
+/// - too much re-reading: a token costs 2^d reads, d being how many [`READ_TWICE`] brackets hold
+///   it, and the total may be at most four reads per token (or 65,536 for short statements).
+fn check_nesting(tokens: &[TokenWithSpan], sig: &[usize], max_depth: usize) -> Result<(), Error> {
+    /// An open bracket (whether a [`READ_TWICE`] keyword stands before it), or an open `CASE`.
+    enum Open {
+        Bracket { read_twice: bool },
+        Case,
+    }
+    let too_deep = |what: &str| {
+        Err(Error::Syntax(format!(
+            "SQL is nested too deeply ({what}; query.max_sql_depth is {max_depth})"
+        )))
+    };
+    let mut open: Vec<Open> = Vec::new();
+    let mut doubling = 0u32;
+    let mut reads: u64 = 0;
+    for (n, &i) in sig.iter().enumerate() {
+        match &tokens[i].token {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let read_twice = n > 0
+                    && matches!(&tokens[sig[n - 1]].token,
+                        Token::Word(w) if READ_TWICE.contains(&w.keyword));
+                open.push(Open::Bracket { read_twice });
+                doubling += u32::from(read_twice);
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if let Some(Open::Bracket { read_twice }) = open.last() {
+                    doubling -= u32::from(*read_twice);
+                    open.pop();
+                }
+            }
+            Token::Word(w) if w.keyword == Keyword::CASE => open.push(Open::Case),
+            Token::Word(w) if w.keyword == Keyword::END => {
+                if let Some(Open::Case) = open.last() {
+                    open.pop();
+                }
+            }
+            _ => {}
+        }
+        if open.len() > max_depth {
+            return too_deep("brackets or CASE expressions");
+        }
+        reads = reads.saturating_add(1u64 << doubling.min(63));
+    }
+    if reads > (sig.len() as u64).saturating_mul(4).max(1 << 16) {
+        return too_deep(
+            "CAST(...), ARRAY[...], NOT (...), WITH ... AS (...) and the like inside one another",
+        );
+    }
+    Ok(())
 }
 
 /// The dotted name that ends right before `sig[k]`: its parts, and the `sig` index of its last.

@@ -244,7 +244,8 @@ pub struct QueryConfig {
     pub max_sql_bytes: usize,
     /// Deepest nesting the SQL parser accepts (parentheses, subqueries); deeper is refused.
     pub max_sql_depth: usize,
-    /// Most binary operators (`+`, `=`, `AND`, …) one statement may hold; more is refused.
+    /// Most operators (`+`, `=`, `AND`, `::`, `[…]`, `IS`, `LIKE`, …), set operations and joins
+    /// one statement may hold; more is refused.
     pub max_sql_operators: usize,
     /// Rows per page of the Trino protocol (pages are also cut at about 1 MiB).
     pub page_rows: usize,

@@ -5,10 +5,13 @@ while tenant A floods ingest at ten times its quota and runs heavy queries, on o
 
 Both tenants get the quota `ingest_events_per_sec` (default 5,000, burst 2 s). B sends 200
 events five times a second with `?wait=visible` (its time-to-visible is send-to-reply) and runs
-`SELECT type, count(*) FROM events GROUP BY type` twice a second. A, in the second phase,
-sends 500-event batches from four connections at ten times its quota (`--flood`; 0 sends as
-fast as the server answers; most get 429), and two heavy queries at a time in a loop (distinct users and
-a sort over its whole table). The peer of each figure is B's own baseline in the same run.
+`SELECT type, count(*) FROM events GROUP BY type` five times a second (enough samples for a
+p99). A's table is loaded first (`--a-events`, 500,000, with its quota lifted for the load).
+A, in the second phase, sends 500-event batches from four connections at ten times its quota
+(`--flood`; 0 sends as fast as the server answers; -1 not at all; most get 429), and runs two
+heavy queries at a time in a loop (distinct users and a sort over its whole table; `--heavy`). A runs in a process of its own, so that its client
+work does not hold up B's client (one Python process would share one interpreter lock). The peer
+of each figure is B's own baseline in the same run.
 
 Prints a Markdown table; the figures go into BENCHMARKS.md.
 """
@@ -16,6 +19,7 @@ Prints a Markdown table; the figures go into BENCHMARKS.md.
 import argparse
 import http.client
 import json
+import multiprocessing
 import statistics
 import subprocess
 import tempfile
@@ -65,15 +69,27 @@ class Tenant:
         except urllib.error.HTTPError as e:
             return e.code
 
+    def count(self):
+        return int(self.rows("SELECT count(*) FROM events")[0][0])
+
     def query(self, sql):
+        return self.rows(sql, error_only=True)
+
+    def rows(self, sql, error_only=False):
         hdrs = {"Authorization": f"Bearer {self.analyst}", "X-Trino-User": self.name}
         req = urllib.request.Request(f"{self.url}/v1/statement", data=sql.encode(), method="POST", headers=hdrs)
         with urllib.request.urlopen(req, timeout=120) as r:
             page = json.loads(r.read())
+        data = page.get("data", [])
         while page.get("nextUri"):
             with urllib.request.urlopen(urllib.request.Request(page["nextUri"], headers=hdrs), timeout=120) as r:
                 page = json.loads(r.read())
-        return page.get("error", {}).get("errorName")
+            data += page.get("data", [])
+        error = page.get("error", {}).get("errorName")
+        if error_only:
+            return error
+        assert error is None, f"{sql}: {error}"
+        return data
 
 
 def tenant_b(b, seconds, results):
@@ -100,7 +116,7 @@ def tenant_b(b, seconds, results):
                 results["query"].append((time.monotonic() - t0) * 1000)
             else:
                 results["query_errors"].append(error)
-            time.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
 
     threads = [threading.Thread(target=ingest), threading.Thread(target=query)]
     for t in threads:
@@ -110,9 +126,11 @@ def tenant_b(b, seconds, results):
     results["sent"] = sent[0]
 
 
-def tenant_a(a, seconds, stats, rate):
+def tenant_a(a, seconds, rate, heavies, out):
     """A's flood: four connections of 500-event batches at `rate` events/s in all (0: as fast
-    as answered); two heavy queries at a time."""
+    as answered; None: no flood); `heavies` heavy queries at a time. Puts its counts on `out`
+    when done."""
+    stats = {"attempted": 0, "accepted": 0, "429": 0, "queries": 0, "query_errors": 0}
     stop = time.monotonic() + seconds
     gap = 4 * 500 / rate if rate else 0.0
     bodies = [body_of(a.name, i * 500, 500) for i in range(200)]
@@ -146,11 +164,13 @@ def tenant_a(a, seconds, stats, rate):
                 stats["query_errors"] += 1
             i += 1
 
-    threads = [threading.Thread(target=flood, args=(k,)) for k in range(4)]
-    threads += [threading.Thread(target=heavy) for _ in range(2)]
+    threads = [threading.Thread(target=flood, args=(k,)) for k in range(4 if rate is not None else 0)]
+    threads += [threading.Thread(target=heavy) for _ in range(heavies)]
     for t in threads:
         t.start()
-    return threads
+    for t in threads:
+        t.join()
+    out.put(stats)
 
 
 def summary(label, r):
@@ -164,33 +184,52 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--quota", type=int, default=5000)
     ap.add_argument("--flood", type=float, default=10,
-                    help="A's attempted rate as a multiple of its quota (0: as fast as answered)")
+                    help="A's attempted rate as a multiple of its quota (0: as fast as answered; "
+                         "-1: no flood)")
+    ap.add_argument("--heavy", type=int, default=2, help="A's heavy queries at a time")
+    ap.add_argument("--a-events", type=int, default=500_000, help="events in A's table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for the server (`floe serve --set`), e.g. query.cpu_slots=1")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="floe-fair-"))
     data = tmp / "floe"
     data.mkdir()
     proc, _, url = floe_server.start(data, tmp / "serve.log", extra=(
         "--set", f"quota.ingest_events_per_sec={args.quota}", "--set", "quota.refresh_secs=1",
-        "--set", "compaction.interval_secs=0"))
+        "--set", "compaction.interval_secs=0", *(a for kv in args.set for a in ("--set", kv))))
     try:
         for t in ("tenant-a", "tenant-b"):
             floe(data, "tenant", "create", t)
         a, b = Tenant(url, data, "tenant-a"), Tenant(url, data, "tenant-b")
-        # A's table holds something to query before the flood starts.
-        for i in range(40):
-            a.post(body_of(a.name, 1_000_000 + i * 500, 500), wait=False)
-            time.sleep(0.1)
+        # A's table holds enough for its queries to be heavy before the flood starts: loaded
+        # with its ingest quotas lifted, which then go back to the defaults.
+        floe(data, "tenant", "set", a.name, "--quota", "ingest_events_per_sec=0",
+             "--quota", "ingest_bytes_per_sec=0")
+        time.sleep(2)
+        for i in range(0, args.a_events, 5000):
+            status = a.post(body_of(a.name, 10_000_000 + i, min(5000, args.a_events - i)), wait=False)
+            assert status == 200, f"loading A's table: HTTP {status}"
+        floe(data, "tenant", "set", a.name, "--quota", "ingest_events_per_sec=default",
+             "--quota", "ingest_bytes_per_sec=default")
+        deadline = time.monotonic() + 60
+        while a.count() < args.a_events:
+            assert time.monotonic() < deadline, "A's table did not become visible"
+            time.sleep(0.5)
+        time.sleep(2)
         fresh = lambda: {"visible": [], "query": [], "refused": 0, "query_errors": []}  # noqa: E731
         solo = fresh()
         tenant_b(b, args.seconds, solo)
         contended = fresh()
         contended["sent"] = solo["sent"]
-        stats = {"attempted": 0, "accepted": 0, "429": 0, "queries": 0, "query_errors": 0}
+        rate = None if args.flood < 0 else int(args.flood * args.quota)
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
         started = time.monotonic()
-        flood = tenant_a(a, args.seconds, stats, int(args.flood * args.quota))
+        flood = ctx.Process(target=tenant_a, args=(a, args.seconds, rate, args.heavy, out))
+        flood.start()
         tenant_b(b, args.seconds, contended)
-        for t in flood:
-            t.join()
+        stats = out.get()
+        flood.join()
         elapsed = time.monotonic() - started
     finally:
         floe_server.stop(proc)

@@ -213,6 +213,7 @@ impl Config {
                 "query.memory_total_bytes",
                 self.query.memory_total_bytes as u64,
             ),
+            ("query.cpu_slice_ms", self.query.cpu_slice_ms),
             ("http.max_connections", self.http.max_connections as u64),
             (
                 "http.header_read_timeout_ms",
@@ -239,6 +240,14 @@ impl Config {
             return Err(Error::Config {
                 message: "query.memory_total_bytes must be at least query.memory_limit_bytes"
                     .into(),
+            });
+        }
+        if !(0..=19).contains(&self.query.cpu_behind_nice) {
+            return Err(Error::Config {
+                message: format!(
+                    "query.cpu_behind_nice must be between 0 and 19 (got {})",
+                    self.query.cpu_behind_nice
+                ),
             });
         }
         if i.max_buffered_bytes < i.max_request_bytes {

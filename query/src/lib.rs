@@ -4,6 +4,7 @@
 //! is the tenant's namespace. Other tenants' tables are not registered, so they cannot be named,
 //! listed or guessed. Statements that change anything (DDL, DML, `SET`, `COPY`) are refused.
 
+pub mod cpu;
 pub mod dialect;
 pub mod functions;
 pub mod memory;
@@ -126,6 +127,8 @@ pub struct Engine {
     manifests: Arc<scan::ManifestCache>,
     /// The memory all queries share (`query.memory_total_bytes`).
     memory: memory::Budget,
+    /// The cores all queries share (`query.cpu_slots`).
+    cpu: cpu::CpuShare,
 }
 
 impl std::fmt::Debug for Engine {
@@ -149,6 +152,12 @@ impl Engine {
             config.memory_total_bytes,
             std::time::Duration::from_millis(config.memory_wait_ms),
         );
+        let cpu = cpu::CpuShare::with_nice(
+            config.cpu_slots,
+            std::time::Duration::from_millis(config.cpu_credit_ms),
+            std::time::Duration::from_millis(config.cpu_slice_ms),
+            config.cpu_behind_nice,
+        );
         Engine {
             catalog,
             config,
@@ -156,6 +165,7 @@ impl Engine {
             footers,
             manifests,
             memory,
+            cpu,
         }
     }
 
@@ -170,6 +180,11 @@ impl Engine {
     /// The memory all queries share.
     pub fn memory(&self) -> &memory::Budget {
         &self.memory
+    }
+
+    /// The cores all queries share.
+    pub fn cpu(&self) -> &cpu::CpuShare {
+        &self.cpu
     }
 
     /// A session that sees exactly `tenant`'s tables, as of now, in UTC.

@@ -114,6 +114,8 @@ impl Shared {
     /// held by tenants over their share.
     fn take(&self, tenant: &str, bytes: usize) -> Result<()> {
         let until = Instant::now() + self.wait;
+        // Declared before the lock so that the CPU slot is taken again after the lock is gone.
+        let mut aside = None;
         let mut state = self.lock();
         let mut waiting = false;
         let outcome = loop {
@@ -143,6 +145,7 @@ impl Shared {
             if !waiting {
                 waiting = true;
                 state.tenants.entry(tenant.to_string()).or_default().waiting += 1;
+                aside = Some(crate::cpu::StepAside::new());
             }
             state = self
                 .freed
@@ -157,6 +160,8 @@ impl Shared {
             state.used += bytes;
             state.tenants.entry(tenant.to_string()).or_default().used += bytes;
         }
+        drop(state);
+        drop(aside);
         outcome
     }
 

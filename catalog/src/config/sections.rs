@@ -238,6 +238,19 @@ pub struct QueryConfig {
     pub memory_total_bytes: usize,
     /// How long a query waits for its tenant's share of `memory_total_bytes`.
     pub memory_wait_ms: u64,
+    /// Query work running at once, in steps of a few milliseconds (0: one per core). A free
+    /// slot goes to the tenant that has had the least CPU, so a tenant's share of the cores
+    /// does not grow with the number of queries it runs.
+    pub cpu_slots: usize,
+    /// CPU time a tenant returning from idle may take ahead of the busy tenants.
+    pub cpu_credit_ms: u64,
+    /// How long a query step may keep a slot while another tenant's step waits for one; then
+    /// it yields at its next input (a sort or aggregate would otherwise hold it for its whole
+    /// input).
+    pub cpu_slice_ms: u64,
+    /// The nice value given to the threads of query steps that a tenant that has had less CPU
+    /// goes ahead of, so that the operating system runs its steps first (0: left alone; 1–19).
+    pub cpu_behind_nice: i32,
     /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
     pub max_result_rows: u64,
     /// Longest SQL text accepted.
@@ -266,6 +279,10 @@ impl Default for QueryConfig {
             memory_limit_bytes: 1 << 30,
             memory_total_bytes: 2 << 30,
             memory_wait_ms: 2_000,
+            cpu_slots: 0,
+            cpu_credit_ms: 1_000,
+            cpu_slice_ms: 5,
+            cpu_behind_nice: 10,
             max_result_rows: 1_000_000,
             max_sql_bytes: 1 << 20,
             max_sql_depth: 64,

@@ -157,6 +157,8 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
         sql,
         threads,
     } = plan;
+    let cpu = engine.cpu().tenant(plan_tenant.as_str());
+    let plan_cpu = cpu.clone();
     let work = async move {
         let started = async {
             let ctx = engine
@@ -168,6 +170,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             let physical = df.create_physical_plan().await?;
             scanned.add_scanned(file_bytes(&physical));
             let physical = crate::memory::guard::check_projections(physical)?;
+            let physical = crate::cpu::share(physical, &plan_cpu)?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
             let pages = MemoryConsumer::new("pages not yet fetched")
                 .register(&ctx.runtime_env().memory_pool);
@@ -197,6 +200,8 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             }
         }
     };
+    // Planning the query and handing its batches on take the tenant's CPU share too.
+    let work = cpu.run(work);
     let spawned = std::thread::Builder::new()
         .name("floe-query".into())
         .stack_size(SQL_STACK_BYTES)

@@ -1,0 +1,898 @@
+//! Query CPU: the cores are handed out in time slices, fairly between tenants.
+//!
+//! Every query runs on worker threads of its own (`trino::query`), so left to the operating
+//! system a tenant with eight queries running gets eight times the CPU of a tenant with one.
+//! Instead, query work runs only while it holds one of `query.cpu_slots` slots (one per core by
+//! default). A slot is taken for one step of a plan node's stream (the work that makes its next
+//! batch, usually a few milliseconds) and given back as soon as the step ends or waits for
+//! input, and the time it was held is charged to its tenant. The query's own future (planning
+//! it, handing its batches on) takes slots the same way, one per poll.
+//!
+//! The rule of hand-out is the least-charged tenant first (fair queueing on CPU time):
+//! - a free slot goes to the waiting step whose tenant was charged the least (and, within a
+//!   tenant, to the step that waited longest);
+//! - a tenant that has had less than every tenant holding slots takes one at once even when
+//!   all are held, up to `query.cpu_slots` of its own: the holders' steps end within
+//!   milliseconds, and their next steps wait. A light tenant's short query thus runs on the
+//!   cores as if alone, and a tenant running eight queries is charged for all eight.
+//! - a tenant returning from idle starts `query.cpu_credit_ms` behind the least-charged busy
+//!   tenant, not with all the time it did not use: it goes ahead of the busy ones for that much
+//!   CPU at most, and cannot bank credit for later.
+//!
+//! Steps nest (a node's step polls its input's stream), and only the outermost step of a thread
+//! takes a slot: a thread holds one slot at most and never waits for a second while holding
+//! one, so slots cannot deadlock. Work a plan does outside of any stream's step (a repartition
+//! hashing the batch it just received) is not counted; it is bounded by the counted steps that
+//! feed it.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+use rustix::process::Pid;
+
+/// The query CPU of a process, shared by all tenants.
+#[derive(Debug, Clone)]
+pub struct CpuShare {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Nanoseconds a tenant returning from idle may be behind the least-charged busy tenant.
+    credit: u64,
+    /// How long a step may run on while another tenant's step is kept from a slot.
+    slice: Duration,
+    /// The nice value of threads whose steps a tenant that has had less went ahead of (0:
+    /// left alone).
+    behind_nice: i32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    slots: usize,
+    /// Slots held (may exceed `slots` for a moment: see [`State::may_take`]).
+    running: usize,
+    tenants: HashMap<Arc<str>, Tenant>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    /// Nanoseconds of slot time charged (relative: see [`State::activate`]).
+    charged: u64,
+    /// Slots held.
+    running: usize,
+    /// Steps waiting for a slot, oldest first.
+    waiting: VecDeque<Arc<Waiter>>,
+    /// The threads running its steps now.
+    threads: Vec<Pid>,
+}
+
+impl Tenant {
+    fn active(&self) -> bool {
+        self.running > 0 || !self.waiting.is_empty()
+    }
+}
+
+/// A step waiting for a slot.
+#[derive(Debug, Default)]
+struct Waiter {
+    granted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl State {
+    /// The least charge among busy tenants other than `except`.
+    fn floor(&self, except: &str) -> Option<u64> {
+        self.tenants
+            .iter()
+            .filter(|(name, t)| &***name != except && t.active())
+            .map(|(_, t)| t.charged)
+            .min()
+    }
+
+    /// `tenant`'s entry, brought up to `credit` behind the busy tenants if it was idle.
+    fn activate(&mut self, tenant: &Arc<str>, credit: u64) -> &mut Tenant {
+        let floor = self.floor(tenant);
+        let t = self.tenants.entry(tenant.clone()).or_default();
+        if !t.active()
+            && let Some(floor) = floor
+        {
+            t.charged = t.charged.max(floor.saturating_sub(credit));
+        }
+        t
+    }
+
+    /// Whether a tenant charged less than `charged` (other than `tenant`) has a step waiting.
+    fn less_charged_waits(&self, tenant: &str, charged: u64) -> bool {
+        self.tenants
+            .iter()
+            .any(|(name, t)| &**name != tenant && !t.waiting.is_empty() && t.charged < charged)
+    }
+
+    /// Whether every other tenant holding slots has been charged more than `charged`.
+    fn ahead_of_every_holder(&self, tenant: &str, charged: u64) -> bool {
+        self.tenants
+            .iter()
+            .all(|(name, t)| &**name == tenant || t.running == 0 || t.charged > charged)
+    }
+
+    /// Whether `tenant` (already active) may take a slot now: a free one nobody charged less
+    /// waits for, or, when it has had less than every tenant holding slots, one over the count
+    /// (their steps end within milliseconds, and then they wait).
+    fn may_take(&self, tenant: &str) -> bool {
+        let Some(t) = self.tenants.get(tenant) else {
+            return false;
+        };
+        (self.running < self.slots && !self.less_charged_waits(tenant, t.charged))
+            || (t.running < self.slots && self.ahead_of_every_holder(tenant, t.charged))
+    }
+
+    fn grant(&mut self, tenant: &str) {
+        let t = self
+            .tenants
+            .get_mut(tenant)
+            .expect("a tenant with a waiting step");
+        let waiter = t.waiting.pop_front().expect("a tenant with a waiting step");
+        t.running += 1;
+        self.running += 1;
+        waiter.granted.store(true, Ordering::Release);
+        waiter.waker.wake();
+    }
+
+    /// Gives the free slots to the waiting steps of the least-charged tenants.
+    fn dispatch(&mut self) {
+        while self.running < self.slots {
+            let Some(name) = self
+                .tenants
+                .iter()
+                .filter(|(_, t)| !t.waiting.is_empty())
+                .min_by_key(|(_, t)| t.charged)
+                .map(|(name, _)| name.clone())
+            else {
+                return;
+            };
+            self.grant(&name);
+        }
+    }
+
+    /// Forgets `tenant` once it is idle and its charge says nothing the next activation would
+    /// not set anyway; forgets every tenant when none is busy.
+    fn forget_if_idle(&mut self, tenant: &str, credit: u64) {
+        if self.tenants.get(tenant).is_some_and(Tenant::active) {
+            return;
+        }
+        match self.floor(tenant) {
+            None => self.tenants.retain(|_, t| t.active()),
+            Some(floor) => {
+                if self
+                    .tenants
+                    .get(tenant)
+                    .is_some_and(|t| t.charged.saturating_add(credit) <= floor)
+                {
+                    self.tenants.remove(tenant);
+                }
+            }
+        }
+    }
+}
+
+impl CpuShare {
+    /// `slots` steps may run at once (0: one per core); `credit` is how far behind the busy
+    /// tenants one returning from idle starts; a step that has run `slice` yields its slot at
+    /// its next input while others are kept from one.
+    pub fn new(slots: usize, credit: Duration, slice: Duration) -> CpuShare {
+        CpuShare::with_nice(slots, credit, slice, 0)
+    }
+
+    /// As [`CpuShare::new`]; the threads of steps a tenant that has had less goes ahead of
+    /// are given `behind_nice` (0: left alone), so that the operating system, too, runs that
+    /// tenant's steps first until theirs end.
+    pub fn with_nice(
+        slots: usize,
+        credit: Duration,
+        slice: Duration,
+        behind_nice: i32,
+    ) -> CpuShare {
+        let slots = match slots {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        CpuShare {
+            inner: Arc::new(Shared {
+                credit: credit.as_nanos().try_into().unwrap_or(u64::MAX),
+                slice,
+                behind_nice,
+                state: Mutex::new(State {
+                    slots,
+                    running: 0,
+                    tenants: HashMap::new(),
+                }),
+            }),
+        }
+    }
+
+    /// The handle through which `tenant`'s query steps take slots.
+    pub fn tenant(&self, tenant: &str) -> TenantCpu {
+        TenantCpu {
+            share: self.inner.clone(),
+            tenant: tenant.into(),
+        }
+    }
+
+    /// Slots nobody holds.
+    pub fn free(&self) -> usize {
+        let state = self.inner.lock();
+        state.slots.saturating_sub(state.running)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere does not make the counts wrong: each change is one statement.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `tenant`'s step keeps a tenant that has had less from a slot: one that waits,
+    /// or one that took a slot over the count because it had had less.
+    fn owes(&self, tenant: &str) -> bool {
+        let state = self.lock();
+        let Some(charged) = state.tenants.get(tenant).map(|t| t.charged) else {
+            return false;
+        };
+        let over = state.running > state.slots;
+        state.tenants.iter().any(|(name, t)| {
+            &**name != tenant
+                && t.charged < charged
+                && (!t.waiting.is_empty() || (over && t.running > 0))
+        })
+    }
+}
+
+/// One tenant's access to the slots.
+#[derive(Debug, Clone)]
+pub struct TenantCpu {
+    share: Arc<Shared>,
+    tenant: Arc<str>,
+}
+
+/// Whether a slot was had at once or must be waited for.
+enum Taken {
+    Now,
+    Later(Arc<Waiter>),
+}
+
+impl TenantCpu {
+    fn take(&self) -> Taken {
+        let mut state = self.share.lock();
+        let credit = self.share.credit;
+        state.activate(&self.tenant, credit);
+        if state.may_take(&self.tenant) {
+            let over = state.running >= state.slots;
+            state.running += 1;
+            let mut charged = 0;
+            if let Some(t) = state.tenants.get_mut(&self.tenant) {
+                t.running += 1;
+                charged = t.charged;
+            }
+            if over && self.share.behind_nice > 0 {
+                // Over the count: the holders' threads (all charged more) go behind this one
+                // on the cores until their steps end; they are a query's own, and end with it.
+                let behind: Vec<Pid> = state
+                    .tenants
+                    .iter()
+                    .filter(|(name, t)| **name != self.tenant && t.charged > charged)
+                    .flat_map(|(_, t)| t.threads.iter().copied())
+                    .collect();
+                drop(state);
+                for thread in behind {
+                    let _ =
+                        rustix::process::setpriority_process(Some(thread), self.share.behind_nice);
+                }
+            }
+            return Taken::Now;
+        }
+        let waiter = Arc::new(Waiter::default());
+        if let Some(t) = state.tenants.get_mut(&self.tenant) {
+            t.waiting.push_back(waiter.clone());
+        }
+        Taken::Later(waiter)
+    }
+
+    /// Gives a slot back, charging `held` to the tenant.
+    fn give_back(&self, held: Duration) {
+        let mut state = self.share.lock();
+        if let Some(t) = state.tenants.get_mut(&self.tenant) {
+            t.charged = t.charged.saturating_add(held.as_nanos() as u64);
+            t.running = t.running.saturating_sub(1);
+        }
+        state.running = state.running.saturating_sub(1);
+        state.dispatch();
+        state.forget_if_idle(&self.tenant, self.share.credit);
+    }
+
+    /// Records that this thread runs one of the tenant's steps.
+    fn enter_thread(&self) {
+        let thread = rustix::thread::gettid();
+        if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant) {
+            t.threads.push(thread);
+        }
+    }
+
+    /// Records that this thread's step ended.
+    fn leave_thread(&self) {
+        let thread = rustix::thread::gettid();
+        if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant)
+            && let Some(i) = t.threads.iter().position(|p| *p == thread)
+        {
+            t.threads.swap_remove(i);
+        }
+    }
+
+    /// Withdraws a step that stopped waiting (its stream was dropped).
+    fn withdraw(&self, waiter: &Arc<Waiter>) {
+        let mut state = self.share.lock();
+        if waiter.granted.load(Ordering::Acquire) {
+            drop(state);
+            self.give_back(Duration::ZERO);
+            return;
+        }
+        if let Some(t) = state.tenants.get_mut(&self.tenant) {
+            t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
+        }
+        state.dispatch();
+        state.forget_if_idle(&self.tenant, self.share.credit);
+    }
+}
+
+thread_local! {
+    /// The slot this thread holds for the step it is in, if any.
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+struct Current {
+    cpu: TenantCpu,
+    since: Instant,
+}
+
+fn holding() -> bool {
+    CURRENT.with_borrow(Option::is_some)
+}
+
+/// Whether the step this thread is in has run its slice and keeps a tenant that has had less
+/// from a slot.
+fn slice_over() -> bool {
+    CURRENT.with_borrow(|current| {
+        current.as_ref().is_some_and(|c| {
+            c.since.elapsed() >= c.cpu.share.slice && c.cpu.share.owes(&c.cpu.tenant)
+        })
+    })
+}
+
+/// A slot held by this thread for one step; given back (and the step's time charged) on drop,
+/// also when the step panics.
+struct Held;
+
+impl Held {
+    fn enter(cpu: &TenantCpu) -> Held {
+        cpu.enter_thread();
+        CURRENT.set(Some(Current {
+            cpu: cpu.clone(),
+            since: Instant::now(),
+        }));
+        Held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(current) = CURRENT.take() {
+            current.cpu.leave_thread();
+            current.cpu.give_back(current.since.elapsed());
+        }
+    }
+}
+
+/// The slot of the step this thread is in, given back while the thread blocks (a query waiting
+/// for memory must not keep the cores from the queries that would give memory back) and taken
+/// again, waiting for it on this thread, on drop.
+pub struct StepAside {
+    cpu: Option<TenantCpu>,
+}
+
+impl StepAside {
+    pub fn new() -> StepAside {
+        let cpu = CURRENT.take().map(|current| {
+            current.cpu.leave_thread();
+            current.cpu.give_back(current.since.elapsed());
+            current.cpu
+        });
+        StepAside { cpu }
+    }
+}
+
+impl Default for StepAside {
+    fn default() -> Self {
+        StepAside::new()
+    }
+}
+
+impl Drop for StepAside {
+    fn drop(&mut self) {
+        let Some(cpu) = self.cpu.take() else {
+            return;
+        };
+        if let Taken::Later(waiter) = cpu.take() {
+            waiter
+                .waker
+                .register(&Waker::from(Arc::new(Unpark(std::thread::current()))));
+            while !waiter.granted.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+        }
+        cpu.enter_thread();
+        CURRENT.set(Some(Current {
+            cpu,
+            since: Instant::now(),
+        }));
+    }
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// One line of work's turn at the slots: a step either holds a slot or waits for one.
+struct Gate {
+    cpu: TenantCpu,
+    waiting: Option<Arc<Waiter>>,
+}
+
+impl Gate {
+    fn new(cpu: TenantCpu) -> Gate {
+        Gate { cpu, waiting: None }
+    }
+
+    /// A slot for this step: `Ready(Some)` holds one until dropped, `Ready(None)` means the
+    /// thread already holds one (an outer step's), `Pending` waits for one (or yields the outer
+    /// step's).
+    fn enter(&mut self, cx: &mut Context<'_>) -> Poll<Option<Held>> {
+        if holding() {
+            // An outer step's slot. An operator that loops over its input inside one poll
+            // (an aggregate, a sort) would hold it for the whole input: past the slice, when
+            // a tenant that has had less is kept from a slot, its input answers "not yet" (and
+            // wakes it at once), so that the poll unwinds and the outermost step gives the
+            // slot back.
+            if slice_over() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Poll::Ready(None);
+        }
+        match &self.waiting {
+            Some(waiter) => {
+                waiter.waker.register(cx.waker());
+                if !waiter.granted.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+                self.waiting = None;
+            }
+            None => match self.cpu.take() {
+                Taken::Now => {}
+                Taken::Later(waiter) => {
+                    waiter.waker.register(cx.waker());
+                    // Granted between the take and the registration: the wake was lost.
+                    if !waiter.granted.load(Ordering::Acquire) {
+                        self.waiting = Some(waiter);
+                        return Poll::Pending;
+                    }
+                }
+            },
+        }
+        Poll::Ready(Some(Held::enter(&self.cpu)))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.waiting.take() {
+            self.cpu.withdraw(&waiter);
+        }
+    }
+}
+
+/// A stream whose every step runs holding a slot.
+struct Steps<S> {
+    inner: S,
+    gate: Gate,
+}
+
+/// `plan` with every node's steps run under `cpu`'s slots.
+pub fn share(plan: Arc<dyn ExecutionPlan>, cpu: &TenantCpu) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        Ok(Transformed::yes(
+            Arc::new(Sliced::new(node, cpu.clone())) as _
+        ))
+    })
+    .map(|t| t.data)
+}
+
+impl<S: Stream + Unpin> Stream for Steps<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let _held = std::task::ready!(self.gate.enter(cx));
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// A future whose every poll runs holding a slot: the work of a query outside its plan's
+/// streams (planning it, handing its batches on) is taken from the tenant's share too.
+pub struct SlicedFuture<F> {
+    inner: Pin<Box<F>>,
+    gate: Gate,
+}
+
+impl TenantCpu {
+    /// `work` with every poll run holding one of this tenant's slots.
+    pub fn run<F: Future>(&self, work: F) -> SlicedFuture<F> {
+        SlicedFuture {
+            inner: Box::pin(work),
+            gate: Gate::new(self.clone()),
+        }
+    }
+}
+
+impl<F: Future> Future for SlicedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _held = std::task::ready!(self.gate.enter(cx));
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// A plan node whose streams' steps take slots.
+#[derive(Debug)]
+struct Sliced {
+    input: Arc<dyn ExecutionPlan>,
+    cpu: TenantCpu,
+    properties: Arc<PlanProperties>,
+}
+
+impl Sliced {
+    fn new(input: Arc<dyn ExecutionPlan>, cpu: TenantCpu) -> Sliced {
+        let properties = input.properties().clone();
+        Sliced {
+            input,
+            cpu,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for Sliced {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CpuShare")
+    }
+}
+
+impl ExecutionPlan for Sliced {
+    fn name(&self) -> &str {
+        "CpuShare"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Sliced::new(
+            children.swap_remove(0),
+            self.cpu.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(SlicedStream {
+            schema: input.schema(),
+            steps: Steps {
+                inner: input,
+                gate: Gate::new(self.cpu.clone()),
+            },
+        }))
+    }
+}
+
+struct SlicedStream {
+    schema: SchemaRef,
+    steps: Steps<SendableRecordBatchStream>,
+}
+
+impl Stream for SlicedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.steps.poll_next_unpin(cx)
+    }
+}
+
+impl RecordBatchStream for SlicedStream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charged(share: &CpuShare, tenant: &str) -> Duration {
+        let state = share.inner.lock();
+        Duration::from_nanos(state.tenants.get(tenant).map_or(0, |t| t.charged))
+    }
+
+    fn later(taken: Taken) -> Arc<Waiter> {
+        match taken {
+            Taken::Now => panic!("expected to wait for a slot"),
+            Taken::Later(waiter) => waiter,
+        }
+    }
+
+    #[test]
+    fn a_tenant_that_has_had_less_runs_at_once_on_every_slot() {
+        let share = CpuShare::new(2, Duration::from_secs(1), Duration::from_millis(5));
+        let (a, b) = (share.tenant("a"), share.tenant("b"));
+        // Alone, A may take every slot; its third step waits.
+        assert!(matches!(a.take(), Taken::Now));
+        assert!(matches!(a.take(), Taken::Now));
+        a.give_back(Duration::from_millis(5));
+        assert!(matches!(a.take(), Taken::Now));
+        let a_third = later(a.take());
+        // B has had less than A, which holds both slots: B's steps run at once, up to the
+        // number of slots, without waiting for A's steps to end.
+        assert!(matches!(b.take(), Taken::Now));
+        assert!(matches!(b.take(), Taken::Now));
+        let b_third = later(b.take());
+        // A's steps end: the slots are still over-held, so nothing is handed out.
+        a.give_back(Duration::from_millis(5));
+        a.give_back(Duration::from_millis(5));
+        assert!(!a_third.granted.load(Ordering::Acquire));
+        // A step of B ends: the free slot goes to B, which has still had less.
+        b.give_back(Duration::from_millis(1));
+        assert!(b_third.granted.load(Ordering::Acquire));
+        assert!(!a_third.granted.load(Ordering::Acquire));
+        b.give_back(Duration::from_millis(1));
+        assert!(a_third.granted.load(Ordering::Acquire));
+        b.give_back(Duration::ZERO);
+        a.give_back(Duration::ZERO);
+        assert_eq!(share.free(), 2);
+    }
+
+    #[test]
+    fn the_threads_a_tenant_that_has_had_less_goes_ahead_of_are_put_behind_it() {
+        let share = CpuShare::with_nice(2, Duration::from_secs(1), Duration::from_millis(5), 7);
+        let a = share.tenant("a");
+        let (entered, tid) = std::sync::mpsc::channel();
+        let (go_on, proceed) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            // A holds both slots, has been charged 5 ms, and runs a step on this thread.
+            assert!(matches!(a.take(), Taken::Now));
+            assert!(matches!(a.take(), Taken::Now));
+            a.give_back(Duration::from_millis(5));
+            assert!(matches!(a.take(), Taken::Now));
+            let held = Held::enter(&a);
+            entered.send(rustix::thread::gettid()).unwrap();
+            proceed.recv().unwrap();
+            let nice = rustix::process::getpriority_process(None).unwrap();
+            drop(held);
+            a.give_back(Duration::ZERO);
+            nice
+        });
+        let holder_tid = tid.recv().unwrap();
+        assert_eq!(
+            rustix::process::getpriority_process(Some(holder_tid)).unwrap(),
+            0
+        );
+        // B, back from idle, has had less: it takes a slot over the count, and A's thread
+        // goes behind it on the cores.
+        let b = share.tenant("b");
+        assert!(matches!(b.take(), Taken::Now));
+        go_on.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), 7);
+        // This thread, running B's step, was left alone.
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), 0);
+        b.give_back(Duration::ZERO);
+        assert_eq!(share.free(), 2);
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_tenant_that_has_had_the_least() {
+        let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
+        let (a, b) = (share.tenant("a"), share.tenant("b"));
+        assert!(matches!(a.take(), Taken::Now));
+        // B has had no less than A: it waits for the slot, and so does A's next step.
+        let b_next = later(b.take());
+        let a_next = later(a.take());
+        // A waited too, but A has had more.
+        a.give_back(Duration::from_millis(5));
+        assert!(b_next.granted.load(Ordering::Acquire));
+        assert!(!a_next.granted.load(Ordering::Acquire));
+        // Now B has had more than A: A goes next, and B, asking again at once, waits.
+        b.give_back(Duration::from_millis(10));
+        assert!(a_next.granted.load(Ordering::Acquire));
+        let b_again = later(b.take());
+        a.give_back(Duration::from_millis(1));
+        assert!(b_again.granted.load(Ordering::Acquire));
+        b.give_back(Duration::ZERO);
+        assert_eq!(share.free(), 1);
+    }
+
+    #[test]
+    fn idle_time_is_not_banked_beyond_the_credit() {
+        let share = CpuShare::new(2, Duration::from_secs(1), Duration::from_millis(5));
+        let (a, b) = (share.tenant("a"), share.tenant("b"));
+        assert!(matches!(a.take(), Taken::Now));
+        a.give_back(Duration::from_secs(10));
+        // A is idle and nobody is busy: its history goes.
+        assert_eq!(charged(&share, "a"), Duration::ZERO);
+
+        assert!(matches!(a.take(), Taken::Now));
+        assert!(matches!(a.take(), Taken::Now));
+        a.give_back(Duration::from_secs(10));
+        // B arrives while A is busy: it starts one credit behind A, not ten seconds behind.
+        assert!(matches!(b.take(), Taken::Now));
+        assert_eq!(charged(&share, "b"), Duration::from_secs(9));
+        b.give_back(Duration::ZERO);
+        // B went idle one credit behind A: when it is back, it starts one credit behind A
+        // again, not where it stopped.
+        assert!(matches!(a.take(), Taken::Now));
+        a.give_back(Duration::from_secs(10));
+        assert!(matches!(b.take(), Taken::Now));
+        assert_eq!(charged(&share, "b"), Duration::from_secs(19));
+        a.give_back(Duration::ZERO);
+        b.give_back(Duration::ZERO);
+        assert_eq!(share.free(), 2);
+    }
+
+    #[test]
+    fn a_withdrawn_step_gives_back_a_slot_granted_to_it() {
+        let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
+        let a = share.tenant("a");
+        assert!(matches!(a.take(), Taken::Now));
+        let waiting = later(a.take());
+        a.give_back(Duration::ZERO);
+        assert!(waiting.granted.load(Ordering::Acquire));
+        assert_eq!(share.free(), 0);
+        a.withdraw(&waiting);
+        assert_eq!(share.free(), 1);
+        assert!(share.inner.lock().tenants.is_empty());
+    }
+
+    /// A stream of `steps` items, each made by spinning `spin` on the CPU.
+    fn spinning(steps: usize, spin: Duration) -> impl Stream<Item = usize> + Unpin {
+        futures::stream::iter(0..steps).map(move |i| {
+            let until = Instant::now() + spin;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            i
+        })
+    }
+
+    #[test]
+    fn a_tenant_with_one_stream_keeps_half_the_cpu_against_four() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let run = |tenant: &'static str| {
+            let order = order.clone();
+            let mut steps = Steps {
+                inner: spinning(20, Duration::from_millis(2)),
+                gate: Gate::new(share.tenant(tenant)),
+            };
+            runtime.spawn(async move {
+                while steps.next().await.is_some() {
+                    order.lock().unwrap().push(tenant);
+                }
+            })
+        };
+        let mut tasks: Vec<_> = (0..4).map(|_| run("a")).collect();
+        tasks.push(run("b"));
+        runtime.block_on(async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let order = order.lock().unwrap();
+        assert_eq!(order.len(), 100);
+        // Left to the threads, B would finish last; with the slot shared fairly, its 20 steps
+        // alternate with A's.
+        let b_done = order.iter().rposition(|t| *t == "b").unwrap();
+        assert!(
+            b_done < 50,
+            "B's last step came at {b_done} of 100: {order:?}"
+        );
+        assert_eq!(share.free(), 1);
+    }
+
+    #[test]
+    fn nested_steps_and_the_query_future_take_one_slot_and_a_blocking_wait_gives_it_back() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
+        let cpu = share.tenant("a");
+        let free = share.clone();
+        let inner = Steps {
+            inner: spinning(3, Duration::ZERO).map(move |i| {
+                // Inside the step: the slot is held; stepping aside frees it until dropped.
+                assert_eq!(free.free(), 0);
+                let aside = StepAside::new();
+                assert_eq!(free.free(), 1);
+                drop(aside);
+                assert_eq!(free.free(), 0);
+                i
+            }),
+            gate: Gate::new(cpu.clone()),
+        };
+        let mut outer = Steps {
+            inner,
+            gate: Gate::new(cpu.clone()),
+        };
+        // The query's own future (planning, handing batches on) holds the slot its streams'
+        // steps run in.
+        let got: Vec<usize> = runtime.block_on(cpu.run(async {
+            let mut got = Vec::new();
+            while let Some(i) = outer.next().await {
+                got.push(i);
+            }
+            got
+        }));
+        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(share.free(), 1);
+    }
+}

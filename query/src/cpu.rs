@@ -67,6 +67,8 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     slots: usize,
+    /// A step holding a slot longer than this is overrunning (see [`State::free_slots`]).
+    slice: Duration,
     /// Slots held (may exceed `slots` for a moment: see [`State::may_take`]).
     running: usize,
     tenants: HashMap<Arc<str>, Tenant>,
@@ -80,8 +82,8 @@ struct Tenant {
     running: usize,
     /// Steps waiting for a slot, oldest first.
     waiting: VecDeque<Arc<Waiter>>,
-    /// The threads running its steps now.
-    threads: Vec<Pid>,
+    /// The threads running its steps now, and since when.
+    threads: Vec<(Pid, Instant)>,
 }
 
 impl Tenant {
@@ -140,7 +142,7 @@ impl State {
         let Some(t) = self.tenants.get(tenant) else {
             return false;
         };
-        (self.running < self.slots && !self.less_charged_waits(tenant, t.charged))
+        (self.free_slots() > 0 && !self.less_charged_waits(tenant, t.charged))
             || (t.running < self.slots && self.ahead_of_every_holder(tenant, t.charged))
     }
 
@@ -156,9 +158,27 @@ impl State {
         waiter.waker.wake();
     }
 
+    /// Slots neither held nor held by an overrunning step. A step that has held its slot
+    /// past the slice is in a long call that does not poll its input (a nested-loop join
+    /// making one batch), which no yield can cut short: it is left to the operating system,
+    /// and its slot counts as free, so that a step never waits behind it more than a slice
+    /// (the query it belongs to may have been stopped by its time limit meanwhile).
+    fn free_slots(&self) -> usize {
+        let now = Instant::now();
+        let overrunning = self
+            .tenants
+            .values()
+            .flat_map(|t| t.threads.iter())
+            .filter(|(_, since)| now.duration_since(*since) >= self.slice)
+            .count();
+        (self.slots + overrunning).saturating_sub(self.running)
+    }
+
     /// Gives the free slots to the waiting steps of the least-charged tenants.
     fn dispatch(&mut self) {
-        while self.running < self.slots {
+        let mut free = self.free_slots();
+        while free > 0 {
+            free -= 1;
             let Some(name) = self
                 .tenants
                 .iter()
@@ -221,6 +241,7 @@ impl CpuShare {
                 behind_nice,
                 state: Mutex::new(State {
                     slots,
+                    slice,
                     running: 0,
                     tenants: HashMap::new(),
                 }),
@@ -298,7 +319,7 @@ impl TenantCpu {
                     .tenants
                     .iter()
                     .filter(|(name, t)| **name != self.tenant && t.charged > charged)
-                    .flat_map(|(_, t)| t.threads.iter().copied())
+                    .flat_map(|(_, t)| t.threads.iter().map(|(thread, _)| *thread))
                     .collect();
                 drop(state);
                 for thread in behind {
@@ -331,7 +352,7 @@ impl TenantCpu {
     fn enter_thread(&self) {
         let thread = rustix::thread::gettid();
         if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant) {
-            t.threads.push(thread);
+            t.threads.push((thread, Instant::now()));
         }
     }
 
@@ -339,7 +360,7 @@ impl TenantCpu {
     fn leave_thread(&self) {
         let thread = rustix::thread::gettid();
         if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant)
-            && let Some(i) = t.threads.iter().position(|p| *p == thread)
+            && let Some(i) = t.threads.iter().position(|(p, _)| *p == thread)
         {
             t.threads.swap_remove(i);
         }
@@ -466,11 +487,17 @@ impl Wake for Unpark {
 struct Gate {
     cpu: TenantCpu,
     waiting: Option<Arc<Waiter>>,
+    /// While waiting: when to look again whether the holders are overrunning.
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Gate {
     fn new(cpu: TenantCpu) -> Gate {
-        Gate { cpu, waiting: None }
+        Gate {
+            cpu,
+            waiting: None,
+            recheck: None,
+        }
     }
 
     /// A slot for this step: `Ready(Some)` holds one until dropped, `Ready(None)` means the
@@ -489,26 +516,35 @@ impl Gate {
             }
             return Poll::Ready(None);
         }
-        match &self.waiting {
-            Some(waiter) => {
-                waiter.waker.register(cx.waker());
-                if !waiter.granted.load(Ordering::Acquire) {
-                    return Poll::Pending;
-                }
-                self.waiting = None;
-            }
+        let waiter = match self.waiting.take() {
+            Some(waiter) => waiter,
             None => match self.cpu.take() {
-                Taken::Now => {}
-                Taken::Later(waiter) => {
-                    waiter.waker.register(cx.waker());
-                    // Granted between the take and the registration: the wake was lost.
-                    if !waiter.granted.load(Ordering::Acquire) {
-                        self.waiting = Some(waiter);
-                        return Poll::Pending;
-                    }
-                }
+                Taken::Now => return Poll::Ready(Some(Held::enter(&self.cpu))),
+                Taken::Later(waiter) => waiter,
             },
+        };
+        waiter.waker.register(cx.waker());
+        // Checked after the registration: a grant in between would have been a lost wake.
+        if !waiter.granted.load(Ordering::Acquire) {
+            // Slots are handed out when a step ends; a holder that overruns its slice ends
+            // no step, so the waiting step looks again itself, every slice.
+            let slice = self.cpu.share.slice.max(Duration::from_millis(1));
+            let recheck = self
+                .recheck
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(slice)));
+            while recheck.as_mut().poll(cx).is_ready() {
+                self.cpu.share.lock().dispatch();
+                if waiter.granted.load(Ordering::Acquire) {
+                    break;
+                }
+                recheck.as_mut().reset(tokio::time::Instant::now() + slice);
+            }
+            if !waiter.granted.load(Ordering::Acquire) {
+                self.waiting = Some(waiter);
+                return Poll::Pending;
+            }
         }
+        self.recheck = None;
         Poll::Ready(Some(Held::enter(&self.cpu)))
     }
 }
@@ -821,9 +857,53 @@ mod tests {
     }
 
     #[test]
+    fn a_step_waits_no_more_than_a_slice_behind_a_step_that_overruns_it() {
+        let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
+        let a = share.tenant("a");
+        let (entered, has_entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder_cpu = a.clone();
+        // A step of A's that does not come back (a long call, or a query its time limit
+        // stopped that has not reached its next yield) holds the only slot.
+        let holder = std::thread::spawn(move || {
+            assert!(matches!(holder_cpu.take(), Taken::Now));
+            let held = Held::enter(&holder_cpu);
+            entered.send(()).unwrap();
+            released.recv().unwrap();
+            drop(held);
+        });
+        has_entered.recv().unwrap();
+        // Another query of A's (`SELECT 1`) still runs: after a slice the holder counts as
+        // overrunning, and its slot as free.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut steps = Steps {
+            inner: spinning(3, Duration::ZERO),
+            gate: Gate::new(a.clone()),
+        };
+        let got = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut n = 0;
+                while steps.next().await.is_some() {
+                    n += 1;
+                }
+                n
+            })
+            .await
+        });
+        assert_eq!(got, Ok(3), "the step waited behind the overrunning one");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(share.free(), 1);
+    }
+
+    #[test]
     fn a_tenant_with_one_stream_keeps_half_the_cpu_against_four() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
+            .enable_all()
             .build()
             .unwrap();
         let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));
@@ -862,6 +942,7 @@ mod tests {
     #[test]
     fn nested_steps_and_the_query_future_take_one_slot_and_a_blocking_wait_gives_it_back() {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_millis(5));

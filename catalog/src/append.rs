@@ -355,6 +355,12 @@ impl Change for AppendChange<'_> {
     ) -> Result<Attempt<Appended>> {
         let (tenant, table) = (self.tenant, self.table);
         let metadata = current.metadata();
+        if crate::projection::is_projection(metadata) {
+            return Err(Error::invalid(format!(
+                "{tenant}.{table} is a projection, derived from the tenant's events: \
+                 events cannot be written to it"
+            )));
+        }
         if let Some(expected) = self.incarnation
             && table_incarnation(metadata) != expected
         {

@@ -12,6 +12,7 @@ pub mod erasure;
 mod error;
 pub mod maintenance;
 pub mod positions;
+pub mod projection;
 pub mod quota;
 pub mod retry;
 pub mod rewrite;

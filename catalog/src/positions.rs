@@ -15,13 +15,22 @@ pub const POSITION_PREFIX: &str = "floe.position.";
 /// = `{"<partition>": <next offset>, …}` (JSON).
 pub const KAFKA_PREFIX: &str = "floe.kafka.";
 
-/// The summary properties every new snapshot carries over from its parent: source positions.
+/// Snapshot-summary keys of a derived table (a projection) naming the source snapshot it
+/// reflects start with this (`projection.rs`).
+pub const PROJECTION_PREFIX: &str = "floe.projection.";
+
+/// The summary properties every new snapshot carries over from its parent: source positions,
+/// and the source snapshot a projection reflects (a compaction of it changes no row).
 pub(crate) fn carried_properties(parent: &Snapshot) -> HashMap<String, String> {
     parent
         .summary()
         .additional_properties
         .iter()
-        .filter(|(k, _)| k.starts_with(POSITION_PREFIX) || k.starts_with(KAFKA_PREFIX))
+        .filter(|(k, _)| {
+            k.starts_with(POSITION_PREFIX)
+                || k.starts_with(KAFKA_PREFIX)
+                || k.starts_with(PROJECTION_PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

@@ -39,13 +39,49 @@ pub enum RewriteKind {
 }
 
 impl RewriteKind {
-    fn operation(self) -> Operation {
+    /// The snapshot a rewrite of this kind makes.
+    fn shape(self) -> Shape {
         match self {
-            RewriteKind::Replace => Operation::Replace,
-            RewriteKind::Delete => Operation::Delete,
-            RewriteKind::Overwrite => Operation::Overwrite,
+            RewriteKind::Replace => Shape {
+                operation: Operation::Replace,
+                rows: Rows::Same,
+                removed_keep_bounds: true,
+            },
+            RewriteKind::Delete => Shape {
+                operation: Operation::Delete,
+                rows: Rows::NoneAdded,
+                removed_keep_bounds: false,
+            },
+            RewriteKind::Overwrite => Shape {
+                operation: Operation::Overwrite,
+                rows: Rows::Fewer,
+                removed_keep_bounds: false,
+            },
         }
     }
+}
+
+/// What a rewrite snapshot is: its operation, the rule its row counts follow, and whether the
+/// entries of removed files keep their column bounds.
+pub(crate) struct Shape {
+    pub operation: Operation,
+    pub rows: Rows,
+    /// An erasure's or retention's removed files leave no column bounds behind: bounds are
+    /// values of the very rows being removed.
+    pub removed_keep_bounds: bool,
+}
+
+/// The rule a rewrite's row counts follow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rows {
+    /// The new files hold as many rows as the removed ones (compaction).
+    Same,
+    /// No files come in (retention).
+    NoneAdded,
+    /// At most as many rows come in as go (erasure).
+    Fewer,
+    /// Any (a derived table's rows recomputed).
+    Any,
 }
 
 /// How a rewrite commit ended.
@@ -72,7 +108,7 @@ pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntryRef>> {
 }
 
 /// [`live_entries`], reading only the manifests not in `seen` (manifests never change).
-async fn live_entries_cached(
+pub(crate) async fn live_entries_cached(
     table: &Table,
     seen: &mut HashMap<String, Arc<Manifest>>,
 ) -> Result<Vec<ManifestEntryRef>> {
@@ -191,19 +227,21 @@ impl Catalog {
         })
     }
 
-    async fn prepare_rewrite(
+    /// Writes the one manifest of a rewrite (every live file: kept, removed, added) and its
+    /// snapshot of `shape`, with `props` added to the summary. See the module comment.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn prepare_rewrite(
         &self,
         current: &Table,
         old_location: &str,
-        kind: RewriteKind,
+        shape: &Shape,
         live: &[ManifestEntryRef],
         removed: &[String],
         added: Vec<DataFile>,
+        props: HashMap<String, String>,
     ) -> Result<Prepared> {
         let metadata = current.metadata();
-        let parent = metadata
-            .current_snapshot()
-            .ok_or_else(|| Error::internal("replace on a table without snapshots"))?;
+        let parent = metadata.current_snapshot();
         let schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().clone();
         let commit_id = uuid::Uuid::now_v7();
@@ -234,11 +272,10 @@ impl Catalog {
                 deleted_files += 1;
                 deleted_records += data.record_count();
                 deleted_bytes += data.file_size_in_bytes();
-                // An erasure's or retention's removed files leave no column bounds behind:
-                // bounds are values of the very rows being removed.
-                let data = match kind {
-                    RewriteKind::Replace => data,
-                    RewriteKind::Delete | RewriteKind::Overwrite => without_metrics(&data)?,
+                let data = if shape.removed_keep_bounds {
+                    data
+                } else {
+                    without_metrics(&data)?
                 };
                 writer
                     .add_delete_file(data, seq, entry.file_sequence_number)
@@ -257,14 +294,16 @@ impl Catalog {
             added.iter().map(|f| f.record_count()).sum::<u64>(),
             added.iter().map(|f| f.file_size_in_bytes()).sum::<u64>(),
         );
-        let rows_ok = match kind {
-            RewriteKind::Replace => added_records == deleted_records,
-            RewriteKind::Delete => added_files == 0,
-            RewriteKind::Overwrite => added_records <= deleted_records,
+        let rows_ok = match shape.rows {
+            Rows::Same => added_records == deleted_records,
+            Rows::NoneAdded => added_files == 0,
+            Rows::Fewer => added_records <= deleted_records,
+            Rows::Any => true,
         };
         if !rows_ok {
             return Err(Error::internal(format!(
-                "a {kind:?} rewrite cannot take {deleted_records} rows out and put {added_records} in"
+                "a {:?} rewrite cannot take {deleted_records} rows out and put {added_records} in",
+                shape.operation
             )));
         }
         for f in added {
@@ -279,13 +318,16 @@ impl Catalog {
 
         let before = |key: &str| {
             parent
-                .summary()
-                .additional_properties
-                .get(key)
+                .and_then(|p| p.summary().additional_properties.get(key))
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let mut props: HashMap<String, String> = carried_properties(parent);
+        let mut props = props;
+        if let Some(parent) = parent {
+            for (k, v) in carried_properties(parent) {
+                props.entry(k).or_insert(v);
+            }
+        }
         let totals = [
             (
                 "total-records",
@@ -320,7 +362,7 @@ impl Catalog {
                     snapshot_id,
                     sequence_number,
                     commit_id,
-                    operation: kind.operation(),
+                    operation: shape.operation.clone(),
                     props,
                 },
                 vec![manifest],
@@ -381,10 +423,11 @@ impl Change for RewriteChange {
             .prepare_rewrite(
                 &current,
                 &old_location,
-                self.kind,
+                &self.kind.shape(),
                 &live,
                 &self.removed,
                 self.added.clone(),
+                HashMap::new(),
             )
             .await?;
         let snapshot_id = prepared.snapshot_id;

@@ -68,6 +68,14 @@ pub fn dlq_schema() -> Result<Schema> {
         .map_err(Error::ice("building the dead-letter schema"))
 }
 
+/// Partitioned by `day(<field day_of>)` (a timestamp), named `ts_day`.
+fn day_spec(day_of: i32) -> Result<UnboundPartitionSpec> {
+    Ok(UnboundPartitionSpec::builder()
+        .add_partition_field(day_of, "ts_day", Transform::Day)
+        .map_err(Error::ice("partition spec"))?
+        .build())
+}
+
 /// Cache of the last metadata seen per table, keyed by its location, so a commit does not
 /// re-read a metadata file it wrote itself.
 pub(crate) type TableCache = Arc<Mutex<HashMap<(String, String), (String, Arc<TableMetadata>)>>>;
@@ -83,29 +91,25 @@ impl Catalog {
             tenant,
             EVENTS_TABLE,
             events_schema()?,
-            5,
+            day_spec(5)?,
             "event-log",
             properties,
         )
         .await
     }
 
-    /// Writes the first metadata file of a table partitioned by `day(<field day_of>)`, owned
-    /// by the tenant incarnation `tenant` (a table property).
-    async fn create_table_metadata(
+    /// Writes the first metadata file of a table partitioned by `spec`, owned by the tenant
+    /// incarnation `tenant` (a table property).
+    pub(crate) async fn create_table_metadata(
         &self,
         tenant: &TenantKey,
         name: &str,
         schema: Schema,
-        day_of: i32,
+        spec: UnboundPartitionSpec,
         kind: &str,
         properties: &[(String, String)],
     ) -> Result<String> {
         let location = format!("{}/{}/{}", self.warehouse, tenant.id(), name);
-        let spec = UnboundPartitionSpec::builder()
-            .add_partition_field(day_of, "ts_day", Transform::Day)
-            .map_err(Error::ice("partition spec"))?
-            .build();
         let creation = TableCreation::builder()
             .name(name.to_string())
             .location(location.clone())
@@ -164,27 +168,48 @@ impl Catalog {
                 });
             };
             let location = c
-                .create_table_metadata(&key, DLQ_TABLE, dlq_schema()?, 6, "dead-letter", &[])
+                .create_table_metadata(
+                    &key,
+                    DLQ_TABLE,
+                    dlq_schema()?,
+                    day_spec(6)?,
+                    "dead-letter",
+                    &[],
+                )
                 .await?;
-            let inserted = sqlx::query(
-                "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
-                 metadata_location, previous_metadata_location, iceberg_type) \
-                 VALUES ($1, $2, $3, $4, NULL, 'TABLE') ON CONFLICT DO NOTHING",
-            )
-            .bind(&c.name)
-            .bind(tenant.as_str())
-            .bind(DLQ_TABLE)
-            .bind(&location)
-            .execute(&c.db)
-            .await
-            .map_err(Error::db("create the dead-letter table"))?;
-            if inserted.rows_affected() == 0 {
-                // Another worker created it first.
-                let _ = c.file_io.delete(&location).await;
-            }
+            c.register_table(&tenant, DLQ_TABLE, &location).await?;
             Ok(())
         })
         .await
+    }
+
+    /// Points the catalog's new table `name` at its first metadata file `location`, unless a
+    /// table of that name exists (then the file is deleted: nothing references it). `false`:
+    /// it existed.
+    pub(crate) async fn register_table(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        location: &str,
+    ) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
+             metadata_location, previous_metadata_location, iceberg_type) \
+             VALUES ($1, $2, $3, $4, NULL, 'TABLE') ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(tenant.as_str())
+        .bind(name)
+        .bind(location)
+        .execute(&self.db)
+        .await
+        .map_err(Error::db(format!("create table {tenant}.{name}")))?;
+        if inserted.rows_affected() == 0 {
+            // Another worker created it first.
+            let _ = self.file_io.delete(location).await;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Writes a metadata file and syncs it to storage before returning.

@@ -1,0 +1,308 @@
+//! Projection tables: Iceberg tables derived from a tenant's `events` (read models), and the
+//! commit that refreshes them.
+//!
+//! A projection table is partitioned by its `day` column (identity), and its table property
+//! `floe.table.kind` is `projection` (what the query service lets viewers read). Every
+//! snapshot names the `events` snapshot it reflects in three summary properties
+//! ([`SOURCE_SNAPSHOT`], [`SOURCE_SEQUENCE`], [`SOURCE_COMMITTED_MS`]), carried over by any
+//! other commit on the table (a compaction changes no row), so a projection's freshness is
+//! exact and a refresh knows where to start.
+//!
+//! A refresh replaces the rows of the days it recomputed: one `overwrite` snapshot removes
+//! every live file of those days and adds the new ones. It is fenced on the source it started
+//! from: if the table's recorded source is no longer the one the refresh read, another
+//! process refreshed it meanwhile, and nothing is committed.
+
+use std::collections::{BTreeSet, HashMap};
+
+use iceberg::spec::{
+    DataFile, Literal, Manifest, ManifestEntryRef, NestedField, Operation, PrimitiveLiteral,
+    PrimitiveType, Schema, Snapshot, TableMetadata, Transform, Type, UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use std::sync::Arc;
+
+use crate::commit::{Attempt, Change, Committed};
+use crate::rewrite::{Rows, Shape, live_entries_cached};
+use crate::tenant::TenantId;
+use crate::{Catalog, Error, Result};
+
+/// The `floe.table.kind` of projection tables.
+pub const PROJECTION_KIND: &str = "projection";
+
+/// Summary property: the id of the `events` snapshot a projection snapshot reflects.
+pub const SOURCE_SNAPSHOT: &str = "floe.projection.source-snapshot";
+/// Summary property: that snapshot's sequence number.
+pub const SOURCE_SEQUENCE: &str = "floe.projection.source-sequence";
+/// Summary property: when that snapshot was committed (ms since the epoch).
+pub const SOURCE_COMMITTED_MS: &str = "floe.projection.source-committed-at-ms";
+
+/// The name of a projection table's day column (its partition).
+pub const DAY_COLUMN: &str = "day";
+
+/// The `events` snapshot a projection reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRef {
+    pub snapshot_id: i64,
+    pub sequence_number: i64,
+    pub committed_at_ms: i64,
+}
+
+impl SourceRef {
+    /// The source reference of an `events` snapshot.
+    pub fn of(snapshot: &Snapshot) -> SourceRef {
+        SourceRef {
+            snapshot_id: snapshot.snapshot_id(),
+            sequence_number: snapshot.sequence_number(),
+            committed_at_ms: snapshot.timestamp_ms(),
+        }
+    }
+
+    fn props(&self) -> HashMap<String, String> {
+        [
+            (SOURCE_SNAPSHOT, self.snapshot_id),
+            (SOURCE_SEQUENCE, self.sequence_number),
+            (SOURCE_COMMITTED_MS, self.committed_at_ms),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// The source a projection table's current snapshot reflects (`None`: never refreshed).
+pub fn source_of(metadata: &TableMetadata) -> Result<Option<SourceRef>> {
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(None);
+    };
+    let props = &snapshot.summary().additional_properties;
+    let Some(id) = props.get(SOURCE_SNAPSHOT) else {
+        return Ok(None);
+    };
+    let number = |key: &str, raw: Option<&String>| -> Result<i64> {
+        raw.ok_or_else(|| Error::internal(format!("projection snapshot without {key}")))?
+            .parse()
+            .map_err(|e| Error::internal(format!("projection snapshot: {key}: {e}")))
+    };
+    Ok(Some(SourceRef {
+        snapshot_id: number(SOURCE_SNAPSHOT, Some(id))?,
+        sequence_number: number(SOURCE_SEQUENCE, props.get(SOURCE_SEQUENCE))?,
+        committed_at_ms: number(SOURCE_COMMITTED_MS, props.get(SOURCE_COMMITTED_MS))?,
+    }))
+}
+
+/// Whether a table's metadata says it is a projection.
+pub fn is_projection(metadata: &TableMetadata) -> bool {
+    metadata
+        .properties()
+        .get("floe.table.kind")
+        .is_some_and(|k| k == PROJECTION_KIND)
+}
+
+/// One refresh of a projection table.
+#[derive(Debug, Clone)]
+pub struct ProjectionCommit {
+    /// The source the refresh started from, as the table recorded it (`None`: never
+    /// refreshed). Another source found there means another refresh won: nothing is done.
+    pub expected_source: Option<i64>,
+    /// The source the new rows reflect.
+    pub source: SourceRef,
+    /// The days whose rows `added` replaces (days since 1970-01-01); `None`: all rows.
+    pub days: Option<BTreeSet<i32>>,
+    /// The new files: all rows of those days.
+    pub added: Vec<DataFile>,
+}
+
+/// How a projection commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectionOutcome {
+    /// The new snapshot; `conflicts`: compare-and-swaps lost to other writers first.
+    Committed { snapshot_id: i64, conflicts: u32 },
+    /// The table reflects another source than expected (another refresh committed):
+    /// nothing was committed, and the caller starts again from `found`.
+    Fenced { found: Option<i64> },
+    /// Other writers won every compare-and-swap: nothing was committed (try again later).
+    KeptLosing { conflicts: u32 },
+}
+
+impl Catalog {
+    /// Creates a projection table `name` in the tenant's namespace, partitioned by its `day`
+    /// column (a `date`), unless a table of that name exists. `false`: it existed.
+    pub async fn create_projection_table(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        schema: Schema,
+    ) -> Result<bool> {
+        let day = schema
+            .field_by_name(DAY_COLUMN)
+            .filter(|f| *f.field_type == Type::Primitive(PrimitiveType::Date))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "projection {name}: needs a `{DAY_COLUMN}` column of type date"
+                ))
+            })?
+            .id;
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(day, DAY_COLUMN, Transform::Identity)
+            .map_err(Error::ice("partition spec"))?
+            .build();
+        let (tenant, name) = (tenant.clone(), name.to_string());
+        self.on_io(move |c| async move {
+            let Some(key) = c.tenant_key(&tenant).await? else {
+                return Err(Error::NotFound {
+                    what: format!("tenant {tenant}"),
+                });
+            };
+            let location = c
+                .create_table_metadata(&key, &name, schema, spec, PROJECTION_KIND, &[])
+                .await?;
+            c.register_table(&tenant, &name, &location).await
+        })
+        .await
+    }
+
+    /// Replaces the rows of `commit.days` in the projection table with `commit.added`, in one
+    /// `overwrite` snapshot recording `commit.source`; see the module comment.
+    pub async fn commit_projection(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        commit: ProjectionCommit,
+    ) -> Result<ProjectionOutcome> {
+        let (tenant, table) = (tenant.clone(), table.to_string());
+        self.on_io(move |c| async move {
+            c.sync_dirs(
+                commit
+                    .added
+                    .iter()
+                    .map(|f| f.file_path().to_string())
+                    .collect(),
+            )
+            .await?;
+            let mut change = RefreshChange {
+                commit,
+                seen: HashMap::new(),
+            };
+            Ok(match c.commit_loop(&tenant, &table, &mut change).await? {
+                Committed::Done {
+                    value: Refreshed::Committed(snapshot_id),
+                    conflicts,
+                } => ProjectionOutcome::Committed {
+                    snapshot_id,
+                    conflicts,
+                },
+                Committed::Done {
+                    value: Refreshed::Fenced(found),
+                    ..
+                } => ProjectionOutcome::Fenced { found },
+                Committed::KeptLosing { conflicts } => ProjectionOutcome::KeptLosing { conflicts },
+            })
+        })
+        .await
+    }
+}
+
+/// The day (days since the epoch) of a projection file's partition.
+fn day_of(entry: &ManifestEntryRef) -> Result<i32> {
+    match entry.data_file().partition().fields().first() {
+        Some(Some(Literal::Primitive(PrimitiveLiteral::Int(day)))) => Ok(*day),
+        _ => Err(Error::internal(format!(
+            "projection file {} has no day partition",
+            entry.file_path()
+        ))),
+    }
+}
+
+enum Refreshed {
+    Committed(i64),
+    Fenced(Option<i64>),
+}
+
+/// A refresh, as the commit loop runs it.
+struct RefreshChange {
+    commit: ProjectionCommit,
+    /// Manifests read by earlier attempts (manifests never change).
+    seen: HashMap<String, Arc<Manifest>>,
+}
+
+impl Change for RefreshChange {
+    type Value = Refreshed;
+
+    async fn attempt(
+        &mut self,
+        catalog: &Catalog,
+        current: Table,
+        _conflicts: u32,
+    ) -> Result<Attempt<Refreshed>> {
+        let metadata = current.metadata();
+        if !is_projection(metadata) {
+            return Err(Error::invalid(format!(
+                "{} is not a projection table",
+                current.identifier()
+            )));
+        }
+        let found = source_of(metadata)?.map(|s| s.snapshot_id);
+        if found != self.commit.expected_source {
+            return Ok(Attempt::Done(Refreshed::Fenced(found)));
+        }
+        let live = live_entries_cached(&current, &mut self.seen).await?;
+        let mut removed = Vec::new();
+        for entry in &live {
+            let replaced = match &self.commit.days {
+                None => true,
+                Some(days) => days.contains(&day_of(entry)?),
+            };
+            if replaced {
+                removed.push(entry.file_path().to_string());
+            }
+        }
+        let old_location = current
+            .metadata_location()
+            .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
+            .to_string();
+        let shape = Shape {
+            operation: Operation::Overwrite,
+            rows: Rows::Any,
+            removed_keep_bounds: true,
+        };
+        let prepared = catalog
+            .prepare_rewrite(
+                &current,
+                &old_location,
+                &shape,
+                &live,
+                &removed,
+                self.commit.added.clone(),
+                self.commit.source.props(),
+            )
+            .await?;
+        let snapshot_id = prepared.snapshot_id;
+        Ok(Attempt::Swap {
+            prepared: Box::new(prepared),
+            value: Refreshed::Committed(snapshot_id),
+        })
+    }
+}
+
+/// The schema of a projection table from its columns (`day` first, a required `date`); field
+/// ids are given in order from 1.
+pub fn projection_schema(columns: Vec<(&str, Type, bool)>) -> Result<Schema> {
+    let fields = columns
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, ty, required))| {
+            let id = i as i32 + 1;
+            Arc::new(if required {
+                NestedField::required(id, name, ty)
+            } else {
+                NestedField::optional(id, name, ty)
+            })
+        })
+        .collect::<Vec<_>>();
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(fields)
+        .build()
+        .map_err(Error::ice("building a projection schema"))
+}

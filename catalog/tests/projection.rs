@@ -1,0 +1,234 @@
+//! Projection tables against the SQLite catalog: created with a day partition, refreshed day by
+//! day with the `events` snapshot they reflect, fenced against a concurrent refresh, kept by a
+//! compaction, never ingested into.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashSet};
+
+use floe_catalog::projection::{
+    ProjectionCommit, ProjectionOutcome, SourceRef, projection_schema, source_of,
+};
+use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Catalog, Config, Error, TenantId};
+use iceberg::spec::{
+    DataContentType, DataFile, DataFileBuilder, DataFileFormat, Literal, PrimitiveType, Struct,
+    Type,
+};
+
+async fn open(dir: &std::path::Path) -> Catalog {
+    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
+    Catalog::open(&config).await.unwrap()
+}
+
+/// A file of `rows` rows of `day` in the table at `location` (an empty file on disk: the
+/// commit only syncs its folder).
+fn file(location: &str, name: &str, day: i32, rows: u64) -> DataFile {
+    let path = format!("{location}/data/day={day}/{name}.parquet");
+    let local = path.strip_prefix("file://").unwrap();
+    std::fs::create_dir_all(std::path::Path::new(local).parent().unwrap()).unwrap();
+    std::fs::write(local, b"").unwrap();
+    DataFileBuilder::default()
+        .content(DataContentType::Data)
+        .file_path(path)
+        .file_format(DataFileFormat::Parquet)
+        .partition(Struct::from_iter([Some(Literal::date(day))]))
+        .record_count(rows)
+        .file_size_in_bytes(100)
+        .build()
+        .unwrap()
+}
+
+fn source(id: i64) -> SourceRef {
+    SourceRef {
+        snapshot_id: id,
+        sequence_number: id,
+        committed_at_ms: 1_000 * id,
+    }
+}
+
+async fn live(catalog: &Catalog, t: &TenantId, table: &str) -> HashSet<String> {
+    let table = catalog.load_table(t, table).await.unwrap();
+    live_entries(&table)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.file_path().rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+fn names(names: &[&str]) -> HashSet<String> {
+    names.iter().map(|n| format!("{n}.parquet")).collect()
+}
+
+#[tokio::test]
+async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let t = TenantId::parse("acme").unwrap();
+    let k = catalog
+        .create_tenant(&t, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    let long = || Type::Primitive(PrimitiveType::Long);
+    let schema = projection_schema(vec![
+        ("day", Type::Primitive(PrimitiveType::Date), true),
+        ("users", long(), false),
+    ])
+    .unwrap();
+
+    // A projection table needs a `day` date column; it is created once.
+    let no_day = projection_schema(vec![("users", long(), false)]).unwrap();
+    assert!(matches!(
+        catalog.create_projection_table(&t, "bad", no_day).await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(
+        catalog
+            .create_projection_table(&t, "daily", schema.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !catalog
+            .create_projection_table(&t, "daily", schema)
+            .await
+            .unwrap()
+    );
+    let location = catalog
+        .load_table(&t, "daily")
+        .await
+        .unwrap()
+        .metadata()
+        .location()
+        .to_string();
+    assert_eq!(
+        source_of(catalog.load_table(&t, "daily").await.unwrap().metadata()).unwrap(),
+        None,
+        "never refreshed"
+    );
+
+    // The first refresh: days 100 and 101, reflecting events snapshot 1.
+    let first = catalog
+        .commit_projection(
+            &t,
+            "daily",
+            ProjectionCommit {
+                expected_source: None,
+                source: source(1),
+                days: Some(BTreeSet::from([100, 101])),
+                added: vec![
+                    file(&location, "a100", 100, 1),
+                    file(&location, "a101", 101, 1),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(first, ProjectionOutcome::Committed { .. }));
+    assert_eq!(live(&catalog, &t, "daily").await, names(&["a100", "a101"]));
+
+    // A refresh that started before it (from no source) is fenced: nothing changes.
+    let stale = catalog
+        .commit_projection(
+            &t,
+            "daily",
+            ProjectionCommit {
+                expected_source: None,
+                source: source(2),
+                days: Some(BTreeSet::from([101])),
+                added: vec![file(&location, "stale", 101, 1)],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, ProjectionOutcome::Fenced { found: Some(1) });
+    assert_eq!(live(&catalog, &t, "daily").await, names(&["a100", "a101"]));
+
+    // The next refresh replaces day 101 only; day 100 is kept.
+    catalog
+        .commit_projection(
+            &t,
+            "daily",
+            ProjectionCommit {
+                expected_source: Some(1),
+                source: source(2),
+                days: Some(BTreeSet::from([101, 102])),
+                added: vec![
+                    file(&location, "b101", 101, 1),
+                    file(&location, "b102", 102, 1),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        live(&catalog, &t, "daily").await,
+        names(&["a100", "b101", "b102"])
+    );
+    let table = catalog.load_table(&t, "daily").await.unwrap();
+    assert_eq!(source_of(table.metadata()).unwrap(), Some(source(2)));
+    let summary = &table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties;
+    assert_eq!(summary["total-records"], "3");
+
+    // A compaction of the projection changes no row: the source it reflects is kept.
+    let removed = live_entries(&table)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.file_path().ends_with("a100.parquet"))
+        .map(|e| e.file_path().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(removed.len(), 1);
+    let compacted = catalog
+        .commit_replace(&t, "daily", removed, vec![file(&location, "c100", 100, 1)])
+        .await
+        .unwrap();
+    assert!(matches!(compacted, ReplaceOutcome::Committed { .. }));
+    let table = catalog.load_table(&t, "daily").await.unwrap();
+    assert_eq!(source_of(table.metadata()).unwrap(), Some(source(2)));
+
+    // A whole-table refresh (a rebuild's) replaces every day.
+    catalog
+        .commit_projection(
+            &t,
+            "daily",
+            ProjectionCommit {
+                expected_source: Some(2),
+                source: source(3),
+                days: None,
+                added: vec![file(&location, "all", 100, 3)],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(live(&catalog, &t, "daily").await, names(&["all"]));
+
+    // Events are never written to a projection, and a projection commit never touches events.
+    let refused = catalog.commit_append(&k, "daily", vec![], None).await;
+    assert!(
+        matches!(&refused, Err(Error::Invalid { message }) if message.contains("projection")),
+        "{refused:?}"
+    );
+    let refused = catalog
+        .commit_projection(
+            &t,
+            EVENTS_TABLE,
+            ProjectionCommit {
+                expected_source: None,
+                source: source(4),
+                days: None,
+                added: vec![],
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Invalid { .. })), "{refused:?}");
+}

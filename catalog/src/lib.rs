@@ -8,6 +8,7 @@ pub mod auth;
 mod commit;
 pub mod config;
 mod db;
+pub mod delta;
 pub mod erasure;
 mod error;
 pub mod maintenance;

@@ -27,12 +27,14 @@ use crate::{Catalog, Error, Result};
 /// Manifests and manifest lists read at once.
 const READ_CONCURRENCY: usize = 16;
 
-/// Which snapshots expiry keeps: the current one, every one younger than `max_age`, and the
-/// `min_snapshots` newest.
+/// Which snapshots expiry keeps: the current one, every one younger than `max_age`, the
+/// `min_snapshots` newest, and every one from sequence number `keep_from_sequence` on (the
+/// oldest `events` snapshot a projection still reflects: its refresh starts there).
 #[derive(Debug, Clone, Copy)]
 pub struct ExpirePolicy {
     pub max_age: Duration,
     pub min_snapshots: usize,
+    pub keep_from_sequence: Option<i64>,
 }
 
 impl ExpirePolicy {
@@ -41,6 +43,7 @@ impl ExpirePolicy {
         ExpirePolicy {
             max_age: Duration::ZERO,
             min_snapshots: 0,
+            keep_from_sequence: None,
         }
     }
 }
@@ -447,6 +450,9 @@ fn split_snapshots(
             || referenced.contains(&id)
             || i < policy.min_snapshots
             || s.timestamp_ms() >= cutoff
+            || policy
+                .keep_from_sequence
+                .is_some_and(|from| s.sequence_number() >= from)
         {
             keep.push(s);
         } else {
@@ -645,6 +651,7 @@ mod tests {
         let policy = |secs, min| ExpirePolicy {
             max_age: Duration::from_secs(secs),
             min_snapshots: min,
+            keep_from_sequence: None,
         };
         // Age 10 s, keep 1: only the current one (and nothing younger than 10 s but it).
         let (keep, expire) = split_snapshots(&m, policy(10, 1), now);
@@ -654,6 +661,13 @@ mod tests {
         assert_eq!((ids(keep), ids(expire)), (vec![3, 4], vec![1, 2]));
         // Everything younger than 998.5 s stays.
         let (keep, expire) = split_snapshots(&m, policy(998, 1), now);
+        assert_eq!((ids(keep), ids(expire)), (vec![2, 3, 4], vec![1]));
+        // A projection reflects snapshot 2 (sequence 2): it and every later one stay.
+        let pinned = ExpirePolicy {
+            keep_from_sequence: Some(2),
+            ..policy(10, 1)
+        };
+        let (keep, expire) = split_snapshots(&m, pinned, now);
         assert_eq!((ids(keep), ids(expire)), (vec![2, 3, 4], vec![1]));
         // Only the current snapshot stays, even when a newer one exists (after a rollback).
         let m: iceberg::spec::TableMetadata =

@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use floe_catalog::delta::{Delta, RawDelta};
 use floe_catalog::projection::{
     ProjectionCommit, ProjectionOutcome, SourceRef, projection_schema, source_of,
 };
-use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, Config, Error, TenantId};
 use iceberg::spec::{
@@ -231,4 +232,118 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
         )
         .await;
     assert!(matches!(refused, Err(Error::Invalid { .. })), "{refused:?}");
+}
+
+/// The current snapshot of the tenant's events.
+async fn events_at(catalog: &Catalog, t: &TenantId) -> Option<i64> {
+    catalog
+        .load_table(t, EVENTS_TABLE)
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot_id()
+}
+
+fn changes(delta: Delta) -> RawDelta {
+    match delta {
+        Delta::Changes(changes) => changes,
+        Delta::Gap { why } => panic!("a gap: {why}"),
+    }
+}
+
+#[tokio::test]
+async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let t = TenantId::parse("delta").unwrap();
+    let k = catalog
+        .create_tenant(&t, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    let location = catalog
+        .load_table(&t, EVENTS_TABLE)
+        .await
+        .unwrap()
+        .metadata()
+        .location()
+        .to_string();
+
+    // Nothing yet: an empty delta from the start.
+    let empty = changes(catalog.raw_delta(&t, None).await.unwrap());
+    assert_eq!((empty.to, empty.added.len()), (None, 0));
+
+    // Two appends on days 100 and 101.
+    catalog
+        .commit_append(&k, EVENTS_TABLE, vec![file(&location, "e1", 100, 10)], None)
+        .await
+        .unwrap();
+    let first = events_at(&catalog, &t).await;
+    catalog
+        .commit_append(&k, EVENTS_TABLE, vec![file(&location, "e2", 101, 5)], None)
+        .await
+        .unwrap();
+    let all = changes(catalog.raw_delta(&t, None).await.unwrap());
+    assert_eq!(
+        all.added
+            .iter()
+            .map(|f| (f.day, f.records))
+            .collect::<Vec<_>>(),
+        vec![(100, 10), (101, 5)],
+        "oldest commit first"
+    );
+    assert_eq!(all.appended_records, 15);
+    let since_first = changes(catalog.raw_delta(&t, first).await.unwrap());
+    assert_eq!(since_first.added.len(), 1);
+    assert_eq!(since_first.added[0].day, 101);
+    let at = events_at(&catalog, &t).await;
+    assert_eq!(since_first.to, at);
+
+    // A compaction changes no row: nothing to refresh.
+    let e2 = live_entries(&catalog.load_table(&t, EVENTS_TABLE).await.unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.file_path().ends_with("e2.parquet"))
+        .unwrap()
+        .file_path()
+        .to_string();
+    let compacted = catalog
+        .commit_replace(
+            &t,
+            EVENTS_TABLE,
+            vec![e2.clone()],
+            vec![file(&location, "c2", 101, 5)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(compacted, ReplaceOutcome::Committed { .. }));
+    let after_compaction = changes(catalog.raw_delta(&t, at).await.unwrap());
+    assert!(after_compaction.added.is_empty() && after_compaction.reopened.is_empty());
+    assert!(after_compaction.first_change_ms.is_some());
+
+    // Retention takes day 100 out: the day is re-opened.
+    let e1 = live_entries(&catalog.load_table(&t, EVENTS_TABLE).await.unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.file_path().ends_with("e1.parquet"))
+        .unwrap()
+        .file_path()
+        .to_string();
+    let dropped = catalog
+        .commit_rewrite(&t, EVENTS_TABLE, RewriteKind::Delete, vec![e1], vec![])
+        .await
+        .unwrap();
+    assert!(matches!(dropped, ReplaceOutcome::Committed { .. }));
+    let after_retention = changes(catalog.raw_delta(&t, at).await.unwrap());
+    assert_eq!(after_retention.reopened, BTreeSet::from([100]));
+    assert!(after_retention.added.is_empty());
+
+    // A snapshot the table does not know is a gap: recompute everything.
+    assert!(matches!(
+        catalog.raw_delta(&t, Some(42)).await.unwrap(),
+        Delta::Gap { .. }
+    ));
 }

@@ -227,6 +227,7 @@ impl Compactor {
         let policy = ExpirePolicy {
             max_age: Duration::from_secs(self.config.snapshot_max_age_secs),
             min_snapshots: self.config.min_snapshots,
+            keep_from_sequence: None,
         };
         run.expire = self
             .catalog

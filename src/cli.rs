@@ -168,6 +168,11 @@ pub enum TenantCommand {
         /// Running servers apply it within `quota.refresh_secs`.
         #[arg(long = "quota", value_name = "NAME=VALUE")]
         quotas: Vec<String>,
+        /// Switch a built-in projection on or off: `NAME=on|off` (e.g.
+        /// `daily_active_users=off`). Off drops its table; on creates it again, filled by a
+        /// replay of the events. Repeat for several.
+        #[arg(long = "projection", value_name = "NAME=on|off")]
+        projections: Vec<String>,
     },
     /// Show a tenant: its settings, its quotas (default or its own) and today's usage.
     Show { id: String },

@@ -52,6 +52,7 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
             target_file_bytes,
             user_fields,
             quotas,
+            projections,
         } => {
             let id = TenantId::parse(id)?;
             let settings = TenantSettings {
@@ -62,6 +63,7 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
                     list => list.split(',').map(str::to_string).collect(),
                 }),
                 quotas: floe_catalog::quota::parse_overrides(quotas)?,
+                projections: floe_catalog::projection::parse_switches(projections)?,
             };
             let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
             println!("{}", serde_json::to_string(&t)?);
@@ -106,6 +108,11 @@ async fn show(config: &Config, catalog: &Catalog, id: &TenantId) -> anyhow::Resu
     println!("retention_days\t{}", or_none(tenant.retention_days));
     println!("target_file_bytes\t{}", or_none(tenant.target_file_bytes));
     println!("user_fields\t{}", tenant.user_fields.join(","));
+    let projections: Vec<&str> = floe_catalog::projection::builtins_of(&tenant)
+        .iter()
+        .map(|b| b.name)
+        .collect();
+    println!("projections\t{}", projections.join(","));
     println!();
     println!("quota\tlimit\tsource\tused");
     for q in Quota::ALL {

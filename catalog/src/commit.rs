@@ -152,6 +152,7 @@ impl Catalog {
             .is_some_and(|v| v == "true");
         let key = (tenant.to_string(), table.to_string());
         self.cache_metadata(&key, new_location, &Arc::new(new_metadata));
+        self.hooks.tell(tenant, table);
         if delete_old {
             for old in expired {
                 // Best effort: a file left behind is found by orphan-file cleanup.

@@ -227,6 +227,16 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        version: 5,
+        description: "tenant projection switches",
+        sqlite: r#"
+    ALTER TABLE floe_tenants ADD COLUMN projections TEXT;
+    "#,
+        postgres: r#"
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS projections TEXT;
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 
+use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{Literal, ManifestStatus, Operation, PrimitiveLiteral};
 use iceberg::table::Table;
 
@@ -76,6 +77,98 @@ impl Catalog {
         })
         .await
     }
+}
+
+impl Catalog {
+    /// The data files of `events` live at `snapshot` in the given days (days since the epoch),
+    /// oldest commit first: what a projection reads to compute those days whole. Manifests
+    /// whose day range misses every one of them are not read. An error if the snapshot has
+    /// expired.
+    pub async fn day_files(
+        &self,
+        tenant: &TenantId,
+        snapshot: i64,
+        days: BTreeSet<i32>,
+    ) -> Result<Vec<DeltaFile>> {
+        let tenant = tenant.clone();
+        self.on_io(move |c| async move {
+            let table = c.load_table(&tenant, EVENTS_TABLE).await?;
+            files_of_days(&table, snapshot, &days).await
+        })
+        .await
+    }
+}
+
+/// A day (an `int`/`date` partition bound: 4 bytes, little-endian, as the spec serialises it).
+fn bound_day(bytes: Option<&[u8]>) -> Option<i32> {
+    let b: [u8; 4] = bytes?.try_into().ok()?;
+    Some(i32::from_le_bytes(b))
+}
+
+async fn files_of_days(
+    table: &Table,
+    snapshot: i64,
+    days: &BTreeSet<i32>,
+) -> Result<Vec<DeltaFile>> {
+    if days.is_empty() {
+        return Ok(Vec::new());
+    }
+    let metadata = table.metadata();
+    let snap = metadata
+        .snapshot_by_id(snapshot)
+        .ok_or_else(|| Error::NotFound {
+            what: format!("snapshot {snapshot} of {} (expired)", table.identifier()),
+        })?;
+    let list = table
+        .manifest_list_reader(snap)
+        .load()
+        .await
+        .map_err(Error::ice("reading a manifest list"))?;
+    let mut wanted = Vec::new();
+    for m in list.entries() {
+        let range = m
+            .partitions
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|summary| {
+                let lo = bound_day(summary.lower_bound.as_deref().map(|b| b.as_slice()))?;
+                let hi = bound_day(summary.upper_bound.as_deref().map(|b| b.as_slice()))?;
+                Some((lo, hi))
+            });
+        if range.is_none_or(|(lo, hi)| lo <= hi && days.range(lo..=hi).next().is_some()) {
+            wanted.push(m.clone());
+        }
+    }
+    let loads = wanted.into_iter().map(|m| {
+        let io = table.file_io().clone();
+        async move {
+            m.load_manifest(&io)
+                .await
+                .map_err(Error::ice("reading a manifest"))
+        }
+    });
+    let manifests: Vec<iceberg::spec::Manifest> = futures::stream::iter(loads)
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let mut files = Vec::new();
+    for manifest in &manifests {
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let file = entry.data_file();
+            let day = day(file.partition(), file.file_path())?;
+            if days.contains(&day) {
+                files.push(DeltaFile {
+                    path: file.file_path().to_string(),
+                    records: file.record_count(),
+                    size: file.file_size_in_bytes(),
+                    day,
+                    sequence: entry.sequence_number().unwrap_or(0),
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| (a.sequence, &a.path).cmp(&(b.sequence, &b.path)));
+    Ok(files)
 }
 
 /// The day partition of a file of `events`.

@@ -12,6 +12,7 @@ pub mod delta;
 pub mod erasure;
 mod error;
 pub mod maintenance;
+mod notify;
 pub mod positions;
 pub mod projection;
 pub mod quota;
@@ -28,6 +29,7 @@ pub use config::Config;
 use db::Db;
 pub use db::{Backend, redact as redact_url};
 pub use error::{Error, ErrorKind, Result};
+pub use notify::CommitHook;
 pub use storage::Warehouse;
 pub use table::{CommitOutcome, SourcePosition};
 pub use tenant::{Tenant, TenantDeleted, TenantId, TenantKey, TenantSettings};
@@ -52,6 +54,8 @@ pub struct Catalog {
     commit: config::CommitConfig,
     /// What [`Catalog::unavailable`] found down last time.
     down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    /// Told after every commit (see [`Catalog::on_commit`]).
+    hooks: notify::Hooks,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -82,6 +86,7 @@ impl Catalog {
             commit: config.commit.clone(),
             io,
             down: Default::default(),
+            hooks: Default::default(),
         })
     }
 

@@ -234,7 +234,14 @@ impl Catalog {
 
     /// Deletes every object under a tenant's prefix in the warehouse; returns how many went.
     pub(crate) async fn delete_tenant_objects(&self, tenant: &TenantId) -> Result<usize> {
-        let prefix = self.object_key(&format!("{}/{}", self.warehouse, tenant))?;
+        self.delete_objects_under(&format!("{}/{}", self.warehouse, tenant))
+            .await
+    }
+
+    /// Deletes every object under the folder `location` of the warehouse (and, on a local
+    /// warehouse, the folder); how many objects.
+    pub(crate) async fn delete_objects_under(&self, location: &str) -> Result<usize> {
+        let prefix = self.object_key(location)?;
         let store = self.data_store.object_store();
         let mut deleted = 0;
         // Listing and deleting page by page keeps memory flat for any tenant size.

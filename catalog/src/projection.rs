@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::commit::{Attempt, Change, Committed};
 use crate::rewrite::{Rows, Shape, live_entries_cached};
-use crate::tenant::TenantId;
+use crate::tenant::{Tenant, TenantId, TenantKey};
 use crate::{Catalog, Error, Result};
 
 /// The `floe.table.kind` of projection tables.
@@ -125,28 +125,116 @@ pub enum ProjectionOutcome {
     KeptLosing { conflicts: u32 },
 }
 
+/// The built-in projection that counts distinct users per day and over trailing windows.
+pub const DAILY_ACTIVE_USERS: &str = "daily_active_users";
+
+/// A projection every tenant has unless its settings switch it off.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    pub name: &'static str,
+    /// Partitioned by `day` (one file per day), or one file for the whole table (a few
+    /// hundred rows a year: read in one request).
+    pub partitioned: bool,
+    columns: fn() -> Vec<(&'static str, Type, bool)>,
+}
+
+impl Builtin {
+    pub fn schema(&self) -> Result<Schema> {
+        projection_schema((self.columns)())
+    }
+}
+
+fn long() -> Type {
+    Type::Primitive(PrimitiveType::Long)
+}
+
+/// The built-in projections, by name.
+pub const BUILTINS: &[Builtin] = &[Builtin {
+    name: DAILY_ACTIVE_USERS,
+    partitioned: false,
+    columns: || {
+        vec![
+            (DAY_COLUMN, Type::Primitive(PrimitiveType::Date), true),
+            ("users", long(), true),
+            ("users_7d", long(), true),
+            ("users_28d", long(), true),
+        ]
+    },
+}];
+
+/// The built-in projection named `name`, or an error listing them.
+pub fn builtin(name: &str) -> Result<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name).ok_or_else(|| {
+        let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+        Error::invalid(format!(
+            "no built-in projection {name:?} (there are: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+/// Parses `NAME=on|off` switches of built-in projections (as `floe tenant set --projection`).
+pub fn parse_switches(switches: &[String]) -> Result<std::collections::BTreeMap<String, bool>> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in switches {
+        let (name, value) = s.split_once('=').ok_or_else(|| {
+            Error::invalid(format!(
+                "projection switch {s:?}: write NAME=on or NAME=off"
+            ))
+        })?;
+        let on = match value.trim() {
+            "on" | "true" => true,
+            "off" | "false" => false,
+            other => {
+                return Err(Error::invalid(format!(
+                    "projection switch {s:?}: {other:?} is neither on nor off"
+                )));
+            }
+        };
+        out.insert(builtin(name.trim())?.name.to_string(), on);
+    }
+    Ok(out)
+}
+
+/// The built-in projections a tenant has (those its settings do not switch off).
+pub fn builtins_of(tenant: &Tenant) -> Vec<&'static Builtin> {
+    BUILTINS
+        .iter()
+        .filter(|b| !tenant.projections_off.iter().any(|off| off == b.name))
+        .collect()
+}
+
+/// The partition spec of a projection table: identity on its `day` column, or none.
+fn projection_spec(name: &str, schema: &Schema, partitioned: bool) -> Result<UnboundPartitionSpec> {
+    let day = schema
+        .field_by_name(DAY_COLUMN)
+        .filter(|f| *f.field_type == Type::Primitive(PrimitiveType::Date))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "projection {name}: needs a `{DAY_COLUMN}` column of type date"
+            ))
+        })?
+        .id;
+    let mut spec = UnboundPartitionSpec::builder();
+    if partitioned {
+        spec = spec
+            .add_partition_field(day, DAY_COLUMN, Transform::Identity)
+            .map_err(Error::ice("partition spec"))?;
+    }
+    Ok(spec.build())
+}
+
 impl Catalog {
     /// Creates a projection table `name` in the tenant's namespace, partitioned by its `day`
-    /// column (a `date`), unless a table of that name exists. `false`: it existed.
+    /// column (a `date`) or not, unless a table of that name exists. `false`: it existed.
     pub async fn create_projection_table(
         &self,
         tenant: &TenantId,
         name: &str,
         schema: Schema,
+        partitioned: bool,
     ) -> Result<bool> {
-        let day = schema
-            .field_by_name(DAY_COLUMN)
-            .filter(|f| *f.field_type == Type::Primitive(PrimitiveType::Date))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "projection {name}: needs a `{DAY_COLUMN}` column of type date"
-                ))
-            })?
-            .id;
-        let spec = UnboundPartitionSpec::builder()
-            .add_partition_field(day, DAY_COLUMN, Transform::Identity)
-            .map_err(Error::ice("partition spec"))?
-            .build();
+        let spec = projection_spec(name, &schema, partitioned)?;
         let (tenant, name) = (tenant.clone(), name.to_string());
         self.on_io(move |c| async move {
             let Some(key) = c.tenant_key(&tenant).await? else {
@@ -158,6 +246,42 @@ impl Catalog {
                 .create_table_metadata(&key, &name, schema, spec, PROJECTION_KIND, &[])
                 .await?;
             c.register_table(&tenant, &name, &location).await
+        })
+        .await
+    }
+
+    /// Writes the first metadata file of a built-in projection table of the tenant incarnation
+    /// `key`, to be registered by the caller; its location.
+    pub(crate) async fn create_builtin_metadata(
+        &self,
+        key: &TenantKey,
+        builtin: &Builtin,
+    ) -> Result<String> {
+        let schema = builtin.schema()?;
+        let spec = projection_spec(builtin.name, &schema, builtin.partitioned)?;
+        self.create_table_metadata(key, builtin.name, schema, spec, PROJECTION_KIND, &[])
+            .await
+    }
+
+    /// Creates the tables of the tenant's built-in projections that are missing (tenants made
+    /// before a built-in existed, or switched on again); the built-ins the tenant has.
+    pub async fn ensure_builtin_projections(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<&'static Builtin>> {
+        let tenant = tenant.clone();
+        self.on_io(move |c| async move {
+            let t = c.tenant(&tenant).await?;
+            let key = t.key()?;
+            let tables = c.list_tables(&tenant).await?;
+            let wanted = builtins_of(&t);
+            for b in &wanted {
+                if !tables.iter().any(|name| name == b.name) {
+                    let location = c.create_builtin_metadata(&key, b).await?;
+                    c.register_table(&tenant, b.name, &location).await?;
+                }
+            }
+            Ok(wanted)
         })
         .await
     }

@@ -329,6 +329,20 @@ impl Catalog {
         }
     }
 
+    /// Drops a table's cached metadata (it was dropped).
+    pub(crate) fn forget_table(&self, tenant: &TenantId, table: &str) {
+        if let Ok(mut cache) = self.tables.lock() {
+            cache.remove(&(tenant.to_string(), table.to_string()));
+        }
+    }
+
+    /// Drops the cached metadata of every table of a tenant (it was deleted).
+    pub(crate) fn forget_tenant_tables(&self, tenant: &TenantId) {
+        if let Ok(mut cache) = self.tables.lock() {
+            cache.retain(|(t, _), _| t != tenant.as_str());
+        }
+    }
+
     fn table_from(
         &self,
         tenant: &TenantId,

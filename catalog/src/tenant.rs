@@ -104,6 +104,8 @@ pub struct Tenant {
     pub user_fields: Vec<String>,
     /// Quotas set for this tenant, by name (the others are `[quota]`'s defaults).
     pub quotas: std::collections::BTreeMap<String, u64>,
+    /// Built-in projections switched off for this tenant (the others are kept).
+    pub projections_off: Vec<String>,
 }
 
 impl Tenant {
@@ -125,6 +127,9 @@ pub struct TenantSettings {
     pub user_fields: Option<Vec<String>>,
     /// Quota overrides to set (`Some(n)`) or clear back to the default (`None`), by name.
     pub quotas: std::collections::BTreeMap<String, Option<u64>>,
+    /// Built-in projections to switch on (`true`) or off (`false`), by name. Switching one off
+    /// drops its table; switching it on creates it empty, to be filled by a replay.
+    pub projections: std::collections::BTreeMap<String, bool>,
 }
 
 /// Most payload fields a tenant may declare as user references.
@@ -169,14 +174,23 @@ type TenantRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
-const TENANT_COLUMNS: &str =
-    "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas";
+const TENANT_COLUMNS: &str = "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas, \
+     projections";
 
 fn tenant_from_row(row: TenantRow) -> Tenant {
-    let (id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas) =
-        row;
+    let (
+        id,
+        created_at_ms,
+        retention_days,
+        target_file_bytes,
+        incarnation,
+        user_fields,
+        quotas,
+        projections,
+    ) = row;
     Tenant {
         id,
         created_at_ms,
@@ -188,6 +202,9 @@ fn tenant_from_row(row: TenantRow) -> Tenant {
             .unwrap_or_default(),
         quotas: quotas
             .and_then(|q| serde_json::from_str(&q).ok())
+            .unwrap_or_default(),
+        projections_off: projections
+            .and_then(|p| serde_json::from_str(&p).ok())
             .unwrap_or_default(),
     }
 }
@@ -239,6 +256,11 @@ impl Catalog {
         // Write the table's first metadata file before any row points at it: a crash in
         // between leaves an unreferenced file, never a row naming a missing file.
         let events_location = self.create_events_metadata(&key, events_properties).await?;
+        let mut tables = vec![(crate::table::EVENTS_TABLE, events_location)];
+        for builtin in crate::projection::BUILTINS {
+            let location = self.create_builtin_metadata(&key, builtin).await?;
+            tables.push((builtin.name, location));
+        }
         let created_at_ms = now_ms();
         let mut tx = self.db.begin().await.map_err(Error::db("create tenant"))?;
         let inserted = sqlx::query(
@@ -272,18 +294,20 @@ impl Catalog {
             .await
             .map_err(Error::db("insert namespace"))?;
         }
-        sqlx::query(
-            "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
-             metadata_location, previous_metadata_location, iceberg_type) \
-             VALUES ($1, $2, $3, $4, NULL, 'TABLE')",
-        )
-        .bind(&self.name)
-        .bind(id.as_str())
-        .bind(crate::table::EVENTS_TABLE)
-        .bind(&events_location)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("insert events table"))?;
+        for (table, location) in &tables {
+            sqlx::query(
+                "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
+                 metadata_location, previous_metadata_location, iceberg_type) \
+                 VALUES ($1, $2, $3, $4, NULL, 'TABLE')",
+            )
+            .bind(&self.name)
+            .bind(id.as_str())
+            .bind(table)
+            .bind(location)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(format!("insert table {table}")))?;
+        }
         audit_in(&mut tx, actor, Some(id.as_str()), "tenant.create", "{}").await?;
         tx.commit()
             .await
@@ -296,6 +320,7 @@ impl Catalog {
             target_file_bytes: None,
             user_fields: Vec::new(),
             quotas: Default::default(),
+            projections_off: Vec::new(),
         })
     }
 
@@ -383,8 +408,34 @@ impl Catalog {
             }
             Some(merged)
         };
+        for name in settings.projections.keys() {
+            crate::projection::builtin(name)?;
+        }
+        // The switches as they will be, and the built-ins switched off by this change.
+        let (projections, dropped) = if settings.projections.is_empty() {
+            (None, Vec::new())
+        } else {
+            let before = self.tenant(id).await?.projections_off;
+            let mut off = before.clone();
+            for (name, on) in &settings.projections {
+                off.retain(|o| o != name);
+                if !on {
+                    off.push(name.clone());
+                }
+            }
+            off.sort();
+            let dropped: Vec<String> = off
+                .iter()
+                .filter(|o| !before.contains(o))
+                .cloned()
+                .collect();
+            (Some(off), dropped)
+        };
         let (id2, actor) = (id.clone(), actor.to_string());
+        let dropped2 = dropped.clone();
+        let switched = !settings.projections.is_empty();
         self.on_io(move |c| async move {
+            let dropped = dropped2;
             let mut tx = c.db.begin().await.map_err(Error::db("tenant settings"))?;
             let mut detail = serde_json::Map::new();
             let mut updates: Vec<(&str, Option<i64>, Option<String>)> = Vec::new();
@@ -408,6 +459,27 @@ impl Catalog {
                 let text = serde_json::to_string(quotas)
                     .map_err(|e| Error::internal(format!("quotas: {e}")))?;
                 updates.push(("quotas", None, Some(text)));
+            }
+            if let Some(off) = &projections {
+                detail.insert(
+                    "projections".to_string(),
+                    serde_json::json!(settings.projections),
+                );
+                let text = serde_json::to_string(off)
+                    .map_err(|e| Error::internal(format!("projections: {e}")))?;
+                updates.push(("projections", None, Some(text)));
+            }
+            for name in &dropped {
+                sqlx::query(
+                    "DELETE FROM iceberg_tables WHERE catalog_name = $1 \
+                     AND table_namespace = $2 AND table_name = $3",
+                )
+                .bind(&c.name)
+                .bind(id2.as_str())
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("dropping a projection table"))?;
             }
             for (column, number, text) in updates {
                 let update = format!("UPDATE floe_tenants SET {column} = $1 WHERE id = $2");
@@ -436,9 +508,17 @@ impl Catalog {
             )
             .await?;
             tx.commit().await.map_err(Error::db("tenant settings"))?;
+            for name in &dropped {
+                c.forget_table(&id2, name);
+                let folder = format!("{}/{}/{}", c.warehouse, id2, name);
+                c.delete_objects_under(&folder).await?;
+            }
             Ok(())
         })
         .await?;
+        if switched {
+            self.ensure_builtin_projections(id).await?;
+        }
         self.tenant(id).await
     }
 
@@ -492,9 +572,7 @@ impl Catalog {
             let detail = serde_json::json!({ "purge": purge, "existed": existed }).to_string();
             audit_in(&mut tx, &actor, Some(id.as_str()), "tenant.delete", &detail).await?;
             tx.commit().await.map_err(Error::db("delete tenant"))?;
-            if let Ok(mut cache) = c.tables.lock() {
-                cache.retain(|(t, _), _| t != id.as_str());
-            }
+            c.forget_tenant_tables(&id);
             let objects_deleted = if purge {
                 c.delete_tenant_objects(&id).await?
             } else {

@@ -84,18 +84,20 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
     // A projection table needs a `day` date column; it is created once.
     let no_day = projection_schema(vec![("users", long(), false)]).unwrap();
     assert!(matches!(
-        catalog.create_projection_table(&t, "bad", no_day).await,
+        catalog
+            .create_projection_table(&t, "bad", no_day, true)
+            .await,
         Err(Error::Invalid { .. })
     ));
     assert!(
         catalog
-            .create_projection_table(&t, "daily", schema.clone())
+            .create_projection_table(&t, "daily", schema.clone(), true)
             .await
             .unwrap()
     );
     assert!(
         !catalog
-            .create_projection_table(&t, "daily", schema)
+            .create_projection_table(&t, "daily", schema, true)
             .await
             .unwrap()
     );
@@ -298,6 +300,18 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
     assert_eq!(since_first.added.len(), 1);
     assert_eq!(since_first.added[0].day, 101);
     let at = events_at(&catalog, &t).await;
+    // The files of chosen days, whole (what a refresh reads to recompute a day).
+    let of_day = |days: &[i32]| {
+        let catalog = catalog.clone();
+        let (t, days) = (t.clone(), days.iter().copied().collect::<BTreeSet<i32>>());
+        async move {
+            let files = catalog.day_files(&t, at.unwrap(), days).await.unwrap();
+            files.iter().map(|f| (f.day, f.records)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(of_day(&[101]).await, [(101, 5)]);
+    assert_eq!(of_day(&[99, 100, 101]).await, [(100, 10), (101, 5)]);
+    assert_eq!(of_day(&[102]).await, []);
     assert_eq!(since_first.to, at);
 
     // A compaction changes no row: nothing to refresh.
@@ -346,4 +360,89 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
         catalog.raw_delta(&t, Some(42)).await.unwrap(),
         Delta::Gap { .. }
     ));
+}
+
+#[tokio::test]
+async fn every_tenant_has_the_built_in_projections_unless_its_settings_switch_them_off() {
+    use floe_catalog::TenantSettings;
+    use floe_catalog::projection::{DAILY_ACTIVE_USERS, is_projection, parse_switches};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = heard.clone();
+    catalog.on_commit(std::sync::Arc::new(move |t: &TenantId, table: &str| {
+        h.lock().unwrap().push(format!("{t}.{table}"));
+    }));
+    let t = TenantId::parse("acme").unwrap();
+    catalog.create_tenant(&t, "test").await.unwrap();
+
+    // Created with the tenant: a projection table any reader can find, one file (no
+    // partition), not yet reflecting any events.
+    assert_eq!(
+        catalog.list_tables(&t).await.unwrap(),
+        [DAILY_ACTIVE_USERS, EVENTS_TABLE]
+    );
+    let dau = catalog.load_table(&t, DAILY_ACTIVE_USERS).await.unwrap();
+    assert!(is_projection(dau.metadata()));
+    assert!(dau.metadata().default_partition_spec().is_unpartitioned());
+    assert_eq!(source_of(dau.metadata()).unwrap(), None);
+    let folder = dir
+        .path()
+        .join("warehouse/acme")
+        .join(DAILY_ACTIVE_USERS)
+        .join("metadata");
+    assert!(folder.exists(), "{folder:?}");
+
+    // A commit tells the hooks which table moved.
+    let key = catalog.tenant(&t).await.unwrap().key().unwrap();
+    let location = catalog
+        .load_table(&t, EVENTS_TABLE)
+        .await
+        .unwrap()
+        .metadata()
+        .location()
+        .to_string();
+    catalog
+        .commit_append(&key, EVENTS_TABLE, vec![file(&location, "a", 1, 1)], None)
+        .await
+        .unwrap();
+    assert_eq!(*heard.lock().unwrap(), ["acme.events"]);
+
+    // Switched off: the table and its files are gone, and the setting says so.
+    let off = TenantSettings {
+        projections: parse_switches(&["daily_active_users=off".into()]).unwrap(),
+        ..Default::default()
+    };
+    let tenant = catalog.set_tenant_settings(&t, off, "test").await.unwrap();
+    assert_eq!(tenant.projections_off, [DAILY_ACTIVE_USERS]);
+    assert_eq!(catalog.list_tables(&t).await.unwrap(), [EVENTS_TABLE]);
+    assert!(!folder.exists());
+    assert!(
+        catalog
+            .ensure_builtin_projections(&t)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(catalog.list_tables(&t).await.unwrap(), [EVENTS_TABLE]);
+
+    // Switched on again: an empty table, to be filled by replay.
+    let on = TenantSettings {
+        projections: parse_switches(&["daily_active_users=on".into()]).unwrap(),
+        ..Default::default()
+    };
+    let tenant = catalog.set_tenant_settings(&t, on, "test").await.unwrap();
+    assert!(tenant.projections_off.is_empty());
+    let dau = catalog.load_table(&t, DAILY_ACTIVE_USERS).await.unwrap();
+    assert_eq!(source_of(dau.metadata()).unwrap(), None);
+
+    // Unknown names and values are refused, naming what is wrong.
+    let e = parse_switches(&["top_page=off".into()]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no built-in projection \"top_page\""),
+        "{e}"
+    );
+    let e = parse_switches(&["daily_active_users=maybe".into()]).unwrap_err();
+    assert!(e.to_string().contains("neither on nor off"), "{e}");
 }

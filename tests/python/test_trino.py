@@ -196,7 +196,7 @@ def test_sqlalchemy_reflection_and_pandas(loaded):
         connect_args={"auth": JWTAuthentication(token), "http_scheme": "http", "allow_insecure_auth": True},
     )
     inspector = sqlalchemy.inspect(engine)
-    assert inspector.get_table_names(schema="tq-main") == ["events"]
+    assert inspector.get_table_names(schema="tq-main") == ["daily_active_users", "events"]
     columns = [c["name"] for c in inspector.get_columns("events", schema="tq-main")]
     assert columns == ["event_id", "tenant_id", "type", "version", "ts", "received_at", "user_id", "payload"]
     with engine.connect() as conn:
@@ -207,7 +207,7 @@ def test_sqlalchemy_reflection_and_pandas(loaded):
 def test_session_statements(loaded):
     assert run(loaded, "tq-main", "SHOW CATALOGS")[0] == [["floe"]]
     assert run(loaded, "tq-main", "SHOW SCHEMAS")[0] == [["tq-main"], ["information_schema"]]
-    assert run(loaded, "tq-main", "SHOW TABLES")[0] == [["events"]]
+    assert run(loaded, "tq-main", "SHOW TABLES")[0] == [["daily_active_users"], ["events"]]
     conn = connect(loaded, "tq-main")
     cur = conn.cursor()
     cur.execute("USE floe.\"tq-main\"")
@@ -261,9 +261,12 @@ def test_isolation(loaded):
 
 
 def test_roles_and_credentials(loaded):
-    # viewer: projection tables only; none exist yet, so events is not there.
-    with pytest.raises(trino.exceptions.TrinoUserError):
+    # viewer: projection tables only, so events is not there.
+    with pytest.raises(trino.exceptions.TrinoUserError) as e:
         run(loaded, "tq-main", "SELECT count(*) FROM events", role="viewer")
+    assert e.value.error_name == "TABLE_NOT_FOUND"
+    rows, _ = run(loaded, "tq-main", "SELECT count(*) FROM daily_active_users", role="viewer")
+    assert rows[0][0] >= 1
     with pytest.raises(trino.exceptions.TrinoUserError) as e:
         run(loaded, "tq-main", "SELECT 1", role="ingest")
     assert e.value.error_name == "PERMISSION_DENIED"

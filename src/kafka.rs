@@ -12,6 +12,9 @@ pub async fn ingest(config: Config, metrics_listen: Option<&str>) -> anyhow::Res
     // Signals first: a SIGTERM while connecting still means a clean stop.
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
+    if let Some(refresher) = crate::serve::projections(&catalog, &config) {
+        tokio::spawn(refresher.run(stop.clone().wait()));
+    }
     let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
     if let Some(addr) = metrics_listen {
         let render = std::sync::Arc::new(worker.metrics_source());

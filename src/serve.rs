@@ -136,6 +136,9 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }));
+    if let Some(refresher) = projections(&catalog, &config) {
+        services.spawn(refresher.run(stop.clone().wait()));
+    }
     if config.compaction.interval_secs > 0 {
         let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
         services.spawn(floe_compactor::maintain::run_schedule(
@@ -173,6 +176,22 @@ pub async fn serve(
 }
 
 /// Runs `work` until the stop is asked for.
+/// The projection refresher, listening to the commits of `catalog` (to be run), unless
+/// `projection.enabled` is off.
+pub(crate) fn projections(
+    catalog: &Catalog,
+    config: &Config,
+) -> Option<floe_compactor::projection::Refresher> {
+    if !config.projection.enabled {
+        tracing::info!("projection.enabled is off: projections are not refreshed");
+        return None;
+    }
+    let refresher =
+        floe_compactor::projection::Refresher::new(catalog.clone(), config.projection.clone());
+    refresher.listen();
+    Some(refresher)
+}
+
 async fn until(stop: Stop, work: impl Future<Output = ()>) {
     tokio::select! {
         _ = stop.wait() => {}

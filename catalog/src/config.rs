@@ -34,6 +34,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub query: QueryConfig,
     pub compaction: CompactionConfig,
+    pub projection: ProjectionConfig,
     pub commit: CommitConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             query: QueryConfig::default(),
             compaction: CompactionConfig::default(),
+            projection: ProjectionConfig::default(),
             commit: CommitConfig::default(),
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
@@ -73,6 +75,7 @@ impl std::fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("query", &self.query)
             .field("compaction", &self.compaction)
+            .field("projection", &self.projection)
             .field("commit", &self.commit)
             .field("kafka", &self.kafka)
             .field("http", &self.http)
@@ -181,6 +184,10 @@ impl Config {
                 self.compaction.min_snapshots as u64,
             ),
             ("compaction.lease_secs", self.compaction.lease_secs),
+            (
+                "projection.state_cache_bytes",
+                self.projection.state_cache_bytes,
+            ),
             ("commit.max_attempts", self.commit.max_attempts as u64),
             ("commit.backoff_max_ms", self.commit.backoff_max_ms),
             (
@@ -521,7 +528,9 @@ mod tests {
 
     #[test]
     fn example_configs_in_infra_parse_and_match_the_defaults() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra");
+        // The folder as cargo names it at run time: a test binary built from another checkout
+        // of the same sources may be reused, with that checkout's path compiled in.
+        let dir = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../infra");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

@@ -80,20 +80,20 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// The data files of `events` live at `snapshot` in the given days (days since the epoch),
-    /// oldest commit first: what a projection reads to compute those days whole. Manifests
-    /// whose day range misses every one of them are not read. An error if the snapshot has
-    /// expired.
+    /// The data files of `events` live at `snapshot` in the given days (days since the epoch;
+    /// `None`: all), oldest commit first: what a projection reads to compute those days whole.
+    /// Manifests whose day range misses every one of them are not read. An error if the
+    /// snapshot has expired.
     pub async fn day_files(
         &self,
         tenant: &TenantId,
         snapshot: i64,
-        days: BTreeSet<i32>,
+        days: Option<BTreeSet<i32>>,
     ) -> Result<Vec<DeltaFile>> {
         let tenant = tenant.clone();
         self.on_io(move |c| async move {
             let table = c.load_table(&tenant, EVENTS_TABLE).await?;
-            files_of_days(&table, snapshot, &days).await
+            files_of_days(&table, snapshot, days.as_ref()).await
         })
         .await
     }
@@ -108,9 +108,9 @@ fn bound_day(bytes: Option<&[u8]>) -> Option<i32> {
 async fn files_of_days(
     table: &Table,
     snapshot: i64,
-    days: &BTreeSet<i32>,
+    days: Option<&BTreeSet<i32>>,
 ) -> Result<Vec<DeltaFile>> {
-    if days.is_empty() {
+    if days.is_some_and(|d| d.is_empty()) {
         return Ok(Vec::new());
     }
     let metadata = table.metadata();
@@ -135,7 +135,10 @@ async fn files_of_days(
                 let hi = bound_day(summary.upper_bound.as_deref().map(|b| b.as_slice()))?;
                 Some((lo, hi))
             });
-        if range.is_none_or(|(lo, hi)| lo <= hi && days.range(lo..=hi).next().is_some()) {
+        let wanted_days = |(lo, hi): (i32, i32)| {
+            days.is_none_or(|days| lo <= hi && days.range(lo..=hi).next().is_some())
+        };
+        if range.is_none_or(wanted_days) {
             wanted.push(m.clone());
         }
     }
@@ -156,7 +159,7 @@ async fn files_of_days(
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
             let file = entry.data_file();
             let day = day(file.partition(), file.file_path())?;
-            if days.contains(&day) {
+            if days.is_none_or(|days| days.contains(&day)) {
                 files.push(DeltaFile {
                     path: file.file_path().to_string(),
                     records: file.record_count(),

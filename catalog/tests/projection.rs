@@ -305,7 +305,10 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
         let catalog = catalog.clone();
         let (t, days) = (t.clone(), days.iter().copied().collect::<BTreeSet<i32>>());
         async move {
-            let files = catalog.day_files(&t, at.unwrap(), days).await.unwrap();
+            let files = catalog
+                .day_files(&t, at.unwrap(), Some(days))
+                .await
+                .unwrap();
             files.iter().map(|f| (f.day, f.records)).collect::<Vec<_>>()
         }
     };

@@ -43,6 +43,7 @@ use parquet::file::properties::WriterProperties;
 
 pub mod erasure;
 pub mod maintain;
+pub mod projection;
 
 pub use erasure::RowFilter;
 

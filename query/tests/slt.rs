@@ -296,7 +296,7 @@ fn main() -> ExitCode {
     let complete = args.iter().any(|a| a == "--complete");
     // Other flags (libtest's, passed by `cargo test -- …`) are taken and ignored.
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let fixtures = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -147,6 +148,33 @@ def post(url, token, body, wait=True):
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
+
+
+def request(method, url, token, body=None):
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def erase(srv, admin, user_ids, timeout=120):
+    """Requests an erasure and waits for it to complete; returns its final state."""
+    status, reply = request("POST", f"{srv.url}/v1/erasures", admin, {"user_ids": user_ids})
+    assert status == 202, reply
+    assert reply["status"] == "pending" and reply["verified_at_ms"] is None
+    deadline = time.time() + timeout
+    while True:
+        status, state = request("GET", f"{srv.url}/v1/erasures/{reply['id']}", admin)
+        assert status == 200, state
+        if state["status"] == "completed":
+            assert state["verified_at_ms"] >= state["requested_at_ms"]
+            assert state["verified_at"], state
+            return state
+        assert time.time() < deadline, state
+        time.sleep(1)
 
 
 def statement(server, token, sql, headers=None):

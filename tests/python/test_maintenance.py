@@ -6,12 +6,10 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import STACK, floe, iceberg_catalog, post, stack_env, start, stop
+from conftest import STACK, erase, floe, iceberg_catalog, post, request, stack_env, start, stop
 
 DAY = 86400
 
@@ -74,16 +72,6 @@ def events(prefix, n, now, users=10, days=3):
         }
         for i in range(n)
     ]
-
-
-def request(method, url, token, body=None):
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 AGGRESSIVE = ["--set", "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1",
@@ -173,23 +161,6 @@ def holds_user(filesystem, io, path, user):
                     return True
         return False
     return quoted.encode() in raw
-
-
-def erase(srv, admin, user_ids, timeout=120):
-    """Requests an erasure and waits for it to complete; returns its final state."""
-    status, reply = request("POST", f"{srv.url}/v1/erasures", admin, {"user_ids": user_ids})
-    assert status == 202, reply
-    assert reply["status"] == "pending" and reply["verified_at_ms"] is None
-    deadline = time.time() + timeout
-    while True:
-        status, state = request("GET", f"{srv.url}/v1/erasures/{reply['id']}", admin)
-        assert status == 200, state
-        if state["status"] == "completed":
-            assert state["verified_at_ms"] >= state["requested_at_ms"]
-            assert state["verified_at"], state
-            return state
-        assert time.time() < deadline, state
-        time.sleep(1)
 
 
 def test_user_erasure_leaves_no_trace_in_any_object(srv):

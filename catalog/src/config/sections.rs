@@ -127,6 +127,35 @@ impl Default for CompactionConfig {
     }
 }
 
+/// Projections (read models derived from `events`): kept up to date by the process that
+/// commits a tenant's events, right after each commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectionConfig {
+    /// Refresh projections after commits (`false`: they stay as they are until switched back).
+    pub enabled: bool,
+    /// Shortest time between two refreshes of one tenant: commits arriving meanwhile are
+    /// reflected together by the next one.
+    pub min_interval_ms: u64,
+    /// Memory for what refreshes keep between commits (each day's distinct users), over all
+    /// tenants; past it, the least recently used days are dropped and read again when needed.
+    pub state_cache_bytes: u64,
+    /// A projection's snapshots older than this are expired by its refreshes (each refresh is
+    /// a snapshot; the newest 10 always stay).
+    pub snapshot_max_age_secs: u64,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            enabled: true,
+            min_interval_ms: 500,
+            state_cache_bytes: 512 << 20,
+            snapshot_max_age_secs: 60,
+        }
+    }
+}
+
 /// An S3-compatible object store. Credentials left empty come from the standard AWS chain
 /// (environment, profile, SSO, web identity, container or instance metadata).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

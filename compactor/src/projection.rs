@@ -1,0 +1,425 @@
+//! Keeping each tenant's projections (read models) up to date with its `events`.
+//!
+//! After every commit to a tenant's `events` made in this process (a catalog commit hook), the
+//! tenant is marked; [`Refresher::run`] refreshes marked tenants one at a time, at most once
+//! per `projection.min_interval_ms` each, so commits arriving meanwhile are reflected together.
+//! On start it refreshes every tenant once (commits made while it was down).
+//!
+//! A refresh reads what changed since the snapshot of `events` the projection records
+//! ([`floe_catalog::delta`]): files appended since are read (only their `user_id` column) into
+//! the days kept in memory ([`users`]); days re-opened by retention or erasure, and days not in
+//! memory, are read whole from `events` as it is now. The rows of every day the change can
+//! reach are recomputed from those days, and the table is rewritten in one commit fenced on
+//! the recorded source: if another process refreshed it meanwhile, the days kept are dropped
+//! and the refresh starts again from the new source. If the recorded snapshot is no longer in
+//! the history of `events` (expired), the projection is recomputed from all of `events`.
+//!
+//! The cost of a refresh follows the new files, not the size of their days: a day's users
+//! are read once, then kept.
+
+mod dau;
+pub mod users;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_catalog::config::ProjectionConfig;
+use floe_catalog::delta::{Delta, DeltaFile};
+use floe_catalog::maintenance::ExpirePolicy;
+use floe_catalog::projection::{
+    DAILY_ACTIVE_USERS, ProjectionCommit, ProjectionOutcome, SourceRef, source_of,
+};
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Catalog, TenantId};
+
+use crate::{Error, Result};
+
+/// Attempts of one refresh lost to other refreshes of the same projection before it gives up
+/// (the tenant stays marked).
+const FENCED_ATTEMPTS: u32 = 3;
+/// Snapshots of a projection always kept by its own expiry.
+const KEEP_SNAPSHOTS: usize = 10;
+/// How long a tenant whose refresh failed waits before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What one refresh of a tenant did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// The `events` snapshot the projections now reflect (`None`: `events` has none).
+    pub source: Option<i64>,
+    /// Projections committed.
+    pub committed: usize,
+    /// Files of `events` read: appended ones, and the files of days read whole.
+    pub files_read: usize,
+    /// Days with events read whole from `events` (not in memory, or re-opened).
+    pub days_read: usize,
+    /// The whole projection was recomputed (never refreshed, or its source expired).
+    pub full: bool,
+}
+
+/// Refreshes projections; cheap to clone (clones share their state).
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    config: ProjectionConfig,
+    /// Tenants with commits not yet reflected.
+    marked: Mutex<BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+    /// Days kept between refreshes (one refresh at a time uses it).
+    cache: tokio::sync::Mutex<users::Cache>,
+}
+
+impl Refresher {
+    pub fn new(catalog: Catalog, config: ProjectionConfig) -> Refresher {
+        let budget = config.state_cache_bytes;
+        Refresher {
+            inner: Arc::new(Inner {
+                catalog,
+                config,
+                marked: Mutex::new(BTreeSet::new()),
+                wake: tokio::sync::Notify::new(),
+                cache: tokio::sync::Mutex::new(users::Cache::new(budget)),
+            }),
+        }
+    }
+
+    /// Marks tenants after each commit to their `events` made through this catalog.
+    pub fn listen(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner
+            .catalog
+            .on_commit(Arc::new(move |tenant: &TenantId, table: &str| {
+                if table != EVENTS_TABLE {
+                    return;
+                }
+                if let Some(inner) = weak.upgrade() {
+                    inner.mark(tenant.as_str());
+                }
+            }));
+    }
+
+    /// Marks a tenant to be refreshed.
+    pub fn mark(&self, tenant: &TenantId) {
+        self.inner.mark(tenant.as_str());
+    }
+
+    /// Refreshes marked tenants until `stop` completes; every tenant once at the start.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        match self.inner.catalog.list_tenants().await {
+            Ok(tenants) => tenants.iter().for_each(|t| self.inner.mark(&t.id)),
+            Err(e) => tracing::warn!(error = %e, "could not list tenants to refresh"),
+        }
+        let min_interval = Duration::from_millis(self.inner.config.min_interval_ms);
+        let mut last: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
+        loop {
+            let marked = std::mem::take(&mut *lock(&self.inner.marked));
+            let mut waiting = Vec::new();
+            for tenant in marked {
+                let due = last.get(&tenant).map(|t| *t + min_interval);
+                let retry = failed.get(&tenant).map(|t| *t + RETRY_AFTER);
+                let not_before = due.max(retry);
+                if not_before.is_some_and(|t| t > Instant::now()) {
+                    waiting.push(tenant);
+                    continue;
+                }
+                last.insert(tenant.clone(), Instant::now());
+                let Ok(id) = TenantId::parse(&tenant) else {
+                    continue;
+                };
+                let refresh = self.refresh_tenant(&id);
+                tokio::select! {
+                    _ = &mut stop => return,
+                    done = refresh => match done {
+                        Ok(r) => {
+                            failed.remove(&tenant);
+                            tracing::debug!(%tenant, ?r, "projections refreshed");
+                        }
+                        Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => {
+                            // The tenant was deleted.
+                            self.inner.cache.lock().await.forget(&tenant);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%tenant, error = %e, "projection refresh failed; retrying");
+                            failed.insert(tenant.clone(), Instant::now());
+                            waiting.push(tenant);
+                        }
+                    }
+                }
+            }
+            let next = {
+                let mut marked = lock(&self.inner.marked);
+                marked.extend(waiting);
+                let wait_until = marked
+                    .iter()
+                    .filter_map(|t| {
+                        let due = last.get(t).map(|l| *l + min_interval);
+                        let retry = failed.get(t).map(|f| *f + RETRY_AFTER);
+                        due.max(retry)
+                    })
+                    .min();
+                (marked.is_empty(), wait_until)
+            };
+            match next {
+                (true, _) => {
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = self.inner.wake.notified() => {}
+                    }
+                }
+                (false, until) => {
+                    let until = until.unwrap_or_else(Instant::now);
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the tenant's projections up to date with its `events` as they are now.
+    pub async fn refresh_tenant(&self, tenant: &TenantId) -> Result<Refreshed> {
+        let catalog = &self.inner.catalog;
+        let builtins = catalog.ensure_builtin_projections(tenant).await?;
+        if !builtins.iter().any(|b| b.name == DAILY_ACTIVE_USERS) {
+            return Ok(Refreshed::default());
+        }
+        let mut cache = self.inner.cache.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.refresh_dau(tenant, &mut cache).await;
+            cache.shrink();
+            match outcome {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) if attempt < FENCED_ATTEMPTS => {
+                    tracing::debug!(%tenant, "another refresh committed first; starting again");
+                }
+                Ok(None) => {
+                    self.inner.mark(tenant.as_str());
+                    return Err(Error::KeptChanging {
+                        table: format!("{tenant}.{DAILY_ACTIVE_USERS}"),
+                        what: "other refreshes kept committing first",
+                    });
+                }
+                Err(e) => {
+                    cache.forget(tenant.as_str());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One attempt at refreshing `daily_active_users`; `None`: fenced by another refresh.
+    async fn refresh_dau(
+        &self,
+        tenant: &TenantId,
+        cache: &mut users::Cache,
+    ) -> Result<Option<Refreshed>> {
+        let catalog = &self.inner.catalog;
+        let store = catalog.data_store();
+        let table = catalog.load_table(tenant, DAILY_ACTIVE_USERS).await?;
+        let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
+        let (to, added, reopened, full) = match catalog.raw_delta(tenant, source).await? {
+            Delta::Changes(d) => {
+                let Some(to) = d.to else {
+                    return Ok(Some(Refreshed::default()));
+                };
+                if Some(to) == source {
+                    return Ok(Some(Refreshed {
+                        source,
+                        ..Refreshed::default()
+                    }));
+                }
+                let to = SourceRef {
+                    snapshot_id: to,
+                    sequence_number: d.to_sequence,
+                    committed_at_ms: d.to_committed_ms,
+                };
+                (to, d.added, d.reopened, source.is_none())
+            }
+            Delta::Gap { why } => {
+                tracing::info!(%tenant, why, "recomputing daily_active_users from all events");
+                let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
+                let Some(current) = events.metadata().current_snapshot() else {
+                    return Ok(Some(Refreshed::default()));
+                };
+                (SourceRef::of(current), Vec::new(), BTreeSet::new(), true)
+            }
+        };
+        let mut done = Refreshed {
+            source: Some(to.snapshot_id),
+            full,
+            ..Refreshed::default()
+        };
+
+        let kept = cache.tenant(tenant.as_str());
+        if full || kept.as_of != source {
+            kept.days.clear();
+        }
+        kept.as_of = None; // Until the days reach `to`.
+        for d in &reopened {
+            kept.days.remove(d);
+        }
+        // The rows before: read back from the table, unless recomputing them all.
+        let mut rows = if full {
+            BTreeMap::new()
+        } else {
+            dau::read_rows(&table, store).await?
+        };
+
+        // The days whose rows can change.
+        let changed: BTreeSet<i32> = if full {
+            let files = catalog.day_files(tenant, to.snapshot_id, None).await?;
+            let days: BTreeSet<i32> = files.iter().map(|f| f.day).collect();
+            let read = users::read_days(store, &files, &days).await?;
+            done.files_read += files.len();
+            done.days_read += read.len();
+            kept.days.extend(read);
+            days
+        } else {
+            added
+                .iter()
+                .map(|f| f.day)
+                .chain(reopened.iter().copied())
+                .flat_map(|d| d..=d + dau::REACH)
+                .collect()
+        };
+        let needed: BTreeSet<i32> = changed.iter().flat_map(|d| *d - dau::REACH..=*d).collect();
+        if full {
+            // Every file was read: the other days have no events.
+            for d in &needed {
+                kept.days.entry(*d).or_default();
+            }
+        }
+        // Days kept are as of `source`: apply what was appended to them since. Days not kept
+        // are read whole as of `to` (which includes what was appended).
+        let missing: BTreeSet<i32> = needed
+            .iter()
+            .filter(|d| !kept.days.contains_key(d))
+            .copied()
+            .collect();
+        let appended: Vec<DeltaFile> = added
+            .into_iter()
+            .filter(|f| kept.days.contains_key(&f.day))
+            .collect();
+        if !appended.is_empty() {
+            let read = users::read_days(store, &appended, &BTreeSet::new()).await?;
+            done.files_read += appended.len();
+            for (d, users) in read {
+                kept.days.entry(d).or_default().add(users);
+            }
+        }
+        if !missing.is_empty() {
+            let files = catalog
+                .day_files(tenant, to.snapshot_id, Some(missing.clone()))
+                .await?;
+            done.files_read += files.len();
+            let read = users::read_days(store, &files, &missing).await?;
+            done.days_read += read.values().filter(|d| d.events > 0).count();
+            kept.days.extend(read);
+        }
+        for d in &changed {
+            match kept.days.get(d) {
+                Some(day) if day.events > 0 => {
+                    rows.insert(*d, dau::row(&kept.days, *d));
+                }
+                _ => {
+                    rows.remove(d);
+                }
+            }
+        }
+        kept.as_of = Some(to.snapshot_id);
+        cache.touch(tenant.as_str(), needed.iter().copied());
+
+        let added = dau::write_rows(&table, &rows).await?;
+        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
+        let commit = ProjectionCommit {
+            expected_source: source,
+            source: to,
+            days: None,
+            added,
+        };
+        let outcome = catalog
+            .commit_projection(tenant, DAILY_ACTIVE_USERS, commit)
+            .await;
+        match outcome {
+            Ok(ProjectionOutcome::Committed { .. }) => {
+                done.committed += 1;
+                self.expire(tenant, DAILY_ACTIVE_USERS).await;
+                Ok(Some(done))
+            }
+            Ok(ProjectionOutcome::Fenced { .. }) => {
+                self.delete(&paths).await;
+                cache.forget(tenant.as_str());
+                Ok(None)
+            }
+            Ok(ProjectionOutcome::KeptLosing { .. }) => {
+                self.delete(&paths).await;
+                cache.forget(tenant.as_str());
+                Ok(None)
+            }
+            Err(e) => {
+                self.delete(&paths).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Expires the projection's snapshots past `projection.snapshot_max_age_secs` once there
+    /// are enough of them to be worth a commit (a refresh commits every few hundred ms on a
+    /// busy tenant, and each snapshot kept makes every commit's metadata file bigger).
+    async fn expire(&self, tenant: &TenantId, table: &str) {
+        let catalog = &self.inner.catalog;
+        let max_age = Duration::from_secs(self.inner.config.snapshot_max_age_secs);
+        let Ok(t) = catalog.load_table(tenant, table).await else {
+            return;
+        };
+        let oldest_kept = chrono::Utc::now().timestamp_millis() - max_age.as_millis() as i64;
+        let old = t
+            .metadata()
+            .snapshots()
+            .filter(|s| s.timestamp_ms() < oldest_kept)
+            .count();
+        if old < KEEP_SNAPSHOTS {
+            return;
+        }
+        let policy = ExpirePolicy {
+            max_age,
+            min_snapshots: KEEP_SNAPSHOTS,
+            keep_from_sequence: None,
+        };
+        if let Err(e) = catalog.expire_snapshots(tenant, table, policy, false).await {
+            tracing::warn!(%tenant, table, error = %e, "could not expire projection snapshots");
+        }
+    }
+
+    async fn delete(&self, paths: &[String]) {
+        for p in paths {
+            if let Err(e) = self.inner.catalog.file_io().delete(p).await {
+                tracing::warn!(file = %p, error = %e, "could not delete an uncommitted projection file");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn mark(&self, tenant: &str) {
+        lock(&self.marked).insert(tenant.to_string());
+        self.wake.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

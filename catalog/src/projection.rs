@@ -127,6 +127,10 @@ pub enum ProjectionOutcome {
 
 /// The built-in projection that counts distinct users per day and over trailing windows.
 pub const DAILY_ACTIVE_USERS: &str = "daily_active_users";
+/// The built-in projection that sums `PurchaseMade` amounts per day and currency.
+pub const REVENUE_BY_DAY: &str = "revenue_by_day";
+/// The built-in projection that counts `PageViewed` views and visitors per day and page.
+pub const TOP_PAGES: &str = "top_pages";
 
 /// A projection every tenant has unless its settings switch it off.
 #[derive(Debug, Clone, Copy)]
@@ -148,19 +152,57 @@ fn long() -> Type {
     Type::Primitive(PrimitiveType::Long)
 }
 
+fn date() -> Type {
+    Type::Primitive(PrimitiveType::Date)
+}
+
+fn string() -> Type {
+    Type::Primitive(PrimitiveType::String)
+}
+
 /// The built-in projections, by name.
-pub const BUILTINS: &[Builtin] = &[Builtin {
-    name: DAILY_ACTIVE_USERS,
-    partitioned: false,
-    columns: || {
-        vec![
-            (DAY_COLUMN, Type::Primitive(PrimitiveType::Date), true),
-            ("users", long(), true),
-            ("users_7d", long(), true),
-            ("users_28d", long(), true),
-        ]
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: DAILY_ACTIVE_USERS,
+        partitioned: false,
+        columns: || {
+            vec![
+                (DAY_COLUMN, date(), true),
+                ("users", long(), true),
+                ("users_7d", long(), true),
+                ("users_28d", long(), true),
+            ]
+        },
     },
-}];
+    Builtin {
+        name: REVENUE_BY_DAY,
+        partitioned: false,
+        columns: || {
+            let money = Type::Primitive(PrimitiveType::Decimal {
+                precision: 38,
+                scale: 2,
+            });
+            vec![
+                (DAY_COLUMN, date(), true),
+                ("currency", string(), false),
+                ("revenue", money, false),
+                ("orders", long(), true),
+            ]
+        },
+    },
+    Builtin {
+        name: TOP_PAGES,
+        partitioned: true,
+        columns: || {
+            vec![
+                (DAY_COLUMN, date(), true),
+                ("page", string(), false),
+                ("views", long(), true),
+                ("visitors", long(), true),
+            ]
+        },
+    },
+];
 
 /// The built-in projection named `name`, or an error listing them.
 pub fn builtin(name: &str) -> Result<&'static Builtin> {

@@ -368,7 +368,9 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
 #[tokio::test]
 async fn every_tenant_has_the_built_in_projections_unless_its_settings_switch_them_off() {
     use floe_catalog::TenantSettings;
-    use floe_catalog::projection::{DAILY_ACTIVE_USERS, is_projection, parse_switches};
+    use floe_catalog::projection::{
+        DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES, is_projection, parse_switches,
+    };
     let dir = tempfile::tempdir().unwrap();
     let catalog = open(dir.path()).await;
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -383,7 +385,7 @@ async fn every_tenant_has_the_built_in_projections_unless_its_settings_switch_th
     // partition), not yet reflecting any events.
     assert_eq!(
         catalog.list_tables(&t).await.unwrap(),
-        [DAILY_ACTIVE_USERS, EVENTS_TABLE]
+        [DAILY_ACTIVE_USERS, EVENTS_TABLE, REVENUE_BY_DAY, TOP_PAGES]
     );
     let dau = catalog.load_table(&t, DAILY_ACTIVE_USERS).await.unwrap();
     assert!(is_projection(dau.metadata()));
@@ -418,16 +420,12 @@ async fn every_tenant_has_the_built_in_projections_unless_its_settings_switch_th
     };
     let tenant = catalog.set_tenant_settings(&t, off, "test").await.unwrap();
     assert_eq!(tenant.projections_off, [DAILY_ACTIVE_USERS]);
-    assert_eq!(catalog.list_tables(&t).await.unwrap(), [EVENTS_TABLE]);
+    let without = [EVENTS_TABLE, REVENUE_BY_DAY, TOP_PAGES];
+    assert_eq!(catalog.list_tables(&t).await.unwrap(), without);
     assert!(!folder.exists());
-    assert!(
-        catalog
-            .ensure_builtin_projections(&t)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(catalog.list_tables(&t).await.unwrap(), [EVENTS_TABLE]);
+    let kept = catalog.ensure_builtin_projections(&t).await.unwrap();
+    assert_eq!(kept.len(), 2, "the others stay");
+    assert_eq!(catalog.list_tables(&t).await.unwrap(), without);
 
     // Switched on again: an empty table, to be filled by replay.
     let on = TenantSettings {

@@ -17,8 +17,9 @@
 //! The cost of a refresh follows the new files, not the size of their days: a day's users
 //! are read once, then kept.
 
-mod dau;
-pub mod users;
+pub mod day;
+mod files;
+mod rows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -27,13 +28,19 @@ use std::time::{Duration, Instant};
 use floe_catalog::config::ProjectionConfig;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::projection::{
-    DAILY_ACTIVE_USERS, ProjectionCommit, ProjectionOutcome, SourceRef, source_of,
-};
+use floe_catalog::projection::{ProjectionCommit, ProjectionOutcome, SourceRef, source_of};
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantId};
 
 use crate::{Error, Result};
+use rows::Computed;
+
+/// A projection being refreshed.
+struct Target {
+    name: &'static str,
+    computed: Computed,
+    table: iceberg::table::Table,
+}
 
 /// Attempts of one refresh lost to other refreshes of the same projection before it gives up
 /// (the tenant stays marked).
@@ -58,6 +65,16 @@ pub struct Refreshed {
     pub full: bool,
 }
 
+impl Refreshed {
+    fn add(&mut self, other: Refreshed) {
+        self.source = other.source.or(self.source);
+        self.committed += other.committed;
+        self.files_read += other.files_read;
+        self.days_read += other.days_read;
+        self.full |= other.full;
+    }
+}
+
 /// Refreshes projections; cheap to clone (clones share their state).
 #[derive(Clone)]
 pub struct Refresher {
@@ -71,7 +88,7 @@ struct Inner {
     marked: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     /// Days kept between refreshes (one refresh at a time uses it).
-    cache: tokio::sync::Mutex<users::Cache>,
+    cache: tokio::sync::Mutex<day::Cache>,
 }
 
 impl Refresher {
@@ -83,7 +100,7 @@ impl Refresher {
                 config,
                 marked: Mutex::new(BTreeSet::new()),
                 wake: tokio::sync::Notify::new(),
-                cache: tokio::sync::Mutex::new(users::Cache::new(budget)),
+                cache: tokio::sync::Mutex::new(day::Cache::new(budget)),
             }),
         }
     }
@@ -188,14 +205,16 @@ impl Refresher {
     pub async fn refresh_tenant(&self, tenant: &TenantId) -> Result<Refreshed> {
         let catalog = &self.inner.catalog;
         let builtins = catalog.ensure_builtin_projections(tenant).await?;
-        if !builtins.iter().any(|b| b.name == DAILY_ACTIVE_USERS) {
+        let names: Vec<&'static str> = builtins.iter().map(|b| b.name).collect();
+        if names.is_empty() {
             return Ok(Refreshed::default());
         }
+        // One refresh at a time: the days kept are shared by all tenants.
         let mut cache = self.inner.cache.lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = self.refresh_dau(tenant, &mut cache).await;
+            let outcome = self.refresh_once(tenant, &names, &mut cache).await;
             cache.shrink();
             match outcome {
                 Ok(Some(done)) => return Ok(done),
@@ -205,7 +224,7 @@ impl Refresher {
                 Ok(None) => {
                     self.inner.mark(tenant.as_str());
                     return Err(Error::KeptChanging {
-                        table: format!("{tenant}.{DAILY_ACTIVE_USERS}"),
+                        table: format!("{tenant} projections"),
                         what: "other refreshes kept committing first",
                     });
                 }
@@ -217,16 +236,78 @@ impl Refresher {
         }
     }
 
-    /// One attempt at refreshing `daily_active_users`; `None`: fenced by another refresh.
-    async fn refresh_dau(
+    /// One refresh of the projections `names`; `None`: one was fenced by another refresh.
+    ///
+    /// Projections reflecting the same source are refreshed together from one delta. Normally
+    /// all do; one just switched on (no source) is recomputed on its own, without the days
+    /// kept (they stay with the others' source).
+    async fn refresh_once(
         &self,
         tenant: &TenantId,
-        cache: &mut users::Cache,
+        names: &[&'static str],
+        cache: &mut day::Cache,
+    ) -> Result<Option<Refreshed>> {
+        let catalog = &self.inner.catalog;
+        let mut groups: BTreeMap<Option<i64>, Vec<Target>> = BTreeMap::new();
+        for name in names {
+            let Some(computed) = Computed::of(name) else {
+                continue;
+            };
+            let table = catalog.load_table(tenant, name).await?;
+            let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
+            groups.entry(source).or_default().push(Target {
+                name,
+                computed,
+                table,
+            });
+        }
+        let kept_as_of = cache.tenant(tenant.as_str()).as_of;
+        let main = if groups.contains_key(&kept_as_of) {
+            kept_as_of
+        } else {
+            groups
+                .iter()
+                .max_by_key(|(_, targets)| targets.len())
+                .and_then(|(source, _)| *source)
+        };
+        let mut done = Refreshed::default();
+        for (source, targets) in groups {
+            let shared = source == main;
+            let mut days = if shared {
+                cache.take(tenant.as_str())
+            } else {
+                day::TenantDays::default()
+            };
+            let outcome = self
+                .refresh_group(tenant, source, &targets, &mut days)
+                .await;
+            if shared {
+                let touched: Vec<i32> = days.days.keys().copied().collect();
+                cache.put(tenant.as_str(), days);
+                cache.touch(tenant.as_str(), touched);
+            }
+            match outcome? {
+                Some(group) => done.add(group),
+                None => {
+                    cache.forget(tenant.as_str());
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(done))
+    }
+
+    /// Refreshes projections that all reflect `source`, from the changes to `events` since,
+    /// with `kept` the days kept (trusted only if as of `source`); `None`: fenced.
+    async fn refresh_group(
+        &self,
+        tenant: &TenantId,
+        source: Option<i64>,
+        targets: &[Target],
+        kept: &mut day::TenantDays,
     ) -> Result<Option<Refreshed>> {
         let catalog = &self.inner.catalog;
         let store = catalog.data_store();
-        let table = catalog.load_table(tenant, DAILY_ACTIVE_USERS).await?;
-        let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
         let (to, added, reopened, full) = match catalog.raw_delta(tenant, source).await? {
             Delta::Changes(d) => {
                 let Some(to) = d.to else {
@@ -246,7 +327,7 @@ impl Refresher {
                 (to, d.added, d.reopened, source.is_none())
             }
             Delta::Gap { why } => {
-                tracing::info!(%tenant, why, "recomputing daily_active_users from all events");
+                tracing::info!(%tenant, why, "recomputing projections from all events");
                 let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
                 let Some(current) = events.metadata().current_snapshot() else {
                     return Ok(Some(Refreshed::default()));
@@ -259,8 +340,6 @@ impl Refresher {
             full,
             ..Refreshed::default()
         };
-
-        let kept = cache.tenant(tenant.as_str());
         if full || kept.as_of != source {
             kept.days.clear();
         }
@@ -268,31 +347,37 @@ impl Refresher {
         for d in &reopened {
             kept.days.remove(d);
         }
-        // The rows before: read back from the table, unless recomputing them all.
-        let mut rows = if full {
-            BTreeMap::new()
-        } else {
-            dau::read_rows(&table, store).await?
-        };
-
-        // The days whose rows can change.
-        let changed: BTreeSet<i32> = if full {
+        // The days that changed; each projection recomputes the days its rows can change in.
+        let touched: BTreeSet<i32> = if full {
             let files = catalog.day_files(tenant, to.snapshot_id, None).await?;
-            let days: BTreeSet<i32> = files.iter().map(|f| f.day).collect();
-            let read = users::read_days(store, &files, &days).await?;
+            day::apply_files(store, &files, &mut kept.days).await?;
             done.files_read += files.len();
-            done.days_read += read.len();
-            kept.days.extend(read);
-            days
+            done.days_read += kept.days.len();
+            kept.days.keys().copied().collect()
         } else {
             added
                 .iter()
                 .map(|f| f.day)
                 .chain(reopened.iter().copied())
-                .flat_map(|d| d..=d + dau::REACH)
                 .collect()
         };
-        let needed: BTreeSet<i32> = changed.iter().flat_map(|d| *d - dau::REACH..=*d).collect();
+        let own = |computed: Computed| -> BTreeSet<i32> {
+            if full {
+                touched.clone()
+            } else {
+                touched
+                    .iter()
+                    .flat_map(|d| *d..=*d + computed.reach())
+                    .collect()
+            }
+        };
+        let needed: BTreeSet<i32> = targets
+            .iter()
+            .flat_map(|t| {
+                let back = t.computed.looks_back();
+                own(t.computed).into_iter().flat_map(move |d| d - back..=d)
+            })
+            .collect();
         if full {
             // Every file was read: the other days have no events.
             for d in &needed {
@@ -311,66 +396,57 @@ impl Refresher {
             .filter(|f| kept.days.contains_key(&f.day))
             .collect();
         if !appended.is_empty() {
-            let read = users::read_days(store, &appended, &BTreeSet::new()).await?;
+            day::apply_files(store, &appended, &mut kept.days).await?;
             done.files_read += appended.len();
-            for (d, users) in read {
-                kept.days.entry(d).or_default().add(users);
-            }
         }
         if !missing.is_empty() {
             let files = catalog
                 .day_files(tenant, to.snapshot_id, Some(missing.clone()))
                 .await?;
             done.files_read += files.len();
-            let read = users::read_days(store, &files, &missing).await?;
+            let mut read: BTreeMap<i32, day::Day> =
+                missing.iter().map(|d| (*d, day::Day::default())).collect();
+            day::apply_files(store, &files, &mut read).await?;
             done.days_read += read.values().filter(|d| d.events > 0).count();
             kept.days.extend(read);
         }
-        for d in &changed {
-            match kept.days.get(d) {
-                Some(day) if day.events > 0 => {
-                    rows.insert(*d, dau::row(&kept.days, *d));
-                }
-                _ => {
-                    rows.remove(d);
-                }
-            }
-        }
         kept.as_of = Some(to.snapshot_id);
-        cache.touch(tenant.as_str(), needed.iter().copied());
 
-        let added = dau::write_rows(&table, &rows).await?;
-        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
-        let commit = ProjectionCommit {
-            expected_source: source,
-            source: to,
-            days: None,
-            added,
-        };
-        let outcome = catalog
-            .commit_projection(tenant, DAILY_ACTIVE_USERS, commit)
-            .await;
-        match outcome {
-            Ok(ProjectionOutcome::Committed { .. }) => {
-                done.committed += 1;
-                self.expire(tenant, DAILY_ACTIVE_USERS).await;
-                Ok(Some(done))
-            }
-            Ok(ProjectionOutcome::Fenced { .. }) => {
-                self.delete(&paths).await;
-                cache.forget(tenant.as_str());
-                Ok(None)
-            }
-            Ok(ProjectionOutcome::KeptLosing { .. }) => {
-                self.delete(&paths).await;
-                cache.forget(tenant.as_str());
-                Ok(None)
-            }
-            Err(e) => {
-                self.delete(&paths).await;
-                Err(e.into())
+        for target in targets {
+            let own = own(target.computed);
+            let schema = files::arrow_schema(&target.table)?;
+            let rows = target.computed.rows(&kept.days, &own, schema)?;
+            let added = files::files_for(&target.table, store, rows, &own, full).await?;
+            let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
+            let partitioned = !target
+                .table
+                .metadata()
+                .default_partition_spec()
+                .is_unpartitioned();
+            let commit = ProjectionCommit {
+                expected_source: source,
+                source: to,
+                days: (partitioned && !full).then_some(own),
+                added,
+            };
+            match catalog.commit_projection(tenant, target.name, commit).await {
+                Ok(ProjectionOutcome::Committed { .. }) => {
+                    done.committed += 1;
+                    self.expire(tenant, target.name).await;
+                }
+                Ok(ProjectionOutcome::Fenced { .. } | ProjectionOutcome::KeptLosing { .. }) => {
+                    self.delete(&paths).await;
+                    kept.as_of = None;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.delete(&paths).await;
+                    kept.as_of = None;
+                    return Err(e.into());
+                }
             }
         }
+        Ok(Some(done))
     }
 
     /// Expires the projection's snapshots past `projection.snapshot_max_age_secs` once there

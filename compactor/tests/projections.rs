@@ -1,15 +1,19 @@
-//! `daily_active_users` kept up to date with `events` against the SQLite catalog and a local
-//! warehouse: each step commits events (or compacts, or drops a day, or expires history) and
-//! refreshes, and the table's rows must equal the counts computed here from every event written
-//! so far.
+//! The built-in projections kept up to date with `events` against the SQLite catalog and a
+//! local warehouse: each step commits events (or compacts, or drops a day, or expires history)
+//! and refreshes, and every projection's rows must equal what is computed here from every event
+//! written so far (each event id counted once a day).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use arrow_array::Array;
+use floe_catalog::TenantSettings;
 use floe_catalog::config::ProjectionConfig;
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::projection::{DAILY_ACTIVE_USERS, source_of};
+use floe_catalog::projection::{
+    DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES, parse_switches, source_of,
+};
 use floe_catalog::rewrite::{RewriteKind, live_entries};
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, Config, TenantId, TenantKey};
@@ -19,12 +23,34 @@ use iceberg::spec::Literal;
 
 const US_PER_DAY: i64 = 86_400_000_000;
 
+/// What an event is, for the projections.
+#[derive(Clone, Debug)]
+enum Kind {
+    View(Option<&'static str>),
+    Buy(Option<&'static str>, &'static str),
+    Other,
+}
+
+/// An event: its id, day, user and kind.
+#[derive(Clone, Debug)]
+struct Ev {
+    id: String,
+    day: i32,
+    user: Option<String>,
+    kind: Kind,
+}
+
+/// A row of any projection, as text: days as days since the epoch, amounts in hundredths.
+type Rows = BTreeMap<&'static str, BTreeSet<String>>;
+
+const TABLES: [&str; 3] = [DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES];
+
 struct World {
     catalog: Catalog,
     tenant: TenantId,
     key: TenantKey,
-    /// Every event written and not dropped: (day, user).
-    written: Vec<(i32, Option<String>)>,
+    /// Every event written and not dropped, in commit order.
+    written: Vec<Ev>,
     next_id: u64,
     _dir: tempfile::TempDir,
 }
@@ -60,26 +86,50 @@ impl World {
         Refresher::new(self.catalog.clone(), ProjectionConfig::default())
     }
 
-    /// Commits one append of events: (day, user), `None` for an event without a user.
-    /// `resend` repeats the last event's id (a duplicate of it).
-    async fn append(&mut self, events: &[(i32, Option<&str>)]) {
+    /// New events: (day, user, kind), each with a new id.
+    fn events(&mut self, spec: &[(i32, Option<&str>, Kind)]) -> Vec<Ev> {
+        spec.iter()
+            .map(|(day, user, kind)| {
+                self.next_id += 1;
+                Ev {
+                    id: format!("e{}", self.next_id),
+                    day: *day,
+                    user: user.map(str::to_string),
+                    kind: kind.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Commits one append of `events`.
+    async fn append(&mut self, events: Vec<Ev>) {
         let stored: Vec<StoredEvent> = events
             .iter()
-            .map(|(day, user)| {
-                self.next_id += 1;
-                self.written.push((*day, user.map(str::to_string)));
+            .map(|e| {
+                let (kind, payload) = match &e.kind {
+                    Kind::View(page) => ("PageViewed", serde_json::json!({ "page": page })),
+                    Kind::Buy(currency, amount) => (
+                        "PurchaseMade",
+                        serde_json::json!({
+                            "currency": currency,
+                            "amount": serde_json::from_str::<serde_json::Value>(amount).unwrap(),
+                        }),
+                    ),
+                    Kind::Other => ("SensorReading", serde_json::json!({ "page": "/no" })),
+                };
                 StoredEvent {
-                    event_id: format!("e{}", self.next_id),
-                    kind: "PageViewed".into(),
+                    event_id: e.id.clone(),
+                    kind: kind.into(),
                     version: 1,
-                    ts: *day as i64 * US_PER_DAY + 3_600_000_000,
+                    ts: e.day as i64 * US_PER_DAY + 3_600_000_000,
                     received_at: 0,
-                    user_id: user.map(str::to_string),
-                    payload: "{}".into(),
+                    user_id: e.user.clone(),
+                    payload: payload.to_string(),
                     client_id: true,
                 }
             })
             .collect();
+        self.written.extend(events);
         let table = self
             .catalog
             .load_table(&self.tenant, EVENTS_TABLE)
@@ -95,61 +145,107 @@ impl World {
             .unwrap();
     }
 
-    /// The rows the table must hold: per day with events, distinct users that day and over the
-    /// 7 and 28 days ending on it.
-    fn expected(&self) -> BTreeMap<i32, [i64; 3]> {
-        let days: BTreeSet<i32> = self.written.iter().map(|(d, _)| *d).collect();
+    /// Views of pages by users on a day.
+    async fn views(&mut self, day: i32, spec: &[(Option<&str>, &'static str)]) {
+        let spec: Vec<_> = spec
+            .iter()
+            .map(|(u, p)| (day, *u, Kind::View(Some(*p))))
+            .collect();
+        let events = self.events(&spec);
+        self.append(events).await;
+    }
+
+    /// What every projection must hold.
+    fn expected(&self) -> Rows {
+        let mut out: Rows = TABLES.iter().map(|t| (*t, BTreeSet::new())).collect();
+        let days: BTreeSet<i32> = self.written.iter().map(|e| e.day).collect();
         let users_in = |from: i32, to: i32| {
             self.written
                 .iter()
-                .filter(|(d, u)| (from..=to).contains(d) && u.is_some())
-                .map(|(_, u)| u.clone())
+                .filter(|e| (from..=to).contains(&e.day))
+                .filter_map(|e| e.user.clone())
                 .collect::<BTreeSet<_>>()
-                .len() as i64
+                .len()
         };
-        days.into_iter()
-            .map(|d| (d, [users_in(d, d), users_in(d - 6, d), users_in(d - 27, d)]))
-            .collect()
+        for d in &days {
+            let [a, b, c] = [users_in(*d, *d), users_in(d - 6, *d), users_in(d - 27, *d)];
+            out.get_mut(DAILY_ACTIVE_USERS)
+                .unwrap()
+                .insert(format!("{d}|{a}|{b}|{c}"));
+        }
+        // Each (day, id) once: the first copy.
+        let mut seen = BTreeSet::new();
+        let once: Vec<&Ev> = self
+            .written
+            .iter()
+            .filter(|e| seen.insert((e.day, e.id.clone())))
+            .collect();
+        // By (day, currency or page): (cents, orders), (views, visitors).
+        type By<'a, T> = BTreeMap<(i32, Option<&'a str>), T>;
+        let mut revenue: By<(Option<i128>, u64)> = BTreeMap::new();
+        let mut pages: By<(u64, BTreeSet<String>)> = BTreeMap::new();
+        for e in once {
+            match &e.kind {
+                Kind::Buy(currency, amount) => {
+                    let r = revenue.entry((e.day, *currency)).or_default();
+                    let cents = (amount.parse::<f64>().unwrap() * 100.0).round() as i128;
+                    r.0 = Some(r.0.unwrap_or(0) + cents);
+                    r.1 += 1;
+                }
+                Kind::View(page) => {
+                    let p = pages.entry((e.day, *page)).or_default();
+                    p.0 += 1;
+                    p.1.extend(e.user.clone());
+                }
+                Kind::Other => {}
+            }
+        }
+        let text = |s: Option<&str>| s.unwrap_or("NULL").to_string();
+        for ((d, c), (cents, orders)) in revenue {
+            let cents = cents.map_or("NULL".into(), |c| c.to_string());
+            out.get_mut(REVENUE_BY_DAY)
+                .unwrap()
+                .insert(format!("{d}|{}|{cents}|{orders}", text(c)));
+        }
+        for ((d, p), (views, visitors)) in pages {
+            out.get_mut(TOP_PAGES).unwrap().insert(format!(
+                "{d}|{}|{views}|{}",
+                text(p),
+                visitors.len()
+            ));
+        }
+        out
     }
 
-    /// The table's rows, read through DataFusion-free Parquet reading of its live files.
-    async fn rows(&self) -> BTreeMap<i32, [i64; 3]> {
-        let table = self
-            .catalog
-            .load_table(&self.tenant, DAILY_ACTIVE_USERS)
-            .await
-            .unwrap();
-        let mut out = BTreeMap::new();
-        for entry in live_entries(&table).await.unwrap() {
-            let path = entry
-                .file_path()
-                .strip_prefix("file://")
-                .unwrap()
-                .to_string();
-            let file = std::fs::File::open(path).unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let day = batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<arrow_array::Date32Array>()
-                    .unwrap();
-                let long = |i: usize| {
-                    batch
-                        .column(i)
-                        .as_any()
-                        .downcast_ref::<arrow_array::Int64Array>()
-                        .unwrap()
-                        .clone()
-                };
-                let (a, b, c) = (long(1), long(2), long(3));
-                for i in 0..batch.num_rows() {
-                    out.insert(day.value(i), [a.value(i), b.value(i), c.value(i)]);
+    /// What every projection holds, read from the Parquet files of its current snapshot.
+    async fn rows(&self) -> Rows {
+        let mut out = Rows::new();
+        for name in TABLES {
+            let table = self.catalog.load_table(&self.tenant, name).await.unwrap();
+            let mut rows = BTreeSet::new();
+            for entry in live_entries(&table).await.unwrap() {
+                let path = entry
+                    .file_path()
+                    .strip_prefix("file://")
+                    .unwrap()
+                    .to_string();
+                let file = std::fs::File::open(path).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    for i in 0..batch.num_rows() {
+                        let cells: Vec<String> = batch
+                            .columns()
+                            .iter()
+                            .map(|c| cell(c.as_ref(), i))
+                            .collect();
+                        assert!(rows.insert(cells.join("|")), "a row twice in {name}");
+                    }
                 }
             }
+            out.insert(name, rows);
         }
         out
     }
@@ -163,18 +259,46 @@ impl World {
         t.metadata().current_snapshot_id().unwrap()
     }
 
-    async fn source(&self) -> Option<i64> {
-        let t = self
-            .catalog
-            .load_table(&self.tenant, DAILY_ACTIVE_USERS)
-            .await
-            .unwrap();
+    async fn source(&self, name: &str) -> Option<i64> {
+        let t = self.catalog.load_table(&self.tenant, name).await.unwrap();
         source_of(t.metadata()).unwrap().map(|s| s.snapshot_id)
+    }
+
+    /// The `daily_active_users` row of a day: users, over 7 days, over 28 days.
+    async fn dau(&self, day: i32) -> String {
+        let rows = self.rows().await;
+        rows[DAILY_ACTIVE_USERS]
+            .iter()
+            .find(|r| r.starts_with(&format!("{day}|")))
+            .map(|r| r.split_once('|').unwrap().1.to_string())
+            .unwrap_or_default()
     }
 }
 
+/// One cell as text: dates as days since the epoch, decimals in hundredths.
+fn cell(array: &dyn Array, i: usize) -> String {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Date32Type, Decimal128Type, Int64Type};
+    if array.is_null(i) {
+        return "NULL".into();
+    }
+    if let Some(a) = array.as_primitive_opt::<Date32Type>() {
+        return a.value(i).to_string();
+    }
+    if let Some(a) = array.as_primitive_opt::<Int64Type>() {
+        return a.value(i).to_string();
+    }
+    if let Some(a) = array.as_primitive_opt::<Decimal128Type>() {
+        return a.value(i).to_string();
+    }
+    if let Some(a) = array.as_string_opt::<i32>() {
+        return a.value(i).to_string();
+    }
+    panic!("unexpected column type {:?}", array.data_type())
+}
+
 #[tokio::test]
-async fn daily_active_users_follow_events_through_late_days_compaction_retention_and_expiry() {
+async fn projections_follow_events_through_duplicates_late_days_compaction_retention_and_expiry() {
     let mut w = World::new().await;
     let refresher = w.refresher();
 
@@ -184,58 +308,78 @@ async fn daily_active_users_follow_events_through_late_days_compaction_retention
         Refreshed::default()
     );
 
-    // Day 100: a, b, a again, an event without a user; day 101: c and a.
-    w.append(&[
-        (100, Some("a")),
-        (100, Some("b")),
-        (100, Some("a")),
-        (100, None),
-    ])
-    .await;
-    w.append(&[(101, Some("c")), (101, Some("a"))]).await;
-    let first = refresher.refresh_tenant(&w.tenant).await.unwrap();
-    assert!(first.full, "never refreshed: computed from all events");
-    assert_eq!(first.committed, 1);
+    // Day 100: views (one without a user), purchases in two currencies and in none, and an
+    // event of another type; then the first view and the first purchase sent again (the same
+    // ids, in a later commit). Day 101: two views.
+    let first = w.events(&[
+        (100, Some("a"), Kind::View(Some("/"))),
+        (100, Some("b"), Kind::View(Some("/"))),
+        (100, Some("a"), Kind::View(Some("/x"))),
+        (100, None, Kind::View(Some("/"))),
+        (100, Some("a"), Kind::Buy(Some("EUR"), "12.5")),
+        (100, Some("b"), Kind::Buy(None, "3")),
+        (100, Some("c"), Kind::Buy(Some("USD"), "19.99")),
+        (100, Some("z"), Kind::Other),
+        (100, Some("d"), Kind::View(None)),
+    ]);
+    let again = vec![first[0].clone(), first[4].clone()];
+    w.append(first).await;
+    w.append(again).await;
+    w.views(101, &[(Some("c"), "/"), (Some("a"), "/y")]).await;
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(step.full, "never refreshed: computed from all events");
+    assert_eq!(step.committed, 3);
     assert_eq!(w.rows().await, w.expected());
-    assert_eq!(w.rows().await[&101], [2, 3, 3]);
-    assert_eq!(w.source().await, Some(w.events_snapshot().await));
+    assert!(
+        w.rows().await[TOP_PAGES].contains("100|/|3|2"),
+        "the resent view counts once"
+    );
+    assert!(w.rows().await[REVENUE_BY_DAY].contains("100|EUR|1250|1"));
+    assert_eq!(w.dau(101).await, "2|5|5");
+    for name in TABLES {
+        assert_eq!(w.source(name).await, Some(w.events_snapshot().await));
+    }
 
     // Refreshing again changes nothing and commits nothing.
-    let again = refresher.refresh_tenant(&w.tenant).await.unwrap();
-    assert_eq!((again.committed, again.files_read), (0, 0));
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!((step.committed, step.files_read), (0, 0));
 
-    // New events of a day kept in memory: only the new file is read.
-    w.append(&[(101, Some("d"))]).await;
+    // New events of a day kept in memory: only the new file is read, and a duplicate of an
+    // event of an earlier commit still counts once.
+    let more = w.events(&[(101, Some("e"), Kind::Buy(Some("EUR"), "0.5"))]);
+    let dup = more[0].clone();
+    w.append(more).await;
+    w.append(vec![dup]).await;
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert!(!step.full);
-    assert_eq!((step.files_read, step.days_read), (1, 0));
+    assert_eq!((step.files_read, step.days_read), (2, 0));
     assert_eq!(w.rows().await, w.expected());
 
-    // A late event, three days back: its day gets a row, and the windows of the days after it
+    // A late event, three days back: its day gets rows, and the windows of the days after it
     // count its user.
-    w.append(&[(97, Some("e")), (97, None)]).await;
+    w.views(97, &[(Some("f"), "/"), (None, "/")]).await;
     refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert_eq!(w.rows().await, w.expected());
-    assert_eq!(w.rows().await[&101], [3, 5, 5]);
+    assert_eq!(w.dau(101).await, "3|7|7");
 
     // Another process (a refresher with nothing in memory) reads what it needs from events.
-    w.append(&[(101, Some("f")), (128, Some("g"))]).await;
+    w.views(101, &[(Some("g"), "/")]).await;
+    w.views(128, &[(Some("h"), "/")]).await;
     let other = w.refresher();
     let step = other.refresh_tenant(&w.tenant).await.unwrap();
     assert!(!step.full && step.days_read > 0);
     assert_eq!(w.rows().await, w.expected());
     assert_eq!(
-        w.rows().await[&128],
-        [1, 1, 5],
-        "day 101 (a, c, d, f) is 27 days back: inside"
+        w.dau(128).await,
+        "1|1|5",
+        "h, and day 101 (a, c, e, g) 27 days back"
     );
     // The first refresher's memory is as of an older source: it does not trust it.
-    w.append(&[(128, Some("a"))]).await;
+    w.views(128, &[(Some("a"), "/")]).await;
     refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert_eq!(w.rows().await, w.expected());
 
-    // A compaction rewrites day 100 and 101 into other files: the same rows, nothing re-read.
-    let table = w.catalog.load_table(&w.tenant, EVENTS_TABLE).await.unwrap();
+    // A compaction rewrites days 100 and 101 into other files: the same rows, nothing re-read.
     let compactor = floe_compactor::Compactor::new(w.catalog.clone(), Default::default());
     let plan = compactor.plan_table(&w.tenant, EVENTS_TABLE).await.unwrap();
     assert!(!plan.bins.is_empty());
@@ -248,12 +392,11 @@ async fn daily_active_users_follow_events_through_late_days_compaction_retention
                 .committed
         );
     }
-    drop(table);
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
-    assert_eq!((step.files_read, step.days_read, step.committed), (0, 0, 1));
+    assert_eq!((step.files_read, step.days_read, step.committed), (0, 0, 3));
     assert_eq!(w.rows().await, w.expected());
 
-    // Retention drops day 97: its row goes and the windows after it no longer count e.
+    // Retention drops day 97: its rows go and the windows after it no longer count f.
     let table = w.catalog.load_table(&w.tenant, EVENTS_TABLE).await.unwrap();
     let day97: Vec<String> = live_entries(&table)
         .await
@@ -267,14 +410,18 @@ async fn daily_active_users_follow_events_through_late_days_compaction_retention
         .commit_rewrite(&w.tenant, EVENTS_TABLE, RewriteKind::Delete, day97, vec![])
         .await
         .unwrap();
-    w.written.retain(|(d, _)| *d != 97);
+    w.written.retain(|e| e.day != 97);
     refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert_eq!(w.rows().await, w.expected());
-    assert!(!w.rows().await.contains_key(&97));
+    assert!(
+        !w.rows().await[TOP_PAGES]
+            .iter()
+            .any(|r| r.starts_with("97|"))
+    );
 
-    // The snapshot the projection reflects expires before the next refresh: it cannot follow
-    // the changes, and recomputes from all events.
-    w.append(&[(129, Some("h"))]).await;
+    // The snapshot the projections reflect expires before the next refresh: they cannot
+    // follow the changes, and are recomputed from all events.
+    w.views(129, &[(Some("i"), "/")]).await;
     w.catalog
         .expire_snapshots(
             &w.tenant,
@@ -287,6 +434,23 @@ async fn daily_active_users_follow_events_through_late_days_compaction_retention
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert!(step.full);
     assert_eq!(w.rows().await, w.expected());
+
+    // top_pages switched off and on again: recomputed from all events on its own, while the
+    // others go on from where they are.
+    for on in ["off", "on"] {
+        let settings = TenantSettings {
+            projections: parse_switches(&[format!("top_pages={on}")]).unwrap(),
+            ..Default::default()
+        };
+        w.catalog
+            .set_tenant_settings(&w.tenant, settings, "test")
+            .await
+            .unwrap();
+    }
+    assert_eq!(w.source(TOP_PAGES).await, None);
+    w.views(129, &[(Some("j"), "/z")]).await;
+    refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!(w.rows().await, w.expected());
 }
 
 #[tokio::test]
@@ -298,9 +462,9 @@ async fn a_refresher_hears_commits_and_refreshes_on_its_own() {
     let running = tokio::spawn(refresher.clone().run(async {
         let _ = stopped.await;
     }));
-    w.append(&[(200, Some("a")), (200, Some("b"))]).await;
+    w.views(200, &[(Some("a"), "/"), (Some("b"), "/")]).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while w.source().await != Some(w.events_snapshot().await) {
+    while w.source(TOP_PAGES).await != Some(w.events_snapshot().await) {
         assert!(
             std::time::Instant::now() < deadline,
             "not refreshed within 10 s"

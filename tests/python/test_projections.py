@@ -1,7 +1,7 @@
 """Projections checked from outside Floe: after each step (events with resent duplicates and
-events without a user, late events days back, the three timestamp forms, a user erasure), the
-`daily_active_users` table read by pyiceberg equals DuckDB's aggregate over the `events` table
-read by pyiceberg; and a viewer reads it over the Trino protocol."""
+events without a user, late events days back, the three timestamp forms, a user erasure), every
+built-in projection read by pyiceberg equals DuckDB's aggregate over the `events` table read by
+pyiceberg; and a viewer reads them over the Trino protocol."""
 
 import time
 
@@ -14,53 +14,75 @@ TENANT = "proj"
 DAY = 86400
 SOURCE = "floe.projection.source-snapshot"
 
-# The reference: per day with events, distinct users that day, over the 7 days and over the
-# 28 days ending on it (UTC days of the event time).
-DAU_SQL = """
-WITH du AS (SELECT DISTINCT CAST(ts AS DATE) AS day, user_id FROM events),
-     days AS (SELECT DISTINCT day FROM du)
-SELECT d.day,
-       count(DISTINCT u.user_id) FILTER (WHERE u.day = d.day) AS users,
-       count(DISTINCT u.user_id) FILTER (WHERE u.day > d.day - 7) AS users_7d,
-       count(DISTINCT u.user_id) AS users_28d
-FROM days d JOIN du u ON u.day BETWEEN d.day - 27 AND d.day
-GROUP BY d.day ORDER BY d.day
+# The references, over the events (each (day, event_id) once), by UTC day of the event time.
+ONCE = """
+CREATE VIEW once AS SELECT *, CAST(ts AS DATE) AS day FROM events
+QUALIFY row_number() OVER (PARTITION BY CAST(ts AS DATE), event_id) = 1
 """
+REFERENCE = {
+    # Per day with events: distinct users that day, over the 7 and the 28 days ending on it.
+    "daily_active_users": """
+        WITH du AS (SELECT DISTINCT day, user_id FROM once),
+             days AS (SELECT DISTINCT day FROM du)
+        SELECT d.day,
+               count(DISTINCT u.user_id) FILTER (WHERE u.day = d.day),
+               count(DISTINCT u.user_id) FILTER (WHERE u.day > d.day - 7),
+               count(DISTINCT u.user_id)
+        FROM days d JOIN du u ON u.day BETWEEN d.day - 27 AND d.day
+        GROUP BY d.day""",
+    "revenue_by_day": """
+        SELECT day, json_extract_string(payload, '$.currency'),
+               sum(CAST(json_extract_string(payload, '$.amount') AS DECIMAL(38, 2))), count(*)
+        FROM once WHERE type = 'PurchaseMade' GROUP BY ALL""",
+    "top_pages": """
+        SELECT day, json_extract_string(payload, '$.page'), count(*), count(DISTINCT user_id)
+        FROM once WHERE type = 'PageViewed' GROUP BY ALL""",
+}
 
 
 def fresh(data, timeout=30):
-    """Waits until daily_active_users reflects the current events snapshot; both tables."""
+    """Waits until every projection reflects the current events snapshot; the tables."""
     cat = iceberg_catalog(data)
     deadline = time.time() + timeout
     while True:
         events = cat.load_table(f"{TENANT}.events")
-        dau = cat.load_table(f"{TENANT}.daily_active_users")
-        snap = dau.current_snapshot()
-        source = snap.summary.additional_properties.get(SOURCE) if snap else None
-        if events.current_snapshot() and source == str(events.current_snapshot().snapshot_id):
-            return events, dau
-        assert time.time() < deadline, f"daily_active_users at {source}, events at {events.current_snapshot()}"
+        tables = {name: cat.load_table(f"{TENANT}.{name}") for name in REFERENCE}
+        current = events.current_snapshot()
+        behind = {name: t.current_snapshot() and t.current_snapshot().summary.additional_properties.get(SOURCE)
+                  for name, t in tables.items()}
+        if current and all(source == str(current.snapshot_id) for source in behind.values()):
+            return events, tables
+        assert time.time() < deadline, f"events at {current}, projections at {behind}"
         time.sleep(0.1)
 
 
 def check(data):
-    events, dau = fresh(data)
+    """Every projection equals its reference; the rows of each."""
+    events, tables = fresh(data)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("events", events.scan().to_arrow())
-    expected = [tuple(r) for r in con.execute(DAU_SQL).fetchall()]
-    con.register("dau", dau.scan().to_arrow())
-    got = [tuple(r) for r in con.execute("SELECT * FROM dau ORDER BY day").fetchall()]
-    assert got == expected
-    return got
+    con.execute(ONCE)
+    out = {}
+    for name, sql in REFERENCE.items():
+        expected = sorted(tuple(r) for r in con.execute(sql).fetchall())
+        con.register("projection", tables[name].scan().to_arrow())
+        got = sorted(tuple(r) for r in con.execute("SELECT * FROM projection").fetchall())
+        assert got == expected, name
+        out[name] = got
+    return out
 
 
 def event(i, ts, user):
-    return {"event_id": f"p-{i}", "type": "PageViewed", "timestamp": ts, "user_id": user,
-            "payload": {"page": f"/p/{i % 4}"}}
+    """Page views, purchases (in two currencies and in none) and sensor readings, by `i`."""
+    kind = ["PageViewed", "PurchaseMade", "SensorReading"][i % 3]
+    payload = {"page": f"/p/{i % 4}"} if kind == "PageViewed" else {"value": i}
+    if kind == "PurchaseMade":
+        payload = {"amount": (i % 500) / 4, "currency": ["EUR", "USD", None][i % 7 % 3]}
+    return {"event_id": f"p-{i}", "type": kind, "timestamp": ts, "user_id": user, "payload": payload}
 
 
-def test_daily_active_users_equal_duckdb_after_every_step(server):
+def test_projections_equal_duckdb_after_every_step(server):
     data = server.data
     floe(data, "tenant", "create", TENANT)
     ingest = server.token(TENANT, "ingest")
@@ -75,7 +97,8 @@ def test_daily_active_users_equal_duckdb_after_every_step(server):
     for k in range(0, 900, 300):
         post(server.url, ingest, evs[k:k + 300])
     rows = check(data)
-    assert len(rows) >= 3 and all(r[1] > 0 for r in rows)
+    assert len(rows["daily_active_users"]) >= 3 and all(r[1] > 0 for r in rows["daily_active_users"])
+    assert {r[1] for r in rows["revenue_by_day"]} == {"EUR", "USD", None}
 
     # Resent events (the same ids) change nothing.
     post(server.url, ingest, evs[:200])
@@ -86,14 +109,14 @@ def test_daily_active_users_equal_duckdb_after_every_step(server):
     late += [event(2000 + i, (now - 30 * DAY - i) * 1000, f"u-{i % 3}") for i in range(20)]
     post(server.url, ingest, late)
     after = check(data)
-    assert len(after) == len(rows) + 2
+    assert len(after["daily_active_users"]) == len(rows["daily_active_users"]) + 2
 
     # An erasure (by the server's own schedule): the user's events leave every count.
     erase(server, server.token(TENANT, "admin"), ["u-1"])
     check(data)
 
 
-def test_a_viewer_reads_daily_active_users_over_trino(server):
+def test_a_viewer_reads_the_projections_over_trino(server):
     data = server.data
     floe(data, "tenant", "create", "proj-view")
     post(server.url, server.token("proj-view", "ingest"),
@@ -101,13 +124,22 @@ def test_a_viewer_reads_daily_active_users_over_trino(server):
     cur = trino.dbapi.connect(host="127.0.0.1", port=server.port, user="someone", catalog="floe",
                               schema="proj-view", http_scheme="http", allow_insecure_auth=True,
                               auth=JWTAuthentication(server.token("proj-view", "viewer"))).cursor()
+
+    def one(sql):
+        cur.execute(sql)
+        return cur.fetchall()
+
+    totals = "SELECT (SELECT sum(views) FROM top_pages), (SELECT sum(orders) FROM revenue_by_day)"
     deadline = time.time() + 30
-    while True:
-        cur.execute("SELECT day, users, users_7d, users_28d FROM daily_active_users ORDER BY day")
-        rows = cur.fetchall()
-        if rows:
-            break
-        assert time.time() < deadline, "no row within 30 s"
+    while one(totals) != [[10, 10]]:
+        assert time.time() < deadline, one(totals)
         time.sleep(0.2)
     # Thirty minutes of events (one day, or two across midnight) by three users.
+    rows = one("SELECT day, users, users_7d, users_28d FROM daily_active_users ORDER BY day")
     assert rows[-1][3] == 3, rows
+    # Raw events stay out of a viewer's reach.
+    try:
+        one("SELECT count(*) FROM events")
+        raise AssertionError("a viewer read events")
+    except trino.exceptions.TrinoUserError as e:
+        assert e.error_name == "TABLE_NOT_FOUND"

@@ -48,7 +48,8 @@ def test_pyiceberg_lists_tenant_namespaces_and_reads_events(floe_data):
     namespaces = {ns[0] for ns in cat.list_namespaces()}
     assert {"py-a", "py-b"} <= namespaces
     for t, events in expected.items():
-        assert sorted(cat.list_tables(t)) == [(t, "daily_active_users"), (t, "events")]
+        assert sorted(cat.list_tables(t)) == [(t, n) for n in ["daily_active_users", "events", "revenue_by_day",
+                                                                "top_pages"]]
         table = cat.load_table(f"{t}.events")
         spec = table.spec()
         assert [f.name for f in spec.fields] == ["ts_day"]

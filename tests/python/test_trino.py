@@ -196,7 +196,8 @@ def test_sqlalchemy_reflection_and_pandas(loaded):
         connect_args={"auth": JWTAuthentication(token), "http_scheme": "http", "allow_insecure_auth": True},
     )
     inspector = sqlalchemy.inspect(engine)
-    assert inspector.get_table_names(schema="tq-main") == ["daily_active_users", "events"]
+    assert inspector.get_table_names(schema="tq-main") == ["daily_active_users", "events", "revenue_by_day",
+                                                           "top_pages"]
     columns = [c["name"] for c in inspector.get_columns("events", schema="tq-main")]
     assert columns == ["event_id", "tenant_id", "type", "version", "ts", "received_at", "user_id", "payload"]
     with engine.connect() as conn:
@@ -207,7 +208,8 @@ def test_sqlalchemy_reflection_and_pandas(loaded):
 def test_session_statements(loaded):
     assert run(loaded, "tq-main", "SHOW CATALOGS")[0] == [["floe"]]
     assert run(loaded, "tq-main", "SHOW SCHEMAS")[0] == [["tq-main"], ["information_schema"]]
-    assert run(loaded, "tq-main", "SHOW TABLES")[0] == [["daily_active_users"], ["events"]]
+    assert run(loaded, "tq-main", "SHOW TABLES")[0] == [["daily_active_users"], ["events"], ["revenue_by_day"],
+                                                        ["top_pages"]]
     conn = connect(loaded, "tq-main")
     cur = conn.cursor()
     cur.execute("USE floe.\"tq-main\"")

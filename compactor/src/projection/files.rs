@@ -1,0 +1,183 @@
+//! Writing a projection's new rows as the files of its next snapshot: one file per day for a
+//! table partitioned by `day` (only the days recomputed are rewritten), or one file holding
+//! every row for a table that is not (the rows of the other days are read back from the
+//! table's live files and kept as they are).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{Date32Type, SchemaRef};
+use floe_catalog::projection::DAY_COLUMN;
+use floe_catalog::storage::DataStore;
+use futures::StreamExt;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use object_store::path::Path;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::{Error, Result, ice};
+
+/// ZSTD level of projection files (small files, written often).
+const ZSTD_LEVEL: i32 = 3;
+
+/// The Arrow schema of a projection table (with Iceberg's field ids).
+pub fn arrow_schema(table: &Table) -> Result<SchemaRef> {
+    let schema = table.metadata().current_schema();
+    Ok(Arc::new(
+        schema_to_arrow_schema(schema).map_err(ice("arrow schema"))?,
+    ))
+}
+
+/// The files of the table's next snapshot: `rows` (the rows of the days `changed`) and, for a
+/// table without partitions and unless `whole`, its current rows of the other days.
+pub async fn files_for(
+    table: &Table,
+    store: &DataStore,
+    rows: RecordBatch,
+    changed: &BTreeSet<i32>,
+    whole: bool,
+) -> Result<Vec<DataFile>> {
+    let partitioned = !table.metadata().default_partition_spec().is_unpartitioned();
+    if partitioned {
+        let mut files = Vec::new();
+        for (day, batch) in by_day(&rows)? {
+            files.extend(write(table, batch, Some(day)).await?);
+        }
+        return Ok(files);
+    }
+    let mut batches = if whole {
+        Vec::new()
+    } else {
+        kept_rows(table, store, changed, rows.schema()).await?
+    };
+    batches.push(rows);
+    let schema = batches[0].schema();
+    let all = concat_batches(&schema, &batches)
+        .map_err(|e| Error::Invalid(format!("projection rows: {e}")))?;
+    if all.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    write(table, all, None).await
+}
+
+fn days_of(batch: &RecordBatch) -> Result<datafusion::arrow::array::Date32Array> {
+    Ok(batch
+        .column_by_name(DAY_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<Date32Type>())
+        .ok_or_else(|| Error::Invalid("projection rows without a date `day`".into()))?
+        .clone())
+}
+
+/// The rows of each day (rows come day by day).
+fn by_day(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>> {
+    let days = days_of(rows)?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows.num_rows() {
+        if i == rows.num_rows() || days.value(i) != days.value(start) {
+            out.push((days.value(start), rows.slice(start, i - start)));
+            start = i;
+        }
+    }
+    Ok(out)
+}
+
+/// The table's current rows whose day is not in `changed`, as `schema`.
+async fn kept_rows(
+    table: &Table,
+    store: &DataStore,
+    changed: &BTreeSet<i32>,
+    schema: SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for entry in floe_catalog::rewrite::live_entries(table).await? {
+        let location = entry.file_path();
+        let failed = |e: &dyn std::fmt::Display| Error::Storage {
+            action: "reading",
+            object: location.to_string(),
+            message: e.to_string(),
+        };
+        let key = store.key(location).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{location} is outside the warehouse ({})",
+                store.url
+            ))
+        })?;
+        let reader = ParquetObjectReader::new(store.object_store(), Path::from(key))
+            .with_file_size(entry.data_file().file_size_in_bytes());
+        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| failed(&e))?
+            .build()
+            .map_err(|e| failed(&e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| failed(&e))?;
+            let days = days_of(&batch)?;
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|i| Some(days.is_valid(i) && !changed.contains(&days.value(i))))
+                .collect();
+            let batch = filter_record_batch(&batch, &keep).map_err(|e| failed(&e))?;
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = batch
+                        .column_by_name(f.name())
+                        .ok_or_else(|| failed(&format!("no column {}", f.name())))?;
+                    cast(c, f.data_type()).map_err(|e| failed(&e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `rows` as one file of the table, in the partition of `day` if given.
+async fn write(table: &Table, rows: RecordBatch, day: Option<i32>) -> Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema().clone();
+    let level = ZstdLevel::try_new(ZSTD_LEVEL).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .build();
+    let location = DefaultLocationGenerator::new(metadata).map_err(ice("location"))?;
+    let names = DefaultFileNameGenerator::new(
+        format!("{}", uuid::Uuid::now_v7()),
+        Some("refresh".to_string()),
+        DataFileFormat::Parquet,
+    );
+    let rolling = RollingFileWriterBuilder::new(
+        ParquetWriterBuilder::new(props, schema.clone()),
+        usize::MAX,
+        table.file_io().clone(),
+        location,
+        names,
+    );
+    let key = day.map(|d| {
+        PartitionKey::new(
+            metadata.default_partition_spec().as_ref().clone(),
+            schema.clone(),
+            Struct::from_iter([Some(Literal::date(d))]),
+        )
+    });
+    let mut writer = DataFileWriterBuilder::new(rolling)
+        .build(key)
+        .await
+        .map_err(ice("data writer"))?;
+    writer.write(rows).await.map_err(ice("writing parquet"))?;
+    writer.close().await.map_err(ice("closing parquet"))
+}

@@ -65,6 +65,11 @@ pub enum Command {
         /// The SQL statement.
         sql: String,
     },
+    /// Projections (read models derived from the events): their freshness.
+    Projection {
+        #[command(subcommand)]
+        command: ProjectionCommand,
+    },
     /// Send synthetic events to a running Floe and report throughput and time-to-visible.
     Gen(GenArgs),
     /// Maintain tables once: pending erasures, retention, compaction (small files rewritten
@@ -183,6 +188,22 @@ pub enum TenantCommand {
         /// Also delete every object under the tenant's prefix in the warehouse (erasure).
         #[arg(long)]
         purge: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectionCommand {
+    /// Each projection of the tenant: the events snapshot it reflects, its lag behind the
+    /// events (in events and in seconds), when it last refreshed and its rows.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// One projection, the same figures one per line.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        name: String,
     },
 }
 

@@ -7,6 +7,7 @@ mod generate;
 mod kafka;
 mod listener;
 mod progress;
+mod projection;
 mod serve;
 mod sql;
 mod tenant;
@@ -103,6 +104,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             format,
             sql,
         } => sql::run(&config()?, tenant, *format, sql).await,
+        Command::Projection { command } => projection::run(&config()?, command).await,
         Command::Gen(args) => generate::run(&config()?, args).await,
         Command::Compact {
             status: true,

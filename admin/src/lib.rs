@@ -1,6 +1,7 @@
 //! Floe's admin API: what tenant admins (and, to come, platform operators) manage over HTTP.
 //! Today: user erasure requests (GDPR), `POST /v1/erasures` and `GET /v1/erasures/{id}`,
-//! recorded in the catalog and carried out by the compactor.
+//! recorded in the catalog and carried out by the compactor; and the freshness of the tenant's
+//! projections, `GET /v1/projections` and `GET /v1/projections/{name}` (any role that reads).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -23,6 +24,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/erasures", post(post_erasure))
         .route("/v1/erasures/{id}", get(get_erasure))
+        .route("/v1/projections", get(list_projections))
+        .route("/v1/projections/{name}", get(get_projection))
         .with_state(state)
 }
 
@@ -74,11 +77,54 @@ async fn get_erasure(
     Ok(axum::Json(erasure).into_response())
 }
 
+/// `GET /v1/projections` (viewer, analyst, admin): each projection with its lag behind the
+/// events, in events and in seconds.
+async fn list_projections(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = reader(&st, &headers).await?;
+    let projections = st.catalog.projection_status(principal.tenant.id()).await?;
+    Ok(axum::Json(serde_json::json!({ "projections": projections })).into_response())
+}
+
+/// `GET /v1/projections/{name}` (viewer, analyst, admin): one projection's freshness.
+async fn get_projection(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = reader(&st, &headers).await?;
+    let found = st
+        .catalog
+        .projection_status(principal.tenant.id())
+        .await?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| floe_catalog::Error::NotFound {
+            what: format!("projection {name}"),
+        })?;
+    Ok(axum::Json(found).into_response())
+}
+
+/// The principal of a request from a role that reads tables.
+async fn reader(st: &AdminState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    principal(st, headers, &[Role::Viewer, Role::Analyst, Role::Admin]).await
+}
+
 async fn admin(st: &AdminState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    principal(st, headers, &[Role::Admin]).await
+}
+
+async fn principal(
+    st: &AdminState,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> Result<Principal, ApiError> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let principal = st.auth.authenticate(auth).await?;
-    principal.require_role(&[Role::Admin])?;
+    principal.require_role(roles)?;
     Ok(principal)
 }

@@ -336,9 +336,34 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
     );
     assert!(w.rows().await[REVENUE_BY_DAY].contains("100|EUR|1250|1"));
     assert_eq!(w.dau(101).await, "2|5|5");
+    let status = w.catalog.projection_status(&w.tenant).await.unwrap();
+    let dau = status
+        .iter()
+        .find(|p| p.name == DAILY_ACTIVE_USERS)
+        .unwrap();
+    assert_eq!((dau.rows, dau.lag_events, dau.lag_seconds), (2, 0, 0.0));
     for name in TABLES {
         assert_eq!(w.source(name).await, Some(w.events_snapshot().await));
     }
+
+    // Freshness, from metadata: caught up; then one append behind until the next refresh.
+    let lag = |w: &World| {
+        let (catalog, tenant) = (w.catalog.clone(), w.tenant.clone());
+        async move {
+            let status = catalog.projection_status(&tenant).await.unwrap();
+            assert_eq!(status.len(), 3);
+            status
+                .iter()
+                .map(|p| (p.lag_events, p.lag_seconds > 0.0 || p.lag_events == 0))
+                .collect::<BTreeSet<_>>()
+        }
+    };
+    assert_eq!(lag(&w).await, [(0, true)].into());
+    w.views(150, &[(Some("x"), "/"), (Some("y"), "/")]).await;
+    assert_eq!(lag(&w).await, [(2, true)].into());
+    refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!(lag(&w).await, [(0, true)].into());
+    assert_eq!(w.rows().await, w.expected());
 
     // Refreshing again changes nothing and commits nothing.
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();

@@ -8,7 +8,7 @@ import time
 import duckdb
 import trino
 from trino.auth import JWTAuthentication
-from conftest import erase, floe, iceberg_catalog, post
+from conftest import erase, floe, iceberg_catalog, post, request
 
 TENANT = "proj"
 DAY = 86400
@@ -40,25 +40,32 @@ REFERENCE = {
 }
 
 
-def fresh(data, timeout=30):
-    """Waits until every projection reflects the current events snapshot; the tables."""
-    cat = iceberg_catalog(data)
+def fresh(server, timeout=30):
+    """Waits until `GET /v1/projections` says every projection has caught up with the events, and
+    checks that the snapshots say the same; the tables."""
+    token = server.token(TENANT, "viewer")
     deadline = time.time() + timeout
     while True:
-        events = cat.load_table(f"{TENANT}.events")
-        tables = {name: cat.load_table(f"{TENANT}.{name}") for name in REFERENCE}
-        current = events.current_snapshot()
-        behind = {name: t.current_snapshot() and t.current_snapshot().summary.additional_properties.get(SOURCE)
-                  for name, t in tables.items()}
-        if current and all(source == str(current.snapshot_id) for source in behind.values()):
-            return events, tables
-        assert time.time() < deadline, f"events at {current}, projections at {behind}"
+        status, body = request("GET", f"{server.url}/v1/projections", token)
+        assert status == 200, body
+        lag = {p["name"]: (p["lag_events"], p["lag_seconds"]) for p in body["projections"]}
+        assert set(lag) == set(REFERENCE), body
+        if all(v == (0, 0) for v in lag.values()):
+            break
+        assert time.time() < deadline, body
         time.sleep(0.1)
+    cat = iceberg_catalog(server.data)
+    events = cat.load_table(f"{TENANT}.events")
+    tables = {name: cat.load_table(f"{TENANT}.{name}") for name in REFERENCE}
+    for name, t in tables.items():
+        source = t.current_snapshot().summary.additional_properties.get(SOURCE)
+        assert source == str(events.current_snapshot().snapshot_id), name
+    return events, tables
 
 
-def check(data):
+def check(server):
     """Every projection equals its reference; the rows of each."""
-    events, tables = fresh(data)
+    events, tables = fresh(server)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("events", events.scan().to_arrow())
@@ -96,24 +103,33 @@ def test_projections_equal_duckdb_after_every_step(server):
         evs.append(event(i, form, None if i % 9 == 0 else f"u-{i % 37}"))
     for k in range(0, 900, 300):
         post(server.url, ingest, evs[k:k + 300])
-    rows = check(data)
+    rows = check(server)
     assert len(rows["daily_active_users"]) >= 3 and all(r[1] > 0 for r in rows["daily_active_users"])
     assert {r[1] for r in rows["revenue_by_day"]} == {"EUR", "USD", None}
 
     # Resent events (the same ids) change nothing.
     post(server.url, ingest, evs[:200])
-    assert check(data) == rows
+    assert check(server) == rows
 
     # Late events, 10 and 30 days back: new rows, and the windows after them grow.
     late = [event(1000 + i, now - 10 * DAY - i, f"late-{i % 5}") for i in range(50)]
     late += [event(2000 + i, (now - 30 * DAY - i) * 1000, f"u-{i % 3}") for i in range(20)]
     post(server.url, ingest, late)
-    after = check(data)
+    after = check(server)
     assert len(after["daily_active_users"]) == len(rows["daily_active_users"]) + 2
+
+    # Freshness over HTTP: one projection, and who may ask.
+    status, one = request("GET", f"{server.url}/v1/projections/top_pages", server.token(TENANT, "analyst"))
+    assert status == 200 and one["lag_events"] == 0 and one["rows"] > 0, one
+    assert request("GET", f"{server.url}/v1/projections/nope", server.token(TENANT, "viewer"))[0] == 404
+    assert request("GET", f"{server.url}/v1/projections", server.token(TENANT, "ingest"))[0] == 403
+    listed = floe(data, "projection", "list", "--tenant", TENANT)
+    assert listed.splitlines()[0].startswith("name\tkind\tlag_events"), listed
+    assert len(listed.splitlines()) == 4, listed
 
     # An erasure (by the server's own schedule): the user's events leave every count.
     erase(server, server.token(TENANT, "admin"), ["u-1"])
-    check(data)
+    check(server)
 
 
 def test_a_viewer_reads_the_projections_over_trino(server):

@@ -1,0 +1,55 @@
+//! `floe projection list|show`: the freshness of a tenant's projections.
+
+use floe_catalog::projection::ProjectionStatus;
+use floe_catalog::{Catalog, Config, TenantId};
+
+use crate::cli::ProjectionCommand;
+
+pub async fn run(config: &Config, command: &ProjectionCommand) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    match command {
+        ProjectionCommand::List { tenant } => {
+            let tenant = TenantId::parse(tenant)?;
+            println!("name\tkind\tlag_events\tlag_seconds\trows\tsource_snapshot");
+            for p in catalog.projection_status(&tenant).await? {
+                println!(
+                    "{}\t{}\t{}\t{:.1}\t{}\t{}",
+                    p.name,
+                    p.kind,
+                    p.lag_events,
+                    p.lag_seconds,
+                    p.rows,
+                    or_none(p.source_snapshot)
+                );
+            }
+        }
+        ProjectionCommand::Show { tenant, name } => {
+            let tenant = TenantId::parse(tenant)?;
+            let all = catalog.projection_status(&tenant).await?;
+            let Some(p) = all.iter().find(|p| &p.name == name) else {
+                let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!(
+                    "tenant {tenant} has no projection {name:?} (it has: {})",
+                    names.join(", ")
+                );
+            };
+            show(p);
+        }
+    }
+    Ok(())
+}
+
+fn or_none(v: Option<i64>) -> String {
+    v.map_or("none".to_string(), |v| v.to_string())
+}
+
+fn show(p: &ProjectionStatus) {
+    println!("name\t{}", p.name);
+    println!("kind\t{}", p.kind);
+    println!("source_snapshot\t{}", or_none(p.source_snapshot));
+    println!("events_snapshot\t{}", or_none(p.events_snapshot));
+    println!("lag_events\t{}", p.lag_events);
+    println!("lag_seconds\t{:.1}", p.lag_seconds);
+    println!("refreshed_at_ms\t{}", or_none(p.refreshed_at_ms));
+    println!("rows\t{}", p.rows);
+}

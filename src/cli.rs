@@ -205,6 +205,16 @@ pub enum ProjectionCommand {
         tenant: String,
         name: String,
     },
+    /// Recompute a projection from all events (at an events snapshot still in their history,
+    /// or the current one) in one commit, then catch up with what came after. Readers see the
+    /// old rows until the new ones are committed. Safe while `serve` runs.
+    Rebuild {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        #[arg(long)]
+        at_snapshot: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,4 +1,5 @@
-//! `floe projection list|show`: the freshness of a tenant's projections.
+//! `floe projection list|show|rebuild`: the freshness of a tenant's projections, and their
+//! recomputation from all events.
 
 use floe_catalog::projection::ProjectionStatus;
 use floe_catalog::{Catalog, Config, TenantId};
@@ -34,6 +35,24 @@ pub async fn run(config: &Config, command: &ProjectionCommand) -> anyhow::Result
                 );
             };
             show(p);
+        }
+        ProjectionCommand::Rebuild {
+            tenant,
+            name,
+            at_snapshot,
+        } => {
+            let tenant = TenantId::parse(tenant)?;
+            let refresher = floe_compactor::projection::Refresher::new(
+                catalog.clone(),
+                config.projection.clone(),
+            );
+            let done = refresher.rebuild(&tenant, name, *at_snapshot).await?;
+            println!(
+                "{tenant}.{name}: rebuilt from {} files over {} days; now at events snapshot {}",
+                done.files_read,
+                done.days_read,
+                or_none(done.source)
+            );
         }
     }
     Ok(())

@@ -97,6 +97,7 @@ pub async fn serve(
     let engine = Engine::new(catalog.clone(), config.query.clone());
     let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
     // One port: ingest, health, the Trino protocol for SQL clients, and the admin API.
+    let refresher = projections(&catalog, &config);
     let app = floe_ingest::http::router(HttpState::new(
         ingest.clone(),
         auth.clone(),
@@ -111,6 +112,7 @@ pub async fn serve(
     .merge(floe_admin::router(AdminState {
         catalog: catalog.clone(),
         auth,
+        rebuild: refresher.clone().map(start_rebuild),
     }));
     let addr: SocketAddr = config
         .listen
@@ -136,7 +138,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }));
-    if let Some(refresher) = projections(&catalog, &config) {
+    if let Some(refresher) = refresher {
         services.spawn(refresher.run(stop.clone().wait()));
     }
     if config.compaction.interval_secs > 0 {
@@ -190,6 +192,23 @@ pub(crate) fn projections(
         floe_compactor::projection::Refresher::new(catalog.clone(), config.projection.clone());
     refresher.listen();
     Some(refresher)
+}
+
+/// `POST /v1/projections/{name}/rebuild`: the rebuild runs on its own task, logged.
+fn start_rebuild(refresher: floe_compactor::projection::Refresher) -> floe_admin::StartRebuild {
+    Arc::new(move |tenant, name, at| {
+        let refresher = refresher.clone();
+        tokio::spawn(async move {
+            match refresher.rebuild(&tenant, &name, at).await {
+                Ok(done) => {
+                    tracing::info!(%tenant, projection = %name, ?done, "projection rebuilt")
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, projection = %name, error = %e, "projection rebuild failed")
+                }
+            }
+        });
+    })
 }
 
 async fn until(stop: Stop, work: impl Future<Output = ()>) {

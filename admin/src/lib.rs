@@ -9,14 +9,22 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use floe_catalog::api::ApiError;
-use floe_catalog::{Authenticator, Catalog, Principal, Role};
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Authenticator, Catalog, Principal, Role, TenantId};
 use serde::Deserialize;
+use std::sync::Arc;
+
+/// Starts a projection's rebuild (tenant, projection, events snapshot or the current one) on
+/// its own task and returns at once.
+pub type StartRebuild = Arc<dyn Fn(TenantId, String, Option<i64>) + Send + Sync>;
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub catalog: Catalog,
     pub auth: Authenticator,
+    /// `None`: this process does not refresh projections (`projection.enabled` off).
+    pub rebuild: Option<StartRebuild>,
 }
 
 /// The admin routes.
@@ -26,6 +34,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/erasures/{id}", get(get_erasure))
         .route("/v1/projections", get(list_projections))
         .route("/v1/projections/{name}", get(get_projection))
+        .route("/v1/projections/{name}/rebuild", post(post_rebuild))
         .with_state(state)
 }
 
@@ -105,6 +114,56 @@ async fn get_projection(
             what: format!("projection {name}"),
         })?;
     Ok(axum::Json(found).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebuildQuery {
+    at_snapshot: Option<i64>,
+}
+
+/// `POST /v1/projections/{name}/rebuild[?at_snapshot=S]` (tenant admin): recomputes the
+/// projection from all events (at snapshot S of the events, or the current one) in one commit,
+/// then catches up; 202 at once, progress in `GET /v1/projections/{name}`.
+async fn post_rebuild(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RebuildQuery>,
+) -> Result<Response, ApiError> {
+    let principal = admin(&st, &headers).await?;
+    let tenant = principal.tenant.id().clone();
+    let Some(start) = &st.rebuild else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server does not refresh projections (projection.enabled is off)".to_string(),
+        ));
+    };
+    if !st
+        .catalog
+        .projection_status(&tenant)
+        .await?
+        .iter()
+        .any(|p| p.name == name)
+    {
+        return Err(floe_catalog::Error::NotFound {
+            what: format!("projection {name}"),
+        }
+        .into());
+    }
+    if let Some(id) = query.at_snapshot {
+        let events = st.catalog.load_table(&tenant, EVENTS_TABLE).await?;
+        if events.metadata().snapshot_by_id(id).is_none() {
+            return Err(floe_catalog::Error::invalid(format!(
+                "snapshot {id} is not in the history of the events"
+            ))
+            .into());
+        }
+    }
+    start(tenant, name.clone(), query.at_snapshot);
+    let body = serde_json::json!({ "name": name, "status": "rebuilding" });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
 /// The principal of a request from a role that reads tables.

@@ -19,12 +19,15 @@
 
 pub mod day;
 mod files;
+mod replay;
 mod rows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use floe_catalog::config::ProjectionConfig;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::maintenance::ExpirePolicy;
@@ -335,12 +338,16 @@ impl Refresher {
                 (SourceRef::of(current), Vec::new(), BTreeSet::new(), true)
             }
         };
+        if full {
+            kept.days.clear();
+            kept.as_of = None;
+            return self.replay(tenant, source, to, targets).await;
+        }
         let mut done = Refreshed {
             source: Some(to.snapshot_id),
-            full,
             ..Refreshed::default()
         };
-        if full || kept.as_of != source {
+        if kept.as_of != source {
             kept.days.clear();
         }
         kept.as_of = None; // Until the days reach `to`.
@@ -348,28 +355,16 @@ impl Refresher {
             kept.days.remove(d);
         }
         // The days that changed; each projection recomputes the days its rows can change in.
-        let touched: BTreeSet<i32> = if full {
-            let files = catalog.day_files(tenant, to.snapshot_id, None).await?;
-            day::apply_files(store, &files, &mut kept.days).await?;
-            done.files_read += files.len();
-            done.days_read += kept.days.len();
-            kept.days.keys().copied().collect()
-        } else {
-            added
-                .iter()
-                .map(|f| f.day)
-                .chain(reopened.iter().copied())
-                .collect()
-        };
+        let touched: BTreeSet<i32> = added
+            .iter()
+            .map(|f| f.day)
+            .chain(reopened.iter().copied())
+            .collect();
         let own = |computed: Computed| -> BTreeSet<i32> {
-            if full {
-                touched.clone()
-            } else {
-                touched
-                    .iter()
-                    .flat_map(|d| *d..=*d + computed.reach())
-                    .collect()
-            }
+            touched
+                .iter()
+                .flat_map(|d| *d..=*d + computed.reach())
+                .collect()
         };
         let needed: BTreeSet<i32> = targets
             .iter()
@@ -378,12 +373,6 @@ impl Refresher {
                 own(t.computed).into_iter().flat_map(move |d| d - back..=d)
             })
             .collect();
-        if full {
-            // Every file was read: the other days have no events.
-            for d in &needed {
-                kept.days.entry(*d).or_default();
-            }
-        }
         // Days kept are as of `source`: apply what was appended to them since. Days not kept
         // are read whole as of `to` (which includes what was appended).
         let missing: BTreeSet<i32> = needed
@@ -416,37 +405,66 @@ impl Refresher {
             let own = own(target.computed);
             let schema = files::arrow_schema(&target.table)?;
             let rows = target.computed.rows(&kept.days, &own, schema)?;
-            let added = files::files_for(&target.table, store, rows, &own, full).await?;
-            let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
-            let partitioned = !target
-                .table
-                .metadata()
-                .default_partition_spec()
-                .is_unpartitioned();
-            let commit = ProjectionCommit {
-                expected_source: source,
-                source: to,
-                days: (partitioned && !full).then_some(own),
-                added,
-            };
-            match catalog.commit_projection(tenant, target.name, commit).await {
-                Ok(ProjectionOutcome::Committed { .. }) => {
-                    done.committed += 1;
-                    self.expire(tenant, target.name).await;
-                }
-                Ok(ProjectionOutcome::Fenced { .. } | ProjectionOutcome::KeptLosing { .. }) => {
-                    self.delete(&paths).await;
+            let committed = self
+                .commit(tenant, target, vec![rows], Some(own), source, to)
+                .await;
+            match committed {
+                Ok(true) => done.committed += 1,
+                Ok(false) => {
                     kept.as_of = None;
                     return Ok(None);
                 }
                 Err(e) => {
-                    self.delete(&paths).await;
                     kept.as_of = None;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
         Ok(Some(done))
+    }
+
+    /// Commits `rows` as the rows of the days `days` of a projection (`None`: all its rows),
+    /// fenced on `expected` and recording `to`; `false`: fenced (nothing committed).
+    async fn commit(
+        &self,
+        tenant: &TenantId,
+        target: &Target,
+        rows: Vec<RecordBatch>,
+        days: Option<BTreeSet<i32>>,
+        expected: Option<i64>,
+        to: SourceRef,
+    ) -> Result<bool> {
+        let catalog = &self.inner.catalog;
+        let table = &target.table;
+        let schema = files::arrow_schema(table)?;
+        let rows = concat_batches(&schema, &rows)
+            .map_err(|e| Error::Invalid(format!("rows of {}: {e}", target.name)))?;
+        let whole = days.is_none();
+        let changed = days.clone().unwrap_or_default();
+        let added = files::files_for(table, catalog.data_store(), rows, &changed, whole).await?;
+        let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
+        let partitioned = !table.metadata().default_partition_spec().is_unpartitioned();
+        let commit = ProjectionCommit {
+            expected_source: expected,
+            source: to,
+            // A table of one file replaces it whole either way.
+            days: days.filter(|_| partitioned),
+            added,
+        };
+        match catalog.commit_projection(tenant, target.name, commit).await {
+            Ok(ProjectionOutcome::Committed { .. }) => {
+                self.expire(tenant, target.name).await;
+                Ok(true)
+            }
+            Ok(ProjectionOutcome::Fenced { .. } | ProjectionOutcome::KeptLosing { .. }) => {
+                self.delete(&paths).await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.delete(&paths).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// Expires the projection's snapshots past `projection.snapshot_max_age_secs` once there

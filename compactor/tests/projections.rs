@@ -369,15 +369,20 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert_eq!((step.committed, step.files_read), (0, 0));
 
-    // New events of a day kept in memory: only the new file is read, and a duplicate of an
-    // event of an earlier commit still counts once.
+    // A replay keeps one day at a time: the first refresh of days 100 and 101 after it reads
+    // them whole (their files, the new one among them)...
     let more = w.events(&[(101, Some("e"), Kind::Buy(Some("EUR"), "0.5"))]);
     let dup = more[0].clone();
     w.append(more).await;
-    w.append(vec![dup]).await;
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert!(!step.full);
-    assert_eq!((step.files_read, step.days_read), (2, 0));
+    assert_eq!(step.days_read, 2);
+    assert_eq!(w.rows().await, w.expected());
+    // ... and then keeps them: only new files are read, and a duplicate of an event of an
+    // earlier commit still counts once.
+    w.append(vec![dup]).await;
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!((step.files_read, step.days_read), (1, 0));
     assert_eq!(w.rows().await, w.expected());
 
     // A late event, three days back: its day gets rows, and the windows of the days after it
@@ -459,6 +464,33 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
     assert!(step.full);
     assert_eq!(w.rows().await, w.expected());
+
+    // A rebuild from all events at an older snapshot, then caught up: the same rows.
+    let older = w.events_snapshot().await;
+    w.views(130, &[(Some("k"), "/")]).await;
+    let rebuilt = refresher
+        .rebuild(&w.tenant, DAILY_ACTIVE_USERS, Some(older))
+        .await
+        .unwrap();
+    assert!(rebuilt.full && rebuilt.committed >= 1);
+    assert_eq!(
+        w.source(DAILY_ACTIVE_USERS).await,
+        Some(w.events_snapshot().await)
+    );
+    assert_eq!(w.rows().await, w.expected());
+    let e = refresher
+        .rebuild(&w.tenant, "nope", None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("projection nope"), "{e}");
+    let e = refresher
+        .rebuild(&w.tenant, TOP_PAGES, Some(42))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("snapshot 42 is not in the history"),
+        "{e}"
+    );
 
     // top_pages switched off and on again: recomputed from all events on its own, while the
     // others go on from where they are.

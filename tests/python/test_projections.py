@@ -63,6 +63,11 @@ def fresh(server, timeout=30):
     return events, tables
 
 
+def tables_now(server):
+    cat = iceberg_catalog(server.data)
+    return {name: cat.load_table(f"{TENANT}.{name}") for name in REFERENCE}
+
+
 def check(server):
     """Every projection equals its reference; the rows of each."""
     events, tables = fresh(server)
@@ -126,6 +131,27 @@ def test_projections_equal_duckdb_after_every_step(server):
     listed = floe(data, "projection", "list", "--tenant", TENANT)
     assert listed.splitlines()[0].startswith("name\tkind\tlag_events"), listed
     assert len(listed.splitlines()) == 4, listed
+
+    # A rebuild over HTTP (admin only): recomputed from all events in one commit, then caught up.
+    admin = server.token(TENANT, "admin")
+    url = f"{server.url}/v1/projections/top_pages/rebuild"
+    assert request("POST", url, server.token(TENANT, "analyst"))[0] == 403
+    assert request("POST", f"{server.url}/v1/projections/nope/rebuild", admin)[0] == 404
+    assert request("POST", f"{url}?at_snapshot=42", admin)[0] == 400
+    before = tables_now(server)["top_pages"].current_snapshot().snapshot_id
+    status, reply = request("POST", url, admin)
+    assert status == 202 and reply["status"] == "rebuilding", reply
+    deadline = time.time() + 30
+    while tables_now(server)["top_pages"].current_snapshot().snapshot_id == before:
+        assert time.time() < deadline, "not rebuilt within 30 s"
+        time.sleep(0.1)
+    assert check(server) == after
+    # The CLI does the same in its own process, at an older events snapshot, and catches up.
+    snapshots = iceberg_catalog(data).load_table(f"{TENANT}.events").metadata.snapshots
+    oldest = min(snapshots, key=lambda s: s.sequence_number).snapshot_id
+    out = floe(data, "projection", "rebuild", "--tenant", TENANT, "daily_active_users", "--at-snapshot", str(oldest))
+    assert "rebuilt from" in out, out
+    assert check(server) == after
 
     # An erasure (by the server's own schedule): the user's events leave every count.
     erase(server, server.token(TENANT, "admin"), ["u-1"])

@@ -88,6 +88,13 @@ impl Day {
         128 + set(self.users.capacity(), 16) + set(self.ids.capacity(), 8) + pages + revenue
     }
 
+    /// Drops all but the users (what a window over later days still needs).
+    pub fn keep_users_only(&mut self) {
+        self.ids = HashSet::new();
+        self.pages = HashMap::new();
+        self.revenue = HashMap::new();
+    }
+
     /// Counts one row of `events` (of this day).
     fn apply(&mut self, row: &EventRow) {
         self.events += 1;

@@ -205,6 +205,24 @@ pub enum ProjectionCommand {
         tenant: String,
         name: String,
     },
+    /// Create a user-defined projection: read-only SQL over `events` whose output has a `day`
+    /// column that is a GROUP BY key derived from ts (e.g. `SELECT CAST(ts AS DATE) AS day,
+    /// …, count(*) AS n FROM events WHERE … GROUP BY 1, …`); refused naming the problem
+    /// otherwise. Filled from all events at once, then refreshed like the built-ins.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        sql: String,
+    },
+    /// Drop a user-defined projection: its definition, its table and its files.
+    Drop {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
     /// Recompute a projection from all events (at an events snapshot still in their history,
     /// or the current one) in one commit, then catch up with what came after. Readers see the
     /// old rows until the new ones are committed. Safe while `serve` runs.

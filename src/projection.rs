@@ -1,5 +1,5 @@
-//! `floe projection list|show|rebuild`: the freshness of a tenant's projections, and their
-//! recomputation from all events.
+//! `floe projection list|show|create|drop|rebuild`: a tenant's projections, their freshness,
+//! its own definitions, and their recomputation from all events.
 
 use floe_catalog::projection::ProjectionStatus;
 use floe_catalog::{Catalog, Config, TenantId};
@@ -36,16 +36,33 @@ pub async fn run(config: &Config, command: &ProjectionCommand) -> anyhow::Result
             };
             show(p);
         }
+        ProjectionCommand::Create { tenant, name, sql } => {
+            let tenant = TenantId::parse(tenant)?;
+            let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
+            refresher
+                .create_projection(&tenant, name, sql, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!(e.into_catalog()))?;
+            let done = refresher.refresh_tenant(&tenant).await?;
+            println!(
+                "{tenant}.{name}: created, filled from {} files over {} days",
+                done.files_read, done.days_read
+            );
+        }
+        ProjectionCommand::Drop { tenant, name } => {
+            let tenant = TenantId::parse(tenant)?;
+            catalog
+                .drop_defined_projection(&tenant, name, "cli")
+                .await?;
+            println!("{tenant}.{name}: dropped");
+        }
         ProjectionCommand::Rebuild {
             tenant,
             name,
             at_snapshot,
         } => {
             let tenant = TenantId::parse(tenant)?;
-            let refresher = floe_compactor::projection::Refresher::new(
-                catalog.clone(),
-                config.projection.clone(),
-            );
+            let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
             let done = refresher.rebuild(&tenant, name, *at_snapshot).await?;
             println!(
                 "{tenant}.{name}: rebuilt from {} files over {} days; now at events snapshot {}",

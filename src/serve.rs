@@ -112,7 +112,9 @@ pub async fn serve(
     .merge(floe_admin::router(AdminState {
         catalog: catalog.clone(),
         auth,
-        rebuild: refresher.clone().map(start_rebuild),
+        projections: refresher
+            .clone()
+            .map(|r| Arc::new(ProjectionAdmin(r)) as Arc<dyn floe_admin::Projections>),
     }));
     let addr: SocketAddr = config
         .listen
@@ -188,16 +190,36 @@ pub(crate) fn projections(
         tracing::info!("projection.enabled is off: projections are not refreshed");
         return None;
     }
-    let refresher =
-        floe_compactor::projection::Refresher::new(catalog.clone(), config.projection.clone());
+    let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
     refresher.listen();
     Some(refresher)
 }
 
-/// `POST /v1/projections/{name}/rebuild`: the rebuild runs on its own task, logged.
-fn start_rebuild(refresher: floe_compactor::projection::Refresher) -> floe_admin::StartRebuild {
-    Arc::new(move |tenant, name, at| {
-        let refresher = refresher.clone();
+/// The admin API's hold on this process's projection refresher.
+struct ProjectionAdmin(floe_compactor::projection::Refresher);
+
+impl floe_admin::Projections for ProjectionAdmin {
+    fn create(
+        &self,
+        tenant: floe_catalog::TenantId,
+        name: String,
+        sql: String,
+        actor: String,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = floe_catalog::Result<floe_catalog::projection::Defined>> + Send>,
+    > {
+        let refresher = self.0.clone();
+        Box::pin(async move {
+            refresher
+                .create_projection(&tenant, &name, &sql, &actor)
+                .await
+                .map_err(floe_compactor::Error::into_catalog)
+        })
+    }
+
+    /// The rebuild runs on its own task, logged.
+    fn rebuild(&self, tenant: floe_catalog::TenantId, name: String, at: Option<i64>) {
+        let refresher = self.0.clone();
         tokio::spawn(async move {
             match refresher.rebuild(&tenant, &name, at).await {
                 Ok(done) => {
@@ -208,7 +230,7 @@ fn start_rebuild(refresher: floe_compactor::projection::Refresher) -> floe_admin
                 }
             }
         });
-    })
+    }
 }
 
 async fn until(stop: Stop, work: impl Future<Output = ()>) {

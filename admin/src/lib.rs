@@ -12,11 +12,25 @@ use floe_catalog::api::ApiError;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Authenticator, Catalog, Principal, Role, TenantId};
 use serde::Deserialize;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-/// Starts a projection's rebuild (tenant, projection, events snapshot or the current one) on
-/// its own task and returns at once.
-pub type StartRebuild = Arc<dyn Fn(TenantId, String, Option<i64>) + Send + Sync>;
+use floe_catalog::projection::Defined;
+
+/// What the admin API asks of the process that refreshes projections.
+pub trait Projections: Send + Sync {
+    /// Checks a definition and creates the projection (filled by the next refresh).
+    fn create(
+        &self,
+        tenant: TenantId,
+        name: String,
+        sql: String,
+        actor: String,
+    ) -> Pin<Box<dyn Future<Output = floe_catalog::Result<Defined>> + Send>>;
+    /// Starts a rebuild (at an events snapshot, or the current one) on its own task.
+    fn rebuild(&self, tenant: TenantId, name: String, at: Option<i64>);
+}
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -24,7 +38,7 @@ pub struct AdminState {
     pub catalog: Catalog,
     pub auth: Authenticator,
     /// `None`: this process does not refresh projections (`projection.enabled` off).
-    pub rebuild: Option<StartRebuild>,
+    pub projections: Option<Arc<dyn Projections>>,
 }
 
 /// The admin routes.
@@ -32,8 +46,14 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/erasures", post(post_erasure))
         .route("/v1/erasures/{id}", get(get_erasure))
-        .route("/v1/projections", get(list_projections))
-        .route("/v1/projections/{name}", get(get_projection))
+        .route(
+            "/v1/projections",
+            get(list_projections).post(post_projection),
+        )
+        .route(
+            "/v1/projections/{name}",
+            get(get_projection).delete(delete_projection),
+        )
         .route("/v1/projections/{name}/rebuild", post(post_rebuild))
         .with_state(state)
 }
@@ -133,13 +153,7 @@ async fn post_rebuild(
 ) -> Result<Response, ApiError> {
     let principal = admin(&st, &headers).await?;
     let tenant = principal.tenant.id().clone();
-    let Some(start) = &st.rebuild else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this server does not refresh projections (projection.enabled is off)".to_string(),
-        ));
-    };
+    let refresher = refresher(&st)?;
     if !st
         .catalog
         .projection_status(&tenant)
@@ -161,9 +175,76 @@ async fn post_rebuild(
             .into());
         }
     }
-    start(tenant, name.clone(), query.at_snapshot);
+    refresher.rebuild(tenant, name.clone(), query.at_snapshot);
     let body = serde_json::json!({ "name": name, "status": "rebuilding" });
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// The projection refresher of this process, or 503.
+fn refresher(st: &AdminState) -> Result<&Arc<dyn Projections>, ApiError> {
+    st.projections.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server does not refresh projections (projection.enabled is off)".to_string(),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectionRequest {
+    name: String,
+    sql: String,
+}
+
+/// `POST /v1/projections` (tenant admin) `{"name": …, "sql": …}`: a user-defined projection;
+/// 201 with its definition, or 400 naming what is wrong with it.
+async fn post_projection(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let principal = admin(&st, &headers).await?;
+    let request: ProjectionRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!("expected {{\"name\": \"...\", \"sql\": \"SELECT ...\"}}: {e}"),
+        )
+    })?;
+    let defined = refresher(&st)?
+        .create(
+            principal.tenant.id().clone(),
+            request.name,
+            request.sql,
+            format!("token:{}", principal.claims.jti),
+        )
+        .await?;
+    let location = format!("/v1/projections/{}", defined.name);
+    let mut resp = (StatusCode::CREATED, axum::Json(defined)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /v1/projections/{name}` (tenant admin): drops a user-defined projection and its
+/// table; 204.
+async fn delete_projection(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = admin(&st, &headers).await?;
+    st.catalog
+        .drop_defined_projection(
+            principal.tenant.id(),
+            &name,
+            &format!("token:{}", principal.claims.jti),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The principal of a request from a role that reads tables.

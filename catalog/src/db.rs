@@ -237,6 +237,30 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS projections TEXT;
     "#,
     },
+    Migration {
+        version: 6,
+        description: "user-defined projections",
+        sqlite: r#"
+    CREATE TABLE IF NOT EXISTS floe_projections (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sql TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    "#,
+        postgres: r#"
+    CREATE TABLE IF NOT EXISTS floe_projections (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sql TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

@@ -13,8 +13,10 @@
 //! from: if the table's recorded source is no longer the one the refresh read, another
 //! process refreshed it meanwhile, and nothing is committed.
 
+mod defined;
 mod status;
 
+pub use defined::{Defined, check_name};
 pub use status::ProjectionStatus;
 
 use std::collections::{BTreeSet, HashMap};

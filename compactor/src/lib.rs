@@ -103,6 +103,16 @@ impl Error {
         }
     }
 
+    /// As a catalog error (for the HTTP edge's one table of statuses): a catalog error as it
+    /// is, a refusal as invalid input, anything else as internal.
+    pub fn into_catalog(self) -> floe_catalog::Error {
+        match self {
+            Error::Catalog(e) => e,
+            Error::Invalid(m) => floe_catalog::Error::invalid(m),
+            other => floe_catalog::Error::internal(other.to_string()),
+        }
+    }
+
     /// Whether the same step may succeed on a later run.
     pub fn retryable(&self) -> bool {
         self.kind().retryable()

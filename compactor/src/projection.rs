@@ -18,6 +18,7 @@
 //! are read once, then kept.
 
 pub mod day;
+mod defined;
 mod files;
 mod replay;
 mod rows;
@@ -31,9 +32,11 @@ use datafusion::arrow::compute::concat_batches;
 use floe_catalog::config::ProjectionConfig;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::projection::{ProjectionCommit, ProjectionOutcome, SourceRef, source_of};
+use floe_catalog::projection::{
+    Defined, ProjectionCommit, ProjectionOutcome, SourceRef, source_of,
+};
 use floe_catalog::table::EVENTS_TABLE;
-use floe_catalog::{Catalog, TenantId};
+use floe_catalog::{Catalog, Config, TenantId};
 
 use crate::{Error, Result};
 use rows::Computed;
@@ -87,6 +90,8 @@ pub struct Refresher {
 struct Inner {
     catalog: Catalog,
     config: ProjectionConfig,
+    /// The SQL guard's limits, for user-defined projections (`query.max_sql_*`).
+    limits: floe_query::projection::Limits,
     /// Tenants with commits not yet reflected.
     marked: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
@@ -95,12 +100,16 @@ struct Inner {
 }
 
 impl Refresher {
-    pub fn new(catalog: Catalog, config: ProjectionConfig) -> Refresher {
-        let budget = config.state_cache_bytes;
+    pub fn new(catalog: Catalog, config: &Config) -> Refresher {
+        let budget = config.projection.state_cache_bytes;
         Refresher {
             inner: Arc::new(Inner {
                 catalog,
-                config,
+                config: config.projection.clone(),
+                limits: floe_query::projection::Limits {
+                    max_depth: config.query.max_sql_depth,
+                    max_operators: config.query.max_sql_operators,
+                },
                 marked: Mutex::new(BTreeSet::new()),
                 wake: tokio::sync::Notify::new(),
                 cache: tokio::sync::Mutex::new(day::Cache::new(budget)),
@@ -209,7 +218,8 @@ impl Refresher {
         let catalog = &self.inner.catalog;
         let builtins = catalog.ensure_builtin_projections(tenant).await?;
         let names: Vec<&'static str> = builtins.iter().map(|b| b.name).collect();
-        if names.is_empty() {
+        let defined = catalog.defined_projections(tenant).await?;
+        if names.is_empty() && defined.is_empty() {
             return Ok(Refreshed::default());
         }
         // One refresh at a time: the days kept are shared by all tenants.
@@ -217,7 +227,9 @@ impl Refresher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = self.refresh_once(tenant, &names, &mut cache).await;
+            let outcome = self
+                .refresh_once(tenant, &names, &defined, &mut cache)
+                .await;
             cache.shrink();
             match outcome {
                 Ok(Some(done)) => return Ok(done),
@@ -248,6 +260,7 @@ impl Refresher {
         &self,
         tenant: &TenantId,
         names: &[&'static str],
+        defined: &[Defined],
         cache: &mut day::Cache,
     ) -> Result<Option<Refreshed>> {
         let catalog = &self.inner.catalog;
@@ -295,6 +308,12 @@ impl Refresher {
                     cache.forget(tenant.as_str());
                     return Ok(None);
                 }
+            }
+        }
+        for d in defined {
+            match self.refresh_defined(tenant, d, None).await? {
+                Some(one) => done.add(one),
+                None => return Ok(None),
             }
         }
         Ok(Some(done))
@@ -406,7 +425,14 @@ impl Refresher {
             let schema = files::arrow_schema(&target.table)?;
             let rows = target.computed.rows(&kept.days, &own, schema)?;
             let committed = self
-                .commit(tenant, target, vec![rows], Some(own), source, to)
+                .commit(
+                    tenant,
+                    (target.name, &target.table),
+                    vec![rows],
+                    Some(own),
+                    source,
+                    to,
+                )
                 .await;
             match committed {
                 Ok(true) => done.committed += 1,
@@ -428,17 +454,16 @@ impl Refresher {
     async fn commit(
         &self,
         tenant: &TenantId,
-        target: &Target,
+        (name, table): (&str, &iceberg::table::Table),
         rows: Vec<RecordBatch>,
         days: Option<BTreeSet<i32>>,
         expected: Option<i64>,
         to: SourceRef,
     ) -> Result<bool> {
         let catalog = &self.inner.catalog;
-        let table = &target.table;
         let schema = files::arrow_schema(table)?;
         let rows = concat_batches(&schema, &rows)
-            .map_err(|e| Error::Invalid(format!("rows of {}: {e}", target.name)))?;
+            .map_err(|e| Error::Invalid(format!("rows of {name}: {e}")))?;
         let whole = days.is_none();
         let changed = days.clone().unwrap_or_default();
         let added = files::files_for(table, catalog.data_store(), rows, &changed, whole).await?;
@@ -451,9 +476,9 @@ impl Refresher {
             days: days.filter(|_| partitioned),
             added,
         };
-        match catalog.commit_projection(tenant, target.name, commit).await {
+        match catalog.commit_projection(tenant, name, commit).await {
             Ok(ProjectionOutcome::Committed { .. }) => {
-                self.expire(tenant, target.name).await;
+                self.expire(tenant, name).await;
                 Ok(true)
             }
             Ok(ProjectionOutcome::Fenced { .. } | ProjectionOutcome::KeptLosing { .. }) => {

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use arrow_array::Array;
 use floe_catalog::TenantSettings;
-use floe_catalog::config::ProjectionConfig;
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::projection::{
     DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES, parse_switches, source_of,
@@ -83,7 +82,7 @@ impl World {
     }
 
     fn refresher(&self) -> Refresher {
-        Refresher::new(self.catalog.clone(), ProjectionConfig::default())
+        Refresher::new(self.catalog.clone(), &Config::default())
     }
 
     /// New events: (day, user, kind), each with a new id.
@@ -217,12 +216,20 @@ impl World {
         out
     }
 
-    /// What every projection holds, read from the Parquet files of its current snapshot.
+    /// What every built-in projection holds.
     async fn rows(&self) -> Rows {
         let mut out = Rows::new();
         for name in TABLES {
-            let table = self.catalog.load_table(&self.tenant, name).await.unwrap();
-            let mut rows = BTreeSet::new();
+            out.insert(name, self.table_rows(name).await);
+        }
+        out
+    }
+
+    /// What a projection holds, read from the Parquet files of its current snapshot.
+    async fn table_rows(&self, name: &str) -> BTreeSet<String> {
+        let table = self.catalog.load_table(&self.tenant, name).await.unwrap();
+        let mut rows = BTreeSet::new();
+        {
             for entry in live_entries(&table).await.unwrap() {
                 let path = entry
                     .file_path()
@@ -245,9 +252,8 @@ impl World {
                     }
                 }
             }
-            out.insert(name, rows);
         }
-        out
+        rows
     }
 
     async fn events_snapshot(&self) -> i64 {
@@ -531,4 +537,82 @@ async fn a_refresher_hears_commits_and_refreshes_on_its_own() {
     assert_eq!(w.rows().await, w.expected());
     stop.send(()).unwrap();
     running.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_defined_projection_counts_each_event_once_a_day_and_follows_late_days() {
+    let mut w = World::new().await;
+    let refresher = w.refresher();
+    let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2";
+    refresher
+        .create_projection(&w.tenant, "by_type", sql, "test")
+        .await
+        .unwrap();
+    let first = w.events(&[
+        (100, Some("a"), Kind::View(Some("/"))),
+        (100, Some("b"), Kind::Other),
+        (101, None, Kind::View(None)),
+    ]);
+    let again = vec![first[0].clone()];
+    w.append(first).await;
+    w.append(again).await;
+    refresher.refresh_tenant(&w.tenant).await.unwrap();
+    let want = |rows: &[&str]| rows.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        w.table_rows("by_type").await,
+        want(&[
+            "100|PageViewed|1",
+            "100|SensorReading|1",
+            "101|PageViewed|1"
+        ])
+    );
+
+    // A late day: only it is recomputed.
+    w.views(99, &[(Some("c"), "/"), (Some("d"), "/")]).await;
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(!step.full);
+    assert_eq!(
+        w.table_rows("by_type").await,
+        want(&[
+            "99|PageViewed|2",
+            "100|PageViewed|1",
+            "100|SensorReading|1",
+            "101|PageViewed|1"
+        ])
+    );
+    let status = w.catalog.projection_status(&w.tenant).await.unwrap();
+    assert!(
+        status
+            .iter()
+            .any(|p| p.name == "by_type" && p.kind == "sql" && p.lag_events == 0)
+    );
+
+    // Rebuilt from all events, and dropped.
+    let rebuilt = refresher.rebuild(&w.tenant, "by_type", None).await.unwrap();
+    assert!(rebuilt.full);
+    assert_eq!(w.table_rows("by_type").await.len(), 4);
+    w.catalog
+        .drop_defined_projection(&w.tenant, "by_type", "test")
+        .await
+        .unwrap();
+    assert!(
+        !w.catalog
+            .list_tables(&w.tenant)
+            .await
+            .unwrap()
+            .contains(&"by_type".to_string())
+    );
+
+    // Definitions that are not projections are refused, naming why; so are names Floe uses.
+    let bad = "SELECT type, count(*) AS n FROM events GROUP BY 1";
+    let e = refresher
+        .create_projection(&w.tenant, "bad", bad, "test")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a column `day`"), "{e}");
+    let e = refresher
+        .create_projection(&w.tenant, "top_pages", sql, "test")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("taken"), "{e}");
 }

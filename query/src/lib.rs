@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod dialect;
 pub mod functions;
 pub mod memory;
+pub mod projection;
 pub mod scan;
 pub mod trino;
 pub mod type_names;

@@ -12,7 +12,7 @@ use crate::{Catalog, Result};
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProjectionStatus {
     pub name: String,
-    /// `builtin` (user-defined projections are to come).
+    /// `builtin`, or `sql` (user-defined).
     pub kind: &'static str,
     /// The `events` snapshot the projection reflects (`None`: never refreshed).
     pub source_snapshot: Option<i64>,
@@ -67,18 +67,23 @@ impl Catalog {
             let tables = c.list_tables(&tenant).await?;
             let now = chrono::Utc::now().timestamp_millis();
             let mut out = Vec::new();
-            for b in builtins_of(&t) {
-                if !tables.iter().any(|name| name == b.name) {
+            let builtins = builtins_of(&t)
+                .into_iter()
+                .map(|b| (b.name.to_string(), "builtin"));
+            let defined = c.defined_projections(&tenant).await?;
+            let defined = defined.into_iter().map(|d| (d.name, "sql"));
+            for (name, kind) in builtins.chain(defined) {
+                if !tables.contains(&name) {
                     continue;
                 }
-                let table = c.load_table(&tenant, b.name).await?;
+                let table = c.load_table(&tenant, &name).await?;
                 let metadata = table.metadata();
                 let source = source_of(metadata)?.map(|s| s.snapshot_id);
                 let (lag_events, oldest) = lag(events, source);
                 let current = metadata.current_snapshot();
                 out.push(ProjectionStatus {
-                    name: b.name.to_string(),
-                    kind: "builtin",
+                    name,
+                    kind,
                     source_snapshot: source,
                     events_snapshot: events.current_snapshot_id(),
                     lag_events,

@@ -130,20 +130,61 @@ async fn kept_rows(
                 .map(|i| Some(days.is_valid(i) && !changed.contains(&days.value(i))))
                 .collect();
             let batch = filter_record_batch(&batch, &keep).map_err(|e| failed(&e))?;
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let c = batch
-                        .column_by_name(f.name())
-                        .ok_or_else(|| failed(&format!("no column {}", f.name())))?;
-                    cast(c, f.data_type()).map_err(|e| failed(&e))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?);
+            out.push(as_schema(&batch, &schema).map_err(|e| failed(&e))?);
         }
     }
     Ok(out)
+}
+
+/// Every row of `files` of `events`, as `schema` (columns by name; a column a file lacks is
+/// NULL).
+pub async fn read_events(
+    store: &DataStore,
+    files: &[floe_catalog::delta::DeltaFile],
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for f in files {
+        let failed = |e: &dyn std::fmt::Display| Error::Storage {
+            action: "reading",
+            object: f.path.clone(),
+            message: e.to_string(),
+        };
+        let key = store.key(&f.path).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} is outside the warehouse ({})",
+                f.path, store.url
+            ))
+        })?;
+        let reader =
+            ParquetObjectReader::new(store.object_store(), Path::from(key)).with_file_size(f.size);
+        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| failed(&e))?
+            .build()
+            .map_err(|e| failed(&e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| failed(&e))?;
+            out.push(as_schema(&batch, schema).map_err(|e| failed(&e))?);
+        }
+    }
+    Ok(out)
+}
+
+/// `batch` with `schema`'s columns, by name, cast to its types (missing ones NULL).
+fn as_schema(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => cast(c, f.data_type()).map_err(|e| format!("{}: {e}", f.name())),
+            None => Ok(datafusion::arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }
 
 /// Writes `rows` as one file of the table, in the partition of `day` if given.

@@ -68,7 +68,10 @@ impl Refresher {
             ..Refreshed::default()
         };
         for (t, rows) in targets.iter().zip(rows) {
-            if !self.commit(tenant, t, rows, None, expected, to).await? {
+            if !self
+                .commit(tenant, (t.name, &t.table), rows, None, expected, to)
+                .await?
+            {
                 return Ok(None);
             }
             done.committed += 1;
@@ -88,15 +91,19 @@ impl Refresher {
     ) -> Result<Refreshed> {
         let catalog = &self.inner.catalog;
         let t = catalog.tenant(tenant).await?;
-        if !builtins_of(&t).iter().any(|b| b.name == name) {
+        let defined = catalog
+            .defined_projections(tenant)
+            .await?
+            .into_iter()
+            .find(|d| d.name == name);
+        let builtin = builtins_of(&t).iter().any(|b| b.name == name);
+        if !builtin && defined.is_none() {
             return Err(CatalogError::NotFound {
                 what: format!("projection {name} of tenant {tenant}"),
             }
             .into());
         }
         catalog.ensure_builtin_projections(tenant).await?;
-        let computed = Computed::of(name)
-            .ok_or_else(|| Error::Invalid(format!("{name} is not a projection Floe computes")))?;
         let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
         let metadata = events.metadata();
         let snapshot = match at {
@@ -115,9 +122,20 @@ impl Refresher {
             return Ok(Refreshed::default());
         };
         let to = SourceRef::of(snapshot);
-        let rebuilt = {
+        let rebuilt = if let Some(d) = defined {
+            let _one_at_a_time = self.inner.cache.lock().await;
+            self.refresh_defined(tenant, &d, Some(to))
+                .await?
+                .ok_or_else(|| Error::KeptChanging {
+                    table: format!("{tenant}.{name}"),
+                    what: "another refresh committed during the rebuild",
+                })?
+        } else {
             // The days kept stay as they are: they follow the other projections' source.
             let _one_at_a_time = self.inner.cache.lock().await;
+            let computed = Computed::of(name).ok_or_else(|| {
+                Error::Invalid(format!("{name} is not a projection Floe computes"))
+            })?;
             let table = catalog.load_table(tenant, name).await?;
             let source =
                 floe_catalog::projection::source_of(table.metadata())?.map(|s| s.snapshot_id);

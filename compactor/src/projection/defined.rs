@@ -1,0 +1,224 @@
+//! User-defined projections: created from a checked definition ([`floe_query::projection`]),
+//! refreshed by recomputing each day that changed from that day's events (the definition
+//! groups by the day of `ts`, so a day's rows come from its own events only), and replayed
+//! from all events day by day.
+//!
+//! The cost of a refresh follows the days it touches, not only the new events: a definition
+//! may hold any aggregate (a distinct count, an average), which a day's new rows alone cannot
+//! update.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use floe_catalog::delta::{Delta, DeltaFile};
+use floe_catalog::projection::{Defined, SourceRef, projection_schema, source_of};
+use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Error as CatalogError, TenantId};
+use iceberg::spec::{PrimitiveType, Type};
+
+use super::{Refreshed, Refresher, files};
+use crate::{Error, Result};
+
+impl Refresher {
+    /// Checks `sql` and creates the projection `name` of the tenant (its table empty until the
+    /// next refresh, which replays all events into it; the tenant is marked for one).
+    pub async fn create_projection(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        sql: &str,
+        actor: &str,
+    ) -> Result<Defined> {
+        let catalog = &self.inner.catalog;
+        floe_catalog::projection::check_name(name)?;
+        let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
+        let output =
+            floe_query::projection::check(sql, files::arrow_schema(&events)?, self.inner.limits)
+                .await
+                .map_err(|e| CatalogError::invalid(format!("projection {name}: {e}")))?;
+        let columns = output
+            .fields()
+            .iter()
+            .map(|f| {
+                Ok((
+                    f.name().as_str(),
+                    iceberg_type(f.name(), f.data_type())?,
+                    f.name() == "day",
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let schema = projection_schema(columns)?;
+        let defined = catalog
+            .create_defined_projection(tenant, name, sql, schema, actor)
+            .await?;
+        self.mark(tenant);
+        Ok(defined)
+    }
+
+    /// Refreshes one user-defined projection; with `at`, recomputes it whole from the events at
+    /// that snapshot (a rebuild). `None`: fenced by another refresh.
+    pub(super) async fn refresh_defined(
+        &self,
+        tenant: &TenantId,
+        d: &Defined,
+        at: Option<SourceRef>,
+    ) -> Result<Option<Refreshed>> {
+        let catalog = &self.inner.catalog;
+        let table = catalog.load_table(tenant, &d.name).await?;
+        let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
+        // The days to recompute (`None`: all) as of snapshot `to`.
+        let (to, days) = match at {
+            Some(at) => (at, None),
+            None => match catalog.raw_delta(tenant, source).await? {
+                Delta::Changes(delta) => {
+                    let Some(to) = delta.to else {
+                        return Ok(Some(Refreshed::default()));
+                    };
+                    if Some(to) == source {
+                        return Ok(Some(Refreshed {
+                            source,
+                            ..Refreshed::default()
+                        }));
+                    }
+                    let to = SourceRef {
+                        snapshot_id: to,
+                        sequence_number: delta.to_sequence,
+                        committed_at_ms: delta.to_committed_ms,
+                    };
+                    let touched: BTreeSet<i32> = delta
+                        .added
+                        .iter()
+                        .map(|f| f.day)
+                        .chain(delta.reopened.iter().copied())
+                        .collect();
+                    (to, source.is_some().then_some(touched))
+                }
+                Delta::Gap { .. } => {
+                    let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
+                    let Some(current) = events.metadata().current_snapshot() else {
+                        return Ok(Some(Refreshed::default()));
+                    };
+                    (SourceRef::of(current), None)
+                }
+            },
+        };
+        let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
+        let events_schema = files::arrow_schema(&events)?;
+        let found = catalog
+            .day_files(tenant, to.snapshot_id, days.clone())
+            .await?;
+        let mut by_day: BTreeMap<i32, Vec<DeltaFile>> = BTreeMap::new();
+        for f in &found {
+            by_day.entry(f.day).or_default().push(f.clone());
+        }
+        let target = files::arrow_schema(&table)?;
+        let mut rows = Vec::new();
+        for (day, day_files) in &by_day {
+            let batches =
+                files::read_events(catalog.data_store(), day_files, &events_schema).await?;
+            let batches = first_copies(batches)?;
+            let out = floe_query::projection::run(
+                &d.sql,
+                events_schema.clone(),
+                batches,
+                self.inner.limits,
+            )
+            .await
+            .map_err(|e| Error::Invalid(format!("projection {} on day {day}: {e}", d.name)))?;
+            for batch in out {
+                rows.push(conform(&batch, &target)?);
+            }
+        }
+        let done = Refreshed {
+            source: Some(to.snapshot_id),
+            committed: 1,
+            files_read: found.len(),
+            days_read: by_day.len(),
+            full: days.is_none(),
+        };
+        let committed = self
+            .commit(tenant, (&d.name, &table), rows, days, source, to)
+            .await?;
+        Ok(committed.then_some(done))
+    }
+}
+
+/// The rows of one day whose event id was not seen before (in commit order): a duplicate
+/// counts once, as in the built-in projections.
+fn first_copies(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let Some(ids) = batch.column_by_name("event_id") else {
+            out.push(batch);
+            continue;
+        };
+        let ids = ids
+            .as_string_opt::<i32>()
+            .ok_or_else(|| Error::Invalid("event_id is not text".to_string()))?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(ids.is_null(i) || seen.insert(ids.value(i).to_string())))
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            out.push(batch);
+        } else {
+            out.push(
+                filter_record_batch(&batch, &keep)
+                    .map_err(|e| Error::Invalid(format!("dropping duplicates: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `batch` (a definition's output) as rows of the projection table: its columns, in order,
+/// as the table's types.
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() != target.fields().len() {
+        return Err(Error::Invalid(format!(
+            "a definition gave {} columns for a table of {}",
+            batch.num_columns(),
+            target.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            cast(c, f.data_type()).map_err(|e| Error::Invalid(format!("column {}: {e}", f.name())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(target.clone(), columns)
+        .map_err(|e| Error::Invalid(format!("projection rows: {e}")))
+}
+
+/// The Iceberg type a definition's output column is stored as.
+fn iceberg_type(name: &str, t: &DataType) -> Result<Type> {
+    let p = match t {
+        DataType::Boolean => PrimitiveType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => {
+            PrimitiveType::Int
+        }
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => PrimitiveType::Long,
+        DataType::Float32 => PrimitiveType::Float,
+        DataType::Float64 => PrimitiveType::Double,
+        DataType::Decimal128(p, s) if *s >= 0 => PrimitiveType::Decimal {
+            precision: u32::from(*p),
+            scale: *s as u32,
+        },
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => PrimitiveType::String,
+        DataType::Date32 => PrimitiveType::Date,
+        DataType::Timestamp(_, Some(_)) => PrimitiveType::Timestamptz,
+        DataType::Timestamp(_, None) => PrimitiveType::Timestamp,
+        other => {
+            return Err(CatalogError::invalid(format!(
+                "column {name} is of type {other}, which a projection cannot store"
+            ))
+            .into());
+        }
+    };
+    Ok(Type::Primitive(p))
+}

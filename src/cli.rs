@@ -292,6 +292,13 @@ pub struct GenArgs {
     /// Skip the time-to-visible probe.
     #[arg(long)]
     pub no_probe: bool,
+    /// Event times fall within this many seconds before now (default three days: late and
+    /// out of order).
+    #[arg(long, default_value_t = 3 * 86_400)]
+    pub ts_spread_secs: i64,
+    /// Send at most this many events per second (default: as fast as the server takes them).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 pub fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {

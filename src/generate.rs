@@ -50,6 +50,8 @@ pub async fn run(config: &Config, args: &GenArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
         probe: !args.no_probe,
+        ts_spread_secs: args.ts_spread_secs,
+        rate: args.rate,
         sent: sent.clone(),
     };
     let bar = Progress::new("gen", total);

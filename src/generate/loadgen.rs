@@ -43,6 +43,11 @@ pub struct GenOptions {
     pub seed: u64,
     /// Run the time-to-visible probe.
     pub probe: bool,
+    /// Event times fall within this many seconds before the start (late and out of order).
+    pub ts_spread_secs: i64,
+    /// Events per second to send at most (over all workers); `None`: as fast as the server
+    /// takes them.
+    pub rate: Option<f64>,
     /// Counts the events sent so far (for a progress bar).
     pub sent: Arc<AtomicU64>,
 }
@@ -91,10 +96,15 @@ const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
 const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
 
 /// One synthetic event; `form` picks the timestamp form (seconds, milliseconds, RFC 3339).
-pub fn make_event(rng: &mut StdRng, tenant: &str, now_s: i64, form: usize) -> Value {
+pub fn make_event(
+    rng: &mut StdRng,
+    tenant: &str,
+    (now_s, spread_s): (i64, i64),
+    form: usize,
+) -> Value {
     let kind = TYPES[rng.random_range(0..TYPES.len())];
-    // Out of order and late: up to three days back.
-    let ts_ms = (now_s - rng.random_range(0..3 * 86_400)) * 1000 + rng.random_range(0..1000);
+    // Out of order and late: up to `spread_s` back.
+    let ts_ms = (now_s - rng.random_range(0..spread_s.max(1))) * 1000 + rng.random_range(0..1000);
     let timestamp = match form % 3 {
         0 => json!(ts_ms / 1000),
         1 => json!(ts_ms),
@@ -173,7 +183,7 @@ fn plan(opts: &GenOptions) -> Result<(Vec<Request>, BTreeMap<String, TenantCount
         let mut c = TenantCounts::default();
         let mut all: Vec<Value> = Vec::with_capacity(opts.events);
         for i in 0..opts.events {
-            let e = make_event(&mut rng, tenant, now_s, i);
+            let e = make_event(&mut rng, tenant, (now_s, opts.ts_spread_secs), i);
             *c.by_type
                 .entry(e["type"].as_str().unwrap_or_default().to_string())
                 .or_default() += 1;
@@ -276,6 +286,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
             let client = client.clone();
             let (tenant, token) = opts.tenants[p % opts.tenants.len()].clone();
             let (url, seed) = (opts.url.clone(), opts.seed ^ (0xabcdef + p as u64));
+            let spread = opts.ts_spread_secs;
             let done = done.clone();
             probes.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed);
@@ -285,7 +296,7 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
                 while !done.load(Ordering::SeqCst) {
                     let now_s = chrono::Utc::now().timestamp();
                     let events: Vec<Value> = (0..10)
-                        .map(|k| make_event(&mut rng, &tenant, now_s, k))
+                        .map(|k| make_event(&mut rng, &tenant, (now_s, spread), k))
                         .collect();
                     let Ok(encoded) = encode(&events, Format::Json) else {
                         break;
@@ -325,6 +336,12 @@ pub async fn run(opts: GenOptions) -> Result<GenReport> {
                 let Some(r) = requests.get(i) else {
                     return Ok::<(), anyhow::Error>(());
                 };
+                if let Some(rate) = opts.rate.filter(|r| *r > 0.0) {
+                    // Request i leaves when the events before it are due.
+                    let due =
+                        started + Duration::from_secs_f64((i * opts.batch.max(1)) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let token = &opts.tenants[r.tenant].1;
                 let body = send(
                     &client,

@@ -217,7 +217,7 @@ def test_a_user_defined_projection_is_created_refreshed_rebuilt_and_dropped(serv
         ("SELECT type, count(*) AS n FROM events GROUP BY 1", "needs a column `day`"),
         ("SELECT CAST(ts AS DATE) AS day, count(*) AS n FROM daily_active_users GROUP BY 1", "may read only `events`"),
         ("SELECT CAST(ts AS DATE) AS day, count(*) AS n FROM \"proj\".events GROUP BY 1", "may read only `events`"),
-        ("SELECT CAST(ts AS DATE) AS day, count(*) AS n FROM events a JOIN events b ON a.event_id = b.event_id "
+        ("SELECT CAST(a.ts AS DATE) AS day, count(*) AS n FROM events a JOIN events b ON a.event_id = b.event_id "
          "GROUP BY 1", "joins are not allowed"),
     ]:
         status, body = request("POST", url, admin, {"name": "bad", "sql": sql})

@@ -42,11 +42,30 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     }
     let stop = Stop::on_signals();
     let catalog = Catalog::open(config).await?;
-    let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+    let compactor = with_projections(
+        floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone()),
+        &catalog,
+        config,
+    );
     let holder = holder_name("compactor");
     tracing::info!(%holder, interval_secs = config.compaction.interval_secs, "compactor running");
     floe_compactor::maintain::run_schedule(compactor, holder, stop.wait()).await;
     Ok(())
+}
+
+/// The compactor, refreshing projections during erasures unless `projection.enabled` is off.
+fn with_projections(
+    compactor: floe_compactor::Compactor,
+    catalog: &Catalog,
+    config: &Config,
+) -> floe_compactor::Compactor {
+    if !config.projection.enabled {
+        return compactor;
+    }
+    compactor.with_projections(floe_compactor::projection::Refresher::new(
+        catalog.clone(),
+        config,
+    ))
 }
 
 fn mib(bytes: u64) -> String {
@@ -67,7 +86,11 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
         }
         None => None,
     };
-    let compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
+    let compactor = with_projections(
+        floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone()),
+        &catalog,
+        config,
+    );
     let holder = holder_name("compact");
     let started = std::time::Instant::now();
     if !dry_run {

@@ -140,11 +140,14 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }));
-    if let Some(refresher) = refresher {
+    if let Some(refresher) = refresher.clone() {
         services.spawn(refresher.run(stop.clone().wait()));
     }
     if config.compaction.interval_secs > 0 {
-        let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+        let mut compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+        if let Some(refresher) = refresher {
+            compactor = compactor.with_projections(refresher);
+        }
         services.spawn(floe_compactor::maintain::run_schedule(
             compactor,
             crate::compact::holder_name("serve"),

@@ -23,6 +23,7 @@ use floe_catalog::TenantId;
 use floe_catalog::erasure::{Erasure, ErasurePass};
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::table::EVENTS_TABLE;
 use futures::StreamExt;
 use iceberg::spec::{DataFileFormat, PrimitiveLiteral};
 use object_store::path::Path;
@@ -119,6 +120,11 @@ impl Compactor {
                         what: "other commits kept winning over the erasure",
                     });
                 }
+            }
+            if table == EVENTS_TABLE
+                && let Some(projections) = &self.projections
+            {
+                projections.refresh_tenant(tenant).await?;
             }
             let expired = self
                 .catalog

@@ -237,11 +237,25 @@ pub fn plan(files: Vec<(Struct, InputFile)>, target: u64) -> TablePlan {
 pub struct Compactor {
     catalog: Catalog,
     config: CompactionConfig,
+    /// Brought up to date by an erasure before it expires the old snapshots of `events`.
+    projections: Option<projection::Refresher>,
 }
 
 impl Compactor {
     pub fn new(catalog: Catalog, config: CompactionConfig) -> Compactor {
-        Compactor { catalog, config }
+        Compactor {
+            catalog,
+            config,
+            projections: None,
+        }
+    }
+
+    /// Refreshes the tenant's projections during an erasure, after the rows are gone and before
+    /// the snapshots that held them expire: the refresh then follows the erasure's commits
+    /// instead of recomputing every day from all events.
+    pub fn with_projections(mut self, refresher: projection::Refresher) -> Compactor {
+        self.projections = Some(refresher);
+        self
     }
 
     /// The plan for one table as it is now.

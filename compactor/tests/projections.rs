@@ -455,6 +455,23 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
             .any(|r| r.starts_with("97|"))
     );
 
+    // An erasure refreshes the projections after the user's rows are gone and before the
+    // snapshots that held them expire: the refresh after it follows on, nothing recomputed.
+    let erasing = floe_compactor::Compactor::new(w.catalog.clone(), Default::default())
+        .with_projections(refresher.clone());
+    let filter = floe_compactor::RowFilter::new(&["c".to_string()], &[]).unwrap();
+    let run = erasing.erase_users(&w.tenant, &filter).await.unwrap();
+    assert!(
+        run.still_holding.iter().all(Vec::is_empty),
+        "{:?}",
+        run.still_holding
+    );
+    w.written.retain(|e| e.user.as_deref() != Some("c"));
+    assert_eq!(w.rows().await, w.expected());
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(!step.full, "the source outlived the erasure's expiry");
+    assert_eq!(w.rows().await, w.expected());
+
     // The snapshot the projections reflect expires before the next refresh: they cannot
     // follow the changes, and are recomputed from all events.
     w.views(129, &[(Some("i"), "/")]).await;

@@ -360,7 +360,12 @@ impl Refresher {
         if full {
             kept.days.clear();
             kept.as_of = None;
-            return self.replay(tenant, source, to, targets).await;
+            let Some((done, window)) = self.replay(tenant, source, to, targets).await? else {
+                return Ok(None);
+            };
+            kept.days = window;
+            kept.as_of = Some(to.snapshot_id);
+            return Ok(Some(done));
         }
         let mut done = Refreshed {
             source: Some(to.snapshot_id),
@@ -370,8 +375,12 @@ impl Refresher {
             kept.days.clear();
         }
         kept.as_of = None; // Until the days reach `to`.
-        for d in &reopened {
-            kept.days.remove(d);
+        // Re-opened days are read again whole; so are days kept with their users only, when
+        // new rows come for them.
+        for d in reopened.iter().chain(added.iter().map(|f| &f.day)) {
+            if reopened.contains(d) || kept.days.get(d).is_some_and(|k| k.partial) {
+                kept.days.remove(d);
+            }
         }
         // The days that changed; each projection recomputes the days its rows can change in.
         let touched: BTreeSet<i32> = added

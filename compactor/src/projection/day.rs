@@ -66,6 +66,9 @@ pub struct Day {
     pub pages: HashMap<Option<String>, Page>,
     /// By `payload.currency` (NULL is a currency of its own).
     pub revenue: HashMap<Option<String>, Money>,
+    /// Only the users are kept (a replay keeps no more of the days a window still reaches):
+    /// enough for the windows of later days, not for new rows of its own.
+    pub partial: bool,
     /// When a refresh last used it (for dropping the least recently used).
     used: u64,
 }
@@ -93,6 +96,7 @@ impl Day {
         self.ids = HashSet::new();
         self.pages = HashMap::new();
         self.revenue = HashMap::new();
+        self.partial = true;
     }
 
     /// Counts one row of `events` (of this day).

@@ -20,14 +20,15 @@ use crate::{Error, Result};
 
 impl Refresher {
     /// Computes `targets` from all events at `to` and commits each whole, fenced on
-    /// `expected`; `None`: fenced.
+    /// `expected`; with the days a later refresh can start from (the last one whole, the 27
+    /// before it users only). `None`: fenced.
     pub(super) async fn replay(
         &self,
         tenant: &TenantId,
         expected: Option<i64>,
         to: SourceRef,
         targets: &[Target],
-    ) -> Result<Option<Refreshed>> {
+    ) -> Result<Option<(Refreshed, BTreeMap<i32, Day>)>> {
         let catalog = &self.inner.catalog;
         let store = catalog.data_store();
         let files = catalog.day_files(tenant, to.snapshot_id, None).await?;
@@ -49,15 +50,16 @@ impl Refresher {
         let mut window: BTreeMap<i32, Day> = BTreeMap::new();
         for (d, files) in &by_day {
             window.retain(|k, _| *k >= d - back);
+            // The day before is made: only its users are needed from now on.
+            if let Some((_, before)) = window.iter_mut().next_back() {
+                before.keep_users_only();
+            }
             let mut today = BTreeMap::from([(*d, Day::default())]);
             day::apply_files(store, files, &mut today).await?;
             window.extend(today);
             let this: BTreeSet<i32> = [*d].into();
             for (i, t) in targets.iter().enumerate() {
                 rows[i].push(t.computed.rows(&window, &this, schemas[i].clone())?);
-            }
-            if let Some(made) = window.get_mut(d) {
-                made.keep_users_only();
             }
         }
         let mut done = Refreshed {
@@ -76,7 +78,7 @@ impl Refresher {
             }
             done.committed += 1;
         }
-        Ok(Some(done))
+        Ok(Some((done, window)))
     }
 
     /// Recomputes the projection `name` from all events, at the events snapshot `at` (one
@@ -146,6 +148,7 @@ impl Refresher {
             };
             self.replay(tenant, source, to, std::slice::from_ref(&target))
                 .await?
+                .map(|(done, _)| done)
                 .ok_or_else(|| Error::KeptChanging {
                     table: format!("{tenant}.{name}"),
                     what: "another refresh committed during the rebuild",

@@ -477,6 +477,19 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
     assert!(!step.full, "the source outlived the erasure's expiry");
     assert_eq!(w.rows().await, w.expected());
 
+    // An erasure that does not refresh them (another process's) expires the snapshot they
+    // reflect: they are behind (to be recomputed) though only a compaction is left after
+    // their source in the history, and the next refresh recomputes them.
+    let erasing = floe_compactor::Compactor::new(w.catalog.clone(), Default::default());
+    let filter = floe_compactor::RowFilter::new(&["d".to_string()], &[]).unwrap();
+    erasing.erase_users(&w.tenant, &filter).await.unwrap();
+    w.written.retain(|e| e.user.as_deref() != Some("d"));
+    let status = w.catalog.projection_status(&w.tenant).await.unwrap();
+    assert!(status.iter().all(|p| p.lag_seconds > 0.0), "{status:?}");
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(step.full);
+    assert_eq!(w.rows().await, w.expected());
+
     // The snapshot the projections reflect expires before the next refresh: they cannot
     // follow the changes, and are recomputed from all events.
     w.views(129, &[(Some("i"), "/")]).await;

@@ -97,7 +97,7 @@ def test_expiry_and_garbage_collection_leave_only_what_live_snapshots_reach(srv)
 
     out = floe(srv.data, *AGGRESSIVE, "compact", "--tenant", "gc")
     # 30 appends and a replace per compacted partition: all but the last expire.
-    expired = re.search(r"expired (\d+) snapshots \(kept 1\)", out)
+    expired = re.search(r"gc\.events: expired (\d+) snapshots \(kept 1\)", out)
     assert expired and int(expired.group(1)) >= 30, out
 
     table, reached = reachable(srv.data, "gc")

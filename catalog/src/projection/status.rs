@@ -30,14 +30,16 @@ pub struct ProjectionStatus {
 
 /// What `events` changed after `source`: rows appended, and when the oldest change that
 /// alters rows (anything but a compaction) was committed. A source no longer in the history
-/// counts every snapshot still there.
+/// (expired: the projection is to be recomputed) counts every snapshot still there, and is
+/// behind since the oldest of them whatever it did.
 fn lag(events: &TableMetadata, source: Option<i64>) -> (u64, Option<i64>) {
-    let (mut appended, mut oldest) = (0, None);
+    let (mut appended, mut oldest, mut oldest_any) = (0, None, None);
     let mut at = events.current_snapshot();
     while let Some(snapshot) = at {
         if Some(snapshot.snapshot_id()) == source {
-            break;
+            return (appended, oldest);
         }
+        oldest_any = Some(snapshot.timestamp_ms());
         let summary = snapshot.summary();
         if summary.operation == Operation::Append {
             appended += summary
@@ -53,7 +55,7 @@ fn lag(events: &TableMetadata, source: Option<i64>) -> (u64, Option<i64>) {
             .parent_snapshot_id()
             .and_then(|p| events.snapshot_by_id(p));
     }
-    (appended, oldest)
+    (appended, oldest.or(oldest_any))
 }
 
 impl Catalog {

@@ -100,8 +100,11 @@ def pct(values, q):
 def exact_lags(cat, since_ms):
     """Seconds from each commit to `events` after `since_ms` until each projection reflected it."""
     events = cat.load_table(f"{TENANT}.events")
-    appends = [(s.sequence_number, s.timestamp_ms) for s in events.metadata.snapshots
-               if s.timestamp_ms >= since_ms and s.summary.operation.value == "append"]
+    steady = [s for s in events.metadata.snapshots
+              if s.timestamp_ms >= since_ms and s.summary.operation.value == "append"]
+    appends = [(s.sequence_number, s.timestamp_ms) for s in steady]
+    records = sum(int(s.summary.additional_properties.get("added-records", 0)) for s in steady)
+    span = (max(at for _, at in appends) - min(at for _, at in appends)) / 1000 if appends else 0
     lags = {}
     for name in PROJECTIONS:
         table = cat.load_table(f"{TENANT}.{name}")
@@ -113,7 +116,7 @@ def exact_lags(cat, since_ms):
             if after:
                 out.append((min(after) - at) / 1000)
         lags[name] = (out, len(appends))
-    return lags
+    return lags, records / span if span else float("nan")
 
 
 def timed(fn, runs):
@@ -173,20 +176,22 @@ def main():
         sampler.start()
         t = time.time()
         gen(data, url, int(args.rate * args.seconds), seed + 1,
-            ["--ts-spread-secs", "1", "--rate", str(args.rate), "--concurrency", "4"])
+            ["--ts-spread-secs", "1", "--rate", str(args.rate), "--concurrency", "16"])
         sent_for = time.time() - t
         caught_up(url, viewer, 120)
         stop.set()
         sampler.join()
         cat = SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db", warehouse=f"file://{data}/warehouse")
         print()
+        lags, committed_rate = exact_lags(cat, since_ms)
         print(f"{platform.machine()}, {os.cpu_count()} cores; {args.preload:,} events on today, then "
-              f"{int(args.rate * args.seconds):,} events at {args.rate:,.0f}/s asked "
-              f"({args.rate * args.seconds / sent_for:,.0f}/s sent)")
+              f"{int(args.rate * args.seconds):,} events at {args.rate:,.0f}/s asked: "
+              f"{committed_rate:,.0f}/s committed (first to last commit; `floe gen` took {sent_for:.0f} s "
+              f"with building its requests)")
         print()
         print("| projection | events commits | lag p50 | lag p99 | lag max |")
         print("|---|---:|---:|---:|---:|")
-        for name, (lags, commits) in exact_lags(cat, since_ms).items():
+        for name, (lags, commits) in lags.items():
             print(f"| {name} | {commits} | {pct(lags, 0.5):.2f} s | {pct(lags, 0.99):.2f} s | "
                   f"{max(lags, default=float('nan')):.2f} s |")
         print(f"| `GET /v1/projections` lag_seconds, sampled every 0.2 s | {len(samples)} samples | "

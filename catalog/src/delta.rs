@@ -55,6 +55,18 @@ pub struct RawDelta {
     pub first_change_ms: Option<i64>,
 }
 
+impl RawDelta {
+    /// The snapshot the changes lead to, as a projection records its source (`None`: `events`
+    /// has no snapshot).
+    pub fn source(&self) -> Option<crate::projection::SourceRef> {
+        self.to.map(|snapshot_id| crate::projection::SourceRef {
+            snapshot_id,
+            sequence_number: self.to_sequence,
+            committed_at_ms: self.to_committed_ms,
+        })
+    }
+}
+
 /// How far `events` can be followed from a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delta {

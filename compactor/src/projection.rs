@@ -332,19 +332,11 @@ impl Refresher {
         let store = catalog.data_store();
         let (to, added, reopened, full) = match catalog.raw_delta(tenant, source).await? {
             Delta::Changes(d) => {
-                let Some(to) = d.to else {
-                    return Ok(Some(Refreshed::default()));
-                };
-                if Some(to) == source {
+                let Some(to) = up_to(&d, source) else {
                     return Ok(Some(Refreshed {
-                        source,
+                        source: d.to,
                         ..Refreshed::default()
                     }));
-                }
-                let to = SourceRef {
-                    snapshot_id: to,
-                    sequence_number: d.to_sequence,
-                    committed_at_ms: d.to_committed_ms,
                 };
                 (to, d.added, d.reopened, source.is_none())
             }
@@ -536,6 +528,12 @@ impl Refresher {
             }
         }
     }
+}
+
+/// Where a delta leads, unless that is where the projection already is (or `events` has no
+/// snapshot): nothing to do then.
+fn up_to(delta: &floe_catalog::delta::RawDelta, source: Option<i64>) -> Option<SourceRef> {
+    delta.source().filter(|to| Some(to.snapshot_id) != source)
 }
 
 impl Inner {

@@ -73,19 +73,11 @@ impl Refresher {
             Some(at) => (at, None),
             None => match catalog.raw_delta(tenant, source).await? {
                 Delta::Changes(delta) => {
-                    let Some(to) = delta.to else {
-                        return Ok(Some(Refreshed::default()));
-                    };
-                    if Some(to) == source {
+                    let Some(to) = super::up_to(&delta, source) else {
                         return Ok(Some(Refreshed {
-                            source,
+                            source: delta.to,
                             ..Refreshed::default()
                         }));
-                    }
-                    let to = SourceRef {
-                        snapshot_id: to,
-                        sequence_number: delta.to_sequence,
-                        committed_at_ms: delta.to_committed_ms,
                     };
                     let touched: BTreeSet<i32> = delta
                         .added

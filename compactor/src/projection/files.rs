@@ -25,6 +25,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -110,19 +111,7 @@ async fn kept_rows(
             object: location.to_string(),
             message: e.to_string(),
         };
-        let key = store.key(location).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{location} is outside the warehouse ({})",
-                store.url
-            ))
-        })?;
-        let reader = ParquetObjectReader::new(store.object_store(), Path::from(key))
-            .with_file_size(entry.data_file().file_size_in_bytes());
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| failed(&e))?
-            .build()
-            .map_err(|e| failed(&e))?;
+        let mut stream = open(store, location, entry.data_file().file_size_in_bytes()).await?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| failed(&e))?;
             let days = days_of(&batch)?;
@@ -150,19 +139,7 @@ pub async fn read_events(
             object: f.path.clone(),
             message: e.to_string(),
         };
-        let key = store.key(&f.path).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} is outside the warehouse ({})",
-                f.path, store.url
-            ))
-        })?;
-        let reader =
-            ParquetObjectReader::new(store.object_store(), Path::from(key)).with_file_size(f.size);
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| failed(&e))?
-            .build()
-            .map_err(|e| failed(&e))?;
+        let mut stream = open(store, &f.path, f.size).await?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| failed(&e))?;
             out.push(as_schema(&batch, schema).map_err(|e| failed(&e))?);
@@ -185,6 +162,32 @@ fn as_schema(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<Rec
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// A stream of every row of the Parquet file at `location` (of `size` bytes).
+async fn open(
+    store: &DataStore,
+    location: &str,
+    size: u64,
+) -> Result<ParquetRecordBatchStream<ParquetObjectReader>> {
+    let failed = |e: &dyn std::fmt::Display| Error::Storage {
+        action: "reading",
+        object: location.to_string(),
+        message: e.to_string(),
+    };
+    let key = store.key(location).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{location} is outside the warehouse ({})",
+            store.url
+        ))
+    })?;
+    let reader =
+        ParquetObjectReader::new(store.object_store(), Path::from(key)).with_file_size(size);
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| failed(&e))?
+        .build()
+        .map_err(|e| failed(&e))
 }
 
 /// Writes `rows` as one file of the table, in the partition of `day` if given.

@@ -89,7 +89,11 @@ impl Compactor {
     /// deletes what they reached, and verifies. The caller holds the tables' leases.
     pub async fn erase_users(&self, tenant: &TenantId, filter: &RowFilter) -> Result<ErasureRun> {
         let mut run = ErasureRun::default();
-        for table in self.catalog.list_tables(tenant).await? {
+        // `events` first: the projections refreshed after it (see `with_projections`) then
+        // have their older snapshots, which may still hold the users, expired in this pass too.
+        let mut tables = self.catalog.list_tables(tenant).await?;
+        tables.sort_by_key(|t| t != EVENTS_TABLE);
+        for table in tables {
             let mut pass = 0;
             loop {
                 pass += 1;

@@ -622,6 +622,39 @@ async fn a_user_defined_projection_counts_each_event_once_a_day_and_follows_late
             .any(|p| p.name == "by_type" && p.kind == "sql" && p.lag_events == 0)
     );
 
+    // An erasure leaves the user in no snapshot of a projection that stores user ids (under
+    // another name, and sorting before `events`): it is refreshed, then expired in the pass.
+    let by_user =
+        "SELECT CAST(ts AS DATE) AS day, user_id AS who, count(*) AS n FROM events GROUP BY 1, 2";
+    refresher
+        .create_projection(&w.tenant, "by_user", by_user, "test")
+        .await
+        .unwrap();
+    refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(
+        w.table_rows("by_user")
+            .await
+            .iter()
+            .any(|r| r.contains("|c|"))
+    );
+    let erasing = floe_compactor::Compactor::new(w.catalog.clone(), Default::default())
+        .with_projections(refresher.clone());
+    let filter = floe_compactor::RowFilter::new(&["c".to_string()], &[]).unwrap();
+    erasing.erase_users(&w.tenant, &filter).await.unwrap();
+    assert!(
+        !w.table_rows("by_user")
+            .await
+            .iter()
+            .any(|r| r.contains("|c|"))
+    );
+    let table = w.catalog.load_table(&w.tenant, "by_user").await.unwrap();
+    assert_eq!(
+        table.metadata().snapshots().count(),
+        1,
+        "older snapshots held c"
+    );
+    w.written.retain(|e| e.user.as_deref() != Some("c"));
+
     // Rebuilt from all events, and dropped.
     let rebuilt = refresher.rebuild(&w.tenant, "by_type", None).await.unwrap();
     assert!(rebuilt.full);

@@ -216,6 +216,11 @@ pub enum ProjectionCommand {
         name: String,
         #[arg(long)]
         sql: String,
+        /// Replace the definition of an existing projection: it is rebuilt by the new one
+        /// (rows and columns) in one commit; the old one's snapshots stay readable by time
+        /// travel until they expire.
+        #[arg(long)]
+        replace: bool,
     },
     /// Drop a user-defined projection: its definition, its table and its files.
     Drop {

@@ -2,6 +2,7 @@
 //! `floe compactor` (the same on a schedule, as a service).
 
 use anyhow::bail;
+use floe_catalog::lease::holder_name;
 use floe_catalog::{Catalog, Config, TenantId};
 
 use crate::progress::Progress as Bar;
@@ -42,15 +43,29 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     }
     let stop = Stop::on_signals();
     let catalog = Catalog::open(config).await?;
-    let compactor = with_projections(
-        floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone()),
-        &catalog,
-        config,
-    );
+    let mut compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
+    let mut refreshing = tokio::task::JoinSet::new();
+    if let Some(refresher) = refresher(&catalog, config) {
+        // Projections of every tenant, whoever commits to its events (a shared catalog): the
+        // poll finds the commits, refresh leases keep this process and the committing ones
+        // from refreshing one projection at once.
+        refreshing.spawn(refresher.clone().run(stop.clone().wait()));
+        refreshing.spawn(refresher.clone().poll(stop.clone().wait()));
+        compactor = compactor.with_projections(refresher);
+    }
     let holder = holder_name("compactor");
     tracing::info!(%holder, interval_secs = config.compaction.interval_secs, "compactor running");
     floe_compactor::maintain::run_schedule(compactor, holder, stop.wait()).await;
+    refreshing.join_all().await;
     Ok(())
+}
+
+/// The projection refresher, unless `projection.enabled` is off.
+fn refresher(catalog: &Catalog, config: &Config) -> Option<floe_compactor::projection::Refresher> {
+    config
+        .projection
+        .enabled
+        .then(|| floe_compactor::projection::Refresher::new(catalog.clone(), config))
 }
 
 /// The compactor, refreshing projections during erasures unless `projection.enabled` is off.
@@ -59,13 +74,10 @@ fn with_projections(
     catalog: &Catalog,
     config: &Config,
 ) -> floe_compactor::Compactor {
-    if !config.projection.enabled {
-        return compactor;
+    match refresher(catalog, config) {
+        Some(r) => compactor.with_projections(r),
+        None => compactor,
     }
-    compactor.with_projections(floe_compactor::projection::Refresher::new(
-        catalog.clone(),
-        config,
-    ))
 }
 
 fn mib(bytes: u64) -> String {
@@ -235,12 +247,4 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
         );
     }
     Ok(())
-}
-
-/// A lease holder name unique to this process: `<role>@<host>:<pid>`.
-pub fn holder_name(role: &str) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{role}@{host}:{}", std::process::id())
 }

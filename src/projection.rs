@@ -1,5 +1,5 @@
 //! `floe projection list|show|create|drop|rebuild`: a tenant's projections, their freshness,
-//! its own definitions, and their recomputation from all events.
+//! its own definitions (created, replaced, dropped), and their recomputation from all events.
 
 use floe_catalog::projection::ProjectionStatus;
 use floe_catalog::{Catalog, Config, TenantId};
@@ -36,7 +36,33 @@ pub async fn run(config: &Config, command: &ProjectionCommand) -> anyhow::Result
             };
             show(p);
         }
-        ProjectionCommand::Create { tenant, name, sql } => {
+        ProjectionCommand::Create {
+            tenant,
+            name,
+            sql,
+            replace: true,
+        } => {
+            let tenant = TenantId::parse(tenant)?;
+            let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
+            refresher
+                .redefine_projection(&tenant, name, sql, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!(e.into_catalog()))?;
+            let done = refresher.rebuild(&tenant, name, None).await?;
+            println!(
+                "{tenant}.{name}: redefined, rebuilt from {} files over {} days; now at events \
+                 snapshot {}",
+                done.files_read,
+                done.days_read,
+                or_none(done.source)
+            );
+        }
+        ProjectionCommand::Create {
+            tenant,
+            name,
+            sql,
+            replace: false,
+        } => {
             let tenant = TenantId::parse(tenant)?;
             let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
             refresher

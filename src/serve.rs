@@ -150,7 +150,7 @@ pub async fn serve(
         }
         services.spawn(floe_compactor::maintain::run_schedule(
             compactor,
-            crate::compact::holder_name("serve"),
+            floe_catalog::lease::holder_name("serve"),
             stop.clone().wait(),
         ));
     }
@@ -215,6 +215,24 @@ impl floe_admin::Projections for ProjectionAdmin {
         Box::pin(async move {
             refresher
                 .create_projection(&tenant, &name, &sql, &actor)
+                .await
+                .map_err(floe_compactor::Error::into_catalog)
+        })
+    }
+
+    fn redefine(
+        &self,
+        tenant: floe_catalog::TenantId,
+        name: String,
+        sql: String,
+        actor: String,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = floe_catalog::Result<floe_catalog::projection::Defined>> + Send>,
+    > {
+        let refresher = self.0.clone();
+        Box::pin(async move {
+            refresher
+                .redefine_projection(&tenant, &name, &sql, &actor)
                 .await
                 .map_err(floe_compactor::Error::into_catalog)
         })

@@ -28,6 +28,14 @@ pub trait Projections: Send + Sync {
         sql: String,
         actor: String,
     ) -> Pin<Box<dyn Future<Output = floe_catalog::Result<Defined>> + Send>>;
+    /// Checks a definition and makes it the projection's (rebuilt by the next refresh).
+    fn redefine(
+        &self,
+        tenant: TenantId,
+        name: String,
+        sql: String,
+        actor: String,
+    ) -> Pin<Box<dyn Future<Output = floe_catalog::Result<Defined>> + Send>>;
     /// Starts a rebuild (at an events snapshot, or the current one) on its own task.
     fn rebuild(&self, tenant: TenantId, name: String, at: Option<i64>);
 }
@@ -52,7 +60,9 @@ pub fn router(state: AdminState) -> Router {
         )
         .route(
             "/v1/projections/{name}",
-            get(get_projection).delete(delete_projection),
+            get(get_projection)
+                .put(put_projection)
+                .delete(delete_projection),
         )
         .route("/v1/projections/{name}/rebuild", post(post_rebuild))
         .with_state(state)
@@ -227,6 +237,41 @@ async fn post_projection(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedefineRequest {
+    sql: String,
+}
+
+/// `PUT /v1/projections/{name}` (tenant admin) `{"sql": …}`: a new definition for a
+/// user-defined projection, checked at once (400 naming what is wrong with it, 404 if there is
+/// no such projection); 202 with the definition, and the projection is recomputed by it in one
+/// commit by the next refresh (readers see the old rows until then).
+async fn put_projection(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let principal = admin(&st, &headers).await?;
+    let request: RedefineRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!("expected {{\"sql\": \"SELECT ...\"}}: {e}"),
+        )
+    })?;
+    let defined = refresher(&st)?
+        .redefine(
+            principal.tenant.id().clone(),
+            name,
+            request.sql,
+            format!("token:{}", principal.claims.jti),
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(defined)).into_response())
 }
 
 /// `DELETE /v1/projections/{name}` (tenant admin): drops a user-defined projection and its

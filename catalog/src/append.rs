@@ -324,6 +324,7 @@ impl Catalog {
                     commit_id,
                     operation: Operation::Append,
                     props,
+                    evolve: None,
                 },
                 manifests,
             )

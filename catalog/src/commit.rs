@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use iceberg::MetadataLocation;
 use iceberg::spec::{
-    MAIN_BRANCH, ManifestFile, ManifestListWriter, Operation, Snapshot, SnapshotReference,
+    MAIN_BRANCH, ManifestFile, ManifestListWriter, Operation, Schema, Snapshot, SnapshotReference,
     SnapshotRetention, Summary, TableMetadata, TableMetadataBuildResult, TableMetadataBuilder,
 };
 use iceberg::table::Table;
@@ -182,7 +182,11 @@ impl Catalog {
             commit_id,
             operation,
             props,
+            evolve,
         } = new;
+        let schema_id = evolve
+            .as_ref()
+            .map_or(metadata.current_schema_id(), |e| e.schema.schema_id());
         let list_path = format!("{table_location}/metadata/snap-{snapshot_id}-0-{commit_id}.avro");
         let list_path_written = list_path.clone();
         let list_out = self
@@ -216,21 +220,29 @@ impl Catalog {
                 operation,
                 additional_properties: props,
             })
-            .with_schema_id(metadata.current_schema_id())
+            .with_schema_id(schema_id)
             .build();
-        let built = TableMetadataBuilder::new_from_metadata(
+        let mut builder = TableMetadataBuilder::new_from_metadata(
             metadata.clone(),
             Some(old_location.to_string()),
-        )
-        .add_snapshot(snapshot)
-        .map_err(Error::ice("adding the snapshot"))?
-        .set_ref(
-            MAIN_BRANCH,
-            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
-        )
-        .map_err(Error::ice("moving main"))?
-        .build()
-        .map_err(Error::ice("building metadata"))?;
+        );
+        if let Some(Evolve { schema, properties }) = evolve {
+            builder = builder
+                .add_current_schema(schema)
+                .map_err(Error::ice("adding the schema"))?
+                .set_properties(properties)
+                .map_err(Error::ice("setting table properties"))?;
+        }
+        let built = builder
+            .add_snapshot(snapshot)
+            .map_err(Error::ice("adding the snapshot"))?
+            .set_ref(
+                MAIN_BRANCH,
+                SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            )
+            .map_err(Error::ice("moving main"))?
+            .build()
+            .map_err(Error::ice("building metadata"))?;
         let mut prepared = self.prepare_metadata(old_location, built).await?;
         prepared.snapshot_id = snapshot_id;
         prepared.written.insert(0, list_path_written);
@@ -275,6 +287,16 @@ pub(crate) struct NewSnapshot {
     pub operation: Operation,
     /// The summary's properties.
     pub props: HashMap<String, String>,
+    /// A schema the snapshot brings in (`None`: the table's current one).
+    pub evolve: Option<Evolve>,
+}
+
+/// A new current schema (its id chosen as Iceberg's metadata builder does: an identical
+/// schema's, or one past the highest), with table properties set in the same commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Evolve {
+    pub schema: Schema,
+    pub properties: HashMap<String, String>,
 }
 
 /// A prepared (written, not yet swapped-in) commit.

@@ -261,6 +261,28 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        version: 7,
+        description: "projection refresh leases",
+        sqlite: r#"
+    CREATE TABLE IF NOT EXISTS floe_refresh_leases (
+        tenant TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        holder TEXT,
+        lease_until_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, table_name)
+    );
+    "#,
+        postgres: r#"
+    CREATE TABLE IF NOT EXISTS floe_refresh_leases (
+        tenant TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        holder TEXT,
+        lease_until_ms BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, table_name)
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

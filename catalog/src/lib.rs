@@ -11,6 +11,7 @@ mod db;
 pub mod delta;
 pub mod erasure;
 mod error;
+pub mod lease;
 pub mod maintenance;
 mod notify;
 pub mod positions;

@@ -16,7 +16,7 @@
 mod defined;
 mod status;
 
-pub use defined::{Defined, check_name};
+pub use defined::{DEFINITION, Defined, Redefinition, check_name, definition_of};
 pub use status::ProjectionStatus;
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,7 +28,7 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use std::sync::Arc;
 
-use crate::commit::{Attempt, Change, Committed};
+use crate::commit::{Attempt, Change, Committed, Evolve};
 use crate::rewrite::{Rows, Shape, live_entries_cached};
 use crate::tenant::{Tenant, TenantId, TenantKey};
 use crate::{Catalog, Error, Result};
@@ -117,6 +117,9 @@ pub struct ProjectionCommit {
     pub days: Option<BTreeSet<i32>>,
     /// The new files: all rows of those days.
     pub added: Vec<DataFile>,
+    /// A new definition the rows follow (with `days` `None`): its schema (which `added` was
+    /// written with, from the table as it was read) and its [`DEFINITION`] come in with them.
+    pub redefine: Option<(Redefinition, Schema)>,
 }
 
 /// How a projection commit ended.
@@ -433,10 +436,29 @@ impl Change for RefreshChange {
             .metadata_location()
             .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
             .to_string();
+        let evolve = match &self.commit.redefine {
+            None => None,
+            Some((redefinition, schema)) => {
+                // Field ids are given against the table's metadata: if it moved on (another
+                // redefinition), the files written with them do not fit.
+                let now = redefinition.schema(metadata)?;
+                if self.commit.days.is_some()
+                    || now.schema_id() != schema.schema_id()
+                    || !defined::same_columns(&now, schema)
+                {
+                    return Ok(Attempt::Done(Refreshed::Fenced(found)));
+                }
+                Some(Evolve {
+                    schema: now,
+                    properties: HashMap::from([(DEFINITION.to_string(), redefinition.sql.clone())]),
+                })
+            }
+        };
         let shape = Shape {
             operation: Operation::Overwrite,
             rows: Rows::Any,
             removed_keep_bounds: true,
+            evolve,
         };
         let prepared = catalog
             .prepare_rewrite(

@@ -22,7 +22,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
-use crate::commit::{Attempt, Change, Committed, NewSnapshot, Prepared, new_snapshot_id};
+use crate::commit::{Attempt, Change, Committed, Evolve, NewSnapshot, Prepared, new_snapshot_id};
 use crate::positions::carried_properties;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
@@ -46,16 +46,19 @@ impl RewriteKind {
                 operation: Operation::Replace,
                 rows: Rows::Same,
                 removed_keep_bounds: true,
+                evolve: None,
             },
             RewriteKind::Delete => Shape {
                 operation: Operation::Delete,
                 rows: Rows::NoneAdded,
                 removed_keep_bounds: false,
+                evolve: None,
             },
             RewriteKind::Overwrite => Shape {
                 operation: Operation::Overwrite,
                 rows: Rows::Fewer,
                 removed_keep_bounds: false,
+                evolve: None,
             },
         }
     }
@@ -69,6 +72,8 @@ pub(crate) struct Shape {
     /// An erasure's or retention's removed files leave no column bounds behind: bounds are
     /// values of the very rows being removed.
     pub removed_keep_bounds: bool,
+    /// A new schema for the table from this snapshot on (a projection redefined).
+    pub evolve: Option<Evolve>,
 }
 
 /// The rule a rewrite's row counts follow.
@@ -242,7 +247,10 @@ impl Catalog {
     ) -> Result<Prepared> {
         let metadata = current.metadata();
         let parent = metadata.current_snapshot();
-        let schema = metadata.current_schema().clone();
+        let schema = match &shape.evolve {
+            Some(e) => Arc::new(e.schema.clone()),
+            None => metadata.current_schema().clone(),
+        };
         let spec = metadata.default_partition_spec().clone();
         let commit_id = uuid::Uuid::now_v7();
         let snapshot_id = new_snapshot_id(metadata);
@@ -364,6 +372,7 @@ impl Catalog {
                     commit_id,
                     operation: shape.operation.clone(),
                     props,
+                    evolve: shape.evolve.clone(),
                 },
                 vec![manifest],
             )

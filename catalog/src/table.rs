@@ -269,6 +269,28 @@ impl Catalog {
         .await
     }
 
+    /// Every tenant's metadata file of the table `table` (a pointer that moves with each
+    /// commit): `(tenant, location)`, by tenant. One query, for pollers of many tenants.
+    pub async fn metadata_locations(&self, table: &str) -> Result<Vec<(String, String)>> {
+        let table = table.to_string();
+        self.on_io(move |c| async move {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT table_namespace, metadata_location FROM iceberg_tables \
+                 WHERE catalog_name = $1 AND table_name = $2 ORDER BY table_namespace",
+            )
+            .bind(&c.name)
+            .bind(&table)
+            .fetch_all(&c.db)
+            .await
+            .map_err(Error::db("list tables"))?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(tenant, l)| Some((tenant, l?)))
+                .collect())
+        })
+        .await
+    }
+
     async fn metadata_location(&self, tenant: &TenantId, table: &str) -> Result<String> {
         let (tenant, table) = (tenant.to_string(), table.to_string());
         self.on_io(move |c| async move {

@@ -563,6 +563,7 @@ impl Catalog {
                 "DELETE FROM floe_erasures WHERE tenant = $1",
                 "DELETE FROM floe_usage WHERE tenant = $1",
                 "DELETE FROM floe_projections WHERE tenant = $1",
+                "DELETE FROM floe_refresh_leases WHERE tenant = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())

@@ -127,6 +127,7 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
                     file(&location, "a100", 100, 1),
                     file(&location, "a101", 101, 1),
                 ],
+                redefine: None,
             },
         )
         .await
@@ -144,6 +145,7 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
                 source: source(2),
                 days: Some(BTreeSet::from([101])),
                 added: vec![file(&location, "stale", 101, 1)],
+                redefine: None,
             },
         )
         .await
@@ -164,6 +166,7 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
                     file(&location, "b101", 101, 1),
                     file(&location, "b102", 102, 1),
                 ],
+                redefine: None,
             },
         )
         .await
@@ -209,6 +212,7 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
                 source: source(3),
                 days: None,
                 added: vec![file(&location, "all", 100, 3)],
+                redefine: None,
             },
         )
         .await
@@ -230,6 +234,7 @@ async fn a_projection_is_refreshed_day_by_day_and_records_its_source() {
                 source: source(4),
                 days: None,
                 added: vec![],
+                redefine: None,
             },
         )
         .await;

@@ -22,6 +22,7 @@ mod defined;
 mod files;
 mod replay;
 mod rows;
+mod sharing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ use floe_catalog::config::ProjectionConfig;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::projection::{
-    Defined, ProjectionCommit, ProjectionOutcome, SourceRef, source_of,
+    Defined, ProjectionCommit, ProjectionOutcome, Redefinition, SourceRef, source_of,
 };
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, Config, TenantId};
@@ -49,12 +50,9 @@ struct Target {
 }
 
 /// Attempts of one refresh lost to other refreshes of the same projection before it gives up
-/// (the tenant stays marked).
+/// (the tenant stays marked). With refresh leases, losing at all means a lease ran out under
+/// a slow holder, so a few attempts are plenty.
 const FENCED_ATTEMPTS: u32 = 3;
-/// Snapshots of a projection always kept by its own expiry.
-const KEEP_SNAPSHOTS: usize = 10;
-/// How long a tenant whose refresh failed waits before the next attempt.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What one refresh of a tenant did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +79,24 @@ impl Refreshed {
     }
 }
 
+/// Where a refresh's rows go: a projection table, and the definition they follow if it is new
+/// (with the schema the table gets with it).
+struct Out<'a> {
+    name: &'a str,
+    table: &'a iceberg::table::Table,
+    redefine: Option<(Redefinition, iceberg::spec::Schema)>,
+}
+
+impl<'a> Out<'a> {
+    fn of(name: &'a str, table: &'a iceberg::table::Table) -> Out<'a> {
+        Out {
+            name,
+            table,
+            redefine: None,
+        }
+    }
+}
+
 /// Refreshes projections; cheap to clone (clones share their state).
 #[derive(Clone)]
 pub struct Refresher {
@@ -89,6 +105,8 @@ pub struct Refresher {
 
 struct Inner {
     catalog: Catalog,
+    /// Who holds the refresh leases this refresher takes.
+    holder: String,
     config: ProjectionConfig,
     /// The SQL guard's limits, for user-defined projections (`query.max_sql_*`).
     limits: floe_query::projection::Limits,
@@ -105,6 +123,7 @@ impl Refresher {
         Refresher {
             inner: Arc::new(Inner {
                 catalog,
+                holder: floe_catalog::lease::holder_name("refresher"),
                 config: config.projection.clone(),
                 limits: floe_query::projection::Limits {
                     max_depth: config.query.max_sql_depth,
@@ -147,12 +166,13 @@ impl Refresher {
         let min_interval = Duration::from_millis(self.inner.config.min_interval_ms);
         let mut last: BTreeMap<String, Instant> = BTreeMap::new();
         let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
+        let retry_after = Duration::from_millis(self.inner.config.retry_after_ms);
         loop {
             let marked = std::mem::take(&mut *lock(&self.inner.marked));
             let mut waiting = Vec::new();
             for tenant in marked {
                 let due = last.get(&tenant).map(|t| *t + min_interval);
-                let retry = failed.get(&tenant).map(|t| *t + RETRY_AFTER);
+                let retry = failed.get(&tenant).map(|t| *t + retry_after);
                 let not_before = due.max(retry);
                 if not_before.is_some_and(|t| t > Instant::now()) {
                     waiting.push(tenant);
@@ -189,7 +209,7 @@ impl Refresher {
                     .iter()
                     .filter_map(|t| {
                         let due = last.get(t).map(|l| *l + min_interval);
-                        let retry = failed.get(t).map(|f| *f + RETRY_AFTER);
+                        let retry = failed.get(t).map(|f| *f + retry_after);
                         due.max(retry)
                     })
                     .min();
@@ -214,6 +234,9 @@ impl Refresher {
     }
 
     /// Brings the tenant's projections up to date with its `events` as they are now.
+    ///
+    /// Projections whose refresh lease another process holds are left to it; the tenant stays
+    /// marked, so what this process committed is reflected once the lease is free.
     pub async fn refresh_tenant(&self, tenant: &TenantId) -> Result<Refreshed> {
         let catalog = &self.inner.catalog;
         let builtins = catalog.ensure_builtin_projections(tenant).await?;
@@ -224,12 +247,37 @@ impl Refresher {
         }
         // One refresh at a time: the days kept are shared by all tenants.
         let mut cache = self.inner.cache.lock().await;
+        let all = names
+            .iter()
+            .copied()
+            .chain(defined.iter().map(|d| d.name.as_str()));
+        let held = self.hold(tenant, all).await?;
+        let names: Vec<&'static str> = names.into_iter().filter(|n| held.has(n)).collect();
+        let defined: Vec<Defined> = defined.into_iter().filter(|d| held.has(&d.name)).collect();
+        if held.skipped > 0 {
+            self.inner.mark(tenant.as_str());
+        }
+        let done = self
+            .refresh_held(tenant, &names, &defined, &mut cache)
+            .await;
+        self.release(tenant, held).await;
+        done
+    }
+
+    async fn refresh_held(
+        &self,
+        tenant: &TenantId,
+        names: &[&'static str],
+        defined: &[Defined],
+        cache: &mut day::Cache,
+    ) -> Result<Refreshed> {
+        if names.is_empty() && defined.is_empty() {
+            return Ok(Refreshed::default());
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = self
-                .refresh_once(tenant, &names, &defined, &mut cache)
-                .await;
+            let outcome = self.refresh_once(tenant, names, defined, cache).await;
             cache.shrink();
             match outcome {
                 Ok(Some(done)) => return Ok(done),
@@ -428,7 +476,7 @@ impl Refresher {
             let committed = self
                 .commit(
                     tenant,
-                    (target.name, &target.table),
+                    Out::of(target.name, &target.table),
                     vec![rows],
                     Some(own),
                     source,
@@ -455,19 +503,29 @@ impl Refresher {
     async fn commit(
         &self,
         tenant: &TenantId,
-        (name, table): (&str, &iceberg::table::Table),
+        out: Out<'_>,
         rows: Vec<RecordBatch>,
         days: Option<BTreeSet<i32>>,
         expected: Option<i64>,
         to: SourceRef,
     ) -> Result<bool> {
         let catalog = &self.inner.catalog;
-        let schema = files::arrow_schema(table)?;
-        let rows = concat_batches(&schema, &rows)
+        let Out {
+            name,
+            table,
+            redefine,
+        } = out;
+        let schema = match &redefine {
+            Some((_, schema)) => Arc::new(schema.clone()),
+            None => table.metadata().current_schema().clone(),
+        };
+        let arrow = files::arrow_of(&schema)?;
+        let rows = concat_batches(&arrow, &rows)
             .map_err(|e| Error::Invalid(format!("rows of {name}: {e}")))?;
         let whole = days.is_none();
         let changed = days.clone().unwrap_or_default();
-        let added = files::files_for(table, catalog.data_store(), rows, &changed, whole).await?;
+        let added =
+            files::files_for(table, &schema, catalog.data_store(), rows, &changed, whole).await?;
         let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
         let partitioned = !table.metadata().default_partition_spec().is_unpartitioned();
         let commit = ProjectionCommit {
@@ -476,6 +534,7 @@ impl Refresher {
             // A table of one file replaces it whole either way.
             days: days.filter(|_| partitioned),
             added,
+            redefine,
         };
         match catalog.commit_projection(tenant, name, commit).await {
             Ok(ProjectionOutcome::Committed { .. }) => {
@@ -508,12 +567,13 @@ impl Refresher {
             .snapshots()
             .filter(|s| s.timestamp_ms() < oldest_kept)
             .count();
-        if old < KEEP_SNAPSHOTS {
+        let keep = self.inner.config.keep_snapshots as usize;
+        if old < keep {
             return;
         }
         let policy = ExpirePolicy {
             max_age,
-            min_snapshots: KEEP_SNAPSHOTS,
+            min_snapshots: keep,
             keep_from_sequence: None,
         };
         if let Err(e) = catalog.expire_snapshots(tenant, table, policy, false).await {

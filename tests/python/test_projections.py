@@ -197,7 +197,18 @@ SELECT day, date_trunc('hour', ts), json_extract_string(payload, '$.country'), c
 FROM once WHERE type = 'PurchaseMade' GROUP BY ALL ORDER BY ALL"""
 
 
-def test_a_user_defined_projection_is_created_refreshed_rebuilt_and_dropped(server):
+DAILY_BY_COUNTRY = """
+SELECT CAST(ts AS DATE) AS day, json_extract_scalar(payload, '$.country') AS country,
+       sum(CAST(json_extract_scalar(payload, '$.amount') AS BIGINT)) AS revenue, count(*) AS orders
+FROM events WHERE type = 'PurchaseMade' GROUP BY 1, 2"""
+
+DAILY_BY_COUNTRY_REFERENCE = """
+SELECT day, json_extract_string(payload, '$.country'), sum(CAST(json_extract_string(payload, '$.amount') AS BIGINT)),
+       count(*)
+FROM once WHERE type = 'PurchaseMade' GROUP BY ALL ORDER BY ALL"""
+
+
+def test_a_user_defined_projection_is_created_refreshed_rebuilt_redefined_and_dropped(server):
     tenant = "proj-udp"
     floe(server.data, "tenant", "create", tenant)
     ingest, admin = server.token(tenant, "ingest"), server.token(tenant, "admin")
@@ -261,6 +272,33 @@ def test_a_user_defined_projection_is_created_refreshed_rebuilt_and_dropped(serv
     status, _ = request("POST", f"{url}/hourly_purchases/rebuild", admin)
     assert status == 202
     compare()
+
+    # Redefined: refused if not a definition (or no such projection); otherwise the next refresh
+    # brings the new rows and columns in one snapshot, and the old snapshot keeps its columns.
+    bad = {"sql": "SELECT type, count(*) AS n FROM events GROUP BY 1"}
+    status, body = request("PUT", f"{url}/hourly_purchases", admin, bad)
+    assert status == 400 and "needs a column `day`" in body["error"]["message"], body
+    assert request("PUT", f"{url}/nope", admin, {"sql": DAILY_BY_COUNTRY})[0] == 404
+    assert request("PUT", f"{url}/hourly_purchases", server.token(tenant, "analyst"), {"sql": DAILY_BY_COUNTRY})[0] == 403
+    cat = iceberg_catalog(server.data)
+    old = cat.load_table(f"{tenant}.hourly_purchases")
+    old_snapshot, old_rows = old.current_snapshot().snapshot_id, old.scan().to_arrow()
+    status, body = request("PUT", f"{url}/hourly_purchases", admin, {"sql": DAILY_BY_COUNTRY})
+    assert status == 202 and body["sql"] == DAILY_BY_COUNTRY, body
+    deadline = time.time() + 30
+    while (table := cat.load_table(f"{tenant}.hourly_purchases")).properties.get("floe.projection.sql") != DAILY_BY_COUNTRY:
+        assert time.time() < deadline, table.properties
+        time.sleep(0.1)
+    got = table.scan().to_arrow()
+    assert got.column_names == ["day", "country", "revenue", "orders"]
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("events", cat.load_table(f"{tenant}.events").scan().to_arrow())
+    con.execute(ONCE)
+    con.register("p", got)
+    assert con.execute("SELECT * FROM p ORDER BY ALL").fetchall() == con.execute(DAILY_BY_COUNTRY_REFERENCE).fetchall()
+    before = table.scan(snapshot_id=old_snapshot).to_arrow()
+    assert before.column_names == old_rows.column_names and before.num_rows == old_rows.num_rows
 
     # Dropped: its table and definition go.
     assert request("DELETE", f"{url}/hourly_purchases", admin)[0] == 204

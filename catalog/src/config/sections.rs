@@ -141,8 +141,18 @@ pub struct ProjectionConfig {
     /// tenants; past it, the least recently used days are dropped and read again when needed.
     pub state_cache_bytes: u64,
     /// A projection's snapshots older than this are expired by its refreshes (each refresh is
-    /// a snapshot; the newest 10 always stay).
+    /// a snapshot; the newest `keep_snapshots` always stay).
     pub snapshot_max_age_secs: u64,
+    /// Snapshots of a projection its own expiry always keeps.
+    pub keep_snapshots: u64,
+    /// A process refreshing a projection holds its refresh lease for up to this long; another
+    /// process refreshes it meanwhile only once the lease runs out (the holder died).
+    pub lease_secs: u64,
+    /// How often `floe compactor` looks for tenants whose `events` changed (commits of other
+    /// processes) and refreshes their projections.
+    pub poll_interval_ms: u64,
+    /// How long a tenant whose refresh failed waits before the next attempt.
+    pub retry_after_ms: u64,
 }
 
 impl Default for ProjectionConfig {
@@ -152,6 +162,10 @@ impl Default for ProjectionConfig {
             min_interval_ms: 500,
             state_cache_bytes: 512 << 20,
             snapshot_max_age_secs: 60,
+            keep_snapshots: 10,
+            lease_secs: 60,
+            poll_interval_ms: 1000,
+            retry_after_ms: 5000,
         }
     }
 }

@@ -2,9 +2,11 @@
 //! (checked by the query service before it gets here) and a projection table partitioned by
 //! `day`. The definition row and the table are created, and dropped, in one transaction.
 
-use iceberg::spec::Schema;
+use std::sync::Arc;
 
-use super::{BUILTINS, PROJECTION_KIND, projection_spec};
+use iceberg::spec::{NestedField, Schema, TableMetadata, Type};
+
+use super::{BUILTINS, DAY_COLUMN, PROJECTION_KIND, projection_spec};
 use crate::db::now_ms;
 use crate::table::{DLQ_TABLE, EVENTS_TABLE};
 use crate::tenant::{TenantId, audit_in};
@@ -17,6 +19,89 @@ pub struct Defined {
     pub sql: String,
     pub created_at_ms: i64,
     pub created_by: String,
+}
+
+/// Table property of a user-defined projection: the definition its rows are computed by. The
+/// definition row (`floe_projections`) holds the one wanted; when they differ (a redefinition
+/// not yet rebuilt), the next refresh recomputes every row by the wanted one and brings in its
+/// schema, property and rows in one commit.
+pub const DEFINITION: &str = "floe.projection.sql";
+
+/// The definition a projection table's rows are computed by (`None`: a built-in, or a table
+/// made before the property was recorded, whose definition is the row's).
+pub fn definition_of(metadata: &TableMetadata) -> Option<&str> {
+    metadata.properties().get(DEFINITION).map(String::as_str)
+}
+
+/// A user-defined projection's new definition, brought in by the commit that recomputes all
+/// its rows by it.
+#[derive(Debug, Clone)]
+pub struct Redefinition {
+    pub sql: String,
+    /// The definition's output columns (`day` first), as stored.
+    pub columns: Vec<(String, Type)>,
+}
+
+impl Redefinition {
+    /// The table's schema under this definition, given its metadata now: a column of the same
+    /// name and type keeps its field id (`day`, the partition source, always does); any other
+    /// gets a new one past the table's last. The schema id is an identical schema's, or one
+    /// past the highest (as Iceberg's metadata builder picks it).
+    pub fn schema(&self, metadata: &TableMetadata) -> Result<Schema> {
+        let current = metadata.current_schema();
+        let mut next = metadata.last_column_id();
+        let mut fields = Vec::with_capacity(self.columns.len());
+        for (name, ty) in &self.columns {
+            let day = name == DAY_COLUMN;
+            let kept = current
+                .field_by_name(name)
+                .filter(|f| *f.field_type == *ty && f.required == day);
+            let id = match kept {
+                Some(f) => f.id,
+                None if day => {
+                    return Err(Error::invalid(format!(
+                        "a projection's day column is a date; this definition makes it {ty}"
+                    )));
+                }
+                None => {
+                    next += 1;
+                    next
+                }
+            };
+            fields.push(Arc::new(if day {
+                NestedField::required(id, name, ty.clone())
+            } else {
+                NestedField::optional(id, name, ty.clone())
+            }));
+        }
+        let draft = Schema::builder()
+            .with_fields(fields.clone())
+            .build()
+            .map_err(Error::ice("building a projection schema"))?;
+        let id = metadata
+            .schemas_iter()
+            .find(|s| same_columns(&draft, s))
+            .map(|s| s.schema_id())
+            .unwrap_or_else(|| {
+                metadata
+                    .schemas_iter()
+                    .map(|s| s.schema_id())
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            });
+        Schema::builder()
+            .with_schema_id(id)
+            .with_fields(fields)
+            .build()
+            .map_err(Error::ice("building a projection schema"))
+    }
+}
+
+/// Whether two schemas have the same columns (ids, names, types), whatever their ids: Iceberg's
+/// test for reusing a schema (neither has identifier fields here).
+pub(crate) fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.as_struct() == b.as_struct() && a.identifier_field_ids().eq(b.identifier_field_ids())
 }
 
 /// Checks a projection name: `[a-z][a-z0-9_]{0,62}`, not a table Floe makes.
@@ -70,7 +155,14 @@ impl Catalog {
                 });
             }
             let location = c
-                .create_table_metadata(&key, &d.name, schema, spec, PROJECTION_KIND, &[])
+                .create_table_metadata(
+                    &key,
+                    &d.name,
+                    schema,
+                    spec,
+                    PROJECTION_KIND,
+                    &[(DEFINITION.to_string(), d.sql.clone())],
+                )
                 .await?;
             let mut tx = c.db.begin().await.map_err(Error::db("create projection"))?;
             let inserted = sqlx::query(
@@ -114,6 +206,64 @@ impl Catalog {
             .await?;
             tx.commit().await.map_err(Error::db("create projection"))?;
             Ok(d)
+        })
+        .await
+    }
+
+    /// Replaces the definition of a user-defined projection (checked by the caller): the rows
+    /// follow at the next refresh, which recomputes them all (see [`DEFINITION`]); until then
+    /// readers see the rows of the definition before. `NotFound` if there is none.
+    pub async fn redefine_projection(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        sql: &str,
+        actor: &str,
+    ) -> Result<Defined> {
+        let (tenant, name, sql, actor) = (
+            tenant.clone(),
+            name.to_string(),
+            sql.to_string(),
+            actor.to_string(),
+        );
+        self.on_io(move |c| async move {
+            let mut tx =
+                c.db.begin()
+                    .await
+                    .map_err(Error::db("redefine projection"))?;
+            let row: Option<(i64,)> = sqlx::query_as(
+                "UPDATE floe_projections SET sql = $1 WHERE tenant = $2 AND name = $3 \
+                 RETURNING created_at_ms",
+            )
+            .bind(&sql)
+            .bind(tenant.as_str())
+            .bind(&name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("redefine projection"))?;
+            let Some((created_at_ms,)) = row else {
+                return Err(Error::NotFound {
+                    what: format!("projection {name} of tenant {tenant}"),
+                });
+            };
+            let detail = serde_json::json!({ "name": name, "sql": sql }).to_string();
+            audit_in(
+                &mut tx,
+                &actor,
+                Some(tenant.as_str()),
+                "projection.redefine",
+                &detail,
+            )
+            .await?;
+            tx.commit()
+                .await
+                .map_err(Error::db("redefine projection"))?;
+            Ok(Defined {
+                name,
+                sql,
+                created_at_ms,
+                created_by: actor,
+            })
         })
         .await
     }

@@ -13,12 +13,14 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use floe_catalog::delta::{Delta, DeltaFile};
-use floe_catalog::projection::{Defined, SourceRef, projection_schema, source_of};
+use floe_catalog::projection::{
+    DAY_COLUMN, Defined, Redefinition, SourceRef, definition_of, projection_schema, source_of,
+};
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Error as CatalogError, TenantId};
 use iceberg::spec::{PrimitiveType, Type};
 
-use super::{Refreshed, Refresher, files};
+use super::{Out, Refreshed, Refresher, files};
 use crate::{Error, Result};
 
 impl Refresher {
@@ -33,23 +35,13 @@ impl Refresher {
     ) -> Result<Defined> {
         let catalog = &self.inner.catalog;
         floe_catalog::projection::check_name(name)?;
-        let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
-        let output =
-            floe_query::projection::check(sql, files::arrow_schema(&events)?, self.inner.limits)
-                .await
-                .map_err(|e| CatalogError::invalid(format!("projection {name}: {e}")))?;
-        let columns = output
-            .fields()
-            .iter()
-            .map(|f| {
-                Ok((
-                    f.name().as_str(),
-                    iceberg_type(f.name(), f.data_type())?,
-                    f.name() == "day",
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let schema = projection_schema(columns)?;
+        let columns = self.columns(tenant, name, sql).await?;
+        let schema = projection_schema(
+            columns
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.clone(), n == DAY_COLUMN))
+                .collect(),
+        )?;
         let defined = catalog
             .create_defined_projection(tenant, name, sql, schema, actor)
             .await?;
@@ -57,8 +49,53 @@ impl Refresher {
         Ok(defined)
     }
 
+    /// Checks `sql` and replaces the definition of the projection `name` by it; the tenant is
+    /// marked, and its next refresh (or a [`Refresher::rebuild`]) recomputes the projection
+    /// by the new definition: the rows, and the schema that follows from it, come in one
+    /// commit, so readers see the old definition's rows until then. Snapshots of the old
+    /// definition stay readable by time travel until they expire.
+    pub async fn redefine_projection(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        sql: &str,
+        actor: &str,
+    ) -> Result<Defined> {
+        self.columns(tenant, name, sql).await?;
+        let defined = self
+            .inner
+            .catalog
+            .redefine_projection(tenant, name, sql, actor)
+            .await?;
+        self.mark(tenant);
+        Ok(defined)
+    }
+
+    /// The output columns of the definition `sql` of projection `name`, as stored; an error
+    /// naming the problem if it is not a definition Floe can keep up to date.
+    async fn columns(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        sql: &str,
+    ) -> Result<Vec<(String, Type)>> {
+        let events = self.inner.catalog.load_table(tenant, EVENTS_TABLE).await?;
+        let output =
+            floe_query::projection::check(sql, files::arrow_schema(&events)?, self.inner.limits)
+                .await
+                .map_err(|e| CatalogError::invalid(format!("projection {name}: {e}")))?;
+        output
+            .fields()
+            .iter()
+            .map(|f| Ok((f.name().clone(), iceberg_type(f.name(), f.data_type())?)))
+            .collect()
+    }
+
     /// Refreshes one user-defined projection; with `at`, recomputes it whole from the events at
     /// that snapshot (a rebuild). `None`: fenced by another refresh.
+    ///
+    /// A definition that is not the one the table's rows follow (a redefinition) recomputes
+    /// the table whole, at `at` or the current events, and brings in its schema.
     pub(super) async fn refresh_defined(
         &self,
         tenant: &TenantId,
@@ -68,6 +105,30 @@ impl Refresher {
         let catalog = &self.inner.catalog;
         let table = catalog.load_table(tenant, &d.name).await?;
         let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
+        let redefine = match definition_of(table.metadata()) {
+            Some(sql) if sql != d.sql => {
+                let columns = self.columns(tenant, &d.name, &d.sql).await?;
+                let redefinition = Redefinition {
+                    sql: d.sql.clone(),
+                    columns,
+                };
+                let schema = redefinition.schema(table.metadata())?;
+                Some((redefinition, schema))
+            }
+            _ => None,
+        };
+        let at = match (at, &redefine) {
+            (Some(at), _) => Some(at),
+            (None, None) => None,
+            (None, Some(_)) => {
+                let events = catalog.load_table(tenant, EVENTS_TABLE).await?;
+                match events.metadata().current_snapshot() {
+                    Some(current) => Some(SourceRef::of(current)),
+                    // No events: the new definition comes in with the first ones.
+                    None => return Ok(Some(Refreshed::default())),
+                }
+            }
+        };
         // The days to recompute (`None`: all) as of snapshot `to`.
         let (to, days) = match at {
             Some(at) => (at, None),
@@ -105,7 +166,10 @@ impl Refresher {
         for f in &found {
             by_day.entry(f.day).or_default().push(f.clone());
         }
-        let target = files::arrow_schema(&table)?;
+        let target = match &redefine {
+            Some((_, schema)) => files::arrow_of(schema)?,
+            None => files::arrow_schema(&table)?,
+        };
         let mut rows = Vec::new();
         for (day, day_files) in &by_day {
             let batches =
@@ -130,9 +194,12 @@ impl Refresher {
             days_read: by_day.len(),
             full: days.is_none(),
         };
-        let committed = self
-            .commit(tenant, (&d.name, &table), rows, days, source, to)
-            .await?;
+        let out = Out {
+            name: &d.name,
+            table: &table,
+            redefine,
+        };
+        let committed = self.commit(tenant, out, rows, days, source, to).await?;
         Ok(committed.then_some(done))
     }
 }

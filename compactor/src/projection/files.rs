@@ -13,7 +13,10 @@ use floe_catalog::projection::DAY_COLUMN;
 use floe_catalog::storage::DataStore;
 use futures::StreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::spec::{
+    DataFile, DataFileFormat, Literal, PartitionKey, Schema as IcebergSchema,
+    SchemaRef as IcebergSchemaRef, Struct,
+};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -36,16 +39,22 @@ const ZSTD_LEVEL: i32 = 3;
 
 /// The Arrow schema of a projection table (with Iceberg's field ids).
 pub fn arrow_schema(table: &Table) -> Result<SchemaRef> {
-    let schema = table.metadata().current_schema();
+    arrow_of(table.metadata().current_schema())
+}
+
+/// An Iceberg schema as Arrow's (with the field ids).
+pub fn arrow_of(schema: &IcebergSchema) -> Result<SchemaRef> {
     Ok(Arc::new(
         schema_to_arrow_schema(schema).map_err(ice("arrow schema"))?,
     ))
 }
 
-/// The files of the table's next snapshot: `rows` (the rows of the days `changed`) and, for a
-/// table without partitions and unless `whole`, its current rows of the other days.
+/// The files of the table's next snapshot, written with `schema` (the table's, or the one its
+/// next snapshot brings in): `rows` (the rows of the days `changed`) and, for a table without
+/// partitions and unless `whole`, its current rows of the other days.
 pub async fn files_for(
     table: &Table,
+    schema: &IcebergSchemaRef,
     store: &DataStore,
     rows: RecordBatch,
     changed: &BTreeSet<i32>,
@@ -55,7 +64,7 @@ pub async fn files_for(
     if partitioned {
         let mut files = Vec::new();
         for (day, batch) in by_day(&rows)? {
-            files.extend(write(table, batch, Some(day)).await?);
+            files.extend(write(table, schema, batch, Some(day)).await?);
         }
         return Ok(files);
     }
@@ -65,13 +74,12 @@ pub async fn files_for(
         kept_rows(table, store, changed, rows.schema()).await?
     };
     batches.push(rows);
-    let schema = batches[0].schema();
-    let all = concat_batches(&schema, &batches)
+    let all = concat_batches(&batches[0].schema(), &batches)
         .map_err(|e| Error::Invalid(format!("projection rows: {e}")))?;
     if all.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    write(table, all, None).await
+    write(table, schema, all, None).await
 }
 
 fn days_of(batch: &RecordBatch) -> Result<datafusion::arrow::array::Date32Array> {
@@ -191,9 +199,14 @@ async fn open(
 }
 
 /// Writes `rows` as one file of the table, in the partition of `day` if given.
-async fn write(table: &Table, rows: RecordBatch, day: Option<i32>) -> Result<Vec<DataFile>> {
+async fn write(
+    table: &Table,
+    schema: &IcebergSchemaRef,
+    rows: RecordBatch,
+    day: Option<i32>,
+) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
-    let schema = metadata.current_schema().clone();
+    let schema = schema.clone();
     let level = ZstdLevel::try_new(ZSTD_LEVEL).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))

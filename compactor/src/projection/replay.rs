@@ -9,13 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use floe_catalog::delta::DeltaFile;
-use floe_catalog::projection::{SourceRef, builtins_of};
+use floe_catalog::projection::{Defined, SourceRef, builtins_of};
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Error as CatalogError, TenantId};
 
 use super::day::{self, Day};
 use super::rows::Computed;
-use super::{Refreshed, Refresher, Target, files};
+use super::{Out, Refreshed, Refresher, Target, files};
 use crate::{Error, Result};
 
 impl Refresher {
@@ -71,7 +71,7 @@ impl Refresher {
         };
         for (t, rows) in targets.iter().zip(rows) {
             if !self
-                .commit(tenant, (t.name, &t.table), rows, None, expected, to)
+                .commit(tenant, Out::of(t.name, &t.table), rows, None, expected, to)
                 .await?
             {
                 return Ok(None);
@@ -124,7 +124,32 @@ impl Refresher {
             return Ok(Refreshed::default());
         };
         let to = SourceRef::of(snapshot);
-        let rebuilt = if let Some(d) = defined {
+        let held = self.hold(tenant, std::iter::once(name)).await?;
+        if held.skipped > 0 {
+            return Err(Error::KeptChanging {
+                table: format!("{tenant}.{name}"),
+                what: "another process is refreshing it (holds its refresh lease)",
+            });
+        }
+        let rebuilt = self.rebuild_held(tenant, name, defined, to).await;
+        self.release(tenant, held).await;
+        let rebuilt = rebuilt?;
+        let caught_up = self.refresh_tenant(tenant).await?;
+        Ok(Refreshed {
+            source: caught_up.source.or(rebuilt.source),
+            ..rebuilt
+        })
+    }
+
+    async fn rebuild_held(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        defined: Option<Defined>,
+        to: SourceRef,
+    ) -> Result<Refreshed> {
+        let catalog = &self.inner.catalog;
+        Ok(if let Some(d) = defined {
             let _one_at_a_time = self.inner.cache.lock().await;
             self.refresh_defined(tenant, &d, Some(to))
                 .await?
@@ -153,11 +178,6 @@ impl Refresher {
                     table: format!("{tenant}.{name}"),
                     what: "another refresh committed during the rebuild",
                 })?
-        };
-        let caught_up = self.refresh_tenant(tenant).await?;
-        Ok(Refreshed {
-            source: caught_up.source.or(rebuilt.source),
-            ..rebuilt
         })
     }
 }

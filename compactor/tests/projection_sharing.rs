@@ -260,3 +260,37 @@ async fn a_redefined_projection_switches_rows_and_columns_in_one_commit() {
     assert!(!step.full);
     assert!(w.table_rows("daily").await.contains("101|1|2"));
 }
+
+#[tokio::test]
+async fn a_user_defined_projection_refreshes_within_its_memory_limit() {
+    let mut w = World::new().await;
+    let mut config = w.config.clone();
+    config.projection.memory_limit_bytes = 1;
+    let starved = Refresher::new(w.catalog.clone(), &config);
+    let sql = "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
+    starved
+        .create_projection(&w.tenant, "per_user", sql, "test")
+        .await
+        .unwrap();
+    w.views(
+        100,
+        &[(Some("a"), "/"), (Some("b"), "/"), (Some("a"), "/x")],
+    )
+    .await;
+    let e = starved.refresh_tenant(&w.tenant).await.unwrap_err();
+    assert!(
+        e.to_string().contains("projection.memory_limit_bytes"),
+        "{e}"
+    );
+    assert_eq!(w.source("per_user").await, None, "nothing committed");
+
+    // Within the default limit the same refresh commits.
+    w.refresher().refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!(
+        w.table_rows("per_user").await,
+        ["100|a|2", "100|b|1"]
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+}

@@ -6,13 +6,20 @@
 //! exactly one day and is computed from that day's events only: a refresh recomputes the days
 //! that changed, each from its own events, and replaces their rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
 use crate::{Error, Result, dialect, functions};
@@ -29,17 +36,73 @@ pub struct Limits {
     pub max_operators: usize,
 }
 
-/// A session whose only table is `events`, holding `rows` (with `schema`), in UTC.
-fn session(schema: SchemaRef, rows: Vec<RecordBatch>) -> Result<SessionContext> {
+/// A session whose only table is `events` (with `schema`), in UTC, its memory from `pool`
+/// (`None`: unbounded, for checking a definition).
+fn session(
+    schema: SchemaRef,
+    rows: Option<SendableRecordBatchStream>,
+    pool: Option<Arc<dyn MemoryPool>>,
+) -> Result<SessionContext> {
     let mut cfg = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(1);
     cfg.options_mut().execution.time_zone = Some("UTC".to_string());
-    let ctx = SessionContext::new_with_config(cfg);
+    let ctx = match pool {
+        Some(pool) => {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(pool)
+                .build_arc()?;
+            SessionContext::new_with_config_rt(cfg, runtime)
+        }
+        None => SessionContext::new_with_config(cfg),
+    };
     functions::register(&ctx);
-    let table = MemTable::try_new(schema, vec![rows])?;
-    ctx.register_table(EVENTS, Arc::new(table))?;
+    match rows {
+        Some(rows) => {
+            let once: Arc<dyn PartitionStream> = Arc::new(Once {
+                schema: schema.clone(),
+                rows: Mutex::new(Some(rows)),
+            });
+            ctx.register_table(
+                EVENTS,
+                Arc::new(StreamingTable::try_new(schema, vec![once])?),
+            )?
+        }
+        None => ctx.register_table(EVENTS, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
+    };
     Ok(ctx)
+}
+
+/// The events of a run, read once as they come (never all held at once).
+struct Once {
+    schema: SchemaRef,
+    rows: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for Once {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Once").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for Once {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = match self.rows.lock() {
+            Ok(mut rows) => rows.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        taken.unwrap_or_else(|| {
+            let twice = DataFusionError::Internal("a projection's events read twice".into());
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async move { Err(twice) }),
+            ))
+        })
+    }
 }
 
 fn refuse(message: impl Into<String>) -> Error {
@@ -48,7 +111,7 @@ fn refuse(message: impl Into<String>) -> Error {
 
 /// Checks a definition against `events` (with `schema`); its output columns.
 pub async fn check(sql: &str, schema: SchemaRef, limits: Limits) -> Result<SchemaRef> {
-    let ctx = session(schema, Vec::new())?;
+    let ctx = session(schema, None, None)?;
     let plan = plan(&ctx, sql, limits).await?;
     let mut aggregates = Vec::new();
     let mut problem: Option<String> = None;
@@ -212,14 +275,16 @@ async fn plan(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Logical
     Ok(plan)
 }
 
-/// Runs a checked definition over `rows` of `events` (with `schema`), which hold whole days.
+/// Runs a checked definition over `rows` of `events` (whole days), read as they come, with
+/// its memory from `pool`: past it, aggregations spill to disk where they can, and the run
+/// fails with `ResourcesExhausted` where they cannot.
 pub async fn run(
     sql: &str,
-    schema: SchemaRef,
-    rows: Vec<RecordBatch>,
+    rows: SendableRecordBatchStream,
+    pool: Arc<dyn MemoryPool>,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = session(schema, rows)?;
+    let ctx = session(rows.schema(), Some(rows), Some(pool))?;
     let plan = plan(&ctx, sql, limits).await?;
     Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }
@@ -228,6 +293,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
 
     fn events() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
@@ -348,11 +414,47 @@ mod tests {
         )
         .unwrap();
         let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
-        let out = run(sql, events(), vec![batch], LIMITS).await.unwrap();
+        let pool = Arc::new(GreedyMemoryPool::new(64 << 20));
+        let out = run(sql, stream(vec![batch]), pool, LIMITS).await.unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
             .unwrap()
             .to_string();
         assert!(text.contains("| 1970-04-11 | A    | 2 |"), "{text}");
         assert!(text.contains("| 1970-04-12 | B    | 1 |"), "{text}");
+    }
+
+    fn stream(batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
+        Box::pin(RecordBatchStreamAdapter::new(
+            events(),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_run_takes_its_memory_from_the_pool_it_is_given() {
+        use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+        let n = 20_000;
+        let ids: Vec<String> = (0..n).map(|i| format!("id-{i}")).collect();
+        let batch = RecordBatch::try_new(
+            events(),
+            vec![
+                Arc::new(StringArray::from(ids.clone())),
+                Arc::new(StringArray::from(vec!["A"; n])),
+                Arc::new(TimestampMicrosecondArray::from(vec![0i64; n]).with_timezone("+00:00")),
+                Arc::new(StringArray::from(ids.clone())),
+                Arc::new(StringArray::from(ids)),
+            ],
+        )
+        .unwrap();
+        let sql =
+            "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
+        let tiny = Arc::new(GreedyMemoryPool::new(64 << 10));
+        let e = run(sql, stream(vec![batch.clone()]), tiny, LIMITS)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Resources exhausted"), "{e}");
+        let enough = Arc::new(GreedyMemoryPool::new(256 << 20));
+        let out = run(sql, stream(vec![batch]), enough, LIMITS).await.unwrap();
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), n);
     }
 }

@@ -153,6 +153,10 @@ pub struct ProjectionConfig {
     pub poll_interval_ms: u64,
     /// How long a tenant whose refresh failed waits before the next attempt.
     pub retry_after_ms: u64,
+    /// Memory a user-defined projection's refresh of one day takes at most (the event ids seen,
+    /// the aggregation's state; aggregations spill to disk past it, a refresh that cannot
+    /// fails naming this key). One refresh runs at a time per process.
+    pub memory_limit_bytes: u64,
 }
 
 impl Default for ProjectionConfig {
@@ -166,6 +170,7 @@ impl Default for ProjectionConfig {
             lease_secs: 60,
             poll_interval_ms: 1000,
             retry_after_ms: 5000,
+            memory_limit_bytes: 512 << 20,
         }
     }
 }

@@ -410,7 +410,7 @@ pub fn user_hash(user_id: &str) -> u128 {
 
 /// The hash an event id is kept as (64 bits: among ten million ids of a day, a collision has a
 /// chance of about three in a million).
-fn id_hash(event_id: &str) -> u64 {
+pub(super) fn id_hash(event_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
 }
 

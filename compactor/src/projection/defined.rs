@@ -7,19 +7,28 @@
 //! may hold any aggregate (a distinct count, an average), which a day's new rows alone cannot
 //! update.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryPool, MemoryReservation,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::projection::{
     DAY_COLUMN, Defined, Redefinition, SourceRef, definition_of, projection_schema, source_of,
 };
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Error as CatalogError, TenantId};
+use futures::StreamExt;
 use iceberg::spec::{PrimitiveType, Type};
 
+use super::day::id_hash;
 use super::{Out, Refreshed, Refresher, files};
 use crate::{Error, Result};
 
@@ -166,23 +175,31 @@ impl Refresher {
         for f in &found {
             by_day.entry(f.day).or_default().push(f.clone());
         }
+        let days_read = by_day.len();
         let target = match &redefine {
             Some((_, schema)) => files::arrow_of(schema)?,
             None => files::arrow_schema(&table)?,
         };
         let mut rows = Vec::new();
-        for (day, day_files) in &by_day {
-            let batches =
-                files::read_events(catalog.data_store(), day_files, &events_schema).await?;
-            let batches = first_copies(batches)?;
-            let out = floe_query::projection::run(
-                &d.sql,
-                events_schema.clone(),
-                batches,
-                self.inner.limits,
-            )
-            .await
-            .map_err(|e| Error::Invalid(format!("projection {} on day {day}: {e}", d.name)))?;
+        // One day at a time, streamed: what a day's run holds (the ids seen, the aggregation's
+        // state) comes from this pool, and aggregations spill to disk past it.
+        let limit = self.inner.config.memory_limit_bytes;
+        let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(limit as usize));
+        for (day, day_files) in by_day {
+            let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
+            let ids = MemoryConsumer::new("projection event ids").register(&pool);
+            let events = first_copies(events, events_schema.clone(), ids);
+            let out = floe_query::projection::run(&d.sql, events, pool.clone(), self.inner.limits)
+                .await
+                .map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("Resources exhausted") {
+                        format!(" (projection.memory_limit_bytes is {limit})")
+                    } else {
+                        String::new()
+                    };
+                    Error::Invalid(format!("projection {} on day {day}: {e}{hint}", d.name))
+                })?;
             for batch in out {
                 rows.push(conform(&batch, &target)?);
             }
@@ -191,7 +208,7 @@ impl Refresher {
             source: Some(to.snapshot_id),
             committed: 1,
             files_read: found.len(),
-            days_read: by_day.len(),
+            days_read,
             full: days.is_none(),
         };
         let out = Out {
@@ -204,32 +221,38 @@ impl Refresher {
     }
 }
 
-/// The rows of one day whose event id was not seen before (in commit order): a duplicate
-/// counts once, as in the built-in projections.
-fn first_copies(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
+/// Memory an event id seen takes: its hash in a set, with the set's spare room.
+const SEEN_ID_BYTES: usize = 24;
+
+/// The rows of one day, as `rows` come, without the copies of an event id seen before (in
+/// commit order): a duplicate counts once, as in the built-in projections. The ids seen (their
+/// 64-bit hashes, as the built-ins keep them) are held against `reservation`.
+fn first_copies(
+    rows: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
+    schema: SchemaRef,
+    reservation: MemoryReservation,
+) -> SendableRecordBatchStream {
+    let mut seen: HashSet<u64> = HashSet::new();
+    let once = rows.map(move |batch| {
+        let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
         let Some(ids) = batch.column_by_name("event_id") else {
-            out.push(batch);
-            continue;
+            return Ok(batch);
         };
-        let ids = ids
-            .as_string_opt::<i32>()
-            .ok_or_else(|| Error::Invalid("event_id is not text".to_string()))?;
+        let Some(ids) = ids.as_string_opt::<i32>() else {
+            return Err(DataFusionError::Execution("event_id is not text".into()));
+        };
+        let before = seen.len();
         let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(ids.is_null(i) || seen.insert(ids.value(i).to_string())))
+            .map(|i| Some(ids.is_null(i) || seen.insert(id_hash(ids.value(i)))))
             .collect();
+        reservation.try_grow((seen.len() - before) * SEEN_ID_BYTES)?;
         if keep.true_count() == batch.num_rows() {
-            out.push(batch);
+            Ok(batch)
         } else {
-            out.push(
-                filter_record_batch(&batch, &keep)
-                    .map_err(|e| Error::Invalid(format!("dropping duplicates: {e}")))?,
-            );
+            Ok(filter_record_batch(&batch, &keep)?)
         }
-    }
-    Ok(out)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, once))
 }
 
 /// `batch` (a definition's output) as rows of the projection table: its columns, in order,

@@ -11,7 +11,7 @@ use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{Date32Type, SchemaRef};
 use floe_catalog::projection::DAY_COLUMN;
 use floe_catalog::storage::DataStore;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
     DataFile, DataFileFormat, Literal, PartitionKey, Schema as IcebergSchema,
@@ -134,26 +134,34 @@ async fn kept_rows(
 }
 
 /// Every row of `files` of `events`, as `schema` (columns by name; a column a file lacks is
-/// NULL).
-pub async fn read_events(
+/// NULL), read one file after the other as the stream is polled.
+pub fn read_events(
     store: &DataStore,
-    files: &[floe_catalog::delta::DeltaFile],
-    schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    for f in files {
-        let failed = |e: &dyn std::fmt::Display| Error::Storage {
-            action: "reading",
-            object: f.path.clone(),
-            message: e.to_string(),
-        };
-        let mut stream = open(store, &f.path, f.size).await?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| failed(&e))?;
-            out.push(as_schema(&batch, schema).map_err(|e| failed(&e))?);
-        }
-    }
-    Ok(out)
+    files: Vec<floe_catalog::delta::DeltaFile>,
+    schema: SchemaRef,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
+    let store = store.clone();
+    futures::stream::iter(files)
+        .then(move |f| {
+            let store = store.clone();
+            let schema = schema.clone();
+            async move {
+                let failed = {
+                    let path = f.path.clone();
+                    move |e: &dyn std::fmt::Display| Error::Storage {
+                        action: "reading",
+                        object: path.clone(),
+                        message: e.to_string(),
+                    }
+                };
+                let batches = open(&store, &f.path, f.size).await?;
+                Ok::<_, Error>(batches.map(move |batch| {
+                    let batch = batch.map_err(|e| failed(&e))?;
+                    as_schema(&batch, &schema).map_err(|e| failed(&e))
+                }))
+            }
+        })
+        .try_flatten()
 }
 
 /// `batch` with `schema`'s columns, by name, cast to its types (missing ones NULL).

@@ -70,6 +70,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// Event type schemas (JSON Schema, draft 2020-12) of a tenant: versions, compatibility.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Send synthetic events to a running Floe and report throughput and time-to-visible.
     Gen(GenArgs),
     /// Maintain tables once: pending erasures, retention, compaction (small files rewritten
@@ -178,6 +183,11 @@ pub enum TenantCommand {
         /// replay of the events. Repeat for several.
         #[arg(long = "projection", value_name = "NAME=on|off")]
         projections: Vec<String>,
+        /// What ingest does with events of a type (or a version of a type) that has no
+        /// registered schema: `accept` (stored unchecked; the default) or `reject`
+        /// (`unknown_type` in the reply, dead-lettered from Kafka).
+        #[arg(long, value_name = "accept|reject")]
+        unknown_types: Option<String>,
     },
     /// Show a tenant: its settings, its quotas (default or its own) and today's usage.
     Show { id: String },
@@ -188,6 +198,56 @@ pub enum TenantCommand {
         /// Also delete every object under the tenant's prefix in the warehouse (erasure).
         #[arg(long)]
         purge: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchemaCommand {
+    /// Register a version of an event type's schema: checked to be a JSON Schema (draft
+    /// 2020-12) and to keep the type's compatibility mode with the version before; refused
+    /// with the reasons otherwise. Versions are consecutive; registering the same schema again
+    /// changes nothing.
+    Register {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type")]
+        type_name: String,
+        #[arg(long)]
+        version: i32,
+        /// The schema, a JSON file (`-`: standard input).
+        #[arg(long)]
+        file: String,
+        /// Set the type's compatibility mode first: backward (the default), forward, full
+        /// or none.
+        #[arg(long)]
+        compatibility: Option<String>,
+    },
+    /// Check a schema as the next version of a type without registering it; exits non-zero
+    /// with the reasons if it would be refused (for producers' CI).
+    Check {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type")]
+        type_name: String,
+        #[arg(long)]
+        file: String,
+        /// Check against this mode instead of the type's.
+        #[arg(long)]
+        compatibility: Option<String>,
+    },
+    /// Each type's versions and compatibility mode.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// One version of a type's schema (the latest if no version is given), as JSON.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type")]
+        type_name: String,
+        #[arg(long)]
+        version: Option<i32>,
     },
 }
 

@@ -8,6 +8,7 @@ mod kafka;
 mod listener;
 mod progress;
 mod projection;
+mod schema;
 mod serve;
 mod sql;
 mod tenant;
@@ -105,6 +106,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             sql,
         } => sql::run(&config()?, tenant, *format, sql).await,
         Command::Projection { command } => projection::run(&config()?, command).await,
+        Command::Schema { command } => schema::run(&config()?, command).await,
         Command::Gen(args) => generate::run(&config()?, args).await,
         Command::Compact {
             status: true,

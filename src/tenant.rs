@@ -53,6 +53,7 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
             user_fields,
             quotas,
             projections,
+            unknown_types,
         } => {
             let id = TenantId::parse(id)?;
             let settings = TenantSettings {
@@ -64,6 +65,10 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
                 }),
                 quotas: floe_catalog::quota::parse_overrides(quotas)?,
                 projections: floe_catalog::projection::parse_switches(projections)?,
+                unknown_types: unknown_types
+                    .as_deref()
+                    .map(floe_catalog::schema::UnknownTypes::parse)
+                    .transpose()?,
             };
             let t = catalog.set_tenant_settings(&id, settings, "cli").await?;
             println!("{}", serde_json::to_string(&t)?);
@@ -108,6 +113,7 @@ async fn show(config: &Config, catalog: &Catalog, id: &TenantId) -> anyhow::Resu
     println!("retention_days\t{}", or_none(tenant.retention_days));
     println!("target_file_bytes\t{}", or_none(tenant.target_file_bytes));
     println!("user_fields\t{}", tenant.user_fields.join(","));
+    println!("unknown_types\t{}", tenant.unknown_types.as_str());
     let projections: Vec<&str> = floe_catalog::projection::builtins_of(&tenant)
         .iter()
         .map(|b| b.name)

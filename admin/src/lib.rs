@@ -65,6 +65,11 @@ pub fn router(state: AdminState) -> Router {
                 .delete(delete_projection),
         )
         .route("/v1/projections/{name}/rebuild", post(post_rebuild))
+        .route("/v1/schemas", get(list_schemas))
+        .route(
+            "/v1/schemas/{type_name}/{version}",
+            get(get_schema).put(put_schema),
+        )
         .with_state(state)
 }
 
@@ -290,6 +295,79 @@ async fn delete_projection(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaQuery {
+    compatibility: Option<String>,
+}
+
+/// `PUT /v1/schemas/{type}/{version}[?compatibility=MODE]` (tenant admin), the body a JSON
+/// Schema (draft 2020-12): registers that version of the event type (as `floe schema
+/// register`). 201 when registered, 200 when the same schema already was; 400 naming why it is
+/// not a schema or breaks the type's compatibility mode; 409 if the version holds another.
+async fn put_schema(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((type_name, version)): Path<(String, i32)>,
+    axum::extract::Query(query): axum::extract::Query<SchemaQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let principal = admin(&st, &headers).await?;
+    let schema: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            format!("the body must be a JSON Schema: {e}"),
+        )
+    })?;
+    let mode = query
+        .compatibility
+        .as_deref()
+        .map(floe_catalog::schema::Compatibility::parse)
+        .transpose()?;
+    let done = st
+        .catalog
+        .register_schema(
+            principal.tenant.id(),
+            &type_name,
+            version,
+            schema,
+            mode,
+            &format!("token:{}", principal.claims.jti),
+        )
+        .await?;
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(done)).into_response())
+}
+
+/// `GET /v1/schemas/{type}/{version}` (any role that reads): one version of a type's schema.
+async fn get_schema(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+    Path((type_name, version)): Path<(String, i32)>,
+) -> Result<Response, ApiError> {
+    let principal = reader(&st, &headers).await?;
+    let schema = st
+        .catalog
+        .schema(principal.tenant.id(), &type_name, version)
+        .await?;
+    Ok(axum::Json(schema).into_response())
+}
+
+/// `GET /v1/schemas` (any role that reads): every version of every event type of the tenant.
+async fn list_schemas(
+    State(st): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = reader(&st, &headers).await?;
+    let schemas = st.catalog.schemas(principal.tenant.id(), None).await?;
+    Ok(axum::Json(serde_json::json!({ "schemas": schemas })).into_response())
 }
 
 /// The principal of a request from a role that reads tables.

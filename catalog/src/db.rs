@@ -283,6 +283,48 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        version: 8,
+        description: "event type schemas",
+        sqlite: r#"
+    CREATE TABLE IF NOT EXISTS floe_event_types (
+        tenant TEXT NOT NULL,
+        type_name TEXT NOT NULL,
+        compatibility TEXT NOT NULL,
+        PRIMARY KEY (tenant, type_name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_schemas (
+        tenant TEXT NOT NULL,
+        type_name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        schema TEXT NOT NULL,
+        upcast TEXT,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, type_name, version)
+    );
+    ALTER TABLE floe_tenants ADD COLUMN unknown_types TEXT;
+    "#,
+        postgres: r#"
+    CREATE TABLE IF NOT EXISTS floe_event_types (
+        tenant TEXT NOT NULL,
+        type_name TEXT NOT NULL,
+        compatibility TEXT NOT NULL,
+        PRIMARY KEY (tenant, type_name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_schemas (
+        tenant TEXT NOT NULL,
+        type_name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        schema TEXT NOT NULL,
+        upcast TEXT,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, type_name, version)
+    );
+    ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS unknown_types TEXT;
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

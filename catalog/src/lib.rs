@@ -19,6 +19,7 @@ pub mod projection;
 pub mod quota;
 pub mod retry;
 pub mod rewrite;
+pub mod schema;
 pub mod storage;
 pub mod table;
 pub mod tenant;

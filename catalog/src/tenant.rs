@@ -106,6 +106,8 @@ pub struct Tenant {
     pub quotas: std::collections::BTreeMap<String, u64>,
     /// Built-in projections switched off for this tenant (the others are kept).
     pub projections_off: Vec<String>,
+    /// What ingest does with an event whose type (or version) has no schema.
+    pub unknown_types: crate::schema::UnknownTypes,
 }
 
 impl Tenant {
@@ -130,6 +132,8 @@ pub struct TenantSettings {
     /// Built-in projections to switch on (`true`) or off (`false`), by name. Switching one off
     /// drops its table; switching it on creates it empty, to be filled by a replay.
     pub projections: std::collections::BTreeMap<String, bool>,
+    /// What ingest does with events of a type (or version) without a schema.
+    pub unknown_types: Option<crate::schema::UnknownTypes>,
 }
 
 /// Most payload fields a tenant may declare as user references.
@@ -175,10 +179,11 @@ type TenantRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 const TENANT_COLUMNS: &str = "id, created_at_ms, retention_days, target_file_bytes, incarnation, user_fields, quotas, \
-     projections";
+     projections, unknown_types";
 
 fn tenant_from_row(row: TenantRow) -> Tenant {
     let (
@@ -190,6 +195,7 @@ fn tenant_from_row(row: TenantRow) -> Tenant {
         user_fields,
         quotas,
         projections,
+        unknown_types,
     ) = row;
     Tenant {
         id,
@@ -205,6 +211,9 @@ fn tenant_from_row(row: TenantRow) -> Tenant {
             .unwrap_or_default(),
         projections_off: projections
             .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default(),
+        unknown_types: unknown_types
+            .and_then(|u| crate::schema::UnknownTypes::parse(&u).ok())
             .unwrap_or_default(),
     }
 }
@@ -321,6 +330,7 @@ impl Catalog {
             user_fields: Vec::new(),
             quotas: Default::default(),
             projections_off: Vec::new(),
+            unknown_types: Default::default(),
         })
     }
 
@@ -460,6 +470,13 @@ impl Catalog {
                     .map_err(|e| Error::internal(format!("quotas: {e}")))?;
                 updates.push(("quotas", None, Some(text)));
             }
+            if let Some(unknown) = settings.unknown_types {
+                detail.insert(
+                    "unknown_types".to_string(),
+                    serde_json::json!(unknown.as_str()),
+                );
+                updates.push(("unknown_types", None, Some(unknown.as_str().to_string())));
+            }
             if let Some(off) = &projections {
                 detail.insert(
                     "projections".to_string(),
@@ -564,6 +581,8 @@ impl Catalog {
                 "DELETE FROM floe_usage WHERE tenant = $1",
                 "DELETE FROM floe_projections WHERE tenant = $1",
                 "DELETE FROM floe_refresh_leases WHERE tenant = $1",
+                "DELETE FROM floe_schemas WHERE tenant = $1",
+                "DELETE FROM floe_event_types WHERE tenant = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::schema::TenantSchemas;
+
 /// An event ready to be logged and stored. Times are microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -42,6 +44,12 @@ pub struct Rejection {
     pub event_id: Option<String>,
     pub code: &'static str,
     pub message: String,
+    /// For a `schema_violation`: the JSON pointer of the failing payload value...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// ... and the schema keyword it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// Body framing.
@@ -119,19 +127,23 @@ struct Incoming {
 
 const MAX_ID_LEN: usize = 256;
 
-/// Validates one raw event for `tenant`, received at `received_at` (µs).
+/// Validates one raw event for `tenant`, received at `received_at` (µs), its payload against
+/// the tenant's `schemas`.
 pub fn parse_event(
     index: usize,
     raw: &str,
     tenant: &str,
     received_at: i64,
     limits: Limits,
+    schemas: &TenantSchemas,
 ) -> Result<StoredEvent, Rejection> {
     let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
         index,
         event_id,
         code,
         message,
+        pointer: None,
+        rule: None,
     };
     if raw.len() > limits.max_event_bytes {
         return Err(reject(
@@ -252,7 +264,18 @@ pub fn parse_event(
             ));
         }
     };
-    let payload = serde_json::to_string(&std::mem::take(&mut payload))
+    let payload = Value::Object(std::mem::take(&mut payload));
+    if let Err(v) = schemas.check(&kind, version, &payload) {
+        return Err(Rejection {
+            index,
+            event_id: id,
+            code: v.code,
+            message: v.message,
+            pointer: v.pointer,
+            rule: v.rule,
+        });
+    }
+    let payload = serde_json::to_string(&payload)
         .map_err(|e| reject(id, "invalid_payload", e.to_string()))?;
     Ok(StoredEvent {
         event_id,
@@ -309,6 +332,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn none() -> TenantSchemas {
+        TenantSchemas::none()
+    }
+
     const L: Limits = Limits {
         max_event_bytes: 1 << 20,
         max_events: 10,
@@ -339,6 +366,7 @@ mod tests {
             "acme",
             7,
             L,
+            &none(),
         )
         .unwrap();
         assert_eq!(ok.event_id, "e1");
@@ -372,7 +400,7 @@ mod tests {
             (r#"{"type":"A","timestamp":1"#, "malformed_json"),
         ];
         for (raw, code) in cases {
-            let r = parse_event(3, raw, "acme", 0, L).unwrap_err();
+            let r = parse_event(3, raw, "acme", 0, L, &none()).unwrap_err();
             assert_eq!(r.code, code, "{raw}");
             assert_eq!(r.index, 3);
         }
@@ -385,14 +413,16 @@ mod tests {
             max_events: 10,
         };
         assert_eq!(
-            parse_event(0, &big, "acme", 0, small).unwrap_err().code,
+            parse_event(0, &big, "acme", 0, small, &none())
+                .unwrap_err()
+                .code,
             "event_too_large"
         );
     }
 
     #[test]
     fn missing_event_id_gets_a_server_id() {
-        let e = parse_event(0, r#"{"type":"A","timestamp":1}"#, "acme", 0, L).unwrap();
+        let e = parse_event(0, r#"{"type":"A","timestamp":1}"#, "acme", 0, L, &none()).unwrap();
         assert!(!e.client_id);
         assert_eq!(e.event_id.len(), 36);
     }

@@ -38,6 +38,8 @@ pub struct HttpState {
     pub quotas: QuotaBook,
     /// The request slots, shared fairly between tenants.
     pub slots: std::sync::Arc<slots::Slots>,
+    /// Tenants' event type schemas, compiled.
+    pub schemas: std::sync::Arc<crate::schema::Schemas>,
 }
 
 impl HttpState {
@@ -54,12 +56,17 @@ impl HttpState {
             cfg.max_concurrent_requests_per_tenant,
             Duration::from_millis(cfg.slot_wait_ms),
         );
+        let schemas = crate::schema::Schemas::new(
+            ingest.catalog().clone(),
+            Duration::from_millis(cfg.schema_refresh_ms),
+        );
         HttpState {
             ingest,
             auth,
             producer,
             quotas,
             slots: std::sync::Arc::new(slots),
+            schemas: std::sync::Arc::new(schemas),
         }
     }
 }
@@ -120,11 +127,19 @@ pub struct RejectionOut {
     pub event_id: Option<String>,
     pub code: String,
     pub message: String,
+    /// For a `schema_violation`: the JSON pointer of the failing payload value...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// ... and the schema keyword it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl From<Rejection> for RejectionOut {
     fn from(r: Rejection) -> Self {
         RejectionOut {
+            pointer: r.pointer,
+            rule: r.rule,
             index: r.index,
             event_id: r.event_id,
             code: r.code.to_string(),
@@ -236,8 +251,9 @@ async fn accept(
         max_events: cfg.max_events_per_request,
     };
     let max = cfg.max_request_bytes;
+    let schemas = st.schemas.of(tenant.id()).await?;
     let (accepted, rejected) = tokio::task::spawn_blocking(move || {
-        parse_body(&raw, gzip, framing, limits, max, &tenant_name)
+        parse_body(&raw, gzip, framing, limits, max, &tenant_name, &schemas)
     })
     .await
     .map_err(|_| {
@@ -347,6 +363,7 @@ fn parse_body(
     limits: Limits,
     max_bytes: usize,
     tenant: &str,
+    schemas: &crate::schema::TenantSchemas,
 ) -> Result<(Vec<StoredEvent>, Vec<Rejection>), ApiError> {
     let inflated;
     let bytes: &[u8] = if gzip {
@@ -381,7 +398,7 @@ fn parse_body(
     let mut accepted = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (i, raw) in items.into_iter().enumerate() {
-        match event::parse_event(i, raw, tenant, received_at, limits) {
+        match event::parse_event(i, raw, tenant, received_at, limits, schemas) {
             Ok(e) => accepted.push(e),
             Err(r) => rejected.push(r),
         }

@@ -173,6 +173,7 @@ async fn concurrent_commits_to_one_table_lose_nothing() {
                                 max_event_bytes: 1 << 20,
                                 max_events: 100,
                             },
+                            &floe_ingest::schema::TenantSchemas::none(),
                         )
                         .unwrap()
                     })
@@ -217,6 +218,7 @@ fn events(prefix: &str, n: usize) -> Vec<floe_ingest::event::StoredEvent> {
                     max_event_bytes: 1 << 20,
                     max_events: 100,
                 },
+                &floe_ingest::schema::TenantSchemas::none(),
             )
             .unwrap()
         })

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use floe_catalog::{TenantId, TenantKey};
 use floe_ingest::event::{self, BodyError, Framing, Limits, StoredEvent};
+use floe_ingest::schema::TenantSchemas;
 use floe_ingest::wal::record::{self, Body};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -322,10 +323,14 @@ fn ingest_body(body: Vec<u8>) -> Vec<Result<StoredEvent, String>> {
         if let Ok(items) = event::split_body(&body, framing, LIMITS) {
             assert!(items.len() <= LIMITS.max_events, "split past the limit");
             for (i, raw) in items.into_iter().enumerate() {
-                out.push(event::parse_event(i, raw, "acme", 7, LIMITS).map_err(|r| {
-                    assert_eq!(r.index, i, "rejection names another index");
-                    r.code.to_string()
-                }));
+                out.push(
+                    event::parse_event(i, raw, "acme", 7, LIMITS, &TenantSchemas::none()).map_err(
+                        |r| {
+                            assert_eq!(r.index, i, "rejection names another index");
+                            r.code.to_string()
+                        },
+                    ),
+                );
             }
         }
     }
@@ -370,7 +375,7 @@ proptest! {
 
     #[test]
     fn event_shaped_objects_are_answered(raw in event_object()) {
-        let r = bounded(move || event::parse_event(0, &raw, "acme", 7, LIMITS))?;
+        let r = bounded(move || event::parse_event(0, &raw, "acme", 7, LIMITS, &TenantSchemas::none()))?;
         if let Ok(e) = &r {
             check_accepted(e)?;
         }
@@ -395,7 +400,7 @@ proptest! {
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    event::parse_event(i, raw, "acme", 7, LIMITS).map_err(|r| format!("{r:?}"))
+                    event::parse_event(i, raw, "acme", 7, LIMITS, &TenantSchemas::none()).map_err(|r| format!("{r:?}"))
                 })
                 .collect::<Result<Vec<_>, String>>()
         })?;

@@ -519,3 +519,50 @@ def test_a_tenant_over_its_quota_is_paused_not_dropped(tmp_path, brokers):
     finally:
         p.close()
         workers.stop_all()
+
+
+def test_a_record_that_fails_its_schema_is_dead_lettered_with_the_pointer(tmp_path, brokers):
+    """A tenant's registered schema holds for Kafka ingest as for HTTP: the failing record goes to
+    events_dlq with reason schema_violation and the pointer and rule in its detail; the valid
+    records of the same partition are stored."""
+    from kafka import KafkaProducer
+
+    data = tmp_path
+    run = uuid.uuid4().hex[:6]
+    tenant = f"s{run}"
+    group = f"g-{run}"
+    kafka = ["--set", f"kafka.brokers={brokers}", "--set", f"kafka.group={group}",
+             "--set", "ingest.flush_interval_ms=100"]
+    floe(data, *kafka, "tenant", "create", tenant)
+    schema = {"type": "object", "properties": {"amount": {"type": "number", "minimum": 0}}, "required": ["amount"]}
+    (data / "purchase.json").write_text(json.dumps(schema))
+    floe(data, "schema", "register", "--tenant", tenant, "--type", "PurchaseMade", "--version", "1",
+         "--file", str(data / "purchase.json"))
+    workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)
+    workers.start("a")
+    try:
+        p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+        for i, amount in enumerate([5, -2, 7]):
+            record = {"event_id": f"k{i}", "type": "PurchaseMade", "timestamp": 1764000000 + i,
+                      "payload": {"amount": amount}}
+            p.send(f"tenant-{tenant}.events", key=b"same", value=json.dumps(record).encode())
+        p.flush()
+        p.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if table_rows(data, tenant, "events", ("event_id",)).num_rows == 2 and \
+                        table_rows(data, tenant, "events_dlq", ("offset",)).num_rows == 1:
+                    break
+            except Exception:  # noqa: BLE001 - the tables fill as the worker commits
+                pass
+            time.sleep(0.5)
+        ids = sorted(table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist())
+        assert ids == ["k0", "k2"], ids
+        dead = table_rows(data, tenant, "events_dlq", ("reason", "detail", "payload")).to_pylist()
+        assert len(dead) == 1 and dead[0]["reason"] == "schema_violation", dead
+        assert 'pointer "/amount", rule minimum' in dead[0]["detail"], dead
+        assert json.loads(dead[0]["payload"])["event_id"] == "k1"
+        workers.check_alive()
+    finally:
+        workers.stop_all()

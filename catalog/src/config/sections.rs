@@ -223,6 +223,9 @@ impl Default for S3Config {
 pub struct IngestConfig {
     /// Largest single event, in bytes (413 above).
     pub max_event_bytes: usize,
+    /// Each process reads a tenant's event type schemas from the catalog again at most this
+    /// often: a version registered is enforced everywhere within it.
+    pub schema_refresh_ms: u64,
     /// Largest request body after decompression, in bytes (413 above).
     pub max_request_bytes: usize,
     /// Most events in one request (413 above).
@@ -373,6 +376,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             max_event_bytes: 1 << 20,
+            schema_refresh_ms: 2000,
             max_request_bytes: 10 << 20,
             max_events_per_request: 10_000,
             max_concurrent_requests: 64,

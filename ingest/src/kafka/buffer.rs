@@ -40,6 +40,14 @@ pub(crate) struct Batch {
     pub(crate) oldest_ms: Option<i64>,
 }
 
+/// What a record must be to be taken as an event of `tenant`.
+#[derive(Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    pub tenant: &'a floe_catalog::TenantId,
+    pub limits: Limits,
+    pub schemas: &'a crate::schema::TenantSchemas,
+}
+
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
@@ -77,9 +85,13 @@ impl Batch {
         offset: i64,
         expected: Option<i64>,
         record: Record,
-        tenant: &floe_catalog::TenantId,
-        limits: Limits,
+        rules: &Rules<'_>,
     ) -> usize {
+        let Rules {
+            tenant,
+            limits,
+            schemas,
+        } = *rules;
         let Record {
             timestamp_ms,
             key,
@@ -122,13 +134,21 @@ impl Batch {
                         Some(dead("not_utf8", format!("record value: {e}"), text)),
                     )
                 }
-                Ok(text) => match parse_event(0, &text, tenant.as_str(), now_us, limits) {
+                Ok(text) => match parse_event(0, &text, tenant.as_str(), now_us, limits, schemas) {
                     Ok(event) => {
                         let size = event.size();
                         self.events.push((partition, event));
                         (size, None)
                     }
-                    Err(r) => (text.len() + 64, Some(dead(r.code, r.message, text))),
+                    Err(r) => {
+                        let detail = match (&r.pointer, &r.rule) {
+                            (Some(p), Some(rule)) => {
+                                format!("{} (pointer {p:?}, rule {rule})", r.message)
+                            }
+                            _ => r.message,
+                        };
+                        (text.len() + 64, Some(dead(r.code, detail, text)))
+                    }
                 },
             },
         };

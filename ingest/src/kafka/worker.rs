@@ -14,7 +14,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::buffer::{Batch, Record};
+use super::buffer::{Batch, Record, Rules};
 use super::client::{client_config, kafka_err};
 use super::flush::{FlushDone, Flushed, flush};
 use super::metrics::Metrics;
@@ -102,6 +102,8 @@ pub struct Worker {
     /// Tenants' ingest quotas: a tenant over one has its topic paused (lag grows, nothing
     /// already read is dropped).
     quotas: QuotaBook,
+    /// Tenants' event type schemas: a record whose payload fails is dead-lettered.
+    schemas: crate::schema::Schemas,
 }
 
 impl Worker {
@@ -180,6 +182,10 @@ impl Worker {
         let (seeks, seeks_done) = mpsc::unbounded_channel();
         Ok(Worker {
             quotas: QuotaBook::new(catalog.clone(), config.quota.clone()),
+            schemas: crate::schema::Schemas::new(
+                catalog.clone(),
+                Duration::from_millis(config.ingest.schema_refresh_ms),
+            ),
             catalog,
             settings,
             consumer: Arc::new(consumer),
@@ -505,14 +511,13 @@ impl Worker {
             Verdict::Take { expected } => expected,
         };
         part.took(offset);
-        let bytes = state.buf.take(
-            partition,
-            offset,
-            expected,
-            record,
-            &tenant,
-            self.settings.limits,
-        );
+        let schemas = self.schemas.of_or_refuse(&tenant).await;
+        let rules = Rules {
+            tenant: &tenant,
+            limits: self.settings.limits,
+            schemas: &schemas,
+        };
+        let bytes = state.buf.take(partition, offset, expected, record, &rules);
         if let Some(wait) = self.quotas.charge_ingest(&tenant, 1, bytes as u64).await {
             let until = Instant::now() + wait;
             if state.quota_until.is_none_or(|t| t < until) {

@@ -1,0 +1,275 @@
+//! Payloads checked against their event type's registered schema at ingest (HTTP and Kafka).
+//!
+//! Each process keeps every tenant's schemas compiled ([`Schemas`]), read from the catalog
+//! again at most every `ingest.schema_refresh_ms`: a version registered is enforced by every
+//! process within that time. A version never changes once registered, so a compiled validator
+//! is kept for as long as the process runs. If the catalog cannot be read, the schemas last
+//! read stay in force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_catalog::schema::UnknownTypes;
+use floe_catalog::{Catalog, TenantId};
+use serde_json::Value;
+
+/// Why a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// `schema_violation`, or `unknown_type` for a type or version without a schema.
+    pub code: &'static str,
+    pub message: String,
+    /// The JSON pointer of the failing value in the payload.
+    pub pointer: Option<String>,
+    /// The schema keyword it fails (`required`, `type`, `minimum`, ...).
+    pub rule: Option<String>,
+}
+
+/// One tenant's schemas, compiled, and what to do with types that have none.
+#[derive(Default)]
+pub struct TenantSchemas {
+    types: HashMap<String, BTreeMap<i32, Arc<jsonschema::Validator>>>,
+    unknown: UnknownTypes,
+    /// The schemas could not be read (and never were): every event is refused, saying why.
+    unreadable: Option<String>,
+}
+
+impl TenantSchemas {
+    /// A tenant with no schemas that accepts every type (tests, tools).
+    pub fn none() -> TenantSchemas {
+        TenantSchemas::default()
+    }
+
+    /// Checks the payload of an event of `kind`, version `version`.
+    pub fn check(&self, kind: &str, version: i32, payload: &Value) -> Result<(), Violation> {
+        if let Some(why) = &self.unreadable {
+            return Err(Violation {
+                code: "schemas_unavailable",
+                message: format!("the tenant's event schemas could not be read: {why}"),
+                pointer: None,
+                rule: None,
+            });
+        }
+        let validator = self.types.get(kind).and_then(|v| v.get(&version));
+        let Some(validator) = validator else {
+            if self.unknown == UnknownTypes::Accept {
+                return Ok(());
+            }
+            let message = match self.types.get(kind) {
+                Some(versions) => format!(
+                    "{kind} has no schema for version {version} (registered: {})",
+                    versions
+                        .keys()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => {
+                    format!("{kind} has no registered schema, and this tenant rejects such types")
+                }
+            };
+            return Err(Violation {
+                code: "unknown_type",
+                message,
+                pointer: None,
+                rule: None,
+            });
+        };
+        match validator.validate(payload) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let at = e.instance_path().as_str();
+                let pointer = if at.is_empty() { "" } else { at };
+                let rule = e.kind().keyword().to_string();
+                Err(Violation {
+                    code: "schema_violation",
+                    message: format!(
+                        "payload{} fails `{rule}` of {kind} version {version}: {e}",
+                        if pointer.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" at {pointer}")
+                        }
+                    ),
+                    pointer: Some(pointer.to_string()),
+                    rule: Some(rule),
+                })
+            }
+        }
+    }
+}
+
+/// Every tenant's compiled schemas in this process, refreshed from the catalog.
+pub struct Schemas {
+    catalog: Catalog,
+    refresh: Duration,
+    tenants: Mutex<HashMap<String, (Instant, Arc<TenantSchemas>)>>,
+    /// Validators by (tenant, type, version): versions never change.
+    compiled: Mutex<HashMap<(String, String, i32), Arc<jsonschema::Validator>>>,
+}
+
+impl Schemas {
+    pub fn new(catalog: Catalog, refresh: Duration) -> Schemas {
+        Schemas {
+            catalog,
+            refresh,
+            tenants: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant's schemas as of at most `refresh` ago.
+    pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
+        let cached = lock(&self.tenants).get(tenant.as_str()).cloned();
+        if let Some((at, s)) = &cached
+            && at.elapsed() < self.refresh
+        {
+            return Ok(s.clone());
+        }
+        match self.load(tenant).await {
+            Ok(s) => {
+                let s = Arc::new(s);
+                lock(&self.tenants).insert(tenant.to_string(), (Instant::now(), s.clone()));
+                Ok(s)
+            }
+            Err(e) => match cached {
+                Some((_, s)) => {
+                    tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
+                    Ok(s)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// [`Schemas::of`], or, if the schemas were never read and cannot be now, schemas that
+    /// refuse every event saying so (Kafka dead-letters them: nothing goes unchecked or is
+    /// lost).
+    pub async fn of_or_refuse(&self, tenant: &TenantId) -> Arc<TenantSchemas> {
+        match self.of(tenant).await {
+            Ok(s) => s,
+            Err(e) => Arc::new(TenantSchemas {
+                unreadable: Some(e.to_string()),
+                ..TenantSchemas::default()
+            }),
+        }
+    }
+
+    async fn load(&self, tenant: &TenantId) -> floe_catalog::Result<TenantSchemas> {
+        let unknown = self.catalog.tenant(tenant).await?.unknown_types;
+        let mut types: HashMap<String, BTreeMap<i32, Arc<jsonschema::Validator>>> = HashMap::new();
+        for s in self.catalog.schemas(tenant, None).await? {
+            let key = (tenant.to_string(), s.type_name.clone(), s.version);
+            let known = lock(&self.compiled).get(&key).cloned();
+            let validator = match known {
+                Some(v) => v,
+                None => {
+                    let v = jsonschema::draft202012::new(&s.schema).map_err(|e| {
+                        floe_catalog::Error::internal(format!(
+                            "registered schema {} v{} does not compile: {e}",
+                            s.type_name, s.version
+                        ))
+                    })?;
+                    let v = Arc::new(v);
+                    lock(&self.compiled).insert(key, v.clone());
+                    v
+                }
+            };
+            types
+                .entry(s.type_name)
+                .or_default()
+                .insert(s.version, validator);
+        }
+        Ok(TenantSchemas {
+            types,
+            unknown,
+            unreadable: None,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn purchase() -> TenantSchemas {
+        let v1 = jsonschema::draft202012::new(&json!({
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number", "minimum": 0},
+                "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
+            },
+            "required": ["amount"]
+        }))
+        .unwrap();
+        TenantSchemas {
+            types: HashMap::from([(
+                "PurchaseMade".to_string(),
+                BTreeMap::from([(1, Arc::new(v1))]),
+            )]),
+            ..TenantSchemas::default()
+        }
+    }
+
+    #[test]
+    fn a_payload_that_fails_its_schema_is_refused_with_the_pointer_and_the_rule() {
+        let s = purchase();
+        assert!(s.check("PurchaseMade", 1, &json!({"amount": 3})).is_ok());
+        let v = s
+            .check("PurchaseMade", 1, &json!({"amount": -1}))
+            .unwrap_err();
+        assert_eq!(v.code, "schema_violation");
+        assert_eq!(v.pointer.as_deref(), Some("/amount"));
+        assert_eq!(v.rule.as_deref(), Some("minimum"));
+        let v = s
+            .check(
+                "PurchaseMade",
+                1,
+                &json!({"amount": 1, "items": [{"sku": "a"}, {}]}),
+            )
+            .unwrap_err();
+        assert_eq!(v.pointer.as_deref(), Some("/items/1"));
+        assert_eq!(v.rule.as_deref(), Some("required"));
+        let v = s.check("PurchaseMade", 1, &json!({})).unwrap_err();
+        assert_eq!(
+            (v.pointer.as_deref(), v.rule.as_deref()),
+            (Some(""), Some("required"))
+        );
+    }
+
+    #[test]
+    fn types_and_versions_without_a_schema_follow_the_tenant_setting() {
+        let mut s = purchase();
+        assert!(s.check("PageViewed", 1, &json!({})).is_ok());
+        assert!(s.check("PurchaseMade", 2, &json!({})).is_ok());
+        s.unknown = UnknownTypes::Reject;
+        let v = s.check("PageViewed", 1, &json!({})).unwrap_err();
+        assert_eq!(v.code, "unknown_type");
+        let v = s.check("PurchaseMade", 2, &json!({})).unwrap_err();
+        assert!(
+            v.message
+                .contains("no schema for version 2 (registered: 1)"),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn schemas_that_could_not_be_read_refuse_every_event() {
+        let s = TenantSchemas {
+            unreadable: Some("database down".into()),
+            ..TenantSchemas::default()
+        };
+        let v = s.check("PageViewed", 1, &json!({})).unwrap_err();
+        assert_eq!(v.code, "schemas_unavailable");
+    }
+}

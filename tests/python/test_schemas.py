@@ -1,0 +1,118 @@
+"""Event type schemas through the real binary: registered with the CLI and over HTTP, checked for
+compatibility (refused with the reasons, `floe schema check` exiting non-zero for producers' CI),
+and enforced at ingest: an event whose payload fails its schema is rejected with the JSON pointer
+and the rule, the valid events of the batch are stored, and a tenant can refuse types it has no
+schema for."""
+
+import json
+import subprocess
+import time
+
+from conftest import FLOE, floe, post, process_env, request
+
+TENANT = "schemas-http"
+
+V1 = {
+    "type": "object",
+    "properties": {
+        "amount": {"type": "number", "minimum": 0},
+        "currency": {"type": "string", "enum": ["EUR", "USD"]},
+        "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}},
+    },
+    "required": ["amount"],
+}
+# Compatible (backward): a property that may hold anything.
+V2 = {**V1, "properties": {**V1["properties"], "note": {}}}
+# Not: a new required property, and a narrower currency list.
+V3_BAD = {**V2, "properties": {**V2["properties"], "currency": {"type": "string", "enum": ["EUR"]},
+                               "country": {"type": "string"}},
+          "required": ["amount", "country"]}
+
+
+def purchase(i, payload, version=1):
+    return {"event_id": f"p-{i}", "type": "PurchaseMade", "version": version, "timestamp": 1764000000 + i,
+            "user_id": "u", "payload": payload}
+
+
+def test_schemas_are_registered_checked_and_enforced_at_ingest(server, tmp_path):
+    floe(server.data, "tenant", "create", TENANT)
+    admin, ingest = server.token(TENANT, "admin"), server.token(TENANT, "ingest")
+    (tmp_path / "v1.json").write_text(json.dumps(V1))
+    out = floe(server.data, "schema", "register", "--tenant", TENANT, "--type", "PurchaseMade", "--version", "1",
+               "--file", str(tmp_path / "v1.json"))
+    assert "registered; compatibility backward" in out, out
+    url = f"{server.url}/v1/schemas/PurchaseMade"
+
+    # Over HTTP: the next version; the same again changes nothing; another schema as it is refused.
+    status, body = request("PUT", f"{url}/2", admin, V2)
+    assert status == 201 and body["created"] and body["schema"]["version"] == 2, body
+    assert request("PUT", f"{url}/2", admin, V2)[0] == 200
+    assert request("PUT", f"{url}/2", admin, V1 | {"required": []})[0] == 409
+    assert request("PUT", f"{url}/3", server.token(TENANT, "analyst"), V3_BAD)[0] == 403
+    status, body = request("PUT", f"{url}/3", admin, V3_BAD)
+    message = body["error"]["message"]
+    assert status == 400 and "not backward compatible with version 2" in message, body
+    assert '/required: "country" became required' in message, message
+    assert '/properties/currency/enum: "USD" is no longer allowed' in message, message
+    status, body = request("PUT", f"{url}/3", admin, {"type": 12})
+    assert status == 400 and "not a valid JSON Schema" in body["error"]["message"], body
+
+    # `floe schema check` for producers' CI: non-zero with the reasons, zero when compatible.
+    (tmp_path / "bad.json").write_text(json.dumps(V3_BAD))
+    checked = subprocess.run([FLOE, "--data-dir", str(server.data), "schema", "check", "--tenant", TENANT,
+                              "--type", "PurchaseMade", "--file", str(tmp_path / "bad.json")],
+                             capture_output=True, text=True, env=process_env(server.data))
+    assert checked.returncode != 0 and "became required" in checked.stderr, checked
+    (tmp_path / "ok.json").write_text(json.dumps({**V2, "properties": {**V2["properties"], "extra": True}}))
+    floe(server.data, "schema", "check", "--tenant", TENANT, "--type", "PurchaseMade", "--file",
+         str(tmp_path / "ok.json"))
+    status, listed = request("GET", f"{server.url}/v1/schemas", server.token(TENANT, "viewer"))
+    assert status == 200 and [(s["type"], s["version"]) for s in listed["schemas"]] == \
+        [("PurchaseMade", 1), ("PurchaseMade", 2)], listed
+    shown = json.loads(floe(server.data, "schema", "show", "--tenant", TENANT, "--type", "PurchaseMade"))
+    assert shown["version"] == 2 and shown["schema"] == V2
+
+    # Enforced at ingest (within ingest.schema_refresh_ms of registering): the valid events of a
+    # batch are stored, the others rejected with where and why.
+    batch = [
+        purchase(0, {"amount": 10, "currency": "EUR"}),
+        purchase(1, {"amount": -1}),
+        purchase(2, {"amount": 3, "items": [{"sku": "a"}, {"qty": 2}]}),
+        purchase(3, {"currency": "EUR"}, version=2),
+        purchase(4, {"amount": 1, "note": [1, 2]}, version=2),
+        {"event_id": "v-0", "type": "PageViewed", "timestamp": 1764000000, "payload": {"page": "/"}},
+    ]
+    deadline = time.time() + 30
+    while True:
+        reply = post(server.url, ingest, batch)
+        if reply["rejected"] or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    rejected = {r["event_id"]: r for r in reply["rejected"]}
+    assert set(rejected) == {"p-1", "p-2", "p-3"}, reply
+    assert (rejected["p-1"]["code"], rejected["p-1"]["pointer"], rejected["p-1"]["rule"]) == \
+        ("schema_violation", "/amount", "minimum")
+    assert (rejected["p-2"]["pointer"], rejected["p-2"]["rule"]) == ("/items/1", "required")
+    assert (rejected["p-3"]["pointer"], rejected["p-3"]["rule"]) == ("", "required")
+    assert "PurchaseMade version 2" in rejected["p-3"]["message"], rejected["p-3"]
+
+    # Types without a schema: accepted until the tenant says reject; then (once the server has
+    # read the setting) refused by name.
+    floe(server.data, "tenant", "set", TENANT, "--unknown-types", "reject")
+    deadline, n = time.time() + 30, 0
+    while True:
+        n += 1
+        reply = post(server.url, ingest, [{"event_id": f"v-1-{n}", "type": "PageViewed", "timestamp": 1764000000},
+                                          purchase(f"9-{n}", {"amount": 1}, version=7)])
+        if reply["rejected"] or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    codes = sorted((r["event_id"], r["code"]) for r in reply["rejected"])
+    assert codes == [(f"p-9-{n}", "unknown_type"), (f"v-1-{n}", "unknown_type")], reply
+    assert "no schema for version 7" in [r for r in reply["rejected"] if r["event_id"] == f"p-9-{n}"][0]["message"]
+
+    stored = floe(server.data, "sql", "--tenant", TENANT, "--format", "json", "SELECT event_id FROM events")
+    ids = {r["event_id"] for r in json.loads(stored)} if stored.strip().startswith("[") else \
+        {json.loads(line)["event_id"] for line in stored.splitlines() if line.strip()}
+    assert {"p-0", "p-4", "v-0"} <= ids, ids
+    assert not ids & {"p-1", "p-2", "p-3", f"p-9-{n}", f"v-1-{n}"}, ids

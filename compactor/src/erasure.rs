@@ -128,7 +128,7 @@ impl Compactor {
             if table == EVENTS_TABLE
                 && let Some(projections) = &self.projections
             {
-                projections.refresh_tenant(tenant).await?;
+                projections.refresh_tenant_wholly(tenant).await?;
             }
             let expired = self
                 .catalog

@@ -67,6 +67,8 @@ pub struct Refreshed {
     pub days_read: usize,
     /// The whole projection was recomputed (never refreshed, or its source expired).
     pub full: bool,
+    /// Projections left to another process, which held their refresh lease.
+    pub left_to_others: usize,
 }
 
 impl Refreshed {
@@ -76,6 +78,7 @@ impl Refreshed {
         self.files_read += other.files_read;
         self.days_read += other.days_read;
         self.full |= other.full;
+        self.left_to_others += other.left_to_others;
     }
 }
 
@@ -257,11 +260,37 @@ impl Refresher {
         if held.skipped > 0 {
             self.inner.mark(tenant.as_str());
         }
+        let skipped = held.skipped;
         let done = self
             .refresh_held(tenant, &names, &defined, &mut cache)
             .await;
         self.release(tenant, held).await;
-        done
+        done.map(|d| Refreshed {
+            left_to_others: skipped,
+            ..d
+        })
+    }
+
+    /// [`Refresher::refresh_tenant`], waiting (up to `projection.lease_secs`) for projections
+    /// another process is refreshing, until this process has refreshed every one: an erasure
+    /// must see each projection follow it before it expires the snapshots that held the users.
+    pub async fn refresh_tenant_wholly(&self, tenant: &TenantId) -> Result<Refreshed> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + Duration::from_secs(config.lease_secs);
+        let pause = Duration::from_millis(config.min_interval_ms.max(50));
+        loop {
+            let done = self.refresh_tenant(tenant).await?;
+            if done.left_to_others == 0 {
+                return Ok(done);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::KeptChanging {
+                    table: format!("{tenant} projections"),
+                    what: "other processes kept their refresh leases",
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 
     async fn refresh_held(

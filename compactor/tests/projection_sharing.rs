@@ -95,6 +95,26 @@ async fn two_processes_share_projections_through_refresh_leases_and_polling() {
     server.refresh_tenant(&w.tenant).await.unwrap();
     assert_eq!(w.source(TOP_PAGES).await, Some(w.events_snapshot().await));
 
+    // An erasure's refresh waits for a lease held elsewhere instead of leaving the projection
+    // behind (its old snapshots, which may hold the users, expire right after).
+    assert!(
+        other
+            .take_refresh_lease(
+                &w.tenant,
+                TOP_PAGES,
+                "compactor@busy",
+                Duration::from_millis(300)
+            )
+            .await
+            .unwrap()
+    );
+    w.views(101, &[(Some("b"), "/")]).await;
+    let skipped = server.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!(skipped.left_to_others, 1);
+    let waited = server.refresh_tenant_wholly(&w.tenant).await.unwrap();
+    assert_eq!(waited.left_to_others, 0);
+    assert_eq!(w.source(TOP_PAGES).await, Some(w.events_snapshot().await));
+
     // The compactor polls: commits made by the server's catalog (whose hooks it does not
     // hear) are refreshed by it, with nobody refreshing in the server.
     let (stop, stopped) = tokio::sync::watch::channel(false);

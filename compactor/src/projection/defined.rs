@@ -210,6 +210,7 @@ impl Refresher {
             files_read: found.len(),
             days_read,
             full: days.is_none(),
+            left_to_others: 0,
         };
         let out = Out {
             name: &d.name,

@@ -267,8 +267,11 @@ def test_roles_and_credentials(loaded):
     with pytest.raises(trino.exceptions.TrinoUserError) as e:
         run(loaded, "tq-main", "SELECT count(*) FROM events", role="viewer")
     assert e.value.error_name == "TABLE_NOT_FOUND"
-    rows, _ = run(loaded, "tq-main", "SELECT count(*) FROM daily_active_users", role="viewer")
-    assert rows[0][0] >= 1
+    # The projections follow the events within moments of the barrier (a refresh after commits).
+    deadline = time.time() + 30
+    while (rows := run(loaded, "tq-main", "SELECT count(*) FROM daily_active_users", role="viewer")[0])[0][0] < 1:
+        assert time.time() < deadline, "daily_active_users not refreshed within 30 s"
+        time.sleep(0.2)
     with pytest.raises(trino.exceptions.TrinoUserError) as e:
         run(loaded, "tq-main", "SELECT 1", role="ingest")
     assert e.value.error_name == "PERMISSION_DENIED"

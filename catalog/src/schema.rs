@@ -3,11 +3,13 @@
 //! ([`compat`]). Rows of `floe_schemas` and `floe_event_types` (migration 8).
 //!
 //! Versions of a type are consecutive from the first one registered (the upcasting steps of a
-//! version lead from the one before it). Registering a version again with the same schema does
+//! version, [`upcast`], lead from the one before it; the first registered has none). Registering a version again with the same schema does
 //! nothing; with another schema it is refused: a version, once events may carry it, never
 //! changes meaning.
 
 pub mod compat;
+pub mod upcast;
+pub mod view;
 
 use serde_json::Value;
 
@@ -76,7 +78,7 @@ pub struct Registered {
 
 /// Checks that `schema` is a JSON Schema (draft 2020-12) Floe can validate events with: an
 /// object schema or `true`, valid against the draft's meta-schema, with no reference out of
-/// the document.
+/// the document, and upcasting steps (if any) that [`upcast::steps`] accepts.
 pub fn check_schema(schema: &Value) -> Result<()> {
     if !matches!(schema, Value::Object(_) | Value::Bool(true)) {
         return Err(Error::invalid(
@@ -92,7 +94,15 @@ pub fn check_schema(schema: &Value) -> Result<()> {
     jsonschema::draft202012::options()
         .build(schema)
         .map_err(|e| Error::invalid(format!("the schema cannot be compiled: {e}")))?;
+    upcast::steps(schema)?;
     Ok(())
+}
+
+/// Why `new` breaks `mode` against `old` as `new`'s upcasting steps lead it there (events of
+/// the old version are read through them): empty when compatible. `Err` if the steps are not
+/// valid.
+fn breaks(mode: Compatibility, old: &Value, new: &Value) -> Result<Vec<String>> {
+    Ok(compat::breaks(mode, &upcast::upcast_schema(old, new)?, new))
 }
 
 fn pointer(p: &str) -> &str {
@@ -203,7 +213,7 @@ impl Catalog {
                         latest.version + 1
                     )));
                 }
-                let reasons = compat::breaks(mode, &latest.schema, &schema);
+                let reasons = breaks(mode, &latest.schema, &schema)?;
                 if !reasons.is_empty() {
                     return Err(Error::invalid(format!(
                         "version {version} of {type_name} is not {} compatible with version {}: {}",
@@ -212,6 +222,13 @@ impl Catalog {
                         reasons.join("; ")
                     )));
                 }
+            }
+            if latest.is_none() && !upcast::steps(&schema)?.is_empty() {
+                return Err(Error::invalid(format!(
+                    "version {version} is the first of {type_name}: it has no version before it \
+                     to upcast from (`{}` belongs to later versions)",
+                    upcast::KEYWORD
+                )));
             }
             let created = EventSchema {
                 type_name: type_name.clone(),
@@ -284,10 +301,15 @@ impl Catalog {
             None => self.compatibility(tenant, type_name).await?,
         };
         let latest = self.schemas(tenant, Some(type_name)).await?.pop();
-        Ok(match latest {
-            None => (mode, Vec::new()),
-            Some(l) => (mode, compat::breaks(mode, &l.schema, schema)),
-        })
+        let reasons = match latest {
+            None if !upcast::steps(schema)?.is_empty() => vec![format!(
+                "it would be the first version of {type_name}: it has no version before it to \
+                 upcast from"
+            )],
+            None => Vec::new(),
+            Some(l) => breaks(mode, &l.schema, schema)?,
+        };
+        Ok((mode, reasons))
     }
 
     /// The compatibility mode of a type (the default if it has none yet).

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod dialect;
+pub mod event_views;
 pub mod functions;
 pub mod memory;
 pub mod projection;
@@ -257,6 +258,14 @@ impl Engine {
             })?;
             schema.register_table(name, Arc::new(provider))?;
         }
+        if scope == Scope::AllTables
+            && let Some(events) = schema.table(floe_catalog::table::EVENTS_TABLE).await?
+        {
+            let schemas = self.catalog.schemas(tenant, None).await?;
+            if !schemas.is_empty() {
+                event_views::register(&ctx, &schema, events, schemas)?;
+            }
+        }
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema(
             INFORMATION_SCHEMA,
@@ -399,8 +408,12 @@ async fn information_schema(
     for name in &names {
         t_schema.push(Some(tenant.to_string()));
         t_name.push(Some(name.clone()));
-        t_type.push(Some("BASE TABLE".to_string()));
-        let Some(table) = tables.table(name).await? else {
+        let table = tables.table(name).await?;
+        let view = table
+            .as_ref()
+            .is_some_and(|t| t.table_type() == datafusion::datasource::TableType::View);
+        t_type.push(Some(if view { "VIEW" } else { "BASE TABLE" }.to_string()));
+        let Some(table) = table else {
             continue;
         };
         for (i, f) in table.schema().fields().iter().enumerate() {

@@ -12,6 +12,9 @@
 //! `DESCRIBE` and `PREPARE`/`EXECUTE` take the same path as in a real client. Failures read
 //! `ERROR_NAME: message`, as Trino clients see them.
 //!
+//! After the events, the schemas of `tests/slt/schemas.json` are registered for `shop` (so
+//! the events were stored unchecked, as sent, and the per-type views read them upcast).
+//!
 //! Values: NULL is `NULL`, an empty string `(empty)`, arrays, maps and rows their JSON text.
 //! Variables: `$SNAPSHOT_1` is the id of the snapshot holding the first 8 `shop` events, and
 //! `$SNAPSHOT_1_AT` its commit time (`YYYY-MM-DD HH:MM:SS.mmm UTC`).
@@ -231,6 +234,24 @@ async fn fixture(fixtures: &Path) -> Fixture {
     ingest(&app, &token(&shop, Role::Ingest), second).await;
     let other_events = std::fs::read_to_string(fixtures.join("other.ndjson")).unwrap();
     ingest(&app, &token(&other, Role::Ingest), &other_events).await;
+
+    let schemas: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("schemas.json")).unwrap())
+            .unwrap();
+    for s in schemas {
+        let (kind, version) = (s["type"].as_str().unwrap(), s["version"].as_i64().unwrap());
+        catalog
+            .register_schema(
+                &shop,
+                kind,
+                version as i32,
+                s["schema"].clone(),
+                None,
+                "slt",
+            )
+            .await
+            .unwrap();
+    }
 
     let engine = Engine::new(catalog.clone(), config.query.clone());
     let vars = vec![

@@ -92,6 +92,16 @@ pub enum Command {
         #[arg(long, conflicts_with = "dry_run")]
         status: bool,
     },
+    /// Fill a promoted property's column (`"x-floe-promote": true` in a registered schema) in
+    /// the files of `events` written before it was promoted, by rewriting them (Iceberg
+    /// `replace` snapshots, safe while ingest runs; run it again if it reports bins left).
+    Backfill {
+        #[arg(long)]
+        tenant: String,
+        /// The promoted column to fill.
+        #[arg(long)]
+        promote: String,
+    },
     /// Run table maintenance as a service: erasures every few seconds, everything else every
     /// `compaction.interval_secs`. Run several: per-table leases share the work.
     Compactor,

@@ -85,6 +85,43 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `floe compact`: one pass over the tenants' tables, a line per rewritten bin, then totals.
+/// `floe backfill --tenant T --promote COLUMN`.
+pub async fn backfill(config: &Config, tenant: &str, column: &str) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    let tenant = TenantId::parse(tenant)?;
+    if !catalog.tenant_exists(&tenant).await? {
+        bail!("tenant {tenant} does not exist");
+    }
+    let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+    // A bin whose files changed meanwhile (a compaction, an erasure) is left; a next pass
+    // finds its files again.
+    let mut done = compactor.backfill_promoted(&tenant, column).await?;
+    for _ in 0..2 {
+        if done.bins_left == 0 {
+            break;
+        }
+        let next = compactor.backfill_promoted(&tenant, column).await?;
+        done.files_in += next.files_in;
+        done.files_out += next.files_out;
+        done.rows += next.rows;
+        done.bins_left = next.bins_left;
+    }
+    println!(
+        "{tenant}.events: {column} filled in {} files ({} rows), written as {} files{}",
+        done.files_in,
+        done.rows,
+        done.files_out,
+        match done.bins_left {
+            0 => String::new(),
+            n => format!("; {n} bins kept changing: run it again to finish them"),
+        }
+    );
+    if done.bins_left > 0 {
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
 pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
     use floe_compactor::maintain::{Options, Progress};
     let catalog = Catalog::open(config).await?;

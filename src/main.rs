@@ -117,6 +117,9 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             tenant, dry_run, ..
         } => compact::once(&config()?, tenant.as_deref(), *dry_run).await,
         Command::Compactor => compact::service(&config()?).await,
+        Command::Backfill { tenant, promote } => {
+            compact::backfill(&config()?, tenant, promote).await
+        }
         Command::Ingest {
             command:
                 IngestCommand::Kafka {

@@ -8,6 +8,7 @@
 //! changes meaning.
 
 pub mod compat;
+pub mod promote;
 pub mod upcast;
 pub mod view;
 
@@ -138,7 +139,8 @@ impl Catalog {
     /// Registers `schema` as version `version` of the tenant's event type `type_name`, after
     /// checking it is a schema and keeps the type's compatibility mode with the version before
     /// (`compatibility`, if given, becomes the type's mode first). Refused, with the reasons,
-    /// if it breaks it; `AlreadyExists` if the version holds another schema.
+    /// if it breaks it; `AlreadyExists` if the version holds another schema. The properties it
+    /// promotes ([`promote`]) are added to the tenant's `events` table once it is registered.
     pub async fn register_schema(
         &self,
         tenant: &TenantId,
@@ -153,8 +155,11 @@ impl Catalog {
         if version < 1 {
             return Err(Error::invalid("versions start at 1"));
         }
+        let promoted = promote::promoted(&schema)?;
+        self.check_promotion(tenant, &promoted).await?;
+        let tenant_id = tenant.clone();
         let (tenant, type_name, actor) = (tenant.clone(), type_name.to_string(), actor.to_string());
-        self.on_io(move |c| async move {
+        let registered = self.on_io(move |c| async move {
             c.tenant(&tenant).await?;
             let mut tx = c.db.begin().await.map_err(Error::db("register schema"))?;
             let mode: Option<(String,)> = sqlx::query_as(
@@ -280,7 +285,10 @@ impl Catalog {
                 created: true,
             })
         })
-        .await
+        .await?;
+        // After the row (registering the same schema again finishes an evolution that failed).
+        self.promote_columns(&tenant_id, promoted).await?;
+        Ok(registered)
     }
 
     /// Why `schema` would be refused as the next version of `type_name` (its mode, or
@@ -293,7 +301,11 @@ impl Catalog {
         compatibility: Option<Compatibility>,
     ) -> Result<(Compatibility, Vec<String>)> {
         check_type(type_name)?;
-        if let Err(e) = check_schema(schema) {
+        let promotion = match promote::promoted(schema) {
+            Ok(p) => self.check_promotion(tenant, &p).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = check_schema(schema).and(promotion) {
             return Ok((DEFAULT_COMPATIBILITY, vec![e.to_string()]));
         }
         let mode = match compatibility {

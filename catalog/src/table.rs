@@ -47,6 +47,24 @@ pub fn events_schema() -> Result<Schema> {
         .map_err(Error::ice("building the events schema"))
 }
 
+/// Whether every data file of the table can be read by column name: a name never stood for
+/// another field id in any of its schemas (columns were only added, never renamed, nor dropped
+/// and added again under the same name). Then a file written with any of its schemas reads
+/// right by name against the current one, a column it lacks reading as null; Floe's readers
+/// rely on it (the query scan, compaction), and fall back or refuse otherwise.
+pub fn reads_by_name(metadata: &iceberg::spec::TableMetadata) -> bool {
+    let mut ids: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    metadata.schemas_iter().all(|schema| {
+        schema.as_struct().fields().iter().all(|f| {
+            let nested = matches!(
+                *f.field_type,
+                Type::Struct(_) | Type::List(_) | Type::Map(_)
+            );
+            !nested && *ids.entry(f.name.as_str()).or_insert(f.id) == f.id
+        })
+    })
+}
+
 /// The schema of `<tenant>.events_dlq`: records that could not become events, with why and
 /// where they came from. `payload` holds the record's value as text (invalid UTF-8 replaced).
 pub fn dlq_schema() -> Result<Schema> {

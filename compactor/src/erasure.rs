@@ -209,11 +209,7 @@ impl Compactor {
                 .filter(|(_, n)| *n > 0)
                 .collect();
             if !held.is_empty() {
-                let input = InputFile {
-                    path: f.file_path().to_string(),
-                    bytes: f.file_size_in_bytes(),
-                    rows: f.record_count(),
-                };
+                let input = InputFile::of(&t, f);
                 holders.push((f.partition().clone(), input, held));
             }
         }

@@ -26,6 +26,8 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::prelude::SessionConfig;
 use floe_catalog::config::CompactionConfig;
 use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
+use floe_catalog::schema::promote;
+use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantId};
 use futures::StreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
@@ -41,6 +43,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+pub mod backfill;
 pub mod erasure;
 pub mod maintain;
 pub mod projection;
@@ -134,6 +137,28 @@ pub struct InputFile {
     pub path: String,
     pub bytes: u64,
     pub rows: u64,
+    /// The file lacks a column of the table's current schema (it was written before the column
+    /// was added): rewriting it fills the promoted properties from the payloads.
+    pub lacks_columns: bool,
+}
+
+impl InputFile {
+    /// The input that `file` (a live data file of `table`) is.
+    pub fn of(table: &Table, file: &DataFile) -> InputFile {
+        let counted = file.value_counts();
+        InputFile {
+            path: file.file_path().to_string(),
+            bytes: file.file_size_in_bytes(),
+            rows: file.record_count(),
+            lacks_columns: table
+                .metadata()
+                .current_schema()
+                .as_struct()
+                .fields()
+                .iter()
+                .any(|f| !counted.contains_key(&f.id)),
+        }
+    }
 }
 
 /// Files of one partition rewritten together.
@@ -208,29 +233,39 @@ pub fn plan(files: Vec<(Struct, InputFile)>, target: u64) -> TablePlan {
     partitions.sort_by_key(|(p, _)| format!("{p:?}"));
     for (partition, mut files) in partitions {
         files.retain(|f| f.bytes < target);
-        files.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
-        let mut bins: Vec<Vec<InputFile>> = Vec::new();
-        let mut room: Vec<u64> = Vec::new();
-        for file in files {
-            match room.iter().position(|r| *r >= file.bytes) {
-                Some(i) => {
-                    room[i] -= file.bytes;
-                    bins[i].push(file);
-                }
-                None => {
-                    room.push(target - file.bytes);
-                    bins.push(vec![file]);
-                }
-            }
-        }
-        plan.bins
-            .extend(bins.into_iter().filter(|b| b.len() > 1).map(|files| Bin {
-                partition: partition.clone(),
-                files,
-                target,
-            }));
+        plan.bins.extend(
+            pack(files, target)
+                .into_iter()
+                .filter(|b| b.len() > 1)
+                .map(|files| Bin {
+                    partition: partition.clone(),
+                    files,
+                    target,
+                }),
+        );
     }
     plan
+}
+
+/// Packs files into bins of about `target` bytes: largest first, each into the first bin with
+/// room (a file larger than the target gets a bin of its own).
+fn pack(mut files: Vec<InputFile>, target: u64) -> Vec<Vec<InputFile>> {
+    files.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
+    let mut bins: Vec<Vec<InputFile>> = Vec::new();
+    let mut room: Vec<u64> = Vec::new();
+    for file in files {
+        match room.iter().position(|r| *r >= file.bytes) {
+            Some(i) => {
+                room[i] -= file.bytes;
+                bins[i].push(file);
+            }
+            None => {
+                room.push(target.saturating_sub(file.bytes));
+                bins.push(vec![file]);
+            }
+        }
+    }
+    bins
 }
 
 /// Compacts one tenant's tables with `config`.
@@ -272,9 +307,9 @@ impl Compactor {
         target: u64,
     ) -> Result<TablePlan> {
         let t = self.catalog.load_table(tenant, table).await?;
-        if t.metadata().schemas_iter().len() != 1 {
-            // Rewriting maps columns by name, exact only for a schema that never changed.
-            tracing::warn!(%tenant, table, "schema has evolved; not compacting");
+        if !floe_catalog::table::reads_by_name(t.metadata()) {
+            // Rewriting maps columns by name, exact only when a name never changed its field.
+            tracing::warn!(%tenant, table, "a column name changed its field id; not compacting");
             return Ok(TablePlan::default());
         }
         let inputs = parquet_inputs(&t).await?;
@@ -382,6 +417,7 @@ impl Compactor {
                 .with_runtime(runtime)
                 .with_session_config(SessionConfig::new().with_target_partitions(1)),
         );
+        let files_in = files;
         let files = files
             .iter()
             .map(|f| {
@@ -442,8 +478,14 @@ impl Compactor {
             .build(Some(key))
             .await
             .map_err(ice("data writer"))?;
+        // Files written before a property was promoted hold no value for it: fill it in.
+        let fill =
+            table.identifier().name() == EVENTS_TABLE && files_in.iter().any(|f| f.lacks_columns);
         while let Some(batch) = stream.next().await {
             let mut batch = batch.map_err(df)?;
+            if fill {
+                batch = promote::fill(batch)?;
+            }
             if let Some(drop) = drop {
                 batch = drop.apply(&batch)?;
                 if batch.num_rows() == 0 {
@@ -465,11 +507,7 @@ pub(crate) async fn parquet_inputs(table: &Table) -> Result<Vec<(Struct, InputFi
         .map(|e| {
             (
                 e.data_file().partition().clone(),
-                InputFile {
-                    path: e.file_path().to_string(),
-                    bytes: e.file_size_in_bytes(),
-                    rows: e.record_count(),
-                },
+                InputFile::of(table, e.data_file()),
             )
         })
         .collect())
@@ -495,6 +533,7 @@ mod tests {
                 path: name.to_string(),
                 bytes,
                 rows: 1,
+                lacks_columns: false,
             },
         )
     }

@@ -18,6 +18,8 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use floe_catalog::schema::promote;
+
 use crate::event::StoredEvent;
 use crate::{Error, Result};
 
@@ -126,7 +128,7 @@ fn to_batch(
         user.append_option(e.user_id.as_deref());
         payload.append_value(&e.payload);
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(event_id.finish()),
         Arc::new(tenant_id.finish()),
         Arc::new(kind.finish()),
@@ -136,9 +138,14 @@ fn to_batch(
         Arc::new(user.finish()),
         Arc::new(payload.finish()),
     ];
-    RecordBatch::try_new(schema, columns).map_err(|e| Error::Internal {
+    // The promoted properties (columns past the events' own), filled from the payloads.
+    for field in schema.fields().iter().skip(columns.len()) {
+        columns.push(arrow_array::new_null_array(field.data_type(), n));
+    }
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| Error::Internal {
         message: format!("building a record batch: {e}"),
-    })
+    })?;
+    Ok(promote::fill(batch)?)
 }
 
 fn ice(context: &'static str) -> impl FnOnce(iceberg::Error) -> Error {

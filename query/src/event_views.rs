@@ -41,9 +41,17 @@ pub fn register(
     for s in schemas {
         by_type.entry(s.type_name.clone()).or_default().push(s);
     }
+    let base = floe_catalog::table::events_schema()?;
     let extract = Extract {
         scalar: ctx.udf("json_extract_scalar")?,
         json: ctx.udf("json_extract")?,
+        promoted: events
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| base.field_by_name(f.name()).is_none())
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect(),
     };
     let mut registered = Vec::new();
     for versions in by_type.values() {
@@ -70,9 +78,12 @@ pub fn register(
     Ok(registered)
 }
 
+/// How properties are read: Trino's JSON functions over the payload, or the promoted columns
+/// of `events` (by name, with their type).
 struct Extract {
     scalar: Arc<ScalarUDF>,
     json: Arc<ScalarUDF>,
+    promoted: BTreeMap<String, DataType>,
 }
 
 fn plan(
@@ -144,13 +155,24 @@ fn read_expr(read: &Read, kind: Kind, extract: &Extract) -> Expr {
         Read::Absent => lit(ScalarValue::try_from(&sql_type(kind)).unwrap_or(ScalarValue::Null)),
         Read::Field(name) => {
             let path = lit(path_of(name));
-            match kind {
+            let from_payload = match kind {
                 Kind::Json => extract.json.call(vec![col("payload"), path]),
                 Kind::Text => extract.scalar.call(vec![col("payload"), path]),
                 _ => try_cast(
                     extract.scalar.call(vec![col("payload"), path]),
                     sql_type(kind),
                 ),
+            };
+            // A promoted column of the type (null in files written before the promotion and
+            // not backfilled: the payload answers there).
+            match extract.promoted.get(name) {
+                Some(t) if *t == sql_type(kind) && kind != Kind::Json => {
+                    datafusion::functions::expr_fn::coalesce(vec![
+                        Expr::Column(datafusion::common::Column::from_name(name)),
+                        from_payload,
+                    ])
+                }
+                _ => from_payload,
             }
         }
         Read::Scale(r, k) => {

@@ -7,9 +7,11 @@
 //! are dropped before any is opened; DataFusion prunes row groups and pages by the files' own
 //! statistics, and keeps footers in a cache shared by every query.
 //!
-//! This reader maps columns by name. That is exact for the tables Floe reads this way: tables
-//! with one schema (never evolved) and snapshots without delete files. Anything else is read by
-//! iceberg-datafusion's scan, which maps by field id and applies deletes.
+//! This reader maps columns by name (a column a file lacks reads as null). That is exact for the
+//! tables Floe reads this way: tables whose column names never stood for another field id
+//! (`floe_catalog::table::reads_by_name`: columns only added, as promoted properties are) and
+//! snapshots without delete files. Anything else is read by iceberg-datafusion's scan, which
+//! maps by field id and applies deletes.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -171,14 +173,20 @@ impl FloeTable {
         };
         let schema = fallback.schema();
         let metadata = table.metadata();
-        let field_ids: Vec<i32> = metadata
-            .current_schema()
+        // The schema the fallback reads with: the snapshot's, or the current one.
+        let read_with = snapshot_id
+            .and_then(|id| metadata.snapshot_by_id(id))
+            .and_then(|s| s.schema_id())
+            .and_then(|id| metadata.schema_by_id(id))
+            .unwrap_or_else(|| metadata.current_schema());
+        let field_ids: Vec<i32> = read_with
             .as_struct()
             .fields()
             .iter()
             .map(|f| f.id)
             .collect();
-        let native = metadata.schemas_iter().len() == 1 && field_ids.len() == schema.fields().len();
+        let native = floe_catalog::table::reads_by_name(metadata)
+            && field_ids.len() == schema.fields().len();
         Ok(FloeTable {
             table,
             snapshot_id,

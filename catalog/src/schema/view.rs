@@ -25,7 +25,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(property: &Value) -> Kind {
+    /// The kind of a property from its schema.
+    pub fn of(property: &Value) -> Kind {
         let named: Vec<&str> = match property.get("type") {
             Some(Value::String(t)) => vec![t.as_str()],
             Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),

@@ -118,3 +118,111 @@ def test_schemas_are_registered_checked_and_enforced_at_ingest(server, tmp_path)
         {json.loads(line)["event_id"] for line in stored.splitlines() if line.strip()}
     assert {"p-0", "p-4", "v-0"} <= ids, ids
     assert not ids & {"p-1", "p-2", "p-3", f"p-9-{n}", f"v-1-{n}"}, ids
+
+
+ORDER_V1 = {
+    "type": "object",
+    "properties": {
+        "amount_cents": {"type": "integer"},
+        "currency": {"type": "string"},
+        "legacy": {"type": "string"},
+    },
+    "required": ["amount_cents", "currency"],
+}
+# Version 2: amount in units (promoted), a channel every old order gets as "web", legacy dropped.
+ORDER_V2 = {
+    "type": "object",
+    "properties": {
+        "amount": {"type": "number", "x-floe-promote": True},
+        "currency": {"type": "string", "x-floe-promote": True},
+        "channel": {"type": "string"},
+    },
+    "required": ["amount", "currency", "channel"],
+    "x-floe-upcast": [
+        {"op": "rename", "from": "amount_cents", "to": "amount"},
+        {"op": "convert", "field": "amount", "factor": 0.01},
+        {"op": "default", "field": "channel", "value": "web"},
+        {"op": "drop", "field": "legacy"},
+    ],
+}
+
+
+def order(i, version, payload):
+    return {"event_id": f"o-{i}", "type": "OrderPlaced", "version": version, "timestamp": 1764000000 + i,
+            "user_id": f"u{i}", "payload": payload}
+
+
+def upcast_by_hand(event):
+    """What the view must show for an event: version 1 read through version 2's steps."""
+    p = event["payload"]
+    if event["version"] == 1:
+        return (event["event_id"], 1, p["amount_cents"] / 100, p["currency"], "web")
+    return (event["event_id"], 2, float(p["amount"]), p["currency"], p["channel"])
+
+
+def test_upcast_views_and_promoted_columns_through_evolution(server, tmp_path):
+    """Orders sent at version 1, then version 2 registered with upcasting steps and promoted
+    properties: the per-type view shows every order at version 2 (equal to a hand computation),
+    the promoted columns are filled from then on and by backfill, and pyiceberg reads the evolved
+    table (nulls where a file was written before the promotion)."""
+    import trino
+    from conftest import iceberg_catalog
+    from trino.auth import JWTAuthentication
+
+    tenant = "schemas-upcast"
+    floe(server.data, "tenant", "create", tenant)
+    admin, ingest = server.token(tenant, "admin"), server.token(tenant, "ingest")
+    url = f"{server.url}/v1/schemas/OrderPlaced"
+    assert request("PUT", f"{url}/1", admin, ORDER_V1)[0] == 201
+    # Steps on a first version are refused: there is nothing before it.
+    status, body = request("PUT", f"{server.url}/v1/schemas/Other/1", admin,
+                           {**ORDER_V1, "x-floe-upcast": [{"op": "drop", "field": "legacy"}]})
+    assert status == 400 and "first" in body["error"]["message"], body
+    v1 = [order(i, 1, {"amount_cents": 1999 + i, "currency": "EUR", "legacy": "x"}) for i in range(3)]
+    assert post(server.url, ingest, v1)["accepted"] == 3
+
+    # Without its steps, version 2 breaks backward compatibility (amount required, no default);
+    # with them it is compatible: old orders are read through them.
+    status, body = request("PUT", f"{url}/2", admin, {k: v for k, v in ORDER_V2.items() if k != "x-floe-upcast"})
+    assert status == 400 and '"amount" became required' in body["error"]["message"], body
+    # A unit conversion cannot carry the wrong kind of step.
+    status, body = request("PUT", f"{url}/2", admin, {**ORDER_V2, "x-floe-upcast": [{"op": "explode"}]})
+    assert status == 400 and "/x-floe-upcast/0" in body["error"]["message"], body
+    status, body = request("PUT", f"{url}/2", admin, ORDER_V2)
+    assert status == 201, body
+
+    v2 = [order(10 + i, 2, {"amount": 5.5 + i, "currency": "USD", "channel": "app"}) for i in range(2)]
+    reply = post(server.url, ingest, v2)
+    assert reply["accepted"] == 2 and not reply["rejected"], reply
+
+    cur = trino.dbapi.connect(host="127.0.0.1", port=server.port, user="someone", catalog="floe", schema=tenant,
+                              http_scheme="http", allow_insecure_auth=True,
+                              auth=JWTAuthentication(server.token(tenant, "analyst"))).cursor()
+    cur.execute("SELECT event_id, version, amount, currency, channel FROM order_placed ORDER BY event_id")
+    got = [tuple(r) for r in cur.fetchall()]
+    assert got == sorted(upcast_by_hand(e) for e in v1 + v2), got
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'order_placed'")
+    assert "legacy" not in {r[0] for r in cur.fetchall()}
+
+    # The promoted columns: filled for the events written after the promotion only.
+    cur.execute("SELECT event_id, currency, amount FROM events WHERE type = 'OrderPlaced' ORDER BY event_id")
+    assert [tuple(r) for r in cur.fetchall()] == \
+        sorted([(e["event_id"], None, None) for e in v1] + [(e["event_id"], "USD", 5.5 + i) for i, e in enumerate(v2)])
+    table = iceberg_catalog(server.data).load_table(f"{tenant}.events")
+    assert [f.name for f in table.schema().fields][-2:] == ["amount", "currency"], table.schema()
+    rows = table.scan(row_filter="type == 'OrderPlaced'").to_arrow().sort_by("event_id").to_pylist()
+    assert [(r["event_id"], r["currency"]) for r in rows] == \
+        sorted([(e["event_id"], None) for e in v1] + [(e["event_id"], "USD") for e in v2]), rows
+
+    # Backfill fills the files written before (version 1 orders have a currency, not an amount).
+    out = floe(server.data, "backfill", "--tenant", tenant, "--promote", "currency")
+    assert "currency filled in" in out, out
+    cur.execute("SELECT event_id, currency, amount FROM events WHERE type = 'OrderPlaced' ORDER BY event_id")
+    assert [tuple(r) for r in cur.fetchall()] == \
+        sorted([(e["event_id"], "EUR", None) for e in v1] + [(e["event_id"], "USD", 5.5 + i) for i, e in enumerate(v2)])
+    table = iceberg_catalog(server.data).load_table(f"{tenant}.events")
+    rows = table.scan(row_filter="type == 'OrderPlaced'").to_arrow().sort_by("event_id").to_pylist()
+    assert sorted((r["event_id"], r["currency"]) for r in rows) == \
+        sorted([(e["event_id"], "EUR") for e in v1] + [(e["event_id"], "USD") for e in v2]), rows
+    cur.execute("SELECT event_id, version, amount, currency, channel FROM order_placed ORDER BY event_id")
+    assert [tuple(r) for r in cur.fetchall()] == got

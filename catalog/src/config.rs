@@ -188,6 +188,17 @@ impl Config {
                 "projection.state_cache_bytes",
                 self.projection.state_cache_bytes,
             ),
+            ("projection.keep_snapshots", self.projection.keep_snapshots),
+            ("projection.lease_secs", self.projection.lease_secs),
+            (
+                "projection.poll_interval_ms",
+                self.projection.poll_interval_ms,
+            ),
+            ("projection.retry_after_ms", self.projection.retry_after_ms),
+            (
+                "projection.memory_limit_bytes",
+                self.projection.memory_limit_bytes,
+            ),
             ("commit.max_attempts", self.commit.max_attempts as u64),
             ("commit.backoff_max_ms", self.commit.backoff_max_ms),
             (

@@ -99,6 +99,11 @@ pub enum Error {
     #[error("object storage: {message}")]
     Storage { message: String },
 
+    /// Something this needs could not be had just now (a read that failed recently and is not
+    /// tried again yet): a retry later may succeed.
+    #[error("{what} unavailable: {why}; retry later")]
+    Unavailable { what: String, why: String },
+
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -129,6 +134,10 @@ impl Error {
                 {
                     ErrorKind::Unavailable
                 }
+                // Another transaction inserted the same key between this one's read and its
+                // write (two registrations of one version, two creations of one tenant): done
+                // again, the request sees the row and answers as it should.
+                sqlx::Error::Database(db) if db.is_unique_violation() => ErrorKind::CommitConflict,
                 _ => ErrorKind::Internal,
             },
             // Iceberg errors here come from reading and writing table files: storage trouble,
@@ -137,7 +146,9 @@ impl Error {
                 iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::CommitConflict,
                 _ => ErrorKind::Unavailable,
             },
-            Error::Io { .. } | Error::Storage { .. } => ErrorKind::Unavailable,
+            Error::Io { .. } | Error::Storage { .. } | Error::Unavailable { .. } => {
+                ErrorKind::Unavailable
+            }
             Error::Internal { .. } => ErrorKind::Internal,
         }
     }

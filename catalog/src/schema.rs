@@ -157,9 +157,37 @@ impl Catalog {
         }
         let promoted = promote::promoted(&schema)?;
         self.check_promotion(tenant, &promoted).await?;
-        let tenant_id = tenant.clone();
+        // A registration of the same type racing this one can win the row between this one's
+        // read and its insert: done again, it sees that row.
+        let mut attempt = 0;
+        let registered = loop {
+            attempt += 1;
+            match self
+                .register_row(tenant, type_name, version, &schema, compatibility, actor)
+                .await
+            {
+                Err(e) if e.kind() == crate::ErrorKind::CommitConflict && attempt < 3 => continue,
+                other => break other?,
+            }
+        };
+        // After the row (registering the same schema again finishes an evolution that failed).
+        self.promote_columns(tenant, promoted).await?;
+        Ok(registered)
+    }
+
+    /// The transaction of [`Catalog::register_schema`]: checks and inserts the version's row.
+    async fn register_row(
+        &self,
+        tenant: &TenantId,
+        type_name: &str,
+        version: i32,
+        schema: &Value,
+        compatibility: Option<Compatibility>,
+        actor: &str,
+    ) -> Result<Registered> {
         let (tenant, type_name, actor) = (tenant.clone(), type_name.to_string(), actor.to_string());
-        let registered = self.on_io(move |c| async move {
+        let schema = schema.clone();
+        self.on_io(move |c| async move {
             c.tenant(&tenant).await?;
             let mut tx = c.db.begin().await.map_err(Error::db("register schema"))?;
             let mode: Option<(String,)> = sqlx::query_as(
@@ -285,10 +313,7 @@ impl Catalog {
                 created: true,
             })
         })
-        .await?;
-        // After the row (registering the same schema again finishes an evolution that failed).
-        self.promote_columns(&tenant_id, promoted).await?;
-        Ok(registered)
+        .await
     }
 
     /// Why `schema` would be refused as the next version of `type_name` (its mode, or

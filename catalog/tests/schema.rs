@@ -133,3 +133,28 @@ async fn a_type_gets_versions_that_keep_its_compatibility_mode() {
     let e = catalog.schema(&other, "PurchaseMade", 1).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registrations_of_one_version_racing_each_other_all_get_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let acme = TenantId::parse("acme").unwrap();
+    catalog.create_tenant(&acme, "test").await.unwrap();
+    let v1 = json!({"type": "object", "properties": {"amount": {"type": "number"}}});
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (catalog, acme, v1) = (catalog.clone(), acme.clone(), v1.clone());
+            tokio::spawn(async move {
+                catalog
+                    .register_schema(&acme, "PurchaseMade", 1, v1, None, "test")
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for r in racers {
+        let registered = r.await.unwrap().unwrap();
+        created += usize::from(registered.created);
+    }
+    assert_eq!(created, 1);
+}

@@ -100,14 +100,31 @@ impl TenantSchemas {
     }
 }
 
+/// What this process last read of a tenant's schemas, and when it tried.
+#[derive(Clone)]
+enum Read {
+    Schemas(Arc<TenantSchemas>),
+    /// Never read: the last attempt failed, saying this.
+    Failed(String),
+}
+
 /// Every tenant's compiled schemas in this process, refreshed from the catalog.
 pub struct Schemas {
     catalog: Catalog,
     refresh: Duration,
-    tenants: Mutex<HashMap<String, (Instant, Arc<TenantSchemas>)>>,
-    /// Validators by (tenant, type, version): versions never change.
-    compiled: Mutex<HashMap<(String, String, i32), Arc<jsonschema::Validator>>>,
+    /// The last read of each tenant (or failed first attempt) and when it was tried: a tenant
+    /// is read again once `refresh` has passed since the last attempt, succeeded or not, so a
+    /// catalog outage costs one attempt per tenant per `refresh`, not one per request.
+    tenants: Mutex<HashMap<String, (Instant, Read)>>,
+    /// One read of a tenant at a time: requests that find it stale wait for that read.
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Validators by (tenant, type, version, registration time): a version never changes, but
+    /// a tenant deleted and created again may register the same version anew.
+    compiled: Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>,
 }
+
+/// A registered version: tenant, type, version and registration time.
+type Registration = (String, String, i32, i64);
 
 impl Schemas {
     pub fn new(catalog: Catalog, refresh: Duration) -> Schemas {
@@ -115,32 +132,58 @@ impl Schemas {
             catalog,
             refresh,
             tenants: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The tenant's schemas as of at most `refresh` ago.
+    /// The last read of `tenant` if it was tried less than `refresh` ago.
+    fn fresh(&self, tenant: &TenantId) -> Option<Read> {
+        lock(&self.tenants)
+            .get(tenant.as_str())
+            .filter(|(at, _)| at.elapsed() < self.refresh)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// The tenant's schemas as of at most `refresh` ago. If the catalog cannot be read, the
+    /// schemas last read stay in force; if they never were, the error (tried again after
+    /// `refresh`).
     pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
-        let cached = lock(&self.tenants).get(tenant.as_str()).cloned();
-        if let Some((at, s)) = &cached
-            && at.elapsed() < self.refresh
-        {
-            return Ok(s.clone());
+        let answer = |read: Read| match read {
+            Read::Schemas(s) => Ok(s),
+            Read::Failed(why) => Err(floe_catalog::Error::Unavailable {
+                what: format!("the event schemas of {tenant}"),
+                why,
+            }),
+        };
+        if let Some(read) = self.fresh(tenant) {
+            return answer(read);
         }
-        match self.load(tenant).await {
-            Ok(s) => {
-                let s = Arc::new(s);
-                lock(&self.tenants).insert(tenant.to_string(), (Instant::now(), s.clone()));
-                Ok(s)
+        let gate = lock(&self.reading)
+            .entry(tenant.to_string())
+            .or_default()
+            .clone();
+        let _reading = gate.lock().await;
+        // Another request may have read it while this one waited.
+        if let Some(read) = self.fresh(tenant) {
+            return answer(read);
+        }
+        let last = lock(&self.tenants)
+            .get(tenant.as_str())
+            .map(|(_, r)| r.clone());
+        let read = match (self.load(tenant).await, last) {
+            (Ok(s), _) => Read::Schemas(Arc::new(s)),
+            (Err(e), Some(Read::Schemas(s))) => {
+                tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
+                Read::Schemas(s)
             }
-            Err(e) => match cached {
-                Some((_, s)) => {
-                    tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
-                    Ok(s)
-                }
-                None => Err(e),
-            },
-        }
+            (Err(e), _) => {
+                tracing::warn!(%tenant, error = %e, "could not read event schemas");
+                Read::Failed(e.to_string())
+            }
+        };
+        lock(&self.tenants).insert(tenant.to_string(), (Instant::now(), read.clone()));
+        answer(read)
     }
 
     /// [`Schemas::of`], or, if the schemas were never read and cannot be now, schemas that
@@ -160,7 +203,12 @@ impl Schemas {
         let unknown = self.catalog.tenant(tenant).await?.unknown_types;
         let mut types: HashMap<String, BTreeMap<i32, Arc<jsonschema::Validator>>> = HashMap::new();
         for s in self.catalog.schemas(tenant, None).await? {
-            let key = (tenant.to_string(), s.type_name.clone(), s.version);
+            let key = (
+                tenant.to_string(),
+                s.type_name.clone(),
+                s.version,
+                s.created_at_ms,
+            );
             let known = lock(&self.compiled).get(&key).cloned();
             let validator = match known {
                 Some(v) => v,
@@ -260,6 +308,63 @@ mod tests {
                 .contains("no schema for version 2 (registered: 1)"),
             "{}",
             v.message
+        );
+    }
+
+    async fn catalog() -> (Catalog, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = floe_catalog::Config::load(
+            None,
+            Vec::<(String, String)>::new(),
+            &[("data_dir", dir.path().display().to_string())],
+        )
+        .unwrap();
+        (Catalog::open(&config).await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_tried_again_after_the_refresh_not_on_every_request() {
+        let (catalog, _dir) = catalog().await;
+        let acme = TenantId::parse("acme").unwrap();
+        let slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
+        // The tenant does not exist yet: the read fails, and that answer is kept.
+        assert!(slow.of(&acme).await.is_err());
+        catalog.create_tenant(&acme, "test").await.unwrap();
+        let e = slow.of(&acme).await.err().unwrap();
+        assert_eq!(e.kind(), floe_catalog::ErrorKind::Unavailable, "{e}");
+        let eager = Schemas::new(catalog, Duration::ZERO);
+        assert!(eager.of(&acme).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_created_again_gets_its_new_schemas_not_the_old_ones_compiled() {
+        let (catalog, _dir) = catalog().await;
+        let acme = TenantId::parse("acme").unwrap();
+        let schemas = Schemas::new(catalog.clone(), Duration::ZERO);
+        let register = |schema: Value| {
+            let (catalog, acme) = (catalog.clone(), acme.clone());
+            async move {
+                catalog
+                    .register_schema(&acme, "PurchaseMade", 1, schema, None, "test")
+                    .await
+                    .unwrap();
+            }
+        };
+        catalog.create_tenant(&acme, "test").await.unwrap();
+        register(json!({"required": ["amount"]})).await;
+        let first = schemas.of(&acme).await.unwrap();
+        assert!(first.check("PurchaseMade", 1, &json!({})).is_err());
+        catalog.delete_tenant(&acme, false, "test").await.unwrap();
+        catalog.create_tenant(&acme, "test").await.unwrap();
+        // Registered a millisecond later at least: the registration time tells them apart.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        register(json!({"required": ["sku"]})).await;
+        let again = schemas.of(&acme).await.unwrap();
+        assert!(again.check("PurchaseMade", 1, &json!({"sku": "a"})).is_ok());
+        assert!(
+            again
+                .check("PurchaseMade", 1, &json!({"amount": 1}))
+                .is_err()
         );
     }
 

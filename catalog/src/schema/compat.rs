@@ -11,8 +11,10 @@
 //! keyword, so a producer sees what to undo. The rules follow Confluent Schema Registry's
 //! strict policy for JSON Schema (an open object's new property must accept any value to keep
 //! `backward`; a property removed from a closed one breaks it; a new required property needs a
-//! `default`), except that `format` counts as a constraint and any change under `anyOf`,
-//! `oneOf`, `allOf`, `not`, `if` or `$ref` is reported.
+//! `default`), except that `format` counts as a constraint and any change to a keyword the
+//! check does not reason about (`anyOf`, `oneOf`, `allOf`, `not`, `if`, `$ref`, `$defs`,
+//! `patternProperties`, `propertyNames`, `unevaluated*`, `dependent*`, `prefixItems`,
+//! `contains`, `uniqueItems`, …) is reported.
 
 use serde_json::{Map, Value};
 
@@ -92,8 +94,30 @@ fn widens(from: &Value, to: &Value, at: &str, out: &mut Vec<String>) {
         let f = from.get("items").unwrap_or(&Value::Bool(true));
         widens(f, t, &format!("{at}/items"), out);
     }
+    // Keywords this check does not reason about: any change to one is reported.
     for keyword in [
-        "anyOf", "oneOf", "allOf", "not", "if", "then", "else", "$ref",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "$ref",
+        "$defs",
+        "definitions",
+        "patternProperties",
+        "propertyNames",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "prefixItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "uniqueItems",
     ] {
         if to.get(keyword) != from.get(keyword) {
             out.push(format!("{}: `{keyword}` changed", here(at)));
@@ -359,6 +383,19 @@ mod tests {
             b.iter().any(|r| r.contains("/properties/currency")),
             "{b:?}"
         );
+    }
+
+    #[test]
+    fn a_change_under_a_keyword_the_check_does_not_reason_about_is_reported() {
+        let mut new = purchase();
+        new["patternProperties"] = json!({"^x-": {"type": "string"}});
+        new["$defs"] = json!({"money": {"type": "number"}});
+        let b = check(Compatibility::Backward, purchase(), new);
+        assert!(
+            b.iter().any(|r| r.contains("`patternProperties` changed")),
+            "{b:?}"
+        );
+        assert!(b.iter().any(|r| r.contains("`$defs` changed")), "{b:?}");
     }
 
     #[test]

@@ -115,7 +115,10 @@ impl Refresher {
         let table = catalog.load_table(tenant, &d.name).await?;
         let source = source_of(table.metadata())?.map(|s| s.snapshot_id);
         let redefine = match definition_of(table.metadata()) {
-            Some(sql) if sql != d.sql => {
+            Some(sql) if sql == d.sql => None,
+            // Another definition, or a table made before tables recorded theirs: recomputed
+            // whole once, which records it.
+            _ => {
                 let columns = self.columns(tenant, &d.name, &d.sql).await?;
                 let redefinition = Redefinition {
                     sql: d.sql.clone(),
@@ -124,7 +127,6 @@ impl Refresher {
                 let schema = redefinition.schema(table.metadata())?;
                 Some((redefinition, schema))
             }
-            _ => None,
         };
         let at = match (at, &redefine) {
             (Some(at), _) => Some(at),
@@ -192,6 +194,21 @@ impl Refresher {
             let out = floe_query::projection::run(&d.sql, events, pool.clone(), self.inner.limits)
                 .await
                 .map_err(|e| {
+                    // Reading the day's files failed: storage trouble, not the definition.
+                    if let floe_query::Error::DataFusion(df) = &e
+                        && let DataFusionError::External(inner) = df.find_root()
+                        && let Some(Error::Storage {
+                            action,
+                            object,
+                            message,
+                        }) = inner.downcast_ref::<Error>()
+                    {
+                        return Error::Storage {
+                            action,
+                            object: object.clone(),
+                            message: message.clone(),
+                        };
+                    }
                     let e = e.to_string();
                     let hint = if e.contains("Resources exhausted") {
                         format!(" (projection.memory_limit_bytes is {limit})")

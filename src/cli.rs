@@ -194,9 +194,10 @@ pub enum TenantCommand {
         #[arg(long = "projection", value_name = "NAME=on|off")]
         projections: Vec<String>,
         /// What ingest does with events of a type (or a version of a type) that has no
-        /// registered schema: `accept` (stored unchecked; the default) or `reject`
-        /// (`unknown_type` in the reply, dead-lettered from Kafka).
-        #[arg(long, value_name = "accept|reject")]
+        /// registered schema: `accept` (stored unchecked; the default), `reject`
+        /// (`unknown_type` in the reply, dead-lettered from Kafka) or `dead_letter` (kept in
+        /// the tenant's `events_dlq`, over HTTP too).
+        #[arg(long, value_name = "accept|reject|dead_letter")]
         unknown_types: Option<String>,
     },
     /// Show a tenant: its settings, its quotas (default or its own) and today's usage.

@@ -30,6 +30,9 @@ pub enum UnknownTypes {
     Accept,
     /// Refused (`unknown_type` in the reply; dead-lettered in Kafka mode).
     Reject,
+    /// Kept aside in the tenant's `events_dlq` table (`reason` `unknown_type`), over HTTP as
+    /// from Kafka: not stored as events, not to be sent again.
+    DeadLetter,
 }
 
 impl UnknownTypes {
@@ -37,8 +40,9 @@ impl UnknownTypes {
         match s {
             "accept" => Ok(UnknownTypes::Accept),
             "reject" => Ok(UnknownTypes::Reject),
+            "dead_letter" | "dead-letter" => Ok(UnknownTypes::DeadLetter),
             other => Err(Error::invalid(format!(
-                "unknown types {other:?}: accept or reject"
+                "unknown types {other:?}: accept, reject or dead_letter"
             ))),
         }
     }
@@ -47,6 +51,7 @@ impl UnknownTypes {
         match self {
             UnknownTypes::Accept => "accept",
             UnknownTypes::Reject => "reject",
+            UnknownTypes::DeadLetter => "dead_letter",
         }
     }
 }

@@ -15,6 +15,7 @@ use floe_catalog::table::EVENTS_TABLE;
 use floe_compactor::projection::Refreshed;
 use iceberg::spec::Literal;
 
+mod promote;
 mod world;
 
 use world::{Kind, TABLES, World};

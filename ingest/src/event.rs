@@ -39,7 +39,8 @@ impl StoredEvent {
 /// Why one event was rejected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rejection {
-    pub index: usize,
+    /// The event's place in the request (requests hold far fewer than 2^32 events).
+    pub index: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     pub code: &'static str,
@@ -50,6 +51,10 @@ pub struct Rejection {
     /// ... and the schema keyword it fails.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Kept in the tenant's dead-letter table (an `unknown_type` of a tenant that dead-letters
+    /// them): not to be sent again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 /// Body framing.
@@ -137,6 +142,7 @@ pub fn parse_event(
     limits: Limits,
     schemas: &TenantSchemas,
 ) -> Result<StoredEvent, Rejection> {
+    let index = u32::try_from(index).unwrap_or(u32::MAX);
     let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
         index,
         event_id,
@@ -144,6 +150,7 @@ pub fn parse_event(
         message,
         pointer: None,
         rule: None,
+        dead_lettered: false,
     };
     if raw.len() > limits.max_event_bytes {
         return Err(reject(
@@ -273,6 +280,7 @@ pub fn parse_event(
             message: v.message,
             pointer: v.pointer,
             rule: v.rule,
+            dead_lettered: v.dead_letter,
         });
     }
     let payload = serde_json::to_string(&payload)

@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::Ingest;
 use crate::event::{self, BodyError, Framing, Limits, Rejection, StoredEvent};
+use crate::writer::DeadLetter;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -118,6 +119,14 @@ pub struct EventsReply {
     /// With `?wait=visible`: the snapshot in which they are queryable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<i64>,
+    /// Of `rejected`, how many were kept in the tenant's `events_dlq` (types without a schema,
+    /// for a tenant that dead-letters them): not to be sent again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_lettered: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,14 +142,18 @@ pub struct RejectionOut {
     /// ... and the schema keyword it fails.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Kept in the tenant's `events_dlq`: not to be sent again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 impl From<Rejection> for RejectionOut {
     fn from(r: Rejection) -> Self {
         RejectionOut {
+            dead_lettered: r.dead_lettered,
             pointer: r.pointer,
             rule: r.rule,
-            index: r.index,
+            index: r.index as usize,
             event_id: r.event_id,
             code: r.code.to_string(),
             message: r.message,
@@ -252,7 +265,11 @@ async fn accept(
     };
     let max = cfg.max_request_bytes;
     let schemas = st.schemas.of(tenant.id()).await?;
-    let (accepted, rejected) = tokio::task::spawn_blocking(move || {
+    let Parsed {
+        accepted,
+        rejected,
+        dead,
+    } = tokio::task::spawn_blocking(move || {
         parse_body(&raw, gzip, framing, limits, max, &tenant_name, &schemas)
     })
     .await
@@ -264,6 +281,12 @@ async fn accept(
         )
     })??;
 
+    // Kept aside before anything is stored: if this fails, the request fails whole and a
+    // retry sends everything again (a dead letter kept twice then, never an event).
+    if !dead.is_empty() {
+        crate::writer::store_dead_letters(st.ingest.catalog(), tenant, &dead, cfg.zstd_level)
+            .await?;
+    }
     let event_bytes: usize = accepted.iter().map(StoredEvent::size).sum();
     let rate = if accepted.is_empty() {
         None
@@ -305,7 +328,8 @@ async fn accept(
         }
     };
     let accepted = stored + duplicates;
-    let status = if accepted == 0 && !rejected.is_empty() {
+    let refused = rejected.iter().filter(|r| !r.dead_lettered).count();
+    let status = if accepted == 0 && refused > 0 {
         if rejected.iter().any(|r| r.code == "tenant_mismatch") {
             StatusCode::FORBIDDEN
         } else {
@@ -317,6 +341,7 @@ async fn accept(
     let reply = EventsReply {
         accepted,
         duplicates,
+        dead_lettered: rejected.len() - refused,
         rejected: rejected.into_iter().map(Into::into).collect(),
         snapshot_id: snapshot_id.flatten(),
     };
@@ -356,6 +381,14 @@ fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
     }
 }
 
+/// A request's events as parsed: those to store, those refused (with why), and of the refused
+/// those the tenant keeps in its dead-letter table.
+struct Parsed {
+    accepted: Vec<StoredEvent>,
+    rejected: Vec<Rejection>,
+    dead: Vec<DeadLetter>,
+}
+
 fn parse_body(
     raw: &[u8],
     gzip: bool,
@@ -364,7 +397,7 @@ fn parse_body(
     max_bytes: usize,
     tenant: &str,
     schemas: &crate::schema::TenantSchemas,
-) -> Result<(Vec<StoredEvent>, Vec<Rejection>), ApiError> {
+) -> Result<Parsed, ApiError> {
     let inflated;
     let bytes: &[u8] = if gzip {
         let mut out = Vec::new();
@@ -396,14 +429,31 @@ fn parse_body(
     })?;
     let received_at = chrono::Utc::now().timestamp_micros();
     let mut accepted = Vec::with_capacity(items.len());
-    let mut rejected = Vec::new();
+    let (mut rejected, mut dead) = (Vec::new(), Vec::new());
     for (i, raw) in items.into_iter().enumerate() {
         match event::parse_event(i, raw, tenant, received_at, limits, schemas) {
             Ok(e) => accepted.push(e),
-            Err(r) => rejected.push(r),
+            Err(r) => {
+                if r.dead_lettered {
+                    dead.push(DeadLetter {
+                        partition: -1,
+                        offset: -1,
+                        reason: r.code.to_string(),
+                        detail: r.message.clone(),
+                        key: r.event_id.clone(),
+                        payload: raw.to_string(),
+                        at_us: received_at,
+                    });
+                }
+                rejected.push(r);
+            }
         }
     }
-    Ok((accepted, rejected))
+    Ok(Parsed {
+        accepted,
+        rejected,
+        dead,
+    })
 }
 
 async fn readyz(State(st): State<HttpState>) -> Response {

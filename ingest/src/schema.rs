@@ -24,6 +24,8 @@ pub struct Violation {
     pub pointer: Option<String>,
     /// The schema keyword it fails (`required`, `type`, `minimum`, ...).
     pub rule: Option<String>,
+    /// The tenant keeps such events aside in its dead-letter table rather than refuse them.
+    pub dead_letter: bool,
 }
 
 /// One tenant's schemas, compiled, and what to do with types that have none.
@@ -49,6 +51,7 @@ impl TenantSchemas {
                 message: format!("the tenant's event schemas could not be read: {why}"),
                 pointer: None,
                 rule: None,
+                dead_letter: false,
             });
         }
         let validator = self.types.get(kind).and_then(|v| v.get(&version));
@@ -65,15 +68,20 @@ impl TenantSchemas {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                None => {
-                    format!("{kind} has no registered schema, and this tenant rejects such types")
-                }
+                None => format!("{kind} has no registered schema"),
+            };
+            let dead_letter = self.unknown == UnknownTypes::DeadLetter;
+            let fate = if dead_letter {
+                "this tenant dead-letters such events"
+            } else {
+                "this tenant rejects such events"
             };
             return Err(Violation {
                 code: "unknown_type",
-                message,
+                message: format!("{message}; {fate}"),
                 pointer: None,
                 rule: None,
+                dead_letter,
             });
         };
         match validator.validate(payload) {
@@ -94,6 +102,7 @@ impl TenantSchemas {
                     ),
                     pointer: Some(pointer.to_string()),
                     rule: Some(rule),
+                    dead_letter: false,
                 })
             }
         }
@@ -309,6 +318,13 @@ mod tests {
             "{}",
             v.message
         );
+        assert!(!v.dead_letter);
+        s.unknown = UnknownTypes::DeadLetter;
+        let v = s.check("PageViewed", 1, &json!({})).unwrap_err();
+        assert!(v.code == "unknown_type" && v.dead_letter, "{v:?}");
+        // A payload that fails its schema is refused, whatever the setting for unknown types.
+        let v = s.check("PurchaseMade", 1, &json!({})).unwrap_err();
+        assert!(v.code == "schema_violation" && !v.dead_letter, "{v:?}");
     }
 
     async fn catalog() -> (Catalog, tempfile::TempDir) {

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{Int32Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct};
@@ -24,6 +26,19 @@ use crate::event::StoredEvent;
 use crate::{Error, Result};
 
 const US_PER_DAY: i64 = 86_400_000_000;
+
+/// A record that could not become an event: a row of `events_dlq`. Records refused over HTTP
+/// (topic `http`) have partition and offset -1.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) reason: String,
+    pub(crate) detail: String,
+    pub(crate) key: Option<String>,
+    pub(crate) payload: String,
+    pub(crate) at_us: i64,
+}
 
 /// Target size of one ingest file before it rolls over to the next.
 const TARGET_FILE_BYTES: usize = 256 << 20;
@@ -146,6 +161,77 @@ fn to_batch(
         message: format!("building a record batch: {e}"),
     })?;
     Ok(promote::fill(batch)?)
+}
+
+/// Writes dead letters of `topic` (`http` for events refused over HTTP) as Parquet files of
+/// `events_dlq`, one per day of their dead-lettering.
+pub(crate) async fn write_dead_letters(
+    table: &iceberg::table::Table,
+    topic: &str,
+    rows: &[&DeadLetter],
+    zstd: i32,
+) -> Result<Vec<DataFile>> {
+    let schema = arrow_schema_of(table)?;
+    let mut by_day: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
+    for d in rows {
+        by_day.entry(day_of(d.at_us)).or_default().push(d);
+    }
+    let mut batches = Vec::new();
+    for (day, rows) in by_day {
+        let n = rows.len();
+        let mut t = StringBuilder::with_capacity(n, n * topic.len());
+        let mut p = Int32Builder::with_capacity(n);
+        let mut o = Int64Builder::with_capacity(n);
+        let mut reason = StringBuilder::new();
+        let mut detail = StringBuilder::new();
+        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+        let mut key = StringBuilder::new();
+        let mut payload = StringBuilder::new();
+        for d in rows {
+            t.append_value(topic);
+            p.append_value(d.partition);
+            o.append_value(d.offset);
+            reason.append_value(&d.reason);
+            detail.append_value(&d.detail);
+            at.append_value(d.at_us);
+            key.append_option(d.key.as_deref());
+            payload.append_value(&d.payload);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(t.finish()),
+            Arc::new(p.finish()),
+            Arc::new(o.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(detail.finish()),
+            Arc::new(at.finish()),
+            Arc::new(key.finish()),
+            Arc::new(payload.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal {
+            message: format!("building a dead-letter batch: {e}"),
+        })?;
+        batches.push((day, batch));
+    }
+    write_days(table, batches, zstd).await
+}
+
+/// Appends `rows` (events refused over HTTP that the tenant keeps aside) to the tenant's
+/// `events_dlq`, in one commit, before the reply says so.
+pub(crate) async fn store_dead_letters(
+    catalog: &floe_catalog::Catalog,
+    tenant: &floe_catalog::TenantKey,
+    rows: &[DeadLetter],
+    zstd_level: i32,
+) -> Result<()> {
+    use floe_catalog::table::DLQ_TABLE;
+    catalog.ensure_dlq_table(tenant.id()).await?;
+    let table = catalog.load_table(tenant.id(), DLQ_TABLE).await?;
+    let refs: Vec<&DeadLetter> = rows.iter().collect();
+    let files = write_dead_letters(&table, "http", &refs, zstd_level).await?;
+    catalog
+        .commit_append(tenant, DLQ_TABLE, files, None)
+        .await?;
+    Ok(())
 }
 
 fn ice(context: &'static str) -> impl FnOnce(iceberg::Error) -> Error {

@@ -326,7 +326,7 @@ fn ingest_body(body: Vec<u8>) -> Vec<Result<StoredEvent, String>> {
                 out.push(
                     event::parse_event(i, raw, "acme", 7, LIMITS, &TenantSchemas::none()).map_err(
                         |r| {
-                            assert_eq!(r.index, i, "rejection names another index");
+                            assert_eq!(r.index as usize, i, "rejection names another index");
                             r.code.to_string()
                         },
                     ),

@@ -226,3 +226,35 @@ def test_upcast_views_and_promoted_columns_through_evolution(server, tmp_path):
         sorted([(e["event_id"], "EUR") for e in v1] + [(e["event_id"], "USD") for e in v2]), rows
     cur.execute("SELECT event_id, version, amount, currency, channel FROM order_placed ORDER BY event_id")
     assert [tuple(r) for r in cur.fetchall()] == got
+
+
+def test_a_tenant_can_dead_letter_types_without_a_schema(server):
+    """`--unknown-types dead_letter`: over HTTP, events of a type without a schema are kept in the
+    tenant's events_dlq (not stored as events), said so in the reply, and the request is a 200."""
+    tenant = "schemas-dlq"
+    floe(server.data, "tenant", "create", tenant)
+    floe(server.data, "tenant", "set", tenant, "--unknown-types", "dead_letter")
+    ingest = server.token(tenant, "ingest")
+    deadline, n = time.time() + 30, 0
+    while True:  # until the server has read the setting (ingest.schema_refresh_ms)
+        n += 1
+        status, reply = request("POST", f"{server.url}/v1/events?wait=visible", ingest,
+                                [{"event_id": f"d-{n}", "type": "Mystery", "timestamp": 1764000000,
+                                  "payload": {"x": n}}])
+        if reply.get("dead_lettered") or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 200 and reply["accepted"] == 0 and reply["dead_lettered"] == 1, reply
+    [r] = reply["rejected"]
+    assert (r["event_id"], r["code"], r["dead_lettered"]) == (f"d-{n}", "unknown_type", True), r
+    assert "dead-letters" in r["message"], r
+    out = floe(server.data, "sql", "--tenant", tenant, "--format", "json",
+               'SELECT topic, "partition", "offset", reason, key, payload FROM events_dlq')
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    mine = [row for row in rows if row["key"] == f"d-{n}"]
+    assert len(mine) == 1, rows
+    assert (mine[0]["topic"], mine[0]["partition"], mine[0]["offset"], mine[0]["reason"]) == \
+        ("http", -1, -1, "unknown_type"), mine
+    assert json.loads(mine[0]["payload"])["payload"] == {"x": n}
+    stored = floe(server.data, "sql", "--tenant", tenant, "--format", "json", "SELECT count(*) AS n FROM events")
+    assert json.loads(stored) == {"n": 0}, stored

@@ -8,17 +8,7 @@ use tokio::time::Instant;
 
 use crate::event::{Limits, StoredEvent, parse_event};
 
-/// A record that could not become an event.
-#[derive(Debug, Clone)]
-pub(crate) struct DeadLetter {
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) reason: String,
-    pub(crate) detail: String,
-    pub(crate) key: Option<String>,
-    pub(crate) payload: String,
-    pub(crate) at_us: i64,
-}
+pub(crate) use crate::writer::DeadLetter;
 
 /// What the worker keeps of a consumed record besides its position.
 pub(crate) struct Record {

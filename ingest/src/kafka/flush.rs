@@ -2,12 +2,7 @@
 //! partitions' positions, in one compare-and-swap each.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
 use floe_catalog::table::{
     DLQ_TABLE, EVENTS_TABLE, KafkaBatch, KafkaCommit, KafkaRange, kafka_positions,
 };
@@ -17,7 +12,7 @@ use tokio::time::Instant;
 
 use super::buffer::{Batch, DeadLetter};
 use crate::event::StoredEvent;
-use crate::writer::{arrow_schema_of, day_of, write_days, write_events};
+use crate::writer::{write_dead_letters, write_events};
 use crate::{Error, Result};
 
 /// What one flush ended with.
@@ -172,54 +167,4 @@ async fn commit_dead_letters(
     Err(Error::Internal {
         message: format!("{tenant}.{DLQ_TABLE}: positions kept moving"),
     })
-}
-
-async fn write_dead_letters(
-    table: &iceberg::table::Table,
-    topic: &str,
-    rows: &[&DeadLetter],
-    zstd: i32,
-) -> Result<Vec<DataFile>> {
-    let schema = arrow_schema_of(table)?;
-    let mut by_day: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
-    for d in rows {
-        by_day.entry(day_of(d.at_us)).or_default().push(d);
-    }
-    let mut batches = Vec::new();
-    for (day, rows) in by_day {
-        let n = rows.len();
-        let mut t = StringBuilder::with_capacity(n, n * topic.len());
-        let mut p = Int32Builder::with_capacity(n);
-        let mut o = Int64Builder::with_capacity(n);
-        let mut reason = StringBuilder::new();
-        let mut detail = StringBuilder::new();
-        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
-        let mut key = StringBuilder::new();
-        let mut payload = StringBuilder::new();
-        for d in rows {
-            t.append_value(topic);
-            p.append_value(d.partition);
-            o.append_value(d.offset);
-            reason.append_value(&d.reason);
-            detail.append_value(&d.detail);
-            at.append_value(d.at_us);
-            key.append_option(d.key.as_deref());
-            payload.append_value(&d.payload);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(t.finish()),
-            Arc::new(p.finish()),
-            Arc::new(o.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(detail.finish()),
-            Arc::new(at.finish()),
-            Arc::new(key.finish()),
-            Arc::new(payload.finish()),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal {
-            message: format!("building a dead-letter batch: {e}"),
-        })?;
-        batches.push((day, batch));
-    }
-    write_days(table, batches, zstd).await
 }

@@ -1,19 +1,18 @@
+//! (A module of the `projections` test binary: each test binary links DataFusion anew, minutes
+//! of a release build.)
+//!
 //! Promoted properties, told as a story: a tenant's purchases are stored with `amount` only in
 //! the payload; a schema then promotes `amount`, which becomes a typed column of `events`
 //! through schema evolution (files written before read it as null); the purchases written after
 //! carry it; Floe's own scan reads the table with its two schemas; `backfill` fills the old
 //! files by a replace commit; the per-type view reads the column.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod world;
-
+use crate::world::{Kind, World};
 use floe_catalog::schema::Compatibility;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_compactor::Compactor;
 use floe_query::Engine;
 use serde_json::json;
-use world::{Kind, World};
 
 async fn sql(engine: &Engine, world: &World, sql: &str) -> String {
     let (_, batches) = engine.sql(&world.tenant, sql).await.unwrap();

@@ -53,14 +53,18 @@ pub fn events_schema() -> Result<Schema> {
 /// right by name against the current one, a column it lacks reading as null; Floe's readers
 /// rely on it (the query scan, compaction), and fall back or refuse otherwise.
 pub fn reads_by_name(metadata: &iceberg::spec::TableMetadata) -> bool {
-    let mut ids: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    let mut ids: HashMap<&str, i32> = HashMap::new();
+    let mut names: HashMap<i32, &str> = HashMap::new();
     metadata.schemas_iter().all(|schema| {
         schema.as_struct().fields().iter().all(|f| {
             let nested = matches!(
                 *f.field_type,
                 Type::Struct(_) | Type::List(_) | Type::Map(_)
             );
-            !nested && *ids.entry(f.name.as_str()).or_insert(f.id) == f.id
+            // One id per name (not dropped and added again) and one name per id (not renamed).
+            !nested
+                && *ids.entry(f.name.as_str()).or_insert(f.id) == f.id
+                && *names.entry(f.id).or_insert(f.name.as_str()) == f.name.as_str()
         })
     })
 }
@@ -86,10 +90,13 @@ pub fn dlq_schema() -> Result<Schema> {
         .map_err(Error::ice("building the dead-letter schema"))
 }
 
-/// Partitioned by `day(<field day_of>)` (a timestamp), named `ts_day`.
+/// The name of the day partition field of `events` and `events_dlq`.
+pub const DAY_PARTITION: &str = "ts_day";
+
+/// Partitioned by `day(<field day_of>)` (a timestamp), named [`DAY_PARTITION`].
 fn day_spec(day_of: i32) -> Result<UnboundPartitionSpec> {
     Ok(UnboundPartitionSpec::builder()
-        .add_partition_field(day_of, "ts_day", Transform::Day)
+        .add_partition_field(day_of, DAY_PARTITION, Transform::Day)
         .map_err(Error::ice("partition spec"))?
         .build())
 }

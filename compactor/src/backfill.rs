@@ -74,7 +74,7 @@ impl Compactor {
                 .entry(format!("{:?}", file.partition()))
                 .or_insert_with(|| (file.partition().clone(), Vec::new()))
                 .1
-                .push(InputFile::of(&table, file));
+                .push(InputFile::of(file));
         }
         let mut done = Backfilled {
             column: column.to_string(),

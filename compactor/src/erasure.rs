@@ -209,7 +209,7 @@ impl Compactor {
                 .filter(|(_, n)| *n > 0)
                 .collect();
             if !held.is_empty() {
-                let input = InputFile::of(&t, f);
+                let input = InputFile::of(f);
                 holders.push((f.partition().clone(), input, held));
             }
         }

@@ -137,27 +137,32 @@ pub struct InputFile {
     pub path: String,
     pub bytes: u64,
     pub rows: u64,
-    /// The file lacks a column of the table's current schema (it was written before the column
-    /// was added): rewriting it fills the promoted properties from the payloads.
-    pub lacks_columns: bool,
+    /// The field ids the file's manifest entry counts values of: the columns it was written
+    /// with (a column added later is not among them).
+    pub columns: Arc<[i32]>,
 }
 
 impl InputFile {
-    /// The input that `file` (a live data file of `table`) is.
-    pub fn of(table: &Table, file: &DataFile) -> InputFile {
-        let counted = file.value_counts();
+    /// The input that `file` (a live data file of a table) is.
+    pub fn of(file: &DataFile) -> InputFile {
+        let mut columns: Vec<i32> = file.value_counts().keys().copied().collect();
+        columns.sort_unstable();
         InputFile {
             path: file.file_path().to_string(),
             bytes: file.file_size_in_bytes(),
             rows: file.record_count(),
-            lacks_columns: table
-                .metadata()
-                .current_schema()
-                .as_struct()
-                .fields()
-                .iter()
-                .any(|f| !counted.contains_key(&f.id)),
+            columns: columns.into(),
         }
+    }
+
+    /// Whether the file lacks a column of `schema` (it was written before the column was
+    /// added): rewriting it fills the promoted properties from the payloads.
+    pub fn lacks_columns(&self, schema: &iceberg::spec::Schema) -> bool {
+        schema
+            .as_struct()
+            .fields()
+            .iter()
+            .any(|f| self.columns.binary_search(&f.id).is_err())
     }
 }
 
@@ -479,8 +484,12 @@ impl Compactor {
             .await
             .map_err(ice("data writer"))?;
         // Files written before a property was promoted hold no value for it: fill it in.
-        let fill =
-            table.identifier().name() == EVENTS_TABLE && files_in.iter().any(|f| f.lacks_columns);
+        // (Judged against the schema written with, which may be newer than the one the bin was
+        // planned with: a promotion may have landed in between.)
+        let fill = table.identifier().name() == EVENTS_TABLE
+            && files_in
+                .iter()
+                .any(|f| f.lacks_columns(metadata.current_schema()));
         while let Some(batch) = stream.next().await {
             let mut batch = batch.map_err(df)?;
             if fill {
@@ -507,7 +516,7 @@ pub(crate) async fn parquet_inputs(table: &Table) -> Result<Vec<(Struct, InputFi
         .map(|e| {
             (
                 e.data_file().partition().clone(),
-                InputFile::of(table, e.data_file()),
+                InputFile::of(e.data_file()),
             )
         })
         .collect())
@@ -533,7 +542,7 @@ mod tests {
                 path: name.to_string(),
                 bytes,
                 rows: 1,
-                lacks_columns: false,
+                columns: Arc::from([]),
             },
         )
     }

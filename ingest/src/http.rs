@@ -281,20 +281,23 @@ async fn accept(
         )
     })??;
 
-    // Kept aside before anything is stored: if this fails, the request fails whole and a
+    // Dead letters count against the ingest quota as events do.
+    let event_bytes: usize = accepted.iter().map(StoredEvent::size).sum::<usize>()
+        + dead.iter().map(|d| d.payload.len()).sum::<usize>();
+    let events = accepted.len() + dead.len();
+    let rate = if events == 0 {
+        None
+    } else {
+        st.quotas
+            .admit_ingest(tenant.id(), events as u64, event_bytes as u64)
+            .await?
+    };
+    // Kept aside before any event is stored: if this fails, the request fails whole and a
     // retry sends everything again (a dead letter kept twice then, never an event).
     if !dead.is_empty() {
         crate::writer::store_dead_letters(st.ingest.catalog(), tenant, &dead, cfg.zstd_level)
             .await?;
     }
-    let event_bytes: usize = accepted.iter().map(StoredEvent::size).sum();
-    let rate = if accepted.is_empty() {
-        None
-    } else {
-        st.quotas
-            .admit_ingest(tenant.id(), accepted.len() as u64, event_bytes as u64)
-            .await?
-    };
 
     let (stored, duplicates, snapshot_id) = match &st.producer {
         Some(producer) => {

@@ -109,6 +109,10 @@ impl TenantSchemas {
     }
 }
 
+/// How soon a first read that failed is tried again (at most `ingest.schema_refresh_ms`):
+/// the tenant's events are refused meanwhile.
+const RETRY_FAILED: Duration = Duration::from_millis(500);
+
 /// What this process last read of a tenant's schemas, and when it tried.
 #[derive(Clone)]
 enum Read {
@@ -122,9 +126,12 @@ pub struct Schemas {
     catalog: Catalog,
     refresh: Duration,
     /// The last read of each tenant (or failed first attempt) and when it was tried: a tenant
-    /// is read again once `refresh` has passed since the last attempt, succeeded or not, so a
-    /// catalog outage costs one attempt per tenant per `refresh`, not one per request.
+    /// is read again once `refresh` has passed since the last attempt (a failed first one:
+    /// [`RETRY_FAILED`]), so a catalog outage costs an attempt per tenant per period, not one
+    /// per request.
     tenants: Mutex<HashMap<String, (Instant, Read)>>,
+    /// How soon a first read that failed is tried again.
+    retry_failed: Duration,
     /// One read of a tenant at a time: requests that find it stale wait for that read.
     reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Validators by (tenant, type, version, registration time): a version never changes, but
@@ -141,16 +148,24 @@ impl Schemas {
             catalog,
             refresh,
             tenants: Mutex::new(HashMap::new()),
+            retry_failed: refresh.min(RETRY_FAILED),
             reading: Mutex::new(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The last read of `tenant` if it was tried less than `refresh` ago.
+    /// The last read of `tenant` if it was tried recently enough: less than `refresh` ago, or
+    /// (a first read that failed) less than [`RETRY_FAILED`] ago.
     fn fresh(&self, tenant: &TenantId) -> Option<Read> {
         lock(&self.tenants)
             .get(tenant.as_str())
-            .filter(|(at, _)| at.elapsed() < self.refresh)
+            .filter(|(at, read)| {
+                let wait = match read {
+                    Read::Schemas(_) => self.refresh,
+                    Read::Failed(_) => self.retry_failed,
+                };
+                at.elapsed() < wait
+            })
             .map(|(_, r)| r.clone())
     }
 
@@ -342,7 +357,8 @@ mod tests {
     async fn a_failed_read_is_tried_again_after_the_refresh_not_on_every_request() {
         let (catalog, _dir) = catalog().await;
         let acme = TenantId::parse("acme").unwrap();
-        let slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
+        let mut slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
+        slow.retry_failed = Duration::from_secs(3600);
         // The tenant does not exist yet: the read fails, and that answer is kept.
         assert!(slow.of(&acme).await.is_err());
         catalog.create_tenant(&acme, "test").await.unwrap();

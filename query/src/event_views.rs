@@ -71,9 +71,16 @@ pub fn register(
             );
             continue;
         }
-        let provider = plan(&view, events.clone(), &extract)?;
-        tables.register_table(view.name.clone(), provider)?;
-        registered.push(view.name);
+        // A view that cannot be built is left out (and said so), not the session.
+        match plan(&view, events.clone(), &extract) {
+            Ok(provider) => {
+                tables.register_table(view.name.clone(), provider)?;
+                registered.push(view.name);
+            }
+            Err(e) => {
+                tracing::warn!(view = view.name, error = %e, "an event type's view cannot be built");
+            }
+        }
     }
     Ok(registered)
 }
@@ -156,7 +163,11 @@ fn read_expr(read: &Read, kind: Kind, extract: &Extract) -> Expr {
         Read::Field(name) => {
             let path = lit(path_of(name));
             let from_payload = match kind {
-                Kind::Json => extract.json.call(vec![col("payload"), path]),
+                // JSON text, with a JSON null as SQL NULL (so that defaults fill it).
+                Kind::Json => datafusion::functions::expr_fn::nullif(
+                    extract.json.call(vec![col("payload"), path]),
+                    lit("null"),
+                ),
                 Kind::Text => extract.scalar.call(vec![col("payload"), path]),
                 _ => try_cast(
                     extract.scalar.call(vec![col("payload"), path]),

@@ -261,9 +261,16 @@ impl Engine {
         if scope == Scope::AllTables
             && let Some(events) = schema.table(floe_catalog::table::EVENTS_TABLE).await?
         {
-            let schemas = self.catalog.schemas(tenant, None).await?;
-            if !schemas.is_empty() {
-                event_views::register(&ctx, &schema, events, schemas)?;
+            // The views are an addition: a registry that cannot be read leaves them out, not
+            // the tables.
+            match self.catalog.schemas(tenant, None).await {
+                Ok(schemas) if !schemas.is_empty() => {
+                    event_views::register(&ctx, &schema, events, schemas)?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "event schemas unreadable; no per-type views");
+                }
             }
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());

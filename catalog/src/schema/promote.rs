@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::view::Kind;
 use crate::commit::{Attempt, Change, Committed};
-use crate::table::{EVENTS_TABLE, events_schema};
+use crate::table::{DAY_PARTITION, EVENTS_TABLE, events_schema};
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
@@ -65,10 +65,19 @@ pub fn promoted(schema: &Value) -> Result<Vec<Promoted>> {
                 )));
             }
         };
-        if base.field_by_name(name).is_some() {
+        // Engines that match names without case (Trino, Spark) must not see two columns
+        // under one name, nor one named as the partition.
+        let taken = base
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain([DAY_PARTITION])
+            .any(|b| b.eq_ignore_ascii_case(name));
+        if taken {
             return Err(Error::invalid(format!(
-                "/properties/{name}: {name:?} is a column of every event already; it cannot be \
-                 promoted"
+                "/properties/{name}: {name:?} is a column (or the partition) of every event \
+                 already, in some case; it cannot be promoted"
             )));
         }
         out.push(Promoted {
@@ -89,6 +98,16 @@ pub fn evolved(
     let mut fields: Vec<_> = schema.as_struct().fields().to_vec();
     let mut next_id = last_column_id;
     for p in promoted {
+        let same_but_case = fields
+            .iter()
+            .find(|f| f.name != p.name && f.name.eq_ignore_ascii_case(&p.name));
+        if let Some(f) = same_but_case {
+            return Err(Error::invalid(format!(
+                "{:?} cannot be promoted: `events` has a column {:?}, the same name in another \
+                 case",
+                p.name, f.name
+            )));
+        }
         match schema.field_by_name(&p.name) {
             Some(f) if *f.field_type == Type::Primitive(p.ty.clone()) => continue,
             Some(f) => {
@@ -336,6 +355,8 @@ mod tests {
         for bad in [
             json!({"properties": {"items": {"type": "array", KEYWORD: true}}}),
             json!({"properties": {"ts": {"type": "string", KEYWORD: true}}}),
+            json!({"properties": {"TS": {"type": "string", KEYWORD: true}}}),
+            json!({"properties": {"ts_day": {"type": "string", KEYWORD: true}}}),
             json!({"properties": {"a": {"type": "string", KEYWORD: "yes"}}}),
         ] {
             assert!(promoted(&bad).is_err(), "{bad}");

@@ -206,7 +206,10 @@ fn scale_bounds(p: &mut Map<String, Value>, factor: f64) {
     let bounds = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
     let scaled: Vec<(&str, Option<f64>)> = bounds
         .iter()
-        .map(|b| (*b, p.get(*b).and_then(Value::as_f64).map(|v| v * factor)))
+        .map(|b| {
+            let v = p.get(*b).and_then(Value::as_f64);
+            (*b, v.map(|v| Factor::of(factor).apply(v)))
+        })
         .collect();
     for (b, _) in &scaled {
         p.remove(*b);

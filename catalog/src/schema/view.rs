@@ -30,7 +30,28 @@ impl Kind {
         let named: Vec<&str> = match property.get("type") {
             Some(Value::String(t)) => vec![t.as_str()],
             Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+            // No `type`: the one its `enum` or `const` values share, if they do.
+            _ => {
+                let values: Vec<&Value> = match (property.get("enum"), property.get("const")) {
+                    (Some(Value::Array(vs)), _) => vs.iter().collect(),
+                    (_, Some(v)) => vec![v],
+                    _ => Vec::new(),
+                };
+                let mut kinds: Vec<&str> = values
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(_) => "string",
+                        Value::Bool(_) => "boolean",
+                        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                        Value::Number(_) => "number",
+                        Value::Null => "null",
+                        _ => "json",
+                    })
+                    .collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                kinds
+            }
         };
         let named: Vec<&str> = named.into_iter().filter(|t| *t != "null").collect();
         match named.as_slice() {
@@ -140,7 +161,18 @@ impl TypeView {
     pub fn row(&self, version: i32, payload: &Value) -> Vec<(String, Value)> {
         self.columns
             .iter()
-            .map(|c| (c.name.clone(), c.read(version).eval(payload)))
+            .map(|c| {
+                let read = c.read(version);
+                let mut value = read.eval(payload);
+                // An integer column computed through a factor is rounded, as the views do.
+                if c.kind == Kind::Integer
+                    && read.scales()
+                    && let Some(v) = value.as_f64()
+                {
+                    value = Value::from(v.round() as i64);
+                }
+                (c.name.clone(), value)
+            })
             .collect()
     }
 }
@@ -239,6 +271,9 @@ mod tests {
             .collect();
         assert!(kinds.contains(&("amount", Kind::Number)));
         assert!(kinds.contains(&("coupon", Kind::Text)));
+        assert_eq!(Kind::of(&json!({"enum": ["EUR", "USD"]})), Kind::Text);
+        assert_eq!(Kind::of(&json!({"const": 3})), Kind::Integer);
+        assert_eq!(Kind::of(&json!({"enum": ["a", 1]})), Kind::Json);
         let get = |row: Vec<(String, Value)>, name: &str| {
             row.into_iter().find(|(n, _)| n == name).unwrap().1
         };

@@ -146,3 +146,46 @@ async fn a_promoted_property_becomes_a_column_filled_from_then_on_and_by_backfil
         "nothing registered"
     );
 }
+
+/// A compaction planned before a promotion and run after it writes the new column, filled:
+/// whether an input lacks a column is judged against the schema the rewrite writes with.
+#[tokio::test]
+async fn a_compaction_planned_before_a_promotion_fills_the_column_it_writes() {
+    let mut world = World::new().await;
+    for amount in ["1.5", "2.5"] {
+        let one = world.events(&[(1, Some("u1"), Kind::Buy(Some("EUR"), amount))]);
+        world.append(one).await;
+    }
+    let compactor = Compactor::new(world.catalog.clone(), world.config.compaction.clone());
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(plan.bins.len(), 1, "{plan:?}");
+
+    let schema = json!({"properties": {"amount": {"type": "number", "x-floe-promote": true}}});
+    world
+        .catalog
+        .register_schema(&world.tenant, "PurchaseMade", 1, schema, None, "test")
+        .await
+        .unwrap();
+    let done = compactor
+        .run_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .unwrap();
+    assert!(done.committed, "{done:?}");
+    let engine = Engine::new(world.catalog.clone(), world.config.query.clone());
+    let got = sql(
+        &engine,
+        &world,
+        "SELECT sum(amount) AS s, count(*) AS n FROM events",
+    )
+    .await;
+    assert!(got.contains("| 4.0 | 2 |"), "{got}");
+    // And so nothing is left to backfill.
+    let left = compactor
+        .backfill_promoted(&world.tenant, "amount")
+        .await
+        .unwrap();
+    assert_eq!(left.files_in, 0, "{left:?}");
+}

@@ -138,6 +138,11 @@ impl Error {
                 // write (two registrations of one version, two creations of one tenant): done
                 // again, the request sees the row and answers as it should.
                 sqlx::Error::Database(db) if db.is_unique_violation() => ErrorKind::CommitConflict,
+                // SQLite: a transaction that read before another one committed a write cannot
+                // write itself (SQLITE_BUSY_SNAPSHOT); done again, it reads the new state.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("517") => {
+                    ErrorKind::CommitConflict
+                }
                 _ => ErrorKind::Internal,
             },
             // Iceberg errors here come from reading and writing table files: storage trouble,

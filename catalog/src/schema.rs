@@ -163,15 +163,20 @@ impl Catalog {
         let promoted = promote::promoted(&schema)?;
         self.check_promotion(tenant, &promoted).await?;
         // A registration of the same type racing this one can win the row between this one's
-        // read and its insert: done again, it sees that row.
-        let mut attempt = 0;
+        // read and its insert (or, on SQLite, the write lock both transactions want): done
+        // again, it sees that row.
+        let mut backoff = crate::retry::Backoff::new(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(100),
+        );
         let registered = loop {
-            attempt += 1;
             match self
                 .register_row(tenant, type_name, version, &schema, compatibility, actor)
                 .await
             {
-                Err(e) if e.kind() == crate::ErrorKind::CommitConflict && attempt < 3 => continue,
+                Err(e) if e.kind().retryable() && backoff.attempts() < 10 => {
+                    backoff.wait().await;
+                }
                 other => break other?,
             }
         };

@@ -36,3 +36,35 @@ def start(data, log_path, extra=()):
 def stop(proc):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
+
+
+def load(data, url, tenant, events):
+    """Sends `events` generated events to `tenant` with `floe gen`, in chunks of one million (a
+    seed per chunk: the same seed would send the same event ids again, de-duplicated)."""
+    left, seed = events, 1
+    while left > 0:
+        chunk = min(left, 1_000_000)
+        subprocess.run([FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", tenant,
+                        "--events", str(chunk), "--no-probe", "--duplicates", "0", "--seed", str(seed)],
+                       check=True, capture_output=True)
+        left -= chunk
+        seed += 1
+
+
+def analyst_query(data, port, tenant):
+    """A function that runs SQL as `tenant`'s analyst through the `trino` client and returns the
+    rows."""
+    import trino
+    from trino.auth import JWTAuthentication
+
+    token = subprocess.run([FLOE, "--data-dir", str(data), "token", "issue", "--tenant", tenant, "--role",
+                            "analyst"], check=True, capture_output=True, text=True).stdout.strip()
+    conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=tenant,
+                               http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
+
+    def query(sql):
+        cur = conn.cursor()
+        cur.execute(sql)
+        return cur.fetchall()
+
+    return query

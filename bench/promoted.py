@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 
 import duckdb
-import trino
 from pyiceberg.catalog.sql import SqlCatalog
-from trino.auth import JWTAuthentication
 
 import floe_server
 from floe_server import FLOE
@@ -89,23 +87,10 @@ def main():
     proc, port, url = floe_server.start(data, tmp / "serve.log")
     try:
         started = time.time()
-        left, seed = (0 if reuse else args.events), 1
-        while left > 0:
-            chunk = min(left, 1_000_000)
-            floe_cli(data, "gen", "--url", url, "--tenants", TENANT, "--events", str(chunk), "--no-probe",
-                     "--duplicates", "0", "--seed", str(seed))
-            left -= chunk
-            seed += 1
         if not reuse:
+            floe_server.load(data, url, TENANT, args.events)
             print(f"loaded {args.events:,} events in {time.time() - started:.0f} s")
-        token = floe_cli(data, "token", "issue", "--tenant", TENANT, "--role", "analyst").strip()
-        conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
-                                   http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
-
-        def floe_query(sql):
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
+        floe_query = floe_server.analyst_query(data, port, TENANT)
 
         cat = SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db", warehouse=f"file://{data}/warehouse")
         files = [t.file.file_path.removeprefix("file://")

@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 import duckdb
-import trino
 from pyiceberg.catalog.sql import SqlCatalog
-from trino.auth import JWTAuthentication
 
 import floe_server
 
@@ -97,26 +95,10 @@ def main():
     proc, port, url = floe_server.start(data, tmp / "serve.log")
     try:
         started = time.time()
-        left, seed = (0 if reuse else args.events), 1
-        while left > 0:
-            chunk = min(left, 1_000_000)
-            # A seed per chunk: the same seed would send the same event ids again (de-duplicated).
-            subprocess.run([FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", TENANT,
-                            "--events", str(chunk), "--no-probe", "--duplicates", "0", "--seed", str(seed)],
-                           check=True, capture_output=True)
-            left -= chunk
-            seed += 1
         if not reuse:
+            floe_server.load(data, url, TENANT, args.events)
             print(f"loaded {args.events:,} events in {time.time() - started:.0f} s")
-        token = subprocess.run([FLOE, "--data-dir", str(data), "token", "issue", "--tenant", TENANT,
-                                "--role", "analyst"], check=True, capture_output=True, text=True).stdout.strip()
-        conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
-                                   http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
-
-        def floe_query(sql):
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
+        floe_query = floe_server.analyst_query(data, port, TENANT)
 
         cat = SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db", warehouse=f"file://{data}/warehouse")
         table = cat.load_table(f"{TENANT}.events")

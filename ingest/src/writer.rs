@@ -154,12 +154,16 @@ fn to_batch(
         Arc::new(payload.finish()),
     ];
     // The promoted properties (columns past the events' own), filled from the payloads.
+    let promoted = schema.fields().len() > columns.len();
     for field in schema.fields().iter().skip(columns.len()) {
         columns.push(arrow_array::new_null_array(field.data_type(), n));
     }
     let batch = RecordBatch::try_new(schema, columns).map_err(|e| Error::Internal {
         message: format!("building a record batch: {e}"),
     })?;
+    if !promoted {
+        return Ok(batch);
+    }
     Ok(promote::fill(batch)?)
 }
 

@@ -1,8 +1,9 @@
 //! The HTTP events API: `POST /v1/events`, plus `/healthz` and `/readyz`.
 //!
 //! A request is authenticated, takes one of its tenant's request slots ([`slots`]), has its
-//! body read (at a minimum rate, else 408), parsed and checked against the tenant's ingest
-//! quotas (429 with `Retry-After`, nothing stored), and only then is stored. Every reply to an
+//! body read (at a minimum rate, else 408), refused unparsed when the tenant's ingest
+//! allowance is used up, parsed and checked against the tenant's ingest quotas (429 with
+//! `Retry-After`, nothing stored), and only then is stored. Every reply to an
 //! authenticated request carries the tenant's `X-RateLimit-*` headers.
 
 pub mod slots;
@@ -256,6 +257,9 @@ async fn accept(
             ),
             None => too_large(cfg.max_request_bytes),
         })?;
+    // Read to its end (the connection stays usable) but not parsed when the tenant's
+    // allowance is used up: a flood past the quota costs little CPU that others could use.
+    st.quotas.refuse_ingest_early(tenant.id()).await?;
 
     // Decompressing and validating are CPU work: off the I/O threads.
     let tenant_name = tenant.id().to_string();

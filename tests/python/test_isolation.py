@@ -195,7 +195,8 @@ def test_slow_bodies_and_unfinished_headers_do_not_starve_another_tenant(guarded
 
 
 def send(srv, token, body):
-    req = urllib.request.Request(f"{srv.url}/v1/events", data=json.dumps(body).encode(), method="POST",
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"{srv.url}/v1/events", data=raw, method="POST",
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -236,6 +237,18 @@ def test_ingest_quota_headers_429_and_nothing_accepted_is_lost(tmp_path):
                 assert int(headers["Retry-After"]) >= 1
                 refused += 1
         assert refused > 0 and accepted > 5, (accepted, refused)
+        # A request larger than the burst passes on a full bucket and leaves it in debt for
+        # two seconds; meanwhile a request is refused before its body is parsed (a body that
+        # is not JSON gets 429, not 400), so a flood past the quota costs no parsing.
+        time.sleep(1.2)
+        status, headers, body = send(srv, token, events(300, prefix="debt"))
+        assert status == 200 and body["accepted"] == 300, (status, body)
+        accepted += 300
+        status, headers, body = send(srv, token, b"this is not JSON")
+        assert status == 429, (status, body)
+        assert body["error"]["quota"] == "ingest_events_per_sec", body
+        assert "allowance is used up" in body["error"]["message"], body
+        assert int(headers["Retry-After"]) >= 1
         # Every accepted event is stored, no refused one is.
         count = statement(srv, srv.token("metered", "analyst"), "SELECT count(*) FROM events")
         deadline = time.monotonic() + 10

@@ -88,6 +88,12 @@ impl Bucket {
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate as f64))
     }
 
+    /// When the bucket holds less than one token: how long until it holds one.
+    fn empty(&mut self, rate: u64, burst_secs: u64, now: Instant) -> Option<Duration> {
+        self.refill(rate, burst_secs, now);
+        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / rate as f64))
+    }
+
     fn give_back(&mut self, n: u64) {
         self.tokens += n as f64;
     }
@@ -169,6 +175,13 @@ impl QuerySlot {
     /// Counts bytes of data files the query reads against `scanned_bytes_per_day`.
     pub fn add_scanned(&self, bytes: u64) {
         self.with(|e| e.unflushed.scanned_bytes += bytes);
+    }
+
+    /// How many of its tenant's queries are running now, this one included.
+    pub fn running(&self) -> u64 {
+        let mut running = 1;
+        self.with(|e| running = e.running.max(1));
+        running
     }
 }
 
@@ -349,6 +362,43 @@ impl QuotaBook {
         entry.refreshing = false;
     }
 
+    /// Refuses a request of `tenant` before its events are parsed when any event it holds
+    /// would be refused: the tenant stores more than its quota, or one of its ingest buckets
+    /// is empty. A tenant sending far past its rate thus costs the server the reading of its
+    /// requests, not their parsing and validation. Nothing is counted.
+    pub async fn refuse_ingest_early(&self, tenant: &TenantId) -> Result<(), QuotaExceeded> {
+        self.ensure(tenant).await;
+        let burst = self.defaults.burst_secs;
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        let Some(e) = tenants.get_mut(tenant) else {
+            return Ok(());
+        };
+        if let Some(refused) = stored_exceeded(tenant, e, burst) {
+            return Err(refused);
+        }
+        for quota in [Quota::IngestEventsPerSec, Quota::IngestBytesPerSec] {
+            let rate = e.quotas.get(quota);
+            let bucket = match quota {
+                Quota::IngestEventsPerSec => &mut e.events,
+                _ => &mut e.bytes,
+            };
+            if rate > 0
+                && let Some(wait) = bucket.empty(rate, burst, now)
+            {
+                return Err(rate_exceeded(
+                    tenant,
+                    quota,
+                    rate,
+                    None,
+                    wait,
+                    events_rate(e, burst),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Admits `events` events of `bytes` bytes of `tenant`, or tells which quota refuses them.
     /// Nothing is counted for a refused request.
     pub async fn admit_ingest(
@@ -364,23 +414,9 @@ impl QuotaBook {
         let Some(e) = tenants.get_mut(tenant) else {
             return Ok(None);
         };
-        let rate_of = |e: &Entry| {
-            let limit = e.quotas.get(Quota::IngestEventsPerSec);
-            (limit > 0).then(|| e.events.state(limit, burst))
-        };
-        let stored_limit = e.quotas.get(Quota::StoredBytes);
-        if stored_limit > 0 && e.stored_bytes >= stored_limit {
-            return Err(QuotaExceeded {
-                quota: Quota::StoredBytes,
-                limit: stored_limit,
-                retry_after_secs: 60,
-                message: format!(
-                    "tenant {tenant} stores {} bytes; its quota stored_bytes is {stored_limit} \
-                     (retention, erasure or a raised quota frees room)",
-                    e.stored_bytes
-                ),
-                rate: rate_of(e),
-            });
+        let rate_of = |e: &Entry| events_rate(e, burst);
+        if let Some(refused) = stored_exceeded(tenant, e, burst) {
+            return Err(refused);
         }
         let events_rate = e.quotas.get(Quota::IngestEventsPerSec);
         if events_rate > 0
@@ -390,7 +426,7 @@ impl QuotaBook {
                 tenant,
                 Quota::IngestEventsPerSec,
                 events_rate,
-                events,
+                Some(events),
                 wait,
                 rate_of(e),
             ));
@@ -406,7 +442,7 @@ impl QuotaBook {
                 tenant,
                 Quota::IngestBytesPerSec,
                 bytes_rate,
-                bytes,
+                Some(bytes),
                 wait,
                 rate_of(e),
             ));
@@ -589,11 +625,35 @@ impl QuotaBook {
     }
 }
 
+/// The ingest rate state of a tenant's entry (for the headers), when it has an events quota.
+fn events_rate(e: &Entry, burst_secs: u64) -> Option<RateLimit> {
+    let limit = e.quotas.get(Quota::IngestEventsPerSec);
+    (limit > 0).then(|| e.events.state(limit, burst_secs))
+}
+
+/// The refusal of a tenant that stores its quota `stored_bytes` or more.
+fn stored_exceeded(tenant: &TenantId, e: &Entry, burst_secs: u64) -> Option<QuotaExceeded> {
+    let limit = e.quotas.get(Quota::StoredBytes);
+    (limit > 0 && e.stored_bytes >= limit).then(|| QuotaExceeded {
+        quota: Quota::StoredBytes,
+        limit,
+        retry_after_secs: 60,
+        message: format!(
+            "tenant {tenant} stores {} bytes; its quota stored_bytes is {limit} (retention, \
+             erasure or a raised quota frees room)",
+            e.stored_bytes
+        ),
+        rate: events_rate(e, burst_secs),
+    })
+}
+
+/// The refusal of a request over a rate quota: of `asked` events or bytes, or (`None`) of one
+/// refused before its events were counted because the bucket was empty.
 fn rate_exceeded(
     tenant: &TenantId,
     quota: Quota,
     rate: u64,
-    asked: u64,
+    asked: Option<u64>,
     wait: Duration,
     state: Option<RateLimit>,
 ) -> QuotaExceeded {
@@ -601,13 +661,17 @@ fn rate_exceeded(
         Quota::IngestBytesPerSec => "bytes",
         _ => "events",
     };
+    let request = match asked {
+        Some(n) => format!("this request of {n} {unit}"),
+        None => "its allowance is used up, so this request".to_string(),
+    };
     QuotaExceeded {
         quota,
         limit: rate,
         retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         message: format!(
-            "tenant {tenant} is over its quota {quota} ({rate} {unit}/s): this request of \
-             {asked} {unit} was not accepted; retry after the delay in Retry-After"
+            "tenant {tenant} is over its quota {quota} ({rate} {unit}/s): {request} was not \
+             accepted; retry after the delay in Retry-After"
         ),
         rate: state,
     }
@@ -635,6 +699,17 @@ mod tests {
         assert!(b.take(100, 100, 2, t0 + Duration::from_millis(500)).is_ok());
         assert_eq!(b.state(100, 2).remaining, 0);
         assert_eq!(b.state(100, 2).reset_secs, 2);
+    }
+
+    #[test]
+    fn a_bucket_is_empty_until_it_holds_one_token() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(10, 1, t0);
+        assert_eq!(b.empty(10, 1, t0), None);
+        b.take(10, 10, 1, t0).unwrap();
+        let wait = b.empty(10, 1, t0).expect("all taken: empty");
+        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(b.empty(10, 1, t0 + Duration::from_millis(100)), None);
     }
 
     #[test]

@@ -68,3 +68,33 @@ def analyst_query(data, port, tenant):
         return cur.fetchall()
 
     return query
+
+
+def rotated(arms, round_index):
+    """The arms in the order of round `round_index`: each goes first in turn."""
+    k = round_index % len(arms)
+    return arms[k:] + arms[:k]
+
+
+def ratio_table(rates, arms, against):
+    """Prints a Markdown table of each arm's median events/s and its ratio to the first arm's."""
+    import statistics
+
+    medians = {arm: statistics.median(rates[arm]) for arm in arms}
+    print(f"| ingest | events/s accepted (median) | against {against} | runs |")
+    print("|---|---:|---:|---|")
+    for arm in arms:
+        runs = ", ".join(f"{x:,.0f}" for x in rates[arm])
+        print(f"| {arm} | {medians[arm]:,.0f} | {medians[arm] / medians[arms[0]]:.2f} | {runs} |")
+
+
+def gen(data, url, tenants, per_tenant):
+    """`floe gen` of `per_tenant` events to each of `tenants` (batches of 500, 8 connections);
+    returns its report."""
+    import json
+
+    out = subprocess.run(
+        [FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", ",".join(tenants),
+         "--events", str(per_tenant), "--batch", "500", "--concurrency", "8"],
+        capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)

@@ -129,8 +129,8 @@ def worker_metrics(port=METRICS_PORT):
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines()
-            if line.startswith(("floe_kafka_commit_ms{", "floe_kafka_visible_ms{", "floe_kafka_records_per_commit{",
-                                    "floe_kafka_commits_total"))}
+            if line.startswith(("floe_kafka_commit_seconds_", "floe_kafka_visible_seconds_",
+                                    "floe_kafka_records_per_commit{", "floe_kafka_commits_total"))}
 
 
 def send(producer, topic, value, **kw):

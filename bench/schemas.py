@@ -14,7 +14,6 @@ ratio to no schemas; rounds rotate which goes first.
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -80,13 +79,9 @@ def run(tmp, per_tenant, arm):
                 floe(data, "schema", "register", "--tenant", t, "--type", kind, "--version", "1", "--file", str(path))
     proc, _, url = floe_server.start(data, tmp / "serve.log")
     try:
-        out = subprocess.run(
-            [FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", ",".join(TENANTS),
-             "--events", str(per_tenant), "--batch", "500", "--concurrency", "8"],
-            capture_output=True, text=True, check=True)
+        report = floe_server.gen(data, url, TENANTS, per_tenant)
     finally:
         floe_server.stop(proc)
-    report = json.loads(out.stdout)
     return report["events_per_sec"], report
 
 
@@ -97,20 +92,15 @@ def main():
     args = ap.parse_args()
     rates = {arm: [] for arm in ARMS}
     for r in range(args.rounds):
-        # Rotate which arm goes first.
-        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
+        for arm in floe_server.rotated(ARMS, r):
             with tempfile.TemporaryDirectory() as d:
                 rate, _ = run(Path(d), args.events_per_tenant, arm)
                 rates[arm].append(rate)
                 print(f"round {r + 1}: {arm}: {rate:,.0f} events/s", flush=True)
-    medians = {arm: statistics.median(rates[arm]) for arm in ARMS}
     print(f"\nmachine: {platform.machine()}, {platform.system()}; {args.rounds} rounds of "
           f"{len(TENANTS)} x {args.events_per_tenant:,} events\n")
-    print("| ingest | events/s accepted (median) | against no schemas | runs |")
-    print("|---|---:|---:|---|")
-    for arm in ARMS:
-        runs = ", ".join(f"{x:,.0f}" for x in rates[arm])
-        print(f"| {arm} | {medians[arm]:,.0f} | {medians[arm] / medians[ARMS[0]]:.2f} | {runs} |")
+    floe_server.ratio_table(rates, ARMS, "no schemas")
+
 
 if __name__ == "__main__":
     main()

@@ -44,6 +44,16 @@ fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 # The official Trino JavaScript client, from the npm registry (pinned by tests/js/package-lock.json).
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+# Prometheus' promtool, to check every service's /metrics: Debian's `prometheus` package,
+# unpacked into the cache (no daemon is installed or started).
+PROMTOOL="$(command -v promtool || echo "$CACHE/tools/prometheus/usr/bin/promtool")"
+if [ ! -x "$PROMTOOL" ]; then
+  deb_dir="$(mktemp -d)"
+  (cd "$deb_dir" && { apt-get download prometheus || { apt-get update -q && apt-get download prometheus; }; }) >&2
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$CACHE/tools/prometheus"
+  rm -rf "$deb_dir"
+fi
+export FLOE_PROMTOOL="$PROMTOOL"
 export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
 echo "-- local stack"
 FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q tests/python || failed+=("python tests, local stack")

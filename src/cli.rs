@@ -23,8 +23,24 @@ pub struct Cli {
     /// Set any configuration key, e.g. `--set ingest.flush_interval_ms=100` (repeatable).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Log lines on stderr: `text` (for people) or `json` (one object per line, with the
+    /// request's id and span fields). Env: FLOE_LOG_FORMAT.
+    #[arg(long, global = true, env = "FLOE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Send traces to this OpenTelemetry collector over OTLP/HTTP (e.g.
+    /// `http://127.0.0.1:4318`; `/v1/traces` is added). Off when not given. Env:
+    /// FLOE_OTLP_ENDPOINT.
+    #[arg(long, global = true, env = "FLOE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +56,9 @@ pub enum Command {
         /// ones after them; recorded in the audit log. Repeatable. See `floe wal check`.
         #[arg(long = "accept-wal-loss", value_name = "SEGMENT@OFFSET")]
         accept_wal_loss: Vec<String>,
+        /// Serve Prometheus metrics on this address at /metrics (config `metrics.listen`).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Inspect the write-ahead log of --data-dir.
     Wal {
@@ -104,7 +123,11 @@ pub enum Command {
     },
     /// Run table maintenance as a service: erasures every few seconds, everything else every
     /// `compaction.interval_secs`. Run several: per-table leases share the work.
-    Compactor,
+    Compactor {
+        /// Serve Prometheus metrics on this address at /metrics (config `metrics.listen`).
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
     /// Ingest from a source other than HTTP.
     Ingest {
         #[command(subcommand)]
@@ -134,7 +157,7 @@ pub enum IngestCommand {
         /// `kafka.topic_pattern`, default `^tenant-(.+)\.events$`).
         #[arg(long)]
         topic_pattern: Option<String>,
-        /// Serve the worker's metrics (Prometheus text) on this address at /metrics.
+        /// Serve Prometheus metrics on this address at /metrics (config `metrics.listen`).
         #[arg(long)]
         metrics_listen: Option<String>,
     },
@@ -379,6 +402,14 @@ pub struct GenArgs {
 
 pub fn load_config(cli: &Cli, listen: Option<&String>) -> anyhow::Result<Config> {
     load_config_with(cli, listen, &[])
+}
+
+/// The `metrics.listen` flag of a service's `--metrics-listen`.
+pub fn metrics_flag(listen: &Option<String>) -> Vec<String> {
+    listen
+        .iter()
+        .map(|l| format!("metrics.listen={l}"))
+        .collect()
 }
 
 /// Like [`load_config`], with a command's own flags (`key=value`) applied over `--set`.

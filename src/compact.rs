@@ -42,6 +42,7 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
         );
     }
     let stop = Stop::on_signals();
+    crate::metrics::serve(&config.metrics, stop.clone(), None).await?;
     let catalog = Catalog::open(config).await?;
     let mut compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
     let mut refreshing = tokio::task::JoinSet::new();

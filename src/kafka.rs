@@ -8,7 +8,7 @@ use floe_catalog::{Catalog, Config, TenantId};
 use crate::serve::Stop;
 
 /// `floe ingest kafka`: one consumer-group member until SIGTERM or Ctrl-C.
-pub async fn ingest(config: Config, metrics_listen: Option<&str>) -> anyhow::Result<()> {
+pub async fn ingest(config: Config) -> anyhow::Result<()> {
     // Signals first: a SIGTERM while connecting still means a clean stop.
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
@@ -16,26 +16,9 @@ pub async fn ingest(config: Config, metrics_listen: Option<&str>) -> anyhow::Res
         tokio::spawn(refresher.run(stop.clone().wait()));
     }
     let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
-    if let Some(addr) = metrics_listen {
-        let render = std::sync::Arc::new(worker.metrics_source());
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let render = render.clone();
-                async move { render() }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(listen = %listener.local_addr()?, "kafka worker metrics at /metrics");
-        let metrics_stop = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(metrics_stop.wait())
-                .await
-        });
-    }
+    // The lag is computed when scraped, from the brokers' latest high watermarks.
+    let lag: crate::metrics::Refresh = std::sync::Arc::new(worker.lag_gauges());
+    crate::metrics::serve(&config.metrics, stop.clone(), Some(lag)).await?;
     worker.run(stop.receiver(), Duration::from_secs(10)).await?;
     Ok(())
 }

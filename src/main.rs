@@ -6,16 +6,17 @@ mod compact;
 mod generate;
 mod kafka;
 mod listener;
+mod metrics;
 mod progress;
 mod projection;
 mod schema;
 mod serve;
 mod sql;
+mod telemetry;
 mod tenant;
 mod token;
 mod wal;
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Parser;
@@ -45,20 +46,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // PostgreSQL notices ("relation … already exists, skipping") and object_store retries are
-                // not news: Floe logs dependency state changes itself.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,sqlx::postgres::notice=warn,object_store::client::retry=warn",
-                    )
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let telemetry = telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref())?;
     // SQL parsing and planning walk expression trees recursively; query.max_sql_depth and
     // query.max_sql_operators bound their depth, and this stack fits the deepest they allow
     // (reserved address space; only what is touched becomes memory).
@@ -83,6 +71,7 @@ fn real_main() -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the main thread panicked"))?;
     flush_runtime.shutdown_timeout(Duration::from_secs(2));
+    telemetry.shutdown();
     result
 }
 
@@ -92,7 +81,12 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             accept_wal_loss,
-        } => serve::serve(load_config(&cli, listen.as_ref())?, flush, accept_wal_loss).await,
+            metrics_listen,
+        } => {
+            let config =
+                cli::load_config_with(&cli, listen.as_ref(), &cli::metrics_flag(metrics_listen))?;
+            serve::serve(config, flush, accept_wal_loss).await
+        }
         Command::Wal {
             command: WalCommand::Check,
         } => wal::check(&config()?),
@@ -116,7 +110,10 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         Command::Compact {
             tenant, dry_run, ..
         } => compact::once(&config()?, tenant.as_deref(), *dry_run).await,
-        Command::Compactor => compact::service(&config()?).await,
+        Command::Compactor { metrics_listen } => {
+            let config = cli::load_config_with(&cli, None, &cli::metrics_flag(metrics_listen))?;
+            compact::service(&config).await
+        }
         Command::Backfill { tenant, promote } => {
             compact::backfill(&config()?, tenant, promote).await
         }
@@ -129,7 +126,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                     metrics_listen,
                 },
         } => {
-            let mut flags = Vec::new();
+            let mut flags = cli::metrics_flag(metrics_listen);
             for (key, v) in [
                 ("kafka.brokers", brokers),
                 ("kafka.group", group),
@@ -140,7 +137,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
                 }
             }
             let config = cli::load_config_with(&cli, None, &flags)?;
-            kafka::ingest(config, metrics_listen.as_deref()).await
+            kafka::ingest(config).await
         }
         Command::Dlq {
             command: DlqCommand::Replay { tenant, file },

@@ -83,6 +83,7 @@ pub async fn serve(
     accept_wal_loss: &[String],
 ) -> anyhow::Result<()> {
     let stop = Stop::on_signals();
+    crate::metrics::serve(&config.metrics, stop.clone(), None).await?;
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest =
@@ -115,7 +116,11 @@ pub async fn serve(
         projections: refresher
             .clone()
             .map(|r| Arc::new(ProjectionAdmin(r)) as Arc<dyn floe_admin::Projections>),
-    }));
+    }))
+    // Every reply carries its request's id, and so do the log lines of its handling.
+    .layer(axum::middleware::from_fn(
+        floe_catalog::api::request_id::layer,
+    ));
     let addr: SocketAddr = config
         .listen
         .parse()

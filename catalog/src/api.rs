@@ -1,6 +1,7 @@
 //! The HTTP edge's errors: one table from an error's kind to the status and code a client
 //! gets, and a body of `{"error": {"code", "message"}}`. Messages of internal and dependency
-//! errors are replaced by a generic one (the details go to the log, never to a client).
+//! errors are replaced by a generic one (the details go to the log, never to a client); the
+//! request's id (`request_id.rs`) is in the body, to find those details.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +10,7 @@ use serde_json::json;
 use crate::ErrorKind;
 
 pub mod min_rate;
+pub mod request_id;
 
 /// An error answer.
 #[derive(Debug)]
@@ -99,6 +101,9 @@ impl IntoResponse for ApiError {
         let mut error = self.fields;
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
+        if let Some(id) = request_id::current() {
+            error.insert("request_id".into(), id.into());
+        }
         let body = json!({ "error": error });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {

@@ -99,6 +99,7 @@ impl Catalog {
                 return Ok(Committed::Done { value, conflicts });
             }
             conflicts += 1;
+            metrics::counter!(crate::metrics::COMMIT_CONFLICTS).increment(1);
             tracing::debug!(%tenant, table, conflicts, "commit lost a race; reloading");
             self.delete_unreferenced(written).await;
             if conflicts >= self.commit.max_attempts {

@@ -39,6 +39,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
     pub quota: QuotaConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -58,6 +59,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
             quota: QuotaConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("kafka", &self.kafka)
             .field("http", &self.http)
             .field("quota", &self.quota)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

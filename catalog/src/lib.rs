@@ -13,6 +13,7 @@ pub mod erasure;
 mod error;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 mod notify;
 pub mod positions;
 pub mod projection;

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use floe_catalog::maintenance::{ExpirePolicy, ExpireReport, OrphanReport};
+use floe_catalog::metrics as m;
 use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
 use floe_catalog::{Tenant, TenantId};
 use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
@@ -204,7 +205,16 @@ impl Compactor {
             }
             let done = self.run_bin(id, table, bin).await?;
             run.commit_conflicts += done.conflicts;
+            metrics::histogram!(m::COMPACTION_REWRITE_SECONDS).record(done.seconds);
             if done.committed {
+                for (stage, files, bytes) in [
+                    ("input", done.files_in, done.bytes_in),
+                    ("output", done.files_out, done.bytes_out),
+                ] {
+                    metrics::counter!(m::COMPACTION_FILES, "stage" => stage)
+                        .increment(files as u64);
+                    metrics::counter!(m::COMPACTION_BYTES, "stage" => stage).increment(bytes);
+                }
                 run.bins_committed += 1;
                 run.bytes_rewritten += done.bytes_in;
                 run.files_after = run.files_after + done.files_out - done.files_in;
@@ -233,6 +243,14 @@ impl Compactor {
             .catalog
             .expire_snapshots(id, table, policy, options.dry_run)
             .await?;
+        if !options.dry_run {
+            metrics::gauge!(
+                m::SNAPSHOTS,
+                "tenant" => m::tenant(id.as_str()),
+                "table" => table.to_string()
+            )
+            .set(run.expire.snapshots_kept as f64);
+        }
         progress(Progress::Expired {
             tenant: id,
             table,

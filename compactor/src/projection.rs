@@ -114,7 +114,8 @@ struct Inner {
     /// The SQL guard's limits, for user-defined projections (`query.max_sql_*`).
     limits: floe_query::projection::Limits,
     /// Tenants with commits not yet reflected.
-    marked: Mutex<BTreeSet<String>>,
+    /// Tenants to refresh, with when each was first marked since its last refresh.
+    marked: Mutex<BTreeMap<String, Instant>>,
     wake: tokio::sync::Notify,
     /// Days kept between refreshes (one refresh at a time uses it).
     cache: tokio::sync::Mutex<day::Cache>,
@@ -132,7 +133,7 @@ impl Refresher {
                     max_depth: config.query.max_sql_depth,
                     max_operators: config.query.max_sql_operators,
                 },
-                marked: Mutex::new(BTreeSet::new()),
+                marked: Mutex::new(BTreeMap::new()),
                 wake: tokio::sync::Notify::new(),
                 cache: tokio::sync::Mutex::new(day::Cache::new(budget)),
             }),
@@ -173,12 +174,12 @@ impl Refresher {
         loop {
             let marked = std::mem::take(&mut *lock(&self.inner.marked));
             let mut waiting = Vec::new();
-            for tenant in marked {
+            for (tenant, since) in marked {
                 let due = last.get(&tenant).map(|t| *t + min_interval);
                 let retry = failed.get(&tenant).map(|t| *t + retry_after);
                 let not_before = due.max(retry);
                 if not_before.is_some_and(|t| t > Instant::now()) {
-                    waiting.push(tenant);
+                    waiting.push((tenant, since));
                     continue;
                 }
                 last.insert(tenant.clone(), Instant::now());
@@ -192,6 +193,11 @@ impl Refresher {
                         Ok(r) => {
                             failed.remove(&tenant);
                             tracing::debug!(%tenant, ?r, "projections refreshed");
+                            metrics::gauge!(
+                                floe_catalog::metrics::PROJECTION_LAG_SECONDS,
+                                "tenant" => floe_catalog::metrics::tenant(&tenant)
+                            )
+                            .set(since.elapsed().as_secs_f64());
                         }
                         Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => {
                             // The tenant was deleted.
@@ -200,16 +206,19 @@ impl Refresher {
                         Err(e) => {
                             tracing::warn!(%tenant, error = %e, "projection refresh failed; retrying");
                             failed.insert(tenant.clone(), Instant::now());
-                            waiting.push(tenant);
+                            waiting.push((tenant, since));
                         }
                     }
                 }
             }
             let next = {
                 let mut marked = lock(&self.inner.marked);
-                marked.extend(waiting);
+                for (tenant, since) in waiting {
+                    // Marked again meanwhile: the earlier mark is the one waited for longest.
+                    marked.insert(tenant, since);
+                }
                 let wait_until = marked
-                    .iter()
+                    .keys()
                     .filter_map(|t| {
                         let due = last.get(t).map(|l| *l + min_interval);
                         let retry = failed.get(t).map(|f| *f + retry_after);
@@ -627,7 +636,9 @@ fn up_to(delta: &floe_catalog::delta::RawDelta, source: Option<i64>) -> Option<S
 
 impl Inner {
     fn mark(&self, tenant: &str) {
-        lock(&self.marked).insert(tenant.to_string());
+        lock(&self.marked)
+            .entry(tenant.to_string())
+            .or_insert_with(Instant::now);
         self.wake.notify_one();
     }
 }

@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use floe_catalog::metrics as m;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{ErrorKind, SourcePosition, TenantKey};
 use futures::FutureExt;
 use iceberg::spec::DataFile;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::event::StoredEvent;
 use crate::service::{Shared, Visible};
@@ -29,6 +32,8 @@ pub(crate) async fn run(
     let mut rows = 0usize;
     let mut bytes = 0usize;
     let mut deadline = Instant::now();
+    // When the oldest buffered record was logged (for the time-to-visible).
+    let mut oldest = Instant::now();
     loop {
         let next = if buf.is_empty() {
             rx.recv().await
@@ -36,7 +41,7 @@ pub(crate) async fn run(
             tokio::select! {
                 r = rx.recv() => r,
                 _ = tokio::time::sleep_until(deadline) => {
-                    flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+                    flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
                     rows = 0;
                     bytes = 0;
                     continue;
@@ -45,18 +50,19 @@ pub(crate) async fn run(
         };
         let Some(record) = next else {
             if !buf.is_empty() {
-                flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+                flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
             }
             return;
         };
         if buf.is_empty() {
-            deadline = Instant::now() + interval;
+            oldest = Instant::now();
+            deadline = oldest + interval;
         }
         rows += record.events.len();
         bytes += record.events.iter().map(|e| e.size()).sum::<usize>();
         buf.push(record);
         if rows >= cfg.flush_max_rows || bytes >= cfg.flush_max_bytes {
-            flush(&shared, &tenant, std::mem::take(&mut buf)).await;
+            flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
             rows = 0;
             bytes = 0;
         }
@@ -65,7 +71,8 @@ pub(crate) async fn run(
 
 /// Commits `records` exactly once, retrying with backoff until it succeeds. The records stay
 /// in the write-ahead log until then, and their buffer permits stay held (backpressure).
-async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
+/// `oldest` is when the first of them was logged.
+async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>, oldest: Instant) {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return;
     };
@@ -76,6 +83,31 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
     };
     let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
     let events: Vec<&StoredEvent> = records.iter().flat_map(|r| r.events.iter()).collect();
+    // One span for the commit, linked to the appends whose events it makes visible.
+    let span = tracing::info_span!(
+        "commit",
+        tenant = %tenant.id(),
+        events = events.len(),
+        first_lsn = position.first,
+        last_lsn = position.last
+    );
+    for origin in records.iter().filter_map(|r| r.origin.clone()) {
+        span.add_link(origin);
+    }
+    flush_records(shared, tenant, &events, &position, &lsns, oldest)
+        .instrument(span)
+        .await
+}
+
+/// [`flush`] of `records`, within its span.
+async fn flush_records(
+    shared: &Shared,
+    tenant: &TenantKey,
+    events: &[&StoredEvent],
+    position: &SourcePosition,
+    lsns: &[u64],
+    oldest: Instant,
+) {
     let mut files: Option<Vec<DataFile>> = None;
     let mut backoff = floe_catalog::retry::Backoff::for_failures();
     let mut failing = false;
@@ -84,7 +116,7 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
         // A panic in a writer (a bug, or a library's) must not kill the batcher: the batch
         // would wait in the log until a restart. It is retried like any other failure.
         let attempted =
-            std::panic::AssertUnwindSafe(try_flush(shared, tenant, &events, &position, &mut files))
+            std::panic::AssertUnwindSafe(try_flush(shared, tenant, events, position, &mut files))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
@@ -106,7 +138,14 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
                     %tenant, rows = events.len(), lsn = position.last,
                     ms = started.elapsed().as_millis() as u64, "committed"
                 );
-                shared.committed(tenant, &lsns, visible);
+                let label = m::tenant(tenant.id().as_str());
+                metrics::histogram!(m::INGEST_COMMIT_SECONDS, "tenant" => label.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(m::TIME_TO_VISIBLE_SECONDS, "tenant" => label.clone())
+                    .record(oldest.elapsed().as_secs_f64());
+                metrics::counter!(m::INGEST_COMMITTED_EVENTS, "tenant" => label)
+                    .increment(events.len() as u64);
+                shared.committed(tenant, lsns, visible);
                 return;
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -121,7 +160,7 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
                 }
                 shared.committed(
                     tenant,
-                    &lsns,
+                    lsns,
                     Visible {
                         lsn: position.last,
                         snapshot_id: None,

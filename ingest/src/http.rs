@@ -19,10 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub use floe_catalog::api::ApiError;
 use floe_catalog::api::min_rate::too_slow;
+use floe_catalog::metrics as m;
 use floe_catalog::quota::{QuotaBook, RateLimit};
 use floe_catalog::{Authenticator, Role, TenantKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::Ingest;
 use crate::event::{self, BodyError, Framing, Limits, Rejection, StoredEvent};
@@ -174,10 +176,17 @@ async fn post_events(
     let principal = st.auth.authenticate(auth).await?;
     principal.require_role(&[Role::Ingest, Role::Admin])?;
     let tenant = principal.tenant;
+    floe_catalog::api::request_id::record_tenant(tenant.id().as_str());
     let (reply, rate) = match accept(&st, &tenant, q, &headers, body).await {
         Ok((reply, rate)) => (reply, rate),
         Err(e) => (e.into_response(), None),
     };
+    metrics::counter!(
+        m::INGEST_REQUESTS,
+        "tenant" => m::tenant(tenant.id().as_str()),
+        "status" => reply.status().as_str().to_string()
+    )
+    .increment(1);
     let rate = match rate {
         Some(r) => Some(r),
         None => st.quotas.ingest_rate(tenant.id()).await,
@@ -259,7 +268,11 @@ async fn accept(
         })?;
     // Read to its end (the connection stays usable) but not parsed when the tenant's
     // allowance is used up: a flood past the quota costs little CPU that others could use.
-    st.quotas.refuse_ingest_early(tenant.id()).await?;
+    metrics::histogram!(m::INGEST_REQUEST_BYTES).record(raw.len() as f64);
+    st.quotas
+        .refuse_ingest_early(tenant.id())
+        .await
+        .inspect_err(|e| e.count(tenant.id()))?;
 
     // Decompressing and validating are CPU work: off the I/O threads.
     let tenant_name = tenant.id().to_string();
@@ -276,6 +289,7 @@ async fn accept(
     } = tokio::task::spawn_blocking(move || {
         parse_body(&raw, gzip, framing, limits, max, &tenant_name, &schemas)
     })
+    .instrument(tracing::info_span!("parse"))
     .await
     .map_err(|_| {
         ApiError::new(
@@ -294,7 +308,8 @@ async fn accept(
     } else {
         st.quotas
             .admit_ingest(tenant.id(), events as u64, event_bytes as u64)
-            .await?
+            .await
+            .inspect_err(|e| e.count(tenant.id()))?
     };
     // Kept aside before any event is stored: if this fails, the request fails whole and a
     // retry sends everything again (a dead letter kept twice then, never an event).
@@ -336,6 +351,7 @@ async fn accept(
     };
     let accepted = stored + duplicates;
     let refused = rejected.iter().filter(|r| !r.dead_lettered).count();
+    count_events(tenant, stored, duplicates, &rejected);
     let status = if accepted == 0 && refused > 0 {
         if rejected.iter().any(|r| r.code == "tenant_mismatch") {
             StatusCode::FORBIDDEN
@@ -353,6 +369,27 @@ async fn accept(
         snapshot_id: snapshot_id.flatten(),
     };
     Ok(((status, axum::Json(reply)).into_response(), rate))
+}
+
+/// Counts a stored request's events in the metrics: by outcome, and the rejected by reason.
+fn count_events(tenant: &TenantKey, stored: usize, duplicates: usize, rejected: &[Rejection]) {
+    let label = m::tenant(tenant.id().as_str());
+    let dead = rejected.iter().filter(|r| r.dead_lettered).count();
+    for (outcome, n) in [
+        ("accepted", stored),
+        ("duplicate", duplicates),
+        ("rejected", rejected.len() - dead),
+        ("dead_lettered", dead),
+    ] {
+        if n > 0 {
+            metrics::counter!(m::INGEST_EVENTS, "tenant" => label.clone(), "outcome" => outcome)
+                .increment(n as u64);
+        }
+    }
+    for r in rejected.iter().filter(|r| !r.dead_lettered) {
+        metrics::counter!(m::INGEST_REJECTIONS, "tenant" => label.clone(), "reason" => r.code)
+            .increment(1);
+    }
 }
 
 fn too_large(max: usize) -> ApiError {

@@ -9,8 +9,11 @@ use floe_catalog::config::IngestConfig;
 use floe_catalog::tenant::LEGACY_INCARNATION;
 use floe_catalog::{Catalog, Config, TenantId, TenantKey};
 use futures::TryStreamExt;
+use opentelemetry::trace::TraceContextExt;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::batcher;
 use crate::dedup::{self, Dedup};
@@ -249,6 +252,7 @@ impl Ingest {
                 tenant,
                 events: Arc::new(events),
                 permit,
+                origin: None,
             });
         }
         for (tenant, events) in dropped {
@@ -312,6 +316,15 @@ impl Ingest {
 
     /// Makes `events` durable for `tenant`. Returns once they are in the fsynced log.
     pub async fn submit(&self, tenant: &TenantKey, events: Vec<StoredEvent>) -> Result<Submitted> {
+        let span = tracing::info_span!("wal append", tenant = %tenant.id(), events = events.len());
+        self.submit_inner(tenant, events).instrument(span).await
+    }
+
+    async fn submit_inner(
+        &self,
+        tenant: &TenantKey,
+        events: Vec<StoredEvent>,
+    ) -> Result<Submitted> {
         let bytes: usize = events.iter().map(|e| e.size()).sum();
         let permit = if events.is_empty() {
             None
@@ -341,8 +354,15 @@ impl Ingest {
             let reply = if fresh.is_empty() {
                 self.wal.enqueue_barrier().await
             } else {
+                // The commit of these events links to this span (when traces are on).
+                let origin = tracing::Span::current()
+                    .context()
+                    .span()
+                    .span_context()
+                    .clone();
+                let origin = origin.is_valid().then_some(origin);
                 self.wal
-                    .enqueue(tenant.clone(), Arc::new(fresh), permit)
+                    .enqueue(tenant.clone(), Arc::new(fresh), permit, origin)
                     .await
             };
             (fresh_len, admitted, duplicates, reply)

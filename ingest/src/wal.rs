@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use floe_catalog::TenantKey;
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::event::StoredEvent;
@@ -32,22 +33,23 @@ pub struct Record {
     pub events: Arc<Vec<StoredEvent>>,
     /// Buffer space held until the record is committed to its table.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The span that appended it (its trace, when traces are on): the commit links to it.
+    pub origin: Option<SpanContext>,
 }
 
 /// Receives each record after it is durable, in `lsn` order, before it is acknowledged.
 pub type Sink = Box<dyn FnMut(Record) + Send>;
 
 enum Command {
-    Append {
-        tenant: TenantKey,
-        events: Arc<Vec<StoredEvent>>,
-        permit: Option<OwnedSemaphorePermit>,
+    Append(PendingAppend),
+    /// Replies once every append queued before it is durable.
+    Barrier {
         reply: oneshot::Sender<Result<u64>>,
     },
-    /// Replies once every append queued before it is durable.
-    Barrier { reply: oneshot::Sender<Result<u64>> },
     /// Delete segments whose records all have `lsn < low_water`.
-    Truncate { low_water: u64 },
+    Truncate {
+        low_water: u64,
+    },
 }
 
 /// Handle on the log's writer thread.
@@ -134,28 +136,30 @@ impl Wal {
         events: Arc<Vec<StoredEvent>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<u64> {
-        self.enqueue(tenant, events, permit)
+        self.enqueue(tenant, events, permit, None)
             .await?
             .await
             .map_err(|_| stopped())?
     }
 
     /// Queues an append and returns the receiver of its result: the log's order is the order
-    /// of `enqueue` calls.
+    /// of `enqueue` calls. `origin` is the span appending (see [`Record::origin`]).
     pub async fn enqueue(
         &self,
         tenant: TenantKey,
         events: Arc<Vec<StoredEvent>>,
         permit: Option<OwnedSemaphorePermit>,
+        origin: Option<SpanContext>,
     ) -> Result<oneshot::Receiver<Result<u64>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append {
+            .send(Command::Append(PendingAppend {
                 tenant,
                 events,
                 permit,
+                origin,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| stopped())?;
         Ok(rx)
@@ -179,13 +183,14 @@ impl Wal {
     }
 }
 
-/// An append waiting in a group: tenant, events, buffer permit, and where to answer.
-type PendingAppend = (
-    TenantKey,
-    Arc<Vec<StoredEvent>>,
-    Option<OwnedSemaphorePermit>,
-    oneshot::Sender<Result<u64>>,
-);
+/// An append waiting in a group, and where to answer it.
+struct PendingAppend {
+    tenant: TenantKey,
+    events: Arc<Vec<StoredEvent>>,
+    permit: Option<OwnedSemaphorePermit>,
+    origin: Option<SpanContext>,
+    reply: oneshot::Sender<Result<u64>>,
+}
 
 struct Writer {
     dir: PathBuf,
@@ -193,6 +198,8 @@ struct Writer {
     segment_bytes: u64,
     /// Closed segments: (first lsn, path). The active one is `active`.
     closed: Vec<(u64, PathBuf)>,
+    /// Bytes of the closed segments (with the active one's length: the log's depth).
+    closed_bytes: u64,
     active: Option<(u64, PathBuf, File, u64)>,
     sink: Sink,
     failed: Option<String>,
@@ -210,6 +217,10 @@ impl Writer {
         lock: File,
     ) -> Result<Writer> {
         let mut closed = list_segments(&dir)?;
+        let sizes: u64 = closed
+            .iter()
+            .map(|(_, p)| fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
         // Keep appending to the last segment when there is room.
         let active = match closed.pop() {
             Some((first, path)) => {
@@ -222,17 +233,27 @@ impl Writer {
             }
             None => None,
         };
-        Ok(Writer {
+        let active_len = active.as_ref().map_or(0, |a| a.3);
+        let writer = Writer {
             dir,
             next_lsn,
             segment_bytes,
             closed,
+            closed_bytes: sizes.saturating_sub(active_len),
             active,
             sink,
             failed: None,
             buf: Vec::with_capacity(1 << 20),
             _lock: lock,
-        })
+        };
+        writer.report_depth();
+        Ok(writer)
+    }
+
+    /// Sets the depth gauge: bytes of the segments on disk.
+    fn report_depth(&self) {
+        let depth = self.closed_bytes + self.active.as_ref().map_or(0, |a| a.3);
+        metrics::gauge!(floe_catalog::metrics::WAL_DEPTH_BYTES).set(depth as f64);
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
@@ -251,12 +272,7 @@ impl Writer {
             for c in group.drain(..) {
                 match c {
                     Command::Barrier { reply } => barriers.push(reply),
-                    Command::Append {
-                        tenant,
-                        events,
-                        permit,
-                        reply,
-                    } => appends.push((tenant, events, permit, reply)),
+                    Command::Append(append) => appends.push(append),
                     Command::Truncate { low_water: l } => low_water = Some(l),
                 }
             }
@@ -281,7 +297,7 @@ impl Writer {
 
     fn append_group(&mut self, appends: Vec<PendingAppend>) {
         if let Some(why) = &self.failed {
-            for (.., reply) in appends {
+            for PendingAppend { reply, .. } in appends {
                 let _ = reply.send(Err(Error::Wal {
                     message: why.clone(),
                 }));
@@ -290,26 +306,39 @@ impl Writer {
         }
         self.buf.clear();
         let first = self.next_lsn;
-        for (i, (tenant, events, ..)) in appends.iter().enumerate() {
-            record::encode_events(&mut self.buf, first + i as u64, tenant, events);
+        for (i, append) in appends.iter().enumerate() {
+            record::encode_events(
+                &mut self.buf,
+                first + i as u64,
+                &append.tenant,
+                &append.events,
+            );
         }
         match self.write_durably(first) {
             Ok(()) => {
                 self.next_lsn = first + appends.len() as u64;
-                for (i, (tenant, events, permit, reply)) in appends.into_iter().enumerate() {
+                for (i, append) in appends.into_iter().enumerate() {
+                    let PendingAppend {
+                        tenant,
+                        events,
+                        permit,
+                        origin,
+                        reply,
+                    } = append;
                     let lsn = first + i as u64;
                     (self.sink)(Record {
                         lsn,
                         tenant,
                         events,
                         permit,
+                        origin,
                     });
                     let _ = reply.send(Ok(lsn));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "write-ahead log append failed");
-                for (.., reply) in appends {
+                for PendingAppend { reply, .. } in appends {
                     let _ = reply.send(Err(Error::Wal {
                         message: format!("write-ahead log append failed: {e}"),
                     }));
@@ -332,18 +361,23 @@ impl Writer {
                 .append(true)
                 .open(&path)?;
             floe_catalog::storage::sync_dir(&self.dir)?;
-            if let Some((f, p, _, _)) = self.active.take() {
+            if let Some((f, p, _, len)) = self.active.take() {
                 self.closed.push((f, p));
+                self.closed_bytes += len;
             }
             self.active = Some((first, path, file, 0));
         }
         let Some((_, _, file, len)) = self.active.as_mut() else {
             return Err(std::io::Error::other("no active segment"));
         };
+        let started = std::time::Instant::now();
         let result = file.write_all(&self.buf).and_then(|_| file.sync_data());
+        metrics::histogram!(floe_catalog::metrics::WAL_FSYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 *len += self.buf.len() as u64;
+                self.report_depth();
                 Ok(())
             }
             Err(e) => {
@@ -366,8 +400,10 @@ impl Writer {
         for (i, (first, path)) in closed.iter().enumerate() {
             let end = closed.get(i + 1).map(|c| c.0).unwrap_or(active_first);
             if end <= low_water {
+                let size = fs::metadata(path).map_or(0, |m| m.len());
                 match fs::remove_file(path) {
                     Ok(()) => {
+                        self.closed_bytes = self.closed_bytes.saturating_sub(size);
                         tracing::debug!(segment = %path.display(), "write-ahead log segment deleted")
                     }
                     Err(e) => {
@@ -380,6 +416,7 @@ impl Writer {
             }
         }
         self.closed = keep;
+        self.report_depth();
     }
 }
 

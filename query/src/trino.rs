@@ -183,6 +183,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         Ok(c) => c,
         Err(r) => return r,
     };
+    floe_catalog::api::request_id::record_tenant(principal.tenant.id().as_str());
     let base = base_uri(&headers);
     let id = format!(
         "{}_{}",
@@ -209,6 +210,12 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
                     .to_string(),
                 sql,
                 threads,
+                span: tracing::info_span!(
+                    "query",
+                    tenant = %principal.tenant.id(),
+                    query_id = %id,
+                    threads
+                ),
             };
             tracing::info!(tenant = %principal.tenant, query = %id, "query started");
             query::start(principal.tenant.clone(), plan, slot, deadline)
@@ -287,6 +294,7 @@ async fn admit(
         Session::Plain => sql.to_string(),
     };
     let slot = st.quotas.start_query(tenant).await.map_err(|e| {
+        e.count(tenant);
         let code = match e.quota {
             Quota::ConcurrentQueries => QUERY_QUEUE_FULL,
             _ => QUOTA_EXCEEDED,

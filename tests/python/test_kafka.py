@@ -105,7 +105,10 @@ def scrape(port):
     """The worker's /metrics as {series: value}."""
     import urllib.request
 
+    from test_metrics import lint
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    lint(text)
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -319,10 +322,13 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
         assert m["floe_kafka_records_committed_total"] == 503, m
         assert m["floe_kafka_dlq_records_total"] == 1, m
         assert m[f'floe_kafka_consumer_lag{{tenant="{tenant}"}}'] == 0, m
-        assert m["floe_kafka_commits_total"] >= 3 and m["floe_kafka_commit_ms_count"] == m["floe_kafka_commits_total"], m
-        assert m["floe_kafka_visible_ms_count"] == m["floe_kafka_commits_total"], m
+        partitions = [k for k in m if k.startswith(f'floe_kafka_partition_lag{{tenant="{tenant}",')]
+        assert partitions and all(m[k] == 0 for k in partitions), m
+        assert m["floe_kafka_commits_total"] >= 3 and m["floe_kafka_commit_seconds_count"] == m["floe_kafka_commits_total"], m
+        assert m["floe_kafka_visible_seconds_count"] == m["floe_kafka_commits_total"], m
         # Produced during this test: no record was older than a minute when it became visible.
-        assert 0 < m['floe_kafka_visible_ms{quantile="0.99"}'] < 60_000, m
+        assert m['floe_kafka_visible_seconds_bucket{le="60"}'] == m["floe_kafka_visible_seconds_count"], m
+        assert 0 < m["floe_kafka_visible_seconds_sum"], m
 
         # Deleted and created again while everything runs: the new tenant's table starts where
         # the topic ends, so none of the old tenant's 502 events reach it, and the same event

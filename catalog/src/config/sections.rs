@@ -475,3 +475,26 @@ impl Default for QuotaConfig {
         }
     }
 }
+
+/// Prometheus metrics of every Floe process, on an address of their own (never the public
+/// port).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address `/metrics` is served on (`host:port`); empty: no metrics endpoint.
+    /// `--metrics-listen` overrides it.
+    pub listen: String,
+    /// Tenants that get a label of their own in a process's metrics; the figures of tenants
+    /// seen after these are summed under `tenant="_other"`, so that the series a scrape holds
+    /// stay bounded however many tenants there are.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: String::new(),
+            max_tenant_labels: 100,
+        }
+    }
+}

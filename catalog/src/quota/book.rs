@@ -37,6 +37,18 @@ pub struct QuotaExceeded {
     pub rate: Option<RateLimit>,
 }
 
+impl QuotaExceeded {
+    /// Counts the refusal in the metrics (`floe_quota_rejections_total`).
+    pub fn count(&self, tenant: &TenantId) {
+        metrics::counter!(
+            crate::metrics::QUOTA_REJECTIONS,
+            "tenant" => crate::metrics::tenant(tenant.as_str()),
+            "quota" => self.quota.name()
+        )
+        .increment(1);
+    }
+}
+
 impl std::fmt::Display for QuotaExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

@@ -68,10 +68,24 @@ pub(crate) async fn flush(
                 .commit_append_kafka(tenant, EVENTS_TABLE, written, &kafka)
                 .await?;
             Ok(match outcome {
-                KafkaCommit::Committed { .. } => Flushed::Done {
-                    records: batch.events.len(),
-                    dead: batch.dead.len(),
-                },
+                KafkaCommit::Committed { .. } => {
+                    let label = floe_catalog::metrics::tenant(tenant.as_str());
+                    metrics::counter!(
+                        floe_catalog::metrics::INGEST_COMMITTED_EVENTS,
+                        "tenant" => label.clone()
+                    )
+                    .increment(batch.events.len() as u64);
+                    metrics::counter!(
+                        floe_catalog::metrics::INGEST_EVENTS,
+                        "tenant" => label,
+                        "outcome" => "dead_lettered"
+                    )
+                    .increment(batch.dead.len() as u64);
+                    Flushed::Done {
+                        records: batch.events.len(),
+                        dead: batch.dead.len(),
+                    }
+                }
                 KafkaCommit::AlreadyCommitted => {
                     tracing::info!(%tenant, topic, partitions = ?batch.ranges.keys().collect::<Vec<_>>(), "batch was already committed (by this worker before a crash, or by the partitions' new owner)");
                     delete_files(catalog, files.take().unwrap_or_default()).await;

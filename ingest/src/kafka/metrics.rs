@@ -1,13 +1,14 @@
-//! Figures of one worker.
+//! Figures of one worker: counters it logs every few seconds, and the same figures recorded
+//! through the `metrics` facade for `/metrics` (names in `floe_catalog::metrics`; the
+//! `floe_kafka_*` names are this worker's own).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hdrhistogram::Histogram;
+use floe_catalog::metrics as m;
 
-/// Figures of one worker, in the shape a metrics endpoint exposes
-/// (see [`Metrics::prometheus`]).
+/// Figures of one worker.
 pub struct Metrics {
     pub records_committed: AtomicU64,
     pub commits: AtomicU64,
@@ -15,19 +16,20 @@ pub struct Metrics {
     pub fenced: AtomicU64,
     pub paused: AtomicU64,
     pub rejoins: AtomicU64,
-    records_per_commit: Mutex<Histogram<u64>>,
-    commit_ms: Mutex<Histogram<u64>>,
-    /// Record timestamp of a batch's oldest record to its commit.
-    visible_ms: Mutex<Histogram<u64>>,
     /// Per (topic, partition): the position committed to the table, as this worker knows it.
     pub(crate) committed: Mutex<HashMap<(String, i32), i64>>,
     /// topic → tenant, for lag per tenant.
     pub(crate) tenants: Mutex<HashMap<String, String>>,
 }
 
+/// A counter of the worker: kept for its log line and recorded for `/metrics`.
+pub(crate) fn count(counter: &AtomicU64, name: &'static str, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!(name).increment(n);
+}
+
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let hist = || Mutex::new(Histogram::new_with_bounds(1, 3_600_000, 2).expect("bounds"));
         Metrics {
             records_committed: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -35,9 +37,6 @@ impl Metrics {
             fenced: AtomicU64::new(0),
             paused: AtomicU64::new(0),
             rejoins: AtomicU64::new(0),
-            records_per_commit: hist(),
-            commit_ms: hist(),
-            visible_ms: hist(),
             committed: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
         }
@@ -46,20 +45,17 @@ impl Metrics {
     /// A batch committed: `ms` from its first record's arrival, `age_ms` from its oldest
     /// record's timestamp (absent when records carry none).
     pub(crate) fn record_commit(&self, records: usize, ms: u64, age_ms: Option<i64>) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.records_committed
-            .fetch_add(records as u64, Ordering::Relaxed);
-        if let Ok(mut h) = self.records_per_commit.lock() {
-            let _ = h.record(records.max(1) as u64);
-        }
-        if let Ok(mut h) = self.commit_ms.lock() {
-            let _ = h.record(ms.max(1));
-        }
-        if let Some(age) = age_ms
-            && let Ok(mut h) = self.visible_ms.lock()
-        {
-            // Clocks of other hosts may be ahead: a negative age counts as the least.
-            let _ = h.record(age.clamp(1, 3_600_000) as u64);
+        count(&self.commits, m::KAFKA_COMMITS, 1);
+        count(
+            &self.records_committed,
+            m::KAFKA_RECORDS_COMMITTED,
+            records as u64,
+        );
+        metrics::histogram!(m::KAFKA_RECORDS_PER_COMMIT).record(records as f64);
+        metrics::histogram!(m::KAFKA_COMMIT_SECONDS).record(ms as f64 / 1000.0);
+        if let Some(age) = age_ms {
+            // Clocks of other hosts may be ahead: a negative age counts as none.
+            metrics::histogram!(m::KAFKA_VISIBLE_SECONDS).record(age.max(0) as f64 / 1000.0);
         }
     }
 
@@ -86,82 +82,36 @@ impl Metrics {
         out
     }
 
-    /// The figures in Prometheus' text format.
-    pub fn prometheus(&self, high: &HashMap<(String, i32), i64>) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut s,
-            "floe_kafka_records_committed_total",
-            "Records committed to tables (events and dead letters).",
-            self.records_committed.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "floe_kafka_commits_total",
-            "Table commits.",
-            self.commits.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "floe_kafka_dlq_records_total",
-            "Records sent to events_dlq.",
-            self.dead_letters.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "floe_kafka_fenced_total",
-            "Batches refused because another worker moved the partitions' positions.",
-            self.fenced.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "floe_kafka_pauses_total",
-            "Times partitions were paused for backpressure.",
-            self.paused.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "floe_kafka_rejoins_total",
-            "Times the worker rejoined the group because partitions had no reader.",
-            self.rejoins.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            s,
-            "# HELP floe_kafka_consumer_lag Records behind the high watermark, per tenant.\n\
-             # TYPE floe_kafka_consumer_lag gauge"
-        );
+    /// Sets the lag gauges from the brokers' high watermarks: per tenant, and per tenant and
+    /// partition (assigned partitions only).
+    pub fn set_lag_gauges(&self, high: &HashMap<(String, i32), i64>) {
+        // Tenants past the label cap share one label: their lags add up.
+        let mut per_tenant: BTreeMap<String, i64> = BTreeMap::new();
         for (tenant, lag) in self.lag(high) {
-            let _ = writeln!(s, "floe_kafka_consumer_lag{{tenant=\"{tenant}\"}} {lag}");
+            *per_tenant.entry(m::tenant(&tenant)).or_default() += lag;
         }
-        for (name, help, h) in [
-            (
-                "floe_kafka_records_per_commit",
-                "Records per table commit.",
-                &self.records_per_commit,
-            ),
-            (
-                "floe_kafka_commit_ms",
-                "Milliseconds from a batch's first record to its commit.",
-                &self.commit_ms,
-            ),
-            (
-                "floe_kafka_visible_ms",
-                "Milliseconds from the timestamp of a batch's oldest record (its producer's, or \
-                 the broker's on LogAppendTime topics) to the commit that made it queryable.",
-                &self.visible_ms,
-            ),
-        ] {
-            let h = h.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} summary");
-            for q in [0.5, 0.9, 0.99] {
-                let _ = writeln!(s, "{name}{{quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+        let mut per_partition: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        {
+            let committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            for ((topic, p), hi) in high {
+                let Some(tenant) = tenants.get(topic) else {
+                    continue;
+                };
+                let done = committed.get(&(topic.clone(), *p)).copied().unwrap_or(0);
+                *per_partition.entry((m::tenant(tenant), *p)).or_default() += (hi - done).max(0);
             }
-            let _ = writeln!(s, "{name}_count {}", h.len());
         }
-        s
+        for (tenant, lag) in per_tenant {
+            metrics::gauge!(m::KAFKA_CONSUMER_LAG, "tenant" => tenant).set(lag as f64);
+        }
+        for ((tenant, partition), lag) in per_partition {
+            metrics::gauge!(
+                m::KAFKA_PARTITION_LAG,
+                "tenant" => tenant,
+                "partition" => partition.to_string()
+            )
+            .set(lag as f64);
+        }
     }
 }

@@ -101,7 +101,11 @@ impl StallWatch {
                 secs = self.after.as_secs(),
                 "partitions behind the group's offset have had no reader; rejoining the group so that they are assigned"
             );
-            self.metrics.rejoins.fetch_add(1, Ordering::Relaxed);
+            super::metrics::count(
+                &self.metrics.rejoins,
+                floe_catalog::metrics::KAFKA_REJOINS,
+                1,
+            );
             self.consumer.unsubscribe();
             if let Err(e) = self.consumer.subscribe(&[&self.subscription]) {
                 let _ = fatal.send(kafka_err("subscribing again")(e));

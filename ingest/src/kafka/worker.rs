@@ -209,8 +209,9 @@ impl Worker {
             .clone()
     }
 
-    /// A handle that renders the worker's metrics.
-    pub fn metrics_source(&self) -> impl Fn() -> String + Send + Sync + 'static {
+    /// A handle that sets the worker's lag gauges from the brokers' latest high watermarks
+    /// (run before each scrape).
+    pub fn lag_gauges(&self) -> impl Fn() + Send + Sync + 'static {
         let consumer = self.consumer.clone();
         let metrics = self.metrics.clone();
         move || {
@@ -220,7 +221,7 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            metrics.prometheus(&high)
+            metrics.set_lag_gauges(&high)
         }
     }
 
@@ -566,7 +567,7 @@ impl Worker {
             return;
         }
         let r = if pause {
-            self.metrics.paused.fetch_add(1, Ordering::Relaxed);
+            super::metrics::count(&self.metrics.paused, floe_catalog::metrics::KAFKA_PAUSES, 1);
             self.consumer.pause(&tpl)
         } else {
             self.consumer.resume(&tpl)
@@ -581,7 +582,7 @@ impl Worker {
             return;
         };
         let r = if pause {
-            self.metrics.paused.fetch_add(1, Ordering::Relaxed);
+            super::metrics::count(&self.metrics.paused, floe_catalog::metrics::KAFKA_PAUSES, 1);
             self.consumer.pause(&assignment)
         } else {
             self.consumer.resume(&assignment)
@@ -663,9 +664,11 @@ impl Worker {
                 if records + dead > 0 {
                     self.metrics.record_commit(records + dead, ms, age);
                 }
-                self.metrics
-                    .dead_letters
-                    .fetch_add(dead as u64, Ordering::Relaxed);
+                super::metrics::count(
+                    &self.metrics.dead_letters,
+                    floe_catalog::metrics::KAFKA_DLQ_RECORDS,
+                    dead as u64,
+                );
                 let mut tpl = TopicPartitionList::new();
                 {
                     let mut committed = self
@@ -690,7 +693,7 @@ impl Worker {
                 }
             }
             Flushed::Fenced { stored } => {
-                self.metrics.fenced.fetch_add(1, Ordering::Relaxed);
+                super::metrics::count(&self.metrics.fenced, floe_catalog::metrics::KAFKA_FENCED, 1);
                 let parts: HashSet<i32> = done.ranges.keys().copied().collect();
                 tracing::info!(topic = %done.topic, partitions = ?parts, "fenced: another worker moved the positions; re-reading from the table");
                 state.buf.drop_partitions(&parts);

@@ -25,11 +25,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::ExecutionPlan;
+use floe_catalog::metrics as m;
 use floe_catalog::quota::QuerySlot;
 use floe_catalog::{TenantId, TenantKey};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::error::{
     EXCEEDED_ROW_LIMIT, NOT_SUPPORTED, QueryError, SERVER_RESOURCES_EXHAUSTED, time_limit,
@@ -90,6 +92,31 @@ pub(crate) struct Run {
     /// once the work has stopped *and* the query is gone (last page fetched, cancelled or
     /// reaped). Results waiting for their client hold it.
     slot: Option<Arc<QuerySlot>>,
+    started: Instant,
+    /// Set once the query's end is counted in the metrics.
+    ended: bool,
+}
+
+impl Run {
+    /// Counts the query's end in the metrics (once): `finished`, `failed` or `cancelled`.
+    fn end(&mut self, outcome: &'static str) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let tenant = m::tenant(self.tenant.id().as_str());
+        metrics::counter!(m::QUERIES, "tenant" => tenant.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::QUERY_SECONDS, "outcome" => outcome)
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!(m::QUERY_ROWS, "tenant" => tenant).increment(self.rows);
+    }
+}
+
+impl Drop for Run {
+    /// A query gone before its last page was made was cancelled (or reaped).
+    fn drop(&mut self) {
+        self.end("cancelled");
+    }
 }
 
 /// A page of `QueryResults` and the session headers that go with it.
@@ -114,6 +141,8 @@ impl Run {
             timed_out: Arc::new(AtomicBool::new(false)),
             pending: None,
             slot: None,
+            started: Instant::now(),
+            ended: false,
         }
     }
 
@@ -137,6 +166,8 @@ pub(crate) struct Plan {
     pub sql: String,
     /// Worker threads of the query's runtime, and the partitions its plan is split into.
     pub threads: usize,
+    /// The query's span (the parent of its plan's and execution's).
+    pub span: tracing::Span,
 }
 
 /// Starts `plan` on a thread of its own, holding `slot` until its work has stopped and the
@@ -157,6 +188,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
         time_zone,
         sql,
         threads,
+        span,
     } = plan;
     let cpu = engine.cpu().tenant(plan_tenant.as_str());
     let plan_cpu = cpu.clone();
@@ -175,14 +207,21 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());
             let physical = df.create_physical_plan().await?;
-            scanned.add_scanned(file_bytes(&physical));
+            let bytes = file_bytes(&physical);
+            scanned.add_scanned(bytes);
+            metrics::counter!(
+                m::QUERY_SCANNED_BYTES,
+                "tenant" => m::tenant(plan_tenant.as_str())
+            )
+            .increment(bytes);
             let physical = crate::memory::guard::check_projections(physical)?;
             let physical = crate::cpu::share(physical, &plan_cpu)?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
             let pages = MemoryConsumer::new("pages not yet fetched")
                 .register(&ctx.runtime_env().memory_pool);
             Ok::<_, Error>((schema, stream, pages))
-        };
+        }
+        .instrument(tracing::info_span!("plan"));
         let (mut stream, pages) = match started.await {
             Ok((schema, stream, pages)) => {
                 if tx.send(Ok(Produced::Schema(schema))).await.is_err() {
@@ -195,20 +234,24 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                 return;
             }
         };
-        while let Some(next) = stream.next().await {
-            let item = next.map_err(Error::DataFusion).and_then(|batch| {
-                let bytes = batch.get_array_memory_size();
-                pages.try_grow(bytes).map_err(Error::DataFusion)?;
-                Ok(Produced::Batch(batch, pages.split(bytes)))
-            });
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return;
+        async {
+            while let Some(next) = stream.next().await {
+                let item = next.map_err(Error::DataFusion).and_then(|batch| {
+                    let bytes = batch.get_array_memory_size();
+                    pages.try_grow(bytes).map_err(Error::DataFusion)?;
+                    Ok(Produced::Batch(batch, pages.split(bytes)))
+                });
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
             }
         }
+        .instrument(tracing::info_span!("execute"))
+        .await
     };
     // Planning the query and handing its batches on take the tenant's CPU share too.
-    let work = cpu.run(work);
+    let work = cpu.run(work.instrument(span));
     let spawned = std::thread::Builder::new()
         .name("floe-query".into())
         .stack_size(SQL_STACK_BYTES)
@@ -309,6 +352,14 @@ pub(crate) async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -
         }
     };
     if done {
+        if let Some(rows) = page.body.get("data").and_then(Value::as_array)
+            && run.rows == 0
+        {
+            // An answer made without the engine counts its rows here.
+            run.rows = rows.len() as u64;
+        }
+        let failed = page.body.get("error").is_some();
+        run.end(if failed { "failed" } else { "finished" });
         if let Ok(mut q) = st.queries.lock() {
             q.remove(id);
         }

@@ -1,0 +1,110 @@
+//! Logs and traces of a process: log lines on stderr (text, or JSON objects with
+//! `--log-format json`), and with `--otlp-endpoint URL` the spans (an HTTP request, an ingest
+//! request's parse and log append, the commit that made its events visible, a query's plan and
+//! execution) sent to an OpenTelemetry collector over OTLP/HTTP (protobuf), in batches from a
+//! thread of their own. Spans carry the tenant and the request id; a commit is linked to the
+//! log appends whose events it committed.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::cli::LogFormat;
+
+/// What must be flushed before the process exits.
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered (waits for the collector, briefly).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.traces
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: could not send the last traces: {e}");
+        }
+    }
+}
+
+/// The OTLP/HTTP traces URL of a collector's base URL (`http://host:4318`), or of the full one.
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// Installs the process's subscriber: the `RUST_LOG` filter (default `info`), the log lines,
+/// and the span exporter when `otlp_endpoint` is set.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    // PostgreSQL notices ("relation … already exists, skipping") and object_store retries are
+    // not news: Floe logs dependency state changes itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx::postgres::notice=warn,object_store::client::retry=warn",
+        )
+    });
+    let traces = match otlp_endpoint.filter(|e| !e.is_empty()) {
+        None => None,
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(traces_url(endpoint))
+                .with_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .with_context(|| format!("the OTLP endpoint {endpoint}"))?;
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name("floe").build())
+                    .build(),
+            )
+        }
+    };
+    let spans = traces
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("floe")));
+    let registry = tracing_subscriber::registry().with(filter).with(spans);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    Ok(Telemetry { traces })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traces_path_is_added_once() {
+        assert_eq!(traces_url("http://h:4318"), "http://h:4318/v1/traces");
+        assert_eq!(traces_url("http://h:4318/"), "http://h:4318/v1/traces");
+        assert_eq!(
+            traces_url("http://h:4318/v1/traces"),
+            "http://h:4318/v1/traces"
+        );
+    }
+}

@@ -42,11 +42,15 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
         );
     }
     let stop = Stop::on_signals();
-    crate::metrics::serve(&config.metrics, stop.clone(), None).await?;
     let catalog = Catalog::open(config).await?;
     let mut compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
     let mut refreshing = tokio::task::JoinSet::new();
-    if let Some(refresher) = refresher(&catalog, config) {
+    let refresher = refresher(&catalog, config);
+    let lag = refresher
+        .clone()
+        .map(|r| std::sync::Arc::new(move || r.lag_gauges()) as crate::metrics::Refresh);
+    crate::metrics::serve(&config.metrics, stop.clone(), lag).await?;
+    if let Some(refresher) = refresher {
         // Projections of every tenant, whoever commits to its events (a shared catalog): the
         // poll finds the commits, refresh leases keep this process and the committing ones
         // from refreshing one projection at once.

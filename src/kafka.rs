@@ -12,13 +12,20 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     // Signals first: a SIGTERM while connecting still means a clean stop.
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
-    if let Some(refresher) = crate::serve::projections(&catalog, &config) {
+    let refresher = crate::serve::projections(&catalog, &config);
+    if let Some(refresher) = refresher.clone() {
         tokio::spawn(refresher.run(stop.clone().wait()));
     }
     let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
-    // The lag is computed when scraped, from the brokers' latest high watermarks.
-    let lag: crate::metrics::Refresh = std::sync::Arc::new(worker.lag_gauges());
-    crate::metrics::serve(&config.metrics, stop.clone(), Some(lag)).await?;
+    // The lags are computed when scraped: Kafka's from the brokers' latest high watermarks.
+    let kafka_lag = worker.lag_gauges();
+    let lags: crate::metrics::Refresh = std::sync::Arc::new(move || {
+        kafka_lag();
+        if let Some(r) = &refresher {
+            r.lag_gauges();
+        }
+    });
+    crate::metrics::serve(&config.metrics, stop.clone(), Some(lags)).await?;
     worker.run(stop.receiver(), Duration::from_secs(10)).await?;
     Ok(())
 }

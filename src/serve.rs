@@ -83,7 +83,6 @@ pub async fn serve(
     accept_wal_loss: &[String],
 ) -> anyhow::Result<()> {
     let stop = Stop::on_signals();
-    crate::metrics::serve(&config.metrics, stop.clone(), None).await?;
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest =
@@ -99,6 +98,10 @@ pub async fn serve(
     let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
     // One port: ingest, health, the Trino protocol for SQL clients, and the admin API.
     let refresher = projections(&catalog, &config);
+    let lag = refresher
+        .clone()
+        .map(|r| Arc::new(move || r.lag_gauges()) as crate::metrics::Refresh);
+    crate::metrics::serve(&config.metrics, stop.clone(), lag).await?;
     let app = floe_ingest::http::router(HttpState::new(
         ingest.clone(),
         auth.clone(),

@@ -17,6 +17,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
+/// Links a span keeps (the SDK's default is 128; a commit may hold more appends).
+const MAX_LINKS: u32 = 4096;
+
 /// What must be flushed before the process exits.
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
@@ -65,6 +68,8 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
+                    // A commit links to every append it commits (up to this many).
+                    .with_max_links_per_span(MAX_LINKS)
                     .with_resource(Resource::builder().with_service_name("floe").build())
                     .build(),
             )

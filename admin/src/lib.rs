@@ -388,6 +388,7 @@ async fn principal(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let principal = st.auth.authenticate(auth).await?;
+    floe_catalog::api::request_id::record_tenant(principal.tenant.id().as_str());
     principal.require_role(roles)?;
     Ok(principal)
 }

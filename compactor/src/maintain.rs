@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use floe_catalog::maintenance::{ExpirePolicy, ExpireReport, OrphanReport};
 use floe_catalog::metrics as m;
 use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::table::{DLQ_TABLE, EVENTS_TABLE};
 use floe_catalog::{Tenant, TenantId};
 use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
 
@@ -243,13 +244,15 @@ impl Compactor {
             .catalog
             .expire_snapshots(id, table, policy, options.dry_run)
             .await?;
-        if !options.dry_run {
-            metrics::gauge!(
-                m::SNAPSHOTS,
-                "tenant" => m::tenant(id.as_str()),
-                "table" => table.to_string()
-            )
-            .set(run.expire.snapshots_kept as f64);
+        // The tenant's event tables only (a fixed set of names), and only for a tenant with a
+        // label of its own: a gauge cannot be summed over the tenants under `_other`.
+        let label = m::tenant(id.as_str());
+        if !options.dry_run
+            && label != m::OTHER_TENANTS
+            && [EVENTS_TABLE, DLQ_TABLE].contains(&table)
+        {
+            metrics::gauge!(m::SNAPSHOTS, "tenant" => label, "table" => table.to_string())
+                .set(run.expire.snapshots_kept as f64);
         }
         progress(Progress::Expired {
             tenant: id,

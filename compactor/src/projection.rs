@@ -114,8 +114,12 @@ struct Inner {
     /// The SQL guard's limits, for user-defined projections (`query.max_sql_*`).
     limits: floe_query::projection::Limits,
     /// Tenants with commits not yet reflected.
-    /// Tenants to refresh, with when each was first marked since its last refresh.
-    marked: Mutex<BTreeMap<String, Instant>>,
+    marked: Mutex<BTreeSet<String>>,
+    /// Tenants with commits their projections do not reflect yet: when the first and the last
+    /// of those were marked (the projection lag metric, see [`Refresher::lag_gauges`]).
+    pending: Mutex<BTreeMap<String, (Instant, Instant)>>,
+    /// Tenants whose pending commits were all reflected since the start (their lag reads 0).
+    caught_up: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     /// Days kept between refreshes (one refresh at a time uses it).
     cache: tokio::sync::Mutex<day::Cache>,
@@ -133,7 +137,9 @@ impl Refresher {
                     max_depth: config.query.max_sql_depth,
                     max_operators: config.query.max_sql_operators,
                 },
-                marked: Mutex::new(BTreeMap::new()),
+                marked: Mutex::new(BTreeSet::new()),
+                pending: Mutex::new(BTreeMap::new()),
+                caught_up: Mutex::new(BTreeSet::new()),
                 wake: tokio::sync::Notify::new(),
                 cache: tokio::sync::Mutex::new(day::Cache::new(budget)),
             }),
@@ -160,6 +166,26 @@ impl Refresher {
         self.inner.mark(tenant.as_str());
     }
 
+    /// Sets `floe_projection_lag_seconds` of each tenant with a label of its own: how long
+    /// its oldest commit not reflected by its projections has waited (0 when none waits).
+    /// Run before each scrape, so that a refresher that is stuck shows a growing lag.
+    pub fn lag_gauges(&self) {
+        use floe_catalog::metrics as m;
+        let mut lags: BTreeMap<String, f64> = lock(&self.inner.caught_up)
+            .iter()
+            .map(|t| (t.clone(), 0.0))
+            .collect();
+        for (t, (first, _)) in lock(&self.inner.pending).iter() {
+            lags.insert(t.clone(), first.elapsed().as_secs_f64());
+        }
+        for (tenant, secs) in lags {
+            let label = m::tenant(&tenant);
+            if label != m::OTHER_TENANTS {
+                metrics::gauge!(m::PROJECTION_LAG_SECONDS, "tenant" => label).set(secs);
+            }
+        }
+    }
+
     /// Refreshes marked tenants until `stop` completes; every tenant once at the start.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
@@ -174,15 +200,16 @@ impl Refresher {
         loop {
             let marked = std::mem::take(&mut *lock(&self.inner.marked));
             let mut waiting = Vec::new();
-            for (tenant, since) in marked {
+            for tenant in marked {
                 let due = last.get(&tenant).map(|t| *t + min_interval);
                 let retry = failed.get(&tenant).map(|t| *t + retry_after);
                 let not_before = due.max(retry);
                 if not_before.is_some_and(|t| t > Instant::now()) {
-                    waiting.push((tenant, since));
+                    waiting.push(tenant);
                     continue;
                 }
-                last.insert(tenant.clone(), Instant::now());
+                let started = Instant::now();
+                last.insert(tenant.clone(), started);
                 let Ok(id) = TenantId::parse(&tenant) else {
                     continue;
                 };
@@ -193,32 +220,28 @@ impl Refresher {
                         Ok(r) => {
                             failed.remove(&tenant);
                             tracing::debug!(%tenant, ?r, "projections refreshed");
-                            metrics::gauge!(
-                                floe_catalog::metrics::PROJECTION_LAG_SECONDS,
-                                "tenant" => floe_catalog::metrics::tenant(&tenant)
-                            )
-                            .set(since.elapsed().as_secs_f64());
+                            if r.left_to_others == 0 {
+                                self.inner.reflected(&tenant, Some(started));
+                            }
                         }
                         Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => {
                             // The tenant was deleted.
                             self.inner.cache.lock().await.forget(&tenant);
+                            self.inner.reflected(&tenant, None);
                         }
                         Err(e) => {
                             tracing::warn!(%tenant, error = %e, "projection refresh failed; retrying");
                             failed.insert(tenant.clone(), Instant::now());
-                            waiting.push((tenant, since));
+                            waiting.push(tenant);
                         }
                     }
                 }
             }
             let next = {
                 let mut marked = lock(&self.inner.marked);
-                for (tenant, since) in waiting {
-                    // Marked again meanwhile: the earlier mark is the one waited for longest.
-                    marked.insert(tenant, since);
-                }
+                marked.extend(waiting);
                 let wait_until = marked
-                    .keys()
+                    .iter()
                     .filter_map(|t| {
                         let due = last.get(t).map(|l| *l + min_interval);
                         let retry = failed.get(t).map(|f| *f + retry_after);
@@ -636,10 +659,30 @@ fn up_to(delta: &floe_catalog::delta::RawDelta, source: Option<i64>) -> Option<S
 
 impl Inner {
     fn mark(&self, tenant: &str) {
-        lock(&self.marked)
+        lock(&self.marked).insert(tenant.to_string());
+        let now = Instant::now();
+        lock(&self.pending)
             .entry(tenant.to_string())
-            .or_insert_with(Instant::now);
+            .or_insert((now, now))
+            .1 = now;
         self.wake.notify_one();
+    }
+
+    /// The tenant's projections reflect every commit marked before `started` (`None`: the
+    /// tenant is gone); a commit marked since is still pending, from its mark.
+    fn reflected(&self, tenant: &str, started: Option<Instant>) {
+        let mut pending = lock(&self.pending);
+        match (pending.get_mut(tenant), started) {
+            (Some((first, last)), Some(started)) if *last > started => *first = *last,
+            (_, started) => {
+                pending.remove(tenant);
+                if started.is_some() {
+                    lock(&self.caught_up).insert(tenant.to_string());
+                } else {
+                    lock(&self.caught_up).remove(tenant);
+                }
+            }
+        }
     }
 }
 

@@ -32,8 +32,6 @@ pub(crate) async fn run(
     let mut rows = 0usize;
     let mut bytes = 0usize;
     let mut deadline = Instant::now();
-    // When the oldest buffered record was logged (for the time-to-visible).
-    let mut oldest = Instant::now();
     loop {
         let next = if buf.is_empty() {
             rx.recv().await
@@ -41,7 +39,7 @@ pub(crate) async fn run(
             tokio::select! {
                 r = rx.recv() => r,
                 _ = tokio::time::sleep_until(deadline) => {
-                    flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
+                    flush(&shared, &tenant, std::mem::take(&mut buf)).await;
                     rows = 0;
                     bytes = 0;
                     continue;
@@ -50,19 +48,18 @@ pub(crate) async fn run(
         };
         let Some(record) = next else {
             if !buf.is_empty() {
-                flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
+                flush(&shared, &tenant, std::mem::take(&mut buf)).await;
             }
             return;
         };
         if buf.is_empty() {
-            oldest = Instant::now();
-            deadline = oldest + interval;
+            deadline = Instant::now() + interval;
         }
         rows += record.events.len();
         bytes += record.events.iter().map(|e| e.size()).sum::<usize>();
         buf.push(record);
         if rows >= cfg.flush_max_rows || bytes >= cfg.flush_max_bytes {
-            flush(&shared, &tenant, std::mem::take(&mut buf), oldest).await;
+            flush(&shared, &tenant, std::mem::take(&mut buf)).await;
             rows = 0;
             bytes = 0;
         }
@@ -71,8 +68,7 @@ pub(crate) async fn run(
 
 /// Commits `records` exactly once, retrying with backoff until it succeeds. The records stay
 /// in the write-ahead log until then, and their buffer permits stay held (backpressure).
-/// `oldest` is when the first of them was logged.
-async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>, oldest: Instant) {
+async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return;
     };
@@ -94,7 +90,7 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>, oldest
     for origin in records.iter().filter_map(|r| r.origin.clone()) {
         span.add_link(origin);
     }
-    flush_records(shared, tenant, &events, &position, &lsns, oldest)
+    flush_records(shared, tenant, &events, &position, &lsns)
         .instrument(span)
         .await
 }
@@ -106,7 +102,6 @@ async fn flush_records(
     events: &[&StoredEvent],
     position: &SourcePosition,
     lsns: &[u64],
-    oldest: Instant,
 ) {
     let mut files: Option<Vec<DataFile>> = None;
     let mut backoff = floe_catalog::retry::Backoff::for_failures();
@@ -130,7 +125,7 @@ async fn flush_records(
                     })
                 });
         match attempted {
-            Ok(visible) => {
+            Ok((visible, committed_now)) => {
                 if failing {
                     tracing::info!(%tenant, "commits recovered");
                 }
@@ -138,13 +133,9 @@ async fn flush_records(
                     %tenant, rows = events.len(), lsn = position.last,
                     ms = started.elapsed().as_millis() as u64, "committed"
                 );
-                let label = m::tenant(tenant.id().as_str());
-                metrics::histogram!(m::INGEST_COMMIT_SECONDS, "tenant" => label.clone())
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!(m::TIME_TO_VISIBLE_SECONDS, "tenant" => label.clone())
-                    .record(oldest.elapsed().as_secs_f64());
-                metrics::counter!(m::INGEST_COMMITTED_EVENTS, "tenant" => label)
-                    .increment(events.len() as u64);
+                if committed_now {
+                    count_commit(tenant, events, started.elapsed());
+                }
                 shared.committed(tenant, lsns, visible);
                 return;
             }
@@ -187,7 +178,7 @@ async fn try_flush(
     events: &[&StoredEvent],
     position: &SourcePosition,
     files: &mut Option<Vec<DataFile>>,
-) -> Result<Visible> {
+) -> Result<(Visible, bool)> {
     let catalog = &shared.catalog;
     if files.is_none() {
         let table = catalog.load_table(tenant.id(), EVENTS_TABLE).await?;
@@ -202,10 +193,11 @@ async fn try_flush(
         if let Some(done) = floe_catalog::table::position_in(table.metadata(), &position.source)
             && done >= position.last
         {
-            return Ok(Visible {
+            let visible = Visible {
                 lsn: position.last,
                 snapshot_id: table.metadata().current_snapshot_id(),
-            });
+            };
+            return Ok((visible, false));
         }
         *files = Some(
             write_events(
@@ -226,8 +218,23 @@ async fn try_flush(
     if outcome.already_committed {
         tracing::info!(%tenant, lsn = position.last, "batch was already committed; its new files are unreferenced");
     }
-    Ok(Visible {
+    let visible = Visible {
         lsn: position.last,
         snapshot_id: outcome.snapshot_id,
-    })
+    };
+    Ok((visible, !outcome.already_committed))
+}
+
+/// Counts a commit this process made in the metrics: its time, the time since its oldest
+/// event arrived, and its events.
+fn count_commit(tenant: &TenantKey, events: &[&StoredEvent], took: Duration) {
+    let label = m::tenant(tenant.id().as_str());
+    metrics::histogram!(m::INGEST_COMMIT_SECONDS, "tenant" => label.clone())
+        .record(took.as_secs_f64());
+    if let Some(oldest) = events.iter().map(|e| e.received_at).min() {
+        let age_us = chrono::Utc::now().timestamp_micros() - oldest;
+        metrics::histogram!(m::TIME_TO_VISIBLE_SECONDS, "tenant" => label.clone())
+            .record(age_us.max(0) as f64 / 1e6);
+    }
+    metrics::counter!(m::INGEST_COMMITTED_EVENTS, "tenant" => label).increment(events.len() as u64);
 }

@@ -321,6 +321,8 @@ async fn accept(
     let (stored, duplicates, snapshot_id) = match &st.producer {
         Some(producer) => {
             let produced = producer.send(tenant, accepted).await?;
+            // Stored whatever the wait below answers.
+            count_events(tenant, produced.stored, produced.duplicates, &rejected);
             let snapshot_id = if wait_visible {
                 let timeout = Duration::from_millis(cfg.wait_visible_timeout_ms);
                 Some(
@@ -340,6 +342,7 @@ async fn accept(
         }
         None => {
             let submitted = st.ingest.submit(tenant, accepted).await?;
+            count_events(tenant, submitted.stored, submitted.duplicates, &rejected);
             let snapshot_id = if wait_visible {
                 let target = st.ingest.acked(tenant);
                 Some(st.ingest.wait_visible(tenant, target).await?.snapshot_id)
@@ -351,7 +354,6 @@ async fn accept(
     };
     let accepted = stored + duplicates;
     let refused = rejected.iter().filter(|r| !r.dead_lettered).count();
-    count_events(tenant, stored, duplicates, &rejected);
     let status = if accepted == 0 && refused > 0 {
         if rejected.iter().any(|r| r.code == "tenant_mismatch") {
             StatusCode::FORBIDDEN

@@ -196,11 +196,6 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         Ok(Admitted::Answer(answer)) => Run::answered(principal.tenant.clone(), answer, deadline),
         Ok(Admitted::Run { sql, scope, slot }) => {
             audit(&st, &principal, &id, &sql).await;
-            // A tenant running several queries at once splits its cores between them: its
-            // queries together have as many threads as one query alone, so that they do not
-            // crowd out another tenant's steps (see `cpu`).
-            let running = usize::try_from(slot.running()).unwrap_or(usize::MAX);
-            let threads = (st.threads / running).max(1);
             let plan = Plan {
                 engine: st.engine.clone(),
                 tenant: principal.tenant.id().clone(),
@@ -209,12 +204,11 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
                     .unwrap_or("UTC")
                     .to_string(),
                 sql,
-                threads,
+                threads: st.threads,
                 span: tracing::info_span!(
                     "query",
                     tenant = %principal.tenant.id(),
-                    query_id = %id,
-                    threads
+                    query_id = %id
                 ),
             };
             tracing::info!(tenant = %principal.tenant, query = %id, "query started");

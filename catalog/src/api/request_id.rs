@@ -47,7 +47,8 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{} {route}", req.method()),

@@ -100,10 +100,12 @@ impl Bucket {
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate as f64))
     }
 
-    /// When the bucket holds less than one token: how long until it holds one.
+    /// When the bucket holds less than one token: how long until it is full again (a retry
+    /// sooner would most likely be refused too, after sending its body again).
     fn empty(&mut self, rate: u64, burst_secs: u64, now: Instant) -> Option<Duration> {
         self.refill(rate, burst_secs, now);
-        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / rate as f64))
+        let capacity = (rate * burst_secs) as f64;
+        (self.tokens < 1.0).then(|| Duration::from_secs_f64((capacity - self.tokens) / rate as f64))
     }
 
     fn give_back(&mut self, n: u64) {
@@ -187,13 +189,6 @@ impl QuerySlot {
     /// Counts bytes of data files the query reads against `scanned_bytes_per_day`.
     pub fn add_scanned(&self, bytes: u64) {
         self.with(|e| e.unflushed.scanned_bytes += bytes);
-    }
-
-    /// How many of its tenant's queries are running now, this one included.
-    pub fn running(&self) -> u64 {
-        let mut running = 1;
-        self.with(|e| running = e.running.max(1));
-        running
     }
 }
 
@@ -714,13 +709,13 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_is_empty_until_it_holds_one_token() {
+    fn a_bucket_is_empty_until_it_holds_one_token_and_says_when_it_is_full() {
         let t0 = Instant::now();
         let mut b = Bucket::full(10, 1, t0);
         assert_eq!(b.empty(10, 1, t0), None);
         b.take(10, 10, 1, t0).unwrap();
         let wait = b.empty(10, 1, t0).expect("all taken: empty");
-        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(wait, Duration::from_secs(1), "until full again");
         assert_eq!(b.empty(10, 1, t0 + Duration::from_millis(100)), None);
     }
 

@@ -2,7 +2,7 @@
 //! through the `metrics` facade for `/metrics` (names in `floe_catalog::metrics`; the
 //! `floe_kafka_*` names are this worker's own).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,7 +20,13 @@ pub struct Metrics {
     pub(crate) committed: Mutex<HashMap<(String, i32), i64>>,
     /// topic → tenant, for lag per tenant.
     pub(crate) tenants: Mutex<HashMap<String, String>>,
+    /// The lag series set at the last scrape: those gone since (partitions revoked) are set
+    /// to 0, so that no worker keeps showing a lag that is another's now.
+    shown: Mutex<Shown>,
 }
+
+/// Tenant labels, and (tenant label, partition) pairs, of the lag series last set.
+type Shown = (BTreeSet<String>, BTreeSet<(String, i32)>);
 
 /// A counter of the worker: kept for its log line and recorded for `/metrics`.
 pub(crate) fn count(counter: &AtomicU64, name: &'static str, n: u64) {
@@ -39,6 +45,7 @@ impl Metrics {
             rejoins: AtomicU64::new(0),
             committed: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
+            shown: Mutex::new(Default::default()),
         }
     }
 
@@ -83,7 +90,7 @@ impl Metrics {
     }
 
     /// Sets the lag gauges from the brokers' high watermarks: per tenant, and per tenant and
-    /// partition (assigned partitions only).
+    /// partition (assigned partitions only; a series of a partition no longer assigned reads 0).
     pub fn set_lag_gauges(&self, high: &HashMap<(String, i32), i64>) {
         // Tenants past the label cap share one label: their lags add up.
         let mut per_tenant: BTreeMap<String, i64> = BTreeMap::new();
@@ -102,6 +109,22 @@ impl Metrics {
                 *per_partition.entry((m::tenant(tenant), *p)).or_default() += (hi - done).max(0);
             }
         }
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in shown.0.difference(&per_tenant.keys().cloned().collect()) {
+            metrics::gauge!(m::KAFKA_CONSUMER_LAG, "tenant" => gone.clone()).set(0.0);
+        }
+        for (tenant, partition) in shown.1.difference(&per_partition.keys().cloned().collect()) {
+            metrics::gauge!(
+                m::KAFKA_PARTITION_LAG,
+                "tenant" => tenant.clone(),
+                "partition" => partition.to_string()
+            )
+            .set(0.0);
+        }
+        *shown = (
+            per_tenant.keys().cloned().collect(),
+            per_partition.keys().cloned().collect(),
+        );
         for (tenant, lag) in per_tenant {
             metrics::gauge!(m::KAFKA_CONSUMER_LAG, "tenant" => tenant).set(lag as f64);
         }

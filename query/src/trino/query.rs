@@ -164,7 +164,6 @@ pub(crate) struct Plan {
     pub scope: Scope,
     pub time_zone: String,
     pub sql: String,
-    /// Worker threads of the query's runtime, and the partitions its plan is split into.
     pub threads: usize,
     /// The query's span (the parent of its plan's and execution's).
     pub span: tracing::Span,
@@ -197,12 +196,6 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             let ctx = engine
                 .session_scoped(&plan_tenant, scope, &time_zone)
                 .await?;
-            ctx.state_ref()
-                .write()
-                .config_mut()
-                .options_mut()
-                .execution
-                .target_partitions = threads;
             let df = engine.plan(&ctx, &plan_tenant, &sql).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());

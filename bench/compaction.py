@@ -27,9 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import duckdb
-import trino
 from pyiceberg.catalog.sql import SqlCatalog
-from trino.auth import JWTAuthentication
 
 import floe_server
 from floe_server import FLOE
@@ -89,13 +87,7 @@ def main():
         load_s = time.time() - started
         print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s", flush=True)
 
-        conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
-                                   http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(token))
-
-        def q(sql):
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
+        q = floe_server.analyst_query(data, port, TENANT)
 
         checksum = q(CHECKSUM)
         _, before_files = live_files(data)

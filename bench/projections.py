@@ -29,9 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import trino
 from pyiceberg.catalog.sql import SqlCatalog
-from trino.auth import JWTAuthentication
 
 import floe_server
 from floe_server import FLOE
@@ -198,14 +196,7 @@ def main():
               f"{pct(samples, 0.5):.2f} s | {pct(samples, 0.99):.2f} s | {max(samples, default=0):.2f} s |")
         print(f"\nserver RSS after the run: {rss_mib(proc.pid):.0f} MiB")
 
-        analyst = floe(data, "token", "issue", "--tenant", TENANT, "--role", "analyst").stdout.strip()
-        conn = trino.dbapi.connect(host="127.0.0.1", port=port, user="bench", catalog="floe", schema=TENANT,
-                                   http_scheme="http", allow_insecure_auth=True, auth=JWTAuthentication(analyst))
-
-        def query(sql):
-            cur = conn.cursor()
-            cur.execute(sql)
-            return cur.fetchall()
+        query = floe_server.analyst_query(data, port, TENANT)
 
         print()
         print(f"Trino protocol, median and p99 of {args.runs} runs")

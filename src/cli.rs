@@ -89,6 +89,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// Tenants' alert rules, evaluated by `floe serve` every `alerting.interval_secs`; their
+    /// notifications are POSTed to a webhook, signed with the rule's secret.
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Event type schemas (JSON Schema, draft 2020-12) of a tenant: versions, compatibility.
     Schema {
         #[command(subcommand)]
@@ -335,12 +341,57 @@ pub enum ProjectionCommand {
 }
 
 #[derive(Subcommand)]
-pub enum TokenCommand {
-    /// Issue a token; prints only the token.
-    Issue {
+pub enum AlertCommand {
+    /// Create a rule. Kinds: rate_drop (events in the window below THRESHOLD times the window
+    /// before; default 0.5), no_events (none in the window), lag (a projection or the Kafka
+    /// topic more than THRESHOLD seconds behind; default 60), rejections (more than THRESHOLD %
+    /// of the window's events rejected; default 5), sql (the first value of --sql's first row
+    /// above THRESHOLD).
+    Create {
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_parser = ["ingest", "viewer", "analyst", "admin"])]
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["rate_drop", "no_events", "lag", "rejections", "sql"])]
+        kind: String,
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// 90s, 5m, 1h, 1d (at least a minute, at most 7 days).
+        #[arg(long, default_value = "5m")]
+        window: String,
+        /// Where notifications are POSTed (http or https).
+        #[arg(long)]
+        webhook: String,
+        /// Signs each notification: `X-Floe-Signature: sha256=<hex HMAC-SHA256 of the body>`
+        /// (at least 16 characters).
+        #[arg(long, env = "FLOE_ALERT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The query of a `sql` rule (read-only, over the tenant's tables).
+        #[arg(long)]
+        sql: Option<String>,
+    },
+    /// List a tenant's rules with their state (JSON lines).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete a rule.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token; prints only the token. Every role but `operator` (the platform's, for
+    /// the operator routes and page) needs a tenant; `operator` takes none.
+    Issue {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_parser = ["ingest", "viewer", "analyst", "admin", "operator"])]
         role: String,
         /// Lifetime: 90s, 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]

@@ -1,6 +1,8 @@
 //! The `floe` command line: parses the arguments and hands each command to its module, one
 //! file a command (`serve.rs` composes the services of `floe serve`).
 
+mod alert;
+mod alerting;
 mod cli;
 mod compact;
 mod generate;
@@ -15,6 +17,7 @@ mod sql;
 mod telemetry;
 mod tenant;
 mod token;
+mod ui;
 mod wal;
 
 use std::time::Duration;
@@ -93,7 +96,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         Command::Tenant { command } => tenant::run(&config()?, command).await,
         Command::Token {
             command: TokenCommand::Issue { tenant, role, ttl },
-        } => token::issue(&config()?, tenant, role, ttl).await,
+        } => token::issue(&config()?, tenant.as_deref(), role, ttl).await,
         Command::Sql {
             tenant,
             format,
@@ -101,6 +104,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         } => sql::run(&config()?, tenant, *format, sql).await,
         Command::Projection { command } => projection::run(&config()?, command).await,
         Command::Schema { command } => schema::run(&config()?, command).await,
+        Command::Alert { command } => alert::run(&config()?, command).await,
         Command::Gen(args) => generate::run(&config()?, args).await,
         Command::Compact {
             status: true,

@@ -1,8 +1,9 @@
 //! `floe serve`: every service of one process, composed here, started together and stopped
 //! together on SIGTERM or Ctrl-C.
 //!
-//! The services: the HTTP port (ingest, the Trino protocol, the admin API, health), the commit
-//! pipeline behind ingest, the dependency probe, and the maintenance schedule. On the signal
+//! The services: the HTTP port (ingest, the Trino protocol, the admin API, the dashboard,
+//! health), the commit pipeline behind ingest, the dependency probe, the maintenance schedule
+//! and the evaluator of alert rules. On the signal
 //! the port stops taking connections and gives requests in flight [`HTTP_GRACE`]; the
 //! batchers commit what they buffer (up to [`COMMIT_GRACE`]; what does not commit stays in the
 //! write-ahead log for the next start); the probe and the schedule stop at once (a maintenance
@@ -96,7 +97,23 @@ pub async fn serve(
     };
     let engine = Engine::new(catalog.clone(), config.query.clone());
     let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
-    // One port: ingest, health, the Trino protocol for SQL clients, and the admin API.
+    let topic_lag = producer.clone().map(|p| {
+        Arc::new(TopicLag(p, catalog.clone())) as Arc<dyn floe_query::dashboard::KafkaLag>
+    });
+    let dashboard = floe_query::dashboard::router(floe_query::dashboard::DashboardState {
+        engine: engine.clone(),
+        auth: auth.clone(),
+        quotas: quotas.clone(),
+        kafka: topic_lag.clone(),
+    });
+    let alerting = crate::alerting::Alerting::new(
+        catalog.clone(),
+        engine.clone(),
+        topic_lag,
+        &config.alerting,
+    )?;
+    // One port: ingest, health, the Trino protocol for SQL clients, the admin API, and the
+    // dashboard with its figures.
     let refresher = projections(&catalog, &config);
     let lag = refresher
         .clone()
@@ -119,7 +136,10 @@ pub async fn serve(
         projections: refresher
             .clone()
             .map(|r| Arc::new(ProjectionAdmin(r)) as Arc<dyn floe_admin::Projections>),
+        max_alert_rules: config.alerting.max_rules_per_tenant,
     }))
+    .merge(dashboard)
+    .merge(crate::ui::router())
     // Every reply carries its request's id, and so do the log lines of its handling.
     .layer(axum::middleware::from_fn(
         floe_catalog::api::request_id::layer,
@@ -150,6 +170,9 @@ pub async fn serve(
     }));
     if let Some(refresher) = refresher.clone() {
         services.spawn(refresher.run(stop.clone().wait()));
+    }
+    if let Some(alerting) = alerting {
+        services.spawn(until(stop.clone(), alerting.run()));
     }
     if config.compaction.interval_secs > 0 {
         let mut compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
@@ -204,6 +227,24 @@ pub(crate) fn projections(
     let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
     refresher.listen();
     Some(refresher)
+}
+
+/// The events in a tenant's topic not yet in its table, for the dashboard (Kafka mode).
+struct TopicLag(Arc<floe_ingest::produce::Producer>, Catalog);
+
+impl floe_query::dashboard::KafkaLag for TopicLag {
+    fn lag(
+        &self,
+        tenant: floe_catalog::TenantId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> {
+        let (producer, catalog) = (self.0.clone(), self.1.clone());
+        Box::pin(async move {
+            producer
+                .lag(&catalog, &tenant)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The admin API's hold on this process's projection refresher.

@@ -1,4 +1,4 @@
-//! Floe's admin API: what tenant admins (and, to come, platform operators) manage over HTTP.
+//! Floe's admin API: what tenant admins and the platform operator manage and see over HTTP.
 //! Today: user erasure requests (GDPR), `POST /v1/erasures` and `GET /v1/erasures/{id}`,
 //! recorded in the catalog and carried out by the compactor; and the freshness of the tenant's
 //! projections, `GET /v1/projections` and `GET /v1/projections/{name}` (any role that reads).
@@ -17,6 +17,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use floe_catalog::projection::Defined;
+
+mod alerts;
+mod operator;
 
 /// What the admin API asks of the process that refreshes projections.
 pub trait Projections: Send + Sync {
@@ -47,6 +50,8 @@ pub struct AdminState {
     pub auth: Authenticator,
     /// `None`: this process does not refresh projections (`projection.enabled` off).
     pub projections: Option<Arc<dyn Projections>>,
+    /// Alert rules one tenant may have (`alerting.max_rules_per_tenant`; 0: no bound).
+    pub max_alert_rules: u64,
 }
 
 /// The admin routes.
@@ -66,6 +71,10 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/projections/{name}/rebuild", post(post_rebuild))
         .route("/v1/schemas", get(list_schemas))
+        .route("/v1/alerts", get(alerts::list).post(alerts::create))
+        .route("/v1/alerts/{name}", axum::routing::delete(alerts::delete))
+        .route("/v1/whoami", get(operator::whoami))
+        .route("/v1/operator/tenants", get(operator::tenants))
         .route(
             "/v1/schemas/{type_name}/{version}",
             get(get_schema).put(put_schema),

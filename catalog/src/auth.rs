@@ -24,6 +24,9 @@ pub enum Role {
     Analyst,
     /// Tenant settings, keys, erasure; may also ingest and query.
     Admin,
+    /// The platform's operator: bound to no tenant (its token's `tenant` is empty), it reaches
+    /// only the operator routes, never a tenant's data.
+    Operator,
 }
 
 impl Role {
@@ -33,6 +36,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Analyst => "analyst",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
 }
@@ -45,8 +49,9 @@ impl FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "analyst" => Ok(Role::Analyst),
             "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
             other => Err(Error::invalid(format!(
-                "unknown role {other:?}: expected ingest, viewer, analyst or admin"
+                "unknown role {other:?}: expected ingest, viewer, analyst, admin or operator"
             ))),
         }
     }
@@ -170,11 +175,26 @@ impl TokenAuthority {
         })
     }
 
-    /// Issues a token for `tenant` with `role`, valid for `ttl`.
+    /// Issues a token for `tenant` with `role` (a tenant's role: not `operator`), valid for
+    /// `ttl`.
     pub fn issue(&self, tenant: &TenantId, role: Role, ttl: Duration) -> Result<String> {
+        if role == Role::Operator {
+            return Err(Error::invalid(
+                "the operator role is bound to no tenant: issue it without one",
+            ));
+        }
+        self.sign(tenant.to_string(), role, ttl)
+    }
+
+    /// Issues a platform operator's token (bound to no tenant), valid for `ttl`.
+    pub fn issue_operator(&self, ttl: Duration) -> Result<String> {
+        self.sign(String::new(), Role::Operator, ttl)
+    }
+
+    fn sign(&self, tenant: String, role: Role, ttl: Duration) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
-            tenant: tenant.to_string(),
+            tenant,
             role,
             scopes: Vec::new(),
             iat: now,
@@ -306,6 +326,56 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_token_names_no_tenant_and_a_tenant_token_is_never_an_operators() {
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let op = a
+            .verify(&a.issue_operator(Duration::from_secs(60)).unwrap())
+            .unwrap();
+        assert_eq!((op.tenant.as_str(), op.role), ("", Role::Operator));
+        assert!(
+            a.issue(&tenant("acme"), Role::Operator, Duration::from_secs(60))
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn operator_routes_take_only_operator_tokens_and_tenant_routes_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config::load(
+            None,
+            vec![],
+            &[("data_dir", dir.path().display().to_string())],
+        )
+        .unwrap();
+        let catalog = crate::Catalog::open(&config).await.unwrap();
+        catalog
+            .create_tenant(&tenant("acme"), "test")
+            .await
+            .unwrap();
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let auth = Authenticator::new(a.clone(), catalog);
+        let op = format!(
+            "Bearer {}",
+            a.issue_operator(Duration::from_secs(60)).unwrap()
+        );
+        let admin = format!(
+            "Bearer {}",
+            a.issue(&tenant("acme"), Role::Admin, Duration::from_secs(60))
+                .unwrap()
+        );
+        assert!(auth.authenticate_operator(Some(&op)).is_ok());
+        assert_eq!(
+            auth.authenticate_operator(Some(&admin)).unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            auth.authenticate(Some(&op)).await.unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert!(auth.authenticate(Some(&admin)).await.is_ok());
+    }
+
+    #[test]
     fn ttl_parsing() {
         assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
@@ -357,8 +427,9 @@ impl Authenticator {
         &self.authority
     }
 
-    /// Checks an `Authorization` header value (`Bearer <jwt>`).
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+    /// Verifies the token of an `Authorization` header value (`Bearer <jwt>`), whoever it is
+    /// for: a tenant's role or the operator.
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Claims> {
         let header = authorization.ok_or_else(|| Error::Unauthenticated {
             message: "missing Authorization header (expected: Bearer <token>)".into(),
         })?;
@@ -369,7 +440,33 @@ impl Authenticator {
                 message: "Authorization must be a Bearer token".into(),
             })?
             .trim();
-        let claims = self.authority.verify(token)?;
+        self.authority.verify(token)
+    }
+
+    /// Checks an operator's `Authorization` header value: a valid token of role `operator`
+    /// (a tenant's token of any role is `Forbidden` here).
+    pub fn authenticate_operator(&self, authorization: Option<&str>) -> Result<Claims> {
+        let claims = self.verify_header(authorization)?;
+        if claims.role != Role::Operator || !claims.tenant.is_empty() {
+            return Err(Error::Forbidden {
+                message: format!(
+                    "only the platform operator may do this (the token is a tenant's, role {})",
+                    claims.role.as_str()
+                ),
+            });
+        }
+        Ok(claims)
+    }
+
+    /// Checks a tenant's `Authorization` header value (`Bearer <jwt>`): a valid token whose
+    /// tenant exists (an operator's token reaches no tenant: `Forbidden`).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        let claims = self.verify_header(authorization)?;
+        if claims.role == Role::Operator {
+            return Err(Error::Forbidden {
+                message: "an operator token reaches no tenant's data: use a tenant's token".into(),
+            });
+        }
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
             message: "token names an invalid tenant".into(),
         })?;

@@ -40,6 +40,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub quota: QuotaConfig,
     pub metrics: MetricsConfig,
+    pub alerting: AlertingConfig,
 }
 
 impl Default for Config {
@@ -60,6 +61,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             quota: QuotaConfig::default(),
             metrics: MetricsConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -83,6 +85,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("quota", &self.quota)
             .field("metrics", &self.metrics)
+            .field("alerting", &self.alerting)
             .finish()
     }
 }
@@ -115,9 +118,12 @@ impl Config {
             let Some(rest) = name.strip_prefix("FLOE_") else {
                 continue;
             };
-            // The config file's own variable, and those of the project's scripts and tests.
-            if rest == "CONFIG"
-                || rest == "BIN"
+            // The config file's own variable, the command line's (flags and the dashboard's
+            // folder), and those of the project's scripts and tests.
+            if matches!(
+                rest,
+                "CONFIG" | "LOG_FORMAT" | "OTLP_ENDPOINT" | "UI_DIR" | "ALERT_SECRET"
+            ) || rest == "BIN"
                 || rest == "CACHE_DIR"
                 || rest.starts_with("SERVICES_")
                 || rest.starts_with("TEST_")

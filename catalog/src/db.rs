@@ -325,6 +325,68 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE floe_tenants ADD COLUMN IF NOT EXISTS unknown_types TEXT;
     "#,
     },
+    Migration {
+        version: 9,
+        description: "tenant alert rules and their state, events accepted and rejected per minute",
+        sqlite: r#"
+    CREATE TABLE IF NOT EXISTS floe_alerts (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        threshold DOUBLE PRECISION NOT NULL,
+        window_secs INTEGER NOT NULL,
+        webhook TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        sql_text TEXT,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        firing INTEGER NOT NULL DEFAULT 0,
+        since_ms INTEGER,
+        value DOUBLE PRECISION,
+        evaluated_at_ms INTEGER,
+        error TEXT,
+        delivered TEXT,
+        delivery_error TEXT,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_ingest_minutes (
+        tenant TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, minute)
+    );
+    "#,
+        postgres: r#"
+    CREATE TABLE IF NOT EXISTS floe_alerts (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        threshold DOUBLE PRECISION NOT NULL,
+        window_secs BIGINT NOT NULL,
+        webhook TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        sql_text TEXT,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        firing BIGINT NOT NULL DEFAULT 0,
+        since_ms BIGINT,
+        value DOUBLE PRECISION,
+        evaluated_at_ms BIGINT,
+        error TEXT,
+        delivered TEXT,
+        delivery_error TEXT,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE TABLE IF NOT EXISTS floe_ingest_minutes (
+        tenant TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        accepted BIGINT NOT NULL DEFAULT 0,
+        rejected BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, minute)
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

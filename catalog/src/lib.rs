@@ -2,6 +2,8 @@
 //! Floe's own commit path (metadata written, then a compare-and-swap of the table's metadata
 //! pointer, with source positions in the snapshot summary of the same commit).
 
+pub mod activity;
+pub mod alert;
 pub mod api;
 mod append;
 pub mod auth;

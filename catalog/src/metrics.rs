@@ -121,6 +121,15 @@ pub const KAFKA_COMMIT_SECONDS: &str = "floe_kafka_commit_seconds";
 /// LogAppendTime topics) to the commit that made it queryable.
 pub const KAFKA_VISIBLE_SECONDS: &str = "floe_kafka_visible_seconds";
 
+// Alerts (`floe serve`'s evaluator).
+/// Tenants' alert rules firing: 1 or 0 per labelled tenant and rule; for the tenants past the
+/// label cap, the number firing under `tenant="_other", alert="_other"`.
+pub const ALERT_FIRING: &str = "floe_alert_firing";
+/// Alert notifications, by outcome (`delivered`, `failed`: given up after every attempt).
+pub const ALERT_NOTIFICATIONS: &str = "floe_alert_notifications_total";
+/// Evaluations of alert rules that could not decide (a query failed, a table unreadable).
+pub const ALERT_EVALUATION_ERRORS: &str = "floe_alert_evaluation_errors_total";
+
 /// Registers the help text and unit of every metric (called once the recorder is installed).
 pub fn describe() {
     describe_counter!(
@@ -257,6 +266,21 @@ pub fn describe() {
         KAFKA_PARTITION_LAG,
         Unit::Count,
         "Records behind the high watermark, per tenant and partition."
+    );
+    describe_gauge!(
+        ALERT_FIRING,
+        Unit::Count,
+        "Tenants' alert rules firing, per tenant and rule."
+    );
+    describe_counter!(
+        ALERT_NOTIFICATIONS,
+        Unit::Count,
+        "Alert notifications sent to webhooks, by outcome."
+    );
+    describe_counter!(
+        ALERT_EVALUATION_ERRORS,
+        Unit::Count,
+        "Evaluations of alert rules that could not decide."
     );
 }
 

@@ -8,6 +8,7 @@
 //! `quota.refresh_secs`.
 
 pub mod book;
+pub mod tally;
 
 use std::collections::BTreeMap;
 

@@ -583,6 +583,8 @@ impl Catalog {
                 "DELETE FROM floe_refresh_leases WHERE tenant = $1",
                 "DELETE FROM floe_schemas WHERE tenant = $1",
                 "DELETE FROM floe_event_types WHERE tenant = $1",
+                "DELETE FROM floe_alerts WHERE tenant = $1",
+                "DELETE FROM floe_ingest_minutes WHERE tenant = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())

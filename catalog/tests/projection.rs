@@ -301,6 +301,11 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
         "oldest commit first"
     );
     assert_eq!(all.appended_records, 15);
+    // The snapshot log tells the dashboard how many events arrived and when the last did.
+    let appended = catalog.appends_since(&t, 0).await.unwrap();
+    let last_append = appended.last_append_ms;
+    assert_eq!(appended.events, 15);
+    assert!(last_append.is_some());
     let since_first = changes(catalog.raw_delta(&t, first).await.unwrap());
     assert_eq!(since_first.added.len(), 1);
     assert_eq!(since_first.added[0].day, 101);
@@ -362,6 +367,16 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
     let after_retention = changes(catalog.raw_delta(&t, at).await.unwrap());
     assert_eq!(after_retention.reopened, BTreeSet::from([100]));
     assert!(after_retention.added.is_empty());
+
+    // Neither the compaction nor retention appended an event: the figures stand, and a
+    // moment after the last append still knows when that was.
+    let appended = catalog.appends_since(&t, 0).await.unwrap();
+    assert_eq!(
+        (appended.events, appended.last_append_ms),
+        (15, last_append)
+    );
+    let later = catalog.appends_since(&t, i64::MAX).await.unwrap();
+    assert_eq!((later.events, later.last_append_ms), (0, last_append));
 
     // A snapshot the table does not know is a gap: recompute everything.
     assert!(matches!(

@@ -322,7 +322,13 @@ async fn accept(
         Some(producer) => {
             let produced = producer.send(tenant, accepted).await?;
             // Stored whatever the wait below answers.
-            count_events(tenant, produced.stored, produced.duplicates, &rejected);
+            count_events(
+                &st.quotas,
+                tenant,
+                produced.stored,
+                produced.duplicates,
+                &rejected,
+            );
             let snapshot_id = if wait_visible {
                 let timeout = Duration::from_millis(cfg.wait_visible_timeout_ms);
                 Some(
@@ -342,7 +348,13 @@ async fn accept(
         }
         None => {
             let submitted = st.ingest.submit(tenant, accepted).await?;
-            count_events(tenant, submitted.stored, submitted.duplicates, &rejected);
+            count_events(
+                &st.quotas,
+                tenant,
+                submitted.stored,
+                submitted.duplicates,
+                &rejected,
+            );
             let snapshot_id = if wait_visible {
                 let target = st.ingest.acked(tenant);
                 Some(st.ingest.wait_visible(tenant, target).await?.snapshot_id)
@@ -373,8 +385,20 @@ async fn accept(
     Ok(((status, axum::Json(reply)).into_response(), rate))
 }
 
-/// Counts a stored request's events in the metrics: by outcome, and the rejected by reason.
-fn count_events(tenant: &TenantKey, stored: usize, duplicates: usize, rejected: &[Rejection]) {
+/// Counts a stored request's events in the metrics (by outcome, and the rejected by reason)
+/// and in the tally the `rejections` alert reads.
+fn count_events(
+    quotas: &QuotaBook,
+    tenant: &TenantKey,
+    stored: usize,
+    duplicates: usize,
+    rejected: &[Rejection],
+) {
+    quotas.tally(
+        tenant.id(),
+        (stored + duplicates) as u64,
+        rejected.len() as u64,
+    );
     let label = m::tenant(tenant.id().as_str());
     let dead = rejected.iter().filter(|r| r.dead_lettered).count();
     for (outcome, n) in [

@@ -153,6 +153,23 @@ impl Producer {
         })?
     }
 
+    /// Events in the tenant's topic that its table has not taken in yet: the topic's end
+    /// against the consumer group's positions recorded in the table (where the table's
+    /// consumption begins, for partitions it has none of yet).
+    pub async fn lag(&self, catalog: &Catalog, tenant: &TenantId) -> Result<u64> {
+        let end = self.end_offsets(tenant).await?;
+        let table = catalog.load_table(tenant, EVENTS_TABLE).await?;
+        let positions = kafka_positions(
+            table.metadata(),
+            &self.visibility.group,
+            &self.topic(tenant),
+        )?;
+        Ok(end
+            .iter()
+            .map(|(p, high)| (high - positions.get(p).copied().unwrap_or(0)).max(0) as u64)
+            .sum())
+    }
+
     /// Sends events and waits for the broker's acknowledgement of every one. Retries of
     /// already-sent `event_id`s (within the de-duplication window) are not sent again.
     pub async fn send(&self, tenant: &TenantKey, events: Vec<StoredEvent>) -> Result<Produced> {

@@ -5,6 +5,7 @@
 //! listed or guessed. Statements that change anything (DDL, DML, `SET`, `COPY`) are refused.
 
 pub mod cpu;
+pub mod dashboard;
 pub mod dialect;
 pub mod event_views;
 pub mod functions;
@@ -90,6 +91,27 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Error::TableNotFound(_) => ErrorKind::NotFound,
+        }
+    }
+
+    /// As a catalog error of the same kind (for the HTTP edge's one table of statuses).
+    pub fn into_catalog(self) -> floe_catalog::Error {
+        let kind = self.kind();
+        let message = self.to_string();
+        match self {
+            Error::Catalog(e) => e,
+            _ => match kind {
+                ErrorKind::InvalidInput => floe_catalog::Error::invalid(message),
+                ErrorKind::PermissionDenied => floe_catalog::Error::Forbidden { message },
+                ErrorKind::NotFound => floe_catalog::Error::NotFound { what: message },
+                ErrorKind::Unavailable | ErrorKind::CommitConflict => {
+                    floe_catalog::Error::Unavailable {
+                        what: "the query".into(),
+                        why: message,
+                    }
+                }
+                _ => floe_catalog::Error::internal(message),
+            },
         }
     }
 }
@@ -347,6 +369,28 @@ impl Engine {
             .with_allow_statements(false)
             .verify_plan(&plan)?;
         Ok(ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// Runs one read-only statement for `tenant` on a thread of its own (as a query of the
+    /// Trino protocol runs: its work never holds a thread that serves HTTP), within the
+    /// tenant's CPU share, and collects the result (within `query.memory_limit_bytes`).
+    pub async fn sql_apart(
+        &self,
+        tenant: &TenantId,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let engine = self.clone();
+        let (tenant, sql) = (tenant.clone(), sql.to_string());
+        let cpu = self.cpu().tenant(tenant.as_str());
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| floe_catalog::Error::internal(format!("a query runtime: {e}")))?;
+            runtime.block_on(cpu.run(async move { engine.sql(&tenant, &sql).await }))
+        })
+        .await
+        .map_err(|e| floe_catalog::Error::internal(format!("a query thread stopped: {e}")))?
     }
 
     /// Runs one read-only statement for `tenant` and collects the result.

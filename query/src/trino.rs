@@ -12,6 +12,7 @@
 //! pages it, [`error`] names Trino's error codes, [`values`] renders what the protocol sends.
 
 pub mod error;
+mod history;
 mod query;
 mod session;
 mod values;
@@ -39,6 +40,7 @@ use error::{
     CATALOG_NOT_FOUND, PERMISSION_DENIED, QUERY_QUEUE_FULL, QUERY_TEXT_TOO_LARGE, QUOTA_EXCEEDED,
     QueryError, SCHEMA_NOT_FOUND, SYNTAX_ERROR,
 };
+use history::{Described, History};
 use query::{Page, Plan, Run};
 use session::Session;
 
@@ -55,6 +57,8 @@ pub struct TrinoState {
     threads: usize,
     auth: Authenticator,
     queries: Arc<Queries>,
+    /// Ended queries' descriptions.
+    history: Arc<History>,
     /// Tenants' quotas: concurrent queries, queries per minute, bytes scanned per day.
     quotas: QuotaBook,
     started: Instant,
@@ -66,11 +70,13 @@ impl TrinoState {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
+        let history = Arc::new(History::new(engine.config().history_bytes));
         TrinoState {
             engine,
             threads,
             auth,
             queries: Default::default(),
+            history,
             quotas,
             started: Instant::now(),
         }
@@ -107,8 +113,14 @@ pub fn router(state: TrinoState) -> Router {
         .with_state(state)
 }
 
-/// Where a query's description is.
+/// The page that shows a query (the dashboard's, as Trino's `infoUri` names its web UI's):
+/// it reads `GET /v1/query/{id}` with the signed-in token.
 pub(crate) fn info_uri(base: &str, id: &str) -> String {
+    format!("{base}/ui/query.html?{id}")
+}
+
+/// Where a query's description is, as JSON.
+fn described_uri(base: &str, id: &str) -> String {
     format!("{base}/v1/query/{id}")
 }
 
@@ -156,6 +168,9 @@ async fn authenticate(st: &TrinoState, headers: &HeaderMap) -> Result<Principal,
     match st.auth.authenticate(bearer.as_deref()).await {
         Ok(c) => Ok(c),
         Err(e) if e.kind() == ErrorKind::Unauthenticated => Err(unauthorized(&e.to_string())),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            Err((StatusCode::FORBIDDEN, e.to_string()).into_response())
+        }
         Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.kind().to_string()).into_response()),
     }
 }
@@ -192,7 +207,7 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     );
     let cfg = st.engine.config().clone();
     let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs);
-    let run = match admit(&st, &principal, &headers, &body).await {
+    let mut run = match admit(&st, &principal, &headers, &body).await {
         Ok(Admitted::Answer(answer)) => Run::answered(principal.tenant.clone(), answer, deadline),
         Ok(Admitted::Run { sql, scope, slot }) => {
             audit(&st, &principal, &id, &sql).await;
@@ -216,6 +231,10 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
         }
         Err(e) => Run::failed(principal.tenant.clone(), e, deadline),
     };
+    run.describe(
+        Described::submitted(&id, principal.tenant.clone(), &body),
+        st.history.clone(),
+    );
     if let Ok(mut q) = st.queries.lock() {
         q.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(run)));
     }
@@ -243,10 +262,10 @@ async fn admit(
     let scope = match principal.claims.role {
         Role::Analyst | Role::Admin => Scope::AllTables,
         Role::Viewer => Scope::ProjectionsOnly,
-        Role::Ingest => {
+        Role::Ingest | Role::Operator => {
             return Err(QueryError::new(
                 PERMISSION_DENIED,
-                "role ingest may not query",
+                format!("role {} may not query", principal.claims.role.as_str()),
             ));
         }
     };
@@ -391,18 +410,26 @@ async fn query_info(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let run = match lookup(&st, &headers, &id).await {
-        Ok(r) => r,
+    let principal = match authenticate(&st, &headers).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let run = run.lock().await;
-    axum::Json(json!({
-        "queryId": id,
-        "state": if run.token == 0 { "QUEUED" } else { "RUNNING" },
-        "self": info_uri(&base_uri(&headers), &id),
-        "idleSeconds": run.touched.elapsed().as_secs(),
-    }))
-    .into_response()
+    let live = st.queries.lock().ok().and_then(|q| q.get(&id).cloned());
+    let described = match live {
+        Some(run) => {
+            let run = run.lock().await;
+            (run.tenant == principal.tenant)
+                .then(|| run.description())
+                .flatten()
+        }
+        // Ended (or never run here): its description while it is kept.
+        None => st.history.find(&id, &principal.tenant),
+    };
+    // Another tenant's query id is as unknown as a made-up one.
+    match described {
+        Some(d) => axum::Json(d.to_json(described_uri(&base_uri(&headers), &id))).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such query").into_response(),
+    }
 }
 
 async fn info(State(st): State<TrinoState>) -> Response {

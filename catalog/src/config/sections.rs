@@ -315,6 +315,9 @@ pub struct QueryConfig {
     pub page_rows: usize,
     /// A query whose client stops fetching pages is cancelled after this long.
     pub abandoned_after_secs: u64,
+    /// Memory for the descriptions of ended queries (SQL text, outcome, figures), shown at
+    /// `GET /v1/query/{id}` and the page a query's `infoUri` names; the oldest go first.
+    pub history_bytes: usize,
     /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
     pub footer_cache_bytes: u64,
     /// Iceberg manifests kept in memory across queries, counted in the data files they list
@@ -340,6 +343,7 @@ impl Default for QueryConfig {
             max_sql_operators: 1000,
             page_rows: 10_000,
             abandoned_after_secs: 300,
+            history_bytes: 4 << 20,
             footer_cache_bytes: 64 << 20,
             manifest_cache_files: 200_000,
         }
@@ -488,6 +492,40 @@ pub struct MetricsConfig {
     /// seen after these are summed under `tenant="_other"`, so that the series a scrape holds
     /// stay bounded however many tenants there are.
     pub max_tenant_labels: usize,
+}
+
+/// Tenants' alert rules (`floe alert`, `/v1/alerts`): how often `floe serve` evaluates them
+/// and how it delivers their notifications.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Seconds between evaluations of every rule; 0: rules are not evaluated by this process.
+    pub interval_secs: u64,
+    /// Rules one tenant may have (0: no bound).
+    pub max_rules_per_tenant: u64,
+    /// Attempts at delivering one notification before it is given up (recorded on the rule).
+    pub webhook_attempts: u32,
+    /// Wait before the second attempt; doubled before each further one (at most a minute).
+    pub webhook_backoff_ms: u64,
+    /// Time one attempt may take.
+    pub webhook_timeout_ms: u64,
+    /// Whether webhooks may point at loopback, private, link-local or unspecified addresses
+    /// (a tenant's rule would otherwise reach the platform's own network). Off in production;
+    /// on for a laptop or a test with a local receiver.
+    pub allow_private_webhooks: bool,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            interval_secs: 30,
+            max_rules_per_tenant: 50,
+            webhook_attempts: 5,
+            webhook_backoff_ms: 1_000,
+            webhook_timeout_ms: 5_000,
+            allow_private_webhooks: false,
+        }
+    }
 }
 
 impl Default for MetricsConfig {

@@ -161,6 +161,8 @@ pub struct QuotaBook {
     tenants: Arc<Mutex<HashMap<TenantId, Entry>>>,
     /// One refresh at a time: a burst of requests for a tenant reads the catalog once.
     refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// Events accepted and rejected per minute, written with the usage.
+    tally: Arc<super::tally::Tally>,
 }
 
 impl std::fmt::Debug for QuotaBook {
@@ -206,14 +208,16 @@ impl QuotaBook {
             defaults,
             tenants: Default::default(),
             refreshing: Default::default(),
+            tally: Default::default(),
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             // Holds the state weakly: the task ends with the last handle of the book.
             let weak = Arc::downgrade(&book.tenants);
-            let (catalog, defaults, refreshing) = (
+            let (catalog, defaults, refreshing, tally) = (
                 book.catalog.clone(),
                 book.defaults.clone(),
                 book.refreshing.clone(),
+                book.tally.clone(),
             );
             let every = book.refresh_every();
             rt.spawn(async move {
@@ -227,6 +231,7 @@ impl QuotaBook {
                         defaults: defaults.clone(),
                         tenants,
                         refreshing: refreshing.clone(),
+                        tally: tally.clone(),
                     };
                     book.flush().await;
                     book.refresh_all().await;
@@ -597,6 +602,13 @@ impl QuotaBook {
         for t in tenants {
             self.flush_tenant(&t).await;
         }
+        self.tally.flush(&self.catalog).await;
+    }
+
+    /// Counts a request's (or a batch's) events, accepted and rejected, for the `rejections`
+    /// alert (written to the catalog with the usage).
+    pub fn tally(&self, tenant: &TenantId, accepted: u64, rejected: u64) {
+        self.tally.add(tenant, accepted, rejected);
     }
 
     async fn flush_tenant(&self, tenant: &TenantId) {

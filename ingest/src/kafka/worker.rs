@@ -664,6 +664,9 @@ impl Worker {
                 if records + dead > 0 {
                     self.metrics.record_commit(records + dead, ms, age);
                 }
+                if let Some(tenant) = &state.tenant {
+                    self.quotas.tally(tenant, records as u64, dead as u64);
+                }
                 super::metrics::count(
                     &self.metrics.dead_letters,
                     floe_catalog::metrics::KAFKA_DLQ_RECORDS,

@@ -36,6 +36,7 @@ use tracing::Instrument;
 use super::error::{
     EXCEEDED_ROW_LIMIT, NOT_SUPPORTED, QueryError, SERVER_RESOURCES_EXHAUSTED, time_limit,
 };
+use super::history::{Described, History, Scanned, scanned};
 use super::session::Answer;
 use super::values::{column, json_rows, stats};
 use super::{Queries, TrinoState, info_uri};
@@ -95,6 +96,12 @@ pub(crate) struct Run {
     started: Instant,
     /// Set once the query's end is counted in the metrics.
     ended: bool,
+    /// What `GET /v1/query/{id}` shows of it, and where it goes once the query ended.
+    described: Option<(Described, Arc<History>)>,
+    /// Bytes its plan reads, once planned.
+    scanned: Scanned,
+    /// Its failure's message and Trino error name.
+    error: Option<(String, String)>,
 }
 
 impl Run {
@@ -109,6 +116,33 @@ impl Run {
         metrics::histogram!(m::QUERY_SECONDS, "outcome" => outcome)
             .record(self.started.elapsed().as_secs_f64());
         metrics::counter!(m::QUERY_ROWS, "tenant" => tenant).increment(self.rows);
+        if let Some((mut described, history)) = self.described.take() {
+            described.state = match outcome {
+                "finished" => "FINISHED",
+                "failed" => "FAILED",
+                _ => "CANCELED",
+            };
+            described.ended_at_ms = Some(chrono::Utc::now().timestamp_millis());
+            described.rows = self.rows;
+            described.scanned_bytes = scanned(&self.scanned);
+            described.error = self.error.take();
+            history.keep(described);
+        }
+    }
+
+    /// Describes the query (its SQL text `sql`) while it runs and, once ended, in `history`.
+    pub fn describe(&mut self, described: Described, history: Arc<History>) {
+        self.described = Some((described, history));
+    }
+
+    /// What `GET /v1/query/{id}` shows of it now (`None`: not described).
+    pub fn description(&self) -> Option<Described> {
+        let (d, _) = self.described.as_ref()?;
+        let mut d = d.clone();
+        d.state = if self.token == 0 { "QUEUED" } else { "RUNNING" };
+        d.rows = self.rows;
+        d.scanned_bytes = scanned(&self.scanned);
+        Some(d)
     }
 }
 
@@ -143,6 +177,9 @@ impl Run {
             slot: None,
             started: Instant::now(),
             ended: false,
+            described: None,
+            scanned: Scanned::default(),
+            error: None,
         }
     }
 
@@ -179,6 +216,8 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
     let timer_fired = timed_out.clone();
     let slot = Arc::new(slot);
     let scanned = slot.clone();
+    let total = Scanned::default();
+    let counted = total.clone();
     let kept = slot.clone();
     let Plan {
         engine,
@@ -202,6 +241,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             let physical = df.create_physical_plan().await?;
             let bytes = file_bytes(&physical);
             scanned.add_scanned(bytes);
+            counted.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(
                 m::QUERY_SCANNED_BYTES,
                 "tenant" => m::tenant(plan_tenant.as_str())
@@ -283,6 +323,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             run.released = Some(released);
             run.timed_out = timed_out;
             run.slot = Some(kept);
+            run.scanned = total;
             run
         }
         Err(e) => {
@@ -351,7 +392,14 @@ pub(crate) async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -
             // An answer made without the engine counts its rows here.
             run.rows = rows.len() as u64;
         }
-        let failed = page.body.get("error").is_some();
+        let failed = match page.body.get("error") {
+            Some(e) => {
+                let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                run.error = Some((text("message"), text("errorName")));
+                true
+            }
+            None => false,
+        };
         run.end(if failed { "failed" } else { "finished" });
         if let Ok(mut q) = st.queries.lock() {
             q.remove(id);

@@ -1,0 +1,166 @@
+//! What `GET /v1/query/{id}` (and the dashboard page a query's `infoUri` names) shows of a
+//! query: its SQL text, state, times and figures, while it runs and after it ended. Ended
+//! queries are kept in memory up to `query.history_bytes`, oldest dropped first; a process
+//! keeps only its own (a query's pages are always fetched from the process that runs it).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use floe_catalog::TenantKey;
+use serde_json::{Value, json};
+
+/// Longest SQL text kept for a query (a longer one is cut, and says so).
+const SQL_KEPT: usize = 16 << 10;
+
+/// One query's description.
+#[derive(Debug, Clone)]
+pub(crate) struct Described {
+    pub id: String,
+    /// The incarnation that ran it: only it may read the description.
+    pub tenant: TenantKey,
+    pub sql: String,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// `QUEUED`, `RUNNING`, `FINISHED`, `FAILED` or `CANCELED` (Trino's names).
+    pub state: &'static str,
+    pub rows: u64,
+    pub scanned_bytes: u64,
+    /// The failure's message and Trino error name.
+    pub error: Option<(String, String)>,
+}
+
+impl Described {
+    /// The description of a query submitted now with `sql`.
+    pub fn submitted(id: &str, tenant: TenantKey, sql: &[u8]) -> Described {
+        let text = String::from_utf8_lossy(&sql[..sql.len().min(SQL_KEPT)]).into_owned();
+        let sql = if sql.len() > SQL_KEPT {
+            format!("{text}… ({} bytes in all)", sql.len())
+        } else {
+            text
+        };
+        Described {
+            id: id.to_string(),
+            tenant,
+            sql,
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            ended_at_ms: None,
+            state: "QUEUED",
+            rows: 0,
+            scanned_bytes: 0,
+            error: None,
+        }
+    }
+
+    /// Memory it holds, roughly.
+    fn bytes(&self) -> usize {
+        256 + self.id.len()
+            + self.sql.len()
+            + self.error.as_ref().map_or(0, |(m, n)| m.len() + n.len())
+    }
+
+    /// The JSON of `GET /v1/query/{id}`.
+    pub fn to_json(&self, info_uri: String) -> Value {
+        let now = chrono::Utc::now().timestamp_millis();
+        json!({
+            "queryId": self.id,
+            "state": self.state,
+            "query": self.sql,
+            "self": info_uri,
+            "created_at_ms": self.created_at_ms,
+            "ended_at_ms": self.ended_at_ms,
+            "elapsed_ms": self.ended_at_ms.unwrap_or(now) - self.created_at_ms,
+            "rows": self.rows,
+            "scanned_bytes": self.scanned_bytes,
+            "error": self.error.as_ref().map(|(message, name)| {
+                json!({"message": message, "errorName": name})
+            }),
+        })
+    }
+}
+
+/// Bytes scanned by a running query, shared by its work and its description.
+pub(crate) type Scanned = std::sync::Arc<AtomicU64>;
+
+pub(crate) fn scanned(of: &Scanned) -> u64 {
+    of.load(Ordering::Relaxed)
+}
+
+/// Ended queries, newest last, within a memory budget.
+#[derive(Debug)]
+pub(crate) struct History {
+    budget: usize,
+    kept: Mutex<(VecDeque<Described>, usize)>,
+}
+
+impl History {
+    pub fn new(budget: usize) -> History {
+        History {
+            budget,
+            kept: Mutex::new((VecDeque::new(), 0)),
+        }
+    }
+
+    /// Keeps an ended query's description, dropping the oldest past the budget.
+    pub fn keep(&self, ended: Described) {
+        let size = ended.bytes();
+        if size > self.budget {
+            return;
+        }
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        let (queue, bytes) = &mut *kept;
+        while *bytes + size > self.budget {
+            match queue.pop_front() {
+                Some(old) => *bytes -= old.bytes(),
+                None => break,
+            }
+        }
+        *bytes += size;
+        queue.push_back(ended);
+    }
+
+    /// The description of ended query `id`, if `tenant` ran it and it is still kept.
+    pub fn find(&self, id: &str, tenant: &TenantKey) -> Option<Described> {
+        let kept = self.kept.lock().ok()?;
+        kept.0
+            .iter()
+            .rev()
+            .find(|d| d.id == id && &d.tenant == tenant)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> TenantKey {
+        TenantKey::new(floe_catalog::TenantId::parse(id).unwrap(), "1")
+    }
+
+    #[test]
+    fn the_oldest_go_first_past_the_budget_and_only_the_owner_finds_one() {
+        let one = Described::submitted("q1", tenant("acme"), b"SELECT 1");
+        let size = one.bytes();
+        let history = History::new(size * 2);
+        history.keep(one);
+        history.keep(Described::submitted("q2", tenant("acme"), b"SELECT 2"));
+        assert!(history.find("q1", &tenant("acme")).is_some());
+        assert!(history.find("q1", &tenant("other")).is_none());
+        history.keep(Described::submitted("q3", tenant("acme"), b"SELECT 3"));
+        assert!(history.find("q1", &tenant("acme")).is_none(), "over budget");
+        assert_eq!(history.find("q3", &tenant("acme")).unwrap().sql, "SELECT 3");
+    }
+
+    #[test]
+    fn a_long_text_is_cut_and_says_so() {
+        let sql = vec![b'x'; SQL_KEPT + 10];
+        let d = Described::submitted("q", tenant("acme"), &sql);
+        assert!(
+            d.sql
+                .ends_with(&format!("({} bytes in all)", SQL_KEPT + 10))
+        );
+    }
+}

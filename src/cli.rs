@@ -75,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage API keys: long-lived credentials for producers, stored only as a hash.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Run a read-only SQL query over one tenant's tables.
     Sql {
         #[arg(long)]
@@ -396,6 +401,42 @@ pub enum TokenCommand {
         /// Lifetime: 90s, 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
+    },
+    /// Revoke a tenant's token by its id (`jti`): refused by every process within
+    /// `auth.revocation_refresh_ms`.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        jti: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Make an API key for a tenant; prints the key (the only time it is shown), then its id.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["ingest", "viewer", "analyst", "admin"])]
+        role: String,
+        /// Expires after this long (30d, 12h, …); default: never.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Event types the key may send (comma-separated); default: any.
+        #[arg(long, value_delimiter = ',')]
+        event_types: Vec<String>,
+    },
+    /// List a tenant's keys (JSON lines; never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key (by its id or prefix): refused by every process within
+    /// `auth.revocation_refresh_ms`.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        id: String,
     },
 }
 

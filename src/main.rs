@@ -97,6 +97,10 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Issue { tenant, role, ttl },
         } => token::issue(&config()?, tenant.as_deref(), role, ttl).await,
+        Command::Token {
+            command: TokenCommand::Revoke { tenant, jti },
+        } => token::revoke(&config()?, tenant, jti).await,
+        Command::Key { command } => token::key(&config()?, command).await,
         Command::Sql {
             tenant,
             format,

@@ -88,7 +88,8 @@ pub async fn serve(
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest =
         Ingest::start_accepting_loss(catalog.clone(), &config, flush, accept_wal_loss).await?;
-    let auth = Authenticator::new(authority, catalog.clone());
+    let auth = Authenticator::new(authority, catalog.clone())
+        .with_revocation_refresh(Duration::from_millis(config.auth.revocation_refresh_ms));
     let producer = if config.kafka.brokers.is_empty() {
         None
     } else {
@@ -97,6 +98,7 @@ pub async fn serve(
     };
     let engine = Engine::new(catalog.clone(), config.query.clone());
     let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
+    let producer_for_tenants = producer.clone();
     let topic_lag = producer.clone().map(|p| {
         Arc::new(TopicLag(p, catalog.clone())) as Arc<dyn floe_query::dashboard::KafkaLag>
     });
@@ -137,6 +139,8 @@ pub async fn serve(
             .clone()
             .map(|r| Arc::new(ProjectionAdmin(r)) as Arc<dyn floe_admin::Projections>),
         max_alert_rules: config.alerting.max_rules_per_tenant,
+        max_token_ttl_secs: config.auth.max_token_ttl_secs,
+        tenants: Arc::new(TenantMaker(catalog.clone(), producer_for_tenants)),
     }))
     .merge(dashboard)
     .merge(crate::ui::router())
@@ -227,6 +231,24 @@ pub(crate) fn projections(
     let refresher = floe_compactor::projection::Refresher::new(catalog.clone(), config);
     refresher.listen();
     Some(refresher)
+}
+
+/// Creates tenants for the admin API as `floe tenant create` does.
+struct TenantMaker(Catalog, Option<Arc<floe_ingest::produce::Producer>>);
+
+impl floe_admin::TenantMaker for TenantMaker {
+    fn create(
+        &self,
+        id: floe_catalog::TenantId,
+        actor: String,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = floe_catalog::Result<floe_catalog::tenant::Tenant>> + Send>,
+    > {
+        let (catalog, producer) = (self.0.clone(), self.1.clone());
+        Box::pin(
+            async move { crate::tenant::create(&catalog, producer.as_deref(), &id, &actor).await },
+        )
+    }
 }
 
 /// The events in a tenant's topic not yet in its table, for the dashboard (Kafka mode).

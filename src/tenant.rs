@@ -11,24 +11,12 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
     match command {
         TenantCommand::Create { id } => {
             let id = TenantId::parse(id)?;
-            let mut properties = Vec::new();
-            if !config.kafka.brokers.is_empty() {
-                let producer = floe_ingest::produce::Producer::new(config)?;
-                if let Err(e) = producer.create_topic(&id).await {
-                    tracing::warn!(tenant = %id, error = %e, "could not create the tenant's topic");
-                }
-                // The new tenant's table reads its topic from where it ends now: what an
-                // earlier tenant with this id left there is not this tenant's.
-                let ends = producer
-                    .end_offsets(&id)
-                    .await
-                    .with_context(|| format!("reading where topic {} ends", producer.topic(&id)))?;
-                properties.push(floe_catalog::table::kafka_start_property(
-                    &producer.topic(&id),
-                    &ends,
-                ));
-            }
-            catalog.create_tenant_with(&id, "cli", properties).await?;
+            let producer = if config.kafka.brokers.is_empty() {
+                None
+            } else {
+                Some(floe_ingest::produce::Producer::new(config)?)
+            };
+            create(&catalog, producer.as_ref(), &id, "cli").await?;
             println!("{id}");
         }
         TenantCommand::List => {
@@ -99,6 +87,34 @@ pub async fn run(config: &Config, command: &TenantCommand) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// Creates a tenant (`floe tenant create`, `POST /v1/tenants`). In Kafka mode (a `producer`)
+/// its topic is made too, and its table reads the topic from where it ends now: what an
+/// earlier tenant with this id left there is not this tenant's.
+pub async fn create(
+    catalog: &Catalog,
+    producer: Option<&floe_ingest::produce::Producer>,
+    id: &TenantId,
+    actor: &str,
+) -> floe_catalog::Result<floe_catalog::tenant::Tenant> {
+    let mut properties = Vec::new();
+    if let Some(producer) = producer {
+        if let Err(e) = producer.create_topic(id).await {
+            tracing::warn!(tenant = %id, error = %e, "could not create the tenant's topic");
+        }
+        let topic = producer.topic(id);
+        let ends =
+            producer
+                .end_offsets(id)
+                .await
+                .map_err(|e| floe_catalog::Error::Unavailable {
+                    what: format!("where topic {topic} ends"),
+                    why: e.to_string(),
+                })?;
+        properties.push(floe_catalog::table::kafka_start_property(&topic, &ends));
+    }
+    catalog.create_tenant_with(id, actor, properties).await
 }
 
 /// Prints a tenant's settings, quotas and usage.

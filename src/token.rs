@@ -1,7 +1,9 @@
-//! `floe token issue`.
+//! `floe token issue|revoke` and `floe key create|list|revoke`.
 
 use anyhow::bail;
 use floe_catalog::{Catalog, Config, Role, TenantId, TokenAuthority};
+
+use crate::cli::KeyCommand;
 
 pub async fn issue(
     config: &Config,
@@ -52,5 +54,72 @@ pub async fn issue(
         }
     };
     println!("{token}");
+    Ok(())
+}
+
+/// Revokes a tenant's token by its id, until it would have expired anyway.
+pub async fn revoke(config: &Config, tenant: &str, jti: &str) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    let tenant = TenantId::parse(tenant)?;
+    let until = chrono::Utc::now().timestamp_millis()
+        + (config.auth.max_token_ttl_secs as i64).saturating_mul(1000);
+    catalog.revoke_token(&tenant, jti, until, "cli").await?;
+    println!("token {jti} of tenant {tenant} revoked");
+    Ok(())
+}
+
+pub async fn key(config: &Config, command: &KeyCommand) -> anyhow::Result<()> {
+    let catalog = Catalog::open(config).await?;
+    match command {
+        KeyCommand::Create {
+            tenant,
+            role,
+            expires_in,
+            event_types,
+        } => {
+            let tenant = TenantId::parse(tenant)?;
+            if !catalog.tenant_exists(&tenant).await? {
+                bail!("tenant {tenant} does not exist");
+            }
+            let expires_at_ms = match expires_in {
+                None => None,
+                Some(ttl) => Some(
+                    chrono::Utc::now().timestamp_millis()
+                        + floe_catalog::auth::parse_ttl(ttl)?.as_millis() as i64,
+                ),
+            };
+            let made = catalog
+                .create_api_key(
+                    &tenant,
+                    role.parse()?,
+                    event_types.clone(),
+                    expires_at_ms,
+                    "cli",
+                )
+                .await?;
+            println!("{}", made.token);
+            eprintln!(
+                "key id {} (prefix {}); the key is not shown again",
+                made.key.id,
+                made.key.prefix()
+            );
+        }
+        KeyCommand::List { tenant } => {
+            let tenant = TenantId::parse(tenant)?;
+            for k in catalog.api_keys(&tenant).await? {
+                let mut line = serde_json::to_value(&k)?;
+                line["prefix"] = k.prefix().into();
+                println!("{line}");
+            }
+        }
+        KeyCommand::Revoke { tenant, id } => {
+            let tenant = TenantId::parse(tenant)?;
+            let id = id
+                .strip_prefix(floe_catalog::credentials::KEY_PREFIX)
+                .unwrap_or(id);
+            catalog.revoke_api_key(&tenant, id, "cli").await?;
+            println!("key {id} of tenant {tenant} revoked");
+        }
+    }
     Ok(())
 }

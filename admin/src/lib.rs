@@ -19,7 +19,9 @@ use std::sync::Arc;
 use floe_catalog::projection::Defined;
 
 mod alerts;
+mod credentials;
 mod operator;
+mod tenants;
 
 /// What the admin API asks of the process that refreshes projections.
 pub trait Projections: Send + Sync {
@@ -43,6 +45,16 @@ pub trait Projections: Send + Sync {
     fn rebuild(&self, tenant: TenantId, name: String, at: Option<i64>);
 }
 
+/// What the admin API asks of the process to create a tenant (in Kafka mode its topic too,
+/// with the table reading it from where it ends now).
+pub trait TenantMaker: Send + Sync {
+    fn create(
+        &self,
+        id: TenantId,
+        actor: String,
+    ) -> Pin<Box<dyn Future<Output = floe_catalog::Result<floe_catalog::tenant::Tenant>> + Send>>;
+}
+
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
@@ -52,6 +64,9 @@ pub struct AdminState {
     pub projections: Option<Arc<dyn Projections>>,
     /// Alert rules one tenant may have (`alerting.max_rules_per_tenant`; 0: no bound).
     pub max_alert_rules: u64,
+    /// Longest lifetime of a token made over HTTP (`auth.max_token_ttl_secs`).
+    pub max_token_ttl_secs: u64,
+    pub tenants: Arc<dyn TenantMaker>,
 }
 
 /// The admin routes.
@@ -74,6 +89,26 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/alerts", get(alerts::list).post(alerts::create))
         .route("/v1/alerts/{name}", axum::routing::delete(alerts::delete))
         .route("/v1/whoami", get(operator::whoami))
+        .route("/v1/tokens", post(credentials::issue_token))
+        .route(
+            "/v1/tokens/{jti}",
+            axum::routing::delete(credentials::revoke_token),
+        )
+        .route(
+            "/v1/keys",
+            get(credentials::list_keys).post(credentials::create_key),
+        )
+        .route(
+            "/v1/keys/{id}",
+            axum::routing::delete(credentials::revoke_key),
+        )
+        .route("/v1/tenants", get(tenants::list).post(tenants::create))
+        .route(
+            "/v1/tenants/{id}",
+            get(tenants::show)
+                .patch(tenants::update)
+                .delete(tenants::delete),
+        )
         .route("/v1/operator/tenants", get(operator::tenants))
         .route(
             "/v1/schemas/{type_name}/{version}",

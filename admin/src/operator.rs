@@ -26,14 +26,21 @@ pub(crate) async fn whoami(
     State(st): State<AdminState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = st.auth.verify_header(authorization(&headers))?;
-    let tenant = if claims.role == Role::Operator {
-        st.auth.authenticate_operator(authorization(&headers))?;
-        Value::Null
+    let operator = st
+        .auth
+        .verify_header(authorization(&headers))
+        .is_ok_and(|c| c.role == Role::Operator);
+    let (claims, tenant) = if operator {
+        let claims = st
+            .auth
+            .authenticate_operator(authorization(&headers))
+            .await?;
+        (claims, Value::Null)
     } else {
         let principal = st.auth.authenticate(authorization(&headers)).await?;
         floe_catalog::api::request_id::record_tenant(principal.tenant.id().as_str());
-        json!(principal.tenant.id().as_str())
+        let tenant = json!(principal.tenant.id().as_str());
+        (principal.claims, tenant)
     };
     Ok(axum::Json(json!({
         "tenant": tenant,
@@ -50,7 +57,9 @@ pub(crate) async fn tenants(
     State(st): State<AdminState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    st.auth.authenticate_operator(authorization(&headers))?;
+    st.auth
+        .authenticate_operator(authorization(&headers))
+        .await?;
     let catalog = &st.catalog;
     let maintenance = catalog.maintenance_records().await?;
     let now = chrono::Utc::now().timestamp_millis();

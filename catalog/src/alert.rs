@@ -317,19 +317,7 @@ impl Catalog {
     pub async fn create_alert(&self, alert: Alert, max_rules: u64) -> Result<Alert> {
         self.on_io(move |c| async move {
             let mut tx = c.db.begin().await.map_err(Error::db("create alert"))?;
-            let (count,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM floe_alerts WHERE tenant = $1")
-                    .bind(&alert.tenant)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(Error::db("create alert"))?;
-            if max_rules > 0 && count as u64 >= max_rules {
-                return Err(Error::invalid(format!(
-                    "tenant {} has {count} alert rules, the most alerting.max_rules_per_tenant \
-                     allows; delete one first",
-                    alert.tenant
-                )));
-            }
+            // The write first (see `revoke_api_key`), then the count it is checked against.
             let inserted = sqlx::query(
                 "INSERT INTO floe_alerts (tenant, name, kind, threshold, window_secs, webhook, \
                  secret, sql_text, created_at_ms, created_by) \
@@ -352,6 +340,20 @@ impl Catalog {
                 return Err(Error::AlreadyExists {
                     what: format!("alert {}", alert.name),
                 });
+            }
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM floe_alerts WHERE tenant = $1")
+                    .bind(&alert.tenant)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(Error::db("create alert"))?;
+            if max_rules > 0 && count as u64 > max_rules {
+                return Err(Error::invalid(format!(
+                    "tenant {} has {} alert rules, the most alerting.max_rules_per_tenant \
+                     allows; delete one first",
+                    alert.tenant,
+                    count - 1
+                )));
             }
             let detail = serde_json::json!({
                 "name": alert.name, "kind": alert.kind.as_str(), "threshold": alert.threshold,

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::tenant::TenantId;
 use crate::{Error, Result};
 
+mod authenticator;
+
+pub use authenticator::Authenticator;
+
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -338,20 +342,22 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn operator_routes_take_only_operator_tokens_and_tenant_routes_never_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::Config::load(
-            None,
-            vec![],
-            &[("data_dir", dir.path().display().to_string())],
-        )
-        .unwrap();
+    /// A catalog in `dir` with the tenant `acme`.
+    async fn catalog_with_acme(dir: &Path) -> crate::Catalog {
+        let config =
+            crate::Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
         let catalog = crate::Catalog::open(&config).await.unwrap();
         catalog
             .create_tenant(&tenant("acme"), "test")
             .await
             .unwrap();
+        catalog
+    }
+
+    #[tokio::test]
+    async fn operator_routes_take_only_operator_tokens_and_tenant_routes_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_with_acme(dir.path()).await;
         let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
         let auth = Authenticator::new(a.clone(), catalog);
         let op = format!(
@@ -363,9 +369,12 @@ mod tests {
             a.issue(&tenant("acme"), Role::Admin, Duration::from_secs(60))
                 .unwrap()
         );
-        assert!(auth.authenticate_operator(Some(&op)).is_ok());
+        assert!(auth.authenticate_operator(Some(&op)).await.is_ok());
         assert_eq!(
-            auth.authenticate_operator(Some(&admin)).unwrap_err().kind(),
+            auth.authenticate_operator(Some(&admin))
+                .await
+                .unwrap_err()
+                .kind(),
             ErrorKind::PermissionDenied
         );
         assert_eq!(
@@ -373,6 +382,57 @@ mod tests {
             ErrorKind::PermissionDenied
         );
         assert!(auth.authenticate(Some(&admin)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn revoked_tokens_and_keys_are_refused_once_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog_with_acme(dir.path()).await;
+        let acme = tenant("acme");
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let auth = Authenticator::new(a.clone(), catalog.clone())
+            .with_revocation_refresh(Duration::from_millis(50));
+        let token = a
+            .issue(&acme, Role::Ingest, Duration::from_secs(60))
+            .unwrap();
+        let jti = a.verify(&token).unwrap().jti;
+        let bearer = format!("Bearer {token}");
+        assert!(auth.authenticate(Some(&bearer)).await.is_ok());
+        catalog
+            .revoke_token(&acme, &jti, i64::MAX, "test")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let e = auth.authenticate(Some(&bearer)).await.unwrap_err();
+        assert_eq!(e.to_string(), "token revoked");
+
+        let made = catalog
+            .create_api_key(&acme, Role::Ingest, vec!["PageViewed".into()], None, "test")
+            .await
+            .unwrap();
+        let key = format!("Bearer {}", made.token);
+        let p = auth.authenticate(Some(&key)).await.unwrap();
+        assert_eq!(
+            (p.claims.role, p.claims.scopes.clone()),
+            (Role::Ingest, vec!["PageViewed".to_string()])
+        );
+        let forged = format!("Bearer {}_{}", made.key.prefix(), "0".repeat(64));
+        assert_eq!(
+            auth.authenticate(Some(&forged))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "API key does not verify"
+        );
+        catalog
+            .revoke_api_key(&acme, &made.key.id, "test")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(
+            auth.authenticate(Some(&key)).await.unwrap_err().to_string(),
+            "API key revoked"
+        );
     }
 
     #[test]
@@ -397,123 +457,5 @@ impl Principal {
     /// Fails with `Forbidden` unless the token's role is one of `roles`.
     pub fn require_role(&self, roles: &[Role]) -> Result<()> {
         self.claims.require_role(roles)
-    }
-}
-
-/// Verifies requests: the bearer token, then that its tenant still exists (asked of the catalog
-/// on every request, so a deleted tenant's tokens stop working at once; while the catalog
-/// database does not answer, tenants already seen are taken as existing).
-#[derive(Clone, Debug)]
-pub struct Authenticator {
-    authority: TokenAuthority,
-    catalog: crate::Catalog,
-    /// Tenants seen to exist, with their incarnation: they keep working while the catalog
-    /// database is down.
-    known: std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<String, crate::tenant::TenantKey>>,
-    >,
-}
-
-impl Authenticator {
-    pub fn new(authority: TokenAuthority, catalog: crate::Catalog) -> Self {
-        Authenticator {
-            authority,
-            catalog,
-            known: Default::default(),
-        }
-    }
-
-    pub fn authority(&self) -> &TokenAuthority {
-        &self.authority
-    }
-
-    /// Verifies the token of an `Authorization` header value (`Bearer <jwt>`), whoever it is
-    /// for: a tenant's role or the operator.
-    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Claims> {
-        let header = authorization.ok_or_else(|| Error::Unauthenticated {
-            message: "missing Authorization header (expected: Bearer <token>)".into(),
-        })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Error::Unauthenticated {
-                message: "Authorization must be a Bearer token".into(),
-            })?
-            .trim();
-        self.authority.verify(token)
-    }
-
-    /// Checks an operator's `Authorization` header value: a valid token of role `operator`
-    /// (a tenant's token of any role is `Forbidden` here).
-    pub fn authenticate_operator(&self, authorization: Option<&str>) -> Result<Claims> {
-        let claims = self.verify_header(authorization)?;
-        if claims.role != Role::Operator || !claims.tenant.is_empty() {
-            return Err(Error::Forbidden {
-                message: format!(
-                    "only the platform operator may do this (the token is a tenant's, role {})",
-                    claims.role.as_str()
-                ),
-            });
-        }
-        Ok(claims)
-    }
-
-    /// Checks a tenant's `Authorization` header value (`Bearer <jwt>`): a valid token whose
-    /// tenant exists (an operator's token reaches no tenant: `Forbidden`).
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
-        let claims = self.verify_header(authorization)?;
-        if claims.role == Role::Operator {
-            return Err(Error::Forbidden {
-                message: "an operator token reaches no tenant's data: use a tenant's token".into(),
-            });
-        }
-        let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
-            message: "token names an invalid tenant".into(),
-        })?;
-        let seen = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|k| k.get(tenant.as_str()).cloned());
-        let found = match self.catalog.find_tenant(&tenant).await {
-            Ok(found) => found,
-            // While the catalog database is down, a tenant this process has seen keeps
-            // working (ingest goes on into the log); one it has never seen gets 503.
-            Err(e) if e.retryable() => match seen {
-                Some(key) => {
-                    return Ok(Principal {
-                        claims,
-                        tenant: key,
-                    });
-                }
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
-        let Some(found) = found else {
-            if let Ok(mut k) = self.known.lock() {
-                k.remove(tenant.as_str());
-            }
-            return Err(Error::Unauthenticated {
-                message: "the token's tenant does not exist".into(),
-            });
-        };
-        // A tenant deleted and created again under the same id is another tenant: tokens
-        // issued before it existed do not reach it.
-        if claims.issued_at_ms() < found.created_at_ms {
-            return Err(Error::Unauthenticated {
-                message: "the token was issued before its tenant was created".into(),
-            });
-        }
-        let key = found.key()?;
-        if seen.as_ref() != Some(&key)
-            && let Ok(mut k) = self.known.lock()
-        {
-            k.insert(tenant.to_string(), key.clone());
-        }
-        Ok(Principal {
-            claims,
-            tenant: key,
-        })
     }
 }

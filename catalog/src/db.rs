@@ -387,6 +387,54 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        version: 10,
+        description: "API keys, revoked tokens",
+        sqlite: r#"
+    CREATE TABLE IF NOT EXISTS floe_api_keys (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        event_types TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at_ms INTEGER,
+        revoked_at_ms INTEGER,
+        secret_sha256 TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS floe_api_keys_tenant ON floe_api_keys (tenant);
+    CREATE TABLE IF NOT EXISTS floe_revoked_tokens (
+        tenant TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        revoked_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        revoked_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, jti)
+    );
+    "#,
+        postgres: r#"
+    CREATE TABLE IF NOT EXISTS floe_api_keys (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant TEXT NOT NULL,
+        role TEXT NOT NULL,
+        event_types TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at_ms BIGINT,
+        revoked_at_ms BIGINT,
+        secret_sha256 TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS floe_api_keys_tenant ON floe_api_keys (tenant);
+    CREATE TABLE IF NOT EXISTS floe_revoked_tokens (
+        tenant TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        revoked_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        revoked_by TEXT NOT NULL,
+        PRIMARY KEY (tenant, jti)
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

@@ -9,6 +9,7 @@ mod append;
 pub mod auth;
 mod commit;
 pub mod config;
+pub mod credentials;
 mod db;
 pub mod delta;
 pub mod erasure;

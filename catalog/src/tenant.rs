@@ -585,6 +585,8 @@ impl Catalog {
                 "DELETE FROM floe_event_types WHERE tenant = $1",
                 "DELETE FROM floe_alerts WHERE tenant = $1",
                 "DELETE FROM floe_ingest_minutes WHERE tenant = $1",
+                "DELETE FROM floe_api_keys WHERE tenant = $1",
+                "DELETE FROM floe_revoked_tokens WHERE tenant = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())

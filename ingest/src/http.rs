@@ -177,7 +177,8 @@ async fn post_events(
     principal.require_role(&[Role::Ingest, Role::Admin])?;
     let tenant = principal.tenant;
     floe_catalog::api::request_id::record_tenant(tenant.id().as_str());
-    let (reply, rate) = match accept(&st, &tenant, q, &headers, body).await {
+    let scope = principal.claims.scopes;
+    let (reply, rate) = match accept(&st, &tenant, &scope, q, &headers, body).await {
         Ok((reply, rate)) => (reply, rate),
         Err(e) => (e.into_response(), None),
     };
@@ -206,10 +207,12 @@ fn with_rate(mut reply: Response, rate: Option<RateLimit>) -> Response {
     reply
 }
 
-/// Stores the events of an authenticated request.
+/// Stores the events of an authenticated request; `scope`: the event types its credential may
+/// send (empty: any).
 async fn accept(
     st: &HttpState,
     tenant: &TenantKey,
+    scope: &[String],
     q: EventsQuery,
     headers: &HeaderMap,
     body: Body,
@@ -282,12 +285,18 @@ async fn accept(
     };
     let max = cfg.max_request_bytes;
     let schemas = st.schemas.of(tenant.id()).await?;
+    let scope = scope.to_vec();
     let Parsed {
         accepted,
         rejected,
         dead,
     } = tokio::task::spawn_blocking(move || {
-        parse_body(&raw, gzip, framing, limits, max, &tenant_name, &schemas)
+        let body = Framed {
+            gzip,
+            framing,
+            max_bytes: max,
+        };
+        parse_body(&raw, body, limits, &tenant_name, &schemas, &scope)
     })
     .instrument(tracing::info_span!("parse"))
     .await
@@ -459,14 +468,25 @@ struct Parsed {
     dead: Vec<DeadLetter>,
 }
 
-fn parse_body(
-    raw: &[u8],
+/// How a request body is framed and how large it may grow.
+#[derive(Debug, Clone, Copy)]
+struct Framed {
     gzip: bool,
     framing: Framing,
-    limits: Limits,
     max_bytes: usize,
+}
+
+fn parse_body(
+    raw: &[u8],
+    Framed {
+        gzip,
+        framing,
+        max_bytes,
+    }: Framed,
+    limits: Limits,
     tenant: &str,
     schemas: &crate::schema::TenantSchemas,
+    scope: &[String],
 ) -> Result<Parsed, ApiError> {
     let inflated;
     let bytes: &[u8] = if gzip {
@@ -502,6 +522,20 @@ fn parse_body(
     let (mut rejected, mut dead) = (Vec::new(), Vec::new());
     for (i, raw) in items.into_iter().enumerate() {
         match event::parse_event(i, raw, tenant, received_at, limits, schemas) {
+            // A key scoped to some event types sends only those.
+            Ok(e) if !scope.is_empty() && !scope.contains(&e.kind) => rejected.push(Rejection {
+                index: i as u32,
+                event_id: e.client_id.then(|| e.event_id.clone()),
+                code: "type_not_allowed",
+                message: format!(
+                    "this credential may send only events of type {}; not {}",
+                    scope.join(", "),
+                    e.kind
+                ),
+                pointer: None,
+                rule: None,
+                dead_lettered: false,
+            }),
             Ok(e) => accepted.push(e),
             Err(r) => {
                 if r.dead_lettered {

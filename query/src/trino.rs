@@ -414,6 +414,10 @@ async fn query_info(
         Ok(p) => p,
         Err(r) => return r,
     };
+    // The roles that query (an ingest credential has no query to look at).
+    if let Err(e) = principal.require_role(&[Role::Viewer, Role::Analyst, Role::Admin]) {
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
     let live = st.queries.lock().ok().and_then(|q| q.get(&id).cloned());
     let described = match live {
         Some(run) => {

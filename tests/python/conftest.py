@@ -60,6 +60,17 @@ def create_database(base, name):
     engine.dispose()
 
 
+def sharing(a, b):
+    """Arguments for `start` that make processes on data dirs `a` and `b` share `a`'s catalog,
+    warehouse and signing key; each keeps its own write-ahead log under its own data dir."""
+    shared = ["--set", f"auth.signing_key_file={a}/signing.key"]
+    if STACK == "local":
+        shared += ["--set", f"catalog=sqlite://{a}/catalog.db", "--set", f"warehouse=file://{a}/warehouse"]
+    else:
+        _ENVS[str(b)] = stack_env(a)
+    return shared
+
+
 def process_env(data_dir):
     return {**os.environ, **stack_env(data_dir)}
 

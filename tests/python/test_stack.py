@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STACK, floe, iceberg_catalog, post, stack_env, start, stop
+from conftest import STACK, floe, iceberg_catalog, post, sharing, stack_env, start, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,15 +85,7 @@ def test_two_writers_share_one_catalog_and_lose_nothing(tmp_path):
     a, b = tmp_path / "writer-a", tmp_path / "writer-b"
     a.mkdir()
     b.mkdir()
-    # Both processes use writer-a's catalog, warehouse and signing key; each keeps its own
-    # write-ahead log under its own data dir.
-    shared = ["--set", f"auth.signing_key_file={a}/signing.key"]
-    if STACK == "local":
-        shared += ["--set", f"catalog=sqlite://{a}/catalog.db", "--set", f"warehouse=file://{a}/warehouse"]
-    else:
-        import conftest
-
-        conftest._ENVS[str(b)] = stack_env(a)
+    shared = sharing(a, b)
     floe(a, "tenant", "create", "shared")
     pa, sa = start(a, *shared)
     pb, sb = start(b, *shared)

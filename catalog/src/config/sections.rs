@@ -269,6 +269,9 @@ pub struct AuthConfig {
     pub signing_key_file: String,
     /// Longest lifetime `floe token issue` accepts, in seconds.
     pub max_token_ttl_secs: u64,
+    /// Revoked tokens and keys are read again this often by each process: a revocation takes
+    /// effect everywhere within it.
+    pub revocation_refresh_ms: u64,
 }
 
 /// Query limits.
@@ -405,6 +408,7 @@ impl Default for AuthConfig {
         AuthConfig {
             signing_key_file: String::new(),
             max_token_ttl_secs: 30 * 24 * 3600,
+            revocation_refresh_ms: 500,
         }
     }
 }

@@ -1,0 +1,290 @@
+//! Verifying a request's credential: a JWT (signature, expiry, not revoked) or an API key
+//! (known, its secret matching, not revoked or expired), then that its tenant still exists.
+//!
+//! Revocations reach every process within `auth.revocation_refresh_ms`: the revoked tokens are
+//! read again once older than that (by one request at a time; the others use the set they
+//! have), and a key is looked up again once its copy is older than that. While the catalog
+//! database does not answer, the sets and keys already read keep working (a key never seen
+//! gets 503), as tenants already seen do.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Claims, Principal, Role, TokenAuthority};
+use crate::credentials::{ApiKey, parse_key, secret_matches};
+use crate::tenant::TenantId;
+use crate::{Error, Result};
+
+/// How often revocations are read again unless configured (`auth.revocation_refresh_ms`).
+pub const DEFAULT_REVOCATION_REFRESH: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Default)]
+struct Revoked {
+    /// (tenant, jti) of revoked tokens not yet expired.
+    tokens: HashSet<(String, String)>,
+    read_at: Option<Instant>,
+}
+
+/// Verifies requests: the bearer credential, then that its tenant still exists (asked of the
+/// catalog on every request, so a deleted tenant's credentials stop working at once; while the
+/// catalog database does not answer, tenants already seen are taken as existing).
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    authority: TokenAuthority,
+    catalog: crate::Catalog,
+    /// Tenants seen to exist, with their incarnation: they keep working while the catalog
+    /// database is down.
+    known: Arc<Mutex<HashMap<String, crate::tenant::TenantKey>>>,
+    revoked: Arc<Mutex<Revoked>>,
+    /// One reading of the revoked tokens at a time.
+    reading: Arc<tokio::sync::Mutex<()>>,
+    /// Keys by id, with when they were read.
+    keys: Arc<Mutex<HashMap<String, (ApiKey, Instant)>>>,
+    refresh: Duration,
+}
+
+fn bearer(authorization: Option<&str>) -> Result<&str> {
+    let header = authorization.ok_or_else(|| Error::Unauthenticated {
+        message: "missing Authorization header (expected: Bearer <token>)".into(),
+    })?;
+    Ok(header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or_else(|| Error::Unauthenticated {
+            message: "Authorization must be a Bearer token".into(),
+        })?
+        .trim())
+}
+
+impl Authenticator {
+    pub fn new(authority: TokenAuthority, catalog: crate::Catalog) -> Self {
+        Authenticator {
+            authority,
+            catalog,
+            known: Default::default(),
+            revoked: Default::default(),
+            reading: Default::default(),
+            keys: Default::default(),
+            refresh: DEFAULT_REVOCATION_REFRESH,
+        }
+    }
+
+    /// Reads revocations again at most this long after the last reading.
+    pub fn with_revocation_refresh(mut self, every: Duration) -> Self {
+        self.refresh = every;
+        self
+    }
+
+    pub fn authority(&self) -> &TokenAuthority {
+        &self.authority
+    }
+
+    /// Verifies the JWT of an `Authorization` header value (`Bearer <jwt>`), whoever it is
+    /// for (signature and expiry only: revocation is checked by the two methods below).
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Claims> {
+        self.authority.verify(bearer(authorization)?)
+    }
+
+    /// Checks an operator's `Authorization` header value: a valid, unrevoked token of role
+    /// `operator` (a tenant's token or key of any role is `Forbidden` here).
+    pub async fn authenticate_operator(&self, authorization: Option<&str>) -> Result<Claims> {
+        let presented = bearer(authorization)?;
+        if parse_key(presented).is_some() {
+            return Err(Error::Forbidden {
+                message: "only the platform operator may do this (an API key is a tenant's)".into(),
+            });
+        }
+        let claims = self.authority.verify(presented)?;
+        if claims.role != Role::Operator || !claims.tenant.is_empty() {
+            return Err(Error::Forbidden {
+                message: format!(
+                    "only the platform operator may do this (the token is a tenant's, role {})",
+                    claims.role.as_str()
+                ),
+            });
+        }
+        self.refuse_revoked(&claims).await?;
+        Ok(claims)
+    }
+
+    /// Checks a tenant's `Authorization` header value (`Bearer <jwt or key>`): a valid
+    /// credential, not revoked, whose tenant exists (an operator's token reaches no tenant:
+    /// `Forbidden`).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        let presented = bearer(authorization)?;
+        let claims = match parse_key(presented) {
+            Some((id, secret)) => self.key_claims(id, secret).await?,
+            None => {
+                let claims = self.authority.verify(presented)?;
+                if claims.role == Role::Operator {
+                    return Err(Error::Forbidden {
+                        message: "an operator token reaches no tenant's data: use a tenant's \
+                                  token"
+                            .into(),
+                    });
+                }
+                self.refuse_revoked(&claims).await?;
+                claims
+            }
+        };
+        self.principal(claims).await
+    }
+
+    /// Refuses a token whose `jti` its tenant revoked.
+    async fn refuse_revoked(&self, claims: &Claims) -> Result<()> {
+        let stale = {
+            let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            r.read_at.is_none_or(|t| t.elapsed() >= self.refresh)
+        };
+        if stale && let Ok(_one) = self.reading.try_lock() {
+            match self.catalog.revoked_tokens().await {
+                Ok(list) => {
+                    let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                    r.tokens = list.into_iter().collect();
+                    r.read_at = Some(Instant::now());
+                }
+                // Never read: a revoked token must not pass for want of the list.
+                Err(e) if self.never_read() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read revoked tokens; using the last list")
+                }
+            }
+        } else if stale && self.never_read() {
+            // Another request is reading the first list: wait for it.
+            let _one = self.reading.lock().await;
+        }
+        let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        if r.tokens
+            .contains(&(claims.tenant.clone(), claims.jti.clone()))
+        {
+            return Err(Error::Unauthenticated {
+                message: "token revoked".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn never_read(&self) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_at
+            .is_none()
+    }
+
+    /// The claims an API key stands for, once it is known to verify.
+    async fn key_claims(&self, id: &str, secret: &str) -> Result<Claims> {
+        let cached = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let key = match cached {
+            Some((key, at)) if at.elapsed() < self.refresh => key,
+            cached => match self.catalog.api_key(id).await {
+                Ok(Some(key)) => {
+                    self.keys
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.to_string(), (key.clone(), Instant::now()));
+                    key
+                }
+                Ok(None) => {
+                    self.keys
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(id);
+                    return Err(Error::Unauthenticated {
+                        message: "unknown API key".into(),
+                    });
+                }
+                Err(e) if e.retryable() => match cached {
+                    Some((key, _)) => key,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            },
+        };
+        if !secret_matches(secret, &key.secret_sha256) {
+            return Err(Error::Unauthenticated {
+                message: "API key does not verify".into(),
+            });
+        }
+        if key.revoked_at_ms.is_some() {
+            return Err(Error::Unauthenticated {
+                message: "API key revoked".into(),
+            });
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if key.expires_at_ms.is_some_and(|t| t <= now) {
+            return Err(Error::Unauthenticated {
+                message: "API key expired".into(),
+            });
+        }
+        Ok(Claims {
+            tenant: key.tenant,
+            role: key.role,
+            scopes: key.event_types,
+            // Rounded up: a key made in the second its tenant was created reaches it.
+            iat: (key.created_at_ms + 999).div_euclid(1000),
+            exp: key
+                .expires_at_ms
+                .map_or(i64::MAX / 1000, |t| t.div_euclid(1000)),
+            jti: format!("key:{}", key.id),
+        })
+    }
+
+    /// The principal of verified claims: their tenant as it exists now.
+    async fn principal(&self, claims: Claims) -> Result<Principal> {
+        let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
+            message: "token names an invalid tenant".into(),
+        })?;
+        let seen = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|k| k.get(tenant.as_str()).cloned());
+        let found = match self.catalog.find_tenant(&tenant).await {
+            Ok(found) => found,
+            // While the catalog database is down, a tenant this process has seen keeps
+            // working (ingest goes on into the log); one it has never seen gets 503.
+            Err(e) if e.retryable() => match seen {
+                Some(key) => {
+                    return Ok(Principal {
+                        claims,
+                        tenant: key,
+                    });
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let Some(found) = found else {
+            if let Ok(mut k) = self.known.lock() {
+                k.remove(tenant.as_str());
+            }
+            return Err(Error::Unauthenticated {
+                message: "the token's tenant does not exist".into(),
+            });
+        };
+        // A tenant deleted and created again under the same id is another tenant: tokens
+        // issued before it existed do not reach it.
+        if claims.issued_at_ms() < found.created_at_ms {
+            return Err(Error::Unauthenticated {
+                message: "the token was issued before its tenant was created".into(),
+            });
+        }
+        let key = found.key()?;
+        if seen.as_ref() != Some(&key)
+            && let Ok(mut k) = self.known.lock()
+        {
+            k.insert(tenant.to_string(), key.clone());
+        }
+        Ok(Principal {
+            claims,
+            tenant: key,
+        })
+    }
+}

@@ -1,0 +1,219 @@
+"""Identity over HTTP against two `floe serve` processes sharing one catalog: the operator
+manages tenants (`/v1/tenants`), a tenant admin makes and revokes tokens and API keys
+(`/v1/tokens`, `/v1/keys`), a revocation made through one process is refused by the other
+within a second, keys are shown once and scoped to event types, and every action is audited."""
+
+import json
+from pathlib import Path
+import time
+import urllib.request
+
+from conftest import catalog_rows, floe, request, sharing, start, statement, stop
+
+
+def post_events(srv, credential, events):
+    req = urllib.request.Request(f"{srv.url}/v1/events?wait=visible", data=json.dumps(events).encode(),
+                                 method="POST", headers={"Authorization": f"Bearer {credential}",
+                                                         "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def event(i, kind="PageViewed"):
+    payload = {"page": "/"} if kind == "PageViewed" else {"amount": 1, "currency": "EUR"}
+    return {"event_id": f"e-{kind}-{i}", "type": kind, "user_id": "u", "timestamp": int(time.time()),
+            "payload": payload}
+
+
+def refused_within(srv, credential, seconds):
+    """Seconds until `credential` gets 401 on ingest (fails past `seconds`)."""
+    started = time.monotonic()
+    while True:
+        status, body = post_events(srv, credential, [event(int(time.time() * 1000))])
+        if status == 401:
+            return time.monotonic() - started
+        assert status == 200, body
+        assert time.monotonic() - started < seconds, "still accepted"
+        time.sleep(0.05)
+
+
+def test_operator_tenants_keys_tokens_and_revocation_across_processes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shared = sharing(a, b)
+    pa, sa = start(a, *shared)
+    pb, sb = start(b, *shared)
+    try:
+        operator = floe(a, "token", "issue", "--role", "operator", "--ttl", "1h").strip()
+
+        # The operator's tenants.
+        status, body = request("POST", f"{sa.url}/v1/tenants", operator, {"id": "idt"})
+        assert status == 201 and body["id"] == "idt", body
+        assert request("POST", f"{sa.url}/v1/tenants", operator, {"id": "idt"})[0] == 409
+        assert request("POST", f"{sa.url}/v1/tenants", operator, {"id": "Bad Id"})[0] == 400
+        assert request("POST", f"{sa.url}/v1/tenants", operator, {"id": "other"})[0] == 201
+        status, body = request("GET", f"{sb.url}/v1/tenants", operator)
+        assert status == 200 and {t["id"] for t in body["tenants"]} == {"idt", "other"}, body
+        status, body = request("PATCH", f"{sa.url}/v1/tenants/idt", operator,
+                               {"retention_days": 30, "quotas": {"ingest_events_per_sec": 1000}})
+        assert status == 200 and body["retention_days"] == 30, body
+        assert request("PATCH", f"{sa.url}/v1/tenants/idt", operator, {"colour": "red"})[0] == 400
+        status, body = request("GET", f"{sa.url}/v1/tenants/idt", operator)
+        assert status == 200 and body["tenant"]["quotas"]["ingest_events_per_sec"] == 1000, body
+
+        admin = floe(a, "token", "issue", "--tenant", "idt", "--role", "admin").strip()
+        other_admin = floe(a, "token", "issue", "--tenant", "other", "--role", "admin").strip()
+        # A tenant's credentials reach no operator route, and the operator's no tenant route.
+        assert request("GET", f"{sa.url}/v1/tenants", admin)[0] == 403
+        assert request("POST", f"{sa.url}/v1/tenants", admin, {"id": "x"})[0] == 403
+        assert post_events(sa, operator, [event(0)])[0] == 403
+        assert request("GET", f"{sa.url}/v1/keys", operator)[0] == 403
+
+        # A key: shown once, hashed at rest, usable wherever a token is, refused once revoked.
+        status, made = request("POST", f"{sa.url}/v1/keys", admin, {"role": "ingest"})
+        assert status == 201 and made["key"].startswith(made["prefix"] + "_"), made
+        key = made["key"]
+        status, listed = request("GET", f"{sa.url}/v1/keys", admin)
+        assert status == 200 and [k["prefix"] for k in listed["keys"]] == [made["prefix"]], listed
+        assert key not in json.dumps(listed) and "secret" not in json.dumps(listed)
+        stored = catalog_rows(a, "SELECT secret_sha256 FROM floe_api_keys")
+        assert len(stored) == 1 and key.split("_")[-1] not in stored[0][0]
+        assert post_events(sb, key, [event(1)])[0] == 200
+        assert request("GET", f"{sa.url}/v1/keys", key)[0] == 403, "an ingest key is no admin"
+        assert request("DELETE", f"{sa.url}/v1/keys/{made['id']}", other_admin)[0] == 404
+        assert request("DELETE", f"{sa.url}/v1/keys/{made['id']}", admin)[0] == 204
+        # Revoked through process a; process b refuses it within a second.
+        assert refused_within(sb, key, 1.5) < 1.5
+
+        # A key scoped to one event type sends only that type.
+        status, scoped = request("POST", f"{sa.url}/v1/keys", admin,
+                                 {"role": "ingest", "event_types": ["PageViewed"], "expires_in": "1d"})
+        assert status == 201 and scoped["expires_at_ms"] > time.time() * 1000, scoped
+        status, reply = post_events(sa, scoped["key"], [event(2), event(3, "PurchaseMade")])
+        assert status == 200 and reply["accepted"] == 1, reply
+        assert [r["code"] for r in reply["rejected"]] == ["type_not_allowed"], reply
+        assert request("POST", f"{sa.url}/v1/keys", admin, {"role": "operator"})[0] == 400
+
+        # A token made over HTTP, revoked by its jti: refused by both processes.
+        status, made = request("POST", f"{sa.url}/v1/tokens", admin, {"role": "ingest", "ttl": "1h"})
+        assert status == 201 and made["role"] == "ingest", made
+        token = made["token"]
+        assert post_events(sb, token, [event(4)])[0] == 200
+        assert request("DELETE", f"{sb.url}/v1/tokens/{made['jti']}", other_admin)[0] == 204
+        assert post_events(sa, token, [event(5)])[0] == 200, "another tenant cannot revoke it"
+        assert request("DELETE", f"{sb.url}/v1/tokens/{made['jti']}", admin)[0] == 204
+        assert refused_within(sa, token, 1.5) < 1.5
+        analyst = request("POST", f"{sa.url}/v1/tokens", admin, {"role": "analyst"})[1]
+        sent = "'e-PageViewed-1', 'e-PageViewed-2', 'e-PageViewed-4', 'e-PageViewed-5', 'e-PurchaseMade-3'"
+        counted = statement(sb, analyst["token"], f"SELECT count(*) FROM events WHERE event_id IN ({sent})")
+        assert counted["data"] == [[4]], counted
+        assert request("POST", f"{sa.url}/v1/tokens", admin, {"role": "admin", "ttl": "400d"})[0] == 400
+
+        # The command line makes and revokes keys and tokens the same way.
+        cli_key = floe(a, "key", "create", "--tenant", "other", "--role", "ingest").strip()
+        assert post_events(sb, cli_key, [event(7)])[0] == 200
+        cli_id = cli_key.split("_")[1]
+        assert cli_id in floe(a, "key", "list", "--tenant", "other")
+        floe(a, "key", "revoke", "--tenant", "other", cli_id)
+        assert refused_within(sb, cli_key, 1.5) < 1.5
+
+        # Every action is in the audit log, with its actor.
+        actions = {r[0] for r in catalog_rows(a, "SELECT action FROM floe_audit WHERE tenant = 'idt'")}
+        assert {"tenant.create", "tenant.settings", "key.create", "key.revoke", "token.issue",
+                "token.revoke"} <= actions, actions
+        actors = {r[0] for r in catalog_rows(a, "SELECT actor FROM floe_audit WHERE action = 'tenant.create'")}
+        assert all(x.startswith("operator:") for x in actors), actors
+
+        # Deleting the tenant: its credentials stop at once; the key's row goes with it.
+        status, body = request("DELETE", f"{sa.url}/v1/tenants/idt?purge=true", operator)
+        assert status == 200 and body["existed"], body
+        assert post_events(sb, scoped["key"], [event(6)])[0] == 401
+        assert request("GET", f"{sa.url}/v1/tenants/idt", operator)[0] == 404
+        assert catalog_rows(a, "SELECT count(*) FROM floe_api_keys WHERE tenant = 'idt'") == [(0,)]
+    finally:
+        stop(pa)
+        stop(pb)
+
+
+# Every route of `floe serve`'s API with a body that fails after the role check (so probing
+# changes nothing); path parameters are probed with values that name nothing. The README's table of who may call what is this list as the server
+# answers it; `test_the_readme_table_of_roles_is_what_the_server_does` renders it.
+ROUTES = [
+    ("POST", "/v1/events", []),
+    ("POST", "/v1/statement", "SELECT 1"),
+    ("GET", "/v1/query/{id}", None),
+    ("GET", "/v1/projections", None),
+    ("POST", "/v1/projections", {}),
+    ("GET", "/v1/schemas", None),
+    ("PUT", "/v1/schemas/{type}/{version}", {}),
+    ("POST", "/v1/erasures", {}),
+    ("GET", "/v1/alerts", None),
+    ("POST", "/v1/alerts", {}),
+    ("GET", "/v1/dashboard/activity", None),
+    ("GET", "/v1/dashboard/freshness", None),
+    ("POST", "/v1/tokens", {}),
+    ("DELETE", "/v1/tokens/{jti}", None),
+    ("GET", "/v1/keys", None),
+    ("POST", "/v1/keys", {}),
+    ("GET", "/v1/tenants", None),
+    ("POST", "/v1/tenants", {}),
+    ("GET", "/v1/operator/tenants", None),
+    ("GET", "/v1/whoami", None),
+]
+ROLES = ["ingest", "viewer", "analyst", "admin", "operator"]
+
+
+def concrete(path):
+    return (path.replace("{id}", "nope").replace("{type}", "T").replace("{version}", "1")
+            .replace("{jti}", "nope"))
+
+
+def allowed(srv, method, path, body, credential):
+    """Whether the server lets `credential` past the role check of the route (a Trino query
+    refused for its role fails on its page with PERMISSION_DENIED)."""
+    if path == "/v1/statement":
+        req = urllib.request.Request(srv.url + path, data=body.encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {credential}", "X-Trino-User": "t"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                page = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code not in (401, 403)
+        while "nextUri" in page:
+            with urllib.request.urlopen(urllib.request.Request(
+                    page["nextUri"], headers={"Authorization": f"Bearer {credential}"}), timeout=30) as r:
+                page = json.loads(r.read())
+        return page.get("error", {}).get("errorName") != "PERMISSION_DENIED"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(srv.url + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {credential}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    return status not in (401, 403)
+
+
+def test_the_readme_table_of_roles_is_what_the_server_does(tmp_path):
+    proc, srv = start(tmp_path)
+    try:
+        floe(tmp_path, "tenant", "create", "roles")
+        creds = {r: floe(tmp_path, "token", "issue", *([] if r == "operator" else ["--tenant", "roles"]),
+                         "--role", r).strip() for r in ROLES}
+        rows = ["| route | roles |", "|---|---|"]
+        for method, path, body in ROUTES:
+            probe = concrete(path)
+            assert not allowed(srv, method, probe, body, "not-a-token"), f"{method} {path} without a credential"
+            who = [r for r in ROLES if allowed(srv, method, probe, body, creds[r])]
+            rows.append(f"| `{method} {path}` | {', '.join(f'`{r}`' for r in who)} |")
+        table = "\n".join(rows) + "\n"
+        readme = (Path(__file__).parents[2] / "README.md").read_text()
+        assert table in readme, "README's table of roles differs from the server; it should be:\n" + table
+    finally:
+        stop(proc)

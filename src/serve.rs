@@ -89,7 +89,8 @@ pub async fn serve(
     let ingest =
         Ingest::start_accepting_loss(catalog.clone(), &config, flush, accept_wal_loss).await?;
     let auth = Authenticator::new(authority, catalog.clone())
-        .with_revocation_refresh(Duration::from_millis(config.auth.revocation_refresh_ms));
+        .with_revocation_refresh(Duration::from_millis(config.auth.revocation_refresh_ms))
+        .with_jwks(&config.auth);
     let producer = if config.kafka.brokers.is_empty() {
         None
     } else {

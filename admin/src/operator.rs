@@ -5,7 +5,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use floe_catalog::Role;
 use floe_catalog::api::ApiError;
 use serde_json::{Value, json};
 
@@ -26,21 +25,16 @@ pub(crate) async fn whoami(
     State(st): State<AdminState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let operator = st
-        .auth
-        .verify_header(authorization(&headers))
-        .is_ok_and(|c| c.role == Role::Operator);
-    let (claims, tenant) = if operator {
-        let claims = st
-            .auth
-            .authenticate_operator(authorization(&headers))
-            .await?;
-        (claims, Value::Null)
-    } else {
-        let principal = st.auth.authenticate(authorization(&headers)).await?;
-        floe_catalog::api::request_id::record_tenant(principal.tenant.id().as_str());
-        let tenant = json!(principal.tenant.id().as_str());
-        (principal.claims, tenant)
+    // The operator's, or else (refused as not the operator's) a tenant's.
+    let (claims, tenant) = match st.auth.authenticate_operator(authorization(&headers)).await {
+        Ok(claims) => (claims, Value::Null),
+        Err(e) if e.kind() == floe_catalog::ErrorKind::PermissionDenied => {
+            let principal = st.auth.authenticate(authorization(&headers)).await?;
+            floe_catalog::api::request_id::record_tenant(principal.tenant.id().as_str());
+            let tenant = json!(principal.tenant.id().as_str());
+            (principal.claims, tenant)
+        }
+        Err(e) => return Err(e.into()),
     };
     Ok(axum::Json(json!({
         "tenant": tenant,

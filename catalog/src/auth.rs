@@ -13,6 +13,7 @@ use crate::tenant::TenantId;
 use crate::{Error, Result};
 
 mod authenticator;
+pub mod jwks;
 
 pub use authenticator::Authenticator;
 

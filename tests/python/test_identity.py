@@ -217,3 +217,107 @@ def test_the_readme_table_of_roles_is_what_the_server_does(tmp_path):
         assert table in readme, "README's table of roles differs from the server; it should be:\n" + table
     finally:
         stop(proc)
+
+
+def test_tokens_of_an_identity_provider_verify_against_its_jwks(tmp_path):
+    """An external identity provider's tokens (RS256, ES256, EdDSA) verify against its key
+    set, with the tenant and role from configured claims; forged, expired, misdirected and
+    unsigned ones are refused; a key the provider adds later is picked up at once."""
+    import base64
+    import hashlib
+    import hmac
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    keys = {"rsa-1": (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+            "ec-1": (ec.generate_private_key(ec.SECP256R1()), "ES256"),
+            "ed-1": (ed25519.Ed25519PrivateKey.generate(), "EdDSA")}
+
+    def jwk(kid, private):
+        public = private.public_key()
+        algorithm = {rsa.RSAPublicKey: jwt.algorithms.RSAAlgorithm, ec.EllipticCurvePublicKey: jwt.algorithms.ECAlgorithm,
+                     ed25519.Ed25519PublicKey: jwt.algorithms.OKPAlgorithm}
+        for kind, alg in algorithm.items():
+            if isinstance(public, kind):
+                return {**alg.to_jwk(public, as_dict=True), "kid": kid}
+        raise AssertionError(public)
+
+    jwks = tmp_path / "jwks.json"
+
+    def publish():
+        jwks.write_text(json.dumps({"keys": [jwk(kid, k) for kid, (k, _) in keys.items()]}))
+
+    publish()
+    issuer, audience = "https://idp.example", "floe"
+    proc, srv = start(tmp_path, "--set", f"auth.jwks={jwks}", "--set", f"auth.jwks_issuer={issuer}",
+                      "--set", f"auth.jwks_audience={audience}", "--set", "auth.jwks_tenant_claim=org",
+                      "--set", "auth.jwks_role_claim=floe_role")
+    try:
+        floe(tmp_path, "tenant", "create", "idp")
+        # Tokens issued before their tenant was created do not reach it; `iat` is in seconds.
+        time.sleep(1.05 - time.time() % 1)
+        now = int(time.time())
+
+        def token(kid="rsa-1", **claims):
+            private, alg = keys[kid]
+            body = {"iss": issuer, "aud": audience, "org": "idp", "floe_role": "ingest", "sub": "svc",
+                    "iat": now, "exp": now + 300, **claims}
+            return jwt.encode({k: v for k, v in body.items() if v is not None}, private, algorithm=alg,
+                              headers={"kid": kid})
+
+        for kid in keys:
+            status, reply = post_events(srv, token(kid, jti=f"t-{kid}"), [event(kid)])
+            assert status == 200 and reply["accepted"] == 1, (kid, reply)
+
+        def b64(raw):
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        good = token()
+        head, body, _ = good.split(".")
+        public_pem = keys["rsa-1"][0].public_key().public_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        confused_head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())
+        confused = f"{confused_head}.{body}." + b64(hmac.new(public_pem, f"{confused_head}.{body}".encode(),
+                                                           hashlib.sha256).digest())
+        unsigned = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa-1"}).encode()) + f".{body}."
+        tampered_body = b64(json.dumps({**jwt.decode(good, options={"verify_signature": False}),
+                                        "org": "other"}).encode())
+        attacks = {
+            "expired": token(exp=now - 10),
+            "wrong audience": token(aud="someone-else"),
+            "wrong issuer": token(iss="https://evil.example"),
+            "unknown key": jwt.encode({"iss": issuer, "aud": audience, "org": "idp", "floe_role": "ingest",
+                                       "sub": "x", "iat": now, "exp": now + 60},
+                                      rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                                      algorithm="RS256", headers={"kid": "rsa-9"}),
+            "algorithm confusion": confused,
+            "alg none": unsigned,
+            "tampered": f"{head}.{tampered_body}.{good.split('.')[2]}",
+            "no role": token(floe_role=None),
+            "no iat": token(iat=None),
+            "operator with a tenant": token(floe_role="operator"),
+        }
+        for name, bad in attacks.items():
+            assert post_events(srv, bad, [event(1)])[0] == 401, name
+
+        # Roles and the operator come from the claims, as with Floe's own tokens.
+        assert post_events(srv, token(floe_role="viewer"), [event(2)])[0] == 403
+        operator = token(org=None, floe_role="operator")
+        assert request("GET", f"{srv.url}/v1/operator/tenants", operator)[0] == 200
+        assert post_events(srv, operator, [event(3)])[0] == 403
+
+        # The provider adds a key: its tokens verify at once (the set is read again).
+        keys["rsa-2"] = (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256")
+        publish()
+        assert post_events(srv, token("rsa-2"), [event(4)])[0] == 200
+
+        # A provider's token is revoked by its jti like Floe's own.
+        revocable = token(jti="revoke-me")
+        assert post_events(srv, revocable, [event(5)])[0] == 200
+        admin = token(floe_role="admin", jti="admin-1")
+        assert request("DELETE", f"{srv.url}/v1/tokens/revoke-me", admin)[0] == 204
+        assert refused_within(srv, revocable, 1.5) < 1.5
+    finally:
+        stop(proc)

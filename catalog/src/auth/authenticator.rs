@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::jwks::Jwks;
 use super::{Claims, Principal, Role, TokenAuthority};
 use crate::credentials::{ApiKey, parse_key, secret_matches};
 use crate::tenant::TenantId;
@@ -42,6 +43,8 @@ pub struct Authenticator {
     /// Keys by id, with when they were read.
     keys: Arc<Mutex<HashMap<String, (ApiKey, Instant)>>>,
     refresh: Duration,
+    /// An external identity provider's keys (`auth.jwks`).
+    jwks: Option<Arc<Jwks>>,
 }
 
 fn bearer(authorization: Option<&str>) -> Result<&str> {
@@ -67,7 +70,29 @@ impl Authenticator {
             reading: Default::default(),
             keys: Default::default(),
             refresh: DEFAULT_REVOCATION_REFRESH,
+            jwks: None,
         }
+    }
+
+    /// Also takes tokens of the identity provider of `auth.jwks` (if set).
+    pub fn with_jwks(mut self, config: &crate::config::AuthConfig) -> Self {
+        self.jwks = Jwks::new(config).map(Arc::new);
+        self
+    }
+
+    /// Verifies a JWT: Floe's own (HS256), or the identity provider's (asymmetric, naming its
+    /// key). Revocation is checked by the callers.
+    async fn verify_jwt(&self, presented: &str) -> Result<Claims> {
+        if let Some(jwks) = &self.jwks
+            && let Ok(header) = jsonwebtoken::decode_header(presented)
+            && header.alg != jsonwebtoken::Algorithm::HS256
+        {
+            let kid = header.kid.ok_or_else(|| Error::Unauthenticated {
+                message: "token names no key (kid)".into(),
+            })?;
+            return jwks.verify(presented, &kid).await;
+        }
+        self.authority.verify(presented)
     }
 
     /// Reads revocations again at most this long after the last reading.
@@ -80,12 +105,6 @@ impl Authenticator {
         &self.authority
     }
 
-    /// Verifies the JWT of an `Authorization` header value (`Bearer <jwt>`), whoever it is
-    /// for (signature and expiry only: revocation is checked by the two methods below).
-    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Claims> {
-        self.authority.verify(bearer(authorization)?)
-    }
-
     /// Checks an operator's `Authorization` header value: a valid, unrevoked token of role
     /// `operator` (a tenant's token or key of any role is `Forbidden` here).
     pub async fn authenticate_operator(&self, authorization: Option<&str>) -> Result<Claims> {
@@ -95,7 +114,7 @@ impl Authenticator {
                 message: "only the platform operator may do this (an API key is a tenant's)".into(),
             });
         }
-        let claims = self.authority.verify(presented)?;
+        let claims = self.verify_jwt(presented).await?;
         if claims.role != Role::Operator || !claims.tenant.is_empty() {
             return Err(Error::Forbidden {
                 message: format!(
@@ -116,7 +135,7 @@ impl Authenticator {
         let claims = match parse_key(presented) {
             Some((id, secret)) => self.key_claims(id, secret).await?,
             None => {
-                let claims = self.authority.verify(presented)?;
+                let claims = self.verify_jwt(presented).await?;
                 if claims.role == Role::Operator {
                     return Err(Error::Forbidden {
                         message: "an operator token reaches no tenant's data: use a tenant's \

@@ -272,6 +272,20 @@ pub struct AuthConfig {
     /// Revoked tokens and keys are read again this often by each process: a revocation takes
     /// effect everywhere within it.
     pub revocation_refresh_ms: u64,
+    /// An external identity provider's JSON Web Key Set: a file, or an `http://` URL (this
+    /// build has no TLS client: serve an `https` set through a local file or proxy).
+    /// Empty: only Floe's own tokens and keys.
+    pub jwks: String,
+    /// The key set is read again this often (and when a token names a key it lacks).
+    pub jwks_refresh_secs: u64,
+    /// The `iss` the provider's tokens must carry (empty: not checked).
+    pub jwks_issuer: String,
+    /// An `aud` the provider's tokens must carry (empty: not checked).
+    pub jwks_audience: String,
+    /// The claim of the provider's tokens that names the tenant.
+    pub jwks_tenant_claim: String,
+    /// The claim of the provider's tokens that names the role.
+    pub jwks_role_claim: String,
 }
 
 /// Query limits.
@@ -409,6 +423,12 @@ impl Default for AuthConfig {
             signing_key_file: String::new(),
             max_token_ttl_secs: 30 * 24 * 3600,
             revocation_refresh_ms: 500,
+            jwks: String::new(),
+            jwks_refresh_secs: 300,
+            jwks_issuer: String::new(),
+            jwks_audience: String::new(),
+            jwks_tenant_claim: "tenant".into(),
+            jwks_role_claim: "role".into(),
         }
     }
 }

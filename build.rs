@@ -32,10 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
+        // The path from the crate's root at compile time, not this script's: a checkout moved
+        // (or a worktree sharing the target folder) never reads another checkout's files.
         writeln!(
             table,
-            "    ({name:?}, include_bytes!({:?})),",
-            path.display().to_string()
+            "    ({name:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),",
+            format!("/ui/{name}")
         )?;
     }
     table.push_str("];\n");

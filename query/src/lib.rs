@@ -17,6 +17,7 @@ pub mod type_names;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -373,7 +374,8 @@ impl Engine {
 
     /// Runs one read-only statement for `tenant` on a thread of its own (as a query of the
     /// Trino protocol runs: its work never holds a thread that serves HTTP), within the
-    /// tenant's CPU share, and collects the result (within `query.memory_limit_bytes`).
+    /// tenant's CPU share, and collects the result (within `query.memory_limit_bytes` and
+    /// `query.timeout_secs`: past it the work is dropped and the call fails).
     pub async fn sql_apart(
         &self,
         tenant: &TenantId,
@@ -387,7 +389,16 @@ impl Engine {
                 .enable_all()
                 .build()
                 .map_err(|e| floe_catalog::Error::internal(format!("a query runtime: {e}")))?;
-            runtime.block_on(cpu.run(async move { engine.sql(&tenant, &sql).await }))
+            let limit = Duration::from_secs(engine.config().timeout_secs);
+            let work = cpu.run(async move { engine.sql(&tenant, &sql).await });
+            runtime
+                .block_on(async { tokio::time::timeout(limit, work).await })
+                .map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "Query exceeded the maximum execution time of {}s",
+                        limit.as_secs()
+                    ))
+                })?
         })
         .await
         .map_err(|e| floe_catalog::Error::internal(format!("a query thread stopped: {e}")))?

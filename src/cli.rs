@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The audit log: hash-chained records, published to each tenant's `audit` table.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run a read-only SQL query over one tenant's tables.
     Sql {
         #[arg(long)]
@@ -409,6 +414,27 @@ pub enum TokenCommand {
         tenant: String,
         jti: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk a chain from its first record (the audit table, then the records not yet
+    /// published) and name the first link that does not hold; exits 1 if one does not.
+    Verify {
+        /// The tenant's chain.
+        #[arg(
+            long,
+            conflicts_with = "platform",
+            required_unless_present = "platform"
+        )]
+        tenant: Option<String>,
+        /// The platform's chain (what belongs to no tenant).
+        #[arg(long)]
+        platform: bool,
+    },
+    /// Publish the records not yet in the audit tables now (`floe serve` does it every
+    /// `audit.publish_interval_ms`).
+    Publish,
 }
 
 #[derive(Subcommand)]

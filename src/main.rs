@@ -3,6 +3,7 @@
 
 mod alert;
 mod alerting;
+mod audit;
 mod cli;
 mod compact;
 mod generate;
@@ -101,6 +102,7 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             command: TokenCommand::Revoke { tenant, jti },
         } => token::revoke(&config()?, tenant, jti).await,
         Command::Key { command } => token::key(&config()?, command).await,
+        Command::Audit { command } => audit::run(&config()?, command).await,
         Command::Sql {
             tenant,
             format,

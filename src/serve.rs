@@ -78,6 +78,17 @@ async fn signal() {
     }
 }
 
+/// Publishes new audit records to the `audit` tables every `every_ms`.
+async fn publish_audit(catalog: Catalog, every_ms: u64) {
+    let every = Duration::from_millis(every_ms);
+    loop {
+        if let Err(e) = catalog.publish_audit(10_000).await {
+            tracing::warn!(error = %e, "could not publish the audit log; retried");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub async fn serve(
     config: Config,
     flush: tokio::runtime::Handle,
@@ -122,17 +133,21 @@ pub async fn serve(
         .clone()
         .map(|r| Arc::new(move || r.lag_gauges()) as crate::metrics::Refresh);
     crate::metrics::serve(&config.metrics, stop.clone(), lag).await?;
+    let (audit_queue, write_audit_queue) =
+        floe_catalog::audit::AuditQueue::new(catalog.clone(), config.audit.queue);
+    let refusals = floe_catalog::api::refusal::RefusalLog {
+        queue: audit_queue.clone(),
+        auth: auth.clone(),
+    };
     let app = floe_ingest::http::router(HttpState::new(
         ingest.clone(),
         auth.clone(),
         producer,
         quotas.clone(),
     ))
-    .merge(floe_query::trino::router(TrinoState::new(
-        engine,
-        auth.clone(),
-        quotas.clone(),
-    )))
+    .merge(floe_query::trino::router(
+        TrinoState::new(engine, auth.clone(), quotas.clone()).auditing(audit_queue.clone()),
+    ))
     .merge(floe_admin::router(AdminState {
         catalog: catalog.clone(),
         auth,
@@ -145,6 +160,11 @@ pub async fn serve(
     }))
     .merge(dashboard)
     .merge(crate::ui::router())
+    // Every refusal (401, 403) is audited.
+    .layer(axum::middleware::from_fn_with_state(
+        refusals,
+        floe_catalog::api::refusal::layer,
+    ))
     // Every reply carries its request's id, and so do the log lines of its handling.
     .layer(axum::middleware::from_fn(
         floe_catalog::api::request_id::layer,
@@ -175,6 +195,13 @@ pub async fn serve(
     }));
     if let Some(refresher) = refresher.clone() {
         services.spawn(refresher.run(stop.clone().wait()));
+    }
+    services.spawn(until(stop.clone(), write_audit_queue));
+    if config.audit.publish_interval_ms > 0 {
+        services.spawn(until(
+            stop.clone(),
+            publish_audit(catalog.clone(), config.audit.publish_interval_ms),
+        ));
     }
     if let Some(alerting) = alerting {
         services.spawn(until(stop.clone(), alerting.run()));

@@ -18,7 +18,9 @@ pub async fn run(
         bail!("tenant {tenant} does not exist");
     }
     let engine = Engine::new(catalog, config.query.clone());
-    let (schema, batches) = engine.sql(&tenant, sql).await?;
+    let (schema, batches) = engine
+        .sql(&tenant, floe_query::Scope::Everything, sql)
+        .await?;
     let format = match format {
         SqlFormat::Table => OutputFormat::Table,
         SqlFormat::Csv => OutputFormat::Csv,

@@ -46,10 +46,7 @@ pub(crate) async fn create(
             ),
         )
     })?;
-    let alert = asked.check(
-        principal.tenant.id(),
-        &format!("token:{}", principal.claims.jti),
-    )?;
+    let alert = asked.check(principal.tenant.id(), &principal.claims.actor())?;
     let created = st.catalog.create_alert(alert, st.max_alert_rules).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -62,11 +59,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     let principal = admin(&st, &headers).await?;
     st.catalog
-        .delete_alert(
-            principal.tenant.id(),
-            &name,
-            &format!("token:{}", principal.claims.jti),
-        )
+        .delete_alert(principal.tenant.id(), &name, &principal.claims.actor())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

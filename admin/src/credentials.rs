@@ -6,16 +6,12 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use floe_catalog::Role;
 use floe_catalog::api::ApiError;
-use floe_catalog::{Principal, Role};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::{AdminState, admin};
-
-fn actor(principal: &Principal) -> String {
-    format!("token:{}", principal.claims.jti)
-}
 
 fn bad_body(expected: &str, e: serde_json::Error) -> ApiError {
     ApiError::new(
@@ -73,7 +69,7 @@ pub(crate) async fn issue_token(
     let detail = json!({"role": role.as_str(), "ttl_secs": ttl.as_secs(), "jti": claims.jti});
     st.catalog
         .audit(
-            &actor(&principal),
+            &principal.claims.actor(),
             Some(principal.tenant.id().as_str()),
             "token.issue",
             &detail.to_string(),
@@ -102,7 +98,12 @@ pub(crate) async fn revoke_token(
     let until =
         chrono::Utc::now().timestamp_millis() + (st.max_token_ttl_secs as i64).saturating_mul(1000);
     st.catalog
-        .revoke_token(principal.tenant.id(), &jti, until, &actor(&principal))
+        .revoke_token(
+            principal.tenant.id(),
+            &jti,
+            until,
+            &principal.claims.actor(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -144,7 +145,7 @@ pub(crate) async fn create_key(
             role,
             asked.event_types,
             expires_at_ms,
-            &actor(&principal),
+            &principal.claims.actor(),
         )
         .await?;
     let mut body = serde_json::to_value(&made.key).unwrap_or_default();
@@ -182,7 +183,7 @@ pub(crate) async fn revoke_key(
         .strip_prefix(floe_catalog::credentials::KEY_PREFIX)
         .unwrap_or(&id);
     st.catalog
-        .revoke_api_key(principal.tenant.id(), id, &actor(&principal))
+        .revoke_api_key(principal.tenant.id(), id, &principal.claims.actor())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -142,7 +142,7 @@ async fn post_erasure(
         .request_erasure(
             principal.tenant.id(),
             request.user_ids,
-            &format!("token:{}", principal.claims.jti),
+            &principal.claims.actor(),
         )
         .await?;
     let location = format!("/v1/erasures/{}", erasure.id);
@@ -277,7 +277,7 @@ async fn post_projection(
             principal.tenant.id().clone(),
             request.name,
             request.sql,
-            format!("token:{}", principal.claims.jti),
+            principal.claims.actor(),
         )
         .await?;
     let location = format!("/v1/projections/{}", defined.name);
@@ -317,7 +317,7 @@ async fn put_projection(
             principal.tenant.id().clone(),
             name,
             request.sql,
-            format!("token:{}", principal.claims.jti),
+            principal.claims.actor(),
         )
         .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(defined)).into_response())
@@ -332,11 +332,7 @@ async fn delete_projection(
 ) -> Result<Response, ApiError> {
     let principal = admin(&st, &headers).await?;
     st.catalog
-        .drop_defined_projection(
-            principal.tenant.id(),
-            &name,
-            &format!("token:{}", principal.claims.jti),
-        )
+        .drop_defined_projection(principal.tenant.id(), &name, &principal.claims.actor())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -379,7 +375,7 @@ async fn put_schema(
             version,
             schema,
             mode,
-            &format!("token:{}", principal.claims.jti),
+            &principal.claims.actor(),
         )
         .await?;
     let status = if done.created {

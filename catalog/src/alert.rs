@@ -16,8 +16,9 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::audit::audit_in;
 use crate::db::now_ms;
-use crate::tenant::{TenantId, audit_in};
+use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// What a rule watches.

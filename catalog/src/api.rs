@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::ErrorKind;
 
 pub mod min_rate;
+pub mod refusal;
 pub mod request_id;
 
 /// An error answer.

@@ -156,20 +156,45 @@ impl Catalog {
         batch: &KafkaBatch,
     ) -> Result<KafkaCommit> {
         let (tenant, table, batch) = (tenant.clone(), table.to_string(), batch.clone());
-        self.on_io(move |c| async move {
-            let (appended, conflicts) = c
-                .append_here(&tenant, &table, files, Some(Guard::Kafka(&batch)), None)
-                .await?;
-            Ok(match appended {
-                Appended::Committed { snapshot_id } => KafkaCommit::Committed {
-                    snapshot_id,
-                    conflicts,
-                },
-                Appended::Already { .. } => KafkaCommit::AlreadyCommitted,
-                Appended::Fenced { stored } => KafkaCommit::Fenced { stored },
-            })
-        })
+        self.on_io(
+            move |c| async move { c.append_guarded(&tenant, &table, files, &batch, None).await },
+        )
         .await
+    }
+
+    /// Appends `files` to the table of the tenant incarnation `tenant` with the positions
+    /// guard of [`Catalog::commit_append_kafka`] (the audit log's chains use it for their
+    /// sequence numbers): exactly once, fenced against another writer of the same records.
+    pub(crate) async fn commit_append_guarded(
+        &self,
+        tenant: &TenantKey,
+        table: &str,
+        files: Vec<DataFile>,
+        batch: &KafkaBatch,
+    ) -> Result<KafkaCommit> {
+        self.append_guarded(tenant.id(), table, files, batch, Some(tenant.incarnation()))
+            .await
+    }
+
+    async fn append_guarded(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        files: Vec<DataFile>,
+        batch: &KafkaBatch,
+        incarnation: Option<&str>,
+    ) -> Result<KafkaCommit> {
+        let (appended, conflicts) = self
+            .append_here(tenant, table, files, Some(Guard::Kafka(batch)), incarnation)
+            .await?;
+        Ok(match appended {
+            Appended::Committed { snapshot_id } => KafkaCommit::Committed {
+                snapshot_id,
+                conflicts,
+            },
+            Appended::Already { .. } => KafkaCommit::AlreadyCommitted,
+            Appended::Fenced { stored } => KafkaCommit::Fenced { stored },
+        })
     }
 
     /// Appends `files`, checking `guard` on the metadata of each attempt. With `incarnation`,

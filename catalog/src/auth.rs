@@ -76,6 +76,16 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Who the credential is, in the audit log: `key:<id>` for an API key, `token:<jti>` for
+    /// a token.
+    pub fn actor(&self) -> String {
+        if self.jti.starts_with("key:") {
+            self.jti.clone()
+        } else {
+            format!("token:{}", self.jti)
+        }
+    }
+
     /// When the token was issued, to the millisecond (from its UUIDv7 `jti`; from `iat`,
     /// to the second, for any other id).
     pub fn issued_at_ms(&self) -> i64 {
@@ -224,6 +234,17 @@ impl TokenAuthority {
                     _ => "malformed token".to_string(),
                 },
             })
+    }
+
+    /// The claims of a token whose signature verifies, expired or not (to know whom a refused
+    /// request was: never to let one through).
+    pub fn verify_signature(&self, token: &str) -> Option<Claims> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
     }
 }
 

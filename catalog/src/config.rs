@@ -41,6 +41,7 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub metrics: MetricsConfig,
     pub alerting: AlertingConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             metrics: MetricsConfig::default(),
             alerting: AlertingConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -86,6 +88,7 @@ impl std::fmt::Debug for Config {
             .field("quota", &self.quota)
             .field("metrics", &self.metrics)
             .field("alerting", &self.alerting)
+            .field("audit", &self.audit)
             .finish()
     }
 }

@@ -9,9 +9,10 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::audit::audit_in;
 use crate::auth::Role;
 use crate::db::now_ms;
-use crate::tenant::{TenantId, audit_in};
+use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// What every key starts with.

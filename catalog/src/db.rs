@@ -435,6 +435,36 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     },
+    Migration {
+        version: 11,
+        description: "the audit log's hash chains",
+        sqlite: r#"
+    ALTER TABLE floe_audit ADD COLUMN chain TEXT;
+    ALTER TABLE floe_audit ADD COLUMN seq INTEGER;
+    ALTER TABLE floe_audit ADD COLUMN prev_hash TEXT;
+    ALTER TABLE floe_audit ADD COLUMN hash TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS floe_audit_chain_seq ON floe_audit (chain, seq);
+    CREATE TABLE IF NOT EXISTS floe_audit_chains (
+        chain TEXT PRIMARY KEY NOT NULL,
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        published INTEGER NOT NULL
+    );
+    "#,
+        postgres: r#"
+    ALTER TABLE floe_audit ADD COLUMN IF NOT EXISTS chain TEXT;
+    ALTER TABLE floe_audit ADD COLUMN IF NOT EXISTS seq BIGINT;
+    ALTER TABLE floe_audit ADD COLUMN IF NOT EXISTS prev_hash TEXT;
+    ALTER TABLE floe_audit ADD COLUMN IF NOT EXISTS hash TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS floe_audit_chain_seq ON floe_audit (chain, seq);
+    CREATE TABLE IF NOT EXISTS floe_audit_chains (
+        chain TEXT PRIMARY KEY NOT NULL,
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        published BIGINT NOT NULL
+    );
+    "#,
+    },
 ];
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies

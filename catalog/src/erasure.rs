@@ -205,7 +205,7 @@ impl Catalog {
             .map_err(Error::db("erasure request"))?;
             // The audit log names the request, never the users.
             let detail = serde_json::json!({ "erasure": id2, "users": count }).to_string();
-            crate::tenant::audit_in(
+            crate::audit::audit_in(
                 &mut tx,
                 &actor,
                 Some(tenant.as_str()),
@@ -286,7 +286,7 @@ impl Catalog {
                 .await
                 .map_err(Error::db("erasure"))?;
                 let audit = serde_json::json!({ "erasure": id, "users": users }).to_string();
-                crate::tenant::audit_in(
+                crate::audit::audit_in(
                     &mut tx,
                     "compactor",
                     Some(&tenant),

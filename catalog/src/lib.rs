@@ -6,6 +6,7 @@ pub mod activity;
 pub mod alert;
 pub mod api;
 mod append;
+pub mod audit;
 pub mod auth;
 mod commit;
 pub mod config;

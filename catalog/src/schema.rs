@@ -16,8 +16,9 @@ use serde_json::Value;
 
 pub use compat::Compatibility;
 
+use crate::audit::audit_in;
 use crate::db::now_ms;
-use crate::tenant::{TenantId, audit_in};
+use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// What ingest does with an event whose type has no schema, or whose version of a type has

@@ -94,7 +94,7 @@ pub fn dlq_schema() -> Result<Schema> {
 pub const DAY_PARTITION: &str = "ts_day";
 
 /// Partitioned by `day(<field day_of>)` (a timestamp), named [`DAY_PARTITION`].
-fn day_spec(day_of: i32) -> Result<UnboundPartitionSpec> {
+pub(crate) fn day_spec(day_of: i32) -> Result<UnboundPartitionSpec> {
     Ok(UnboundPartitionSpec::builder()
         .add_partition_field(day_of, DAY_PARTITION, Transform::Day)
         .map_err(Error::ice("partition spec"))?

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::audit::audit_in;
 use crate::db::now_ms;
 use crate::{Catalog, Error, Result};
 
@@ -11,6 +12,12 @@ use crate::{Catalog, Error, Result};
 pub struct TenantId(String);
 
 impl TenantId {
+    /// The platform's own namespace (the audit log of what belongs to no tenant): not a
+    /// tenant id, which never starts with `_`.
+    pub(crate) fn platform() -> TenantId {
+        TenantId(crate::audit::PLATFORM_CHAIN.to_string())
+    }
+
     pub fn parse(s: &str) -> Result<TenantId> {
         let bytes = s.as_bytes();
         let ok = !bytes.is_empty()
@@ -587,6 +594,10 @@ impl Catalog {
                 "DELETE FROM floe_ingest_minutes WHERE tenant = $1",
                 "DELETE FROM floe_api_keys WHERE tenant = $1",
                 "DELETE FROM floe_revoked_tokens WHERE tenant = $1",
+                // Its own audit chain goes with its tables (its creation and deletion are
+                // the platform's records).
+                "DELETE FROM floe_audit WHERE chain = $1",
+                "DELETE FROM floe_audit_chains WHERE chain = $1",
             ] {
                 sqlx::query(sql)
                     .bind(id.as_str())
@@ -633,48 +644,6 @@ impl Catalog {
         })
         .await
     }
-
-    /// Appends to the audit log.
-    pub async fn audit(
-        &self,
-        actor: &str,
-        tenant: Option<&str>,
-        action: &str,
-        detail: &str,
-    ) -> Result<()> {
-        let (actor, tenant, action, detail) = (
-            actor.to_string(),
-            tenant.map(str::to_string),
-            action.to_string(),
-            detail.to_string(),
-        );
-        self.on_io(move |c| async move {
-            let mut conn = c.db.acquire().await.map_err(Error::db("audit"))?;
-            audit_in(&mut conn, &actor, tenant.as_deref(), &action, &detail).await
-        })
-        .await
-    }
-}
-
-pub(crate) async fn audit_in(
-    conn: &mut sqlx::AnyConnection,
-    actor: &str,
-    tenant: Option<&str>,
-    action: &str,
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO floe_audit (at_ms, actor, tenant, action, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(now_ms())
-    .bind(actor)
-    .bind(tenant)
-    .bind(action)
-    .bind(detail)
-    .execute(conn)
-    .await
-    .map_err(Error::db("audit"))?;
-    Ok(())
 }
 
 #[cfg(test)]

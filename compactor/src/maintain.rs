@@ -165,7 +165,11 @@ impl Compactor {
         let lease = Duration::from_secs(self.config.lease_secs);
         let started = Instant::now();
         let mut run = TableRun::default();
-        if let Some(days) = tenant.retention_days {
+        // The audit log is not the tenant's data to age out: its chain must stay whole from its
+        // first record.
+        if let Some(days) = tenant.retention_days
+            && table != floe_catalog::audit::AUDIT_TABLE
+        {
             run.retention = self
                 .apply_retention(id, table, days, options.dry_run)
                 .await?;

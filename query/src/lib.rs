@@ -133,7 +133,10 @@ pub enum OutputFormat {
 /// Which of a tenant's tables a session registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Every table (roles `analyst`, `admin`).
+    /// Every table, the audit log too (role `admin`; `floe sql` on the server's machine).
+    Everything,
+    /// Every table but the audit log (role `analyst`; the dashboard's and alert rules'
+    /// queries).
     AllTables,
     /// Projection tables only (role `viewer`).
     ProjectionsOnly,
@@ -212,9 +215,9 @@ impl Engine {
         &self.cpu
     }
 
-    /// A session that sees exactly `tenant`'s tables, as of now, in UTC.
-    pub async fn session(&self, tenant: &TenantId) -> Result<SessionContext> {
-        self.session_scoped(tenant, Scope::AllTables, "UTC").await
+    /// A session that sees exactly `tenant`'s tables allowed by `scope`, as of now, in UTC.
+    pub async fn session(&self, tenant: &TenantId, scope: Scope) -> Result<SessionContext> {
+        self.session_scoped(tenant, scope, "UTC").await
     }
 
     /// A session that sees `tenant`'s tables allowed by `scope`, with the per-query memory pool,
@@ -264,7 +267,12 @@ impl Engine {
                 .properties()
                 .get("floe.table.kind")
                 .cloned();
-            if scope == Scope::ProjectionsOnly && kind.as_deref() != Some("projection") {
+            let visible = match scope {
+                Scope::Everything => true,
+                Scope::AllTables => kind.as_deref() != Some("audit"),
+                Scope::ProjectionsOnly => kind.as_deref() == Some("projection"),
+            };
+            if !visible {
                 continue;
             }
             let provider = FloeTable::try_new(
@@ -281,7 +289,7 @@ impl Engine {
             })?;
             schema.register_table(name, Arc::new(provider))?;
         }
-        if scope == Scope::AllTables
+        if scope != Scope::ProjectionsOnly
             && let Some(events) = schema.table(floe_catalog::table::EVENTS_TABLE).await?
         {
             // The views are an addition: a registry that cannot be read leaves them out, not
@@ -390,7 +398,7 @@ impl Engine {
                 .build()
                 .map_err(|e| floe_catalog::Error::internal(format!("a query runtime: {e}")))?;
             let limit = Duration::from_secs(engine.config().timeout_secs);
-            let work = cpu.run(async move { engine.sql(&tenant, &sql).await });
+            let work = cpu.run(async move { engine.sql(&tenant, Scope::AllTables, &sql).await });
             runtime
                 .block_on(async { tokio::time::timeout(limit, work).await })
                 .map_err(|_| {
@@ -404,9 +412,15 @@ impl Engine {
         .map_err(|e| floe_catalog::Error::internal(format!("a query thread stopped: {e}")))?
     }
 
-    /// Runs one read-only statement for `tenant` and collects the result.
-    pub async fn sql(&self, tenant: &TenantId, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let ctx = self.session(tenant).await?;
+    /// Runs one read-only statement for `tenant` over the tables `scope` allows and collects
+    /// the result.
+    pub async fn sql(
+        &self,
+        tenant: &TenantId,
+        scope: Scope,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session(tenant, scope).await?;
         let df = self.plan(&ctx, tenant, sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;

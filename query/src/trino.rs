@@ -37,8 +37,8 @@ pub use query::SQL_STACK_BYTES;
 pub use values::json_rows;
 
 use error::{
-    CATALOG_NOT_FOUND, PERMISSION_DENIED, QUERY_QUEUE_FULL, QUERY_TEXT_TOO_LARGE, QUOTA_EXCEEDED,
-    QueryError, SCHEMA_NOT_FOUND, SYNTAX_ERROR,
+    CATALOG_NOT_FOUND, GENERIC_INTERNAL_ERROR, PERMISSION_DENIED, QUERY_QUEUE_FULL,
+    QUERY_TEXT_TOO_LARGE, QUOTA_EXCEEDED, QueryError, SCHEMA_NOT_FOUND, SYNTAX_ERROR,
 };
 use history::{Described, History};
 use query::{Page, Plan, Run};
@@ -80,6 +80,12 @@ impl TrinoState {
             quotas,
             started: Instant::now(),
         }
+    }
+
+    /// Records every query's end (outcome, rows, bytes scanned, duration) in the audit log.
+    pub fn auditing(mut self, queue: floe_catalog::audit::AuditQueue) -> Self {
+        self.history = Arc::new(History::new(self.engine.config().history_bytes).auditing(queue));
+        self
     }
 }
 
@@ -209,30 +215,34 @@ async fn submit(State(st): State<TrinoState>, headers: HeaderMap, body: Bytes) -
     let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs);
     let mut run = match admit(&st, &principal, &headers, &body).await {
         Ok(Admitted::Answer(answer)) => Run::answered(principal.tenant.clone(), answer, deadline),
-        Ok(Admitted::Run { sql, scope, slot }) => {
-            audit(&st, &principal, &id, &sql).await;
-            let plan = Plan {
-                engine: st.engine.clone(),
-                tenant: principal.tenant.id().clone(),
-                scope,
-                time_zone: trino_header(&headers, "time-zone")
-                    .unwrap_or("UTC")
-                    .to_string(),
-                sql,
-                threads: st.threads,
-                span: tracing::info_span!(
-                    "query",
-                    tenant = %principal.tenant.id(),
-                    query_id = %id
-                ),
-            };
-            tracing::info!(tenant = %principal.tenant, query = %id, "query started");
-            query::start(principal.tenant.clone(), plan, slot, deadline)
-        }
+        Ok(Admitted::Run { sql, scope, slot }) => match audit(&st, &principal, &id, &sql).await {
+            // An audit write that fails fails the query it records.
+            Err(e) => Run::failed(principal.tenant.clone(), e, deadline),
+            Ok(()) => {
+                let plan = Plan {
+                    engine: st.engine.clone(),
+                    tenant: principal.tenant.id().clone(),
+                    scope,
+                    time_zone: trino_header(&headers, "time-zone")
+                        .unwrap_or("UTC")
+                        .to_string(),
+                    sql,
+                    threads: st.threads,
+                    span: tracing::info_span!(
+                        "query",
+                        tenant = %principal.tenant.id(),
+                        query_id = %id
+                    ),
+                };
+                tracing::info!(tenant = %principal.tenant, query = %id, "query started");
+                query::start(principal.tenant.clone(), plan, slot, deadline)
+            }
+        },
         Err(e) => Run::failed(principal.tenant.clone(), e, deadline),
     };
     run.describe(
-        Described::submitted(&id, principal.tenant.clone(), &body),
+        Described::submitted(&id, principal.tenant.clone(), &body)
+            .by(principal.claims.actor(), principal.claims.role.as_str()),
         st.history.clone(),
     );
     if let Ok(mut q) = st.queries.lock() {
@@ -260,7 +270,8 @@ async fn admit(
     body: &Bytes,
 ) -> Result<Admitted, QueryError> {
     let scope = match principal.claims.role {
-        Role::Analyst | Role::Admin => Scope::AllTables,
+        Role::Admin => Scope::Everything,
+        Role::Analyst => Scope::AllTables,
         Role::Viewer => Scope::ProjectionsOnly,
         Role::Ingest | Role::Operator => {
             return Err(QueryError::new(
@@ -317,26 +328,40 @@ async fn admit(
     Ok(Admitted::Run { sql, scope, slot })
 }
 
-/// Every query is audited: who (token id and role), which query, its text (capped).
-async fn audit(st: &TrinoState, principal: &Principal, id: &str, sql: &str) {
+/// Every query is audited before it runs: who (token id and role), which query, its text
+/// (capped); its end is audited too (`History`). A query whose record cannot be written does
+/// not run.
+async fn audit(
+    st: &TrinoState,
+    principal: &Principal,
+    id: &str,
+    sql: &str,
+) -> Result<(), QueryError> {
     let detail = json!({
         "query_id": id,
         "role": principal.claims.role.as_str(),
         "sql": sql.chars().take(4096).collect::<String>(),
     });
-    if let Err(e) = st
-        .engine
+    st.engine
         .catalog()
         .audit(
-            &format!("token:{}", principal.claims.jti),
+            &principal.claims.actor(),
             Some(principal.tenant.id().as_str()),
             "query",
             &detail.to_string(),
         )
         .await
-    {
-        tracing::warn!(error = %e, "could not write the query audit entry");
-    }
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not write the query audit entry: the query is refused");
+            QueryError::new(
+                GENERIC_INTERNAL_ERROR,
+                format!(
+                    "the audit log could not be written, so the query was not run \
+                     ({}); retry",
+                    e.kind()
+                ),
+            )
+        })
 }
 
 async fn lookup(

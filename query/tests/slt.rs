@@ -370,6 +370,7 @@ async fn scan_prunes_files_by_manifest_bounds(engine: &Engine, tenant: &TenantId
     let (_, batches) = engine
         .sql(
             tenant,
+            floe_query::Scope::AllTables,
             "EXPLAIN ANALYZE SELECT count(*) FROM events \
              WHERE ts >= TIMESTAMP '2025-11-15 00:00:00 UTC' AND ts < TIMESTAMP '2025-11-16 00:00:00 UTC'",
         )
@@ -391,6 +392,7 @@ async fn scan_prunes_files_by_manifest_bounds(engine: &Engine, tenant: &TenantId
     let (_, rows) = engine
         .sql(
             tenant,
+            floe_query::Scope::AllTables,
             "SELECT count(*), count(DISTINCT event_id) FROM events \
              WHERE ts >= TIMESTAMP '2025-11-15 00:00:00 UTC' AND ts < TIMESTAMP '2025-11-16 00:00:00 UTC'",
         )

@@ -105,6 +105,43 @@ impl Authenticator {
         &self.authority
     }
 
+    /// Whom a refused request's `Authorization` header stands for, as far as it can be trusted:
+    /// the tenant of an API key whose secret matches, or of a token whose signature verifies
+    /// (expired or revoked: the attempt is that tenant's business); `None` (the platform's)
+    /// for anything else. The actor: `key:<id>`, `token:<jti>`, `anonymous`.
+    pub async fn attribute(&self, authorization: Option<&str>) -> (Option<String>, String) {
+        let Ok(presented) = bearer(authorization) else {
+            return (None, "anonymous".into());
+        };
+        if let Some((id, secret)) = parse_key(presented) {
+            let owner = match self.catalog.api_key(id).await {
+                Ok(Some(key)) if secret_matches(secret, &key.secret_sha256) => Some(key.tenant),
+                _ => None,
+            };
+            return (owner, format!("key:{id}"));
+        }
+        let claims = match self.authority.verify_signature(presented) {
+            Some(claims) => Some(claims),
+            None => match &self.jwks {
+                Some(jwks) => match jsonwebtoken::decode_header(presented)
+                    .ok()
+                    .and_then(|h| h.kid)
+                {
+                    Some(kid) => jwks.verify(presented, &kid).await.ok(),
+                    None => None,
+                },
+                None => None,
+            },
+        };
+        match claims {
+            Some(c) => {
+                let actor = c.actor();
+                ((!c.tenant.is_empty()).then_some(c.tenant), actor)
+            }
+            None => (None, "anonymous".into()),
+        }
+    }
+
     /// Checks an operator's `Authorization` header value: a valid, unrevoked token of role
     /// `operator` (a tenant's token or key of any role is `Forbidden` here).
     pub async fn authenticate_operator(&self, authorization: Option<&str>) -> Result<Claims> {

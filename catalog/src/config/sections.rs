@@ -552,6 +552,28 @@ impl Default for AlertingConfig {
     }
 }
 
+/// The audit log (`[audit]`): how its records reach each tenant's `audit` table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Milliseconds between publications of new audit records to the `audit` tables; 0: this
+    /// process does not publish (another one does).
+    pub publish_interval_ms: u64,
+    /// Records waiting to be written to the audit log in batches (refused requests, ended
+    /// queries); past it, they are counted and written as one `audit.unitemised` record with
+    /// the count.
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            publish_interval_ms: 1_000,
+            queue: 10_000,
+        }
+    }
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {

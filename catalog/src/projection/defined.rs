@@ -7,9 +7,10 @@ use std::sync::Arc;
 use iceberg::spec::{NestedField, Schema, TableMetadata, Type};
 
 use super::{BUILTINS, DAY_COLUMN, PROJECTION_KIND, projection_spec};
+use crate::audit::audit_in;
 use crate::db::now_ms;
 use crate::table::{DLQ_TABLE, EVENTS_TABLE};
-use crate::tenant::{TenantId, audit_in};
+use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// A user-defined projection.

@@ -15,7 +15,10 @@ use floe_query::Engine;
 use serde_json::json;
 
 async fn sql(engine: &Engine, world: &World, sql: &str) -> String {
-    let (_, batches) = engine.sql(&world.tenant, sql).await.unwrap();
+    let (_, batches) = engine
+        .sql(&world.tenant, floe_query::Scope::AllTables, sql)
+        .await
+        .unwrap();
     datafusion::arrow::util::pretty::pretty_format_batches(&batches)
         .unwrap()
         .to_string()

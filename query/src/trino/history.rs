@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use floe_catalog::TenantKey;
+use floe_catalog::audit::{AuditQueue, Entry};
 use serde_json::{Value, json};
 
 /// Longest SQL text kept for a query (a longer one is cut, and says so).
@@ -28,6 +29,9 @@ pub(crate) struct Described {
     pub scanned_bytes: u64,
     /// The failure's message and Trino error name.
     pub error: Option<(String, String)>,
+    /// Who ran it (`token:<jti>`, `key:<id>`) and with which role, for the audit log.
+    pub actor: String,
+    pub role: &'static str,
 }
 
 impl Described {
@@ -49,7 +53,35 @@ impl Described {
             rows: 0,
             scanned_bytes: 0,
             error: None,
+            actor: String::new(),
+            role: "",
         }
+    }
+
+    /// Names who submitted it.
+    pub fn by(mut self, actor: String, role: &'static str) -> Described {
+        self.actor = actor;
+        self.role = role;
+        self
+    }
+
+    /// The audit record of its end: outcome, rows, bytes scanned, duration.
+    fn audit_entry(&self) -> Entry {
+        let detail = json!({
+            "query_id": self.id,
+            "role": self.role,
+            "outcome": self.state,
+            "rows": self.rows,
+            "scanned_bytes": self.scanned_bytes,
+            "duration_ms": self.ended_at_ms.map(|e| e - self.created_at_ms),
+            "error": self.error.as_ref().map(|(message, name)| json!({"message": message, "errorName": name})),
+        });
+        Entry::new(
+            self.actor.clone(),
+            Some(self.tenant.id().as_str()),
+            "query.end",
+            detail.to_string(),
+        )
     }
 
     /// Memory it holds, roughly.
@@ -90,6 +122,8 @@ pub(crate) fn scanned(of: &Scanned) -> u64 {
 #[derive(Debug)]
 pub(crate) struct History {
     budget: usize,
+    /// Where each ended query's audit record goes.
+    audit: Option<AuditQueue>,
     kept: Mutex<(VecDeque<Described>, usize)>,
 }
 
@@ -97,12 +131,23 @@ impl History {
     pub fn new(budget: usize) -> History {
         History {
             budget,
+            audit: None,
             kept: Mutex::new((VecDeque::new(), 0)),
         }
     }
 
-    /// Keeps an ended query's description, dropping the oldest past the budget.
+    /// Also records each ended query in the audit log.
+    pub fn auditing(mut self, queue: AuditQueue) -> History {
+        self.audit = Some(queue);
+        self
+    }
+
+    /// Keeps an ended query's description, dropping the oldest past the budget (and records
+    /// its end in the audit log).
     pub fn keep(&self, ended: Described) {
+        if let Some(queue) = &self.audit {
+            queue.record(ended.audit_entry());
+        }
         let size = ended.bytes();
         if size > self.budget {
             return;

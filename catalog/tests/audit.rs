@@ -1,0 +1,214 @@
+//! The audit log as a story: records made at once by many writers form one unbroken chain per
+//! tenant; two processes publishing at once put each record in the `audit` table exactly once;
+//! `verify_audit` walks the table and then what is not yet published, and names the first
+//! record changed in storage (a Parquet file rewritten, a database row edited).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use floe_catalog::audit::{AUDIT_TABLE, PLATFORM_CHAIN};
+use floe_catalog::{Catalog, Config, TenantId};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+async fn open(dir: &std::path::Path) -> Catalog {
+    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
+    Catalog::open(&config).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_chain_is_whole_published_once_and_a_change_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let other = open(dir.path()).await;
+    let acme = TenantId::parse("acme").unwrap();
+    catalog.create_tenant(&acme, "test").await.unwrap();
+
+    // 40 records written at once from two processes: one chain, 1..=40, no fork.
+    let mut writers = Vec::new();
+    for i in 0..40 {
+        let c = if i % 2 == 0 {
+            catalog.clone()
+        } else {
+            other.clone()
+        };
+        writers.push(tokio::spawn(async move {
+            c.audit(
+                &format!("token:{i}"),
+                Some("acme"),
+                "key.create",
+                &format!("{{\"n\":{i}}}"),
+            )
+            .await
+        }));
+    }
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    let v = catalog.verify_audit(Some(&acme)).await.unwrap();
+    assert_eq!((v.records, v.published, v.broken), (40, 0, None));
+    // The tenant's creation is the platform's record.
+    let p = catalog.verify_audit(None).await.unwrap();
+    assert_eq!((p.records, p.broken), (1, None));
+
+    // Two processes publish at once: each record lands once.
+    let (a, b) = tokio::join!(catalog.publish_audit(1000), other.publish_audit(1000));
+    let acme_published = a.unwrap() + b.unwrap();
+    assert!(acme_published >= 40, "{acme_published}");
+    let v = catalog.verify_audit(Some(&acme)).await.unwrap();
+    assert_eq!((v.records, v.published, v.broken), (40, 40, None));
+    let table = catalog.load_table(&acme, AUDIT_TABLE).await.unwrap();
+    let records: u64 = table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties["total-records"]
+        .parse()
+        .unwrap();
+    assert_eq!(records, 40);
+    assert!(
+        catalog
+            .list_tables(&TenantId::parse("acme").unwrap())
+            .await
+            .unwrap()
+            .contains(&AUDIT_TABLE.to_string())
+    );
+    assert!(dir.path().join("warehouse").join(PLATFORM_CHAIN).exists());
+
+    // More records, not yet published: walked after the table's.
+    catalog
+        .audit("cli", Some("acme"), "token.revoke", "{}")
+        .await
+        .unwrap();
+    let v = catalog.verify_audit(Some(&acme)).await.unwrap();
+    assert_eq!((v.records, v.published, v.broken), (41, 40, None));
+
+    // One record changed in a Parquet file of the table: named, with where it was read.
+    let file = table
+        .scan()
+        .select_all()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap();
+    let first = futures::StreamExt::next(&mut Box::pin(file))
+        .await
+        .unwrap()
+        .unwrap();
+    let path = first
+        .data_file_path
+        .strip_prefix("file://")
+        .unwrap()
+        .to_string();
+    let batch = {
+        let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+        let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        reader.next().unwrap().unwrap()
+    };
+    let seq_changed = batch
+        .column_by_name("seq")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .unwrap()
+        .value(0);
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let detail_at = batch.schema().index_of("detail").unwrap();
+    let mut details: Vec<String> = batch
+        .column(detail_at)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap().to_string())
+        .collect();
+    details[0] = "{\"n\":\"nothing to see\"}".into();
+    columns[detail_at] = Arc::new(StringArray::from(details));
+    let changed = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&changed).unwrap();
+    w.close().unwrap();
+    std::fs::write(&path, out).unwrap();
+    let broken = catalog
+        .verify_audit(Some(&acme))
+        .await
+        .unwrap()
+        .broken
+        .expect("the change is found");
+    assert_eq!(broken.seq, seq_changed, "{broken:?}");
+    assert_eq!(broken.place, "audit table");
+    assert!(broken.reason.contains("changed"), "{broken:?}");
+}
+
+#[tokio::test]
+async fn a_row_edited_in_the_database_breaks_the_chain_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let acme = TenantId::parse("acme").unwrap();
+    catalog.create_tenant(&acme, "test").await.unwrap();
+    for i in 0..5 {
+        catalog
+            .audit(
+                "cli",
+                Some("acme"),
+                "alert.create",
+                &format!("{{\"n\":{i}}}"),
+            )
+            .await
+            .unwrap();
+    }
+    // Rewriting a record with its hash recomputed does not help: the next one names the old
+    // hash.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("catalog.db").display()
+    ))
+    .await
+    .unwrap();
+    let (prev,): (String,) =
+        sqlx::query_as("SELECT prev_hash FROM floe_audit WHERE chain = 'acme' AND seq = 3")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let (at,): (i64,) =
+        sqlx::query_as("SELECT at_ms FROM floe_audit WHERE chain = 'acme' AND seq = 3")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let forged = floe_catalog::audit::link_hash(
+        &prev,
+        3,
+        at,
+        "cli",
+        Some("acme"),
+        "alert.create",
+        "{\"n\":99}",
+    );
+    sqlx::query(
+        "UPDATE floe_audit SET detail = '{\"n\":99}', hash = $1 WHERE chain = 'acme' AND seq = 3",
+    )
+    .bind(&forged)
+    .execute(&db)
+    .await
+    .unwrap();
+    let broken = catalog
+        .verify_audit(Some(&acme))
+        .await
+        .unwrap()
+        .broken
+        .expect("the forgery is found");
+    assert_eq!(
+        (broken.seq, broken.place),
+        (4, "catalog database"),
+        "{broken:?}"
+    );
+    assert!(broken.reason.contains("does not follow"), "{broken:?}");
+}

@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Floe's own signing keys (the keys of its tokens; API keys are `floe key`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The audit log: hash-chained records, published to each tenant's `audit` table.
     Audit {
         #[command(subcommand)]
@@ -413,6 +418,18 @@ pub enum TokenCommand {
         #[arg(long)]
         tenant: String,
         jti: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key, which signs from now on (running servers read it within a
+    /// second); the keys before it still verify the tokens they signed for --old-valid-for
+    /// (default: auth.max_token_ttl_secs, the longest a token can live), then are refused, and
+    /// dropped at the next rotation.
+    Rotate {
+        #[arg(long)]
+        old_valid_for: Option<String>,
     },
 }
 

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cli::{Cli, Command, DlqCommand, IngestCommand, TokenCommand, WalCommand, load_config};
+use cli::{
+    Cli, Command, DlqCommand, IngestCommand, KeysCommand, TokenCommand, WalCommand, load_config,
+};
 
 fn main() -> std::process::ExitCode {
     match real_main() {
@@ -103,6 +105,9 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
         } => token::revoke(&config()?, tenant, jti).await,
         Command::Key { command } => token::key(&config()?, command).await,
         Command::Audit { command } => audit::run(&config()?, command).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { old_valid_for },
+        } => token::rotate(&config()?, old_valid_for.as_deref()),
         Command::Sql {
             tenant,
             format,

@@ -123,3 +123,25 @@ pub async fn key(config: &Config, command: &KeyCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `floe keys rotate`.
+pub fn rotate(config: &Config, old_valid_for: Option<&str>) -> anyhow::Result<()> {
+    let valid_for = match old_valid_for {
+        Some(d) => floe_catalog::auth::parse_ttl(d)?,
+        None => std::time::Duration::from_secs(config.auth.max_token_ttl_secs),
+    };
+    let path = config.signing_key_path();
+    // A key file that does not exist yet is made first, so that there is a key to rotate.
+    TokenAuthority::load_or_create(&path)?;
+    let r = floe_catalog::auth::signing::rotate(&path, valid_for)?;
+    println!("new signing key {}", r.kid);
+    for (kid, until) in &r.retiring {
+        let at = chrono::DateTime::from_timestamp_millis(*until)
+            .map_or(until.to_string(), |t| t.to_rfc3339());
+        println!("{kid} verifies until {at}");
+    }
+    for kid in &r.dropped {
+        println!("{kid} dropped (retired)");
+    }
+    Ok(())
+}

@@ -1,21 +1,19 @@
-//! Tokens: HS256 JWTs carrying tenant, role, scopes and a short expiry, signed with a local key
-//! generated on first use.
+//! Tokens: HS256 JWTs carrying tenant, role, scopes and a short expiry, signed with Floe's own
+//! keys (`signing.rs`: generated on first use, rotated by `floe keys rotate`).
 
-use std::io::Write;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::TenantId;
 use crate::{Error, Result};
 
 mod authenticator;
 pub mod jwks;
+pub mod signing;
 
 pub use authenticator::Authenticator;
+pub use signing::TokenAuthority;
 
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,135 +117,6 @@ impl Claims {
     }
 }
 
-/// Signs and verifies tokens.
-#[derive(Clone)]
-pub struct TokenAuthority {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-}
-
-impl std::fmt::Debug for TokenAuthority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenAuthority { key: <redacted> }")
-    }
-}
-
-impl TokenAuthority {
-    pub fn from_secret(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iat"]);
-        TokenAuthority {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
-    }
-
-    /// Loads the signing key at `path`, generating it (mode 0600) when it does not exist.
-    /// Two processes starting at once agree on one key: the file is created exclusively.
-    pub fn load_or_create(path: &Path) -> Result<Self> {
-        let ctx = path.display().to_string();
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(Error::io(parent.display().to_string()))?;
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        match opts.open(path) {
-            Ok(mut file) => {
-                let key: [u8; 32] = rand::random();
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                file.write_all(hex.as_bytes())
-                    .map_err(Error::io(ctx.clone()))?;
-                file.sync_all().map_err(Error::io(ctx))?;
-                // The new name is durable only once its directory is.
-                if let Some(parent) = path.parent() {
-                    crate::storage::sync_dir(parent)
-                        .map_err(Error::io(parent.display().to_string()))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io(ctx)(e)),
-        }
-        // A concurrent creator may not have written the key yet: wait briefly for it.
-        for _ in 0..50 {
-            let text =
-                std::fs::read_to_string(path).map_err(Error::io(path.display().to_string()))?;
-            let text = text.trim();
-            if text.len() >= 64 {
-                return Ok(Self::from_secret(text.as_bytes()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(Error::Config {
-            message: format!("signing key file {} is empty or too short", path.display()),
-        })
-    }
-
-    /// Issues a token for `tenant` with `role` (a tenant's role: not `operator`), valid for
-    /// `ttl`.
-    pub fn issue(&self, tenant: &TenantId, role: Role, ttl: Duration) -> Result<String> {
-        if role == Role::Operator {
-            return Err(Error::invalid(
-                "the operator role is bound to no tenant: issue it without one",
-            ));
-        }
-        self.sign(tenant.to_string(), role, ttl)
-    }
-
-    /// Issues a platform operator's token (bound to no tenant), valid for `ttl`.
-    pub fn issue_operator(&self, ttl: Duration) -> Result<String> {
-        self.sign(String::new(), Role::Operator, ttl)
-    }
-
-    fn sign(&self, tenant: String, role: Role, ttl: Duration) -> Result<String> {
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            tenant,
-            role,
-            scopes: Vec::new(),
-            iat: now,
-            exp: now.saturating_add(ttl.as_secs() as i64),
-            jti: uuid::Uuid::now_v7().to_string(),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::internal(format!("signing a token: {e}")))
-    }
-
-    /// Verifies signature and expiry. Every failure is `Unauthenticated`, with a message that
-    /// says which check failed but nothing about the key.
-    pub fn verify(&self, token: &str) -> Result<Claims> {
-        use jsonwebtoken::errors::ErrorKind as K;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| Error::Unauthenticated {
-                message: match e.kind() {
-                    K::ExpiredSignature => "token expired".to_string(),
-                    K::InvalidSignature => "token signature does not verify".to_string(),
-                    K::InvalidAlgorithm => "token algorithm not accepted".to_string(),
-                    _ => "malformed token".to_string(),
-                },
-            })
-    }
-
-    /// The claims of a token whose signature verifies, expired or not (to know whom a refused
-    /// request was: never to let one through).
-    pub fn verify_signature(&self, token: &str) -> Option<Claims> {
-        let mut validation = self.validation.clone();
-        validation.validate_exp = false;
-        validation.set_required_spec_claims::<&str>(&[]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .ok()
-            .map(|data| data.claims)
-    }
-}
-
 /// Parses `90s`, `15m`, `1h`, `7d` (or a bare number of seconds).
 pub fn parse_ttl(s: &str) -> Result<Duration> {
     let s = s.trim();
@@ -284,8 +153,13 @@ pub fn parse_ttl(s: &str) -> Result<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
     use super::*;
     use crate::ErrorKind;
+    use crate::TenantId;
 
     fn tenant(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
@@ -313,9 +187,30 @@ mod tests {
             .unwrap();
         let e = a.verify(&forged).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthenticated);
-        assert!(e.to_string().contains("signature"));
+        assert!(e.to_string().contains("unknown key"), "{e}");
 
         let now = chrono::Utc::now().timestamp();
+        // Naming no key, it is checked against the oldest key: the signature does not verify.
+        let claims = Claims {
+            tenant: "acme".into(),
+            role: Role::Admin,
+            scopes: vec![],
+            iat: now,
+            exp: now + 60,
+            jti: "x".into(),
+        };
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another-key-another-key-another!!"),
+        )
+        .unwrap();
+        assert!(
+            a.verify(&other)
+                .unwrap_err()
+                .to_string()
+                .contains("signature")
+        );
         let claims = Claims {
             tenant: "acme".into(),
             role: Role::Admin,
@@ -324,8 +219,12 @@ mod tests {
             exp: now - 10,
             jti: "x".into(),
         };
-        let expired =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
         assert_eq!(a.verify(&expired).unwrap_err().to_string(), "token expired");
         assert_eq!(
             a.verify("nope").unwrap_err().kind(),

@@ -321,3 +321,45 @@ def test_tokens_of_an_identity_provider_verify_against_its_jwks(tmp_path):
         assert refused_within(srv, revocable, 1.5) < 1.5
     finally:
         stop(proc)
+
+
+def kid_of(token):
+    import base64
+
+    head = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("kid")
+
+
+def test_signing_key_rotation_reaches_a_running_server(tmp_path):
+    """`floe keys rotate`: the new key signs at once and a running server verifies it within
+    a second; the old key's tokens keep working until its time, then are refused."""
+    proc, srv = start(tmp_path)
+    try:
+        floe(tmp_path, "tenant", "create", "rot")
+        old = floe(tmp_path, "token", "issue", "--tenant", "rot", "--role", "admin").strip()
+        assert request("GET", f"{srv.url}/v1/keys", old)[0] == 200
+        out = floe(tmp_path, "keys", "rotate", "--old-valid-for", "1h")
+        new_kid = out.split()[3]
+        assert new_kid != kid_of(old) and kid_of(old), out
+        new = floe(tmp_path, "token", "issue", "--tenant", "rot", "--role", "admin").strip()
+        assert kid_of(new) == new_kid
+        deadline = time.time() + 1.5
+        while request("GET", f"{srv.url}/v1/keys", new)[0] != 200:
+            assert time.time() < deadline, "the running server did not read the new key"
+            time.sleep(0.1)
+        assert request("GET", f"{srv.url}/v1/keys", old)[0] == 200
+        # Tokens the server issues are signed by the new key too.
+        status, made = request("POST", f"{srv.url}/v1/tokens", new, {"role": "viewer", "ttl": "10m"})
+        assert status == 201 and kid_of(made["token"]) == new_kid, made
+
+        # The old key retires: its tokens are refused, the new key's are not.
+        floe(tmp_path, "keys", "rotate", "--old-valid-for", "1s")
+        time.sleep(2.2)
+        status, body = request("GET", f"{srv.url}/v1/keys", old)
+        assert status == 401 and "retired" in body["error"]["message"], body
+        status, body = request("GET", f"{srv.url}/v1/keys", new)
+        assert status == 401 and "retired" in body["error"]["message"], body
+        newest = floe(tmp_path, "token", "issue", "--tenant", "rot", "--role", "admin").strip()
+        assert request("GET", f"{srv.url}/v1/keys", newest)[0] == 200
+    finally:
+        stop(proc)

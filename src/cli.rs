@@ -59,6 +59,13 @@ pub enum Command {
         /// Serve Prometheus metrics on this address at /metrics (config `metrics.listen`).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Serve HTTPS with this certificate chain (PEM; config `http.tls_cert`); read again
+        /// on SIGHUP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// The certificate's private key (PEM; config `http.tls_key`).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<String>,
     },
     /// Inspect the write-ahead log of --data-dir.
     Wal {
@@ -544,6 +551,14 @@ pub fn metrics_flag(listen: &Option<String>) -> Vec<String> {
     listen
         .iter()
         .map(|l| format!("metrics.listen={l}"))
+        .collect()
+}
+
+/// `floe serve`'s TLS flags as config settings.
+pub fn tls_flags(cert: &Option<String>, key: &Option<String>) -> Vec<String> {
+    cert.iter()
+        .map(|c| format!("http.tls_cert={c}"))
+        .chain(key.iter().map(|k| format!("http.tls_key={k}")))
         .collect()
 }
 

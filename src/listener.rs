@@ -4,6 +4,8 @@
 //! (see `floe_catalog::api::min_rate`). A client that opens connections and never finishes them
 //! holds each for seconds, not forever.
 //!
+//! With TLS (`crate::tls`), the handshake must end within the header timeout too.
+//!
 //! On a stop, the port stops accepting, each connection finishes the request it serves and
 //! closes; [`Listener::serve`] returns once they all have.
 
@@ -21,16 +23,20 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-/// Serves `app` on `listener` with the limits of `config` until `stop` fires.
+use crate::tls::Tls;
+
+/// Serves `app` on `listener` (over TLS with `tls`) with the limits of `config` until `stop`
+/// fires.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: HttpConfig,
+    tls: Option<Tls>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -59,8 +65,20 @@ pub async fn serve(
         let app = app.clone();
         let config = config.clone();
         let stop = stop.clone();
+        let tls = tls.as_ref().map(Tls::acceptor);
         connections.spawn(async move {
-            connection(stream, app, &config, stop).await;
+            match tls {
+                None => connection(stream, app, &config, false, stop).await,
+                Some(acceptor) => {
+                    let limit = Duration::from_millis(config.header_read_timeout_ms);
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, app, &config, true, stop).await,
+                        // Plain HTTP on the TLS port, a bad handshake, or none in time.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake not done in time"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -69,10 +87,11 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     app: Router,
     config: &HttpConfig,
+    https: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(AtomicU64::new(0));
@@ -87,7 +106,15 @@ async fn connection(
         Duration::from_millis(config.body_grace_ms),
     );
     let service = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-        let req = req.map(|b| MinRate::wrap(Body::new(b), rate, grace));
+        let mut req = req.map(|b| MinRate::wrap(Body::new(b), rate, grace));
+        if https {
+            // The URLs the server hands out (Trino's nextUri) name the scheme it was reached by;
+            // on this port that is this one, whatever a client claims.
+            req.headers_mut().insert(
+                "x-forwarded-proto",
+                axum::http::HeaderValue::from_static("https"),
+            );
+        }
         app.clone().oneshot(req)
     });
     let conn = http1::Builder::new()
@@ -134,21 +161,21 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// A connection that notes when bytes last went either way.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     /// Milliseconds after `started` of the last read or write.
     activity: Arc<AtomicU64>,
     started: Instant,
 }
 
-impl Watched {
+impl<S> Watched<S> {
     fn touch(&self) {
         self.activity
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -163,7 +190,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -17,6 +17,7 @@ mod serve;
 mod sql;
 mod telemetry;
 mod tenant;
+mod tls;
 mod token;
 mod ui;
 mod wal;
@@ -88,9 +89,12 @@ async fn run(cli: Cli, flush: tokio::runtime::Handle) -> anyhow::Result<()> {
             listen,
             accept_wal_loss,
             metrics_listen,
+            tls_cert,
+            tls_key,
         } => {
-            let config =
-                cli::load_config_with(&cli, listen.as_ref(), &cli::metrics_flag(metrics_listen))?;
+            let mut flags = cli::metrics_flag(metrics_listen);
+            flags.extend(cli::tls_flags(tls_cert, tls_key));
+            let config = cli::load_config_with(&cli, listen.as_ref(), &flags)?;
             serve::serve(config, flush, accept_wal_loss).await
         }
         Command::Wal {

@@ -217,10 +217,23 @@ pub async fn serve(
             stop.clone().wait(),
         ));
     }
+    let tls = match (config.http.tls_cert.as_str(), config.http.tls_key.as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => {
+            anyhow::bail!("TLS needs both http.tls_cert and http.tls_key (--tls-cert, --tls-key)")
+        }
+        (cert, key) => {
+            let tls = crate::tls::Tls::load(cert.as_ref(), key.as_ref())?;
+            tls.reload_on_sighup();
+            tracing::info!(cert, "serving HTTPS");
+            Some(tls)
+        }
+    };
     let mut server = tokio::spawn(crate::listener::serve(
         listener,
         app,
         config.http.clone(),
+        tls,
         stop.receiver(),
     ));
     // Either the port ends (a stop asked for, or a failure) or the stop comes first.

@@ -451,6 +451,10 @@ pub struct HttpConfig {
     pub body_min_bytes_per_sec: u64,
     /// Time a body may take whatever its rate (a small body on a slow link).
     pub body_grace_ms: u64,
+    /// TLS on the port: the certificate chain (PEM). With `tls_key`; empty: plain HTTP.
+    pub tls_cert: String,
+    /// TLS on the port: the certificate's private key (PEM).
+    pub tls_key: String,
 }
 
 impl Default for HttpConfig {
@@ -461,6 +465,8 @@ impl Default for HttpConfig {
             keep_alive_idle_secs: 60,
             body_min_bytes_per_sec: 64 << 10,
             body_grace_ms: 5_000,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod generate;
 mod kafka;
 mod listener;
 mod metrics;
+mod openapi;
 mod progress;
 mod projection;
 mod schema;

@@ -160,6 +160,7 @@ pub async fn serve(
     }))
     .merge(dashboard)
     .merge(crate::ui::router())
+    .merge(crate::openapi::router())
     // Every refusal (401, 403) is audited.
     .layer(axum::middleware::from_fn_with_state(
         refusals,

@@ -142,34 +142,21 @@ def test_operator_tenants_keys_tokens_and_revocation_across_processes(tmp_path):
 # Every route of `floe serve`'s API with a body that fails after the role check (so probing
 # changes nothing); path parameters are probed with values that name nothing. The README's table of who may call what is this list as the server
 # answers it; `test_the_readme_table_of_roles_is_what_the_server_does` renders it.
-ROUTES = [
-    ("POST", "/v1/events", []),
-    ("POST", "/v1/statement", "SELECT 1"),
-    ("GET", "/v1/query/{id}", None),
-    ("GET", "/v1/projections", None),
-    ("POST", "/v1/projections", {}),
-    ("GET", "/v1/schemas", None),
-    ("PUT", "/v1/schemas/{type}/{version}", {}),
-    ("POST", "/v1/erasures", {}),
-    ("GET", "/v1/alerts", None),
-    ("POST", "/v1/alerts", {}),
-    ("GET", "/v1/dashboard/activity", None),
-    ("GET", "/v1/dashboard/freshness", None),
-    ("POST", "/v1/tokens", {}),
-    ("DELETE", "/v1/tokens/{jti}", None),
-    ("GET", "/v1/keys", None),
-    ("POST", "/v1/keys", {}),
-    ("GET", "/v1/tenants", None),
-    ("POST", "/v1/tenants", {}),
-    ("GET", "/v1/operator/tenants", None),
-    ("GET", "/v1/whoami", None),
-]
 ROLES = ["ingest", "viewer", "analyst", "admin", "operator"]
 
 
 def concrete(path):
-    return (path.replace("{id}", "nope").replace("{type}", "T").replace("{version}", "1")
-            .replace("{jti}", "nope"))
+    return (path.replace("{id}", "nope").replace("{type_name}", "T").replace("{version}", "1")
+            .replace("{jti}", "nope").replace("{name}", "nope").replace("{token}", "1")
+            .replace("{path}", "index.html"))
+
+
+def probe_body(method, path):
+    if path == "/v1/statement":
+        return "SELECT 1"
+    if path == "/v1/events":
+        return []
+    return {} if method in ("POST", "PUT", "PATCH") else None
 
 
 def allowed(srv, method, path, body, credential):
@@ -201,20 +188,33 @@ def allowed(srv, method, path, body, credential):
 
 
 def test_the_readme_table_of_roles_is_what_the_server_does(tmp_path):
+    """The README's table of roles is made from GET /openapi.json (every endpoint, with the
+    roles it accepts), and every endpoint accepts exactly those roles' credentials."""
     proc, srv = start(tmp_path)
     try:
         floe(tmp_path, "tenant", "create", "roles")
         creds = {r: floe(tmp_path, "token", "issue", *([] if r == "operator" else ["--tenant", "roles"]),
                          "--role", r).strip() for r in ROLES}
+        with urllib.request.urlopen(f"{srv.url}/openapi.json", timeout=10) as r:
+            doc = json.loads(r.read())
+        assert doc["openapi"].startswith("3.")
         rows = ["| route | roles |", "|---|---|"]
-        for method, path, body in ROUTES:
-            probe = concrete(path)
-            assert not allowed(srv, method, probe, body, "not-a-token"), f"{method} {path} without a credential"
-            who = [r for r in ROLES if allowed(srv, method, probe, body, creds[r])]
-            rows.append(f"| `{method} {path}` | {', '.join(f'`{r}`' for r in who)} |")
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                method = method.upper()
+                probe, body = concrete(path), probe_body(method, path)
+                roles = op["x-floe-roles"]
+                if not roles:
+                    assert allowed(srv, method, probe, body, "not-a-token"), f"{method} {path} is public"
+                    rows.append(f"| `{method} {path}` | none needed |")
+                    continue
+                assert not allowed(srv, method, probe, body, "not-a-token"), f"{method} {path} without a credential"
+                who = [r for r in ROLES if allowed(srv, method, probe, body, creds[r])]
+                assert who == roles, f"{method} {path}: the server accepts {who}, the document says {roles}"
+                rows.append(f"| `{method} {path}` | {', '.join(f'`{r}`' for r in roles)} |")
         table = "\n".join(rows) + "\n"
         readme = (Path(__file__).parents[2] / "README.md").read_text()
-        assert table in readme, "README's table of roles differs from the server; it should be:\n" + table
+        assert table in readme, "README's table of roles differs from /openapi.json; it should be:\n" + table
     finally:
         stop(proc)
 

@@ -35,8 +35,15 @@ pub async fn run(config: &Config, command: &AuditCommand) -> anyhow::Result<()> 
             }
         }
         AuditCommand::Publish => {
-            let n = catalog.publish_audit(i64::MAX).await?;
-            println!("{n} audit records published");
+            let mut total = 0;
+            loop {
+                let n = catalog.publish_audit(10_000).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            println!("{total} audit records published");
             Ok(())
         }
     }

@@ -95,6 +95,19 @@ pub async fn serve(
     accept_wal_loss: &[String],
 ) -> anyhow::Result<()> {
     let stop = Stop::on_signals();
+    // The certificate first: a bad one stops the start before anything else has begun.
+    let tls = match (config.http.tls_cert.as_str(), config.http.tls_key.as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => {
+            anyhow::bail!("TLS needs both http.tls_cert and http.tls_key (--tls-cert, --tls-key)")
+        }
+        (cert, key) => {
+            let tls = crate::tls::Tls::load(cert.as_ref(), key.as_ref())?;
+            tls.reload_on_sighup()?;
+            tracing::info!(cert, "serving HTTPS");
+            Some(tls)
+        }
+    };
     let catalog = Catalog::open(&config).await?;
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest =
@@ -197,7 +210,9 @@ pub async fn serve(
     if let Some(refresher) = refresher.clone() {
         services.spawn(refresher.run(stop.clone().wait()));
     }
-    services.spawn(until(stop.clone(), write_audit_queue));
+    // Not stopped with the others: it writes what requests in flight queue until the port
+    // has closed, then ends once the queue is empty.
+    let audit_writer = tokio::spawn(write_audit_queue);
     if config.audit.publish_interval_ms > 0 {
         services.spawn(until(
             stop.clone(),
@@ -218,18 +233,6 @@ pub async fn serve(
             stop.clone().wait(),
         ));
     }
-    let tls = match (config.http.tls_cert.as_str(), config.http.tls_key.as_str()) {
-        ("", "") => None,
-        ("", _) | (_, "") => {
-            anyhow::bail!("TLS needs both http.tls_cert and http.tls_key (--tls-cert, --tls-key)")
-        }
-        (cert, key) => {
-            let tls = crate::tls::Tls::load(cert.as_ref(), key.as_ref())?;
-            tls.reload_on_sighup();
-            tracing::info!(cert, "serving HTTPS");
-            Some(tls)
-        }
-    };
     let mut server = tokio::spawn(crate::listener::serve(
         listener,
         app,
@@ -255,6 +258,14 @@ pub async fn serve(
     ingest.shutdown(COMMIT_GRACE).await;
     // What this process counted reaches the catalog's daily usage.
     quotas.flush().await;
+    // The port is closed: the audit records it queued are written, then the writer ends.
+    drop(audit_queue);
+    if tokio::time::timeout(HTTP_GRACE, audit_writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("audit records still queued after {HTTP_GRACE:?}; left unwritten");
+    }
     services.shutdown().await;
     Ok(())
 }

@@ -69,19 +69,15 @@ impl Tls {
         Ok(())
     }
 
-    /// Reloads on every SIGHUP, for as long as the process runs.
-    pub fn reload_on_sighup(&self) {
+    /// Reloads on every SIGHUP, for as long as the process runs (the signal is taken over
+    /// before this returns, so a SIGHUP from then on never ends the process).
+    pub fn reload_on_sighup(&self) -> anyhow::Result<()> {
         #[cfg(unix)]
         {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
             let tls = self.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                    tracing::warn!(
-                        "cannot listen for SIGHUP: the certificate is read only at start"
-                    );
-                    return;
-                };
                 while hup.recv().await.is_some() {
                     match tls.reload() {
                         Ok(()) => {
@@ -94,5 +90,6 @@ impl Tls {
                 }
             });
         }
+        Ok(())
     }
 }

@@ -317,7 +317,7 @@ impl Catalog {
     /// Creates a rule (audited); `max_rules` bounds the tenant's rules (0: no bound).
     pub async fn create_alert(&self, alert: Alert, max_rules: u64) -> Result<Alert> {
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("create alert"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("create alert"))?;
             // The write first (see `revoke_api_key`), then the count it is checked against.
             let inserted = sqlx::query(
                 "INSERT INTO floe_alerts (tenant, name, kind, threshold, window_secs, webhook, \
@@ -405,7 +405,7 @@ impl Catalog {
     pub async fn delete_alert(&self, tenant: &TenantId, name: &str, actor: &str) -> Result<()> {
         let (tenant, name, actor) = (tenant.to_string(), name.to_string(), actor.to_string());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("delete alert"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("delete alert"))?;
             let gone = sqlx::query("DELETE FROM floe_alerts WHERE tenant = $1 AND name = $2")
                 .bind(&tenant)
                 .bind(&name)

@@ -25,11 +25,29 @@ pub use verify::{Broken, Verified};
 use sha2::{Digest, Sha256};
 
 use crate::db::now_ms;
+use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
 /// The chain of what belongs to no tenant, and its namespace (a tenant id never starts with
 /// `_`).
 pub const PLATFORM_CHAIN: &str = "_platform";
+
+/// The platform's namespace as maintenance sees it: a tenant that never ages its tables out.
+pub fn platform_namespace() -> (crate::Tenant, TenantId) {
+    let id = TenantId::platform();
+    let tenant = crate::Tenant {
+        id: id.to_string(),
+        created_at_ms: 0,
+        incarnation: publish::PLATFORM_INCARNATION.to_string(),
+        retention_days: None,
+        target_file_bytes: None,
+        user_fields: Vec::new(),
+        quotas: Default::default(),
+        projections_off: Vec::new(),
+        unknown_types: Default::default(),
+    };
+    (tenant, id)
+}
 
 /// The `prev_hash` of a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -119,27 +137,52 @@ pub fn link_hash(
         .collect()
 }
 
-/// Appends `entry` to its chain on `conn` (inside the caller's transaction when it has one).
-pub(crate) async fn append_in(conn: &mut sqlx::AnyConnection, entry: &Entry) -> Result<()> {
-    let chain = entry.chain();
-    // Write first: the head row is locked from here to the commit (PostgreSQL), or the
-    // transaction holds SQLite's write lock, so no other writer reads the same head.
+/// Takes the next place in `chain`: its `seq` and the hash before it. The first statement
+/// writes (PostgreSQL locks the head row until the commit; SQLite's transaction holds the write
+/// lock), so no other writer reads the same head. A tenant's chain is started only while the
+/// tenant exists: `None` when it does not (then the record is the platform's).
+async fn next_place(conn: &mut sqlx::AnyConnection, chain: &str) -> Result<Option<(i64, String)>> {
+    let step = "UPDATE floe_audit_chains SET seq = seq + 1 WHERE chain = $1 RETURNING seq, hash";
+    let place: Option<(i64, String)> = sqlx::query_as(step)
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::db("audit chain"))?;
+    if place.is_some() {
+        return Ok(place);
+    }
     sqlx::query(
-        "INSERT INTO floe_audit_chains (chain, seq, hash, published) VALUES ($1, 0, $2, 0) \
+        "INSERT INTO floe_audit_chains (chain, seq, hash, published) SELECT $1, 0, $2, 0 \
+         WHERE $1 = $3 OR EXISTS (SELECT 1 FROM floe_tenants WHERE id = $1) \
          ON CONFLICT (chain) DO NOTHING",
     )
     .bind(chain)
     .bind(GENESIS)
+    .bind(PLATFORM_CHAIN)
     .execute(&mut *conn)
     .await
     .map_err(Error::db("audit chain"))?;
-    let (seq, prev_hash): (i64, String) = sqlx::query_as(
-        "UPDATE floe_audit_chains SET seq = seq + 1 WHERE chain = $1 RETURNING seq, hash",
-    )
-    .bind(chain)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(Error::db("audit chain"))?;
+    sqlx::query_as(step)
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::db("audit chain"))
+}
+
+/// Appends `entry` to its chain on `conn` (inside the caller's transaction when it has one).
+/// An entry of a tenant that does not exist (deleted while its record waited) goes to the
+/// platform's chain, never to a chain a tenant created again under the id would inherit.
+pub(crate) async fn append_in(conn: &mut sqlx::AnyConnection, entry: &Entry) -> Result<()> {
+    let mut chain = entry.chain();
+    let (seq, prev_hash) = match next_place(conn, chain).await? {
+        Some(place) => place,
+        None => {
+            chain = PLATFORM_CHAIN;
+            next_place(conn, chain)
+                .await?
+                .ok_or_else(|| Error::internal("the platform's audit chain cannot be started"))?
+        }
+    };
     let at_ms = now_ms();
     let hash = link_hash(
         &prev_hash,
@@ -199,13 +242,16 @@ impl Catalog {
             .await
     }
 
-    /// Appends `entries` to the audit log in one transaction (all or none).
-    pub async fn audit_all(&self, entries: Vec<Entry>) -> Result<()> {
+    /// Appends `entries` to the audit log in one transaction (all or none). Taken chain by
+    /// chain in one order (each chain's entries in their order), so that two transactions
+    /// holding several chains' heads never wait for each other in a cycle.
+    pub async fn audit_all(&self, mut entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
+        entries.sort_by(|a, b| a.chain().cmp(b.chain()));
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("audit"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("audit"))?;
             for entry in &entries {
                 append_in(&mut tx, entry).await?;
             }

@@ -152,7 +152,7 @@ impl Catalog {
         let token = format!("{KEY_PREFIX}{id}_{secret}");
         let stored = key.clone();
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("create key"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("create key"))?;
             sqlx::query(
                 "INSERT INTO floe_api_keys (id, tenant, role, event_types, created_at_ms, \
                  created_by, expires_at_ms, secret_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -225,7 +225,7 @@ impl Catalog {
     pub async fn revoke_api_key(&self, tenant: &TenantId, id: &str, actor: &str) -> Result<()> {
         let (tenant, id, actor) = (tenant.to_string(), id.to_string(), actor.to_string());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("revoke key"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("revoke key"))?;
             // The write first: a SQLite transaction that reads, then writes, fails when
             // another process wrote in between; one that writes first waits its turn.
             let revoked = sqlx::query(
@@ -276,7 +276,7 @@ impl Catalog {
         }
         let (tenant, jti, actor) = (tenant.to_string(), jti.to_string(), actor.to_string());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("revoke token"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("revoke token"))?;
             sqlx::query("DELETE FROM floe_revoked_tokens WHERE expires_at_ms < $1")
                 .bind(now_ms())
                 .execute(&mut *tx)

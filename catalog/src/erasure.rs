@@ -169,7 +169,7 @@ impl Catalog {
             serde_json::to_string(&ids).map_err(|e| Error::internal(format!("user ids: {e}")))?;
         let count = ids.len();
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("erasure request"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("erasure request"))?;
             // The fields compared are fixed now, with the request, and reported with it.
             let declared: Option<(Option<String>,)> =
                 sqlx::query_as("SELECT user_fields FROM floe_tenants WHERE id = $1")
@@ -261,7 +261,7 @@ impl Catalog {
     pub async fn record_erasure(&self, e: &Erasure, pass: &ErasurePass) -> Result<()> {
         let (id, tenant, users, pass) = (e.id.clone(), e.tenant.clone(), e.users, pass.clone());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("erasure"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("erasure"))?;
             sqlx::query(
                 "UPDATE floe_erasures SET detail = $1, rows_removed = rows_removed + $2, \
                  files_rewritten = files_rewritten + $3, attempts = attempts + 1 WHERE id = $4",

@@ -107,6 +107,19 @@ impl Catalog {
         self.backend
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock at its start
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), so one that reads before it writes
+    /// never fails because another writer committed in between (`SQLITE_BUSY_SNAPSHOT`);
+    /// PostgreSQL's row locks need no such thing.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.db.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.db.begin().await,
+        }
+    }
+
     pub fn file_io(&self) -> &FileIO {
         &self.file_io
     }

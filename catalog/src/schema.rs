@@ -200,7 +200,7 @@ impl Catalog {
         let schema = schema.clone();
         self.on_io(move |c| async move {
             c.tenant(&tenant).await?;
-            let mut tx = c.db.begin().await.map_err(Error::db("register schema"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("register schema"))?;
             let mode: Option<(String,)> = sqlx::query_as(
                 "SELECT compatibility FROM floe_event_types WHERE tenant = $1 AND type_name = $2",
             )

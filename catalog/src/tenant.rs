@@ -14,7 +14,7 @@ pub struct TenantId(String);
 impl TenantId {
     /// The platform's own namespace (the audit log of what belongs to no tenant): not a
     /// tenant id, which never starts with `_`.
-    pub(crate) fn platform() -> TenantId {
+    pub fn platform() -> TenantId {
         TenantId(crate::audit::PLATFORM_CHAIN.to_string())
     }
 
@@ -278,7 +278,7 @@ impl Catalog {
             tables.push((builtin.name, location));
         }
         let created_at_ms = now_ms();
-        let mut tx = self.db.begin().await.map_err(Error::db("create tenant"))?;
+        let mut tx = self.write_tx().await.map_err(Error::db("create tenant"))?;
         let inserted = sqlx::query(
             "INSERT INTO floe_tenants (id, created_at_ms, incarnation) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
@@ -453,7 +453,7 @@ impl Catalog {
         let switched = !settings.projections.is_empty();
         self.on_io(move |c| async move {
             let dropped = dropped2;
-            let mut tx = c.db.begin().await.map_err(Error::db("tenant settings"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("tenant settings"))?;
             let mut detail = serde_json::Map::new();
             let mut updates: Vec<(&str, Option<i64>, Option<String>)> = Vec::new();
             for (column, value) in [
@@ -558,7 +558,7 @@ impl Catalog {
     ) -> Result<TenantDeleted> {
         let (id, actor) = (id.clone(), actor.to_string());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("delete tenant"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("delete tenant"))?;
             let gone = sqlx::query("DELETE FROM floe_tenants WHERE id = $1")
                 .bind(id.as_str())
                 .execute(&mut *tx)

@@ -212,3 +212,62 @@ async fn a_row_edited_in_the_database_breaks_the_chain_there() {
     );
     assert!(broken.reason.contains("does not follow"), "{broken:?}");
 }
+
+#[tokio::test]
+async fn a_deleted_tenants_late_records_are_the_platforms_and_a_cut_tail_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let t = TenantId::parse("gone").unwrap();
+    catalog.create_tenant(&t, "test").await.unwrap();
+    catalog
+        .audit("token:a", Some("gone"), "key.create", "{}")
+        .await
+        .unwrap();
+    catalog.delete_tenant(&t, false, "test").await.unwrap();
+    // A record that waited in a queue while the tenant was deleted: the platform's.
+    catalog
+        .audit("token:a", Some("gone"), "query.end", "{\"late\":true}")
+        .await
+        .unwrap();
+    catalog.create_tenant(&t, "test").await.unwrap();
+    let fresh = catalog.verify_audit(Some(&t)).await.unwrap();
+    assert_eq!((fresh.records, &fresh.broken), (0, &None), "{fresh:?}");
+    let platform = catalog.verify_audit(None).await.unwrap();
+    // create, delete, the late record, create again.
+    assert_eq!(
+        (platform.records, &platform.broken),
+        (4, &None),
+        "{platform:?}"
+    );
+
+    // The newest records cut from the database: the chain's head still names them.
+    for i in 0..3 {
+        catalog
+            .audit(
+                "cli",
+                Some("gone"),
+                "alert.create",
+                &format!("{{\"n\":{i}}}"),
+            )
+            .await
+            .unwrap();
+    }
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("catalog.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM floe_audit WHERE chain = 'gone' AND seq = 3")
+        .execute(&db)
+        .await
+        .unwrap();
+    let broken = catalog
+        .verify_audit(Some(&t))
+        .await
+        .unwrap()
+        .broken
+        .expect("the cut is found");
+    assert_eq!(broken.seq, 3, "{broken:?}");
+    assert!(broken.reason.contains("missing"), "{broken:?}");
+}

@@ -113,13 +113,19 @@ impl Compactor {
         options: Options,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
     ) -> Result<Totals> {
-        let all = self.catalog.list_tenants().await?;
-        let mut totals = Totals::default();
-        for tenant in all {
+        let mut all = Vec::new();
+        for tenant in self.catalog.list_tenants().await? {
             let id = TenantId::parse(&tenant.id)?;
-            if tenants.is_some_and(|ts| !ts.contains(&id)) {
-                continue;
+            if tenants.is_none_or(|ts| ts.contains(&id)) {
+                all.push((tenant, id));
             }
+        }
+        // The platform's own audit table is kept like a tenant's (in a run over everything).
+        if tenants.is_none() {
+            all.push(floe_catalog::audit::platform_namespace());
+        }
+        let mut totals = Totals::default();
+        for (tenant, id) in all {
             for table in self.catalog.list_tables(&id).await? {
                 totals.tables += 1;
                 let lease = Duration::from_secs(self.config.lease_secs);

@@ -20,6 +20,9 @@ use crate::auth::Authenticator;
 /// Bodies of refusals are read (to record their reason) up to this size.
 const REASON_BYTES: usize = 16 * 1024;
 
+/// Characters of a path or reason kept in a record.
+const KEPT_CHARS: usize = 512;
+
 /// What the middleware needs.
 #[derive(Clone)]
 pub struct RefusalLog {
@@ -54,7 +57,7 @@ fn reason_of(body: &[u8]) -> String {
                 .and_then(|m| m.as_str())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| text.trim().chars().take(512).collect())
+        .unwrap_or_else(|| text.trim().to_string())
 }
 
 /// The middleware (`axum::middleware::from_fn_with_state(log, refusal::layer)`), inside the
@@ -68,15 +71,27 @@ pub async fn layer(State(log): State<RefusalLog>, req: Request, next: Next) -> R
         return reply;
     }
     let (parts, body) = reply.into_parts();
-    let bytes = axum::body::to_bytes(body, REASON_BYTES)
-        .await
-        .unwrap_or_default();
+    // A body larger than a refusal's is passed on unread (its reason is not recorded).
+    let small = http_body::Body::size_hint(&body)
+        .upper()
+        .is_some_and(|n| n <= REASON_BYTES as u64);
+    let (reason, body) = if small {
+        match axum::body::to_bytes(body, REASON_BYTES).await {
+            Ok(bytes) => (reason_of(&bytes), Body::from(bytes)),
+            Err(_) => (
+                "(the refusal's body could not be read)".into(),
+                Body::empty(),
+            ),
+        }
+    } else {
+        ("(the refusal's body was not read)".to_string(), body)
+    };
     let (tenant, actor) = log.auth.attribute(presented.as_deref()).await;
     let detail = serde_json::json!({
         "status": status.as_u16(),
         "method": method,
-        "path": path,
-        "reason": reason_of(&bytes),
+        "path": clip(&path),
+        "reason": clip(&reason),
         "request_id": request_id::current(),
     });
     let entry = Entry::new(
@@ -86,7 +101,16 @@ pub async fn layer(State(log): State<RefusalLog>, req: Request, next: Next) -> R
         detail.to_string(),
     );
     log.queue.record(entry);
-    Response::from_parts(parts, Body::from(bytes))
+    Response::from_parts(parts, body)
+}
+
+/// At most [`KEPT_CHARS`] characters of a client-chosen text (a path, a reason quoting it):
+/// a record's size does not grow with what a client sends.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(KEPT_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]

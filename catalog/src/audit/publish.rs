@@ -42,7 +42,7 @@ const GROUP: &str = "audit";
 const TOPIC: &str = "chain";
 
 /// The incarnation of the platform's namespace (it is never deleted and created again).
-const PLATFORM_INCARNATION: &str = "platform";
+pub(crate) const PLATFORM_INCARNATION: &str = "platform";
 
 /// The schema of `audit`. Field ids are fixed.
 pub fn audit_schema() -> Result<Schema> {
@@ -107,8 +107,24 @@ impl Catalog {
 
     /// Creates the audit table of a namespace unless it exists.
     async fn ensure_audit_table(&self, key: &TenantKey) -> Result<()> {
-        if self.load_table(key.id(), AUDIT_TABLE).await.is_ok() {
-            return Ok(());
+        match self.load_table(key.id(), AUDIT_TABLE).await {
+            Ok(t)
+                if t.metadata()
+                    .properties()
+                    .get("floe.table.kind")
+                    .map(String::as_str)
+                    == Some("audit") =>
+            {
+                return Ok(());
+            }
+            Ok(_) => {
+                return Err(Error::internal(format!(
+                    "{}.{AUDIT_TABLE} is not an audit table (made before the name was reserved)",
+                    key.id()
+                )));
+            }
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         if key.id().as_str() == PLATFORM_CHAIN {
             for (k, v) in [
@@ -139,8 +155,34 @@ impl Catalog {
                 &[],
             )
             .await?;
-        self.register_table(key.id(), AUDIT_TABLE, &location)
-            .await?;
+        if key.id().as_str() == PLATFORM_CHAIN {
+            self.register_table(key.id(), AUDIT_TABLE, &location)
+                .await?;
+            return Ok(());
+        }
+        // Only while this incarnation of the tenant exists: a tenant deleted meanwhile gets no
+        // table (nor objects under its prefix) back.
+        let inserted = sqlx::query(
+            "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
+             metadata_location, previous_metadata_location, iceberg_type) \
+             SELECT $1, $2, $3, $4, NULL, 'TABLE' WHERE EXISTS \
+             (SELECT 1 FROM floe_tenants WHERE id = $2 AND incarnation = $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(key.id().as_str())
+        .bind(AUDIT_TABLE)
+        .bind(&location)
+        .bind(key.incarnation())
+        .execute(&self.db)
+        .await
+        .map_err(Error::db(format!(
+            "create table {}.{AUDIT_TABLE}",
+            key.id()
+        )))?;
+        if inserted.rows_affected() == 0 {
+            let _ = self.file_io.delete(&location).await;
+        }
         Ok(())
     }
 
@@ -161,6 +203,13 @@ impl Catalog {
         let next = Self::published_next(&table)?;
         let records = self.audit_records(chain, next, limit).await?;
         let Some(last) = records.last().map(|r| r.seq) else {
+            let (head, _) = self.audit_head(chain).await?;
+            if head >= next {
+                return Err(Error::internal(format!(
+                    "audit chain {chain}: records {next} to {head} are missing from the catalog \
+                     database"
+                )));
+            }
             self.mark_published(chain, next - 1).await?;
             return Ok(0);
         };
@@ -182,10 +231,20 @@ impl Catalog {
                 },
             )]),
         };
-        match self
+        let committed = self
             .commit_append_guarded(&key, AUDIT_TABLE, files, &batch)
-            .await?
-        {
+            .await;
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                // Not committed (the tenant deleted meanwhile, say): nothing references them.
+                for p in paths {
+                    let _ = self.file_io.delete(&p).await;
+                }
+                return Err(e);
+            }
+        };
+        match committed {
             KafkaCommit::Committed { .. } => {
                 self.mark_published(chain, last).await?;
                 Ok(records.len() as u64)
@@ -198,6 +257,18 @@ impl Catalog {
                 Ok(0)
             }
         }
+    }
+
+    /// The head of a chain: its last `seq` and that record's hash (`0` and [`GENESIS`] for a
+    /// chain never started).
+    pub(crate) async fn audit_head(&self, chain: &str) -> Result<(i64, String)> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM floe_audit_chains WHERE chain = $1")
+                .bind(chain)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(Error::db("audit chains"))?;
+        Ok(head.unwrap_or((0, super::GENESIS.to_string())))
     }
 
     async fn mark_published(&self, chain: &str, seq: i64) -> Result<()> {

@@ -53,6 +53,9 @@ async fn write(catalog: Catalog, mut rx: mpsc::Receiver<Entry>, unitemised: Arc<
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let lost = unitemised.swap(0, Ordering::Relaxed);
+        // What the batch stands for, should its write fail: its records and the count it
+        // carries.
+        let stands_for = batch.len() as u64 + lost;
         if lost > 0 {
             batch.push(Entry::new(
                 "floe",
@@ -66,11 +69,10 @@ async fn write(catalog: Catalog, mut rx: mpsc::Receiver<Entry>, unitemised: Arc<
             ));
         }
         let entries = std::mem::take(&mut batch);
-        let n = entries.len();
         if let Err(e) = catalog.audit_all(entries).await {
             // Counted again, so the next batch says how many are missing.
-            unitemised.fetch_add(n as u64, Ordering::Relaxed);
-            tracing::warn!(error = %e, records = n, "could not write queued audit records");
+            unitemised.fetch_add(stands_for, Ordering::Relaxed);
+            tracing::warn!(error = %e, records = stands_for, "could not write queued audit records");
         }
     }
 }

@@ -105,9 +105,33 @@ impl Catalog {
         self.on_io(move |c| async move {
             let mut links = Vec::new();
             let mut next_unpublished = 1;
-            if let Ok(table) = c.load_table(&namespace, AUDIT_TABLE).await {
-                next_unpublished = Catalog::published_next(&table)?;
-                links = read_table(&table).await?;
+            let (head_seq, head_hash) = c.audit_head(&chain).await?;
+            let published_mark: Option<(i64,)> =
+                sqlx::query_as("SELECT published FROM floe_audit_chains WHERE chain = $1")
+                    .bind(&chain)
+                    .fetch_optional(&c.db)
+                    .await
+                    .map_err(Error::db("audit chains"))?;
+            match c.load_table(&namespace, AUDIT_TABLE).await {
+                Ok(table) => {
+                    next_unpublished = Catalog::published_next(&table)?;
+                    links = read_table(&table).await?;
+                }
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                    if published_mark.is_some_and(|(p,)| p > 0) {
+                        return Ok(Verified {
+                            records: 0,
+                            published: 0,
+                            broken: Some(Broken {
+                                seq: 1,
+                                place: "audit table",
+                                reason: "the audit table is gone, yet records were published to it"
+                                    .into(),
+                            }),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
             }
             links.sort_by_key(|l| l.seq);
             let published = links.len() as u64;
@@ -152,10 +176,30 @@ impl Catalog {
                     });
                 }
             }
+            // The chain's head names its last record: a tail cut off is a break too.
+            let broken = if seq - 1 != head_seq {
+                Some(Broken {
+                    seq,
+                    place: "catalog database",
+                    reason: format!(
+                        "the chain ends at record {} but its head says {head_seq}: records are \
+                         missing from the end",
+                        seq - 1
+                    ),
+                })
+            } else if head_seq > 0 && prev != head_hash {
+                Some(Broken {
+                    seq: head_seq,
+                    place: "catalog database",
+                    reason: format!("record {head_seq} is not the one its chain's head names"),
+                })
+            } else {
+                None
+            };
             Ok(Verified {
                 records,
                 published,
-                broken: None,
+                broken,
             })
         })
         .await

@@ -107,39 +107,58 @@ impl Authenticator {
 
     /// Whom a refused request's `Authorization` header stands for, as far as it can be trusted:
     /// the tenant of an API key whose secret matches, or of a token whose signature verifies
-    /// (expired or revoked: the attempt is that tenant's business); `None` (the platform's)
-    /// for anything else. The actor: `key:<id>`, `token:<jti>`, `anonymous`.
+    /// (expired or revoked: the attempt is that tenant's business), provided that tenant
+    /// exists and the credential was made after it; `None` (the platform's) for anything else.
+    /// The actor: `key:<id>`, `token:<jti>`, `anonymous`.
     pub async fn attribute(&self, authorization: Option<&str>) -> (Option<String>, String) {
         let Ok(presented) = bearer(authorization) else {
             return (None, "anonymous".into());
         };
         if let Some((id, secret)) = parse_key(presented) {
-            let owner = match self.catalog.api_key(id).await {
-                Ok(Some(key)) if secret_matches(secret, &key.secret_sha256) => Some(key.tenant),
+            let cached = self
+                .keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .map(|(k, _)| k.clone());
+            let key = match cached {
+                Some(k) => Some(k),
+                None => self.catalog.api_key(id).await.ok().flatten(),
+            };
+            let owner = match key {
+                Some(k) if secret_matches(secret, &k.secret_sha256) => {
+                    self.owner(&k.tenant, k.created_at_ms).await
+                }
                 _ => None,
             };
             return (owner, format!("key:{id}"));
         }
         let claims = match self.authority.verify_signature(presented) {
             Some(claims) => Some(claims),
-            None => match &self.jwks {
-                Some(jwks) => match jsonwebtoken::decode_header(presented)
-                    .ok()
-                    .and_then(|h| h.kid)
-                {
+            // The identity provider's keys only for what Floe's own keys do not sign.
+            None => match (&self.jwks, jsonwebtoken::decode_header(presented)) {
+                (Some(jwks), Ok(h)) if h.alg != jsonwebtoken::Algorithm::HS256 => match h.kid {
                     Some(kid) => jwks.verify(presented, &kid).await.ok(),
                     None => None,
                 },
-                None => None,
+                _ => None,
             },
         };
         match claims {
             Some(c) => {
                 let actor = c.actor();
-                ((!c.tenant.is_empty()).then_some(c.tenant), actor)
+                (self.owner(&c.tenant, c.issued_at_ms()).await, actor)
             }
             None => (None, "anonymous".into()),
         }
+    }
+
+    /// `tenant` if it exists and was created before `made_at_ms` (a credential of an earlier
+    /// tenant under the id is not this one's).
+    async fn owner(&self, tenant: &str, made_at_ms: i64) -> Option<String> {
+        let id = TenantId::parse(tenant).ok()?;
+        let found = self.catalog.find_tenant(&id).await.ok().flatten()?;
+        (made_at_ms >= found.created_at_ms).then(|| tenant.to_string())
     }
 
     /// Checks an operator's `Authorization` header value: a valid, unrevoked token of role

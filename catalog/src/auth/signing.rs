@@ -133,6 +133,34 @@ fn write_keys(path: &Path, keys: &[KeyLine]) -> Result<()> {
     Ok(())
 }
 
+/// A file that exists while a rotation runs (removed when dropped).
+struct RotationLock(PathBuf);
+
+impl RotationLock {
+    fn take(path: &Path) -> Result<RotationLock> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(RotationLock(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Config {
+                message: format!(
+                    "another rotation is running ({} exists; remove it if none is)",
+                    path.display()
+                ),
+            }),
+            Err(e) => Err(Error::io(path.display().to_string())(e)),
+        }
+    }
+}
+
+impl Drop for RotationLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotated {
@@ -147,6 +175,9 @@ pub struct Rotated {
 /// Adds a new signing key to the file at `path`; the keys before it verify for `old_valid_for`
 /// more (those already retiring keep their earlier time), and keys past their time are dropped.
 pub fn rotate(path: &Path, old_valid_for: Duration) -> Result<Rotated> {
+    // One rotation at a time: two at once would each drop the other's new key.
+    let lock_path = path.with_extension("rotating");
+    let _lock = RotationLock::take(&lock_path)?;
     let text = std::fs::read_to_string(path).map_err(Error::io(path.display().to_string()))?;
     let now = chrono::Utc::now().timestamp_millis();
     let until = now.saturating_add(old_valid_for.as_millis().min(i64::MAX as u128) as i64);
@@ -367,6 +398,17 @@ impl TokenAuthority {
             .keys
             .last()
             .ok_or_else(|| Error::internal("no signing key"))?;
+        if key
+            .until_ms
+            .is_some_and(|t| t <= chrono::Utc::now().timestamp_millis())
+        {
+            return Err(Error::Config {
+                message: format!(
+                    "the signing key {} is retired: run floe keys rotate to make a new one",
+                    key.kid
+                ),
+            });
+        }
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, &claims, &key.encoding)

@@ -117,7 +117,7 @@ pub fn check_name(name: &str) -> Result<()> {
              digits or underscores"
         )));
     }
-    if [EVENTS_TABLE, DLQ_TABLE].contains(&name)
+    if [EVENTS_TABLE, DLQ_TABLE, crate::audit::AUDIT_TABLE].contains(&name)
         || BUILTINS.iter().any(|b| b.name == name)
         || name.starts_with("_floe")
     {
@@ -165,7 +165,7 @@ impl Catalog {
                     &[(DEFINITION.to_string(), d.sql.clone())],
                 )
                 .await?;
-            let mut tx = c.db.begin().await.map_err(Error::db("create projection"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("create projection"))?;
             let inserted = sqlx::query(
                 "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
                  metadata_location, previous_metadata_location, iceberg_type) \
@@ -228,10 +228,10 @@ impl Catalog {
             actor.to_string(),
         );
         self.on_io(move |c| async move {
-            let mut tx =
-                c.db.begin()
-                    .await
-                    .map_err(Error::db("redefine projection"))?;
+            let mut tx = c
+                .write_tx()
+                .await
+                .map_err(Error::db("redefine projection"))?;
             let row: Option<(i64,)> = sqlx::query_as(
                 "UPDATE floe_projections SET sql = $1 WHERE tenant = $2 AND name = $3 \
                  RETURNING created_at_ms",
@@ -303,7 +303,7 @@ impl Catalog {
     ) -> Result<()> {
         let (tenant, name, actor) = (tenant.clone(), name.to_string(), actor.to_string());
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("drop projection"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("drop projection"))?;
             let gone = sqlx::query("DELETE FROM floe_projections WHERE tenant = $1 AND name = $2")
                 .bind(tenant.as_str())
                 .bind(&name)

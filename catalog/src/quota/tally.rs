@@ -73,7 +73,7 @@ impl Catalog {
             .map(|((t, m), (a, r))| (t.to_string(), *m, *a as i64, *r as i64))
             .collect();
         self.on_io(move |c| async move {
-            let mut tx = c.db.begin().await.map_err(Error::db("ingest counts"))?;
+            let mut tx = c.write_tx().await.map_err(Error::db("ingest counts"))?;
             for (tenant, minute, accepted, rejected) in rows {
                 sqlx::query(
                     "INSERT INTO floe_ingest_minutes (tenant, minute, accepted, rejected) \

@@ -2,6 +2,8 @@
 # Local services for Floe's real stack, on loopback ports, with their data in a temp folder:
 #   - an S3-compatible server (MinIO where installed, else s3s-fs built from crates.io),
 #   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing),
+#     over TLS only for the floe user, with a certificate from a throwaway CA made here
+#     (openssl): clients verify it (PGSSLMODE=verify-full, PGSSLROOTCERT=<the CA>),
 #   - a Kafka-compatible broker (tansu, built from crates.io, SQLite storage in the folder).
 #
 #   infra/services.sh up             install what is missing, start, create the bucket and
@@ -113,6 +115,34 @@ as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# A throwaway CA ($DIR/ca.pem) and, in the cluster's folder, a certificate it signs for
+# 127.0.0.1 (PostgreSQL's server.crt and server.key); the floe user may connect over TLS only.
+pg_tls() {
+  command -v openssl >/dev/null 2>&1 || die "openssl makes the test CA: apt-get install openssl"
+  local t="$DIR/tls"
+  mkdir -p "$t"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=floe test CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$t/ca.key" -out "$DIR/ca.pem" 2>/dev/null || die "could not make the test CA"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null || die "could not make a key"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$DIR/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 30 -extfile "$t/ext.cnf" -out "$t/server.crt" 2>/dev/null || die "could not sign"
+  chmod 644 "$DIR/ca.pem"
+  install -m 600 "$t/server.key" "$DIR/pg/server.key"
+  install -m 644 "$t/server.crt" "$DIR/pg/server.crt"
+  [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg/server.key" "$DIR/pg/server.crt"
+  # Plain connections of the floe user are refused: whatever reaches the catalog as floe
+  # (Floe, the tests' own clients) speaks TLS and verifies the CA.
+  local hba="$DIR/pg/pg_hba.conf"
+  { echo "hostnossl all $PG_USER 127.0.0.1/32 reject"; cat "$hba"; } >"$hba.new" && mv "$hba.new" "$hba"
+  [ "$(id -u)" = 0 ] && chown postgres "$hba"
+  return 0
+}
+
 pg_start() {
   local bin
   bin=$(pg_bin)
@@ -125,16 +155,17 @@ pg_start() {
     fi
     as_pg "$bin/initdb" -D "$DIR/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
       -E UTF8 --no-instructions >"$DIR/pg-init.log" 2>&1 || die "initdb failed; see $DIR/pg-init.log"
+    pg_tls
   fi
   if ! as_pg "$bin/pg_ctl" -D "$DIR/pg" status >/dev/null 2>&1; then
     port_open "$PG_PORT" && die "port $PG_PORT is taken by something else (set FLOE_SERVICES_PG_PORT)"
     touch "$DIR/pg.log"
     [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg.log"
     as_pg "$bin/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -t 60 \
-      -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" \
+      -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on -c ssl=on" \
       start >/dev/null || die "PostgreSQL did not start; see $DIR/pg.log"
   fi
-  local psql=("$bin/psql" -h "$DIR/pg" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt)
+  local psql=(env -u PGSSLMODE -u PGSSLROOTCERT "$bin/psql" -h "$DIR/pg" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt)
   if [ "$(as_pg "${psql[@]}" -d postgres -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
     as_pg "${psql[@]}" -d postgres -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'" >&2
   fi
@@ -196,7 +227,9 @@ kafka_stop() {
 print_env() {
   cat <<EOF
 export FLOE_WAREHOUSE=s3://$BUCKET/warehouse
-export FLOE_CATALOG=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
+export FLOE_CATALOG=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB?sslmode=verify-full
+export PGSSLMODE=verify-full
+export PGSSLROOTCERT=$DIR/ca.pem
 export FLOE_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export FLOE_S3_REGION=us-east-1
 export FLOE_S3_PATH_STYLE=true

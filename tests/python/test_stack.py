@@ -237,3 +237,33 @@ def test_s3_credentials_from_the_aws_chain(tmp_path, source):
         stop(proc)
     _, ids = count_and_ids(tmp_path, "chain")
     assert len(ids) == 10
+
+
+@pytest.mark.skipif(STACK != "s3pg", reason="needs the PostgreSQL of infra/services.sh (the s3pg stack)")
+def test_the_catalog_database_is_reached_over_verified_tls(tmp_path):
+    """infra/services.sh's PostgreSQL refuses the floe user in plain text and shows a certificate
+    of a CA it made: Floe's sessions are TLS (sslmode=verify-full), and with a CA that did not
+    sign the certificate Floe does not connect at all."""
+    from conftest import catalog_rows, process_env
+
+    proc, srv = start(tmp_path)
+    try:
+        floe(tmp_path, "tenant", "create", "tls-pg")
+        sessions = catalog_rows(
+            tmp_path,
+            "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.usename = 'floe' AND a.datname = current_database() AND a.pid <> pg_backend_pid()")
+        assert sessions and all(ssl for ssl, _ in sessions), sessions
+        assert all(v.startswith("TLS") for _, v in sessions), sessions
+    finally:
+        stop(proc)
+
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=not the CA", "-keyout", str(tmp_path / "other.key"), "-out", str(other)],
+                   check=True, capture_output=True)
+    env = {**process_env(tmp_path), "PGSSLROOTCERT": str(other)}
+    out = subprocess.run([os.environ["FLOE_BIN"], "--data-dir", str(tmp_path), "tenant", "list"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode != 0, out.stdout
+    assert "catalog" in out.stderr.lower() and "certificate" in out.stderr, out.stderr

@@ -155,3 +155,78 @@ def test_https_with_a_ca_of_our_own_and_certificate_reload(tmp_path):
         assert proc.poll() is None
     finally:
         stop(proc)
+
+
+def test_an_identity_providers_key_set_over_https(tmp_path):
+    """auth.jwks as an https URL: the key set is fetched over TLS, its server's certificate
+    verified against the CA the process trusts (SSL_CERT_FILE here), and the provider's tokens
+    verify; a server whose certificate the process does not trust gives it no keys (the
+    provider is then unavailable: 503, not a verdict on the token)."""
+    import http.server
+    import threading
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca_key, ca_cert = make_ca()
+    ca_path = tmp_path / "ca.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = tmp_path / "idp.pem", tmp_path / "idp.key"
+    make_server_cert(ca_key, ca_cert, cert, key)
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(signer.public_key(), as_dict=True), "kid": "idp-1"}
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class KeySet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeySet)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(str(cert), str(key))
+    httpd.socket = server_side.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/jwks.json"
+
+    def serve(trusted):
+        port = free_port()
+        env = {**process_env(tmp_path), "SSL_CERT_FILE": str(ca_path if trusted else tmp_path / "none.pem")}
+        proc = subprocess.Popen([FLOE, "--data-dir", str(tmp_path), "--set", f"auth.jwks={url}", "serve", "--listen",
+                                 f"127.0.0.1:{port}"], stderr=open(tmp_path / "serve.log", "a"), env=env)
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                return proc, port
+            except Exception:
+                time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError("floe serve did not start")
+
+    try:
+        floe(tmp_path, "tenant", "create", "idp")
+        time.sleep(1.05 - time.time() % 1)
+        now = int(time.time())
+        token = jwt.encode({"tenant": "idp", "role": "viewer", "iat": now, "exp": now + 300, "jti": "j-1"},
+                           signer, algorithm="RS256", headers={"kid": "idp-1"})
+        for trusted, expected in ((True, 200), (False, 503)):
+            proc, port = serve(trusted)
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/whoami",
+                                             headers={"Authorization": f"Bearer {token}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status = r.status
+                except urllib.error.HTTPError as e:
+                    status = e.code
+                assert status == expected, (trusted, status)
+            finally:
+                stop(proc)
+    finally:
+        httpd.shutdown()

@@ -1,5 +1,5 @@
 //! Tokens from an external identity provider, verified against its JSON Web Key Set
-//! (`auth.jwks`: a file, or an `http://` URL; no TLS client yet), read again every `auth.jwks_refresh_secs` and
+//! (`auth.jwks`: a file, or an `https://` or `http://` URL), read again every `auth.jwks_refresh_secs` and
 //! when a token names a key id not in the set (at most once a second).
 //!
 //! A key's algorithm comes from the key, never from the token: RSA keys verify RS256, P-256

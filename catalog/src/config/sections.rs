@@ -272,9 +272,9 @@ pub struct AuthConfig {
     /// Revoked tokens and keys are read again this often by each process: a revocation takes
     /// effect everywhere within it.
     pub revocation_refresh_ms: u64,
-    /// An external identity provider's JSON Web Key Set: a file, or an `http://` URL (this
-    /// build has no TLS client: serve an `https` set through a local file or proxy).
-    /// Empty: only Floe's own tokens and keys.
+    /// An external identity provider's JSON Web Key Set: a file, or an `https://` (or
+    /// `http://`) URL, its certificate verified against the system's roots (or
+    /// `SSL_CERT_FILE`). Empty: only Floe's own tokens and keys.
     pub jwks: String,
     /// The key set is read again this often (and when a token names a key it lacks).
     pub jwks_refresh_secs: u64,

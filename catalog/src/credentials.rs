@@ -247,12 +247,27 @@ impl Catalog {
                         .await
                         .map_err(Error::db("revoke key"))?;
                 // Already revoked: nothing changes.
-                return match found {
-                    Some(_) => Ok(()),
-                    None => Err(Error::NotFound {
-                        what: format!("key {id}"),
-                    }),
-                };
+                if found.is_some() {
+                    return Ok(());
+                }
+                // Another tenant's key, or none: refused, and the attempt is on the record.
+                let detail = serde_json::json!({
+                    "key": format!("{KEY_PREFIX}{id}"),
+                    "reason": "no such key in this tenant",
+                })
+                .to_string();
+                audit_in(
+                    &mut tx,
+                    &actor,
+                    Some(&tenant),
+                    "key.revoke.refused",
+                    &detail,
+                )
+                .await?;
+                tx.commit().await.map_err(Error::db("revoke key"))?;
+                return Err(Error::NotFound {
+                    what: format!("key {id}"),
+                });
             }
             let detail = serde_json::json!({ "key": format!("{KEY_PREFIX}{id}") }).to_string();
             audit_in(&mut tx, &actor, Some(&tenant), "key.revoke", &detail).await?;

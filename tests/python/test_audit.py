@@ -142,7 +142,12 @@ def test_audit_log(tmp_path):
             body = statement(srv, token, "SELECT count(*) FROM audit")
             assert body["error"]["errorName"] == "TABLE_NOT_FOUND", body
         assert not any(r[0] == "audit" for r in rows(srv, analyst, "SHOW TABLES"))
-        assert request("POST", f"{srv.url}/v1/keys", other_admin, {"role": "ingest"})[0] == 201
+        status, theirs_key = request("POST", f"{srv.url}/v1/keys", other_admin, {"role": "ingest"})
+        assert status == 201, theirs_key
+        # One tenant's admin on another tenant's key: not found, and on the first's record.
+        assert request("DELETE", f"{srv.url}/v1/keys/{theirs_key['id']}", admin)[0] == 404
+        tried = audit_rows(srv, admin, "action = 'key.revoke.refused'", 1)
+        assert theirs_key["id"] in tried[0][2], tried
         theirs = audit_rows(srv, other_admin, "action = 'key.create'", 1)
         theirs = audit_rows(srv, other_admin, "true", 1)
         assert not any("audited_answer" in d or made["id"] in d for _, _, d in theirs), theirs

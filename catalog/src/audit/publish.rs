@@ -203,7 +203,7 @@ impl Catalog {
         let next = Self::published_next(&table)?;
         let records = self.audit_records(chain, next, limit).await?;
         let Some(last) = records.last().map(|r| r.seq) else {
-            let (head, _) = self.audit_head(chain).await?;
+            let (head, _, _) = self.audit_head(chain).await?;
             if head >= next {
                 return Err(Error::internal(format!(
                     "audit chain {chain}: records {next} to {head} are missing from the catalog \
@@ -259,16 +259,16 @@ impl Catalog {
         }
     }
 
-    /// The head of a chain: its last `seq` and that record's hash (`0` and [`GENESIS`] for a
-    /// chain never started).
-    pub(crate) async fn audit_head(&self, chain: &str) -> Result<(i64, String)> {
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM floe_audit_chains WHERE chain = $1")
+    /// The head of a chain: its last `seq`, that record's hash, and the last `seq` marked
+    /// published (`0`, [`GENESIS`], `0` for a chain never started).
+    pub(crate) async fn audit_head(&self, chain: &str) -> Result<(i64, String, i64)> {
+        let head: Option<(i64, String, i64)> =
+            sqlx::query_as("SELECT seq, hash, published FROM floe_audit_chains WHERE chain = $1")
                 .bind(chain)
                 .fetch_optional(&self.db)
                 .await
                 .map_err(Error::db("audit chains"))?;
-        Ok(head.unwrap_or((0, super::GENESIS.to_string())))
+        Ok(head.unwrap_or((0, super::GENESIS.to_string(), 0)))
     }
 
     async fn mark_published(&self, chain: &str, seq: i64) -> Result<()> {

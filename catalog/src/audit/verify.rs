@@ -105,20 +105,14 @@ impl Catalog {
         self.on_io(move |c| async move {
             let mut links = Vec::new();
             let mut next_unpublished = 1;
-            let (head_seq, head_hash) = c.audit_head(&chain).await?;
-            let published_mark: Option<(i64,)> =
-                sqlx::query_as("SELECT published FROM floe_audit_chains WHERE chain = $1")
-                    .bind(&chain)
-                    .fetch_optional(&c.db)
-                    .await
-                    .map_err(Error::db("audit chains"))?;
+            let (head_seq, head_hash, published_mark) = c.audit_head(&chain).await?;
             match c.load_table(&namespace, AUDIT_TABLE).await {
                 Ok(table) => {
                     next_unpublished = Catalog::published_next(&table)?;
                     links = read_table(&table).await?;
                 }
                 Err(e) if e.kind() == crate::ErrorKind::NotFound => {
-                    if published_mark.is_some_and(|(p,)| p > 0) {
+                    if published_mark > 0 {
                         return Ok(Verified {
                             records: 0,
                             published: 0,

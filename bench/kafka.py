@@ -64,8 +64,20 @@ def floe(data, *args):
                           text=True).stdout
 
 
+def security():
+    """librdkafka's security settings from FLOE_KAFKA_PROPERTIES_* (`_` is `.`, `__` is `_`), as
+    `infra/services.sh up` exports them for its broker (TLS, SASL/SCRAM): the same for every
+    client of the run, Floe's included."""
+    prefix = "FLOE_KAFKA_PROPERTIES_"
+    return {k[len(prefix):].lower().replace("__", "\0").replace("_", ".").replace("\0", "_"): v
+            for k, v in os.environ.items() if k.startswith(prefix)}
+
+
+SECURITY = security()
+
+
 def create_topics(topics, partitions=4, brokers=BROKERS):
-    admin = AdminClient({"bootstrap.servers": brokers})
+    admin = AdminClient({"bootstrap.servers": brokers, **SECURITY})
     futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
     for f in futures.values():
         f.result()
@@ -174,7 +186,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
     arrivals = {}  # (tenant, partition) -> [(offset, unix time)]
     consumer = None
     if plain_consumer:
-        consumer = Consumer({"bootstrap.servers": clusters[0], "group.id": f"probe-{uuid.uuid4().hex[:6]}",
+        consumer = Consumer({"bootstrap.servers": clusters[0], **SECURITY, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
                              "fetch.wait.max.ms": 100})
         consumer.subscribe([f"tenant-{t}.events" for t in tenants])
@@ -257,7 +269,7 @@ def steady(data, tenants, rate, seconds, plain_consumer=False, linger_ms=5, clus
 
 def produce_backlog(topics, n):
     rng = random.Random(2)
-    producer = Producer({"bootstrap.servers": BROKERS, "acks": "all", "linger.ms": 20,
+    producer = Producer({"bootstrap.servers": BROKERS, **SECURITY, "acks": "all", "linger.ms": 20,
                          "batch.num.messages": 10000})
     for i in range(n):
         t = topics[i % len(topics)]
@@ -298,7 +310,7 @@ def pyiceberg_sink(data, tenants, n):
     schema = pa.schema([("event_id", pa.string()), ("type", pa.string()), ("ts", pa.timestamp("us", "UTC")),
                         ("user_id", pa.string()), ("payload", pa.string())])
     table = cat.create_table("peer.events", schema=schema)
-    c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"peer-{uuid.uuid4().hex[:6]}",
+    c = Consumer({"bootstrap.servers": BROKERS, **SECURITY, "group.id": f"peer-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     # Timed from the subscription, like the worker from its start: joining the group and the
     # first fetch count for both.

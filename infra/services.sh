@@ -2,9 +2,13 @@
 # Local services for Floe's real stack, on loopback ports, with their data in a temp folder:
 #   - an S3-compatible server (MinIO where installed, else s3s-fs built from crates.io),
 #   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing),
-#     over TLS only for the floe user, with a certificate from a throwaway CA made here
-#     (openssl): clients verify it (PGSSLMODE=verify-full, PGSSLROOTCERT=<the CA>),
-#   - a Kafka-compatible broker (tansu, built from crates.io, SQLite storage in the folder).
+#     over TLS only for the floe user: clients verify its certificate (PGSSLMODE=verify-full,
+#     PGSSLROOTCERT=<the CA>),
+#   - a Kafka-compatible broker (tansu, built from crates.io, SQLite storage in the folder) that
+#     requires SASL/SCRAM-SHA-256, reached over TLS only: its advertised address is a TLS
+#     terminator (Debian's stunnel4) in front of it, so clients speak SASL_SSL and verify the
+#     certificate (the FLOE_KAFKA_PROPERTIES_* lines of the printed environment).
+# The certificates come from a throwaway CA made here with openssl ($FLOE_SERVICES_DIR/ca.pem).
 #
 #   infra/services.sh up             install what is missing, start, create the bucket and
 #                                    database; prints `export FLOE_…` lines on stdout, so that
@@ -17,7 +21,8 @@
 #                                    stop or start one service, keeping its data (outage tests)
 #
 # Settings (environment): FLOE_SERVICES_DIR (data, logs, pids; default $TMPDIR/floe-services),
-# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_SERVICES_KAFKA_PORT (19092),
+# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_SERVICES_KAFKA_PORT (19092,
+# TLS), FLOE_SERVICES_KAFKA_BROKER_PORT (19093, the broker behind it, loopback, SCRAM required),
 # FLOE_CACHE_DIR (where tools built from crates.io are kept; default ~/.cache/floe).
 # Progress goes to stderr; stdout carries only the export lines.
 set -euo pipefail
@@ -28,6 +33,9 @@ TOOLS="$CACHE/tools"
 S3_PORT="${FLOE_SERVICES_S3_PORT:-19000}"
 PG_PORT="${FLOE_SERVICES_PG_PORT:-15432}"
 KAFKA_PORT="${FLOE_SERVICES_KAFKA_PORT:-19092}"
+KAFKA_BROKER_PORT="${FLOE_SERVICES_KAFKA_BROKER_PORT:-19093}"
+KAFKA_USER="floe"
+KAFKA_PASSWORD="floe-kafka-local"
 BUCKET="floe"
 S3_KEY="floe-local"
 S3_SECRET="floe-local-secret"
@@ -115,9 +123,21 @@ as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# A throwaway CA ($DIR/ca.pem) and, in the cluster's folder, a certificate it signs for
-# 127.0.0.1 (PostgreSQL's server.crt and server.key); the floe user may connect over TLS only.
-pg_tls() {
+# Installs a Debian package (as root) when `command` is missing.
+apt_install() {
+  local command=$1 package=$2
+  command -v "$command" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] || die "$command is not installed (apt-get install $package, as root)"
+  say "installing $package from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2; } \
+    || die "could not install $package"
+}
+
+# A throwaway CA ($DIR/ca.pem) and a certificate it signs for 127.0.0.1 ($DIR/tls/server.crt
+# and server.key), which PostgreSQL and the broker's TLS terminator present.
+tls_ca() {
+  [ -f "$DIR/tls/server.crt" ] && return 0
   command -v openssl >/dev/null 2>&1 || die "openssl makes the test CA: apt-get install openssl"
   local t="$DIR/tls"
   mkdir -p "$t"
@@ -132,8 +152,13 @@ pg_tls() {
   openssl x509 -req -in "$t/server.csr" -CA "$DIR/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
     -days 30 -extfile "$t/ext.cnf" -out "$t/server.crt" 2>/dev/null || die "could not sign"
   chmod 644 "$DIR/ca.pem"
-  install -m 600 "$t/server.key" "$DIR/pg/server.key"
-  install -m 644 "$t/server.crt" "$DIR/pg/server.crt"
+}
+
+# PostgreSQL presents the test CA's certificate; the floe user may connect over TLS only.
+pg_tls() {
+  tls_ca
+  install -m 600 "$DIR/tls/server.key" "$DIR/pg/server.key"
+  install -m 644 "$DIR/tls/server.crt" "$DIR/pg/server.crt"
   [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg/server.key" "$DIR/pg/server.crt"
   # Plain connections of the floe user are refused: whatever reaches the catalog as floe
   # (Floe, the tests' own clients) speaks TLS and verifies the CA.
@@ -197,29 +222,68 @@ kafka_binary() {
   echo "$TOOLS/bin/tansu"
 }
 
-kafka_start() {
-  if alive "$DIR/kafka.pid"; then return; fi
-  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by something else (set FLOE_SERVICES_KAFKA_PORT)"
-  local bin
-  bin=$(kafka_binary)
-  mkdir -p "$DIR/kafka"
+# Runs the broker on its own loopback port, advertising the TLS terminator's address; extra
+# arguments go to `tansu broker`.
+kafka_broker() {
+  local bin=$1
+  shift
   # The subshell execs the broker, so that $! is the broker itself (stop kills it).
   (cd "$DIR/kafka" && RUST_LOG="${FLOE_SERVICES_KAFKA_LOG:-warn}" exec "$bin" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --listener-url "tcp://127.0.0.1:$KAFKA_BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://kafka.db") >"$DIR/kafka.log" 2>&1 &
+    --storage-engine "sqlite://kafka.db" "$@") >>"$DIR/kafka.log" 2>&1 &
   echo $! >"$DIR/kafka.pid"
-  wait_port "$KAFKA_PORT" 60 || die "the Kafka broker did not start; see $DIR/kafka.log"
-  say "Kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
+  wait_port "$KAFKA_BROKER_PORT" 60 || die "the Kafka broker did not start; see $DIR/kafka.log"
+}
+
+kafka_start() {
+  if alive "$DIR/kafka.pid" && alive "$DIR/kafka-tls.pid"; then return; fi
+  kafka_stop
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by something else (set FLOE_SERVICES_KAFKA_PORT)"
+  port_open "$KAFKA_BROKER_PORT" \
+    && die "port $KAFKA_BROKER_PORT is taken by something else (set FLOE_SERVICES_KAFKA_BROKER_PORT)"
+  local bin
+  bin=$(kafka_binary)
+  apt_install stunnel4 stunnel4
+  tls_ca
+  mkdir -p "$DIR/kafka"
+  if [ ! -f "$DIR/kafka/user" ]; then
+    # The broker stores its SCRAM users itself, and takes the request only while it does not
+    # yet require authentication: once, before the real start.
+    kafka_broker "$bin"
+    "$bin" user create --broker "tcp://127.0.0.1:$KAFKA_BROKER_PORT" --mechanism scram256 \
+      "$KAFKA_USER" "$KAFKA_PASSWORD" >>"$DIR/kafka.log" 2>&1 \
+      || die "could not create the broker's SCRAM user; see $DIR/kafka.log"
+    kafka_stop
+    touch "$DIR/kafka/user"
+  fi
+  kafka_broker "$bin" --authentication
+  cat >"$DIR/kafka/stunnel.conf" <<EOF
+foreground = yes
+debug = warning
+pid =
+[kafka]
+accept = 127.0.0.1:$KAFKA_PORT
+connect = 127.0.0.1:$KAFKA_BROKER_PORT
+cert = $DIR/tls/server.crt
+key = $DIR/tls/server.key
+EOF
+  stunnel4 "$DIR/kafka/stunnel.conf" >"$DIR/kafka-tls.log" 2>&1 &
+  echo $! >"$DIR/kafka-tls.pid"
+  wait_port "$KAFKA_PORT" 30 || die "the broker's TLS terminator did not start; see $DIR/kafka-tls.log"
+  say "Kafka (tansu, SASL/SCRAM-SHA-256) over TLS on 127.0.0.1:$KAFKA_PORT"
 }
 
 kafka_stop() {
-  if alive "$DIR/kafka.pid"; then
-    kill "$(cat "$DIR/kafka.pid")" 2>/dev/null || true
-    for _ in $(seq 50); do alive "$DIR/kafka.pid" || break; sleep 0.1; done
-    kill -9 "$(cat "$DIR/kafka.pid")" 2>/dev/null || true
-  fi
-  rm -f "$DIR/kafka.pid"
+  local p
+  for p in kafka-tls kafka; do
+    if alive "$DIR/$p.pid"; then
+      kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+      for _ in $(seq 50); do alive "$DIR/$p.pid" || break; sleep 0.1; done
+      kill -9 "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+    fi
+    rm -f "$DIR/$p.pid"
+  done
 }
 
 # ---------------------------------------------------------------------------- commands
@@ -236,6 +300,11 @@ export FLOE_S3_PATH_STYLE=true
 export FLOE_S3_ACCESS_KEY_ID=$S3_KEY
 export FLOE_S3_SECRET_ACCESS_KEY=$S3_SECRET
 export FLOE_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export FLOE_KAFKA_PROPERTIES_SECURITY_PROTOCOL=SASL_SSL
+export FLOE_KAFKA_PROPERTIES_SSL_CA_LOCATION=$DIR/ca.pem
+export FLOE_KAFKA_PROPERTIES_SASL_MECHANISM=SCRAM-SHA-256
+export FLOE_KAFKA_PROPERTIES_SASL_USERNAME=$KAFKA_USER
+export FLOE_KAFKA_PROPERTIES_SASL_PASSWORD=$KAFKA_PASSWORD
 EOF
 }
 
@@ -243,7 +312,9 @@ status() {
   local ok=0
   if alive "$DIR/s3.pid" && port_open "$S3_PORT"; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; ok=1; fi
   if port_open "$PG_PORT" && [ -f "$DIR/pg/postmaster.pid" ]; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; ok=1; fi
-  if alive "$DIR/kafka.pid" && port_open "$KAFKA_PORT"; then echo "kafka: up on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: down"; ok=1; fi
+  if alive "$DIR/kafka.pid" && alive "$DIR/kafka-tls.pid" && port_open "$KAFKA_PORT"; then
+    echo "kafka: up on 127.0.0.1:$KAFKA_PORT (TLS, SASL/SCRAM)"
+  else echo "kafka: down"; ok=1; fi
   return $ok
 }
 
@@ -281,7 +352,7 @@ case "${1:-}" in
     esac
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -23,8 +23,9 @@ trap 'infra/services.sh down || true' EXIT
 echo "== services (S3 server, PostgreSQL, Kafka-compatible broker)"
 STACK_ENV="$(infra/services.sh up)"
 infra/services.sh status
-# The broker serves both stacks' Kafka tests (each test uses topics and groups of its own).
-eval "$(echo "$STACK_ENV" | grep FLOE_TEST_KAFKA_BROKERS)"
+# The broker serves both stacks' Kafka tests (each test uses topics and groups of its own), over
+# TLS with SASL/SCRAM: its address and the FLOE_KAFKA_PROPERTIES_* settings that reach it.
+eval "$(echo "$STACK_ENV" | grep 'FLOE_TEST_KAFKA_BROKERS=\|FLOE_KAFKA_PROPERTIES_')"
 
 echo "== rust tests (release profile, target dir $CARGO_TARGET_DIR; local stack)"
 # Also builds the floe binary that the end-to-end tests (Rust and Python) run: one build, with

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -156,11 +155,17 @@ fn main() {
         }
     };
     let clock = Clock::new();
+    // The same security settings as Floe's own clients: `kafka.properties` of ./floe.toml and
+    // FLOE_KAFKA_PROPERTIES_* (TLS and SASL for the test stack's broker).
+    let config = floe_catalog::Config::load(None, std::env::vars(), &[]).unwrap_or_else(|e| {
+        eprintln!("kafka_load: {e}");
+        std::process::exit(2);
+    });
     let producers: Vec<ThreadedProducer<Samples>> = args
         .clusters
         .iter()
         .map(|brokers| {
-            ClientConfig::new()
+            floe_ingest::kafka::client_config(&config, &[])
                 .set("bootstrap.servers", brokers)
                 .set("acks", "all")
                 .set("enable.idempotence", "true")

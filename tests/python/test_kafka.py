@@ -2,7 +2,9 @@
 independent client), `floe ingest kafka` workers are killed with SIGKILL, restarted, joined and
 left while they consume, and the tables are read back with pyiceberg.
 
-Needs the Kafka-compatible broker that `infra/services.sh up` starts (FLOE_TEST_KAFKA_BROKERS)."""
+Needs the Kafka-compatible broker that `infra/services.sh up` starts (FLOE_TEST_KAFKA_BROKERS),
+reached over TLS with SASL/SCRAM as the FLOE_KAFKA_PROPERTIES_* variables it exports say: the
+same variables configure Floe's workers and, translated here, the tests' own clients."""
 
 import json
 import os
@@ -21,6 +23,27 @@ TENANTS = int(os.environ.get("FLOE_TEST_KAFKA_TENANTS", "20"))
 EVENTS = int(os.environ.get("FLOE_TEST_KAFKA_EVENTS", "200000"))
 
 
+def kafka_properties():
+    """The librdkafka settings of FLOE_KAFKA_PROPERTIES_* (`_` is `.`, `__` is `_`)."""
+    prefix = "FLOE_KAFKA_PROPERTIES_"
+    return {k[len(prefix):].lower().replace("__", "\0").replace("_", ".").replace("\0", "_"): v
+            for k, v in os.environ.items() if k.startswith(prefix)}
+
+
+def kafka_python_security(props=None):
+    """kafka-python's arguments for the same security settings."""
+    props = kafka_properties() if props is None else props
+    names = {"security.protocol": "security_protocol", "ssl.ca.location": "ssl_cafile",
+             "sasl.mechanism": "sasl_mechanism", "sasl.mechanisms": "sasl_mechanism",
+             "sasl.username": "sasl_plain_username", "sasl.password": "sasl_plain_password"}
+    unknown = set(props) - set(names)
+    assert not unknown, f"no kafka-python argument for {sorted(unknown)}"
+    return {names[k]: v for k, v in props.items()}
+
+
+SECURITY = kafka_python_security()
+
+
 @pytest.fixture(scope="module")
 def brokers():
     assert BROKERS, "FLOE_TEST_KAFKA_BROKERS is not set: run eval \"$(infra/services.sh up)\" first"
@@ -30,7 +53,17 @@ def brokers():
 def admin(brokers):
     from kafka import KafkaAdminClient
 
-    return KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=30000)
+    return KafkaAdminClient(bootstrap_servers=brokers, **SECURITY, request_timeout_ms=30000)
+
+
+def tenant_with_topic(data, brokers, prefix, partitions):
+    """(run, tenant, topic): a fresh tenant of `data` and its events topic on the broker."""
+    run = uuid.uuid4().hex[:6]
+    tenant = f"{prefix}{run}"
+    topic = f"tenant-{tenant}.events"
+    floe(data, "tenant", "create", tenant)
+    create_topics(brokers, [topic], partitions=partitions)
+    return run, tenant, topic
 
 
 def create_topics(brokers, topics, partitions=4):
@@ -143,7 +176,7 @@ def test_exactly_once_through_kills_and_rebalances(tmp_path, brokers):
 
     def produce():
         try:
-            p = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5, retries=10,
+            p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all", linger_ms=5, retries=10,
                               max_in_flight_requests_per_connection=1)
             rng = random.Random(7)
             poison_slots = set(rng.sample(range(per_tenant * TENANTS), len(POISON)))
@@ -281,7 +314,7 @@ def test_http_in_kafka_mode_and_dlq_replay(tmp_path, brokers):
         assert len(ids) == 501 == len(set(ids))
 
         # A poison record, then its fixed version through `floe dlq replay`.
-        p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+        p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
         p.send(f"tenant-{tenant}.events", value=json.dumps({"event_id": "fixme", "type": "x"}).encode())
         p.flush()
         p.close()
@@ -353,16 +386,12 @@ def test_frozen_worker_does_not_commit_twice(tmp_path, brokers):
     from kafka import KafkaProducer
 
     data = tmp_path
-    run = uuid.uuid4().hex[:6]
-    tenant = f"z{run}"
-    topic = f"tenant-{tenant}.events"
-    floe(data, "tenant", "create", tenant)
-    create_topics(brokers, [topic], partitions=1)
+    run, tenant, topic = tenant_with_topic(data, brokers, "z", 1)
     group = f"g-{run}"
     pattern = rf"^tenant-({tenant})\.events$"
     slow = Workers(data, brokers, group, pattern, "--set", "ingest.flush_interval_ms=4000")
     fast = Workers(data, brokers, group, pattern, "--set", "ingest.flush_interval_ms=200")
-    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
     sent = 0
 
     def send(n):
@@ -426,14 +455,10 @@ def test_partitions_of_a_dead_member_are_read_again(tmp_path, brokers):
     from kafka import KafkaProducer
 
     data = tmp_path
-    run = uuid.uuid4().hex[:6]
-    tenant = f"d{run}"
-    topic = f"tenant-{tenant}.events"
-    floe(data, "tenant", "create", tenant)
-    create_topics(brokers, [topic], partitions=6)
+    run, tenant, topic = tenant_with_topic(data, brokers, "d", 6)
     workers = Workers(data, brokers, f"g-{run}", rf"^tenant-({tenant})\.events$",
                       "--set", "ingest.flush_interval_ms=200", "--set", "kafka.stall_rejoin_ms=8000")
-    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
     sent = 0
 
     def send(n):
@@ -473,6 +498,60 @@ def test_partitions_of_a_dead_member_are_read_again(tmp_path, brokers):
         workers.stop_all()
 
 
+def test_the_broker_is_reached_over_tls_with_scram_only(tmp_path, brokers):
+    """The test stack's broker takes SASL_SSL with SCRAM-SHA-256 and nothing else, as a
+    production cluster would: a client speaking plain Kafka gets no answer; a worker that does
+    not trust the broker's CA, or has a wrong password, reads nothing and says why in its log;
+    with the stack's settings (FLOE_KAFKA_PROPERTIES_*) the same worker reads the record."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+    from cryptography.hazmat.primitives import serialization
+    from test_tls import make_ca
+
+    assert SECURITY.get("security_protocol") == "SASL_SSL" and SECURITY.get("sasl_mechanism"), \
+        "the stack's broker is not configured for SASL_SSL: run eval \"$(infra/services.sh up)\" first"
+    with pytest.raises(KafkaError):
+        KafkaProducer(bootstrap_servers=brokers, request_timeout_ms=3000, max_block_ms=3000)
+
+    data = tmp_path
+    run, tenant, topic = tenant_with_topic(data, brokers, "s", 1)
+    p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
+    p.send(topic, value=json.dumps(event(tenant, 0)).encode()).get(timeout=30)
+    p.close()
+
+    _, other_ca = make_ca()
+    other = data / "other-ca.pem"
+    other.write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+    pattern = rf"^tenant-({tenant})\.events$"
+    for name, setting, reason in [
+        ("untrusted", f"kafka.properties.ssl.ca.location={other}", "certificate verify failed"),
+        ("wrong-password", "kafka.properties.sasl.password=not-the-password", "SASL SCRAM authentication failed"),
+    ]:
+        workers = Workers(data, brokers, f"g-{run}", pattern, "--set", setting)
+        workers.start(name)
+        log = next(data.glob(f"worker-{name}-*.log"))
+        deadline = time.monotonic() + 30
+        while reason not in log.read_text() and time.monotonic() < deadline:
+            workers.check_alive()
+            time.sleep(0.2)
+        workers.stop_all()
+        assert reason in log.read_text(), f"{name}: the worker's log does not say {reason!r}"
+    assert table_rows(data, tenant, "events", ("event_id",)).num_rows == 0
+
+    workers = Workers(data, brokers, f"g-{run}", pattern, "--set", "ingest.flush_interval_ms=200")
+    workers.start("trusted")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers.check_alive()
+            if table_rows(data, tenant, "events", ("event_id",)).num_rows == 1:
+                break
+            time.sleep(0.5)
+        assert table_rows(data, tenant, "events", ("event_id",)).column("event_id").to_pylist() == [f"{tenant}-0"]
+    finally:
+        workers.stop_all()
+
+
 def test_a_tenant_over_its_quota_is_paused_not_dropped(tmp_path, brokers):
     """A tenant whose producers write past its ingest quota straight to Kafka has its topic
     paused: its rows arrive at about the quota's rate (the lag grows meanwhile), another
@@ -488,7 +567,7 @@ def test_a_tenant_over_its_quota_is_paused_not_dropped(tmp_path, brokers):
     floe(data, "tenant", "set", slow, "--quota", "ingest_events_per_sec=200")
     workers = Workers(data, brokers, f"g-{run}", rf"^tenant-({slow}|{quick})\.events$",
                       "--set", "ingest.flush_interval_ms=200", "--set", "quota.burst_secs=1")
-    p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+    p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
     try:
         for t in (slow, quick):
             for i in range(2000):
@@ -547,7 +626,7 @@ def test_a_record_that_fails_its_schema_is_dead_lettered_with_the_pointer(tmp_pa
     workers = Workers(data, brokers, group, rf"^tenant-({tenant})\.events$", *kafka)
     workers.start("a")
     try:
-        p = KafkaProducer(bootstrap_servers=brokers, acks="all")
+        p = KafkaProducer(bootstrap_servers=brokers, **SECURITY, acks="all")
         for i, amount in enumerate([5, -2, 7]):
             record = {"event_id": f"k{i}", "type": "PurchaseMade", "timestamp": 1764000000 + i,
                       "payload": {"amount": amount}}

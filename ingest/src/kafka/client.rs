@@ -26,3 +26,35 @@ pub fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig
 pub(crate) fn kafka_err(context: &'static str) -> impl FnOnce(KafkaError) -> Error {
     move |source| Error::Kafka { context, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `security.protocol=SSL|SASL_SSL` and SCRAM are built in, not just accepted by the config:
+    /// librdkafka without them refuses the settings when a client is made.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_scram() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        let features: Vec<&str> = features.split(',').collect();
+        for wanted in ["ssl", "sasl_scram", "sasl_plain"] {
+            assert!(
+                features.contains(&wanted),
+                "librdkafka lacks {wanted}: {features:?}"
+            );
+        }
+        let mut config = Config::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "u"),
+            ("sasl.password", "p"),
+        ] {
+            config.kafka.properties.insert(k.into(), v.into());
+        }
+        let c = client_config(&config, &[]);
+        c.create::<rdkafka::producer::BaseProducer>()
+            .expect("a SASL_SSL producer can be made");
+    }
+}

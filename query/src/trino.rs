@@ -14,6 +14,7 @@
 pub mod error;
 mod history;
 mod query;
+mod redact;
 mod session;
 mod values;
 
@@ -329,8 +330,9 @@ async fn admit(
 }
 
 /// Every query is audited before it runs: who (token id and role), which query, its text
-/// (capped); its end is audited too (`History`). A query whose record cannot be written does
-/// not run.
+/// without its literals and comments (capped; `redact`), so that no value a user's erasure
+/// must remove ever enters the chained log; its end is audited too (`History`). A query whose
+/// record cannot be written does not run.
 async fn audit(
     st: &TrinoState,
     principal: &Principal,
@@ -340,7 +342,7 @@ async fn audit(
     let detail = json!({
         "query_id": id,
         "role": principal.claims.role.as_str(),
-        "sql": sql.chars().take(4096).collect::<String>(),
+        "sql": redact::redact_literals(sql, 4096),
     });
     st.engine
         .catalog()

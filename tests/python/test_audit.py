@@ -115,9 +115,11 @@ def test_audit_log(tmp_path):
         time.sleep(2.1)
         assert request("GET", f"{srv.url}/v1/keys", expiring)[0] == 401
 
-        # A query, and one that fails.
-        assert rows(srv, analyst, "SELECT 6 * 7 AS audited_answer") == [[42]]
-        assert "error" in statement(srv, analyst, "SELECT * FROM no_such_table")
+        # A query, and one that fails; both name a user's id, which the log must not keep.
+        assert rows(srv, analyst,
+                    "SELECT count(*) AS audited_answer FROM events WHERE user_id = 'u-erased-4711'") == [[0]]
+        failed = statement(srv, analyst, "SELECT CAST('u-erased-4711' AS INTEGER) AS n")
+        assert "u-erased-4711" in failed["error"]["message"], failed  # the client is told
 
         # The tenant's admin reads its audit table with SQL.
         refused = audit_rows(srv, admin, "action = 'request.refused'", 3)
@@ -135,6 +137,12 @@ def test_audit_log(tmp_path):
         assert finished["rows"] == 1 and finished["duration_ms"] >= 0 and finished["role"] == "analyst", finished
         started = audit_rows(srv, admin, "action = 'query' AND detail LIKE '%audited_answer%'", 1)
         assert started[0][1].startswith("token:"), started
+        # The values a query names stay out of the log, as its erasure could not take them out of
+        # a hash chain: the text is kept with `?` for each literal, errors without what they quote.
+        assert "WHERE user_id = ?" in json.loads(started[0][2])["sql"], started
+        failure = next(json.loads(d) for _, _, d in ended if json.loads(d)["outcome"] == "FAILED")
+        assert "?" in failure["error"]["message"], failure
+        assert fetch(srv, admin, "SELECT count(*) FROM audit WHERE detail LIKE '%4711%'") == (None, [[0]])
         assert audit_rows(srv, admin, "action = 'key.revoke'", 1)
 
         # Nobody else reads it: not the tenant's analysts or viewers, not another tenant.

@@ -65,7 +65,8 @@ impl Described {
         self
     }
 
-    /// The audit record of its end: outcome, rows, bytes scanned, duration.
+    /// The audit record of its end: outcome, rows, bytes scanned, duration, and the error
+    /// without the values it quotes (see `redact`).
     fn audit_entry(&self) -> Entry {
         let detail = json!({
             "query_id": self.id,
@@ -74,7 +75,9 @@ impl Described {
             "rows": self.rows,
             "scanned_bytes": self.scanned_bytes,
             "duration_ms": self.ended_at_ms.map(|e| e - self.created_at_ms),
-            "error": self.error.as_ref().map(|(message, name)| json!({"message": message, "errorName": name})),
+            "error": self.error.as_ref().map(|(message, name)| {
+                json!({"message": super::redact::redact_quoted(message, 4096), "errorName": name})
+            }),
         });
         Entry::new(
             self.actor.clone(),

@@ -52,6 +52,10 @@ pub fn platform_namespace() -> (crate::Tenant, TenantId) {
 /// The `prev_hash` of a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The actor of what maintenance and erasures do on their own (retention, snapshot expiry,
+/// orphan removal, erasure rewrites).
+pub const MAINTENANCE_ACTOR: &str = "compactor";
+
 /// One thing to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

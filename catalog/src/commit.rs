@@ -24,6 +24,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use crate::audit::Entry;
 use crate::retry::Backoff;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
@@ -90,10 +91,19 @@ impl Catalog {
                 location,
                 expired,
                 written,
+                audit,
                 ..
             } = *prepared;
             if self
-                .swap_metadata(tenant, table, &old_location, &location, metadata, expired)
+                .swap_metadata(
+                    tenant,
+                    table,
+                    &old_location,
+                    &location,
+                    metadata,
+                    expired,
+                    audit,
+                )
                 .await?
             {
                 return Ok(Committed::Done { value, conflicts });
@@ -119,8 +129,11 @@ impl Catalog {
     }
 
     /// Points the catalog at `new_location` if it still points at `old_location` (the
-    /// compare-and-swap). On success caches the new metadata and, if the table asks for it,
-    /// deletes the metadata files that fell out of its log. `false`: another commit won.
+    /// compare-and-swap), with `audit`'s record in the same transaction when there is one (a
+    /// record that cannot be written fails the swap). On success caches the new metadata and,
+    /// if the table asks for it, deletes the metadata files that fell out of its log. `false`:
+    /// another commit won.
+    #[allow(clippy::too_many_arguments)]
     async fn swap_metadata(
         &self,
         tenant: &TenantId,
@@ -129,8 +142,9 @@ impl Catalog {
         new_location: &str,
         new_metadata: TableMetadata,
         expired: Vec<String>,
+        audit: Option<Entry>,
     ) -> Result<bool> {
-        let swapped = sqlx::query(
+        let swap = sqlx::query(
             "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
              WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
              AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
@@ -140,11 +154,28 @@ impl Catalog {
         .bind(&self.name)
         .bind(tenant.as_str())
         .bind(table)
-        .bind(old_location)
-        .execute(&self.db)
-        .await
-        .map_err(Error::db("metadata swap"))?;
-        if swapped.rows_affected() != 1 {
+        .bind(old_location);
+        let swapped = match audit {
+            None => swap
+                .execute(&self.db)
+                .await
+                .map_err(Error::db("metadata swap"))?
+                .rows_affected(),
+            Some(entry) => {
+                let mut tx = self.write_tx().await.map_err(Error::db("metadata swap"))?;
+                let swapped = swap
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("metadata swap"))?
+                    .rows_affected();
+                if swapped == 1 {
+                    crate::audit::append_in(&mut tx, &entry).await?;
+                    tx.commit().await.map_err(Error::db("metadata swap"))?;
+                }
+                swapped
+            }
+        };
+        if swapped != 1 {
             return Ok(false);
         }
         let delete_old = new_metadata
@@ -275,6 +306,7 @@ impl Catalog {
             location: new_location,
             snapshot_id,
             expired,
+            audit: None,
         })
     }
 }
@@ -309,6 +341,8 @@ pub(crate) struct Prepared {
     pub expired: Vec<String>,
     /// Files this attempt wrote: deleted if the swap is lost.
     pub written: Vec<String>,
+    /// The audit record of the change, written in the swap's transaction.
+    pub audit: Option<Entry>,
 }
 
 pub(crate) fn new_snapshot_id(metadata: &TableMetadata) -> i64 {

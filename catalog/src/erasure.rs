@@ -288,7 +288,7 @@ impl Catalog {
                 let audit = serde_json::json!({ "erasure": id, "users": users }).to_string();
                 crate::audit::audit_in(
                     &mut tx,
-                    "compactor",
+                    crate::audit::MAINTENANCE_ACTOR,
                     Some(&tenant),
                     "erasure.completed",
                     &audit,

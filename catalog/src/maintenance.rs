@@ -19,6 +19,7 @@ use iceberg::table::Table;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use crate::audit::{AUDIT_TABLE, Entry, MAINTENANCE_ACTOR};
 use crate::commit::{Attempt, Change, Committed};
 use crate::db::now_ms;
 use crate::tenant::TenantId;
@@ -113,6 +114,8 @@ impl Catalog {
     ) -> Result<ExpireReport> {
         let started = std::time::Instant::now();
         let mut change = ExpireChange {
+            tenant: tenant.to_string(),
+            table: table.to_string(),
             policy,
             dry_run,
             manifests: HashMap::new(),
@@ -225,6 +228,21 @@ impl Catalog {
         }
         report.orphans_deleted = orphans.len();
         if !dry_run {
+            if !orphans.is_empty()
+                && let Some(entry) = maintenance_entry(
+                    tenant.as_str(),
+                    table,
+                    "maintenance.orphans",
+                    serde_json::json!({
+                        "table": table,
+                        "files": orphans.len(),
+                        "bytes": report.bytes_deleted,
+                    }),
+                )
+            {
+                // No record, no deletion.
+                self.audit_all(vec![entry]).await?;
+            }
             self.delete_keys(&orphans).await?;
         }
         report.deleted = orphans;
@@ -475,9 +493,24 @@ async fn reach(
     Ok(out)
 }
 
+/// The audit record of a maintenance deletion in `table`. None for the audit table itself:
+/// its records are proven by their chain (`floe audit verify`), and a record of each of its
+/// own compactions would give the next one something to compact, run after run.
+fn maintenance_entry(
+    tenant: &str,
+    table: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> Option<Entry> {
+    (table != AUDIT_TABLE)
+        .then(|| Entry::new(MAINTENANCE_ACTOR, Some(tenant), action, detail.to_string()))
+}
+
 /// Snapshot expiry, as the commit loop runs it: the value is the report and the files only
 /// the expired snapshots reached (deleted once the swap is in).
 struct ExpireChange {
+    tenant: String,
+    table: String,
     policy: ExpirePolicy,
     dry_run: bool,
     /// Manifests read by earlier attempts.
@@ -537,7 +570,19 @@ impl Change for ExpireChange {
                 .remove_snapshots(&ids)
                 .build()
                 .map_err(Error::ice("expiring snapshots"))?;
-        let prepared = catalog.prepare_metadata(&old_location, built).await?;
+        let mut prepared = catalog.prepare_metadata(&old_location, built).await?;
+        // The record goes in with the swap: without it, no snapshot expires and no file goes.
+        prepared.audit = maintenance_entry(
+            &self.tenant,
+            &self.table,
+            "maintenance.expire",
+            serde_json::json!({
+                "table": self.table,
+                "snapshots": report.snapshots_expired,
+                "files": report.files_deleted,
+                "data_bytes": report.data_bytes_deleted,
+            }),
+        );
         Ok(Attempt::Swap {
             prepared: Box::new(prepared),
             value: (report, garbage),

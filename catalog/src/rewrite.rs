@@ -22,6 +22,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use crate::audit::Entry;
 use crate::commit::{Attempt, Change, Committed, Evolve, NewSnapshot, Prepared, new_snapshot_id};
 use crate::positions::carried_properties;
 use crate::tenant::TenantId;
@@ -177,12 +178,13 @@ impl Catalog {
         removed: Vec<String>,
         added: Vec<DataFile>,
     ) -> Result<ReplaceOutcome> {
-        self.commit_rewrite(tenant, table, RewriteKind::Replace, removed, added)
+        self.commit_rewrite(tenant, table, RewriteKind::Replace, removed, added, None)
             .await
     }
 
     /// Removes the data files at `removed` and adds `added` in one snapshot of `kind`; the
-    /// row count must change as `kind` says. See the module comment.
+    /// row count must change as `kind` says. See the module comment. `audit`, when given, is
+    /// written in the commit's own transaction: no record, no commit.
     pub async fn commit_rewrite(
         &self,
         tenant: &TenantId,
@@ -190,10 +192,11 @@ impl Catalog {
         kind: RewriteKind,
         removed: Vec<String>,
         added: Vec<DataFile>,
+        audit: Option<Entry>,
     ) -> Result<ReplaceOutcome> {
         let (tenant, table) = (tenant.clone(), table.to_string());
         self.on_io(move |c| async move {
-            c.commit_rewrite_here(&tenant, &table, kind, removed, added)
+            c.commit_rewrite_here(&tenant, &table, kind, removed, added, audit)
                 .await
         })
         .await
@@ -206,6 +209,7 @@ impl Catalog {
         kind: RewriteKind,
         removed: Vec<String>,
         added: Vec<DataFile>,
+        audit: Option<Entry>,
     ) -> Result<ReplaceOutcome> {
         self.sync_dirs(added.iter().map(|f| f.file_path().to_string()).collect())
             .await?;
@@ -213,6 +217,7 @@ impl Catalog {
             kind,
             removed,
             added,
+            audit,
             seen: HashMap::new(),
         };
         let outcome = self.commit_loop(tenant, table, &mut change).await?;
@@ -400,6 +405,8 @@ struct RewriteChange {
     kind: RewriteKind,
     removed: Vec<String>,
     added: Vec<DataFile>,
+    /// The change's audit record, written with the swap.
+    audit: Option<Entry>,
     /// Manifests read by earlier attempts (manifests never change).
     seen: HashMap<String, Arc<Manifest>>,
 }
@@ -428,7 +435,7 @@ impl Change for RewriteChange {
             .metadata_location()
             .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
             .to_string();
-        let prepared = catalog
+        let mut prepared = catalog
             .prepare_rewrite(
                 &current,
                 &old_location,
@@ -439,6 +446,7 @@ impl Change for RewriteChange {
                 HashMap::new(),
             )
             .await?;
+        prepared.audit = self.audit.clone();
         let snapshot_id = prepared.snapshot_id;
         Ok(Attempt::Swap {
             prepared: Box::new(prepared),

@@ -8,7 +8,11 @@
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use std::time::Duration;
+
 use floe_catalog::audit::{AUDIT_TABLE, PLATFORM_CHAIN};
+use floe_catalog::maintenance::ExpirePolicy;
+use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, Config, TenantId};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -16,6 +20,22 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 async fn open(dir: &std::path::Path) -> Catalog {
     let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
     Catalog::open(&config).await.unwrap()
+}
+
+/// The catalog's SQLite database, opened beside Floe, as someone with the file would.
+async fn raw_db(dir: &std::path::Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("catalog.db").display()))
+        .await
+        .unwrap()
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
 }
 
 #[tokio::test]
@@ -167,12 +187,7 @@ async fn a_row_edited_in_the_database_breaks_the_chain_there() {
     }
     // Rewriting a record with its hash recomputed does not help: the next one names the old
     // hash.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("catalog.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = raw_db(dir.path()).await;
     let (prev,): (String,) =
         sqlx::query_as("SELECT prev_hash FROM floe_audit WHERE chain = 'acme' AND seq = 3")
             .fetch_one(&db)
@@ -252,12 +267,7 @@ async fn a_deleted_tenants_late_records_are_the_platforms_and_a_cut_tail_is_name
             .await
             .unwrap();
     }
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("catalog.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = raw_db(dir.path()).await;
     sqlx::query("DELETE FROM floe_audit WHERE chain = 'gone' AND seq = 3")
         .execute(&db)
         .await
@@ -270,4 +280,108 @@ async fn a_deleted_tenants_late_records_are_the_platforms_and_a_cut_tail_is_name
         .expect("the cut is found");
     assert_eq!(broken.seq, 3, "{broken:?}");
     assert!(broken.reason.contains("missing"), "{broken:?}");
+}
+
+/// Maintenance deletes nothing it has not recorded: snapshot expiry writes its record in the
+/// transaction of its compare-and-swap, orphan removal before it deletes. With the record
+/// refused (a trigger on the audit table here, as a full disk or a lost database would), the
+/// snapshots and every file stay; once records can be written again, both go, and the chain
+/// names them.
+#[tokio::test]
+async fn maintenance_deletes_nothing_it_has_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let acme = TenantId::parse("acme").unwrap();
+    let key = catalog
+        .create_tenant(&acme, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    for _ in 0..3 {
+        catalog
+            .commit_append(&key, EVENTS_TABLE, vec![], None)
+            .await
+            .unwrap();
+    }
+    let table_dir = dir.path().join("warehouse").join("acme").join(EVENTS_TABLE);
+    let stray = table_dir.join("data").join("stray.parquet");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"written by a commit that never happened").unwrap();
+    let policy = ExpirePolicy {
+        max_age: Duration::ZERO,
+        min_snapshots: 1,
+        keep_from_sequence: None,
+    };
+    let snapshots = |c: Catalog| async move {
+        c.load_table(&TenantId::parse("acme").unwrap(), EVENTS_TABLE)
+            .await
+            .unwrap()
+            .metadata()
+            .snapshots()
+            .count()
+    };
+
+    let db = raw_db(dir.path()).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON floe_audit \
+         BEGIN SELECT RAISE(ABORT, 'the audit log is refused'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (kept, files) = (snapshots(catalog.clone()).await, files_under(&table_dir));
+    assert!(kept >= 3, "{kept}");
+    let refused = catalog
+        .expire_snapshots(&acme, EVENTS_TABLE, policy, false)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let refused = catalog
+        .remove_orphans(&acme, EVENTS_TABLE, Duration::ZERO, false)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // A reopened catalog (no cached metadata) sees the same table. The refused expiry's new
+    // metadata file is written but never swapped in: an orphan for a later run.
+    let reopened = open(dir.path()).await;
+    assert_eq!(snapshots(reopened).await, kept);
+    assert_eq!(files_under(&table_dir), files + 1);
+    assert!(stray.exists());
+
+    sqlx::query("DROP TRIGGER refuse")
+        .execute(&db)
+        .await
+        .unwrap();
+    let expired = catalog
+        .expire_snapshots(&acme, EVENTS_TABLE, policy, false)
+        .await
+        .unwrap();
+    assert_eq!(expired.snapshots_expired, kept - 1);
+    assert!(expired.files_deleted > 0, "{expired:?}");
+    let orphans = catalog
+        .remove_orphans(&acme, EVENTS_TABLE, Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert_eq!(orphans.orphans_deleted, 2, "{orphans:?}"); // the stray, the refused metadata
+    assert!(!stray.exists());
+
+    let records: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT action, actor, detail FROM floe_audit WHERE chain = 'acme' ORDER BY seq",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let detail = |action: &str| -> serde_json::Value {
+        let (_, actor, detail) = records.iter().find(|r| r.0 == action).unwrap();
+        assert_eq!(actor, "compactor");
+        serde_json::from_str(detail).unwrap()
+    };
+    let expire = detail("maintenance.expire");
+    assert_eq!(expire["table"], EVENTS_TABLE);
+    assert_eq!(expire["snapshots"], kept - 1);
+    assert_eq!(expire["files"], expired.files_deleted);
+    let orphaned = detail("maintenance.orphans");
+    assert_eq!(orphaned["files"], 2);
+    assert_eq!(records.len(), 2, "{records:?}");
+    let v = catalog.verify_audit(Some(&acme)).await.unwrap();
+    assert_eq!((v.records, v.broken), (2, None));
 }

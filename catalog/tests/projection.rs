@@ -360,7 +360,14 @@ async fn the_events_delta_has_appends_not_compactions_and_reopens_what_retention
         .file_path()
         .to_string();
     let dropped = catalog
-        .commit_rewrite(&t, EVENTS_TABLE, RewriteKind::Delete, vec![e1], vec![])
+        .commit_rewrite(
+            &t,
+            EVENTS_TABLE,
+            RewriteKind::Delete,
+            vec![e1],
+            vec![],
+            None,
+        )
         .await
         .unwrap();
     assert!(matches!(dropped, ReplaceOutcome::Committed { .. }));

@@ -114,7 +114,14 @@ impl Compactor {
             // One manifest of live files only: the entries of removed files go with it.
             match self
                 .catalog
-                .commit_rewrite(tenant, &table, RewriteKind::Replace, Vec::new(), Vec::new())
+                .commit_rewrite(
+                    tenant,
+                    &table,
+                    RewriteKind::Replace,
+                    Vec::new(),
+                    Vec::new(),
+                    None,
+                )
                 .await?
             {
                 ReplaceOutcome::Committed { .. } | ReplaceOutcome::InputsGone { .. } => {}
@@ -243,7 +250,7 @@ impl Compactor {
         let files = removed.len();
         match self
             .catalog
-            .commit_rewrite(tenant, table, RewriteKind::Overwrite, removed, added)
+            .commit_rewrite(tenant, table, RewriteKind::Overwrite, removed, added, None)
             .await
         {
             Ok(ReplaceOutcome::Committed { .. }) => {

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use floe_catalog::audit::{Entry, MAINTENANCE_ACTOR};
 use floe_catalog::maintenance::{ExpirePolicy, ExpireReport, OrphanReport};
 use floe_catalog::metrics as m;
 use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
@@ -324,9 +325,30 @@ impl Compactor {
         if removed.is_empty() || dry_run {
             return Ok(done);
         }
+        // The record goes in with the `delete` snapshot: without it, no day is dropped.
+        let detail = serde_json::json!({
+            "table": table,
+            "days": days,
+            "files": done.files,
+            "rows": done.rows,
+            "bytes": done.bytes,
+        });
+        let audit = Entry::new(
+            MAINTENANCE_ACTOR,
+            Some(tenant.as_str()),
+            "retention.delete",
+            detail.to_string(),
+        );
         done.committed = matches!(
             self.catalog
-                .commit_rewrite(tenant, table, RewriteKind::Delete, removed, Vec::new())
+                .commit_rewrite(
+                    tenant,
+                    table,
+                    RewriteKind::Delete,
+                    removed,
+                    Vec::new(),
+                    Some(audit),
+                )
                 .await?,
             ReplaceOutcome::Committed { .. }
         );

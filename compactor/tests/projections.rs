@@ -165,7 +165,14 @@ async fn projections_follow_events_through_duplicates_late_days_compaction_reten
         .collect();
     assert_eq!(day97.len(), 1, "the file of day 97");
     w.catalog
-        .commit_rewrite(&w.tenant, EVENTS_TABLE, RewriteKind::Delete, day97, vec![])
+        .commit_rewrite(
+            &w.tenant,
+            EVENTS_TABLE,
+            RewriteKind::Delete,
+            day97,
+            vec![],
+            None,
+        )
         .await
         .unwrap();
     w.written.retain(|e| e.day != 97);

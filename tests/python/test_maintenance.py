@@ -134,6 +134,17 @@ def test_retention_drops_old_days_and_their_bytes(srv):
     assert not any(f"ts_day={old_day}" in p for p in listing(srv.data, "ret"))
     assert "retention_days=30" in floe(srv.data, "tenant", "list")
 
+    # Both deletions are in the tenant's audit log, as pyiceberg reads it: the dropped days
+    # (with the `delete` snapshot) and the expiry that removed their bytes.
+    floe(srv.data, "audit", "publish")
+    records = iceberg_catalog(srv.data).load_table("ret.audit").scan().to_arrow().to_pylist()
+    details = {r["action"]: (r["actor"], json.loads(r["detail"])) for r in records}
+    actor, dropped = details["retention.delete"]
+    assert actor == "compactor" and dropped["table"] == "events" and dropped["days"] == 30, dropped
+    assert dropped["rows"] == 100 and dropped["files"] >= 1 and dropped["bytes"] > 0, dropped
+    actor, expired = details["maintenance.expire"]
+    assert actor == "compactor" and expired["data_bytes"] > 0, expired
+
 
 def holds_user(filesystem, io, path, user):
     """Whether one object holds `user` in any string we can decode: stricter than Floe's own

@@ -44,6 +44,20 @@ def kafka_python_security(props=None):
 SECURITY = kafka_python_security()
 
 
+def keep_first_sasl_session():
+    """The test broker (tansu 0.6) tells clients their SASL session lasts 60 s, then refuses the
+    second handshake a client sends on the connection to renew it (KIP-368 re-authentication;
+    Apache Kafka accepts it). kafka-python fails the batches in flight on that refusal, so the
+    tests' own clients keep their first session. Floe's librdkafka clients, refused the same
+    way, reconnect and authenticate afresh; nothing is lost (these tests check it)."""
+    from kafka.net.connection import SaslReauthenticator
+
+    SaslReauthenticator.schedule = lambda self: None
+
+
+keep_first_sasl_session()
+
+
 @pytest.fixture(scope="module")
 def brokers():
     assert BROKERS, "FLOE_TEST_KAFKA_BROKERS is not set: run eval \"$(infra/services.sh up)\" first"

@@ -1,14 +1,16 @@
 //! De-duplication of `(tenant incarnation, event_id)` within a window.
 //!
-//! A producer-supplied `event_id` is remembered (as a 128-bit hash of the tenant id, its
+//! A producer-supplied `event_id` is remembered (as a 96-bit fingerprint of the tenant id, its
 //! incarnation and the id: a tenant created again under an old id starts with an empty window)
-//! for `window` after it was
-//! accepted, up to `max_ids` ids per process (oldest forgotten first). A retry inside that
-//! window is acknowledged but not stored again. On start the set is rebuilt from the tables
-//! (ids received within the window) and the write-ahead log, so the guarantee holds across
-//! restarts.
+//! for at least `window` after it was accepted, up to `max_ids` ids per process (oldest
+//! forgotten first). A retry inside that window is acknowledged but not stored again. On start
+//! the set is rebuilt from the tables (ids received within the window) and the write-ahead log,
+//! so the guarantee holds across restarts.
+//!
+//! The set costs at most 28 bytes per id (see [`Window`]): 20 million ids, the default cap,
+//! fit in 560 MB.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use floe_catalog::TenantKey;
@@ -41,46 +43,26 @@ pub fn key(tenant: &TenantKey, event_id: &str) -> Key {
 }
 
 pub struct Dedup {
-    window_us: i64,
-    max_ids: usize,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// Key to the time (µs) it was accepted.
-    seen: HashMap<Key, i64>,
-    /// Insertion order, for eviction.
-    order: VecDeque<(Key, i64)>,
+    inner: Mutex<Window>,
 }
 
 impl Dedup {
     pub fn new(window_secs: u64, max_ids: usize) -> Dedup {
         Dedup {
-            window_us: (window_secs as i64).saturating_mul(1_000_000),
-            max_ids: max_ids.max(1),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Window::new(
+                (window_secs as i64).saturating_mul(1_000_000),
+                max_ids.max(1),
+            )),
         }
     }
 
     /// For each key, in order: `true` if it is new (and now remembered), `false` if it was
     /// seen within the window (including earlier in the same slice).
     pub fn admit(&self, keys: &[Key], now_us: i64) -> Vec<bool> {
-        let mut inner = self.lock();
-        self.evict(&mut inner, now_us);
-        let verdicts = keys
-            .iter()
-            .map(|k| {
-                if inner.seen.contains_key(k) {
-                    false
-                } else {
-                    inner.seen.insert(*k, now_us);
-                    inner.order.push_back((*k, now_us));
-                    true
-                }
-            })
-            .collect();
-        self.evict(&mut inner, now_us);
+        let mut w = self.lock();
+        w.evict(now_us);
+        let verdicts = keys.iter().map(|&k| w.insert(k, now_us)).collect();
+        w.evict(now_us);
         verdicts
     }
 
@@ -121,129 +103,292 @@ impl Dedup {
 
     /// Remembers keys accepted earlier (at `at_us`), as found on start.
     pub fn remember(&self, keys: impl IntoIterator<Item = (Key, i64)>, now_us: i64) {
-        let mut inner = self.lock();
+        let mut w = self.lock();
+        let horizon = now_us - w.window_us;
+        let mut keys: Vec<(Key, i64)> = keys
+            .into_iter()
+            .filter(|&(_, at)| at >= horizon)
+            .map(|(k, at)| (k, at.min(now_us)))
+            .collect();
+        // In time order, so that each id lands in the generation of its time.
+        keys.sort_unstable_by_key(|&(_, at)| at);
         for (k, at) in keys {
-            if at + self.window_us < now_us {
-                continue;
-            }
-            if inner.seen.insert(k, at).is_none() {
-                inner.order.push_back((k, at));
-            }
+            w.insert(k, at);
         }
-        self.evict(&mut inner, now_us);
+        w.evict(now_us);
     }
 
     /// Forgets keys admitted by a request that then failed, so that its retry is stored.
     pub fn forget(&self, keys: &[Key]) {
-        let mut inner = self.lock();
-        for k in keys {
-            inner.seen.remove(k);
+        let mut w = self.lock();
+        for &k in keys {
+            w.remove(k);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().seen.len()
+        self.lock().live
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// Bytes the set holds.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         // The set holds plain data; a panic elsewhere cannot leave it inconsistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn evict(&self, inner: &mut Inner, now_us: i64) {
+/// Generations an id's stamp can name: stamps count modulo this, and `DEAD` is never one.
+const STAMPS: u32 = u16::MAX as u32;
+/// The stamp of a forgotten id's slot.
+const DEAD: u16 = u16::MAX;
+/// Generations a window is cut into (by time), and a cap into (by count).
+const GENERATIONS: i64 = 256;
+/// Generations opened before a rebuild clears old stamps (well under `STAMPS`, so that a stamp
+/// of a generation long gone never reads as a live one).
+const REBUILD_EVERY: u32 = 60_000;
+const MIN_SLOTS: usize = 1024;
+
+/// The ids of a window: an open-addressing table of 96-bit fingerprints (linear probing), each
+/// slot stamped with the generation it was admitted in.
+///
+/// Ids are not timed one by one: they are admitted into generations, each one 1/256 of the
+/// window long and holding at most 1/256 of `max_ids`, and a generation is forgotten whole,
+/// once its newest id is older than the window (so an id is kept for at least the window, up
+/// to 1/256 of it longer) or the ids after it reach `max_ids`. A slot whose stamp names no live
+/// generation is free for reuse; a rebuild (when 80 % of the slots are taken, or fewer than
+/// 1/8 hold live ids) keeps the live ones at half the slots. A slot is 14 bytes (64 + 32 bits
+/// of fingerprint, 16 of stamp), so an id costs 28 bytes after a rebuild and less as the table
+/// fills. With 96 bits, two distinct ids of a full 20-million window share a fingerprint with
+/// odds of about 1 in 10^14.
+struct Window {
+    window_us: i64,
+    max_ids: usize,
+    /// A generation is closed once it spans this long...
+    generation_us: i64,
+    /// ...or holds this many ids.
+    generation_ids: usize,
+    hi: Vec<u64>,
+    lo: Vec<u32>,
+    stamp: Vec<u16>,
+    /// Slots not empty (live ids, and ids forgotten or of forgotten generations).
+    taken: usize,
+    /// Live ids.
+    live: usize,
+    /// Live generations, oldest first.
+    generations: VecDeque<Generation>,
+    /// The stamp of the next generation opened.
+    next_stamp: u16,
+    opened_since_rebuild: u32,
+}
+
+struct Generation {
+    stamp: u16,
+    first_us: i64,
+    newest_us: i64,
+    ids: usize,
+}
+
+/// A slot's content: the fingerprint, never (0, 0) (the empty slot).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Print {
+    hi: u64,
+    lo: u32,
+}
+
+fn print(k: Key) -> Print {
+    let (hi, lo) = ((k >> 64) as u64, k as u32);
+    if hi == 0 && lo == 0 {
+        Print { hi: 0, lo: 1 }
+    } else {
+        Print { hi, lo }
+    }
+}
+
+/// Where a lookup ended.
+enum Found {
+    /// The live slot holding the print.
+    Live(usize),
+    /// Not there: the slot to put it in (a reusable one on its probe path, else the empty one
+    /// that ended it), and whether that slot is empty.
+    Absent { slot: usize, empty: bool },
+}
+
+impl Window {
+    fn new(window_us: i64, max_ids: usize) -> Window {
+        Window {
+            window_us,
+            max_ids,
+            generation_us: (window_us / GENERATIONS).max(1),
+            generation_ids: (max_ids / GENERATIONS as usize).max(1),
+            hi: vec![0; MIN_SLOTS],
+            lo: vec![0; MIN_SLOTS],
+            stamp: vec![DEAD; MIN_SLOTS],
+            taken: 0,
+            live: 0,
+            generations: VecDeque::new(),
+            next_stamp: 0,
+            opened_since_rebuild: 0,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.hi.len() * 14 + self.generations.len() * std::mem::size_of::<Generation>()
+    }
+
+    /// Generations from the stamp's to the newest one (`None`: no live generation has it).
+    fn age(&self, stamp: u16) -> Option<usize> {
+        let newest = self.generations.back()?.stamp;
+        if stamp == DEAD {
+            return None;
+        }
+        let age = (u32::from(newest) + STAMPS - u32::from(stamp)) % STAMPS;
+        ((age as usize) < self.generations.len()).then_some(age as usize)
+    }
+
+    fn find(&self, p: Print) -> Found {
+        let n = self.hi.len();
+        // The print's top bits pick the first slot (it is a hash: uniform), scaled to `n`.
+        let mut i = ((u128::from(p.hi) * n as u128) >> 64) as usize;
+        let mut reuse = None;
+        loop {
+            if self.hi[i] == 0 && self.lo[i] == 0 {
+                return match reuse {
+                    Some(slot) => Found::Absent { slot, empty: false },
+                    None => Found::Absent {
+                        slot: i,
+                        empty: true,
+                    },
+                };
+            }
+            if self.age(self.stamp[i]).is_some() {
+                if self.hi[i] == p.hi && self.lo[i] == p.lo {
+                    return Found::Live(i);
+                }
+            } else if reuse.is_none() {
+                reuse = Some(i);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
+    /// Admits `k` at `at_us`: `true` if it was not live (and now is).
+    fn insert(&mut self, k: Key, at_us: i64) -> bool {
+        let p = print(k);
+        let (slot, empty) = match self.find(p) {
+            Found::Live(_) => return false,
+            Found::Absent { slot, empty } => (slot, empty),
+        };
+        let stamp = self.current(at_us);
+        self.hi[slot] = p.hi;
+        self.lo[slot] = p.lo;
+        self.stamp[slot] = stamp;
+        self.live += 1;
+        if empty {
+            self.taken += 1;
+        }
+        if let Some(g) = self.generations.back_mut() {
+            g.ids += 1;
+            g.newest_us = g.newest_us.max(at_us);
+        }
+        if self.taken * 5 > self.hi.len() * 4 || self.opened_since_rebuild >= REBUILD_EVERY {
+            self.rebuild();
+        }
+        true
+    }
+
+    fn remove(&mut self, k: Key) {
+        if let Found::Live(i) = self.find(print(k)) {
+            let age = self.age(self.stamp[i]).unwrap_or_default();
+            let index = self.generations.len() - 1 - age;
+            self.generations[index].ids -= 1;
+            self.live -= 1;
+            self.stamp[i] = DEAD;
+        }
+    }
+
+    /// The stamp of the generation an id admitted at `at_us` goes to, opening one if the
+    /// newest is full or past its span (no slot moves). (An id older than the newest generation's first, as
+    /// ids found on start can be, goes to the newest: it is kept longer, never shorter.)
+    fn current(&mut self, at_us: i64) -> u16 {
+        match self.generations.back() {
+            Some(g) if g.ids < self.generation_ids && at_us < g.first_us + self.generation_us => {
+                return g.stamp;
+            }
+            _ => {}
+        }
+        let first_us = self
+            .generations
+            .back()
+            .map_or(at_us, |g| g.first_us.max(at_us));
+        let stamp = self.next_stamp;
+        self.next_stamp = ((u32::from(stamp) + 1) % STAMPS) as u16;
+        self.generations.push_back(Generation {
+            stamp,
+            first_us,
+            newest_us: at_us,
+            ids: 0,
+        });
+        // The caller rebuilds once `REBUILD_EVERY` are opened (after the id it admits).
+        self.opened_since_rebuild += 1;
+        stamp
+    }
+
+    /// Forgets the generations whose ids are all older than the window, then the oldest ones
+    /// while more than `max_ids` are live.
+    fn evict(&mut self, now_us: i64) {
         let horizon = now_us - self.window_us;
-        while let Some(&(k, at)) = inner.order.front() {
-            if at >= horizon && inner.order.len() <= self.max_ids {
+        while let Some(g) = self.generations.front() {
+            if g.newest_us >= horizon && self.live <= self.max_ids {
                 break;
             }
-            inner.order.pop_front();
-            // Only drop the entry this order slot stands for (it may have been re-admitted).
-            if inner.seen.get(&k) == Some(&at) {
-                inner.seen.remove(&k);
+            self.live -= g.ids;
+            self.generations.pop_front();
+        }
+        if self.hi.len() > MIN_SLOTS && self.live * 8 < self.hi.len() {
+            self.rebuild();
+        }
+    }
+
+    /// Moves the live ids to a table twice their number (at least `MIN_SLOTS`).
+    fn rebuild(&mut self) {
+        let n = (self.live * 2).max(MIN_SLOTS);
+        let old = Window {
+            hi: std::mem::replace(&mut self.hi, vec![0; n]),
+            lo: std::mem::replace(&mut self.lo, vec![0; n]),
+            stamp: std::mem::replace(&mut self.stamp, vec![DEAD; n]),
+            generations: VecDeque::new(),
+            ..Window::new(self.window_us, self.max_ids)
+        };
+        self.taken = 0;
+        self.opened_since_rebuild = 0;
+        for i in 0..old.hi.len() {
+            if self.age(old.stamp[i]).is_none() {
+                continue;
+            }
+            let p = Print {
+                hi: old.hi[i],
+                lo: old.lo[i],
+            };
+            if let Found::Absent { slot, .. } = self.find(p) {
+                self.hi[slot] = p.hi;
+                self.lo[slot] = p.lo;
+                self.stamp[slot] = old.stamp[i];
+                self.taken += 1;
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(id: &str) -> TenantKey {
-        TenantKey::new(floe_catalog::TenantId::parse(id).unwrap(), "i1")
-    }
-
-    #[test]
-    fn admits_once_within_the_window() {
-        let d = Dedup::new(10, 100);
-        let a = key(&t("t"), "a");
-        let b = key(&t("t"), "b");
-        assert_eq!(d.admit(&[a, b, a], 0), vec![true, true, false]);
-        assert_eq!(d.admit(&[a], 9_000_000), vec![false]);
-        // After the window, the id is forgotten.
-        assert_eq!(d.admit(&[a], 11_000_001), vec![true]);
-        // Tenants are separate, and so are two incarnations of one tenant id.
-        assert_ne!(key(&t("t1"), "a"), key(&t("t2"), "a"));
-        assert_ne!(key(&t("ab"), "c"), key(&t("a"), "bc"));
-        let again = TenantKey::new(floe_catalog::TenantId::parse("t").unwrap(), "i2");
-        assert_ne!(key(&t("t"), "a"), key(&again, "a"));
-    }
-
-    #[test]
-    fn bounded_by_max_ids_and_forget_undoes_admit() {
-        let d = Dedup::new(1000, 3);
-        let keys: Vec<_> = (0..5).map(|i| key(&t("t"), &i.to_string())).collect();
-        assert_eq!(d.admit(&keys, 0), vec![true; 5]);
-        assert_eq!(d.len(), 3);
-        // The oldest two were forgotten.
-        assert_eq!(d.admit(&[keys[0]], 1), vec![true]);
-        assert_eq!(d.admit(&[keys[4]], 2), vec![false]);
-        d.forget(&[keys[4]]);
-        assert_eq!(d.admit(&[keys[4]], 3), vec![true]);
-    }
-
-    #[test]
-    fn admit_events_leaves_out_retries_of_client_ids_only() {
-        let d = Dedup::new(10, 100);
-        let ev = |id: &str, client_id: bool| StoredEvent {
-            event_id: id.into(),
-            kind: "k".into(),
-            version: 1,
-            ts: 0,
-            received_at: 0,
-            user_id: None,
-            payload: "{}".into(),
-            client_id,
-        };
-        let first = d.admit_events(
-            &t("t"),
-            vec![ev("a", true), ev("g", false), ev("a", true)],
-            0,
-        );
-        let ids: Vec<_> = first.fresh.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(ids, ["a", "g"]);
-        assert_eq!((first.admitted.len(), first.duplicates), (1, 1));
-        // A generated id is never a duplicate; a client id retried is.
-        let again = d.admit_events(
-            &t("t"),
-            vec![ev("g", false), ev("a", true), ev("b", true)],
-            1,
-        );
-        let ids: Vec<_> = again.fresh.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(ids, ["g", "b"]);
-        assert_eq!(again.duplicates, 1);
-        d.forget(&again.admitted);
-        assert_eq!(
-            d.admit_events(&t("u"), vec![ev("b", true)], 2).duplicates,
-            0
-        );
-        assert_eq!(
-            d.admit_events(&t("t"), vec![ev("b", true)], 2).duplicates,
-            0
-        );
-    }
-}
+mod tests;

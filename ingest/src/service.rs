@@ -1,6 +1,6 @@
 //! The ingest service: ties the write-ahead log, de-duplication and the batchers together.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -483,8 +483,8 @@ async fn recent_event_ids(
         context: "reading recent event ids",
         source: Box::new(source),
     })?;
+    // Ids found twice (a retry stored again past an earlier window) are left to `remember`.
     let mut out = Vec::new();
-    let mut seen_server_ids = HashSet::new();
     while let Some(batch) = stream.try_next().await.map_err(|source| Error::Iceberg {
         context: "reading recent event ids",
         source: Box::new(source),
@@ -494,13 +494,9 @@ async fn recent_event_ids(
         for i in 0..batch.num_rows() {
             let t = at.value(i);
             if t >= since {
-                let k = dedup::key(tenant, ids.value(i));
-                if seen_server_ids.insert(k) {
-                    out.push((k, t));
-                }
+                out.push((dedup::key(tenant, ids.value(i)), t));
             }
         }
     }
-    out.sort_by_key(|(_, t)| *t);
     Ok(out)
 }

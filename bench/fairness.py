@@ -13,6 +13,12 @@ heavy queries at a time in a loop (distinct users and a sort over its whole tabl
 work does not hold up B's client (one Python process would share one interpreter lock). The peer
 of each figure is B's own baseline in the same run.
 
+B's table grows during the run (five commits a second), and its query's time grows with its
+files. So that the baseline is not measured on a smaller table than the contended phase, the
+phases alternate (`--rounds` of alone, then contended) and B's table is compacted before each
+phase (`floe compact --tenant tenant-b`, as a production schedule would keep it): every phase
+starts from the same few files and adds the same number.
+
 Prints a Markdown table; the figures go into BENCHMARKS.md.
 """
 
@@ -36,6 +42,12 @@ from floe_server import FLOE
 def floe(data, *args):
     return subprocess.run([FLOE, "--data-dir", str(data), *args], check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+def live_files(data, tenant):
+    """Live data files of the tenant's tables (`floe compact --dry-run`)."""
+    out = floe(data, "compact", "--tenant", tenant, "--dry-run")
+    return int(out.split("dry run: ", 1)[1].split(" files", 1)[0])
 
 
 def body_of(tenant, start, n):
@@ -188,6 +200,7 @@ def main():
                          "-1: no flood)")
     ap.add_argument("--heavy", type=int, default=2, help="A's heavy queries at a time")
     ap.add_argument("--a-events", type=int, default=500_000, help="events in A's table")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of (alone, contended) phases")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for the server (`floe serve --set`), e.g. query.cpu_slots=1")
     args = ap.parse_args()
@@ -216,21 +229,36 @@ def main():
             assert time.monotonic() < deadline, "A's table did not become visible"
             time.sleep(0.5)
         time.sleep(2)
-        fresh = lambda: {"visible": [], "query": [], "refused": 0, "query_errors": []}  # noqa: E731
-        solo = fresh()
-        tenant_b(b, args.seconds, solo)
-        contended = fresh()
-        contended["sent"] = solo["sent"]
+        fresh = lambda: {"visible": [], "query": [], "refused": 0, "query_errors": [], "sent": 0}  # noqa: E731
+        solo, contended = fresh(), fresh()
         rate = None if args.flood < 0 else int(args.flood * args.quota)
         ctx = multiprocessing.get_context("fork")
-        out = ctx.Queue()
-        started = time.monotonic()
-        flood = ctx.Process(target=tenant_a, args=(a, args.seconds, rate, args.heavy, out))
-        flood.start()
-        tenant_b(b, args.seconds, contended)
-        stats = out.get()
-        flood.join()
-        elapsed = time.monotonic() - started
+        stats, elapsed, phases = {}, 0.0, []
+        for _ in range(args.rounds):
+            for arm in ("alone", "contended"):
+                floe(data, "compact", "--tenant", b.name)
+                files = live_files(data, b.name)
+                phase = fresh()
+                phase["sent"] = max(solo["sent"], contended["sent"])
+                if arm == "alone":
+                    tenant_b(b, args.seconds, phase)
+                else:
+                    out = ctx.Queue()
+                    started = time.monotonic()
+                    flood = ctx.Process(target=tenant_a, args=(a, args.seconds, rate, args.heavy, out))
+                    flood.start()
+                    tenant_b(b, args.seconds, phase)
+                    for k, v in out.get().items():
+                        stats[k] = stats.get(k, 0) + v
+                    flood.join()
+                    elapsed += time.monotonic() - started
+                phases.append((arm, files, live_files(data, b.name), phase))
+                total = solo if arm == "alone" else contended
+                for k in ("visible", "query", "query_errors"):
+                    total[k] += phase[k]
+                total["refused"] += phase["refused"]
+                total["sent"] = phase["sent"]
+                solo["sent"] = contended["sent"] = phase["sent"]
     finally:
         floe_server.stop(proc)
     print(f"quota ingest_events_per_sec = {args.quota} for both tenants; {args.seconds} s per phase\n")
@@ -238,6 +266,12 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(summary("alone", solo))
     print(summary("while A floods", contended))
+    print("\nPhases (B's live files at the start and end of each, after its compaction):\n")
+    print("| phase | B's files | query p50 | p99 | time-to-visible p99 |")
+    print("|---|---:|---:|---:|---:|")
+    for arm, before, after, r in phases:
+        print(f"| {arm} | {before} → {after} | {pct(r['query'], 50):.0f} ms | {pct(r['query'], 99):.0f} ms | "
+              f"{pct(r['visible'], 99):.0f} ms |")
     ratio_v = pct(contended["visible"], 99) / pct(solo["visible"], 99)
     ratio_q = pct(contended["query"], 99) / pct(solo["query"], 99)
     print(f"\nB's p99 under A's flood / alone: time-to-visible {ratio_v:.2f}x, query {ratio_q:.2f}x")

@@ -23,7 +23,9 @@
 //! takes a slot: a thread holds one slot at most and never waits for a second while holding
 //! one, so slots cannot deadlock. Work a plan does outside of any stream's step (a repartition
 //! hashing the batch it just received) is not counted; it is bounded by the counted steps that
-//! feed it.
+//! feed it. An operator whose one step would otherwise run for as long as its input is large
+//! (a nested loop join joins its whole build side with each probe batch in one poll) gets its
+//! input in slices that keep its steps near one slice long ([`probe`]).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -563,14 +565,16 @@ struct Steps<S> {
     gate: Gate,
 }
 
-/// `plan` with every node's steps run under `cpu`'s slots.
+/// `plan` with every node's steps run under `cpu`'s slots (and nested loop joins probing in
+/// slices: [`probe`]).
 pub fn share(plan: Arc<dyn ExecutionPlan>, cpu: &TenantCpu) -> Result<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        Ok(Transformed::yes(
-            Arc::new(Sliced::new(node, cpu.clone())) as _
-        ))
-    })
-    .map(|t| t.data)
+    probe::slice_probes(plan, cpu.share.slice)?
+        .transform_up(|node| {
+            Ok(Transformed::yes(
+                Arc::new(Sliced::new(node, cpu.clone())) as _
+            ))
+        })
+        .map(|t| t.data)
 }
 
 impl<S: Stream + Unpin> Stream for Steps<S> {
@@ -698,6 +702,8 @@ impl RecordBatchStream for SlicedStream {
         self.schema.clone()
     }
 }
+
+mod probe;
 
 #[cfg(test)]
 mod tests;

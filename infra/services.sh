@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Local services for Floe's real stack, on loopback ports, with their data in a temp folder:
 #   - an S3-compatible server (MinIO where installed, else s3s-fs built from crates.io),
+#     reached over TLS only: its address is a TLS terminator (Debian's stunnel4) in front of
+#     it, so clients speak https and verify the certificate (FLOE_S3_CA_FILE=<the CA>),
 #   - PostgreSQL (Debian's, started with initdb/pg_ctl; installed with apt-get when missing),
 #     over TLS only for the floe user: clients verify its certificate (PGSSLMODE=verify-full,
 #     PGSSLROOTCERT=<the CA>),
 #   - a Kafka-compatible broker (tansu, built from crates.io, SQLite storage in the folder) that
 #     requires SASL/SCRAM-SHA-256, reached over TLS only: its advertised address is a TLS
-#     terminator (Debian's stunnel4) in front of it, so clients speak SASL_SSL and verify the
+#     terminator (stunnel4 again) in front of it, so clients speak SASL_SSL and verify the
 #     certificate (the FLOE_KAFKA_PROPERTIES_* lines of the printed environment).
 # The certificates come from a throwaway CA made here with openssl ($FLOE_SERVICES_DIR/ca.pem).
 #
@@ -21,7 +23,8 @@
 #                                    stop or start one service, keeping its data (outage tests)
 #
 # Settings (environment): FLOE_SERVICES_DIR (data, logs, pids; default $TMPDIR/floe-services),
-# FLOE_SERVICES_S3_PORT (19000), FLOE_SERVICES_PG_PORT (15432), FLOE_SERVICES_KAFKA_PORT (19092,
+# FLOE_SERVICES_S3_PORT (19000, TLS), FLOE_SERVICES_S3_SERVER_PORT (19001, the S3 server behind
+# it, loopback), FLOE_SERVICES_PG_PORT (15432), FLOE_SERVICES_KAFKA_PORT (19092,
 # TLS), FLOE_SERVICES_KAFKA_BROKER_PORT (19093, the broker behind it, loopback, SCRAM required),
 # FLOE_CACHE_DIR (where tools built from crates.io are kept; default ~/.cache/floe).
 # Progress goes to stderr; stdout carries only the export lines.
@@ -31,6 +34,7 @@ DIR="${FLOE_SERVICES_DIR:-${TMPDIR:-/tmp}/floe-services}"
 CACHE="${FLOE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/floe}"
 TOOLS="$CACHE/tools"
 S3_PORT="${FLOE_SERVICES_S3_PORT:-19000}"
+S3_SERVER_PORT="${FLOE_SERVICES_S3_SERVER_PORT:-19001}"
 PG_PORT="${FLOE_SERVICES_PG_PORT:-15432}"
 KAFKA_PORT="${FLOE_SERVICES_KAFKA_PORT:-19092}"
 KAFKA_BROKER_PORT="${FLOE_SERVICES_KAFKA_BROKER_PORT:-19093}"
@@ -73,32 +77,31 @@ s3_binary() {
 }
 
 s3_start() {
-  if alive "$DIR/s3.pid"; then return; fi
+  if alive "$DIR/s3.pid" && alive "$DIR/s3-tls.pid"; then return; fi
+  s3_stop
   port_open "$S3_PORT" && die "port $S3_PORT is taken by something else (set FLOE_SERVICES_S3_PORT)"
+  port_open "$S3_SERVER_PORT" \
+    && die "port $S3_SERVER_PORT is taken by something else (set FLOE_SERVICES_S3_SERVER_PORT)"
   local bin
   bin=$(s3_binary)
   mkdir -p "$DIR/s3/$BUCKET"
   if [ "$(basename "$bin")" = minio ]; then
     MINIO_ROOT_USER="$S3_KEY" MINIO_ROOT_PASSWORD="$S3_SECRET" \
-      nohup "$bin" server "$DIR/s3" --address "127.0.0.1:$S3_PORT" --console-address "127.0.0.1:0" \
-      >"$DIR/s3.log" 2>&1 &
+      nohup "$bin" server "$DIR/s3" --address "127.0.0.1:$S3_SERVER_PORT" \
+      --console-address "127.0.0.1:0" >"$DIR/s3.log" 2>&1 &
   else
     # s3s-fs keeps each bucket as a folder of the root: the bucket exists already.
-    nohup "$bin" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
-      "$DIR/s3" >"$DIR/s3.log" 2>&1 &
+    nohup "$bin" --host 127.0.0.1 --port "$S3_SERVER_PORT" --access-key "$S3_KEY" \
+      --secret-key "$S3_SECRET" "$DIR/s3" >"$DIR/s3.log" 2>&1 &
   fi
   echo $! >"$DIR/s3.pid"
-  wait_port "$S3_PORT" 60 || die "the S3 server did not start; see $DIR/s3.log"
-  say "S3 ($(basename "$bin")) on 127.0.0.1:$S3_PORT, bucket $BUCKET"
+  wait_port "$S3_SERVER_PORT" 60 || die "the S3 server did not start; see $DIR/s3.log"
+  tls_front s3 "$S3_PORT" "$S3_SERVER_PORT"
+  say "S3 ($(basename "$bin")) over TLS on 127.0.0.1:$S3_PORT, bucket $BUCKET"
 }
 
 s3_stop() {
-  if alive "$DIR/s3.pid"; then
-    kill "$(cat "$DIR/s3.pid")" 2>/dev/null || true
-    for _ in $(seq 50); do alive "$DIR/s3.pid" || break; sleep 0.1; done
-    kill -9 "$(cat "$DIR/s3.pid")" 2>/dev/null || true
-  fi
-  rm -f "$DIR/s3.pid"
+  stop_pids s3-tls s3
 }
 
 # ---------------------------------------------------------------------------- PostgreSQL
@@ -152,6 +155,40 @@ tls_ca() {
   openssl x509 -req -in "$t/server.csr" -CA "$DIR/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
     -days 30 -extfile "$t/ext.cnf" -out "$t/server.crt" 2>/dev/null || die "could not sign"
   chmod 644 "$DIR/ca.pem"
+}
+
+# A TLS terminator (Debian's stunnel4) on 127.0.0.1:$2 presenting the test CA's certificate,
+# passing connections on to the plain service on 127.0.0.1:$3; its pid in $DIR/$1-tls.pid.
+tls_front() {
+  local name=$1 accept=$2 connect=$3
+  apt_install stunnel4 stunnel4
+  tls_ca
+  cat >"$DIR/$name-tls.conf" <<EOF
+foreground = yes
+debug = warning
+pid =
+[$name]
+accept = 127.0.0.1:$accept
+connect = 127.0.0.1:$connect
+cert = $DIR/tls/server.crt
+key = $DIR/tls/server.key
+EOF
+  stunnel4 "$DIR/$name-tls.conf" >"$DIR/$name-tls.log" 2>&1 &
+  echo $! >"$DIR/$name-tls.pid"
+  wait_port "$accept" 30 || die "the TLS terminator of $name did not start; see $DIR/$name-tls.log"
+}
+
+# Stops the processes whose pids are in $DIR/<name>.pid, for each name given.
+stop_pids() {
+  local p
+  for p in "$@"; do
+    if alive "$DIR/$p.pid"; then
+      kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+      for _ in $(seq 50); do alive "$DIR/$p.pid" || break; sleep 0.1; done
+      kill -9 "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+    fi
+    rm -f "$DIR/$p.pid"
+  done
 }
 
 # PostgreSQL presents the test CA's certificate; the floe user may connect over TLS only.
@@ -244,7 +281,6 @@ kafka_start() {
     && die "port $KAFKA_BROKER_PORT is taken by something else (set FLOE_SERVICES_KAFKA_BROKER_PORT)"
   local bin
   bin=$(kafka_binary)
-  apt_install stunnel4 stunnel4
   tls_ca
   mkdir -p "$DIR/kafka"
   if [ ! -f "$DIR/kafka/user" ]; then
@@ -258,32 +294,12 @@ kafka_start() {
     touch "$DIR/kafka/user"
   fi
   kafka_broker "$bin" --authentication
-  cat >"$DIR/kafka/stunnel.conf" <<EOF
-foreground = yes
-debug = warning
-pid =
-[kafka]
-accept = 127.0.0.1:$KAFKA_PORT
-connect = 127.0.0.1:$KAFKA_BROKER_PORT
-cert = $DIR/tls/server.crt
-key = $DIR/tls/server.key
-EOF
-  stunnel4 "$DIR/kafka/stunnel.conf" >"$DIR/kafka-tls.log" 2>&1 &
-  echo $! >"$DIR/kafka-tls.pid"
-  wait_port "$KAFKA_PORT" 30 || die "the broker's TLS terminator did not start; see $DIR/kafka-tls.log"
+  tls_front kafka "$KAFKA_PORT" "$KAFKA_BROKER_PORT"
   say "Kafka (tansu, SASL/SCRAM-SHA-256) over TLS on 127.0.0.1:$KAFKA_PORT"
 }
 
 kafka_stop() {
-  local p
-  for p in kafka-tls kafka; do
-    if alive "$DIR/$p.pid"; then
-      kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
-      for _ in $(seq 50); do alive "$DIR/$p.pid" || break; sleep 0.1; done
-      kill -9 "$(cat "$DIR/$p.pid")" 2>/dev/null || true
-    fi
-    rm -f "$DIR/$p.pid"
-  done
+  stop_pids kafka-tls kafka
 }
 
 # ---------------------------------------------------------------------------- commands
@@ -294,7 +310,8 @@ export FLOE_WAREHOUSE=s3://$BUCKET/warehouse
 export FLOE_CATALOG=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB?sslmode=verify-full
 export PGSSLMODE=verify-full
 export PGSSLROOTCERT=$DIR/ca.pem
-export FLOE_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export FLOE_S3_ENDPOINT=https://127.0.0.1:$S3_PORT
+export FLOE_S3_CA_FILE=$DIR/ca.pem
 export FLOE_S3_REGION=us-east-1
 export FLOE_S3_PATH_STYLE=true
 export FLOE_S3_ACCESS_KEY_ID=$S3_KEY
@@ -310,7 +327,9 @@ EOF
 
 status() {
   local ok=0
-  if alive "$DIR/s3.pid" && port_open "$S3_PORT"; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; ok=1; fi
+  if alive "$DIR/s3.pid" && alive "$DIR/s3-tls.pid" && port_open "$S3_PORT"; then
+    echo "s3: up on 127.0.0.1:$S3_PORT (TLS)"
+  else echo "s3: down"; ok=1; fi
   if port_open "$PG_PORT" && [ -f "$DIR/pg/postmaster.pid" ]; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; ok=1; fi
   if alive "$DIR/kafka.pid" && alive "$DIR/kafka-tls.pid" && port_open "$KAFKA_PORT"; then
     echo "kafka: up on 127.0.0.1:$KAFKA_PORT (TLS, SASL/SCRAM)"

@@ -27,8 +27,8 @@ use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::client::SpawnedReqwestConnector;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, CredentialProvider, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, Certificate, ClientOptions, CredentialProvider, ObjectStore, ObjectStoreExt,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 
@@ -186,6 +186,34 @@ pub struct S3Storage {
     store: Arc<dyn ObjectStore>,
 }
 
+/// The HTTP client's options: timeouts, and the certificate authorities of `s3.ca_file`
+/// trusted besides the system's.
+fn client_options(s3: &S3Config) -> Result<ClientOptions> {
+    let mut options = ClientOptions::new()
+        .with_timeout(Duration::from_secs(s3.request_timeout_secs))
+        .with_connect_timeout(Duration::from_secs(5));
+    if !s3.ca_file.is_empty() {
+        let pem = std::fs::read(&s3.ca_file).map_err(|e| Error::Config {
+            message: format!("s3.ca_file: cannot read {}: {e}", s3.ca_file),
+        })?;
+        let authorities = Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config {
+            message: format!(
+                "s3.ca_file: {} holds no valid PEM certificate: {e}",
+                s3.ca_file
+            ),
+        })?;
+        if authorities.is_empty() {
+            return Err(Error::Config {
+                message: format!("s3.ca_file: {} holds no certificate", s3.ca_file),
+            });
+        }
+        for authority in authorities {
+            options = options.with_root_certificate(authority);
+        }
+    }
+    Ok(options)
+}
+
 impl S3Storage {
     pub fn new(bucket: &str, s3: &S3Config, io: &tokio::runtime::Handle) -> Result<S3Storage> {
         let region = if !s3.region.is_empty() {
@@ -205,11 +233,7 @@ impl S3Storage {
                 retry_timeout: Duration::from_secs(s3.request_timeout_secs),
             })
             .with_http_connector(SpawnedReqwestConnector::new(io.clone()))
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(Duration::from_secs(s3.request_timeout_secs))
-                    .with_connect_timeout(Duration::from_secs(5)),
-            );
+            .with_client_options(client_options(s3)?);
         if !s3.endpoint.is_empty() {
             builder = builder
                 .with_endpoint(s3.endpoint.trim_end_matches('/'))
@@ -703,5 +727,26 @@ mod tests {
             ..S3Config::default()
         };
         assert!(S3Storage::new("b", &s3, rt.handle()).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &std::path::Path| {
+            let s3 = S3Config {
+                ca_file: path.display().to_string(),
+                ..S3Config::default()
+            };
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            match S3Storage::new("b", &s3, rt.handle()) {
+                Err(e @ Error::Config { .. }) => e.to_string(),
+                other => panic!("expected a configuration error, got {other:?}"),
+            }
+        };
+        let missing = dir.path().join("missing.pem");
+        assert!(refused(&missing).contains("cannot read"));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(refused(&empty).contains("s3.ca_file"));
     }
 }

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +25,20 @@ import pytest
 FLOE = os.environ.get("FLOE_BIN")
 STACK = os.environ.get("FLOE_TEST_STACK", "local")
 assert STACK in ("local", "s3pg"), f"FLOE_TEST_STACK must be local or s3pg, not {STACK!r}"
+
+# The stack's S3 server speaks TLS with a certificate of the test CA. pyiceberg has no setting
+# for a CA of its own; its pyarrow file system (AWS SDK, curl) trusts the bundle SSL_CERT_FILE
+# names when pyarrow.fs is imported: this process gets a bundle of the system's authorities and
+# the test CA. Floe's processes keep the SSL_CERT_FILE they were given (see process_env): they
+# trust the CA through FLOE_S3_CA_FILE (s3.ca_file) alone.
+FLOE_SSL_CERT_FILE = os.environ.get("SSL_CERT_FILE")
+if STACK == "s3pg" and os.environ.get("FLOE_S3_CA_FILE"):
+    _bundle = Path(tempfile.mkdtemp(prefix="floe-test-ca-")) / "bundle.pem"
+    _parts = [Path(os.environ["FLOE_S3_CA_FILE"]).read_text()]
+    if FLOE_SSL_CERT_FILE and Path(FLOE_SSL_CERT_FILE).is_file():
+        _parts.append(Path(FLOE_SSL_CERT_FILE).read_text())
+    _bundle.write_text("\n".join(_parts))
+    os.environ["SSL_CERT_FILE"] = str(_bundle)
 
 _ENVS = {}
 
@@ -72,7 +87,11 @@ def sharing(a, b):
 
 
 def process_env(data_dir):
-    return {**os.environ, **stack_env(data_dir)}
+    env = {**os.environ, **stack_env(data_dir)}
+    env.pop("SSL_CERT_FILE", None)
+    if FLOE_SSL_CERT_FILE is not None:
+        env["SSL_CERT_FILE"] = FLOE_SSL_CERT_FILE
+    return env
 
 
 def floe(data_dir, *args):
@@ -125,12 +144,7 @@ def local_files(data_dir, table):
     paths = [t.file.file_path for t in table.scan().plan_files()]
     if STACK == "local":
         return [p.removeprefix("file://") for p in paths]
-    from pyarrow import fs
-
-    s3 = fs.S3FileSystem(
-        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
-        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
-    )
+    s3 = s3_filesystem()
     out = []
     cache = Path(data_dir) / "s3-copies"
     for p in paths:
@@ -142,6 +156,17 @@ def local_files(data_dir, table):
                 dst.write(src.read())
         out.append(str(local))
     return out
+
+
+def s3_filesystem():
+    """A pyarrow file system on the stack's S3 server (over TLS, trusting the test CA)."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(
+        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
+        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
+        tls_ca_file_path=os.environ.get("FLOE_S3_CA_FILE"),
+    )
 
 
 def free_port():

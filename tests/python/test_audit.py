@@ -14,7 +14,7 @@ import urllib.request
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import FLOE, floe, iceberg_catalog, process_env, request, start, statement, stop
+from conftest import FLOE, floe, iceberg_catalog, process_env, request, s3_filesystem, start, statement, stop
 
 
 def fetch(srv, token, sql):
@@ -71,12 +71,7 @@ def rewrite(path, table):
         with open(path.removeprefix("file://"), "wb") as f:
             f.write(data)
         return
-    from pyarrow import fs
-
-    s3 = fs.S3FileSystem(
-        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
-        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
-    )
+    s3 = s3_filesystem()
     with s3.open_output_stream(path.removeprefix("s3://")) as f:
         f.write(data)
 

@@ -9,7 +9,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import STACK, erase, floe, iceberg_catalog, post, request, stack_env, start, stop
+from conftest import STACK, erase, floe, iceberg_catalog, post, request, s3_filesystem, stack_env, start, stop
 
 DAY = 86400
 
@@ -27,10 +27,7 @@ def warehouse_fs(data):
 
     if STACK == "local":
         return fs.LocalFileSystem(), f"{data}/warehouse"
-    s3 = fs.S3FileSystem(
-        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
-        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
-    )
+    s3 = s3_filesystem()
     return s3, stack_env(data)["FLOE_WAREHOUSE"].removeprefix("s3://").rstrip("/")
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STACK, floe, iceberg_catalog, post, sharing, stack_env, start, stop
+from conftest import (FLOE, STACK, floe, iceberg_catalog, post, process_env, s3_filesystem, sharing, stack_env,
+                      start, stop)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,19 +41,10 @@ def object_keys(data, tenant):
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     from pyarrow import fs
 
-    s3 = s3fs()
+    s3 = s3_filesystem()
     prefix = stack_env(data)["FLOE_WAREHOUSE"].removeprefix("s3://") + f"/{tenant}"
     infos = s3.get_file_info(fs.FileSelector(prefix, recursive=True))
     return sorted(i.path.removeprefix(prefix + "/") for i in infos if i.type == fs.FileType.File)
-
-
-def s3fs():
-    from pyarrow import fs
-
-    return fs.S3FileSystem(
-        endpoint_override=os.environ["FLOE_S3_ENDPOINT"], access_key=os.environ["FLOE_S3_ACCESS_KEY_ID"],
-        secret_key=os.environ["FLOE_S3_SECRET_ACCESS_KEY"], region=os.environ.get("FLOE_S3_REGION", "us-east-1"),
-    )
 
 
 def exists(location):
@@ -60,7 +52,7 @@ def exists(location):
         return Path(location.removeprefix("file://")).exists()
     from pyarrow import fs
 
-    return s3fs().get_file_info(location.removeprefix("s3://")).type == fs.FileType.File
+    return s3_filesystem().get_file_info(location.removeprefix("s3://")).type == fs.FileType.File
 
 
 def test_objects_live_under_the_tenant_prefix_and_other_engines_read_them(server):
@@ -210,6 +202,32 @@ def test_catalog_outage_loses_and_duplicates_nothing(tmp_path):
     stop(proc)
     _, ids = count_and_ids(tmp_path, tenant)
     assert sorted(ids) == sorted(["warm-0", "after-0", *acked])
+
+
+@pytest.mark.skipif(STACK != "s3pg", reason="needs the S3 server of infra/services.sh (the s3pg stack)")
+def test_the_s3_server_is_reached_over_tls_only(tmp_path):
+    """The stack's S3 server answers over TLS only, with a certificate of the test CA: Floe
+    trusts it through s3.ca_file (not through SSL_CERT_FILE), refuses it without, and gets no S3
+    answer over plain http."""
+    env = process_env(tmp_path)
+    assert env["FLOE_S3_ENDPOINT"].startswith("https://")
+    ca = Path(env["FLOE_S3_CA_FILE"]).read_text().strip()
+    assert not env.get("SSL_CERT_FILE") or ca not in Path(env["SSL_CERT_FILE"]).read_text()
+
+    def create(tenant, **changes):
+        return subprocess.run([FLOE, "--data-dir", str(tmp_path), "tenant", "create", tenant],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, "FLOE_S3_REQUEST_RETRIES": "0", "FLOE_S3_REQUEST_TIMEOUT_SECS": "10",
+                                   **changes})
+
+    untrusted = create("tls-untrusted", FLOE_S3_CA_FILE="")
+    assert untrusted.returncode != 0
+    assert "certificate" in untrusted.stderr.lower(), untrusted.stderr
+    plain = create("tls-plain", FLOE_S3_ENDPOINT=env["FLOE_S3_ENDPOINT"].replace("https://", "http://"))
+    assert plain.returncode != 0, plain.stdout
+    trusted = create("tls-trusted")
+    assert trusted.returncode == 0, trusted.stderr
+    assert [k for k in object_keys(tmp_path, "tls-trusted") if k.endswith(".metadata.json")]
 
 
 @pytest.mark.skipif(STACK != "s3pg", reason="needs the S3 server of infra/services.sh (the s3pg stack)")

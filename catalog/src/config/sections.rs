@@ -198,6 +198,9 @@ pub struct S3Config {
     pub request_retries: usize,
     /// Longest time one request, with its retries, may take.
     pub request_timeout_secs: u64,
+    /// A PEM file of certificate authorities the endpoint's certificate may be signed by,
+    /// trusted besides the system's (an S3 server with a private CA); empty: the system's only.
+    pub ca_file: String,
 }
 
 impl Default for S3Config {
@@ -213,6 +216,7 @@ impl Default for S3Config {
             sse_kms_key_id: String::new(),
             request_retries: 3,
             request_timeout_secs: 30,
+            ca_file: String::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use iceberg::spec::{
 use iceberg::table::Table;
 
 use crate::commit::{Attempt, Change, Committed, NewSnapshot, Prepared, new_snapshot_id};
+use crate::maintenance::LIST_HOLDS_PARENT;
 use crate::positions::{
     KafkaBatch, POSITION_PREFIX, SourcePosition, carried_properties, kafka_key, kafka_positions,
     position_in,
@@ -280,6 +281,10 @@ impl Catalog {
             props.insert(k.to_string(), "0".to_string());
         }
         props.extend(added);
+        if parent.is_some() {
+            // The list below is the parent's plus this append's manifest.
+            props.insert(LIST_HOLDS_PARENT.to_string(), "true".to_string());
+        }
         match guard {
             Some(Guard::Log(pos)) => {
                 props.insert(

@@ -60,6 +60,9 @@ pub struct ExpireReport {
     pub data_bytes_deleted: u64,
     /// Compare-and-swaps lost to commits before expiry's own landed.
     pub conflicts: u32,
+    /// Manifest lists read (of the kept snapshots and of the expired ones): one per run of
+    /// Floe's appends, not one per snapshot ([`LIST_HOLDS_PARENT`]).
+    pub manifest_lists_read: usize,
     /// Wall time, reading what the snapshots reach and deleting included.
     pub seconds: f64,
     /// The objects deleted (or to delete).
@@ -88,7 +91,17 @@ struct Reach {
     manifests: HashSet<String>,
     /// Data files by path, with their size.
     data: HashMap<String, u64>,
+    /// Manifest lists read (the others were held whole by a child's: [`LIST_HOLDS_PARENT`]).
+    lists_read: usize,
 }
+
+/// The summary property of a snapshot whose manifest list holds every manifest of its
+/// parent's list, unchanged (Floe's appends: the parent's list plus the new manifest). The
+/// parent's list need not be read to know what the two reach together: this is what makes
+/// expiry and orphan cleanup read one list per run of appends instead of one per snapshot.
+/// Snapshots of other writers (a merging append may drop its parent's manifests) lack it and
+/// are read.
+pub(crate) const LIST_HOLDS_PARENT: &str = "floe.list-holds-parent";
 
 impl Catalog {
     /// Expires the snapshots `policy` does not keep and deletes the files only they reached.
@@ -186,6 +199,7 @@ impl Catalog {
         let reached = reach(
             &current,
             &snapshots,
+            &HashSet::new(),
             &HashSet::new(),
             true,
             &mut HashMap::new(),
@@ -425,17 +439,47 @@ fn split_snapshots(
 
 /// The manifest lists, manifests and data files `snapshots` reach. Manifests in `skip` are not
 /// read (nor counted); `alive_only`: only entries live in their snapshot count as reached.
+/// `read_elsewhere`: snapshots whose lists the caller reads (or has read) itself, all of whose
+/// manifests are in `skip`.
 async fn reach(
     table: &Table,
     snapshots: &[SnapshotRef],
+    read_elsewhere: &HashSet<i64>,
     skip: &HashSet<String>,
     alive_only: bool,
     cache: &mut HashMap<String, Arc<Manifest>>,
 ) -> Result<Reach> {
     let mut out = Reach::default();
+    // A snapshot whose child is one of Floe's appends in this set (or in `read_elsewhere`) is
+    // not read: the child's list holds all of its manifests, and the child is read (or held by
+    // its own child).
+    let ids: HashSet<i64> = snapshots
+        .iter()
+        .map(|s| s.snapshot_id())
+        .chain(read_elsewhere.iter().copied())
+        .collect();
+    let held: HashSet<i64> = table
+        .metadata()
+        .snapshots()
+        .filter(|s| ids.contains(&s.snapshot_id()))
+        .filter(|s| {
+            s.summary()
+                .additional_properties
+                .get(LIST_HOLDS_PARENT)
+                .is_some_and(|v| v == "true")
+        })
+        .filter_map(|s| s.parent_snapshot_id())
+        .filter(|p| ids.contains(p))
+        .collect();
+    let read: Vec<SnapshotRef> = snapshots
+        .iter()
+        .filter(|s| !held.contains(&s.snapshot_id()))
+        .cloned()
+        .collect();
+    out.lists_read = read.len();
     // Lists are folded in as they arrive: many snapshots share most of their manifests, and
     // holding every list at once would take memory in proportion to snapshots × manifests.
-    let mut lists = futures::stream::iter(snapshots.iter().cloned().map(|s| {
+    let mut lists = futures::stream::iter(read.into_iter().map(|s| {
         let table = table.clone();
         async move {
             table
@@ -537,15 +581,26 @@ impl Change for ExpireChange {
         if expire.is_empty() {
             return Ok(Attempt::Done((report, Vec::new())));
         }
-        let kept = reach(&current, &keep, &HashSet::new(), true, &mut self.manifests).await?;
+        let kept = reach(
+            &current,
+            &keep,
+            &HashSet::new(),
+            &HashSet::new(),
+            true,
+            &mut self.manifests,
+        )
+        .await?;
+        let kept_ids: HashSet<i64> = keep.iter().map(|s| s.snapshot_id()).collect();
         let gone = reach(
             &current,
             &expire,
+            &kept_ids,
             &kept.manifests,
             false,
             &mut self.manifests,
         )
         .await?;
+        report.manifest_lists_read = kept.lists_read + gone.lists_read;
         let mut garbage: Vec<String> = Vec::new();
         for (path, bytes) in &gone.data {
             if !kept.data.contains_key(path) {

@@ -281,9 +281,9 @@ impl Catalog {
             props.insert(k.to_string(), "0".to_string());
         }
         props.extend(added);
-        if parent.is_some() {
+        if let Some(p) = &parent {
             // The list below is the parent's plus this append's manifest.
-            props.insert(LIST_HOLDS_PARENT.to_string(), "true".to_string());
+            props.insert(LIST_HOLDS_PARENT.to_string(), p.snapshot_id().to_string());
         }
         match guard {
             Some(Guard::Log(pos)) => {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{Manifest, ManifestFile, SnapshotRef, TableMetadataBuilder};
+use iceberg::spec::{
+    Manifest, ManifestFile, Operation, SnapshotRef, TableMetadata, TableMetadataBuilder,
+};
 use iceberg::table::Table;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -96,11 +98,12 @@ struct Reach {
 }
 
 /// The summary property of a snapshot whose manifest list holds every manifest of its
-/// parent's list, unchanged (Floe's appends: the parent's list plus the new manifest). The
-/// parent's list need not be read to know what the two reach together: this is what makes
-/// expiry and orphan cleanup read one list per run of appends instead of one per snapshot.
-/// Snapshots of other writers (a merging append may drop its parent's manifests) lack it and
-/// are read.
+/// parent's list, unchanged (Floe's appends: the parent's list plus the new manifest); its
+/// value is the parent's snapshot id. The parent's list need not be read to know what the two
+/// reach together: this is what makes expiry and orphan cleanup read one list per run of
+/// appends instead of one per snapshot. Snapshots of other writers (a merging append may drop
+/// its parent's manifests) lack it and are read; one that copied it from its parent names the
+/// wrong parent, or is no append, and is not trusted.
 pub(crate) const LIST_HOLDS_PARENT: &str = "floe.list-holds-parent";
 
 impl Catalog {
@@ -458,19 +461,7 @@ async fn reach(
         .map(|s| s.snapshot_id())
         .chain(read_elsewhere.iter().copied())
         .collect();
-    let held: HashSet<i64> = table
-        .metadata()
-        .snapshots()
-        .filter(|s| ids.contains(&s.snapshot_id()))
-        .filter(|s| {
-            s.summary()
-                .additional_properties
-                .get(LIST_HOLDS_PARENT)
-                .is_some_and(|v| v == "true")
-        })
-        .filter_map(|s| s.parent_snapshot_id())
-        .filter(|p| ids.contains(p))
-        .collect();
+    let held = held_by_children(table.metadata(), &ids);
     let read: Vec<SnapshotRef> = snapshots
         .iter()
         .filter(|s| !held.contains(&s.snapshot_id()))
@@ -535,6 +526,22 @@ async fn reach(
         }
     }
     Ok(out)
+}
+
+/// The snapshots among `ids` whose every manifest a child among `ids` lists too: the parents
+/// named by Floe's appends ([`LIST_HOLDS_PARENT`], trusted only on an append that names its
+/// own parent).
+fn held_by_children(metadata: &TableMetadata, ids: &HashSet<i64>) -> HashSet<i64> {
+    metadata
+        .snapshots()
+        .filter(|s| ids.contains(&s.snapshot_id()))
+        .filter(|s| s.summary().operation == Operation::Append)
+        .filter_map(|s| {
+            let parent = s.parent_snapshot_id()?;
+            let said = s.summary().additional_properties.get(LIST_HOLDS_PARENT)?;
+            (said.parse::<i64>().ok() == Some(parent) && ids.contains(&parent)).then_some(parent)
+        })
+        .collect()
 }
 
 /// The audit record of a maintenance deletion in `table`. None for the audit table itself:
@@ -717,5 +724,58 @@ mod tests {
             serde_json::from_str(&json(&[(1, 1_000), (2, 2_000)], 1)).unwrap();
         let (keep, expire) = split_snapshots(&m, ExpirePolicy::keep_current_only(), now);
         assert_eq!((ids(keep), ids(expire)), (vec![1], vec![2]));
+    }
+
+    #[test]
+    fn only_an_append_naming_its_own_parent_holds_its_parents_list() {
+        // (id, parent, operation, the property's value)
+        let snapshots = [
+            (1, None, "append", None),
+            (2, Some(1), "append", Some("1")),
+            (3, Some(2), "replace", Some("2")), // copied by a rewrite: not trusted
+            (4, Some(3), "append", Some("99")), // names another parent: not trusted
+            (5, Some(4), "append", Some("4")),
+            (6, Some(5), "append", Some("5")),
+        ];
+        let snaps: Vec<String> = snapshots
+            .iter()
+            .map(|(id, parent, op, said)| {
+                let parent =
+                    parent.map_or(String::new(), |p| format!(r#""parent-snapshot-id":{p},"#));
+                let said = said.map_or(String::new(), |v| {
+                    format!(r#","{LIST_HOLDS_PARENT}":"{v}""#)
+                });
+                format!(
+                    r#"{{"snapshot-id":{id},{parent}"sequence-number":{id},"timestamp-ms":{id},
+                    "manifest-list":"/t/m/{id}.avro","summary":{{"operation":"{op}"{said}}},
+                    "schema-id":0}}"#
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"format-version":2,"table-uuid":"9c12d441-03fe-4693-9a96-a0705ddf69c1",
+            "location":"/t","last-sequence-number":6,"last-updated-ms":1,
+            "last-column-id":1,"current-schema-id":0,
+            "schemas":[{{"type":"struct","schema-id":0,"fields":[
+              {{"id":1,"name":"x","required":true,"type":"long"}}]}}],
+            "default-spec-id":0,"partition-specs":[{{"spec-id":0,"fields":[]}}],
+            "last-partition-id":999,"default-sort-order-id":0,
+            "sort-orders":[{{"order-id":0,"fields":[]}}],
+            "properties":{{}},"current-snapshot-id":6,
+            "refs":{{"main":{{"snapshot-id":6,"type":"branch"}}}},
+            "snapshots":[{}],"snapshot-log":[],"metadata-log":[]}}"#,
+            snaps.join(",")
+        );
+        let m: TableMetadata = serde_json::from_str(&json).unwrap();
+        let sorted = |h: HashSet<i64>| {
+            let mut v: Vec<i64> = h.into_iter().collect();
+            v.sort();
+            v
+        };
+        let all: HashSet<i64> = (1..=6).collect();
+        assert_eq!(sorted(held_by_children(&m, &all)), vec![1, 4, 5]);
+        // A child outside the set holds nothing: 5 is held only while 6 is in it.
+        let some: HashSet<i64> = (1..=5).collect();
+        assert_eq!(sorted(held_by_children(&m, &some)), vec![1, 4]);
     }
 }

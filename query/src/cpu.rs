@@ -394,6 +394,11 @@ struct Current {
     since: Instant,
 }
 
+/// When the step this thread holds a slot for began, if it holds one.
+fn step_began() -> Option<Instant> {
+    CURRENT.with_borrow(|current| current.as_ref().map(|c| c.since))
+}
+
 fn holding() -> bool {
     CURRENT.with_borrow(Option::is_some)
 }

@@ -14,7 +14,9 @@
 //! the whole batch. The join thus asks its input again every slice or so, where the slot's
 //! gate can make it give way to a tenant that has had less, and where, every
 //! [`YIELD_SLICES`] slices, the slice answers "not yet" (waking itself at once) so that the
-//! poll unwinds: a stopped query's work ends within that, plus one slice of work.
+//! poll unwinds: a stopped query's work ends within that, plus one slice of work. The smallest
+//! slice is one probe row, which the join still joins with its whole build side in one go: a
+//! build side of millions of rows under a costly filter can make that one slice long.
 
 use std::any::Any;
 use std::fmt;
@@ -156,6 +158,14 @@ impl Slices {
         let Some(handed) = self.handed.take() else {
             return;
         };
+        if let Some(began) = super::step_began()
+            && began > handed
+        {
+            // The step gave its slot back since (its gate made it yield) and began again: the
+            // time includes the wait for a slot, not only the join's work. So does this step's.
+            self.step = self.step.max(began);
+            return;
+        }
         let took = now.saturating_duration_since(handed);
         if took > self.target {
             self.rows = (self.rows / 2).max(1);

@@ -1,4 +1,5 @@
-"""Query latency: Floe over the Trino protocol versus DuckDB on the same Parquet files, same run.
+"""Query latency: Floe over the Trino protocol versus DuckDB and chdb on the same Parquet files,
+same run.
 
     FLOE_BIN=target/release/floe python bench/query_vs_duckdb.py [--events N] [--runs R] [--data DIR]
 
@@ -9,9 +10,11 @@ one million). Then each query runs R times (after one warm-up) in both engines:
           metadata, planning, execution, JSON pages): what an analyst's tool sees.
 - duckdb: `read_parquet` over the table's live data files (from pyiceberg's scan plan), in
           the same process as the benchmark: no protocol, no catalog.
+- chdb:   ClickHouse's engine in the same process (`file(..., Parquet)` over links to the same
+          live files), the same queries in ClickHouse's SQL.
 
-Both use every core. Prints the median seconds per query and the ratio, as a Markdown table
-for BENCHMARKS.md.
+All use every core. Prints the median seconds per query and the ratios, as a Markdown table
+for BENCHMARKS.md; a peer whose answer has another number of rows than Floe's is named.
 """
 
 import argparse
@@ -69,6 +72,43 @@ QUERIES = [
      "INTERSECT SELECT user_id FROM events WHERE type = 'PurchaseMade')"),
 ]
 
+# The same queries in ClickHouse's SQL (chdb), by name.
+CHDB = {
+    "daily active users (projection)":
+        "SELECT toDate(ts) AS d, count(DISTINCT user_id) FROM events GROUP BY d ORDER BY d",
+    "revenue by day and currency (projection)":
+        "SELECT toDate(ts) AS d, JSONExtractString(payload, 'currency') AS c, "
+        "sum(toDecimal64(JSONExtractRaw(payload, 'amount'), 2)) FROM events "
+        "WHERE type = 'PurchaseMade' GROUP BY d, c ORDER BY d, c",
+    "top pages (projection)":
+        "SELECT JSONExtractString(payload, 'page') AS p, count() AS n FROM events "
+        "WHERE type = 'PageViewed' GROUP BY p ORDER BY n DESC, p LIMIT 10",
+    "count by type": "SELECT type, count() FROM events GROUP BY type ORDER BY type",
+    "hourly histogram": "SELECT toStartOfHour(ts) AS h, count() FROM events GROUP BY h ORDER BY h",
+    "top users per type (window)":
+        "SELECT * FROM (SELECT type, user_id, n, rank() OVER (PARTITION BY type ORDER BY n DESC, user_id) AS r "
+        "FROM (SELECT type, user_id, count() AS n FROM events GROUP BY type, user_id)) WHERE r <= 3 ORDER BY type, r",
+    "one user's events (point lookup)":
+        "SELECT count(), min(ts), max(ts) FROM events WHERE user_id = 'u-42'",
+    "viewers who bought":
+        "SELECT count() FROM (SELECT user_id FROM events WHERE type = 'PageViewed' "
+        "INTERSECT DISTINCT SELECT user_id FROM events WHERE type = 'PurchaseMade')",
+}
+
+
+def chdb_engine(files, folder):
+    """A chdb session whose `events` view reads `files` (through links in `folder`: ClickHouse's
+    `file()` takes one glob, not a list); returns a function running a query to its rows."""
+    import chdb.session  # here: compaction.py and promoted.py import this module's queries
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        (folder / f"{i:06}.parquet").symlink_to(f)
+    session = chdb.session.Session()
+    session.query("SET session_timezone = 'UTC'")
+    session.query(f"CREATE VIEW events AS SELECT * FROM file('{folder}/*.parquet', Parquet)")
+    return lambda sql: [line for line in str(session.query(sql, "TSV")).splitlines() if line]
+
 
 def timed(fn, runs):
     fn()  # warm-up: caches, page cache
@@ -110,19 +150,27 @@ def main():
         duck = duckdb.connect()
         duck.execute("SET TimeZone = 'UTC'")
         duck.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({files!r}, hive_partitioning = false)")
+        ch = chdb_engine(files, tmp / "chdb-files")
 
         print()
         print(f"{args.events:,} events, {platform.machine()}, {os.cpu_count()} cores, median of {args.runs}")
         print()
-        print("| query | Floe (s) | DuckDB (s) | Floe / DuckDB |")
-        print("|---|---:|---:|---:|")
-        ratios = []
+        print("| query | Floe (s) | DuckDB (s) | chdb (s) | Floe / DuckDB | Floe / chdb |")
+        print("|---|---:|---:|---:|---:|---:|")
+        ratios, ch_ratios = [], []
         for name, floe_sql, duck_sql in QUERIES:
+            rows = len(floe_query(floe_sql))
+            for peer, n in (("DuckDB", len(duck.sql(duck_sql).fetchall())), ("chdb", len(ch(CHDB[name])))):
+                if n != rows:
+                    print(f"warning: {peer} answered {n} rows to {name!r}, Floe {rows}")
             f = timed(lambda: floe_query(floe_sql), args.runs)
             d = timed(lambda: duck.sql(duck_sql).fetchall(), args.runs)
+            c = timed(lambda: ch(CHDB[name]), args.runs)
             ratios.append(f / d)
-            print(f"| {name} | {f:.3f} | {d:.3f} | {f / d:.2f}× |", flush=True)
-        print(f"| geometric mean | | | {statistics.geometric_mean(ratios):.2f}× |")
+            ch_ratios.append(f / c)
+            print(f"| {name} | {f:.3f} | {d:.3f} | {c:.3f} | {f / d:.2f}× | {f / c:.2f}× |", flush=True)
+        print(f"| geometric mean | | | | {statistics.geometric_mean(ratios):.2f}× "
+              f"| {statistics.geometric_mean(ch_ratios):.2f}× |")
     finally:
         floe_server.stop(proc)
 

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,8 +36,9 @@ FLOE_SSL_CERT_FILE = os.environ.get("SSL_CERT_FILE")
 if STACK == "s3pg" and os.environ.get("FLOE_S3_CA_FILE"):
     _bundle = Path(tempfile.mkdtemp(prefix="floe-test-ca-")) / "bundle.pem"
     _parts = [Path(os.environ["FLOE_S3_CA_FILE"]).read_text()]
-    if FLOE_SSL_CERT_FILE and Path(FLOE_SSL_CERT_FILE).is_file():
-        _parts.append(Path(FLOE_SSL_CERT_FILE).read_text())
+    _system = FLOE_SSL_CERT_FILE or ssl.get_default_verify_paths().openssl_cafile
+    if _system and Path(_system).is_file():
+        _parts.append(Path(_system).read_text())
     _bundle.write_text("\n".join(_parts))
     os.environ["SSL_CERT_FILE"] = str(_bundle)
 

@@ -79,6 +79,16 @@ async fn flush(shared: &Shared, tenant: &TenantKey, records: Vec<Record>) {
     };
     let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
     let events: Vec<&StoredEvent> = records.iter().flat_map(|r| r.events.iter()).collect();
+    if events.is_empty() {
+        // Records whose events were all retries of stored ones (left out after a restart):
+        // nothing to write, and their positions are passed in log order all the same.
+        let visible = Visible {
+            lsn: position.last,
+            snapshot_id: None,
+        };
+        shared.committed(tenant, &lsns, visible);
+        return;
+    }
     // One span for the commit, linked to the appends whose events it makes visible.
     let span = tracing::info_span!(
         "commit",

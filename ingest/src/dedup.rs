@@ -4,13 +4,14 @@
 //! incarnation and the id: a tenant created again under an old id starts with an empty window)
 //! for at least `window` after it was accepted, up to `max_ids` ids per process (oldest
 //! forgotten first). A retry inside that window is acknowledged but not stored again. On start
-//! the set is rebuilt from the tables (ids received within the window) and the write-ahead log,
-//! so the guarantee holds across restarts.
+//! the set is rebuilt from the write-ahead log at once and from the tables (ids received within
+//! the window) in the background, so the guarantee holds across restarts: requests admitted
+//! while the tables are read are checked against them before their commit ([`Dedup::absorb`]).
 //!
 //! The set costs at most 28 bytes per id (see [`Window`]): 20 million ids, the default cap,
 //! fit in 560 MB.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use floe_catalog::TenantKey;
@@ -26,6 +27,24 @@ pub struct Admission {
     pub admitted: Vec<Key>,
     /// Retries left out.
     pub duplicates: usize,
+}
+
+/// Ids found twice by [`Dedup::absorb`].
+#[derive(Debug, Default)]
+pub struct Conflicts(HashSet<Print>);
+
+impl Conflicts {
+    pub fn contains(&self, k: Key) -> bool {
+        self.0.contains(&print(k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Hash of a `(tenant incarnation, event_id)` pair.
@@ -126,6 +145,39 @@ impl Dedup {
         }
     }
 
+    /// Makes `loaded` (the ids read from the tables on start) the window, moving into it
+    /// every id this one holds (ids replayed from the log, and those admitted while `loaded`
+    /// was read), oldest generation first. Returns the moved ids `loaded` already held:
+    /// requests admitted meanwhile that retried events stored before the restart.
+    pub fn absorb(&self, loaded: Dedup, now_us: i64) -> Conflicts {
+        let mut base = loaded.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.lock();
+        let mut ids: Vec<(usize, Print)> = (0..w.hi.len())
+            .filter_map(|i| {
+                let age = w.age(w.stamp[i])?;
+                Some((
+                    age,
+                    Print {
+                        hi: w.hi[i],
+                        lo: w.lo[i],
+                    },
+                ))
+            })
+            .collect();
+        ids.sort_unstable_by_key(|&(age, _)| std::cmp::Reverse(age));
+        let newest = w.generations.len().saturating_sub(1);
+        let mut conflicts = HashSet::new();
+        for (age, p) in ids {
+            let at = w.generations[newest - age].newest_us;
+            if !base.insert_print(p, at) {
+                conflicts.insert(p);
+            }
+        }
+        base.evict(now_us);
+        *w = base;
+        Conflicts(conflicts)
+    }
+
     pub fn len(&self) -> usize {
         self.lock().live
     }
@@ -197,7 +249,7 @@ struct Generation {
 }
 
 /// A slot's content: the fingerprint, never (0, 0) (the empty slot).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Print {
     hi: u64,
     lo: u32,
@@ -284,7 +336,10 @@ impl Window {
 
     /// Admits `k` at `at_us`: `true` if it was not live (and now is).
     fn insert(&mut self, k: Key, at_us: i64) -> bool {
-        let p = print(k);
+        self.insert_print(print(k), at_us)
+    }
+
+    fn insert_print(&mut self, p: Print, at_us: i64) -> bool {
         let (slot, empty) = match self.find(p) {
             Found::Live(_) => return false,
             Found::Absent { slot, empty } => (slot, empty),

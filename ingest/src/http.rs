@@ -118,6 +118,11 @@ pub struct EventsReply {
     pub accepted: usize,
     /// Of `accepted`, how many were retries of stored events.
     pub duplicates: usize,
+    /// Of `accepted`, events whose ids are checked against the events stored before the
+    /// server's last start only at their commit (its de-duplication window was still loading):
+    /// any that retries a stored event is then left out, and not counted in `duplicates`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_unchecked: usize,
     pub rejected: Vec<RejectionOut>,
     /// With `?wait=visible`: the snapshot in which they are queryable.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,7 +332,7 @@ async fn accept(
             .await?;
     }
 
-    let (stored, duplicates, snapshot_id) = match &st.producer {
+    let (stored, duplicates, unchecked, snapshot_id) = match &st.producer {
         Some(producer) => {
             let produced = producer.send(tenant, accepted).await?;
             // Stored whatever the wait below answers.
@@ -353,7 +358,7 @@ async fn accept(
             } else {
                 None
             };
-            (produced.stored, produced.duplicates, snapshot_id)
+            (produced.stored, produced.duplicates, 0, snapshot_id)
         }
         None => {
             let submitted = st.ingest.submit(tenant, accepted).await?;
@@ -370,7 +375,12 @@ async fn accept(
             } else {
                 None
             };
-            (submitted.stored, submitted.duplicates, snapshot_id)
+            (
+                submitted.stored,
+                submitted.duplicates,
+                submitted.unchecked,
+                snapshot_id,
+            )
         }
     };
     let accepted = stored + duplicates;
@@ -387,6 +397,7 @@ async fn accept(
     let reply = EventsReply {
         accepted,
         duplicates,
+        duplicates_unchecked: unchecked,
         dead_lettered: rejected.len() - refused,
         rejected: rejected.into_iter().map(Into::into).collect(),
         snapshot_id: snapshot_id.flatten(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use floe_catalog::config::IngestConfig;
 use floe_catalog::tenant::LEGACY_INCARNATION;
 use floe_catalog::{Catalog, Config, TenantId, TenantKey};
-use futures::TryStreamExt;
 use opentelemetry::trace::TraceContextExt;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -20,6 +19,9 @@ use crate::dedup::{self, Dedup};
 use crate::event::StoredEvent;
 use crate::wal::{Record, Wal};
 use crate::{Error, Result};
+
+mod window;
+pub use window::WindowLoaded;
 
 /// A tenant's committed position: every record of the tenant up to `lsn` is queryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +39,10 @@ pub struct Submitted {
     pub duplicates: usize,
     /// The log position of the stored events, if any.
     pub lsn: Option<u64>,
+    /// Of `stored`, events whose ids were checked only against the requests since the start:
+    /// the window was still loading from the tables. Any of them that retries an event stored
+    /// before the restart is left out before its commit.
+    pub unchecked: usize,
 }
 
 /// Per-tenant progress: what was acknowledged and what is committed.
@@ -58,6 +64,9 @@ pub(crate) struct Shared {
     /// old one (its batcher drops what the old one left uncommitted).
     tenants: Mutex<HashMap<TenantKey, Arc<TenantProgress>>>,
     batchers: Mutex<HashMap<TenantKey, mpsc::UnboundedSender<Record>>>,
+    /// Records held back from the batchers until the de-duplication window is loaded from the
+    /// tables (`None` once it is): see [`Ingest::load_window`].
+    held: Mutex<Option<Vec<Record>>>,
     flush_runtime: Handle,
 }
 
@@ -74,7 +83,8 @@ impl Shared {
             .clone()
     }
 
-    /// Hands a durable record to its tenant's batcher, in log order.
+    /// Hands a durable record to its tenant's batcher, in log order, or holds it while the
+    /// de-duplication window is loading.
     fn route(self: &Arc<Self>, record: Record) {
         self.pending
             .lock()
@@ -84,6 +94,49 @@ impl Shared {
         self.tenant(&record.tenant)
             .acked
             .fetch_max(record.lsn, Ordering::SeqCst);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.as_mut() {
+            Some(h) => h.push(record),
+            // Under the lock: a record routed while the held ones are let go waits for them.
+            None => self.dispatch(record),
+        }
+    }
+
+    fn window_loading(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Lets the held records go to their batchers, in log order, without the events whose ids
+    /// are in `conflicts` (retries of events stored before the restart). Returns how many
+    /// events were left out.
+    fn release_held(self: &Arc<Self>, conflicts: &dedup::Conflicts) -> usize {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = 0;
+        for mut record in held.take().unwrap_or_default() {
+            let is_retry = |e: &StoredEvent| {
+                e.client_id && conflicts.contains(dedup::key(&record.tenant, &e.event_id))
+            };
+            if !conflicts.is_empty() && record.events.iter().any(is_retry) {
+                let kept: Vec<StoredEvent> = record
+                    .events
+                    .iter()
+                    .filter(|e| !is_retry(e))
+                    .cloned()
+                    .collect();
+                dropped += record.events.len() - kept.len();
+                // A record left with no event still goes to the batcher: its position is
+                // committed in log order with the others of its tenant.
+                record.events = Arc::new(kept);
+            }
+            self.dispatch(record);
+        }
+        dropped
+    }
+
+    fn dispatch(self: &Arc<Self>, record: Record) {
         let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
         let tx = batchers.entry(record.tenant.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -139,6 +192,9 @@ pub struct Ingest {
     /// Serialises de-duplication with log order: a retry that finds its id already admitted
     /// is acknowledged only after the first copy's log write.
     order: Arc<tokio::sync::Mutex<()>>,
+    /// Held (read) by each request admitted while the window is loading, until it has its
+    /// answer from the log: the load waits for them before it checks their ids.
+    unchecked: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Buffer accounting is in KiB so that large limits fit the semaphore's `u32` permits.
@@ -147,8 +203,9 @@ fn kib(bytes: usize) -> u32 {
 }
 
 impl Ingest {
-    /// Opens the write-ahead log, replays what the tables do not hold yet, rebuilds the
-    /// de-duplication window, and starts accepting. Batchers run on `flush_runtime`.
+    /// Opens the write-ahead log, replays what the tables do not hold yet, and starts
+    /// accepting; the de-duplication window is loaded from the tables in the background
+    /// ([`Ingest::load_window`], retried until it succeeds). Batchers run on `flush_runtime`.
     pub async fn start(catalog: Catalog, config: &Config, flush_runtime: Handle) -> Result<Ingest> {
         Self::start_accepting_loss(catalog, config, flush_runtime, &[]).await
     }
@@ -156,6 +213,20 @@ impl Ingest {
     /// [`Ingest::start`], repairing the damaged log spans that `accept_wal_loss` names
     /// (`SEGMENT@OFFSET`, as the refusal to start printed them); each loss is audited.
     pub async fn start_accepting_loss(
+        catalog: Catalog,
+        config: &Config,
+        flush_runtime: Handle,
+        accept_wal_loss: &[String],
+    ) -> Result<Ingest> {
+        let ingest = Self::open(catalog, config, flush_runtime, accept_wal_loss).await?;
+        tokio::spawn(window::load_until_done(ingest.clone()));
+        Ok(ingest)
+    }
+
+    /// [`Ingest::start_accepting_loss`] without loading the de-duplication window: requests
+    /// are accepted, and their records (and the replayed ones) wait for the batchers until
+    /// [`Ingest::load_window`] is called.
+    pub async fn open(
         catalog: Catalog,
         config: &Config,
         flush_runtime: Handle,
@@ -188,26 +259,17 @@ impl Ingest {
             next_lsn: AtomicU64::new(recovered.next_lsn),
             tenants: Mutex::new(HashMap::new()),
             batchers: Mutex::new(HashMap::new()),
+            held: Mutex::new(Some(Vec::new())),
             flush_runtime,
         });
         let buffer = Arc::new(Semaphore::new(kib(cfg.max_buffered_bytes) as usize));
         let dedup = Arc::new(Dedup::new(cfg.dedup_window_secs, cfg.dedup_max_ids));
         let now = chrono::Utc::now().timestamp_micros();
-
-        // Rebuild the de-duplication window from the tables.
-        let started = std::time::Instant::now();
         let mut current: HashMap<TenantId, Option<TenantKey>> = HashMap::new();
         for t in catalog.list_tenants().await? {
             let key = t.key()?;
-            let keys = recent_event_ids(&catalog, &key, now, cfg.dedup_window_secs).await?;
-            dedup.remember(keys, now);
             current.insert(key.id().clone(), Some(key));
         }
-        tracing::info!(
-            ids = dedup.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "de-duplication window rebuilt from the tables"
-        );
 
         // Replay the log past each tenant's committed position. Records of a tenant that no
         // longer exists, or of an earlier incarnation of its id, are dropped: they belong to
@@ -303,7 +365,15 @@ impl Ingest {
             dedup,
             buffer,
             order: Arc::new(tokio::sync::Mutex::new(())),
+            unchecked: Arc::new(tokio::sync::RwLock::new(())),
         })
+    }
+
+    /// Reads the ids the tables received within the window, checks the requests admitted
+    /// meanwhile against them, and lets the held records go to the batchers. Does nothing once
+    /// the window is loaded.
+    pub async fn load_window(&self) -> Result<WindowLoaded> {
+        window::load(self).await
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -342,8 +412,14 @@ impl Ingest {
             }
         };
         let now = chrono::Utc::now().timestamp_micros();
-        let (fresh, admitted, duplicates, reply) = {
+        let (fresh, admitted, duplicates, reply, unchecked) = {
             let _order = self.order.lock().await;
+            // Taken under the order lock, which the load holds while it waits for these.
+            let unchecked = if self.shared.window_loading() {
+                Some(self.unchecked.clone().read_owned().await)
+            } else {
+                None
+            };
             let dedup::Admission {
                 fresh,
                 admitted,
@@ -365,7 +441,7 @@ impl Ingest {
                     .enqueue(tenant.clone(), Arc::new(fresh), permit, origin)
                     .await
             };
-            (fresh_len, admitted, duplicates, reply)
+            (fresh_len, admitted, duplicates, reply, unchecked)
         };
         let result = match reply {
             Ok(rx) => rx.await.unwrap_or_else(|_| {
@@ -375,17 +451,24 @@ impl Ingest {
             }),
             Err(e) => Err(e),
         };
-        match result {
+        let submitted = match result {
             Ok(lsn) => Ok(Submitted {
                 stored: fresh,
                 duplicates,
                 lsn: (fresh > 0).then_some(lsn),
+                unchecked: if unchecked.is_some() {
+                    admitted.len()
+                } else {
+                    0
+                },
             }),
             Err(e) => {
                 self.dedup.forget(&admitted);
                 Err(e)
             }
-        }
+        };
+        drop(unchecked);
+        submitted
     }
 
     /// The highest log position acknowledged for `tenant`.
@@ -445,58 +528,4 @@ impl Ingest {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Ids of events received within the window, read from the table's files whose
-/// `received_at` bounds overlap it.
-async fn recent_event_ids(
-    catalog: &Catalog,
-    tenant: &TenantKey,
-    now_us: i64,
-    window_secs: u64,
-) -> Result<Vec<(dedup::Key, i64)>> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::TimestampMicrosecondType;
-    use iceberg::expr::Reference;
-    use iceberg::spec::Datum;
-
-    let table = catalog
-        .load_table(tenant.id(), floe_catalog::table::EVENTS_TABLE)
-        .await?;
-    if table.metadata().current_snapshot().is_none() {
-        return Ok(Vec::new());
-    }
-    let since = now_us - (window_secs as i64).saturating_mul(1_000_000);
-    let scan = table
-        .scan()
-        .select(["event_id", "received_at"])
-        .with_filter(
-            Reference::new("received_at")
-                .greater_than_or_equal_to(Datum::timestamptz_micros(since)),
-        )
-        .build()
-        .map_err(|source| Error::Iceberg {
-            context: "planning the de-duplication scan",
-            source: Box::new(source),
-        })?;
-    let mut stream = scan.to_arrow().await.map_err(|source| Error::Iceberg {
-        context: "reading recent event ids",
-        source: Box::new(source),
-    })?;
-    // Ids found twice (a retry stored again past an earlier window) are left to `remember`.
-    let mut out = Vec::new();
-    while let Some(batch) = stream.try_next().await.map_err(|source| Error::Iceberg {
-        context: "reading recent event ids",
-        source: Box::new(source),
-    })? {
-        let ids = batch.column(0).as_string::<i32>();
-        let at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
-        for i in 0..batch.num_rows() {
-            let t = at.value(i);
-            if t >= since {
-                out.push((dedup::key(tenant, ids.value(i)), t));
-            }
-        }
-    }
-    Ok(out)
 }

@@ -328,3 +328,87 @@ async fn a_batch_of_a_deleted_tenant_is_never_committed_into_its_successor() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(ids(&catalog, &tenant).await, vec!["new-0", "new-1"]);
 }
+
+/// A restart accepts requests before it has read the ids the tables hold (reading them takes
+/// seconds at millions of ids). A retry of a stored event sent in that time is acknowledged,
+/// held back from the batchers, and left out before its commit; so is one still in the log
+/// when the process dies before the window is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sent_while_the_window_loads_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("ingest.flush_interval_ms", "20")]);
+    let catalog = Catalog::open(&cfg).await.unwrap();
+    let tenant = TenantId::parse("restarted").unwrap();
+    let key = create(&catalog, &tenant).await;
+    let here = tokio::runtime::Handle::current;
+    let ev = |id: &str| {
+        let mut e = events(id, 1);
+        e[0].event_id = id.to_string();
+        e.remove(0)
+    };
+
+    // Three events stored before the restart.
+    let ingest = Ingest::start(catalog.clone(), &cfg, here()).await.unwrap();
+    let first = ingest.submit(&key, events("a", 3)).await.unwrap();
+    ingest.wait_visible(&key, first.lsn.unwrap()).await.unwrap();
+    ingest.shutdown(Duration::from_secs(5)).await;
+    drop(ingest);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Started again; the window is not loaded yet. A request retrying a stored event (a-1)
+    // with a new one (b) is acknowledged at once: only b's retry within this period is caught
+    // at admission, and nothing is committed while the window loads.
+    let ingest = Ingest::open(catalog.clone(), &cfg, here(), &[])
+        .await
+        .unwrap();
+    let mixed = ingest.submit(&key, vec![ev("a-1"), ev("b")]).await.unwrap();
+    assert_eq!((mixed.stored, mixed.duplicates, mixed.unchecked), (2, 0, 2));
+    let again = ingest.submit(&key, vec![ev("b")]).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ids(&catalog, &tenant).await, vec!["a-0", "a-1", "a-2"]);
+
+    // Loaded: a-1 is found in both and left out of the held record; b is committed.
+    let loaded = ingest.load_window().await.unwrap();
+    assert_eq!((loaded.ids, loaded.retries_left_out), (3, 1));
+    ingest.wait_visible(&key, mixed.lsn.unwrap()).await.unwrap();
+    assert_eq!(ids(&catalog, &tenant).await, vec!["a-0", "a-1", "a-2", "b"]);
+    // From now on a retry of a stored event is caught at admission.
+    let late = ingest.submit(&key, vec![ev("a-2"), ev("b")]).await.unwrap();
+    assert_eq!((late.stored, late.duplicates, late.unchecked), (0, 2, 0));
+    ingest.shutdown(Duration::from_secs(5)).await;
+    drop(ingest);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Started again and dies before its window is loaded: the acknowledged record (a retry
+    // of a-0, a new c) is in the log. The next start replays it and checks it the same way.
+    let ingest = Ingest::open(catalog.clone(), &cfg, here(), &[])
+        .await
+        .unwrap();
+    let held = ingest.submit(&key, vec![ev("a-0"), ev("c")]).await.unwrap();
+    assert_eq!((held.stored, held.unchecked), (2, 2));
+    drop(ingest);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ingest = Ingest::start(catalog.clone(), &cfg, here()).await.unwrap();
+    ingest.wait_visible(&key, held.lsn.unwrap()).await.unwrap();
+    assert_eq!(
+        ids(&catalog, &tenant).await,
+        vec!["a-0", "a-1", "a-2", "b", "c"]
+    );
+    // A record whose every event was such a retry commits nothing, and is passed all the same.
+    ingest.shutdown(Duration::from_secs(5)).await;
+    drop(ingest);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ingest = Ingest::open(catalog.clone(), &cfg, here(), &[])
+        .await
+        .unwrap();
+    let only = ingest.submit(&key, vec![ev("c")]).await.unwrap();
+    assert_eq!((only.stored, only.unchecked), (1, 1));
+    let loaded = ingest.load_window().await.unwrap();
+    assert_eq!(loaded.retries_left_out, 1);
+    ingest.wait_visible(&key, only.lsn.unwrap()).await.unwrap();
+    assert_eq!(
+        ids(&catalog, &tenant).await,
+        vec!["a-0", "a-1", "a-2", "b", "c"]
+    );
+}

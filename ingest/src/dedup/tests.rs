@@ -192,3 +192,35 @@ mod model {
         }
     }
 }
+
+#[test]
+fn absorb_keeps_both_windows_ids_and_names_those_found_in_both() {
+    let k = |id: &str| key(&t("t"), id);
+    // Admitted after a start (one of them a retry of an id stored before it)...
+    let live = Dedup::new(10, 100);
+    assert_eq!(
+        live.admit(&[k("new"), k("stored-2")], 5_000_000),
+        vec![true; 2]
+    );
+    // ...and the ids read from the tables meanwhile.
+    let loaded = Dedup::new(10, 100);
+    loaded.remember(
+        [(k("stored-1"), 1_000_000), (k("stored-2"), 2_000_000)],
+        5_000_000,
+    );
+
+    let conflicts = live.absorb(loaded, 6_000_000);
+    assert_eq!(conflicts.len(), 1);
+    assert!(conflicts.contains(k("stored-2")));
+    assert!(!conflicts.contains(k("new")) && !conflicts.contains(k("stored-1")));
+    assert_eq!(live.len(), 3);
+    assert_eq!(
+        live.admit(
+            &[k("new"), k("stored-1"), k("stored-2"), k("other")],
+            7_000_000
+        ),
+        vec![false, false, false, true]
+    );
+    // Ids moved in keep their time: gone once the window has passed since they were admitted.
+    assert_eq!(live.admit(&[k("new")], 16_000_001), vec![true]);
+}

@@ -175,7 +175,7 @@ impl Engine {
         let footers = Arc::new(DefaultFilesMetadataCache::new(
             config.footer_cache_bytes as usize,
         ));
-        let manifests = Arc::new(scan::ManifestCache::new(config.manifest_cache_files));
+        let manifests = Arc::new(scan::ManifestCache::new(config.manifest_cache_bytes));
         let memory = memory::Budget::new(
             config.memory_total_bytes,
             std::time::Duration::from_millis(config.memory_wait_ms),

@@ -14,8 +14,8 @@
 //! maps by field id and applies deletes.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
@@ -48,75 +48,8 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
-/// Manifests by path, shared by every session. A manifest never changes once written, so a
-/// cached copy is never stale; the cache holds at most `max_files` data-file entries in all and
-/// drops the least recently used manifests past that.
-pub struct ManifestCache {
-    state: Mutex<CacheState>,
-    max_files: usize,
-}
-
-#[derive(Default)]
-struct CacheState {
-    manifests: HashMap<String, (Arc<Manifest>, u64)>,
-    files: usize,
-    tick: u64,
-}
-
-impl ManifestCache {
-    pub fn new(max_files: usize) -> ManifestCache {
-        ManifestCache {
-            state: Mutex::new(CacheState::default()),
-            max_files,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<Arc<Manifest>> {
-        let mut state = self.state.lock().ok()?;
-        state.tick += 1;
-        let tick = state.tick;
-        let (manifest, used) = state.manifests.get_mut(path)?;
-        *used = tick;
-        Some(manifest.clone())
-    }
-
-    fn put(&self, path: &str, manifest: Arc<Manifest>) {
-        let size = manifest.entries().len();
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        if size > self.max_files || state.manifests.contains_key(path) {
-            return;
-        }
-        if state.files + size > self.max_files {
-            // Drop the least recently used until an eighth of the room is free.
-            let mut by_age: Vec<(u64, String)> = state
-                .manifests
-                .iter()
-                .map(|(k, (_, used))| (*used, k.clone()))
-                .collect();
-            by_age.sort_unstable();
-            let goal = (self.max_files - self.max_files / 8).saturating_sub(size);
-            for (_, key) in by_age {
-                if state.files <= goal {
-                    break;
-                }
-                if let Some((m, _)) = state.manifests.remove(&key) {
-                    state.files -= m.entries().len();
-                }
-            }
-        }
-        state.tick += 1;
-        let tick = state.tick;
-        state.files += size;
-        state.manifests.insert(path.to_string(), (manifest, tick));
-    }
-
-    /// Data-file entries held now.
-    pub fn files(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.files)
-    }
-}
+mod manifests;
+pub use manifests::ManifestCache;
 
 /// How many manifests one scan reads at once.
 const MANIFEST_READS_IN_FLIGHT: usize = 16;
@@ -545,63 +478,6 @@ mod tests {
             })
             .collect();
         assert_eq!(names, vec![vec!["a", "d"], vec!["b", "c", "e"]]);
-    }
-
-    fn manifest(files: usize) -> Arc<Manifest> {
-        use iceberg::spec::{
-            DataFileBuilder, ManifestEntry, ManifestMetadata, ManifestStatus, NestedField,
-            PartitionSpec, PrimitiveType, Schema, Struct, Type,
-        };
-        let schema = Schema::builder()
-            .with_fields(vec![Arc::new(NestedField::required(
-                1,
-                "x",
-                Type::Primitive(PrimitiveType::Long),
-            ))])
-            .build()
-            .unwrap();
-        let metadata = ManifestMetadata::builder()
-            .schema(Arc::new(schema))
-            .schema_id(0)
-            .partition_spec(PartitionSpec::unpartition_spec())
-            .format_version(iceberg::spec::FormatVersion::V2)
-            .content(ManifestContentType::Data)
-            .build();
-        let entries = (0..files)
-            .map(|i| {
-                let data = DataFileBuilder::default()
-                    .content(DataContentType::Data)
-                    .file_path(format!("f{i}"))
-                    .file_format(DataFileFormat::Parquet)
-                    .partition(Struct::empty())
-                    .record_count(1)
-                    .file_size_in_bytes(1)
-                    .build()
-                    .unwrap();
-                ManifestEntry::builder()
-                    .status(ManifestStatus::Added)
-                    .data_file(data)
-                    .build()
-            })
-            .collect();
-        Arc::new(Manifest::new(metadata, entries))
-    }
-
-    #[test]
-    fn manifest_cache_keeps_the_recently_used_within_its_bound() {
-        let cache = ManifestCache::new(16);
-        cache.put("a", manifest(6));
-        cache.put("b", manifest(6));
-        assert!(cache.get("a").is_some()); // b is now the least recently used
-        cache.put("c", manifest(6));
-        assert!(cache.files() <= 16, "{} files held", cache.files());
-        assert!(cache.get("a").is_some());
-        assert!(cache.get("b").is_none());
-        assert!(cache.get("c").is_some());
-        // A manifest larger than the whole cache is not kept (and evicts nothing).
-        cache.put("huge", manifest(17));
-        assert!(cache.get("huge").is_none());
-        assert_eq!(cache.files(), 12);
     }
 
     #[test]

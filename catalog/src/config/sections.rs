@@ -341,9 +341,9 @@ pub struct QueryConfig {
     pub history_bytes: usize,
     /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
     pub footer_cache_bytes: u64,
-    /// Iceberg manifests kept in memory across queries, counted in the data files they list
-    /// (about 1 KiB each; shared by all tenants).
-    pub manifest_cache_files: usize,
+    /// Memory for Iceberg manifests kept across queries (shared by all tenants), as estimated
+    /// from what each holds: per data file, its path and per-column statistics and bounds.
+    pub manifest_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -366,7 +366,7 @@ impl Default for QueryConfig {
             abandoned_after_secs: 300,
             history_bytes: 4 << 20,
             footer_cache_bytes: 64 << 20,
-            manifest_cache_files: 200_000,
+            manifest_cache_bytes: 128 << 20,
         }
     }
 }

@@ -104,8 +104,9 @@ def main():
         duck_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        report = floe(data, "--set", "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1",
-                      "compact", "--tenant", TENANT)
+        report, compact_rss = floe_server.run_peak_rss(
+            [FLOE, "--data-dir", str(data), "--set", "compaction.snapshot_max_age_secs=0", "--set",
+             "compaction.min_snapshots=1", "compact", "--tenant", TENANT])
         compact_s = time.perf_counter() - t
         print(f"floe compact: {compact_s:.1f} s; DuckDB rewrite: {duck_s:.1f} s\n{report}", flush=True)
         summary = [line for line in report.splitlines() if line.startswith(("compacted:", f"{TENANT}.events: expired"))]
@@ -122,6 +123,7 @@ def main():
         duck_rows = duck.sql(f"SELECT count(*) FROM read_parquet({[f[0] for f in after_files]!r})").fetchall()[0][0]
         assert duck_rows == checksum[0][0]
         after = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
+        serve_rss = floe_server.peak_rss_mib(proc)
 
         print()
         print(f"{args.commits} commits × {n} events = {checksum[0][0]:,} rows; {platform.machine()}, "
@@ -135,6 +137,8 @@ def main():
               f"(Floe / DuckDB time: {compact_s / duck_s:.2f}×)")
         for line in summary:
             print(f"- {line}")
+        print(f"- peak resident memory: `floe serve` {serve_rss:,.0f} MiB (the load and the queries), "
+              f"`floe compact` {compact_rss:,.0f} MiB")
         print()
         print("| query | before (s) | after (s) | speed-up |")
         print("|---|---:|---:|---:|")

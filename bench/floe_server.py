@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -31,6 +32,29 @@ def start(data, log_path, extra=()):
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"floe serve did not start; see {log_path}")
+
+
+def peak_rss_mib(proc):
+    """The peak resident memory of a running process so far (Linux' VmHWM), in MiB."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_peak_rss(cmd):
+    """Runs `cmd` to its end; returns its standard output and its peak resident memory in MiB.
+    A non-zero exit raises, with the end of its standard error."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"{cmd} exited with {proc.returncode}: {err.read().decode()[-2000:]}")
+        return out.read().decode(), usage.ru_maxrss / 1024
 
 
 def stop(proc):

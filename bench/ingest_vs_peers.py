@@ -45,8 +45,9 @@ def run_floe(tmp, per_tenant, concurrency):
         [FLOE, "--data-dir", str(data), "gen", "--url", url, "--tenants", "bench-1,bench-2,bench-3",
          "--events", str(per_tenant), "--batch", "500", "--concurrency", str(concurrency)],
         capture_output=True, text=True, check=True)
+    rss = floe_server.peak_rss_mib(proc)
     floe_server.stop(proc)
-    return json.loads(out.stdout)
+    return {**json.loads(out.stdout), "serve_peak_rss_mib": rss}
 
 
 def make_events(n, seed=7):
@@ -147,7 +148,8 @@ def main():
     print(f"| pyiceberg {__import__('pyiceberg').__version__} | parse, append 25k-event commits | {py_rate:,.0f} | {floe_rate / py_rate:.2f} |")
     print(f"| DuckDB | NDJSON to one Parquet file, no catalog | {dd_rate:,.0f} | {floe_rate / dd_rate:.2f} |")
     print(f"\nFloe time-to-visible: p50 {report['visible_p50_ms']:.0f} ms, p99 {report['visible_p99_ms']:.0f} ms "
-          f"({report['visible_samples']} samples)")
+          f"({report['visible_samples']} samples); `floe serve` peak resident memory "
+          f"{report['serve_peak_rss_mib']:,.0f} MiB")
 
 
 if __name__ == "__main__":

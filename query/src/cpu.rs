@@ -27,10 +27,8 @@
 //! (a nested loop join joins its whole build side with each probe batch in one poll) gets its
 //! input in slices that keep its steps near one slice long ([`probe`]).
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +41,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use rustix::process::Pid;
+
+use crate::pass_through::{PassThrough, Wrap};
 
 /// The query CPU of a process, shared by all tenants.
 #[derive(Debug, Clone)]
@@ -576,7 +576,7 @@ pub fn share(plan: Arc<dyn ExecutionPlan>, cpu: &TenantCpu) -> Result<Arc<dyn Ex
     probe::slice_probes(plan, cpu.share.slice)?
         .transform_up(|node| {
             Ok(Transformed::yes(
-                Arc::new(Sliced::new(node, cpu.clone())) as _
+                Arc::new(PassThrough::new(node, TakesSlots(cpu.clone()))) as _,
             ))
         })
         .map(|t| t.data)
@@ -617,73 +617,23 @@ impl<F: Future> Future for SlicedFuture<F> {
     }
 }
 
-/// A plan node whose streams' steps take slots.
-#[derive(Debug)]
-struct Sliced {
-    input: Arc<dyn ExecutionPlan>,
-    cpu: TenantCpu,
-    properties: Arc<PlanProperties>,
-}
+/// What makes a plan node's streams take a slot for each step.
+#[derive(Debug, Clone)]
+struct TakesSlots(TenantCpu);
 
-impl Sliced {
-    fn new(input: Arc<dyn ExecutionPlan>, cpu: TenantCpu) -> Sliced {
-        let properties = input.properties().clone();
-        Sliced {
-            input,
-            cpu,
-            properties,
-        }
-    }
-}
+impl Wrap for TakesSlots {
+    const NAME: &'static str = "CpuShare";
 
-impl DisplayAs for Sliced {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CpuShare")
-    }
-}
-
-impl ExecutionPlan for Sliced {
-    fn name(&self) -> &str {
-        "CpuShare"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Sliced::new(
-            children.swap_remove(0),
-            self.cpu.clone(),
-        )))
-    }
-
-    fn execute(
+    fn wrap(
         &self,
-        partition: usize,
-        context: Arc<TaskContext>,
+        input: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
         Ok(Box::pin(SlicedStream {
             schema: input.schema(),
             steps: Steps {
                 inner: input,
-                gate: Gate::new(self.cpu.clone()),
+                gate: Gate::new(self.0.clone()),
             },
         }))
     }

@@ -10,6 +10,7 @@ pub mod dialect;
 pub mod event_views;
 pub mod functions;
 pub mod memory;
+mod pass_through;
 pub mod projection;
 pub mod scan;
 pub mod trino;

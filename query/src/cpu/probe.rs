@@ -18,20 +18,19 @@
 //! slice is one probe row, which the join still joins with its whole build side in one go: a
 //! build side of millions of rows under a costly filter can make that one slice long.
 
-use std::any::Any;
-use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::pass_through::{PassThrough, Wrap};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::NestedLoopJoinExec;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
 /// Every this many CPU slices of one step, the probe input of a nested loop join answers "not
@@ -53,74 +52,35 @@ pub fn slice_probes(
         let Some(probe) = children.pop() else {
             return Ok(Transformed::no(node));
         };
-        children.push(Arc::new(ProbeInSlices::new(probe, slice)));
+        children.push(Arc::new(PassThrough::new(probe, ProbeInSlices::new(slice))));
         node.with_new_children(children).map(Transformed::yes)
     })
     .map(|t| t.data)
 }
 
-/// A plan node handing its input's batches on in slices (see the module's documentation).
-#[derive(Debug)]
+/// What makes a plan node hand its input's batches on in slices (see the module's
+/// documentation): the probe input of a nested loop join.
+#[derive(Debug, Clone)]
 pub struct ProbeInSlices {
-    input: Arc<dyn ExecutionPlan>,
     slice: Duration,
-    properties: Arc<PlanProperties>,
 }
 
 impl ProbeInSlices {
-    fn new(input: Arc<dyn ExecutionPlan>, slice: Duration) -> ProbeInSlices {
-        let properties = input.properties().clone();
+    fn new(slice: Duration) -> ProbeInSlices {
         ProbeInSlices {
-            input,
             slice: slice.max(Duration::from_micros(100)),
-            properties,
         }
     }
 }
 
-impl DisplayAs for ProbeInSlices {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProbeInSlices")
-    }
-}
+impl Wrap for ProbeInSlices {
+    const NAME: &'static str = "ProbeInSlices";
 
-impl ExecutionPlan for ProbeInSlices {
-    fn name(&self) -> &str {
-        "ProbeInSlices"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(ProbeInSlices::new(
-            children.swap_remove(0),
-            self.slice,
-        )))
-    }
-
-    fn execute(
+    fn wrap(
         &self,
-        partition: usize,
-        context: Arc<TaskContext>,
+        input: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
         Ok(Box::pin(Slices::new(input, self.slice)))
     }
 }

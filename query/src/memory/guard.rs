@@ -8,24 +8,25 @@
 //! batch then travels downstream as any other). A chain of doublings is stopped at the first
 //! step past the limit, having made at most twice what the limit allows.
 
-use std::any::Any;
-use std::fmt;
 use std::sync::Arc;
 
+use crate::pass_through::{PassThrough, Wrap};
 use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 
 /// `plan` with a size check after each of its projections.
 pub fn check_projections(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         if node.as_any().is::<ProjectionExec>() {
-            Ok(Transformed::yes(Arc::new(Checked::new(node)) as _))
+            Ok(Transformed::yes(
+                Arc::new(PassThrough::new(node, Checked)) as _
+            ))
         } else {
             Ok(Transformed::no(node))
         }
@@ -33,60 +34,18 @@ pub fn check_projections(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
     .map(|t| t.data)
 }
 
-/// A plan node whose output batches are checked against the query's memory.
-#[derive(Debug)]
-struct Checked {
-    input: Arc<dyn ExecutionPlan>,
-    properties: Arc<PlanProperties>,
-}
+/// What makes a plan node check its output batches against the query's memory.
+#[derive(Debug, Clone)]
+struct Checked;
 
-impl Checked {
-    fn new(input: Arc<dyn ExecutionPlan>) -> Checked {
-        let properties = input.properties().clone();
-        Checked { input, properties }
-    }
-}
+impl Wrap for Checked {
+    const NAME: &'static str = "CheckedSize";
 
-impl DisplayAs for Checked {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CheckedSize")
-    }
-}
-
-impl ExecutionPlan for Checked {
-    fn name(&self) -> &str {
-        "CheckedSize"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Checked::new(children.swap_remove(0))))
-    }
-
-    fn execute(
+    fn wrap(
         &self,
-        partition: usize,
-        context: Arc<TaskContext>,
+        input: SendableRecordBatchStream,
+        context: &Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context.clone())?;
         let schema = input.schema();
         let reservation =
             MemoryConsumer::new("values made by a projection").register(context.memory_pool());

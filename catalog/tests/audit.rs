@@ -3,8 +3,6 @@
 //! `verify_audit` walks the table and then what is not yet published, and names the first
 //! record changed in storage (a Parquet file rewritten, a database row edited).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
@@ -13,14 +11,11 @@ use std::time::Duration;
 use floe_catalog::audit::{AUDIT_TABLE, PLATFORM_CHAIN};
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
-use floe_catalog::{Catalog, Config, TenantId};
+use floe_catalog::{Catalog, TenantId};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
-}
+use crate::common::open;
 
 /// The catalog's SQLite database, opened beside Floe, as someone with the file would.
 async fn raw_db(dir: &std::path::Path) -> sqlx::SqlitePool {

@@ -1,14 +1,9 @@
 //! Floe's commit path against the SQLite catalog: positions, conflicts, metadata files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use floe_catalog::table::{EVENTS_TABLE, POSITION_PREFIX};
-use floe_catalog::{Catalog, Config, SourcePosition, TenantId};
+use floe_catalog::{SourcePosition, TenantId};
 
-async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
-}
+use crate::common::open;
 
 fn pos(first: u64, last: u64) -> SourcePosition {
     SourcePosition {

@@ -2,37 +2,16 @@
 //! (an append's list holds its parent's), every list of a snapshot that is not one. What it
 //! deletes is still exactly what only the expired snapshots reached.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 
+use floe_catalog::TenantId;
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
-use floe_catalog::{Catalog, Config, TenantId};
-use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, Literal, Struct};
 
-async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
-}
+use crate::common::{file, open};
 
-/// A data file of `rows` rows of day 20,000 under the table at `location` (its bytes do not
-/// matter to a commit or to expiry).
-fn file(location: &str, name: &str, rows: u64) -> DataFile {
-    let path = format!("{location}/data/ts_day=2024-10-04/{name}.parquet");
-    let local = path.strip_prefix("file://").unwrap();
-    std::fs::create_dir_all(std::path::Path::new(local).parent().unwrap()).unwrap();
-    std::fs::write(local, b"rows").unwrap();
-    DataFileBuilder::default()
-        .content(DataContentType::Data)
-        .file_path(path)
-        .file_format(DataFileFormat::Parquet)
-        .partition(Struct::from_iter([Some(Literal::date(20_000))]))
-        .record_count(rows)
-        .file_size_in_bytes(4)
-        .build()
-        .unwrap()
-}
+/// The day (since 1970) of every file here.
+const DAY: i32 = 20_000;
 
 /// The data files on disk under the table's folder, by name.
 fn data_on_disk(table_dir: &std::path::Path) -> BTreeSet<String> {
@@ -77,7 +56,12 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
         let (catalog, key, location) = (catalog.clone(), key.clone(), location.clone());
         async move {
             catalog
-                .commit_append(&key, EVENTS_TABLE, vec![file(&location, &name, 10)], None)
+                .commit_append(
+                    &key,
+                    EVENTS_TABLE,
+                    vec![file(&location, &name, DAY, 10)],
+                    None,
+                )
                 .await
                 .unwrap();
         }
@@ -88,14 +72,14 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
         append(format!("a{i}")).await;
     }
     let removed: Vec<String> = (0..30)
-        .map(|i| format!("{location}/data/ts_day=2024-10-04/a{i}.parquet"))
+        .map(|i| format!("{location}/data/day={DAY}/a{i}.parquet"))
         .collect();
     catalog
         .commit_replace(
             &acme,
             EVENTS_TABLE,
             removed,
-            vec![file(&location, "c", 300)],
+            vec![file(&location, "c", DAY, 300)],
         )
         .await
         .unwrap();

@@ -2,8 +2,6 @@
 //! day with the `events` snapshot they reflect, fenced against a concurrent refresh, kept by a
 //! compaction, never ingested into.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::{BTreeSet, HashSet};
 
 use floe_catalog::delta::{Delta, RawDelta};
@@ -12,34 +10,10 @@ use floe_catalog::projection::{
 };
 use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
 use floe_catalog::table::EVENTS_TABLE;
-use floe_catalog::{Catalog, Config, Error, TenantId};
-use iceberg::spec::{
-    DataContentType, DataFile, DataFileBuilder, DataFileFormat, Literal, PrimitiveType, Struct,
-    Type,
-};
+use floe_catalog::{Catalog, Error, TenantId};
+use iceberg::spec::{PrimitiveType, Type};
 
-async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
-}
-
-/// A file of `rows` rows of `day` in the table at `location` (an empty file on disk: the
-/// commit only syncs its folder).
-fn file(location: &str, name: &str, day: i32, rows: u64) -> DataFile {
-    let path = format!("{location}/data/day={day}/{name}.parquet");
-    let local = path.strip_prefix("file://").unwrap();
-    std::fs::create_dir_all(std::path::Path::new(local).parent().unwrap()).unwrap();
-    std::fs::write(local, b"").unwrap();
-    DataFileBuilder::default()
-        .content(DataContentType::Data)
-        .file_path(path)
-        .file_format(DataFileFormat::Parquet)
-        .partition(Struct::from_iter([Some(Literal::date(day))]))
-        .record_count(rows)
-        .file_size_in_bytes(100)
-        .build()
-        .unwrap()
-}
+use crate::common::{file, open};
 
 fn source(id: i64) -> SourceRef {
     SourceRef {

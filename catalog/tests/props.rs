@@ -4,8 +4,6 @@
 //! base64 segments joined with dots, and real tokens with any byte changed are refused with
 //! `Unauthenticated`, within a time bound; never accepted, never a panic.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::LazyLock;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;

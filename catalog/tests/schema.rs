@@ -2,16 +2,11 @@
 //! another, each keeps the type's compatibility mode with the one before (or is refused with
 //! the reasons), a version never changes, and tenants do not see each other's types.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use floe_catalog::schema::Compatibility;
-use floe_catalog::{Catalog, Config, ErrorKind, TenantId};
+use floe_catalog::{ErrorKind, TenantId};
 use serde_json::json;
 
-async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
-}
+use crate::common::open;
 
 #[tokio::test]
 async fn a_type_gets_versions_that_keep_its_compatibility_mode() {

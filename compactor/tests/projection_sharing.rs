@@ -5,8 +5,6 @@
 //! user-defined projection given a new definition keeps serving the old rows until one commit
 //! brings in the new rows with the new columns; the old snapshot stays readable.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -15,9 +13,7 @@ use floe_catalog::projection::{DAILY_ACTIVE_USERS, TOP_PAGES, definition_of};
 use floe_compactor::projection::Refresher;
 use futures::TryStreamExt;
 
-mod world;
-
-use world::{Kind, World};
+use crate::world::{self, Kind, World};
 
 /// Waits up to 10 s for `done`.
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {

@@ -3,8 +3,6 @@
 //! and refreshes, and every projection's rows must equal what is computed here from every event
 //! written so far (each event id counted once a day).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 
 use floe_catalog::TenantSettings;
@@ -15,10 +13,7 @@ use floe_catalog::table::EVENTS_TABLE;
 use floe_compactor::projection::Refreshed;
 use iceberg::spec::Literal;
 
-mod promote;
-mod world;
-
-use world::{Kind, TABLES, World};
+use crate::world::{Kind, TABLES, World};
 
 #[tokio::test]
 async fn projections_follow_events_through_duplicates_late_days_compaction_retention_and_expiry() {

@@ -1,8 +1,6 @@
 //! The ingest service in-process: HTTP through the router, durability through the log, and
 //! replay after the batchers die before committing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use axum::body::Body;

@@ -3,8 +3,6 @@
 //! (`wal::record::{decode, header, end_by_content}`). Arbitrary input gives an answer, `Ok` or
 //! `Err`, within a time bound and on a server-sized stack; never a panic or a hang.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 

@@ -1,7 +1,5 @@
 //! `?wait=visible` in Kafka mode: waiters of one tenant share one poll of its table.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,6 +1,3 @@
-//! (A module of the `projections` test binary: each test binary links DataFusion anew, minutes
-//! of a release build.)
-//!
 //! Promoted properties, told as a story: a tenant's purchases are stored with `amount` only in
 //! the payload; a schema then promotes `amount`, which becomes a typed column of `events`
 //! through schema evolution (files written before read it as null); the purchases written after

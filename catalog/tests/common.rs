@@ -1,0 +1,30 @@
+//! What the catalog's tests share: a catalog on the embedded defaults, and data files to
+//! commit.
+
+use floe_catalog::{Catalog, Config};
+use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, Literal, Struct};
+
+/// The catalog of a data folder on the embedded defaults (a second call opens a second
+/// catalog on the same folder, as a second process would).
+pub async fn open(dir: &std::path::Path) -> Catalog {
+    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
+    Catalog::open(&config).await.unwrap()
+}
+
+/// A file of `rows` rows of `day` in the table at `location`: an empty file on disk (a commit
+/// only syncs its folder; expiry deletes it).
+pub fn file(location: &str, name: &str, day: i32, rows: u64) -> DataFile {
+    let path = format!("{location}/data/day={day}/{name}.parquet");
+    let local = path.strip_prefix("file://").unwrap();
+    std::fs::create_dir_all(std::path::Path::new(local).parent().unwrap()).unwrap();
+    std::fs::write(local, b"").unwrap();
+    DataFileBuilder::default()
+        .content(DataContentType::Data)
+        .file_path(path)
+        .file_format(DataFileFormat::Parquet)
+        .partition(Struct::from_iter([Some(Literal::date(day))]))
+        .record_count(rows)
+        .file_size_in_bytes(100)
+        .build()
+        .unwrap()
+}

@@ -30,7 +30,7 @@ TABLES = {
                ["ingest_vs_peers.py", "--events-per-tenant", "20000"], None),
     "dedup": ("De-duplication window: bytes and time per id", ["dedup_memory", "--ids", "20000000"],
               ["dedup_memory", "--ids", "200000"], None),
-    "restart": ("Restart after kill -9: ready for ingest before the window is read",
+    "restart": ("Restart after kill -9: events taken before the window is read",
                 ["restart.py", "--ids", "5000000"], ["restart.py", "--ids", "20000", "--runs", "1"], None),
     "fairness": ("Fairness: one tenant floods, another keeps its latency",
                  ["fairness.py", "--seconds", "30", "--flood", "10"],

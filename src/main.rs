@@ -31,6 +31,11 @@ use cli::{
     Cli, Command, DlqCommand, IngestCommand, KeysCommand, TokenCommand, WalCommand, load_config,
 };
 
+/// mimalloc rather than glibc's malloc, whose per-thread arenas kept about twice the memory
+/// `floe serve` used under the compaction benchmark (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -327,6 +327,13 @@ async fn a_batch_of_a_deleted_tenant_is_never_committed_into_its_successor() {
     assert_eq!(ids(&catalog, &tenant).await, vec!["new-0", "new-1"]);
 }
 
+/// Stops a service gracefully and lets its log's writer let go of the folder.
+async fn stop(ingest: Ingest) {
+    ingest.shutdown(Duration::from_secs(5)).await;
+    drop(ingest);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// A restart accepts requests before it has read the ids the tables hold (reading them takes
 /// seconds at millions of ids). A retry of a stored event sent in that time is acknowledged,
 /// held back from the batchers, and left out before its commit; so is one still in the log
@@ -349,9 +356,7 @@ async fn a_retry_sent_while_the_window_loads_is_stored_once() {
     let ingest = Ingest::start(catalog.clone(), &cfg, here()).await.unwrap();
     let first = ingest.submit(&key, events("a", 3)).await.unwrap();
     ingest.wait_visible(&key, first.lsn.unwrap()).await.unwrap();
-    ingest.shutdown(Duration::from_secs(5)).await;
-    drop(ingest);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop(ingest).await;
 
     // Started again; the window is not loaded yet. A request retrying a stored event (a-1)
     // with a new one (b) is acknowledged at once: only b's retry within this period is caught
@@ -374,9 +379,7 @@ async fn a_retry_sent_while_the_window_loads_is_stored_once() {
     // From now on a retry of a stored event is caught at admission.
     let late = ingest.submit(&key, vec![ev("a-2"), ev("b")]).await.unwrap();
     assert_eq!((late.stored, late.duplicates, late.unchecked), (0, 2, 0));
-    ingest.shutdown(Duration::from_secs(5)).await;
-    drop(ingest);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop(ingest).await;
 
     // Started again and dies before its window is loaded: the acknowledged record (a retry
     // of a-0, a new c) is in the log. The next start replays it and checks it the same way.
@@ -394,9 +397,7 @@ async fn a_retry_sent_while_the_window_loads_is_stored_once() {
         vec!["a-0", "a-1", "a-2", "b", "c"]
     );
     // A record whose every event was such a retry commits nothing, and is passed all the same.
-    ingest.shutdown(Duration::from_secs(5)).await;
-    drop(ingest);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop(ingest).await;
     let ingest = Ingest::open(catalog.clone(), &cfg, here(), &[])
         .await
         .unwrap();

@@ -24,9 +24,10 @@ pub mod bounded;
 pub mod concat;
 mod json;
 mod time;
+mod trunc;
 
 use json::json;
-use time::{date_add, date_diff, field, format_datetime, local, micros};
+use time::{date_add, date_diff, field, format_datetime, is_utc, local, micros};
 
 /// Every function this module adds, by name (some names share a function).
 const FUNCTIONS: &[(&str, Kind)] = &[
@@ -66,6 +67,7 @@ pub fn register(ctx: &SessionContext) {
         }));
     }
     ctx.register_udf(ScalarUDF::new_from_impl(concat::Concat::default()));
+    ctx.register_udf(ScalarUDF::new_from_impl(trunc::DateTrunc::default()));
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,6 +108,14 @@ struct TrinoFn {
 
 fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The zone of a timestamp type (`None`: a date, or a timestamp without one, read as UTC).
+fn zone_of(t: &DataType) -> Option<&str> {
+    match t {
+        DataType::Timestamp(_, Some(tz)) => Some(tz),
+        _ => None,
+    }
 }
 
 fn is_temporal(t: &DataType) -> bool {
@@ -158,7 +168,16 @@ impl ScalarUDFImpl for TrinoFn {
         match self.kind {
             Kind::JsonExtractScalar | Kind::JsonExtract => {
                 want(2)?;
-                Ok(vec![DataType::Utf8, DataType::Utf8])
+                // A string of any kind is read as it is (a column read as `Utf8View` is not
+                // copied into `Utf8` first).
+                let text = |t: &DataType| {
+                    if is_text(t) {
+                        t.clone()
+                    } else {
+                        DataType::Utf8
+                    }
+                };
+                Ok(vec![text(&args[0]), text(&args[1])])
             }
             Kind::DateDiff => {
                 want(3)?;
@@ -230,10 +249,14 @@ impl ScalarUDFImpl for TrinoFn {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        // The JSON functions take their path as it comes (a constant is parsed once).
+        let arrays = match self.kind {
+            Kind::JsonExtractScalar | Kind::JsonExtract => Vec::new(),
+            _ => ColumnarValue::values_to_arrays(&args.args)?,
+        };
         let out: ArrayRef = match self.kind {
-            Kind::JsonExtractScalar => json(&arrays, true)?,
-            Kind::JsonExtract => json(&arrays, false)?,
+            Kind::JsonExtractScalar => json(&args.args, args.number_rows, true)?,
+            Kind::JsonExtract => json(&args.args, args.number_rows, false)?,
             Kind::DateDiff => date_diff(&arrays)?,
             Kind::DateAdd => date_add(&arrays)?,
             Kind::ToUnixtime => {
@@ -276,6 +299,11 @@ impl ScalarUDFImpl for TrinoFn {
             Kind::ElementAt => element_at(&arrays)?,
             Kind::Date => {
                 let (ts, tz) = micros(&arrays[0])?;
+                if zone_of(arrays[0].data_type()).is_none_or(is_utc) {
+                    const MICROS_PER_DAY: i64 = 86_400_000_000;
+                    let days: Date32Array = ts.unary(|m| m.div_euclid(MICROS_PER_DAY) as i32);
+                    return Ok(ColumnarValue::Array(Arc::new(days)));
+                }
                 Arc::new(
                     ts.iter()
                         .map(|v| {
@@ -367,10 +395,11 @@ fn element_at(arrays: &[ArrayRef]) -> Result<ArrayRef> {
 
 #[cfg(test)]
 mod tests {
-    use super::json::{Step, json_at, json_path};
+    use super::json::{Scalar, Step, json_at, json_path, json_scalar_at};
     use super::time::joda_to_strftime;
     use super::*;
     use serde_json::Value;
+    use std::borrow::Cow;
 
     #[test]
     fn json_paths() {
@@ -404,6 +433,75 @@ mod tests {
             json_at(r#"{"k\u0041": 1}"#, &json_path("$.kA").unwrap()),
             Some(serde_json::json!(1))
         );
+    }
+
+    #[test]
+    fn json_scalars_borrow_what_they_can_and_refuse_text_after_the_document() {
+        let doc = r#"{"s": "plain", "e": "t\u00e9", "n": 12.50, "i": -3, "b": false, "o": {}, "z": null}"#;
+        let at = |p: &str| json_scalar_at(doc, &json_path(p).unwrap());
+        assert!(matches!(
+            at("$.s"),
+            Some(Scalar::Text(Cow::Borrowed("plain")))
+        ));
+        assert_eq!(at("$.e"), Some(Scalar::Text(Cow::Owned("té".into()))));
+        let twelve_and_a_half = serde_json::Number::from_f64(12.5).unwrap();
+        assert_eq!(at("$.n"), Some(Scalar::Number(twelve_and_a_half)));
+        assert_eq!(at("$.i"), Some(Scalar::Number((-3).into())));
+        assert_eq!(at("$.b"), Some(Scalar::Bool(false)));
+        assert_eq!(at("$.o"), Some(Scalar::Other));
+        assert_eq!(at("$.z"), Some(Scalar::Other));
+        assert_eq!(at("$.missing"), None);
+        // Text after the document: not JSON, so nothing is found in it.
+        assert_eq!(
+            json_scalar_at(r#"{"s": 1} x"#, &json_path("$.s").unwrap()),
+            None
+        );
+        assert_eq!(json_at(r#"{"s": 1} {"#, &json_path("$.s").unwrap()), None);
+        assert!(json_scalar_at("{\"s\": 1}  \n", &json_path("$.s").unwrap()).is_some());
+    }
+
+    #[test]
+    fn json_extract_reads_every_string_kind_and_paths_by_row() {
+        use arrow::array::{LargeStringArray, StringArray, StringViewArray};
+        use datafusion::common::ScalarValue;
+        let docs = [
+            Some(r#"{"a": "x", "n": 2}"#),
+            None,
+            Some("nope"),
+            Some(r#"{"a": [1]}"#),
+        ];
+        let path = ColumnarValue::Scalar(ScalarValue::Utf8(Some("$.a".into())));
+        let want_scalar = StringArray::from(vec![Some("x"), None, None, None]);
+        let want_json = StringArray::from(vec![Some("\"x\""), None, None, Some("[1]")]);
+        let kinds: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(docs.to_vec())),
+            Arc::new(LargeStringArray::from(docs.to_vec())),
+            Arc::new(StringViewArray::from(docs.to_vec())),
+        ];
+        for doc in kinds {
+            let args = [ColumnarValue::Array(doc.clone()), path.clone()];
+            let got = json(&args, 4, true).unwrap();
+            assert_eq!(got.as_string::<i32>(), &want_scalar, "{}", doc.data_type());
+            let got = json(&args, 4, false).unwrap();
+            assert_eq!(got.as_string::<i32>(), &want_json, "{}", doc.data_type());
+        }
+        // A path per row (parsed again only when it changes), a NULL path, a constant NULL path.
+        let doc: ArrayRef = Arc::new(StringArray::from(vec![Some(r#"{"a": "x", "n": 2}"#); 3]));
+        let paths: ArrayRef = Arc::new(StringArray::from(vec![Some("$.n"), None, Some("$.a")]));
+        let args = [
+            ColumnarValue::Array(doc.clone()),
+            ColumnarValue::Array(paths),
+        ];
+        let got = json(&args, 3, true).unwrap();
+        assert_eq!(
+            got.as_string::<i32>(),
+            &StringArray::from(vec![Some("2"), None, Some("x")])
+        );
+        let args = [
+            ColumnarValue::Array(doc),
+            ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+        ];
+        assert_eq!(json(&args, 3, true).unwrap().null_count(), 3);
     }
 
     #[test]

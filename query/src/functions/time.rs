@@ -29,6 +29,16 @@ pub(super) fn field(t: &DateTime<Tz>, part: Part) -> i64 {
     }) as i64
 }
 
+/// Whether a timestamp's zone is UTC under one of its names (Iceberg's `timestamptz` is read
+/// as `+00:00`): its local times are then plain arithmetic on the microseconds, with no
+/// calendar of the zone to consult row by row.
+pub(super) fn is_utc(zone: &str) -> bool {
+    matches!(
+        zone,
+        "UTC" | "utc" | "Z" | "+00:00" | "-00:00" | "+0000" | "+00" | "Etc/UTC" | "GMT" | "Etc/GMT"
+    )
+}
+
 /// Microseconds and the zone of a coerced temporal argument.
 pub(super) fn micros(a: &ArrayRef) -> Result<(TimestampMicrosecondArray, Tz)> {
     let tz_name = match a.data_type() {

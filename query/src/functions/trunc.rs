@@ -1,0 +1,178 @@
+//! `date_trunc` of timestamps in UTC by arithmetic.
+//!
+//! DataFusion's `date_trunc` truncates a timestamp that carries a zone to hours, days and
+//! coarser units through that zone's calendar, row by row, even when the zone is UTC (as
+//! every Iceberg `timestamptz` is, read as `+00:00`); without a zone it truncates hours and
+//! days by arithmetic. In UTC both give the same instants, so this wrapper hands DataFusion's
+//! function the array without its zone and puts the zone back on the result (neither is a
+//! copy). Every other input goes to DataFusion's function as it is.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, make_array};
+use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::Result;
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
+
+use super::time::is_utc;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct DateTrunc {
+    inner: Arc<ScalarUDF>,
+}
+
+impl Default for DateTrunc {
+    fn default() -> DateTrunc {
+        DateTrunc {
+            inner: datafusion::functions::datetime::date_trunc(),
+        }
+    }
+}
+
+/// `array` with its timestamp type's zone set to `zone` (the same buffers).
+fn with_zone(array: &ArrayRef, zone: Option<Arc<str>>) -> Result<ArrayRef> {
+    let DataType::Timestamp(unit, _) = array.data_type() else {
+        return Ok(array.clone());
+    };
+    let data = array
+        .to_data()
+        .into_builder()
+        .data_type(DataType::Timestamp(*unit, zone))
+        .build()?;
+    Ok(make_array(data))
+}
+
+impl ScalarUDFImpl for DateTrunc {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.output_ordering(input)
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let utc_zone = match args.args.get(1) {
+            Some(ColumnarValue::Array(a)) => match a.data_type() {
+                DataType::Timestamp(_, Some(zone)) if is_utc(zone) => Some(zone.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(zone) = utc_zone else {
+            return self.inner.invoke_with_args(args);
+        };
+        if let Some(ColumnarValue::Array(a)) = args.args.get_mut(1) {
+            *a = with_zone(a, None)?;
+            let plain = Field::new(
+                args.arg_fields[1].name(),
+                a.data_type().clone(),
+                args.arg_fields[1].is_nullable(),
+            );
+            args.arg_fields[1] = Arc::new(plain);
+            args.return_field = Arc::new(
+                args.return_field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(a.data_type().clone()),
+            );
+        }
+        match self.inner.invoke_with_args(args)? {
+            ColumnarValue::Array(out) => Ok(ColumnarValue::Array(with_zone(&out, Some(zone))?)),
+            scalar => Ok(scalar),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, TimestampMicrosecondArray};
+    use arrow::datatypes::TimeUnit;
+    use datafusion::common::ScalarValue;
+    use datafusion::common::config::ConfigOptions;
+
+    /// Truncates `micros` (in `zone`) to `unit` with the wrapper and with DataFusion's own.
+    fn both(unit: &str, zone: &str, micros: &[i64]) -> (ArrayRef, ArrayRef) {
+        let ts: ArrayRef =
+            Arc::new(TimestampMicrosecondArray::from(micros.to_vec()).with_timezone(zone));
+        let field = Arc::new(Field::new("ts", ts.data_type().clone(), true));
+        let args = || ScalarFunctionArgs {
+            args: vec![
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(unit.into()))),
+                ColumnarValue::Array(ts.clone()),
+            ],
+            arg_fields: vec![
+                Arc::new(Field::new("u", DataType::Utf8, false)),
+                field.clone(),
+            ],
+            number_rows: micros.len(),
+            return_field: field.clone(),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let ours = DateTrunc::default().invoke_with_args(args()).unwrap();
+        let theirs = DateTrunc::default().inner.invoke_with_args(args()).unwrap();
+        let (ColumnarValue::Array(ours), ColumnarValue::Array(theirs)) = (ours, theirs) else {
+            panic!("arrays in, arrays out");
+        };
+        (ours, theirs)
+    }
+
+    #[test]
+    fn utc_truncates_as_datafusion_does_and_keeps_its_zone() {
+        // Before and after the epoch, on and off the unit's boundaries, a leap day.
+        let micros = [
+            -86_400_000_001,
+            -1,
+            0,
+            1,
+            1_709_164_799_999_999,
+            1_709_208_000_123_456,
+            1_735_689_599_000_000,
+        ];
+        for zone in ["+00:00", "UTC"] {
+            for unit in [
+                "second", "minute", "hour", "day", "week", "month", "quarter", "year",
+            ] {
+                let (ours, theirs) = both(unit, zone, &micros);
+                assert_eq!(
+                    ours.data_type(),
+                    &DataType::Timestamp(TimeUnit::Microsecond, Some(zone.into()))
+                );
+                assert_eq!(&ours, &theirs, "{unit} in {zone}");
+            }
+        }
+        // Another zone goes to DataFusion's own function untouched.
+        let (ours, theirs) = both("day", "Europe/Berlin", &micros);
+        assert_eq!(&ours, &theirs);
+        assert_eq!(
+            ours.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .timezone(),
+            Some("Europe/Berlin")
+        );
+    }
+}

@@ -76,15 +76,13 @@ pub(super) fn json_scalar_at<'d>(doc: &'d str, path: &[Step]) -> Option<Scalar<'
 fn find<'d, L: Leaf<'d>>(doc: &'d str, path: &[Step]) -> Option<L> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_str(doc);
-    let found = PathSeed::<L> {
+    PathSeed::<L> {
         path,
         leaf: PhantomData,
     }
     .deserialize(&mut de)
     .ok()
-    .flatten();
-    // Text after the value means the document was not JSON.
-    de.end().ok().and(found)
+    .flatten()
 }
 
 /// A scalar found by `json_extract_scalar`.
@@ -298,6 +296,7 @@ pub(super) fn json(args: &[ColumnarValue], rows: usize, scalar: bool) -> Result<
     let doc = args[0].to_array(rows)?;
     let docs = documents(&doc)?;
     let constant = match &args[1] {
+        ColumnarValue::Scalar(path) if path.is_null() => Some(None),
         ColumnarValue::Scalar(path) => Some(match path.try_as_str() {
             Some(Some(p)) => Some(json_path(p)?),
             Some(None) => None,

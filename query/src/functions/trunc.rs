@@ -111,7 +111,10 @@ impl ScalarUDFImpl for DateTrunc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, TimestampMicrosecondArray};
+    use arrow::array::{
+        AsArray, TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+        TimestampSecondArray,
+    };
     use arrow::datatypes::TimeUnit;
     use datafusion::common::ScalarValue;
     use datafusion::common::config::ConfigOptions;
@@ -120,6 +123,12 @@ mod tests {
     fn both(unit: &str, zone: &str, micros: &[i64]) -> (ArrayRef, ArrayRef) {
         let ts: ArrayRef =
             Arc::new(TimestampMicrosecondArray::from(micros.to_vec()).with_timezone(zone));
+        run(unit, ts)
+    }
+
+    /// Truncates `ts` to `unit` with the wrapper and with DataFusion's own.
+    fn run(unit: &str, ts: ArrayRef) -> (ArrayRef, ArrayRef) {
+        let rows = ts.len();
         let field = Arc::new(Field::new("ts", ts.data_type().clone(), true));
         let args = || ScalarFunctionArgs {
             args: vec![
@@ -130,7 +139,7 @@ mod tests {
                 Arc::new(Field::new("u", DataType::Utf8, false)),
                 field.clone(),
             ],
-            number_rows: micros.len(),
+            number_rows: rows,
             return_field: field.clone(),
             config_options: Arc::new(ConfigOptions::default()),
         };
@@ -164,6 +173,29 @@ mod tests {
                     &DataType::Timestamp(TimeUnit::Microsecond, Some(zone.into()))
                 );
                 assert_eq!(&ours, &theirs, "{unit} in {zone}");
+            }
+        }
+        // Other units of time, and nulls, in UTC (within the years DataFusion's own function
+        // can take: it goes through nanoseconds for months).
+        let at = |per_second: i64| {
+            vec![
+                Some(-86_401 * per_second - 1),
+                None,
+                Some(0),
+                Some(1_709_208_000 * per_second + 123),
+            ]
+        };
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(TimestampSecondArray::from(at(1)).with_timezone("+00:00")),
+            Arc::new(TimestampMillisecondArray::from(at(1_000)).with_timezone("+00:00")),
+            Arc::new(TimestampNanosecondArray::from(at(1_000_000_000)).with_timezone("+00:00")),
+        ];
+        for ts in arrays {
+            for unit in ["second", "hour", "day", "month"] {
+                let (ours, theirs) = run(unit, ts.clone());
+                assert_eq!(ours.data_type(), ts.data_type());
+                assert_eq!(&ours, &theirs, "{unit} of {}", ts.data_type());
+                assert_eq!(ours.null_count(), 1);
             }
         }
         // Another zone goes to DataFusion's own function untouched.

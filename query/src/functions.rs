@@ -25,6 +25,7 @@ pub mod concat;
 mod json;
 mod time;
 mod trunc;
+mod wrapped;
 
 use json::json;
 use time::{date_add, date_diff, field, format_datetime, is_utc, local, micros};
@@ -67,7 +68,7 @@ pub fn register(ctx: &SessionContext) {
         }));
     }
     ctx.register_udf(ScalarUDF::new_from_impl(concat::Concat::default()));
-    ctx.register_udf(ScalarUDF::new_from_impl(trunc::DateTrunc::default()));
+    ctx.register_udf(ScalarUDF::new_from_impl(trunc::date_trunc()));
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

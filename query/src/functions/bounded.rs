@@ -10,18 +10,16 @@
 //! function returns: the value then travels in a batch that the pages count (see
 //! `trino::query`).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
 use datafusion::common::{Result, ScalarValue};
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
+use super::wrapped::{Run, Wrapped};
 use crate::memory::QueryPool;
 
 /// How a function's output size follows from its arguments.
@@ -76,13 +74,15 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>) {
             continue;
         };
         // Already wrapped (a registry shared between sessions): wrap the original only.
-        if inner.inner().as_any().is::<Bounded>() {
+        if inner.inner().as_any().is::<Wrapped<Bounded>>() {
             continue;
         }
-        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+        ctx.register_udf(ScalarUDF::new_from_impl(Wrapped {
             inner: inner.clone(),
-            growth,
-            pool: PoolRef(pool.clone()),
+            run: Bounded {
+                growth,
+                pool: PoolRef(pool.clone()),
+            },
         }));
     }
 }
@@ -105,60 +105,20 @@ impl std::hash::Hash for PoolRef {
     }
 }
 
+/// How a growing function's calls run: their output reserved in the query's pool.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
-    inner: Arc<ScalarUDF>,
     growth: Growth,
     pool: PoolRef,
 }
 
-impl ScalarUDFImpl for Bounded {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<arrow::datatypes::FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        self.inner.coerce_types(arg_types)
-    }
-
-    fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        self.inner.schema_name(args)
-    }
-
-    fn short_circuits(&self) -> bool {
-        self.inner.short_circuits()
-    }
-
-    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
-        self.inner.documentation()
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+impl Run for Bounded {
+    fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let pool = &self.pool.0;
-        let name = self.inner.name().to_string();
+        let name = inner.name().to_string();
         let held = estimate(self.growth, &args.args, args.number_rows)?;
         pool.try_take(held, &format!("{name}(…)"))?;
-        let made = self.inner.invoke_with_args(args);
+        let made = inner.invoke_with_args(args);
         pool.give_back(held);
         let made = made?;
         let size = match &made {

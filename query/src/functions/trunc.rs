@@ -5,33 +5,29 @@
 //! every Iceberg `timestamptz` is, read as `+00:00`); without a zone it truncates hours and
 //! days by arithmetic. In UTC both give the same instants, so this wrapper hands DataFusion's
 //! function the array without its zone and puts the zone back on the result (neither is a
-//! copy). Every other input goes to DataFusion's function as it is.
+//! copy). Every other input goes to DataFusion's function as it is; everything but the call is
+//! DataFusion's function's own (`wrapped.rs`).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, make_array};
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field};
 use datafusion::common::Result;
-use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
 
 use super::time::is_utc;
+use super::wrapped::{Run, Wrapped};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct DateTrunc {
-    inner: Arc<ScalarUDF>,
-}
-
-impl Default for DateTrunc {
-    fn default() -> DateTrunc {
-        DateTrunc {
-            inner: datafusion::functions::datetime::date_trunc(),
-        }
+/// DataFusion's `date_trunc`, with timestamps in UTC truncated without their zone.
+pub(super) fn date_trunc() -> Wrapped<UtcArithmetic> {
+    Wrapped {
+        inner: datafusion::functions::datetime::date_trunc(),
+        run: UtcArithmetic,
     }
 }
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct UtcArithmetic;
 
 /// `array` with its timestamp type's zone set to `zone` (the same buffers).
 fn with_zone(array: &ArrayRef, zone: Option<Arc<str>>) -> Result<ArrayRef> {
@@ -46,36 +42,8 @@ fn with_zone(array: &ArrayRef, zone: Option<Arc<str>>) -> Result<ArrayRef> {
     Ok(make_array(data))
 }
 
-impl ScalarUDFImpl for DateTrunc {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(args)
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
-        self.inner.output_ordering(input)
-    }
-
-    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+impl Run for UtcArithmetic {
+    fn run(&self, inner: &ScalarUDF, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let utc_zone = match args.args.get(1) {
             Some(ColumnarValue::Array(a)) => match a.data_type() {
                 DataType::Timestamp(_, Some(zone)) if is_utc(zone) => Some(zone.clone()),
@@ -84,7 +52,7 @@ impl ScalarUDFImpl for DateTrunc {
             _ => None,
         };
         let Some(zone) = utc_zone else {
-            return self.inner.invoke_with_args(args);
+            return inner.invoke_with_args(args);
         };
         if let Some(ColumnarValue::Array(a)) = args.args.get_mut(1) {
             *a = with_zone(a, None)?;
@@ -101,7 +69,7 @@ impl ScalarUDFImpl for DateTrunc {
                     .with_data_type(a.data_type().clone()),
             );
         }
-        match self.inner.invoke_with_args(args)? {
+        match inner.invoke_with_args(args)? {
             ColumnarValue::Array(out) => Ok(ColumnarValue::Array(with_zone(&out, Some(zone))?)),
             scalar => Ok(scalar),
         }
@@ -118,6 +86,7 @@ mod tests {
     use arrow::datatypes::TimeUnit;
     use datafusion::common::ScalarValue;
     use datafusion::common::config::ConfigOptions;
+    use datafusion::logical_expr::ScalarUDFImpl;
 
     /// Truncates `micros` (in `zone`) to `unit` with the wrapper and with DataFusion's own.
     fn both(unit: &str, zone: &str, micros: &[i64]) -> (ArrayRef, ArrayRef) {
@@ -143,8 +112,8 @@ mod tests {
             return_field: field.clone(),
             config_options: Arc::new(ConfigOptions::default()),
         };
-        let ours = DateTrunc::default().invoke_with_args(args()).unwrap();
-        let theirs = DateTrunc::default().inner.invoke_with_args(args()).unwrap();
+        let ours = date_trunc().invoke_with_args(args()).unwrap();
+        let theirs = date_trunc().inner.invoke_with_args(args()).unwrap();
         let (ColumnarValue::Array(ours), ColumnarValue::Array(theirs)) = (ours, theirs) else {
             panic!("arrays in, arrays out");
         };

@@ -4,11 +4,11 @@
 //! functions make: `range(0, 400000000)` or `repeat('x', 1500000000)` would allocate gigabytes
 //! that no pool counts. Each such function is wrapped: before it runs, the size of what it will
 //! make is estimated from its arguments and reserved in the query's pool (refused with
-//! `ResourcesExhausted` past the query's or the tenant's memory); after it runs, the size of what
-//! it made is checked the same way (a function that grows with its inputs, chained through
-//! subqueries, is stopped at the step that crosses the limit). The reservation ends when the
-//! function returns: the value then travels in a batch that the pages count (see
-//! `trino::query`).
+//! `ResourcesExhausted` past the query's or the tenant's memory); a function that grows with its
+//! inputs (`||`, `concat`, …) reserves their sum, so a value doubled through subqueries is stopped
+//! before the step that would cross the limit is made; after it runs, the size of what it made is
+//! checked the same way. The reservation ends when the function returns: the value then travels
+//! in a batch that the pages count (see `trino::query`).
 
 use std::sync::Arc;
 
@@ -39,7 +39,8 @@ enum Growth {
     Replace,
     /// `regexp_replace(text, pattern, to[, flags])`: at most one match per position.
     RegexpReplace,
-    /// Grows with its inputs (`concat`, `array_concat`, …): checked after it runs.
+    /// Grows with its inputs (`concat`, `array_concat`, …): at least the sum of their sizes
+    /// (exact for concatenation), reserved before it runs and checked again after.
     WithInputs,
 }
 
@@ -133,8 +134,8 @@ impl Run for Bounded {
     }
 }
 
-/// Bytes `growth` will make from `args` (an upper bound where it can be known; 0 for functions
-/// checked after they run).
+/// Bytes `growth` will make from `args` (an upper bound where it can be known; for functions that
+/// grow with their inputs, the sum of the inputs, which the check after the run completes).
 fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize> {
     // Scalars only: the function runs once.
     let rows = if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
@@ -205,7 +206,13 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += text[i] as u128 + matches as u128 * to[i] as u128;
             }
         }
-        Growth::WithInputs => {}
+        Growth::WithInputs => {
+            // A value that doubles itself step by step is refused before the step that would
+            // cross the limit is made, not after.
+            for a in args {
+                total += lengths(a, rows)?.iter().map(|&b| b as u128).sum::<u128>();
+            }
+        }
     }
     Ok(usize::try_from(total).unwrap_or(usize::MAX))
 }
@@ -359,6 +366,21 @@ mod tests {
         assert_eq!(
             e(Growth::Range { inclusive: true }, &[d(0), d(9), days]),
             80
+        );
+        // Concatenation: the sum of its inputs, each scalar once per row.
+        assert_eq!(e(Growth::WithInputs, &[text("ab"), text("cde")]), 5);
+        let column = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
+            Some("x"),
+            None,
+            Some("yyyy"),
+        ])));
+        assert_eq!(
+            estimate(Growth::WithInputs, &[column.clone(), text("ab")], 3).unwrap(),
+            5 + 3 * 2
+        );
+        assert_eq!(
+            estimate(Growth::WithInputs, &[column.clone(), column], 3).unwrap(),
+            10
         );
     }
 }

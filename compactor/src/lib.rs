@@ -23,6 +23,7 @@ use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::SessionConfig;
 use floe_catalog::config::CompactionConfig;
 use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
@@ -381,6 +382,14 @@ impl Compactor {
         })
     }
 
+    /// Streams one rewrite reads its files with (`compaction.read_parallelism`, 0: the cores).
+    fn read_parallelism(&self) -> usize {
+        match self.config.read_parallelism {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     pub(crate) async fn delete(&self, paths: &[String]) {
         for p in paths {
             if let Err(e) = self.catalog.file_io().delete(p).await {
@@ -435,14 +444,17 @@ impl Compactor {
                 Ok(PartitionedFile::new(key, f.bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        let source = Arc::new(ParquetSource::new(TableSchema::from(arrow_schema.clone())));
-        let scan = DataSourceExec::from_data_source(
-            FileScanConfigBuilder::new(store_url, source)
-                .with_file_group(FileGroup::new(files))
-                .build(),
-        );
-        // Events are sorted by (type, ts); a table without those columns (dead letters) is
-        // rewritten in its order.
+        let scan = |groups: Vec<FileGroup>| {
+            let source = Arc::new(ParquetSource::new(TableSchema::from(arrow_schema.clone())));
+            DataSourceExec::from_data_source(
+                FileScanConfigBuilder::new(store_url.clone(), source)
+                    .with_file_groups(groups)
+                    .build(),
+            )
+        };
+        // Events are sorted by (type, ts): the files are read and sorted in groups side by
+        // side, one stream per core, and the sorted groups merged. A table without those
+        // columns (dead letters) is rewritten in its order, by one stream.
         let ordering = ["type", "ts"]
             .iter()
             .filter(|c| arrow_schema.column_with_name(c).is_some())
@@ -450,8 +462,19 @@ impl Compactor {
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(df)?;
         let plan: Arc<dyn ExecutionPlan> = match LexOrdering::new(ordering) {
-            Some(ordering) => Arc::new(SortExec::new(ordering, scan)),
-            None => scan,
+            Some(ordering) => {
+                let groups = balanced_groups(files, self.read_parallelism());
+                let merge = groups.len() > 1;
+                let sorted = Arc::new(
+                    SortExec::new(ordering.clone(), scan(groups)).with_preserve_partitioning(true),
+                );
+                if merge {
+                    Arc::new(SortPreservingMergeExec::new(ordering, sorted))
+                } else {
+                    sorted
+                }
+            }
+            None => scan(vec![FileGroup::new(files)]),
         };
         let mut stream = plan.execute(0, task).map_err(df)?;
 
@@ -505,6 +528,28 @@ impl Compactor {
         }
         writer.close().await.map_err(ice("closing parquet"))
     }
+}
+
+/// `files` in at most `streams` groups of about equal bytes (the largest file first into the
+/// lightest group), none empty but the one group of no files.
+fn balanced_groups(mut files: Vec<PartitionedFile>, streams: usize) -> Vec<FileGroup> {
+    if files.is_empty() {
+        return vec![FileGroup::new(files)];
+    }
+    let streams = streams.clamp(1, files.len());
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); streams];
+    for f in files {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            lightest.0 += f.object_meta.size;
+            lightest.1.push(f);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(_, g)| FileGroup::new(g))
+        .collect()
 }
 
 /// The live Parquet files of a table, with their partitions.
@@ -570,5 +615,29 @@ mod tests {
         // Day 1: 60+40 and 50+30 (the 100-byte file is at target already); day 2: e+f; day 3
         // has one small file only.
         assert_eq!(bins, vec![vec!["a", "c"], vec!["b", "d"], vec!["e", "f"]]);
+    }
+
+    #[test]
+    fn files_are_read_in_groups_of_about_equal_bytes() {
+        let files = |sizes: &[u64]| -> Vec<PartitionedFile> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| PartitionedFile::new(format!("f{i}"), b))
+                .collect()
+        };
+        let bytes = |groups: &[FileGroup]| -> Vec<u64> {
+            groups
+                .iter()
+                .map(|g| g.iter().map(|f| f.object_meta.size).sum())
+                .collect()
+        };
+        let groups = balanced_groups(files(&[70, 10, 40, 30, 20, 30]), 2);
+        assert_eq!(bytes(&groups), vec![100, 100]);
+        assert_eq!(groups.iter().map(FileGroup::len).sum::<usize>(), 6);
+        // Fewer files than streams: one group per file, none empty; no files: one empty group.
+        assert_eq!(balanced_groups(files(&[5, 6]), 8).len(), 2);
+        assert_eq!(balanced_groups(files(&[5]), 0).len(), 1);
+        assert_eq!(balanced_groups(Vec::new(), 4).len(), 1);
     }
 }

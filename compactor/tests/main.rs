@@ -8,3 +8,4 @@ mod world;
 mod projection_sharing;
 mod projections;
 mod promote;
+mod rewrite;

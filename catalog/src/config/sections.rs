@@ -89,6 +89,9 @@ pub struct CompactionConfig {
     pub zstd_level: i32,
     /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
     pub memory_limit_bytes: usize,
+    /// Streams that read and sort one rewrite's files side by side, merged in order into its
+    /// output (0: one per core).
+    pub read_parallelism: usize,
     /// Snapshots older than this are expired (time travel reaches this far back)…
     pub snapshot_max_age_secs: u64,
     /// …but each table keeps at least this many of its newest snapshots.
@@ -116,6 +119,7 @@ impl Default for CompactionConfig {
             target_file_bytes: 128 << 20,
             zstd_level: 3,
             memory_limit_bytes: 512 << 20,
+            read_parallelism: 0,
             snapshot_max_age_secs: 900,
             min_snapshots: 10,
             orphan_min_age_secs: 24 * 3600,

@@ -126,6 +126,11 @@ impl World {
             })
             .collect();
         self.written.extend(events);
+        self.commit(&stored).await;
+    }
+
+    /// Commits one append of events as stored.
+    pub async fn commit(&self, stored: &[StoredEvent]) {
         let table = self
             .catalog
             .load_table(&self.tenant, EVENTS_TABLE)

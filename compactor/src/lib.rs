@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -88,6 +89,11 @@ pub enum Error {
     /// A setting or an input that cannot work, whatever the retries.
     #[error("{0}")]
     Invalid(String),
+
+    /// The threads a rewrite reads on could not be started (the process is at its limit of
+    /// threads or memory); a later run may find them.
+    #[error("starting a rewrite's threads: {0}")]
+    Threads(String),
 }
 
 impl Error {
@@ -95,7 +101,7 @@ impl Error {
         use floe_catalog::ErrorKind as K;
         match self {
             Error::Catalog(e) => e.kind(),
-            Error::Iceberg { .. } | Error::Storage { .. } => K::Unavailable,
+            Error::Iceberg { .. } | Error::Storage { .. } | Error::Threads(_) => K::Unavailable,
             Error::DataFusion { source, .. } => match source.find_root() {
                 datafusion::error::DataFusionError::ResourcesExhausted(_)
                 | datafusion::error::DataFusionError::IoError(_)
@@ -476,7 +482,7 @@ impl Compactor {
             }
             None => scan(vec![FileGroup::new(files)]),
         };
-        let mut stream = plan.execute(0, task).map_err(df)?;
+        let mut stream = apart(plan, task, self.read_parallelism())?;
 
         let level = ZstdLevel::try_new(self.config.zstd_level)
             .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;
@@ -513,7 +519,7 @@ impl Compactor {
             && files_in
                 .iter()
                 .any(|f| f.lacks_columns(metadata.current_schema()));
-        while let Some(batch) = stream.next().await {
+        while let Some(batch) = stream.recv().await {
             let mut batch = batch.map_err(df)?;
             if fill {
                 batch = promote::fill(batch)?;
@@ -528,6 +534,53 @@ impl Compactor {
         }
         writer.close().await.map_err(ice("closing parquet"))
     }
+}
+
+/// Runs `plan` on a runtime of its own, `threads` workers on threads of their own, and hands its
+/// batches over as they come (two at most waiting): reading, decoding and sorting a bin keep a
+/// thread for as long as a batch or a sort takes, and must not keep the threads of the caller's
+/// runtime from its other work (`floe serve`'s requests). Reads from S3 still go through the
+/// store's own I/O runtime (`floe_catalog::storage`).
+fn apart(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    threads: usize,
+) -> Result<tokio::sync::mpsc::Receiver<datafusion::error::Result<RecordBatch>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    std::thread::Builder::new()
+        .name("floe-compact".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name("floe-compact-read")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut stream = match plan.execute(0, task) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                while let Some(batch) = stream.next().await {
+                    let failed = batch.is_err();
+                    // The receiver gone: the rewrite failed or stopped; so does the reading.
+                    if tx.send(batch).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        })
+        .map_err(|e| Error::Threads(e.to_string()))?;
+    Ok(rx)
 }
 
 /// `files` in at most `streams` groups of about equal bytes (the largest file first into the

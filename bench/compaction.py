@@ -1,13 +1,17 @@
 """Compaction: a table built from many small commits, before and after `floe compact`.
 
     FLOE_BIN=target/release/floe python bench/compaction.py [--commits 5000] [--events-per-commit 200] [--runs 3]
+        [--one-stream-too]
 
 1. `floe serve` (maintenance schedule off) takes `--commits` requests of `--events-per-commit`
    events over three days, each acknowledged with `?wait=visible`: one Iceberg commit each.
 2. The query set of bench/query_vs_duckdb.py runs through the Trino protocol (median of R).
 3. `floe compact` (with snapshot expiry down to the current snapshot) rewrites the table; its
    throughput (input MB/s) is printed beside the raw read-plus-write rate of the same input
-   files: DuckDB reading them and writing one sorted ZSTD Parquet file, in the same run.
+   files: DuckDB reading them and writing one sorted ZSTD Parquet file, in the same run. With
+   `--one-stream-too`, a second tenant gets the same commits during the load, and is compacted
+   first with one read stream (`compaction.read_parallelism=1`, the way a bin was read before).
+   (The warehouse cannot be copied for this: its metadata names files by absolute path.)
 4. The checks of issue 6: files per partition at most ceil(bytes / target) + 1, rows and
    checksums unchanged, pyiceberg and DuckDB read the compacted table.
 5. The queries again. Prints Markdown tables for BENCHMARKS.md.
@@ -34,6 +38,8 @@ from floe_server import FLOE
 from query_vs_duckdb import QUERIES, timed
 
 TENANT = "bench"
+# With --one-stream-too: a second tenant given the same commits, compacted with one read stream.
+ONE_STREAM = "bench-one-stream"
 TARGET = 128 << 20
 CHECKSUM = ("SELECT count(*), count(DISTINCT event_id), sum(length(payload)), min(ts), max(ts), "
             "count(DISTINCT user_id) FROM events")
@@ -65,25 +71,35 @@ def main():
     ap.add_argument("--commits", type=int, default=5000)
     ap.add_argument("--events-per-commit", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--one-stream-too", action="store_true",
+                    help="also time `floe compact` of a second tenant with the same commits with one "
+                         "read stream (compaction.read_parallelism=1), beside the default of one per core")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="floe-cbench-"))
     data = tmp / "floe"
     floe(data, "tenant", "create", TENANT)
+    if args.one_stream_too:
+        floe(data, "tenant", "create", ONE_STREAM)
     proc, port, url = floe_server.start(data, tmp / "serve.log", extra=[
         "--set", "compaction.interval_secs=0", "--set", "ingest.flush_interval_ms=5"])
     try:
         token = floe(data, "token", "issue", "--tenant", TENANT, "--role", "admin").strip()
+        tokens = [token]
+        if args.one_stream_too:
+            tokens.append(floe(data, "token", "issue", "--tenant", ONE_STREAM, "--role", "admin").strip())
         now = int(time.time())
         started = time.time()
         n = args.events_per_commit
         for c in range(args.commits):
-            post(url, token, [{
+            batch = [{
                 "event_id": f"e-{c}-{i}",
                 "type": ["PageViewed", "PurchaseMade", "SensorReading"][(c + i) % 3],
                 "timestamp": now - ((c * n + i) * 7919) % (3 * 86400),
                 "user_id": f"u-{(c * n + i) % 5000}",
                 "payload": {"page": f"/p/{i % 20}", "amount": (c + i) % 500, "currency": "EUR"},
-            } for i in range(n)])
+            } for i in range(n)]
+            for t in tokens:
+                post(url, t, batch)
         load_s = time.time() - started
         print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s", flush=True)
 
@@ -102,6 +118,15 @@ def main():
         duck.execute(f"COPY (SELECT * FROM read_parquet({[f[0] for f in before_files]!r}) ORDER BY type, ts) "
                      f"TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
         duck_s = time.perf_counter() - t
+
+        one_stream = None
+        if args.one_stream_too:
+            t = time.perf_counter()
+            _, one_rss = floe_server.run_peak_rss(
+                [FLOE, "--data-dir", str(data), "--set", "compaction.read_parallelism=1", "--set",
+                 "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1", "compact",
+                 "--tenant", ONE_STREAM])
+            one_stream = (time.perf_counter() - t, one_rss)
 
         t = time.perf_counter()
         report, compact_rss = floe_server.run_peak_rss(
@@ -135,6 +160,9 @@ def main():
               f"(whole command: planning, rewrite, commits, expiry, garbage)")
         print(f"- DuckDB read + sort + write of the same files: {duck_s:.1f} s, {bytes_in / 1e6 / duck_s:.1f} MB/s "
               f"(Floe / DuckDB time: {compact_s / duck_s:.2f}×)")
+        if one_stream:
+            print(f"- `floe compact` of the same table with one read stream (`compaction.read_parallelism=1`): "
+                  f"{one_stream[0]:.1f} s ({one_stream[0] / duck_s:.2f}× DuckDB), peak {one_stream[1]:,.0f} MiB")
         for line in summary:
             print(f"- {line}")
         print(f"- peak resident memory: `floe serve` {serve_rss:,.0f} MiB (the load and the queries), "

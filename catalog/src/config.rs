@@ -280,6 +280,22 @@ impl Config {
                 ),
             });
         }
+        if !["zstd", "lz4", "snappy", "none"].contains(&i.compression.as_str()) {
+            return Err(Error::Config {
+                message: format!(
+                    "ingest.compression must be zstd, lz4, snappy or none (got {:?})",
+                    i.compression
+                ),
+            });
+        }
+        if !(1..=22).contains(&i.zstd_level) {
+            return Err(Error::Config {
+                message: format!(
+                    "ingest.zstd_level must be between 1 and 22 (got {})",
+                    i.zstd_level
+                ),
+            });
+        }
         if i.max_buffered_bytes < i.max_request_bytes {
             return Err(Error::Config {
                 message: "ingest.max_buffered_bytes must be at least ingest.max_request_bytes"

@@ -214,7 +214,7 @@ async fn try_flush(
                 &table,
                 tenant.id().as_str(),
                 events,
-                shared.config.zstd_level,
+                shared.config.parquet_compression(),
             )
             .await?,
         );

@@ -328,8 +328,13 @@ async fn accept(
     // Kept aside before any event is stored: if this fails, the request fails whole and a
     // retry sends everything again (a dead letter kept twice then, never an event).
     if !dead.is_empty() {
-        crate::writer::store_dead_letters(st.ingest.catalog(), tenant, &dead, cfg.zstd_level)
-            .await?;
+        crate::writer::store_dead_letters(
+            st.ingest.catalog(),
+            tenant,
+            &dead,
+            cfg.parquet_compression(),
+        )
+        .await?;
     }
 
     let (stored, duplicates, unchecked, snapshot_id) = match &st.producer {

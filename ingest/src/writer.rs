@@ -17,7 +17,7 @@ use iceberg::writer::file_writer::location_generator::{
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use floe_catalog::schema::promote;
@@ -43,12 +43,13 @@ pub(crate) struct DeadLetter {
 /// Target size of one ingest file before it rolls over to the next.
 const TARGET_FILE_BYTES: usize = 256 << 20;
 
-/// Writes `events` of `tenant` as Parquet (ZSTD) files of `table`, one per day partition.
+/// Writes `events` of `tenant` as Parquet files (in `compression`) of `table`, one per day
+/// partition.
 pub async fn write_events(
     table: &Table,
     tenant: &str,
     events: &[&StoredEvent],
-    zstd_level: i32,
+    compression: Compression,
 ) -> Result<Vec<DataFile>> {
     let arrow_schema = arrow_schema_of(table)?;
     let mut by_day: BTreeMap<i32, Vec<&StoredEvent>> = BTreeMap::new();
@@ -59,7 +60,7 @@ pub async fn write_events(
     for (day, rows) in by_day {
         batches.push((day, to_batch(arrow_schema.clone(), tenant, &rows)?));
     }
-    write_days(table, batches, zstd_level).await
+    write_days(table, batches, compression).await
 }
 
 /// The day (since the Unix epoch) of a time in microseconds.
@@ -79,16 +80,13 @@ pub fn arrow_schema_of(table: &Table) -> Result<arrow_schema::SchemaRef> {
 pub async fn write_days(
     table: &Table,
     batches: Vec<(i32, RecordBatch)>,
-    zstd_level: i32,
+    compression: Compression,
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let level = ZstdLevel::try_new(zstd_level).map_err(|e| Error::Invalid {
-        message: format!("ingest.zstd_level: {e}"),
-    })?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
+        .set_compression(compression)
         .build();
     let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
     let names = DefaultFileNameGenerator::new(
@@ -173,7 +171,7 @@ pub(crate) async fn write_dead_letters(
     table: &iceberg::table::Table,
     topic: &str,
     rows: &[&DeadLetter],
-    zstd: i32,
+    compression: Compression,
 ) -> Result<Vec<DataFile>> {
     let schema = arrow_schema_of(table)?;
     let mut by_day: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
@@ -216,7 +214,7 @@ pub(crate) async fn write_dead_letters(
         })?;
         batches.push((day, batch));
     }
-    write_days(table, batches, zstd).await
+    write_days(table, batches, compression).await
 }
 
 /// Appends `rows` (events refused over HTTP that the tenant keeps aside) to the tenant's
@@ -225,13 +223,13 @@ pub(crate) async fn store_dead_letters(
     catalog: &floe_catalog::Catalog,
     tenant: &floe_catalog::TenantKey,
     rows: &[DeadLetter],
-    zstd_level: i32,
+    compression: Compression,
 ) -> Result<()> {
     use floe_catalog::table::DLQ_TABLE;
     catalog.ensure_dlq_table(tenant.id()).await?;
     let table = catalog.load_table(tenant.id(), DLQ_TABLE).await?;
     let refs: Vec<&DeadLetter> = rows.iter().collect();
-    let files = write_dead_letters(&table, "http", &refs, zstd_level).await?;
+    let files = write_dead_letters(&table, "http", &refs, compression).await?;
     catalog
         .commit_append(tenant, DLQ_TABLE, files, None)
         .await?;

@@ -137,9 +137,14 @@ impl World {
             .await
             .unwrap();
         let refs: Vec<&StoredEvent> = stored.iter().collect();
-        let files = floe_ingest::writer::write_events(&table, "acme", &refs, 3)
-            .await
-            .unwrap();
+        let files = floe_ingest::writer::write_events(
+            &table,
+            "acme",
+            &refs,
+            parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).unwrap()),
+        )
+        .await
+        .unwrap();
         self.catalog
             .commit_append(&self.key, EVENTS_TABLE, files, None)
             .await

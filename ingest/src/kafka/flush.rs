@@ -8,6 +8,7 @@ use floe_catalog::table::{
 };
 use floe_catalog::{Catalog, ErrorKind, TenantId};
 use iceberg::spec::DataFile;
+use parquet::basic::Compression;
 use tokio::time::Instant;
 
 use super::buffer::{Batch, DeadLetter};
@@ -38,7 +39,7 @@ pub(crate) async fn flush(
     group: &str,
     topic: &str,
     batch: Batch,
-    zstd: i32,
+    compression: Compression,
 ) -> Flushed {
     let mut backoff = floe_catalog::retry::Backoff::for_failures();
     let mut dead_done = batch.dead.is_empty();
@@ -46,7 +47,7 @@ pub(crate) async fn flush(
     loop {
         let result: Result<Flushed> = async {
             if !dead_done {
-                commit_dead_letters(catalog, tenant, group, topic, &batch, zstd).await?;
+                commit_dead_letters(catalog, tenant, group, topic, &batch, compression).await?;
                 dead_done = true;
             }
             if files.is_none() {
@@ -55,7 +56,7 @@ pub(crate) async fn flush(
                 files = Some(if events.is_empty() {
                     Vec::new()
                 } else {
-                    write_events(&table, tenant.as_str(), &events, zstd).await?
+                    write_events(&table, tenant.as_str(), &events, compression).await?
                 });
             }
             let kafka = KafkaBatch {
@@ -134,7 +135,7 @@ async fn commit_dead_letters(
     group: &str,
     topic: &str,
     batch: &Batch,
-    zstd: i32,
+    compression: Compression,
 ) -> Result<()> {
     catalog.ensure_dlq_table(tenant).await?;
     for _ in 0..100 {
@@ -161,7 +162,7 @@ async fn commit_dead_letters(
                 ))
             })
             .collect();
-        let files = write_dead_letters(&table, topic, &rows, zstd).await?;
+        let files = write_dead_letters(&table, topic, &rows, compression).await?;
         let kafka = KafkaBatch {
             group: group.to_string(),
             topic: topic.to_string(),

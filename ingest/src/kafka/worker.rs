@@ -59,7 +59,7 @@ pub struct WorkerSettings {
     pub flush_max_rows: usize,
     pub flush_max_bytes: usize,
     pub max_in_flight_bytes: usize,
-    pub zstd_level: i32,
+    pub compression: parquet::basic::Compression,
     pub limits: Limits,
     /// See [`StallWatch`]; `None`: off.
     pub stall_rejoin: Option<Duration>,
@@ -74,7 +74,7 @@ impl WorkerSettings {
             flush_max_rows: config.ingest.flush_max_rows,
             flush_max_bytes: config.ingest.flush_max_bytes,
             max_in_flight_bytes: config.kafka.max_in_flight_bytes,
-            zstd_level: config.ingest.zstd_level,
+            compression: config.ingest.parquet_compression(),
             limits: Limits {
                 max_event_bytes: config.ingest.max_event_bytes,
                 max_events: 1,
@@ -733,11 +733,11 @@ impl Worker {
     ) {
         let catalog = self.catalog.clone();
         let group = self.settings.group.clone();
-        let zstd = self.settings.zstd_level;
+        let compression = self.settings.compression;
         tokio::spawn(async move {
             let ranges = batch.ranges.clone();
             let (first_at, oldest_ms) = (batch.first_at, batch.oldest_ms);
-            let outcome = flush(&catalog, &tenant, &group, &topic, batch, zstd).await;
+            let outcome = flush(&catalog, &tenant, &group, &topic, batch, compression).await;
             let _ = done.send(FlushDone {
                 topic,
                 ranges,

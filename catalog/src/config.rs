@@ -280,10 +280,10 @@ impl Config {
                 ),
             });
         }
-        if !["zstd", "lz4", "snappy", "none"].contains(&i.compression.as_str()) {
+        if !["snappy", "lz4", "zstd", "none"].contains(&i.compression.as_str()) {
             return Err(Error::Config {
                 message: format!(
-                    "ingest.compression must be zstd, lz4, snappy or none (got {:?})",
+                    "ingest.compression must be snappy, lz4, zstd or none (got {:?})",
                     i.compression
                 ),
             });

@@ -265,23 +265,25 @@ pub struct IngestConfig {
     pub dedup_max_ids: usize,
     /// `?wait=visible` gives up (504, the events stay durable) after this long.
     pub wait_visible_timeout_ms: u64,
-    /// Parquet codec of ingest files: `zstd` (at `zstd_level`), `lz4` (LZ4_RAW), `snappy` or
-    /// `none`. Compaction rewrites them in ZSTD (`compaction.zstd_level`) whatever this is.
+    /// Parquet codec of ingest files: `snappy` (the default), `lz4` (LZ4_RAW), `zstd` (at
+    /// `zstd_level`) or `none`. Ingest files are small and compaction rewrites them in ZSTD
+    /// (`compaction.zstd_level`); Parquet readers make a ZSTD codec, with its contexts, for
+    /// every column chunk they read, which costs more than small chunks take to decompress.
     pub compression: String,
-    /// Parquet ZSTD level for ingest files.
+    /// Parquet ZSTD level for ingest files (with `compression = "zstd"`).
     pub zstd_level: i32,
 }
 
 impl IngestConfig {
     /// The Parquet codec of ingest files (the configuration is checked when loaded; a value it
-    /// would refuse reads as ZSTD at its default level).
+    /// would refuse reads as the default, Snappy).
     pub fn parquet_compression(&self) -> parquet::basic::Compression {
         use parquet::basic::{Compression, ZstdLevel};
         match self.compression.as_str() {
             "lz4" => Compression::LZ4_RAW,
-            "snappy" => Compression::SNAPPY,
+            "zstd" => Compression::ZSTD(ZstdLevel::try_new(self.zstd_level).unwrap_or_default()),
             "none" => Compression::UNCOMPRESSED,
-            _ => Compression::ZSTD(ZstdLevel::try_new(self.zstd_level).unwrap_or_default()),
+            _ => Compression::SNAPPY,
         }
     }
 }
@@ -437,7 +439,7 @@ impl Default for IngestConfig {
             dedup_window_secs: 24 * 3600,
             dedup_max_ids: 20_000_000,
             wait_visible_timeout_ms: 30_000,
-            compression: "zstd".into(),
+            compression: "snappy".into(),
             zstd_level: 1,
         }
     }

@@ -101,7 +101,8 @@ def main():
             for t in tokens:
                 post(url, t, batch)
         load_s = time.time() - started
-        print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s", flush=True)
+        print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s"
+              + (" (to each of two tenants)" if args.one_stream_too else ""), flush=True)
 
         q = floe_server.analyst_query(data, port, TENANT)
 
@@ -121,12 +122,15 @@ def main():
 
         one_stream = None
         if args.one_stream_too:
+            q1 = floe_server.analyst_query(data, port, ONE_STREAM)
+            assert q1(CHECKSUM) == checksum, "the one-stream tenant holds other rows"
             t = time.perf_counter()
             _, one_rss = floe_server.run_peak_rss(
                 [FLOE, "--data-dir", str(data), "--set", "compaction.read_parallelism=1", "--set",
                  "compaction.snapshot_max_age_secs=0", "--set", "compaction.min_snapshots=1", "compact",
                  "--tenant", ONE_STREAM])
             one_stream = (time.perf_counter() - t, one_rss)
+            assert q1(CHECKSUM) == checksum, "rows or checksums changed (one read stream)"
 
         t = time.perf_counter()
         report, compact_rss = floe_server.run_peak_rss(

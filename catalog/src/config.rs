@@ -280,14 +280,6 @@ impl Config {
                 ),
             });
         }
-        if !["snappy", "lz4", "zstd", "none"].contains(&i.compression.as_str()) {
-            return Err(Error::Config {
-                message: format!(
-                    "ingest.compression must be snappy, lz4, zstd or none (got {:?})",
-                    i.compression
-                ),
-            });
-        }
         if !(1..=22).contains(&i.zstd_level) {
             return Err(Error::Config {
                 message: format!(

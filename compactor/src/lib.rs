@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -18,6 +19,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
@@ -388,12 +390,16 @@ impl Compactor {
         })
     }
 
-    /// Streams one rewrite reads its files with (`compaction.read_parallelism`, 0: the cores).
-    fn read_parallelism(&self) -> usize {
-        match self.config.read_parallelism {
+    /// Streams one rewrite reads its files with (`compaction.read_parallelism`, 0: the cores),
+    /// at most one per [`MEMORY_PER_STREAM`] of `compaction.memory_limit_bytes`.
+    fn read_streams(&self) -> usize {
+        let wanted = match self.config.read_parallelism {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
-        }
+        };
+        wanted
+            .min(self.config.memory_limit_bytes / MEMORY_PER_STREAM)
+            .max(1)
     }
 
     pub(crate) async fn delete(&self, paths: &[String]) {
@@ -425,8 +431,10 @@ impl Compactor {
 
         let store = self.catalog.data_store();
         let store_url = ObjectStoreUrl::parse(&store.url).map_err(df)?;
+        // The sorts of the streams share the rewrite's memory evenly, each spilling past its
+        // share (a greedy pool would refuse a sort that has nothing to spill yet).
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit_bytes)))
             .build_arc()
             .map_err(df)?;
         if let Some(s) = &store.store {
@@ -467,22 +475,22 @@ impl Compactor {
             .map(|c| Ok(PhysicalSortExpr::new_default(col(c, &arrow_schema)?)))
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(df)?;
-        let plan: Arc<dyn ExecutionPlan> = match LexOrdering::new(ordering) {
+        let (plan, streams): (Arc<dyn ExecutionPlan>, usize) = match LexOrdering::new(ordering) {
             Some(ordering) => {
-                let groups = balanced_groups(files, self.read_parallelism());
-                let merge = groups.len() > 1;
+                let groups = balanced_groups(files, self.read_streams());
+                let streams = groups.len();
                 let sorted = Arc::new(
                     SortExec::new(ordering.clone(), scan(groups)).with_preserve_partitioning(true),
                 );
-                if merge {
-                    Arc::new(SortPreservingMergeExec::new(ordering, sorted))
+                if streams > 1 {
+                    let merged = Arc::new(SortPreservingMergeExec::new(ordering, sorted));
+                    (merged, streams)
                 } else {
-                    sorted
+                    (sorted, 1)
                 }
             }
-            None => scan(vec![FileGroup::new(files)]),
+            None => (scan(vec![FileGroup::new(files)]), 1),
         };
-        let mut stream = apart(plan, task, self.read_parallelism())?;
 
         let level = ZstdLevel::try_new(self.config.zstd_level)
             .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;
@@ -519,7 +527,9 @@ impl Compactor {
             && files_in
                 .iter()
                 .any(|f| f.lacks_columns(metadata.current_schema()));
-        while let Some(batch) = stream.recv().await {
+        // Read only once the writer stands: a writer that cannot be made reads nothing.
+        let mut batches = apart(plan, task, streams)?;
+        while let Some(batch) = batches.next().await {
             let mut batch = batch.map_err(df)?;
             if fill {
                 batch = promote::fill(batch)?;
@@ -536,17 +546,43 @@ impl Compactor {
     }
 }
 
+/// The least memory a read stream of a rewrite is given (each sort keeps some for its merge).
+const MEMORY_PER_STREAM: usize = 64 << 20;
+
+/// The batches of a plan run by [`apart`], in order.
+struct Batches {
+    rx: tokio::sync::mpsc::Receiver<datafusion::error::Result<RecordBatch>>,
+    /// Set by the reading thread once its stream has ended, before it lets go of its sender.
+    ended: Arc<AtomicBool>,
+}
+
+impl Batches {
+    /// The next batch; `None` only when the plan's stream ended. A reading thread that stopped
+    /// without its stream ending (it panicked) is an error: a rewrite that took it for the end
+    /// would commit a file short of rows.
+    async fn next(&mut self) -> Option<datafusion::error::Result<RecordBatch>> {
+        match self.rx.recv().await {
+            Some(batch) => Some(batch),
+            None if self.ended.load(Ordering::Acquire) => None,
+            None => Some(Err(datafusion::error::DataFusionError::Execution(
+                "the rewrite's reading stopped before the end of its files; nothing was written \
+                 (see the log for the panic)"
+                    .into(),
+            ))),
+        }
+    }
+}
+
 /// Runs `plan` on a runtime of its own, `threads` workers on threads of their own, and hands its
 /// batches over as they come (two at most waiting): reading, decoding and sorting a bin keep a
 /// thread for as long as a batch or a sort takes, and must not keep the threads of the caller's
 /// runtime from its other work (`floe serve`'s requests). Reads from S3 still go through the
-/// store's own I/O runtime (`floe_catalog::storage`).
-fn apart(
-    plan: Arc<dyn ExecutionPlan>,
-    task: Arc<TaskContext>,
-    threads: usize,
-) -> Result<tokio::sync::mpsc::Receiver<datafusion::error::Result<RecordBatch>>> {
+/// store's own I/O runtime (`floe_catalog::storage`). When the receiver is dropped (the rewrite
+/// failed or stopped), the reading stops at its stream's next batch.
+fn apart(plan: Arc<dyn ExecutionPlan>, task: Arc<TaskContext>, threads: usize) -> Result<Batches> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let ended = Arc::new(AtomicBool::new(false));
+    let end = ended.clone();
     std::thread::Builder::new()
         .name("floe-compact".into())
         .spawn(move || {
@@ -570,17 +606,22 @@ fn apart(
                         return;
                     }
                 };
-                while let Some(batch) = stream.next().await {
+                loop {
+                    let next = tokio::select! {
+                        _ = tx.closed() => return,
+                        next = stream.next() => next,
+                    };
+                    let Some(batch) = next else { break };
                     let failed = batch.is_err();
-                    // The receiver gone: the rewrite failed or stopped; so does the reading.
                     if tx.send(batch).await.is_err() || failed {
                         return;
                     }
                 }
+                end.store(true, Ordering::Release);
             });
         })
         .map_err(|e| Error::Threads(e.to_string()))?;
-    Ok(rx)
+    Ok(Batches { rx, ended })
 }
 
 /// `files` in at most `streams` groups of about equal bytes (the largest file first into the
@@ -668,6 +709,25 @@ mod tests {
         // Day 1: 60+40 and 50+30 (the 100-byte file is at target already); day 2: e+f; day 3
         // has one small file only.
         assert_eq!(bins, vec![vec!["a", "c"], vec!["b", "d"], vec!["e", "f"]]);
+    }
+
+    /// A reading thread that lets go of its sender without its stream ending (a panic) is an
+    /// error for the rewrite, never the end of its rows.
+    #[tokio::test]
+    async fn reading_that_stops_before_the_end_is_an_error_not_the_end() {
+        for (ended, is_end) in [(true, true), (false, false)] {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            drop(tx);
+            let mut batches = Batches {
+                rx,
+                ended: Arc::new(AtomicBool::new(ended)),
+            };
+            let next = batches.next().await;
+            assert_eq!(next.is_none(), is_end);
+            if !is_end {
+                assert!(matches!(next, Some(Err(_))));
+            }
+        }
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub struct CompactionConfig {
     /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
     pub memory_limit_bytes: usize,
     /// Streams that read and sort one rewrite's files side by side, merged in order into its
-    /// output (0: one per core).
+    /// output (0: one per core; at most one per 64 MiB of `memory_limit_bytes`, which they
+    /// share evenly).
     pub read_parallelism: usize,
     /// Snapshots older than this are expired (time travel reaches this far back)…
     pub snapshot_max_age_secs: u64,
@@ -269,21 +270,36 @@ pub struct IngestConfig {
     /// `zstd_level`) or `none`. Ingest files are small and compaction rewrites them in ZSTD
     /// (`compaction.zstd_level`); Parquet readers make a ZSTD codec, with its contexts, for
     /// every column chunk they read, which costs more than small chunks take to decompress.
-    pub compression: String,
+    pub compression: IngestCompression,
     /// Parquet ZSTD level for ingest files (with `compression = "zstd"`).
     pub zstd_level: i32,
 }
 
+/// The Parquet codec of ingest files (`ingest.compression`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestCompression {
+    #[default]
+    Snappy,
+    /// LZ4_RAW.
+    Lz4,
+    /// At `ingest.zstd_level`.
+    Zstd,
+    None,
+}
+
 impl IngestConfig {
-    /// The Parquet codec of ingest files (the configuration is checked when loaded; a value it
-    /// would refuse reads as the default, Snappy).
+    /// The Parquet codec of ingest files (`ingest.zstd_level` is checked when the configuration
+    /// loads).
     pub fn parquet_compression(&self) -> parquet::basic::Compression {
         use parquet::basic::{Compression, ZstdLevel};
-        match self.compression.as_str() {
-            "lz4" => Compression::LZ4_RAW,
-            "zstd" => Compression::ZSTD(ZstdLevel::try_new(self.zstd_level).unwrap_or_default()),
-            "none" => Compression::UNCOMPRESSED,
-            _ => Compression::SNAPPY,
+        match self.compression {
+            IngestCompression::Snappy => Compression::SNAPPY,
+            IngestCompression::Lz4 => Compression::LZ4_RAW,
+            IngestCompression::Zstd => {
+                Compression::ZSTD(ZstdLevel::try_new(self.zstd_level).unwrap_or_default())
+            }
+            IngestCompression::None => Compression::UNCOMPRESSED,
         }
     }
 }
@@ -439,7 +455,7 @@ impl Default for IngestConfig {
             dedup_window_secs: 24 * 3600,
             dedup_max_ids: 20_000_000,
             wait_visible_timeout_ms: 30_000,
-            compression: "snappy".into(),
+            compression: IngestCompression::Snappy,
             zstd_level: 1,
         }
     }

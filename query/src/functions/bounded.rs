@@ -305,8 +305,12 @@ fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
         DataType::LargeUtf8 => array.as_string::<i64>().iter().map(len_of).collect(),
         DataType::Utf8View => array.as_string_view().iter().map(len_of).collect(),
         _ => {
-            let each = array.get_array_memory_size() / array.len().max(1);
-            vec![each; array.len()]
+            // The bytes this array's rows take (a slice of a larger array: its part only).
+            let bytes = array
+                .to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| array.get_array_memory_size());
+            vec![bytes / array.len().max(1); array.len()]
         }
     })
 }

@@ -36,15 +36,18 @@ def peak_rss_bytes(proc):
 
 def settled_growth(srv, before, bound, seconds=10):
     """How much RSS has grown since `before`, once the allocator has given back what was freed:
-    mimalloc returns freed memory to the system about a second after the free, at one of the
-    process's next allocations; so the growth is read again (a light request in between) until
-    it is under `bound` or `seconds` have passed. Memory a value still holds never goes."""
+    mimalloc hands freed memory back to the system once it has been free for a second, when a
+    thread of the process ends (as each query's own threads do) or frees pages of its own; a
+    server left idle keeps it until then. So the growth is read again, with another tenant's
+    `SELECT 1` in between, until it is under `bound` or `seconds` have passed. Memory a value
+    still holds never goes."""
     deadline = time.monotonic() + seconds
     while True:
         grown = rss_bytes(srv.proc) - before
         if grown < bound or time.monotonic() > deadline:
             return grown
-        healthy(srv)
+        body = statement(srv, srv.calm["analyst"], "SELECT 1")
+        assert "error" not in body, body
         time.sleep(0.25)
 
 

@@ -565,8 +565,8 @@ impl Batches {
             Some(batch) => Some(batch),
             None if self.ended.load(Ordering::Acquire) => None,
             None => Some(Err(datafusion::error::DataFusionError::Execution(
-                "the rewrite's reading stopped before the end of its files; nothing was written \
-                 (see the log for the panic)"
+                "the rewrite's reading stopped before the end of its files (see the log for the \
+                 panic); nothing was committed, and the next run tries the bin again"
                     .into(),
             ))),
         }

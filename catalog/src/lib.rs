@@ -17,6 +17,7 @@ pub mod erasure;
 mod error;
 pub mod lease;
 pub mod maintenance;
+pub mod manifests;
 pub mod metrics;
 mod notify;
 pub mod positions;
@@ -63,6 +64,8 @@ pub struct Catalog {
     down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
     /// Told after every commit (see [`Catalog::on_commit`]).
     hooks: notify::Hooks,
+    /// Manifests read by this process (`query.manifest_cache_bytes`): queries and maintenance.
+    manifests: std::sync::Arc<manifests::ManifestCache>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -94,12 +97,20 @@ impl Catalog {
             io,
             down: Default::default(),
             hooks: Default::default(),
+            manifests: std::sync::Arc::new(manifests::ManifestCache::new(
+                config.query.manifest_cache_bytes,
+            )),
         })
     }
 
     /// The warehouse URL (`file:///…` or `s3://bucket/prefix`), without a trailing slash.
     pub fn warehouse(&self) -> &str {
         &self.warehouse
+    }
+
+    /// The manifests this process has read, shared by queries and maintenance.
+    pub fn manifests(&self) -> &std::sync::Arc<manifests::ManifestCache> {
+        &self.manifests
     }
 
     /// Which database holds the catalog.

@@ -10,13 +10,10 @@
 //! not swapped them in yet, and must not lose them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{
-    Manifest, ManifestFile, Operation, SnapshotRef, TableMetadata, TableMetadataBuilder,
-};
+use iceberg::spec::{ManifestFile, Operation, SnapshotRef, TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -24,10 +21,11 @@ use object_store::path::Path;
 use crate::audit::{AUDIT_TABLE, Entry, MAINTENANCE_ACTOR};
 use crate::commit::{Attempt, Change, Committed};
 use crate::db::now_ms;
+use crate::manifests::ManifestCache;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
-/// Manifests and manifest lists read at once.
+/// Manifest lists read at once.
 const READ_CONCURRENCY: usize = 16;
 
 /// Which snapshots expiry keeps: the current one, every one younger than `max_age`, the
@@ -134,7 +132,6 @@ impl Catalog {
             table: table.to_string(),
             policy,
             dry_run,
-            manifests: HashMap::new(),
         };
         let outcome = self.commit_loop(tenant, table, &mut change).await?;
         match outcome {
@@ -205,7 +202,7 @@ impl Catalog {
             &HashSet::new(),
             &HashSet::new(),
             true,
-            &mut HashMap::new(),
+            self.manifests(),
         )
         .await?;
         let mut keep: HashSet<String> = HashSet::new();
@@ -450,7 +447,7 @@ async fn reach(
     read_elsewhere: &HashSet<i64>,
     skip: &HashSet<String>,
     alive_only: bool,
-    cache: &mut HashMap<String, Arc<Manifest>>,
+    cache: &ManifestCache,
 ) -> Result<Reach> {
     let mut out = Reach::default();
     // A snapshot whose child is one of Floe's appends in this set (or in `read_elsewhere`) is
@@ -486,36 +483,19 @@ async fn reach(
         .iter()
         .map(|s| s.manifest_list().to_string())
         .collect();
-    let mut wanted: HashMap<String, ManifestFile> = HashMap::new();
+    let mut wanted: Vec<ManifestFile> = Vec::new();
     while let Some(list) = lists.next().await {
         for m in list? {
-            if !skip.contains(&m.manifest_path)
-                && out.manifests.insert(m.manifest_path.clone())
-                && !cache.contains_key(&m.manifest_path)
-            {
-                wanted.insert(m.manifest_path.clone(), m);
+            if !skip.contains(&m.manifest_path) && out.manifests.insert(m.manifest_path.clone()) {
+                wanted.push(m);
             }
         }
     }
-    let loaded: Vec<(String, Arc<Manifest>)> =
-        futures::stream::iter(wanted.into_values().map(|m| {
-            let io = table.file_io().clone();
-            async move {
-                let manifest = m
-                    .load_manifest(&io)
-                    .await
-                    .map_err(Error::ice("reading a manifest"))?;
-                Ok::<_, Error>((m.manifest_path, Arc::new(manifest)))
-            }
-        }))
-        .buffer_unordered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
-    cache.extend(loaded);
-    for path in &out.manifests {
-        let Some(manifest) = cache.get(path) else {
-            continue;
-        };
+    let loaded = cache
+        .load_all(table.file_io(), &wanted)
+        .await
+        .map_err(Error::ice("reading a manifest"))?;
+    for manifest in &loaded {
         for e in manifest.entries() {
             if !alive_only || e.is_alive() {
                 out.data.insert(
@@ -564,8 +544,6 @@ struct ExpireChange {
     table: String,
     policy: ExpirePolicy,
     dry_run: bool,
-    /// Manifests read by earlier attempts.
-    manifests: HashMap<String, Arc<Manifest>>,
 }
 
 impl Change for ExpireChange {
@@ -594,7 +572,7 @@ impl Change for ExpireChange {
             &HashSet::new(),
             &HashSet::new(),
             true,
-            &mut self.manifests,
+            catalog.manifests(),
         )
         .await?;
         let kept_ids: HashSet<i64> = keep.iter().map(|s| s.snapshot_id()).collect();
@@ -604,7 +582,7 @@ impl Change for ExpireChange {
             &kept_ids,
             &kept.manifests,
             false,
-            &mut self.manifests,
+            catalog.manifests(),
         )
         .await?;
         report.manifest_lists_read = kept.lists_read + gone.lists_read;

@@ -22,14 +22,14 @@ pub use status::ProjectionStatus;
 use std::collections::{BTreeSet, HashMap};
 
 use iceberg::spec::{
-    DataFile, Literal, Manifest, ManifestEntryRef, NestedField, Operation, PrimitiveLiteral,
-    PrimitiveType, Schema, Snapshot, TableMetadata, Transform, Type, UnboundPartitionSpec,
+    DataFile, Literal, ManifestEntryRef, NestedField, Operation, PrimitiveLiteral, PrimitiveType,
+    Schema, Snapshot, TableMetadata, Transform, Type, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use std::sync::Arc;
 
 use crate::commit::{Attempt, Change, Committed, Evolve};
-use crate::rewrite::{Rows, Shape, live_entries_cached};
+use crate::rewrite::{Rows, Shape};
 use crate::tenant::{Tenant, TenantId, TenantKey};
 use crate::{Catalog, Error, Result};
 
@@ -355,10 +355,7 @@ impl Catalog {
                     .collect(),
             )
             .await?;
-            let mut change = RefreshChange {
-                commit,
-                seen: HashMap::new(),
-            };
+            let mut change = RefreshChange { commit };
             Ok(match c.commit_loop(&tenant, &table, &mut change).await? {
                 Committed::Done {
                     value: Refreshed::Committed(snapshot_id),
@@ -397,8 +394,6 @@ enum Refreshed {
 /// A refresh, as the commit loop runs it.
 struct RefreshChange {
     commit: ProjectionCommit,
-    /// Manifests read by earlier attempts (manifests never change).
-    seen: HashMap<String, Arc<Manifest>>,
 }
 
 impl Change for RefreshChange {
@@ -421,7 +416,7 @@ impl Change for RefreshChange {
         if found != self.commit.expected_source {
             return Ok(Attempt::Done(Refreshed::Fenced(found)));
         }
-        let live = live_entries_cached(&current, &mut self.seen).await?;
+        let live = catalog.live_entries(&current).await?;
         let mut removed = Vec::new();
         for entry in &live {
             let replaced = match &self.commit.days {

@@ -15,15 +15,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
-    DataContentType, DataFile, DataFileBuilder, Manifest, ManifestContentType, ManifestEntryRef,
-    ManifestFile, ManifestWriterBuilder, Operation,
+    DataContentType, DataFile, DataFileBuilder, ManifestContentType, ManifestEntryRef,
+    ManifestWriterBuilder, Operation,
 };
 use iceberg::table::Table;
 
 use crate::audit::Entry;
 use crate::commit::{Attempt, Change, Committed, Evolve, NewSnapshot, Prepared, new_snapshot_id};
+use crate::manifests::ManifestCache;
 use crate::positions::carried_properties;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
@@ -108,15 +108,16 @@ enum Rewritten {
     InputsGone(Vec<String>),
 }
 
-/// The live data files of a table's current snapshot, with their manifest entries.
+/// The live data files of a table's current snapshot, with their manifest entries (reading
+/// every manifest: [`Catalog::live_entries`] reads each once per process).
 pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntryRef>> {
-    live_entries_cached(table, &mut HashMap::new()).await
+    live_entries_in(table, &ManifestCache::new(0)).await
 }
 
-/// [`live_entries`], reading only the manifests not in `seen` (manifests never change).
-pub(crate) async fn live_entries_cached(
+/// [`live_entries`], reading only the manifests not in `cache`.
+pub(crate) async fn live_entries_in(
     table: &Table,
-    seen: &mut HashMap<String, Arc<Manifest>>,
+    cache: &ManifestCache,
 ) -> Result<Vec<ManifestEntryRef>> {
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(Vec::new());
@@ -137,35 +138,22 @@ pub(crate) async fn live_entries_cached(
             m.manifest_path
         )));
     }
-    // Unseen manifests are read concurrently: a table of many small commits has thousands.
-    let unseen: Vec<ManifestFile> = list
-        .entries()
+    let manifests = cache
+        .load_all(table.file_io(), list.entries())
+        .await
+        .map_err(Error::ice("reading a manifest"))?;
+    Ok(manifests
         .iter()
-        .filter(|m| !seen.contains_key(&m.manifest_path))
-        .cloned()
-        .collect();
-    let unseen = unseen.into_iter().map(|m| {
-        let io = table.file_io().clone();
-        async move {
-            let manifest = m
-                .load_manifest(&io)
-                .await
-                .map_err(Error::ice("reading a manifest"))?;
-            Ok::<_, Error>((m.manifest_path, Arc::new(manifest)))
-        }
-    });
-    let loaded: Vec<(String, Arc<Manifest>)> = futures::stream::iter(unseen)
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    seen.extend(loaded);
-    let mut live = Vec::new();
-    for manifest in list.entries() {
-        if let Some(m) = seen.get(&manifest.manifest_path) {
-            live.extend(m.entries().iter().filter(|e| e.is_alive()).cloned());
-        }
+        .flat_map(|m| m.entries().iter().filter(|e| e.is_alive()).cloned())
+        .collect())
+}
+
+impl Catalog {
+    /// The live data files of `table`'s current snapshot, with their manifest entries; each
+    /// manifest is read once per process (see [`crate::manifests`]).
+    pub async fn live_entries(&self, table: &Table) -> Result<Vec<ManifestEntryRef>> {
+        live_entries_in(table, self.manifests()).await
     }
-    Ok(live)
 }
 
 impl Catalog {
@@ -218,7 +206,6 @@ impl Catalog {
             removed,
             added,
             audit,
-            seen: HashMap::new(),
         };
         let outcome = self.commit_loop(tenant, table, &mut change).await?;
         Ok(match outcome {
@@ -407,8 +394,6 @@ struct RewriteChange {
     added: Vec<DataFile>,
     /// The change's audit record, written with the swap.
     audit: Option<Entry>,
-    /// Manifests read by earlier attempts (manifests never change).
-    seen: HashMap<String, Arc<Manifest>>,
 }
 
 impl Change for RewriteChange {
@@ -420,7 +405,7 @@ impl Change for RewriteChange {
         current: Table,
         _conflicts: u32,
     ) -> Result<Attempt<Rewritten>> {
-        let live = live_entries_cached(&current, &mut self.seen).await?;
+        let live = catalog.live_entries(&current).await?;
         let live_paths: HashSet<&str> = live.iter().map(|e| e.file_path()).collect();
         let missing: Vec<String> = self
             .removed

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use floe_catalog::TenantId;
-use floe_catalog::rewrite::live_entries;
 use floe_catalog::table::{EVENTS_TABLE, events_schema, reads_by_name};
 use iceberg::spec::{DataFileFormat, Struct};
 
@@ -63,7 +62,7 @@ impl Compactor {
             )));
         }
         let mut by_partition: BTreeMap<String, (Struct, Vec<InputFile>)> = BTreeMap::new();
-        for entry in live_entries(&table).await? {
+        for entry in self.catalog.live_entries(&table).await? {
             let file = entry.data_file();
             if file.file_format() != DataFileFormat::Parquet
                 || file.value_counts().contains_key(&field.id)

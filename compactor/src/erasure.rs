@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use floe_catalog::TenantId;
 use floe_catalog::erasure::{Erasure, ErasurePass};
 use floe_catalog::maintenance::ExpirePolicy;
-use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind};
 use floe_catalog::table::EVENTS_TABLE;
 use futures::StreamExt;
 use iceberg::spec::{DataFileFormat, PrimitiveLiteral};
@@ -180,7 +180,7 @@ impl Compactor {
             .field_by_name(filter::USER_ID)
             .map(|f| f.id);
         let mut holders = Vec::new();
-        for e in live_entries(&t).await? {
+        for e in self.catalog.live_entries(&t).await? {
             if e.file_format() != DataFileFormat::Parquet {
                 continue;
             }

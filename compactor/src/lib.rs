@@ -29,7 +29,7 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::SessionConfig;
 use floe_catalog::config::CompactionConfig;
-use floe_catalog::rewrite::{ReplaceOutcome, live_entries};
+use floe_catalog::rewrite::ReplaceOutcome;
 use floe_catalog::schema::promote;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantId};
@@ -326,7 +326,7 @@ impl Compactor {
             tracing::warn!(%tenant, table, "a column name changed its field id; not compacting");
             return Ok(TablePlan::default());
         }
-        let inputs = parquet_inputs(&t).await?;
+        let inputs = parquet_inputs(&self.catalog, &t).await?;
         let mut stats: std::collections::BTreeMap<String, PartitionStat> = Default::default();
         for (partition, file) in &inputs {
             let name = partition_text(&t, partition);
@@ -647,8 +647,12 @@ fn balanced_groups(mut files: Vec<PartitionedFile>, streams: usize) -> Vec<FileG
 }
 
 /// The live Parquet files of a table, with their partitions.
-pub(crate) async fn parquet_inputs(table: &Table) -> Result<Vec<(Struct, InputFile)>> {
-    Ok(live_entries(table)
+pub(crate) async fn parquet_inputs(
+    catalog: &Catalog,
+    table: &Table,
+) -> Result<Vec<(Struct, InputFile)>> {
+    Ok(catalog
+        .live_entries(table)
         .await?
         .iter()
         .filter(|e| e.file_format() == DataFileFormat::Parquet)

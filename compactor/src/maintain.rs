@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use floe_catalog::audit::{Entry, MAINTENANCE_ACTOR};
 use floe_catalog::maintenance::{ExpirePolicy, ExpireReport, OrphanReport};
 use floe_catalog::metrics as m;
-use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind, live_entries};
+use floe_catalog::rewrite::{ReplaceOutcome, RewriteKind};
 use floe_catalog::table::{DLQ_TABLE, EVENTS_TABLE};
 use floe_catalog::{Tenant, TenantId};
 use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
@@ -310,7 +310,7 @@ impl Compactor {
         let cutoff = today - days;
         let mut done = RetentionDone::default();
         let mut removed = Vec::new();
-        for e in live_entries(&t).await? {
+        for e in self.catalog.live_entries(&t).await? {
             let day = match e.data_file().partition().fields().get(day_field) {
                 Some(Some(Literal::Primitive(PrimitiveLiteral::Int(d)))) => *d as i64,
                 _ => continue,

@@ -152,8 +152,8 @@ pub struct Engine {
     store_url: ObjectStoreUrl,
     /// Parquet footers and page indexes, shared by every session: data files never change.
     footers: Arc<dyn FileMetadataCache>,
-    /// Iceberg manifests, shared by every session: they never change either.
-    manifests: Arc<scan::ManifestCache>,
+    /// Iceberg manifests, shared by every session and the catalog's maintenance.
+    manifests: Arc<floe_catalog::manifests::ManifestCache>,
     /// The memory all queries share (`query.memory_total_bytes`).
     memory: memory::Budget,
     /// The cores all queries share (`query.cpu_slots`).
@@ -176,7 +176,7 @@ impl Engine {
         let footers = Arc::new(DefaultFilesMetadataCache::new(
             config.footer_cache_bytes as usize,
         ));
-        let manifests = Arc::new(scan::ManifestCache::new(config.manifest_cache_bytes));
+        let manifests = catalog.manifests().clone();
         let memory = memory::Budget::new(
             config.memory_total_bytes,
             std::time::Duration::from_millis(config.memory_wait_ms),

@@ -39,6 +39,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicate;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use floe_catalog::manifests::ManifestCache;
 use floe_catalog::storage::DataStore;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
@@ -47,9 +48,6 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
-
-mod manifests;
-pub use manifests::ManifestCache;
 
 /// How many manifests one scan reads at once.
 const MANIFEST_READS_IN_FLIGHT: usize = 16;
@@ -144,12 +142,7 @@ impl FloeTable {
     }
 
     async fn manifest(&self, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {
-        if let Some(m) = self.manifests.get(&file.manifest_path) {
-            return Ok(m);
-        }
-        let m = Arc::new(file.load_manifest(self.table.file_io()).await?);
-        self.manifests.put(&file.manifest_path, m.clone());
-        Ok(m)
+        self.manifests.load(self.table.file_io(), file).await
     }
 
     /// Every live data file of the snapshot, with its statistics from the manifests.

@@ -380,8 +380,9 @@ pub struct QueryConfig {
     pub history_bytes: usize,
     /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
     pub footer_cache_bytes: u64,
-    /// Memory for Iceberg manifests kept across queries (shared by all tenants), as estimated
-    /// from what each holds: per data file, its path and per-column statistics and bounds.
+    /// Memory for Iceberg manifests kept by the process (shared by all tenants' queries and by
+    /// table maintenance), as estimated from what each holds: per data file, its path and
+    /// per-column statistics and bounds.
     pub manifest_cache_bytes: usize,
 }
 

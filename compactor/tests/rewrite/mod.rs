@@ -88,3 +88,92 @@ async fn a_rewrite_read_in_several_streams_writes_every_row_once_in_type_and_tim
     ids.sort();
     assert_eq!(got, ids, "every row once");
 }
+
+/// Planning reads every manifest of the table, each bin's commit reads the live ones again, and
+/// expiry reads those of every snapshot it expires: through the catalog's manifest cache, one
+/// process reads each manifest from storage once (a 5,000-commit table read its 5,000 three
+/// times and more before: BENCHMARKS.md, compaction).
+#[tokio::test]
+async fn compaction_and_expiry_read_each_manifest_from_storage_once() {
+    let world = World::new().await;
+    // Twelve commits over two days: twelve manifests, two bins.
+    for commit in 0..12i64 {
+        let stored: Vec<StoredEvent> = (0..10i64)
+            .map(|i| StoredEvent {
+                event_id: format!("m{commit}-{i}"),
+                kind: "PageViewed".into(),
+                version: 1,
+                ts: (3 + i % 2) * US_PER_DAY + commit * 1_000_000,
+                received_at: 0,
+                user_id: None,
+                payload: "{}".into(),
+                client_id: true,
+            })
+            .collect();
+        world.commit(&stored).await;
+    }
+    let cache = world.catalog.manifests().clone();
+    let before = cache.manifests_read();
+
+    let compactor = Compactor::new(world.catalog.clone(), world.config.compaction.clone());
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(plan.bins.len(), 2, "{plan:?}");
+    assert_eq!(
+        cache.manifests_read() - before,
+        12,
+        "planning reads each manifest"
+    );
+    for bin in &plan.bins {
+        let done = compactor
+            .run_bin(&world.tenant, EVENTS_TABLE, bin)
+            .await
+            .unwrap();
+        assert!(done.committed, "{done:?}");
+    }
+    // Every manifest any snapshot lists, read here without the cache.
+    let table = world
+        .catalog
+        .load_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    let mut distinct = std::collections::HashMap::new();
+    for snapshot in table.metadata().snapshots() {
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        distinct.extend(
+            list.entries()
+                .iter()
+                .map(|m| (m.manifest_path.clone(), m.clone())),
+        );
+    }
+    assert!(distinct.len() > 12, "{}", distinct.len());
+    // The cache decodes on blocking threads and inherits sequence numbers itself: what it makes
+    // of each manifest (appends' added entries, compactions' existing and deleted ones) is
+    // what iceberg-rust's own reader makes.
+    let uncached = floe_catalog::manifests::ManifestCache::new(0);
+    for file in distinct.values() {
+        let ours = uncached.load(table.file_io(), file).await.unwrap();
+        let theirs = file.load_manifest(table.file_io()).await.unwrap();
+        assert_eq!(*ours, theirs, "{}", file.manifest_path);
+    }
+
+    let report = world
+        .catalog
+        .expire_snapshots(
+            &world.tenant,
+            EVENTS_TABLE,
+            floe_catalog::maintenance::ExpirePolicy::keep_current_only(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(report.snapshots_expired >= 13, "{report:?}");
+    assert_eq!(
+        cache.manifests_read() - before,
+        distinct.len() as u64,
+        "manifests read from storage by planning, two commits and expiry, against the \
+         distinct manifests of the table's snapshots"
+    );
+}

@@ -101,6 +101,7 @@ def main():
             for t in tokens:
                 post(url, t, batch)
         load_s = time.time() - started
+        load_rss = floe_server.peak_rss_mib(proc)
         print(f"loaded {args.commits} commits of {n} events in {load_s:.0f} s"
               + (" (to each of two tenants)" if args.one_stream_too else ""), flush=True)
 
@@ -110,6 +111,7 @@ def main():
         _, before_files = live_files(data)
         bytes_in = sum(f[2] for f in before_files)
         before = {name: timed(lambda: q(sql), args.runs) for name, sql, _ in QUERIES}
+        before_rss = floe_server.peak_rss_mib(proc)
         print(f"before: {len(before_files)} files; query seconds {before}", flush=True)
 
         # The peer: DuckDB reads the same files and writes them sorted into one ZSTD file.
@@ -169,7 +171,8 @@ def main():
                   f"{one_stream[0]:.1f} s ({one_stream[0] / duck_s:.2f}× DuckDB), peak {one_stream[1]:,.0f} MiB")
         for line in summary:
             print(f"- {line}")
-        print(f"- peak resident memory: `floe serve` {serve_rss:,.0f} MiB (the load and the queries), "
+        print(f"- peak resident memory: `floe serve` {serve_rss:,.0f} MiB (by the end of the load "
+              f"{load_rss:,.0f}, of the queries before compaction {before_rss:,.0f}), "
               f"`floe compact` {compact_rss:,.0f} MiB")
         print()
         print("| query | before (s) | after (s) | speed-up |")

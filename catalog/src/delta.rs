@@ -15,10 +15,10 @@
 
 use std::collections::BTreeSet;
 
-use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{Literal, ManifestStatus, Operation, PrimitiveLiteral};
 use iceberg::table::Table;
 
+use crate::manifests::ManifestCache;
 use crate::table::EVENTS_TABLE;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
@@ -85,7 +85,7 @@ impl Catalog {
         let tenant = tenant.clone();
         self.on_io(move |c| async move {
             let table = c.load_table(&tenant, EVENTS_TABLE).await?;
-            delta_of(&table, since).await
+            delta_of(&table, c.manifests(), since).await
         })
         .await
     }
@@ -105,7 +105,7 @@ impl Catalog {
         let tenant = tenant.clone();
         self.on_io(move |c| async move {
             let table = c.load_table(&tenant, EVENTS_TABLE).await?;
-            files_of_days(&table, snapshot, days.as_ref()).await
+            files_of_days(&table, c.manifests(), snapshot, days.as_ref()).await
         })
         .await
     }
@@ -119,6 +119,7 @@ fn bound_day(bytes: Option<&[u8]>) -> Option<i32> {
 
 async fn files_of_days(
     table: &Table,
+    cache: &ManifestCache,
     snapshot: i64,
     days: Option<&BTreeSet<i32>>,
 ) -> Result<Vec<DeltaFile>> {
@@ -151,21 +152,13 @@ async fn files_of_days(
             days.is_none_or(|days| lo <= hi && days.range(lo..=hi).next().is_some())
         };
         if range.is_none_or(wanted_days) {
-            wanted.push(m.clone());
+            wanted.push(m);
         }
     }
-    let loads = wanted.into_iter().map(|m| {
-        let io = table.file_io().clone();
-        async move {
-            m.load_manifest(&io)
-                .await
-                .map_err(Error::ice("reading a manifest"))
-        }
-    });
-    let manifests: Vec<iceberg::spec::Manifest> = futures::stream::iter(loads)
-        .buffered(16)
-        .try_collect()
-        .await?;
+    let manifests = cache
+        .load_all(table.file_io(), wanted)
+        .await
+        .map_err(Error::ice("reading a manifest"))?;
     let mut files = Vec::new();
     for manifest in &manifests {
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
@@ -194,7 +187,7 @@ fn day(partition: &iceberg::spec::Struct, path: &str) -> Result<i32> {
     }
 }
 
-async fn delta_of(table: &Table, since: Option<i64>) -> Result<Delta> {
+async fn delta_of(table: &Table, cache: &ManifestCache, since: Option<i64>) -> Result<Delta> {
     let metadata = table.metadata();
     let Some(current) = metadata.current_snapshot() else {
         return Ok(if since.is_none() {
@@ -269,8 +262,8 @@ async fn delta_of(table: &Table, since: Option<i64>) -> Result<Delta> {
             .iter()
             .filter(|m| m.added_snapshot_id == snapshot.snapshot_id())
         {
-            let manifest = manifest
-                .load_manifest(table.file_io())
+            let manifest = cache
+                .load(table.file_io(), manifest)
                 .await
                 .map_err(Error::ice("reading a manifest"))?;
             for entry in manifest.entries() {

@@ -585,8 +585,7 @@ impl Refresher {
             .map_err(|e| Error::Invalid(format!("rows of {name}: {e}")))?;
         let whole = days.is_none();
         let changed = days.clone().unwrap_or_default();
-        let added =
-            files::files_for(table, &schema, catalog.data_store(), rows, &changed, whole).await?;
+        let added = files::files_for(table, &schema, catalog, rows, &changed, whole).await?;
         let paths: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
         let partitioned = !table.metadata().default_partition_spec().is_unpartitioned();
         let commit = ProjectionCommit {

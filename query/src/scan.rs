@@ -49,9 +49,6 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
-/// How many manifests one scan reads at once.
-const MANIFEST_READS_IN_FLIGHT: usize = 16;
-
 /// One table (at its current snapshot, or a given one) for DataFusion.
 pub struct FloeTable {
     table: Table,
@@ -141,10 +138,6 @@ impl FloeTable {
         })
     }
 
-    async fn manifest(&self, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {
-        self.manifests.load(self.table.file_io(), file).await
-    }
-
     /// Every live data file of the snapshot, with its statistics from the manifests.
     async fn plan(&self) -> DFResult<Planned> {
         let metadata = self.table.metadata();
@@ -175,10 +168,9 @@ impl FloeTable {
         {
             return Ok(Planned::Fallback);
         }
-        let manifests: Vec<Arc<Manifest>> = futures::stream::iter(list.entries().to_vec())
-            .map(|file| async move { self.manifest(&file).await })
-            .buffered(MANIFEST_READS_IN_FLIGHT)
-            .try_collect()
+        let manifests = self
+            .manifests
+            .load_all(self.table.file_io(), list.entries())
             .await
             .map_err(iceberg_error)?;
         let mut files = Vec::new();

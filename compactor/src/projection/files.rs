@@ -9,6 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{Date32Type, SchemaRef};
+use floe_catalog::Catalog;
 use floe_catalog::projection::DAY_COLUMN;
 use floe_catalog::storage::DataStore;
 use futures::{StreamExt, TryStreamExt};
@@ -55,7 +56,7 @@ pub fn arrow_of(schema: &IcebergSchema) -> Result<SchemaRef> {
 pub async fn files_for(
     table: &Table,
     schema: &IcebergSchemaRef,
-    store: &DataStore,
+    catalog: &Catalog,
     rows: RecordBatch,
     changed: &BTreeSet<i32>,
     whole: bool,
@@ -71,7 +72,7 @@ pub async fn files_for(
     let mut batches = if whole {
         Vec::new()
     } else {
-        kept_rows(table, store, changed, rows.schema()).await?
+        kept_rows(table, catalog, changed, rows.schema()).await?
     };
     batches.push(rows);
     let all = concat_batches(&batches[0].schema(), &batches)
@@ -107,12 +108,13 @@ fn by_day(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>> {
 /// The table's current rows whose day is not in `changed`, as `schema`.
 async fn kept_rows(
     table: &Table,
-    store: &DataStore,
+    catalog: &Catalog,
     changed: &BTreeSet<i32>,
     schema: SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    for entry in floe_catalog::rewrite::live_entries(table).await? {
+    let store = catalog.data_store();
+    for entry in catalog.live_entries(table).await? {
         let location = entry.file_path();
         let failed = |e: &dyn std::fmt::Display| Error::Storage {
             action: "reading",

@@ -41,10 +41,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use floe_catalog::manifests::ManifestCache;
 use floe_catalog::storage::DataStore;
-use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
-    DataContentType, DataFile, DataFileFormat, Datum, Manifest, ManifestContentType, ManifestFile,
-    ManifestList, PrimitiveLiteral,
+    DataContentType, DataFile, DataFileFormat, Datum, ManifestContentType, ManifestList,
+    PrimitiveLiteral,
 };
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;

@@ -48,6 +48,8 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
+mod per_file;
+
 /// One table (at its current snapshot, or a given one) for DataFusion.
 pub struct FloeTable {
     table: Table,
@@ -421,7 +423,8 @@ impl TableProvider for FloeTable {
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
-        format.create_physical_plan(state, config).await
+        let plan = format.create_physical_plan(state, config).await?;
+        Ok(per_file::per_file_metrics(plan))
     }
 
     fn supports_filters_pushdown(

@@ -460,11 +460,12 @@ impl Compactor {
             .collect::<Result<Vec<_>>>()?;
         let scan = |groups: Vec<FileGroup>| {
             let source = Arc::new(ParquetSource::new(TableSchema::from(arrow_schema.clone())));
-            DataSourceExec::from_data_source(
+            // Each file's reader metrics go with the file (a bin can hold thousands).
+            floe_query::scan::per_file_metrics(DataSourceExec::from_data_source(
                 FileScanConfigBuilder::new(store_url.clone(), source)
                     .with_file_groups(groups)
                     .build(),
-            )
+            ))
         };
         // Events are sorted by (type, ts): the files are read and sorted in groups side by
         // side, one stream per core, and the sorted groups merged. A table without those

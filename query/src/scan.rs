@@ -49,6 +49,7 @@ use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 mod per_file;
+pub use per_file::per_file_metrics;
 
 /// One table (at its current snapshot, or a given one) for DataFusion.
 pub struct FloeTable {

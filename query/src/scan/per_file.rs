@@ -36,8 +36,9 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::{DisplayFormatType, ExecutionPlan, PhysicalExpr};
 
-/// `plan` with its Parquet scan's per-file metrics kept per file; any other plan as it is.
-pub(super) fn per_file_metrics(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+/// `plan` (a `DataSourceExec` over Parquet files) with each file opened by a source of its own,
+/// so that the file's metrics go with it; any other plan as it is.
+pub fn per_file_metrics(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     let Some(config) = plan
         .as_any()
         .downcast_ref::<DataSourceExec>()
@@ -69,7 +70,7 @@ fn wrap(source: Arc<dyn FileSource>, batch_size: Option<usize>) -> Option<Arc<dy
 
 /// A `ParquetSource` that opens each file with a copy of itself holding metrics of its own.
 #[derive(Clone)]
-pub(super) struct PerFileMetrics {
+pub struct PerFileMetrics {
     /// The plan's source: its options, predicate and projection, and the scan's metrics.
     plan: ParquetSource,
     /// As set by the scan when it starts (`FileSource::with_batch_size`).

@@ -87,6 +87,10 @@ class Tenant:
     def query(self, sql):
         return self.rows(sql, error_only=True)
 
+    def timed(self, sql):
+        """Runs `sql`; its error name (None) and its last page's `stats`."""
+        return self.rows(sql, error_only="stats")
+
     def rows(self, sql, error_only=False):
         hdrs = {"Authorization": f"Bearer {self.analyst}", "X-Trino-User": self.name}
         req = urllib.request.Request(f"{self.url}/v1/statement", data=sql.encode(), method="POST", headers=hdrs)
@@ -98,6 +102,8 @@ class Tenant:
                 page = json.loads(r.read())
             data += page.get("data", [])
         error = page.get("error", {}).get("errorName")
+        if error_only == "stats":
+            return error, page.get("stats", {})
         if error_only:
             return error
         assert error is None, f"{sql}: {error}"
@@ -123,9 +129,12 @@ def tenant_b(b, seconds, results):
     def query():
         while time.monotonic() < stop:
             t0 = time.monotonic()
-            error = b.query("SELECT type, count(*) FROM events GROUP BY type")
+            error, stats = b.timed("SELECT type, count(*) FROM events GROUP BY type")
             if error is None:
-                results["query"].append((time.monotonic() - t0) * 1000)
+                ms = (time.monotonic() - t0) * 1000
+                results["query"].append(ms)
+                results["split"].append((ms, stats.get("elapsedTimeMillis", 0), stats.get("cpuTimeMillis", 0),
+                                         stats.get("wallTimeMillis", 0) - stats.get("cpuTimeMillis", 0)))
             else:
                 results["query_errors"].append(error)
             time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
@@ -229,7 +238,8 @@ def main():
             assert time.monotonic() < deadline, "A's table did not become visible"
             time.sleep(0.5)
         time.sleep(2)
-        fresh = lambda: {"visible": [], "query": [], "refused": 0, "query_errors": [], "sent": 0}  # noqa: E731
+        fresh = lambda: {"visible": [], "query": [], "split": [], "refused": 0, "query_errors": [],  # noqa: E731
+                         "sent": 0}
         solo, contended = fresh(), fresh()
         rate = None if args.flood < 0 else int(args.flood * args.quota)
         ctx = multiprocessing.get_context("fork")
@@ -254,7 +264,7 @@ def main():
                     elapsed += time.monotonic() - started
                 phases.append((arm, files, live_files(data, b.name), phase))
                 total = solo if arm == "alone" else contended
-                for k in ("visible", "query", "query_errors"):
+                for k in ("visible", "query", "split", "query_errors"):
                     total[k] += phase[k]
                 total["refused"] += phase["refused"]
                 total["sent"] = phase["sent"]
@@ -272,6 +282,21 @@ def main():
     for arm, before, after, r in phases:
         print(f"| {arm} | {before} → {after} | {pct(r['query'], 50):.0f} ms | {pct(r['query'], 99):.0f} ms | "
               f"{pct(r['visible'], 99):.0f} ms |")
+    print("\nWhere B's query time went (ms; the server's figures are its last page's `stats`): the")
+    print("median query, and the mean of the slowest 2 % (client = sent to last page read; server =")
+    print("submitted to last page made; on a core = its steps holding a query CPU slot; waiting = its")
+    print("steps waiting for one; the rest of the server's time is reading files and handing pages on):\n")
+    print("| tenant B | queries | client | server | on a core | waiting for a core | client − server |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, r in (("alone", solo), ("while A floods", contended)):
+        split = sorted(r["split"])
+        if not split:
+            continue
+        slow = split[-max(1, len(split) // 50):]
+        for which, rows in (("median", [split[len(split) // 2]]), ("slowest 2 %", slow)):
+            mean = [sum(x[i] for x in rows) / len(rows) for i in range(4)]
+            print(f"| {label} | {which} | {mean[0]:.0f} | {mean[1]:.0f} | {mean[2]:.0f} | {mean[3]:.0f} | "
+                  f"{mean[0] - mean[1]:.0f} |")
     ratio_v = pct(contended["visible"], 99) / pct(solo["visible"], 99)
     ratio_q = pct(contended["query"], 99) / pct(solo["query"], 99)
     print(f"\nB's p99 under A's flood / alone: time-to-visible {ratio_v:.2f}x, query {ratio_q:.2f}x")

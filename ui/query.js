@@ -86,6 +86,7 @@ function render(body, q) {
       row("Elapsed", `${fmtInt(q.elapsed_ms)} ms`, "query-elapsed"),
       row("Rows", fmtInt(q.rows), "query-rows"),
       row("Bytes scanned", `${fmtBytes(q.scanned_bytes)} (${fmtInt(q.scanned_bytes)} bytes)`, "query-scanned"),
+      row("CPU", `${fmtInt(q.cpu_ms)} ms on a core, ${fmtInt(q.cpu_wait_ms)} ms waiting for one`, "query-cpu"),
     ),
     q.error
       ? h(

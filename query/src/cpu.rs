@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -251,11 +251,13 @@ impl CpuShare {
         }
     }
 
-    /// The handle through which `tenant`'s query steps take slots.
+    /// The handle through which `tenant`'s query steps take slots; one per query, whose
+    /// [`TenantCpu::times`] add up that query's steps.
     pub fn tenant(&self, tenant: &str) -> TenantCpu {
         TenantCpu {
             share: self.inner.clone(),
             tenant: tenant.into(),
+            times: Arc::default(),
         }
     }
 
@@ -293,6 +295,32 @@ impl Shared {
 pub struct TenantCpu {
     share: Arc<Shared>,
     tenant: Arc<str>,
+    times: Arc<SlotTimes>,
+}
+
+/// How long the steps taken through one [`TenantCpu`] (one query's) held slots, and waited
+/// for them: where a query's time went between its own work and its turn at the cores.
+#[derive(Debug, Default)]
+pub struct SlotTimes {
+    held: AtomicU64,
+    waited: AtomicU64,
+}
+
+impl SlotTimes {
+    /// The time its steps held a slot: its CPU time, unless the system gave the core to work
+    /// outside the slots meanwhile.
+    pub fn held(&self) -> Duration {
+        Duration::from_nanos(self.held.load(Ordering::Relaxed))
+    }
+
+    /// The time its steps waited for a slot held by other steps.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited.load(Ordering::Relaxed))
+    }
+
+    fn add(counter: &AtomicU64, time: Duration) {
+        counter.fetch_add(time.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Whether a slot was had at once or must be waited for.
@@ -302,6 +330,11 @@ enum Taken {
 }
 
 impl TenantCpu {
+    /// The times of the steps taken through this handle (and its clones).
+    pub fn times(&self) -> Arc<SlotTimes> {
+        self.times.clone()
+    }
+
     fn take(&self) -> Taken {
         let mut state = self.share.lock();
         let credit = self.share.credit;
@@ -340,6 +373,7 @@ impl TenantCpu {
 
     /// Gives a slot back, charging `held` to the tenant.
     fn give_back(&self, held: Duration) {
+        SlotTimes::add(&self.times.held, held);
         let mut state = self.share.lock();
         if let Some(t) = state.tenants.get_mut(&self.tenant) {
             t.charged = t.charged.saturating_add(held.as_nanos() as u64);
@@ -467,12 +501,14 @@ impl Drop for StepAside {
             return;
         };
         if let Taken::Later(waiter) = cpu.take() {
+            let since = Instant::now();
             waiter
                 .waker
                 .register(&Waker::from(Arc::new(Unpark(std::thread::current()))));
             while !waiter.granted.load(Ordering::Acquire) {
                 std::thread::park();
             }
+            SlotTimes::add(&cpu.times.waited, since.elapsed());
         }
         cpu.enter_thread();
         CURRENT.set(Some(Current {
@@ -493,7 +529,8 @@ impl Wake for Unpark {
 /// One line of work's turn at the slots: a step either holds a slot or waits for one.
 struct Gate {
     cpu: TenantCpu,
-    waiting: Option<Arc<Waiter>>,
+    /// The step's place in the queue for a slot, and since when it waits there.
+    waiting: Option<(Arc<Waiter>, Instant)>,
     /// While waiting: when to look again whether the holders are overrunning.
     recheck: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -523,11 +560,11 @@ impl Gate {
             }
             return Poll::Ready(None);
         }
-        let waiter = match self.waiting.take() {
-            Some(waiter) => waiter,
+        let (waiter, since) = match self.waiting.take() {
+            Some(waiting) => waiting,
             None => match self.cpu.take() {
                 Taken::Now => return Poll::Ready(Some(Held::enter(&self.cpu))),
-                Taken::Later(waiter) => waiter,
+                Taken::Later(waiter) => (waiter, Instant::now()),
             },
         };
         waiter.waker.register(cx.waker());
@@ -547,18 +584,20 @@ impl Gate {
                 recheck.as_mut().reset(tokio::time::Instant::now() + slice);
             }
             if !waiter.granted.load(Ordering::Acquire) {
-                self.waiting = Some(waiter);
+                self.waiting = Some((waiter, since));
                 return Poll::Pending;
             }
         }
         self.recheck = None;
+        SlotTimes::add(&self.cpu.times.waited, since.elapsed());
         Poll::Ready(Some(Held::enter(&self.cpu)))
     }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        if let Some(waiter) = self.waiting.take() {
+        if let Some((waiter, since)) = self.waiting.take() {
+            SlotTimes::add(&self.cpu.times.waited, since.elapsed());
             self.cpu.withdraw(&waiter);
         }
     }

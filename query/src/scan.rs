@@ -30,7 +30,8 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -50,6 +51,15 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 
 mod per_file;
 pub use per_file::per_file_metrics;
+
+/// The file scan `node` is, if it is a `DataSourceExec` reading files.
+pub fn file_scan(node: &dyn ExecutionPlan) -> Option<&FileScanConfig> {
+    node.as_any()
+        .downcast_ref::<DataSourceExec>()?
+        .data_source()
+        .as_any()
+        .downcast_ref::<FileScanConfig>()
+}
 
 /// One table (at its current snapshot, or a given one) for DataFusion.
 pub struct FloeTable {

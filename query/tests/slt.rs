@@ -132,6 +132,19 @@ impl sqllogictest::AsyncDB for Client {
                 rows.push(row.as_array().unwrap().iter().map(text).collect());
             }
         }
+        // The last page's figures: the rows sent, and a core's time no more than the time
+        // spent on one or waiting for one.
+        let stats = &page["stats"];
+        assert_eq!(stats["state"], "FINISHED", "{page}");
+        assert_eq!(
+            stats["processedRows"].as_u64(),
+            Some(rows.len() as u64),
+            "{page}"
+        );
+        assert!(
+            stats["cpuTimeMillis"].as_u64() <= stats["wallTimeMillis"].as_u64(),
+            "{page}"
+        );
         let Some(columns) = columns else {
             return Ok(DBOutput::StatementComplete(0));
         };

@@ -17,7 +17,7 @@ import sqlalchemy
 import trino
 from trino.auth import BasicAuthentication, JWTAuthentication
 
-from conftest import catalog_rows, floe, iceberg_catalog, local_files, post, statement
+from conftest import catalog_rows, floe, iceberg_catalog, local_files, post, request, statement
 
 TENANTS = ["tq-main", "tq-other"]
 
@@ -187,6 +187,27 @@ def test_large_results_stream_in_pages(loaded):
     while batch := cur.fetchmany(7000):
         seen += len(batch)
     assert seen == run(loaded, "tq-main", "SELECT count(*) FROM events")[0][0][0]
+
+
+def test_statistics_say_where_the_time_went(loaded):
+    """The last page's `stats` carry the query's elapsed time, the time its steps held a core
+    and waited for one, and the bytes it read; `GET /v1/query/{id}` shows the same."""
+    cur = connect(loaded, "tq-main").cursor()
+    # Work enough for milliseconds of CPU: every event paired with 300 others.
+    cur.execute("SELECT count(*), count(DISTINCT a.user_id || b.type) FROM events a "
+                "CROSS JOIN (SELECT type FROM events LIMIT 300) b")
+    assert cur.fetchall()[0][0] == 300 * run(loaded, "tq-main", "SELECT count(*) FROM events")[0][0][0]
+    stats = cur.stats
+    assert stats["state"] == "FINISHED", stats
+    assert stats["cpuTimeMillis"] >= 1, stats
+    assert stats["wallTimeMillis"] >= stats["cpuTimeMillis"], stats
+    assert stats["elapsedTimeMillis"] >= 1 and stats["processedBytes"] > 0, stats
+    status, info = request("GET", f"{loaded.url}/v1/query/{cur.query_id}", loaded.token("tq-main", "analyst"))
+    assert status == 200, info
+    assert info["cpu_ms"] == stats["cpuTimeMillis"], (info, stats)
+    # (each rounded down to the millisecond on its own)
+    assert abs(info["cpu_wait_ms"] - (stats["wallTimeMillis"] - stats["cpuTimeMillis"])) <= 1, (info, stats)
+    assert info["scanned_bytes"] == stats["processedBytes"], (info, stats)
 
 
 def test_sqlalchemy_reflection_and_pandas(loaded):

@@ -257,6 +257,7 @@ def test_an_analyst_runs_sql_and_opens_the_query_page(world):
     expect(page.get_by_test_id("query-sql")).to_have_text(sql)
     expect(page.get_by_test_id("query-state")).to_have_text("FINISHED")
     expect(page.get_by_test_id("query-rows")).to_have_text("3")
+    expect(page.get_by_test_id("query-cpu")).to_contain_text("ms on a core")
     tab.shot("query-page")
     page.goto(f"{srv.url}/ui/query.html?{failed_id}")
     expect(page.get_by_test_id("query-state")).to_have_text("FAILED")

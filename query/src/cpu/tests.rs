@@ -275,3 +275,38 @@ fn nested_steps_and_the_query_future_take_one_slot_and_a_blocking_wait_gives_it_
     assert_eq!(got, vec![0, 1, 2]);
     assert_eq!(share.free(), 1);
 }
+
+#[test]
+fn each_query_adds_up_the_time_its_steps_held_and_waited_for_slots() {
+    let share = CpuShare::new(1, Duration::from_secs(1), Duration::from_secs(1));
+    // Two queries of one tenant, each with a handle of its own.
+    let (first, second) = (share.tenant("a"), share.tenant("a"));
+    let (entered, has_entered) = std::sync::mpsc::channel();
+    let holder_cpu = first.clone();
+    // The first holds the only slot for 40 ms.
+    let holder = std::thread::spawn(move || {
+        assert!(matches!(holder_cpu.take(), Taken::Now));
+        let held = Held::enter(&holder_cpu);
+        entered.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        drop(held);
+    });
+    has_entered.recv().unwrap();
+    // The second's two steps of 5 ms wait for it, then run.
+    let mut steps = Steps {
+        inner: spinning(2, Duration::from_millis(5)),
+        gate: Gate::new(second.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { while steps.next().await.is_some() {} });
+    holder.join().unwrap();
+    let (a, b) = (first.times(), second.times());
+    assert!(a.held() >= Duration::from_millis(40), "{a:?}");
+    assert_eq!(a.waited(), Duration::ZERO);
+    assert!(b.waited() >= Duration::from_millis(20), "{b:?}");
+    assert!(b.held() >= Duration::from_millis(10), "{b:?}");
+    assert!(b.held() < a.held(), "{a:?} {b:?}");
+}

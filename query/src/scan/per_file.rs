@@ -44,11 +44,7 @@ use datafusion::physical_plan::{DisplayFormatType, ExecutionPlan, PhysicalExpr};
 /// order is inexact and its sort stays), as would an encryption factory set on the source
 /// rather than named in its options.
 pub fn per_file_metrics(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    let Some(config) = plan
-        .as_any()
-        .downcast_ref::<DataSourceExec>()
-        .and_then(|exec| exec.data_source().as_any().downcast_ref::<FileScanConfig>())
-    else {
+    let Some(config) = super::file_scan(plan.as_ref()) else {
         return plan;
     };
     let Some(source) = wrap(config.file_source.clone(), None) else {
@@ -255,11 +251,7 @@ mod tests {
     fn scan_source(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn FileSource> {
         let mut found = None;
         plan.apply(|node| {
-            if let Some(config) = node
-                .as_any()
-                .downcast_ref::<DataSourceExec>()
-                .and_then(|e| e.data_source().as_any().downcast_ref::<FileScanConfig>())
-            {
+            if let Some(config) = crate::scan::file_scan(node.as_ref()) {
                 found = Some(config.file_source.clone());
             }
             Ok(TreeNodeRecursion::Continue)

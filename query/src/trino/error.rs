@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::values::stats;
+use super::values::{Progress, stats};
 use crate::Error;
 
 /// An error of Trino's error-code table: its name, number and type.
@@ -137,12 +137,12 @@ impl QueryError {
         }
     }
 
-    /// The `QueryResults` of a failed query.
-    pub fn into_results(self, id: &str, base: &str) -> Value {
+    /// The `QueryResults` of a failed query, with its figures so far.
+    pub fn into_results(self, id: &str, base: &str, progress: &Progress) -> Value {
         json!({
             "id": id,
             "infoUri": super::info_uri(base, id),
-            "stats": stats("FAILED", 0),
+            "stats": stats("FAILED", progress),
             "error": {
                 "message": self.message,
                 "errorCode": self.code.code,

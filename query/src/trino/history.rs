@@ -11,6 +11,8 @@ use floe_catalog::TenantKey;
 use floe_catalog::audit::{AuditQueue, Entry};
 use serde_json::{Value, json};
 
+use super::values::Progress;
+
 /// Longest SQL text kept for a query (a longer one is cut, and says so).
 const SQL_KEPT: usize = 16 << 10;
 
@@ -29,6 +31,8 @@ pub(crate) struct Described {
     pub scanned_bytes: u64,
     /// The failure's message and Trino error name.
     pub error: Option<(String, String)>,
+    /// Its times and figures as its pages' `stats` give them.
+    pub progress: Progress,
     /// Who ran it (`token:<jti>`, `key:<id>`) and with which role, for the audit log.
     pub actor: String,
     pub role: &'static str,
@@ -53,6 +57,7 @@ impl Described {
             rows: 0,
             scanned_bytes: 0,
             error: None,
+            progress: Progress::default(),
             actor: String::new(),
             role: "",
         }
@@ -75,6 +80,7 @@ impl Described {
             "rows": self.rows,
             "scanned_bytes": self.scanned_bytes,
             "duration_ms": self.ended_at_ms.map(|e| e - self.created_at_ms),
+            "cpu_ms": self.progress.cpu.as_millis() as u64,
             "error": self.error.as_ref().map(|(message, name)| {
                 json!({"message": super::redact::redact_quoted(message, 4096), "errorName": name})
             }),
@@ -107,6 +113,8 @@ impl Described {
             "elapsed_ms": self.ended_at_ms.unwrap_or(now) - self.created_at_ms,
             "rows": self.rows,
             "scanned_bytes": self.scanned_bytes,
+            "cpu_ms": self.progress.cpu.as_millis() as u64,
+            "cpu_wait_ms": self.progress.waited.as_millis() as u64,
             "error": self.error.as_ref().map(|(message, name)| {
                 json!({"message": message, "errorName": name})
             }),

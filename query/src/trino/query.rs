@@ -38,8 +38,9 @@ use super::error::{
 };
 use super::history::{Described, History, Scanned, scanned};
 use super::session::Answer;
-use super::values::{column, json_rows, stats};
+use super::values::{Progress, column, json_rows, stats};
 use super::{Queries, TrinoState, info_uri};
+use crate::cpu::SlotTimes;
 use crate::{Engine, Error, Scope};
 
 /// Stack of query threads: parsing and planning walk expression trees recursively, to the
@@ -102,6 +103,8 @@ pub(crate) struct Run {
     scanned: Scanned,
     /// Its failure's message and Trino error name.
     error: Option<(String, String)>,
+    /// Its steps' time at the query CPU slots, once it runs on the engine.
+    times: Option<Arc<SlotTimes>>,
 }
 
 impl Run {
@@ -126,6 +129,7 @@ impl Run {
             described.rows = self.rows;
             described.scanned_bytes = scanned(&self.scanned);
             described.error = self.error.take();
+            described.progress = self.progress();
             history.keep(described);
         }
     }
@@ -142,7 +146,19 @@ impl Run {
         d.state = if self.token == 0 { "QUEUED" } else { "RUNNING" };
         d.rows = self.rows;
         d.scanned_bytes = scanned(&self.scanned);
+        d.progress = self.progress();
         Some(d)
+    }
+
+    /// Its figures so far, as `stats` reports them.
+    fn progress(&self) -> Progress {
+        Progress {
+            rows: self.rows,
+            bytes: scanned(&self.scanned),
+            elapsed: self.started.elapsed(),
+            cpu: self.times.as_ref().map_or(Duration::ZERO, |t| t.held()),
+            waited: self.times.as_ref().map_or(Duration::ZERO, |t| t.waited()),
+        }
     }
 }
 
@@ -180,6 +196,7 @@ impl Run {
             described: None,
             scanned: Scanned::default(),
             error: None,
+            times: None,
         }
     }
 
@@ -229,6 +246,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
         span,
     } = plan;
     let cpu = engine.cpu().tenant(plan_tenant.as_str());
+    let times = cpu.times();
     let plan_cpu = cpu.clone();
     let work = async move {
         let started = async {
@@ -324,6 +342,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             run.timed_out = timed_out;
             run.slot = Some(kept);
             run.scanned = total;
+            run.times = Some(times);
             run
         }
         Err(e) => {
@@ -355,7 +374,7 @@ pub(crate) fn queued(id: &str, base: &str) -> Value {
         "id": id,
         "infoUri": info_uri(base, id),
         "nextUri": format!("{base}/v1/statement/executing/{id}/0"),
-        "stats": stats("QUEUED", 0),
+        "stats": stats("QUEUED", &Progress::default()),
         "warnings": [],
     })
 }
@@ -364,11 +383,15 @@ pub(crate) fn queued(id: &str, base: &str) -> Value {
 pub(crate) async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> Page {
     run.touched = Instant::now();
     let (done, page) = match std::mem::replace(&mut run.source, Source::Engine(None)) {
-        Source::Failed(e) => (true, failed(e, id, base)),
+        Source::Failed(e) => (true, failed(e, id, base, &run.progress())),
         Source::Ready(answer) => {
+            let progress = Progress {
+                rows: answer.rows.len() as u64,
+                ..run.progress()
+            };
             let mut body = json!({
                 "id": id, "infoUri": info_uri(base, id),
-                "stats": stats("FINISHED", answer.rows.len() as u64), "warnings": [],
+                "stats": stats("FINISHED", &progress), "warnings": [],
             });
             if let Some(name) = answer.column {
                 body["columns"] = json!([column(&Field::new(name, DataType::Utf8, false))]);
@@ -411,9 +434,9 @@ pub(crate) async fn page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -
     page
 }
 
-fn failed(e: QueryError, id: &str, base: &str) -> Page {
+fn failed(e: QueryError, id: &str, base: &str, progress: &Progress) -> Page {
     Page {
-        body: e.into_results(id, base),
+        body: e.into_results(id, base, progress),
         headers: Vec::new(),
     }
 }
@@ -503,14 +526,14 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
         // Dropping the receiver stops the work.
         run.source = Source::Engine(None);
         run.pending = None;
-        return (true, failed(f, id, base));
+        return (true, failed(f, id, base, &run.progress()));
     }
     let state = if finished { "FINISHED" } else { "RUNNING" };
     let mut body = json!({
         "id": id,
         "infoUri": info_uri(base, id),
         "columns": run.columns,
-        "stats": stats(state, run.rows),
+        "stats": stats(state, &run.progress()),
         "warnings": [],
     });
     if !data.is_empty() {
@@ -535,13 +558,9 @@ async fn engine_page(st: &TrinoState, run: &mut Run, id: &str, base: &str) -> (b
 /// `scanned_bytes_per_day` counts.
 fn file_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::datasource::physical_plan::FileScanConfig;
-    use datafusion::datasource::source::DataSourceExec;
     let mut total = 0u64;
     let _ = plan.apply(|node| {
-        if let Some(exec) = node.as_any().downcast_ref::<DataSourceExec>()
-            && let Some(scan) = exec.data_source().as_any().downcast_ref::<FileScanConfig>()
-        {
+        if let Some(scan) = crate::scan::file_scan(node.as_ref()) {
             for group in &scan.file_groups {
                 for file in group.files() {
                     total += file.object_meta.size;

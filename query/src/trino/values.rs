@@ -2,6 +2,7 @@
 //! clients read them in `data`.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit};
@@ -10,13 +11,32 @@ use serde_json::{Value, json};
 
 use crate::type_names::trino_type;
 
-/// `stats` of a `QueryResults` in `state`.
-pub fn stats(state: &str, rows: u64) -> Value {
+/// What a query's `stats` report of it so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    pub rows: u64,
+    /// Bytes of the data files its plan reads.
+    pub bytes: u64,
+    /// Since it was submitted.
+    pub elapsed: Duration,
+    /// The time its steps held a query CPU slot ([`crate::cpu::SlotTimes::held`]).
+    pub cpu: Duration,
+    /// The time its steps waited for a slot.
+    pub waited: Duration,
+}
+
+/// `stats` of a `QueryResults` in `state`: `cpuTimeMillis` is the time its steps held a core,
+/// `wallTimeMillis` that and the time they waited for one, `queuedTimeMillis` 0 (a query over
+/// its tenant's limits is refused, not queued).
+pub fn stats(state: &str, p: &Progress) -> Value {
+    let ms = |d: Duration| d.as_millis() as u64;
     json!({
         "state": state, "queued": false, "scheduled": true, "nodes": 1,
         "totalSplits": 0, "queuedSplits": 0, "runningSplits": 0, "completedSplits": 0,
-        "cpuTimeMillis": 0, "wallTimeMillis": 0, "queuedTimeMillis": 0, "elapsedTimeMillis": 0,
-        "processedRows": rows, "processedBytes": 0, "peakMemoryBytes": 0, "spilledBytes": 0,
+        "cpuTimeMillis": ms(p.cpu), "wallTimeMillis": ms(p.cpu + p.waited),
+        "queuedTimeMillis": 0, "elapsedTimeMillis": ms(p.elapsed),
+        "processedRows": p.rows, "processedBytes": p.bytes, "peakMemoryBytes": 0,
+        "spilledBytes": 0,
     })
 }
 

@@ -18,6 +18,12 @@
 //! - a tenant returning from idle starts `query.cpu_credit_ms` behind the least-charged busy
 //!   tenant, not with all the time it did not use: it goes ahead of the busy ones for that much
 //!   CPU at most, and cannot bank credit for later.
+//! - the slots order the steps, but the operating system runs the threads: a step holding a
+//!   slot still waits for a core if other threads want it. So a query's own threads go behind
+//!   (`query.cpu_behind_nice`) when they hold a step that a tenant that has had less went
+//!   ahead of, or start one while such a tenant is busy; they stay behind until their query
+//!   ends (a nice value cannot be lowered again without privileges), and only a query's own
+//!   threads are moved ([`query_thread`]), never a shared pool's.
 //!
 //! Steps nest (a node's step polls its input's stream), and only the outermost step of a thread
 //! takes a slot: a thread holds one slot at most and never waits for a second while holding
@@ -27,7 +33,7 @@
 //! (a nested loop join joins its whole build side with each probe batch in one poll) gets its
 //! input in slices that keep its steps near one slice long ([`probe`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -84,8 +90,9 @@ struct Tenant {
     running: usize,
     /// Steps waiting for a slot, oldest first.
     waiting: VecDeque<Arc<Waiter>>,
-    /// The threads running its steps now, and since when.
-    threads: Vec<(Pid, Instant)>,
+    /// The threads running its steps now, since when, and whether each is a query's own
+    /// ([`query_thread`]).
+    threads: Vec<(Pid, Instant, bool)>,
 }
 
 impl Tenant {
@@ -171,7 +178,7 @@ impl State {
             .tenants
             .values()
             .flat_map(|t| t.threads.iter())
-            .filter(|(_, since)| now.duration_since(*since) >= self.slice)
+            .filter(|(_, since, _)| now.duration_since(*since) >= self.slice)
             .count();
         (self.slots + overrunning).saturating_sub(self.running)
     }
@@ -274,6 +281,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a tenant that has had less than `tenant` is busy (holds or waits for a slot).
+    fn lighter_busy(&self, tenant: &str) -> bool {
+        let state = self.lock();
+        let Some(charged) = state.tenants.get(tenant).map(|t| t.charged) else {
+            return false;
+        };
+        state
+            .tenants
+            .iter()
+            .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
+    }
+
     /// Whether `tenant`'s step keeps a tenant that has had less from a slot: one that waits,
     /// or one that took a slot over the count because it had had less.
     fn owes(&self, tenant: &str) -> bool {
@@ -354,7 +373,9 @@ impl TenantCpu {
                     .tenants
                     .iter()
                     .filter(|(name, t)| **name != self.tenant && t.charged > charged)
-                    .flat_map(|(_, t)| t.threads.iter().map(|(thread, _)| *thread))
+                    .flat_map(|(_, t)| t.threads.iter())
+                    .filter(|(_, _, own)| *own)
+                    .map(|(thread, _, _)| *thread)
                     .collect();
                 drop(state);
                 for thread in behind {
@@ -388,7 +409,7 @@ impl TenantCpu {
     fn enter_thread(&self) {
         let thread = rustix::thread::gettid();
         if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant) {
-            t.threads.push((thread, Instant::now()));
+            t.threads.push((thread, Instant::now(), QUERY_OWNED.get()));
         }
     }
 
@@ -396,7 +417,7 @@ impl TenantCpu {
     fn leave_thread(&self) {
         let thread = rustix::thread::gettid();
         if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant)
-            && let Some(i) = t.threads.iter().position(|(p, _)| *p == thread)
+            && let Some(i) = t.threads.iter().position(|(p, _, _)| *p == thread)
         {
             t.threads.swap_remove(i);
         }
@@ -421,6 +442,17 @@ impl TenantCpu {
 thread_local! {
     /// The slot this thread holds for the step it is in, if any.
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+    /// Whether this thread belongs to one query and ends with it ([`query_thread`]).
+    static QUERY_OWNED: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread has been put behind other tenants' (it stays there).
+    static BEHIND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one query's own, ended with it: only such threads are put
+/// behind a tenant that has had less, since a thread's nice value cannot be lowered again
+/// without privileges (a shared pool's thread would stay behind for whoever it serves next).
+pub fn query_thread() {
+    QUERY_OWNED.set(true);
 }
 
 struct Current {
@@ -454,6 +486,16 @@ struct Held;
 impl Held {
     fn enter(cpu: &TenantCpu) -> Held {
         cpu.enter_thread();
+        // A query's thread that starts a step while a tenant that has had less is busy goes
+        // behind that tenant's threads on the cores for the rest of its query: its work
+        // outside the steps (a repartition hashing a batch, its runtime's own tasks) and its
+        // steps that overrun the slice would otherwise take the cores from the lighter
+        // tenant's steps, which hold slots but wait for the operating system.
+        let nice = cpu.share.behind_nice;
+        if nice > 0 && QUERY_OWNED.get() && !BEHIND.get() && cpu.share.lighter_busy(&cpu.tenant) {
+            BEHIND.set(true);
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+        }
         CURRENT.set(Some(Current {
             cpu: cpu.clone(),
             since: Instant::now(),

@@ -51,6 +51,7 @@ fn the_threads_a_tenant_that_has_had_less_goes_ahead_of_are_put_behind_it() {
     let (entered, tid) = std::sync::mpsc::channel();
     let (go_on, proceed) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
+        crate::cpu::query_thread();
         // A holds both slots, has been charged 5 ms, and runs a step on this thread.
         assert!(matches!(a.take(), Taken::Now));
         assert!(matches!(a.take(), Taken::Now));
@@ -309,4 +310,40 @@ fn each_query_adds_up_the_time_its_steps_held_and_waited_for_slots() {
     assert!(b.waited() >= Duration::from_millis(20), "{b:?}");
     assert!(b.held() >= Duration::from_millis(10), "{b:?}");
     assert!(b.held() < a.held(), "{a:?} {b:?}");
+}
+
+#[test]
+fn a_query_thread_that_starts_a_step_while_a_lighter_tenant_is_busy_goes_behind_it() {
+    let share = CpuShare::with_nice(2, Duration::from_secs(1), Duration::from_millis(5), 7);
+    let (a, b) = (share.tenant("a"), share.tenant("b"));
+    // A has been charged 5 ms; B, busy, has had less.
+    assert!(matches!(a.take(), Taken::Now));
+    a.give_back(Duration::from_millis(5));
+    assert!(matches!(a.take(), Taken::Now));
+    assert!(matches!(b.take(), Taken::Now));
+    let step = |own: bool| {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            if own {
+                crate::cpu::query_thread();
+            }
+            let held = Held::enter(&a);
+            let nice = rustix::process::getpriority_process(None).unwrap();
+            drop(held);
+            nice
+        })
+        .join()
+        .unwrap()
+    };
+    // (Each step runs on the slot A took last, and gives it back.) A query's own thread goes
+    // behind B's for the rest of its query; a thread of a shared pool (which would stay
+    // behind for its next work) is left alone.
+    assert_eq!(step(true), 7);
+    assert!(matches!(a.take(), Taken::Now));
+    assert_eq!(step(false), 0);
+    b.give_back(Duration::ZERO);
+    // B idle: A's next query's threads run as before.
+    assert!(matches!(a.take(), Taken::Now));
+    assert_eq!(step(true), 0);
+    assert_eq!(share.free(), 2);
 }

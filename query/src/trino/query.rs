@@ -307,9 +307,11 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
         .name("floe-query".into())
         .stack_size(SQL_STACK_BYTES)
         .spawn(move || {
+            crate::cpu::query_thread();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
                 .thread_name("floe-query-worker")
+                .on_thread_start(crate::cpu::query_thread)
                 .thread_stack_size(SQL_STACK_BYTES)
                 .enable_all()
                 .build()

@@ -316,10 +316,10 @@ fn each_query_adds_up_the_time_its_steps_held_and_waited_for_slots() {
 fn a_query_thread_that_starts_a_step_while_a_lighter_tenant_is_busy_goes_behind_it() {
     let share = CpuShare::with_nice(2, Duration::from_secs(1), Duration::from_millis(5), 7);
     let (a, b) = (share.tenant("a"), share.tenant("b"));
-    // A has been charged 5 ms; B, busy, has had less.
+    // A holds a slot and has been charged 5 ms; B, busy, has had less.
+    assert!(matches!(a.take(), Taken::Now));
     assert!(matches!(a.take(), Taken::Now));
     a.give_back(Duration::from_millis(5));
-    assert!(matches!(a.take(), Taken::Now));
     assert!(matches!(b.take(), Taken::Now));
     let step = |own: bool| {
         let a = a.clone();

@@ -4,6 +4,7 @@
 mod alert;
 mod alerting;
 mod audit;
+mod avro_names;
 mod cli;
 mod compact;
 mod generate;
@@ -59,6 +60,8 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before any manifest is read: Avro's name rules without regular expressions.
+    avro_names::install();
     let telemetry = telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref())?;
     // SQL parsing and planning walk expression trees recursively; query.max_sql_depth and
     // query.max_sql_operators bound their depth, and this stack fits the deepest they allow

@@ -66,8 +66,8 @@ struct Shared {
     credit: u64,
     /// How long a step may run on while another tenant's step is kept from a slot.
     slice: Duration,
-    /// The nice value of threads whose steps a tenant that has had less went ahead of (0:
-    /// left alone).
+    /// The nice value of a query's threads whose steps a tenant that has had less went ahead
+    /// of, or that started a step while such a tenant was busy (0: left alone).
     behind_nice: i32,
     state: Mutex<State>,
 }
@@ -109,6 +109,16 @@ struct Waiter {
 }
 
 impl State {
+    /// Whether a tenant that has had less than `tenant` is busy (holds or waits for a slot).
+    fn lighter_busy(&self, tenant: &str) -> bool {
+        let Some(charged) = self.tenants.get(tenant).map(|t| t.charged) else {
+            return false;
+        };
+        self.tenants
+            .iter()
+            .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
+    }
+
     /// The least charge among busy tenants other than `except`.
     fn floor(&self, except: &str) -> Option<u64> {
         self.tenants
@@ -281,18 +291,6 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a tenant that has had less than `tenant` is busy (holds or waits for a slot).
-    fn lighter_busy(&self, tenant: &str) -> bool {
-        let state = self.lock();
-        let Some(charged) = state.tenants.get(tenant).map(|t| t.charged) else {
-            return false;
-        };
-        state
-            .tenants
-            .iter()
-            .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
-    }
-
     /// Whether `tenant`'s step keeps a tenant that has had less from a slot: one that waits,
     /// or one that took a slot over the count because it had had less.
     fn owes(&self, tenant: &str) -> bool {
@@ -405,12 +403,15 @@ impl TenantCpu {
         state.forget_if_idle(&self.tenant, self.share.credit);
     }
 
-    /// Records that this thread runs one of the tenant's steps.
-    fn enter_thread(&self) {
+    /// Records that this thread runs one of the tenant's steps; with `ask`, tells (under the
+    /// same lock) whether a tenant that has had less is busy.
+    fn enter_thread(&self, ask: bool) -> bool {
         let thread = rustix::thread::gettid();
-        if let Some(t) = self.share.lock().tenants.get_mut(&self.tenant) {
+        let mut state = self.share.lock();
+        if let Some(t) = state.tenants.get_mut(&self.tenant) {
             t.threads.push((thread, Instant::now(), QUERY_OWNED.get()));
         }
+        ask && state.lighter_busy(&self.tenant)
     }
 
     /// Records that this thread's step ended.
@@ -485,14 +486,14 @@ struct Held;
 
 impl Held {
     fn enter(cpu: &TenantCpu) -> Held {
-        cpu.enter_thread();
         // A query's thread that starts a step while a tenant that has had less is busy goes
         // behind that tenant's threads on the cores for the rest of its query: its work
         // outside the steps (a repartition hashing a batch, its runtime's own tasks) and its
         // steps that overrun the slice would otherwise take the cores from the lighter
         // tenant's steps, which hold slots but wait for the operating system.
         let nice = cpu.share.behind_nice;
-        if nice > 0 && QUERY_OWNED.get() && !BEHIND.get() && cpu.share.lighter_busy(&cpu.tenant) {
+        let ask = nice > 0 && QUERY_OWNED.get() && !BEHIND.get();
+        if cpu.enter_thread(ask) {
             BEHIND.set(true);
             let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
         }
@@ -552,7 +553,7 @@ impl Drop for StepAside {
             }
             SlotTimes::add(&cpu.times.waited, since.elapsed());
         }
-        cpu.enter_thread();
+        cpu.enter_thread(false);
         CURRENT.set(Some(Current {
             cpu,
             since: Instant::now(),

@@ -359,8 +359,9 @@ pub struct QueryConfig {
     /// it yields at its next input (a sort or aggregate would otherwise hold it for its whole
     /// input).
     pub cpu_slice_ms: u64,
-    /// The nice value given to the threads of query steps that a tenant that has had less CPU
-    /// goes ahead of, so that the operating system runs its steps first (0: left alone; 1–19).
+    /// The nice value given, for the rest of their query, to a query's own threads whose steps
+    /// a tenant that has had less CPU goes ahead of, or that start a step while such a tenant
+    /// is busy, so that the operating system runs its steps first (0: left alone; 1–19).
     pub cpu_behind_nice: i32,
     /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
     pub max_result_rows: u64,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::QuotaConfig;
 use crate::{Catalog, Error, Result, TenantId};
 
-pub use book::{QuerySlot, QuotaBook, QuotaExceeded, RateLimit};
+pub use book::{QuerySlot, QuotaBook, QuotaExceeded, RateLimit, RawBody};
 
 /// A quota's name, as `floe tenant set T --quota NAME=VALUE` and error messages spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -2,9 +2,9 @@
 //!
 //! A request is authenticated, takes one of its tenant's request slots ([`slots`]), has its
 //! body read (at a minimum rate, else 408), refused unparsed when the tenant's ingest
-//! allowance is used up, parsed and checked against the tenant's ingest quotas (429 with
-//! `Retry-After`, nothing stored), and only then is stored. Every reply to an
-//! authenticated request carries the tenant's `X-RateLimit-*` headers.
+//! allowance is short of what a body of its size holds, parsed and checked against the
+//! tenant's ingest quotas (429 with `Retry-After`, nothing stored), and only then is stored.
+//! Every reply to an authenticated request carries the tenant's `X-RateLimit-*` headers.
 
 pub mod slots;
 
@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 pub use floe_catalog::api::ApiError;
 use floe_catalog::api::min_rate::too_slow;
 use floe_catalog::metrics as m;
-use floe_catalog::quota::{QuotaBook, RateLimit};
+use floe_catalog::quota::{QuotaBook, RateLimit, RawBody};
 use floe_catalog::{Authenticator, Role, TenantKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -275,10 +275,15 @@ async fn accept(
             None => too_large(cfg.max_request_bytes),
         })?;
     // Read to its end (the connection stays usable) but not parsed when the tenant's
-    // allowance is used up: a flood past the quota costs little CPU that others could use.
+    // allowance is short of what a body of this size holds: a flood past the quota costs
+    // little CPU that others could use.
     metrics::histogram!(m::INGEST_REQUEST_BYTES).record(raw.len() as f64);
+    let raw_body = RawBody {
+        len: raw.len() as u64,
+        gzip,
+    };
     st.quotas
-        .refuse_ingest_early(tenant.id())
+        .refuse_ingest_early(tenant.id(), raw_body)
         .await
         .inspect_err(|e| e.count(tenant.id()))?;
 
@@ -321,7 +326,7 @@ async fn accept(
         None
     } else {
         st.quotas
-            .admit_ingest(tenant.id(), events as u64, event_bytes as u64)
+            .admit_ingest(tenant.id(), events as u64, event_bytes as u64, raw_body)
             .await
             .inspect_err(|e| e.count(tenant.id()))?
     };

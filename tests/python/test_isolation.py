@@ -253,6 +253,19 @@ def test_ingest_quota_headers_429_and_nothing_accepted_is_lost(tmp_path):
                 assert int(headers["Retry-After"]) >= 1
                 refused += 1
         assert refused > 0 and accepted > 5, (accepted, refused)
+        # A bucket that refills all the time is seldom empty, but seldom holds a whole batch:
+        # a request whose size says it holds more than the bucket has is refused unparsed too
+        # (a body of that size that is not JSON gets 429, not 400). Three batches' size: more
+        # than the burst, so the bucket must be nearly full, which it is not for 0.7 s.
+        time.sleep(1.2)
+        batch = json.dumps(events(80, prefix="sized")).encode()
+        status, headers, body = send(srv, token, batch)
+        assert status == 200 and body["accepted"] == 80, (status, body)
+        accepted += 80
+        status, headers, body = send(srv, token, b"x" * (3 * len(batch)))
+        assert status == 429, (status, body)
+        assert "a request of this size has held about" in body["error"]["message"], body
+        assert int(headers["Retry-After"]) >= 1
         # A request larger than the burst passes on a full bucket and leaves it in debt for
         # two seconds; meanwhile a request is refused before its body is parsed (a body that
         # is not JSON gets 429, not 400), so a flood past the quota costs no parsing.

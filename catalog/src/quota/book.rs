@@ -55,6 +55,56 @@ impl std::fmt::Display for QuotaExceeded {
     }
 }
 
+/// An ingest request's body as it arrived, before it is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawBody {
+    /// Its length in bytes, as sent (compressed, when `gzip`).
+    pub len: u64,
+    pub gzip: bool,
+}
+
+/// What a tenant's recently parsed request bodies held per byte of body, so that a request
+/// can be refused unparsed when the tenant's allowance is short of what a body of its size
+/// holds. Kept per encoding (plain and gzip), whose bytes per event differ several times.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Shape {
+    /// Per body (the latest [`Shape::BODIES`], oldest overwritten first): events per body
+    /// byte, and bytes of events (as `ingest_bytes_per_sec` counts them) per body byte.
+    seen: [(f32, f32); Shape::BODIES],
+    /// Bodies seen, up to [`Shape::BODIES`]; `next`: the one to overwrite.
+    len: u8,
+    next: u8,
+}
+
+impl Shape {
+    const BODIES: usize = 16;
+    /// A request is refused unparsed only when its allowance is short of this share of what
+    /// its size predicts.
+    const MARGIN: f64 = 0.9;
+
+    fn learn(&mut self, body: u64, events: u64, bytes: u64) {
+        if body == 0 || events == 0 {
+            return;
+        }
+        let per_byte = |n: u64| (n as f64 / body as f64) as f32;
+        self.seen[usize::from(self.next)] = (per_byte(events), per_byte(bytes));
+        self.next = ((usize::from(self.next) + 1) % Self::BODIES) as u8;
+        self.len = (usize::from(self.len) + 1).min(Self::BODIES) as u8;
+    }
+
+    /// The events and the bytes of events a body of `len` bytes holds if it is as sparse as
+    /// the sparsest of the recent bodies (so that a client of large events among clients of
+    /// small ones is not taken for a large request); `None` before any body was parsed.
+    fn expect(&self, len: u64) -> Option<(f64, f64)> {
+        let seen = &self.seen[..usize::from(self.len)];
+        let least = |f: fn(&(f32, f32)) -> f32| seen.iter().map(f).fold(f32::INFINITY, f32::min);
+        (!seen.is_empty()).then(|| {
+            let n = len as f64;
+            (n * f64::from(least(|s| s.0)), n * f64::from(least(|s| s.1)))
+        })
+    }
+}
+
 /// A token bucket: refills at a rate, holds `burst_secs` of it.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -108,6 +158,22 @@ impl Bucket {
         (self.tokens < 1.0).then(|| Duration::from_secs_f64((capacity - self.tokens) / rate as f64))
     }
 
+    /// When the bucket holds less than `share` of the `n` tokens that [`Bucket::take`] would
+    /// need: how long until it holds them all.
+    fn short_of(
+        &mut self,
+        n: f64,
+        share: f64,
+        rate: u64,
+        burst_secs: u64,
+        now: Instant,
+    ) -> Option<Duration> {
+        self.refill(rate, burst_secs, now);
+        let need = n.min((rate * burst_secs) as f64);
+        (self.tokens < need * share)
+            .then(|| Duration::from_secs_f64((need - self.tokens) / rate as f64))
+    }
+
     fn give_back(&mut self, n: u64) {
         self.tokens += n as f64;
     }
@@ -130,6 +196,8 @@ struct Entry {
     refreshing: bool,
     events: Bucket,
     bytes: Bucket,
+    /// What the tenant's plain and gzip bodies held per byte.
+    shapes: [Shape; 2],
     /// Queries started in the last minute.
     started: VecDeque<Instant>,
     running: u64,
@@ -301,6 +369,7 @@ impl QuotaBook {
         Entry {
             events: Bucket::full(quotas.get(Quota::IngestEventsPerSec), burst, now),
             bytes: Bucket::full(quotas.get(Quota::IngestBytesPerSec), burst, now),
+            shapes: Default::default(),
             quotas,
             fetched: now,
             refreshing: false,
@@ -374,11 +443,18 @@ impl QuotaBook {
         entry.refreshing = false;
     }
 
-    /// Refuses a request of `tenant` before its events are parsed when any event it holds
-    /// would be refused: the tenant stores more than its quota, or one of its ingest buckets
-    /// is empty. A tenant sending far past its rate thus costs the server the reading of its
-    /// requests, not their parsing and validation. Nothing is counted.
-    pub async fn refuse_ingest_early(&self, tenant: &TenantId) -> Result<(), QuotaExceeded> {
+    /// Refuses a request of `tenant` before its events are parsed when it would be refused
+    /// after: the tenant stores more than its quota, one of its ingest buckets is empty, or
+    /// holds less than [`Shape::MARGIN`] of what a body of this size holds (judged by the
+    /// tenant's recent parsed bodies of the same encoding). A tenant sending far past its rate thus
+    /// costs the server the reading of its requests, not their parsing and validation: a
+    /// bucket that refills continuously is seldom empty, but seldom holds a whole batch.
+    /// Nothing is counted.
+    pub async fn refuse_ingest_early(
+        &self,
+        tenant: &TenantId,
+        body: RawBody,
+    ) -> Result<(), QuotaExceeded> {
         self.ensure(tenant).await;
         let burst = self.defaults.burst_secs;
         let now = Instant::now();
@@ -389,20 +465,32 @@ impl QuotaBook {
         if let Some(refused) = stored_exceeded(tenant, e, burst) {
             return Err(refused);
         }
+        let expected = e.shapes[usize::from(body.gzip)].expect(body.len);
         for quota in [Quota::IngestEventsPerSec, Quota::IngestBytesPerSec] {
             let rate = e.quotas.get(quota);
-            let bucket = match quota {
-                Quota::IngestEventsPerSec => &mut e.events,
-                _ => &mut e.bytes,
+            let (bucket, about) = match quota {
+                Quota::IngestEventsPerSec => (&mut e.events, expected.map(|x| x.0)),
+                _ => (&mut e.bytes, expected.map(|x| x.1)),
             };
-            if rate > 0
-                && let Some(wait) = bucket.empty(rate, burst, now)
+            if rate == 0 {
+                continue;
+            }
+            let asked = if let Some(wait) = bucket.empty(rate, burst, now) {
+                Some((Asked::UsedUp, wait))
+            } else if let Some(about) = about
+                && let Some(wait) = bucket.short_of(about, Shape::MARGIN, rate, burst, now)
             {
+                let left = bucket.tokens.max(0.0) as u64;
+                Some((Asked::Expected { about, left }, wait))
+            } else {
+                None
+            };
+            if let Some((asked, wait)) = asked {
                 return Err(rate_exceeded(
                     tenant,
                     quota,
                     rate,
-                    None,
+                    asked,
                     wait,
                     events_rate(e, burst),
                 ));
@@ -411,13 +499,15 @@ impl QuotaBook {
         Ok(())
     }
 
-    /// Admits `events` events of `bytes` bytes of `tenant`, or tells which quota refuses them.
-    /// Nothing is counted for a refused request.
+    /// Admits `events` events of `bytes` bytes of `tenant`, parsed from `body`, or tells which
+    /// quota refuses them. Nothing is counted for a refused request; what its body held per
+    /// byte is learned either way.
     pub async fn admit_ingest(
         &self,
         tenant: &TenantId,
         events: u64,
         bytes: u64,
+        body: RawBody,
     ) -> Result<Option<RateLimit>, QuotaExceeded> {
         self.ensure(tenant).await;
         let burst = self.defaults.burst_secs;
@@ -426,6 +516,7 @@ impl QuotaBook {
         let Some(e) = tenants.get_mut(tenant) else {
             return Ok(None);
         };
+        e.shapes[usize::from(body.gzip)].learn(body.len, events, bytes);
         let rate_of = |e: &Entry| events_rate(e, burst);
         if let Some(refused) = stored_exceeded(tenant, e, burst) {
             return Err(refused);
@@ -438,7 +529,7 @@ impl QuotaBook {
                 tenant,
                 Quota::IngestEventsPerSec,
                 events_rate,
-                Some(events),
+                Asked::Counted(events),
                 wait,
                 rate_of(e),
             ));
@@ -454,7 +545,7 @@ impl QuotaBook {
                 tenant,
                 Quota::IngestBytesPerSec,
                 bytes_rate,
-                Some(bytes),
+                Asked::Counted(bytes),
                 wait,
                 rate_of(e),
             ));
@@ -666,13 +757,23 @@ fn stored_exceeded(tenant: &TenantId, e: &Entry, burst_secs: u64) -> Option<Quot
     })
 }
 
-/// The refusal of a request over a rate quota: of `asked` events or bytes, or (`None`) of one
-/// refused before its events were counted because the bucket was empty.
+/// What a request refused by a rate quota asked for.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// Its events (or bytes), counted after parsing.
+    Counted(u64),
+    /// Unparsed: about this many by its size, with `left` in the bucket.
+    Expected { about: f64, left: u64 },
+    /// Unparsed: the bucket held less than one.
+    UsedUp,
+}
+
+/// The refusal of a request over a rate quota.
 fn rate_exceeded(
     tenant: &TenantId,
     quota: Quota,
     rate: u64,
-    asked: Option<u64>,
+    asked: Asked,
     wait: Duration,
     state: Option<RateLimit>,
 ) -> QuotaExceeded {
@@ -681,8 +782,12 @@ fn rate_exceeded(
         _ => "events",
     };
     let request = match asked {
-        Some(n) => format!("this request of {n} {unit}"),
-        None => "its allowance is used up, so this request".to_string(),
+        Asked::Counted(n) => format!("this request of {n} {unit}"),
+        Asked::Expected { about, left } => format!(
+            "it may send {left} {unit} now, and a request of this size has held about \
+             {about:.0} {unit}, so this request"
+        ),
+        Asked::UsedUp => "its allowance is used up, so this request".to_string(),
     };
     QuotaExceeded {
         quota,
@@ -729,6 +834,59 @@ mod tests {
         let wait = b.empty(10, 1, t0).expect("all taken: empty");
         assert_eq!(wait, Duration::from_secs(1), "until full again");
         assert_eq!(b.empty(10, 1, t0 + Duration::from_millis(100)), None);
+    }
+
+    #[test]
+    fn a_bucket_is_short_of_a_batch_until_it_holds_it_or_is_full() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(100, 1, t0);
+        b.take(80, 100, 1, t0).unwrap();
+        // 20 left: not empty, but short of a batch of 50 (and of half of it), as `take` would
+        // say; the wait is until the whole batch is there.
+        assert_eq!(b.empty(100, 1, t0), None);
+        let wait = b.short_of(50.0, 0.5, 100, 1, t0).expect("20 < 0.5 × 50");
+        assert!((wait.as_secs_f64() - 0.3).abs() < 0.01, "{wait:?}");
+        let mut copy = b;
+        assert!(copy.take(50, 100, 1, t0).is_err());
+        assert_eq!(
+            b.short_of(50.0, 0.5, 100, 1, t0 + Duration::from_millis(60)),
+            None
+        );
+        // Past the burst: short until full, as `take` lets it through then.
+        let mut b = Bucket::full(100, 1, t0);
+        b.take(1, 100, 1, t0).unwrap();
+        assert!(b.short_of(500.0, 1.0, 100, 1, t0).is_some());
+        assert_eq!(
+            b.short_of(500.0, 1.0, 100, 1, t0 + Duration::from_millis(10)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_shape_expects_what_the_sparsest_recent_body_of_its_encoding_held_per_byte() {
+        let mut s = Shape::default();
+        assert_eq!(s.expect(1000), None, "nothing parsed yet: no guess");
+        s.learn(1000, 0, 0);
+        assert_eq!(
+            s.expect(1000),
+            None,
+            "a body without events teaches nothing"
+        );
+        s.learn(10_000, 100, 8_000);
+        let (events, bytes) = s.expect(20_000).expect("learned");
+        assert!((events - 200.0).abs() < 1e-3, "{events}");
+        assert!((bytes - 16_000.0).abs() < 1e-1, "{bytes}");
+        // A client of large events among clients of small ones: its bodies are not taken
+        // for larger requests than they are while it is among the recent ones.
+        s.learn(10_000, 10, 9_000);
+        for _ in 0..Shape::BODIES - 1 {
+            s.learn(10_000, 100, 8_000);
+        }
+        let (events, _) = s.expect(10_000).expect("learned");
+        assert!((events - 10.0).abs() < 1e-3, "{events}");
+        s.learn(10_000, 100, 8_000);
+        let (events, _) = s.expect(10_000).expect("learned");
+        assert!((events - 100.0).abs() < 1e-3, "overwritten: {events}");
     }
 
     #[test]

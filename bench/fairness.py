@@ -40,8 +40,10 @@ from floe_server import FLOE
 
 
 def floe(data, *args):
-    return subprocess.run([FLOE, "--data-dir", str(data), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    done = subprocess.run([FLOE, "--data-dir", str(data), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"floe {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def live_files(data, tenant):

@@ -26,6 +26,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import random
 import statistics
 import subprocess
 import tempfile
@@ -64,6 +65,17 @@ def pct(values, p):
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def ratio_interval(alone, contended, p=99, draws=2000):
+    """The 5th and 95th percentiles of the ratio of the two arms' p-th percentiles, each arm
+    resampled with replacement (a bootstrap): how far one run's ratio can be trusted."""
+    if not alone or not contended:
+        return float("nan"), float("nan")
+    rng = random.Random(0)
+    ratios = sorted(pct(rng.choices(contended, k=len(contended)), p) /
+                    pct(rng.choices(alone, k=len(alone)), p) for _ in range(draws))
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws)]
 
 
 class Tenant:
@@ -301,7 +313,12 @@ def main():
                   f"{mean[0] - mean[1]:.0f} |")
     ratio_v = pct(contended["visible"], 99) / pct(solo["visible"], 99)
     ratio_q = pct(contended["query"], 99) / pct(solo["query"], 99)
+    low_v, high_v = ratio_interval(solo["visible"], contended["visible"])
+    low_q, high_q = ratio_interval(solo["query"], contended["query"])
     print(f"\nB's p99 under A's flood / alone: time-to-visible {ratio_v:.2f}x, query {ratio_q:.2f}x")
+    print(f"(90 % intervals of this run's ratios, B's samples resampled: time-to-visible "
+          f"{low_v:.2f}-{high_v:.2f}x, query {low_q:.2f}-{high_q:.2f}x; separate runs have differed "
+          f"by more, BENCHMARKS.md)")
     print(f"A: attempted {stats['attempted'] / elapsed:,.0f} events/s, accepted {stats['accepted'] / elapsed:,.0f} "
           f"events/s ({stats['429']} replies 429), {stats['queries']} heavy queries ({stats['query_errors']} refused)")
 

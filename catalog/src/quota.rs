@@ -8,6 +8,7 @@
 //! `quota.refresh_secs`.
 
 pub mod book;
+mod rate;
 pub mod tally;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ use serde::Serialize;
 use crate::config::QuotaConfig;
 use crate::{Catalog, Error, Result, TenantId};
 
-pub use book::{QuerySlot, QuotaBook, QuotaExceeded, RateLimit, RawBody};
+pub use book::{QuerySlot, QuotaBook, QuotaExceeded, RateLimit};
+pub use rate::RawBody;
 
 /// A quota's name, as `floe tenant set T --quota NAME=VALUE` and error messages spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -10,4 +10,5 @@ mod commit;
 mod expiry;
 mod projection;
 mod props;
+mod quota;
 mod schema;

@@ -334,6 +334,9 @@ impl QuotaBook {
             return Err(refused);
         }
         let expected = e.shapes[usize::from(body.gzip)].expect(body.len);
+        // Both quotas are asked: when both refuse, the reply names the one that waits longer
+        // (a retry after the shorter wait would be refused by the other).
+        let mut refused: Option<(Quota, u64, Asked, Duration)> = None;
         for quota in [Quota::IngestEventsPerSec, Quota::IngestBytesPerSec] {
             let rate = e.quotas.get(quota);
             let (bucket, about) = match quota {
@@ -353,18 +356,23 @@ impl QuotaBook {
             } else {
                 None
             };
-            if let Some((asked, wait)) = asked {
-                return Err(rate_exceeded(
-                    tenant,
-                    quota,
-                    rate,
-                    asked,
-                    wait,
-                    events_rate(e, burst),
-                ));
+            if let Some((asked, wait)) = asked
+                && refused.as_ref().is_none_or(|r| wait > r.3)
+            {
+                refused = Some((quota, rate, asked, wait));
             }
         }
-        Ok(())
+        match refused {
+            Some((quota, rate, asked, wait)) => Err(rate_exceeded(
+                tenant,
+                quota,
+                rate,
+                asked,
+                wait,
+                events_rate(e, burst),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Admits `events` events of `bytes` bytes of `tenant`, parsed from `body`, or tells which
@@ -389,31 +397,38 @@ impl QuotaBook {
         if let Some(refused) = stored_exceeded(tenant, e, burst) {
             return Err(refused);
         }
-        let events_rate = e.quotas.get(Quota::IngestEventsPerSec);
-        if events_rate > 0
-            && let Err(wait) = e.events.take(events, events_rate, burst, now)
-        {
-            return Err(rate_exceeded(
-                tenant,
-                Quota::IngestEventsPerSec,
-                events_rate,
-                Asked::Counted(events),
-                wait,
-                rate_of(e),
-            ));
+        // Both buckets are asked; when one refuses, what the other took goes back, and when
+        // both refuse, the reply names the one that waits longer (a retry after the shorter
+        // wait would be refused by the other).
+        let mut refused: Option<(Quota, u64, u64, Duration)> = None;
+        let mut took: [Option<(&mut Bucket, u64)>; 2] = [None, None];
+        let asks = [
+            (Quota::IngestEventsPerSec, &mut e.events, events),
+            (Quota::IngestBytesPerSec, &mut e.bytes, bytes),
+        ];
+        for (slot, (quota, bucket, n)) in took.iter_mut().zip(asks) {
+            let rate = e.quotas.get(quota);
+            if rate == 0 {
+                continue;
+            }
+            match bucket.take(n, rate, burst, now) {
+                Ok(()) => *slot = Some((bucket, n)),
+                Err(wait) => {
+                    if refused.as_ref().is_none_or(|r| wait > r.3) {
+                        refused = Some((quota, rate, n, wait));
+                    }
+                }
+            }
         }
-        let bytes_rate = e.quotas.get(Quota::IngestBytesPerSec);
-        if bytes_rate > 0
-            && let Err(wait) = e.bytes.take(bytes, bytes_rate, burst, now)
-        {
-            if events_rate > 0 {
-                e.events.give_back(events);
+        if let Some((quota, rate, n, wait)) = refused {
+            for (bucket, n) in took.into_iter().flatten() {
+                bucket.give_back(n);
             }
             return Err(rate_exceeded(
                 tenant,
-                Quota::IngestBytesPerSec,
-                bytes_rate,
-                Asked::Counted(bytes),
+                quota,
+                rate,
+                Asked::Counted(n),
                 wait,
                 rate_of(e),
             ));

@@ -22,7 +22,9 @@ const READ_CONCURRENCY: usize = 16;
 
 /// Manifests by path. A manifest never changes once written, so a cached copy is never stale.
 /// The cache holds at most `max_bytes` of manifests in all (as estimated by
-/// [`manifest_bytes`]) and drops the least recently used past that.
+/// [`manifest_bytes`]) and drops the least recently used past that. A manifest asked for while
+/// it is being read is read once: the later callers wait for that read (queries planning the
+/// same table at once, a compaction's planning beside them).
 pub struct ManifestCache {
     state: Mutex<CacheState>,
     max_bytes: usize,
@@ -34,6 +36,9 @@ pub struct ManifestCache {
 struct CacheState {
     /// Each manifest with its estimated bytes and when it was last used.
     manifests: HashMap<String, (Arc<Manifest>, usize, u64)>,
+    /// Reads under way, by path. A caller that finds one waits for it; when the reader gave
+    /// up (its query was cancelled) or failed, a waiter reads in its place.
+    reading: HashMap<String, Arc<tokio::sync::OnceCell<Arc<Manifest>>>>,
     bytes: usize,
     tick: u64,
 }
@@ -49,13 +54,36 @@ impl ManifestCache {
 
     /// The manifest `file` names, from the cache or read (and kept) now.
     pub async fn load(&self, io: &FileIO, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {
-        if let Some(m) = self.get(&file.manifest_path) {
-            return Ok(m);
+        let path = &file.manifest_path;
+        let read = {
+            let Ok(mut state) = self.state.lock() else {
+                return read_manifest(io, file).await.map(Arc::new);
+            };
+            if let Some(m) = state.get(path) {
+                return Ok(m);
+            }
+            state.reading.entry(path.clone()).or_default().clone()
+        };
+        let manifest = read
+            .get_or_try_init(|| async {
+                let m = read_manifest(io, file).await?;
+                self.read.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, iceberg::Error>(Arc::new(m))
+            })
+            .await?
+            .clone();
+        if let Ok(mut state) = self.state.lock() {
+            // Kept before the read is forgotten, so that no caller in between reads it again.
+            state.put(path, manifest.clone(), self.max_bytes);
+            if state
+                .reading
+                .get(path)
+                .is_some_and(|r| Arc::ptr_eq(r, &read))
+            {
+                state.reading.remove(path);
+            }
         }
-        let m = Arc::new(read_manifest(io, file).await?);
-        self.read.fetch_add(1, Ordering::Relaxed);
-        self.put(&file.manifest_path, m.clone());
-        Ok(m)
+        Ok(manifest)
     }
 
     /// Manifests read from storage so far (the others came from the cache).
@@ -78,52 +106,61 @@ impl ManifestCache {
             .await
     }
 
+    #[cfg(test)]
     fn get(&self, path: &str) -> Option<Arc<Manifest>> {
-        let mut state = self.state.lock().ok()?;
-        state.tick += 1;
-        let tick = state.tick;
-        let (manifest, _, used) = state.manifests.get_mut(path)?;
-        *used = tick;
-        Some(manifest.clone())
+        self.state.lock().ok()?.get(path)
     }
 
+    #[cfg(test)]
     fn put(&self, path: &str, manifest: Arc<Manifest>) {
-        let size = manifest_bytes(&manifest);
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        if size > self.max_bytes || state.manifests.contains_key(path) {
-            return;
+        if let Ok(mut state) = self.state.lock() {
+            state.put(path, manifest, self.max_bytes);
         }
-        if state.bytes + size > self.max_bytes {
-            // Drop the least recently used until an eighth of the room is free.
-            let mut by_age: Vec<(u64, String)> = state
-                .manifests
-                .iter()
-                .map(|(k, (_, _, used))| (*used, k.clone()))
-                .collect();
-            by_age.sort_unstable();
-            let goal = (self.max_bytes - self.max_bytes / 8).saturating_sub(size);
-            for (_, key) in by_age {
-                if state.bytes <= goal {
-                    break;
-                }
-                if let Some((_, bytes, _)) = state.manifests.remove(&key) {
-                    state.bytes -= bytes;
-                }
-            }
-        }
-        state.tick += 1;
-        let tick = state.tick;
-        state.bytes += size;
-        state
-            .manifests
-            .insert(path.to_string(), (manifest, size, tick));
     }
 
     /// Estimated bytes held now.
     pub fn bytes(&self) -> usize {
         self.state.lock().map_or(0, |s| s.bytes)
+    }
+}
+
+impl CacheState {
+    fn get(&mut self, path: &str) -> Option<Arc<Manifest>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (manifest, _, used) = self.manifests.get_mut(path)?;
+        *used = tick;
+        Some(manifest.clone())
+    }
+
+    fn put(&mut self, path: &str, manifest: Arc<Manifest>, max_bytes: usize) {
+        let size = manifest_bytes(&manifest);
+        if size > max_bytes || self.manifests.contains_key(path) {
+            return;
+        }
+        if self.bytes + size > max_bytes {
+            // Drop the least recently used until an eighth of the room is free.
+            let mut by_age: Vec<(u64, String)> = self
+                .manifests
+                .iter()
+                .map(|(k, (_, _, used))| (*used, k.clone()))
+                .collect();
+            by_age.sort_unstable();
+            let goal = (max_bytes - max_bytes / 8).saturating_sub(size);
+            for (_, key) in by_age {
+                if self.bytes <= goal {
+                    break;
+                }
+                if let Some((_, bytes, _)) = self.manifests.remove(&key) {
+                    self.bytes -= bytes;
+                }
+            }
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        self.bytes += size;
+        self.manifests
+            .insert(path.to_string(), (manifest, size, tick));
     }
 }
 
@@ -289,6 +326,58 @@ mod tests {
         );
         // Ten files of five columns' statistics: several KiB, not a few bytes per file.
         assert!(base > 10 * 5 * 5 * COUNT_ENTRY_BYTES, "{base}");
+    }
+
+    /// A manifest of one data file written under `dir`, as a manifest list names it.
+    async fn written(dir: &std::path::Path, io: &FileIO) -> ManifestFile {
+        let schema = Schema::builder()
+            .with_fields(vec![Arc::new(NestedField::required(
+                1,
+                "x",
+                Type::Primitive(PrimitiveType::String),
+            ))])
+            .build()
+            .unwrap();
+        let path = format!("{}/m0.avro", dir.display());
+        let mut writer = iceberg::spec::ManifestWriterBuilder::new(
+            io.new_output(&path).unwrap(),
+            Some(1),
+            Arc::new(schema),
+            PartitionSpec::unpartition_spec(),
+        )
+        .build_v2_data();
+        let data = DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(format!("{}/f0.parquet", dir.display()))
+            .file_format(DataFileFormat::Parquet)
+            .partition(Struct::empty())
+            .record_count(1)
+            .file_size_in_bytes(1)
+            .build()
+            .unwrap();
+        writer.add_file(data, 1).unwrap();
+        writer.write_manifest_file().await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manifest_asked_for_by_many_at_once_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let io =
+            iceberg::io::FileIOBuilder::new(Arc::new(iceberg::io::LocalFsStorageFactory)).build();
+        let file = written(dir.path(), &io).await;
+        let cache = ManifestCache::new(1 << 20);
+        let loads = (0..8).map(|_| cache.load(&io, &file));
+        let manifests = futures::future::try_join_all(loads).await.unwrap();
+        assert_eq!(cache.manifests_read(), 1, "eight callers at once, one read");
+        assert!(manifests.iter().all(|m| Arc::ptr_eq(m, &manifests[0])));
+        assert_eq!(manifests[0].entries().len(), 1);
+        // Later callers find it kept; a cache that keeps nothing reads it again each time.
+        cache.load(&io, &file).await.unwrap();
+        assert_eq!(cache.manifests_read(), 1);
+        let keeps_nothing = ManifestCache::new(0);
+        keeps_nothing.load(&io, &file).await.unwrap();
+        keeps_nothing.load(&io, &file).await.unwrap();
+        assert_eq!(keeps_nothing.manifests_read(), 2);
     }
 
     #[test]

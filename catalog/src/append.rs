@@ -14,6 +14,7 @@ use iceberg::table::Table;
 
 use crate::commit::{Attempt, Change, Committed, NewSnapshot, Prepared, new_snapshot_id};
 use crate::maintenance::LIST_HOLDS_PARENT;
+use crate::merge::{Merge, MergePolicy};
 use crate::positions::{
     KafkaBatch, POSITION_PREFIX, SourcePosition, carried_properties, kafka_key, kafka_positions,
     position_in,
@@ -310,8 +311,10 @@ impl Catalog {
             None => {}
         }
 
-        // The new manifest holds the added files; the parent's manifests carry over unchanged.
-        // A batch of no files (every record was dead-lettered) moves the positions only.
+        // The new manifest holds the added files; the parent's manifests carry over unchanged,
+        // unless enough of them are small that this append merges them with its files
+        // (`crate::merge`). A batch of no files (every record was dead-lettered) moves the
+        // positions only.
         let manifest_path = format!("{table_location}/metadata/{commit_id}-m0.avro");
         let mut manifests = Vec::new();
         if let Some(p) = &parent {
@@ -323,7 +326,37 @@ impl Catalog {
             manifests.extend(list.entries().iter().cloned());
         }
         let wrote_manifest = !files.is_empty();
-        if wrote_manifest {
+        let merge = match wrote_manifest {
+            true => MergePolicy::of(metadata).pick(&manifests, spec.spec_id()),
+            false => Vec::new(),
+        };
+        if !merge.is_empty() {
+            let (mut kept, mut merged) = (Vec::new(), Vec::new());
+            for (i, m) in manifests.into_iter().enumerate() {
+                match merge.binary_search(&i) {
+                    Ok(_) => merged.push(m),
+                    Err(_) => kept.push(m),
+                }
+            }
+            // The list is no longer the parent's plus one manifest.
+            props.remove(LIST_HOLDS_PARENT);
+            props.insert("manifests-replaced".into(), merged.len().to_string());
+            props.insert("manifests-kept".into(), kept.len().to_string());
+            props.insert("manifests-created".into(), "1".into());
+            let merge = Merge {
+                snapshot_id,
+                sequence_number,
+                schema: schema.clone(),
+                spec: &spec,
+                files,
+                merged,
+            };
+            kept.push(
+                self.write_merged_manifest(current, &manifest_path, merge)
+                    .await?,
+            );
+            manifests = kept;
+        } else if wrote_manifest {
             let out = self
                 .file_io
                 .new_output(&manifest_path)

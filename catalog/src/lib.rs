@@ -18,6 +18,7 @@ mod error;
 pub mod lease;
 pub mod maintenance;
 pub mod manifests;
+mod merge;
 pub mod metrics;
 mod notify;
 pub mod positions;

@@ -8,6 +8,7 @@ mod common;
 mod audit;
 mod commit;
 mod expiry;
+mod merge;
 mod projection;
 mod props;
 mod quota;

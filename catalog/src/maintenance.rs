@@ -13,62 +13,22 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{ManifestFile, Operation, SnapshotRef, TableMetadata, TableMetadataBuilder};
+use iceberg::spec::{ManifestFile, Operation, SnapshotRef, TableMetadata};
 use iceberg::table::Table;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
 use crate::audit::{AUDIT_TABLE, Entry, MAINTENANCE_ACTOR};
-use crate::commit::{Attempt, Change, Committed};
-use crate::db::now_ms;
 use crate::manifests::ManifestCache;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
+mod expire;
+
+pub use expire::{ExpirePolicy, ExpireReport};
+
 /// Manifest lists read at once.
 const READ_CONCURRENCY: usize = 16;
-
-/// Which snapshots expiry keeps: the current one, every one younger than `max_age`, the
-/// `min_snapshots` newest, and every one from sequence number `keep_from_sequence` on (the
-/// oldest `events` snapshot a projection still reflects: its refresh starts there).
-#[derive(Debug, Clone, Copy)]
-pub struct ExpirePolicy {
-    pub max_age: Duration,
-    pub min_snapshots: usize,
-    pub keep_from_sequence: Option<i64>,
-}
-
-impl ExpirePolicy {
-    /// Keep only the current snapshot (after an erasure: older snapshots hold the erased rows).
-    pub fn keep_current_only() -> Self {
-        ExpirePolicy {
-            max_age: Duration::ZERO,
-            min_snapshots: 0,
-            keep_from_sequence: None,
-        }
-    }
-}
-
-/// What expiry did (or, dry, would do).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ExpireReport {
-    pub snapshots_expired: usize,
-    pub snapshots_kept: usize,
-    /// Data files, manifests and manifest lists deleted (or to delete).
-    pub files_deleted: usize,
-    /// Bytes of the deleted data files.
-    pub data_bytes_deleted: u64,
-    /// Compare-and-swaps lost to commits before expiry's own landed.
-    pub conflicts: u32,
-    /// Manifest lists read (of the kept snapshots and of the expired ones): one per run of
-    /// Floe's appends, not one per snapshot ([`LIST_HOLDS_PARENT`]).
-    pub manifest_lists_read: usize,
-    /// Wall time, reading what the snapshots reach and deleting included.
-    pub seconds: f64,
-    /// The objects deleted (or to delete).
-    #[serde(skip)]
-    pub deleted: Vec<String>,
-}
 
 /// What orphan cleanup did (or, dry, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -93,6 +53,8 @@ struct Reach {
     data: HashMap<String, u64>,
     /// Manifest lists read (the others were held whole by a child's: [`LIST_HOLDS_PARENT`]).
     lists_read: usize,
+    /// The manifests listed (those not skipped), as their lists name them.
+    listed: Vec<ManifestFile>,
 }
 
 /// The summary property of a snapshot whose manifest list holds every manifest of its
@@ -105,56 +67,6 @@ struct Reach {
 pub(crate) const LIST_HOLDS_PARENT: &str = "floe.list-holds-parent";
 
 impl Catalog {
-    /// Expires the snapshots `policy` does not keep and deletes the files only they reached.
-    /// With `dry_run`, changes nothing and reports what would go.
-    pub async fn expire_snapshots(
-        &self,
-        tenant: &TenantId,
-        table: &str,
-        policy: ExpirePolicy,
-        dry_run: bool,
-    ) -> Result<ExpireReport> {
-        let (tenant, table) = (tenant.clone(), table.to_string());
-        self.on_io(move |c| async move { c.expire_here(&tenant, &table, policy, dry_run).await })
-            .await
-    }
-
-    async fn expire_here(
-        &self,
-        tenant: &TenantId,
-        table: &str,
-        policy: ExpirePolicy,
-        dry_run: bool,
-    ) -> Result<ExpireReport> {
-        let started = std::time::Instant::now();
-        let mut change = ExpireChange {
-            tenant: tenant.to_string(),
-            table: table.to_string(),
-            policy,
-            dry_run,
-        };
-        let outcome = self.commit_loop(tenant, table, &mut change).await?;
-        match outcome {
-            Committed::Done {
-                value: (mut report, garbage),
-                ..
-            } => {
-                // Nothing can reach the garbage once expired: new commits start from the kept
-                // snapshots. (A dry run, or nothing to expire, leaves none.)
-                self.delete_objects(&garbage).await?;
-                if !garbage.is_empty() {
-                    report.deleted = garbage;
-                }
-                report.seconds = started.elapsed().as_secs_f64();
-                Ok(report)
-            }
-            // Commits kept winning; the next run tries again.
-            Committed::KeptLosing { .. } => Err(Error::CommitConflict {
-                table: format!("{tenant}.{table}"),
-            }),
-        }
-    }
-
     /// Deletes objects under the table's folder that no snapshot and no metadata file of the
     /// table reaches, if they are older than `min_age`. With `dry_run`, lists them only.
     pub async fn remove_orphans(
@@ -398,45 +310,6 @@ impl Catalog {
     }
 }
 
-/// Splits the table's snapshots into kept and expired ones.
-fn split_snapshots(
-    metadata: &iceberg::spec::TableMetadata,
-    policy: ExpirePolicy,
-    now_ms: i64,
-) -> (Vec<SnapshotRef>, Vec<SnapshotRef>) {
-    let mut all: Vec<SnapshotRef> = metadata.snapshots().cloned().collect();
-    all.sort_by_key(|s| std::cmp::Reverse((s.timestamp_ms(), s.sequence_number())));
-    // Branches and tags (iceberg-rust has no public accessor for them; Floe only writes main).
-    let mut referenced: HashSet<i64> = HashSet::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(metadata)
-        && let Some(serde_json::Value::Object(refs)) = m.get("refs")
-    {
-        referenced.extend(
-            refs.values()
-                .filter_map(|r| r.get("snapshot-id").and_then(|v| v.as_i64())),
-        );
-    }
-    let current = metadata.current_snapshot_id();
-    let cutoff = now_ms - policy.max_age.as_millis() as i64;
-    let (mut keep, mut expire) = (Vec::new(), Vec::new());
-    for (i, s) in all.into_iter().enumerate() {
-        let id = s.snapshot_id();
-        if Some(id) == current
-            || referenced.contains(&id)
-            || i < policy.min_snapshots
-            || s.timestamp_ms() >= cutoff
-            || policy
-                .keep_from_sequence
-                .is_some_and(|from| s.sequence_number() >= from)
-        {
-            keep.push(s);
-        } else {
-            expire.push(s);
-        }
-    }
-    (keep, expire)
-}
-
 /// The manifest lists, manifests and data files `snapshots` reach. Manifests in `skip` are not
 /// read (nor counted); `alive_only`: only entries live in their snapshot count as reached.
 /// `read_elsewhere`: snapshots whose lists the caller reads (or has read) itself, all of whose
@@ -448,6 +321,32 @@ async fn reach(
     skip: &HashSet<String>,
     alive_only: bool,
     cache: &ManifestCache,
+) -> Result<Reach> {
+    let mut out = listed(table, snapshots, read_elsewhere, skip).await?;
+    let loaded = cache
+        .load_all(table.file_io(), &out.listed)
+        .await
+        .map_err(Error::ice("reading a manifest"))?;
+    for manifest in &loaded {
+        for e in manifest.entries() {
+            if !alive_only || e.is_alive() {
+                out.data.insert(
+                    e.file_path().to_string(),
+                    e.data_file().file_size_in_bytes(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The manifest lists and manifests `snapshots` reach, without reading the manifests (see
+/// [`reach`]).
+async fn listed(
+    table: &Table,
+    snapshots: &[SnapshotRef],
+    read_elsewhere: &HashSet<i64>,
+    skip: &HashSet<String>,
 ) -> Result<Reach> {
     let mut out = Reach::default();
     // A snapshot whose child is one of Floe's appends in this set (or in `read_elsewhere`) is
@@ -483,25 +382,10 @@ async fn reach(
         .iter()
         .map(|s| s.manifest_list().to_string())
         .collect();
-    let mut wanted: Vec<ManifestFile> = Vec::new();
     while let Some(list) = lists.next().await {
         for m in list? {
             if !skip.contains(&m.manifest_path) && out.manifests.insert(m.manifest_path.clone()) {
-                wanted.push(m);
-            }
-        }
-    }
-    let loaded = cache
-        .load_all(table.file_io(), &wanted)
-        .await
-        .map_err(Error::ice("reading a manifest"))?;
-    for manifest in &loaded {
-        for e in manifest.entries() {
-            if !alive_only || e.is_alive() {
-                out.data.insert(
-                    e.file_path().to_string(),
-                    e.data_file().file_size_in_bytes(),
-                );
+                out.listed.push(m);
             }
         }
     }
@@ -537,172 +421,48 @@ fn maintenance_entry(
         .then(|| Entry::new(MAINTENANCE_ACTOR, Some(tenant), action, detail.to_string()))
 }
 
-/// Snapshot expiry, as the commit loop runs it: the value is the report and the files only
-/// the expired snapshots reached (deleted once the swap is in).
-struct ExpireChange {
-    tenant: String,
-    table: String,
-    policy: ExpirePolicy,
-    dry_run: bool,
-}
-
-impl Change for ExpireChange {
-    type Value = (ExpireReport, Vec<String>);
-
-    async fn attempt(
-        &mut self,
-        catalog: &Catalog,
-        current: Table,
-        conflicts: u32,
-    ) -> Result<Attempt<Self::Value>> {
-        let metadata = current.metadata();
-        let (keep, expire) = split_snapshots(metadata, self.policy, now_ms());
-        let mut report = ExpireReport {
-            snapshots_expired: expire.len(),
-            snapshots_kept: keep.len(),
-            conflicts,
-            ..ExpireReport::default()
-        };
-        if expire.is_empty() {
-            return Ok(Attempt::Done((report, Vec::new())));
-        }
-        let kept = reach(
-            &current,
-            &keep,
-            &HashSet::new(),
-            &HashSet::new(),
-            true,
-            catalog.manifests(),
-        )
-        .await?;
-        let kept_ids: HashSet<i64> = keep.iter().map(|s| s.snapshot_id()).collect();
-        let gone = reach(
-            &current,
-            &expire,
-            &kept_ids,
-            &kept.manifests,
-            false,
-            catalog.manifests(),
-        )
-        .await?;
-        report.manifest_lists_read = kept.lists_read + gone.lists_read;
-        let mut garbage: Vec<String> = Vec::new();
-        for (path, bytes) in &gone.data {
-            if !kept.data.contains_key(path) {
-                report.data_bytes_deleted += bytes;
-                garbage.push(path.clone());
-            }
-        }
-        garbage.extend(gone.manifests.difference(&kept.manifests).cloned());
-        garbage.extend(gone.lists.difference(&kept.lists).cloned());
-        report.files_deleted = garbage.len();
-        if self.dry_run {
-            report.deleted = garbage;
-            return Ok(Attempt::Done((report, Vec::new())));
-        }
-        let old_location = current
-            .metadata_location()
-            .ok_or_else(|| Error::internal("loaded table without a metadata location"))?
-            .to_string();
-        let ids: Vec<i64> = expire.iter().map(|s| s.snapshot_id()).collect();
-        let built =
-            TableMetadataBuilder::new_from_metadata(metadata.clone(), Some(old_location.clone()))
-                .remove_snapshots(&ids)
-                .build()
-                .map_err(Error::ice("expiring snapshots"))?;
-        let mut prepared = catalog.prepare_metadata(&old_location, built).await?;
-        // The record goes in with the swap: without it, no snapshot expires and no file goes.
-        prepared.audit = maintenance_entry(
-            &self.tenant,
-            &self.table,
-            "maintenance.expire",
-            serde_json::json!({
-                "table": self.table,
-                "snapshots": report.snapshots_expired,
-                "files": report.files_deleted,
-                "data_bytes": report.data_bytes_deleted,
-            }),
-        );
-        Ok(Attempt::Swap {
-            prepared: Box::new(prepared),
-            value: (report, garbage),
+/// Table metadata of `snapshots` (id, parent, sequence number, timestamp in ms, and the members
+/// of its summary after the operation, e.g. `"operation":"append"`) whose current one is
+/// `current`: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_metadata(
+    snapshots: &[(i64, Option<i64>, i64, i64, String)],
+    current: i64,
+) -> TableMetadata {
+    let snaps: Vec<String> = snapshots
+        .iter()
+        .map(|(id, parent, seq, ts, summary)| {
+            let parent = parent.map_or(String::new(), |p| format!(r#""parent-snapshot-id":{p},"#));
+            format!(
+                r#"{{"snapshot-id":{id},{parent}"sequence-number":{seq},"timestamp-ms":{ts},
+                "manifest-list":"/t/m/{id}.avro","summary":{{{summary}}},"schema-id":0}}"#
+            )
         })
+        .collect();
+    let last = snapshots.iter().map(|s| s.2).max().unwrap_or(0);
+    let json = format!(
+        r#"{{"format-version":2,"table-uuid":"9c12d441-03fe-4693-9a96-a0705ddf69c1",
+        "location":"/t","last-sequence-number":{last},"last-updated-ms":1,
+        "last-column-id":1,"current-schema-id":0,
+        "schemas":[{{"type":"struct","schema-id":0,"fields":[
+          {{"id":1,"name":"x","required":true,"type":"long"}}]}}],
+        "default-spec-id":0,"partition-specs":[{{"spec-id":0,"fields":[]}}],
+        "last-partition-id":999,"default-sort-order-id":0,
+        "sort-orders":[{{"order-id":0,"fields":[]}}],
+        "properties":{{}},"current-snapshot-id":{current},
+        "refs":{{"main":{{"snapshot-id":{current},"type":"branch"}}}},
+        "snapshots":[{}],"snapshot-log":[],"metadata-log":[]}}"#,
+        snaps.join(",")
+    );
+    match serde_json::from_str(&json) {
+        Ok(m) => m,
+        Err(e) => panic!("test metadata: {e}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expiry_keeps_current_recent_and_newest() {
-        let json = |snapshots: &[(i64, i64)], current: i64| {
-            let snaps: Vec<String> = snapshots
-                .iter()
-                .enumerate()
-                .map(|(i, (id, ts))| {
-                    format!(
-                        r#"{{"snapshot-id":{id},"sequence-number":{},"timestamp-ms":{ts},
-                        "manifest-list":"/t/m/{id}.avro","summary":{{"operation":"append"}},
-                        "schema-id":0}}"#,
-                        i + 1
-                    )
-                })
-                .collect();
-            format!(
-                r#"{{"format-version":2,"table-uuid":"9c12d441-03fe-4693-9a96-a0705ddf69c1",
-                "location":"/t","last-sequence-number":{},"last-updated-ms":1,
-                "last-column-id":1,"current-schema-id":0,
-                "schemas":[{{"type":"struct","schema-id":0,"fields":[
-                  {{"id":1,"name":"x","required":true,"type":"long"}}]}}],
-                "default-spec-id":0,"partition-specs":[{{"spec-id":0,"fields":[]}}],
-                "last-partition-id":999,"default-sort-order-id":0,
-                "sort-orders":[{{"order-id":0,"fields":[]}}],
-                "properties":{{}},"current-snapshot-id":{current},
-                "refs":{{"main":{{"snapshot-id":{current},"type":"branch"}}}},
-                "snapshots":[{}],"snapshot-log":[],"metadata-log":[]}}"#,
-                snapshots.len(),
-                snaps.join(",")
-            )
-        };
-        let now = 1_000_000;
-        let m: iceberg::spec::TableMetadata = serde_json::from_str(&json(
-            &[(1, 1_000), (2, 2_000), (3, 3_000), (4, 999_000)],
-            4,
-        ))
-        .unwrap();
-        let ids = |v: Vec<SnapshotRef>| {
-            let mut v: Vec<i64> = v.iter().map(|s| s.snapshot_id()).collect();
-            v.sort();
-            v
-        };
-        let policy = |secs, min| ExpirePolicy {
-            max_age: Duration::from_secs(secs),
-            min_snapshots: min,
-            keep_from_sequence: None,
-        };
-        // Age 10 s, keep 1: only the current one (and nothing younger than 10 s but it).
-        let (keep, expire) = split_snapshots(&m, policy(10, 1), now);
-        assert_eq!((ids(keep), ids(expire)), (vec![4], vec![1, 2, 3]));
-        // Keep the two newest.
-        let (keep, expire) = split_snapshots(&m, policy(10, 2), now);
-        assert_eq!((ids(keep), ids(expire)), (vec![3, 4], vec![1, 2]));
-        // Everything younger than 998.5 s stays.
-        let (keep, expire) = split_snapshots(&m, policy(998, 1), now);
-        assert_eq!((ids(keep), ids(expire)), (vec![2, 3, 4], vec![1]));
-        // A projection reflects snapshot 2 (sequence 2): it and every later one stay.
-        let pinned = ExpirePolicy {
-            keep_from_sequence: Some(2),
-            ..policy(10, 1)
-        };
-        let (keep, expire) = split_snapshots(&m, pinned, now);
-        assert_eq!((ids(keep), ids(expire)), (vec![2, 3, 4], vec![1]));
-        // Only the current snapshot stays, even when a newer one exists (after a rollback).
-        let m: iceberg::spec::TableMetadata =
-            serde_json::from_str(&json(&[(1, 1_000), (2, 2_000)], 1)).unwrap();
-        let (keep, expire) = split_snapshots(&m, ExpirePolicy::keep_current_only(), now);
-        assert_eq!((ids(keep), ids(expire)), (vec![1], vec![2]));
-    }
 
     #[test]
     fn only_an_append_naming_its_own_parent_holds_its_parents_list() {
@@ -715,36 +475,22 @@ mod tests {
             (5, Some(4), "append", Some("4")),
             (6, Some(5), "append", Some("5")),
         ];
-        let snaps: Vec<String> = snapshots
+        let snapshots: Vec<_> = snapshots
             .iter()
             .map(|(id, parent, op, said)| {
-                let parent =
-                    parent.map_or(String::new(), |p| format!(r#""parent-snapshot-id":{p},"#));
                 let said = said.map_or(String::new(), |v| {
                     format!(r#","{LIST_HOLDS_PARENT}":"{v}""#)
                 });
-                format!(
-                    r#"{{"snapshot-id":{id},{parent}"sequence-number":{id},"timestamp-ms":{id},
-                    "manifest-list":"/t/m/{id}.avro","summary":{{"operation":"{op}"{said}}},
-                    "schema-id":0}}"#
+                (
+                    *id,
+                    *parent,
+                    *id,
+                    *id,
+                    format!(r#""operation":"{op}"{said}"#),
                 )
             })
             .collect();
-        let json = format!(
-            r#"{{"format-version":2,"table-uuid":"9c12d441-03fe-4693-9a96-a0705ddf69c1",
-            "location":"/t","last-sequence-number":6,"last-updated-ms":1,
-            "last-column-id":1,"current-schema-id":0,
-            "schemas":[{{"type":"struct","schema-id":0,"fields":[
-              {{"id":1,"name":"x","required":true,"type":"long"}}]}}],
-            "default-spec-id":0,"partition-specs":[{{"spec-id":0,"fields":[]}}],
-            "last-partition-id":999,"default-sort-order-id":0,
-            "sort-orders":[{{"order-id":0,"fields":[]}}],
-            "properties":{{}},"current-snapshot-id":6,
-            "refs":{{"main":{{"snapshot-id":6,"type":"branch"}}}},
-            "snapshots":[{}],"snapshot-log":[],"metadata-log":[]}}"#,
-            snaps.join(",")
-        );
-        let m: TableMetadata = serde_json::from_str(&json).unwrap();
+        let m = test_metadata(&snapshots, 6);
         let sorted = |h: HashSet<i64>| {
             let mut v: Vec<i64> = h.into_iter().collect();
             v.sort();

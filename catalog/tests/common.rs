@@ -28,3 +28,41 @@ pub fn file(location: &str, name: &str, day: i32, rows: u64) -> DataFile {
         .build()
         .unwrap()
 }
+
+/// A new tenant `name` of `catalog`, its key, and the location of its `events` table.
+pub async fn events_of(
+    catalog: &Catalog,
+    name: &str,
+) -> (floe_catalog::TenantId, floe_catalog::TenantKey, String) {
+    let tenant = floe_catalog::TenantId::parse(name).unwrap();
+    let key = catalog
+        .create_tenant(&tenant, "test")
+        .await
+        .unwrap()
+        .key()
+        .unwrap();
+    let location = catalog
+        .load_table(&tenant, floe_catalog::table::EVENTS_TABLE)
+        .await
+        .unwrap()
+        .metadata()
+        .location()
+        .to_string();
+    (tenant, key, location)
+}
+
+/// Appends `name`, a file of `rows` rows of `day`, to `events` in a commit of its own.
+pub async fn append_file(
+    catalog: &Catalog,
+    key: &floe_catalog::TenantKey,
+    location: &str,
+    name: &str,
+    day: i32,
+    rows: u64,
+) {
+    let f = file(location, name, day, rows);
+    catalog
+        .commit_append(key, floe_catalog::table::EVENTS_TABLE, vec![f], None)
+        .await
+        .unwrap();
+}

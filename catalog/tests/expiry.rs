@@ -1,14 +1,15 @@
 //! Snapshot expiry reads the manifest lists it must and no more: one per run of Floe's appends
-//! (an append's list holds its parent's), every list of a snapshot that is not one. What it
-//! deletes is still exactly what only the expired snapshots reached.
+//! (an append's list holds its parent's), every list of a snapshot that is not one; and of the
+//! manifests, only those naming files that a snapshot whose parent expires deleted. What it
+//! deletes is still exactly what only the expired snapshots reached, once.
 
 use std::collections::BTreeSet;
 
-use floe_catalog::TenantId;
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Catalog, TenantKey};
 
-use crate::common::{file, open};
+use crate::common::{append_file, events_of, file, open};
 
 /// The day (since 1970) of every file here.
 const DAY: i32 = 20_000;
@@ -33,59 +34,40 @@ fn names(prefix: &str, range: std::ops::Range<usize>) -> BTreeSet<String> {
     range.map(|i| format!("{prefix}{i}.parquet")).collect()
 }
 
+/// `before` appends of a file each (a0, a1, …), a compaction of them into one file (c), then
+/// `after` appends (b0, b1, …).
+async fn compacted_between_appends(
+    catalog: &Catalog,
+    key: &TenantKey,
+    location: &str,
+    before: usize,
+    after: usize,
+) {
+    for i in 0..before {
+        append_file(catalog, key, location, &format!("a{i}"), DAY, 10).await;
+    }
+    let removed: Vec<String> = (0..before)
+        .map(|i| format!("{location}/data/day={DAY}/a{i}.parquet"))
+        .collect();
+    let compacted = file(location, "c", DAY, 10 * before as u64);
+    catalog
+        .commit_replace(key.id(), EVENTS_TABLE, removed, vec![compacted])
+        .await
+        .unwrap();
+    for i in 0..after {
+        append_file(catalog, key, location, &format!("b{i}"), DAY, 10).await;
+    }
+}
+
 #[tokio::test]
 async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_reached() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = open(dir.path()).await;
-    let acme = TenantId::parse("acme").unwrap();
-    let key = catalog
-        .create_tenant(&acme, "test")
-        .await
-        .unwrap()
-        .key()
-        .unwrap();
-    let location = catalog
-        .load_table(&acme, EVENTS_TABLE)
-        .await
-        .unwrap()
-        .metadata()
-        .location()
-        .to_string();
+    let (acme, key, location) = events_of(&catalog, "acme").await;
     let table_dir = std::path::PathBuf::from(location.strip_prefix("file://").unwrap());
-    let append = |name: String| {
-        let (catalog, key, location) = (catalog.clone(), key.clone(), location.clone());
-        async move {
-            catalog
-                .commit_append(
-                    &key,
-                    EVENTS_TABLE,
-                    vec![file(&location, &name, DAY, 10)],
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-    };
 
     // Thirty appends, a compaction of them into one file, ten more appends.
-    for i in 0..30 {
-        append(format!("a{i}")).await;
-    }
-    let removed: Vec<String> = (0..30)
-        .map(|i| format!("{location}/data/day={DAY}/a{i}.parquet"))
-        .collect();
-    catalog
-        .commit_replace(
-            &acme,
-            EVENTS_TABLE,
-            removed,
-            vec![file(&location, "c", DAY, 300)],
-        )
-        .await
-        .unwrap();
-    for i in 0..10 {
-        append(format!("b{i}")).await;
-    }
+    compacted_between_appends(&catalog, &key, &location, 30, 10).await;
     let history = catalog
         .load_table(&acme, EVENTS_TABLE)
         .await
@@ -109,6 +91,8 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
     // compaction is not an append: its parent's list is not held by its own). Every other
     // expired snapshot's list is held by its child's.
     assert_eq!(report.manifest_lists_read, 2, "{report:?}");
+    // Read: only the compaction's manifest, the one naming deleted files.
+    assert_eq!(report.manifests_read, 1, "{report:?}");
     // Deleted: the compacted files, and every expired snapshot's list; kept: what the current
     // snapshot reaches.
     let mut expected = names("b", 0..10);
@@ -131,4 +115,59 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
         .map(|e| e.file_path().rsplit('/').next().unwrap().to_string())
         .collect();
     assert_eq!(live, expected);
+}
+
+#[tokio::test]
+async fn a_replaced_file_is_freed_when_the_last_snapshot_holding_it_expires_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let (acme, key, location) = events_of(&catalog, "acme").await;
+    let table_dir = std::path::PathBuf::from(location.strip_prefix("file://").unwrap());
+    // Snapshots 1-5 append a0..a4, snapshot 6 compacts them into c, 7-9 append b0..b2.
+    compacted_between_appends(&catalog, &key, &location, 5, 3).await;
+    let mut all = names("a", 0..5);
+    all.extend(names("b", 0..3));
+    all.insert("c.parquet".to_string());
+    let keep = |n| ExpirePolicy {
+        max_age: std::time::Duration::ZERO,
+        min_snapshots: n,
+        keep_from_sequence: None,
+    };
+
+    // Keeping the newest five keeps snapshot 5, in which a0..a4 are live: nothing is freed.
+    let report = catalog
+        .expire_snapshots(&acme, EVENTS_TABLE, keep(5), false)
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_expired, 4);
+    assert_eq!(report.data_bytes_deleted, 0, "{report:?}");
+    assert_eq!(data_on_disk(&table_dir), all);
+
+    // Keeping only the current one: the compaction's parent goes, so do a0..a4, read from
+    // the compaction's own manifest only.
+    let report = catalog
+        .expire_snapshots(&acme, EVENTS_TABLE, keep(1), false)
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_expired, 4);
+    assert_eq!(report.manifests_read, 1, "{report:?}");
+    assert_eq!(report.data_bytes_deleted, 5 * 100, "{report:?}");
+    let mut live = names("b", 0..3);
+    live.insert("c.parquet".to_string());
+    assert_eq!(data_on_disk(&table_dir), live);
+
+    // A later expiry has nothing left to free, and says so.
+    for i in 3..5 {
+        append_file(&catalog, &key, &location, &format!("b{i}"), DAY, 10).await;
+    }
+    let report = catalog
+        .expire_snapshots(&acme, EVENTS_TABLE, keep(1), false)
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_expired, 2);
+    assert_eq!(report.data_bytes_deleted, 0, "{report:?}");
+    assert_eq!(
+        report.manifests_read, 0,
+        "the compaction's manifest, still listed, is not read again"
+    );
 }

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use floe_catalog::TenantId;
 use floe_catalog::delta::Delta;
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
 
-use crate::common::{file, open};
+use crate::common::{append_file, events_of, file, open};
 
 /// The number of the file `…/f{n}.parquet`.
 fn number(path: &str) -> usize {
@@ -26,20 +25,7 @@ fn number(path: &str) -> usize {
 async fn appends_merge_small_manifests_and_every_file_stays_live_once() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = open(dir.path()).await;
-    let acme = TenantId::parse("acme").unwrap();
-    let key = catalog
-        .create_tenant(&acme, "test")
-        .await
-        .unwrap()
-        .key()
-        .unwrap();
-    let location = catalog
-        .load_table(&acme, EVENTS_TABLE)
-        .await
-        .unwrap()
-        .metadata()
-        .location()
-        .to_string();
+    let (acme, key, location) = events_of(&catalog, "acme").await;
 
     // 150 appends of one file each, over three days. Snapshot n (1-based) added f{n}.
     let mut added_by = vec![0];
@@ -118,6 +104,10 @@ async fn appends_merge_small_manifests_and_every_file_stays_live_once() {
         .unwrap();
     assert_eq!(report.snapshots_expired, 149);
     assert_eq!(report.data_bytes_deleted, 0, "{report:?}");
+    assert_eq!(
+        report.manifests_read, 0,
+        "no snapshot deleted a file: {report:?}"
+    );
     assert_eq!(report.files_deleted, 99 + 149, "{report:?}");
     let reopened = open(dir.path()).await;
     let table = reopened.load_table(&acme, EVENTS_TABLE).await.unwrap();
@@ -133,29 +123,10 @@ async fn appends_merge_small_manifests_and_every_file_stays_live_once() {
 async fn a_merge_drops_the_files_a_compaction_replaced_and_keeps_its_output() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = open(dir.path()).await;
-    let acme = TenantId::parse("acme").unwrap();
-    let key = catalog
-        .create_tenant(&acme, "test")
-        .await
-        .unwrap()
-        .key()
-        .unwrap();
-    let location = catalog
-        .load_table(&acme, EVENTS_TABLE)
-        .await
-        .unwrap()
-        .metadata()
-        .location()
-        .to_string();
+    let (acme, key, location) = events_of(&catalog, "acme").await;
     let append = |n: usize| {
         let (catalog, key, location) = (catalog.clone(), key.clone(), location.clone());
-        async move {
-            let f = file(&location, &format!("f{n}"), 20_000, 10);
-            catalog
-                .commit_append(&key, EVENTS_TABLE, vec![f], None)
-                .await
-                .unwrap();
-        }
+        async move { append_file(&catalog, &key, &location, &format!("f{n}"), 20_000, 10).await }
     };
     // Ten appends compacted into one file: the compaction's manifest names the ten as
     // deleted and its output as added. Then enough appends for one merge, and eleven more.
@@ -197,4 +168,21 @@ async fn a_merge_drops_the_files_a_compaction_replaced_and_keeps_its_output() {
         Some(0),
         "the replaced files are named deleted by the compaction's own manifest only"
     );
+
+    // Which expiry reads, merged away from the current list, to free the ten replaced files.
+    let report = catalog
+        .expire_snapshots(
+            &acme,
+            EVENTS_TABLE,
+            ExpirePolicy::keep_current_only(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.manifests_read, 1, "{report:?}");
+    assert_eq!(report.data_bytes_deleted, 10 * 100, "{report:?}");
+    for n in 1..=10 {
+        let path = format!("{location}/data/day=20000/f{n}.parquet");
+        assert!(!std::path::Path::new(path.strip_prefix("file://").unwrap()).exists());
+    }
 }

@@ -154,11 +154,10 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
         }
     }
     let bar = Bar::new("compact", 0);
-    let mut print = |p: Progress<'_>| {
-        match p {
-        Progress::Leased { tenant, table } => {
-            bar.line(format!("{tenant}.{table}: skipped, another compactor holds it"))
-        }
+    let mut print = |p: Progress<'_>| match p {
+        Progress::Leased { tenant, table } => bar.line(format!(
+            "{tenant}.{table}: skipped, another compactor holds it"
+        )),
         Progress::Retention {
             tenant,
             table,
@@ -229,13 +228,16 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
             table,
             report,
         } => bar.line(format!(
-            "{tenant}.{table}: {} {} snapshots (kept {}); {} {} unreachable files ({} of data); {:.1} s",
+            "{tenant}.{table}: {} {} snapshots (kept {}); {} {} unreachable files ({} of data); \
+             read {} manifest lists and {} manifests; {:.1} s",
             if dry_run { "would expire" } else { "expired" },
             report.snapshots_expired,
             report.snapshots_kept,
             if dry_run { "would delete" } else { "deleted" },
             report.files_deleted,
             mib(report.data_bytes_deleted),
+            report.manifest_lists_read,
+            report.manifests_read,
             report.seconds
         )),
         Progress::Orphans {
@@ -257,7 +259,6 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
                 }
             }
         }
-    }
     };
     let totals = compactor
         .maintain(tenants.as_deref(), &holder, Options { dry_run }, &mut print)

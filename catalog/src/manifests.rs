@@ -267,17 +267,22 @@ mod tests {
         ManifestStatus, NestedField, PartitionSpec, PrimitiveType, Schema, Struct, Type,
     };
 
-    /// A manifest of `files` data files, each with statistics for `columns` columns and string
-    /// bounds of `bound_len` bytes.
-    fn manifest(files: usize, columns: i32, bound_len: usize) -> Arc<Manifest> {
-        let schema = Schema::builder()
+    /// A table schema of one string column.
+    fn one_string_column() -> Schema {
+        Schema::builder()
             .with_fields(vec![Arc::new(NestedField::required(
                 1,
                 "x",
                 Type::Primitive(PrimitiveType::String),
             ))])
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A manifest of `files` data files, each with statistics for `columns` columns and string
+    /// bounds of `bound_len` bytes.
+    fn manifest(files: usize, columns: i32, bound_len: usize) -> Arc<Manifest> {
+        let schema = one_string_column();
         let metadata = ManifestMetadata::builder()
             .schema(Arc::new(schema))
             .schema_id(0)
@@ -330,14 +335,7 @@ mod tests {
 
     /// A manifest of one data file written under `dir`, as a manifest list names it.
     async fn written(dir: &std::path::Path, io: &FileIO) -> ManifestFile {
-        let schema = Schema::builder()
-            .with_fields(vec![Arc::new(NestedField::required(
-                1,
-                "x",
-                Type::Primitive(PrimitiveType::String),
-            ))])
-            .build()
-            .unwrap();
+        let schema = one_string_column();
         let path = format!("{}/m0.avro", dir.display());
         let mut writer = iceberg::spec::ManifestWriterBuilder::new(
             io.new_output(&path).unwrap(),

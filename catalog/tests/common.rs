@@ -66,3 +66,19 @@ pub async fn append_file(
         .await
         .unwrap();
 }
+
+/// Expires every snapshot of `tenant`'s `events` but the current one.
+pub async fn expire_all_but_current(
+    catalog: &Catalog,
+    tenant: &floe_catalog::TenantId,
+) -> floe_catalog::maintenance::ExpireReport {
+    catalog
+        .expire_snapshots(
+            tenant,
+            floe_catalog::table::EVENTS_TABLE,
+            floe_catalog::maintenance::ExpirePolicy::keep_current_only(),
+            false,
+        )
+        .await
+        .unwrap()
+}

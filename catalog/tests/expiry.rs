@@ -9,7 +9,7 @@ use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantKey};
 
-use crate::common::{append_file, events_of, file, open};
+use crate::common::{append_file, events_of, expire_all_but_current, file, open};
 
 /// The day (since 1970) of every file here.
 const DAY: i32 = 20_000;
@@ -77,15 +77,7 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
         .count();
     assert!(history >= 41, "{history}");
 
-    let report = catalog
-        .expire_snapshots(
-            &acme,
-            EVENTS_TABLE,
-            ExpirePolicy::keep_current_only(),
-            false,
-        )
-        .await
-        .unwrap();
+    let report = expire_all_but_current(&catalog, &acme).await;
     assert_eq!(report.snapshots_expired, history - 1);
     // Read: the current snapshot's list, and the last append's before the compaction (the
     // compaction is not an append: its parent's list is not held by its own). Every other

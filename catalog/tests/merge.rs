@@ -7,10 +7,9 @@
 use std::collections::BTreeSet;
 
 use floe_catalog::delta::Delta;
-use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
 
-use crate::common::{append_file, events_of, file, open};
+use crate::common::{append_file, events_of, expire_all_but_current, file, open};
 
 /// The number of the file `…/f{n}.parquet`.
 fn number(path: &str) -> usize {
@@ -93,15 +92,7 @@ async fn appends_merge_small_manifests_and_every_file_stays_live_once() {
 
     // Expiry of every older snapshot deletes the 99 manifests merged away (and the lists),
     // and no data file: every one is still live.
-    let report = catalog
-        .expire_snapshots(
-            &acme,
-            EVENTS_TABLE,
-            ExpirePolicy::keep_current_only(),
-            false,
-        )
-        .await
-        .unwrap();
+    let report = expire_all_but_current(&catalog, &acme).await;
     assert_eq!(report.snapshots_expired, 149);
     assert_eq!(report.data_bytes_deleted, 0, "{report:?}");
     assert_eq!(
@@ -170,15 +161,7 @@ async fn a_merge_drops_the_files_a_compaction_replaced_and_keeps_its_output() {
     );
 
     // Which expiry reads, merged away from the current list, to free the ten replaced files.
-    let report = catalog
-        .expire_snapshots(
-            &acme,
-            EVENTS_TABLE,
-            ExpirePolicy::keep_current_only(),
-            false,
-        )
-        .await
-        .unwrap();
+    let report = expire_all_but_current(&catalog, &acme).await;
     assert_eq!(report.manifests_read, 1, "{report:?}");
     assert_eq!(report.data_bytes_deleted, 10 * 100, "{report:?}");
     for n in 1..=10 {

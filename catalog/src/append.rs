@@ -7,14 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use iceberg::spec::{
-    DataFile, ManifestWriterBuilder, Operation, SnapshotSummaryCollector, TableMetadata,
-};
+use iceberg::spec::{DataFile, Operation, SnapshotSummaryCollector, TableMetadata};
 use iceberg::table::Table;
 
 use crate::commit::{Attempt, Change, Committed, NewSnapshot, Prepared, new_snapshot_id};
 use crate::maintenance::LIST_HOLDS_PARENT;
-use crate::merge::{Merge, MergePolicy};
+use crate::merge::{AppendManifest, MergePolicy};
 use crate::positions::{
     KafkaBatch, POSITION_PREFIX, SourcePosition, carried_properties, kafka_key, kafka_positions,
     position_in,
@@ -326,24 +324,23 @@ impl Catalog {
             manifests.extend(list.entries().iter().cloned());
         }
         let wrote_manifest = !files.is_empty();
-        let merge = match wrote_manifest {
-            true => MergePolicy::of(metadata).pick(&manifests, spec.spec_id()),
-            false => Vec::new(),
-        };
-        if !merge.is_empty() {
+        if wrote_manifest {
+            let pick = MergePolicy::of(metadata).pick(&manifests, spec.spec_id());
             let (mut kept, mut merged) = (Vec::new(), Vec::new());
             for (i, m) in manifests.into_iter().enumerate() {
-                match merge.binary_search(&i) {
+                match pick.binary_search(&i) {
                     Ok(_) => merged.push(m),
                     Err(_) => kept.push(m),
                 }
             }
-            // The list is no longer the parent's plus one manifest.
-            props.remove(LIST_HOLDS_PARENT);
-            props.insert("manifests-replaced".into(), merged.len().to_string());
-            props.insert("manifests-kept".into(), kept.len().to_string());
-            props.insert("manifests-created".into(), "1".into());
-            let merge = Merge {
+            if !merged.is_empty() {
+                // The list is no longer the parent's plus one manifest.
+                props.remove(LIST_HOLDS_PARENT);
+                props.insert("manifests-replaced".into(), merged.len().to_string());
+                props.insert("manifests-kept".into(), kept.len().to_string());
+                props.insert("manifests-created".into(), "1".into());
+            }
+            let manifest = AppendManifest {
                 snapshot_id,
                 sequence_number,
                 schema: schema.clone(),
@@ -352,29 +349,10 @@ impl Catalog {
                 merged,
             };
             kept.push(
-                self.write_merged_manifest(current, &manifest_path, merge)
+                self.write_append_manifest(current, &manifest_path, manifest)
                     .await?,
             );
             manifests = kept;
-        } else if wrote_manifest {
-            let out = self
-                .file_io
-                .new_output(&manifest_path)
-                .map_err(Error::ice("manifest output"))?;
-            let mut writer =
-                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), (*spec).clone())
-                    .build_v2_data();
-            for f in files {
-                writer
-                    .add_file(f, sequence_number)
-                    .map_err(Error::ice("adding a file to the manifest"))?;
-            }
-            manifests.push(
-                writer
-                    .write_manifest_file()
-                    .await
-                    .map_err(Error::ice("writing the manifest"))?,
-            );
         }
 
         let mut prepared = self

@@ -83,8 +83,8 @@ impl MergePolicy {
     }
 }
 
-/// The new files of an append and the manifests it merges them with.
-pub(crate) struct Merge<'a> {
+/// The new files of an append and the manifests it merges them with (none, most of the time).
+pub(crate) struct AppendManifest<'a> {
     pub snapshot_id: i64,
     pub sequence_number: i64,
     pub schema: Arc<Schema>,
@@ -94,14 +94,14 @@ pub(crate) struct Merge<'a> {
 }
 
 impl Catalog {
-    /// Writes at `path` the one manifest of an append that merges: `merge.files` as `ADDED`,
-    /// the live files of `merge.merged` as `EXISTING` (each manifest read through the process'
-    /// manifest cache).
-    pub(crate) async fn write_merged_manifest(
+    /// Writes at `path` the one manifest of an append: `merge.files` as `ADDED`, and, when it
+    /// merges, the live files of `merge.merged` as `EXISTING` (each manifest read through the
+    /// process' manifest cache).
+    pub(crate) async fn write_append_manifest(
         &self,
         table: &Table,
         path: &str,
-        merge: Merge<'_>,
+        merge: AppendManifest<'_>,
     ) -> Result<ManifestFile> {
         let manifests = self
             .manifests()
@@ -148,7 +148,7 @@ impl Catalog {
         writer
             .write_manifest_file()
             .await
-            .map_err(Error::ice("writing the merged manifest"))
+            .map_err(Error::ice("writing the manifest"))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Snapshot expiry reads the manifest lists it must and no more: one per run of Floe's appends
 //! (an append's list holds its parent's), every list of a snapshot that is not one; and of the
-//! manifests, only those naming files that a snapshot whose parent expires deleted. What it
-//! deletes is still exactly what only the expired snapshots reached, once.
+//! manifests, only those naming files that a snapshot whose parent expires deleted, and the
+//! kept ones written since (where a freed path might be live again). What it deletes is still
+//! exactly what only the expired snapshots reached, once.
 
 use std::collections::BTreeSet;
 
@@ -28,6 +29,17 @@ fn data_on_disk(table_dir: &std::path::Path) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The data files live in the current snapshot of `tenant`'s `events`, by name.
+async fn live_in_table(catalog: &Catalog, tenant: &floe_catalog::TenantId) -> BTreeSet<String> {
+    let table = catalog.load_table(tenant, EVENTS_TABLE).await.unwrap();
+    floe_catalog::rewrite::live_entries(&table)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.file_path().rsplit('/').next().unwrap().to_string())
+        .collect()
 }
 
 fn names(prefix: &str, range: std::ops::Range<usize>) -> BTreeSet<String> {
@@ -83,8 +95,10 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
     // compaction is not an append: its parent's list is not held by its own). Every other
     // expired snapshot's list is held by its child's.
     assert_eq!(report.manifest_lists_read, 2, "{report:?}");
-    // Read: only the compaction's manifest, the one naming deleted files.
-    assert_eq!(report.manifests_read, 1, "{report:?}");
+    // Read: the compaction's manifest, the one naming deleted files; then, as it frees
+    // some, the current snapshot's manifests written since (the compaction's and b0..b9's),
+    // where a freed path must not be live again. None of the 30 appends' manifests.
+    assert_eq!(report.manifests_read, 1 + 11, "{report:?}");
     // Deleted: the compacted files, and every expired snapshot's list; kept: what the current
     // snapshot reaches.
     let mut expected = names("b", 0..10);
@@ -99,14 +113,7 @@ async fn expiry_reads_one_list_per_run_of_appends_and_deletes_what_only_they_rea
 
     // The table reads back whole after the expiry: its current files are all there.
     let reopened = open(dir.path()).await;
-    let table = reopened.load_table(&acme, EVENTS_TABLE).await.unwrap();
-    let live: BTreeSet<String> = floe_catalog::rewrite::live_entries(&table)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.file_path().rsplit('/').next().unwrap().to_string())
-        .collect();
-    assert_eq!(live, expected);
+    assert_eq!(live_in_table(&reopened, &acme).await, expected);
 }
 
 #[tokio::test]
@@ -136,13 +143,14 @@ async fn a_replaced_file_is_freed_when_the_last_snapshot_holding_it_expires_and_
     assert_eq!(data_on_disk(&table_dir), all);
 
     // Keeping only the current one: the compaction's parent goes, so do a0..a4, read from
-    // the compaction's own manifest only.
+    // the compaction's own manifest, and checked against the current snapshot's manifests
+    // written since (the compaction's and b0..b2's).
     let report = catalog
         .expire_snapshots(&acme, EVENTS_TABLE, keep(1), false)
         .await
         .unwrap();
     assert_eq!(report.snapshots_expired, 4);
-    assert_eq!(report.manifests_read, 1, "{report:?}");
+    assert_eq!(report.manifests_read, 1 + 4, "{report:?}");
     assert_eq!(report.data_bytes_deleted, 5 * 100, "{report:?}");
     let mut live = names("b", 0..3);
     live.insert("c.parquet".to_string());
@@ -162,4 +170,27 @@ async fn a_replaced_file_is_freed_when_the_last_snapshot_holding_it_expires_and_
         report.manifests_read, 0,
         "the compaction's manifest, still listed, is not read again"
     );
+}
+
+#[tokio::test]
+async fn a_path_added_again_after_its_removal_is_not_freed_while_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let (acme, key, location) = events_of(&catalog, "acme").await;
+    let table_dir = std::path::PathBuf::from(location.strip_prefix("file://").unwrap());
+    // a0..a2 compacted into c; then a0's path is appended again, as another engine sharing
+    // the catalog may do (Iceberg's `add_files` imports any path), and b0 after it.
+    compacted_between_appends(&catalog, &key, &location, 3, 0).await;
+    append_file(&catalog, &key, &location, "a0", DAY, 10).await;
+    append_file(&catalog, &key, &location, "b0", DAY, 10).await;
+
+    // The compaction's parent expires, so a0..a2 were removed by a snapshot whose parent
+    // expires; a0 is live again in the current snapshot and stays.
+    let report = expire_all_but_current(&catalog, &acme).await;
+    assert_eq!(report.data_bytes_deleted, 2 * 100, "{report:?}");
+    let mut live = names("a", 0..1);
+    live.extend(names("b", 0..1));
+    live.insert("c.parquet".to_string());
+    assert_eq!(data_on_disk(&table_dir), live);
+    assert_eq!(live_in_table(&catalog, &acme).await, live);
 }

@@ -2,8 +2,9 @@
 //! commit), then deletes what only they reached: manifest lists, manifests no kept snapshot
 //! lists, and data files no kept snapshot holds live. Deciding by reachability, not by "what
 //! was deleted when", also collects what replace, delete and overwrite snapshots left behind;
-//! on a table of one line of history, reachability is decided from the manifest lists and the
-//! manifests naming deleted files alone ([`deleters`]).
+//! on a table of one line of history, reachability is decided from the manifest lists, the
+//! manifests naming deleted files and the kept manifests written since ([`deleters`],
+//! [`not_added_again`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use iceberg::table::Table;
 use super::{listed, maintenance_entry, reach};
 use crate::commit::{Attempt, Change, Committed};
 use crate::db::now_ms;
+use crate::manifests::ManifestCache;
 use crate::tenant::TenantId;
 use crate::{Catalog, Error, Result};
 
@@ -55,7 +57,8 @@ pub struct ExpireReport {
     /// Floe's appends, not one per snapshot ([`super::LIST_HOLDS_PARENT`]).
     pub manifest_lists_read: usize,
     /// Manifests read (from the cache or storage): on a table of one line of history, only
-    /// those naming the files the expired snapshots' successors deleted.
+    /// those naming the files the expired snapshots' successors deleted and, when that frees
+    /// some, the kept snapshots' manifests written since (a freed path must not be live again).
     pub manifests_read: usize,
     /// Wall time, reading what the snapshots reach and deleting included.
     pub seconds: f64,
@@ -196,6 +199,41 @@ fn deleters(
     )
 }
 
+/// `removed` (files the snapshots `deleters` removed) less those live again in a manifest the
+/// kept snapshots list (`kept`): Floe never writes a removed path again, but another engine
+/// sharing the catalog may (Iceberg's `add_files` imports any path), and the file is then live.
+/// Only manifests added at or after the oldest of `deleters` can hold such an entry (a path is
+/// added again after its removal, and a manifest holds no entry newer than itself); nothing is
+/// read when nothing was removed. Returns what stays to delete and the manifests read.
+async fn not_added_again(
+    table: &Table,
+    kept: &[ManifestFile],
+    deleters: &HashSet<i64>,
+    mut removed: HashMap<String, u64>,
+    cache: &ManifestCache,
+) -> Result<(HashMap<String, u64>, usize)> {
+    let metadata = table.metadata();
+    let since = deleters
+        .iter()
+        .filter_map(|id| metadata.snapshot_by_id(*id))
+        .map(|s| s.sequence_number())
+        .min();
+    let (Some(since), false) = (since, removed.is_empty()) else {
+        return Ok((removed, 0));
+    };
+    let later: Vec<&ManifestFile> = kept.iter().filter(|m| m.sequence_number >= since).collect();
+    let loaded = cache
+        .load_all(table.file_io(), later.iter().copied())
+        .await
+        .map_err(Error::ice("reading a manifest"))?;
+    for entry in loaded.iter().flat_map(|m| m.entries()) {
+        if entry.is_alive() {
+            removed.remove(entry.file_path());
+        }
+    }
+    Ok((removed, later.len()))
+}
+
 /// Snapshot expiry, as the commit loop runs it: the value is the report and the files only
 /// the expired snapshots reached (deleted once the swap is in).
 struct ExpireChange {
@@ -262,6 +300,9 @@ impl Change for ExpireChange {
                         )
                     })
                     .collect();
+                let (data, read) =
+                    not_added_again(&current, &kept.listed, &deleters, data, cache).await?;
+                report.manifests_read += read;
                 (kept, gone, data)
             }
             // Everything the kept snapshots hold live against everything the expired reach.

@@ -38,6 +38,7 @@ use cli::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    transparent_huge_pages_off();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -55,6 +56,24 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {line}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Transparent huge pages off for the whole process, unless `MIMALLOC_ALLOW_THP=1` (mimalloc's
+/// own switch) asks to keep them. mimalloc asks the kernel for huge pages on its arenas and
+/// hands unused memory back after a second, so memory used again was faulted in again a 2 MiB
+/// page at a time, each zeroed by the kernel: under the compaction benchmark a third of
+/// `floe compact`'s CPU time went to zeroing pages, and under the ingest benchmark most of
+/// `floe serve`'s system time (BENCHMARKS.md). The flag covers memory mapped before `main`
+/// too: the kernel reads it at each page fault.
+fn transparent_huge_pages_off() {
+    if std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Kernels before 3.15 have no such flag: the process runs as before.
+        eprintln!("note: transparent huge pages left on ({e})");
     }
 }
 

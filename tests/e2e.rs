@@ -682,3 +682,47 @@ fn compaction_keeps_every_row_while_ingest_runs() {
     assert_eq!(sql_rows(dir.path(), "tidy", checksum), before);
     drop(server);
 }
+
+/// The `THP_enabled` line of a process' status: 0 when transparent huge pages are off for it.
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status:\n{status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_server_runs_without_transparent_huge_pages_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(thp_enabled(server.child.id()), "0");
+    drop(server);
+
+    // mimalloc's own switch keeps them.
+    let kept = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = command(kept.path())
+        .env("MIMALLOC_ALLOW_THP", "1")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while http::blocking_get(&format!("http://127.0.0.1:{port}/healthz")).ok() != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "floe serve did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let enabled = thp_enabled(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(enabled, "1");
+}

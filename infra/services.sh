@@ -253,8 +253,10 @@ pg_stop() {
 kafka_binary() {
   if [ -x "$TOOLS/bin/tansu" ]; then echo "$TOOLS/bin/tansu"; return; fi
   if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
-  say "installing tansu 0.6.0 from crates.io into $TOOLS (about 10 minutes on 2 cores, once)"
-  cargo install --quiet --locked tansu@0.6.0 --features dynostore,postgres,libsql --root "$TOOLS" \
+  # Only the SQLite storage (`libsql`): the S3 (`dynostore`) and PostgreSQL ones would be built
+  # for nothing.
+  say "installing tansu 0.6.0 from crates.io into $TOOLS (about 8 minutes on 2 cores, once)"
+  cargo install --quiet --locked tansu@0.6.0 --features libsql --root "$TOOLS" \
     --target-dir "$CACHE/tools-target" >&2 || die "could not build tansu"
   echo "$TOOLS/bin/tansu"
 }

@@ -59,15 +59,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Transparent huge pages off for the whole process, unless `MIMALLOC_ALLOW_THP=1` (mimalloc's
-/// own switch) asks to keep them. mimalloc asks the kernel for huge pages on its arenas and
+/// Transparent huge pages off for the whole process, unless mimalloc's own switch
+/// `MIMALLOC_ALLOW_THP` asks to keep them (set, and not 0, false, off or no: as mimalloc reads
+/// it). mimalloc asks the kernel for huge pages on its arenas and
 /// hands unused memory back after a second, so memory used again was faulted in again a 2 MiB
 /// page at a time, each zeroed by the kernel: under the compaction benchmark a third of
 /// `floe compact`'s CPU time went to zeroing pages, and under the ingest benchmark most of
 /// `floe serve`'s system time (BENCHMARKS.md). The flag covers memory mapped before `main`
 /// too: the kernel reads it at each page fault.
 fn transparent_huge_pages_off() {
-    if std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| v.trim() == "1") {
+    if let Ok(v) = std::env::var("MIMALLOC_ALLOW_THP")
+        && !["0", "false", "off", "no"].contains(&v.trim().to_ascii_lowercase().as_str())
+    {
         return;
     }
     #[cfg(target_os = "linux")]

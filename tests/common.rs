@@ -127,15 +127,22 @@ impl Server {
         extra: &[&str],
         serve_args: &[&str],
     ) -> Server {
+        let mut cmd = command(data_dir);
+        cmd.args(extra)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(serve_args);
+        Self::spawn(cmd, data_dir, port)
+    }
+
+    /// `cmd` (a [`command`] running `serve --listen 127.0.0.1:PORT`), its log in
+    /// `DATA_DIR/serve.log`, once it answers `/healthz`.
+    pub fn spawn(mut cmd: Command, data_dir: &Path, port: u16) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.join("serve.log"))
             .expect("log file");
-        let child = command(data_dir)
-            .args(extra)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(serve_args)
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -706,23 +706,9 @@ fn the_server_runs_without_transparent_huge_pages_unless_asked() {
     // mimalloc's own switch keeps them.
     let kept = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = command(kept.path())
-        .env("MIMALLOC_ALLOW_THP", "1")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while http::blocking_get(&format!("http://127.0.0.1:{port}/healthz")).ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "floe serve did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let enabled = thp_enabled(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(enabled, "1");
+    let mut cmd = command(kept.path());
+    cmd.env("MIMALLOC_ALLOW_THP", "1")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    let server = Server::spawn(cmd, kept.path(), port);
+    assert_eq!(thp_enabled(server.child.id()), "1");
 }

@@ -223,6 +223,15 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
             }
         ));
         }
+        Progress::Committed {
+            bins,
+            committed,
+            seconds,
+        } => bar.line(format!(
+            "  {} {bins} {} in one snapshot ({seconds:.1} s)",
+            if committed { "committed" } else { "dropped" },
+            if bins == 1 { "bin" } else { "bins" }
+        )),
         Progress::Expired {
             tenant,
             table,

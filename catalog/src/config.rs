@@ -192,6 +192,10 @@ impl Config {
                 self.compaction.memory_limit_bytes as u64,
             ),
             (
+                "compaction.bins_per_commit",
+                self.compaction.bins_per_commit as u64,
+            ),
+            (
                 "compaction.min_snapshots",
                 self.compaction.min_snapshots as u64,
             ),

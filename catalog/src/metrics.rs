@@ -87,7 +87,8 @@ pub const QUERY_SCANNED_BYTES: &str = "floe_query_scanned_bytes_total";
 pub const COMPACTION_FILES: &str = "floe_compaction_files_total";
 /// Bytes of the data files compaction read and wrote, by `stage`.
 pub const COMPACTION_BYTES: &str = "floe_compaction_bytes_total";
-/// Time of each rewrite (read, sort, write, commit) of a bin of files.
+/// Time of each rewrite (read, sort, write) of a bin of files; its commit, which may take
+/// several bins at once (`compaction.bins_per_commit`), is not counted.
 pub const COMPACTION_REWRITE_SECONDS: &str = "floe_compaction_rewrite_seconds";
 /// Snapshots `events` and `events_dlq` keep after their last expiry, by `tenant` and `table`
 /// (labelled tenants only).
@@ -208,7 +209,7 @@ pub fn describe() {
     describe_histogram!(
         COMPACTION_REWRITE_SECONDS,
         Unit::Seconds,
-        "Rewrites of a bin of files: read, sort, write, commit."
+        "Rewrites of a bin of files: read, sort, write (not the commit)."
     );
     describe_gauge!(
         SNAPSHOTS,

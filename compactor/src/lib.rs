@@ -3,10 +3,11 @@
 //! Per partition, files below the target size are packed into bins of about the target size
 //! (largest first, each into the first bin with room). Each bin streams through DataFusion: a
 //! Parquet scan of its files, a sort that spills to disk past `compaction.memory_limit_bytes`,
-//! and iceberg-rust's Parquet writer, rolling over at the target size. Each bin is committed on
-//! its own as an Iceberg `replace` snapshot (`floe_catalog::rewrite`), which checks that its
-//! input files are still live and carries appends that landed meanwhile; a bin whose inputs are
-//! gone is dropped and its new files deleted.
+//! and iceberg-rust's Parquet writer, rolling over at the target size. Bins are committed
+//! `compaction.bins_per_commit` at a time as one Iceberg `replace` snapshot
+//! (`floe_catalog::rewrite`), which checks that their input files are still live and carries
+//! appends that landed meanwhile; bins whose inputs are gone are dropped together and their new
+//! files deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub mod backfill;
 pub mod erasure;
 pub mod maintain;
 pub mod projection;
+mod whole_files;
 
 pub use erasure::RowFilter;
 
@@ -213,6 +215,34 @@ pub struct PartitionStat {
     pub bytes: u64,
 }
 
+/// A bin rewritten, its new files not yet committed.
+#[derive(Debug)]
+pub struct Rewritten {
+    /// `ts_day=…`.
+    partition: String,
+    /// The paths of the files it replaces.
+    removed: Vec<String>,
+    bytes_in: u64,
+    rows: u64,
+    written: Vec<DataFile>,
+    seconds: f64,
+}
+
+impl Rewritten {
+    /// Reading, sorting and writing the bin.
+    pub fn seconds(&self) -> f64 {
+        self.seconds
+    }
+
+    /// Where its new files are.
+    pub fn written_paths(&self) -> Vec<String> {
+        self.written
+            .iter()
+            .map(|f| f.file_path().to_string())
+            .collect()
+    }
+}
+
 /// The result of one bin.
 #[derive(Debug, Clone)]
 pub struct BinDone {
@@ -222,6 +252,7 @@ pub struct BinDone {
     pub files_out: usize,
     pub bytes_out: u64,
     pub rows: u64,
+    /// Reading, sorting and writing the bin (its commit is timed apart: it may take other bins).
     pub seconds: f64,
     /// `false`: the inputs changed under the rewrite, or other commits kept winning (nothing
     /// committed, new files deleted; a later pass tries again).
@@ -343,18 +374,58 @@ impl Compactor {
     }
 
     /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
+    /// Rewrites `bin` and commits it on its own: [`Compactor::rewrite_bin`] then
+    /// [`Compactor::commit_bins`] of the one bin.
     pub async fn run_bin(&self, tenant: &TenantId, table: &str, bin: &Bin) -> Result<BinDone> {
+        let rewritten = self.rewrite_bin(tenant, table, bin).await?;
+        let (mut done, _) = self.commit_bins(tenant, table, vec![rewritten]).await?;
+        done.pop()
+            .ok_or_else(|| Error::Invalid("a commit of one bin reported none".into()))
+    }
+
+    /// Rewrites `bin` into new files of its partition, not yet part of the table: commit them
+    /// with [`Compactor::commit_bins`] (or delete them with [`Compactor::discard`]).
+    pub async fn rewrite_bin(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        bin: &Bin,
+    ) -> Result<Rewritten> {
         let started = Instant::now();
         let t = self.catalog.load_table(tenant, table).await?;
         let written = self
             .rewrite(&t, &bin.partition, &bin.files, bin.target, None)
             .await?;
-        let (files_out, bytes_out) = (
-            written.len(),
-            written.iter().map(|f| f.file_size_in_bytes()).sum(),
-        );
-        let paths: Vec<String> = written.iter().map(|f| f.file_path().to_string()).collect();
-        let removed = bin.files.iter().map(|f| f.path.clone()).collect();
+        Ok(Rewritten {
+            partition: partition_text(&t, &bin.partition),
+            removed: bin.files.iter().map(|f| f.path.clone()).collect(),
+            bytes_in: bin.bytes(),
+            rows: bin.rows(),
+            written,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Replaces the inputs of `bins` with their new files in one `replace` snapshot: all of
+    /// them or none. A commit writes one manifest naming every live file of the table
+    /// (`floe_catalog::rewrite`), so bins committed together write it once instead of once
+    /// each. Not committed (inputs gone, or other commits kept winning) or failed, their new
+    /// files are deleted. Returns each bin's result and the commit's seconds.
+    pub async fn commit_bins(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        bins: Vec<Rewritten>,
+    ) -> Result<(Vec<BinDone>, f64)> {
+        let started = Instant::now();
+        let removed = bins
+            .iter()
+            .flat_map(|b| b.removed.iter().cloned())
+            .collect();
+        let written: Vec<DataFile> = bins
+            .iter()
+            .flat_map(|b| b.written.iter().cloned())
+            .collect();
         let outcome = self
             .catalog
             .commit_replace(tenant, table, removed, written)
@@ -362,32 +433,42 @@ impl Compactor {
         let (committed, conflicts) = match outcome {
             Ok(ReplaceOutcome::Committed { conflicts, .. }) => (true, conflicts),
             Ok(ReplaceOutcome::InputsGone { missing }) => {
-                tracing::info!(%tenant, table, missing = missing.len(), "inputs changed; bin dropped");
+                tracing::info!(%tenant, table, bins = bins.len(), missing = missing.len(), "inputs changed; bins dropped");
                 (false, 0)
             }
             Ok(ReplaceOutcome::KeptLosing { conflicts }) => {
-                tracing::warn!(%tenant, table, conflicts, "other commits kept winning; bin dropped");
+                tracing::warn!(%tenant, table, bins = bins.len(), conflicts, "other commits kept winning; bins dropped");
                 (false, conflicts)
             }
             Err(e) => {
-                self.delete(&paths).await;
+                self.discard(&bins).await;
                 return Err(e.into());
             }
         };
         if !committed {
-            self.delete(&paths).await;
+            self.discard(&bins).await;
         }
-        Ok(BinDone {
-            partition: partition_text(&t, &bin.partition),
-            files_in: bin.files.len(),
-            bytes_in: bin.bytes(),
-            files_out,
-            bytes_out,
-            rows: bin.rows(),
-            seconds: started.elapsed().as_secs_f64(),
-            committed,
-            conflicts,
-        })
+        let done = bins
+            .into_iter()
+            .map(|b| BinDone {
+                files_in: b.removed.len(),
+                bytes_in: b.bytes_in,
+                files_out: b.written.len(),
+                bytes_out: b.written.iter().map(|f| f.file_size_in_bytes()).sum(),
+                rows: b.rows,
+                seconds: b.seconds,
+                partition: b.partition,
+                committed,
+                conflicts,
+            })
+            .collect();
+        Ok((done, started.elapsed().as_secs_f64()))
+    }
+
+    /// Deletes the new files of bins that will not be committed.
+    pub async fn discard(&self, bins: &[Rewritten]) {
+        let paths: Vec<String> = bins.iter().flat_map(Rewritten::written_paths).collect();
+        self.delete(&paths).await;
     }
 
     /// Streams one rewrite reads its files with (`compaction.read_parallelism`, 0: the cores),
@@ -458,8 +539,17 @@ impl Compactor {
                 Ok(PartitionedFile::new(key, f.bytes))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Files small enough are read whole in one request (two files a stream at most are
+        // held: the one read and the next one opened).
+        let whole = Arc::new(whole_files::WholeFiles::new(
+            store.object_store(),
+            (MEMORY_PER_STREAM / 16) as u64,
+        ));
         let scan = |groups: Vec<FileGroup>| {
-            let source = Arc::new(ParquetSource::new(TableSchema::from(arrow_schema.clone())));
+            let source = Arc::new(
+                ParquetSource::new(TableSchema::from(arrow_schema.clone()))
+                    .with_parquet_file_reader_factory(whole.clone()),
+            );
             // Each file's reader metrics go with the file (a bin can hold thousands).
             floe_query::scan::per_file_metrics(DataSourceExec::from_data_source(
                 FileScanConfigBuilder::new(store_url.clone(), source)

@@ -17,7 +17,7 @@ use floe_catalog::table::{DLQ_TABLE, EVENTS_TABLE};
 use floe_catalog::{Tenant, TenantId};
 use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
 
-use crate::{Bin, BinDone, Compactor, Result, TablePlan};
+use crate::{Bin, BinDone, Compactor, Result, Rewritten, TablePlan};
 
 /// What to do in one run.
 #[derive(Debug, Clone, Copy)]
@@ -48,10 +48,17 @@ pub enum Progress<'a> {
     WouldRewrite {
         bin: &'a Bin,
     },
+    /// A bin rewritten, told once its commit is done (`done.committed`).
     Bin {
         index: usize,
         of: usize,
         done: &'a BinDone,
+    },
+    /// `bins` bins committed in one snapshot (or dropped together), in `seconds`.
+    Committed {
+        bins: usize,
+        committed: bool,
+        seconds: f64,
     },
     Expired {
         tenant: &'a TenantId,
@@ -204,41 +211,47 @@ impl Compactor {
         run.partitions_before = plan.partition_stats.clone();
         (run.files_after, run.bytes_after) = (plan.files, plan.bytes);
         let rewrite_started = Instant::now();
-        for (i, bin) in plan.bins.iter().enumerate() {
-            if options.dry_run {
+        if options.dry_run {
+            for bin in &plan.bins {
                 progress(Progress::WouldRewrite { bin });
-                continue;
             }
+        }
+        let bins = if options.dry_run {
+            &[][..]
+        } else {
+            &plan.bins[..]
+        };
+        let per_commit = self.config.bins_per_commit.max(1);
+        let mut pending = Vec::new();
+        for (i, bin) in bins.iter().enumerate() {
             // Renew the lease per bin; if another compactor took the table over (this one
-            // stalled past its lease), stop here.
+            // stalled past its lease), stop here, its rewrites not committed.
             if !self.catalog.take_lease(id, table, holder, lease).await? {
                 tracing::warn!(tenant = %id, table, "lost the maintenance lease; stopping this table");
+                self.discard(&pending).await;
                 return Ok(run);
             }
-            let done = self.run_bin(id, table, bin).await?;
-            run.commit_conflicts += done.conflicts;
-            metrics::histogram!(m::COMPACTION_REWRITE_SECONDS).record(done.seconds);
-            if done.committed {
-                for (stage, files, bytes) in [
-                    ("input", done.files_in, done.bytes_in),
-                    ("output", done.files_out, done.bytes_out),
-                ] {
-                    metrics::counter!(m::COMPACTION_FILES, "stage" => stage)
-                        .increment(files as u64);
-                    metrics::counter!(m::COMPACTION_BYTES, "stage" => stage).increment(bytes);
+            let rewritten = match self.rewrite_bin(id, table, bin).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // What is rewritten already is committed before the error is told.
+                    if !pending.is_empty() {
+                        let first = i + 1 - pending.len();
+                        let group = std::mem::take(&mut pending);
+                        self.commit_group(id, table, group, first, bins.len(), &mut run, progress)
+                            .await?;
+                    }
+                    return Err(e);
                 }
-                run.bins_committed += 1;
-                run.bytes_rewritten += done.bytes_in;
-                run.files_after = run.files_after + done.files_out - done.files_in;
-                run.bytes_after = run.bytes_after + done.bytes_out - done.bytes_in;
-            } else {
-                run.bins_dropped += 1;
+            };
+            metrics::histogram!(m::COMPACTION_REWRITE_SECONDS).record(rewritten.seconds());
+            pending.push(rewritten);
+            if pending.len() == per_commit || i + 1 == bins.len() {
+                let first = i + 2 - pending.len();
+                let group = std::mem::take(&mut pending);
+                self.commit_group(id, table, group, first, bins.len(), &mut run, progress)
+                    .await?;
             }
-            progress(Progress::Bin {
-                index: i + 1,
-                of: plan.bins.len(),
-                done: &done,
-            });
         }
         run.rewrite_seconds = rewrite_started.elapsed().as_secs_f64();
 
@@ -286,6 +299,54 @@ impl Compactor {
         });
         run.seconds = started.elapsed().as_secs_f64();
         Ok(run)
+    }
+
+    /// Commits `group` (bins `first`.. of `of`, rewritten) in one snapshot and counts them in
+    /// `run`.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_group(
+        &self,
+        id: &TenantId,
+        table: &str,
+        group: Vec<Rewritten>,
+        first: usize,
+        of: usize,
+        run: &mut TableRun,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<()> {
+        let (done, seconds) = self.commit_bins(id, table, group).await?;
+        if let Some(d) = done.first() {
+            run.commit_conflicts += d.conflicts;
+        }
+        for (k, done) in done.iter().enumerate() {
+            if done.committed {
+                for (stage, files, bytes) in [
+                    ("input", done.files_in, done.bytes_in),
+                    ("output", done.files_out, done.bytes_out),
+                ] {
+                    metrics::counter!(m::COMPACTION_FILES, "stage" => stage)
+                        .increment(files as u64);
+                    metrics::counter!(m::COMPACTION_BYTES, "stage" => stage).increment(bytes);
+                }
+                run.bins_committed += 1;
+                run.bytes_rewritten += done.bytes_in;
+                run.files_after = run.files_after + done.files_out - done.files_in;
+                run.bytes_after = run.bytes_after + done.bytes_out - done.bytes_in;
+            } else {
+                run.bins_dropped += 1;
+            }
+            progress(Progress::Bin {
+                index: first + k,
+                of,
+                done,
+            });
+        }
+        progress(Progress::Committed {
+            bins: done.len(),
+            committed: done.first().is_some_and(|d| d.committed),
+            seconds,
+        });
+        Ok(())
     }
 
     /// Drops the files of days more than `days` before today (UTC) with a `delete` snapshot.

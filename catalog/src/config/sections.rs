@@ -93,6 +93,11 @@ pub struct CompactionConfig {
     /// output (0: one per core; at most one per 64 MiB of `memory_limit_bytes`, which they
     /// share evenly).
     pub read_parallelism: usize,
+    /// Bins of a table rewritten before their files are swapped in, all in one `replace`
+    /// snapshot. Each such commit writes a manifest naming every live file of the table, so
+    /// fewer commits write less (Iceberg's own rewrite commits once by default); a commit that
+    /// loses (another writer replaced an input) loses this many bins' work, redone next run.
+    pub bins_per_commit: usize,
     /// Snapshots older than this are expired (time travel reaches this far back)…
     pub snapshot_max_age_secs: u64,
     /// …but each table keeps at least this many of its newest snapshots.
@@ -121,6 +126,7 @@ impl Default for CompactionConfig {
             zstd_level: 3,
             memory_limit_bytes: 512 << 20,
             read_parallelism: 0,
+            bins_per_commit: 16,
             snapshot_max_age_secs: 900,
             min_snapshots: 10,
             orphan_min_age_secs: 24 * 3600,

@@ -177,3 +177,197 @@ async fn compaction_and_expiry_read_each_manifest_from_storage_once() {
          distinct manifests of the table's snapshots"
     );
 }
+
+/// Events of `days` (day numbers), `per_day` of them, in one commit.
+async fn commit_days(world: &World, tag: &str, days: &[i64], per_day: i64) {
+    let stored: Vec<StoredEvent> = days
+        .iter()
+        .flat_map(|day| {
+            (0..per_day).map(move |i| StoredEvent {
+                event_id: format!("{tag}-{day}-{i}"),
+                kind: "PageViewed".into(),
+                version: 1,
+                ts: day * US_PER_DAY + i * 1_000_000,
+                received_at: 0,
+                user_id: None,
+                payload: "{}".into(),
+                client_id: true,
+            })
+        })
+        .collect();
+    world.commit(&stored).await;
+}
+
+fn file_exists(path: &str) -> bool {
+    std::path::Path::new(path.strip_prefix("file://").unwrap_or(path)).exists()
+}
+
+/// Bins are committed together, `compaction.bins_per_commit` at a time: each commit writes one
+/// manifest naming every live file of the table, so committing the four bins of a 5,000-commit
+/// table one by one wrote 20,000 entries four times (BENCHMARKS.md, compaction). A group lands
+/// whole or not at all.
+#[tokio::test]
+async fn bins_committed_together_land_in_one_snapshot_or_not_at_all() {
+    let world = World::new().await;
+    // Four commits over days 3, 4 and 5: three partitions of four files, three bins.
+    for commit in 0..4 {
+        commit_days(&world, &format!("c{commit}"), &[3, 4, 5], 5).await;
+    }
+    let mut config = world.config.compaction.clone();
+    config.bins_per_commit = 2;
+    let compactor = Compactor::new(world.catalog.clone(), config);
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(plan.bins.len(), 3, "{plan:?}");
+    let snapshots = |t: &iceberg::table::Table| t.metadata().snapshots().count();
+    let table = || world.catalog.load_table(&world.tenant, EVENTS_TABLE);
+
+    // Two bins rewritten, then committed together: one snapshot replaces both bins' inputs.
+    let before = snapshots(&table().await.unwrap());
+    let first = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .unwrap();
+    let second = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, &plan.bins[1])
+        .await
+        .unwrap();
+    let (done, _) = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![first, second])
+        .await
+        .unwrap();
+    assert!(done.iter().all(|d| d.committed), "{done:?}");
+    let t = table().await.unwrap();
+    assert_eq!(snapshots(&t), before + 1, "one snapshot for both bins");
+    assert_eq!(
+        live_entries(&t).await.unwrap().len(),
+        2 + 4,
+        "two new files, four left"
+    );
+
+    // The third bin is rewritten twice; the first rewrite lands alone, so the second, grouped
+    // with a bin whose inputs are all live, names inputs that are gone: neither lands, and the
+    // group's new files are deleted, the live bin's inputs left as they were.
+    commit_days(&world, "late", &[6], 5).await;
+    commit_days(&world, "later", &[6], 5).await;
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    let (third, sixth) = {
+        let day = |b: &floe_compactor::Bin| b.files.len();
+        assert_eq!(plan.bins.len(), 2, "{plan:?}");
+        assert!(
+            plan.bins.iter().all(|b| day(b) == 2 || day(b) == 4),
+            "{plan:?}"
+        );
+        let third = plan.bins.iter().find(|b| day(b) == 4).unwrap();
+        let sixth = plan.bins.iter().find(|b| day(b) == 2).unwrap();
+        (third, sixth)
+    };
+    let once = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, third)
+        .await
+        .unwrap();
+    let again = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, third)
+        .await
+        .unwrap();
+    let live = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, sixth)
+        .await
+        .unwrap();
+    let written = |r: &floe_compactor::Rewritten| -> Vec<String> { r.written_paths() };
+    let doomed: Vec<String> = written(&again).into_iter().chain(written(&live)).collect();
+    let (done, _) = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![once])
+        .await
+        .unwrap();
+    assert!(done[0].committed, "{done:?}");
+    let t = table().await.unwrap();
+    let (before, live_before) = (snapshots(&t), live_entries(&t).await.unwrap().len());
+    let (done, _) = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![again, live])
+        .await
+        .unwrap();
+    assert!(done.iter().all(|d| !d.committed), "{done:?}");
+    let t = table().await.unwrap();
+    assert_eq!(snapshots(&t), before, "nothing committed");
+    assert_eq!(live_entries(&t).await.unwrap().len(), live_before);
+    assert!(
+        sixth.files.iter().all(|f| file_exists(&f.path)),
+        "the live bin's inputs stay"
+    );
+    assert!(
+        !doomed.iter().any(|p| file_exists(p)),
+        "the dropped group's new files are deleted: {doomed:?}"
+    );
+
+    // Through a whole maintenance run: four bins (day 6's two files, left by the dropped group,
+    // and days 7 to 9) at two per commit are two snapshots, and every event is there once.
+    for commit in 0..3 {
+        commit_days(&world, &format!("d{commit}"), &[7, 8, 9], 5).await;
+    }
+    let before = table().await.unwrap();
+    let replaces = |t: &iceberg::table::Table| {
+        t.metadata()
+            .snapshots()
+            .filter(|s| s.summary().operation == iceberg::spec::Operation::Replace)
+            .count()
+    };
+    let (mut table_now, mut committed_lines) = (String::new(), Vec::new());
+    let totals = compactor
+        .maintain(
+            Some(std::slice::from_ref(&world.tenant)),
+            "test",
+            floe_compactor::maintain::Options { dry_run: false },
+            &mut |p| match p {
+                floe_compactor::maintain::Progress::Plan { table, .. } => {
+                    table_now = table.to_string()
+                }
+                floe_compactor::maintain::Progress::Committed {
+                    bins, committed, ..
+                } if table_now == EVENTS_TABLE => committed_lines.push((bins, committed)),
+                _ => {}
+            },
+        )
+        .await
+        .unwrap();
+    let events_run = &totals
+        .runs
+        .iter()
+        .find(|(name, _)| name.ends_with(".events"))
+        .unwrap()
+        .1;
+    assert_eq!(events_run.bins_committed, 4, "{events_run:?}");
+    assert_eq!(committed_lines, vec![(2, true), (2, true)]);
+    let after = table().await.unwrap();
+    assert_eq!(
+        replaces(&after) - replaces(&before),
+        2,
+        "four bins, two per commit"
+    );
+    let mut ids = Vec::new();
+    for entry in live_entries(&after).await.unwrap() {
+        let file = std::fs::File::open(entry.file_path().strip_prefix("file://").unwrap()).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch
+                .column(batch.schema().index_of("event_id").unwrap())
+                .clone();
+            ids.extend(
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap().to_string()),
+            );
+        }
+    }
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), 4 * 3 * 5 + 2 * 5 + 3 * 3 * 5, "every event");
+    assert_eq!(distinct.len(), ids.len(), "each once");
+}

@@ -2,6 +2,7 @@
 same run.
 
     FLOE_BIN=target/release/floe python bench/query_vs_duckdb.py [--events N] [--runs R] [--data DIR]
+        [--compact]
 
 One tenant gets N events (default 10 million) through `floe serve` + `floe gen` (in chunks of
 one million). Then each query runs R times (after one warm-up) in both engines:
@@ -12,6 +13,9 @@ one million). Then each query runs R times (after one warm-up) in both engines:
           the same process as the benchmark: no protocol, no catalog.
 - chdb:   ClickHouse's engine in the same process (`file(..., Parquet)` over links to the same
           live files), the same queries in ClickHouse's SQL.
+
+With `--compact`, `floe compact` rewrites the table first (sorted by `(type, ts)`, one file of
+up to 128 MiB per day), and all three engines read the compacted files.
 
 All use every core. Prints the median seconds per query and the ratios, as a Markdown table
 for BENCHMARKS.md; a peer whose answer has another number of rows than Floe's is named.
@@ -126,6 +130,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--data", type=Path,
                     help="Floe data folder to keep; if it already holds the tenant, its events are reused")
+    ap.add_argument("--compact", action="store_true",
+                    help="run `floe compact` on the table before the queries: all engines read the compacted files")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="floe-qbench-"))
     data = args.data or tmp / "floe"
@@ -138,6 +144,12 @@ def main():
         if not reuse:
             floe_server.load(data, url, TENANT, args.events)
             print(f"loaded {args.events:,} events in {time.time() - started:.0f} s")
+        if args.compact:
+            t = time.perf_counter()
+            report = subprocess.run([FLOE, "--data-dir", str(data), "compact", "--tenant", TENANT], check=True,
+                                    capture_output=True, text=True).stdout
+            summary = [line for line in report.splitlines() if line.startswith("compacted:")]
+            print(f"floe compact: {time.perf_counter() - t:.0f} s; {' '.join(summary)}")
         floe_query = floe_server.analyst_query(data, port, TENANT)
 
         cat = SqlCatalog("floe", uri=f"sqlite:///{data}/catalog.db", warehouse=f"file://{data}/warehouse")
@@ -153,7 +165,8 @@ def main():
         ch = chdb_engine(files, tmp / "chdb-files")
 
         print()
-        print(f"{args.events:,} events, {platform.machine()}, {os.cpu_count()} cores, median of {args.runs}")
+        print(f"{args.events:,} events, {platform.machine()}, {os.cpu_count()} cores, median of {args.runs}"
+              + (f"; the table compacted ({len(files)} files)" if args.compact else ""))
         print()
         print("| query | Floe (s) | DuckDB (s) | chdb (s) | Floe / DuckDB | Floe / chdb |")
         print("|---|---:|---:|---:|---:|---:|")

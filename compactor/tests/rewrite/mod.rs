@@ -99,15 +99,11 @@ async fn compaction_and_expiry_read_each_manifest_from_storage_once() {
     // Twelve commits over two days: twelve manifests, two bins.
     for commit in 0..12i64 {
         let stored: Vec<StoredEvent> = (0..10i64)
-            .map(|i| StoredEvent {
-                event_id: format!("m{commit}-{i}"),
-                kind: "PageViewed".into(),
-                version: 1,
-                ts: (3 + i % 2) * US_PER_DAY + commit * 1_000_000,
-                received_at: 0,
-                user_id: None,
-                payload: "{}".into(),
-                client_id: true,
+            .map(|i| {
+                page_view(
+                    format!("m{commit}-{i}"),
+                    (3 + i % 2) * US_PER_DAY + commit * 1_000_000,
+                )
             })
             .collect();
         world.commit(&stored).await;
@@ -178,20 +174,27 @@ async fn compaction_and_expiry_read_each_manifest_from_storage_once() {
     );
 }
 
+/// A `PageViewed` event without a user.
+fn page_view(event_id: String, ts: i64) -> StoredEvent {
+    StoredEvent {
+        event_id,
+        kind: "PageViewed".into(),
+        version: 1,
+        ts,
+        received_at: 0,
+        user_id: None,
+        payload: "{}".into(),
+        client_id: true,
+    }
+}
+
 /// Events of `days` (day numbers), `per_day` of them, in one commit.
 async fn commit_days(world: &World, tag: &str, days: &[i64], per_day: i64) {
     let stored: Vec<StoredEvent> = days
         .iter()
         .flat_map(|day| {
-            (0..per_day).map(move |i| StoredEvent {
-                event_id: format!("{tag}-{day}-{i}"),
-                kind: "PageViewed".into(),
-                version: 1,
-                ts: day * US_PER_DAY + i * 1_000_000,
-                received_at: 0,
-                user_id: None,
-                payload: "{}".into(),
-                client_id: true,
+            (0..per_day).map(move |i| {
+                page_view(format!("{tag}-{day}-{i}"), day * US_PER_DAY + i * 1_000_000)
             })
         })
         .collect();

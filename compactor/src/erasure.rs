@@ -267,7 +267,7 @@ impl Compactor {
                 Ok(false)
             }
             Err(e) => {
-                self.delete(&paths).await;
+                crate::kept_after_failed_commit(tenant, table, &paths, &e);
                 Err(e.into())
             }
         }

@@ -606,7 +606,7 @@ impl Refresher {
                 Ok(false)
             }
             Err(e) => {
-                self.delete(&paths).await;
+                crate::kept_after_failed_commit(tenant, name, &paths, &e);
                 Err(e.into())
             }
         }

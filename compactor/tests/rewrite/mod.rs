@@ -374,3 +374,44 @@ async fn bins_committed_together_land_in_one_snapshot_or_not_at_all() {
     assert_eq!(ids.len(), 4 * 3 * 5 + 2 * 5 + 3 * 3 * 5, "every event");
     assert_eq!(distinct.len(), ids.len(), "each once");
 }
+
+/// A commit that fails (an error, not a race lost to another writer) may still have landed: the
+/// database applied the swap and lost only its reply. Its new files are therefore kept (orphan
+/// cleanup takes them if no snapshot reaches them); deleting them could leave the table naming
+/// files that are gone.
+#[tokio::test]
+async fn a_failed_commit_keeps_the_files_it_may_have_committed() {
+    let world = World::new().await;
+    for commit in 0..3 {
+        commit_days(&world, &format!("c{commit}"), &[3], 5).await;
+    }
+    let compactor = Compactor::new(world.catalog.clone(), world.config.compaction.clone());
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    let rewritten = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .unwrap();
+    let written = rewritten.written_paths();
+    assert!(!written.is_empty() && written.iter().all(|p| file_exists(p)));
+
+    // The catalog's database fails every statement on the tables' rows from here on.
+    let db = world.config.data_dir.join("catalog.db");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_gone")
+        .execute(&other)
+        .await
+        .unwrap();
+    let failed = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
+        .await;
+    assert!(failed.is_err(), "the commit cannot have succeeded");
+    assert!(
+        written.iter().all(|p| file_exists(p)),
+        "the new files of a failed commit are kept: {written:?}"
+    );
+}

@@ -373,8 +373,8 @@ impl Compactor {
         Ok(plan)
     }
 
-    /// Rewrites and commits one bin. `Ok(committed = false)` when its inputs changed meanwhile.
-    /// Rewrites `bin` and commits it on its own: [`Compactor::rewrite_bin`] then
+    /// Rewrites `bin` and commits it on its own (`Ok(committed = false)` when its inputs changed
+    /// meanwhile): [`Compactor::rewrite_bin`] then
     /// [`Compactor::commit_bins`] of the one bin.
     pub async fn run_bin(&self, tenant: &TenantId, table: &str, bin: &Bin) -> Result<BinDone> {
         let rewritten = self.rewrite_bin(tenant, table, bin).await?;

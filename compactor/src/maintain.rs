@@ -226,9 +226,10 @@ impl Compactor {
         for (i, bin) in bins.iter().enumerate() {
             // Renew the lease per bin; if another compactor took the table over (this one
             // stalled past its lease), stop here, its rewrites not committed.
-            if !self.catalog.take_lease(id, table, holder, lease).await? {
-                tracing::warn!(tenant = %id, table, "lost the maintenance lease; stopping this table");
-                self.discard(&pending).await;
+            if !self
+                .renew_or_discard(id, table, holder, &mut pending)
+                .await?
+            {
                 return Ok(run);
             }
             let rewritten = match self.rewrite_bin(id, table, bin).await {
@@ -236,10 +237,19 @@ impl Compactor {
                 Err(e) => {
                     // What is rewritten already is committed before the error is told.
                     if !pending.is_empty() {
+                        tracing::warn!(tenant = %id, table, error = %e, "a bin's rewrite failed; committing the bins before it");
                         let first = i + 1 - pending.len();
-                        let group = std::mem::take(&mut pending);
-                        self.commit_group(id, table, group, first, bins.len(), &mut run, progress)
-                            .await?;
+                        self.commit_group(
+                            id,
+                            table,
+                            holder,
+                            &mut pending,
+                            first,
+                            bins.len(),
+                            &mut run,
+                            progress,
+                        )
+                        .await?;
                     }
                     return Err(e);
                 }
@@ -248,9 +258,21 @@ impl Compactor {
             pending.push(rewritten);
             if pending.len() == per_commit || i + 1 == bins.len() {
                 let first = i + 2 - pending.len();
-                let group = std::mem::take(&mut pending);
-                self.commit_group(id, table, group, first, bins.len(), &mut run, progress)
-                    .await?;
+                if !self
+                    .commit_group(
+                        id,
+                        table,
+                        holder,
+                        &mut pending,
+                        first,
+                        bins.len(),
+                        &mut run,
+                        progress,
+                    )
+                    .await?
+                {
+                    return Ok(run);
+                }
             }
         }
         run.rewrite_seconds = rewrite_started.elapsed().as_secs_f64();
@@ -301,19 +323,46 @@ impl Compactor {
         Ok(run)
     }
 
-    /// Commits `group` (bins `first`.. of `of`, rewritten) in one snapshot and counts them in
-    /// `run`.
+    /// Renews the table's lease; if another compactor took the table over (this one stalled past
+    /// its lease) or the lease cannot be read, deletes the `pending` rewrites (never committed)
+    /// and says `false` or fails.
+    async fn renew_or_discard(
+        &self,
+        id: &TenantId,
+        table: &str,
+        holder: &str,
+        pending: &mut Vec<Rewritten>,
+    ) -> Result<bool> {
+        let lease = Duration::from_secs(self.config.lease_secs);
+        let held = self.catalog.take_lease(id, table, holder, lease).await;
+        if !matches!(held, Ok(true)) {
+            if matches!(held, Ok(false)) {
+                tracing::warn!(tenant = %id, table, "lost the maintenance lease; stopping this table");
+            }
+            self.discard(&std::mem::take(pending)).await;
+        }
+        Ok(held?)
+    }
+
+    /// Commits the `pending` bins (`first`.. of `of`, rewritten) in one snapshot, under the
+    /// table's lease renewed first (another compactor's orphan cleanup may not take them
+    /// meanwhile), and counts them in `run`. `false`: the lease was lost, nothing committed.
     #[allow(clippy::too_many_arguments)]
     async fn commit_group(
         &self,
         id: &TenantId,
         table: &str,
-        group: Vec<Rewritten>,
+        holder: &str,
+        pending: &mut Vec<Rewritten>,
         first: usize,
         of: usize,
         run: &mut TableRun,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        if !self.renew_or_discard(id, table, holder, pending).await? {
+            return Ok(false);
+        }
+        let group = std::mem::take(pending);
         let (done, seconds) = self.commit_bins(id, table, group).await?;
         if let Some(d) = done.first() {
             run.commit_conflicts += d.conflicts;
@@ -346,7 +395,7 @@ impl Compactor {
             committed: done.first().is_some_and(|d| d.committed),
             seconds,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Drops the files of days more than `days` before today (UTC) with a `delete` snapshot.

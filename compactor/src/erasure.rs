@@ -267,7 +267,7 @@ impl Compactor {
                 Ok(false)
             }
             Err(e) => {
-                crate::kept_after_failed_commit(tenant, table, &paths, &e);
+                self.delete(&paths).await;
                 Err(e.into())
             }
         }

@@ -409,9 +409,8 @@ impl Compactor {
     /// Replaces the inputs of `bins` with their new files in one `replace` snapshot: all of
     /// them or none. A commit writes one manifest naming every live file of the table
     /// (`floe_catalog::rewrite`), so bins committed together write it once instead of once
-    /// each. Not committed (inputs gone, or other commits kept winning), their new files are
-    /// deleted; failed, they are kept ([`kept_after_failed_commit`]). Returns each bin's result
-    /// and the commit's seconds.
+    /// each. Not committed (inputs gone, or other commits kept winning) or failed, their new
+    /// files are deleted. Returns each bin's result and the commit's seconds.
     pub async fn commit_bins(
         &self,
         tenant: &TenantId,
@@ -442,8 +441,7 @@ impl Compactor {
                 (false, conflicts)
             }
             Err(e) => {
-                let paths: Vec<String> = bins.iter().flat_map(Rewritten::written_paths).collect();
-                kept_after_failed_commit(tenant, table, &paths, &e);
+                self.discard(&bins).await;
                 return Err(e.into());
             }
         };
@@ -637,21 +635,6 @@ impl Compactor {
         }
         writer.close().await.map_err(ice("closing parquet"))
     }
-}
-
-/// After a commit that failed (an error, not a race lost to another writer), the files it would
-/// have added are left where they are: the database may have applied the metadata swap and lost
-/// only its reply, or apply a timed-out swap later, and a file deleted then would be a live file
-/// gone. Orphan cleanup deletes them once no snapshot reaches them and they are older than
-/// `compaction.orphan_min_age_secs`.
-pub(crate) fn kept_after_failed_commit(
-    tenant: &TenantId,
-    table: &str,
-    paths: &[String],
-    error: &dyn std::fmt::Display,
-) {
-    tracing::warn!(%tenant, table, files = paths.len(), %error,
-        "a commit failed; its new files are kept (the swap may have landed), for orphan cleanup if not");
 }
 
 /// The least memory a read stream of a rewrite is given (each sort keeps some for its merge).

@@ -606,7 +606,7 @@ impl Refresher {
                 Ok(false)
             }
             Err(e) => {
-                crate::kept_after_failed_commit(tenant, name, &paths, &e);
+                self.delete(&paths).await;
                 Err(e.into())
             }
         }

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::listing::PartitionedFile;
@@ -30,7 +29,6 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::SessionConfig;
 use floe_catalog::config::CompactionConfig;
-use floe_catalog::rewrite::ReplaceOutcome;
 use floe_catalog::schema::promote;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantId};
@@ -49,11 +47,13 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 pub mod backfill;
+mod bins;
 pub mod erasure;
 pub mod maintain;
 pub mod projection;
 mod whole_files;
 
+pub use bins::{BinDone, Rewritten};
 pub use erasure::RowFilter;
 
 /// Errors of the compactor. Each says, through [`Error::kind`], whether the next run can get
@@ -215,52 +215,6 @@ pub struct PartitionStat {
     pub bytes: u64,
 }
 
-/// A bin rewritten, its new files not yet committed.
-#[derive(Debug)]
-pub struct Rewritten {
-    /// `ts_day=…`.
-    partition: String,
-    /// The paths of the files it replaces.
-    removed: Vec<String>,
-    bytes_in: u64,
-    rows: u64,
-    written: Vec<DataFile>,
-    seconds: f64,
-}
-
-impl Rewritten {
-    /// Reading, sorting and writing the bin.
-    pub fn seconds(&self) -> f64 {
-        self.seconds
-    }
-
-    /// Where its new files are.
-    pub fn written_paths(&self) -> Vec<String> {
-        self.written
-            .iter()
-            .map(|f| f.file_path().to_string())
-            .collect()
-    }
-}
-
-/// The result of one bin.
-#[derive(Debug, Clone)]
-pub struct BinDone {
-    pub partition: String,
-    pub files_in: usize,
-    pub bytes_in: u64,
-    pub files_out: usize,
-    pub bytes_out: u64,
-    pub rows: u64,
-    /// Reading, sorting and writing the bin (its commit is timed apart: it may take other bins).
-    pub seconds: f64,
-    /// `false`: the inputs changed under the rewrite, or other commits kept winning (nothing
-    /// committed, new files deleted; a later pass tries again).
-    pub committed: bool,
-    /// Compare-and-swaps the bin's commit lost to other writers.
-    pub conflicts: u32,
-}
-
 /// Packs the small files of each partition into bins of about `target` bytes. Bins of one
 /// file are left out: rewriting a file alone gains nothing.
 pub fn plan(files: Vec<(Struct, InputFile)>, target: u64) -> TablePlan {
@@ -373,104 +327,6 @@ impl Compactor {
         Ok(plan)
     }
 
-    /// Rewrites `bin` and commits it on its own (`Ok(committed = false)` when its inputs changed
-    /// meanwhile): [`Compactor::rewrite_bin`] then
-    /// [`Compactor::commit_bins`] of the one bin.
-    pub async fn run_bin(&self, tenant: &TenantId, table: &str, bin: &Bin) -> Result<BinDone> {
-        let rewritten = self.rewrite_bin(tenant, table, bin).await?;
-        let (mut done, _) = self.commit_bins(tenant, table, vec![rewritten]).await?;
-        done.pop()
-            .ok_or_else(|| Error::Invalid("a commit of one bin reported none".into()))
-    }
-
-    /// Rewrites `bin` into new files of its partition, not yet part of the table: commit them
-    /// with [`Compactor::commit_bins`] (or delete them with [`Compactor::discard`]).
-    pub async fn rewrite_bin(
-        &self,
-        tenant: &TenantId,
-        table: &str,
-        bin: &Bin,
-    ) -> Result<Rewritten> {
-        let started = Instant::now();
-        let t = self.catalog.load_table(tenant, table).await?;
-        let written = self
-            .rewrite(&t, &bin.partition, &bin.files, bin.target, None)
-            .await?;
-        Ok(Rewritten {
-            partition: partition_text(&t, &bin.partition),
-            removed: bin.files.iter().map(|f| f.path.clone()).collect(),
-            bytes_in: bin.bytes(),
-            rows: bin.rows(),
-            written,
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
-
-    /// Replaces the inputs of `bins` with their new files in one `replace` snapshot: all of
-    /// them or none. A commit writes one manifest naming every live file of the table
-    /// (`floe_catalog::rewrite`), so bins committed together write it once instead of once
-    /// each. Not committed (inputs gone, or other commits kept winning) or failed, their new
-    /// files are deleted. Returns each bin's result and the commit's seconds.
-    pub async fn commit_bins(
-        &self,
-        tenant: &TenantId,
-        table: &str,
-        bins: Vec<Rewritten>,
-    ) -> Result<(Vec<BinDone>, f64)> {
-        let started = Instant::now();
-        let removed = bins
-            .iter()
-            .flat_map(|b| b.removed.iter().cloned())
-            .collect();
-        let written: Vec<DataFile> = bins
-            .iter()
-            .flat_map(|b| b.written.iter().cloned())
-            .collect();
-        let outcome = self
-            .catalog
-            .commit_replace(tenant, table, removed, written)
-            .await;
-        let (committed, conflicts) = match outcome {
-            Ok(ReplaceOutcome::Committed { conflicts, .. }) => (true, conflicts),
-            Ok(ReplaceOutcome::InputsGone { missing }) => {
-                tracing::info!(%tenant, table, bins = bins.len(), missing = missing.len(), "inputs changed; bins dropped");
-                (false, 0)
-            }
-            Ok(ReplaceOutcome::KeptLosing { conflicts }) => {
-                tracing::warn!(%tenant, table, bins = bins.len(), conflicts, "other commits kept winning; bins dropped");
-                (false, conflicts)
-            }
-            Err(e) => {
-                self.discard(&bins).await;
-                return Err(e.into());
-            }
-        };
-        if !committed {
-            self.discard(&bins).await;
-        }
-        let done = bins
-            .into_iter()
-            .map(|b| BinDone {
-                files_in: b.removed.len(),
-                bytes_in: b.bytes_in,
-                files_out: b.written.len(),
-                bytes_out: b.written.iter().map(|f| f.file_size_in_bytes()).sum(),
-                rows: b.rows,
-                seconds: b.seconds,
-                partition: b.partition,
-                committed,
-                conflicts,
-            })
-            .collect();
-        Ok((done, started.elapsed().as_secs_f64()))
-    }
-
-    /// Deletes the new files of bins that will not be committed.
-    pub async fn discard(&self, bins: &[Rewritten]) {
-        let paths: Vec<String> = bins.iter().flat_map(Rewritten::written_paths).collect();
-        self.delete(&paths).await;
-    }
-
     /// Streams one rewrite reads its files with (`compaction.read_parallelism`, 0: the cores),
     /// at most one per [`MEMORY_PER_STREAM`] of `compaction.memory_limit_bytes`.
     fn read_streams(&self) -> usize {
@@ -481,14 +337,6 @@ impl Compactor {
         wanted
             .min(self.config.memory_limit_bytes / MEMORY_PER_STREAM)
             .max(1)
-    }
-
-    pub(crate) async fn delete(&self, paths: &[String]) {
-        for p in paths {
-            if let Err(e) = self.catalog.file_io().delete(p).await {
-                tracing::warn!(file = %p, error = %e, "could not delete an uncommitted rewrite");
-            }
-        }
     }
 
     /// Reads `files` (of one partition) sorted by `(type, ts)`, without the rows `drop` marks,

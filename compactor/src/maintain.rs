@@ -221,7 +221,7 @@ impl Compactor {
         } else {
             &plan.bins[..]
         };
-        let per_commit = self.config.bins_per_commit.max(1);
+        let (per_commit, of) = (self.config.bins_per_commit.max(1), bins.len());
         let mut pending = Vec::new();
         for (i, bin) in bins.iter().enumerate() {
             // Renew the lease per bin; if another compactor took the table over (this one
@@ -238,41 +238,21 @@ impl Compactor {
                     // What is rewritten already is committed before the error is told.
                     if !pending.is_empty() {
                         tracing::warn!(tenant = %id, table, error = %e, "a bin's rewrite failed; committing the bins before it");
-                        let first = i + 1 - pending.len();
-                        self.commit_group(
-                            id,
-                            table,
-                            holder,
-                            &mut pending,
-                            first,
-                            bins.len(),
-                            &mut run,
-                            progress,
-                        )
-                        .await?;
+                        self.commit_group(id, table, holder, &mut pending, of, &mut run, progress)
+                            .await?;
                     }
                     return Err(e);
                 }
             };
             metrics::histogram!(m::COMPACTION_REWRITE_SECONDS).record(rewritten.seconds());
             pending.push(rewritten);
-            if pending.len() == per_commit || i + 1 == bins.len() {
-                let first = i + 2 - pending.len();
-                if !self
-                    .commit_group(
-                        id,
-                        table,
-                        holder,
-                        &mut pending,
-                        first,
-                        bins.len(),
-                        &mut run,
-                        progress,
-                    )
+            let commit_now = pending.len() == per_commit || i + 1 == of;
+            if commit_now
+                && !self
+                    .commit_group(id, table, holder, &mut pending, of, &mut run, progress)
                     .await?
-                {
-                    return Ok(run);
-                }
+            {
+                return Ok(run);
             }
         }
         run.rewrite_seconds = rewrite_started.elapsed().as_secs_f64();
@@ -344,9 +324,10 @@ impl Compactor {
         Ok(held?)
     }
 
-    /// Commits the `pending` bins (`first`.. of `of`, rewritten) in one snapshot, under the
-    /// table's lease renewed first (another compactor's orphan cleanup may not take them
-    /// meanwhile), and counts them in `run`. `false`: the lease was lost, nothing committed.
+    /// Commits the `pending` bins (rewritten, the next of `of`: `run` has counted those before
+    /// them) in one snapshot, under the table's lease renewed first (another compactor's orphan
+    /// cleanup may not take them meanwhile), and counts them in `run`. `false`: the lease was
+    /// lost, nothing committed.
     #[allow(clippy::too_many_arguments)]
     async fn commit_group(
         &self,
@@ -354,7 +335,6 @@ impl Compactor {
         table: &str,
         holder: &str,
         pending: &mut Vec<Rewritten>,
-        first: usize,
         of: usize,
         run: &mut TableRun,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
@@ -362,6 +342,7 @@ impl Compactor {
         if !self.renew_or_discard(id, table, holder, pending).await? {
             return Ok(false);
         }
+        let first = run.bins_committed + run.bins_dropped + 1;
         let group = std::mem::take(pending);
         let (done, seconds) = self.commit_bins(id, table, group).await?;
         if let Some(d) = done.first() {

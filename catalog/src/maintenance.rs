@@ -30,6 +30,9 @@ pub use expire::{ExpirePolicy, ExpireReport};
 /// Manifest lists read at once.
 const READ_CONCURRENCY: usize = 16;
 
+/// Times a local folder being deleted is listed again when a writer added files meanwhile.
+const FOLDER_ROUNDS: usize = 5;
+
 /// What orphan cleanup did (or, dry, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct OrphanReport {
@@ -183,12 +186,41 @@ impl Catalog {
     }
 
     /// Deletes every object under the folder `location` of the warehouse (and, on a local
-    /// warehouse, the folder); how many objects.
+    /// warehouse, the folder); how many objects. A writer that was still at work in the folder
+    /// (a refresh of a tenant being purged) may add files meanwhile: on a local warehouse the
+    /// folder then cannot be removed, and the folder is listed again (a writer's commit into a
+    /// table that is gone deletes its own files: `floe_compactor::after_failed_commit`).
     pub(crate) async fn delete_objects_under(&self, location: &str) -> Result<usize> {
         let prefix = self.object_key(location)?;
+        let mut deleted = 0;
+        for round in 1.. {
+            deleted += self.delete_listed(&prefix).await?;
+            if self.data_store.store.is_some() {
+                break;
+            }
+            // A local warehouse keeps empty folders; remove them too.
+            let dir = std::path::Path::new("/").join(&prefix);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        && round < FOLDER_ROUNDS =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50 * round as u64)).await;
+                }
+                Err(e) => return Err(Error::io(dir.display().to_string())(e)),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Lists and deletes the objects under `prefix` page by page, until a listing is empty;
+    /// how many objects.
+    async fn delete_listed(&self, prefix: &str) -> Result<usize> {
         let store = self.data_store.object_store();
         let mut deleted = 0;
-        // Listing and deleting page by page keeps memory flat for any tenant size.
+        // Page by page keeps memory flat for any tenant size.
         loop {
             let page: Vec<String> = store
                 .list(Some(&Path::from(format!("{prefix}/"))))
@@ -200,21 +232,11 @@ impl Catalog {
                     message: format!("listing {prefix}: {e}"),
                 })?;
             if page.is_empty() {
-                break;
+                return Ok(deleted);
             }
             deleted += page.len();
             self.delete_keys(&page).await?;
         }
-        if self.data_store.store.is_none() {
-            // A local warehouse keeps empty folders; remove them too.
-            let dir = std::path::Path::new("/").join(&prefix);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(dir.display().to_string())(e)),
-            }
-        }
-        Ok(deleted)
     }
 
     /// The object key of a warehouse location, or an error if it lies outside the warehouse.

@@ -11,5 +11,6 @@ mod expiry;
 mod merge;
 mod projection;
 mod props;
+mod purge;
 mod quota;
 mod schema;

@@ -92,8 +92,8 @@ impl Compactor {
     /// Replaces the inputs of `bins` with their new files in one `replace` snapshot: all of
     /// them or none. A commit writes one manifest naming every live file of the table
     /// (`floe_catalog::rewrite`), so bins committed together write it once instead of once
-    /// each. Not committed (inputs gone, or other commits kept winning) or failed, their new
-    /// files are deleted. Returns each bin's result and the commit's seconds.
+    /// each. Not committed (inputs gone, or other commits kept winning), their new files are
+    /// deleted; failed, see [`crate::after_failed_commit`]. Returns each bin's result and the commit's seconds.
     pub async fn commit_bins(
         &self,
         tenant: &TenantId,
@@ -124,7 +124,8 @@ impl Compactor {
                 (false, conflicts)
             }
             Err(e) => {
-                self.discard(&bins).await;
+                let paths: Vec<String> = bins.iter().flat_map(Rewritten::written_paths).collect();
+                crate::after_failed_commit(&self.catalog, tenant, table, &paths, &e).await;
                 return Err(e.into());
             }
         };
@@ -155,10 +156,6 @@ impl Compactor {
     }
 
     pub(crate) async fn delete(&self, paths: &[String]) {
-        for p in paths {
-            if let Err(e) = self.catalog.file_io().delete(p).await {
-                tracing::warn!(file = %p, error = %e, "could not delete an uncommitted rewrite");
-            }
-        }
+        crate::delete_uncommitted(&self.catalog, paths).await;
     }
 }

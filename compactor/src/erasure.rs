@@ -267,7 +267,7 @@ impl Compactor {
                 Ok(false)
             }
             Err(e) => {
-                self.delete(&paths).await;
+                crate::after_failed_commit(&self.catalog, tenant, table, &paths, &e).await;
                 Err(e.into())
             }
         }

@@ -485,6 +485,40 @@ impl Compactor {
     }
 }
 
+/// Deletes files no commit took (best effort: orphan cleanup finds any left).
+pub(crate) async fn delete_uncommitted(catalog: &Catalog, paths: &[String]) {
+    for p in paths {
+        if let Err(e) = catalog.file_io().delete(p).await {
+            tracing::warn!(file = %p, error = %e, "could not delete an uncommitted file");
+        }
+    }
+}
+
+/// What becomes of the files a commit would have added when the commit failed with an error
+/// (not a race lost to another writer, not inputs gone). The database may have applied the
+/// metadata swap and lost only its reply, or apply a timed-out swap later: deleting the files
+/// then would leave the table naming files that are gone. So they are kept while the table
+/// exists (or cannot be looked up): orphan cleanup deletes them once no snapshot reaches them
+/// and they are older than `compaction.orphan_min_age_secs`. A table (or tenant) that is gone
+/// has no orphan cleanup, and nothing can have committed into it: its files are deleted.
+pub(crate) async fn after_failed_commit(
+    catalog: &Catalog,
+    tenant: &TenantId,
+    table: &str,
+    paths: &[String],
+    error: &floe_catalog::Error,
+) {
+    let not_found = |kind: floe_catalog::ErrorKind| kind == floe_catalog::ErrorKind::NotFound;
+    let gone = not_found(error.kind())
+        || matches!(catalog.load_table(tenant, table).await, Err(e) if not_found(e.kind()));
+    if gone {
+        delete_uncommitted(catalog, paths).await;
+    } else {
+        tracing::warn!(%tenant, table, files = paths.len(), %error,
+            "a commit failed; its new files are kept (the swap may have landed), for orphan cleanup if not");
+    }
+}
+
 /// The least memory a read stream of a rewrite is given (each sort keeps some for its merge).
 const MEMORY_PER_STREAM: usize = 64 << 20;
 

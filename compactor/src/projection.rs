@@ -606,7 +606,7 @@ impl Refresher {
                 Ok(false)
             }
             Err(e) => {
-                self.delete(&paths).await;
+                crate::after_failed_commit(catalog, tenant, name, &paths, &e).await;
                 Err(e.into())
             }
         }
@@ -642,11 +642,7 @@ impl Refresher {
     }
 
     async fn delete(&self, paths: &[String]) {
-        for p in paths {
-            if let Err(e) = self.inner.catalog.file_io().delete(p).await {
-                tracing::warn!(file = %p, error = %e, "could not delete an uncommitted projection file");
-            }
-        }
+        crate::delete_uncommitted(&self.inner.catalog, paths).await;
     }
 }
 

@@ -381,3 +381,71 @@ async fn bins_committed_together_land_in_one_snapshot_or_not_at_all() {
     assert_eq!(ids.len(), 4 * 3 * 5 + 2 * 5 + 3 * 3 * 5, "every event");
     assert_eq!(distinct.len(), ids.len(), "each once");
 }
+
+/// A commit that fails (an error, not a race lost to another writer) may still have landed: the
+/// database applied the swap and lost only its reply. Its new files are therefore kept while the
+/// table exists (orphan cleanup takes them if no snapshot reaches them); deleting them could
+/// leave the table naming files that are gone. Into a table that is gone nothing can have landed,
+/// and no orphan cleanup will ever look there: its files are deleted.
+#[tokio::test]
+async fn a_failed_commit_keeps_the_files_it_may_have_committed_unless_the_table_is_gone() {
+    // The tenant deleted between the rewrite and its commit: the commit fails, the files go.
+    let world = World::new().await;
+    let (compactor, rewritten) = one_bin_rewritten(&world).await;
+    let written = rewritten.written_paths();
+    world
+        .catalog
+        .delete_tenant(&world.tenant, false, "test")
+        .await
+        .unwrap();
+    let failed = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
+        .await;
+    assert!(failed.is_err(), "the table is gone");
+    assert!(
+        written.iter().all(|p| !file_exists(p)),
+        "a gone table's files are deleted: {written:?}"
+    );
+
+    // The database failing under the commit: the files stay.
+    let world = World::new().await;
+    let (compactor, rewritten) = one_bin_rewritten(&world).await;
+    let written = rewritten.written_paths();
+
+    // The catalog's database fails every statement on the tables' rows from here on.
+    let db = world.config.data_dir.join("catalog.db");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_gone")
+        .execute(&other)
+        .await
+        .unwrap();
+    let failed = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
+        .await;
+    assert!(failed.is_err(), "the commit cannot have succeeded");
+    assert!(
+        written.iter().all(|p| file_exists(p)),
+        "the new files of a failed commit are kept: {written:?}"
+    );
+}
+
+/// Three commits on one day, planned and its one bin rewritten (not committed).
+async fn one_bin_rewritten(world: &World) -> (Compactor, floe_compactor::Rewritten) {
+    for commit in 0..3 {
+        commit_days(world, &format!("c{commit}"), &[3], 5).await;
+    }
+    let compactor = Compactor::new(world.catalog.clone(), world.config.compaction.clone());
+    let plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    let rewritten = compactor
+        .rewrite_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .unwrap();
+    let written = rewritten.written_paths();
+    assert!(!written.is_empty() && written.iter().all(|p| file_exists(p)));
+    (compactor, rewritten)
+}

@@ -48,8 +48,9 @@ pub struct BinDone {
     pub rows: u64,
     /// Reading, sorting and writing the bin (its commit is timed apart: it may take other bins).
     pub seconds: f64,
-    /// `false`: the inputs changed under the rewrite, or other commits kept winning (nothing
-    /// committed, new files deleted; a later pass tries again).
+    /// `false`: the inputs changed under the rewrite, or other commits kept winning, or its new
+    /// files did not hold its rows (nothing committed, new files deleted; a later pass tries
+    /// again).
     pub committed: bool,
     /// Compare-and-swaps the bin's commit lost to other writers.
     pub conflicts: u32,
@@ -93,7 +94,10 @@ impl Compactor {
     /// them or none. A commit writes one manifest naming every live file of the table
     /// (`floe_catalog::rewrite`), so bins committed together write it once instead of once
     /// each. Not committed (inputs gone, or other commits kept winning), their new files are
-    /// deleted; failed, see [`crate::after_failed_commit`]. Returns each bin's result and the commit's seconds.
+    /// deleted; failed, see [`crate::after_failed_commit`]. A bin whose new files do not hold
+    /// as many rows as its inputs (a bug in its rewrite) is left out, its new files deleted and
+    /// its inputs left live, and the others go on. Returns each bin's result and the commit's
+    /// seconds.
     pub async fn commit_bins(
         &self,
         tenant: &TenantId,
@@ -101,14 +105,38 @@ impl Compactor {
         bins: Vec<Rewritten>,
     ) -> Result<(Vec<BinDone>, f64)> {
         let started = Instant::now();
-        let removed = bins
-            .iter()
-            .flat_map(|b| b.removed.iter().cloned())
-            .collect();
-        let written: Vec<DataFile> = bins
-            .iter()
-            .flat_map(|b| b.written.iter().cloned())
-            .collect();
+        let (mut done, mut removed, mut written) = (Vec::new(), Vec::new(), Vec::new());
+        let mut wrong = Vec::new();
+        for b in bins {
+            let rows_out: u64 = b.written.iter().map(DataFile::record_count).sum();
+            let holds_rows = rows_out == b.rows;
+            if !holds_rows {
+                tracing::error!(%tenant, table, partition = %b.partition, rows_in = b.rows, rows_out,
+                    "a rewritten bin does not hold its inputs' rows (a bug); left out of the commit, its inputs kept");
+                wrong.extend(b.written.iter().map(|f| f.file_path().to_string()));
+            }
+            done.push(BinDone {
+                files_in: b.removed.len(),
+                bytes_in: b.bytes_in,
+                files_out: b.written.len(),
+                bytes_out: b.written.iter().map(DataFile::file_size_in_bytes).sum(),
+                rows: b.rows,
+                seconds: b.seconds,
+                partition: b.partition,
+                committed: holds_rows,
+                conflicts: 0,
+            });
+            if holds_rows {
+                removed.extend(b.removed);
+                written.extend(b.written);
+            }
+        }
+        self.delete(&wrong).await;
+        if written.is_empty() && removed.is_empty() {
+            return Ok((done, started.elapsed().as_secs_f64()));
+        }
+        let paths: Vec<String> = written.iter().map(|f| f.file_path().to_string()).collect();
+        let bins = done.iter().filter(|d| d.committed).count();
         let outcome = self
             .catalog
             .commit_replace(tenant, table, removed, written)
@@ -116,36 +144,25 @@ impl Compactor {
         let (committed, conflicts) = match outcome {
             Ok(ReplaceOutcome::Committed { conflicts, .. }) => (true, conflicts),
             Ok(ReplaceOutcome::InputsGone { missing }) => {
-                tracing::info!(%tenant, table, bins = bins.len(), missing = missing.len(), "inputs changed; bins dropped");
+                tracing::info!(%tenant, table, bins, missing = missing.len(), "inputs changed; bins dropped");
                 (false, 0)
             }
             Ok(ReplaceOutcome::KeptLosing { conflicts }) => {
-                tracing::warn!(%tenant, table, bins = bins.len(), conflicts, "other commits kept winning; bins dropped");
+                tracing::warn!(%tenant, table, bins, conflicts, "other commits kept winning; bins dropped");
                 (false, conflicts)
             }
             Err(e) => {
-                let paths: Vec<String> = bins.iter().flat_map(Rewritten::written_paths).collect();
                 crate::after_failed_commit(&self.catalog, tenant, table, &paths, &e).await;
                 return Err(e.into());
             }
         };
         if !committed {
-            self.discard(&bins).await;
+            self.delete(&paths).await;
         }
-        let done = bins
-            .into_iter()
-            .map(|b| BinDone {
-                files_in: b.removed.len(),
-                bytes_in: b.bytes_in,
-                files_out: b.written.len(),
-                bytes_out: b.written.iter().map(|f| f.file_size_in_bytes()).sum(),
-                rows: b.rows,
-                seconds: b.seconds,
-                partition: b.partition,
-                committed,
-                conflicts,
-            })
-            .collect();
+        for d in &mut done {
+            d.committed &= committed;
+            d.conflicts = conflicts;
+        }
         Ok((done, started.elapsed().as_secs_f64()))
     }
 

@@ -371,9 +371,11 @@ impl Compactor {
                 done,
             });
         }
+        // Bins left out of the commit (see `commit_bins`) are told as dropped above.
+        let landed = done.iter().filter(|d| d.committed).count();
         progress(Progress::Committed {
-            bins: done.len(),
-            committed: done.first().is_some_and(|d| d.committed),
+            bins: if landed > 0 { landed } else { done.len() },
+            committed: landed > 0,
             seconds,
         });
         Ok(true)

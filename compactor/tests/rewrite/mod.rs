@@ -449,3 +449,52 @@ async fn one_bin_rewritten(world: &World) -> (Compactor, floe_compactor::Rewritt
     assert!(!written.is_empty() && written.iter().all(|p| file_exists(p)));
     (compactor, rewritten)
 }
+
+/// A bin whose new files do not hold its inputs' rows (a rewrite that lost one) is left out of
+/// its group's commit, its new files deleted and its inputs left live; the bins beside it land.
+#[tokio::test]
+async fn a_bin_whose_files_lack_rows_is_left_out_and_the_others_land() {
+    let world = World::new().await;
+    for commit in 0..3 {
+        commit_days(&world, &format!("c{commit}"), &[3, 4], 5).await;
+    }
+    let compactor = Compactor::new(world.catalog.clone(), world.config.compaction.clone());
+    let mut plan = compactor
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(plan.bins.len(), 2, "{plan:?}");
+    // The first bin claims one row more than its inputs hold, as if its rewrite had lost one.
+    plan.bins[0].files[0].rows += 1;
+    let mut rewritten = Vec::new();
+    for bin in &plan.bins {
+        let r = compactor
+            .rewrite_bin(&world.tenant, EVENTS_TABLE, bin)
+            .await
+            .unwrap();
+        rewritten.push(r);
+    }
+    let (short, good) = (rewritten[0].written_paths(), rewritten[1].written_paths());
+    let (done, _) = compactor
+        .commit_bins(&world.tenant, EVENTS_TABLE, rewritten)
+        .await
+        .unwrap();
+    assert!(!done[0].committed && done[1].committed, "{done:?}");
+    assert!(short.iter().all(|p| !file_exists(p)), "{short:?}");
+
+    let t = world
+        .catalog
+        .load_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    let live: Vec<String> = live_entries(&t)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.file_path().to_string())
+        .collect();
+    assert!(good.iter().all(|p| live.contains(p)), "{live:?}");
+    let inputs = plan.bins[0].files.iter().map(|f| &f.path);
+    assert!(inputs.clone().all(|p| live.contains(p)), "{live:?}");
+    assert_eq!(live.len(), good.len() + inputs.count());
+}

@@ -156,7 +156,7 @@ async fn files_of_days(
         }
     }
     let manifests = cache
-        .load_all(table.file_io(), wanted)
+        .load_all(table, wanted)
         .await
         .map_err(Error::ice("reading a manifest"))?;
     let mut files = Vec::new();
@@ -263,7 +263,7 @@ async fn delta_of(table: &Table, cache: &ManifestCache, since: Option<i64>) -> R
             .filter(|m| m.added_snapshot_id == snapshot.snapshot_id())
         {
             let manifest = cache
-                .load(table.file_io(), manifest)
+                .load(table, manifest)
                 .await
                 .map_err(Error::ice("reading a manifest"))?;
             for entry in manifest.entries() {

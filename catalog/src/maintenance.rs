@@ -346,7 +346,7 @@ async fn reach(
 ) -> Result<Reach> {
     let mut out = listed(table, snapshots, read_elsewhere, skip).await?;
     let loaded = cache
-        .load_all(table.file_io(), &out.listed)
+        .load_all(table, &out.listed)
         .await
         .map_err(Error::ice("reading a manifest"))?;
     for manifest in &loaded {

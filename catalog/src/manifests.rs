@@ -16,13 +16,16 @@ use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, Datum, Manifest, ManifestEntry, ManifestFile, ManifestStatus, PrimitiveLiteral,
 };
+use iceberg::table::Table;
 
 /// Manifests read at once.
 const READ_CONCURRENCY: usize = 16;
 
 /// Manifests by path. A manifest never changes once written, so a cached copy is never stale.
 /// The cache holds at most `max_bytes` of manifests in all (as estimated by
-/// [`manifest_bytes`]) and drops the least recently used past that. A manifest asked for while
+/// [`manifest_bytes`]); past that it drops the least recently used of the owners (tenants: the
+/// folder that holds the table) that hold more than an equal share, so that one tenant's scans
+/// of a table of many manifests cannot push every other tenant's out. A manifest asked for while
 /// it is being read is read once: the later callers wait for that read (queries planning the
 /// same table at once, a compaction's planning beside them).
 pub struct ManifestCache {
@@ -34,8 +37,10 @@ pub struct ManifestCache {
 
 #[derive(Default)]
 struct CacheState {
-    /// Each manifest with its estimated bytes and when it was last used.
-    manifests: HashMap<String, (Arc<Manifest>, usize, u64)>,
+    /// Each manifest with its estimated bytes, when it was last used and its owner.
+    manifests: HashMap<String, (Arc<Manifest>, usize, u64, Arc<str>)>,
+    /// Bytes held by each owner that holds any.
+    owners: HashMap<Arc<str>, usize>,
     /// Reads under way, by path. A caller that finds one waits for it; when the reader gave
     /// up (its query was cancelled) or failed, a waiter reads in its place.
     reading: HashMap<String, Arc<tokio::sync::OnceCell<Arc<Manifest>>>>,
@@ -52,8 +57,18 @@ impl ManifestCache {
         }
     }
 
-    /// The manifest `file` names, from the cache or read (and kept) now.
-    pub async fn load(&self, io: &FileIO, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {
+    /// The manifest of `table` that `file` names, from the cache or read (and kept) now.
+    pub async fn load(&self, table: &Table, file: &ManifestFile) -> iceberg::Result<Arc<Manifest>> {
+        self.load_for(table.file_io(), owner(table), file).await
+    }
+
+    /// The manifest `file` names, from the cache or read (and kept, for `owner`) now.
+    async fn load_for(
+        &self,
+        io: &FileIO,
+        owner: &str,
+        file: &ManifestFile,
+    ) -> iceberg::Result<Arc<Manifest>> {
         let path = &file.manifest_path;
         let read = {
             let Ok(mut state) = self.state.lock() else {
@@ -74,7 +89,7 @@ impl ManifestCache {
             .clone();
         if let Ok(mut state) = self.state.lock() {
             // Kept before the read is forgotten, so that no caller in between reads it again.
-            state.put(path, manifest.clone(), self.max_bytes);
+            state.put(path, owner, manifest.clone(), self.max_bytes);
             if state
                 .reading
                 .get(path)
@@ -91,15 +106,20 @@ impl ManifestCache {
         self.read.load(Ordering::Relaxed)
     }
 
-    /// The manifests `files` name, in their order; those not cached are read concurrently.
-    /// The caller holds every one until it drops the result, whatever the cache drops.
+    /// The manifests of `table` that `files` name, in their order; those not cached are read
+    /// concurrently. The caller holds every one until it drops the result, whatever the cache
+    /// drops.
     pub async fn load_all<'a>(
         &self,
-        io: &FileIO,
+        table: &Table,
         files: impl IntoIterator<Item = &'a ManifestFile>,
     ) -> iceberg::Result<Vec<Arc<Manifest>>> {
+        let (io, owner) = (table.file_io(), owner(table));
         // Collected first: a lazy map's closure in the future would make it not `Send`.
-        let loads: Vec<_> = files.into_iter().map(|f| self.load(io, f)).collect();
+        let loads: Vec<_> = files
+            .into_iter()
+            .map(|f| self.load_for(io, owner, f))
+            .collect();
         futures::stream::iter(loads)
             .buffered(READ_CONCURRENCY)
             .try_collect()
@@ -112,9 +132,9 @@ impl ManifestCache {
     }
 
     #[cfg(test)]
-    fn put(&self, path: &str, manifest: Arc<Manifest>) {
+    fn put(&self, path: &str, owner: &str, manifest: Arc<Manifest>) {
         if let Ok(mut state) = self.state.lock() {
-            state.put(path, manifest, self.max_bytes);
+            state.put(path, owner, manifest, self.max_bytes);
         }
     }
 
@@ -128,40 +148,86 @@ impl CacheState {
     fn get(&mut self, path: &str) -> Option<Arc<Manifest>> {
         self.tick += 1;
         let tick = self.tick;
-        let (manifest, _, used) = self.manifests.get_mut(path)?;
+        let (manifest, _, used, _) = self.manifests.get_mut(path)?;
         *used = tick;
         Some(manifest.clone())
     }
 
-    fn put(&mut self, path: &str, manifest: Arc<Manifest>, max_bytes: usize) {
+    fn put(&mut self, path: &str, owner: &str, manifest: Arc<Manifest>, max_bytes: usize) {
         let size = manifest_bytes(&manifest);
         if size > max_bytes || self.manifests.contains_key(path) {
             return;
         }
+        let owner: Arc<str> = self
+            .owners
+            .get_key_value(owner)
+            .map_or_else(|| Arc::from(owner), |(k, _)| k.clone());
         if self.bytes + size > max_bytes {
-            // Drop the least recently used until an eighth of the room is free.
-            let mut by_age: Vec<(u64, String)> = self
-                .manifests
-                .iter()
-                .map(|(k, (_, _, used))| (*used, k.clone()))
-                .collect();
-            by_age.sort_unstable();
-            let goal = (max_bytes - max_bytes / 8).saturating_sub(size);
-            for (_, key) in by_age {
-                if self.bytes <= goal {
-                    break;
-                }
-                if let Some((_, bytes, _)) = self.manifests.remove(&key) {
-                    self.bytes -= bytes;
-                }
-            }
+            self.make_room(&owner, size, max_bytes);
         }
         self.tick += 1;
         let tick = self.tick;
         self.bytes += size;
+        *self.owners.entry(owner.clone()).or_default() += size;
         self.manifests
-            .insert(path.to_string(), (manifest, size, tick));
+            .insert(path.to_string(), (manifest, size, tick, owner));
     }
+
+    /// Drops manifests until an eighth of the room is free beside `size` bytes more for
+    /// `incoming`: the least recently used first, of the owners holding more than an equal
+    /// share of `max_bytes` (counting `incoming`'s new bytes); then, if that is not enough,
+    /// the least recently used of any.
+    fn make_room(&mut self, incoming: &Arc<str>, size: usize, max_bytes: usize) {
+        let mut by_age: Vec<(u64, String)> = self
+            .manifests
+            .iter()
+            .map(|(k, (_, _, used, _))| (*used, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let goal = (max_bytes - max_bytes / 8).saturating_sub(size);
+        let owners = self.owners.len() + usize::from(!self.owners.contains_key(incoming));
+        let share = max_bytes / owners.max(1);
+        let held = |state: &CacheState, owner: &Arc<str>| {
+            state.owners.get(owner).copied().unwrap_or(0) + if owner == incoming { size } else { 0 }
+        };
+        for fair in [true, false] {
+            for (_, key) in &by_age {
+                if self.bytes <= goal {
+                    return;
+                }
+                let over = match self.manifests.get(key) {
+                    Some((_, _, _, owner)) => held(self, owner) > share,
+                    None => continue,
+                };
+                if fair && !over {
+                    continue;
+                }
+                self.remove(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some((_, bytes, _, owner)) = self.manifests.remove(key) else {
+            return;
+        };
+        self.bytes -= bytes;
+        if let Some(held) = self.owners.get_mut(&owner) {
+            *held -= bytes;
+            if *held == 0 {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+}
+
+/// Whose a table's manifests are in the cache: the folder that holds the table (in Floe's
+/// warehouse, `<warehouse>/<tenant>`: its tenant).
+fn owner(table: &Table) -> &str {
+    let location = table.metadata().location().trim_end_matches('/');
+    location
+        .rsplit_once('/')
+        .map_or(location, |(folder, _)| folder)
 }
 
 /// Reads the manifest `file` names. Its bytes are decoded on a blocking thread of the runtime
@@ -364,17 +430,17 @@ mod tests {
             iceberg::io::FileIOBuilder::new(Arc::new(iceberg::io::LocalFsStorageFactory)).build();
         let file = written(dir.path(), &io).await;
         let cache = ManifestCache::new(1 << 20);
-        let loads = (0..8).map(|_| cache.load(&io, &file));
+        let loads = (0..8).map(|_| cache.load_for(&io, "t", &file));
         let manifests = futures::future::try_join_all(loads).await.unwrap();
         assert_eq!(cache.manifests_read(), 1, "eight callers at once, one read");
         assert!(manifests.iter().all(|m| Arc::ptr_eq(m, &manifests[0])));
         assert_eq!(manifests[0].entries().len(), 1);
         // Later callers find it kept; a cache that keeps nothing reads it again each time.
-        cache.load(&io, &file).await.unwrap();
+        cache.load_for(&io, "t", &file).await.unwrap();
         assert_eq!(cache.manifests_read(), 1);
         let keeps_nothing = ManifestCache::new(0);
-        keeps_nothing.load(&io, &file).await.unwrap();
-        keeps_nothing.load(&io, &file).await.unwrap();
+        keeps_nothing.load_for(&io, "t", &file).await.unwrap();
+        keeps_nothing.load_for(&io, "t", &file).await.unwrap();
         assert_eq!(keeps_nothing.manifests_read(), 2);
     }
 
@@ -382,10 +448,10 @@ mod tests {
     fn manifest_cache_keeps_the_recently_used_within_its_bytes() {
         let one = manifest_bytes(&manifest(6, 3, 8));
         let cache = ManifestCache::new(one * 2 + one / 2);
-        cache.put("a", manifest(6, 3, 8));
-        cache.put("b", manifest(6, 3, 8));
+        cache.put("a", "t", manifest(6, 3, 8));
+        cache.put("b", "t", manifest(6, 3, 8));
         assert!(cache.get("a").is_some()); // b is now the least recently used
-        cache.put("c", manifest(6, 3, 8));
+        cache.put("c", "t", manifest(6, 3, 8));
         assert!(
             cache.bytes() <= one * 2 + one / 2,
             "{} bytes held",
@@ -395,8 +461,45 @@ mod tests {
         assert!(cache.get("b").is_none());
         assert!(cache.get("c").is_some());
         // A manifest larger than the whole cache is not kept (and evicts nothing).
-        cache.put("huge", manifest(60, 3, 8));
+        cache.put("huge", "t", manifest(60, 3, 8));
         assert!(cache.get("huge").is_none());
         assert_eq!(cache.bytes(), one * 2);
+    }
+
+    /// One tenant scanning a table of many manifests pushes out its own least recently used,
+    /// not those of a tenant holding less than an equal share; a tenant above its share loses
+    /// its oldest first.
+    #[test]
+    fn a_tenant_reading_many_manifests_leaves_the_others_theirs() {
+        let one = manifest_bytes(&manifest(6, 3, 8));
+        let room = one * 4 + one / 2;
+        let cache = ManifestCache::new(room);
+        cache.put("b0", "tenant-b", manifest(6, 3, 8));
+        for i in 0..12 {
+            cache.put(&format!("a{i}"), "tenant-a", manifest(6, 3, 8));
+            assert!(cache.bytes() <= room, "{} bytes held", cache.bytes());
+        }
+        assert!(
+            cache.get("b0").is_some(),
+            "b's one manifest, under its share, stays"
+        );
+        assert!(cache.get("a11").is_some() && cache.get("a0").is_none());
+
+        // b now reads three more: a, above its share, gives way first, until b holds its share.
+        for i in 1..4 {
+            cache.put(&format!("b{i}"), "tenant-b", manifest(6, 3, 8));
+            assert!(cache.bytes() <= room, "{} bytes held", cache.bytes());
+        }
+        let held = |prefix: &str| {
+            (0..12)
+                .filter(|i| cache.get(&format!("{prefix}{i}")).is_some())
+                .count()
+        };
+        assert!(
+            held("b") >= 2 && held("a") <= 1,
+            "b {} a {}",
+            held("b"),
+            held("a")
+        );
     }
 }

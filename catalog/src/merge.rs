@@ -105,7 +105,7 @@ impl Catalog {
     ) -> Result<ManifestFile> {
         let manifests = self
             .manifests()
-            .load_all(table.file_io(), &merge.merged)
+            .load_all(table, &merge.merged)
             .await
             .map_err(Error::ice("reading a manifest to merge"))?;
         let out = self

@@ -139,7 +139,7 @@ pub(crate) async fn live_entries_in(
         )));
     }
     let manifests = cache
-        .load_all(table.file_io(), list.entries())
+        .load_all(table, list.entries())
         .await
         .map_err(Error::ice("reading a manifest"))?;
     Ok(manifests

@@ -182,7 +182,7 @@ impl FloeTable {
         }
         let manifests = self
             .manifests
-            .load_all(self.table.file_io(), list.entries())
+            .load_all(&self.table, list.entries())
             .await
             .map_err(iceberg_error)?;
         let mut files = Vec::new();

@@ -388,8 +388,9 @@ pub struct QueryConfig {
     /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
     pub footer_cache_bytes: u64,
     /// Memory for Iceberg manifests kept by the process (shared by all tenants' queries and by
-    /// table maintenance), as estimated from what each holds: per data file, its path and
-    /// per-column statistics and bounds.
+    /// table maintenance; when full, the tenants holding more than an equal share give way
+    /// first), as estimated from what each holds: per data file, its path and per-column
+    /// statistics and bounds.
     pub manifest_cache_bytes: usize,
 }
 

@@ -223,7 +223,7 @@ async fn not_added_again(
     };
     let later: Vec<&ManifestFile> = kept.iter().filter(|m| m.sequence_number >= since).collect();
     let loaded = cache
-        .load_all(table.file_io(), later.iter().copied())
+        .load_all(table, later.iter().copied())
         .await
         .map_err(Error::ice("reading a manifest"))?;
     for entry in loaded.iter().flat_map(|m| m.entries()) {
@@ -281,7 +281,7 @@ impl Change for ExpireChange {
                     .collect();
                 report.manifests_read = with_deletes.len();
                 let loaded = cache
-                    .load_all(current.file_io(), &with_deletes)
+                    .load_all(&current, &with_deletes)
                     .await
                     .map_err(Error::ice("reading a manifest"))?;
                 let data: HashMap<String, u64> = loaded

@@ -150,7 +150,7 @@ async fn compaction_and_expiry_read_each_manifest_from_storage_once() {
     // what iceberg-rust's own reader makes.
     let uncached = floe_catalog::manifests::ManifestCache::new(0);
     for file in distinct.values() {
-        let ours = uncached.load(table.file_io(), file).await.unwrap();
+        let ours = uncached.load(&table, file).await.unwrap();
         let theirs = file.load_manifest(table.file_io()).await.unwrap();
         assert_eq!(*ours, theirs, "{}", file.manifest_path);
     }

@@ -15,6 +15,7 @@ mod db;
 pub mod delta;
 pub mod erasure;
 mod error;
+pub mod fair_lru;
 pub mod lease;
 pub mod maintenance;
 pub mod manifests;

@@ -18,41 +18,38 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use crate::fair_lru::FairLru;
+
 /// Manifests read at once.
 const READ_CONCURRENCY: usize = 16;
 
 /// Manifests by path. A manifest never changes once written, so a cached copy is never stale.
 /// The cache holds at most `max_bytes` of manifests in all (as estimated by
-/// [`manifest_bytes`]); past that it drops the least recently used of the owners (tenants: the
-/// folder that holds the table) that hold more than an equal share, so that one tenant's scans
-/// of a table of many manifests cannot push every other tenant's out. A manifest asked for while
+/// [`manifest_bytes`]), kept per tenant (the folder that holds the table) as [`FairLru`] does:
+/// one tenant's scans of a table of many manifests cannot push every other tenant's out. A manifest asked for while
 /// it is being read is read once: the later callers wait for that read (queries planning the
 /// same table at once, a compaction's planning beside them).
 pub struct ManifestCache {
     state: Mutex<CacheState>,
-    max_bytes: usize,
     /// Manifests read from storage (not found in the cache).
     read: AtomicU64,
 }
 
-#[derive(Default)]
 struct CacheState {
-    /// Each manifest with its estimated bytes, when it was last used and its owner.
-    manifests: HashMap<String, (Arc<Manifest>, usize, u64, Arc<str>)>,
-    /// Bytes held by each owner that holds any.
-    owners: HashMap<Arc<str>, usize>,
+    /// Each manifest, of its table's tenant, with its estimated bytes.
+    kept: FairLru<Arc<Manifest>>,
     /// Reads under way, by path. A caller that finds one waits for it; when the reader gave
     /// up (its query was cancelled) or failed, a waiter reads in its place.
     reading: HashMap<String, Arc<tokio::sync::OnceCell<Arc<Manifest>>>>,
-    bytes: usize,
-    tick: u64,
 }
 
 impl ManifestCache {
     pub fn new(max_bytes: usize) -> ManifestCache {
         ManifestCache {
-            state: Mutex::new(CacheState::default()),
-            max_bytes,
+            state: Mutex::new(CacheState {
+                kept: FairLru::new(max_bytes),
+                reading: HashMap::new(),
+            }),
             read: AtomicU64::new(0),
         }
     }
@@ -74,7 +71,7 @@ impl ManifestCache {
             let Ok(mut state) = self.state.lock() else {
                 return read_manifest(io, file).await.map(Arc::new);
             };
-            if let Some(m) = state.get(path) {
+            if let Some(m) = state.kept.get(path) {
                 return Ok(m);
             }
             state.reading.entry(path.clone()).or_default().clone()
@@ -89,7 +86,7 @@ impl ManifestCache {
             .clone();
         if let Ok(mut state) = self.state.lock() {
             // Kept before the read is forgotten, so that no caller in between reads it again.
-            state.put(path, owner, manifest.clone(), self.max_bytes);
+            state.put(path, owner, manifest.clone());
             if state
                 .reading
                 .get(path)
@@ -126,97 +123,18 @@ impl ManifestCache {
             .await
     }
 
-    #[cfg(test)]
-    fn get(&self, path: &str) -> Option<Arc<Manifest>> {
-        self.state.lock().ok()?.get(path)
-    }
-
-    #[cfg(test)]
-    fn put(&self, path: &str, owner: &str, manifest: Arc<Manifest>) {
-        if let Ok(mut state) = self.state.lock() {
-            state.put(path, owner, manifest, self.max_bytes);
-        }
-    }
-
     /// Estimated bytes held now.
     pub fn bytes(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.bytes)
+        self.state.lock().map_or(0, |s| s.kept.bytes())
     }
 }
 
 impl CacheState {
-    fn get(&mut self, path: &str) -> Option<Arc<Manifest>> {
-        self.tick += 1;
-        let tick = self.tick;
-        let (manifest, _, used, _) = self.manifests.get_mut(path)?;
-        *used = tick;
-        Some(manifest.clone())
-    }
-
-    fn put(&mut self, path: &str, owner: &str, manifest: Arc<Manifest>, max_bytes: usize) {
-        let size = manifest_bytes(&manifest);
-        if size > max_bytes || self.manifests.contains_key(path) {
-            return;
-        }
-        let owner: Arc<str> = self
-            .owners
-            .get_key_value(owner)
-            .map_or_else(|| Arc::from(owner), |(k, _)| k.clone());
-        if self.bytes + size > max_bytes {
-            self.make_room(&owner, size, max_bytes);
-        }
-        self.tick += 1;
-        let tick = self.tick;
-        self.bytes += size;
-        *self.owners.entry(owner.clone()).or_default() += size;
-        self.manifests
-            .insert(path.to_string(), (manifest, size, tick, owner));
-    }
-
-    /// Drops manifests until an eighth of the room is free beside `size` bytes more for
-    /// `incoming`: the least recently used first, of the owners holding more than an equal
-    /// share of `max_bytes` (counting `incoming`'s new bytes); then, if that is not enough,
-    /// the least recently used of any.
-    fn make_room(&mut self, incoming: &Arc<str>, size: usize, max_bytes: usize) {
-        let mut by_age: Vec<(u64, String)> = self
-            .manifests
-            .iter()
-            .map(|(k, (_, _, used, _))| (*used, k.clone()))
-            .collect();
-        by_age.sort_unstable();
-        let goal = (max_bytes - max_bytes / 8).saturating_sub(size);
-        let owners = self.owners.len() + usize::from(!self.owners.contains_key(incoming));
-        let share = max_bytes / owners.max(1);
-        let held = |state: &CacheState, owner: &Arc<str>| {
-            state.owners.get(owner).copied().unwrap_or(0) + if owner == incoming { size } else { 0 }
-        };
-        for fair in [true, false] {
-            for (_, key) in &by_age {
-                if self.bytes <= goal {
-                    return;
-                }
-                let over = match self.manifests.get(key) {
-                    Some((_, _, _, owner)) => held(self, owner) > share,
-                    None => continue,
-                };
-                if fair && !over {
-                    continue;
-                }
-                self.remove(key);
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &str) {
-        let Some((_, bytes, _, owner)) = self.manifests.remove(key) else {
-            return;
-        };
-        self.bytes -= bytes;
-        if let Some(held) = self.owners.get_mut(&owner) {
-            *held -= bytes;
-            if *held == 0 {
-                self.owners.remove(&owner);
-            }
+    /// Keeps `manifest` for `owner` unless it is kept already (a manifest never changes).
+    fn put(&mut self, path: &str, owner: &str, manifest: Arc<Manifest>) {
+        if !self.kept.contains_key(path) {
+            let bytes = manifest_bytes(&manifest);
+            self.kept.insert(path, owner, manifest, bytes);
         }
     }
 }
@@ -442,64 +360,5 @@ mod tests {
         keeps_nothing.load_for(&io, "t", &file).await.unwrap();
         keeps_nothing.load_for(&io, "t", &file).await.unwrap();
         assert_eq!(keeps_nothing.manifests_read(), 2);
-    }
-
-    #[test]
-    fn manifest_cache_keeps_the_recently_used_within_its_bytes() {
-        let one = manifest_bytes(&manifest(6, 3, 8));
-        let cache = ManifestCache::new(one * 2 + one / 2);
-        cache.put("a", "t", manifest(6, 3, 8));
-        cache.put("b", "t", manifest(6, 3, 8));
-        assert!(cache.get("a").is_some()); // b is now the least recently used
-        cache.put("c", "t", manifest(6, 3, 8));
-        assert!(
-            cache.bytes() <= one * 2 + one / 2,
-            "{} bytes held",
-            cache.bytes()
-        );
-        assert!(cache.get("a").is_some());
-        assert!(cache.get("b").is_none());
-        assert!(cache.get("c").is_some());
-        // A manifest larger than the whole cache is not kept (and evicts nothing).
-        cache.put("huge", "t", manifest(60, 3, 8));
-        assert!(cache.get("huge").is_none());
-        assert_eq!(cache.bytes(), one * 2);
-    }
-
-    /// One tenant scanning a table of many manifests pushes out its own least recently used,
-    /// not those of a tenant holding less than an equal share; a tenant above its share loses
-    /// its oldest first.
-    #[test]
-    fn a_tenant_reading_many_manifests_leaves_the_others_theirs() {
-        let one = manifest_bytes(&manifest(6, 3, 8));
-        let room = one * 4 + one / 2;
-        let cache = ManifestCache::new(room);
-        cache.put("b0", "tenant-b", manifest(6, 3, 8));
-        for i in 0..12 {
-            cache.put(&format!("a{i}"), "tenant-a", manifest(6, 3, 8));
-            assert!(cache.bytes() <= room, "{} bytes held", cache.bytes());
-        }
-        assert!(
-            cache.get("b0").is_some(),
-            "b's one manifest, under its share, stays"
-        );
-        assert!(cache.get("a11").is_some() && cache.get("a0").is_none());
-
-        // b now reads three more: a, above its share, gives way first, until b holds its share.
-        for i in 1..4 {
-            cache.put(&format!("b{i}"), "tenant-b", manifest(6, 3, 8));
-            assert!(cache.bytes() <= room, "{} bytes held", cache.bytes());
-        }
-        let held = |prefix: &str| {
-            (0..12)
-                .filter(|i| cache.get(&format!("{prefix}{i}")).is_some())
-                .count()
-        };
-        assert!(
-            held("b") >= 2 && held("a") <= 1,
-            "b {} a {}",
-            held("b"),
-            held("a")
-        );
     }
 }

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod dashboard;
 pub mod dialect;
 pub mod event_views;
+pub mod footers;
 pub mod functions;
 pub mod memory;
 mod pass_through;
@@ -25,7 +26,6 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
-use datafusion::execution::cache::DefaultFilesMetadataCache;
 use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -173,7 +173,7 @@ impl Engine {
     pub fn new(catalog: Catalog, config: QueryConfig) -> Self {
         let store_url = ObjectStoreUrl::parse(&catalog.data_store().url)
             .expect("the warehouse's store URL is a valid URL");
-        let footers = Arc::new(DefaultFilesMetadataCache::new(
+        let footers = Arc::new(footers::FooterCache::new(
             config.footer_cache_bytes as usize,
         ));
         let manifests = catalog.manifests().clone();

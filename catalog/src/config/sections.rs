@@ -385,7 +385,8 @@ pub struct QueryConfig {
     /// Memory for the descriptions of ended queries (SQL text, outcome, figures), shown at
     /// `GET /v1/query/{id}` and the page a query's `infoUri` names; the oldest go first.
     pub history_bytes: usize,
-    /// Parquet footers and page indexes kept in memory across queries (all tenants share it).
+    /// Parquet footers and page indexes kept in memory across queries (all tenants share it;
+    /// when full, the tenants holding more than an equal share give way first).
     pub footer_cache_bytes: u64,
     /// Memory for Iceberg manifests kept by the process (shared by all tenants' queries and by
     /// table maintenance; when full, the tenants holding more than an equal share give way

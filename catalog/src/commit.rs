@@ -155,11 +155,14 @@ impl Catalog {
         .bind(tenant.as_str())
         .bind(table)
         .bind(old_location);
+        // A statement that commits on its own (no audit record), or a transaction's commit, may
+        // fail after the database applied it: its outcome is unknown. A statement inside a
+        // transaction not yet committed is rolled back when it fails.
         let swapped = match audit {
             None => swap
                 .execute(&self.db)
                 .await
-                .map_err(Error::db("metadata swap"))?
+                .map_err(Error::swap(table))?
                 .rows_affected(),
             Some(entry) => {
                 let mut tx = self.write_tx().await.map_err(Error::db("metadata swap"))?;
@@ -170,7 +173,7 @@ impl Catalog {
                     .rows_affected();
                 if swapped == 1 {
                     crate::audit::append_in(&mut tx, &entry).await?;
-                    tx.commit().await.map_err(Error::db("metadata swap"))?;
+                    tx.commit().await.map_err(Error::swap(table))?;
                 }
                 swapped
             }

@@ -106,6 +106,18 @@ pub enum Error {
 
     #[error("internal error: {message}")]
     Internal { message: String },
+
+    /// A commit's metadata swap failed in a way that leaves its outcome unknown: the database
+    /// may have applied it and lost only its reply (or apply a timed-out one later). The files
+    /// the commit would have added must not be deleted; reloading the table tells.
+    #[error(
+        "the commit of {table} may or may not have landed (its metadata swap failed: {source}); reload the table to know"
+    )]
+    OutcomeUnknown {
+        table: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -155,7 +167,13 @@ impl Error {
                 ErrorKind::Unavailable
             }
             Error::Internal { .. } => ErrorKind::Internal,
+            Error::OutcomeUnknown { source, .. } => source.kind(),
         }
+    }
+
+    /// Whether this is a commit that may have landed all the same ([`Error::OutcomeUnknown`]).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     pub fn retryable(&self) -> bool {
@@ -171,6 +189,18 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal {
             message: message.into(),
+        }
+    }
+
+    /// A failed metadata swap of `table`, whose outcome is unknown.
+    pub(crate) fn swap(table: &str) -> impl FnOnce(sqlx::Error) -> Self {
+        let table = table.to_string();
+        move |source| Error::OutcomeUnknown {
+            table,
+            source: Box::new(Error::Database {
+                context: "metadata swap".into(),
+                source,
+            }),
         }
     }
 

@@ -495,12 +495,14 @@ pub(crate) async fn delete_uncommitted(catalog: &Catalog, paths: &[String]) {
 }
 
 /// What becomes of the files a commit would have added when the commit failed with an error
-/// (not a race lost to another writer, not inputs gone). The database may have applied the
-/// metadata swap and lost only its reply, or apply a timed-out swap later: deleting the files
-/// then would leave the table naming files that are gone. So they are kept while the table
+/// (not a race lost to another writer, not inputs gone). A failed metadata swap leaves the
+/// outcome unknown (`floe_catalog::Error::OutcomeUnknown`): the database may have applied it and
+/// lost only its reply, or apply a timed-out one later, and deleting the files then would leave
+/// the table naming files that are gone. So after such an error they are kept while the table
 /// exists (or cannot be looked up): orphan cleanup deletes them once no snapshot reaches them
-/// and they are older than `compaction.orphan_min_age_secs`. A table (or tenant) that is gone
-/// has no orphan cleanup, and nothing can have committed into it: its files are deleted.
+/// and they are older than `compaction.orphan_min_age_secs`. Any other error came before the
+/// swap, and a table (or tenant) that is gone has no orphan cleanup and took nothing: the files
+/// are deleted.
 pub(crate) async fn after_failed_commit(
     catalog: &Catalog,
     tenant: &TenantId,
@@ -508,14 +510,14 @@ pub(crate) async fn after_failed_commit(
     paths: &[String],
     error: &floe_catalog::Error,
 ) {
-    let not_found = |kind: floe_catalog::ErrorKind| kind == floe_catalog::ErrorKind::NotFound;
-    let gone = not_found(error.kind())
-        || matches!(catalog.load_table(tenant, table).await, Err(e) if not_found(e.kind()));
-    if gone {
-        delete_uncommitted(catalog, paths).await;
-    } else {
+    let gone = |e: &floe_catalog::Error| e.kind() == floe_catalog::ErrorKind::NotFound;
+    let may_have_landed = error.outcome_unknown()
+        && !matches!(catalog.load_table(tenant, table).await, Err(e) if gone(&e));
+    if may_have_landed {
         tracing::warn!(%tenant, table, files = paths.len(), %error,
-            "a commit failed; its new files are kept (the swap may have landed), for orphan cleanup if not");
+            "a commit's outcome is unknown; its new files are kept (for orphan cleanup if it did not land)");
+    } else {
+        delete_uncommitted(catalog, paths).await;
     }
 }
 

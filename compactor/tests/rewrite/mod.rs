@@ -382,53 +382,64 @@ async fn bins_committed_together_land_in_one_snapshot_or_not_at_all() {
     assert_eq!(distinct.len(), ids.len(), "each once");
 }
 
-/// A commit that fails (an error, not a race lost to another writer) may still have landed: the
-/// database applied the swap and lost only its reply. Its new files are therefore kept while the
-/// table exists (orphan cleanup takes them if no snapshot reaches them); deleting them could
-/// leave the table naming files that are gone. Into a table that is gone nothing can have landed,
-/// and no orphan cleanup will ever look there: its files are deleted.
+/// A commit whose metadata swap fails may still have landed: the database applied the swap and
+/// lost only its reply. Its new files are therefore kept while the table exists (orphan cleanup
+/// takes them if no snapshot reaches them); deleting them could leave the table naming files
+/// that are gone. A commit that failed before its swap, or into a table that is gone, took
+/// nothing (and no orphan cleanup will ever look there): its files are deleted.
 #[tokio::test]
-async fn a_failed_commit_keeps_the_files_it_may_have_committed_unless_the_table_is_gone() {
-    // The tenant deleted between the rewrite and its commit: the commit fails, the files go.
-    let world = World::new().await;
-    let (compactor, rewritten) = one_bin_rewritten(&world).await;
-    let written = rewritten.written_paths();
-    world
-        .catalog
-        .delete_tenant(&world.tenant, false, "test")
-        .await
-        .unwrap();
-    let failed = compactor
-        .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
-        .await;
-    assert!(failed.is_err(), "the table is gone");
-    assert!(
-        written.iter().all(|p| !file_exists(p)),
-        "a gone table's files are deleted: {written:?}"
-    );
-
-    // The database failing under the commit: the files stay.
-    let world = World::new().await;
-    let (compactor, rewritten) = one_bin_rewritten(&world).await;
-    let written = rewritten.written_paths();
-
-    // The catalog's database fails every statement on the tables' rows from here on.
-    let db = world.config.data_dir.join("catalog.db");
-    let other = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_gone")
-        .execute(&other)
-        .await
-        .unwrap();
-    let failed = compactor
-        .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
-        .await;
-    assert!(failed.is_err(), "the commit cannot have succeeded");
-    assert!(
-        written.iter().all(|p| file_exists(p)),
-        "the new files of a failed commit are kept: {written:?}"
-    );
+async fn a_commit_whose_swap_failed_keeps_its_files_and_any_other_failure_deletes_them() {
+    // A statement run on the catalog's database from a second connection.
+    async fn on_catalog_db(world: &World, sql: &str) {
+        let db = world.config.data_dir.join("catalog.db");
+        let other = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&other).await.unwrap();
+    }
+    let cases = [
+        // The tenant deleted between the rewrite and its commit.
+        ("the table is gone", None, false),
+        // The table cannot be read: the commit fails before its swap.
+        (
+            "the commit failed before its swap",
+            Some("ALTER TABLE iceberg_tables RENAME TO iceberg_tables_gone"),
+            false,
+        ),
+        // The swap itself fails.
+        (
+            "the swap failed",
+            Some(
+                "CREATE TRIGGER no_swap BEFORE UPDATE ON iceberg_tables \
+                 BEGIN SELECT RAISE(ABORT, 'the swap fails'); END",
+            ),
+            true,
+        ),
+    ];
+    for (case, sql, kept) in cases {
+        let world = World::new().await;
+        let (compactor, rewritten) = one_bin_rewritten(&world).await;
+        let written = rewritten.written_paths();
+        match sql {
+            Some(sql) => on_catalog_db(&world, sql).await,
+            None => {
+                world
+                    .catalog
+                    .delete_tenant(&world.tenant, false, "test")
+                    .await
+                    .unwrap();
+            }
+        }
+        let failed = compactor
+            .commit_bins(&world.tenant, EVENTS_TABLE, vec![rewritten])
+            .await;
+        assert!(failed.is_err(), "{case}: the commit cannot have succeeded");
+        assert!(
+            written.iter().all(|p| file_exists(p) == kept),
+            "{case}: the new files are {}: {written:?}",
+            if kept { "kept" } else { "deleted" }
+        );
+    }
 }
 
 /// Three commits on one day, planned and its one bin rewritten (not committed).

@@ -62,7 +62,7 @@ impl<V: Clone> FairLru<V> {
             .owners
             .get_key_value(owner)
             .map_or_else(|| Arc::from(owner), |(k, _)| k.clone());
-        if self.bytes + bytes > self.max_bytes {
+        if self.bytes.saturating_add(bytes) > self.max_bytes {
             let goal = (self.max_bytes - self.max_bytes / 8).saturating_sub(bytes);
             self.shrink_to(goal, Some((&owner, bytes)));
         }
@@ -92,8 +92,9 @@ impl<V: Clone> FairLru<V> {
     }
 
     /// Drops entries until at most `goal` bytes are held: the least recently used first, of
-    /// the owners holding more than an equal share of the cache (`incoming`, an owner about to
-    /// add bytes, counted with them); then the least recently used of any.
+    /// the owners holding more than an equal share of what is kept (`goal`, and the bytes
+    /// `incoming`, an owner, is about to add: counted with its own); then, should rounding
+    /// leave more, the least recently used of any.
     fn shrink_to(&mut self, goal: usize, incoming: Option<(&Arc<str>, usize)>) {
         let mut by_age: Vec<(u64, String)> = self
             .entries
@@ -102,7 +103,8 @@ impl<V: Clone> FairLru<V> {
             .collect();
         by_age.sort_unstable();
         let newcomer = incoming.is_some_and(|(o, _)| !self.owners.contains_key(o));
-        let share = self.max_bytes / (self.owners.len() + usize::from(newcomer)).max(1);
+        let adding = incoming.map_or(0, |(_, bytes)| bytes);
+        let share = (goal + adding) / (self.owners.len() + usize::from(newcomer)).max(1);
         for fair in [true, false] {
             for (_, key) in &by_age {
                 if self.bytes <= goal {
@@ -214,5 +216,45 @@ mod tests {
         };
         let (b, a) = (held("b"), held("a"));
         assert!(b >= 2 && a <= 1, "b {b} a {a}");
+    }
+
+    /// Two tenants near their shares: the one adding gives way as much as the other, and the
+    /// other is not taken below an equal share of what is kept.
+    #[test]
+    fn a_tenant_under_its_share_keeps_it_when_another_adds() {
+        let mut cache = FairLru::new(1000);
+        for i in 0..12 {
+            cache.insert(&format!("a{i}"), "tenant-a", (), 40);
+        }
+        for i in 0..13 {
+            cache.insert(&format!("b{i}"), "tenant-b", (), 40);
+        }
+        assert_eq!(cache.bytes(), 1000);
+        cache.insert("b-new", "tenant-b", (), 100);
+        let held = |owner: &str| {
+            cache
+                .iter()
+                .filter(|(k, _, _)| k.starts_with(owner))
+                .map(|(_, _, bytes)| bytes)
+                .sum::<usize>()
+        };
+        let (a, b) = (held("a"), held("b"));
+        assert!(a + b <= 1000 - 1000 / 8, "a {a} b {b}");
+        assert!(
+            a >= (1000 - 1000 / 8) / 2 - 40,
+            "a {a} b {b}: a kept its share"
+        );
+    }
+
+    /// An entry put again replaces the old one, its bytes counted once.
+    #[test]
+    fn an_entry_put_again_is_counted_once() {
+        let mut cache = FairLru::new(1000);
+        cache.insert("k", "t", 1, 100);
+        assert_eq!(cache.insert("k", "u", 2, 300), Some(1));
+        assert_eq!((cache.bytes(), cache.len()), (300, 1));
+        assert_eq!(cache.remove("k"), Some(2));
+        assert_eq!(cache.bytes(), 0);
+        assert!(cache.owners.is_empty());
     }
 }

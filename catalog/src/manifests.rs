@@ -26,9 +26,9 @@ const READ_CONCURRENCY: usize = 16;
 /// Manifests by path. A manifest never changes once written, so a cached copy is never stale.
 /// The cache holds at most `max_bytes` of manifests in all (as estimated by
 /// [`manifest_bytes`]), kept per tenant (the folder that holds the table) as [`FairLru`] does:
-/// one tenant's scans of a table of many manifests cannot push every other tenant's out. A manifest asked for while
-/// it is being read is read once: the later callers wait for that read (queries planning the
-/// same table at once, a compaction's planning beside them).
+/// one tenant's scans of a table of many manifests cannot push every other tenant's out. A
+/// manifest asked for while it is being read is read once: the later callers wait for that read
+/// (queries planning the same table at once, a compaction's planning beside them).
 pub struct ManifestCache {
     state: Mutex<CacheState>,
     /// Manifests read from storage (not found in the cache).
@@ -142,7 +142,12 @@ impl CacheState {
 /// Whose a table's manifests are in the cache: the folder that holds the table (in Floe's
 /// warehouse, `<warehouse>/<tenant>`: its tenant).
 fn owner(table: &Table) -> &str {
-    let location = table.metadata().location().trim_end_matches('/');
+    folder_of(table.metadata().location())
+}
+
+/// The folder holding the table at `location`.
+fn folder_of(location: &str) -> &str {
+    let location = location.trim_end_matches('/');
     location
         .rsplit_once('/')
         .map_or(location, |(folder, _)| folder)
@@ -301,6 +306,12 @@ mod tests {
             })
             .collect();
         Arc::new(Manifest::new(metadata, entries))
+    }
+
+    #[test]
+    fn a_tables_manifests_belong_to_the_folder_holding_it() {
+        assert_eq!(folder_of("s3://b/w/acme/events"), "s3://b/w/acme");
+        assert_eq!(folder_of("file:///w/acme/events/"), "file:///w/acme");
     }
 
     #[test]

@@ -98,14 +98,14 @@ impl FileMetadataCache for FooterCache {
     fn list_entries(&self) -> HashMap<Path, FileMetadataCacheEntry> {
         self.kept()
             .iter()
-            .map(|(path, kept, bytes)| {
+            .map(|(_, kept, bytes)| {
                 let entry = FileMetadataCacheEntry {
                     object_meta: kept.entry.meta.clone(),
                     size_bytes: bytes,
                     hits: kept.hits.load(Ordering::Relaxed),
                     extra: kept.entry.file_metadata.extra_info(),
                 };
-                (Path::from(path), entry)
+                (kept.entry.meta.location.clone(), entry)
             })
             .collect()
     }

@@ -69,7 +69,7 @@ def rewrite_seconds(report):
             total += float(re.search(r"\(([\d.]+) s to plan\)", line).group(1))
         elif inside and re.match(r"\s+\[\d+/\d+\] ", line):
             total += float(re.search(r" rows, ([\d.]+) s, ", line).group(1))
-        elif inside and re.match(r"\s+(committed|dropped) \d+ bins? in one snapshot", line):
+        elif inside and re.match(r"\s+(committed \d+ bins? in one snapshot|dropped \d+ bins?,)", line):
             total += float(re.search(r"\(([\d.]+) s\)", line).group(1))
         elif inside:
             break

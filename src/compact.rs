@@ -219,7 +219,7 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
             if r.committed {
                 ""
             } else {
-                " (not committed: inputs changed or table too busy)"
+                " (not committed: inputs changed, table too busy, or its files lacked rows)"
             }
         ));
         }
@@ -227,11 +227,14 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
             bins,
             committed,
             seconds,
-        } => bar.line(format!(
-            "  {} {bins} {} in one snapshot ({seconds:.1} s)",
-            if committed { "committed" } else { "dropped" },
-            if bins == 1 { "bin" } else { "bins" }
-        )),
+        } => {
+            let bins = format!("{bins} {}", if bins == 1 { "bin" } else { "bins" });
+            bar.line(if committed {
+                format!("  committed {bins} in one snapshot ({seconds:.1} s)")
+            } else {
+                format!("  dropped {bins}, nothing committed ({seconds:.1} s)")
+            })
+        }
         Progress::Expired {
             tenant,
             table,

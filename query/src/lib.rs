@@ -10,6 +10,7 @@ pub mod dialect;
 pub mod event_views;
 pub mod footers;
 pub mod functions;
+pub mod groups;
 pub mod memory;
 mod pass_through;
 pub mod projection;
@@ -30,6 +31,7 @@ use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetada
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use floe_catalog::config::QueryConfig;
 use floe_catalog::{CATALOG_NAME, Catalog, ErrorKind, TenantId};
 use scan::FloeTable;
@@ -257,7 +259,14 @@ impl Engine {
         if let Some(store) = &self.catalog.data_store().store {
             runtime.register_object_store(self.store_url.as_ref(), store.clone());
         }
-        let ctx = SessionContext::new_with_config_rt(cfg, runtime);
+        // DataFusion's planning, then grouping by dictionary columns where it can (`groups`).
+        let state = SessionStateBuilder::new()
+            .with_config(cfg)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(groups::DictionaryGroups))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         functions::register(&ctx);
         functions::bounded::register(&ctx, &pool);
         let schema = Arc::new(MemorySchemaProvider::new());

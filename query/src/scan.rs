@@ -49,8 +49,9 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
+pub mod dictionaries;
 mod per_file;
-pub use per_file::per_file_metrics;
+pub use per_file::{PerFileMetrics, per_file_metrics};
 
 /// The file scan `node` is, if it is a `DataSourceExec` reading files.
 pub fn file_scan(node: &dyn ExecutionPlan) -> Option<&FileScanConfig> {

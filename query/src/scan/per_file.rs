@@ -20,10 +20,12 @@ use std::any::Any;
 use std::fmt::Formatter;
 use std::sync::Arc;
 
+use arrow::datatypes::{Field, Schema};
 use datafusion::common::config::ConfigOptions;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
-    FileOpenFuture, FileOpener, FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
+    FileOpenFuture, FileOpener, FileScanConfig, FileScanConfigBuilder, FileSource,
+    ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -36,6 +38,8 @@ use datafusion::physical_plan::filter_pushdown::FilterPushdownPropagation;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::{DisplayFormatType, ExecutionPlan, PhysicalExpr};
+
+use super::dictionaries::{DictionaryHint, dictionary_of_strings};
 
 /// `plan` (a `DataSourceExec` over Parquet files) with each file opened by a source of its own,
 /// so that the file's metrics go with it; any other plan as it is. For a plan as
@@ -81,11 +85,25 @@ pub struct PerFileMetrics {
 impl PerFileMetrics {
     /// A source like the plan's, with a metrics set of its own.
     fn for_one_file(&self) -> DFResult<Arc<dyn FileSource>> {
+        let factory = self.plan.parquet_file_reader_factory().cloned();
+        let fresh = self.copy(self.plan.table_schema().clone(), factory)?;
+        Ok(match self.batch_size {
+            Some(size) => fresh.with_batch_size(size),
+            None => fresh,
+        })
+    }
+
+    /// The plan's source with `schema` and `factory` (its options, predicate and projection
+    /// carried over), and a metrics set of its own.
+    fn copy(
+        &self,
+        schema: TableSchema,
+        factory: Option<Arc<dyn ParquetFileReaderFactory>>,
+    ) -> DFResult<Arc<dyn FileSource>> {
         let options = self.plan.table_parquet_options();
-        let mut fresh = ParquetSource::new(self.plan.table_schema().clone())
-            .with_table_parquet_options(options.clone());
-        if let Some(factory) = self.plan.parquet_file_reader_factory() {
-            fresh = fresh.with_parquet_file_reader_factory(factory.clone());
+        let mut fresh = ParquetSource::new(schema).with_table_parquet_options(options.clone());
+        if let Some(factory) = factory {
+            fresh = fresh.with_parquet_file_reader_factory(factory);
         }
         if let Some(hint) = options.global.metadata_size_hint {
             fresh = fresh.with_metadata_size_hint(hint);
@@ -99,10 +117,38 @@ impl PerFileMetrics {
         {
             fresh = projected;
         }
-        if let Some(size) = self.batch_size {
-            fresh = fresh.with_batch_size(size);
-        }
         Ok(fresh)
+    }
+
+    /// This source with the string columns of the table named in `columns` read as
+    /// dictionaries (`dictionaries.rs`): the table schema says `Dictionary(Int32, Utf8)` for
+    /// them, and every file's footer asks the Parquet reader for it. `None` if the source has
+    /// no reader factory to wrap (the plan's always has one: the footer cache's).
+    pub fn reading_dictionaries(&self, columns: &[String]) -> DFResult<Option<PerFileMetrics>> {
+        let Some(factory) = self.plan.parquet_file_reader_factory().cloned() else {
+            return Ok(None);
+        };
+        let table = self.plan.table_schema();
+        let fields: Vec<Field> = table
+            .file_schema()
+            .fields()
+            .iter()
+            .map(|f| match columns.contains(f.name()) {
+                true => f.as_ref().clone().with_data_type(dictionary_of_strings()),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let file_schema = Schema::new_with_metadata(fields, table.file_schema().metadata().clone());
+        let schema = TableSchema::new(Arc::new(file_schema), table.table_partition_cols().clone());
+        let hinted = Arc::new(DictionaryHint::new(factory, columns.to_vec()));
+        let copied = self.copy(schema, Some(hinted))?;
+        let Some(plan) = copied.as_any().downcast_ref::<ParquetSource>() else {
+            return Ok(None);
+        };
+        Ok(Some(PerFileMetrics {
+            plan: plan.clone(),
+            batch_size: self.batch_size,
+        }))
     }
 
     fn rewrapped(&self, source: Arc<dyn FileSource>) -> Arc<dyn FileSource> {

@@ -1,0 +1,455 @@
+//! Grouping by low-cardinality string columns without turning their Parquet dictionaries back
+//! into a string per row.
+//!
+//! `SELECT type, count(*) FROM events GROUP BY type` spends most of its time on strings: the
+//! Parquet reader copies every row's `type` out of the file's dictionary, and the partial
+//! aggregate hashes and compares each of them. [`DictionaryGroups`], a physical optimizer rule
+//! run after DataFusion's own, finds partial aggregates that group by string columns read
+//! straight from Floe's scan (through filters, repartitions and projections that leave those
+//! columns alone) and
+//! - has the scan read those columns as dictionaries (`scan::dictionaries`): keys and the
+//!   file's dictionary, as Parquet stores them;
+//! - puts [`DictionaryGroupsExec`] in the aggregate's place: it numbers each dictionary value
+//!   once (`ids::StringIds`), groups by the numbers with DataFusion's own grouping and
+//!   accumulators, and turns the numbers back into strings when it hands the groups on. Its
+//!   output is the replaced aggregate's, so the final aggregate above is unchanged.
+//!
+//! A column qualifies only where nothing else reads it (no filter, aggregate argument or
+//! projection computed from it), so no other operator meets a dictionary; and only partial
+//! aggregates without grouping sets, ordered or distinct aggregates, or a limit.
+
+mod exec;
+mod ids;
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, FileSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
+
+pub use exec::DictionaryGroupsExec;
+
+use crate::scan::{PerFileMetrics, file_scan};
+
+/// The rule (see the module comment).
+#[derive(Debug, Default)]
+pub struct DictionaryGroups;
+
+impl PhysicalOptimizerRule for DictionaryGroups {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            Ok(match rewrite(&node)? {
+                Some(rewritten) => Transformed::yes(rewritten),
+                None => Transformed::no(node),
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "floe_dictionary_groups"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `node` with its partial aggregate grouping dictionaries, if it is one that can.
+fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(aggregate) = node.as_any().downcast_ref::<AggregateExec>() else {
+        return Ok(None);
+    };
+    let plain = *aggregate.mode() == AggregateMode::Partial
+        && !aggregate.group_expr().has_grouping_set()
+        && aggregate.limit_options().is_none()
+        && *aggregate.input_order_mode() == InputOrderMode::Linear
+        && aggregate.aggr_expr().iter().all(|a| {
+            a.groups_accumulator_supported() && a.order_bys().is_empty() && !a.is_distinct()
+        });
+    if !plain {
+        return Ok(None);
+    }
+    let input = aggregate.input();
+    let input_schema = input.schema();
+    // Columns the aggregates read keep their type.
+    let mut read_elsewhere: Vec<usize> = Vec::new();
+    for a in aggregate.aggr_expr() {
+        for e in a.expressions() {
+            read_elsewhere.extend(column_indices(&e));
+        }
+    }
+    for f in aggregate.filter_expr().iter().flatten() {
+        read_elsewhere.extend(column_indices(f));
+    }
+    let groups = aggregate.group_expr().expr();
+    let mut candidates: Vec<usize> = Vec::new();
+    for (e, _) in groups {
+        if let Some(c) = e.as_any().downcast_ref::<Column>()
+            && input_schema.field(c.index()).data_type() == &DataType::Utf8
+            && !read_elsewhere.contains(&c.index())
+        {
+            candidates.push(c.index());
+        } else {
+            read_elsewhere.extend(column_indices(e));
+        }
+    }
+    candidates.retain(|c| !read_elsewhere.contains(c));
+    candidates.dedup();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let Some((input, dictionaries)) = read_as_dictionaries(input, &candidates)? else {
+        return Ok(None);
+    };
+    let is_dictionary: Vec<bool> = groups
+        .iter()
+        .map(|(e, _)| {
+            e.as_any()
+                .downcast_ref::<Column>()
+                .is_some_and(|c| dictionaries.contains(&c.index()))
+        })
+        .collect();
+    let partitioning: Partitioning = aggregate.properties().partitioning.clone();
+    Ok(Some(Arc::new(DictionaryGroupsExec::new(
+        input,
+        groups.to_vec(),
+        is_dictionary,
+        aggregate.aggr_expr().to_vec(),
+        aggregate.filter_expr().to_vec(),
+        aggregate.schema(),
+        partitioning,
+    ))))
+}
+
+/// The columns `expr` reads, by index.
+fn column_indices(expr: &Arc<dyn PhysicalExpr>) -> Vec<usize> {
+    collect_columns(expr).iter().map(|c| c.index()).collect()
+}
+
+/// A plan rebuilt to read some columns as dictionaries, and which (by output index).
+type Rebuilt = (Arc<dyn ExecutionPlan>, Vec<usize>);
+
+/// `node` rebuilt so that the output columns `columns` (string columns) are dictionaries, and
+/// which of them could be (by output index), or `None` if none could: each node on the way
+/// down must hand the columns on untouched and read nothing from them, down to Floe's scan.
+fn read_as_dictionaries(
+    node: &Arc<dyn ExecutionPlan>,
+    columns: &[usize],
+) -> Result<Option<Rebuilt>> {
+    let any = node.as_any();
+    if let Some(config) = file_scan(node.as_ref()) {
+        let Some(source) = config.file_source.as_any().downcast_ref::<PerFileMetrics>() else {
+            return Ok(None);
+        };
+        let table = config.file_schema();
+        // Each output column's table column, where it is one and nothing filters on it.
+        let filtered: Vec<String> = source
+            .filter()
+            .map(|f| {
+                collect_columns(&f)
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The table column behind each output column (a projection the scan computes reads
+        // its columns in the expression).
+        let outputs: Vec<Arc<dyn PhysicalExpr>> = match source.projection() {
+            Some(p) => p.as_ref().iter().map(|p| p.expr.clone()).collect(),
+            None => (0..table.fields().len())
+                .map(|i| Arc::new(Column::new(table.field(i).name(), i)) as _)
+                .collect(),
+        };
+        let mut names = Vec::new();
+        let mut kept = Vec::new();
+        for &index in columns {
+            let Some(column) = outputs
+                .get(index)
+                .and_then(|e| e.as_any().downcast_ref::<Column>())
+            else {
+                continue;
+            };
+            let Ok(field) = table.field_with_name(column.name()) else {
+                continue;
+            };
+            // Read by another output (the same column twice, or an expression of it): keeps
+            // its type.
+            let read_by_others = outputs.iter().enumerate().any(|(i, e)| {
+                i != index && collect_columns(e).iter().any(|c| c.name() == column.name())
+            });
+            if field.data_type() == &DataType::Utf8
+                && !filtered.contains(field.name())
+                && !read_by_others
+            {
+                names.push(field.name().clone());
+                kept.push(index);
+            }
+        }
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let Some(source) = source.reading_dictionaries(&names)? else {
+            return Ok(None);
+        };
+        let config = FileScanConfigBuilder::from(config.clone())
+            .with_source(Arc::new(source))
+            .build();
+        return Ok(Some((DataSourceExec::from_data_source(config), kept)));
+    }
+    if let Some(filter) = any.downcast_ref::<FilterExec>() {
+        // A filter may drop columns after filtering (its projection): map ours to its input's.
+        let below: Vec<(usize, usize)> = match filter.projection() {
+            // (An input column handed on twice would change type in both places.)
+            Some(p) => columns
+                .iter()
+                .filter_map(|&c| p.get(c).map(|&b| (c, b)))
+                .filter(|(_, b)| p.iter().filter(|i| *i == b).count() == 1)
+                .collect(),
+            None => columns.iter().map(|&c| (c, c)).collect(),
+        };
+        let wanted: Vec<usize> = below.iter().map(|(_, b)| *b).collect();
+        if wanted.is_empty() || !reads_none(filter.predicate(), &wanted) {
+            return Ok(None);
+        }
+        return rebuilt_above(node, filter.input(), &below);
+    }
+    // Nodes that hand their input's columns on as they are.
+    let passes = if let Some(repartition) = any.downcast_ref::<RepartitionExec>() {
+        !repartition.preserve_order()
+            && match repartition.partitioning() {
+                Partitioning::Hash(exprs, _) => exprs.iter().all(|e| reads_none(e, columns)),
+                _ => true,
+            }
+    } else {
+        any.is::<CoalescePartitionsExec>()
+    };
+    if passes {
+        let same: Vec<(usize, usize)> = columns.iter().map(|&c| (c, c)).collect();
+        return rebuilt_above(node, node.children()[0], &same);
+    }
+    if let Some(projection) = any.downcast_ref::<ProjectionExec>() {
+        // Output columns that are input columns read by nothing else in the projection.
+        let exprs = projection.expr();
+        let mut below = Vec::new();
+        for &index in columns {
+            let Some(column) = exprs
+                .get(index)
+                .and_then(|p| p.expr.as_any().downcast_ref::<Column>())
+            else {
+                continue;
+            };
+            let read_by_others = exprs
+                .iter()
+                .enumerate()
+                .any(|(i, p)| i != index && column_indices(&p.expr).contains(&column.index()));
+            if !read_by_others {
+                below.push((index, column.index()));
+            }
+        }
+        return rebuilt_above(node, projection.input(), &below);
+    }
+    Ok(None)
+}
+
+/// `node` over its `input` rebuilt to read dictionaries, for `below`: pairs of a column of
+/// `node`'s output and the input column it hands on.
+fn rebuilt_above(
+    node: &Arc<dyn ExecutionPlan>,
+    input: &Arc<dyn ExecutionPlan>,
+    below: &[(usize, usize)],
+) -> Result<Option<Rebuilt>> {
+    let wanted: Vec<usize> = below.iter().map(|(_, b)| *b).collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let Some((child, kept)) = read_as_dictionaries(input, &wanted)? else {
+        return Ok(None);
+    };
+    let kept: Vec<usize> = below
+        .iter()
+        .filter(|(_, b)| kept.contains(b))
+        .map(|(above, _)| *above)
+        .collect();
+    Ok(Some((node.clone().with_new_children(vec![child])?, kept)))
+}
+
+/// Whether `expr` reads none of `columns`.
+fn reads_none(expr: &Arc<dyn PhysicalExpr>, columns: &[usize]) -> bool {
+    column_indices(expr).iter().all(|c| !columns.contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::per_file_metrics;
+    use arrow::array::RecordBatch;
+    use arrow::util::pretty::pretty_format_batches;
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::dataframe::DataFrameWriteOptions;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+    /// Four Parquet files of `t(f, g, n)`: `f` of few values and some nulls, `g` of
+    /// `distinct` values in all, `n` a number.
+    async fn table(distinct: usize) -> (tempfile::TempDir, SessionContext) {
+        let dir = tempfile::tempdir().unwrap();
+        // Strings as Floe's tables declare them (not as views, DataFusion's default for files).
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let ctx = SessionContext::new_with_config(config);
+        let per_file = distinct / 4;
+        for i in 0..4 {
+            let path = dir.path().join(format!("{i}.parquet"));
+            ctx.sql(&format!(
+                "SELECT CASE WHEN x % 7 = 0 THEN NULL ELSE 'type' || (x % 3) END AS f, \
+                 'g' || (x + {i} * {per_file}) AS g, x AS n \
+                 FROM (SELECT unnest(range(0, {per_file})) AS x)"
+            ))
+            .await
+            .unwrap()
+            .write_parquet(path.to_str().unwrap(), DataFrameWriteOptions::new(), None)
+            .await
+            .unwrap();
+        }
+        ctx.register_parquet(
+            "t",
+            dir.path().to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+        (dir, ctx)
+    }
+
+    fn count(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+        let mut n = 0;
+        plan.apply(|node| {
+            n += usize::from(node.name() == name);
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        n
+    }
+
+    /// Columns the plan's scans read as dictionaries.
+    fn dictionaries_read(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let mut n = 0;
+        plan.apply(|node| {
+            if file_scan(node.as_ref()).is_some() {
+                n += node
+                    .schema()
+                    .fields()
+                    .iter()
+                    .filter(|f| matches!(f.data_type(), DataType::Dictionary(..)))
+                    .count();
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        n
+    }
+
+    /// The answer to `sql` as DataFusion plans it and with the rule, and how many partial
+    /// aggregates the rule replaced (checked to match the scans' dictionary columns).
+    async fn both_ways(ctx: &SessionContext, sql: &str) -> (String, String, usize) {
+        let plain = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        // As Floe's scan hands it over: each file with a source of its own.
+        let ours = plain
+            .clone()
+            .transform_up(|node| Ok(Transformed::yes(per_file_metrics(node))))
+            .unwrap()
+            .data;
+        let ours = DictionaryGroups
+            .optimize(ours, &ConfigOptions::default())
+            .unwrap();
+        let show = |batches: Vec<RecordBatch>| pretty_format_batches(&batches).unwrap().to_string();
+        let expected = show(collect(plain, ctx.task_ctx()).await.unwrap());
+        let replaced = count(&ours, "DictionaryGroupsExec");
+        assert_eq!(replaced > 0, dictionaries_read(&ours) > 0, "{sql}");
+        let got = show(collect(ours, ctx.task_ctx()).await.unwrap());
+        (expected, got, replaced)
+    }
+
+    #[tokio::test]
+    async fn groups_by_dictionaries_answer_as_datafusion_does() {
+        let (_dir, ctx) = table(4_000).await;
+        for sql in [
+            "SELECT f, count(*), sum(n), min(n), max(n), avg(n) FROM t GROUP BY f ORDER BY f",
+            // Two dictionary columns, one of many values.
+            "SELECT f, g, count(*) FROM t GROUP BY f, g ORDER BY f, g",
+            "SELECT count(*) FROM (SELECT g FROM t GROUP BY g)",
+            // DataFusion groups by (f, n) first.
+            "SELECT f, count(DISTINCT n) FROM t GROUP BY f ORDER BY f",
+            // A filter on another column, in the scan and above it.
+            "SELECT f, count(*) FROM t WHERE n > 100 GROUP BY f ORDER BY f",
+            // An aggregate's own filter, and a group column that is not a dictionary.
+            "SELECT f, n % 2 AS odd, count(*) FILTER (WHERE n > 10) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+        ] {
+            let (expected, got, replaced) = both_ways(&ctx, sql).await;
+            assert_eq!(got, expected, "{sql}");
+            assert_eq!(replaced, 1, "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_column_read_by_anything_else_keeps_its_strings() {
+        let (_dir, ctx) = table(400).await;
+        for sql in [
+            // Filtered on: the filter must meet strings.
+            "SELECT f, count(*) FROM t WHERE f <> 'type1' GROUP BY f ORDER BY f",
+            // An aggregate reads it.
+            "SELECT f, max(f), count(*) FROM t GROUP BY f ORDER BY f",
+            // A computed group.
+            "SELECT upper(f), count(*) FROM t GROUP BY 1 ORDER BY 1",
+            // A limit DataFusion takes into the aggregate (it stops at the first groups).
+            "SELECT f, g, count(*) FROM t GROUP BY f, g ORDER BY f, g LIMIT 20",
+        ] {
+            let (expected, got, replaced) = both_ways(&ctx, sql).await;
+            assert_eq!(got, expected, "{sql}");
+            assert_eq!(replaced, 0, "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn many_distinct_strings_are_handed_on_in_pieces_with_the_same_answer() {
+        // More distinct `g` per partition than a partial aggregate holds.
+        let (_dir, ctx) = table(4 * exec::MAX_GROUPS).await;
+        let sql = "SELECT count(*), sum(c), min(g), max(g) FROM \
+                   (SELECT g, count(*) AS c FROM t GROUP BY g)";
+        let (expected, got, replaced) = both_ways(&ctx, sql).await;
+        assert_eq!(got, expected);
+        assert!(
+            expected.contains(&(4 * exec::MAX_GROUPS).to_string()),
+            "{expected}"
+        );
+        assert_eq!(replaced, 1);
+    }
+}

@@ -1,0 +1,343 @@
+//! The partial aggregate that groups dictionary columns by their numbers.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Result, internal_err};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::udaf::AggregateFunctionExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{Stream, StreamExt};
+
+use super::ids::StringIds;
+
+/// Groups held before they are handed on: a partial aggregate may hand on the same group more
+/// than once (the final one merges them), so past this many a column of many distinct values
+/// goes on in pieces instead of growing without bound, as DataFusion's partial aggregate stops
+/// aggregating when it finds few repeats.
+pub(super) const MAX_GROUPS: usize = 1 << 16;
+
+/// A partial aggregate (`AggregateMode::Partial`, one grouping set, accumulators that take
+/// group numbers) whose input has some group columns as `Dictionary(Int32, Utf8)`: each such
+/// column is turned into string numbers ([`StringIds`]) before DataFusion's grouping, and back
+/// into strings when the groups are handed on. Its output is the aggregate's it replaces:
+/// group columns as strings, then each accumulator's state.
+#[derive(Debug)]
+pub struct DictionaryGroupsExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The group expressions over `input`, with their names.
+    groups: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    /// Which group columns are dictionaries.
+    dictionaries: Vec<bool>,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DictionaryGroupsExec {
+    /// `schema` and `partitioning`: the output of the aggregate this replaces.
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        groups: Vec<(Arc<dyn PhysicalExpr>, String)>,
+        dictionaries: Vec<bool>,
+        aggregates: Vec<Arc<AggregateFunctionExpr>>,
+        filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+        schema: SchemaRef,
+        partitioning: Partitioning,
+    ) -> DictionaryGroupsExec {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            partitioning,
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        DictionaryGroupsExec {
+            input,
+            groups,
+            dictionaries,
+            aggregates,
+            filters,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The schema DataFusion's grouping sees: a dictionary column as its string numbers.
+    fn numbered_schema(&self) -> Result<SchemaRef> {
+        let input = self.input.schema();
+        let fields = self
+            .groups
+            .iter()
+            .zip(&self.dictionaries)
+            .map(|((expr, name), dictionary)| {
+                Ok(match dictionary {
+                    true => Field::new(name, DataType::UInt32, false),
+                    false => Field::new(name, expr.data_type(&input)?, expr.nullable(&input)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+impl DisplayAs for DictionaryGroupsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |dictionary: bool| {
+            self.groups
+                .iter()
+                .zip(&self.dictionaries)
+                .filter(|(_, d)| **d == dictionary)
+                .map(|((_, name), _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "DictionaryGroupsExec: mode=Partial, dictionaries=[{}], other groups=[{}], aggr=[{}]",
+            names(true),
+            names(false),
+            aggregates.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for DictionaryGroupsExec {
+    fn name(&self) -> &str {
+        "DictionaryGroupsExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("DictionaryGroupsExec takes one input");
+        }
+        Ok(Arc::new(DictionaryGroupsExec {
+            input: children.swap_remove(0),
+            groups: self.groups.clone(),
+            dictionaries: self.dictionaries.clone(),
+            aggregates: self.aggregates.clone(),
+            filters: self.filters.clone(),
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let ids = self
+            .dictionaries
+            .iter()
+            .map(|d| d.then(StringIds::new).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let numbered = self.numbered_schema()?;
+        let accumulators = self
+            .aggregates
+            .iter()
+            .map(|a| a.create_groups_accumulator())
+            .collect::<Result<Vec<_>>>()?;
+        let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
+            .register(context.memory_pool());
+        Ok(Box::pin(Grouping {
+            input,
+            schema: self.schema(),
+            groups: self.groups.iter().map(|(e, _)| e.clone()).collect(),
+            ids,
+            group_values: new_group_values(numbered.clone(), &GroupOrdering::None)?,
+            numbered,
+            arguments: self.aggregates.iter().map(|a| a.expressions()).collect(),
+            filters: self.filters.clone(),
+            accumulators,
+            aggregates: self.aggregates.clone(),
+            rows: Vec::new(),
+            reservation,
+            batch_size: context.session_config().batch_size(),
+            ready: VecDeque::new(),
+            done: false,
+            metrics: BaselineMetrics::new(&self.metrics, partition),
+        }))
+    }
+}
+
+/// One partition's grouping.
+struct Grouping {
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    groups: Vec<Arc<dyn PhysicalExpr>>,
+    /// Per group column, the numbers of its strings if it is a dictionary column.
+    ids: Vec<Option<StringIds>>,
+    group_values: Box<dyn GroupValues>,
+    numbered: SchemaRef,
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// The group number of each row of the batch at hand.
+    rows: Vec<usize>,
+    reservation: MemoryReservation,
+    batch_size: usize,
+    /// Batches of groups ready to hand on.
+    ready: VecDeque<RecordBatch>,
+    done: bool,
+    metrics: BaselineMetrics,
+}
+
+impl Grouping {
+    fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        let mut keys = Vec::with_capacity(self.groups.len());
+        for (expr, ids) in self.groups.iter().zip(&mut self.ids) {
+            let column = expr.evaluate(batch)?.into_array(rows)?;
+            keys.push(match ids {
+                Some(ids) => Arc::new(ids.ids(&column)?) as ArrayRef,
+                None => column,
+            });
+        }
+        self.group_values.intern(&keys, &mut self.rows)?;
+        let total = self.group_values.len();
+        for ((accumulator, arguments), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&self.arguments)
+            .zip(&self.filters)
+        {
+            let values = arguments
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(rows))
+                .collect::<Result<Vec<_>>>()?;
+            let filter = match filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
+                None => None,
+            };
+            accumulator.update_batch(
+                &values,
+                &self.rows,
+                filter.as_ref().map(|f| f.as_boolean()),
+                total,
+            )?;
+        }
+        if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
+            self.emit()?;
+            // A column of many distinct strings keeps no numbers past a hand-over.
+            for ids in self.ids.iter_mut().flatten() {
+                if ids.len() >= MAX_GROUPS {
+                    *ids = StringIds::new()?;
+                }
+            }
+            self.reservation.try_resize(self.size())?;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> usize {
+        self.group_values.size()
+            + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            + self.ids.iter().flatten().map(|i| i.size()).sum::<usize>()
+            + self.rows.capacity() * size_of::<usize>()
+    }
+
+    /// Hands on every group held, in batches of the session's size, and starts afresh.
+    fn emit(&mut self) -> Result<()> {
+        if self.group_values.is_empty() {
+            return Ok(());
+        }
+        let mut columns = self.group_values.emit(EmitTo::All)?;
+        for (column, ids) in columns.iter_mut().zip(&self.ids) {
+            if let Some(ids) = ids {
+                *column = ids.strings(column)?;
+            }
+        }
+        for accumulator in &mut self.accumulators {
+            columns.extend(accumulator.state(EmitTo::All)?);
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let length = self.batch_size.max(1).min(batch.num_rows() - offset);
+            self.ready.push_back(batch.slice(offset, length));
+            offset += length;
+        }
+        // Accumulators emptied by `state(All)` start again from none; the grouping too.
+        self.group_values = new_group_values(self.numbered.clone(), &GroupOrdering::None)?;
+        self.accumulators = self
+            .aggregates
+            .iter()
+            .map(|a| a.create_groups_accumulator())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
+    }
+}
+
+impl Stream for Grouping {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(batch) = self.ready.pop_front() {
+                let poll = Poll::Ready(Some(Ok(batch)));
+                return self.metrics.record_poll(poll);
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let next = std::task::ready!(self.input.poll_next_unpin(cx));
+            let elapsed = self.metrics.elapsed_compute().clone();
+            let _timer = elapsed.timer();
+            let step = match next {
+                Some(Ok(batch)) => self.aggregate(&batch),
+                Some(Err(e)) => Err(e),
+                None => {
+                    self.done = true;
+                    self.emit()
+                }
+            };
+            if let Err(e) = step {
+                self.done = true;
+                self.ready.clear();
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+    }
+}
+
+impl RecordBatchStream for Grouping {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, StringArray, StringBuilder, UInt32Array,
+    Array, ArrayBuilder, ArrayData, ArrayRef, AsArray, StringArray, StringBuilder, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, UInt32Type};
 use datafusion::common::{Result, exec_err};
@@ -26,9 +26,11 @@ pub struct StringIds {
     /// The string of each number.
     strings: StringBuilder,
     /// The last batch's dictionary and the number of each of its values found so far.
-    dictionary: Option<(ArrayRef, Vec<u32>)>,
+    dictionary: Option<(ArrayData, Vec<u32>)>,
     /// Scratch space for the numbers DataFusion gives.
     found: Vec<usize>,
+    /// Strings hashed so far.
+    hashed_strings: usize,
 }
 
 impl StringIds {
@@ -39,6 +41,7 @@ impl StringIds {
             strings: StringBuilder::new(),
             dictionary: None,
             found: Vec::new(),
+            hashed_strings: 0,
         })
     }
 
@@ -72,8 +75,11 @@ impl StringIds {
     fn ids_of_dictionary(&mut self, column: &ArrayRef) -> Result<UInt32Array> {
         let dictionary = column.as_dictionary::<Int32Type>();
         let values = dictionary.values();
+        // The Parquet reader hands each batch of a column chunk the chunk's dictionary: the same
+        // buffers in a new array each time.
+        let data = values.to_data();
         let mut known = match self.dictionary.take() {
-            Some((last, known)) if Arc::ptr_eq(&last, values) => known,
+            Some((last, known)) if last.ptr_eq(&data) => known,
             _ => vec![UNSEEN; values.len()],
         };
         let keys = dictionary.keys();
@@ -101,13 +107,14 @@ impl StringIds {
                     .collect()
             }
         };
-        self.dictionary = Some((values.clone(), known));
+        self.dictionary = Some((data, known));
         Ok(UInt32Array::from(ids))
     }
 
     /// The number of each string of `strings` (a `Utf8` array), new strings numbered next.
     fn number(&mut self, strings: &ArrayRef) -> Result<Vec<u32>> {
         self.found.clear();
+        self.hashed_strings += strings.len();
         self.hashed
             .intern(std::slice::from_ref(strings), &mut self.found)?;
         let text = strings.as_string::<i32>();
@@ -200,6 +207,29 @@ mod tests {
                 Some("unused".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_dictionary_handed_again_in_a_new_array_is_not_looked_up_again() {
+        let mut ids = StringIds::new().unwrap();
+        let values: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        ids.ids(&dictionary(vec![Some(0), Some(1), Some(2)], &values))
+            .unwrap();
+        assert_eq!(ids.hashed_strings, 3);
+        // As the Parquet reader hands a column chunk's next batch: its dictionary's buffers in
+        // an array of its own.
+        let again = arrow::array::make_array(values.to_data());
+        assert!(!Arc::ptr_eq(&again, &values));
+        let n = ids
+            .ids(&dictionary(vec![Some(2), Some(2), Some(0)], &again))
+            .unwrap();
+        assert_eq!(n.values().to_vec(), vec![2, 2, 0]);
+        assert_eq!(ids.hashed_strings, 3);
+        // Other buffers, even with the same strings: looked up (and given the same numbers).
+        let copy: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        let n = ids.ids(&dictionary(vec![Some(1)], &copy)).unwrap();
+        assert_eq!(n.values().to_vec(), vec![1]);
+        assert_eq!(ids.hashed_strings, 4);
     }
 
     #[test]

@@ -34,6 +34,19 @@ def start(data, log_path, extra=()):
     raise RuntimeError(f"floe serve did not start; see {log_path}")
 
 
+def wait_for_window(log_path, timeout=120):
+    """Waits until the server of `log_path` has read its de-duplication window from the tables
+    (it does so in the background after a start: about 4 s of a core at 10 million ids, which a
+    query timed meanwhile shares). Returns the seconds waited."""
+    started = time.time()
+    while time.time() - started < timeout:
+        with open(log_path, errors="replace") as f:
+            if "de-duplication window loaded" in f.read():
+                return time.time() - started
+        time.sleep(0.1)
+    raise RuntimeError(f"the de-duplication window was not loaded within {timeout} s; see {log_path}")
+
+
 def peak_rss_mib(proc):
     """The peak resident memory of a running process so far (Linux' VmHWM), in MiB."""
     with open(f"/proc/{proc.pid}/status") as f:

@@ -167,11 +167,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             .map(|d| d.then(StringIds::new).transpose())
             .collect::<Result<Vec<_>>>()?;
         let numbered = self.numbered_schema()?;
-        let accumulators = self
-            .aggregates
-            .iter()
-            .map(|a| a.create_groups_accumulator())
-            .collect::<Result<Vec<_>>>()?;
+        let (group_values, accumulators) = empty(&numbered, &self.aggregates)?;
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(Grouping {
@@ -179,7 +175,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             schema: self.schema(),
             groups: self.groups.iter().map(|(e, _)| e.clone()).collect(),
             ids,
-            group_values: new_group_values(numbered.clone(), &GroupOrdering::None)?,
+            group_values,
             numbered,
             arguments: self.aggregates.iter().map(|a| a.expressions()).collect(),
             filters: self.filters.clone(),
@@ -293,15 +289,23 @@ impl Grouping {
             self.ready.push_back(batch.slice(offset, length));
             offset += length;
         }
-        // Accumulators emptied by `state(All)` start again from none; the grouping too.
-        self.group_values = new_group_values(self.numbered.clone(), &GroupOrdering::None)?;
-        self.accumulators = self
-            .aggregates
-            .iter()
-            .map(|a| a.create_groups_accumulator())
-            .collect::<Result<Vec<_>>>()?;
+        // The grouping and the accumulators start again from none.
+        (self.group_values, self.accumulators) = empty(&self.numbered, &self.aggregates)?;
         Ok(())
     }
+}
+
+/// The groups held and an accumulator per aggregate over them.
+type State = (Box<dyn GroupValues>, Vec<Box<dyn GroupsAccumulator>>);
+
+/// A grouping over `numbered` and `aggregates`' accumulators, holding no group yet.
+fn empty(numbered: &SchemaRef, aggregates: &[Arc<AggregateFunctionExpr>]) -> Result<State> {
+    let group_values = new_group_values(numbered.clone(), &GroupOrdering::None)?;
+    let accumulators = aggregates
+        .iter()
+        .map(|a| a.create_groups_accumulator())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((group_values, accumulators))
 }
 
 impl Stream for Grouping {

@@ -8,7 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::schema::TenantSchemas;
+use crate::schema::{TenantSchemas, Violation, validate};
+
+mod read;
+
+use read::{Field, Incoming, Payload, compact, repeats_no_key};
 
 /// An event ready to be logged and stored. Times are microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,22 +122,29 @@ pub fn split_body(body: &[u8], framing: Framing, limits: Limits) -> Result<Vec<&
     Ok(items)
 }
 
-#[derive(Deserialize)]
-struct Incoming {
-    event_id: Option<Value>,
-    tenant_id: Option<Value>,
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-    version: Option<Value>,
-    timestamp: Option<Value>,
-    user_id: Option<Value>,
-    payload: Option<Value>,
+/// A payload object: parsed, or its text.
+enum Body<'a> {
+    Tree(serde_json::Map<String, Value>),
+    Text(&'a str),
 }
 
 const MAX_ID_LEN: usize = 256;
 
+/// A `user_id` found in the payload: a string, or a number as its text.
+fn user_in_payload(v: Option<Field>) -> Option<String> {
+    match v? {
+        Field::Str(s) => Some(s.into_owned()),
+        Field::Num(n) => Some(n.to_string()),
+        Field::Other => None,
+    }
+}
+
 /// Validates one raw event for `tenant`, received at `received_at` (µs), its payload against
 /// the tenant's `schemas`.
+///
+/// The payload is stored as sent, without the whitespace between its tokens; a payload checked
+/// against a schema, or one in which an object repeats a key, is stored as parsed (keys in
+/// order, a repeated key's last value only), so no stored payload repeats a key.
 pub fn parse_event(
     index: usize,
     raw: &str,
@@ -163,21 +174,30 @@ pub fn parse_event(
             ),
         ));
     }
-    let value: Value = serde_json::from_str(raw)
-        .map_err(|e| reject(None, "malformed_json", format!("invalid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(reject(
-            None,
-            "not_an_object",
-            "an event must be a JSON object".into(),
-        ));
-    }
-    let ev: Incoming = serde_json::from_value(value)
-        .map_err(|e| reject(None, "malformed_json", format!("invalid event: {e}")))?;
+    let ev = Incoming::read(raw).map_err(|(code, message)| reject(None, code, message))?;
+    judge(index, ev, tenant, received_at, schemas)
+}
 
+/// Judges the fields of event number `index` of a request.
+fn judge(
+    index: u32,
+    ev: Incoming<'_>,
+    tenant: &str,
+    received_at: i64,
+    schemas: &TenantSchemas,
+) -> Result<StoredEvent, Rejection> {
+    let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
+        index,
+        event_id,
+        code,
+        message,
+        pointer: None,
+        rule: None,
+        dead_lettered: false,
+    };
     let (event_id, client_id) = match ev.event_id {
-        None | Some(Value::Null) => (uuid::Uuid::now_v7().to_string(), false),
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => (s, true),
+        None => (uuid::Uuid::now_v7().to_string(), false),
+        Some(Field::Str(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => (s.into_owned(), true),
         Some(_) => {
             return Err(reject(
                 None,
@@ -188,9 +208,9 @@ pub fn parse_event(
     };
     let id = Some(event_id.clone()).filter(|_| client_id);
     match ev.tenant_id {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t == tenant => {}
-        Some(Value::String(t)) => {
+        None => {}
+        Some(Field::Str(t)) if t == tenant => {}
+        Some(Field::Str(t)) => {
             return Err(reject(
                 id,
                 "tenant_mismatch",
@@ -206,8 +226,8 @@ pub fn parse_event(
         }
     }
     let kind = match ev.kind {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s,
-        None | Some(Value::Null) => {
+        Some(Field::Str(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.into_owned(),
+        None => {
             return Err(reject(id, "missing_field", "type is required".into()));
         }
         Some(_) => {
@@ -219,8 +239,8 @@ pub fn parse_event(
         }
     };
     let version = match ev.version {
-        None | Some(Value::Null) => 1,
-        Some(Value::Number(n)) => match n.as_i64() {
+        None => 1,
+        Some(Field::Num(n)) => match n.as_i64() {
             Some(v) if (1..=i32::MAX as i64).contains(&v) => v as i32,
             _ => {
                 return Err(reject(
@@ -239,15 +259,24 @@ pub fn parse_event(
         }
     };
     let ts = match ev.timestamp {
-        None | Some(Value::Null) => {
+        None => {
             return Err(reject(id, "missing_field", "timestamp is required".into()));
         }
         Some(v) => parse_timestamp(&v).map_err(|m| reject(id.clone(), "invalid_timestamp", m))?,
     };
-    let mut payload = match ev.payload {
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
+    let (body, payload_user) = match ev.payload {
+        Payload::Tree(None | Some(Value::Null)) | Payload::Text { raw: None, .. } => {
+            (Body::Tree(serde_json::Map::new()), None)
+        }
+        Payload::Tree(Some(Value::Object(m))) => {
+            let user = user_in_payload(m.get("user_id").and_then(Field::of));
+            (Body::Tree(m), user)
+        }
+        Payload::Text {
+            raw: Some(r),
+            user_id,
+        } if r.get().starts_with('{') => (Body::Text(r.get()), user_in_payload(user_id)),
+        Payload::Tree(Some(_)) | Payload::Text { .. } => {
             return Err(reject(
                 id,
                 "invalid_payload",
@@ -256,13 +285,9 @@ pub fn parse_event(
         }
     };
     let user_id = match ev.user_id {
-        None | Some(Value::Null) => match payload.get("user_id") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        },
-        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        None => payload_user,
+        Some(Field::Str(s)) if s.len() <= MAX_ID_LEN => Some(s.into_owned()),
+        Some(Field::Num(n)) => Some(n.to_string()),
         Some(_) => {
             return Err(reject(
                 id,
@@ -271,20 +296,33 @@ pub fn parse_event(
             ));
         }
     };
-    let payload = Value::Object(std::mem::take(&mut payload));
-    if let Err(v) = schemas.check(&kind, version, &payload) {
-        return Err(Rejection {
-            index,
-            event_id: id,
-            code: v.code,
-            message: v.message,
-            pointer: v.pointer,
-            rule: v.rule,
-            dead_lettered: v.dead_letter,
-        });
+    let refuse = |v: Violation| Rejection {
+        index,
+        event_id: id.clone(),
+        code: v.code,
+        message: v.message,
+        pointer: v.pointer,
+        rule: v.rule,
+        dead_lettered: v.dead_letter,
+    };
+    let tree = |body: Body| match body {
+        Body::Tree(m) => Ok(Value::Object(m)),
+        Body::Text(text) => serde_json::from_str(text),
+    };
+    let stored = |tree: &Value| serde_json::to_string(tree);
+    let payload = match schemas.validator(&kind, version).map_err(refuse)? {
+        None => match body {
+            Body::Text(text) if repeats_no_key(text) => Ok(compact(text).into_owned()),
+            body => tree(body).and_then(|t| stored(&t)),
+        },
+        Some(validator) => {
+            let tree =
+                tree(body).map_err(|e| reject(id.clone(), "invalid_payload", e.to_string()))?;
+            validate(validator, &kind, version, &tree).map_err(refuse)?;
+            stored(&tree)
+        }
     }
-    let payload = serde_json::to_string(&payload)
-        .map_err(|e| reject(id, "invalid_payload", e.to_string()))?;
+    .map_err(|e| reject(id.clone(), "invalid_payload", e.to_string()))?;
     Ok(StoredEvent {
         event_id,
         kind,
@@ -303,9 +341,9 @@ const MAX_TS_US: i64 = 253_402_300_799_999_999;
 
 /// Unix seconds or milliseconds (told apart by magnitude: 10^11 and above is milliseconds),
 /// or RFC 3339 text. Returns microseconds.
-pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
+fn parse_timestamp(v: &Field) -> Result<i64, String> {
     let us = match v {
-        Value::Number(n) => {
+        Field::Num(n) => {
             let f = n
                 .as_f64()
                 .ok_or_else(|| "timestamp is not a finite number".to_string())?;
@@ -324,10 +362,12 @@ pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
                 }
             }
         }
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+        Field::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map_err(|e| format!("timestamp {s:?} is not RFC 3339: {e}"))?
             .timestamp_micros(),
-        _ => return Err("timestamp must be a number (Unix s or ms) or an RFC 3339 string".into()),
+        Field::Other => {
+            return Err("timestamp must be a number (Unix s or ms) or an RFC 3339 string".into());
+        }
     };
     if !(MIN_TS_US..=MAX_TS_US).contains(&us) {
         return Err("timestamp is outside the years 1900 to 9999".into());
@@ -344,6 +384,10 @@ mod tests {
         TenantSchemas::none()
     }
 
+    fn parse_timestamp(v: Value) -> Result<i64, String> {
+        super::parse_timestamp(&Field::of(&v).expect("not null"))
+    }
+
     const L: Limits = Limits {
         max_event_bytes: 1 << 20,
         max_events: 10,
@@ -351,18 +395,18 @@ mod tests {
 
     #[test]
     fn three_timestamp_forms_agree() {
-        let s = parse_timestamp(&json!(1_764_150_000)).unwrap();
-        let ms = parse_timestamp(&json!(1_764_150_000_000i64)).unwrap();
-        let rfc = parse_timestamp(&json!("2025-11-26T09:40:00Z")).unwrap();
-        let rfc_offset = parse_timestamp(&json!("2025-11-26T10:40:00+01:00")).unwrap();
+        let s = parse_timestamp(json!(1_764_150_000)).unwrap();
+        let ms = parse_timestamp(json!(1_764_150_000_000i64)).unwrap();
+        let rfc = parse_timestamp(json!("2025-11-26T09:40:00Z")).unwrap();
+        let rfc_offset = parse_timestamp(json!("2025-11-26T10:40:00+01:00")).unwrap();
         assert_eq!(s, 1_764_150_000_000_000);
         assert_eq!(s, ms);
         assert_eq!(s, rfc);
         assert_eq!(s, rfc_offset);
-        assert_eq!(parse_timestamp(&json!(1.5)).unwrap(), 1_500_000);
-        assert!(parse_timestamp(&json!("yesterday")).is_err());
-        assert!(parse_timestamp(&json!(true)).is_err());
-        assert!(parse_timestamp(&json!(1e300)).is_err());
+        assert_eq!(parse_timestamp(json!(1.5)).unwrap(), 1_500_000);
+        assert!(parse_timestamp(json!("yesterday")).is_err());
+        assert!(parse_timestamp(json!(true)).is_err());
+        assert!(parse_timestamp(json!(1e300)).is_err());
     }
 
     #[test]
@@ -426,6 +470,110 @@ mod tests {
                 .code,
             "event_too_large"
         );
+    }
+
+    /// The stored event when `raw` is read through its tree, as every event was before the
+    /// one-pass reading.
+    fn through_the_tree(raw: &str, schemas: &TenantSchemas) -> Result<StoredEvent, Rejection> {
+        let ev = Incoming::read_tree(raw).map_err(|(code, _)| Rejection {
+            index: 0,
+            event_id: None,
+            code,
+            message: String::new(),
+            pointer: None,
+            rule: None,
+            dead_lettered: false,
+        })?;
+        judge(0, ev, "acme", 7, schemas)
+    }
+
+    #[test]
+    fn one_pass_reads_what_the_tree_reads() {
+        let amount = TenantSchemas::one(
+            "PurchaseMade",
+            &json!({"type": "object", "properties": {"amount": {"type": "number"}}}),
+        );
+        let events = [
+            r#"{"event_id":"e1","type":"PageViewed","timestamp":1764150000,"payload":{"page":"/","user_id":"u-1"}}"#,
+            r#" { "event_id" : "e2", "type":"A", "timestamp":"2025-11-26T09:40:00Z", "payload" : { "b" : [1, 2], "a" : "x y \" z\\" } } "#,
+            r#"{"event_id":"e3","type":"A","timestamp":1,"user_id":42,"version":3,"tenant_id":"acme"}"#,
+            r#"{"event_id":"e4","type":"A","timestamp":1,"payload":{"user_id":7,"n":{"user_id":"inner"}}}"#,
+            r#"{"event_id":"e5","type":"A","timestamp":1,"user_id":null,"payload":null,"extra":{"deep":[{}]}}"#,
+            r#"{"event_id":"e6","type":"A","timestamp":1,"payload":{"user_id":"a","user_id":"b"}}"#,
+            r#"{"event_id":"e7","type":"A","type":"B","timestamp":1}"#,
+            r#"{"event_id":"e8","type":"PurchaseMade","timestamp":1,"payload":{"amount":3,"amount":2.5}}"#,
+            r#"{"event_id":"e9","type":"PurchaseMade","timestamp":1,"payload":{"amount":"3"}}"#,
+            r#"{"event_id":"e10","type":"A","timestamp":1,"payload":[1]}"#,
+            r#"{"event_id":"e11","type":"A","timestamp":1,"tenant_id":"other"}"#,
+            r#"{"event_id":"e12","type":"A","timestamp":1,"payload":{"s":"\u00e9\n"}}"#,
+        ];
+        for (i, raw) in events.iter().enumerate() {
+            // Only a repeated field (of the event, or the payload's user_id read from it)
+            // sends an event through its tree.
+            let repeats = [5, 6].contains(&i);
+            assert_eq!(Incoming::read_envelope(raw).is_none(), repeats, "{raw}");
+            let fast = parse_event(0, raw, "acme", 7, L, &amount);
+            let tree = through_the_tree(raw, &amount);
+            match (fast, tree) {
+                (Ok(mut fast), Ok(mut tree)) => {
+                    let payload = |e: &StoredEvent| -> Value {
+                        serde_json::from_str(&e.payload).expect("stored payloads are JSON")
+                    };
+                    assert_eq!(payload(&fast), payload(&tree), "{raw}");
+                    assert!(!fast.payload.contains(": ") && !fast.payload.contains(", "));
+                    fast.payload.clear();
+                    tree.payload.clear();
+                    assert_eq!(fast, tree, "{raw}");
+                }
+                (Err(fast), Err(tree)) => assert_eq!(fast.code, tree.code, "{raw}"),
+                (fast, tree) => panic!("{raw}: one pass {fast:?}, tree {tree:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_are_stored_as_sent_without_the_spaces_between_tokens() {
+        let raw = r#"{"type":"A","timestamp":1,"payload": { "b" : [1, 2],
+            "a" : "x y \" z\\" }}"#;
+        let e = parse_event(0, raw, "acme", 0, L, &none()).unwrap();
+        assert_eq!(e.payload, r#"{"b":[1,2],"a":"x y \" z\\"}"#);
+        let e = parse_event(0, r#"{"type":"A","timestamp":1}"#, "acme", 0, L, &none()).unwrap();
+        assert_eq!(e.payload, "{}");
+        // No stored payload repeats a key (SQL's JSON functions read a repeated key's first
+        // value, erasure its last): such a payload is stored as parsed, the last value kept.
+        let keys: Vec<String> = (0..40).map(|i| format!(r#""k{}":{i}"#, 39 - i)).collect();
+        let many = format!(r#"{{{}}}"#, keys.join(","));
+        for (payload, stored) in [
+            (r#"{"b":1,"a":{"x":1,"x":2}}"#, r#"{"a":{"x":2},"b":1}"#),
+            (r#"{"b":1, "b":2}"#, r#"{"b":2}"#),
+            (
+                r#"{"a":[{"u":1},{"u":2,"v":{"u":3}}]}"#,
+                r#"{"a":[{"u":1},{"u":2,"v":{"u":3}}]}"#,
+            ),
+            (&many, &many),
+            (&format!(r#"{{{},"k7":0}}"#, keys.join(",")), ""),
+        ] {
+            let raw = format!(r#"{{"type":"A","timestamp":1,"payload":{payload}}}"#);
+            let e = parse_event(0, &raw, "acme", 0, L, &none()).unwrap();
+            if stored.is_empty() {
+                let v: Value = serde_json::from_str(&e.payload).unwrap();
+                assert_eq!(v["k7"], json!(0), "the last value of a repeated key");
+                assert!(e.payload.starts_with(r#"{"k0":39,"#), "stored as parsed");
+            } else {
+                assert_eq!(e.payload, stored);
+            }
+        }
+        // A repeated key's last value is the one a schema checked, and the one stored.
+        let amount = TenantSchemas::one(
+            "P",
+            &json!({"type": "object", "properties": {"amount": {"type": "number"}}}),
+        );
+        let raw = r#"{"type":"P","timestamp":1,"payload":{"amount":"x","amount":1}}"#;
+        let e = parse_event(0, raw, "acme", 0, L, &amount).unwrap();
+        assert_eq!(e.payload, r#"{"amount":1}"#);
+        let raw = r#"{"type":"P","timestamp":1,"payload":{"amount":1,"amount":"x"}}"#;
+        let r = parse_event(0, raw, "acme", 0, L, &amount).unwrap_err();
+        assert_eq!(r.code, "schema_violation");
     }
 
     #[test]

@@ -43,8 +43,35 @@ impl TenantSchemas {
         TenantSchemas::default()
     }
 
+    /// A tenant with one schema, version 1 of `kind`, that accepts other types (tests).
+    #[cfg(test)]
+    pub(crate) fn one(kind: &str, schema: &Value) -> TenantSchemas {
+        let Ok(validator) = jsonschema::draft202012::new(schema) else {
+            panic!("a test schema that compiles");
+        };
+        TenantSchemas {
+            types: HashMap::from([(kind.to_string(), BTreeMap::from([(1, Arc::new(validator))]))]),
+            ..TenantSchemas::default()
+        }
+    }
+
     /// Checks the payload of an event of `kind`, version `version`.
+    #[cfg(test)]
     pub fn check(&self, kind: &str, version: i32, payload: &Value) -> Result<(), Violation> {
+        match self.validator(kind, version)? {
+            Some(validator) => validate(validator, kind, version, payload),
+            None => Ok(()),
+        }
+    }
+
+    /// What an event of `kind`, version `version`, is checked against: `None` when the tenant
+    /// takes that type without a schema (its payload need not be read), or the refusal when the
+    /// tenant's schemas are unreadable or the type or version has none and is not accepted.
+    pub fn validator(
+        &self,
+        kind: &str,
+        version: i32,
+    ) -> Result<Option<&jsonschema::Validator>, Violation> {
         if let Some(why) = &self.unreadable {
             return Err(Violation {
                 code: "schemas_unavailable",
@@ -57,7 +84,7 @@ impl TenantSchemas {
         let validator = self.types.get(kind).and_then(|v| v.get(&version));
         let Some(validator) = validator else {
             if self.unknown == UnknownTypes::Accept {
-                return Ok(());
+                return Ok(None);
             }
             let message = match self.types.get(kind) {
                 Some(versions) => format!(
@@ -84,29 +111,34 @@ impl TenantSchemas {
                 dead_letter,
             });
         };
-        match validator.validate(payload) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let at = e.instance_path().as_str();
-                let pointer = if at.is_empty() { "" } else { at };
-                let rule = e.kind().keyword().to_string();
-                Err(Violation {
-                    code: "schema_violation",
-                    message: format!(
-                        "payload{} fails `{rule}` of {kind} version {version}: {e}",
-                        if pointer.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" at {pointer}")
-                        }
-                    ),
-                    pointer: Some(pointer.to_string()),
-                    rule: Some(rule),
-                    dead_letter: false,
-                })
-            }
-        }
+        Ok(Some(validator))
     }
+}
+
+/// Checks `payload` against `validator`, the schema of `kind` version `version`.
+pub fn validate(
+    validator: &jsonschema::Validator,
+    kind: &str,
+    version: i32,
+    payload: &Value,
+) -> Result<(), Violation> {
+    let Err(e) = validator.validate(payload) else {
+        return Ok(());
+    };
+    let at = e.instance_path().as_str();
+    let rule = e.kind().keyword().to_string();
+    let place = if at.is_empty() {
+        String::new()
+    } else {
+        format!(" at {at}")
+    };
+    Err(Violation {
+        code: "schema_violation",
+        message: format!("payload{place} fails `{rule}` of {kind} version {version}: {e}"),
+        pointer: Some(at.to_string()),
+        rule: Some(rule),
+        dead_letter: false,
+    })
 }
 
 /// How soon a first read that failed is tried again (at most `ingest.schema_refresh_ms`):
@@ -274,22 +306,17 @@ mod tests {
     use serde_json::json;
 
     fn purchase() -> TenantSchemas {
-        let v1 = jsonschema::draft202012::new(&json!({
-            "type": "object",
-            "properties": {
-                "amount": {"type": "number", "minimum": 0},
-                "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
-            },
-            "required": ["amount"]
-        }))
-        .unwrap();
-        TenantSchemas {
-            types: HashMap::from([(
-                "PurchaseMade".to_string(),
-                BTreeMap::from([(1, Arc::new(v1))]),
-            )]),
-            ..TenantSchemas::default()
-        }
+        TenantSchemas::one(
+            "PurchaseMade",
+            &json!({
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number", "minimum": 0},
+                    "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}}
+                },
+                "required": ["amount"]
+            }),
+        )
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub fn split_body(body: &[u8], framing: Framing, limits: Limits) -> Result<Vec<&
 
 /// A payload object: parsed, or its text.
 enum Body<'a> {
-    Tree(serde_json::Map<String, Value>),
+    /// An object.
+    Tree(Value),
     Text(&'a str),
 }
 
@@ -142,9 +143,9 @@ fn user_in_payload(v: Option<Field>) -> Option<String> {
 /// Validates one raw event for `tenant`, received at `received_at` (µs), its payload against
 /// the tenant's `schemas`.
 ///
-/// The payload is stored as sent, without the whitespace between its tokens; a payload checked
-/// against a schema, or one in which an object repeats a key, is stored as parsed (keys in
-/// order, a repeated key's last value only), so no stored payload repeats a key.
+/// The payload is stored as sent, without the whitespace between its tokens; one in which an
+/// object repeats a key is stored as parsed (keys in order, a repeated key's last value only,
+/// the one a schema checked), so no stored payload repeats a key.
 pub fn parse_event(
     index: usize,
     raw: &str,
@@ -266,11 +267,11 @@ fn judge(
     };
     let (body, payload_user) = match ev.payload {
         Payload::Tree(None | Some(Value::Null)) | Payload::Text { raw: None, .. } => {
-            (Body::Tree(serde_json::Map::new()), None)
+            (Body::Tree(Value::Object(serde_json::Map::new())), None)
         }
         Payload::Tree(Some(Value::Object(m))) => {
             let user = user_in_payload(m.get("user_id").and_then(Field::of));
-            (Body::Tree(m), user)
+            (Body::Tree(Value::Object(m)), user)
         }
         Payload::Text {
             raw: Some(r),
@@ -305,24 +306,24 @@ fn judge(
         rule: v.rule,
         dead_lettered: v.dead_letter,
     };
-    let tree = |body: Body| match body {
-        Body::Tree(m) => Ok(Value::Object(m)),
-        Body::Text(text) => serde_json::from_str(text),
-    };
-    let stored = |tree: &Value| serde_json::to_string(tree);
-    let payload = match schemas.validator(&kind, version).map_err(refuse)? {
-        None => match body {
-            Body::Text(text) if repeats_no_key(text) => Ok(compact(text).into_owned()),
-            body => tree(body).and_then(|t| stored(&t)),
-        },
-        Some(validator) => {
-            let tree =
-                tree(body).map_err(|e| reject(id.clone(), "invalid_payload", e.to_string()))?;
-            validate(validator, &kind, version, &tree).map_err(refuse)?;
-            stored(&tree)
-        }
+    let invalid = |e: serde_json::Error| reject(id.clone(), "invalid_payload", e.to_string());
+    if let Some(validator) = schemas.validator(&kind, version).map_err(refuse)? {
+        let tree = match &body {
+            Body::Tree(tree) => validate(validator, &kind, version, tree),
+            Body::Text(text) => {
+                let tree = serde_json::from_str(text).map_err(invalid)?;
+                validate(validator, &kind, version, &tree)
+            }
+        };
+        tree.map_err(refuse)?;
     }
-    .map_err(|e| reject(id.clone(), "invalid_payload", e.to_string()))?;
+    let payload = match body {
+        Body::Text(text) if repeats_no_key(text) => compact(text).into_owned(),
+        Body::Text(text) => serde_json::from_str::<Value>(text)
+            .and_then(|tree| serde_json::to_string(&tree))
+            .map_err(invalid)?,
+        Body::Tree(tree) => serde_json::to_string(&tree).map_err(invalid)?,
+    };
     Ok(StoredEvent {
         event_id,
         kind,
@@ -571,6 +572,12 @@ mod tests {
         let raw = r#"{"type":"P","timestamp":1,"payload":{"amount":"x","amount":1}}"#;
         let e = parse_event(0, raw, "acme", 0, L, &amount).unwrap();
         assert_eq!(e.payload, r#"{"amount":1}"#);
+        let raw = r#"{"type":"P","timestamp":1,"payload":{"z":null, "amount":1.50}}"#;
+        let e = parse_event(0, raw, "acme", 0, L, &amount).unwrap();
+        assert_eq!(
+            e.payload, r#"{"z":null,"amount":1.50}"#,
+            "checked, and stored as sent"
+        );
         let raw = r#"{"type":"P","timestamp":1,"payload":{"amount":1,"amount":"x"}}"#;
         let r = parse_event(0, raw, "acme", 0, L, &amount).unwrap_err();
         assert_eq!(r.code, "schema_violation");

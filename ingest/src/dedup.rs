@@ -152,17 +152,10 @@ impl Dedup {
     pub fn absorb(&self, loaded: Dedup, now_us: i64) -> Conflicts {
         let mut base = loaded.inner.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut w = self.lock();
-        let mut ids: Vec<(usize, Print)> = (0..w.hi.len())
-            .filter_map(|i| {
-                let age = w.age(w.stamp[i])?;
-                Some((
-                    age,
-                    Print {
-                        hi: w.hi[i],
-                        lo: w.lo[i],
-                    },
-                ))
-            })
+        let mut ids: Vec<(usize, Print)> = w
+            .slots
+            .iter()
+            .filter_map(|&Slot { hi, lo, stamp }| Some((w.age(stamp)?, Print { hi, lo })))
             .collect();
         ids.sort_unstable_by_key(|&(age, _)| std::cmp::Reverse(age));
         let newest = w.generations.len().saturating_sub(1);
@@ -227,9 +220,7 @@ struct Window {
     generation_us: i64,
     /// ...or holds this many ids.
     generation_ids: usize,
-    hi: Vec<u64>,
-    lo: Vec<u32>,
-    stamp: Vec<u16>,
+    slots: Vec<Slot>,
     /// Slots not empty (live ids, and ids forgotten or of forgotten generations).
     taken: usize,
     /// Live ids.
@@ -247,6 +238,25 @@ struct Generation {
     newest_us: i64,
     ids: usize,
 }
+
+/// One slot of the table: a fingerprint and its generation's stamp, side by side so that a
+/// probe reads one place in memory (packed: 14 bytes, not 16).
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+struct Slot {
+    hi: u64,
+    lo: u32,
+    stamp: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 14);
+
+/// An empty slot.
+const EMPTY: Slot = Slot {
+    hi: 0,
+    lo: 0,
+    stamp: DEAD,
+};
 
 /// A slot's content: the fingerprint, never (0, 0) (the empty slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,9 +290,7 @@ impl Window {
             max_ids,
             generation_us: (window_us / GENERATIONS).max(1),
             generation_ids: (max_ids / GENERATIONS as usize).max(1),
-            hi: vec![0; MIN_SLOTS],
-            lo: vec![0; MIN_SLOTS],
-            stamp: vec![DEAD; MIN_SLOTS],
+            slots: vec![EMPTY; MIN_SLOTS],
             taken: 0,
             live: 0,
             generations: VecDeque::new(),
@@ -292,7 +300,8 @@ impl Window {
     }
 
     fn bytes(&self) -> usize {
-        self.hi.len() * 14 + self.generations.len() * std::mem::size_of::<Generation>()
+        self.slots.len() * std::mem::size_of::<Slot>()
+            + self.generations.len() * std::mem::size_of::<Generation>()
     }
 
     /// Generations from the stamp's to the newest one (`None`: no live generation has it).
@@ -306,12 +315,13 @@ impl Window {
     }
 
     fn find(&self, p: Print) -> Found {
-        let n = self.hi.len();
+        let n = self.slots.len();
         // The print's top bits pick the first slot (it is a hash: uniform), scaled to `n`.
         let mut i = ((u128::from(p.hi) * n as u128) >> 64) as usize;
         let mut reuse = None;
         loop {
-            if self.hi[i] == 0 && self.lo[i] == 0 {
+            let Slot { hi, lo, stamp } = self.slots[i];
+            if hi == 0 && lo == 0 {
                 return match reuse {
                     Some(slot) => Found::Absent { slot, empty: false },
                     None => Found::Absent {
@@ -320,8 +330,8 @@ impl Window {
                     },
                 };
             }
-            if self.age(self.stamp[i]).is_some() {
-                if self.hi[i] == p.hi && self.lo[i] == p.lo {
+            if self.age(stamp).is_some() {
+                if hi == p.hi && lo == p.lo {
                     return Found::Live(i);
                 }
             } else if reuse.is_none() {
@@ -345,9 +355,11 @@ impl Window {
             Found::Absent { slot, empty } => (slot, empty),
         };
         let stamp = self.current(at_us);
-        self.hi[slot] = p.hi;
-        self.lo[slot] = p.lo;
-        self.stamp[slot] = stamp;
+        self.slots[slot] = Slot {
+            hi: p.hi,
+            lo: p.lo,
+            stamp,
+        };
         self.live += 1;
         if empty {
             self.taken += 1;
@@ -356,7 +368,7 @@ impl Window {
             g.ids += 1;
             g.newest_us = g.newest_us.max(at_us);
         }
-        if self.taken * 5 > self.hi.len() * 4 || self.opened_since_rebuild >= REBUILD_EVERY {
+        if self.taken * 5 > self.slots.len() * 4 || self.opened_since_rebuild >= REBUILD_EVERY {
             self.rebuild();
         }
         true
@@ -364,11 +376,11 @@ impl Window {
 
     fn remove(&mut self, k: Key) {
         if let Found::Live(i) = self.find(print(k)) {
-            let age = self.age(self.stamp[i]).unwrap_or_default();
+            let age = self.age(self.slots[i].stamp).unwrap_or_default();
             let index = self.generations.len() - 1 - age;
             self.generations[index].ids -= 1;
             self.live -= 1;
-            self.stamp[i] = DEAD;
+            self.slots[i].stamp = DEAD;
         }
     }
 
@@ -410,7 +422,7 @@ impl Window {
             self.live -= g.ids;
             self.generations.pop_front();
         }
-        if self.hi.len() > MIN_SLOTS && self.live * 8 < self.hi.len() {
+        if self.slots.len() > MIN_SLOTS && self.live * 8 < self.slots.len() {
             self.rebuild();
         }
     }
@@ -418,27 +430,15 @@ impl Window {
     /// Moves the live ids to a table twice their number (at least `MIN_SLOTS`).
     fn rebuild(&mut self) {
         let n = (self.live * 2).max(MIN_SLOTS);
-        let old = Window {
-            hi: std::mem::replace(&mut self.hi, vec![0; n]),
-            lo: std::mem::replace(&mut self.lo, vec![0; n]),
-            stamp: std::mem::replace(&mut self.stamp, vec![DEAD; n]),
-            generations: VecDeque::new(),
-            ..Window::new(self.window_us, self.max_ids)
-        };
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
         self.taken = 0;
         self.opened_since_rebuild = 0;
-        for i in 0..old.hi.len() {
-            if self.age(old.stamp[i]).is_none() {
+        for s in old {
+            if self.age(s.stamp).is_none() {
                 continue;
             }
-            let p = Print {
-                hi: old.hi[i],
-                lo: old.lo[i],
-            };
-            if let Found::Absent { slot, .. } = self.find(p) {
-                self.hi[slot] = p.hi;
-                self.lo[slot] = p.lo;
-                self.stamp[slot] = old.stamp[i];
+            if let Found::Absent { slot, .. } = self.find(Print { hi: s.hi, lo: s.lo }) {
+                self.slots[slot] = s;
                 self.taken += 1;
             }
         }

@@ -21,6 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use serde_json::value::RawValue;
 
 use crate::{Error, Result};
 
@@ -324,14 +325,14 @@ fn rows_of(batch: &RecordBatch, out: &mut Vec<EventRow>) -> std::result::Result<
     for i in 0..batch.num_rows() {
         let kind = match value(types, i) {
             Some(PAGE_VIEWED) => {
-                let payload = parse(value(payloads, i));
-                Kind::Page(field_text(payload.as_ref(), "page"))
+                let [page, _, _] = read_fields(value(payloads, i));
+                Kind::Page(field_text(page))
             }
             Some(PURCHASE_MADE) => {
-                let payload = parse(value(payloads, i));
+                let [_, currency, amount] = read_fields(value(payloads, i));
                 Kind::Purchase {
-                    currency: field_text(payload.as_ref(), "currency"),
-                    cents: payload.as_ref().and_then(|p| cents(p.get("amount")?)),
+                    currency: field_text(currency),
+                    cents: amount.as_ref().and_then(cents),
                 }
             }
             _ => Kind::Other,
@@ -345,16 +346,38 @@ fn rows_of(batch: &RecordBatch, out: &mut Vec<EventRow>) -> std::result::Result<
     Ok(())
 }
 
-fn parse(payload: Option<&str>) -> Option<serde_json::Value> {
-    serde_json::from_str(payload?).ok()
+/// The payload's `page`, `currency` and `amount` (each `None` when missing, or when the payload
+/// is not a JSON object). Read in one pass, the rest of the payload skipped; through the
+/// payload's tree when a key repeats (its last value counts).
+fn read_fields(payload: Option<&str>) -> [Option<serde_json::Value>; 3] {
+    #[derive(serde::Deserialize)]
+    struct Fields<'a> {
+        #[serde(borrow)]
+        page: Option<&'a RawValue>,
+        #[serde(borrow)]
+        currency: Option<&'a RawValue>,
+        #[serde(borrow)]
+        amount: Option<&'a RawValue>,
+    }
+    let Some(text) = payload.filter(|p| p.trim_start().starts_with('{')) else {
+        return [None, None, None];
+    };
+    match serde_json::from_str::<Fields>(text) {
+        Ok(f) => [f.page, f.currency, f.amount]
+            .map(|raw| raw.and_then(|r| serde_json::from_str(r.get()).ok())),
+        Err(_) => {
+            let tree = serde_json::from_str::<serde_json::Value>(text).ok();
+            ["page", "currency", "amount"].map(|k| tree.as_ref()?.get(k).cloned())
+        }
+    }
 }
 
 /// A payload field as SQL's `payload->>'field'` reads it: a string as it is, any other value as
 /// its JSON text, a missing field or JSON `null` as NULL.
-fn field_text(payload: Option<&serde_json::Value>, field: &str) -> Option<String> {
-    match payload?.get(field)? {
+fn field_text(field: Option<serde_json::Value>) -> Option<String> {
+    match field? {
         serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::String(s) => Some(s),
         other => Some(other.to_string()),
     }
 }
@@ -502,11 +525,25 @@ mod tests {
 
     #[test]
     fn payload_fields_read_as_sql_reads_them() {
-        let p = serde_json::json!({"page": "/a", "n": 5, "x": null, "o": {"k": 1}});
-        assert_eq!(field_text(Some(&p), "page").as_deref(), Some("/a"));
-        assert_eq!(field_text(Some(&p), "n").as_deref(), Some("5"));
-        assert_eq!(field_text(Some(&p), "x"), None);
-        assert_eq!(field_text(Some(&p), "missing"), None);
-        assert_eq!(field_text(Some(&p), "o").as_deref(), Some(r#"{"k":1}"#));
+        let text = |payload: &str| read_fields(Some(payload)).map(|f| field_text(f));
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            text(r#"{"page": "/a", "n": 5, "currency": null, "amount": {"k": [1, 2]}}"#),
+            [s("/a"), None, s(r#"{"k":[1,2]}"#)]
+        );
+        assert_eq!(
+            text(r#"{"page":5,"currency":"EU\u0052"}"#),
+            [s("5"), s("EUR"), None]
+        );
+        // A repeated key: its last value, as the payload's tree reads it.
+        assert_eq!(
+            text(r#"{"page":"/a","x":1,"page":"/b"}"#),
+            [s("/b"), None, None]
+        );
+        assert_eq!(text(r#"["/a","EUR",1]"#), [None, None, None]);
+        assert_eq!(text("not json"), [None, None, None]);
+        assert_eq!(read_fields(None), [None, None, None]);
+        let [_, _, amount] = read_fields(Some(r#"{"amount":"12.345 "}"#));
+        assert_eq!(amount.as_ref().and_then(cents), Some(1235));
     }
 }

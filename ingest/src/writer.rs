@@ -19,6 +19,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use floe_catalog::schema::promote;
 
@@ -39,6 +40,11 @@ pub(crate) struct DeadLetter {
     pub(crate) payload: String,
     pub(crate) at_us: i64,
 }
+
+/// Columns whose values are nearly all distinct (of `events`, and of `events_dlq`): a
+/// dictionary of them saves nothing and costs a hash of every value until its page is full,
+/// half the time of writing an ingest file.
+const DISTINCT_COLUMNS: [&str; 2] = ["event_id", "payload"];
 
 /// Target size of one ingest file before it rolls over to the next.
 const TARGET_FILE_BYTES: usize = 256 << 20;
@@ -85,8 +91,12 @@ pub async fn write_days(
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let props = WriterProperties::builder()
-        .set_compression(compression)
+    let props = DISTINCT_COLUMNS
+        .iter()
+        .fold(
+            WriterProperties::builder().set_compression(compression),
+            |props, column| props.set_column_dictionary_enabled(ColumnPath::from(*column), false),
+        )
         .build();
     let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
     let names = DefaultFileNameGenerator::new(

@@ -223,6 +223,45 @@ fn events(prefix: &str, n: usize) -> Vec<floe_ingest::event::StoredEvent> {
         .collect()
 }
 
+#[tokio::test]
+async fn ingest_files_keep_no_dictionary_of_ids_or_payloads() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(&config(dir.path(), &[])).await.unwrap();
+    let tenant = TenantId::parse("again").unwrap();
+    create(&catalog, &tenant).await;
+    let table = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
+    let events = events("d", 100);
+    let rows: Vec<_> = events.iter().collect();
+    let files = floe_ingest::writer::write_events(
+        &table,
+        "again",
+        &rows,
+        parquet::basic::Compression::SNAPPY,
+    )
+    .await
+    .unwrap();
+    assert_eq!(files.len(), 1);
+    let path = files[0].file_path();
+    let file = std::fs::File::open(path.strip_prefix("file://").unwrap_or(path)).unwrap();
+    let reader = SerializedFileReader::new(file).unwrap();
+    let mut seen = Vec::new();
+    for chunk in reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .flat_map(|g| g.columns())
+    {
+        let name = chunk.column_path().string();
+        let dictionary = chunk.dictionary_page_offset().is_some();
+        if ["event_id", "payload", "type"].contains(&name.as_str()) {
+            assert_eq!(dictionary, name == "type", "{name}");
+            seen.push(name);
+        }
+    }
+    assert_eq!(seen, ["event_id", "type", "payload"]);
+}
+
 /// The ids (`event_id`) in a tenant's events table.
 async fn ids(catalog: &Catalog, tenant: &TenantId) -> Vec<String> {
     use arrow_array::cast::AsArray;

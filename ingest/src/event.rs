@@ -308,14 +308,14 @@ fn judge(
     };
     let invalid = |e: serde_json::Error| reject(id.clone(), "invalid_payload", e.to_string());
     if let Some(validator) = schemas.validator(&kind, version).map_err(refuse)? {
-        let tree = match &body {
+        let checked = match &body {
             Body::Tree(tree) => validate(validator, &kind, version, tree),
             Body::Text(text) => {
                 let tree = serde_json::from_str(text).map_err(invalid)?;
                 validate(validator, &kind, version, &tree)
             }
         };
-        tree.map_err(refuse)?;
+        checked.map_err(refuse)?;
     }
     let payload = match body {
         Body::Text(text) if repeats_no_key(text) => compact(text).into_owned(),
@@ -581,6 +581,22 @@ mod tests {
         let raw = r#"{"type":"P","timestamp":1,"payload":{"amount":1,"amount":"x"}}"#;
         let r = parse_event(0, raw, "acme", 0, L, &amount).unwrap_err();
         assert_eq!(r.code, "schema_violation");
+    }
+
+    #[test]
+    fn a_payload_nested_past_the_parser_depth_is_refused_not_stored() {
+        // The envelope's one pass skips the payload without recursing; the walk for repeated
+        // keys stops at the parser's depth, and the payload's tree is refused there.
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(5000), "}".repeat(5000));
+        let raw = format!(r#"{{"type":"A","timestamp":1,"payload":{deep}}}"#);
+        let r = parse_event(0, &raw, "acme", 0, L, &none()).unwrap_err();
+        assert_eq!(r.code, "invalid_payload", "{}", r.message);
+        // A deep field the event does not keep is skipped, also without recursing.
+        let raw = format!(r#"{{"type":"A","timestamp":1,"extra":{deep}}}"#);
+        assert_eq!(
+            parse_event(0, &raw, "acme", 0, L, &none()).unwrap().payload,
+            "{}"
+        );
     }
 
     #[test]

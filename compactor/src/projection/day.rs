@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn payload_fields_read_as_sql_reads_them() {
-        let text = |payload: &str| read_fields(Some(payload)).map(|f| field_text(f));
+        let text = |payload: &str| read_fields(Some(payload)).map(field_text);
         let s = |v: &str| Some(v.to_string());
         assert_eq!(
             text(r#"{"page": "/a", "n": 5, "currency": null, "amount": {"k": [1, 2]}}"#),

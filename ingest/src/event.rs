@@ -61,6 +61,21 @@ pub struct Rejection {
     pub dead_lettered: bool,
 }
 
+impl Rejection {
+    /// Event `index` refused for a reason other than its schema.
+    fn plain(index: u32, event_id: Option<String>, code: &'static str, message: String) -> Self {
+        Rejection {
+            index,
+            event_id,
+            code,
+            message,
+            pointer: None,
+            rule: None,
+            dead_lettered: false,
+        }
+    }
+}
+
 /// Body framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -155,15 +170,7 @@ pub fn parse_event(
     schemas: &TenantSchemas,
 ) -> Result<StoredEvent, Rejection> {
     let index = u32::try_from(index).unwrap_or(u32::MAX);
-    let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
-        index,
-        event_id,
-        code,
-        message,
-        pointer: None,
-        rule: None,
-        dead_lettered: false,
-    };
+    let reject = |event_id, code, message| Rejection::plain(index, event_id, code, message);
     if raw.len() > limits.max_event_bytes {
         return Err(reject(
             None,
@@ -187,15 +194,7 @@ fn judge(
     received_at: i64,
     schemas: &TenantSchemas,
 ) -> Result<StoredEvent, Rejection> {
-    let reject = |event_id: Option<String>, code: &'static str, message: String| Rejection {
-        index,
-        event_id,
-        code,
-        message,
-        pointer: None,
-        rule: None,
-        dead_lettered: false,
-    };
+    let reject = |event_id, code, message| Rejection::plain(index, event_id, code, message);
     let (event_id, client_id) = match ev.event_id {
         None => (uuid::Uuid::now_v7().to_string(), false),
         Some(Field::Str(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => (s.into_owned(), true),
@@ -476,15 +475,8 @@ mod tests {
     /// The stored event when `raw` is read through its tree, as every event was before the
     /// one-pass reading.
     fn through_the_tree(raw: &str, schemas: &TenantSchemas) -> Result<StoredEvent, Rejection> {
-        let ev = Incoming::read_tree(raw).map_err(|(code, _)| Rejection {
-            index: 0,
-            event_id: None,
-            code,
-            message: String::new(),
-            pointer: None,
-            rule: None,
-            dead_lettered: false,
-        })?;
+        let ev = Incoming::read_tree(raw)
+            .map_err(|(code, message)| Rejection::plain(0, None, code, message))?;
         judge(0, ev, "acme", 7, schemas)
     }
 

@@ -63,7 +63,12 @@ pub struct Rejection {
 
 impl Rejection {
     /// Event `index` refused for a reason other than its schema.
-    fn plain(index: u32, event_id: Option<String>, code: &'static str, message: String) -> Self {
+    pub(crate) fn plain(
+        index: u32,
+        event_id: Option<String>,
+        code: &'static str,
+        message: String,
+    ) -> Self {
         Rejection {
             index,
             event_id,

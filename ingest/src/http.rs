@@ -544,19 +544,18 @@ fn parse_body(
     for (i, raw) in items.into_iter().enumerate() {
         match event::parse_event(i, raw, tenant, received_at, limits, schemas) {
             // A key scoped to some event types sends only those.
-            Ok(e) if !scope.is_empty() && !scope.contains(&e.kind) => rejected.push(Rejection {
-                index: i as u32,
-                event_id: e.client_id.then(|| e.event_id.clone()),
-                code: "type_not_allowed",
-                message: format!(
-                    "this credential may send only events of type {}; not {}",
-                    scope.join(", "),
-                    e.kind
-                ),
-                pointer: None,
-                rule: None,
-                dead_lettered: false,
-            }),
+            Ok(e) if !scope.is_empty() && !scope.contains(&e.kind) => {
+                rejected.push(Rejection::plain(
+                    i as u32,
+                    e.client_id.then(|| e.event_id.clone()),
+                    "type_not_allowed",
+                    format!(
+                        "this credential may send only events of type {}; not {}",
+                        scope.join(", "),
+                        e.kind
+                    ),
+                ))
+            }
             Ok(e) => accepted.push(e),
             Err(r) => {
                 if r.dead_lettered {

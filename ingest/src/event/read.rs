@@ -41,12 +41,10 @@ impl Field<'_> {
     /// `v` as a field that owns its text.
     fn owned(v: Value) -> Option<Field<'static>> {
         match v {
+            Value::Null => None,
             Value::String(s) => Some(Field::Str(Cow::Owned(s))),
-            v => Field::of(&v).map(|f| match f {
-                Field::Str(s) => Field::Str(Cow::Owned(s.into_owned())),
-                Field::Num(n) => Field::Num(n),
-                Field::Other => Field::Other,
-            }),
+            Value::Number(n) => Some(Field::Num(n)),
+            Value::Bool(_) | Value::Array(_) | Value::Object(_) => Some(Field::Other),
         }
     }
 }

@@ -7,6 +7,11 @@
 //! A dead letter (`events_dlq`) holds the record's text; when that text is an event object,
 //! the same rules apply to it (`user_id`, else `payload.user_id` as ingest reads it, and the
 //! declared fields).
+//!
+//! An object that repeats a key is matched on every one of that key's values: SQL's JSON
+//! functions read the first, serde_json (and so ingest and schemas) the last. Floe stores no
+//! payload that repeats a key, but a dead letter keeps its record as sent, and files written by
+//! another engine may hold anything.
 
 use std::collections::HashMap;
 
@@ -14,7 +19,7 @@ use aho_corasick::AhoCorasick;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::DataType;
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::{Error, Result};
 
@@ -99,10 +104,9 @@ impl RowFilter {
     }
 
     /// The id a JSON value names: a string equal to one, or a number written as one.
-    fn id_of(&self, value: &Value) -> Option<usize> {
+    fn id_of(&self, value: &Json) -> Option<usize> {
         match value {
-            Value::String(s) => self.id(s),
-            Value::Number(n) => self.id(&n.to_string()),
+            Json::Name(s) => self.id(s),
             _ => None,
         }
     }
@@ -114,14 +118,10 @@ impl RowFilter {
     }
 
     /// The id a payload object names in a declared field.
-    fn in_payload(&self, payload: &Value) -> Option<usize> {
-        self.paths.iter().find_map(|path| {
-            let mut v = payload;
-            for key in path {
-                v = v.get(key)?;
-            }
-            self.id_of(v)
-        })
+    fn in_payload(&self, payload: &Json) -> Option<usize> {
+        self.paths
+            .iter()
+            .find_map(|path| payload.find(path, &mut |v| self.id_of(v)))
     }
 
     /// The id an `events` row names.
@@ -138,14 +138,19 @@ impl RowFilter {
         if !self.may_name(text) {
             return None;
         }
-        let event: Value = serde_json::from_str(text).ok()?;
-        let payload = event.get("payload");
-        let user = match event.get(USER_ID) {
-            Some(Value::Null) | None => payload.and_then(|p| p.get(USER_ID)),
-            u => u,
-        };
-        user.and_then(|u| self.id_of(u))
-            .or_else(|| payload.and_then(|p| self.in_payload(p)))
+        let event: Json = serde_json::from_str(text).ok()?;
+        if let Some(hit) = event.members(USER_ID).find_map(|u| self.id_of(u)) {
+            return Some(hit);
+        }
+        // Ingest reads `payload.user_id` when the event's own is null or missing.
+        let unnamed = event.members(USER_ID).next().is_none()
+            || event.members(USER_ID).any(|u| matches!(u, Json::Null));
+        event.members("payload").find_map(|payload| {
+            unnamed
+                .then(|| payload.members(USER_ID).find_map(|u| self.id_of(u)))
+                .flatten()
+                .or_else(|| self.in_payload(payload))
+        })
     }
 
     fn layout(batch: &RecordBatch) -> Result<Layout> {
@@ -212,6 +217,98 @@ impl RowFilter {
         self.ids.iter().any(|id| {
             lower.is_none_or(|l| l <= id.as_str()) && upper.is_none_or(|u| id.as_str() <= u)
         })
+    }
+}
+
+/// A JSON value as erasure reads it: every member of an object kept, a repeated key's values
+/// included, and only what can name a user kept of the rest.
+#[derive(Debug, PartialEq)]
+enum Json {
+    /// A string, or a number as serde_json writes it.
+    Name(String),
+    Null,
+    Object(Vec<(String, Json)>),
+    /// A boolean or an array: names nobody (paths do not go through arrays).
+    Other,
+}
+
+impl Json {
+    /// The values of an object's members named `key` (none for anything but an object).
+    fn members<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Json> + 'a {
+        let members = match self {
+            Json::Object(members) => members.as_slice(),
+            _ => &[],
+        };
+        members
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// The first `Some` that `f` gives for a value at `path`, following every value of a
+    /// repeated key.
+    fn find<T>(&self, path: &[String], f: &mut impl FnMut(&Json) -> Option<T>) -> Option<T> {
+        match path.split_first() {
+            None => f(self),
+            Some((key, rest)) => self.members(key).find_map(|v| v.find(rest, f)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Json, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Json, E> {
+        Ok(Json::Other)
+    }
+
+    fn visit_i64<E>(self, n: i64) -> std::result::Result<Json, E> {
+        Ok(Json::Name(n.to_string()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> std::result::Result<Json, E> {
+        Ok(Json::Name(n.to_string()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> std::result::Result<Json, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Json::Other, |n| Json::Name(n.to_string())))
+    }
+
+    fn visit_str<E>(self, s: &str) -> std::result::Result<Json, E> {
+        Ok(Json::Name(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> std::result::Result<Json, E> {
+        Ok(Json::Name(s))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Json, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Json::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Json, A::Error> {
+        let mut members = Vec::new();
+        while let Some(member) = map.next_entry::<String, Json>()? {
+            members.push(member);
+        }
+        Ok(Json::Object(members))
     }
 }
 
@@ -317,6 +414,60 @@ mod tests {
         .unwrap();
         let f = RowFilter::new(&["u-1".into()], &[]).unwrap();
         assert_eq!(ids(&f, &batch), vec![Some("u-1"), Some("u-1"), None, None]);
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_key_is_compared() {
+        // SQL's JSON functions read a repeated key's first value, serde_json its last: a row
+        // naming a user under either reading is that user's.
+        let batch = events(&[
+            (
+                Some("x"),
+                "A",
+                r#"{"customer_id":"u-1","customer_id":"u-2"}"#,
+            ),
+            (
+                Some("y"),
+                "A",
+                r#"{"buyer":{"id":"u-1"},"buyer":{"id":"u-3"}}"#,
+            ),
+            (
+                Some("z"),
+                "A",
+                r#"{"buyer":{"id":"u-3","id":"u-1"},"n":[{"id":"u-1"}]}"#,
+            ),
+        ]);
+        let f = RowFilter::new(
+            &["u-1".into()],
+            &["payload.customer_id".into(), "payload.buyer.id".into()],
+        )
+        .unwrap();
+        assert_eq!(ids(&f, &batch), vec![Some("u-1"); 3]);
+        let f = RowFilter::new(
+            &["u-2".into(), "u-3".into()],
+            &["payload.customer_id".into()],
+        )
+        .unwrap();
+        assert_eq!(ids(&f, &batch), vec![Some("u-2"), None, None]);
+
+        // A dead letter's text as sent: its own user_id repeated, or null once.
+        let f = RowFilter::new(&["u-1".into()], &[]).unwrap();
+        for (text, hit) in [
+            (r#"{"user_id":"u-1","user_id":"u-2"}"#, true),
+            (r#"{"user_id":"u-2","user_id":"u-1"}"#, true),
+            (
+                r#"{"user_id":null,"user_id":"u-2","payload":{"user_id":"u-1"}}"#,
+                true,
+            ),
+            (r#"{"user_id":"u-2","payload":{"user_id":"u-1"}}"#, false),
+            (
+                r#"{"payload":{"user_id":"u-2"},"payload":{"user_id":"u-1"}}"#,
+                true,
+            ),
+            (r#"{"user_id":["u-1"]}"#, false),
+        ] {
+            assert_eq!(f.dead_letter_row(text).is_some(), hit, "{text}");
+        }
     }
 
     #[test]

@@ -44,7 +44,6 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 pub mod backfill;
 mod bins;
@@ -433,9 +432,7 @@ impl Compactor {
 
         let level = ZstdLevel::try_new(self.config.zstd_level)
             .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .build();
+        let props = floe_catalog::table::data_file_properties(Compression::ZSTD(level));
         let location =
             DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
         let names = DefaultFileNameGenerator::new(

@@ -18,8 +18,6 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 
 use floe_catalog::schema::promote;
 
@@ -40,11 +38,6 @@ pub(crate) struct DeadLetter {
     pub(crate) payload: String,
     pub(crate) at_us: i64,
 }
-
-/// Columns whose values are nearly all distinct (of `events`, and of `events_dlq`): a
-/// dictionary of them saves nothing and costs a hash of every value until its page is full
-/// (a third of the time spent encoding an ingest file).
-const DISTINCT_COLUMNS: [&str; 2] = ["event_id", "payload"];
 
 /// Target size of one ingest file before it rolls over to the next.
 const TARGET_FILE_BYTES: usize = 256 << 20;
@@ -91,13 +84,7 @@ pub async fn write_days(
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let props = DISTINCT_COLUMNS
-        .iter()
-        .fold(
-            WriterProperties::builder().set_compression(compression),
-            |props, column| props.set_column_dictionary_enabled(ColumnPath::from(*column), false),
-        )
-        .build();
+    let props = floe_catalog::table::data_file_properties(compression);
     let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
     let names = DefaultFileNameGenerator::new(
         format!("{}", uuid::Uuid::now_v7()),

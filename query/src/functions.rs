@@ -456,19 +456,130 @@ mod tests {
             Some(Scalar::Text(Cow::Borrowed("plain")))
         ));
         assert_eq!(at("$.e"), Some(Scalar::Text(Cow::Owned("té".into()))));
-        let twelve_and_a_half = serde_json::Number::from_f64(12.5).unwrap();
-        assert_eq!(at("$.n"), Some(Scalar::Number(twelve_and_a_half)));
-        assert_eq!(at("$.i"), Some(Scalar::Number((-3).into())));
+        // A number as written, as Trino gives a number token's text.
+        assert_eq!(at("$.n"), Some(Scalar::Number("12.50")));
+        assert_eq!(at("$.i"), Some(Scalar::Number("-3")));
         assert_eq!(at("$.b"), Some(Scalar::Bool(false)));
         assert_eq!(at("$.o"), Some(Scalar::Other));
         assert_eq!(at("$.z"), Some(Scalar::Other));
         assert_eq!(at("$.missing"), None);
-        // As Trino's, the lookup ends with the document: text after it is not read.
-        let one = Some(Scalar::Number(1.into()));
+        // As Trino's, the lookup ends with the value: text after it is not read.
+        let one = Some(Scalar::Number("1"));
         assert_eq!(
             json_scalar_at(r#"{"s": 1} x"#, &json_path("$.s").unwrap()),
             one
         );
+    }
+
+    #[test]
+    fn json_lookup_reads_up_to_the_value_as_trino_does() {
+        let scalar = |doc: &str, p: &str| match json_scalar_at(doc, &json_path(p).unwrap()) {
+            Some(Scalar::Text(s)) => Some(s.into_owned()),
+            Some(Scalar::Number(n)) => Some(n.to_string()),
+            Some(Scalar::Bool(b)) => Some(b.to_string()),
+            Some(Scalar::Other) => Some("other".into()),
+            None => None,
+        };
+        // Nothing after the value is read; a repeated key's first value counts.
+        assert_eq!(
+            scalar(r#"{"page":"/a", broken"#, "$.page"),
+            Some("/a".into())
+        );
+        assert_eq!(scalar(r#"{"p":1,"p":2}"#, "$.p"), Some("1".into()));
+        // What comes before it must be JSON.
+        for doc in [
+            r#"{"x": tru, "page": "p"}"#,
+            r#"{"x": [1 2], "page": "p"}"#,
+            r#"{"x": {"a" 1}, "page": "p"}"#,
+            r#"{"x": {"a": 1]], "page": "p"}"#,
+            r#"{"x": "open, "page": "p"}"#,
+            "{\"x\": \"a\u{1}b\", \"page\": \"p\"}",
+            r#"{"x": 1 "page": "p"}"#,
+            r#"["page", "p"]"#,
+            r#"{"page" "p"}"#,
+            "",
+            "   ",
+        ] {
+            assert_eq!(scalar(doc, "$.page"), None, "{doc}");
+        }
+        // Brackets, quotes and escapes inside skipped strings; whitespace anywhere; names with
+        // escapes; empty containers; paths through arrays.
+        let doc = " {\n\t\"a\" : [ \"]}\\\"\" , {\"b\":[]} , {} ] ,\r\"p\\u0061ge\": \"/x\" } ";
+        assert_eq!(scalar(doc, "$.page"), Some("/x".into()));
+        assert_eq!(scalar(doc, "$.a[0]"), Some("]}\"".into()));
+        assert_eq!(scalar(doc, "$.a[1].b"), Some("other".into()));
+        assert_eq!(scalar(doc, "$.a[3]"), None);
+        assert_eq!(scalar(doc, "$.a[1].b[0]"), None);
+        assert_eq!(
+            scalar(r#"{"n": -1.5e3, "t": true}"#, "$.t"),
+            Some("true".into())
+        );
+        assert_eq!(scalar(r#"{"n": -1.5e3}"#, "$.n"), Some("-1.5e3".into()));
+        assert_eq!(scalar(r#"{"n": 1e999}"#, "$.n"), Some("1e999".into()));
+        for bad in ["01", "1.", ".5", "-", "1e", "1e+", "--1", "1.2.3", "+1"] {
+            let doc = format!(r#"{{"n": {bad}, "m": 0}}"#);
+            assert_eq!(scalar(&doc, "$.n"), None, "{doc}");
+            assert_eq!(scalar(&doc, "$.m"), None, "{doc}");
+        }
+        assert_eq!(scalar(r#"{}"#, "$.n"), None);
+    }
+
+    /// Every path of a document (its keys and indexes, all the way down).
+    fn paths_of(v: &Value, prefix: String, out: &mut Vec<String>) {
+        out.push(if prefix.is_empty() {
+            "$".into()
+        } else {
+            format!("${prefix}")
+        });
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    paths_of(child, format!("{prefix}[\"{k}\"]"), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    paths_of(child, format!("{prefix}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn json_lookup_finds_what_the_parsed_tree_holds() {
+        let docs = [
+            r#"{"page": "/pricing", "referrer": "https://e.com/?q=\"x\"", "n": [1, 2.5, -3e2]}"#,
+            r#"{"order": {"items": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": null}], "total": 12.34}, "ok": true}"#,
+            r#"[{"a": {"b": {"c": [[], [{}], [[1]]]}}}, "s\u00e9", false]"#,
+            r#"{"k y": {"": "empty name"}, "esc\"aped": "v", "uni": "\ud83d\ude00"}"#,
+        ];
+        for doc in docs {
+            let tree: Value = serde_json::from_str(doc).unwrap();
+            let mut paths = Vec::new();
+            paths_of(&tree, String::new(), &mut paths);
+            for p in paths {
+                let steps = json_path(&p).unwrap();
+                let mut want = &tree;
+                for step in &steps {
+                    want = match step {
+                        Step::Key(k) => &want[k.as_str()],
+                        Step::Index(i) => &want[*i],
+                    };
+                }
+                assert_eq!(json_at(doc, &steps).as_ref(), Some(want), "{doc} {p}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text, any path: an answer or none, never a panic.
+        #[test]
+        fn json_lookup_of_any_text_ends(doc in "[\\[\\]{}\",:a-c0-9é \\\\.eE+-]{0,40}", path in "(\\.[abc]|\\[[0-2]\\]){0,3}") {
+            let steps = json_path(&format!("${path}")).unwrap();
+            let _ = json_at(&doc, &steps);
+            let _ = json_scalar_at(&doc, &steps);
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! `.key`, `["key"]`, `[n]`) walked without building the whole document.
 
 use std::borrow::Cow;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
@@ -60,221 +59,247 @@ pub(super) fn json_path(path: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
-/// Finds the value at `path` in the JSON text `doc` while parsing it: members and elements off
-/// the path are skipped without being built, and only the value found is materialised.
-/// `None` when the text is not JSON or the path leads nowhere.
+/// The value at `path` in the JSON text `doc`, found as Trino's extractors find it: an object's
+/// members are read in order up to the first whose name matches (a repeated key's first value
+/// counts), what lies off the path is skipped without being built, and nothing after the value
+/// found is read. `None` when the text up to the value is not JSON or the path leads nowhere.
 pub(super) fn json_at(doc: &str, path: &[Step]) -> Option<Value> {
-    find::<Value>(doc, path)
+    serde_json::from_str(locate(doc, path)?).ok()
 }
 
 /// As [`json_at`], for `json_extract_scalar`: the string, number or boolean at `path`, a string
-/// borrowed from `doc` unless it has escapes; `None` for anything else.
+/// borrowed from `doc` unless it has escapes, a number as written (`12.50` stays `12.50`, as
+/// Trino gives a number token's text); `None` for anything else.
 pub(super) fn json_scalar_at<'d>(doc: &'d str, path: &[Step]) -> Option<Scalar<'d>> {
-    find::<Scalar<'d>>(doc, path)
-}
-
-fn find<'d, L: Leaf<'d>>(doc: &'d str, path: &[Step]) -> Option<L> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_str(doc);
-    PathSeed::<L> {
-        path,
-        leaf: PhantomData,
-    }
-    .deserialize(&mut de)
-    .ok()
-    .flatten()
+    let value = locate(doc, path)?;
+    Some(match value.as_bytes()[0] {
+        b'"' => {
+            let inner = &value[1..value.len() - 1];
+            match inner.contains('\\') {
+                false => Scalar::Text(Cow::Borrowed(inner)),
+                true => Scalar::Text(Cow::Owned(serde_json::from_str(value).ok()?)),
+            }
+        }
+        b't' => Scalar::Bool(true),
+        b'f' => Scalar::Bool(false),
+        b'-' | b'0'..=b'9' => Scalar::Number(value),
+        // An object, an array or null.
+        _ => Scalar::Other,
+    })
 }
 
 /// A scalar found by `json_extract_scalar`.
 #[derive(Debug, PartialEq)]
 pub(super) enum Scalar<'d> {
     Text(Cow<'d, str>),
-    Number(serde_json::Number),
+    /// A number's text as written.
+    Number(&'d str),
     Bool(bool),
     /// An object, an array or null: `json_extract_scalar` gives NULL for them.
     Other,
 }
 
-/// What is read where the path ends.
-trait Leaf<'de>: Sized {
-    fn read<D: serde::Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error>;
-}
-
-impl<'de> Leaf<'de> for Value {
-    fn read<D: serde::Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
-        use serde::Deserialize;
-        Value::deserialize(d).map(Some)
-    }
-}
-
-impl<'de> Leaf<'de> for Scalar<'de> {
-    fn read<D: serde::Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
-        d.deserialize_any(ScalarVisitor).map(Some)
-    }
-}
-
-struct ScalarVisitor;
-
-impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
-    type Value = Scalar<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Text(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Text(Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Scalar::Text(Cow::Owned(v)))
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::Number(v.into()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Scalar::Other)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
-}
-
-struct PathSeed<'p, L> {
-    path: &'p [Step],
-    leaf: PhantomData<L>,
-}
-
-impl<'de, L: Leaf<'de>> serde::de::DeserializeSeed<'de> for PathSeed<'_, L> {
-    type Value = Option<L>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        match self.path.split_first() {
-            None => L::read(d),
-            Some((step, rest)) => d.deserialize_any(PathVisitor::<L> {
-                step,
-                rest,
-                leaf: PhantomData,
-            }),
-        }
-    }
-}
-
-struct PathVisitor<'p, L> {
-    step: &'p Step,
-    rest: &'p [Step],
-    leaf: PhantomData<L>,
-}
-
-/// Whether a member name equals the wanted one, without allocating it.
-struct KeyIs<'p>(&'p str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for KeyIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-impl<'de, L: Leaf<'de>> serde::de::Visitor<'de> for PathVisitor<'_, L> {
-    type Value = Option<L>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let key = match self.step {
-            Step::Key(k) => Some(k.as_str()),
-            Step::Index(_) => None,
-        };
-        let mut found = None;
-        while let Some(hit) = map.next_key_seed(KeyIs(key.unwrap_or("")))? {
-            if hit && key.is_some() && found.is_none() {
-                found = map.next_value_seed(PathSeed::<L> {
-                    path: self.rest,
-                    leaf: PhantomData,
-                })?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let wanted = match self.step {
-            Step::Index(i) => Some(*i),
-            Step::Key(_) => None,
-        };
-        let mut found = None;
-        let mut i = 0;
-        loop {
-            if wanted == Some(i) {
-                match seq.next_element_seed(PathSeed::<L> {
-                    path: self.rest,
-                    leaf: PhantomData,
-                })? {
-                    Some(v) => found = v,
-                    None => break,
+/// The text of the value at `path` in `doc` (see [`json_at`]): a string with its quotes, a
+/// number, a literal, or an object or array whose brackets balance outside strings.
+fn locate<'d>(doc: &'d str, path: &[Step]) -> Option<&'d str> {
+    let mut c = Cursor { text: doc, at: 0 };
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                c.expect(b'{')?;
+                if c.peek()? == b'}' {
+                    return None;
                 }
-            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
-                break;
+                loop {
+                    if name_is(c.member_name()?, key)? {
+                        break;
+                    }
+                    c.skip_value()?;
+                    match c.next()? {
+                        b',' => {}
+                        _ => return None,
+                    }
+                }
             }
+            Step::Index(index) => {
+                c.expect(b'[')?;
+                if c.peek()? == b']' {
+                    return None;
+                }
+                for _ in 0..*index {
+                    c.skip_value()?;
+                    match c.next()? {
+                        b',' => {}
+                        _ => return None,
+                    }
+                }
+            }
+        }
+    }
+    c.peek()?;
+    let start = c.at;
+    c.skip_value()?;
+    Some(&doc[start..c.at])
+}
+
+/// Whether `text` is a JSON number: `-`, an integer part without leading zeros, then
+/// optionally a fraction and an exponent.
+fn is_number(text: &[u8]) -> bool {
+    let mut i = usize::from(text.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while text.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > start
+    };
+    match text.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if text.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(text.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        Ok(found)
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == text.len()
+}
+
+/// Whether a member's name (its text with quotes) is `key`; escapes are decoded first.
+fn name_is(name: &str, key: &str) -> Option<bool> {
+    let inner = &name[1..name.len() - 1];
+    match inner.contains('\\') {
+        false => Some(inner == key),
+        true => Some(serde_json::from_str::<Cow<str>>(name).ok()? == key),
+    }
+}
+
+/// A position in JSON text. Every token it stops at is ASCII, so its positions are char
+/// boundaries.
+struct Cursor<'d> {
+    text: &'d str,
+    at: usize,
+}
+
+impl<'d> Cursor<'d> {
+    /// The next byte that is not whitespace, left unread.
+    fn peek(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(b) = bytes.get(self.at) {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => self.at += 1,
+                _ => return Some(*b),
+            }
+        }
+        None
     }
 
-    // A scalar where the path wants to go deeper: nothing there.
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    /// The next byte that is not whitespace, read.
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+
+    /// A string token, quotes included.
+    fn string(&mut self) -> Option<&'d str> {
+        self.expect(b'"')?;
+        let start = self.at - 1;
+        let bytes = self.text.as_bytes();
+        loop {
+            match bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' => self.at += 2,
+                b if *b < 0x20 => return None,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        Some(&self.text[start..self.at])
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+
+    /// Skips one value, checking its structure: strings to their closing quote, objects and
+    /// arrays member by member (a stack of the brackets open, not recursion), numbers by their
+    /// characters, the three literals by their words.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            match self.next()? {
+                b'"' => {
+                    self.at -= 1;
+                    self.string()?;
+                }
+                b'{' if self.peek()? == b'}' => self.at += 1,
+                b'{' => {
+                    open.push(b'}');
+                    self.member_name()?;
+                    continue;
+                }
+                b'[' if self.peek()? == b']' => self.at += 1,
+                b'[' => {
+                    open.push(b']');
+                    continue;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = self.at - 1;
+                    let bytes = self.text.as_bytes();
+                    while bytes.get(self.at).is_some_and(|b| {
+                        matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                    }) {
+                        self.at += 1;
+                    }
+                    is_number(&bytes[start..self.at]).then_some(())?;
+                }
+                _ => {
+                    let rest = &self.text[self.at - 1..];
+                    let word = ["true", "false", "null"]
+                        .into_iter()
+                        .find(|w| rest.starts_with(w))?;
+                    self.at += word.len() - 1;
+                }
+            }
+            // After a value: close what it ends, or go on to the next member or element.
+            loop {
+                let Some(&close) = open.last() else {
+                    return Some(());
+                };
+                match self.next()? {
+                    b',' if close == b'}' => {
+                        self.member_name()?;
+                        break;
+                    }
+                    b',' => break,
+                    b if b == close => {
+                        open.pop();
+                    }
+                    _ => return None,
+                }
+            }
+        }
     }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+
+    /// A member's name and its colon.
+    fn member_name(&mut self) -> Option<&'d str> {
+        let name = self.string()?;
+        self.expect(b':')?;
+        Some(name)
     }
 }
 
@@ -314,7 +339,6 @@ pub(super) fn json(args: &[ColumnarValue], rows: usize, scalar: bool) -> Result<
     };
     let mut cached: Option<(String, Vec<Step>)> = None;
     let mut out = StringBuilder::with_capacity(rows, rows * 8);
-    let mut number = String::new();
     for doc in docs {
         let steps = match (&constant, path_rows.as_mut()) {
             (Some(steps), _) => steps.as_deref(),
@@ -343,12 +367,7 @@ pub(super) fn json(args: &[ColumnarValue], rows: usize, scalar: bool) -> Result<
         match json_scalar_at(doc, steps) {
             Some(Scalar::Text(s)) => out.append_value(s),
             Some(Scalar::Bool(b)) => out.append_value(if b { "true" } else { "false" }),
-            Some(Scalar::Number(n)) => {
-                use std::fmt::Write;
-                number.clear();
-                let _ = write!(number, "{n}");
-                out.append_value(&number);
-            }
+            Some(Scalar::Number(n)) => out.append_value(n),
             Some(Scalar::Other) | None => out.append_null(),
         }
     }

@@ -93,22 +93,34 @@ pub fn dlq_schema() -> Result<Schema> {
         .map_err(Error::ice("building the dead-letter schema"))
 }
 
-/// Columns of `events` and `events_dlq` whose values are nearly all distinct: a Parquet
-/// dictionary of them saves nothing and costs a hash of every value until its page is full (a
-/// third of the time spent encoding an ingest file).
+/// Columns of `events` and `events_dlq` whose values are nearly all distinct within one ingest
+/// batch: a Parquet dictionary of them saves nothing there and costs a hash of every value until
+/// its page is full (a third of the time spent encoding an ingest file).
 const DISTINCT_COLUMNS: [&str; 2] = ["event_id", "payload"];
 
-/// How Floe writes the Parquet data files of a table, whoever writes them (ingest, compaction,
-/// erasure), so that a file reads the same whichever wrote it: `compression`, and no
-/// dictionary for the columns of `events` and `events_dlq` whose values are all distinct.
-pub fn data_file_properties(compression: Compression) -> WriterProperties {
-    DISTINCT_COLUMNS
-        .iter()
-        .fold(
-            WriterProperties::builder().set_compression(compression),
-            |props, column| props.set_column_dictionary_enabled(ColumnPath::from(*column), false),
-        )
-        .build()
+/// Who writes a data file of `events` or `events_dlq`, which decides how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileWriter {
+    /// Ingest: small files written while requests wait; no dictionary for [`DISTINCT_COLUMNS`].
+    Ingest,
+    /// Compaction and erasure: large files read many times; every column keeps Parquet's
+    /// dictionary (it falls back to plain pages once the dictionary outgrows its page), which
+    /// pays when payloads repeat: without it the compacted files of `bench/compaction.py` were
+    /// 19 % larger, and their rewrite took 1.22× DuckDB's time against 1.12× (BENCHMARKS.md).
+    Rewrite,
+}
+
+/// The Parquet writer properties of a data file of `events` or `events_dlq` (one place for
+/// every writer of them): `compression`, and dictionaries as `writer` needs them.
+pub fn data_file_properties(compression: Compression, writer: FileWriter) -> WriterProperties {
+    let props = WriterProperties::builder().set_compression(compression);
+    match writer {
+        FileWriter::Ingest => DISTINCT_COLUMNS.iter().fold(props, |props, column| {
+            props.set_column_dictionary_enabled(ColumnPath::from(*column), false)
+        }),
+        FileWriter::Rewrite => props,
+    }
+    .build()
 }
 
 /// The name of the day partition field of `events` and `events_dlq`.

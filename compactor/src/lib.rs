@@ -432,7 +432,10 @@ impl Compactor {
 
         let level = ZstdLevel::try_new(self.config.zstd_level)
             .map_err(|e| Error::Invalid(format!("compaction.zstd_level: {e}")))?;
-        let props = floe_catalog::table::data_file_properties(Compression::ZSTD(level));
+        let props = floe_catalog::table::data_file_properties(
+            Compression::ZSTD(level),
+            floe_catalog::table::FileWriter::Rewrite,
+        );
         let location =
             DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
         let names = DefaultFileNameGenerator::new(

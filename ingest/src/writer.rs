@@ -20,6 +20,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::Compression;
 
 use floe_catalog::schema::promote;
+use floe_catalog::table::FileWriter;
 
 use crate::event::StoredEvent;
 use crate::{Error, Result};
@@ -84,7 +85,7 @@ pub async fn write_days(
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let props = floe_catalog::table::data_file_properties(compression);
+    let props = floe_catalog::table::data_file_properties(compression, FileWriter::Ingest);
     let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
     let names = DefaultFileNameGenerator::new(
         format!("{}", uuid::Uuid::now_v7()),

@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -167,7 +167,8 @@ impl ExecutionPlan for DictionaryGroupsExec {
             .map(|d| d.then(StringIds::new).transpose())
             .collect::<Result<Vec<_>>>()?;
         let numbered = self.numbered_schema()?;
-        let (group_values, accumulators) = empty(&numbered, &self.aggregates)?;
+        let indexed = self.dictionaries == [true];
+        let (group_values, accumulators) = empty(&numbered, indexed, &self.aggregates)?;
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(Grouping {
@@ -177,6 +178,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             ids,
             group_values,
             numbered,
+            indexed,
             arguments: self.aggregates.iter().map(|a| a.expressions()).collect(),
             filters: self.filters.clone(),
             accumulators,
@@ -198,8 +200,10 @@ struct Grouping {
     groups: Vec<Arc<dyn PhysicalExpr>>,
     /// Per group column, the numbers of its strings if it is a dictionary column.
     ids: Vec<Option<StringIds>>,
-    group_values: Box<dyn GroupValues>,
+    group_values: Groups,
     numbered: SchemaRef,
+    /// Whether the groups are indexed by number (one group column, a dictionary).
+    indexed: bool,
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
@@ -273,7 +277,7 @@ impl Grouping {
         if self.group_values.is_empty() {
             return Ok(());
         }
-        let mut columns = self.group_values.emit(EmitTo::All)?;
+        let mut columns = self.group_values.emit()?;
         for (column, ids) in columns.iter_mut().zip(&self.ids) {
             if let Some(ids) = ids {
                 *column = ids.strings(column)?;
@@ -290,22 +294,118 @@ impl Grouping {
             offset += length;
         }
         // The grouping and the accumulators start again from none.
-        (self.group_values, self.accumulators) = empty(&self.numbered, &self.aggregates)?;
+        (self.group_values, self.accumulators) =
+            empty(&self.numbered, self.indexed, &self.aggregates)?;
         Ok(())
     }
 }
 
 /// The groups held and an accumulator per aggregate over them.
-type State = (Box<dyn GroupValues>, Vec<Box<dyn GroupsAccumulator>>);
+type State = (Groups, Vec<Box<dyn GroupsAccumulator>>);
 
-/// A grouping over `numbered` and `aggregates`' accumulators, holding no group yet.
-fn empty(numbered: &SchemaRef, aggregates: &[Arc<AggregateFunctionExpr>]) -> Result<State> {
-    let group_values = new_group_values(numbered.clone(), &GroupOrdering::None)?;
+/// A grouping over `numbered` (`indexed`: see [`Groups::Indexed`]) and `aggregates`'
+/// accumulators, holding no group yet.
+fn empty(
+    numbered: &SchemaRef,
+    indexed: bool,
+    aggregates: &[Arc<AggregateFunctionExpr>],
+) -> Result<State> {
+    let group_values = match indexed {
+        true => Groups::Indexed {
+            group_of: Vec::new(),
+            numbers: Vec::new(),
+        },
+        false => Groups::Hashed(new_group_values(numbered.clone(), &GroupOrdering::None)?),
+    };
     let accumulators = aggregates
         .iter()
         .map(|a| a.create_groups_accumulator())
         .collect::<Result<Vec<_>>>()?;
     Ok((group_values, accumulators))
+}
+
+/// A value of [`Groups::Indexed`]'s `group_of`: the number has no group yet.
+const NO_GROUP: u32 = u32::MAX;
+
+/// The groups of one partition's rows, by their numbered columns.
+enum Groups {
+    /// DataFusion's grouping: a hash of each row's numbers (and other columns).
+    Hashed(Box<dyn GroupValues>),
+    /// One group column, a dictionary: its numbers count up from 0, so a row's group is looked
+    /// up in a table indexed by its number, no hash needed.
+    Indexed {
+        /// The group of each number ([`NO_GROUP`] for none yet).
+        group_of: Vec<u32>,
+        /// The number of each group.
+        numbers: Vec<u32>,
+    },
+}
+
+impl Groups {
+    /// The group of each row of `keys` in `rows`, new groups numbered next.
+    fn intern(&mut self, keys: &[ArrayRef], rows: &mut Vec<usize>) -> Result<()> {
+        let (group_of, numbers) = match self {
+            Groups::Hashed(hashed) => return hashed.intern(keys, rows),
+            Groups::Indexed { group_of, numbers } => (group_of, numbers),
+        };
+        let [column] = keys else {
+            return internal_err!("indexed groups take one column, got {}", keys.len());
+        };
+        let Some(column) = column.as_primitive_opt::<UInt32Type>() else {
+            return internal_err!("indexed groups take numbers, got {}", column.data_type());
+        };
+        rows.clear();
+        rows.reserve(column.len());
+        for &number in column.values() {
+            let number = number as usize;
+            if number >= group_of.len() {
+                group_of.resize(number + 1, NO_GROUP);
+            }
+            let group = match group_of[number] {
+                NO_GROUP => {
+                    let group = numbers.len() as u32;
+                    numbers.push(number as u32);
+                    group_of[number] = group;
+                    group
+                }
+                group => group,
+            };
+            rows.push(group as usize);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Groups::Hashed(hashed) => hashed.len(),
+            Groups::Indexed { numbers, .. } => numbers.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Groups::Hashed(hashed) => hashed.size(),
+            Groups::Indexed { group_of, numbers } => {
+                (group_of.capacity() + numbers.capacity()) * size_of::<u32>()
+            }
+        }
+    }
+
+    /// The group columns of every group held, in group order.
+    fn emit(&mut self) -> Result<Vec<ArrayRef>> {
+        match self {
+            Groups::Hashed(hashed) => hashed.emit(EmitTo::All),
+            Groups::Indexed { group_of, numbers } => {
+                group_of.clear();
+                let numbers = UInt32Array::from(std::mem::take(numbers));
+                Ok(vec![Arc::new(numbers) as ArrayRef])
+            }
+        }
+    }
 }
 
 impl Stream for Grouping {

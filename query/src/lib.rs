@@ -15,6 +15,7 @@ pub mod memory;
 mod pass_through;
 pub mod projection;
 pub mod scan;
+pub mod set_ops;
 pub mod trino;
 pub mod type_names;
 
@@ -259,11 +260,13 @@ impl Engine {
         if let Some(store) = &self.catalog.data_store().store {
             runtime.register_object_store(self.store_url.as_ref(), store.clone());
         }
-        // DataFusion's planning, then grouping by dictionary columns where it can (`groups`).
+        // DataFusion's planning, set operations' probe sides made distinct (`set_ops`), then
+        // grouping by dictionary columns where it can (`groups`).
         let state = SessionStateBuilder::new()
             .with_config(cfg)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(set_ops::DistinctProbe))
             .with_physical_optimizer_rule(Arc::new(groups::DictionaryGroups))
             .build();
         let ctx = SessionContext::new_with_state(state);

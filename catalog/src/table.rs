@@ -101,7 +101,8 @@ const DISTINCT_COLUMNS: [&str; 2] = ["event_id", "payload"];
 /// Who writes a data file of `events` or `events_dlq`, which decides how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileWriter {
-    /// Ingest: small files written while requests wait; no dictionary for [`DISTINCT_COLUMNS`].
+    /// Ingest: small files written while requests wait; no dictionary for `event_id` and
+    /// `payload` (`DISTINCT_COLUMNS`).
     Ingest,
     /// Compaction and erasure: large files read many times; every column keeps Parquet's
     /// dictionary (it falls back to plain pages once the dictionary outgrows its page), which

@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -167,8 +167,12 @@ impl ExecutionPlan for DictionaryGroupsExec {
             .map(|d| d.then(StringIds::new).transpose())
             .collect::<Result<Vec<_>>>()?;
         let numbered = self.numbered_schema()?;
-        let indexed = self.dictionaries == [true];
-        let (group_values, accumulators) = empty(&numbered, indexed, &self.aggregates)?;
+        let kind = match self.dictionaries.as_slice() {
+            [true] => Kind::Indexed,
+            [true, true] => Kind::Packed,
+            _ => Kind::Hashed,
+        };
+        let (group_values, accumulators) = empty(&numbered, kind, &self.aggregates)?;
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(Grouping {
@@ -178,7 +182,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             ids,
             group_values,
             numbered,
-            indexed,
+            kind,
             arguments: self.aggregates.iter().map(|a| a.expressions()).collect(),
             filters: self.filters.clone(),
             accumulators,
@@ -202,8 +206,8 @@ struct Grouping {
     ids: Vec<Option<StringIds>>,
     group_values: Groups,
     numbered: SchemaRef,
-    /// Whether the groups are indexed by number (one group column, a dictionary).
-    indexed: bool,
+    /// How the groups are found (see [`Groups`]).
+    kind: Kind,
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
@@ -295,7 +299,7 @@ impl Grouping {
         }
         // The grouping and the accumulators start again from none.
         (self.group_values, self.accumulators) =
-            empty(&self.numbered, self.indexed, &self.aggregates)?;
+            empty(&self.numbered, self.kind, &self.aggregates)?;
         Ok(())
     }
 }
@@ -303,19 +307,23 @@ impl Grouping {
 /// The groups held and an accumulator per aggregate over them.
 type State = (Groups, Vec<Box<dyn GroupsAccumulator>>);
 
-/// A grouping over `numbered` (`indexed`: see [`Groups::Indexed`]) and `aggregates`'
-/// accumulators, holding no group yet.
+/// A grouping over `numbered` (as `kind` says) and `aggregates`' accumulators, holding no group
+/// yet.
 fn empty(
     numbered: &SchemaRef,
-    indexed: bool,
+    kind: Kind,
     aggregates: &[Arc<AggregateFunctionExpr>],
 ) -> Result<State> {
-    let group_values = match indexed {
-        true => Groups::Indexed {
+    let group_values = match kind {
+        Kind::Indexed => Groups::Indexed {
             group_of: Vec::new(),
             numbers: Vec::new(),
         },
-        false => Groups::Hashed(new_group_values(numbered.clone(), &GroupOrdering::None)?),
+        Kind::Packed => {
+            let key = Schema::new(vec![Field::new("key", DataType::UInt64, false)]);
+            Groups::Packed(new_group_values(Arc::new(key), &GroupOrdering::None)?)
+        }
+        Kind::Hashed => Groups::Hashed(new_group_values(numbered.clone(), &GroupOrdering::None)?),
     };
     let accumulators = aggregates
         .iter()
@@ -326,6 +334,14 @@ fn empty(
 
 /// A value of [`Groups::Indexed`]'s `group_of`: the number has no group yet.
 const NO_GROUP: u32 = u32::MAX;
+
+/// Which of [`Groups`]' ways a grouping takes, told by its group columns.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Hashed,
+    Indexed,
+    Packed,
+}
 
 /// The groups of one partition's rows, by their numbered columns.
 enum Groups {
@@ -339,6 +355,9 @@ enum Groups {
         /// The number of each group.
         numbers: Vec<u32>,
     },
+    /// Two group columns, both dictionaries: their two numbers packed into one 64-bit key, so
+    /// that a row costs one hash of an integer instead of a row of two columns.
+    Packed(Box<dyn GroupValues>),
 }
 
 impl Groups {
@@ -346,6 +365,7 @@ impl Groups {
     fn intern(&mut self, keys: &[ArrayRef], rows: &mut Vec<usize>) -> Result<()> {
         let (group_of, numbers) = match self {
             Groups::Hashed(hashed) => return hashed.intern(keys, rows),
+            Groups::Packed(packed) => return packed.intern(&[pack(keys)?], rows),
             Groups::Indexed { group_of, numbers } => (group_of, numbers),
         };
         let [column] = keys else {
@@ -377,7 +397,7 @@ impl Groups {
 
     fn len(&self) -> usize {
         match self {
-            Groups::Hashed(hashed) => hashed.len(),
+            Groups::Hashed(hashed) | Groups::Packed(hashed) => hashed.len(),
             Groups::Indexed { numbers, .. } => numbers.len(),
         }
     }
@@ -388,7 +408,7 @@ impl Groups {
 
     fn size(&self) -> usize {
         match self {
-            Groups::Hashed(hashed) => hashed.size(),
+            Groups::Hashed(hashed) | Groups::Packed(hashed) => hashed.size(),
             Groups::Indexed { group_of, numbers } => {
                 (group_of.capacity() + numbers.capacity()) * size_of::<u32>()
             }
@@ -399,6 +419,18 @@ impl Groups {
     fn emit(&mut self) -> Result<Vec<ArrayRef>> {
         match self {
             Groups::Hashed(hashed) => hashed.emit(EmitTo::All),
+            Groups::Packed(packed) => {
+                let keys = packed.emit(EmitTo::All)?;
+                let [keys] = keys.as_slice() else {
+                    return internal_err!("packed groups emit one column, got {}", keys.len());
+                };
+                let Some(keys) = keys.as_primitive_opt::<UInt64Type>() else {
+                    return internal_err!("packed groups emit keys, got {}", keys.data_type());
+                };
+                let high: UInt32Array = keys.unary(|k| (k >> 32) as u32);
+                let low: UInt32Array = keys.unary(|k| k as u32);
+                Ok(vec![Arc::new(high) as ArrayRef, Arc::new(low)])
+            }
             Groups::Indexed { group_of, numbers } => {
                 group_of.clear();
                 let numbers = UInt32Array::from(std::mem::take(numbers));
@@ -406,6 +438,22 @@ impl Groups {
             }
         }
     }
+}
+
+/// Two columns of numbers as one column of 64-bit keys: the first in the high half.
+fn pack(keys: &[ArrayRef]) -> Result<ArrayRef> {
+    let [high, low] = keys else {
+        return internal_err!("packed groups take two columns, got {}", keys.len());
+    };
+    let (Some(high), Some(low)) = (
+        high.as_primitive_opt::<UInt32Type>(),
+        low.as_primitive_opt::<UInt32Type>(),
+    ) else {
+        return internal_err!("packed groups take numbers");
+    };
+    let packed: UInt64Array =
+        arrow::compute::binary(high, low, |h, l| (u64::from(h) << 32) | u64::from(l))?;
+    Ok(Arc::new(packed))
 }
 
 impl Stream for Grouping {

@@ -115,10 +115,7 @@ fn locate<'d>(doc: &'d str, path: &[Step]) -> Option<&'d str> {
                         break;
                     }
                     c.skip_value()?;
-                    match c.next()? {
-                        b',' => {}
-                        _ => return None,
-                    }
+                    c.expect(b',')?;
                 }
             }
             Step::Index(index) => {
@@ -128,10 +125,7 @@ fn locate<'d>(doc: &'d str, path: &[Step]) -> Option<&'d str> {
                 }
                 for _ in 0..*index {
                     c.skip_value()?;
-                    match c.next()? {
-                        b',' => {}
-                        _ => return None,
-                    }
+                    c.expect(b',')?;
                 }
             }
         }

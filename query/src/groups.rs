@@ -14,9 +14,11 @@
 //!   accumulators, and turns the numbers back into strings when it hands the groups on. Its
 //!   output is the replaced aggregate's, so the final aggregate above is unchanged.
 //!
-//! A column qualifies only where nothing else reads it (no filter, aggregate argument or
-//! projection computed from it), so no other operator meets a dictionary; and only partial
-//! aggregates without grouping sets, ordered or distinct aggregates, or a limit.
+//! A column qualifies only where nothing else reads it (no aggregate argument or projection
+//! computed from it) but filters that compare it with literals, which Arrow's kernels answer
+//! on a dictionary as on its strings (`dictionary_filters::reads_as_dictionary`), so no other
+//! operator meets a dictionary; and only partial aggregates without grouping sets, ordered or
+//! distinct aggregates, or a limit.
 
 mod exec;
 mod ids;
@@ -42,6 +44,7 @@ use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
 
 pub use exec::DictionaryGroupsExec;
 
+use crate::dictionary_filters::reads_as_dictionary;
 use crate::scan::{PerFileMetrics, file_scan};
 
 /// The rule (see the module comment).
@@ -149,8 +152,9 @@ type Rebuilt = (Arc<dyn ExecutionPlan>, Vec<usize>);
 
 /// `node` rebuilt so that the output columns `columns` (string columns) are dictionaries, and
 /// which of them could be (by output index), or `None` if none could: each node on the way
-/// down must hand the columns on untouched and read nothing from them, down to Floe's scan.
-fn read_as_dictionaries(
+/// down must hand the columns on untouched and read them only in comparisons a dictionary
+/// answers as its strings do, down to Floe's scan.
+pub(crate) fn read_as_dictionaries(
     node: &Arc<dyn ExecutionPlan>,
     columns: &[usize],
 ) -> Result<Option<Rebuilt>> {
@@ -160,16 +164,9 @@ fn read_as_dictionaries(
             return Ok(None);
         };
         let table = config.file_schema();
-        // Each output column's table column, where it is one and nothing filters on it.
-        let filtered: Vec<String> = source
-            .filter()
-            .map(|f| {
-                collect_columns(&f)
-                    .iter()
-                    .map(|c| c.name().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The scan's own filter (row groups and pages are skipped by it) may compare a column
+        // read as a dictionary, nothing else.
+        let filter = source.filter();
         // The table column behind each output column (a projection the scan computes reads
         // its columns in the expression).
         let outputs: Vec<Arc<dyn PhysicalExpr>> = match source.projection() {
@@ -196,7 +193,9 @@ fn read_as_dictionaries(
                 i != index && collect_columns(e).iter().any(|c| c.name() == column.name())
             });
             if field.data_type() == &DataType::Utf8
-                && !filtered.contains(field.name())
+                && filter
+                    .as_ref()
+                    .is_none_or(|f| reads_as_dictionary(f, &|c| c.name() == field.name()))
                 && !read_by_others
             {
                 names.push(field.name().clone());
@@ -226,7 +225,9 @@ fn read_as_dictionaries(
             None => columns.iter().map(|&c| (c, c)).collect(),
         };
         let wanted: Vec<usize> = below.iter().map(|(_, b)| *b).collect();
-        if wanted.is_empty() || !reads_none(filter.predicate(), &wanted) {
+        if wanted.is_empty()
+            || !reads_as_dictionary(filter.predicate(), &|c| wanted.contains(&c.index()))
+        {
             return Ok(None);
         }
         return rebuilt_above(node, filter.input(), &below);
@@ -297,7 +298,7 @@ fn reads_none(expr: &Arc<dyn PhysicalExpr>, columns: &[usize]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scan::per_file_metrics;
     use arrow::array::RecordBatch;
@@ -309,15 +310,21 @@ mod tests {
 
     /// Four Parquet files of `t(f, g, n)`: `f` of few values and some nulls, `g` of
     /// `distinct` values in all, `n` a number.
-    async fn table(distinct: usize) -> (tempfile::TempDir, SessionContext) {
+    pub(crate) async fn table(distinct: usize) -> (tempfile::TempDir, SessionContext) {
+        table_of_row_groups(distinct, 1024 * 1024).await
+    }
+
+    /// [`table`] whose files hold row groups of `rows` rows.
+    pub(crate) async fn table_of_row_groups(
+        distinct: usize,
+        rows: usize,
+    ) -> (tempfile::TempDir, SessionContext) {
         let dir = tempfile::tempdir().unwrap();
         // Strings as Floe's tables declare them (not as views, DataFusion's default for files).
         let mut config = SessionConfig::new().with_target_partitions(2);
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
+        let parquet = &mut config.options_mut().execution.parquet;
+        parquet.schema_force_view_types = false;
+        parquet.max_row_group_size = rows;
         let ctx = SessionContext::new_with_config(config);
         let per_file = distinct / 4;
         for i in 0..4 {
@@ -354,7 +361,7 @@ mod tests {
     }
 
     /// Columns the plan's scans read as dictionaries.
-    fn dictionaries_read(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    pub(crate) fn dictionaries_read(plan: &Arc<dyn ExecutionPlan>) -> usize {
         let mut n = 0;
         plan.apply(|node| {
             if file_scan(node.as_ref()).is_some() {
@@ -371,9 +378,21 @@ mod tests {
         n
     }
 
-    /// The answer to `sql` as DataFusion plans it and with the rule, and how many partial
-    /// aggregates the rule replaced (checked to match the scans' dictionary columns).
-    async fn both_ways(ctx: &SessionContext, sql: &str) -> (String, String, usize) {
+    /// A query run as DataFusion plans it and with a rule of ours.
+    pub(crate) struct Ran {
+        pub expected: String,
+        pub got: String,
+        /// Both plans after they ran (with their metrics).
+        pub plain: Arc<dyn ExecutionPlan>,
+        pub ours: Arc<dyn ExecutionPlan>,
+    }
+
+    /// `sql` answered as DataFusion plans it and with `rule` applied to the plan.
+    pub(crate) async fn run_both_ways(
+        ctx: &SessionContext,
+        sql: &str,
+        rule: &dyn PhysicalOptimizerRule,
+    ) -> Ran {
         let plain = ctx
             .sql(sql)
             .await
@@ -387,15 +406,25 @@ mod tests {
             .transform_up(|node| Ok(Transformed::yes(per_file_metrics(node))))
             .unwrap()
             .data;
-        let ours = DictionaryGroups
-            .optimize(ours, &ConfigOptions::default())
-            .unwrap();
+        let ours = rule.optimize(ours, &ConfigOptions::default()).unwrap();
         let show = |batches: Vec<RecordBatch>| pretty_format_batches(&batches).unwrap().to_string();
-        let expected = show(collect(plain, ctx.task_ctx()).await.unwrap());
-        let replaced = count(&ours, "DictionaryGroupsExec");
-        assert_eq!(replaced > 0, dictionaries_read(&ours) > 0, "{sql}");
-        let got = show(collect(ours, ctx.task_ctx()).await.unwrap());
-        (expected, got, replaced)
+        let expected = show(collect(plain.clone(), ctx.task_ctx()).await.unwrap());
+        let got = show(collect(ours.clone(), ctx.task_ctx()).await.unwrap());
+        Ran {
+            expected,
+            got,
+            plain,
+            ours,
+        }
+    }
+
+    /// The answer to `sql` as DataFusion plans it and with the rule, and how many partial
+    /// aggregates the rule replaced (checked to match the scans' dictionary columns).
+    async fn both_ways(ctx: &SessionContext, sql: &str) -> (String, String, usize) {
+        let ran = run_both_ways(ctx, sql, &DictionaryGroups).await;
+        let replaced = count(&ran.ours, "DictionaryGroupsExec");
+        assert_eq!(replaced > 0, dictionaries_read(&ran.ours) > 0, "{sql}");
+        (ran.expected, ran.got, replaced)
     }
 
     #[tokio::test]
@@ -412,6 +441,10 @@ mod tests {
             "SELECT f, count(*) FROM t WHERE n > 100 GROUP BY f ORDER BY f",
             // An aggregate's own filter, and a group column that is not a dictionary.
             "SELECT f, n % 2 AS odd, count(*) FILTER (WHERE n > 10) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+            // Filtered on by comparisons with literals (a dictionary answers them).
+            "SELECT f, count(*) FROM t WHERE f <> 'type1' GROUP BY f ORDER BY f",
+            "SELECT f, g, count(*) FROM t WHERE f IN ('type0', 'type2') OR f IS NULL \
+             GROUP BY f, g ORDER BY f, g",
         ] {
             let (expected, got, replaced) = both_ways(&ctx, sql).await;
             assert_eq!(got, expected, "{sql}");
@@ -423,8 +456,9 @@ mod tests {
     async fn a_column_read_by_anything_else_keeps_its_strings() {
         let (_dir, ctx) = table(400).await;
         for sql in [
-            // Filtered on: the filter must meet strings.
-            "SELECT f, count(*) FROM t WHERE f <> 'type1' GROUP BY f ORDER BY f",
+            // Filtered on by a function: the filter must meet strings.
+            "SELECT f, count(*) FROM t WHERE upper(f) <> 'TYPE1' GROUP BY f ORDER BY f",
+            "SELECT f, count(*) FROM t WHERE f LIKE 'type_' GROUP BY f ORDER BY f",
             // An aggregate reads it.
             "SELECT f, max(f), count(*) FROM t GROUP BY f ORDER BY f",
             // A computed group.

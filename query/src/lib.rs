@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod dashboard;
 pub mod dialect;
+pub mod dictionary_filters;
 pub mod event_views;
 pub mod footers;
 pub mod functions;
@@ -261,13 +262,15 @@ impl Engine {
             runtime.register_object_store(self.store_url.as_ref(), store.clone());
         }
         // DataFusion's planning, set operations' probe sides made distinct (`set_ops`), then
-        // grouping by dictionary columns where it can (`groups`).
+        // grouping and filtering dictionary columns where it can (`groups`,
+        // `dictionary_filters`).
         let state = SessionStateBuilder::new()
             .with_config(cfg)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rule(Arc::new(set_ops::DistinctProbe))
             .with_physical_optimizer_rule(Arc::new(groups::DictionaryGroups))
+            .with_physical_optimizer_rule(Arc::new(dictionary_filters::DictionaryFilters))
             .build();
         let ctx = SessionContext::new_with_state(state);
         functions::register(&ctx);

@@ -1,0 +1,228 @@
+//! Filtering low-cardinality string columns on their Parquet dictionaries.
+//!
+//! `SELECT count(*) FROM events WHERE user_id = 'u-42'` spent most of its scan turning every
+//! row's `user_id` out of the file's dictionary into a string of its own, only for the filter
+//! to compare it and drop it. Arrow's comparison kernels take a dictionary as it is: they
+//! compare the literal with each dictionary value once and pick each row's answer by its key.
+//! [`DictionaryFilters`], a physical optimizer rule run after DataFusion's own, finds filters
+//! that read a string column of Floe's scan only in such comparisons and hand it no further
+//! (the filter's projection drops it), and has the scan read that column as a dictionary
+//! (`groups::read_as_dictionaries`, the same rebuild the grouping over dictionaries uses).
+//!
+//! What "only in such comparisons" means is [`reads_as_dictionary`]: the column compared with
+//! a string literal (`=`, `<>`, `<`, `<=`, `>`, `>=`), tested against a list of string
+//! literals, or for null, under `AND`, `OR` and `NOT`. Anything else that reads the column (a
+//! function, a cast, `LIKE`, a comparison with another column, a runtime filter of a join)
+//! keeps its strings.
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::expressions::{
+    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal, NotExpr,
+};
+use datafusion::physical_plan::filter::FilterExec;
+
+use crate::groups::read_as_dictionaries;
+
+/// The rule (see the module comment).
+#[derive(Debug, Default)]
+pub struct DictionaryFilters;
+
+impl PhysicalOptimizerRule for DictionaryFilters {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            Ok(match rewrite(&node)? {
+                Some(rewritten) => Transformed::yes(rewritten),
+                None => Transformed::no(node),
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "floe_dictionary_filters"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `node` over a scan reading its filtered string columns as dictionaries, if it is a filter
+/// that can take them so.
+fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(filter) = node.as_any().downcast_ref::<FilterExec>() else {
+        return Ok(None);
+    };
+    // Columns handed on above the filter keep their type.
+    let Some(handed_on) = filter.projection() else {
+        return Ok(None);
+    };
+    let input = filter.input().schema();
+    let predicate = filter.predicate();
+    let mut candidates: Vec<usize> = collect_columns(predicate)
+        .iter()
+        .map(|c| c.index())
+        .filter(|&i| input.field(i).data_type() == &DataType::Utf8 && !handed_on.contains(&i))
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates.retain(|&i| reads_as_dictionary(predicate, &|c| c.index() == i));
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let Some((child, _)) = read_as_dictionaries(filter.input(), &candidates)? else {
+        return Ok(None);
+    };
+    Ok(Some(node.clone().with_new_children(vec![child])?))
+}
+
+/// Whether `expr` reads the columns `target` picks only where a dictionary of strings answers
+/// as its strings do (see the module comment). An expression that does not read them at all
+/// qualifies.
+pub(crate) fn reads_as_dictionary(
+    expr: &Arc<dyn PhysicalExpr>,
+    target: &dyn Fn(&Column) -> bool,
+) -> bool {
+    let is_target = |e: &Arc<dyn PhysicalExpr>| {
+        e.as_any()
+            .downcast_ref::<Column>()
+            .is_some_and(|c| target(c))
+    };
+    let any = expr.as_any();
+    if let Some(binary) = any.downcast_ref::<BinaryExpr>() {
+        let (left, right) = (binary.left(), binary.right());
+        match binary.op() {
+            Operator::And | Operator::Or => {
+                return reads_as_dictionary(left, target) && reads_as_dictionary(right, target);
+            }
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+                if (is_target(left) && is_string_literal(right))
+                    || (is_string_literal(left) && is_target(right)) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+    } else if let Some(not) = any.downcast_ref::<NotExpr>() {
+        return reads_as_dictionary(not.arg(), target);
+    } else if let Some(list) = any.downcast_ref::<InListExpr>() {
+        if is_target(list.expr()) && list.list().iter().all(is_string_literal) {
+            return true;
+        }
+    } else if let Some(null) = any.downcast_ref::<IsNullExpr>() {
+        if is_target(null.arg()) {
+            return true;
+        }
+    } else if let Some(not_null) = any.downcast_ref::<IsNotNullExpr>()
+        && is_target(not_null.arg())
+    {
+        return true;
+    }
+    collect_columns(expr).iter().all(|c| !target(c))
+}
+
+fn is_string_literal(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.as_any()
+        .downcast_ref::<Literal>()
+        .is_some_and(|l| matches!(l.value(), ScalarValue::Utf8(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::tests::{dictionaries_read, run_both_ways, table, table_of_row_groups};
+    use crate::scan::file_scan;
+    use datafusion::common::tree_node::TreeNodeRecursion;
+
+    /// Rows the plan's scans handed on: the rows of the row groups their statistics did not
+    /// skip (the scans do not filter rows themselves).
+    fn rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let mut rows = 0;
+        plan.apply(|node| {
+            if file_scan(node.as_ref()).is_some() {
+                rows += node.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        rows
+    }
+
+    #[tokio::test]
+    async fn filters_compare_dictionaries_and_answer_as_datafusion_does() {
+        // Row groups of 500 rows, `g` ascending in each file: lookups of `g` skip some.
+        let (_dir, ctx) = table_of_row_groups(8_000, 500).await;
+        for sql in [
+            "SELECT count(*), sum(n) FROM t WHERE f = 'type1'",
+            "SELECT count(*), sum(n) FROM t WHERE 'type1' = f",
+            "SELECT count(*), sum(n) FROM t WHERE f <> 'type1'",
+            "SELECT count(*), sum(n) FROM t WHERE f < 'type1' OR f >= 'type2'",
+            "SELECT count(*), sum(n) FROM t WHERE f IN ('type0', 'type2', 'none')",
+            "SELECT count(*), sum(n) FROM t WHERE f NOT IN ('type0')",
+            "SELECT count(*), sum(n) FROM t WHERE f IS NULL",
+            "SELECT count(*), sum(n) FROM t WHERE NOT (f IS NOT NULL AND f = 'type2')",
+            // With a condition on another column, and on two string columns.
+            "SELECT count(*), sum(n) FROM t WHERE f = 'type1' AND n % 5 = 0",
+            "SELECT count(*), sum(n) FROM t WHERE f = 'type1' AND g > 'g3'",
+            // Lookups the row groups' bounds answer in part, or whole.
+            "SELECT count(*), sum(n) FROM t WHERE g = 'g1500'",
+            "SELECT count(*), sum(n) FROM t WHERE g IN ('g2', 'g7777')",
+            "SELECT count(*), sum(n) FROM t WHERE f = 'zzz'",
+        ] {
+            let ran = run_both_ways(&ctx, sql, &DictionaryFilters).await;
+            assert_eq!(ran.got, ran.expected, "{sql}");
+            assert!(dictionaries_read(&ran.ours) >= 1, "{sql}");
+            // The scan skips the same row groups by their statistics.
+            assert_eq!(rows_scanned(&ran.ours), rows_scanned(&ran.plain), "{sql}");
+        }
+        // (And the bounds do skip some.)
+        let ran = run_both_ways(
+            &ctx,
+            "SELECT count(*) FROM t WHERE g = 'g1500'",
+            &DictionaryFilters,
+        )
+        .await;
+        assert!(
+            rows_scanned(&ran.ours) < 8_000,
+            "{}",
+            rows_scanned(&ran.ours)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_column_handed_on_or_read_otherwise_keeps_its_strings() {
+        let (_dir, ctx) = table(400).await;
+        for sql in [
+            // Handed on above the filter.
+            "SELECT f, n FROM t WHERE f = 'type1' ORDER BY n",
+            // Read by a function, by LIKE, compared with another column.
+            "SELECT count(*) FROM t WHERE upper(f) = 'TYPE1'",
+            "SELECT count(*) FROM t WHERE f LIKE 'type1%'",
+            "SELECT count(*) FROM t WHERE f = g",
+            "SELECT count(*) FROM t WHERE f = 'type1' OR length(f) > 5",
+        ] {
+            let ran = run_both_ways(&ctx, sql, &DictionaryFilters).await;
+            assert_eq!(ran.got, ran.expected, "{sql}");
+            assert_eq!(dictionaries_read(&ran.ours), 0, "{sql}");
+        }
+    }
+}

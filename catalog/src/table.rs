@@ -431,6 +431,22 @@ impl Catalog {
         location: &str,
         metadata: Arc<TableMetadata>,
     ) -> Result<Table> {
+        // Iceberg names every file by its absolute location, so a copy of a data directory
+        // still names the original's files: maintaining the copy's tables would delete the
+        // original's files, and writing to them would add files the original never lists.
+        for place in [location, metadata.location()] {
+            if !place.starts_with(&format!("{}/", self.warehouse)) {
+                return Err(Error::Config {
+                    message: format!(
+                        "table {tenant}.{table} lives at {place}, outside this catalog's \
+                         warehouse {}: refusing to read or change it (a copied or moved data \
+                         directory keeps its tables' absolute locations; point `warehouse` and \
+                         the catalog at the same place)",
+                        self.warehouse
+                    ),
+                });
+            }
+        }
         // Reads of this table run on the runtime of whoever loaded it.
         let runtime = iceberg::Runtime::try_current().map_err(Error::ice("no tokio runtime"))?;
         Table::builder()

@@ -3,7 +3,7 @@
 use floe_catalog::table::{EVENTS_TABLE, POSITION_PREFIX};
 use floe_catalog::{SourcePosition, TenantId};
 
-use crate::common::open;
+use crate::common::{append_file, events_of, open};
 
 fn pos(first: u64, last: u64) -> SourcePosition {
     SourcePosition {
@@ -281,4 +281,51 @@ async fn kafka_positions_fence_zombies_and_skip_replays() {
         snapshots, 3,
         "only the three committed batches made snapshots"
     );
+}
+
+#[tokio::test]
+async fn a_copied_data_folder_leaves_the_originals_tables_alone() {
+    let original = tempfile::tempdir().unwrap();
+    let catalog = open(original.path()).await;
+    let (tenant, key, location) = events_of(&catalog, "copied").await;
+    append_file(&catalog, &key, &location, "f1", 20000, 10).await;
+    append_file(&catalog, &key, &location, "f2", 20000, 10).await;
+
+    // A copy of the whole folder: its catalog still names the original's files, since Iceberg
+    // locations are absolute.
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", original.path().display()))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let copied = open(copy.path()).await;
+
+    // The copy refuses to read or maintain them (expiry would delete the original's files)...
+    let err = copied.load_table(&tenant, EVENTS_TABLE).await.unwrap_err();
+    assert!(matches!(err, floe_catalog::Error::Config { .. }), "{err}");
+    assert!(err.to_string().contains(&location), "{err}");
+    let err = copied
+        .expire_snapshots(
+            &tenant,
+            EVENTS_TABLE,
+            floe_catalog::maintenance::ExpirePolicy::keep_current_only(),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, floe_catalog::Error::Config { .. }), "{err}");
+    let err = copied
+        .commit_append(&key, EVENTS_TABLE, vec![], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, floe_catalog::Error::Config { .. }), "{err}");
+
+    // ...and the original keeps every snapshot and file.
+    let table = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
+    assert_eq!(table.metadata().snapshots().count(), 2);
+    let first = format!("{location}/data/day=20000/f1.parquet");
+    assert!(std::path::Path::new(first.strip_prefix("file://").unwrap()).exists());
 }

@@ -97,11 +97,8 @@ pub(crate) fn reads_as_dictionary(
     expr: &Arc<dyn PhysicalExpr>,
     target: &dyn Fn(&Column) -> bool,
 ) -> bool {
-    let is_target = |e: &Arc<dyn PhysicalExpr>| {
-        e.as_any()
-            .downcast_ref::<Column>()
-            .is_some_and(|c| target(c))
-    };
+    let is_target =
+        |e: &Arc<dyn PhysicalExpr>| e.as_any().downcast_ref::<Column>().is_some_and(target);
     let any = expr.as_any();
     if let Some(binary) = any.downcast_ref::<BinaryExpr>() {
         let (left, right) = (binary.left(), binary.right());

@@ -105,7 +105,9 @@ async fn a_rewrite_read_in_several_streams_writes_every_row_once_in_type_and_tim
         if name == "ts" {
             assert!(chunk.dictionary_page_offset().is_none(), "{name}");
             assert!(
-                chunk.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                chunk
+                    .encodings()
+                    .any(|e| e == Encoding::DELTA_BINARY_PACKED),
                 "{name}: {:?}",
                 chunk.encodings().collect::<Vec<_>>()
             );

@@ -393,16 +393,19 @@ pub(crate) mod tests {
         sql: &str,
         rule: &dyn PhysicalOptimizerRule,
     ) -> Ran {
-        let plain = ctx
-            .sql(sql)
+        let plan = || async {
+            ctx.sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap()
+        };
+        let plain = plan().await;
+        // As Floe's scan hands it over: each file with a source of its own. (Planned again: a
+        // plan's runtime filters, a TopK's bound, keep what one run of it found.)
+        let ours = plan()
             .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        // As Floe's scan hands it over: each file with a source of its own.
-        let ours = plain
-            .clone()
             .transform_up(|node| Ok(Transformed::yes(per_file_metrics(node))))
             .unwrap()
             .data;
@@ -430,6 +433,26 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn groups_by_dictionaries_answer_as_datafusion_does() {
         let (_dir, ctx) = table(4_000).await;
+        let counted = |plan: &Arc<dyn ExecutionPlan>| {
+            datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string()
+                .contains("rows counted per key")
+        };
+        for (sql, counting) in [
+            ("SELECT f, count(*) FROM t GROUP BY f ORDER BY f", true),
+            (
+                "SELECT f, count(*), count(n) FROM t GROUP BY f ORDER BY f",
+                false,
+            ),
+            (
+                "SELECT f, g, count(*) FROM t GROUP BY f, g ORDER BY f, g",
+                false,
+            ),
+        ] {
+            let ran = run_both_ways(&ctx, sql, &DictionaryGroups).await;
+            assert_eq!(counted(&ran.ours), counting, "{sql}");
+        }
         for sql in [
             "SELECT f, count(*), sum(n), min(n), max(n), avg(n) FROM t GROUP BY f ORDER BY f",
             // Two dictionary columns, one of many values.
@@ -441,6 +464,14 @@ pub(crate) mod tests {
             "SELECT f, count(*) FROM t WHERE n > 100 GROUP BY f ORDER BY f",
             // An aggregate's own filter, and a group column that is not a dictionary.
             "SELECT f, n % 2 AS odd, count(*) FILTER (WHERE n > 10) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+            // Rows counted per key (`count(*)` alone), nulls and a filter included.
+            "SELECT f, count(*) FROM t GROUP BY f ORDER BY f",
+            "SELECT f, count(*), count(1) AS c FROM t WHERE n > 100 GROUP BY f ORDER BY f",
+            "SELECT g, count(n) AS c FROM t GROUP BY g ORDER BY c DESC, g LIMIT 5",
+            "SELECT g, count(*) AS c FROM t GROUP BY g ORDER BY c DESC, g LIMIT 5",
+            "SELECT count(*), sum(c), min(g), max(g) FROM (SELECT g, count(*) AS c FROM t GROUP BY g)",
+            // Counts of a column (nulls not counted) go through the accumulators.
+            "SELECT f, count(*), count(n) FROM t GROUP BY f ORDER BY f",
             // Filtered on by comparisons with literals (a dictionary answers them).
             "SELECT f, count(*) FROM t WHERE f <> 'type1' GROUP BY f ORDER BY f",
             "SELECT f, g, count(*) FROM t WHERE f IN ('type0', 'type2') OR f IS NULL \

@@ -7,12 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
@@ -76,6 +77,14 @@ impl DictionaryGroupsExec {
         }
     }
 
+    /// Whether its rows are counted per dictionary key, then per group, with no group number
+    /// per row: one group column, a dictionary, and `count(*)` alone (any number of times).
+    fn counting(&self) -> bool {
+        self.dictionaries == [true]
+            && self.filters.iter().all(Option::is_none)
+            && self.aggregates.iter().all(|a| counts_rows(a))
+    }
+
     /// The schema DataFusion's grouping sees: a dictionary column as its string numbers.
     fn numbered_schema(&self) -> Result<SchemaRef> {
         let input = self.input.schema();
@@ -108,10 +117,14 @@ impl DisplayAs for DictionaryGroupsExec {
         let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "DictionaryGroupsExec: mode=Partial, dictionaries=[{}], other groups=[{}], aggr=[{}]",
+            "DictionaryGroupsExec: mode=Partial, dictionaries=[{}], other groups=[{}], aggr=[{}]{}",
             names(true),
             names(false),
-            aggregates.join(", ")
+            aggregates.join(", "),
+            match self.counting() {
+                true => ", rows counted per key",
+                false => "",
+            }
         )
     }
 }
@@ -173,6 +186,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             _ => Kind::Hashed,
         };
         let (group_values, accumulators) = empty(&numbered, kind, &self.aggregates)?;
+        let counting = self.counting();
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(Grouping {
@@ -187,6 +201,9 @@ impl ExecutionPlan for DictionaryGroupsExec {
             filters: self.filters.clone(),
             accumulators,
             aggregates: self.aggregates.clone(),
+            counting,
+            counts: Vec::new(),
+            per_key: Vec::new(),
             rows: Vec::new(),
             reservation,
             batch_size: context.session_config().batch_size(),
@@ -212,6 +229,13 @@ struct Grouping {
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// Every aggregate counts rows and the one group column is a dictionary: rows are counted
+    /// per key (`per_key`), then per group (`counts`), instead of through the accumulators.
+    counting: bool,
+    /// The rows of each group, when `counting`.
+    counts: Vec<i64>,
+    /// The rows of each dictionary key of the batch at hand, when `counting`.
+    per_key: Vec<i64>,
     /// The group number of each row of the batch at hand.
     rows: Vec<usize>,
     reservation: MemoryReservation,
@@ -224,6 +248,78 @@ struct Grouping {
 
 impl Grouping {
     fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self.counting {
+            true => self.count(batch)?,
+            false => self.accumulate(batch)?,
+        }
+        let total = self.group_values.len();
+        if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
+            self.emit()?;
+            // A column of many distinct strings keeps no numbers past a hand-over.
+            for ids in self.ids.iter_mut().flatten() {
+                if ids.len() >= MAX_GROUPS {
+                    *ids = StringIds::new()?;
+                }
+            }
+            self.reservation.try_resize(self.size())?;
+        }
+        Ok(())
+    }
+
+    /// Counts `batch`'s rows into their groups (see `counting`).
+    fn count(&mut self, batch: &RecordBatch) -> Result<()> {
+        let column = self.groups[0]
+            .evaluate(batch)?
+            .into_array(batch.num_rows())?;
+        let (Some(Some(ids)), Groups::Indexed { group_of, numbers }) =
+            (self.ids.first_mut(), &mut self.group_values)
+        else {
+            return internal_err!("counting rows takes one dictionary column");
+        };
+        // (string number, rows) of this batch.
+        let mut tally: Vec<(u32, i64)> = Vec::new();
+        match column.as_dictionary_opt::<Int32Type>() {
+            Some(dictionary) => {
+                let keys = dictionary.keys();
+                let per_key = &mut self.per_key;
+                per_key.clear();
+                per_key.resize(dictionary.values().len(), 0);
+                let mut nulls = 0;
+                match keys.null_count() {
+                    0 => keys.values().iter().for_each(|&k| per_key[k as usize] += 1),
+                    _ => keys.iter().for_each(|k| match k {
+                        Some(k) => per_key[k as usize] += 1,
+                        None => nulls += 1,
+                    }),
+                }
+                let used = (0..per_key.len() as i32).filter(|&k| per_key[k as usize] > 0);
+                let known = ids.resolve(dictionary.values(), used)?;
+                tally.extend(
+                    per_key
+                        .iter()
+                        .zip(known)
+                        .filter(|(n, _)| **n > 0)
+                        .map(|(n, number)| (*number, *n)),
+                );
+                if nulls > 0 {
+                    tally.push((ids.null()?, nulls));
+                }
+            }
+            // Strings (a column the scan could not read as a dictionary): numbered row by row.
+            None => tally.extend(ids.ids(&column)?.values().iter().map(|&n| (n, 1))),
+        }
+        for (number, n) in tally {
+            let group = group_of_number(group_of, numbers, number) as usize;
+            if group >= self.counts.len() {
+                self.counts.resize(group + 1, 0);
+            }
+            self.counts[group] += n;
+        }
+        Ok(())
+    }
+
+    /// Updates the accumulators with `batch`'s rows.
+    fn accumulate(&mut self, batch: &RecordBatch) -> Result<()> {
         let rows = batch.num_rows();
         let mut keys = Vec::with_capacity(self.groups.len());
         for (expr, ids) in self.groups.iter().zip(&mut self.ids) {
@@ -256,16 +352,6 @@ impl Grouping {
                 total,
             )?;
         }
-        if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
-            self.emit()?;
-            // A column of many distinct strings keeps no numbers past a hand-over.
-            for ids in self.ids.iter_mut().flatten() {
-                if ids.len() >= MAX_GROUPS {
-                    *ids = StringIds::new()?;
-                }
-            }
-            self.reservation.try_resize(self.size())?;
-        }
         Ok(())
     }
 
@@ -274,6 +360,7 @@ impl Grouping {
             + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
             + self.ids.iter().flatten().map(|i| i.size()).sum::<usize>()
             + self.rows.capacity() * size_of::<usize>()
+            + (self.counts.capacity() + self.per_key.capacity()) * size_of::<i64>()
     }
 
     /// Hands on every group held, in batches of the session's size, and starts afresh.
@@ -287,8 +374,14 @@ impl Grouping {
                 *column = ids.strings(column)?;
             }
         }
-        for accumulator in &mut self.accumulators {
-            columns.extend(accumulator.state(EmitTo::All)?);
+        if self.counting {
+            // Each count's state: its rows per group.
+            let counts = Arc::new(Int64Array::from(std::mem::take(&mut self.counts)));
+            columns.extend(self.aggregates.iter().map(|_| counts.clone() as ArrayRef));
+        } else {
+            for accumulator in &mut self.accumulators {
+                columns.extend(accumulator.state(EmitTo::All)?);
+            }
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         let mut offset = 0;
@@ -377,20 +470,7 @@ impl Groups {
         rows.clear();
         rows.reserve(column.len());
         for &number in column.values() {
-            let number = number as usize;
-            if number >= group_of.len() {
-                group_of.resize(number + 1, NO_GROUP);
-            }
-            let group = match group_of[number] {
-                NO_GROUP => {
-                    let group = numbers.len() as u32;
-                    numbers.push(number as u32);
-                    group_of[number] = group;
-                    group
-                }
-                group => group,
-            };
-            rows.push(group as usize);
+            rows.push(group_of_number(group_of, numbers, number) as usize);
         }
         Ok(())
     }
@@ -438,6 +518,36 @@ impl Groups {
             }
         }
     }
+}
+
+/// The group of string number `number` in [`Groups::Indexed`]'s tables, a new group numbered
+/// next if it has none.
+fn group_of_number(group_of: &mut Vec<u32>, numbers: &mut Vec<u32>, number: u32) -> u32 {
+    let index = number as usize;
+    if index >= group_of.len() {
+        group_of.resize(index + 1, NO_GROUP);
+    }
+    match group_of[index] {
+        NO_GROUP => {
+            let group = numbers.len() as u32;
+            numbers.push(number);
+            group_of[index] = group;
+            group
+        }
+        group => group,
+    }
+}
+
+/// Whether `aggregate` is `count(*)`: rows counted, nulls or not (a count of a constant that
+/// is not null).
+fn counts_rows(aggregate: &AggregateFunctionExpr) -> bool {
+    aggregate.fun().name() == "count"
+        && !aggregate.is_distinct()
+        && aggregate.order_bys().is_empty()
+        && matches!(aggregate.expressions().as_slice(), [e] if e
+            .as_any()
+            .downcast_ref::<Literal>()
+            .is_some_and(|l| !l.value().is_null()))
 }
 
 /// Two columns of numbers as one column of 64-bit keys: the first in the high half.

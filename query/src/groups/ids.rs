@@ -74,7 +74,28 @@ impl StringIds {
 
     fn ids_of_dictionary(&mut self, column: &ArrayRef) -> Result<UInt32Array> {
         let dictionary = column.as_dictionary::<Int32Type>();
-        let values = dictionary.values();
+        let keys = dictionary.keys();
+        let known = self.resolve(dictionary.values(), keys.iter().flatten())?;
+        let ids: Vec<u32> = match keys.null_count() {
+            0 => keys.values().iter().map(|k| known[*k as usize]).collect(),
+            _ => {
+                let null = self.null()?;
+                let known = self.known()?;
+                keys.iter()
+                    .map(|k| k.map_or(null, |k| known[k as usize]))
+                    .collect()
+            }
+        };
+        Ok(UInt32Array::from(ids))
+    }
+
+    /// The number of each value of `values` (a dictionary's strings) that some key of `used`
+    /// names (the others: [`UNSEEN`] or a number already given), new strings numbered next.
+    pub fn resolve(
+        &mut self,
+        values: &ArrayRef,
+        used: impl Iterator<Item = i32>,
+    ) -> Result<&[u32]> {
         // The Parquet reader hands each batch of a column chunk the chunk's dictionary: the same
         // buffers in a new array each time.
         let data = values.to_data();
@@ -82,10 +103,9 @@ impl StringIds {
             Some((last, known)) if last.ptr_eq(&data) => known,
             _ => vec![UNSEEN; values.len()],
         };
-        let keys = dictionary.keys();
-        // The dictionary values this batch uses that have no number yet, each once.
+        // The dictionary values used that have no number yet, each once.
         let mut unseen: Vec<u32> = Vec::new();
-        for key in keys.iter().flatten() {
+        for key in used {
             let key = key as usize;
             if known[key] == UNSEEN {
                 known[key] = UNSEEN - 1;
@@ -98,17 +118,21 @@ impl StringIds {
                 known[*key as usize] = id;
             }
         }
-        let ids: Vec<u32> = match keys.null_count() {
-            0 => keys.values().iter().map(|k| known[*k as usize]).collect(),
-            _ => {
-                let null = self.number(&(Arc::new(StringArray::new_null(1)) as ArrayRef))?[0];
-                keys.iter()
-                    .map(|k| k.map_or(null, |k| known[k as usize]))
-                    .collect()
-            }
-        };
         self.dictionary = Some((data, known));
-        Ok(UInt32Array::from(ids))
+        self.known()
+    }
+
+    /// The numbers of the last dictionary [`StringIds::resolve`]d.
+    fn known(&self) -> Result<&[u32]> {
+        match &self.dictionary {
+            Some((_, known)) => Ok(known),
+            None => exec_err!("no dictionary numbered yet"),
+        }
+    }
+
+    /// The number of null.
+    pub fn null(&mut self) -> Result<u32> {
+        Ok(self.number(&(Arc::new(StringArray::new_null(1)) as ArrayRef))?[0])
     }
 
     /// The number of each string of `strings` (a `Utf8` array), new strings numbered next.

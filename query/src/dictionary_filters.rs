@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
@@ -31,7 +30,7 @@ use datafusion::physical_plan::expressions::{
 };
 use datafusion::physical_plan::filter::FilterExec;
 
-use crate::groups::read_as_dictionaries;
+use crate::groups::{read_as_dictionaries, rewrite_each};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
@@ -43,13 +42,7 @@ impl PhysicalOptimizerRule for DictionaryFilters {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match rewrite(&node)? {
-                Some(rewritten) => Transformed::yes(rewritten),
-                None => Transformed::no(node),
-            })
-        })
-        .map(|t| t.data)
+        rewrite_each(plan, rewrite)
     }
 
     fn name(&self) -> &str {
@@ -148,7 +141,7 @@ mod tests {
     use super::*;
     use crate::groups::tests::{dictionaries_read, run_both_ways, table, table_of_row_groups};
     use crate::scan::file_scan;
-    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 
     /// Rows the plan's scans handed on: the rows of the row groups their statistics did not
     /// skip (the scans do not filter rows themselves).

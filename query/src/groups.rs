@@ -57,13 +57,7 @@ impl PhysicalOptimizerRule for DictionaryGroups {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match rewrite(&node)? {
-                Some(rewritten) => Transformed::yes(rewritten),
-                None => Transformed::no(node),
-            })
-        })
-        .map(|t| t.data)
+        rewrite_each(plan, rewrite)
     }
 
     fn name(&self) -> &str {
@@ -73,6 +67,23 @@ impl PhysicalOptimizerRule for DictionaryGroups {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// A node rewritten, or `None` to keep it.
+pub(crate) type Rewrite = fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>;
+
+/// `plan` with each node that `rewrite` rewrites (bottom up) replaced.
+pub(crate) fn rewrite_each(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: Rewrite,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        Ok(match rewrite(&node)? {
+            Some(rewritten) => Transformed::yes(rewritten),
+            None => Transformed::no(node),
+        })
+    })
+    .map(|t| t.data)
 }
 
 /// `node` with its partial aggregate grouping dictionaries, if it is one that can.

@@ -100,8 +100,26 @@ const DISTINCT_COLUMNS: [&str; 2] = ["event_id", "payload"];
 
 /// The time of an event: a rewrite sorts by `(type, ts)`, so each value is a little above the
 /// one before it, which Parquet's delta encoding keeps in a few bits (against 8 bytes per value
-/// of plain pages, a dictionary of nearly distinct values outgrowing its page first).
+/// of plain pages, a dictionary of nearly distinct values outgrowing its page first). Only where
+/// it is a timestamp: a projection may name a column of any type `ts`, and Parquet's writer
+/// panics on a delta encoding of strings or floating point numbers.
 const SORTED_TIME: &str = "ts";
+
+/// Whether `schema`'s `ts` is a timestamp (or another 64-bit integer in Parquet).
+fn sorted_time(schema: &Schema) -> bool {
+    schema.field_by_name(SORTED_TIME).is_some_and(|f| {
+        matches!(
+            *f.field_type,
+            Type::Primitive(
+                PrimitiveType::Timestamp
+                    | PrimitiveType::Timestamptz
+                    | PrimitiveType::TimestampNs
+                    | PrimitiveType::TimestamptzNs
+                    | PrimitiveType::Long
+            )
+        )
+    })
+}
 
 /// Who writes a data file of `events` or `events_dlq`, which decides how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,17 +135,23 @@ pub enum FileWriter {
     Rewrite,
 }
 
-/// The Parquet writer properties of a data file of `events` or `events_dlq` (one place for
-/// every writer of them): `compression`, and dictionaries as `writer` needs them.
-pub fn data_file_properties(compression: Compression, writer: FileWriter) -> WriterProperties {
+/// The Parquet writer properties of a data file of `schema` (`events`, `events_dlq`, or any
+/// table a rewrite takes on; one place for every writer of them): `compression`, and
+/// dictionaries and encodings as `writer` needs them.
+pub fn data_file_properties(
+    compression: Compression,
+    writer: FileWriter,
+    schema: &Schema,
+) -> WriterProperties {
     let props = WriterProperties::builder().set_compression(compression);
     match writer {
         FileWriter::Ingest => DISTINCT_COLUMNS.iter().fold(props, |props, column| {
             props.set_column_dictionary_enabled(ColumnPath::from(*column), false)
         }),
-        FileWriter::Rewrite => props
+        FileWriter::Rewrite if sorted_time(schema) => props
             .set_column_dictionary_enabled(ColumnPath::from(SORTED_TIME), false)
             .set_column_encoding(ColumnPath::from(SORTED_TIME), Encoding::DELTA_BINARY_PACKED),
+        FileWriter::Rewrite => props,
     }
     .build()
 }
@@ -442,8 +466,9 @@ impl Catalog {
         // Iceberg names every file by its absolute location, so a copy of a data directory
         // still names the original's files: maintaining the copy's tables would delete the
         // original's files, and writing to them would add files the original never lists.
+        let warehouse = format!("{}/", storage::as_s3(&self.warehouse));
         for place in [location, metadata.location()] {
-            if !place.starts_with(&format!("{}/", self.warehouse)) {
+            if !storage::as_s3(place).starts_with(&warehouse) {
                 return Err(Error::Config {
                     message: format!(
                         "table {tenant}.{table} lives at {place}, outside this catalog's \
@@ -468,5 +493,45 @@ impl Catalog {
             ))
             .build()
             .map_err(Error::ice("building table handle"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    use parquet::arrow::ArrowWriter;
+
+    fn rewrite_of(schema: &Schema) -> WriterProperties {
+        data_file_properties(Compression::SNAPPY, FileWriter::Rewrite, schema)
+    }
+
+    #[test]
+    fn only_a_timestamp_ts_is_delta_encoded() {
+        let ts = ColumnPath::from(SORTED_TIME);
+        let events = rewrite_of(&events_schema().unwrap());
+        assert_eq!(events.encoding(&ts), Some(Encoding::DELTA_BINARY_PACKED));
+        assert!(!events.dictionary_enabled(&ts));
+
+        // A projection's own `ts` of text: Parquet's writer panics on delta-encoded strings.
+        let text = Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, SORTED_TIME, Type::Primitive(PrimitiveType::String))
+                    .into(),
+            ])
+            .build()
+            .unwrap();
+        let props = rewrite_of(&text);
+        assert_eq!(props.encoding(&ts), None);
+        let batch = RecordBatch::try_from_iter([(
+            SORTED_TIME,
+            Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+        )])
+        .unwrap();
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
     }
 }

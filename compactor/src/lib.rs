@@ -435,6 +435,7 @@ impl Compactor {
         let props = floe_catalog::table::data_file_properties(
             Compression::ZSTD(level),
             floe_catalog::table::FileWriter::Rewrite,
+            &schema,
         );
         let location =
             DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;

@@ -85,7 +85,7 @@ pub async fn write_days(
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().as_ref().clone();
-    let props = floe_catalog::table::data_file_properties(compression, FileWriter::Ingest);
+    let props = floe_catalog::table::data_file_properties(compression, FileWriter::Ingest, &schema);
     let location = DefaultLocationGenerator::new(metadata).map_err(ice("location generator"))?;
     let names = DefaultFileNameGenerator::new(
         format!("{}", uuid::Uuid::now_v7()),

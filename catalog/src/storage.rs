@@ -104,13 +104,18 @@ impl DataStore {
     /// `None` if the location lies outside it.
     pub fn key(&self, location: &str) -> Option<String> {
         let base = self.url.trim_end_matches('/');
-        let location = match location.strip_prefix("s3a://") {
-            Some(rest) => format!("s3://{rest}"),
-            None => location.to_string(),
-        };
+        let location = as_s3(location);
         let rest = location.strip_prefix(base)?;
         rest.starts_with('/')
             .then(|| rest.trim_start_matches('/').to_string())
+    }
+}
+
+/// `location` with the `s3a://` scheme read as `s3://`: the same objects to Floe's storage.
+pub fn as_s3(location: &str) -> std::borrow::Cow<'_, str> {
+    match location.strip_prefix("s3a://") {
+        Some(rest) => std::borrow::Cow::Owned(format!("s3://{rest}")),
+        None => std::borrow::Cow::Borrowed(location),
     }
 }
 
@@ -673,6 +678,10 @@ mod tests {
         );
         assert_eq!(s3.key("s3://bb/w/x.parquet"), None);
         assert_eq!(s3.key("s3://other/w/x.parquet"), None);
+        // (Both schemes name the same objects, wherever a location is compared.)
+        assert_eq!(as_s3("s3a://b/w"), "s3://b/w");
+        assert_eq!(as_s3("s3://b/w"), "s3://b/w");
+        assert_eq!(as_s3("file:///s3a://"), "file:///s3a://");
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! writer falls back to plain pages when a dictionary grows too large) reads as a dictionary
 //! of its own values: the same strings, no saving.
 //!
-//! Used by the grouping over dictionaries (`crate::groups`); any other reader of the scan's
-//! columns would see dictionaries, so only that rule installs it.
+//! Used by the grouping over dictionaries (`crate::groups`) and the filters over them
+//! (`crate::dictionary_filters`); any other reader of the scan's columns would see
+//! dictionaries, so only those rules install it.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -360,6 +360,29 @@ impl Catalog {
         .await
     }
 
+    /// Each table of a tenant's namespace that has a metadata file, with that file's location:
+    /// `(name, location)`, by name. One query, so that a reader of all of a tenant's tables (a
+    /// query's session) asks the database once, not once per table ([`Catalog::load_table_at`]).
+    pub async fn table_locations(&self, tenant: &TenantId) -> Result<Vec<(String, String)>> {
+        let tenant = tenant.to_string();
+        self.on_io(move |c| async move {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT table_name, metadata_location FROM iceberg_tables WHERE catalog_name = $1 \
+                 AND table_namespace = $2 ORDER BY table_name",
+            )
+            .bind(&c.name)
+            .bind(&tenant)
+            .fetch_all(&c.db)
+            .await
+            .map_err(Error::db("list tables"))?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(name, l)| Some((name, l?)))
+                .collect())
+        })
+        .await
+    }
+
     /// Every tenant's metadata file of the table `table` (a pointer that moves with each
     /// commit): `(tenant, location)`, by tenant. One query, for pollers of many tenants.
     pub async fn metadata_locations(&self, table: &str) -> Result<Vec<(String, String)>> {
@@ -405,6 +428,17 @@ impl Catalog {
     /// Loads the current state of a table.
     pub async fn load_table(&self, tenant: &TenantId, table: &str) -> Result<Table> {
         let location = self.metadata_location(tenant, table).await?;
+        self.load_table_at(tenant, table, location).await
+    }
+
+    /// Loads a table as its metadata file `location` has it (a location
+    /// [`Catalog::table_locations`] gave; read once per location, then kept).
+    pub async fn load_table_at(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+        location: String,
+    ) -> Result<Table> {
         let key = (tenant.to_string(), table.to_string());
         let cached = {
             let cache = self

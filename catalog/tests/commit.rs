@@ -307,6 +307,11 @@ async fn a_copied_data_folder_leaves_the_originals_tables_alone() {
     let err = copied.load_table(&tenant, EVENTS_TABLE).await.unwrap_err();
     assert!(matches!(err, floe_catalog::Error::Config { .. }), "{err}");
     assert!(err.to_string().contains(&location), "{err}");
+    // (A query's session lists the tables' metadata files and reads each: refused the same.)
+    let located = copied.table_locations(&tenant).await.unwrap();
+    let (name, at) = located.into_iter().next().unwrap();
+    let err = copied.load_table_at(&tenant, &name, at).await.unwrap_err();
+    assert!(matches!(err, floe_catalog::Error::Config { .. }), "{err}");
     let err = copied
         .expire_snapshots(
             &tenant,
@@ -328,4 +333,55 @@ async fn a_copied_data_folder_leaves_the_originals_tables_alone() {
     assert_eq!(table.metadata().snapshots().count(), 2);
     let first = format!("{location}/data/day=20000/f1.parquet");
     assert!(std::path::Path::new(first.strip_prefix("file://").unwrap()).exists());
+}
+
+/// A query's session asks the database once for every table's metadata file, then reads each
+/// file (kept per location): what it loads is what `load_table` loads, and a commit moves it.
+#[tokio::test]
+async fn one_question_gives_every_tables_current_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let (tenant, key, location) = events_of(&catalog, "located").await;
+    let (other, _, elsewhere) = events_of(&catalog, "elsewhere").await;
+    append_file(&catalog, &key, &location, "f1", 20000, 10).await;
+
+    let located = catalog.table_locations(&tenant).await.unwrap();
+    let names: Vec<String> = located.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, catalog.list_tables(&tenant).await.unwrap());
+    let folder = |events: &str| format!("{}/", events.rsplit_once('/').unwrap().0);
+    assert!(
+        located
+            .iter()
+            .all(|(_, l)| l.starts_with(&folder(&location)))
+    );
+    let first = located
+        .iter()
+        .find(|(n, _)| n == EVENTS_TABLE)
+        .map(|(_, l)| l.clone())
+        .unwrap();
+    let loaded = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
+    assert_eq!(loaded.metadata_location(), Some(first.as_str()));
+
+    append_file(&catalog, &key, &location, "f2", 20000, 10).await;
+    let located = catalog.table_locations(&tenant).await.unwrap();
+    let (_, second) = located.iter().find(|(n, _)| n == EVENTS_TABLE).unwrap();
+    assert_ne!(*second, first);
+    let at = catalog
+        .load_table_at(&tenant, EVENTS_TABLE, second.clone())
+        .await
+        .unwrap();
+    let now = catalog.load_table(&tenant, EVENTS_TABLE).await.unwrap();
+    assert_eq!(at.metadata().snapshots().count(), 2);
+    assert_eq!(
+        at.metadata().current_snapshot_id(),
+        now.metadata().current_snapshot_id()
+    );
+    // The other tenant's tables are its own.
+    let theirs = catalog.table_locations(&other).await.unwrap();
+    assert!(!theirs.is_empty());
+    assert!(
+        theirs
+            .iter()
+            .all(|(_, l)| l.starts_with(&folder(&elsewhere)))
+    );
 }

@@ -276,8 +276,20 @@ impl Engine {
         functions::register(&ctx);
         functions::bounded::register(&ctx, &pool);
         let schema = Arc::new(MemorySchemaProvider::new());
-        for name in self.catalog.list_tables(tenant).await? {
-            let table = self.catalog.load_table(tenant, &name).await?;
+        // Two questions to the database, asked together: the tables' metadata files (each read
+        // once per location, then kept) and the event schemas the views are made from. Asked
+        // one table at a time, a session waited on the catalog's runtime once per table, a
+        // queue another tenant's ingest shares.
+        let views = scope != Scope::ProjectionsOnly;
+        let (located, schemas) = tokio::join!(self.catalog.table_locations(tenant), async {
+            if views {
+                Some(self.catalog.schemas(tenant, None).await)
+            } else {
+                None
+            }
+        });
+        for (name, location) in located? {
+            let table = self.catalog.load_table_at(tenant, &name, location).await?;
             let kind = table
                 .metadata()
                 .properties()
@@ -305,12 +317,12 @@ impl Engine {
             })?;
             schema.register_table(name, Arc::new(provider))?;
         }
-        if scope != Scope::ProjectionsOnly
+        if let Some(schemas) = schemas
             && let Some(events) = schema.table(floe_catalog::table::EVENTS_TABLE).await?
         {
             // The views are an addition: a registry that cannot be read leaves them out, not
             // the tables.
-            match self.catalog.schemas(tenant, None).await {
+            match schemas {
                 Ok(schemas) if !schemas.is_empty() => {
                     event_views::register(&ctx, &schema, events, schemas)?;
                 }

@@ -258,8 +258,17 @@ impl Engine {
             .with_memory_pool(pool.clone())
             .with_cache_manager(caches)
             .build_arc()?;
-        if let Some(store) = &self.catalog.data_store().store {
-            runtime.register_object_store(self.store_url.as_ref(), store.clone());
+        match &self.catalog.data_store().store {
+            Some(store) => {
+                runtime.register_object_store(self.store_url.as_ref(), store.clone());
+            }
+            // A local warehouse is read on the query's own threads (`scan::local_files`).
+            None => {
+                runtime.register_object_store(
+                    self.store_url.as_ref(),
+                    scan::local_files::QueryFiles::new(),
+                );
+            }
         }
         // DataFusion's planning, set operations' probe sides made distinct (`set_ops`), then
         // grouping and filtering dictionary columns where it can (`groups`,

@@ -50,6 +50,7 @@ use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 pub mod dictionaries;
+pub mod local_files;
 mod per_file;
 pub use per_file::{PerFileMetrics, per_file_metrics};
 

@@ -298,7 +298,16 @@ impl Engine {
             }
         });
         for (name, location) in located? {
-            let table = self.catalog.load_table_at(tenant, &name, location).await?;
+            let table = match self.catalog.load_table_at(tenant, &name, location).await {
+                Ok(table) => table,
+                // Dropped (a projection's metadata goes with it) or committed to since it was
+                // listed: asked again, a dropped table is left out, as if listed a moment later.
+                Err(first) => match self.catalog.load_table(tenant, &name).await {
+                    Ok(table) => table,
+                    Err(floe_catalog::Error::NotFound { .. }) => continue,
+                    Err(_) => return Err(first.into()),
+                },
+            };
             let kind = table
                 .metadata()
                 .properties()

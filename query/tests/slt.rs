@@ -364,6 +364,8 @@ fn main() -> ExitCode {
         if filters.is_empty() {
             scan_prunes_files_by_manifest_bounds(&f.engine, &f.shop).await;
             println!("scan_prunes_files_by_manifest_bounds ... ok");
+            a_local_warehouse_is_read_on_the_querys_threads(&f.engine, &f.shop).await;
+            println!("a_local_warehouse_is_read_on_the_querys_threads ... ok");
         }
         f.ingest.shutdown(Duration::from_secs(5)).await;
         failed
@@ -375,6 +377,18 @@ fn main() -> ExitCode {
         println!("\nslt result: FAILED: {}", failed.join(", "));
         ExitCode::FAILURE
     }
+}
+
+/// A session over a local warehouse reads its files with `scan::local_files::QueryFiles`, not
+/// DataFusion's default local store (every answer above would be the same either way).
+async fn a_local_warehouse_is_read_on_the_querys_threads(engine: &Engine, tenant: &TenantId) {
+    let ctx = engine
+        .session(tenant, floe_query::Scope::AllTables)
+        .await
+        .unwrap();
+    let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+    let store = ctx.runtime_env().object_store(&url).unwrap();
+    assert!(store.to_string().starts_with("QueryFiles("), "{store}");
 }
 
 /// A time range is answered from the files of that range only: the manifests' `ts` bounds prune

@@ -8,9 +8,11 @@
 //!
 //! [`QueryFiles`] reads the ranges a query asks for where it asks, with positioned reads: every
 //! query runs on a runtime of its own (`trino::query`), so a read that waits for the disk holds
-//! up only that query, and reads of the page cache take microseconds. Everything else (heads,
-//! conditional reads, listing, writing) goes to the local file system as before. Remote stores
-//! (S3) are not affected.
+//! that query's worker, not another query's, and reads of the page cache take microseconds. A
+//! read inside a step also holds the step's CPU slot (`cpu.rs`) and is charged to the tenant
+//! as CPU time; past the slice the slot counts as free, so other tenants wait at most a slice
+//! for it. Everything else (heads, conditional or unranged reads, listing, writing, renaming)
+//! goes to the local file system as before. Remote stores (S3) are not affected.
 
 use std::fmt;
 use std::ops::Range;
@@ -23,7 +25,8 @@ use datafusion::object_store::local::LocalFileSystem;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{
     CopyOptions, Error, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
 };
 use futures::stream::BoxStream;
 
@@ -92,7 +95,10 @@ fn read_range(file: &std::fs::File, location: &Path, range: Range<u64>) -> Resul
 #[async_trait]
 impl ObjectStore for QueryFiles {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        // Ranged reads only (a Parquet reader knows each file's size): a whole file is left to
+        // the local file system, which streams it in chunks.
         let plain = !options.head
+            && options.range.is_some()
             && options.if_match.is_none()
             && options.if_none_match.is_none()
             && options.if_modified_since.is_none()
@@ -174,12 +180,24 @@ impl ObjectStore for QueryFiles {
         self.inner.list(prefix)
     }
 
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }
 

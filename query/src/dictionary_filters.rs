@@ -7,7 +7,7 @@
 //! [`DictionaryFilters`], a physical optimizer rule run after DataFusion's own, finds filters
 //! that read a string column of Floe's scan only in such comparisons and hand it no further
 //! (the filter's projection drops it), and has the scan read that column as a dictionary
-//! (`groups::read_as_dictionaries`, the same rebuild the grouping over dictionaries uses).
+//! (`dictionary_reads::read_as_dictionaries`, the same rebuild the grouping over dictionaries uses).
 //!
 //! What "only in such comparisons" means is [`reads_as_dictionary`]: the column compared with
 //! a string literal (`=`, `<>`, `<`, `<=`, `>`, `>=`), tested against a list of string
@@ -30,7 +30,7 @@ use datafusion::physical_plan::expressions::{
 };
 use datafusion::physical_plan::filter::FilterExec;
 
-use crate::groups::{read_as_dictionaries, rewrite_each};
+use crate::dictionary_reads::{read_as_dictionaries, rewrite_each};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod dashboard;
 pub mod dialect;
 pub mod dictionary_filters;
+mod dictionary_reads;
 pub mod event_views;
 pub mod footers;
 pub mod functions;

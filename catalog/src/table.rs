@@ -364,42 +364,38 @@ impl Catalog {
     /// `(name, location)`, by name. One query, so that a reader of all of a tenant's tables (a
     /// query's session) asks the database once, not once per table ([`Catalog::load_table_at`]).
     pub async fn table_locations(&self, tenant: &TenantId) -> Result<Vec<(String, String)>> {
-        let tenant = tenant.to_string();
-        self.on_io(move |c| async move {
-            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-                "SELECT table_name, metadata_location FROM iceberg_tables WHERE catalog_name = $1 \
-                 AND table_namespace = $2 ORDER BY table_name",
-            )
-            .bind(&c.name)
-            .bind(&tenant)
-            .fetch_all(&c.db)
-            .await
-            .map_err(Error::db("list tables"))?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(name, l)| Some((name, l?)))
-                .collect())
-        })
+        self.located(
+            "SELECT table_name, metadata_location FROM iceberg_tables WHERE catalog_name = $1 \
+             AND table_namespace = $2 ORDER BY table_name",
+            tenant.to_string(),
+        )
         .await
     }
 
     /// Every tenant's metadata file of the table `table` (a pointer that moves with each
     /// commit): `(tenant, location)`, by tenant. One query, for pollers of many tenants.
     pub async fn metadata_locations(&self, table: &str) -> Result<Vec<(String, String)>> {
-        let table = table.to_string();
+        self.located(
+            "SELECT table_namespace, metadata_location FROM iceberg_tables \
+             WHERE catalog_name = $1 AND table_name = $2 ORDER BY table_namespace",
+            table.to_string(),
+        )
+        .await
+    }
+
+    /// The rows of `sql` (`$1` this catalog, `$2` `value`) as `(name, metadata location)`,
+    /// those without a metadata file left out.
+    async fn located(&self, sql: &'static str, value: String) -> Result<Vec<(String, String)>> {
         self.on_io(move |c| async move {
-            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-                "SELECT table_namespace, metadata_location FROM iceberg_tables \
-                 WHERE catalog_name = $1 AND table_name = $2 ORDER BY table_namespace",
-            )
-            .bind(&c.name)
-            .bind(&table)
-            .fetch_all(&c.db)
-            .await
-            .map_err(Error::db("list tables"))?;
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(sql)
+                .bind(&c.name)
+                .bind(&value)
+                .fetch_all(&c.db)
+                .await
+                .map_err(Error::db("list tables"))?;
             Ok(rows
                 .into_iter()
-                .filter_map(|(tenant, l)| Some((tenant, l?)))
+                .filter_map(|(name, l)| Some((name, l?)))
                 .collect())
         })
         .await

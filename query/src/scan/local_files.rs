@@ -95,26 +95,22 @@ fn read_range(file: &std::fs::File, location: &Path, range: Range<u64>) -> Resul
 #[async_trait]
 impl ObjectStore for QueryFiles {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        // Ranged reads only (a Parquet reader knows each file's size): a whole file is left to
-        // the local file system, which streams it in chunks.
-        let plain = !options.head
-            && options.range.is_some()
-            && options.if_match.is_none()
-            && options.if_none_match.is_none()
-            && options.if_modified_since.is_none()
-            && options.if_unmodified_since.is_none()
-            && options.version.is_none();
-        if !plain {
+        // Plain ranged reads only (a Parquet reader knows each file's size): a whole file is
+        // left to the local file system, which streams it in chunks, and so is any condition.
+        let conditional = options.head
+            || options.if_match.is_some()
+            || options.if_none_match.is_some()
+            || options.if_modified_since.is_some()
+            || options.if_unmodified_since.is_some()
+            || options.version.is_some();
+        let Some(wanted) = options.range.clone().filter(|_| !conditional) else {
             return self.inner.get_opts(location, options).await;
-        }
+        };
         let (file, metadata) = self.open(location)?;
         let size = metadata.len();
-        let range = match &options.range {
-            Some(r) => r
-                .as_range(size)
-                .map_err(|e| generic(format!("reading {location}: {e}")))?,
-            None => 0..size,
-        };
+        let range = wanted
+            .as_range(size)
+            .map_err(|e| generic(format!("reading {location}: {e}")))?;
         let bytes = read_range(&file, location, range.clone())?;
         let meta = ObjectMeta {
             location: location.clone(),

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod dashboard;
 pub mod dialect;
+mod dictionary_compare;
 pub mod dictionary_filters;
 mod dictionary_reads;
 pub mod event_views;

@@ -1,0 +1,419 @@
+//! A string column read as a dictionary, compared with a literal once per dictionary.
+//!
+//! Arrow's comparison of a dictionary column with a literal compares every value of the
+//! dictionary, then picks each row's answer by its key (a `take` of booleans). The Parquet
+//! reader hands each batch of a row group the row group's whole dictionary, so for a column of
+//! thousands of distinct values (`user_id`) each batch of 8,192 rows paid for thousands of
+//! string comparisons, and the `take` cost more than the comparisons would on plain keys.
+//!
+//! [`DictionaryComparison`] stands in for such a comparison (`column op 'literal'`): it keeps
+//! the answer for each of the last few dictionaries it saw ([`Answers`]), and answers a batch
+//! from its keys alone: when one value of the dictionary matches (an equality), each row's
+//! answer is whether its key is that value's, which compiles to a vector comparison; when none
+//! or all match, the answer is constant; otherwise it is looked up per key in a table of
+//! booleans. Anything else (not a dictionary of `Int32` keys, a dictionary holding nulls, a
+//! null literal) is answered by the comparison it stands in for, which is also its one child,
+//! so that rewrites of the expression tree reach the column inside.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt::{self, Display, Formatter};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayData, ArrayRef, AsArray, BooleanArray, Scalar};
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::kernels::cmp;
+use arrow::datatypes::{DataType, Int32Type, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{ColumnarValue, Operator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::expressions::{BinaryExpr, Column, Literal};
+
+/// Dictionaries whose answers are kept, per comparison: a few more than the partitions that
+/// read row groups at once on a small machine, each holding its current one.
+const KEPT: usize = 8;
+
+/// Dictionaries larger than this are answered afresh for each batch rather than kept (the
+/// answers keep their dictionaries' buffers alive; Parquet writers cap a dictionary page at
+/// 1 MiB by default).
+const KEPT_BYTES: usize = 1 << 20;
+
+/// `column op literal`, answered per dictionary (see the module comment).
+#[derive(Debug)]
+pub(crate) struct DictionaryComparison {
+    /// The comparison this stands in for, as planned.
+    original: Arc<dyn PhysicalExpr>,
+    column: Arc<dyn PhysicalExpr>,
+    /// With the column on the left.
+    op: Operator,
+    literal: String,
+    answers: Mutex<VecDeque<(ArrayData, Arc<Answer>)>>,
+}
+
+/// Which of a dictionary's values compare true.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    None,
+    All,
+    Only(i32),
+    AllBut(i32),
+    /// Indexed by key.
+    Table(Vec<bool>),
+}
+
+impl DictionaryComparison {
+    /// `comparison` answered per dictionary if it compares a column with a non-null string
+    /// literal (`=`, `<>`, `<`, `<=`, `>`, `>=`), either way round; `None` otherwise.
+    pub(crate) fn over(comparison: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+        let binary = comparison.as_any().downcast_ref::<BinaryExpr>()?;
+        let string = |e: &Arc<dyn PhysicalExpr>| match e.as_any().downcast_ref::<Literal>() {
+            Some(l) => match l.value() {
+                ScalarValue::Utf8(Some(s)) => Some(s.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        let is_column = |e: &Arc<dyn PhysicalExpr>| e.as_any().is::<Column>();
+        let op = *binary.op();
+        if !matches!(
+            op,
+            Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+        ) {
+            return None;
+        }
+        let (column, op, literal) = match (string(binary.left()), string(binary.right())) {
+            (None, Some(literal)) if is_column(binary.left()) => (binary.left(), op, literal),
+            (Some(literal), None) if is_column(binary.right()) => {
+                (binary.right(), op.swap()?, literal)
+            }
+            _ => return None,
+        };
+        Some(Arc::new(Self {
+            original: comparison.clone(),
+            column: column.clone(),
+            op,
+            literal,
+            answers: Mutex::default(),
+        }))
+    }
+
+    /// Which values of `values` (a dictionary's, without nulls) compare true.
+    fn answer(&self, values: &ArrayRef) -> Result<Arc<Answer>> {
+        let data = values.to_data();
+        if let Some((_, answer)) = self.kept().iter().find(|(kept, _)| kept.ptr_eq(&data)) {
+            return Ok(answer.clone());
+        }
+        let literal = ScalarValue::Utf8(Some(self.literal.clone()))
+            .cast_to(values.data_type())?
+            .to_array()?;
+        let literal = Scalar::new(literal);
+        let matched = match self.op {
+            Operator::Eq => cmp::eq(values, &literal)?,
+            Operator::NotEq => cmp::neq(values, &literal)?,
+            Operator::Lt => cmp::lt(values, &literal)?,
+            Operator::LtEq => cmp::lt_eq(values, &literal)?,
+            Operator::Gt => cmp::gt(values, &literal)?,
+            _ => cmp::gt_eq(values, &literal)?,
+        };
+        let matched = matched.values();
+        let answer = Arc::new(match matched.count_set_bits() {
+            0 => Answer::None,
+            n if n == matched.len() => Answer::All,
+            1 => Answer::Only(first(matched, true)),
+            n if n + 1 == matched.len() => Answer::AllBut(first(matched, false)),
+            _ => Answer::Table(matched.iter().collect()),
+        });
+        if values.get_array_memory_size() <= KEPT_BYTES {
+            let mut kept = self.kept();
+            if kept.len() == KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((data, answer.clone()));
+        }
+        Ok(answer)
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<(ArrayData, Arc<Answer>)>> {
+        // A panic elsewhere while this was held left at worst an answer fully written.
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The key of the first value of `matched` that is `set`.
+fn first(matched: &BooleanBuffer, set: bool) -> i32 {
+    let index = matched.iter().position(|b| b == set).unwrap_or_default();
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+impl PhysicalExpr for DictionaryComparison {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn data_type(&self, _schema: &Schema) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn nullable(&self, schema: &Schema) -> Result<bool> {
+        self.original.nullable(schema)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        let ColumnarValue::Array(array) = self.column.evaluate(batch)? else {
+            return self.original.evaluate(batch);
+        };
+        let Some(dictionary) = array.as_dictionary_opt::<Int32Type>() else {
+            return self.original.evaluate(batch);
+        };
+        if dictionary.values().null_count() > 0 {
+            return self.original.evaluate(batch);
+        }
+        let keys = dictionary.keys();
+        let len = keys.len();
+        let k = keys.values();
+        let bits = match self.answer(dictionary.values())?.as_ref() {
+            Answer::None => BooleanBuffer::new_unset(len),
+            Answer::All => BooleanBuffer::new_set(len),
+            Answer::Only(key) => BooleanBuffer::collect_bool(len, |i| k[i] == *key),
+            Answer::AllBut(key) => BooleanBuffer::collect_bool(len, |i| k[i] != *key),
+            // (A null row's key may point anywhere.)
+            Answer::Table(table) => BooleanBuffer::collect_bool(len, |i| {
+                usize::try_from(k[i])
+                    .ok()
+                    .and_then(|k| table.get(k).copied())
+                    .unwrap_or(false)
+            }),
+        };
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            bits,
+            keys.nulls().cloned(),
+        ))))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.original]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        let original = children[0].clone();
+        Ok(Self::over(&original).unwrap_or(original))
+    }
+
+    fn fmt_sql(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        self.original.fmt_sql(f)
+    }
+}
+
+impl Display for DictionaryComparison {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (per dictionary)", self.original)
+    }
+}
+
+impl PartialEq for DictionaryComparison {
+    fn eq(&self, other: &Self) -> bool {
+        self.original.as_ref() == other.original.as_ref()
+    }
+}
+
+impl Eq for DictionaryComparison {}
+
+impl Hash for DictionaryComparison {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.original.hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::datatypes::Field;
+    use datafusion::physical_plan::expressions::{col, lit};
+
+    fn batch(keys: Int32Array, values: Vec<&str>) -> RecordBatch {
+        let dictionary =
+            DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values)))
+                .unwrap();
+        let schema = Schema::new(vec![Field::new(
+            "s",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            true,
+        )]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(dictionary)]).unwrap()
+    }
+
+    fn comparison(
+        batch: &RecordBatch,
+        op: Operator,
+        literal: &str,
+        flipped: bool,
+    ) -> Arc<dyn PhysicalExpr> {
+        let column = col("s", &batch.schema()).unwrap();
+        let (left, right) = match flipped {
+            false => (column, lit(literal)),
+            true => (lit(literal), column),
+        };
+        Arc::new(BinaryExpr::new(left, op, right))
+    }
+
+    fn answered(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> BooleanArray {
+        e.evaluate(batch)
+            .unwrap()
+            .into_array(batch.num_rows())
+            .unwrap()
+            .as_boolean()
+            .clone()
+    }
+
+    #[test]
+    fn answers_as_arrows_comparison_does() {
+        // Every key, a null row, values out of order and one repeated.
+        let keys = Int32Array::from(vec![
+            Some(0),
+            Some(1),
+            None,
+            Some(2),
+            Some(3),
+            Some(1),
+            Some(4),
+        ]);
+        let values = vec!["b", "a", "c", "a", "e"];
+        let batch = batch(keys, values);
+        for op in [
+            Operator::Eq,
+            Operator::NotEq,
+            Operator::Lt,
+            Operator::LtEq,
+            Operator::Gt,
+            Operator::GtEq,
+        ] {
+            for literal in ["a", "b", "c", "e", "z", "", "0"] {
+                for flipped in [false, true] {
+                    let plain = comparison(&batch, op, literal, flipped);
+                    let ours = DictionaryComparison::over(&plain).unwrap();
+                    // Twice: the second time from the answer kept.
+                    for _ in 0..2 {
+                        assert_eq!(
+                            answered(&ours, &batch),
+                            answered(&plain, &batch),
+                            "s {op} {literal} (flipped: {flipped})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_kind_of_answer_and_the_one_kept_per_dictionary() {
+        let batch = batch(Int32Array::from(vec![0, 1, 2, 1, 0]), vec!["a", "b", "c"]);
+        let answer = |op, literal| {
+            let plain = comparison(&batch, op, literal, false);
+            let ours = DictionaryComparison::over(&plain).unwrap();
+            let got = answered(&ours, &batch);
+            assert_eq!(got, answered(&plain, &batch));
+            let ours = ours
+                .as_any()
+                .downcast_ref::<DictionaryComparison>()
+                .unwrap();
+            let kept = ours.kept();
+            assert_eq!(kept.len(), 1);
+            std::mem::discriminant(kept[0].1.as_ref())
+        };
+        let kind = std::mem::discriminant;
+        assert_eq!(answer(Operator::Eq, "z"), kind(&Answer::None));
+        assert_eq!(answer(Operator::Lt, "z"), kind(&Answer::All));
+        assert_eq!(answer(Operator::Eq, "b"), kind(&Answer::Only(0)));
+        assert_eq!(answer(Operator::NotEq, "b"), kind(&Answer::AllBut(0)));
+        assert_eq!(answer(Operator::GtEq, "b"), kind(&Answer::AllBut(0)));
+        assert_eq!(answer(Operator::Gt, "0"), kind(&Answer::All));
+
+        // A dictionary of four values, two of them matching: looked up by key.
+        let four = self::batch(Int32Array::from(vec![3, 2, 1, 0]), vec!["a", "b", "c", "d"]);
+        let plain = comparison(&four, Operator::Gt, "b", false);
+        let ours = DictionaryComparison::over(&plain).unwrap();
+        assert_eq!(
+            answered(&ours, &four),
+            BooleanArray::from(vec![true, true, false, false])
+        );
+
+        // Another batch of the same dictionary (a slice shares its buffers) reuses its answer;
+        // a dictionary with the same strings in other buffers gets one of its own.
+        let plain = comparison(&batch, Operator::Eq, "c", false);
+        let ours = DictionaryComparison::over(&plain).unwrap();
+        answered(&ours, &batch);
+        answered(&ours, &batch.slice(1, 3));
+        let same_strings = self::batch(Int32Array::from(vec![2]), vec!["a", "b", "c"]);
+        answered(&ours, &same_strings);
+        let ours = ours
+            .as_any()
+            .downcast_ref::<DictionaryComparison>()
+            .unwrap();
+        assert_eq!(ours.kept().len(), 2);
+    }
+
+    #[test]
+    fn what_it_does_not_stand_in_for() {
+        let batch = batch(Int32Array::from(vec![0]), vec!["a"]);
+        let column = col("s", &batch.schema()).unwrap();
+        let null: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Utf8(None)));
+        for e in [
+            Arc::new(BinaryExpr::new(column.clone(), Operator::Eq, null)) as Arc<dyn PhysicalExpr>,
+            Arc::new(BinaryExpr::new(
+                column.clone(),
+                Operator::Eq,
+                column.clone(),
+            )),
+            Arc::new(BinaryExpr::new(
+                column.clone(),
+                Operator::LikeMatch,
+                lit("a"),
+            )),
+            Arc::new(BinaryExpr::new(lit("a"), Operator::Eq, lit("a"))),
+            column,
+        ] {
+            assert!(DictionaryComparison::over(&e).is_none(), "{e}");
+        }
+    }
+
+    #[test]
+    fn plain_strings_and_dictionaries_with_nulls_are_compared_as_before() {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let strings = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![
+                Some("a"),
+                None,
+                Some("b"),
+            ]))],
+        )
+        .unwrap();
+        let plain = comparison(&strings, Operator::Eq, "a", false);
+        let ours = DictionaryComparison::over(&plain).unwrap();
+        assert_eq!(answered(&ours, &strings), answered(&plain, &strings));
+
+        let values = StringArray::from(vec![Some("a"), None]);
+        let dictionary = DictionaryArray::<Int32Type>::try_new(
+            Int32Array::from(vec![0, 1, 0]),
+            Arc::new(values),
+        )
+        .unwrap();
+        let nulls =
+            RecordBatch::try_from_iter(vec![("s", Arc::new(dictionary) as ArrayRef)]).unwrap();
+        let plain = comparison(&nulls, Operator::NotEq, "b", false);
+        let ours = DictionaryComparison::over(&plain).unwrap();
+        assert_eq!(answered(&ours, &nulls), answered(&plain, &nulls));
+        assert_eq!(answered(&ours, &nulls).null_count(), 1);
+    }
+}

@@ -365,6 +365,7 @@ impl Catalog {
     /// query's session) asks the database once, not once per table ([`Catalog::load_table_at`]).
     pub async fn table_locations(&self, tenant: &TenantId) -> Result<Vec<(String, String)>> {
         self.located(
+            "list the tenant's tables",
             "SELECT table_name, metadata_location FROM iceberg_tables WHERE catalog_name = $1 \
              AND table_namespace = $2 ORDER BY table_name",
             tenant.to_string(),
@@ -376,6 +377,7 @@ impl Catalog {
     /// commit): `(tenant, location)`, by tenant. One query, for pollers of many tenants.
     pub async fn metadata_locations(&self, table: &str) -> Result<Vec<(String, String)>> {
         self.located(
+            "list every tenant's table",
             "SELECT table_namespace, metadata_location FROM iceberg_tables \
              WHERE catalog_name = $1 AND table_name = $2 ORDER BY table_namespace",
             table.to_string(),
@@ -384,15 +386,20 @@ impl Catalog {
     }
 
     /// The rows of `sql` (`$1` this catalog, `$2` `value`) as `(name, metadata location)`,
-    /// those without a metadata file left out.
-    async fn located(&self, sql: &'static str, value: String) -> Result<Vec<(String, String)>> {
+    /// those without a metadata file left out; `context` names the question in its errors.
+    async fn located(
+        &self,
+        context: &'static str,
+        sql: &'static str,
+        value: String,
+    ) -> Result<Vec<(String, String)>> {
         self.on_io(move |c| async move {
             let rows: Vec<(String, Option<String>)> = sqlx::query_as(sql)
                 .bind(&c.name)
                 .bind(&value)
                 .fetch_all(&c.db)
                 .await
-                .map_err(Error::db("list tables"))?;
+                .map_err(Error::db(context))?;
             Ok(rows
                 .into_iter()
                 .filter_map(|(name, l)| Some((name, l?)))

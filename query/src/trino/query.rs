@@ -44,8 +44,14 @@ use crate::cpu::SlotTimes;
 use crate::{Engine, Error, Scope};
 
 /// Stack of query threads: parsing and planning walk expression trees recursively, to the
-/// depth `query.max_sql_depth` and `query.max_sql_operators` allow.
-pub const SQL_STACK_BYTES: usize = 16 << 20;
+/// depth `query.max_sql_depth` and `query.max_sql_operators` allow. Unoptimised builds (tests
+/// run with `cargo test`) make frames several times larger, so they reserve more (address
+/// space; only what is touched becomes memory).
+pub const SQL_STACK_BYTES: usize = if cfg!(debug_assertions) {
+    128 << 20
+} else {
+    16 << 20
+};
 
 /// A page holds at most `query.page_rows` rows, or about this many bytes.
 const PAGE_BYTES: usize = 1 << 20;

@@ -7,13 +7,15 @@
 //! string comparisons, and the `take` cost more than the comparisons would on plain keys.
 //!
 //! [`DictionaryComparison`] stands in for such a comparison (`column op 'literal'`): it keeps
-//! the answer for each of the last few dictionaries it saw ([`Answers`]), and answers a batch
-//! from its keys alone: when one value of the dictionary matches (an equality), each row's
-//! answer is whether its key is that value's, which compiles to a vector comparison; when none
-//! or all match, the answer is constant; otherwise it is looked up per key in a table of
-//! booleans. Anything else (not a dictionary of `Int32` keys, a dictionary holding nulls, a
-//! null literal) is answered by the comparison it stands in for, which is also its one child,
-//! so that rewrites of the expression tree reach the column inside.
+//! the answer for each of the dictionaries it used last ([`Answer`], at most [`KEPT`] of them
+//! and [`KEPT_BYTES`] of dictionaries), and answers a batch from its keys alone: when one value
+//! of the dictionary matches (an equality), each row's answer is whether its key is that
+//! value's, which compiles to a vector comparison; when all values but one match, whether it
+//! is not; when none or all match, the answer is constant; otherwise it is looked up per key
+//! in a table of booleans. Anything else (not a dictionary of `Int32` keys over `Utf8` values
+//! without nulls) is answered by the comparison it stands in for, which is also its one child,
+//! so that rewrites of the expression tree reach the column inside. A null literal is not
+//! taken at all.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -21,7 +23,7 @@ use std::fmt::{self, Display, Formatter};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayData, ArrayRef, AsArray, BooleanArray, Scalar};
+use arrow::array::{Array, ArrayData, ArrayRef, AsArray, BooleanArray, Scalar, StringArray};
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::cmp;
 use arrow::datatypes::{DataType, Int32Type, Schema};
@@ -31,17 +33,21 @@ use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::expressions::{BinaryExpr, Column, Literal};
 
-/// Dictionaries whose answers are kept, per comparison: a few more than the partitions that
-/// read row groups at once on a small machine, each holding its current one.
-const KEPT: usize = 8;
+/// Dictionaries whose answers are kept, per comparison, the least recently used dropped
+/// first: each partition reading row groups at once uses one at a time, so up to this many
+/// partitions find theirs kept.
+const KEPT: usize = 32;
 
-/// Dictionaries larger than this are answered afresh for each batch rather than kept (the
-/// answers keep their dictionaries' buffers alive; Parquet writers cap a dictionary page at
-/// 1 MiB by default).
-const KEPT_BYTES: usize = 1 << 20;
+/// The most bytes of dictionaries the answers keep alive, per comparison (outside the query's
+/// memory pool: a row group's dictionary is held by its reader anyway while it is read, and
+/// kept here at most this much longer).
+const KEPT_BYTES: usize = 4 << 20;
+
+/// A dictionary larger than this is answered afresh for each batch rather than kept (Parquet
+/// writers cap a dictionary page at 1 MiB by default).
+const KEPT_ONE: usize = 1 << 20;
 
 /// `column op literal`, answered per dictionary (see the module comment).
-#[derive(Debug)]
 pub(crate) struct DictionaryComparison {
     /// The comparison this stands in for, as planned.
     original: Arc<dyn PhysicalExpr>,
@@ -49,7 +55,25 @@ pub(crate) struct DictionaryComparison {
     /// With the column on the left.
     op: Operator,
     literal: String,
-    answers: Mutex<VecDeque<(ArrayData, Arc<Answer>)>>,
+    /// The answers kept, most recently used last, with their dictionaries' bytes.
+    answers: Mutex<VecDeque<Kept>>,
+}
+
+/// One dictionary's answer, and the dictionary (its buffers held, so that no other dictionary
+/// can take their place in memory and be taken for it).
+struct Kept {
+    values: ArrayData,
+    bytes: usize,
+    answer: Arc<Answer>,
+}
+
+impl fmt::Debug for DictionaryComparison {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        // Without the answers kept: they hold whole dictionaries.
+        f.debug_struct("DictionaryComparison")
+            .field("original", &self.original)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which of a dictionary's values compare true.
@@ -77,15 +101,7 @@ impl DictionaryComparison {
         };
         let is_column = |e: &Arc<dyn PhysicalExpr>| e.as_any().is::<Column>();
         let op = *binary.op();
-        if !matches!(
-            op,
-            Operator::Eq
-                | Operator::NotEq
-                | Operator::Lt
-                | Operator::LtEq
-                | Operator::Gt
-                | Operator::GtEq
-        ) {
+        if !is_comparison(&op) {
             return None;
         }
         let (column, op, literal) = match (string(binary.left()), string(binary.right())) {
@@ -107,13 +123,17 @@ impl DictionaryComparison {
     /// Which values of `values` (a dictionary's, without nulls) compare true.
     fn answer(&self, values: &ArrayRef) -> Result<Arc<Answer>> {
         let data = values.to_data();
-        if let Some((_, answer)) = self.kept().iter().find(|(kept, _)| kept.ptr_eq(&data)) {
-            return Ok(answer.clone());
+        {
+            let mut kept = self.kept();
+            if let Some(at) = kept.iter().position(|k| k.values.ptr_eq(&data))
+                && let Some(hit) = kept.remove(at)
+            {
+                let answer = hit.answer.clone();
+                kept.push_back(hit);
+                return Ok(answer);
+            }
         }
-        let literal = ScalarValue::Utf8(Some(self.literal.clone()))
-            .cast_to(values.data_type())?
-            .to_array()?;
-        let literal = Scalar::new(literal);
+        let literal = Scalar::new(StringArray::from(vec![self.literal.as_str()]));
         let matched = match self.op {
             Operator::Eq => cmp::eq(values, &literal)?,
             Operator::NotEq => cmp::neq(values, &literal)?,
@@ -130,20 +150,41 @@ impl DictionaryComparison {
             n if n + 1 == matched.len() => Answer::AllBut(first(matched, false)),
             _ => Answer::Table(matched.iter().collect()),
         });
-        if values.get_array_memory_size() <= KEPT_BYTES {
+        let bytes = data.get_buffer_memory_size();
+        if bytes <= KEPT_ONE {
             let mut kept = self.kept();
-            if kept.len() == KEPT {
+            while kept.len() >= KEPT
+                || kept.iter().map(|k| k.bytes).sum::<usize>() + bytes > KEPT_BYTES
+            {
                 kept.pop_front();
             }
-            kept.push_back((data, answer.clone()));
+            kept.push_back(Kept {
+                values: data,
+                bytes,
+                answer: answer.clone(),
+            });
         }
         Ok(answer)
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<(ArrayData, Arc<Answer>)>> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Kept>> {
         // A panic elsewhere while this was held left at worst an answer fully written.
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether `op` is one of the comparisons a dictionary answers as its strings do: `=`, `<>`,
+/// `<`, `<=`, `>`, `>=`.
+pub(crate) fn is_comparison(op: &Operator) -> bool {
+    matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+    )
 }
 
 /// The key of the first value of `matched` that is `set`.
@@ -172,7 +213,10 @@ impl PhysicalExpr for DictionaryComparison {
         let Some(dictionary) = array.as_dictionary_opt::<Int32Type>() else {
             return self.original.evaluate(batch);
         };
-        if dictionary.values().null_count() > 0 {
+        // (Of other value types Arrow's comparison with a `Utf8` literal makes an error.)
+        if dictionary.values().data_type() != &DataType::Utf8
+            || dictionary.values().null_count() > 0
+        {
             return self.original.evaluate(batch);
         }
         let keys = dictionary.keys();
@@ -237,9 +281,12 @@ impl Hash for DictionaryComparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use arrow::array::{DictionaryArray, Int32Array};
     use arrow::datatypes::Field;
+    use bytes::Bytes;
     use datafusion::physical_plan::expressions::{col, lit};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
     fn batch(keys: Int32Array, values: Vec<&str>) -> RecordBatch {
         let dictionary =
@@ -278,16 +325,12 @@ mod tests {
 
     #[test]
     fn answers_as_arrows_comparison_does() {
-        // Every key, a null row, values out of order and one repeated.
-        let keys = Int32Array::from(vec![
-            Some(0),
-            Some(1),
-            None,
-            Some(2),
-            Some(3),
-            Some(1),
-            Some(4),
-        ]);
+        // Every key, null rows (one whose key points past the dictionary), values out of
+        // order and one repeated.
+        let keys = Int32Array::new(
+            vec![0, 1, 0, 2, 3, 1, 4, 99].into(),
+            Some(vec![true, true, false, true, true, true, true, false].into()),
+        );
         let values = vec!["b", "a", "c", "a", "e"];
         let batch = batch(keys, values);
         for op in [
@@ -329,7 +372,7 @@ mod tests {
                 .unwrap();
             let kept = ours.kept();
             assert_eq!(kept.len(), 1);
-            std::mem::discriminant(kept[0].1.as_ref())
+            std::mem::discriminant(kept[0].answer.as_ref())
         };
         let kind = std::mem::discriminant;
         assert_eq!(answer(Operator::Eq, "z"), kind(&Answer::None));
@@ -352,15 +395,87 @@ mod tests {
         // a dictionary with the same strings in other buffers gets one of its own.
         let plain = comparison(&batch, Operator::Eq, "c", false);
         let ours = DictionaryComparison::over(&plain).unwrap();
-        answered(&ours, &batch);
-        answered(&ours, &batch.slice(1, 3));
         let same_strings = self::batch(Int32Array::from(vec![2]), vec!["a", "b", "c"]);
-        answered(&ours, &same_strings);
+        for b in [batch.clone(), batch.slice(1, 3), same_strings] {
+            assert_eq!(answered(&ours, &b), answered(&plain, &b));
+        }
         let ours = ours
             .as_any()
             .downcast_ref::<DictionaryComparison>()
             .unwrap();
         assert_eq!(ours.kept().len(), 2);
+    }
+
+    #[test]
+    fn the_batches_of_a_row_group_share_its_dictionary_and_its_answer() {
+        // One row group of 10,000 rows and 50 strings, read in batches of 1,000 as a
+        // dictionary (as `scan::dictionaries` has the reader do).
+        let strings: Vec<String> = (0..10_000).map(|i| format!("u-{}", i % 50)).collect();
+        let column = StringArray::from_iter_values(&strings);
+        let written =
+            RecordBatch::try_from_iter(vec![("s", Arc::new(column) as ArrayRef)]).unwrap();
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, written.schema(), None).unwrap();
+        writer.write(&written).unwrap();
+        writer.close().unwrap();
+        let hinted = Schema::new(vec![Field::new(
+            "s",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        )]);
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(hinted));
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new_with_options(Bytes::from(file), options)
+                .unwrap()
+                .with_batch_size(1_000)
+                .build()
+                .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 10);
+
+        let plain = comparison(&batches[0], Operator::Eq, "u-7", false);
+        let ours = DictionaryComparison::over(&plain).unwrap();
+        let mut matched = 0;
+        for b in &batches {
+            let got = answered(&ours, b);
+            assert_eq!(got, answered(&plain, b));
+            matched += got.true_count();
+        }
+        assert_eq!(matched, 200);
+        // One dictionary for the ten batches: answered once, kept once.
+        let ours = ours
+            .as_any()
+            .downcast_ref::<DictionaryComparison>()
+            .unwrap();
+        assert_eq!(ours.kept().len(), 1);
+    }
+
+    #[test]
+    fn the_least_recently_used_answers_go_first() {
+        let plain_of = |b: &RecordBatch| comparison(b, Operator::Eq, "a", false);
+        let batches: Vec<RecordBatch> = (0..KEPT + 1)
+            .map(|_| batch(Int32Array::from(vec![0, 1]), vec!["a", "b"]))
+            .collect();
+        let ours = DictionaryComparison::over(&plain_of(&batches[0])).unwrap();
+        for b in &batches[..KEPT] {
+            answered(&ours, b);
+        }
+        // The first used again, then one more: the second goes, the first stays.
+        answered(&ours, &batches[0]);
+        answered(&ours, &batches[KEPT]);
+        let ours = ours
+            .as_any()
+            .downcast_ref::<DictionaryComparison>()
+            .unwrap();
+        let kept = ours.kept();
+        assert_eq!(kept.len(), KEPT);
+        let held = |b: &RecordBatch| {
+            let values = b.column(0).as_any_dictionary().values().to_data();
+            kept.iter().any(|k| k.values.ptr_eq(&values))
+        };
+        assert!(held(&batches[0]));
+        assert!(!held(&batches[1]));
+        assert!(held(&batches[KEPT]));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use datafusion::physical_plan::expressions::{
 };
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 
-use crate::dictionary_compare::DictionaryComparison;
+use crate::dictionary_compare::{DictionaryComparison, is_comparison};
 use crate::dictionary_reads::{read_as_dictionaries, rewrite_each};
 
 /// The rule (see the module comment).
@@ -98,11 +98,16 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
             })
         })?
         .data;
-    let filter = FilterExecBuilder::from(filter)
-        .with_input(child)
+    let rebuilt = FilterExecBuilder::from(filter)
+        .with_input(child.clone())
         .with_predicate(predicate)
         .build()?;
-    Ok(Some(Arc::new(filter)))
+    // DataFusion reads `column = literal` as making the column constant, and an order of the
+    // input led by it as an order of what follows; the nodes above were planned on that order.
+    if rebuilt.properties().output_ordering() != node.properties().output_ordering() {
+        return Ok(Some(node.clone().with_new_children(vec![child])?));
+    }
+    Ok(Some(Arc::new(rebuilt)))
 }
 
 /// Whether `expr` reads the columns `target` picks only where a dictionary of strings answers
@@ -121,14 +126,9 @@ pub(crate) fn reads_as_dictionary(
             Operator::And | Operator::Or => {
                 return reads_as_dictionary(left, target) && reads_as_dictionary(right, target);
             }
-            Operator::Eq
-            | Operator::NotEq
-            | Operator::Lt
-            | Operator::LtEq
-            | Operator::Gt
-            | Operator::GtEq
-                if (is_target(left) && is_string_literal(right))
-                    || (is_string_literal(left) && is_target(right)) =>
+            op if is_comparison(op)
+                && ((is_target(left) && is_string_literal(right))
+                    || (is_string_literal(left) && is_target(right))) =>
             {
                 return true;
             }
@@ -221,7 +221,6 @@ mod tests {
             assert!(dictionaries_read(&ran.ours) >= 1, "{sql}");
             // The scan skips the same row groups by their statistics.
             assert_eq!(rows_scanned(&ran.ours), rows_scanned(&ran.plain), "{sql}");
-            // Comparisons with a literal are answered once per dictionary.
             // Comparisons with a literal are answered once per dictionary (DataFusion makes
             // a short IN list equalities under OR); IS NULL is not a comparison.
             assert_eq!(

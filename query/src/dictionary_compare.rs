@@ -55,7 +55,7 @@ pub(crate) struct DictionaryComparison {
     /// With the column on the left.
     op: Operator,
     literal: String,
-    /// The answers kept, most recently used last, with their dictionaries' bytes.
+    /// The answers kept, most recently used last.
     answers: Mutex<VecDeque<Kept>>,
 }
 
@@ -63,7 +63,6 @@ pub(crate) struct DictionaryComparison {
 /// can take their place in memory and be taken for it).
 struct Kept {
     values: ArrayData,
-    bytes: usize,
     answer: Arc<Answer>,
 }
 
@@ -153,14 +152,14 @@ impl DictionaryComparison {
         let bytes = data.get_buffer_memory_size();
         if bytes <= KEPT_ONE {
             let mut kept = self.kept();
-            while kept.len() >= KEPT
-                || kept.iter().map(|k| k.bytes).sum::<usize>() + bytes > KEPT_BYTES
-            {
+            let held = |kept: &VecDeque<Kept>| -> usize {
+                kept.iter().map(|k| k.values.get_buffer_memory_size()).sum()
+            };
+            while kept.len() >= KEPT || held(&kept) + bytes > KEPT_BYTES {
                 kept.pop_front();
             }
             kept.push_back(Kept {
                 values: data,
-                bytes,
                 answer: answer.clone(),
             });
         }
@@ -281,6 +280,7 @@ impl Hash for DictionaryComparison {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::dictionaries::dictionary_of_strings;
     use arrow::array::{DictionaryArray, Int32Array};
     use arrow::datatypes::Field;
     use bytes::Bytes;
@@ -288,15 +288,16 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
+    /// The `DictionaryComparison` behind `e`, to look at what it keeps.
+    fn kept_by(e: &Arc<dyn PhysicalExpr>) -> &DictionaryComparison {
+        e.as_any().downcast_ref::<DictionaryComparison>().unwrap()
+    }
+
     fn batch(keys: Int32Array, values: Vec<&str>) -> RecordBatch {
         let dictionary =
             DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values)))
                 .unwrap();
-        let schema = Schema::new(vec![Field::new(
-            "s",
-            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            true,
-        )]);
+        let schema = Schema::new(vec![Field::new("s", dictionary_of_strings(), true)]);
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(dictionary)]).unwrap()
     }
 
@@ -366,10 +367,7 @@ mod tests {
             let ours = DictionaryComparison::over(&plain).unwrap();
             let got = answered(&ours, &batch);
             assert_eq!(got, answered(&plain, &batch));
-            let ours = ours
-                .as_any()
-                .downcast_ref::<DictionaryComparison>()
-                .unwrap();
+            let ours = kept_by(&ours);
             let kept = ours.kept();
             assert_eq!(kept.len(), 1);
             std::mem::discriminant(kept[0].answer.as_ref())
@@ -399,10 +397,7 @@ mod tests {
         for b in [batch.clone(), batch.slice(1, 3), same_strings] {
             assert_eq!(answered(&ours, &b), answered(&plain, &b));
         }
-        let ours = ours
-            .as_any()
-            .downcast_ref::<DictionaryComparison>()
-            .unwrap();
+        let ours = kept_by(&ours);
         assert_eq!(ours.kept().len(), 2);
     }
 
@@ -418,11 +413,7 @@ mod tests {
         let mut writer = ArrowWriter::try_new(&mut file, written.schema(), None).unwrap();
         writer.write(&written).unwrap();
         writer.close().unwrap();
-        let hinted = Schema::new(vec![Field::new(
-            "s",
-            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            false,
-        )]);
+        let hinted = Schema::new(vec![Field::new("s", dictionary_of_strings(), false)]);
         let options = ArrowReaderOptions::new().with_schema(Arc::new(hinted));
         let reader =
             ParquetRecordBatchReaderBuilder::try_new_with_options(Bytes::from(file), options)
@@ -443,10 +434,7 @@ mod tests {
         }
         assert_eq!(matched, 200);
         // One dictionary for the ten batches: answered once, kept once.
-        let ours = ours
-            .as_any()
-            .downcast_ref::<DictionaryComparison>()
-            .unwrap();
+        let ours = kept_by(&ours);
         assert_eq!(ours.kept().len(), 1);
     }
 
@@ -463,10 +451,7 @@ mod tests {
         // The first used again, then one more: the second goes, the first stays.
         answered(&ours, &batches[0]);
         answered(&ours, &batches[KEPT]);
-        let ours = ours
-            .as_any()
-            .downcast_ref::<DictionaryComparison>()
-            .unwrap();
+        let ours = kept_by(&ours);
         let kept = ours.kept();
         assert_eq!(kept.len(), KEPT);
         let held = |b: &RecordBatch| {

@@ -8,7 +8,7 @@
 //!
 //! [`DictionaryComparison`] stands in for such a comparison (`column op 'literal'`): it keeps
 //! the answer for each of the dictionaries it used last ([`Answer`], at most [`KEPT`] of them
-//! and [`KEPT_BYTES`] of dictionaries), and answers a batch from its keys alone: when one value
+//! and [`KEPT_BYTES`] of dictionaries, counted in the query's memory pool), and answers a batch from its keys alone: when one value
 //! of the dictionary matches (an equality), each row's answer is whether its key is that
 //! value's, which compiles to a vector comparison; when all values but one match, whether it
 //! is not; when none or all match, the answer is constant; otherwise it is looked up per key
@@ -29,6 +29,7 @@ use arrow::compute::kernels::cmp;
 use arrow::datatypes::{DataType, Int32Type, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{Result, ScalarValue};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::expressions::{BinaryExpr, Column, Literal};
@@ -38,9 +39,8 @@ use datafusion::physical_plan::expressions::{BinaryExpr, Column, Literal};
 /// partitions find theirs kept.
 const KEPT: usize = 32;
 
-/// The most bytes of dictionaries the answers keep alive, per comparison (outside the query's
-/// memory pool: a row group's dictionary is held by its reader anyway while it is read, and
-/// kept here at most this much longer).
+/// The most bytes of dictionaries the answers keep alive, per comparison. They are counted in
+/// the query's memory pool; when the pool has no room, an answer is not kept.
 const KEPT_BYTES: usize = 4 << 20;
 
 /// A dictionary larger than this is answered afresh for each batch rather than kept (Parquet
@@ -55,8 +55,46 @@ pub(crate) struct DictionaryComparison {
     /// With the column on the left.
     op: Operator,
     literal: String,
-    /// The answers kept, most recently used last.
-    answers: Mutex<VecDeque<Kept>>,
+    /// The query's memory, which the dictionaries kept are counted in.
+    pool: Option<Arc<dyn MemoryPool>>,
+    answers: Mutex<Answers>,
+}
+
+/// The answers kept, most recently used last, and the memory their dictionaries take.
+struct Answers {
+    kept: VecDeque<Kept>,
+    reservation: Option<MemoryReservation>,
+}
+
+impl Answers {
+    fn held(&self) -> usize {
+        self.kept
+            .iter()
+            .map(|k| k.values.get_buffer_memory_size())
+            .sum()
+    }
+
+    /// Keeps `answer` for `values` (`bytes` of buffers), the least recently used dropped to
+    /// make room; not kept when the query's pool has no room for it.
+    fn keep(&mut self, values: ArrayData, bytes: usize, answer: Arc<Answer>) {
+        while self.kept.len() >= KEPT || self.held() + bytes > KEPT_BYTES {
+            self.kept.pop_front();
+        }
+        let held = self.held();
+        let counted = match &mut self.reservation {
+            Some(r) => match r.try_resize(held + bytes) {
+                Ok(()) => true,
+                Err(_) => {
+                    r.resize(held);
+                    false
+                }
+            },
+            None => true,
+        };
+        if counted {
+            self.kept.push_back(Kept { values, answer });
+        }
+    }
 }
 
 /// One dictionary's answer, and the dictionary (its buffers held, so that no other dictionary
@@ -88,8 +126,12 @@ enum Answer {
 
 impl DictionaryComparison {
     /// `comparison` answered per dictionary if it compares a column with a non-null string
-    /// literal (`=`, `<>`, `<`, `<=`, `>`, `>=`), either way round; `None` otherwise.
-    pub(crate) fn over(comparison: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+    /// literal (`=`, `<>`, `<`, `<=`, `>`, `>=`), either way round; `None` otherwise. The
+    /// dictionaries it keeps are counted in `pool`, the query's memory.
+    pub(crate) fn over(
+        comparison: &Arc<dyn PhysicalExpr>,
+        pool: Option<&Arc<dyn MemoryPool>>,
+    ) -> Option<Arc<dyn PhysicalExpr>> {
         let binary = comparison.as_any().downcast_ref::<BinaryExpr>()?;
         let string = |e: &Arc<dyn PhysicalExpr>| match e.as_any().downcast_ref::<Literal>() {
             Some(l) => match l.value() {
@@ -115,7 +157,12 @@ impl DictionaryComparison {
             column: column.clone(),
             op,
             literal,
-            answers: Mutex::default(),
+            pool: pool.cloned(),
+            answers: Mutex::new(Answers {
+                kept: VecDeque::new(),
+                reservation: pool
+                    .map(|p| MemoryConsumer::new("dictionary answers kept").register(p)),
+            }),
         }))
     }
 
@@ -123,7 +170,8 @@ impl DictionaryComparison {
     fn answer(&self, values: &ArrayRef) -> Result<Arc<Answer>> {
         let data = values.to_data();
         {
-            let mut kept = self.kept();
+            let mut answers = self.answers();
+            let kept = &mut answers.kept;
             if let Some(at) = kept.iter().position(|k| k.values.ptr_eq(&data))
                 && let Some(hit) = kept.remove(at)
             {
@@ -151,22 +199,12 @@ impl DictionaryComparison {
         });
         let bytes = data.get_buffer_memory_size();
         if bytes <= KEPT_ONE {
-            let mut kept = self.kept();
-            let held = |kept: &VecDeque<Kept>| -> usize {
-                kept.iter().map(|k| k.values.get_buffer_memory_size()).sum()
-            };
-            while kept.len() >= KEPT || held(&kept) + bytes > KEPT_BYTES {
-                kept.pop_front();
-            }
-            kept.push_back(Kept {
-                values: data,
-                answer: answer.clone(),
-            });
+            self.answers().keep(data, bytes, answer.clone());
         }
         Ok(answer)
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Kept>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         // A panic elsewhere while this was held left at worst an answer fully written.
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -249,7 +287,7 @@ impl PhysicalExpr for DictionaryComparison {
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
         let original = children[0].clone();
-        Ok(Self::over(&original).unwrap_or(original))
+        Ok(Self::over(&original, self.pool.as_ref()).unwrap_or(original))
     }
 
     fn fmt_sql(&self, f: &mut Formatter<'_>) -> fmt::Result {
@@ -284,6 +322,7 @@ mod tests {
     use arrow::array::{DictionaryArray, Int32Array};
     use arrow::datatypes::Field;
     use bytes::Bytes;
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::physical_plan::expressions::{col, lit};
     use parquet::arrow::ArrowWriter;
     use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -345,7 +384,7 @@ mod tests {
             for literal in ["a", "b", "c", "e", "z", "", "0"] {
                 for flipped in [false, true] {
                     let plain = comparison(&batch, op, literal, flipped);
-                    let ours = DictionaryComparison::over(&plain).unwrap();
+                    let ours = DictionaryComparison::over(&plain, None).unwrap();
                     // Twice: the second time from the answer kept.
                     for _ in 0..2 {
                         assert_eq!(
@@ -364,11 +403,12 @@ mod tests {
         let batch = batch(Int32Array::from(vec![0, 1, 2, 1, 0]), vec!["a", "b", "c"]);
         let answer = |op, literal| {
             let plain = comparison(&batch, op, literal, false);
-            let ours = DictionaryComparison::over(&plain).unwrap();
+            let ours = DictionaryComparison::over(&plain, None).unwrap();
             let got = answered(&ours, &batch);
             assert_eq!(got, answered(&plain, &batch));
             let ours = kept_by(&ours);
-            let kept = ours.kept();
+            let answers = ours.answers();
+            let kept = &answers.kept;
             assert_eq!(kept.len(), 1);
             std::mem::discriminant(kept[0].answer.as_ref())
         };
@@ -383,7 +423,7 @@ mod tests {
         // A dictionary of four values, two of them matching: looked up by key.
         let four = self::batch(Int32Array::from(vec![3, 2, 1, 0]), vec!["a", "b", "c", "d"]);
         let plain = comparison(&four, Operator::Gt, "b", false);
-        let ours = DictionaryComparison::over(&plain).unwrap();
+        let ours = DictionaryComparison::over(&plain, None).unwrap();
         assert_eq!(
             answered(&ours, &four),
             BooleanArray::from(vec![true, true, false, false])
@@ -392,13 +432,13 @@ mod tests {
         // Another batch of the same dictionary (a slice shares its buffers) reuses its answer;
         // a dictionary with the same strings in other buffers gets one of its own.
         let plain = comparison(&batch, Operator::Eq, "c", false);
-        let ours = DictionaryComparison::over(&plain).unwrap();
+        let ours = DictionaryComparison::over(&plain, None).unwrap();
         let same_strings = self::batch(Int32Array::from(vec![2]), vec!["a", "b", "c"]);
         for b in [batch.clone(), batch.slice(1, 3), same_strings] {
             assert_eq!(answered(&ours, &b), answered(&plain, &b));
         }
         let ours = kept_by(&ours);
-        assert_eq!(ours.kept().len(), 2);
+        assert_eq!(ours.answers().kept.len(), 2);
     }
 
     #[test]
@@ -425,7 +465,7 @@ mod tests {
         assert_eq!(batches.len(), 10);
 
         let plain = comparison(&batches[0], Operator::Eq, "u-7", false);
-        let ours = DictionaryComparison::over(&plain).unwrap();
+        let ours = DictionaryComparison::over(&plain, None).unwrap();
         let mut matched = 0;
         for b in &batches {
             let got = answered(&ours, b);
@@ -435,7 +475,7 @@ mod tests {
         assert_eq!(matched, 200);
         // One dictionary for the ten batches: answered once, kept once.
         let ours = kept_by(&ours);
-        assert_eq!(ours.kept().len(), 1);
+        assert_eq!(ours.answers().kept.len(), 1);
     }
 
     #[test]
@@ -444,7 +484,7 @@ mod tests {
         let batches: Vec<RecordBatch> = (0..KEPT + 1)
             .map(|_| batch(Int32Array::from(vec![0, 1]), vec!["a", "b"]))
             .collect();
-        let ours = DictionaryComparison::over(&plain_of(&batches[0])).unwrap();
+        let ours = DictionaryComparison::over(&plain_of(&batches[0]), None).unwrap();
         for b in &batches[..KEPT] {
             answered(&ours, b);
         }
@@ -452,7 +492,8 @@ mod tests {
         answered(&ours, &batches[0]);
         answered(&ours, &batches[KEPT]);
         let ours = kept_by(&ours);
-        let kept = ours.kept();
+        let answers = ours.answers();
+        let kept = &answers.kept;
         assert_eq!(kept.len(), KEPT);
         let held = |b: &RecordBatch| {
             let values = b.column(0).as_any_dictionary().values().to_data();
@@ -461,6 +502,36 @@ mod tests {
         assert!(held(&batches[0]));
         assert!(!held(&batches[1]));
         assert!(held(&batches[KEPT]));
+    }
+
+    #[test]
+    fn the_dictionaries_kept_are_counted_in_the_querys_memory() {
+        let batch = batch(Int32Array::from(vec![0, 1, 2]), vec!["a", "b", "c"]);
+        let plain = comparison(&batch, Operator::Eq, "b", false);
+        let bytes = batch
+            .column(0)
+            .as_any_dictionary()
+            .values()
+            .to_data()
+            .get_buffer_memory_size();
+
+        // Room in the pool: kept, and counted until the comparison goes.
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 20));
+        let ours = DictionaryComparison::over(&plain, Some(&pool)).unwrap();
+        assert_eq!(answered(&ours, &batch), answered(&plain, &batch));
+        assert_eq!(kept_by(&ours).answers().kept.len(), 1);
+        assert_eq!(pool.reserved(), bytes);
+        drop(ours);
+        assert_eq!(pool.reserved(), 0);
+
+        // No room: answered all the same, nothing kept or counted.
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(bytes - 1));
+        let ours = DictionaryComparison::over(&plain, Some(&pool)).unwrap();
+        for _ in 0..2 {
+            assert_eq!(answered(&ours, &batch), answered(&plain, &batch));
+        }
+        assert!(kept_by(&ours).answers().kept.is_empty());
+        assert_eq!(pool.reserved(), 0);
     }
 
     #[test]
@@ -483,7 +554,7 @@ mod tests {
             Arc::new(BinaryExpr::new(lit("a"), Operator::Eq, lit("a"))),
             column,
         ] {
-            assert!(DictionaryComparison::over(&e).is_none(), "{e}");
+            assert!(DictionaryComparison::over(&e, None).is_none(), "{e}");
         }
     }
 
@@ -500,7 +571,7 @@ mod tests {
         )
         .unwrap();
         let plain = comparison(&strings, Operator::Eq, "a", false);
-        let ours = DictionaryComparison::over(&plain).unwrap();
+        let ours = DictionaryComparison::over(&plain, None).unwrap();
         assert_eq!(answered(&ours, &strings), answered(&plain, &strings));
 
         let values = StringArray::from(vec![Some("a"), None]);
@@ -512,7 +583,7 @@ mod tests {
         let nulls =
             RecordBatch::try_from_iter(vec![("s", Arc::new(dictionary) as ArrayRef)]).unwrap();
         let plain = comparison(&nulls, Operator::NotEq, "b", false);
-        let ours = DictionaryComparison::over(&plain).unwrap();
+        let ours = DictionaryComparison::over(&plain, None).unwrap();
         assert_eq!(answered(&ours, &nulls), answered(&plain, &nulls));
         assert_eq!(answered(&ours, &nulls).null_count(), 1);
     }

@@ -21,6 +21,7 @@ use arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::utils::collect_columns;
@@ -36,7 +37,18 @@ use crate::dictionary_reads::{read_as_dictionaries, rewrite_each};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
-pub struct DictionaryFilters;
+pub struct DictionaryFilters {
+    /// The query's memory pool, which the dictionaries the comparisons keep are counted in
+    /// (`None`: counted nowhere, only capped).
+    pool: Option<Arc<dyn MemoryPool>>,
+}
+
+impl DictionaryFilters {
+    /// The rule for a query whose memory is `pool`.
+    pub fn for_pool(pool: Arc<dyn MemoryPool>) -> DictionaryFilters {
+        DictionaryFilters { pool: Some(pool) }
+    }
+}
 
 impl PhysicalOptimizerRule for DictionaryFilters {
     fn optimize(
@@ -44,7 +56,7 @@ impl PhysicalOptimizerRule for DictionaryFilters {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        rewrite_each(plan, rewrite)
+        rewrite_each(plan, &|node| rewrite(node, self.pool.as_ref()))
     }
 
     fn name(&self) -> &str {
@@ -58,7 +70,10 @@ impl PhysicalOptimizerRule for DictionaryFilters {
 
 /// `node` over a scan reading its filtered string columns as dictionaries, if it is a filter
 /// that can take them so.
-fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+fn rewrite(
+    node: &Arc<dyn ExecutionPlan>,
+    pool: Option<&Arc<dyn MemoryPool>>,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let Some(filter) = node.as_any().downcast_ref::<FilterExec>() else {
         return Ok(None);
     };
@@ -90,7 +105,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
                 .iter()
                 .all(|c| read.contains(&c.index()));
             Ok(match read_here {
-                true => match DictionaryComparison::over(&e) {
+                true => match DictionaryComparison::over(&e, pool) {
                     Some(per_dictionary) => Transformed::yes(per_dictionary),
                     None => Transformed::no(e),
                 },
@@ -216,7 +231,7 @@ mod tests {
             "SELECT count(*), sum(n) FROM t WHERE g IN ('g2', 'g7777')",
             "SELECT count(*), sum(n) FROM t WHERE f = 'zzz'",
         ] {
-            let ran = run_both_ways(&ctx, sql, &DictionaryFilters).await;
+            let ran = run_both_ways(&ctx, sql, &DictionaryFilters::default()).await;
             assert_eq!(ran.got, ran.expected, "{sql}");
             assert!(dictionaries_read(&ran.ours) >= 1, "{sql}");
             // The scan skips the same row groups by their statistics.
@@ -233,7 +248,7 @@ mod tests {
         let ran = run_both_ways(
             &ctx,
             "SELECT count(*) FROM t WHERE g = 'g1500'",
-            &DictionaryFilters,
+            &DictionaryFilters::default(),
         )
         .await;
         assert!(
@@ -255,7 +270,7 @@ mod tests {
             "SELECT count(*) FROM t WHERE f = g",
             "SELECT count(*) FROM t WHERE f = 'type1' OR length(f) > 5",
         ] {
-            let ran = run_both_ways(&ctx, sql, &DictionaryFilters).await;
+            let ran = run_both_ways(&ctx, sql, &DictionaryFilters::default()).await;
             assert_eq!(ran.got, ran.expected, "{sql}");
             assert_eq!(dictionaries_read(&ran.ours), 0, "{sql}");
         }

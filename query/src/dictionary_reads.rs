@@ -27,7 +27,8 @@ use crate::dictionary_filters::reads_as_dictionary;
 use crate::scan::{PerFileMetrics, file_scan};
 
 /// A node rewritten, or `None` to keep it.
-pub(crate) type Rewrite = fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>;
+pub(crate) type Rewrite<'a> =
+    &'a dyn Fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>;
 
 /// `plan` with each node that `rewrite` rewrites (bottom up) replaced.
 pub(crate) fn rewrite_each(

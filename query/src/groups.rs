@@ -48,7 +48,7 @@ impl PhysicalOptimizerRule for DictionaryGroups {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        rewrite_each(plan, rewrite)
+        rewrite_each(plan, &rewrite)
     }
 
     fn name(&self) -> &str {

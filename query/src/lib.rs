@@ -281,7 +281,9 @@ impl Engine {
             .with_default_features()
             .with_optimizer_rule(Arc::new(set_ops::DistinctProbe))
             .with_physical_optimizer_rule(Arc::new(groups::DictionaryGroups))
-            .with_physical_optimizer_rule(Arc::new(dictionary_filters::DictionaryFilters))
+            .with_physical_optimizer_rule(Arc::new(
+                dictionary_filters::DictionaryFilters::for_pool(pool.clone()),
+            ))
             .build();
         let ctx = SessionContext::new_with_state(state);
         functions::register(&ctx);

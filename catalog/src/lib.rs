@@ -31,6 +31,7 @@ pub mod schema;
 pub mod storage;
 pub mod table;
 pub mod tenant;
+pub mod written;
 
 use iceberg::io::FileIO;
 
@@ -68,6 +69,9 @@ pub struct Catalog {
     hooks: notify::Hooks,
     /// Manifests read by this process (`query.manifest_cache_bytes`): queries and maintenance.
     manifests: std::sync::Arc<manifests::ManifestCache>,
+    /// Rows just written to `events`, for this process's projection refreshes
+    /// (`projection.written_rows_bytes`).
+    written: std::sync::Arc<written::Written>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -102,6 +106,9 @@ impl Catalog {
             manifests: std::sync::Arc::new(manifests::ManifestCache::new(
                 config.query.manifest_cache_bytes,
             )),
+            written: std::sync::Arc::new(written::Written::new(
+                config.projection.written_rows_bytes,
+            )),
         })
     }
 
@@ -113,6 +120,11 @@ impl Catalog {
     /// The manifests this process has read, shared by queries and maintenance.
     pub fn manifests(&self) -> &std::sync::Arc<manifests::ManifestCache> {
         &self.manifests
+    }
+
+    /// The rows this process just wrote to data files, for its own readers of those files.
+    pub fn written(&self) -> &written::Written {
+        &self.written
     }
 
     /// Which database holds the catalog.

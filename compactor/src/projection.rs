@@ -63,6 +63,9 @@ pub struct Refreshed {
     pub committed: usize,
     /// Files of `events` read: appended ones, and the files of days read whole.
     pub files_read: usize,
+    /// Of those, the files whose rows this process kept when it wrote them (not read from
+    /// storage: `projection.written_rows_bytes`).
+    pub files_kept: usize,
     /// Days with events read whole from `events` (not in memory, or re-opened).
     pub days_read: usize,
     /// The whole projection was recomputed (never refreshed, or its source expired).
@@ -76,6 +79,7 @@ impl Refreshed {
         self.source = other.source.or(self.source);
         self.committed += other.committed;
         self.files_read += other.files_read;
+        self.files_kept += other.files_kept;
         self.days_read += other.days_read;
         self.full |= other.full;
         self.left_to_others += other.left_to_others;
@@ -148,6 +152,9 @@ impl Refresher {
 
     /// Marks tenants after each commit to their `events` made through this catalog.
     pub fn listen(&self) {
+        // The files this process appends are read back by the next refresh: it takes their
+        // rows from memory instead, when they are still there.
+        self.inner.catalog.written().want(&day::COLUMNS);
         let weak = Arc::downgrade(&self.inner);
         self.inner
             .catalog
@@ -514,7 +521,8 @@ impl Refresher {
             .filter(|f| kept.days.contains_key(&f.day))
             .collect();
         if !appended.is_empty() {
-            day::apply_files(store, &appended, &mut kept.days).await?;
+            done.files_kept +=
+                day::apply_files(store, catalog.written(), &appended, &mut kept.days).await?;
             done.files_read += appended.len();
         }
         if !missing.is_empty() {
@@ -524,7 +532,8 @@ impl Refresher {
             done.files_read += files.len();
             let mut read: BTreeMap<i32, day::Day> =
                 missing.iter().map(|d| (*d, day::Day::default())).collect();
-            day::apply_files(store, &files, &mut read).await?;
+            done.files_kept +=
+                day::apply_files(store, catalog.written(), &files, &mut read).await?;
             done.days_read += read.values().filter(|d| d.events > 0).count();
             kept.days.extend(read);
         }

@@ -294,6 +294,46 @@ async fn a_refresher_hears_commits_and_refreshes_on_its_own() {
 }
 
 #[tokio::test]
+async fn a_refresh_takes_the_rows_this_process_just_wrote_instead_of_reading_their_files() {
+    let mut w = World::new().await;
+    let refresher = w.refresher();
+    // Without a refresher listening, nothing is kept: every file is read.
+    w.views(100, &[(Some("a"), "/"), (Some("b"), "/x")]).await;
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!((step.files_read, step.files_kept), (1, 0));
+    assert_eq!(w.rows().await, w.expected());
+
+    // Listening, the refresh takes the rows of the files this process wrote since, one append
+    // of two days (two files) and one of a duplicate...
+    refresher.listen();
+    let more = w.events(&[
+        (100, Some("c"), Kind::Buy(Some("EUR"), "2.5")),
+        (101, Some("a"), Kind::View(Some("/"))),
+    ]);
+    let dup = more[0].clone();
+    w.append(more).await;
+    w.append(vec![dup]).await;
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    assert_eq!((step.files_read, step.files_kept), (3, 3));
+    assert_eq!(
+        w.rows().await,
+        w.expected(),
+        "the same rows as the files hold"
+    );
+    assert_eq!(w.catalog.written().bytes(), 0, "taken, not kept on");
+
+    // Another process (a catalog of its own) has none of the rows this one wrote: it reads
+    // their files.
+    let elsewhere = floe_catalog::Catalog::open(&w.config).await.unwrap();
+    let elsewhere = floe_compactor::projection::Refresher::new(elsewhere, &w.config);
+    w.views(101, &[(Some("d"), "/y")]).await;
+    let step = elsewhere.refresh_tenant(&w.tenant).await.unwrap();
+    assert!(step.files_read > 0);
+    assert_eq!(step.files_kept, 0);
+    assert_eq!(w.rows().await, w.expected());
+}
+
+#[tokio::test]
 async fn a_user_defined_projection_counts_each_event_once_a_day_and_follows_late_days() {
     let mut w = World::new().await;
     let refresher = w.refresher();

@@ -215,6 +215,7 @@ async fn try_flush(
                 tenant.id().as_str(),
                 events,
                 shared.config.parquet_compression(),
+                catalog.written(),
             )
             .await?,
         );

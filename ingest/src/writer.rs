@@ -21,6 +21,7 @@ use parquet::basic::Compression;
 
 use floe_catalog::schema::promote;
 use floe_catalog::table::FileWriter;
+use floe_catalog::written::Written;
 
 use crate::event::StoredEvent;
 use crate::{Error, Result};
@@ -44,12 +45,13 @@ pub(crate) struct DeadLetter {
 const TARGET_FILE_BYTES: usize = 256 << 20;
 
 /// Writes `events` of `tenant` as Parquet files (in `compression`) of `table`, one per day
-/// partition.
+/// partition, offering each file's rows to `written` (this process's readers of new files).
 pub async fn write_events(
     table: &Table,
     tenant: &str,
     events: &[&StoredEvent],
     compression: Compression,
+    written: &Written,
 ) -> Result<Vec<DataFile>> {
     let arrow_schema = arrow_schema_of(table)?;
     let mut by_day: BTreeMap<i32, Vec<&StoredEvent>> = BTreeMap::new();
@@ -60,7 +62,7 @@ pub async fn write_events(
     for (day, rows) in by_day {
         batches.push((day, to_batch(arrow_schema.clone(), tenant, &rows)?));
     }
-    write_days(table, batches, compression).await
+    write_days(table, batches, compression, Some(written)).await
 }
 
 /// The day (since the Unix epoch) of a time in microseconds.
@@ -76,11 +78,13 @@ pub fn arrow_schema_of(table: &Table) -> Result<arrow_schema::SchemaRef> {
     ))
 }
 
-/// Writes record batches of a table partitioned by one day transform, one batch per day.
+/// Writes record batches of a table partitioned by one day transform, one batch per day; the
+/// rows of each batch written as one file are offered to `written`.
 pub async fn write_days(
     table: &Table,
     batches: Vec<(i32, RecordBatch)>,
     compression: Compression,
+    written: Option<&Written>,
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
@@ -109,8 +113,16 @@ pub async fn write_days(
             Struct::from_iter([Some(Literal::date(day))]),
         );
         let mut writer = builder.build(Some(key)).await.map_err(ice("data writer"))?;
-        writer.write(batch).await.map_err(ice("writing parquet"))?;
-        files.extend(writer.close().await.map_err(ice("closing parquet"))?);
+        writer
+            .write(batch.clone())
+            .await
+            .map_err(ice("writing parquet"))?;
+        let day_files = writer.close().await.map_err(ice("closing parquet"))?;
+        // A batch rolled over into several files cannot be told apart by file.
+        if let (Some(written), [file]) = (written, day_files.as_slice()) {
+            written.offer(file.file_path(), &batch);
+        }
+        files.extend(day_files);
     }
     Ok(files)
 }
@@ -212,7 +224,7 @@ pub(crate) async fn write_dead_letters(
         })?;
         batches.push((day, batch));
     }
-    write_days(table, batches, compression).await
+    write_days(table, batches, compression, None).await
 }
 
 /// Appends `rows` (events refused over HTTP that the tenant keeps aside) to the tenant's

@@ -238,6 +238,7 @@ async fn ingest_files_keep_no_dictionary_of_ids_or_payloads() {
         "again",
         &rows,
         parquet::basic::Compression::SNAPPY,
+        catalog.written(),
     )
     .await
     .unwrap();

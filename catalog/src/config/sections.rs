@@ -151,6 +151,10 @@ pub struct ProjectionConfig {
     /// Memory for what refreshes keep between commits (each day's distinct users), over all
     /// tenants; past it, the least recently used days are dropped and read again when needed.
     pub state_cache_bytes: u64,
+    /// Memory for the rows of the files this process just wrote to `events`, kept until the
+    /// next refresh takes them so that it need not read those files back (past it, or after
+    /// 30 s, the oldest go and their files are read instead).
+    pub written_rows_bytes: u64,
     /// A projection's snapshots older than this are expired by its refreshes (each refresh is
     /// a snapshot; the newest `keep_snapshots` always stay).
     pub snapshot_max_age_secs: u64,
@@ -176,6 +180,7 @@ impl Default for ProjectionConfig {
             enabled: true,
             min_interval_ms: 500,
             state_cache_bytes: 512 << 20,
+            written_rows_bytes: 128 << 20,
             snapshot_max_age_secs: 60,
             keep_snapshots: 10,
             lease_secs: 60,

@@ -17,6 +17,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use floe_catalog::delta::DeltaFile;
 use floe_catalog::storage::DataStore;
+use floe_catalog::written::Written;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use parquet::arrow::async_reader::ParquetObjectReader;
@@ -26,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::{Error, Result};
 
 /// The columns of `events` a refresh reads.
-const COLUMNS: [&str; 4] = ["event_id", "type", "user_id", "payload"];
+pub const COLUMNS: [&str; 4] = ["event_id", "type", "user_id", "payload"];
 /// Files read at once when loading days (applied in order all the same).
 const READ_CONCURRENCY: usize = 4;
 /// Bytes one entry of a set or map costs, beyond its own (the table's slack and control).
@@ -242,12 +243,15 @@ impl Cache {
     }
 }
 
-/// Applies the rows of `files` (in their order: oldest commit first) to `days`.
+/// Applies the rows of `files` (in their order: oldest commit first) to `days`: the rows this
+/// process kept of a file it just wrote (`written`), or else those read from the file. Returns
+/// how many files' rows were kept (not read).
 pub async fn apply_files(
     store: &DataStore,
+    written: &Written,
     files: &[DeltaFile],
     days: &mut BTreeMap<i32, Day>,
-) -> Result<()> {
+) -> Result<usize> {
     let object_store = store.object_store();
     // Owned inputs: a closure over borrowed ones would make this future not `Send`.
     let files: Vec<DeltaFile> = files.to_vec();
@@ -260,16 +264,36 @@ pub async fn apply_files(
             ))
         });
         let (day, size) = (f.day, f.size);
-        async move { Ok::<_, Error>((day, read_file(object_store, Path::from(key?), size).await?)) }
+        let kept = written
+            .take(&f.path)
+            .filter(|rows| rows.num_rows() as u64 == f.records);
+        let path = f.path;
+        async move {
+            let rows = match kept {
+                Some(batch) => {
+                    let mut rows = Vec::new();
+                    rows_of(&batch, &mut rows)
+                        .map_err(|e| Error::Invalid(format!("rows kept of {path}: {e}")))?;
+                    (rows, true)
+                }
+                None => (
+                    read_file(object_store, Path::from(key?), size).await?,
+                    false,
+                ),
+            };
+            Ok::<_, Error>((day, rows))
+        }
     });
     let mut stream = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
-    while let Some((day, rows)) = stream.try_next().await? {
+    let mut from_memory = 0;
+    while let Some((day, (rows, kept))) = stream.try_next().await? {
+        from_memory += usize::from(kept);
         let day = days.entry(day).or_default();
         for row in &rows {
             day.apply(row);
         }
     }
-    Ok(())
+    Ok(from_memory)
 }
 
 /// What each row of one Parquet file of `events` adds to its day.

@@ -225,6 +225,7 @@ impl Refresher {
             source: Some(to.snapshot_id),
             committed: 1,
             files_read: found.len(),
+            files_kept: 0,
             days_read,
             full: days.is_none(),
             left_to_others: 0,

@@ -48,6 +48,7 @@ impl Refresher {
         let mut rows: Vec<Vec<_>> = vec![Vec::new(); targets.len()];
         // The days a window still reaches: their users only, past the day being made.
         let mut window: BTreeMap<i32, Day> = BTreeMap::new();
+        let mut files_kept = 0;
         for (d, files) in &by_day {
             window.retain(|k, _| *k >= d - back);
             // The day before is made: only its users are needed from now on.
@@ -55,7 +56,7 @@ impl Refresher {
                 before.keep_users_only();
             }
             let mut today = BTreeMap::from([(*d, Day::default())]);
-            day::apply_files(store, files, &mut today).await?;
+            files_kept += day::apply_files(store, catalog.written(), files, &mut today).await?;
             window.extend(today);
             let this: BTreeSet<i32> = [*d].into();
             for (i, t) in targets.iter().enumerate() {
@@ -66,6 +67,7 @@ impl Refresher {
             source: Some(to.snapshot_id),
             full: true,
             files_read: files.len(),
+            files_kept,
             days_read: by_day.len(),
             ..Refreshed::default()
         };

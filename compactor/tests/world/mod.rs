@@ -142,6 +142,7 @@ impl World {
             "acme",
             &refs,
             parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).unwrap()),
+            self.catalog.written(),
         )
         .await
         .unwrap();

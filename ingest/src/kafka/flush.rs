@@ -56,7 +56,14 @@ pub(crate) async fn flush(
                 files = Some(if events.is_empty() {
                     Vec::new()
                 } else {
-                    write_events(&table, tenant.as_str(), &events, compression).await?
+                    write_events(
+                        &table,
+                        tenant.as_str(),
+                        &events,
+                        compression,
+                        catalog.written(),
+                    )
+                    .await?
                 });
             }
             let kafka = KafkaBatch {

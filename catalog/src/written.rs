@@ -1,0 +1,247 @@
+//! Rows this process has just written to data files, kept in memory for a reader in the same
+//! process that would otherwise read those files straight back: the projection refresher
+//! reads every file appended to `events`, moments after ingest wrote it.
+//!
+//! A reader says which columns it wants ([`Written::want`]); until one does, nothing is kept.
+//! A writer offers the rows of each file it wrote ([`Written::offer`]), and only the wanted
+//! columns are kept (the arrays are shared with the batch just written, not copied). A reader
+//! takes a file's rows once ([`Written::take`]): the rows of a file are the rows read from it,
+//! so taking them only saves opening, decompressing and decoding it. What is kept is bounded
+//! by `projection.handoff_bytes`: past it, the rows offered first go first, as do rows nobody
+//! took within [`MAX_AGE`] (their commit failed, or no projection needed them); a file whose
+//! rows are not here is read from storage as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+
+/// Rows not taken within this long are dropped (a refresh takes them well within a second).
+pub const MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Rows just written, by data file location; see the module comment.
+#[derive(Debug)]
+pub struct Written {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The columns kept (empty: no reader, nothing kept).
+    columns: Vec<String>,
+    budget: u64,
+    bytes: u64,
+    kept: HashMap<String, Kept>,
+    /// Locations in the order their rows were offered (some already taken).
+    order: VecDeque<String>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    rows: RecordBatch,
+    bytes: u64,
+    at: Instant,
+}
+
+impl Written {
+    /// Keeps at most `budget` bytes of rows.
+    pub fn new(budget: u64) -> Written {
+        Written {
+            state: Mutex::new(State {
+                budget,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// From now on, keeps these columns of the rows offered (a column a batch lacks is left
+    /// out of its rows).
+    pub fn want(&self, columns: &[&str]) {
+        let mut state = self.lock();
+        for c in columns {
+            if !state.columns.iter().any(|k| k == c) {
+                state.columns.push(c.to_string());
+            }
+        }
+    }
+
+    /// The rows written to the data file at `location` (as its manifest entry names it).
+    pub fn offer(&self, location: &str, rows: &RecordBatch) {
+        self.offer_at(location, rows, Instant::now());
+    }
+
+    fn offer_at(&self, location: &str, rows: &RecordBatch, now: Instant) {
+        let mut state = self.lock();
+        if state.columns.is_empty() {
+            return;
+        }
+        let indices: Vec<usize> = state
+            .columns
+            .iter()
+            .filter_map(|c| rows.schema().index_of(c).ok())
+            .collect();
+        let Ok(rows) = rows.project(&indices) else {
+            return;
+        };
+        let bytes = rows.get_array_memory_size() as u64;
+        state.drop_old(now);
+        if bytes > state.budget {
+            return;
+        }
+        while state.bytes + bytes > state.budget {
+            if !state.drop_first() {
+                break;
+            }
+        }
+        if let Some(old) = state.kept.insert(
+            location.to_string(),
+            Kept {
+                rows,
+                bytes,
+                at: now,
+            },
+        ) {
+            state.bytes -= old.bytes;
+        }
+        state.bytes += bytes;
+        state.order.push_back(location.to_string());
+    }
+
+    /// The rows of the data file at `location`, if kept (once: they are no longer kept after).
+    pub fn take(&self, location: &str) -> Option<RecordBatch> {
+        self.take_at(location, Instant::now())
+    }
+
+    fn take_at(&self, location: &str, now: Instant) -> Option<RecordBatch> {
+        let mut state = self.lock();
+        state.drop_old(now);
+        let kept = state.kept.remove(location)?;
+        state.bytes -= kept.bytes;
+        Some(kept.rows)
+    }
+
+    /// Bytes of rows kept now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent between statements: a panic elsewhere leaves it usable.
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl State {
+    /// Drops the rows offered first that are still kept; false when none is.
+    fn drop_first(&mut self) -> bool {
+        while let Some(location) = self.order.pop_front() {
+            if let Some(kept) = self.kept.remove(&location) {
+                self.bytes -= kept.bytes;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops rows kept longer than [`MAX_AGE`].
+    fn drop_old(&mut self, now: Instant) {
+        while let Some(location) = self.order.front() {
+            match self.kept.get(location) {
+                Some(kept) if now.duration_since(kept.at) < MAX_AGE => return,
+                Some(_) => {
+                    self.drop_first();
+                }
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, StringArray};
+
+    use super::*;
+
+    /// `n` rows of an `event_id` and a `ts` column.
+    fn rows(n: usize) -> RecordBatch {
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..n).map(|i| format!("event-{i}")),
+        ));
+        let ts: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n as i64));
+        RecordBatch::try_from_iter([("event_id", ids), ("ts", ts)]).unwrap()
+    }
+
+    #[test]
+    fn the_wanted_columns_of_a_file_are_kept_until_taken_once() {
+        let written = Written::new(1 << 20);
+        written.offer("s3://b/a.parquet", &rows(10));
+        assert!(
+            written.take("s3://b/a.parquet").is_none(),
+            "nobody wants rows yet: none kept"
+        );
+        assert_eq!(written.bytes(), 0);
+
+        written.want(&["event_id", "payload"]);
+        written.offer("s3://b/a.parquet", &rows(10));
+        assert!(written.bytes() > 0);
+        let taken = written.take("s3://b/a.parquet").unwrap();
+        assert_eq!(taken.num_rows(), 10);
+        let names: Vec<_> = taken
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["event_id"], "only the wanted columns the rows have");
+        assert!(written.take("s3://b/a.parquet").is_none(), "taken once");
+        assert!(written.take("s3://b/other.parquet").is_none());
+        assert_eq!(written.bytes(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_the_rows_offered_first_go_first() {
+        let each = rows(1000).project(&[0]).unwrap().get_array_memory_size() as u64;
+        let written = Written::new(each * 2 + each / 2);
+        written.want(&["event_id"]);
+        for f in ["1", "2", "3"] {
+            written.offer(f, &rows(1000));
+            assert!(written.bytes() <= each * 2 + each / 2);
+        }
+        assert!(written.take("1").is_none(), "the first went to make room");
+        assert!(written.take("2").is_some() && written.take("3").is_some());
+
+        written.offer("big", &rows(10_000));
+        assert!(
+            written.take("big").is_none(),
+            "rows past the whole budget are not kept"
+        );
+        assert_eq!(written.bytes(), 0);
+    }
+
+    #[test]
+    fn rows_nobody_took_go_after_the_longest_wait() {
+        let written = Written::new(1 << 20);
+        written.want(&["event_id"]);
+        let start = Instant::now();
+        written.offer_at("old", &rows(10), start);
+        written.offer_at("taken", &rows(10), start + Duration::from_secs(1));
+        written.offer_at("young", &rows(10), start + MAX_AGE);
+        assert!(written.take_at("taken", start + MAX_AGE).is_some());
+        assert!(
+            written.take_at("old", start + MAX_AGE).is_none(),
+            "waited too long"
+        );
+        assert!(written.take_at("young", start + MAX_AGE).is_some());
+        assert_eq!(written.bytes(), 0);
+        assert!(written.lock().order.len() <= 1);
+    }
+}

@@ -7,9 +7,10 @@
 //! columns are kept (the arrays are shared with the batch just written, not copied). A reader
 //! takes a file's rows once ([`Written::take`]): the rows of a file are the rows read from it,
 //! so taking them only saves opening, decompressing and decoding it. What is kept is bounded
-//! by `projection.handoff_bytes`: past it, the rows offered first go first, as do rows nobody
-//! took within [`MAX_AGE`] (their commit failed, or no projection needed them); a file whose
-//! rows are not here is read from storage as before.
+//! by `projection.written_rows_bytes`: past it, the rows offered first go first; rows nobody
+//! took within [`MAX_AGE`] (their commit failed, another process refreshes the tenant, or no
+//! projection needed them) go at the next offer or take after it. A file whose rows are not
+//! here is read from storage as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 
-/// Rows not taken within this long are dropped (a refresh takes them well within a second).
+/// Rows not taken within this long are dropped by the next offer or take (a refresh takes
+/// them well within a second).
 pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Rows just written, by data file location; see the module comment.

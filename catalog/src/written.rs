@@ -74,6 +74,9 @@ impl Written {
     }
 
     fn offer_at(&self, location: &str, rows: &RecordBatch, now: Instant) {
+        // Rows let go of are freed after the lock is released (declared before the guard, so
+        // dropped after it).
+        let mut dropped = Vec::new();
         let mut state = self.lock();
         if state.columns.is_empty() {
             return;
@@ -87,25 +90,30 @@ impl Written {
             return;
         };
         let bytes = rows.get_array_memory_size() as u64;
-        state.drop_old(now);
+        state.drop_old(now, &mut dropped);
+        // A location offered again (not done today: every file name is new) replaces its rows
+        // and its place in the order.
+        if let Some(old) = state.kept.remove(location) {
+            state.bytes -= old.bytes;
+            state.order.retain(|l| l != location);
+            dropped.push(old);
+        }
         if bytes > state.budget {
             return;
         }
         while state.bytes + bytes > state.budget {
-            if !state.drop_first() {
+            if !state.drop_first(&mut dropped) {
                 break;
             }
         }
-        if let Some(old) = state.kept.insert(
+        state.kept.insert(
             location.to_string(),
             Kept {
                 rows,
                 bytes,
                 at: now,
             },
-        ) {
-            state.bytes -= old.bytes;
-        }
+        );
         state.bytes += bytes;
         state.order.push_back(location.to_string());
     }
@@ -116,8 +124,9 @@ impl Written {
     }
 
     fn take_at(&self, location: &str, now: Instant) -> Option<RecordBatch> {
+        let mut dropped = Vec::new();
         let mut state = self.lock();
-        state.drop_old(now);
+        state.drop_old(now, &mut dropped);
         let kept = state.kept.remove(location)?;
         state.bytes -= kept.bytes;
         Some(kept.rows)
@@ -138,24 +147,26 @@ impl Written {
 }
 
 impl State {
-    /// Drops the rows offered first that are still kept; false when none is.
-    fn drop_first(&mut self) -> bool {
+    /// Lets go of the rows offered first that are still kept (into `dropped`); false when
+    /// none is.
+    fn drop_first(&mut self, dropped: &mut Vec<Kept>) -> bool {
         while let Some(location) = self.order.pop_front() {
             if let Some(kept) = self.kept.remove(&location) {
                 self.bytes -= kept.bytes;
+                dropped.push(kept);
                 return true;
             }
         }
         false
     }
 
-    /// Drops rows kept longer than [`MAX_AGE`].
-    fn drop_old(&mut self, now: Instant) {
+    /// Lets go of rows kept longer than [`MAX_AGE`] (into `dropped`).
+    fn drop_old(&mut self, now: Instant, dropped: &mut Vec<Kept>) {
         while let Some(location) = self.order.front() {
             match self.kept.get(location) {
                 Some(kept) if now.duration_since(kept.at) < MAX_AGE => return,
                 Some(_) => {
-                    self.drop_first();
+                    self.drop_first(dropped);
                 }
                 None => {
                     self.order.pop_front();
@@ -226,6 +237,25 @@ mod tests {
             written.take("big").is_none(),
             "rows past the whole budget are not kept"
         );
+        assert_eq!(written.bytes(), 0);
+    }
+
+    #[test]
+    fn a_location_offered_again_takes_a_new_place_in_the_order() {
+        let each = rows(1000).project(&[0]).unwrap().get_array_memory_size() as u64;
+        let written = Written::new(each * 2 + each / 2);
+        written.want(&["event_id"]);
+        written.offer("1", &rows(1000));
+        written.offer("2", &rows(1000));
+        written.offer("1", &rows(1000));
+        assert_eq!(
+            written.bytes(),
+            each * 2,
+            "the first rows of 1 were replaced"
+        );
+        written.offer("3", &rows(1000));
+        assert!(written.take("2").is_none(), "2 was offered first now");
+        assert!(written.take("1").is_some() && written.take("3").is_some());
         assert_eq!(written.bytes(), 0);
     }
 

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use floe_catalog::TenantSettings;
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::projection::{DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES, parse_switches};
 use floe_catalog::rewrite::{RewriteKind, live_entries};
 use floe_catalog::table::EVENTS_TABLE;
+use floe_catalog::{Catalog, TenantSettings};
 use floe_compactor::projection::Refreshed;
 use iceberg::spec::Literal;
 
@@ -304,13 +304,15 @@ async fn a_refresh_takes_the_rows_this_process_just_wrote_instead_of_reading_the
     assert_eq!(w.rows().await, w.expected());
 
     // Listening, the refresh takes the rows of the files this process wrote since, one append
-    // of two days (two files) and one of a duplicate.
+    // of two days (two files) and one of a copy of an event under its id with another amount
+    // (the first copy counts: the files' rows are applied in commit order).
     refresher.listen();
     let more = w.events(&[
         (100, Some("c"), Kind::Buy(Some("EUR"), "2.5")),
         (101, Some("a"), Kind::View(Some("/"))),
     ]);
-    let dup = more[0].clone();
+    let mut dup = more[0].clone();
+    dup.kind = Kind::Buy(Some("EUR"), "7000");
     w.append(more).await;
     w.append(vec![dup]).await;
     let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
@@ -320,7 +322,25 @@ async fn a_refresh_takes_the_rows_this_process_just_wrote_instead_of_reading_the
         w.expected(),
         "the same rows as the files hold"
     );
+    assert!(w.rows().await[REVENUE_BY_DAY].contains("100|EUR|250|1"));
     assert_eq!(w.catalog.written().bytes(), 0, "taken, not kept on");
+
+    // With `projection.written_rows_bytes = 0` (a process opened with it), nothing is kept
+    // even while a refresher listens: the files are read, with the same rows.
+    let mut config = w.config.clone();
+    config.projection.written_rows_bytes = 0;
+    w.catalog = Catalog::open(&config).await.unwrap();
+    let refresher = w.refresher();
+    refresher.listen();
+    w.views(102, &[(Some("d"), "/z")]).await;
+    w.views(102, &[(Some("a"), "/z")]).await;
+    assert_eq!(w.catalog.written().bytes(), 0);
+    let step = refresher.refresh_tenant(&w.tenant).await.unwrap();
+    // The two new files, and the earlier days' files the windows of day 102 need (this
+    // refresher starts with nothing in memory).
+    assert_eq!(step.files_kept, 0);
+    assert!(step.files_read >= 2, "{step:?}");
+    assert_eq!(w.rows().await, w.expected());
 }
 
 #[tokio::test]

@@ -65,6 +65,8 @@ pub struct Catalog {
     commit: config::CommitConfig,
     /// What [`Catalog::unavailable`] found down last time.
     down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    /// How long [`Catalog::read_or_go_on`] waits (`http.catalog_wait_ms`).
+    request_wait: std::time::Duration,
     /// Told after every commit (see [`Catalog::on_commit`]).
     hooks: notify::Hooks,
     /// Manifests read by this process (`query.manifest_cache_bytes`): queries and maintenance.
@@ -102,6 +104,7 @@ impl Catalog {
             commit: config.commit.clone(),
             io,
             down: Default::default(),
+            request_wait: std::time::Duration::from_millis(config.http.catalog_wait_ms),
             hooks: Default::default(),
             manifests: std::sync::Arc::new(manifests::ManifestCache::new(
                 config.query.manifest_cache_bytes,
@@ -188,6 +191,36 @@ impl Catalog {
             .await
             .map_err(Error::ice("probing the warehouse"))?;
         Ok(())
+    }
+
+    /// Runs `read` for a caller that has a last-known answer to go on with (`read` keeps its
+    /// own answer for later callers): waits for it at most `http.catalog_wait_ms`; past that
+    /// the read finishes in the background and this returns `None`. While the last probe
+    /// ([`Catalog::unavailable`]) found the catalog database down, nothing is started and
+    /// this returns `None` at once: an outage must not hold every request for the pool's
+    /// timeout, and the probe says when reads are worth trying again.
+    pub async fn read_or_go_on<T, F>(&self, read: F) -> Option<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.is_down("catalog") {
+            return None;
+        }
+        let task = tokio::spawn(read);
+        match tokio::time::timeout(self.request_wait, task).await {
+            Ok(Ok(answer)) => Some(answer),
+            // The read panicked (logged by the runtime), or is still going.
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Whether the last probe ([`Catalog::unavailable`]) found `dependency` down.
+    pub fn is_down(&self, dependency: &str) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&dependency)
     }
 
     /// Which dependencies do not answer within `timeout`: `"catalog"`, `"storage"`. Logs once

@@ -14,3 +14,4 @@ mod props;
 mod purge;
 mod quota;
 mod schema;
+mod waits;

@@ -161,14 +161,15 @@ pub struct Schemas {
     /// is read again once `refresh` has passed since the last attempt (a failed first one:
     /// [`RETRY_FAILED`]), so a catalog outage costs an attempt per tenant per period, not one
     /// per request.
-    tenants: Mutex<HashMap<String, (Instant, Read)>>,
+    tenants: Arc<Mutex<HashMap<String, (Instant, Read)>>>,
     /// How soon a first read that failed is tried again.
     retry_failed: Duration,
-    /// One read of a tenant at a time: requests that find it stale wait for that read.
+    /// One read of a tenant at a time: requests that find it stale wait for that read if they
+    /// have no schemas of the tenant yet, and go on with the last read if they have.
     reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Validators by (tenant, type, version, registration time): a version never changes, but
     /// a tenant deleted and created again may register the same version anew.
-    compiled: Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>,
+    compiled: Arc<Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>>,
 }
 
 /// A registered version: tenant, type, version and registration time.
@@ -179,10 +180,10 @@ impl Schemas {
         Schemas {
             catalog,
             refresh,
-            tenants: Mutex::new(HashMap::new()),
+            tenants: Default::default(),
             retry_failed: refresh.min(RETRY_FAILED),
             reading: Mutex::new(HashMap::new()),
-            compiled: Mutex::new(HashMap::new()),
+            compiled: Default::default(),
         }
     }
 
@@ -201,9 +202,10 @@ impl Schemas {
             .map(|(_, r)| r.clone())
     }
 
-    /// The tenant's schemas as of at most `refresh` ago. If the catalog cannot be read, the
-    /// schemas last read stay in force; if they never were, the error (tried again after
-    /// `refresh`).
+    /// The tenant's schemas as of at most `refresh` ago (or, while the catalog is slow or
+    /// down, the last read: a read again waits at most `http.catalog_wait_ms`). If the catalog
+    /// cannot be read, the schemas last read stay in force; if they never were, the error
+    /// (tried again after [`RETRY_FAILED`]).
     pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
         let answer = |read: Read| match read {
             Read::Schemas(s) => Ok(s),
@@ -219,21 +221,48 @@ impl Schemas {
             .entry(tenant.to_string())
             .or_default()
             .clone();
+        let last = lock(&self.tenants)
+            .get(tenant.as_str())
+            .map(|(_, r)| r.clone());
+        if let Some(Read::Schemas(last)) = last {
+            // Schemas to go on with: one request reads again, waiting at most
+            // `http.catalog_wait_ms` (the read finishes in the background); the others, and
+            // this one past that wait, use the last read.
+            let Ok(one) = gate.try_lock_owned() else {
+                return Ok(last);
+            };
+            let (catalog, compiled, tenants) = (
+                self.catalog.clone(),
+                self.compiled.clone(),
+                self.tenants.clone(),
+            );
+            let id = tenant.clone();
+            let fallback = last.clone();
+            let read = async move {
+                let _one = one;
+                let read = match load(&catalog, &compiled, &id).await {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        tracing::warn!(tenant = %id, error = %e, "could not read event schemas; the last read stay in force");
+                        last
+                    }
+                };
+                lock(&tenants).insert(
+                    id.to_string(),
+                    (Instant::now(), Read::Schemas(read.clone())),
+                );
+                read
+            };
+            return Ok(self.catalog.read_or_go_on(read).await.unwrap_or(fallback));
+        }
         let _reading = gate.lock().await;
         // Another request may have read it while this one waited.
         if let Some(read) = self.fresh(tenant) {
             return answer(read);
         }
-        let last = lock(&self.tenants)
-            .get(tenant.as_str())
-            .map(|(_, r)| r.clone());
-        let read = match (self.load(tenant).await, last) {
-            (Ok(s), _) => Read::Schemas(Arc::new(s)),
-            (Err(e), Some(Read::Schemas(s))) => {
-                tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
-                Read::Schemas(s)
-            }
-            (Err(e), _) => {
+        let read = match load(&self.catalog, &self.compiled, tenant).await {
+            Ok(s) => Read::Schemas(Arc::new(s)),
+            Err(e) => {
                 tracing::warn!(%tenant, error = %e, "could not read event schemas");
                 Read::Failed(e.to_string())
             }
@@ -254,43 +283,48 @@ impl Schemas {
             }),
         }
     }
+}
 
-    async fn load(&self, tenant: &TenantId) -> floe_catalog::Result<TenantSchemas> {
-        let unknown = self.catalog.tenant(tenant).await?.unknown_types;
-        let mut types: HashMap<String, BTreeMap<i32, Arc<jsonschema::Validator>>> = HashMap::new();
-        for s in self.catalog.schemas(tenant, None).await? {
-            let key = (
-                tenant.to_string(),
-                s.type_name.clone(),
-                s.version,
-                s.created_at_ms,
-            );
-            let known = lock(&self.compiled).get(&key).cloned();
-            let validator = match known {
-                Some(v) => v,
-                None => {
-                    let v = jsonschema::draft202012::new(&s.schema).map_err(|e| {
-                        floe_catalog::Error::internal(format!(
-                            "registered schema {} v{} does not compile: {e}",
-                            s.type_name, s.version
-                        ))
-                    })?;
-                    let v = Arc::new(v);
-                    lock(&self.compiled).insert(key, v.clone());
-                    v
-                }
-            };
-            types
-                .entry(s.type_name)
-                .or_default()
-                .insert(s.version, validator);
-        }
-        Ok(TenantSchemas {
-            types,
-            unknown,
-            unreadable: None,
-        })
+/// Reads and compiles a tenant's schemas (a version compiled before is taken from `compiled`).
+async fn load(
+    catalog: &Catalog,
+    compiled: &Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>,
+    tenant: &TenantId,
+) -> floe_catalog::Result<TenantSchemas> {
+    let unknown = catalog.tenant(tenant).await?.unknown_types;
+    let mut types: HashMap<String, BTreeMap<i32, Arc<jsonschema::Validator>>> = HashMap::new();
+    for s in catalog.schemas(tenant, None).await? {
+        let key = (
+            tenant.to_string(),
+            s.type_name.clone(),
+            s.version,
+            s.created_at_ms,
+        );
+        let known = lock(compiled).get(&key).cloned();
+        let validator = match known {
+            Some(v) => v,
+            None => {
+                let v = jsonschema::draft202012::new(&s.schema).map_err(|e| {
+                    floe_catalog::Error::internal(format!(
+                        "registered schema {} v{} does not compile: {e}",
+                        s.type_name, s.version
+                    ))
+                })?;
+                let v = Arc::new(v);
+                lock(compiled).insert(key, v.clone());
+                v
+            }
+        };
+        types
+            .entry(s.type_name)
+            .or_default()
+            .insert(s.version, validator);
     }
+    Ok(TenantSchemas {
+        types,
+        unknown,
+        unreadable: None,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

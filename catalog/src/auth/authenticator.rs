@@ -5,7 +5,9 @@
 //! read again once older than that (by one request at a time; the others use the set they
 //! have), and a key is looked up again once its copy is older than that. While the catalog
 //! database does not answer, the sets and keys already read keep working (a key never seen
-//! gets 503), as tenants already seen do.
+//! gets 503), as tenants already seen do: a request that has them waits for the catalog at
+//! most `http.catalog_wait_ms`, and not at all once the catalog is known to be down
+//! ([`crate::Catalog::read_or_go_on`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,8 @@ struct Revoked {
 
 /// Verifies requests: the bearer credential, then that its tenant still exists (asked of the
 /// catalog on every request, so a deleted tenant's credentials stop working at once; while the
-/// catalog database does not answer, tenants already seen are taken as existing).
+/// catalog database does not answer within `http.catalog_wait_ms`, tenants already seen are
+/// taken as existing).
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     authority: TokenAuthority,
@@ -212,18 +215,21 @@ impl Authenticator {
             let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
             r.read_at.is_none_or(|t| t.elapsed() >= self.refresh)
         };
-        if stale && let Ok(_one) = self.reading.try_lock() {
-            match self.catalog.revoked_tokens().await {
-                Ok(list) => {
-                    let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-                    r.tokens = list.into_iter().collect();
-                    r.read_at = Some(Instant::now());
-                }
+        if stale && let Ok(one) = self.reading.clone().try_lock_owned() {
+            let (catalog, revoked) = (self.catalog.clone(), self.revoked.clone());
+            let read = async move {
+                let _one = one;
+                let list = catalog.revoked_tokens().await?;
+                let mut r = revoked.lock().unwrap_or_else(|p| p.into_inner());
+                r.tokens = list.into_iter().collect();
+                r.read_at = Some(Instant::now());
+                Ok::<_, Error>(())
+            };
+            if self.never_read() {
                 // Never read: a revoked token must not pass for want of the list.
-                Err(e) if self.never_read() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read revoked tokens; using the last list")
-                }
+                read.await?;
+            } else if let Some(Err(e)) = self.catalog.read_or_go_on(read).await {
+                tracing::warn!(error = %e, "could not read revoked tokens; using the last list");
             }
         } else if stale && self.never_read() {
             // Another request is reading the first list: wait for it.
@@ -258,28 +264,47 @@ impl Authenticator {
             .cloned();
         let key = match cached {
             Some((key, at)) if at.elapsed() < self.refresh => key,
-            cached => match self.catalog.api_key(id).await {
-                Ok(Some(key)) => {
+            // A copy to go on with: the catalog is asked, but not waited for long.
+            Some((key, _)) => {
+                let (catalog, keys, id) = (self.catalog.clone(), self.keys.clone(), id.to_string());
+                let read = async move {
+                    let found = catalog.api_key(&id).await;
+                    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+                    match &found {
+                        Ok(Some(key)) => {
+                            keys.insert(id, (key.clone(), Instant::now()));
+                        }
+                        Ok(None) => {
+                            keys.remove(&id);
+                        }
+                        Err(_) => {}
+                    }
+                    found
+                };
+                match self.catalog.read_or_go_on(read).await {
+                    Some(Ok(Some(key))) => key,
+                    Some(Ok(None)) => {
+                        return Err(Error::Unauthenticated {
+                            message: "unknown API key".into(),
+                        });
+                    }
+                    Some(Err(e)) if !e.retryable() => return Err(e),
+                    Some(Err(_)) | None => key,
+                }
+            }
+            None => match self.catalog.api_key(id).await? {
+                Some(key) => {
                     self.keys
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id.to_string(), (key.clone(), Instant::now()));
                     key
                 }
-                Ok(None) => {
-                    self.keys
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(id);
+                None => {
                     return Err(Error::Unauthenticated {
                         message: "unknown API key".into(),
                     });
                 }
-                Err(e) if e.retryable() => match cached {
-                    Some((key, _)) => key,
-                    None => return Err(e),
-                },
-                Err(e) => return Err(e),
             },
         };
         if !secret_matches(secret, &key.secret_sha256) {
@@ -321,10 +346,35 @@ impl Authenticator {
             .lock()
             .ok()
             .and_then(|k| k.get(tenant.as_str()).cloned());
-        let found = match self.catalog.find_tenant(&tenant).await {
+        let found = match seen.clone() {
+            None => self.catalog.find_tenant(&tenant).await,
+            // A tenant this process has seen keeps working while the catalog database is down
+            // or slow (ingest goes on into the log): the answer is not waited for long, and
+            // updates what is known when it comes.
+            Some(key) => {
+                let (catalog, known, id) =
+                    (self.catalog.clone(), self.known.clone(), tenant.clone());
+                let read = async move {
+                    let found = catalog.find_tenant(&id).await;
+                    if let Ok(found) = &found {
+                        remember(&known, &id, found.as_ref());
+                    }
+                    found
+                };
+                match self.catalog.read_or_go_on(read).await {
+                    Some(found) => found,
+                    None => {
+                        return Ok(Principal {
+                            claims,
+                            tenant: key,
+                        });
+                    }
+                }
+            }
+        };
+        let found = match found {
             Ok(found) => found,
-            // While the catalog database is down, a tenant this process has seen keeps
-            // working (ingest goes on into the log); one it has never seen gets 503.
+            // One it has never seen gets 503.
             Err(e) if e.retryable() => match seen {
                 Some(key) => {
                     return Ok(Principal {
@@ -336,10 +386,8 @@ impl Authenticator {
             },
             Err(e) => return Err(e),
         };
+        remember(&self.known, &tenant, found.as_ref());
         let Some(found) = found else {
-            if let Ok(mut k) = self.known.lock() {
-                k.remove(tenant.as_str());
-            }
             return Err(Error::Unauthenticated {
                 message: "the token's tenant does not exist".into(),
             });
@@ -351,15 +399,30 @@ impl Authenticator {
                 message: "the token was issued before its tenant was created".into(),
             });
         }
-        let key = found.key()?;
-        if seen.as_ref() != Some(&key)
-            && let Ok(mut k) = self.known.lock()
-        {
-            k.insert(tenant.to_string(), key.clone());
-        }
         Ok(Principal {
             claims,
-            tenant: key,
+            tenant: found.key()?,
         })
+    }
+}
+
+/// Keeps what the catalog said of `tenant` (its incarnation, or that it does not exist) for
+/// requests made while the catalog database does not answer.
+fn remember(
+    known: &Mutex<HashMap<String, crate::tenant::TenantKey>>,
+    tenant: &TenantId,
+    found: Option<&crate::tenant::Tenant>,
+) {
+    let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+    match found.map(|t| t.key()) {
+        Some(Ok(key)) => {
+            if known.get(tenant.as_str()) != Some(&key) {
+                known.insert(tenant.to_string(), key);
+            }
+        }
+        Some(Err(_)) => {}
+        None => {
+            known.remove(tenant.as_str());
+        }
     }
 }

@@ -514,6 +514,11 @@ pub struct HttpConfig {
     pub tls_cert: String,
     /// TLS on the port: the certificate's private key (PEM).
     pub tls_key: String,
+    /// How long a request (or a Kafka batch) waits for a catalog read it has a last-known
+    /// answer to go on with: revoked tokens, an API key, its tenant, the tenant's event
+    /// schemas. Past it the request goes on with that answer and the read finishes in the
+    /// background; while the catalog database is known to be down, none is started.
+    pub catalog_wait_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -526,6 +531,7 @@ impl Default for HttpConfig {
             body_grace_ms: 5_000,
             tls_cert: String::new(),
             tls_key: String::new(),
+            catalog_wait_ms: 500,
         }
     }
 }

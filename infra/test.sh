@@ -6,7 +6,7 @@
 #   2. builds Floe once (release profile, shared by every step) while running the Rust tests;
 #   3. runs the end-to-end tests (Rust, then Python with pyiceberg, DuckDB, the trino Python
 #      and JavaScript clients and the dashboard in headless Chromium) on both stacks:
-#      {local folder, SQLite} and {S3 server, PostgreSQL}.
+#      {local folder, SQLite} and {S3 server, PostgreSQL} (the Python ones side by side).
 # A test that needs a service fails when the service is missing; none is skipped for that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ mkdir -p "$CACHE"
 
 # Services get a folder of their own for this run, removed on exit.
 export FLOE_SERVICES_DIR="${FLOE_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/floe-test-services.XXXXXX")}"
-trap 'infra/services.sh down || true' EXIT
+s3pg_tests=""
+trap '[ -z "$s3pg_tests" ] || kill "$s3pg_tests" 2>/dev/null || true; infra/services.sh down || true' EXIT
 
 echo "== services (S3 server, PostgreSQL, Kafka-compatible broker)"
 STACK_ENV="$(infra/services.sh up)"
@@ -64,11 +65,24 @@ if [ ! -x "$PROMTOOL" ]; then
 fi
 export FLOE_PROMTOOL="$PROMTOOL"
 export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
-echo "-- local stack"
-FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q tests/python || failed+=("python tests, local stack")
+# The two stacks run side by side (the S3 + PostgreSQL one waits on its services much of the
+# time): each in a temp folder of its own; the S3 + PostgreSQL one's output follows the local
+# one's.
+PYTEST_DIR="$(mktemp -d "${TMPDIR:-/tmp}/floe-pytest.XXXXXX")"
+(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  --basetemp "$PYTEST_DIR/s3pg" tests/python >"$PYTEST_DIR/s3pg.log" 2>&1) &
+s3pg_tests=$!
+echo "-- local stack (the S3 + PostgreSQL stack runs beside it)"
+FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  --basetemp "$PYTEST_DIR/local" tests/python || failed+=("python tests, local stack")
+s3pg_ok=0
+wait "$s3pg_tests" || s3pg_ok=$?
+s3pg_tests=""
 echo "-- S3 + PostgreSQL stack"
-(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg "$VENV/bin/python" -m pytest -q tests/python) \
-  || failed+=("python tests on S3 + PostgreSQL")
+cat "$PYTEST_DIR/s3pg.log"
+[ "$s3pg_ok" = 0 ] || failed+=("python tests on S3 + PostgreSQL")
+# The tests' folders (servers' logs and data) stay for a look when a test failed.
+[ ${#failed[@]} -gt 0 ] && echo "the Python tests' folders: $PYTEST_DIR" || rm -rf "$PYTEST_DIR"
 
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'FAILED: %s\n' "${failed[@]}" >&2

@@ -250,6 +250,24 @@ class Floe:
         return self.tokens[key]
 
 
+# Every `floe serve` started, in order: one a test started and did not stop (it failed before
+# its `stop`) is killed after it, so that it cannot load the machine under the tests after it.
+_STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test():
+    # Fixtures of a wider scope (the session's `server`) start before this one: theirs are
+    # before `first`.
+    first = len(_STARTED)
+    yield
+    for proc in _STARTED[first:]:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    del _STARTED[first:]
+
+
 def start(data, *extra):
     """Starts `floe serve` on `data` with extra arguments (e.g. `--set key=value`)."""
     assert FLOE and Path(FLOE).exists(), "FLOE_BIN must point at the floe binary (infra/test.sh sets it)"
@@ -266,6 +284,7 @@ def start(data, *extra):
     else:
         proc.kill()
         raise RuntimeError(f"floe serve did not start; see {data / 'serve.log'}")
+    _STARTED.append(proc)
     return proc, Floe(data, port)
 
 

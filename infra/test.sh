@@ -18,8 +18,12 @@ mkdir -p "$CACHE"
 
 # Services get a folder of their own for this run, removed on exit.
 export FLOE_SERVICES_DIR="${FLOE_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/floe-test-services.XXXXXX")}"
+# The S3 + PostgreSQL stack's Python tests run in a process group of their own (below): stopped
+# with everything they started if this script ends first.
 s3pg_tests=""
-trap '[ -z "$s3pg_tests" ] || kill "$s3pg_tests" 2>/dev/null || true; infra/services.sh down || true' EXIT
+trap '[ -z "$s3pg_tests" ] || { kill -TERM -- "-$s3pg_tests" 2>/dev/null; wait "$s3pg_tests"; } || true
+      infra/services.sh down || true' EXIT
+trap 'exit 130' INT TERM
 
 echo "== services (S3 server, PostgreSQL, Kafka-compatible broker)"
 STACK_ENV="$(infra/services.sh up)"
@@ -69,9 +73,11 @@ export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
 # time): each in a temp folder of its own; the S3 + PostgreSQL one's output follows the local
 # one's.
 PYTEST_DIR="$(mktemp -d "${TMPDIR:-/tmp}/floe-pytest.XXXXXX")"
-(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+set -m
+(eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   --basetemp "$PYTEST_DIR/s3pg" tests/python >"$PYTEST_DIR/s3pg.log" 2>&1) &
 s3pg_tests=$!
+set +m
 echo "-- local stack (the S3 + PostgreSQL stack runs beside it)"
 FLOE_TEST_STACK=local "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   --basetemp "$PYTEST_DIR/local" tests/python || failed+=("python tests, local stack")
@@ -79,7 +85,7 @@ s3pg_ok=0
 wait "$s3pg_tests" || s3pg_ok=$?
 s3pg_tests=""
 echo "-- S3 + PostgreSQL stack"
-cat "$PYTEST_DIR/s3pg.log"
+cat "$PYTEST_DIR/s3pg.log" || true
 [ "$s3pg_ok" = 0 ] || failed+=("python tests on S3 + PostgreSQL")
 # The tests' folders (servers' logs and data) stay for a look when a test failed.
 [ ${#failed[@]} -gt 0 ] && echo "the Python tests' folders: $PYTEST_DIR" || rm -rf "$PYTEST_DIR"

@@ -356,6 +356,52 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_tenant_created_again_is_not_reached_by_older_tokens_on_what_is_known() {
+        // The catalog is never waited for (`http.catalog_wait_ms = 0`): a tenant seen before
+        // is taken from what this process knows, and read again in the background.
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config::load(
+            None,
+            vec![],
+            &[
+                ("data_dir", dir.path().display().to_string()),
+                ("http.catalog_wait_ms", "0".to_string()),
+            ],
+        )
+        .unwrap();
+        let catalog = crate::Catalog::open(&config).await.unwrap();
+        let acme = tenant("acme");
+        catalog.create_tenant(&acme, "test").await.unwrap();
+        let a = TokenAuthority::from_secret(b"0123456789abcdef0123456789abcdef");
+        let auth = Authenticator::new(a.clone(), catalog.clone());
+        let bearer = |role| {
+            format!(
+                "Bearer {}",
+                a.issue(&acme, role, Duration::from_secs(60)).unwrap()
+            )
+        };
+        let old = bearer(Role::Ingest);
+        assert!(auth.authenticate(Some(&old)).await.is_ok());
+
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        catalog.delete_tenant(&acme, false, "test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = catalog.create_tenant(&acme, "test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let new = bearer(Role::Ingest);
+        // The first request after it goes on with what was known (the old tenant) and starts
+        // the read; once the read is in, the token from before is refused on what is known.
+        let _ = auth.authenticate(Some(&old)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            auth.authenticate(Some(&old)).await.unwrap_err().to_string(),
+            "the token was issued before its tenant was created"
+        );
+        let p = auth.authenticate(Some(&new)).await.unwrap();
+        assert_eq!(p.tenant, again.key().unwrap());
+    }
+
     #[test]
     fn ttl_parsing() {
         assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));

@@ -194,21 +194,26 @@ impl Catalog {
     }
 
     /// Runs `read` for a caller that has a last-known answer to go on with (`read` keeps its
-    /// own answer for later callers): waits for it at most `http.catalog_wait_ms`; past that
-    /// the read finishes in the background and this returns `None`. While the last probe
-    /// ([`Catalog::unavailable`]) found the catalog database down, nothing is started and
-    /// this returns `None` at once: an outage must not hold every request for the pool's
-    /// timeout, and the probe says when reads are worth trying again.
+    /// own answer for later callers): waits for it at most `http.catalog_wait_ms`, and not at
+    /// all while the last probe ([`Catalog::unavailable`]) found the catalog database down;
+    /// past that the read finishes in the background and this returns `None`. An outage must
+    /// not hold every request for the pool's timeout. Callers start one read of a thing at a
+    /// time, so what runs in the background is bounded by the things read, not by requests.
     pub async fn read_or_go_on<T, F>(&self, read: F) -> Option<T>
     where
         F: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        if self.is_down("catalog") {
+        let wait = if self.is_down("catalog") {
+            std::time::Duration::ZERO
+        } else {
+            self.request_wait
+        };
+        let task = tokio::spawn(read);
+        if wait.is_zero() {
             return None;
         }
-        let task = tokio::spawn(read);
-        match tokio::time::timeout(self.request_wait, task).await {
+        match tokio::time::timeout(wait, task).await {
             Ok(Ok(answer)) => Some(answer),
             // The read panicked (logged by the runtime), or is still going.
             Ok(Err(_)) | Err(_) => None,

@@ -35,8 +35,11 @@ struct State {
     budget: u64,
     bytes: u64,
     kept: HashMap<String, Kept>,
-    /// Locations in the order their rows were offered (some already taken).
-    order: VecDeque<String>,
+    /// Offers in the order they came, by number and location (some taken or replaced since:
+    /// a place counts only while its location keeps the rows of that offer).
+    order: VecDeque<(u64, String)>,
+    /// The number of the next offer.
+    next: u64,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,8 @@ struct Kept {
     rows: RecordBatch,
     bytes: u64,
     at: Instant,
+    /// The number of the offer these rows came with.
+    offer: u64,
 }
 
 impl Written {
@@ -92,10 +97,9 @@ impl Written {
         let bytes = rows.get_array_memory_size() as u64;
         state.drop_old(now, &mut dropped);
         // A location offered again (not done today: every file name is new) replaces its rows
-        // and its place in the order.
+        // and takes a new place in the order (the old one no longer counts).
         if let Some(old) = state.kept.remove(location) {
             state.bytes -= old.bytes;
-            state.order.retain(|l| l != location);
             dropped.push(old);
         }
         if bytes > state.budget {
@@ -106,16 +110,19 @@ impl Written {
                 break;
             }
         }
+        let offer = state.next;
+        state.next += 1;
         state.kept.insert(
             location.to_string(),
             Kept {
                 rows,
                 bytes,
                 at: now,
+                offer,
             },
         );
         state.bytes += bytes;
-        state.order.push_back(location.to_string());
+        state.order.push_back((offer, location.to_string()));
     }
 
     /// The rows of the data file at `location`, if kept (once: they are no longer kept after).
@@ -150,8 +157,10 @@ impl State {
     /// Lets go of the rows offered first that are still kept (into `dropped`); false when
     /// none is.
     fn drop_first(&mut self, dropped: &mut Vec<Kept>) -> bool {
-        while let Some(location) = self.order.pop_front() {
-            if let Some(kept) = self.kept.remove(&location) {
+        while let Some((offer, location)) = self.order.pop_front() {
+            if self.kept.get(&location).is_some_and(|k| k.offer == offer)
+                && let Some(kept) = self.kept.remove(&location)
+            {
                 self.bytes -= kept.bytes;
                 dropped.push(kept);
                 return true;
@@ -162,13 +171,16 @@ impl State {
 
     /// Lets go of rows kept longer than [`MAX_AGE`] (into `dropped`).
     fn drop_old(&mut self, now: Instant, dropped: &mut Vec<Kept>) {
-        while let Some(location) = self.order.front() {
+        while let Some((offer, location)) = self.order.front() {
             match self.kept.get(location) {
-                Some(kept) if now.duration_since(kept.at) < MAX_AGE => return,
-                Some(_) => {
+                Some(kept) if kept.offer == *offer && now.duration_since(kept.at) < MAX_AGE => {
+                    return;
+                }
+                Some(kept) if kept.offer == *offer => {
                     self.drop_first(dropped);
                 }
-                None => {
+                // Taken, or offered again since (a later place).
+                _ => {
                     self.order.pop_front();
                 }
             }
@@ -257,6 +269,15 @@ mod tests {
         assert!(written.take("2").is_none(), "2 was offered first now");
         assert!(written.take("1").is_some() && written.take("3").is_some());
         assert_eq!(written.bytes(), 0);
+
+        // Taken, then offered again: the place of the first offer does not count either.
+        written.offer("4", &rows(1000));
+        written.offer("5", &rows(1000));
+        assert!(written.take("4").is_some());
+        written.offer("4", &rows(1000));
+        written.offer("6", &rows(1000));
+        assert!(written.take("5").is_none(), "5 was offered first now");
+        assert!(written.take("4").is_some() && written.take("6").is_some());
     }
 
     #[test]

@@ -231,6 +231,10 @@ impl Schemas {
             let Ok(one) = gate.try_lock_owned() else {
                 return Ok(last);
             };
+            // A read may have finished since this request looked.
+            if let Some(read) = self.fresh(tenant) {
+                return answer(read);
+            }
             let (catalog, compiled, tenants) = (
                 self.catalog.clone(),
                 self.compiled.clone(),
@@ -262,10 +266,17 @@ impl Schemas {
         }
         let read = match load(&self.catalog, &self.compiled, tenant).await {
             Ok(s) => Read::Schemas(Arc::new(s)),
-            Err(e) => {
-                tracing::warn!(%tenant, error = %e, "could not read event schemas");
-                Read::Failed(e.to_string())
-            }
+            Err(e) => match lock(&self.tenants).get(tenant.as_str()) {
+                // Read by another request while this one waited, and stale already.
+                Some((_, Read::Schemas(s))) => {
+                    tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
+                    Read::Schemas(s.clone())
+                }
+                _ => {
+                    tracing::warn!(%tenant, error = %e, "could not read event schemas");
+                    Read::Failed(e.to_string())
+                }
+            },
         };
         lock(&self.tenants).insert(tenant.to_string(), (Instant::now(), read.clone()));
         answer(read)

@@ -268,24 +268,47 @@ def _no_server_outlives_its_test():
     del _STARTED[first:]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session():
+    yield
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start(data, *extra):
     """Starts `floe serve` on `data` with extra arguments (e.g. `--set key=value`)."""
     assert FLOE and Path(FLOE).exists(), "FLOE_BIN must point at the floe binary (infra/test.sh sets it)"
-    port = free_port()
-    log = open(data / "serve.log", "a")
-    proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
-                            stderr=log, env=process_env(data))
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            break
-        except Exception:
+    path = data / "serve.log"
+    log = open(path, "a")
+    # The port was free when chosen; if another process took it before floe bound it (the
+    # other stack's tests run beside these), floe exits and another port is tried. Only this
+    # process's own line saying it listens (logged once bound) counts, not any answer there.
+    for _ in range(3):
+        port = free_port()
+        offset = path.stat().st_size
+        proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
+                                stderr=log, env=process_env(data))
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
+            with open(path, "rb") as f:
+                f.seek(offset)
+                said = f.read()
+            bound = b"floe serving" in said and f"127.0.0.1:{port}".encode() in said
+            try:
+                if bound:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    _STARTED.append(proc)
+                    return proc, Floe(data, port)
+            except Exception:
+                pass
             time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError(f"floe serve did not start; see {data / 'serve.log'}")
-    _STARTED.append(proc)
-    return proc, Floe(data, port)
+        else:
+            proc.kill()
+            raise RuntimeError(f"floe serve did not start; see {data / 'serve.log'}")
+    raise RuntimeError(f"floe serve exited at start three times; see {data / 'serve.log'}")
 
 
 def stop(proc):

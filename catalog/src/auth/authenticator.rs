@@ -39,7 +39,10 @@ pub struct Authenticator {
     catalog: crate::Catalog,
     /// Tenants seen to exist, with their incarnation: they keep working while the catalog
     /// database is down.
-    known: Arc<Mutex<HashMap<String, crate::tenant::TenantKey>>>,
+    known: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Tenants (`tenant:<id>`) and API keys (`key:<id>`) being read again: one read of each
+    /// at a time, the requests meanwhile going on with what is known.
+    in_flight: Arc<Mutex<HashSet<String>>>,
     revoked: Arc<Mutex<Revoked>>,
     /// One reading of the revoked tokens at a time.
     reading: Arc<tokio::sync::Mutex<()>>,
@@ -69,6 +72,7 @@ impl Authenticator {
             authority,
             catalog,
             known: Default::default(),
+            in_flight: Default::default(),
             revoked: Default::default(),
             reading: Default::default(),
             keys: Default::default(),
@@ -232,8 +236,15 @@ impl Authenticator {
                 tracing::warn!(error = %e, "could not read revoked tokens; using the last list");
             }
         } else if stale && self.never_read() {
-            // Another request is reading the first list: wait for it.
+            // Another request is reading the first list: wait for it; if it failed, so does
+            // this request (a revoked token must not pass for want of the list).
             let _one = self.reading.lock().await;
+            if self.never_read() {
+                return Err(Error::Unavailable {
+                    what: "the list of revoked tokens".into(),
+                    why: "its first reading from the catalog database failed".into(),
+                });
+            }
         }
         let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         if r.tokens
@@ -264,34 +275,40 @@ impl Authenticator {
             .cloned();
         let key = match cached {
             Some((key, at)) if at.elapsed() < self.refresh => key,
-            // A copy to go on with: the catalog is asked, but not waited for long.
-            Some((key, _)) => {
-                let (catalog, keys, id) = (self.catalog.clone(), self.keys.clone(), id.to_string());
-                let read = async move {
-                    let found = catalog.api_key(&id).await;
-                    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
-                    match &found {
-                        Ok(Some(key)) => {
-                            keys.insert(id, (key.clone(), Instant::now()));
+            // A copy to go on with: the catalog is asked (by one request at a time), but not
+            // waited for long.
+            Some((key, _)) => match OneRead::start(&self.in_flight, format!("key:{id}")) {
+                None => key,
+                Some(one) => {
+                    let (catalog, keys, id) =
+                        (self.catalog.clone(), self.keys.clone(), id.to_string());
+                    let read = async move {
+                        let _one = one;
+                        let found = catalog.api_key(&id).await;
+                        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+                        match &found {
+                            Ok(Some(key)) => {
+                                keys.insert(id, (key.clone(), Instant::now()));
+                            }
+                            Ok(None) => {
+                                keys.remove(&id);
+                            }
+                            Err(_) => {}
                         }
-                        Ok(None) => {
-                            keys.remove(&id);
+                        found
+                    };
+                    match self.catalog.read_or_go_on(read).await {
+                        Some(Ok(Some(key))) => key,
+                        Some(Ok(None)) => {
+                            return Err(Error::Unauthenticated {
+                                message: "unknown API key".into(),
+                            });
                         }
-                        Err(_) => {}
+                        Some(Err(e)) if !e.retryable() => return Err(e),
+                        Some(Err(_)) | None => key,
                     }
-                    found
-                };
-                match self.catalog.read_or_go_on(read).await {
-                    Some(Ok(Some(key))) => key,
-                    Some(Ok(None)) => {
-                        return Err(Error::Unauthenticated {
-                            message: "unknown API key".into(),
-                        });
-                    }
-                    Some(Err(e)) if !e.retryable() => return Err(e),
-                    Some(Err(_)) | None => key,
                 }
-            }
+            },
             None => match self.catalog.api_key(id).await? {
                 Some(key) => {
                     self.keys
@@ -347,14 +364,24 @@ impl Authenticator {
             .ok()
             .and_then(|k| k.get(tenant.as_str()).cloned());
         let found = match seen.clone() {
-            None => self.catalog.find_tenant(&tenant).await,
+            None => {
+                let found = self.catalog.find_tenant(&tenant).await;
+                if let Ok(found) = &found {
+                    remember(&self.known, &tenant, found.as_ref());
+                }
+                found
+            }
             // A tenant this process has seen keeps working while the catalog database is down
-            // or slow (ingest goes on into the log): the answer is not waited for long, and
-            // updates what is known when it comes.
-            Some(key) => {
+            // or slow (ingest goes on into the log): it is read again by one request at a
+            // time, not waited for long, and the answer updates what is known when it comes.
+            Some(seen) => {
+                let Some(one) = OneRead::start(&self.in_flight, format!("tenant:{tenant}")) else {
+                    return seen.principal(claims);
+                };
                 let (catalog, known, id) =
                     (self.catalog.clone(), self.known.clone(), tenant.clone());
                 let read = async move {
+                    let _one = one;
                     let found = catalog.find_tenant(&id).await;
                     if let Ok(found) = &found {
                         remember(&known, &id, found.as_ref());
@@ -363,12 +390,7 @@ impl Authenticator {
                 };
                 match self.catalog.read_or_go_on(read).await {
                     Some(found) => found,
-                    None => {
-                        return Ok(Principal {
-                            claims,
-                            tenant: key,
-                        });
-                    }
+                    None => return seen.principal(claims),
                 }
             }
         };
@@ -376,51 +398,97 @@ impl Authenticator {
             Ok(found) => found,
             // One it has never seen gets 503.
             Err(e) if e.retryable() => match seen {
-                Some(key) => {
-                    return Ok(Principal {
-                        claims,
-                        tenant: key,
-                    });
-                }
+                Some(seen) => return seen.principal(claims),
                 None => return Err(e),
             },
             Err(e) => return Err(e),
         };
-        remember(&self.known, &tenant, found.as_ref());
         let Some(found) = found else {
             return Err(Error::Unauthenticated {
                 message: "the token's tenant does not exist".into(),
             });
         };
-        // A tenant deleted and created again under the same id is another tenant: tokens
-        // issued before it existed do not reach it.
-        if claims.issued_at_ms() < found.created_at_ms {
+        Seen {
+            key: found.key()?,
+            created_at_ms: found.created_at_ms,
+        }
+        .principal(claims)
+    }
+}
+
+/// A tenant as this process last read it.
+#[derive(Clone, Debug)]
+struct Seen {
+    key: crate::tenant::TenantKey,
+    created_at_ms: i64,
+}
+
+impl Seen {
+    /// The principal of claims of this tenant. A tenant deleted and created again under the
+    /// same id is another tenant: credentials issued before it existed do not reach it.
+    fn principal(self, claims: Claims) -> Result<Principal> {
+        if claims.issued_at_ms() < self.created_at_ms {
             return Err(Error::Unauthenticated {
                 message: "the token was issued before its tenant was created".into(),
             });
         }
         Ok(Principal {
             claims,
-            tenant: found.key()?,
+            tenant: self.key,
         })
     }
 }
 
-/// Keeps what the catalog said of `tenant` (its incarnation, or that it does not exist) for
-/// requests made while the catalog database does not answer.
+/// One background read of a thing at a time (see `Authenticator::in_flight`): held by the
+/// read, it lets the next one start when dropped.
+struct OneRead {
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    what: String,
+}
+
+impl OneRead {
+    /// `None` while a read of `what` is under way.
+    fn start(in_flight: &Arc<Mutex<HashSet<String>>>, what: String) -> Option<OneRead> {
+        let fresh = in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(what.clone());
+        fresh.then(|| OneRead {
+            in_flight: in_flight.clone(),
+            what,
+        })
+    }
+}
+
+impl Drop for OneRead {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.what);
+    }
+}
+
+/// Keeps what the catalog said of `tenant` (its incarnation and creation, or that it does not
+/// exist) for requests made while the catalog database does not answer.
 fn remember(
-    known: &Mutex<HashMap<String, crate::tenant::TenantKey>>,
+    known: &Mutex<HashMap<String, Seen>>,
     tenant: &TenantId,
     found: Option<&crate::tenant::Tenant>,
 ) {
     let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
-    match found.map(|t| t.key()) {
-        Some(Ok(key)) => {
-            if known.get(tenant.as_str()) != Some(&key) {
-                known.insert(tenant.to_string(), key);
+    match found {
+        Some(t) => {
+            if let Ok(key) = t.key() {
+                known.insert(
+                    tenant.to_string(),
+                    Seen {
+                        key,
+                        created_at_ms: t.created_at_ms,
+                    },
+                );
             }
         }
-        Some(Err(_)) => {}
         None => {
             known.remove(tenant.as_str());
         }

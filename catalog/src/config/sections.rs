@@ -517,7 +517,8 @@ pub struct HttpConfig {
     /// How long a request (or a Kafka batch) waits for a catalog read it has a last-known
     /// answer to go on with: revoked tokens, an API key, its tenant, the tenant's event
     /// schemas. Past it the request goes on with that answer and the read finishes in the
-    /// background; while the catalog database is known to be down, none is started.
+    /// background; while the catalog database is known to be down (and with 0), the request
+    /// does not wait at all.
     pub catalog_wait_ms: u64,
 }
 

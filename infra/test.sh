@@ -23,7 +23,8 @@ export FLOE_SERVICES_DIR="${FLOE_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/floe
 s3pg_tests=""
 trap '[ -z "$s3pg_tests" ] || { kill -TERM -- "-$s3pg_tests" 2>/dev/null; wait "$s3pg_tests"; } || true
       infra/services.sh down || true' EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "== services (S3 server, PostgreSQL, Kafka-compatible broker)"
 STACK_ENV="$(infra/services.sh up)"
@@ -75,7 +76,7 @@ export FLOE_BIN="$CARGO_TARGET_DIR/release/floe"
 PYTEST_DIR="$(mktemp -d "${TMPDIR:-/tmp}/floe-pytest.XXXXXX")"
 set -m
 (eval "$STACK_ENV"; FLOE_TEST_STACK=s3pg exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  --basetemp "$PYTEST_DIR/s3pg" tests/python >"$PYTEST_DIR/s3pg.log" 2>&1) &
+  --basetemp "$PYTEST_DIR/s3pg" tests/python </dev/null >"$PYTEST_DIR/s3pg.log" 2>&1) &
 s3pg_tests=$!
 set +m
 echo "-- local stack (the S3 + PostgreSQL stack runs beside it)"

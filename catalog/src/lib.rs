@@ -198,7 +198,9 @@ impl Catalog {
     /// all while the last probe ([`Catalog::unavailable`]) found the catalog database down;
     /// past that the read finishes in the background and this returns `None`. An outage must
     /// not hold every request for the pool's timeout. Callers start one read of a thing at a
-    /// time, so what runs in the background is bounded by the things read, not by requests.
+    /// time, so what runs in the background is bounded by the things read, not by requests;
+    /// a read is given up after [`BACKGROUND_READ_LIMIT`], so that one stuck on a silent
+    /// connection does not keep its thing from being read again.
     pub async fn read_or_go_on<T, F>(&self, read: F) -> Option<T>
     where
         F: std::future::Future<Output = T> + Send + 'static,
@@ -209,12 +211,15 @@ impl Catalog {
         } else {
             self.request_wait
         };
-        let task = tokio::spawn(read);
+        let task =
+            tokio::spawn(
+                async move { tokio::time::timeout(BACKGROUND_READ_LIMIT, read).await.ok() },
+            );
         if wait.is_zero() {
             return None;
         }
         match tokio::time::timeout(wait, task).await {
-            Ok(Ok(answer)) => Some(answer),
+            Ok(Ok(answer)) => answer,
             // The read panicked (logged by the runtime), or is still going.
             Ok(Err(_)) | Err(_) => None,
         }
@@ -262,6 +267,10 @@ impl Catalog {
         down
     }
 }
+
+/// How long a read that [`Catalog::read_or_go_on`] left to the background may take before it
+/// is given up (the pool's own wait for a connection is 10 s).
+pub const BACKGROUND_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The sources of an error, joined: what a log line needs to say why.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

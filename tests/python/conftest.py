@@ -288,8 +288,11 @@ def start(data, *extra):
     for _ in range(3):
         port = free_port()
         offset = path.stat().st_size
+        env = process_env(data)
+        if env.get("RUST_LOG"):
+            env["RUST_LOG"] += ",floe::serve=info"  # the line that says it listens
         proc = subprocess.Popen([FLOE, "--data-dir", str(data), *extra, "serve", "--listen", f"127.0.0.1:{port}"],
-                                stderr=log, env=process_env(data))
+                                stderr=log, env=env)
         for _ in range(600):
             if proc.poll() is not None:
                 break

@@ -30,9 +30,10 @@ struct Revoked {
 }
 
 /// Verifies requests: the bearer credential, then that its tenant still exists (asked of the
-/// catalog on every request, so a deleted tenant's credentials stop working at once; while the
-/// catalog database does not answer within `http.catalog_wait_ms`, tenants already seen are
-/// taken as existing).
+/// catalog again on every request, by one request at a time, the others meanwhile going on
+/// with the last answer: a deleted tenant's credentials stop working within a read or two;
+/// while the catalog database does not answer within `http.catalog_wait_ms`, tenants already
+/// seen are taken as existing).
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     authority: TokenAuthority,
@@ -242,7 +243,7 @@ impl Authenticator {
             if self.never_read() {
                 return Err(Error::Unavailable {
                     what: "the list of revoked tokens".into(),
-                    why: "its first reading from the catalog database failed".into(),
+                    why: "its first reading from the catalog database did not complete".into(),
                 });
             }
         }

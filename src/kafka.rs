@@ -12,6 +12,8 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     // Signals first: a SIGTERM while connecting still means a clean stop.
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
+    // What is down decides whether a batch waits for a catalog read (`http.catalog_wait_ms`).
+    tokio::spawn(catalog.clone().keep_probing());
     let refresher = crate::serve::projections(&catalog, &config);
     if let Some(refresher) = refresher.clone() {
         tokio::spawn(refresher.run(stop.clone().wait()));

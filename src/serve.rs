@@ -200,13 +200,7 @@ pub async fn serve(
     let mut services = JoinSet::new();
     // Probes the catalog database and the warehouse, logging once per change of what is down
     // (the same probe answers `/readyz`).
-    let probe = catalog.clone();
-    services.spawn(until(stop.clone(), async move {
-        loop {
-            probe.unavailable(Duration::from_secs(3)).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    }));
+    services.spawn(until(stop.clone(), catalog.clone().keep_probing()));
     if let Some(refresher) = refresher.clone() {
         services.spawn(refresher.run(stop.clone().wait()));
     }

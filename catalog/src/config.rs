@@ -26,6 +26,8 @@ pub struct Config {
     pub warehouse: String,
     /// Catalog database, by URL. Empty: `sqlite://<data_dir>/catalog.db`.
     pub catalog: String,
+    /// The catalog database's connections and reads.
+    pub catalog_db: CatalogDbConfig,
     /// Address the HTTP server listens on.
     pub listen: String,
     /// S3 settings, used when `warehouse` is an `s3://` URL.
@@ -50,6 +52,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./floe-data"),
             warehouse: String::new(),
             catalog: String::new(),
+            catalog_db: CatalogDbConfig::default(),
             listen: "127.0.0.1:8080".to_string(),
             s3: S3Config::default(),
             ingest: IngestConfig::default(),
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("warehouse", &self.warehouse)
             // A database URL may hold its password.
             .field("catalog", &crate::db::redact(&self.catalog))
+            .field("catalog_db", &self.catalog_db)
             .field("listen", &self.listen)
             .field("s3", &self.s3)
             .field("ingest", &self.ingest)

@@ -469,7 +469,7 @@ const MIGRATIONS: &[Migration] = &[
 
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies
 /// pending migrations.
-pub async fn open(url: &str) -> Result<(Db, Backend)> {
+pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<(Db, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
     let connect_url = match backend {
@@ -487,8 +487,8 @@ pub async fn open(url: &str) -> Result<(Db, Backend)> {
         .parse()
         .map_err(Error::db("parsing the catalog URL"))?;
     let pool = AnyPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(pool.max_connections.max(1))
+        .acquire_timeout(Duration::from_millis(pool.acquire_timeout_ms))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {

@@ -16,6 +16,7 @@ pub mod delta;
 pub mod erasure;
 mod error;
 pub mod fair_lru;
+pub mod last_known;
 pub mod lease;
 pub mod maintenance;
 pub mod manifests;
@@ -67,6 +68,9 @@ pub struct Catalog {
     down: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
     /// How long [`Catalog::read_or_go_on`] waits (`http.catalog_wait_ms`).
     request_wait: std::time::Duration,
+    /// How long a read [`Catalog::read_or_go_on`] left to the background may take
+    /// (`catalog_db.background_read_limit_ms`).
+    background_limit: std::time::Duration,
     /// Told after every commit (see [`Catalog::on_commit`]).
     hooks: notify::Hooks,
     /// Manifests read by this process (`query.manifest_cache_bytes`): queries and maintenance.
@@ -92,7 +96,7 @@ impl Catalog {
         let io = tokio::runtime::Handle::current();
         let (file_io, data_store) =
             storage::file_io(&Warehouse::parse(&warehouse)?, &config.s3, &io)?;
-        let (db, backend) = db::open(&config.catalog_url()?).await?;
+        let (db, backend) = db::open(&config.catalog_url()?, &config.catalog_db).await?;
         Ok(Catalog {
             db,
             backend,
@@ -105,6 +109,9 @@ impl Catalog {
             io,
             down: Default::default(),
             request_wait: std::time::Duration::from_millis(config.http.catalog_wait_ms),
+            background_limit: std::time::Duration::from_millis(
+                config.catalog_db.background_read_limit_ms,
+            ),
             hooks: Default::default(),
             manifests: std::sync::Arc::new(manifests::ManifestCache::new(
                 config.query.manifest_cache_bytes,
@@ -194,35 +201,34 @@ impl Catalog {
     }
 
     /// Runs `read` for a caller that has a last-known answer to go on with (`read` keeps its
-    /// own answer for later callers): waits for it at most `http.catalog_wait_ms`, and not at
-    /// all while the last probe ([`Catalog::unavailable`]) found the catalog database down;
-    /// past that the read finishes in the background and this returns `None`. An outage must
-    /// not hold every request for the pool's timeout. Callers start one read of a thing at a
-    /// time, so what runs in the background is bounded by the things read, not by requests;
-    /// a read is given up after [`BACKGROUND_READ_LIMIT`], so that one stuck on a silent
-    /// connection does not keep its thing from being read again.
+    /// own answer for later callers, see [`last_known`]): waits for it at most
+    /// `http.catalog_wait_ms`, and not at all while the last probe ([`Catalog::unavailable`])
+    /// found the catalog database down; past that the read finishes in the background and
+    /// this returns `None`. An outage must not hold every request for the pool's timeout.
+    /// Callers start one read of a thing at a time, so what runs in the background is bounded
+    /// by the things read, not by requests; a read is given up after
+    /// `catalog_db.background_read_limit_ms`, so that one stuck on a silent connection does
+    /// not keep its thing from being read again. A read done within the wait runs on the
+    /// caller's task: nothing is spawned while the catalog answers.
     pub async fn read_or_go_on<T, F>(&self, read: F) -> Option<T>
     where
         F: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let wait = if self.is_down("catalog") {
-            std::time::Duration::ZERO
-        } else {
-            self.request_wait
-        };
-        let task =
-            tokio::spawn(
-                async move { tokio::time::timeout(BACKGROUND_READ_LIMIT, read).await.ok() },
-            );
-        if wait.is_zero() {
-            return None;
+        let mut read = Box::pin(read);
+        if !self.is_down("catalog")
+            && !self.request_wait.is_zero()
+            && let Ok(answer) = tokio::time::timeout(self.request_wait, &mut read).await
+        {
+            return Some(answer);
         }
-        match tokio::time::timeout(wait, task).await {
-            Ok(Ok(answer)) => answer,
-            // The read panicked (logged by the runtime), or is still going.
-            Ok(Err(_)) | Err(_) => None,
-        }
+        let limit = self.background_limit;
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, read).await.is_err() {
+                tracing::warn!(after = ?limit, "a catalog read left to the background was given up");
+            }
+        });
+        None
     }
 
     /// Whether the last probe ([`Catalog::unavailable`]) found `dependency` down.
@@ -231,6 +237,16 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&dependency)
+    }
+
+    /// Probes the catalog database and the warehouse every 5 s, for ever ([`Catalog::unavailable`]
+    /// with a 3 s timeout): what [`Catalog::is_down`] and [`Catalog::read_or_go_on`] go by, and
+    /// a log line on each change of what is down. Every long-running process runs it.
+    pub async fn keep_probing(self) {
+        loop {
+            self.unavailable(std::time::Duration::from_secs(3)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
     }
 
     /// Which dependencies do not answer within `timeout`: `"catalog"`, `"storage"`. Logs once
@@ -267,10 +283,6 @@ impl Catalog {
         down
     }
 }
-
-/// How long a read that [`Catalog::read_or_go_on`] left to the background may take before it
-/// is given up (the pool's own wait for a connection is 10 s).
-pub const BACKGROUND_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The sources of an error, joined: what a log line needs to say why.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,12 +1,22 @@
 //! A request that has a last-known answer (a token list, a key, a tenant, schemas) does not
 //! wait long for the catalog: `Catalog::read_or_go_on` gives up after `http.catalog_wait_ms`
-//! and lets the read finish in the background, where it keeps its answer for later requests.
+//! and lets the read finish in the background, where it keeps its answer for later requests
+//! (`LastKnown`, which the authenticator and the event schemas read through).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use floe_catalog::{Catalog, Config};
+use floe_catalog::last_known::LastKnown;
+use floe_catalog::{Catalog, Config, Error, ErrorKind};
+
+async fn open(dir: &std::path::Path, settings: &[(&str, &str)]) -> Catalog {
+    let mut overrides = vec![("data_dir", dir.display().to_string())];
+    overrides.extend(settings.iter().map(|(k, v)| (*k, v.to_string())));
+    Catalog::open(&Config::load(None, vec![], &overrides).unwrap())
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn a_read_slower_than_the_wait_finishes_in_the_background() {
@@ -56,4 +66,140 @@ async fn a_read_slower_than_the_wait_finishes_in_the_background() {
     // Nothing is down while the catalog answers its probe.
     assert!(catalog.unavailable(Duration::from_secs(3)).await.is_empty());
     assert!(!catalog.is_down("catalog"));
+}
+
+#[tokio::test]
+async fn a_read_left_to_the_background_is_given_up_after_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(
+        dir.path(),
+        &[
+            ("http.catalog_wait_ms", "100"),
+            ("catalog_db.background_read_limit_ms", "300"),
+        ],
+    )
+    .await;
+    let kept = Arc::new(AtomicBool::new(false));
+    let keeps = kept.clone();
+    let answer = catalog
+        .read_or_go_on(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            keeps.store(true, Ordering::SeqCst);
+        })
+        .await;
+    assert!(answer.is_none());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !kept.load(Ordering::SeqCst),
+        "a read of 1 s ran past a limit of 300 ms"
+    );
+}
+
+/// A read for a [`LastKnown`] that counts itself, takes `delay` and answers `answer`.
+fn reader(
+    reads: &Arc<AtomicU32>,
+    delay: Duration,
+    answer: floe_catalog::Result<Option<u32>>,
+) -> impl FnOnce() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = floe_catalog::Result<Option<u32>>> + Send>,
+> + use<> {
+    let reads = reads.clone();
+    move || {
+        Box::pin(async move {
+            reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            answer
+        })
+    }
+}
+
+fn down() -> Error {
+    Error::Unavailable {
+        what: "the catalog database".into(),
+        why: "no connection".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_known_value_is_read_by_one_caller_at_a_time_and_gone_on_with_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path(), &[("http.catalog_wait_ms", "200")]).await;
+    let known = LastKnown::<u32>::new("counter", Duration::from_secs(60));
+    let reads = Arc::new(AtomicU32::new(0));
+    let (hour, now) = (Duration::from_secs(3600), Duration::ZERO);
+    let quick = Duration::from_millis(10);
+
+    // Never read: ten callers at once wait for one read, and all get its value.
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let (known, catalog) = (known.clone(), catalog.clone());
+            let read = reader(&reads, Duration::from_millis(300), Ok(Some(1)));
+            tokio::spawn(async move { known.get(&catalog, "k", hour, read).await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), Some(1));
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for ten callers");
+
+    // Read less than `max_age` ago: not read again.
+    let got = known.get(&catalog, "k", hour, reader(&reads, quick, Ok(Some(9))));
+    assert_eq!(got.await.unwrap(), Some(1));
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+    // Older: a read slower than the wait. Its caller goes on with the last value after the
+    // wait, callers meanwhile go on at once without reading, and the read keeps its value.
+    let began = Instant::now();
+    let slow = Duration::from_millis(1000);
+    let got = known.get(&catalog, "k", now, reader(&reads, slow, Ok(Some(2))));
+    assert_eq!(got.await.unwrap(), Some(1));
+    assert!(
+        began.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        began.elapsed()
+    );
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(Some(7))));
+    assert_eq!(got.await.unwrap(), Some(1));
+    assert_eq!(reads.load(Ordering::SeqCst), 2, "one read at a time");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(known.last("k"), Some(2), "the read kept its value");
+
+    // A read the catalog does not answer: the last value is gone on with. One whose error a
+    // retry will not cure is the answer.
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, Err(down())));
+    assert_eq!(got.await.unwrap(), Some(2));
+    let broken = Err(Error::internal("corrupt row"));
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, broken));
+    assert_eq!(got.await.unwrap_err().kind(), ErrorKind::Internal);
+
+    // The catalog says it does not exist: nothing is kept.
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(None)));
+    assert_eq!(got.await.unwrap(), None);
+    assert_eq!(known.last("k"), None);
+}
+
+#[tokio::test]
+async fn a_first_read_that_failed_is_not_asked_again_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path(), &[]).await;
+    let known = LastKnown::<u32>::new("counter", Duration::from_millis(300));
+    let reads = Arc::new(AtomicU32::new(0));
+    let quick = Duration::from_millis(10);
+    let hour = Duration::from_secs(3600);
+
+    let got = known.get(&catalog, "k", hour, reader(&reads, quick, Err(down())));
+    assert_eq!(got.await.unwrap_err().kind(), ErrorKind::Unavailable);
+    // Within `retry_failed`: the same failure, the catalog not asked.
+    let e = known
+        .get(&catalog, "k", hour, reader(&reads, quick, Ok(Some(1))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert!(e.to_string().contains("counter k"), "{e}");
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+    // After it: asked again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = known.get(&catalog, "k", hour, reader(&reads, quick, Ok(Some(1))));
+    assert_eq!(got.await.unwrap(), Some(1));
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
 }

@@ -8,10 +8,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use floe_catalog::last_known::{LastKnown, RETRY_FAILED};
 use floe_catalog::schema::UnknownTypes;
 use floe_catalog::{Catalog, TenantId};
+
+/// What [`Schemas`] keeps, as its errors name it.
+const WHAT: &str = "the event schemas of tenant";
 use serde_json::Value;
 
 /// Why a payload was refused.
@@ -141,32 +145,14 @@ pub fn validate(
     })
 }
 
-/// How soon a first read that failed is tried again (at most `ingest.schema_refresh_ms`):
-/// the tenant's events are refused meanwhile.
-const RETRY_FAILED: Duration = Duration::from_millis(500);
-
-/// What this process last read of a tenant's schemas, and when it tried.
-#[derive(Clone)]
-enum Read {
-    Schemas(Arc<TenantSchemas>),
-    /// Never read: the last attempt failed, saying this.
-    Failed(String),
-}
-
 /// Every tenant's compiled schemas in this process, refreshed from the catalog.
 pub struct Schemas {
     catalog: Catalog,
     refresh: Duration,
-    /// The last read of each tenant (or failed first attempt) and when it was tried: a tenant
-    /// is read again once `refresh` has passed since the last attempt (a failed first one:
-    /// [`RETRY_FAILED`]), so a catalog outage costs an attempt per tenant per period, not one
-    /// per request.
-    tenants: Arc<Mutex<HashMap<String, (Instant, Read)>>>,
-    /// How soon a first read that failed is tried again.
-    retry_failed: Duration,
-    /// One read of a tenant at a time: requests that find it stale wait for that read if they
-    /// have no schemas of the tenant yet, and go on with the last read if they have.
-    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last read of each tenant: read again once `refresh` has passed, by one request at a
+    /// time (a first read that failed: after `refresh` or 500 ms, whichever is shorter), so a
+    /// catalog outage costs an attempt per tenant per period, not one per request.
+    known: LastKnown<Arc<TenantSchemas>>,
     /// Validators by (tenant, type, version, registration time): a version never changes, but
     /// a tenant deleted and created again may register the same version anew.
     compiled: Arc<Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>>,
@@ -180,106 +166,23 @@ impl Schemas {
         Schemas {
             catalog,
             refresh,
-            tenants: Default::default(),
-            retry_failed: refresh.min(RETRY_FAILED),
-            reading: Mutex::new(HashMap::new()),
+            known: LastKnown::new(WHAT, refresh.min(RETRY_FAILED)),
             compiled: Default::default(),
         }
-    }
-
-    /// The last read of `tenant` if it was tried recently enough: less than `refresh` ago, or
-    /// (a first read that failed) less than [`RETRY_FAILED`] ago.
-    fn fresh(&self, tenant: &TenantId) -> Option<Read> {
-        lock(&self.tenants)
-            .get(tenant.as_str())
-            .filter(|(at, read)| {
-                let wait = match read {
-                    Read::Schemas(_) => self.refresh,
-                    Read::Failed(_) => self.retry_failed,
-                };
-                at.elapsed() < wait
-            })
-            .map(|(_, r)| r.clone())
     }
 
     /// The tenant's schemas as of at most `refresh` ago (or, while the catalog is slow or
     /// down, the last read: a read again waits at most `http.catalog_wait_ms`). If the catalog
     /// cannot be read, the schemas last read stay in force; if they never were, the error
-    /// (tried again after [`RETRY_FAILED`]).
+    /// (the same error, without asking again, for a short while).
     pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
-        let answer = |read: Read| match read {
-            Read::Schemas(s) => Ok(s),
-            Read::Failed(why) => Err(floe_catalog::Error::Unavailable {
-                what: format!("the event schemas of {tenant}"),
-                why,
-            }),
-        };
-        if let Some(read) = self.fresh(tenant) {
-            return answer(read);
-        }
-        let gate = lock(&self.reading)
-            .entry(tenant.to_string())
-            .or_default()
-            .clone();
-        let last = lock(&self.tenants)
-            .get(tenant.as_str())
-            .map(|(_, r)| r.clone());
-        if let Some(Read::Schemas(last)) = last {
-            // Schemas to go on with: one request reads again, waiting at most
-            // `http.catalog_wait_ms` (the read finishes in the background); the others, and
-            // this one past that wait, use the last read.
-            let Ok(one) = gate.try_lock_owned() else {
-                return Ok(last);
-            };
-            // A read may have finished since this request looked.
-            if let Some(read) = self.fresh(tenant) {
-                return answer(read);
-            }
-            let (catalog, compiled, tenants) = (
-                self.catalog.clone(),
-                self.compiled.clone(),
-                self.tenants.clone(),
-            );
-            let id = tenant.clone();
-            let fallback = last.clone();
-            let read = async move {
-                let _one = one;
-                let read = match load(&catalog, &compiled, &id).await {
-                    Ok(s) => Arc::new(s),
-                    Err(e) => {
-                        tracing::warn!(tenant = %id, error = %e, "could not read event schemas; the last read stay in force");
-                        last
-                    }
-                };
-                lock(&tenants).insert(
-                    id.to_string(),
-                    (Instant::now(), Read::Schemas(read.clone())),
-                );
-                read
-            };
-            return Ok(self.catalog.read_or_go_on(read).await.unwrap_or(fallback));
-        }
-        let _reading = gate.lock().await;
-        // Another request may have read it while this one waited.
-        if let Some(read) = self.fresh(tenant) {
-            return answer(read);
-        }
-        let read = match load(&self.catalog, &self.compiled, tenant).await {
-            Ok(s) => Read::Schemas(Arc::new(s)),
-            Err(e) => match lock(&self.tenants).get(tenant.as_str()) {
-                // Read by another request while this one waited, and stale already.
-                Some((_, Read::Schemas(s))) => {
-                    tracing::warn!(%tenant, error = %e, "could not read event schemas; the last read stay in force");
-                    Read::Schemas(s.clone())
-                }
-                _ => {
-                    tracing::warn!(%tenant, error = %e, "could not read event schemas");
-                    Read::Failed(e.to_string())
-                }
-            },
-        };
-        lock(&self.tenants).insert(tenant.to_string(), (Instant::now(), read.clone()));
-        answer(read)
+        let (catalog, compiled, id) = (self.catalog.clone(), self.compiled.clone(), tenant.clone());
+        let read = || async move { Ok(Some(Arc::new(load(&catalog, &compiled, &id).await?))) };
+        let read = self
+            .known
+            .get(&self.catalog, tenant.as_str(), self.refresh, read)
+            .await?;
+        read.ok_or_else(|| floe_catalog::Error::internal(format!("no schemas read for {tenant}")))
     }
 
     /// [`Schemas::of`], or, if the schemas were never read and cannot be now, schemas that
@@ -430,7 +333,7 @@ mod tests {
         let (catalog, _dir) = catalog().await;
         let acme = TenantId::parse("acme").unwrap();
         let mut slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
-        slow.retry_failed = Duration::from_secs(3600);
+        slow.known = LastKnown::new(WHAT, Duration::from_secs(3600));
         // The tenant does not exist yet: the read fails, and that answer is kept.
         assert!(slow.of(&acme).await.is_err());
         catalog.create_tenant(&acme, "test").await.unwrap();

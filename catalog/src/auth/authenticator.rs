@@ -2,32 +2,25 @@
 //! (known, its secret matching, not revoked or expired), then that its tenant still exists.
 //!
 //! Revocations reach every process within `auth.revocation_refresh_ms`: the revoked tokens are
-//! read again once older than that (by one request at a time; the others use the set they
-//! have), and a key is looked up again once its copy is older than that. While the catalog
-//! database does not answer, the sets and keys already read keep working (a key never seen
-//! gets 503), as tenants already seen do: a request that has them waits for the catalog at
-//! most `http.catalog_wait_ms`, and not at all once the catalog is known to be down
-//! ([`crate::Catalog::read_or_go_on`]).
+//! read again once older than that, and a key is looked up again once its copy is older than
+//! that. While the catalog database does not answer, the sets and keys already read keep
+//! working (a key never seen gets 503), as tenants already seen do: a request that has them
+//! waits for the catalog at most `http.catalog_wait_ms`, and not at all once the catalog is
+//! known to be down (all three are [`LastKnown`] values).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::jwks::Jwks;
 use super::{Claims, Principal, Role, TokenAuthority};
 use crate::credentials::{ApiKey, parse_key, secret_matches};
+use crate::last_known::{LastKnown, RETRY_FAILED};
 use crate::tenant::TenantId;
 use crate::{Error, Result};
 
 /// How often revocations are read again unless configured (`auth.revocation_refresh_ms`).
 pub const DEFAULT_REVOCATION_REFRESH: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Default)]
-struct Revoked {
-    /// (tenant, jti) of revoked tokens not yet expired.
-    tokens: HashSet<(String, String)>,
-    read_at: Option<Instant>,
-}
 
 /// Verifies requests: the bearer credential, then that its tenant still exists (asked of the
 /// catalog again on every request, by one request at a time, the others meanwhile going on
@@ -38,17 +31,13 @@ struct Revoked {
 pub struct Authenticator {
     authority: TokenAuthority,
     catalog: crate::Catalog,
-    /// Tenants seen to exist, with their incarnation: they keep working while the catalog
-    /// database is down.
-    known: Arc<Mutex<HashMap<String, Seen>>>,
-    /// Tenants (`tenant:<id>`) and API keys (`key:<id>`) being read again: one read of each
-    /// at a time, the requests meanwhile going on with what is known.
-    in_flight: Arc<Mutex<HashSet<String>>>,
-    revoked: Arc<Mutex<Revoked>>,
-    /// One reading of the revoked tokens at a time.
-    reading: Arc<tokio::sync::Mutex<()>>,
-    /// Keys by id, with when they were read.
-    keys: Arc<Mutex<HashMap<String, (ApiKey, Instant)>>>,
+    /// Tenants seen to exist, with their incarnation, read again on every request: they keep
+    /// working while the catalog database is down.
+    known: LastKnown<Seen>,
+    /// (tenant, jti) of revoked tokens not yet expired (one value, under the key "").
+    revoked: LastKnown<Arc<HashSet<(String, String)>>>,
+    /// API keys by id.
+    keys: LastKnown<ApiKey>,
     refresh: Duration,
     /// An external identity provider's keys (`auth.jwks`).
     jwks: Option<Arc<Jwks>>,
@@ -72,11 +61,9 @@ impl Authenticator {
         Authenticator {
             authority,
             catalog,
-            known: Default::default(),
-            in_flight: Default::default(),
-            revoked: Default::default(),
-            reading: Default::default(),
-            keys: Default::default(),
+            known: LastKnown::new("tenant", RETRY_FAILED),
+            revoked: LastKnown::new("the list of revoked tokens", RETRY_FAILED),
+            keys: LastKnown::new("API key", RETRY_FAILED),
             refresh: DEFAULT_REVOCATION_REFRESH,
             jwks: None,
         }
@@ -123,17 +110,7 @@ impl Authenticator {
             return (None, "anonymous".into());
         };
         if let Some((id, secret)) = parse_key(presented) {
-            let cached = self
-                .keys
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .map(|(k, _)| k.clone());
-            let key = match cached {
-                Some(k) => Some(k),
-                None => self.catalog.api_key(id).await.ok().flatten(),
-            };
-            let owner = match key {
+            let owner = match self.key(id).await.ok().flatten() {
                 Some(k) if secret_matches(secret, &k.secret_sha256) => {
                     self.owner(&k.tenant, k.created_at_ms).await
                 }
@@ -165,8 +142,32 @@ impl Authenticator {
     /// tenant under the id is not this one's).
     async fn owner(&self, tenant: &str, made_at_ms: i64) -> Option<String> {
         let id = TenantId::parse(tenant).ok()?;
-        let found = self.catalog.find_tenant(&id).await.ok().flatten()?;
+        let found = self.tenant(&id).await.ok().flatten()?;
         (made_at_ms >= found.created_at_ms).then(|| tenant.to_string())
+    }
+
+    /// The tenant as last read, asked of the catalog again (see [`LastKnown::get`]).
+    async fn tenant(&self, tenant: &TenantId) -> Result<Option<Seen>> {
+        let (catalog, id) = (self.catalog.clone(), tenant.clone());
+        let read = || async move {
+            let Some(found) = catalog.find_tenant(&id).await? else {
+                return Ok(None);
+            };
+            Ok(Some(Seen {
+                key: found.key()?,
+                created_at_ms: found.created_at_ms,
+            }))
+        };
+        self.known
+            .get(&self.catalog, tenant.as_str(), Duration::ZERO, read)
+            .await
+    }
+
+    /// The API key `id` as read at most `auth.revocation_refresh_ms` ago.
+    async fn key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let (catalog, owned) = (self.catalog.clone(), id.to_string());
+        let read = || async move { catalog.api_key(&owned).await };
+        self.keys.get(&self.catalog, id, self.refresh, read).await
     }
 
     /// Checks an operator's `Authorization` header value: a valid, unrevoked token of role
@@ -214,43 +215,19 @@ impl Authenticator {
         self.principal(claims).await
     }
 
-    /// Refuses a token whose `jti` its tenant revoked.
+    /// Refuses a token whose `jti` its tenant revoked. A list never read is waited for: a
+    /// revoked token must not pass for want of it.
     async fn refuse_revoked(&self, claims: &Claims) -> Result<()> {
-        let stale = {
-            let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            r.read_at.is_none_or(|t| t.elapsed() >= self.refresh)
+        let catalog = self.catalog.clone();
+        let read = || async move {
+            let list = catalog.revoked_tokens().await?;
+            Ok(Some(Arc::new(list.into_iter().collect())))
         };
-        if stale && let Ok(one) = self.reading.clone().try_lock_owned() {
-            let (catalog, revoked) = (self.catalog.clone(), self.revoked.clone());
-            let read = async move {
-                let _one = one;
-                let list = catalog.revoked_tokens().await?;
-                let mut r = revoked.lock().unwrap_or_else(|p| p.into_inner());
-                r.tokens = list.into_iter().collect();
-                r.read_at = Some(Instant::now());
-                Ok::<_, Error>(())
-            };
-            if self.never_read() {
-                // Never read: a revoked token must not pass for want of the list.
-                read.await?;
-            } else if let Some(Err(e)) = self.catalog.read_or_go_on(read).await {
-                tracing::warn!(error = %e, "could not read revoked tokens; using the last list");
-            }
-        } else if stale && self.never_read() {
-            // Another request is reading the first list: wait for it; if it failed, so does
-            // this request (a revoked token must not pass for want of the list).
-            let _one = self.reading.lock().await;
-            if self.never_read() {
-                return Err(Error::Unavailable {
-                    what: "the list of revoked tokens".into(),
-                    why: "its first reading from the catalog database did not complete".into(),
-                });
-            }
-        }
-        let r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        if r.tokens
-            .contains(&(claims.tenant.clone(), claims.jti.clone()))
-        {
+        let revoked = self
+            .revoked
+            .get(&self.catalog, "", self.refresh, read)
+            .await?;
+        if revoked.is_some_and(|r| r.contains(&(claims.tenant.clone(), claims.jti.clone()))) {
             return Err(Error::Unauthenticated {
                 message: "token revoked".into(),
             });
@@ -258,72 +235,12 @@ impl Authenticator {
         Ok(())
     }
 
-    fn never_read(&self) -> bool {
-        self.revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .read_at
-            .is_none()
-    }
-
     /// The claims an API key stands for, once it is known to verify.
     async fn key_claims(&self, id: &str, secret: &str) -> Result<Claims> {
-        let cached = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned();
-        let key = match cached {
-            Some((key, at)) if at.elapsed() < self.refresh => key,
-            // A copy to go on with: the catalog is asked (by one request at a time), but not
-            // waited for long.
-            Some((key, _)) => match OneRead::start(&self.in_flight, format!("key:{id}")) {
-                None => key,
-                Some(one) => {
-                    let (catalog, keys, id) =
-                        (self.catalog.clone(), self.keys.clone(), id.to_string());
-                    let read = async move {
-                        let _one = one;
-                        let found = catalog.api_key(&id).await;
-                        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
-                        match &found {
-                            Ok(Some(key)) => {
-                                keys.insert(id, (key.clone(), Instant::now()));
-                            }
-                            Ok(None) => {
-                                keys.remove(&id);
-                            }
-                            Err(_) => {}
-                        }
-                        found
-                    };
-                    match self.catalog.read_or_go_on(read).await {
-                        Some(Ok(Some(key))) => key,
-                        Some(Ok(None)) => {
-                            return Err(Error::Unauthenticated {
-                                message: "unknown API key".into(),
-                            });
-                        }
-                        Some(Err(e)) if !e.retryable() => return Err(e),
-                        Some(Err(_)) | None => key,
-                    }
-                }
-            },
-            None => match self.catalog.api_key(id).await? {
-                Some(key) => {
-                    self.keys
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.to_string(), (key.clone(), Instant::now()));
-                    key
-                }
-                None => {
-                    return Err(Error::Unauthenticated {
-                        message: "unknown API key".into(),
-                    });
-                }
-            },
+        let Some(key) = self.key(id).await? else {
+            return Err(Error::Unauthenticated {
+                message: "unknown API key".into(),
+            });
         };
         if !secret_matches(secret, &key.secret_sha256) {
             return Err(Error::Unauthenticated {
@@ -354,66 +271,18 @@ impl Authenticator {
         })
     }
 
-    /// The principal of verified claims: their tenant as it exists now.
+    /// The principal of verified claims: their tenant as it exists now (as last read while
+    /// the catalog database is slow or down).
     async fn principal(&self, claims: Claims) -> Result<Principal> {
         let tenant = TenantId::parse(&claims.tenant).map_err(|_| Error::Unauthenticated {
             message: "token names an invalid tenant".into(),
         })?;
-        let seen = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|k| k.get(tenant.as_str()).cloned());
-        let found = match seen.clone() {
-            None => {
-                let found = self.catalog.find_tenant(&tenant).await;
-                if let Ok(found) = &found {
-                    remember(&self.known, &tenant, found.as_ref());
-                }
-                found
-            }
-            // A tenant this process has seen keeps working while the catalog database is down
-            // or slow (ingest goes on into the log): it is read again by one request at a
-            // time, not waited for long, and the answer updates what is known when it comes.
-            Some(seen) => {
-                let Some(one) = OneRead::start(&self.in_flight, format!("tenant:{tenant}")) else {
-                    return seen.principal(claims);
-                };
-                let (catalog, known, id) =
-                    (self.catalog.clone(), self.known.clone(), tenant.clone());
-                let read = async move {
-                    let _one = one;
-                    let found = catalog.find_tenant(&id).await;
-                    if let Ok(found) = &found {
-                        remember(&known, &id, found.as_ref());
-                    }
-                    found
-                };
-                match self.catalog.read_or_go_on(read).await {
-                    Some(found) => found,
-                    None => return seen.principal(claims),
-                }
-            }
-        };
-        let found = match found {
-            Ok(found) => found,
-            // One it has never seen gets 503.
-            Err(e) if e.retryable() => match seen {
-                Some(seen) => return seen.principal(claims),
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
-        let Some(found) = found else {
+        let Some(seen) = self.tenant(&tenant).await? else {
             return Err(Error::Unauthenticated {
                 message: "the token's tenant does not exist".into(),
             });
         };
-        Seen {
-            key: found.key()?,
-            created_at_ms: found.created_at_ms,
-        }
-        .principal(claims)
+        seen.principal(claims)
     }
 }
 
@@ -437,61 +306,5 @@ impl Seen {
             claims,
             tenant: self.key,
         })
-    }
-}
-
-/// One background read of a thing at a time (see `Authenticator::in_flight`): held by the
-/// read, it lets the next one start when dropped.
-struct OneRead {
-    in_flight: Arc<Mutex<HashSet<String>>>,
-    what: String,
-}
-
-impl OneRead {
-    /// `None` while a read of `what` is under way.
-    fn start(in_flight: &Arc<Mutex<HashSet<String>>>, what: String) -> Option<OneRead> {
-        let fresh = in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(what.clone());
-        fresh.then(|| OneRead {
-            in_flight: in_flight.clone(),
-            what,
-        })
-    }
-}
-
-impl Drop for OneRead {
-    fn drop(&mut self) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.what);
-    }
-}
-
-/// Keeps what the catalog said of `tenant` (its incarnation and creation, or that it does not
-/// exist) for requests made while the catalog database does not answer.
-fn remember(
-    known: &Mutex<HashMap<String, Seen>>,
-    tenant: &TenantId,
-    found: Option<&crate::tenant::Tenant>,
-) {
-    let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
-    match found {
-        Some(t) => {
-            if let Ok(key) = t.key() {
-                known.insert(
-                    tenant.to_string(),
-                    Seen {
-                        key,
-                        created_at_ms: t.created_at_ms,
-                    },
-                );
-            }
-        }
-        None => {
-            known.remove(tenant.as_str());
-        }
     }
 }

@@ -537,6 +537,31 @@ impl Default for HttpConfig {
     }
 }
 
+/// The pool of connections to the catalog database, and how long a read of it may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogDbConfig {
+    /// Connections one process keeps to the catalog database at most.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection (or a new one) before it fails as
+    /// unavailable: what a caller with nothing to go on with waits during an outage.
+    pub acquire_timeout_ms: u64,
+    /// A read left to finish in the background (see `http.catalog_wait_ms`) is given up after
+    /// this long, so that one stuck on a silent connection does not keep its thing from being
+    /// read again.
+    pub background_read_limit_ms: u64,
+}
+
+impl Default for CatalogDbConfig {
+    fn default() -> Self {
+        CatalogDbConfig {
+            max_connections: 8,
+            acquire_timeout_ms: 10_000,
+            background_read_limit_ms: 30_000,
+        }
+    }
+}
+
 /// Each tenant's quotas, unless `floe tenant set T --quota NAME=VALUE` overrides one. Rates
 /// and amounts of 0 are unlimited. Running servers see overrides within `refresh_secs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,266 @@
+//! Things a process reads from the catalog database and may go on with while the database is
+//! slow or down: a tenant, an API key, the revoked tokens, a tenant's event schemas.
+//!
+//! Each is kept with when it was read. Once older than its caller's `max_age` it is read again
+//! by one caller at a time, who waits for it at most `http.catalog_wait_ms`
+//! ([`crate::Catalog::read_or_go_on`]); the others, and that caller past the wait, go on with
+//! the last value. A thing never read is read by one caller at a time too, the others waiting
+//! for that read; when it fails, callers within `retry_failed` get its error without asking
+//! the database again, so an outage costs one attempt per thing per period, not one per
+//! request. What the catalog says does not exist is not kept.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::{Catalog, Error, Result};
+
+/// How soon a first read that failed is tried again, unless the caller's `max_age` is shorter.
+pub const RETRY_FAILED: Duration = Duration::from_millis(500);
+
+/// Last-known values by key (see the module's documentation). Cheap to clone: clones share
+/// the values.
+pub struct LastKnown<T> {
+    /// What a key names, for errors: "the event schemas of tenant" + " acme".
+    what: &'static str,
+    slots: Arc<Mutex<Slots<T>>>,
+    retry_failed: Duration,
+}
+
+impl<T> Clone for LastKnown<T> {
+    fn clone(&self) -> Self {
+        LastKnown {
+            what: self.what,
+            slots: self.slots.clone(),
+            retry_failed: self.retry_failed,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for LastKnown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LastKnown")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Slots<T> {
+    by_key: HashMap<String, Slot<T>>,
+    /// Slots after the last pruning: the next one comes when there are twice as many.
+    pruned_to: usize,
+}
+
+struct Slot<T> {
+    /// The value and when it was read (or last tried again and not answered).
+    value: Option<(T, Instant)>,
+    /// A read of a value to go on with is under way.
+    refreshing: bool,
+    /// Why the last first read failed, and when.
+    failed: Option<(String, Instant)>,
+    /// One first read at a time.
+    first: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            value: None,
+            refreshing: false,
+            failed: None,
+            first: Default::default(),
+        }
+    }
+}
+
+impl<T: Clone + Send + 'static> LastKnown<T> {
+    /// `what` names a key's thing in errors ("tenant", "the event schemas of tenant").
+    pub fn new(what: &'static str, retry_failed: Duration) -> Self {
+        LastKnown {
+            what,
+            slots: Arc::new(Mutex::new(Slots {
+                by_key: HashMap::new(),
+                pruned_to: 0,
+            })),
+            retry_failed,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots<T>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last value of `key`, however old, without asking the catalog.
+    pub fn last(&self, key: &str) -> Option<T> {
+        let slots = self.lock();
+        slots
+            .by_key
+            .get(key)?
+            .value
+            .as_ref()
+            .map(|(v, _)| v.clone())
+    }
+
+    /// `key`'s value as of at most `max_age` ago, read with `read` when it is older (`None`:
+    /// the catalog says it does not exist). With a value to go on with, the read is waited
+    /// for at most `http.catalog_wait_ms` and the value is the answer if it is not done, or
+    /// fails with an error a retry may cure; an error a retry will not cure is returned.
+    /// Without one, the read (or another caller's) is waited for and its error returned.
+    pub async fn get<R, F>(
+        &self,
+        catalog: &Catalog,
+        key: &str,
+        max_age: Duration,
+        read: R,
+    ) -> Result<Option<T>>
+    where
+        R: FnOnce() -> F,
+        F: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let last = {
+            let mut slots = self.lock();
+            match slots.by_key.get_mut(key) {
+                Some(Slot {
+                    value: Some((v, at)),
+                    refreshing,
+                    ..
+                }) => {
+                    if at.elapsed() < max_age || *refreshing {
+                        return Ok(Some(v.clone()));
+                    }
+                    *refreshing = true;
+                    Some(v.clone())
+                }
+                _ => None,
+            }
+        };
+        match last {
+            Some(last) => self.refresh(catalog, key, read, last).await,
+            None => self.first(key, read).await,
+        }
+    }
+
+    /// Reads a value to replace `last` (the caller has marked the slot as refreshing).
+    async fn refresh<R, F>(
+        &self,
+        catalog: &Catalog,
+        key: &str,
+        read: R,
+        last: T,
+    ) -> Result<Option<T>>
+    where
+        R: FnOnce() -> F,
+        F: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let done = Refreshing {
+            known: self.clone(),
+            key: key.to_string(),
+        };
+        let pending = read();
+        let reading = async move {
+            let found = pending.await;
+            done.known.keep(&done.key, &found);
+            found
+        };
+        match catalog.read_or_go_on(reading).await {
+            Some(Ok(found)) => Ok(found),
+            Some(Err(e)) if !e.retryable() => Err(e),
+            Some(Err(_)) | None => Ok(Some(last)),
+        }
+    }
+
+    /// Reads a value nobody has (or waits for the caller who is reading it).
+    async fn first<R, F>(&self, key: &str, read: R) -> Result<Option<T>>
+    where
+        R: FnOnce() -> F,
+        F: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let gate = self
+            .lock()
+            .by_key
+            .entry(key.to_string())
+            .or_default()
+            .first
+            .clone();
+        let _one = gate.lock().await;
+        // Another caller may have read it, or failed to, while this one waited.
+        if let Some(slot) = self.lock().by_key.get(key) {
+            if let Some((v, _)) = &slot.value {
+                return Ok(Some(v.clone()));
+            }
+            if let Some((why, at)) = &slot.failed
+                && at.elapsed() < self.retry_failed
+            {
+                return Err(Error::Unavailable {
+                    what: format!("{} {key}", self.what).trim_end().to_string(),
+                    why: why.clone(),
+                });
+            }
+        }
+        let found = read().await;
+        self.keep(key, &found);
+        found
+    }
+
+    /// Keeps what a read found: the value, that it does not exist (nothing kept), or that
+    /// the catalog did not answer (the value kept stays, counted as read now, so that it is
+    /// tried again after its `max_age`; a key with none remembers the failure).
+    fn keep(&self, key: &str, found: &Result<Option<T>>) {
+        let mut slots = self.lock();
+        let now = Instant::now();
+        match found {
+            Ok(Some(v)) => {
+                let slot = slots.by_key.entry(key.to_string()).or_default();
+                slot.value = Some((v.clone(), now));
+                slot.failed = None;
+            }
+            Ok(None) => {
+                slots.by_key.remove(key);
+            }
+            Err(e) => {
+                tracing::warn!(what = self.what, key, error = %e, "could not read from the catalog");
+                let slot = slots.by_key.entry(key.to_string()).or_default();
+                match &mut slot.value {
+                    Some((_, at)) => *at = now,
+                    None => slot.failed = Some((e.to_string(), now)),
+                }
+                self.prune(&mut slots);
+            }
+        }
+    }
+
+    /// Drops slots that keep nothing worth keeping (no value, an old failure, nobody
+    /// waiting), once they have doubled since the last time: keys the catalog never answered
+    /// for (say, made-up API key ids during an outage) do not pile up.
+    fn prune(&self, slots: &mut Slots<T>) {
+        if slots.by_key.len() < 2 * slots.pruned_to.max(64) {
+            return;
+        }
+        let retry_failed = self.retry_failed;
+        slots.by_key.retain(|_, s| {
+            s.value.is_some()
+                || s.failed
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() < retry_failed)
+                || Arc::strong_count(&s.first) > 1
+        });
+        slots.pruned_to = slots.by_key.len();
+    }
+}
+
+/// Held by a read of a value to go on with; lets the next one start when dropped (done, given
+/// up, or its caller gone).
+struct Refreshing<T> {
+    known: LastKnown<T>,
+    key: String,
+}
+
+impl<T> Drop for Refreshing<T> {
+    fn drop(&mut self) {
+        let mut slots = self.known.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.by_key.get_mut(&self.key) {
+            slot.refreshing = false;
+        }
+    }
+}

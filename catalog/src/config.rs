@@ -176,6 +176,18 @@ impl Config {
     fn validate(&self) -> Result<()> {
         let i = &self.ingest;
         let positive = [
+            (
+                "catalog_db.max_connections",
+                u64::from(self.catalog_db.max_connections),
+            ),
+            (
+                "catalog_db.acquire_timeout_ms",
+                self.catalog_db.acquire_timeout_ms,
+            ),
+            (
+                "catalog_db.background_read_limit_ms",
+                self.catalog_db.background_read_limit_ms,
+            ),
             ("ingest.max_event_bytes", i.max_event_bytes as u64),
             ("ingest.max_request_bytes", i.max_request_bytes as u64),
             (

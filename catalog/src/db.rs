@@ -487,7 +487,7 @@ pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<(D
         .parse()
         .map_err(Error::db("parsing the catalog URL"))?;
     let pool = AnyPoolOptions::new()
-        .max_connections(pool.max_connections.max(1))
+        .max_connections(pool.max_connections)
         .acquire_timeout(Duration::from_millis(pool.acquire_timeout_ms))
         .after_connect(move |conn, _| {
             Box::pin(async move {

@@ -4,10 +4,12 @@
 //! Each is kept with when it was read. Once older than its caller's `max_age` it is read again
 //! by one caller at a time, who waits for it at most `http.catalog_wait_ms`
 //! ([`crate::Catalog::read_or_go_on`]); the others, and that caller past the wait, go on with
-//! the last value. A thing never read is read by one caller at a time too, the others waiting
-//! for that read; when it fails, callers within `retry_failed` get its error without asking
-//! the database again, so an outage costs one attempt per thing per period, not one per
-//! request. What the catalog says does not exist is not kept.
+//! the last value, which stays in force whatever error the read meets. A thing never read is
+//! read by one caller at a time too, the others waiting for that read and taking its answer;
+//! when the database does not answer it, callers within `retry_failed` get that error without
+//! asking again, so an outage costs one attempt per thing per period, not one per request.
+//! What the catalog says does not exist is not kept, and slots that keep nothing are pruned:
+//! made-up keys (random API key ids) do not pile up.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::{Catalog, Error, Result};
 
-/// How soon a first read that failed is tried again, unless the caller's `max_age` is shorter.
+/// How soon a first read the database did not answer is tried again (callers whose values
+/// are read again sooner pass their own, shorter, `retry_failed`).
 pub const RETRY_FAILED: Duration = Duration::from_millis(500);
 
 /// Last-known values by key (see the module's documentation). Cheap to clone: clones share
@@ -57,8 +60,11 @@ struct Slot<T> {
     value: Option<(T, Instant)>,
     /// A read of a value to go on with is under way.
     refreshing: bool,
-    /// Why the last first read failed, and when.
+    /// Why the last first read failed (the database did not answer), and when.
     failed: Option<(String, Instant)>,
+    /// When a first read last found that the thing does not exist: the answer for the callers
+    /// that were waiting for it.
+    absent_at: Option<Instant>,
     /// One first read at a time.
     first: Arc<tokio::sync::Mutex<()>>,
 }
@@ -69,6 +75,7 @@ impl<T> Default for Slot<T> {
             value: None,
             refreshing: false,
             failed: None,
+            absent_at: None,
             first: Default::default(),
         }
     }
@@ -91,6 +98,12 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many keys have a slot (a value, a recent failure, or a read under way or waited
+    /// for); others are pruned as slots are made.
+    pub fn slots(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
     /// The last value of `key`, however old, without asking the catalog.
     pub fn last(&self, key: &str) -> Option<T> {
         let slots = self.lock();
@@ -104,9 +117,9 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
 
     /// `key`'s value as of at most `max_age` ago, read with `read` when it is older (`None`:
     /// the catalog says it does not exist). With a value to go on with, the read is waited
-    /// for at most `http.catalog_wait_ms` and the value is the answer if it is not done, or
-    /// fails with an error a retry may cure; an error a retry will not cure is returned.
-    /// Without one, the read (or another caller's) is waited for and its error returned.
+    /// for at most `http.catalog_wait_ms`, and the value is the answer if the read is not
+    /// done or fails. Without one, the read (or another caller's) is waited for and its
+    /// error returned.
     pub async fn get<R, F>(
         &self,
         catalog: &Catalog,
@@ -165,29 +178,39 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         };
         match catalog.read_or_go_on(reading).await {
             Some(Ok(found)) => Ok(found),
-            Some(Err(e)) if !e.retryable() => Err(e),
+            // Logged by `keep`.
             Some(Err(_)) | None => Ok(Some(last)),
         }
     }
 
-    /// Reads a value nobody has (or waits for the caller who is reading it).
+    /// Reads a value nobody has (or waits for the caller who is reading it, and takes its
+    /// answer).
     async fn first<R, F>(&self, key: &str, read: R) -> Result<Option<T>>
     where
         R: FnOnce() -> F,
         F: Future<Output = Result<Option<T>>> + Send + 'static,
     {
-        let gate = self
-            .lock()
-            .by_key
-            .entry(key.to_string())
-            .or_default()
-            .first
-            .clone();
+        let asked_at = Instant::now();
+        let gate = {
+            let mut slots = self.lock();
+            let gate = slots
+                .by_key
+                .entry(key.to_string())
+                .or_default()
+                .first
+                .clone();
+            // Slots of callers gone before their read are dropped here.
+            self.prune(&mut slots);
+            gate
+        };
         let _one = gate.lock().await;
         // Another caller may have read it, or failed to, while this one waited.
         if let Some(slot) = self.lock().by_key.get(key) {
             if let Some((v, _)) = &slot.value {
                 return Ok(Some(v.clone()));
+            }
+            if slot.absent_at.is_some_and(|at| at >= asked_at) {
+                return Ok(None);
             }
             if let Some((why, at)) = &slot.failed
                 && at.elapsed() < self.retry_failed
@@ -203,9 +226,11 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         found
     }
 
-    /// Keeps what a read found: the value, that it does not exist (nothing kept), or that
-    /// the catalog did not answer (the value kept stays, counted as read now, so that it is
-    /// tried again after its `max_age`; a key with none remembers the failure).
+    /// Keeps what a read found: the value; that it does not exist (nothing kept, but the
+    /// answer for callers waiting for a first read); or an error, after which the value kept
+    /// stays, counted as read now so that it is tried again after its `max_age`, and a key
+    /// with none remembers an error a retry may cure (others are not remembered: the next
+    /// caller asks again).
     fn keep(&self, key: &str, found: &Result<Option<T>>) {
         let mut slots = self.lock();
         let now = Instant::now();
@@ -214,25 +239,34 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 slot.value = Some((v.clone(), now));
                 slot.failed = None;
+                slot.absent_at = None;
             }
             Ok(None) => {
-                slots.by_key.remove(key);
+                if let Some(slot) = slots.by_key.get_mut(key) {
+                    *slot = Slot {
+                        absent_at: Some(now),
+                        first: slot.first.clone(),
+                        ..Slot::default()
+                    };
+                }
+                self.prune(&mut slots);
             }
             Err(e) => {
                 tracing::warn!(what = self.what, key, error = %e, "could not read from the catalog");
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 match &mut slot.value {
                     Some((_, at)) => *at = now,
-                    None => slot.failed = Some((e.to_string(), now)),
+                    None if e.retryable() => slot.failed = Some((e.to_string(), now)),
+                    None => {}
                 }
                 self.prune(&mut slots);
             }
         }
     }
 
-    /// Drops slots that keep nothing worth keeping (no value, an old failure, nobody
-    /// waiting), once they have doubled since the last time: keys the catalog never answered
-    /// for (say, made-up API key ids during an outage) do not pile up.
+    /// Drops slots that keep nothing (no value, no recent failure) and that nobody waits on,
+    /// once there are twice as many as after the last time: amortised, a constant cost per
+    /// slot made.
     fn prune(&self, slots: &mut Slots<T>) {
         if slots.by_key.len() < 2 * slots.pruned_to.max(64) {
             return;

@@ -204,30 +204,32 @@ impl Catalog {
     /// own answer for later callers, see [`last_known`]): waits for it at most
     /// `http.catalog_wait_ms`, and not at all while the last probe ([`Catalog::unavailable`])
     /// found the catalog database down; past that the read finishes in the background and
-    /// this returns `None`. An outage must not hold every request for the pool's timeout.
-    /// Callers start one read of a thing at a time, so what runs in the background is bounded
-    /// by the things read, not by requests; a read is given up after
-    /// `catalog_db.background_read_limit_ms`, so that one stuck on a silent connection does
-    /// not keep its thing from being read again. A read done within the wait runs on the
-    /// caller's task: nothing is spawned while the catalog answers.
+    /// this returns `None` (as it does if the read panics). An outage must not hold every
+    /// request for the pool's timeout. Callers start one read of a thing at a time and hold
+    /// that turn in `read`, which runs to its end even if the caller is dropped while waiting
+    /// (the rest is spawned then), so what runs in the background is bounded by the things
+    /// read, not by requests. The background part is waited for at most
+    /// `catalog_db.background_read_limit_ms`, so that a read stuck on a silent connection
+    /// does not keep its thing from being read again. Within the wait the read runs on the
+    /// caller's task, with no task of its own.
     pub async fn read_or_go_on<T, F>(&self, read: F) -> Option<T>
     where
         F: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut read = Box::pin(read);
+        use futures::FutureExt;
+        let mut rest = Rest {
+            read: Some(Box::pin(std::panic::AssertUnwindSafe(read).catch_unwind())),
+            limit: self.background_limit,
+        };
         if !self.is_down("catalog")
             && !self.request_wait.is_zero()
-            && let Ok(answer) = tokio::time::timeout(self.request_wait, &mut read).await
+            && let Some(read) = rest.read.as_mut()
+            && let Ok(answer) = tokio::time::timeout(self.request_wait, read).await
         {
-            return Some(answer);
+            rest.read = None;
+            return answer.ok();
         }
-        let limit = self.background_limit;
-        tokio::spawn(async move {
-            if tokio::time::timeout(limit, read).await.is_err() {
-                tracing::warn!(after = ?limit, "a catalog read left to the background was given up");
-            }
-        });
         None
     }
 
@@ -281,6 +283,34 @@ impl Catalog {
             *last = down.clone();
         }
         down
+    }
+}
+
+/// The part of a read [`Catalog::read_or_go_on`] did not wait for: spawned when dropped (its
+/// caller went on, or was itself dropped), to run for at most `limit`.
+struct Rest<F: std::future::Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    read: Option<std::pin::Pin<Box<F>>>,
+    limit: std::time::Duration,
+}
+
+impl<F: std::future::Future + Send + 'static> Drop for Rest<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(read), Ok(runtime)) = (self.read.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let limit = self.limit;
+        runtime.spawn(async move {
+            if tokio::time::timeout(limit, read).await.is_err() {
+                tracing::warn!(after = ?limit, "gave up waiting for a catalog read left to the background");
+            }
+        });
     }
 }
 

@@ -107,7 +107,9 @@ fn reader(
     move || {
         Box::pin(async move {
             reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             answer
         })
     }
@@ -164,13 +166,13 @@ async fn a_last_known_value_is_read_by_one_caller_at_a_time_and_gone_on_with_mea
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(known.last("k"), Some(2), "the read kept its value");
 
-    // A read the catalog does not answer: the last value is gone on with. One whose error a
-    // retry will not cure is the answer.
+    // A read the catalog does not answer, or answers with another error: the last value is
+    // gone on with.
     let got = known.get(&catalog, "k", now, reader(&reads, quick, Err(down())));
     assert_eq!(got.await.unwrap(), Some(2));
     let broken = Err(Error::internal("corrupt row"));
     let got = known.get(&catalog, "k", now, reader(&reads, quick, broken));
-    assert_eq!(got.await.unwrap_err().kind(), ErrorKind::Internal);
+    assert_eq!(got.await.unwrap(), Some(2));
 
     // The catalog says it does not exist: nothing is kept.
     let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(None)));
@@ -202,4 +204,115 @@ async fn a_first_read_that_failed_is_not_asked_again_for_a_while() {
     let got = known.get(&catalog, "k", hour, reader(&reads, quick, Ok(Some(1))));
     assert_eq!(got.await.unwrap(), Some(1));
     assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_a_first_read_take_its_answer_that_nothing_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path(), &[]).await;
+    let known = LastKnown::<u32>::new("counter", Duration::from_secs(60));
+    let reads = Arc::new(AtomicU32::new(0));
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let (known, catalog) = (known.clone(), catalog.clone());
+            let read = reader(&reads, Duration::from_millis(300), Ok(None));
+            let hour = Duration::from_secs(3600);
+            tokio::spawn(async move { known.get(&catalog, "k", hour, read).await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), None);
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for ten callers");
+    // A caller after that answer asks again.
+    let got = known.get(
+        &catalog,
+        "k",
+        Duration::ZERO,
+        reader(&reads, Duration::ZERO, Ok(Some(3))),
+    );
+    assert_eq!(got.await.unwrap(), Some(3));
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+
+    // A first read's error a retry will not cure is not remembered: the next caller asks.
+    let broken = Err(Error::internal("corrupt row"));
+    let got = known.get(
+        &catalog,
+        "j",
+        Duration::ZERO,
+        reader(&reads, Duration::ZERO, broken),
+    );
+    assert_eq!(got.await.unwrap_err().kind(), ErrorKind::Internal);
+    let got = known.get(
+        &catalog,
+        "j",
+        Duration::ZERO,
+        reader(&reads, Duration::ZERO, Ok(Some(4))),
+    );
+    assert_eq!(got.await.unwrap(), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_caller_went_away_still_finishes_and_no_other_starts_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    // The read is waited for on the caller's task (a wait longer than the read)...
+    let catalog = open(dir.path(), &[("http.catalog_wait_ms", "5000")]).await;
+    let known = LastKnown::<u32>::new("counter", Duration::from_secs(60));
+    let reads = Arc::new(AtomicU32::new(0));
+    let (now, quick) = (Duration::ZERO, Duration::from_millis(10));
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(Some(1))));
+    assert_eq!(got.await.unwrap(), Some(1));
+
+    // ... and that caller is dropped during it (a client that hung up).
+    let slow = reader(&reads, Duration::from_millis(500), Ok(Some(2)));
+    let gone = tokio::time::timeout(
+        Duration::from_millis(100),
+        known.get(&catalog, "k", now, slow),
+    );
+    assert!(gone.await.is_err());
+    let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(Some(7))));
+    assert_eq!(
+        got.await.unwrap(),
+        Some(1),
+        "the last value while the read is under way"
+    );
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        2,
+        "no second read while the first runs"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        known.last("k"),
+        Some(2),
+        "the read went on without its caller"
+    );
+}
+
+#[tokio::test]
+async fn made_up_keys_do_not_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path(), &[]).await;
+    let known = LastKnown::<u32>::new("API key", Duration::from_millis(100));
+    let reads = Arc::new(AtomicU32::new(0));
+    let hour = Duration::from_secs(3600);
+    for i in 0..1_000 {
+        let key = format!("made-up-{i}");
+        // Keys that do not exist, and callers that go away before their read is done.
+        let got = known.get(
+            &catalog,
+            &key,
+            hour,
+            reader(&reads, Duration::ZERO, Ok(None)),
+        );
+        assert_eq!(got.await.unwrap(), None);
+        let slow = reader(&reads, Duration::from_millis(50), Ok(None));
+        let gone = tokio::time::timeout(Duration::ZERO, known.get(&catalog, &key, hour, slow));
+        assert!(gone.await.is_err());
+    }
+    assert!(
+        known.slots() <= 256,
+        "{} slots for keys that do not exist",
+        known.slots()
+    );
 }

@@ -329,18 +329,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_read_is_tried_again_after_the_refresh_not_on_every_request() {
+    async fn schemas_are_read_again_after_the_refresh_not_on_every_request() {
         let (catalog, _dir) = catalog().await;
         let acme = TenantId::parse("acme").unwrap();
-        let mut slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
-        slow.known = LastKnown::new(WHAT, Duration::from_secs(3600));
-        // The tenant does not exist yet: the read fails, and that answer is kept.
-        assert!(slow.of(&acme).await.is_err());
-        catalog.create_tenant(&acme, "test").await.unwrap();
+        let slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
+        // The tenant does not exist yet: an error, but not an outage, so not remembered.
         let e = slow.of(&acme).await.err().unwrap();
-        assert_eq!(e.kind(), floe_catalog::ErrorKind::Unavailable, "{e}");
+        assert_eq!(e.kind(), floe_catalog::ErrorKind::NotFound, "{e}");
+        catalog.create_tenant(&acme, "test").await.unwrap();
+        assert!(slow.of(&acme).await.unwrap().types.is_empty());
+        catalog
+            .register_schema(&acme, "PurchaseMade", 1, json!({}), None, "test")
+            .await
+            .unwrap();
+        // Read less than the refresh ago: the same schemas.
+        assert!(slow.of(&acme).await.unwrap().types.is_empty());
         let eager = Schemas::new(catalog, Duration::ZERO);
-        assert!(eager.of(&acme).await.is_ok());
+        assert!(
+            eager
+                .of(&acme)
+                .await
+                .unwrap()
+                .types
+                .contains_key("PurchaseMade")
+        );
     }
 
     #[tokio::test]

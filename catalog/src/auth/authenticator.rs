@@ -19,6 +19,10 @@ use crate::last_known::{LastKnown, RETRY_FAILED};
 use crate::tenant::TenantId;
 use crate::{Error, Result};
 
+/// What the authenticator's [`LastKnown`] values are called in errors.
+const REVOKED: &str = "the list of revoked tokens";
+const KEY: &str = "API key";
+
 /// How often revocations are read again unless configured (`auth.revocation_refresh_ms`).
 pub const DEFAULT_REVOCATION_REFRESH: Duration = Duration::from_millis(500);
 
@@ -62,8 +66,8 @@ impl Authenticator {
             authority,
             catalog,
             known: LastKnown::new("tenant", RETRY_FAILED),
-            revoked: LastKnown::new("the list of revoked tokens", RETRY_FAILED),
-            keys: LastKnown::new("API key", RETRY_FAILED),
+            revoked: LastKnown::new(REVOKED, RETRY_FAILED),
+            keys: LastKnown::new(KEY, RETRY_FAILED),
             refresh: DEFAULT_REVOCATION_REFRESH,
             jwks: None,
         }
@@ -93,6 +97,9 @@ impl Authenticator {
     /// Reads revocations again at most this long after the last reading.
     pub fn with_revocation_refresh(mut self, every: Duration) -> Self {
         self.refresh = every;
+        // A first read the catalog did not answer is not tried again later than a value.
+        self.revoked = LastKnown::new(REVOKED, every.min(RETRY_FAILED));
+        self.keys = LastKnown::new(KEY, every.min(RETRY_FAILED));
         self
     }
 

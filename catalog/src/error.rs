@@ -107,6 +107,11 @@ pub enum Error {
     #[error("internal error: {message}")]
     Internal { message: String },
 
+    /// Another caller's error, told again to those that waited for the same read (its kind
+    /// and message; the error itself went to that caller).
+    #[error("{message}")]
+    Again { kind: ErrorKind, message: String },
+
     /// A commit's metadata swap failed in a way that leaves its outcome unknown: the database
     /// may have applied it and lost only its reply (or apply a timed-out one later). The files
     /// the commit would have added must not be deleted; reloading the table tells.
@@ -167,6 +172,7 @@ impl Error {
                 ErrorKind::Unavailable
             }
             Error::Internal { .. } => ErrorKind::Internal,
+            Error::Again { kind, .. } => *kind,
             Error::OutcomeUnknown { source, .. } => source.kind(),
         }
     }

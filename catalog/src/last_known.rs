@@ -5,9 +5,10 @@
 //! by one caller at a time, who waits for it at most `http.catalog_wait_ms`
 //! ([`crate::Catalog::read_or_go_on`]); the others, and that caller past the wait, go on with
 //! the last value, which stays in force whatever error the read meets. A thing never read is
-//! read by one caller at a time too, the others waiting for that read and taking its answer;
-//! when the database does not answer it, callers within `retry_failed` get that error without
-//! asking again, so an outage costs one attempt per thing per period, not one per request.
+//! read by one caller at a time too, the others waiting for that read and taking its answer
+//! (its error too); when the database does not answer it, callers within `retry_failed` after
+//! get that error without asking again, so an outage costs one attempt per thing per period,
+//! not one per request.
 //! What the catalog says does not exist is not kept, and slots that keep nothing are pruned:
 //! made-up keys (random API key ids) do not pile up.
 
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Catalog, Error, Result};
+use crate::{Catalog, Error, ErrorKind, Result};
 
 /// How soon a first read the database did not answer is tried again (callers whose values
 /// are read again sooner pass their own, shorter, `retry_failed`).
@@ -62,9 +63,9 @@ struct Slot<T> {
     refreshing: bool,
     /// Why the last first read failed (the database did not answer), and when.
     failed: Option<(String, Instant)>,
-    /// When a first read last found that the thing does not exist: the answer for the callers
-    /// that were waiting for it.
-    absent_at: Option<Instant>,
+    /// What a first read that kept no value last answered (that the thing does not exist, or
+    /// an error's kind and message), and when: the answer for the callers waiting for it.
+    answered: Option<(Instant, Option<(ErrorKind, String)>)>,
     /// One first read at a time.
     first: Arc<tokio::sync::Mutex<()>>,
 }
@@ -75,7 +76,7 @@ impl<T> Default for Slot<T> {
             value: None,
             refreshing: false,
             failed: None,
-            absent_at: None,
+            answered: None,
             first: Default::default(),
         }
     }
@@ -98,8 +99,8 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many keys have a slot (a value, a recent failure, or a read under way or waited
-    /// for); others are pruned as slots are made.
+    /// How many keys have a slot: those with a value, a recent failure, or a read under way or
+    /// waited for, and, until the next pruning (when the slots have doubled), others.
     pub fn slots(&self) -> usize {
         self.lock().by_key.len()
     }
@@ -169,11 +170,14 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         let done = Refreshing {
             known: self.clone(),
             key: key.to_string(),
+            kept: false,
         };
         let pending = read();
         let reading = async move {
+            let mut done = done;
             let found = pending.await;
             done.known.keep(&done.key, &found);
+            done.kept = true;
             found
         };
         match catalog.read_or_go_on(reading).await {
@@ -209,8 +213,15 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
             if let Some((v, _)) = &slot.value {
                 return Ok(Some(v.clone()));
             }
-            if slot.absent_at.is_some_and(|at| at >= asked_at) {
-                return Ok(None);
+            match &slot.answered {
+                Some((at, None)) if *at >= asked_at => return Ok(None),
+                Some((at, Some((kind, message)))) if *at >= asked_at => {
+                    return Err(Error::Again {
+                        kind: *kind,
+                        message: message.clone(),
+                    });
+                }
+                _ => {}
             }
             if let Some((why, at)) = &slot.failed
                 && at.elapsed() < self.retry_failed
@@ -229,8 +240,8 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
     /// Keeps what a read found: the value; that it does not exist (nothing kept, but the
     /// answer for callers waiting for a first read); or an error, after which the value kept
     /// stays, counted as read now so that it is tried again after its `max_age`, and a key
-    /// with none remembers an error a retry may cure (others are not remembered: the next
-    /// caller asks again).
+    /// with none keeps the error for the callers waiting, and remembers it for later ones if
+    /// a retry may cure it (others are not remembered: the next caller asks again).
     fn keep(&self, key: &str, found: &Result<Option<T>>) {
         let mut slots = self.lock();
         let now = Instant::now();
@@ -239,12 +250,12 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 slot.value = Some((v.clone(), now));
                 slot.failed = None;
-                slot.absent_at = None;
+                slot.answered = None;
             }
             Ok(None) => {
                 if let Some(slot) = slots.by_key.get_mut(key) {
                     *slot = Slot {
-                        absent_at: Some(now),
+                        answered: Some((now, None)),
                         first: slot.first.clone(),
                         ..Slot::default()
                     };
@@ -256,8 +267,12 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 match &mut slot.value {
                     Some((_, at)) => *at = now,
-                    None if e.retryable() => slot.failed = Some((e.to_string(), now)),
-                    None => {}
+                    None => {
+                        slot.answered = Some((now, Some((e.kind(), e.to_string()))));
+                        if e.retryable() {
+                            slot.failed = Some((e.to_string(), now));
+                        }
+                    }
                 }
                 self.prune(&mut slots);
             }
@@ -284,10 +299,13 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
 }
 
 /// Held by a read of a value to go on with; lets the next one start when dropped (done, given
-/// up, or its caller gone).
+/// up, or panicked). A read that ended without an answer counts as one that failed: its value
+/// is tried again after its `max_age`, not by the very next caller.
 struct Refreshing<T> {
     known: LastKnown<T>,
     key: String,
+    /// The read's answer was kept.
+    kept: bool,
 }
 
 impl<T> Drop for Refreshing<T> {
@@ -295,6 +313,11 @@ impl<T> Drop for Refreshing<T> {
         let mut slots = self.known.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots.by_key.get_mut(&self.key) {
             slot.refreshing = false;
+            if !self.kept
+                && let Some((_, at)) = &mut slot.value
+            {
+                *at = Instant::now();
+            }
         }
     }
 }

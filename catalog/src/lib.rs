@@ -301,8 +301,11 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        let (Some(read), Ok(runtime)) = (self.read.take(), tokio::runtime::Handle::try_current())
-        else {
+        let Some(read) = self.read.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("a catalog read was dropped unfinished: no runtime to finish it on");
             return;
         };
         let limit = self.limit;

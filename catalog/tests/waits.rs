@@ -95,14 +95,16 @@ async fn a_read_left_to_the_background_is_given_up_after_its_limit() {
     );
 }
 
+/// A read's future, as the tests' readers make them.
+type Read =
+    std::pin::Pin<Box<dyn std::future::Future<Output = floe_catalog::Result<Option<u32>>> + Send>>;
+
 /// A read for a [`LastKnown`] that counts itself, takes `delay` and answers `answer`.
 fn reader(
     reads: &Arc<AtomicU32>,
     delay: Duration,
     answer: floe_catalog::Result<Option<u32>>,
-) -> impl FnOnce() -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = floe_catalog::Result<Option<u32>>> + Send>,
-> + use<> {
+) -> impl FnOnce() -> Read + use<> {
     let reads = reads.clone();
     move || {
         Box::pin(async move {
@@ -152,19 +154,18 @@ async fn a_last_known_value_is_read_by_one_caller_at_a_time_and_gone_on_with_mea
     // Older: a read slower than the wait. Its caller goes on with the last value after the
     // wait, callers meanwhile go on at once without reading, and the read keeps its value.
     let began = Instant::now();
-    let slow = Duration::from_millis(1000);
+    let slow = Duration::from_secs(3);
     let got = known.get(&catalog, "k", now, reader(&reads, slow, Ok(Some(2))));
     assert_eq!(got.await.unwrap(), Some(1));
     assert!(
-        began.elapsed() < Duration::from_millis(800),
+        began.elapsed() < Duration::from_secs(2),
         "{:?}",
         began.elapsed()
     );
     let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(Some(7))));
     assert_eq!(got.await.unwrap(), Some(1));
     assert_eq!(reads.load(Ordering::SeqCst), 2, "one read at a time");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(known.last("k"), Some(2), "the read kept its value");
+    eventually(|| known.last("k") == Some(2), "the read kept its value").await;
 
     // A read the catalog does not answer, or answers with another error: the last value is
     // gone on with.
@@ -215,7 +216,8 @@ async fn callers_waiting_for_a_first_read_take_its_answer_that_nothing_exists() 
     let callers: Vec<_> = (0..10)
         .map(|_| {
             let (known, catalog) = (known.clone(), catalog.clone());
-            let read = reader(&reads, Duration::from_millis(300), Ok(None));
+            // Long enough for the ten to start asking on a loaded machine.
+            let read = reader(&reads, Duration::from_secs(2), Ok(None));
             let hour = Duration::from_secs(3600);
             tokio::spawn(async move { known.get(&catalog, "k", hour, read).await })
         })
@@ -234,6 +236,27 @@ async fn callers_waiting_for_a_first_read_take_its_answer_that_nothing_exists() 
     assert_eq!(got.await.unwrap(), Some(3));
     assert_eq!(reads.load(Ordering::SeqCst), 2);
 
+    // A first read's error is the answer of those waiting for it, an error a retry will not
+    // cure as well; it is not remembered for later callers: the next one asks.
+    let broken = || Err(Error::internal("corrupt row"));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let (known, catalog) = (known.clone(), catalog.clone());
+            let read = reader(&reads, Duration::from_secs(2), broken());
+            tokio::spawn(async move { known.get(&catalog, "i", Duration::ZERO, read).await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(
+            caller.await.unwrap().unwrap_err().kind(),
+            ErrorKind::Internal
+        );
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        3,
+        "one read for three callers"
+    );
     // A first read's error a retry will not cure is not remembered: the next caller asks.
     let broken = Err(Error::internal("corrupt row"));
     let got = known.get(
@@ -264,10 +287,20 @@ async fn a_read_whose_caller_went_away_still_finishes_and_no_other_starts_meanwh
     assert_eq!(got.await.unwrap(), Some(1));
 
     // ... and that caller is dropped during it (a client that hung up).
-    let slow = reader(&reads, Duration::from_millis(500), Ok(Some(2)));
+    let (go, finish) = (Arc::new(tokio::sync::Notify::new()), reads.clone());
+    let until_told = {
+        let go = go.clone();
+        move || {
+            Box::pin(async move {
+                finish.fetch_add(1, Ordering::SeqCst);
+                go.notified().await;
+                Ok(Some(2u32))
+            }) as Read
+        }
+    };
     let gone = tokio::time::timeout(
         Duration::from_millis(100),
-        known.get(&catalog, "k", now, slow),
+        known.get(&catalog, "k", now, until_told),
     );
     assert!(gone.await.is_err());
     let got = known.get(&catalog, "k", now, reader(&reads, quick, Ok(Some(7))));
@@ -281,12 +314,21 @@ async fn a_read_whose_caller_went_away_still_finishes_and_no_other_starts_meanwh
         2,
         "no second read while the first runs"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        known.last("k"),
-        Some(2),
-        "the read went on without its caller"
-    );
+    go.notify_one();
+    eventually(
+        || known.last("k") == Some(2),
+        "the read went on without its caller",
+    )
+    .await;
+}
+
+/// Waits up to 10 s for `done`.
+async fn eventually(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -306,7 +348,7 @@ async fn made_up_keys_do_not_pile_up() {
             reader(&reads, Duration::ZERO, Ok(None)),
         );
         assert_eq!(got.await.unwrap(), None);
-        let slow = reader(&reads, Duration::from_millis(50), Ok(None));
+        let slow = reader(&reads, Duration::from_secs(3600), Ok(None));
         let gone = tokio::time::timeout(Duration::ZERO, known.get(&catalog, &key, hour, slow));
         assert!(gone.await.is_err());
     }

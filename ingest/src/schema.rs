@@ -150,8 +150,9 @@ pub struct Schemas {
     catalog: Catalog,
     refresh: Duration,
     /// The last read of each tenant: read again once `refresh` has passed, by one request at a
-    /// time (a first read that failed: after `refresh` or 500 ms, whichever is shorter), so a
-    /// catalog outage costs an attempt per tenant per period, not one per request.
+    /// time (a first read the catalog database did not answer: after `refresh` or 500 ms,
+    /// whichever is shorter), so a catalog outage costs an attempt per tenant per period, not
+    /// one per request.
     known: LastKnown<Arc<TenantSchemas>>,
     /// Validators by (tenant, type, version, registration time): a version never changes, but
     /// a tenant deleted and created again may register the same version anew.
@@ -174,15 +175,25 @@ impl Schemas {
     /// The tenant's schemas as of at most `refresh` ago (or, while the catalog is slow or
     /// down, the last read: a read again waits at most `http.catalog_wait_ms`). If the catalog
     /// cannot be read, the schemas last read stay in force; if they never were, the error
-    /// (the same error, without asking again, for a short while).
+    /// (an outage's, without asking again, for a short while). A tenant that does not exist
+    /// (deleted since) is `NotFound`, and its schemas are forgotten.
     pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
         let (catalog, compiled, id) = (self.catalog.clone(), self.compiled.clone(), tenant.clone());
-        let read = || async move { Ok(Some(Arc::new(load(&catalog, &compiled, &id).await?))) };
+        // A tenant deleted is forgotten, its schemas with it.
+        let read = || async move {
+            match load(&catalog, &compiled, &id).await {
+                Ok(schemas) => Ok(Some(Arc::new(schemas))),
+                Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         let read = self
             .known
             .get(&self.catalog, tenant.as_str(), self.refresh, read)
             .await?;
-        read.ok_or_else(|| floe_catalog::Error::internal(format!("no schemas read for {tenant}")))
+        read.ok_or_else(|| floe_catalog::Error::NotFound {
+            what: format!("tenant {tenant}"),
+        })
     }
 
     /// [`Schemas::of`], or, if the schemas were never read and cannot be now, schemas that

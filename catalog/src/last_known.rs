@@ -95,6 +95,12 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         }
     }
 
+    /// For values read again every `refresh`: a first read the database did not answer is
+    /// tried again after [`RETRY_FAILED`], or `refresh` if that is shorter.
+    pub fn refreshed_every(what: &'static str, refresh: Duration) -> Self {
+        LastKnown::new(what, refresh.min(RETRY_FAILED))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Slots<T>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }

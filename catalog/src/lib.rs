@@ -233,6 +233,12 @@ impl Catalog {
         None
     }
 
+    /// How long a read left to the background is waited for
+    /// (`catalog_db.background_read_limit_ms`).
+    pub fn background_read_limit(&self) -> std::time::Duration {
+        self.background_limit
+    }
+
     /// Whether the last probe ([`Catalog::unavailable`]) found `dependency` down.
     pub fn is_down(&self, dependency: &str) -> bool {
         self.down
@@ -243,7 +249,7 @@ impl Catalog {
 
     /// Probes the catalog database and the warehouse every 5 s, for ever ([`Catalog::unavailable`]
     /// with a 3 s timeout): what [`Catalog::is_down`] and [`Catalog::read_or_go_on`] go by, and
-    /// a log line on each change of what is down. Every long-running process runs it.
+    /// a log line on each change of what is down. `floe serve` and `floe ingest kafka` run it.
     pub async fn keep_probing(self) {
         loop {
             self.unavailable(std::time::Duration::from_secs(3)).await;

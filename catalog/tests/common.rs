@@ -7,8 +7,16 @@ use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, 
 /// The catalog of a data folder on the embedded defaults (a second call opens a second
 /// catalog on the same folder, as a second process would).
 pub async fn open(dir: &std::path::Path) -> Catalog {
-    let config = Config::load(None, vec![], &[("data_dir", dir.display().to_string())]).unwrap();
-    Catalog::open(&config).await.unwrap()
+    open_with(dir, &[]).await
+}
+
+/// [`open`], with these configuration keys set as well.
+pub async fn open_with(dir: &std::path::Path, settings: &[(&str, &str)]) -> Catalog {
+    let mut overrides = vec![("data_dir", dir.display().to_string())];
+    overrides.extend(settings.iter().map(|(k, v)| (*k, v.to_string())));
+    Catalog::open(&Config::load(None, vec![], &overrides).unwrap())
+        .await
+        .unwrap()
 }
 
 /// A file of `rows` rows of `day` in the table at `location`: an empty file on disk (a commit

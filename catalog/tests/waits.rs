@@ -8,29 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use floe_catalog::last_known::LastKnown;
-use floe_catalog::{Catalog, Config, Error, ErrorKind};
+use floe_catalog::{Error, ErrorKind};
 
-async fn open(dir: &std::path::Path, settings: &[(&str, &str)]) -> Catalog {
-    let mut overrides = vec![("data_dir", dir.display().to_string())];
-    overrides.extend(settings.iter().map(|(k, v)| (*k, v.to_string())));
-    Catalog::open(&Config::load(None, vec![], &overrides).unwrap())
-        .await
-        .unwrap()
-}
+use crate::common::open_with as open;
 
 #[tokio::test]
 async fn a_read_slower_than_the_wait_finishes_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::load(
-        None,
-        vec![],
-        &[
-            ("data_dir", dir.path().display().to_string()),
-            ("http.catalog_wait_ms", "200".to_string()),
-        ],
-    )
-    .unwrap();
-    let catalog = Catalog::open(&config).await.unwrap();
+    let catalog = open(dir.path(), &[("http.catalog_wait_ms", "200")]).await;
 
     // A read that answers within the wait is waited for.
     let tenants = catalog.clone();
@@ -236,8 +221,7 @@ async fn callers_waiting_for_a_first_read_take_its_answer_that_nothing_exists() 
     assert_eq!(got.await.unwrap(), Some(3));
     assert_eq!(reads.load(Ordering::SeqCst), 2);
 
-    // A first read's error is the answer of those waiting for it, an error a retry will not
-    // cure as well; it is not remembered for later callers: the next one asks.
+    // Those waiting for a first read take its error, whatever its kind.
     let broken = || Err(Error::internal("corrupt row"));
     let callers: Vec<_> = (0..3)
         .map(|_| {
@@ -257,7 +241,7 @@ async fn callers_waiting_for_a_first_read_take_its_answer_that_nothing_exists() 
         3,
         "one read for three callers"
     );
-    // A first read's error a retry will not cure is not remembered: the next caller asks.
+    // An error a retry will not cure is not remembered for later callers: the next one asks.
     let broken = Err(Error::internal("corrupt row"));
     let got = known.get(
         &catalog,

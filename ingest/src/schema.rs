@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floe_catalog::last_known::{LastKnown, RETRY_FAILED};
+use floe_catalog::last_known::LastKnown;
 use floe_catalog::schema::UnknownTypes;
 use floe_catalog::{Catalog, TenantId};
 
@@ -153,7 +153,9 @@ pub struct Schemas {
     /// time (a first read the catalog database did not answer: after `refresh` or 500 ms,
     /// whichever is shorter), so a catalog outage costs an attempt per tenant per period, not
     /// one per request.
-    known: LastKnown<Arc<TenantSchemas>>,
+    /// `None`: the tenant does not exist (deleted since), kept like schemas, so that records
+    /// of a deleted tenant's topic do not each ask the catalog.
+    known: LastKnown<Option<Arc<TenantSchemas>>>,
     /// Validators by (tenant, type, version, registration time): a version never changes, but
     /// a tenant deleted and created again may register the same version anew.
     compiled: Arc<Mutex<HashMap<Registration, Arc<jsonschema::Validator>>>>,
@@ -167,7 +169,7 @@ impl Schemas {
         Schemas {
             catalog,
             refresh,
-            known: LastKnown::new(WHAT, refresh.min(RETRY_FAILED)),
+            known: LastKnown::refreshed_every(WHAT, refresh),
             compiled: Default::default(),
         }
     }
@@ -176,14 +178,14 @@ impl Schemas {
     /// down, the last read: a read again waits at most `http.catalog_wait_ms`). If the catalog
     /// cannot be read, the schemas last read stay in force; if they never were, the error
     /// (an outage's, without asking again, for a short while). A tenant that does not exist
-    /// (deleted since) is `NotFound`, and its schemas are forgotten.
+    /// (deleted since) is `NotFound`, an answer kept like schemas (read again after `refresh`).
     pub async fn of(&self, tenant: &TenantId) -> floe_catalog::Result<Arc<TenantSchemas>> {
         let (catalog, compiled, id) = (self.catalog.clone(), self.compiled.clone(), tenant.clone());
-        // A tenant deleted is forgotten, its schemas with it.
+        // A tenant deleted: its schemas are gone with it.
         let read = || async move {
             match load(&catalog, &compiled, &id).await {
-                Ok(schemas) => Ok(Some(Arc::new(schemas))),
-                Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => Ok(None),
+                Ok(schemas) => Ok(Some(Some(Arc::new(schemas)))),
+                Err(e) if e.kind() == floe_catalog::ErrorKind::NotFound => Ok(Some(None)),
                 Err(e) => Err(e),
             }
         };
@@ -191,7 +193,7 @@ impl Schemas {
             .known
             .get(&self.catalog, tenant.as_str(), self.refresh, read)
             .await?;
-        read.ok_or_else(|| floe_catalog::Error::NotFound {
+        read.flatten().ok_or_else(|| floe_catalog::Error::NotFound {
             what: format!("tenant {tenant}"),
         })
     }
@@ -343,21 +345,25 @@ mod tests {
     async fn schemas_are_read_again_after_the_refresh_not_on_every_request() {
         let (catalog, _dir) = catalog().await;
         let acme = TenantId::parse("acme").unwrap();
-        let slow = Schemas::new(catalog.clone(), Duration::from_secs(3600));
-        // The tenant does not exist yet: an error, but not an outage, so not remembered.
-        let e = slow.of(&acme).await.err().unwrap();
+        let refresh = Duration::from_secs(3);
+        let schemas = Schemas::new(catalog.clone(), refresh);
+        // The tenant does not exist yet: `NotFound`, an answer kept for the refresh.
+        let e = schemas.of(&acme).await.err().unwrap();
         assert_eq!(e.kind(), floe_catalog::ErrorKind::NotFound, "{e}");
         catalog.create_tenant(&acme, "test").await.unwrap();
-        assert!(slow.of(&acme).await.unwrap().types.is_empty());
+        let e = schemas.of(&acme).await.err().unwrap();
+        assert_eq!(e.kind(), floe_catalog::ErrorKind::NotFound, "{e}");
+        tokio::time::sleep(refresh).await;
+        assert!(schemas.of(&acme).await.unwrap().types.is_empty());
         catalog
             .register_schema(&acme, "PurchaseMade", 1, json!({}), None, "test")
             .await
             .unwrap();
-        // Read less than the refresh ago: the same schemas.
-        assert!(slow.of(&acme).await.unwrap().types.is_empty());
-        let eager = Schemas::new(catalog, Duration::ZERO);
+        // Read less than the refresh ago: the same schemas; after it, the new ones.
+        assert!(schemas.of(&acme).await.unwrap().types.is_empty());
+        tokio::time::sleep(refresh).await;
         assert!(
-            eager
+            schemas
                 .of(&acme)
                 .await
                 .unwrap()

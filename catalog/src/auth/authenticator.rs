@@ -66,8 +66,8 @@ impl Authenticator {
             authority,
             catalog,
             known: LastKnown::new("tenant", RETRY_FAILED),
-            revoked: LastKnown::new(REVOKED, RETRY_FAILED),
-            keys: LastKnown::new(KEY, RETRY_FAILED),
+            revoked: LastKnown::refreshed_every(REVOKED, DEFAULT_REVOCATION_REFRESH),
+            keys: LastKnown::refreshed_every(KEY, DEFAULT_REVOCATION_REFRESH),
             refresh: DEFAULT_REVOCATION_REFRESH,
             jwks: None,
         }
@@ -98,8 +98,8 @@ impl Authenticator {
     pub fn with_revocation_refresh(mut self, every: Duration) -> Self {
         self.refresh = every;
         // A first read the catalog did not answer is not tried again later than a value.
-        self.revoked = LastKnown::new(REVOKED, every.min(RETRY_FAILED));
-        self.keys = LastKnown::new(KEY, every.min(RETRY_FAILED));
+        self.revoked = LastKnown::refreshed_every(REVOKED, every);
+        self.keys = LastKnown::refreshed_every(KEY, every);
         self
     }
 

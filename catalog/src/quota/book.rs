@@ -212,7 +212,21 @@ impl QuotaBook {
         if stale {
             let book = self.clone();
             let tenant = tenant.clone();
-            tokio::spawn(async move { book.refresh(&tenant).await });
+            // Given up like any read left to the background, so that one stuck on a silent
+            // connection does not keep the tenant's quotas from being read again.
+            let limit = self.catalog.background_read_limit();
+            tokio::spawn(async move {
+                if tokio::time::timeout(limit, book.refresh(&tenant))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(tenant = %tenant, after = ?limit, "gave up reading quotas; keeping the last known");
+                    if let Some(e) = book.lock().get_mut(&tenant) {
+                        e.refreshing = false;
+                        e.fetched = Instant::now();
+                    }
+                }
+            });
             return;
         }
         let _one = self.refreshing.lock().await;

@@ -61,13 +61,23 @@ struct Slot<T> {
     value: Option<(T, Instant)>,
     /// A read of a value to go on with is under way.
     refreshing: bool,
-    /// Why the last first read failed (the database did not answer), and when.
-    failed: Option<(String, Instant)>,
     /// What a first read that kept no value last answered (that the thing does not exist, or
-    /// an error's kind and message), and when: the answer for the callers waiting for it.
+    /// an error's kind and message), and when: the answer for the callers waiting for it, and,
+    /// an outage's error, for later callers within `retry_failed`.
     answered: Option<(Instant, Option<(ErrorKind, String)>)>,
     /// One first read at a time.
     first: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<T> Slot<T> {
+    /// Why a first read the database did not answer failed, if that was less than `within`
+    /// ago.
+    fn failed_within(&self, within: Duration) -> Option<&str> {
+        match &self.answered {
+            Some((at, Some((kind, why)))) if kind.retryable() && at.elapsed() < within => Some(why),
+            _ => None,
+        }
+    }
 }
 
 impl<T> Default for Slot<T> {
@@ -75,7 +85,6 @@ impl<T> Default for Slot<T> {
         Slot {
             value: None,
             refreshing: false,
-            failed: None,
             answered: None,
             first: Default::default(),
         }
@@ -229,12 +238,10 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
                 }
                 _ => {}
             }
-            if let Some((why, at)) = &slot.failed
-                && at.elapsed() < self.retry_failed
-            {
+            if let Some(why) = slot.failed_within(self.retry_failed) {
                 return Err(Error::Unavailable {
                     what: format!("{} {key}", self.what).trim_end().to_string(),
-                    why: why.clone(),
+                    why: why.to_string(),
                 });
             }
         }
@@ -255,7 +262,6 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
             Ok(Some(v)) => {
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 slot.value = Some((v.clone(), now));
-                slot.failed = None;
                 slot.answered = None;
             }
             Ok(None) => {
@@ -273,12 +279,7 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
                 let slot = slots.by_key.entry(key.to_string()).or_default();
                 match &mut slot.value {
                     Some((_, at)) => *at = now,
-                    None => {
-                        slot.answered = Some((now, Some((e.kind(), e.to_string()))));
-                        if e.retryable() {
-                            slot.failed = Some((e.to_string(), now));
-                        }
-                    }
+                    None => slot.answered = Some((now, Some((e.kind(), e.to_string())))),
                 }
                 self.prune(&mut slots);
             }
@@ -295,9 +296,7 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
         let retry_failed = self.retry_failed;
         slots.by_key.retain(|_, s| {
             s.value.is_some()
-                || s.failed
-                    .as_ref()
-                    .is_some_and(|(_, at)| at.elapsed() < retry_failed)
+                || s.failed_within(retry_failed).is_some()
                 || Arc::strong_count(&s.first) > 1
         });
         slots.pruned_to = slots.by_key.len();

@@ -292,10 +292,10 @@ impl Config {
                     .into(),
             });
         }
-        if !(0..=19).contains(&self.query.cpu_behind_nice) {
+        if !(0..=20).contains(&self.query.cpu_behind_nice) {
             return Err(Error::Config {
                 message: format!(
-                    "query.cpu_behind_nice must be between 0 and 19 (got {})",
+                    "query.cpu_behind_nice must be between 0 and 20 (got {})",
                     self.query.cpu_behind_nice
                 ),
             });

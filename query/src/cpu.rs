@@ -20,10 +20,13 @@
 //!   CPU at most, and cannot bank credit for later.
 //! - the slots order the steps, but the operating system runs the threads: a step holding a
 //!   slot still waits for a core if other threads want it. So a query's own threads go behind
-//!   (`query.cpu_behind_nice`) when they hold a step that a tenant that has had less went
-//!   ahead of, or start one while such a tenant is busy; they stay behind until their query
-//!   ends (a nice value cannot be lowered again without privileges), and only a query's own
-//!   threads are moved ([`query_thread`]), never a shared pool's.
+//!   (`query.cpu_behind_nice`: a nice value, or by default the idle scheduling policy, which
+//!   the kernel preempts as soon as another thread wakes) when they hold a step that a tenant
+//!   that has had less went ahead of, or start one while such a tenant is busy or ran a step
+//!   within `query.cpu_behind_window_ms` (a light tenant's short queries come and go between
+//!   the heavy tenants' steps, and would otherwise find their threads still ahead); they stay
+//!   behind until their query ends (neither can be undone without privileges), and only a
+//!   query's own threads are moved ([`query_thread`]), never a shared pool's.
 //!
 //! Steps nest (a node's step polls its input's stream), and only the outermost step of a thread
 //! takes a slot: a thread holds one slot at most and never waits for a second while holding
@@ -67,8 +70,12 @@ struct Shared {
     /// How long a step may run on while another tenant's step is kept from a slot.
     slice: Duration,
     /// The nice value of a query's threads whose steps a tenant that has had less went ahead
-    /// of, or that started a step while such a tenant was busy (0: left alone).
+    /// of, or that started a step while such a tenant was busy (0: left alone; 20: the idle
+    /// scheduling policy, see [`go_behind`]).
     behind_nice: i32,
+    /// How recently another tenant must have run a step for a query's thread starting one to
+    /// go behind it (zero: only while that tenant is busy).
+    behind_window: Duration,
     state: Mutex<State>,
 }
 
@@ -80,6 +87,10 @@ struct State {
     /// Slots held (may exceed `slots` for a moment: see [`State::may_take`]).
     running: usize,
     tenants: HashMap<Arc<str>, Tenant>,
+    /// When each tenant last ended a step (pruned of those older than the window when it has
+    /// doubled since the last pruning).
+    ended: HashMap<Arc<str>, Instant>,
+    ended_pruned_to: usize,
 }
 
 #[derive(Debug, Default)]
@@ -109,14 +120,36 @@ struct Waiter {
 }
 
 impl State {
-    /// Whether a tenant that has had less than `tenant` is busy (holds or waits for a slot).
-    fn lighter_busy(&self, tenant: &str) -> bool {
+    /// Whether another tenant has had less than `tenant` and is busy (holds or waits for a
+    /// slot), or has run a step within `window` (one that is idle now comes back having had
+    /// less than the busy tenants, see [`State::activate`]).
+    fn lighter_near(&self, tenant: &str, window: Duration) -> bool {
         let Some(charged) = self.tenants.get(tenant).map(|t| t.charged) else {
             return false;
         };
+        let recent = |name: &str| self.ended.get(name).is_some_and(|at| at.elapsed() < window);
         self.tenants
             .iter()
             .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
+            || self.ended.keys().any(|name| {
+                &**name != tenant
+                    && recent(name)
+                    && self.tenants.get(name).is_none_or(|t| t.charged < charged)
+            })
+    }
+
+    /// Notes that `tenant` ended a step now; forgets the tenants that have not for `window`.
+    fn step_ended(&mut self, tenant: &Arc<str>, window: Duration) {
+        let now = Instant::now();
+        if let Some(at) = self.ended.get_mut(tenant) {
+            *at = now;
+            return;
+        }
+        if self.ended.len() >= self.ended_pruned_to.max(16) * 2 {
+            self.ended.retain(|_, at| now.duration_since(*at) < window);
+            self.ended_pruned_to = self.ended.len();
+        }
+        self.ended.insert(tenant.clone(), now);
     }
 
     /// The least charge among busy tenants other than `except`.
@@ -249,6 +282,20 @@ impl CpuShare {
         slice: Duration,
         behind_nice: i32,
     ) -> CpuShare {
+        CpuShare::with_behind(slots, credit, slice, behind_nice, Duration::ZERO)
+    }
+
+    /// As [`CpuShare::with_nice`]; a query's thread also goes behind when a tenant that has
+    /// had less ran a step within `window`, not only while it is busy: a tenant whose short
+    /// queries come every few hundred milliseconds then finds the heavier tenants' threads
+    /// already behind when its next one arrives, instead of waiting for them to be moved.
+    pub fn with_behind(
+        slots: usize,
+        credit: Duration,
+        slice: Duration,
+        behind_nice: i32,
+        window: Duration,
+    ) -> CpuShare {
         let slots = match slots {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -258,11 +305,14 @@ impl CpuShare {
                 credit: credit.as_nanos().try_into().unwrap_or(u64::MAX),
                 slice,
                 behind_nice,
+                behind_window: window,
                 state: Mutex::new(State {
                     slots,
                     slice,
                     running: 0,
                     tenants: HashMap::new(),
+                    ended: HashMap::new(),
+                    ended_pruned_to: 0,
                 }),
             }),
         }
@@ -376,9 +426,11 @@ impl TenantCpu {
                     .map(|(thread, _, _)| *thread)
                     .collect();
                 drop(state);
+                // Another thread's policy cannot be set without unsafe code: it gets the
+                // lowest nice value now, and the idle policy at its next step.
+                let nice = self.share.behind_nice.min(19);
                 for thread in behind {
-                    let _ =
-                        rustix::process::setpriority_process(Some(thread), self.share.behind_nice);
+                    let _ = rustix::process::setpriority_process(Some(thread), nice);
                 }
             }
             return Taken::Now;
@@ -399,6 +451,9 @@ impl TenantCpu {
             t.running = t.running.saturating_sub(1);
         }
         state.running = state.running.saturating_sub(1);
+        if !self.share.behind_window.is_zero() {
+            state.step_ended(&self.tenant, self.share.behind_window);
+        }
         state.dispatch();
         state.forget_if_idle(&self.tenant, self.share.credit);
     }
@@ -411,7 +466,7 @@ impl TenantCpu {
         if let Some(t) = state.tenants.get_mut(&self.tenant) {
             t.threads.push((thread, Instant::now(), QUERY_OWNED.get()));
         }
-        ask && state.lighter_busy(&self.tenant)
+        ask && state.lighter_near(&self.tenant, self.share.behind_window)
     }
 
     /// Records that this thread's step ended.
@@ -456,6 +511,24 @@ pub fn query_thread() {
     QUERY_OWNED.set(true);
 }
 
+/// Puts the calling thread behind the others on the cores for the rest of its life: at `nice`,
+/// or, at 20, in the idle scheduling policy (`SCHED_IDLE`), whose threads the kernel preempts
+/// as soon as any other thread wakes, and weighs at about a fifth of nice 19's.
+fn go_behind(nice: i32) {
+    if nice >= 20 {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+        // The nice value it also sets (0) is refused if the thread's is higher: the policy is
+        // set before that, and is what counts.
+        let _ = thread_priority::set_thread_priority_and_policy(
+            thread_priority::thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
+    } else {
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+    }
+}
+
 struct Current {
     cpu: TenantCpu,
     since: Instant,
@@ -495,7 +568,7 @@ impl Held {
         let ask = nice > 0 && QUERY_OWNED.get() && !BEHIND.get();
         if cpu.enter_thread(ask) {
             BEHIND.set(true);
-            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+            go_behind(nice);
         }
         CURRENT.set(Some(Current {
             cpu: cpu.clone(),

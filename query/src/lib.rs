@@ -187,11 +187,12 @@ impl Engine {
             config.memory_total_bytes,
             std::time::Duration::from_millis(config.memory_wait_ms),
         );
-        let cpu = cpu::CpuShare::with_nice(
+        let cpu = cpu::CpuShare::with_behind(
             config.cpu_slots,
             std::time::Duration::from_millis(config.cpu_credit_ms),
             std::time::Duration::from_millis(config.cpu_slice_ms),
             config.cpu_behind_nice,
+            std::time::Duration::from_millis(config.cpu_behind_window_ms),
         );
         Engine {
             catalog,

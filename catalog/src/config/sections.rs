@@ -372,8 +372,13 @@ pub struct QueryConfig {
     pub cpu_slice_ms: u64,
     /// The nice value given, for the rest of their query, to a query's own threads whose steps
     /// a tenant that has had less CPU goes ahead of, or that start a step while such a tenant
-    /// is busy, so that the operating system runs its steps first (0: left alone; 1–19).
+    /// is busy or ran a step within `cpu_behind_window_ms`, so that the operating system runs
+    /// its steps first (0: left alone; 1–19; 20: the idle scheduling policy, preempted by any
+    /// other thread that wakes).
     pub cpu_behind_nice: i32,
+    /// How recently a tenant that has had less CPU must have run a query step for another
+    /// tenant's query threads to go behind it (0: only while it is busy).
+    pub cpu_behind_window_ms: u64,
     /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
     pub max_result_rows: u64,
     /// Longest SQL text accepted.
@@ -411,7 +416,8 @@ impl Default for QueryConfig {
             cpu_slots: 0,
             cpu_credit_ms: 1_000,
             cpu_slice_ms: 5,
-            cpu_behind_nice: 10,
+            cpu_behind_nice: 20,
+            cpu_behind_window_ms: 1_000,
             max_result_rows: 1_000_000,
             max_sql_bytes: 1 << 20,
             max_sql_depth: 64,

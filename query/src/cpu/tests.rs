@@ -347,3 +347,54 @@ fn a_query_thread_that_starts_a_step_while_a_lighter_tenant_is_busy_goes_behind_
     assert_eq!(step(true), 0);
     assert_eq!(share.free(), 2);
 }
+
+#[test]
+fn a_query_thread_goes_behind_a_lighter_tenant_that_ran_a_step_within_the_window() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+    let window = Duration::from_millis(300);
+    let share = CpuShare::with_behind(
+        2,
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+        20,
+        window,
+    );
+    let (a, b) = (share.tenant("a"), share.tenant("b"));
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let step = |own: bool| {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            if own {
+                crate::cpu::query_thread();
+            }
+            drop(Held::enter(&a));
+            thread_priority::thread_schedule_policy().unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    // A holds a slot and has been charged 5 ms; B ran a 1 ms step and is idle again.
+    assert!(matches!(a.take(), Taken::Now));
+    assert!(matches!(a.take(), Taken::Now));
+    a.give_back(Duration::from_millis(5));
+    assert!(matches!(b.take(), Taken::Now));
+    b.give_back(Duration::from_millis(1));
+    // (Each step runs on the slot A took last, and gives it back.) A query's own thread
+    // starting a step goes behind B although B holds no slot now: in the idle policy, for the
+    // rest of its query. A shared pool's thread is left alone.
+    assert!(matches!(a.take(), Taken::Now));
+    assert_eq!(step(true), idle);
+    assert!(matches!(a.take(), Taken::Now));
+    assert_ne!(step(false), idle);
+    // Past the window, A's threads run as before.
+    std::thread::sleep(window + Duration::from_millis(50));
+    assert!(matches!(a.take(), Taken::Now));
+    assert_ne!(step(true), idle);
+    // A tenant that ran a step within the window but has had more is not gone behind.
+    assert!(matches!(b.take(), Taken::Now));
+    b.give_back(Duration::from_secs(5));
+    assert!(matches!(a.take(), Taken::Now));
+    assert_ne!(step(true), idle);
+    a.give_back(Duration::ZERO);
+    assert_eq!(share.free(), 2);
+}

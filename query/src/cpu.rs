@@ -21,12 +21,16 @@
 //! - the slots order the steps, but the operating system runs the threads: a step holding a
 //!   slot still waits for a core if other threads want it. So a query's own threads go behind
 //!   (`query.cpu_behind_nice`: a nice value, or by default the idle scheduling policy, which
-//!   the kernel preempts as soon as another thread wakes) when they hold a step that a tenant
-//!   that has had less went ahead of, or start one while such a tenant is busy or ran a step
-//!   within `query.cpu_behind_window_ms` (a light tenant's short queries come and go between
-//!   the heavy tenants' steps, and would otherwise find their threads still ahead); they stay
-//!   behind until their query ends (neither can be undone without privileges), and only a
-//!   query's own threads are moved ([`query_thread`]), never a shared pool's.
+//!   the kernel preempts as soon as another thread wakes) when they start a step while a
+//!   tenant that has had less is busy or ran a step within `query.cpu_behind_window_ms` (a
+//!   light tenant's short queries come and go between the heavy tenants' steps, and would
+//!   otherwise find their threads still ahead). Threads that hold a step such a tenant goes
+//!   ahead of get the nice value at once (19 at most: another thread's policy cannot be set
+//!   without unsafe code) and the policy at their next step. They stay behind until their
+//!   query ends (neither can be undone without privileges), and only a query's own threads
+//!   are moved ([`query_thread`]), never a shared pool's. Threads a thread in the idle policy
+//!   starts inherit it: a query's runtime starts its blocking threads that way, and they end
+//!   with the query; no query thread starts a shared pool's.
 //!
 //! Steps nest (a node's step polls its input's stream), and only the outermost step of a thread
 //! takes a slot: a thread holds one slot at most and never waits for a second while holding
@@ -70,8 +74,8 @@ struct Shared {
     /// How long a step may run on while another tenant's step is kept from a slot.
     slice: Duration,
     /// The nice value of a query's threads whose steps a tenant that has had less went ahead
-    /// of, or that started a step while such a tenant was busy (0: left alone; 20: the idle
-    /// scheduling policy, see [`go_behind`]).
+    /// of, or that started a step while such a tenant was busy or within `behind_window` of
+    /// its last step (0: left alone; 20: the idle scheduling policy, see [`go_behind`]).
     behind_nice: i32,
     /// How recently another tenant must have run a step for a query's thread starting one to
     /// go behind it (zero: only while that tenant is busy).
@@ -121,19 +125,20 @@ struct Waiter {
 
 impl State {
     /// Whether another tenant has had less than `tenant` and is busy (holds or waits for a
-    /// slot), or has run a step within `window` (one that is idle now comes back having had
-    /// less than the busy tenants, see [`State::activate`]).
+    /// slot), or has run a step within `window`. One that ran a step within the window and
+    /// has no entry was forgotten for having had less than the busy tenants by more than the
+    /// credit ([`State::forget_if_idle`] keeps the others until their window has passed).
     fn lighter_near(&self, tenant: &str, window: Duration) -> bool {
         let Some(charged) = self.tenants.get(tenant).map(|t| t.charged) else {
             return false;
         };
-        let recent = |name: &str| self.ended.get(name).is_some_and(|at| at.elapsed() < window);
+        let now = Instant::now();
         self.tenants
             .iter()
             .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
-            || self.ended.keys().any(|name| {
+            || self.ended.iter().any(|(name, at)| {
                 &**name != tenant
-                    && recent(name)
+                    && now.duration_since(*at) < window
                     && self.tenants.get(name).is_none_or(|t| t.charged < charged)
             })
     }
@@ -245,13 +250,20 @@ impl State {
     }
 
     /// Forgets `tenant` once it is idle and its charge says nothing the next activation would
-    /// not set anyway; forgets every tenant when none is busy.
-    fn forget_if_idle(&mut self, tenant: &str, credit: u64) {
+    /// not set anyway; forgets every tenant when none is busy, but those that ran a step within
+    /// `window`: which of them has had less decides whose threads go behind whose until then
+    /// ([`State::lighter_near`]).
+    fn forget_if_idle(&mut self, tenant: &str, credit: u64, window: Duration) {
         if self.tenants.get(tenant).is_some_and(Tenant::active) {
             return;
         }
         match self.floor(tenant) {
-            None => self.tenants.retain(|_, t| t.active()),
+            None => {
+                let ended = &self.ended;
+                self.tenants.retain(|name, t| {
+                    t.active() || ended.get(name).is_some_and(|at| at.elapsed() < window)
+                });
+            }
             Some(floor) => {
                 if self
                     .tenants
@@ -455,11 +467,11 @@ impl TenantCpu {
             state.step_ended(&self.tenant, self.share.behind_window);
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit);
+        state.forget_if_idle(&self.tenant, self.share.credit, self.share.behind_window);
     }
 
     /// Records that this thread runs one of the tenant's steps; with `ask`, tells (under the
-    /// same lock) whether a tenant that has had less is busy.
+    /// same lock) whether a tenant that has had less is busy or ran a step within the window.
     fn enter_thread(&self, ask: bool) -> bool {
         let thread = rustix::thread::gettid();
         let mut state = self.share.lock();
@@ -491,7 +503,7 @@ impl TenantCpu {
             t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit);
+        state.forget_if_idle(&self.tenant, self.share.credit, self.share.behind_window);
     }
 }
 
@@ -515,17 +527,17 @@ pub fn query_thread() {
 /// or, at 20, in the idle scheduling policy (`SCHED_IDLE`), whose threads the kernel preempts
 /// as soon as any other thread wakes, and weighs at about a fifth of nice 19's.
 fn go_behind(nice: i32) {
+    // The nicest value first: what stays if the policy cannot be set (a sandbox refusing it).
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice.min(19));
     if nice >= 20 {
         use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-        // The nice value it also sets (0) is refused if the thread's is higher: the policy is
-        // set before that, and is what counts.
+        // The crate sets the policy, then a nice value of 0, which is refused (the thread is
+        // at 19) and would not count in the idle policy anyway.
         let _ = thread_priority::set_thread_priority_and_policy(
             thread_priority::thread_native_id(),
             ThreadPriority::Min,
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
         );
-    } else {
-        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
     }
 }
 
@@ -559,8 +571,9 @@ struct Held;
 
 impl Held {
     fn enter(cpu: &TenantCpu) -> Held {
-        // A query's thread that starts a step while a tenant that has had less is busy goes
-        // behind that tenant's threads on the cores for the rest of its query: its work
+        // A query's thread that starts a step while a tenant that has had less is busy (or ran
+        // a step within the window) goes behind that tenant's threads on the cores for the
+        // rest of its query: its work
         // outside the steps (a repartition hashing a batch, its runtime's own tasks) and its
         // steps that overrun the slice would otherwise take the cores from the lighter
         // tenant's steps, which hold slots but wait for the operating system.

@@ -348,9 +348,27 @@ fn a_query_thread_that_starts_a_step_while_a_lighter_tenant_is_busy_goes_behind_
     assert_eq!(share.free(), 2);
 }
 
+/// Runs one step of `cpu`'s on a new thread (a query's own with `own`), on a slot taken
+/// before, and tells the thread's scheduling policy at its end.
+fn policy_after_step(cpu: &TenantCpu, own: bool) -> thread_priority::ThreadSchedulePolicy {
+    let cpu = cpu.clone();
+    std::thread::spawn(move || {
+        if own {
+            crate::cpu::query_thread();
+        }
+        drop(Held::enter(&cpu));
+        thread_priority::thread_schedule_policy().unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+const IDLE: thread_priority::ThreadSchedulePolicy = thread_priority::ThreadSchedulePolicy::Normal(
+    thread_priority::NormalThreadSchedulePolicy::Idle,
+);
+
 #[test]
 fn a_query_thread_goes_behind_a_lighter_tenant_that_ran_a_step_within_the_window() {
-    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
     let window = Duration::from_millis(300);
     let share = CpuShare::with_behind(
         2,
@@ -360,41 +378,53 @@ fn a_query_thread_goes_behind_a_lighter_tenant_that_ran_a_step_within_the_window
         window,
     );
     let (a, b) = (share.tenant("a"), share.tenant("b"));
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    let step = |own: bool| {
-        let a = a.clone();
-        std::thread::spawn(move || {
-            if own {
-                crate::cpu::query_thread();
-            }
-            drop(Held::enter(&a));
-            thread_priority::thread_schedule_policy().unwrap()
-        })
-        .join()
-        .unwrap()
-    };
     // A holds a slot and has been charged 5 ms; B ran a 1 ms step and is idle again.
     assert!(matches!(a.take(), Taken::Now));
     assert!(matches!(a.take(), Taken::Now));
     a.give_back(Duration::from_millis(5));
     assert!(matches!(b.take(), Taken::Now));
     b.give_back(Duration::from_millis(1));
-    // (Each step runs on the slot A took last, and gives it back.) A query's own thread
+    // (Each step runs on a slot A took before, and gives it back.) A query's own thread
     // starting a step goes behind B although B holds no slot now: in the idle policy, for the
     // rest of its query. A shared pool's thread is left alone.
     assert!(matches!(a.take(), Taken::Now));
-    assert_eq!(step(true), idle);
+    assert_eq!(policy_after_step(&a, true), IDLE);
     assert!(matches!(a.take(), Taken::Now));
-    assert_ne!(step(false), idle);
+    assert_ne!(policy_after_step(&a, false), IDLE);
     // Past the window, A's threads run as before.
     std::thread::sleep(window + Duration::from_millis(50));
     assert!(matches!(a.take(), Taken::Now));
-    assert_ne!(step(true), idle);
+    assert_ne!(policy_after_step(&a, true), IDLE);
     // A tenant that ran a step within the window but has had more is not gone behind.
     assert!(matches!(b.take(), Taken::Now));
     b.give_back(Duration::from_secs(5));
     assert!(matches!(a.take(), Taken::Now));
-    assert_ne!(step(true), idle);
+    assert_ne!(policy_after_step(&a, true), IDLE);
     a.give_back(Duration::ZERO);
+    assert_eq!(share.free(), 2);
+}
+
+#[test]
+fn a_moment_with_no_tenant_busy_does_not_turn_the_order_around_within_the_window() {
+    let share = CpuShare::with_behind(
+        2,
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+        20,
+        Duration::from_secs(10),
+    );
+    let (a, b) = (share.tenant("a"), share.tenant("b"));
+    // A ran 50 ms of steps, B 1 ms, and now neither is busy: the moment every idle tenant's
+    // charge used to be forgotten.
+    assert!(matches!(a.take(), Taken::Now));
+    a.give_back(Duration::from_millis(50));
+    assert!(matches!(b.take(), Taken::Now));
+    b.give_back(Duration::from_millis(1));
+    // B's next query is not put behind A, which ran a step just now but has had more...
+    assert!(matches!(b.take(), Taken::Now));
+    assert_ne!(policy_after_step(&b, true), IDLE);
+    // ... and A's next query goes behind B.
+    assert!(matches!(a.take(), Taken::Now));
+    assert_eq!(policy_after_step(&a, true), IDLE);
     assert_eq!(share.free(), 2);
 }

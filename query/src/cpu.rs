@@ -127,7 +127,8 @@ impl State {
     /// Whether another tenant has had less than `tenant` and is busy (holds or waits for a
     /// slot), or has run a step within `window`. One that ran a step within the window and
     /// has no entry was forgotten for having had less than the busy tenants by more than the
-    /// credit ([`State::forget_if_idle`] keeps the others until their window has passed).
+    /// credit ([`State::forget_if_idle`]: a moment with no tenant busy forgets the charges and
+    /// the steps alike, so that a tenant forgotten then does not count as having had less).
     fn lighter_near(&self, tenant: &str, window: Duration) -> bool {
         let Some(charged) = self.tenants.get(tenant).map(|t| t.charged) else {
             return false;
@@ -250,18 +251,23 @@ impl State {
     }
 
     /// Forgets `tenant` once it is idle and its charge says nothing the next activation would
-    /// not set anyway; forgets every tenant when none is busy, but those that ran a step within
-    /// `window`: which of them has had less decides whose threads go behind whose until then
-    /// ([`State::lighter_near`]).
-    fn forget_if_idle(&mut self, tenant: &str, credit: u64, window: Duration) {
+    /// not set anyway (it has had less than the busy tenants by more than the credit); forgets
+    /// every tenant, and when each last ran a step, when none is busy.
+    fn forget_if_idle(&mut self, tenant: &str, credit: u64) {
         if self.tenants.get(tenant).is_some_and(Tenant::active) {
             return;
         }
         match self.floor(tenant) {
             None => {
-                let ended = &self.ended;
+                // Their charges are forgotten, and with them which of them had less: their
+                // last steps no longer put anyone behind them.
+                let ended = &mut self.ended;
                 self.tenants.retain(|name, t| {
-                    t.active() || ended.get(name).is_some_and(|at| at.elapsed() < window)
+                    let busy = t.active();
+                    if !busy {
+                        ended.remove(name);
+                    }
+                    busy
                 });
             }
             Some(floor) => {
@@ -467,7 +473,7 @@ impl TenantCpu {
             state.step_ended(&self.tenant, self.share.behind_window);
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit, self.share.behind_window);
+        state.forget_if_idle(&self.tenant, self.share.credit);
     }
 
     /// Records that this thread runs one of the tenant's steps; with `ask`, tells (under the
@@ -503,7 +509,7 @@ impl TenantCpu {
             t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit, self.share.behind_window);
+        state.forget_if_idle(&self.tenant, self.share.credit);
     }
 }
 

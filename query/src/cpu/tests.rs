@@ -405,7 +405,7 @@ fn a_query_thread_goes_behind_a_lighter_tenant_that_ran_a_step_within_the_window
 }
 
 #[test]
-fn a_moment_with_no_tenant_busy_does_not_turn_the_order_around_within_the_window() {
+fn a_moment_with_no_tenant_busy_forgets_the_steps_with_the_charges() {
     let share = CpuShare::with_behind(
         2,
         Duration::from_secs(1),
@@ -414,17 +414,26 @@ fn a_moment_with_no_tenant_busy_does_not_turn_the_order_around_within_the_window
         Duration::from_secs(10),
     );
     let (a, b) = (share.tenant("a"), share.tenant("b"));
-    // A ran 50 ms of steps, B 1 ms, and now neither is busy: the moment every idle tenant's
-    // charge used to be forgotten.
+    // A ran 50 ms of steps, then B 1 ms, each with the other idle: each moment with no tenant
+    // busy forgets the charges, and which tenants ran steps too.
     assert!(matches!(a.take(), Taken::Now));
     a.give_back(Duration::from_millis(50));
     assert!(matches!(b.take(), Taken::Now));
     b.give_back(Duration::from_millis(1));
-    // B's next query is not put behind A, which ran a step just now but has had more...
+    // So B's next query is not put behind A (forgotten, A would otherwise count as having had
+    // less), nor A's behind B.
     assert!(matches!(b.take(), Taken::Now));
     assert_ne!(policy_after_step(&b, true), IDLE);
-    // ... and A's next query goes behind B.
+    assert!(matches!(a.take(), Taken::Now));
+    assert_ne!(policy_after_step(&a, true), IDLE);
+    // While A is busy, B's short query ends: A's next thread goes behind B.
+    assert!(matches!(a.take(), Taken::Now));
+    assert!(matches!(a.take(), Taken::Now));
+    a.give_back(Duration::from_millis(50));
+    assert!(matches!(b.take(), Taken::Now));
+    b.give_back(Duration::from_millis(1));
     assert!(matches!(a.take(), Taken::Now));
     assert_eq!(policy_after_step(&a, true), IDLE);
+    a.give_back(Duration::ZERO);
     assert_eq!(share.free(), 2);
 }

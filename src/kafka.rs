@@ -18,7 +18,7 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     if let Some(refresher) = refresher.clone() {
         tokio::spawn(refresher.run(stop.clone().wait()));
     }
-    let worker = floe_ingest::kafka::Worker::new(catalog, &config)?;
+    let worker = floe_ingest::kafka::Worker::new(catalog.clone(), &config)?;
     // The lags are computed when scraped: Kafka's from the brokers' latest high watermarks.
     let kafka_lag = worker.lag_gauges();
     let lags: crate::metrics::Refresh = std::sync::Arc::new(move || {
@@ -28,7 +28,9 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
         }
     });
     crate::metrics::serve(&config.metrics, stop.clone(), Some(lags)).await?;
-    worker.run(stop.receiver(), Duration::from_secs(10)).await?;
+    let ran = worker.run(stop.receiver(), Duration::from_secs(10)).await;
+    catalog.close(crate::serve::HTTP_GRACE).await;
+    ran?;
     Ok(())
 }
 

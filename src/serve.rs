@@ -217,7 +217,8 @@ pub async fn serve(
         services.spawn(until(stop.clone(), alerting.run()));
     }
     if config.compaction.interval_secs > 0 {
-        let mut compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone());
+        let mut compactor =
+            floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
         if let Some(refresher) = refresher {
             compactor = compactor.with_projections(refresher);
         }
@@ -261,6 +262,7 @@ pub async fn serve(
         tracing::warn!("audit records still queued after {HTTP_GRACE:?}; left unwritten");
     }
     services.shutdown().await;
+    catalog.close(HTTP_GRACE).await;
     Ok(())
 }
 

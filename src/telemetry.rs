@@ -96,12 +96,88 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
             )
             .init(),
     }
+    if matches!(format, LogFormat::Json) {
+        log_panics();
+    }
     Ok(Telemetry { traces })
+}
+
+/// Makes a panic, in any thread, one JSON log line like every other (the default hook prints
+/// plain text that a log pipeline reading JSON objects would choke on): its message, thread and
+/// location, and the backtrace when `RUST_BACKTRACE` asks for one.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a non-text panic payload)");
+        let thread = std::thread::current();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string());
+        tracing::error!(
+            target: "floe::panic",
+            thread = thread.name().unwrap_or("unnamed"),
+            location,
+            backtrace,
+            "panicked: {message}"
+        );
+    }));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic in JSON mode is one JSON object, with the message and the thread: a log pipeline
+    /// reading the lines as JSON does not choke on it (the default hook printed plain text).
+    #[test]
+    fn a_panic_is_a_json_log_line() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let before = std::panic::take_hook();
+        log_panics();
+        let panicked = std::thread::Builder::new()
+            .name("panicking".into())
+            .spawn(move || {
+                let _log = tracing::subscriber::set_default(subscriber);
+                panic!("boom {}", 42);
+            })
+            .unwrap()
+            .join();
+        std::panic::set_hook(before);
+        assert!(panicked.is_err());
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["fields"]["message"], "panicked: boom 42", "{line}");
+        assert_eq!(line["fields"]["thread"], "panicking", "{line}");
+        assert!(
+            line["fields"]["location"]
+                .as_str()
+                .unwrap()
+                .contains("telemetry.rs"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn the_traces_path_is_added_once() {

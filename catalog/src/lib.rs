@@ -179,6 +179,17 @@ impl Catalog {
             .map_err(|e| Error::internal(format!("catalog task failed: {e}")))?
     }
 
+    /// Closes the catalog database's pool: waits (up to `within`) for the connections in use to
+    /// come back, and closes them all. At the end of a long-running process, before its runtime
+    /// ends: the pool's own tasks are not cut off half-way.
+    pub async fn close(&self, within: std::time::Duration) {
+        if tokio::time::timeout(within, self.db.close()).await.is_err() {
+            tracing::warn!(
+                "catalog connections still in use after {within:?}; left to close on exit"
+            );
+        }
+    }
+
     /// Checks that the catalog database answers.
     pub async fn ping(&self) -> Result<()> {
         self.on_io(|c| async move {

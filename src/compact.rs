@@ -62,6 +62,7 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     tracing::info!(%holder, interval_secs = config.compaction.interval_secs, "compactor running");
     floe_compactor::maintain::run_schedule(compactor, holder, stop.wait()).await;
     refreshing.join_all().await;
+    catalog.close(crate::serve::HTTP_GRACE).await;
     Ok(())
 }
 

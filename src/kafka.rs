@@ -13,11 +13,11 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
     // What is down decides whether a batch waits for a catalog read (`http.catalog_wait_ms`).
-    tokio::spawn(catalog.clone().keep_probing());
+    let probing = tokio::spawn(catalog.clone().keep_probing());
     let refresher = crate::serve::projections(&catalog, &config);
-    if let Some(refresher) = refresher.clone() {
-        tokio::spawn(refresher.run(stop.clone().wait()));
-    }
+    let refreshing = refresher
+        .clone()
+        .map(|refresher| tokio::spawn(refresher.run(stop.clone().wait())));
     let worker = floe_ingest::kafka::Worker::new(catalog.clone(), &config)?;
     // The lags are computed when scraped: Kafka's from the brokers' latest high watermarks.
     let kafka_lag = worker.lag_gauges();
@@ -29,6 +29,18 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     });
     crate::metrics::serve(&config.metrics, stop.clone(), Some(lags)).await?;
     let ran = worker.run(stop.receiver(), Duration::from_secs(10)).await;
+    // Nothing uses the catalog any more when its pool closes (a probe would report it down).
+    probing.abort();
+    if let Some(refreshing) = refreshing
+        && tokio::time::timeout(crate::serve::HTTP_GRACE, refreshing)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "projection refresh still running after {:?}; cut off",
+            crate::serve::HTTP_GRACE
+        );
+    }
     catalog.close(crate::serve::HTTP_GRACE).await;
     ran?;
     Ok(())

@@ -104,7 +104,9 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
 
 /// Makes a panic, in any thread, one JSON log line like every other (the default hook prints
 /// plain text that a log pipeline reading JSON objects would choke on): its message, thread and
-/// location, and the backtrace when `RUST_BACKTRACE` asks for one.
+/// location, and the backtrace when `RUST_BACKTRACE` asks for one. Written straight to stderr,
+/// not through the subscriber: a panic inside the subscriber must not re-enter it, and no
+/// `RUST_LOG` filter may hide one.
 fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let payload = info.payload();
@@ -113,70 +115,94 @@ fn log_panics() {
             .copied()
             .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(a non-text panic payload)");
-        let thread = std::thread::current();
-        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::capture();
         let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
             .then(|| backtrace.to_string());
-        tracing::error!(
-            target: "floe::panic",
-            thread = thread.name().unwrap_or("unnamed"),
-            location,
-            backtrace,
-            "panicked: {message}"
+        let line = panic_line(
+            chrono::Utc::now(),
+            message,
+            std::thread::current().name().unwrap_or("unnamed"),
+            &info.location().map(|l| l.to_string()).unwrap_or_default(),
+            backtrace.as_deref(),
         );
+        // One write of one line: lines of other threads do not interleave with it.
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }));
+}
+
+/// A panic's log line, with the keys of the other JSON lines.
+fn panic_line(
+    at: chrono::DateTime<chrono::Utc>,
+    message: &str,
+    thread: &str,
+    location: &str,
+    backtrace: Option<&str>,
+) -> String {
+    let mut fields = serde_json::json!({
+        "message": format!("panicked: {message}"),
+        "thread": thread,
+        "location": location,
+    });
+    if let Some(backtrace) = backtrace {
+        fields["backtrace"] = backtrace.into();
+    }
+    let line = serde_json::json!({
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": "ERROR",
+        "fields": fields,
+        "target": "floe::panic",
+    });
+    format!("{line}\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A panic in JSON mode is one JSON object, with the message and the thread: a log pipeline
-    /// reading the lines as JSON does not choke on it (the default hook printed plain text).
+    /// A panic in JSON mode is one JSON object on stderr, with the message and the thread: a
+    /// log pipeline reading the lines as JSON does not choke on it (the default hook printed
+    /// plain text). The panic happens in a child process (this test binary, running only
+    /// `panicking_child`), so that no other test runs under the hook.
     #[test]
     fn a_panic_is_a_json_log_line() {
-        #[derive(Clone, Default)]
-        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        let before = std::panic::take_hook();
-        log_panics();
-        let panicked = std::thread::Builder::new()
-            .name("panicking".into())
-            .spawn(move || {
-                let _log = tracing::subscriber::set_default(subscriber);
-                panic!("boom {}", 42);
-            })
-            .unwrap()
-            .join();
-        std::panic::set_hook(before);
-        assert!(panicked.is_err());
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "telemetry::tests::panicking_child",
+                "--nocapture",
+            ])
+            .env("FLOE_TEST_PANICKING_CHILD", "1")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let [line] = &lines[..] else {
+            panic!("one JSON line expected in the child's stderr:\n{stderr}");
+        };
         assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["target"], "floe::panic", "{line}");
         assert_eq!(line["fields"]["message"], "panicked: boom 42", "{line}");
         assert_eq!(line["fields"]["thread"], "panicking", "{line}");
-        assert!(
-            line["fields"]["location"]
-                .as_str()
-                .unwrap()
-                .contains("telemetry.rs"),
-            "{line}"
-        );
+        let location = line["fields"]["location"].as_str().unwrap();
+        assert!(location.contains("telemetry.rs"), "{line}");
+        assert!(!stderr.contains("thread 'panicking'"), "{stderr}");
+    }
+
+    #[test]
+    fn panicking_child() {
+        if std::env::var_os("FLOE_TEST_PANICKING_CHILD").is_none() {
+            return;
+        }
+        log_panics();
+        let _ = std::thread::Builder::new()
+            .name("panicking".into())
+            .spawn(|| panic!("boom {}", 42))
+            .unwrap()
+            .join();
     }
 
     #[test]

@@ -188,6 +188,18 @@ impl Config {
                 "catalog_db.background_read_limit_ms",
                 self.catalog_db.background_read_limit_ms,
             ),
+            (
+                "catalog_db.retry_failed_ms",
+                self.catalog_db.retry_failed_ms,
+            ),
+            (
+                "catalog_db.probe_interval_ms",
+                self.catalog_db.probe_interval_ms,
+            ),
+            (
+                "catalog_db.probe_timeout_ms",
+                self.catalog_db.probe_timeout_ms,
+            ),
             ("ingest.max_event_bytes", i.max_event_bytes as u64),
             ("ingest.max_request_bytes", i.max_request_bytes as u64),
             (

@@ -19,10 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::{Catalog, Error, ErrorKind, Result};
 
-/// How soon a first read the database did not answer is tried again (callers whose values
-/// are read again sooner pass their own, shorter, `retry_failed`).
-pub const RETRY_FAILED: Duration = Duration::from_millis(500);
-
 /// Last-known values by key (see the module's documentation). Cheap to clone: clones share
 /// the values.
 pub struct LastKnown<T> {
@@ -52,8 +48,7 @@ impl<T> std::fmt::Debug for LastKnown<T> {
 
 struct Slots<T> {
     by_key: HashMap<String, Slot<T>>,
-    /// Slots after the last pruning: the next one comes when there are twice as many.
-    pruned_to: usize,
+    pruning: crate::pruning::Pruning,
 }
 
 struct Slot<T> {
@@ -98,16 +93,17 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
             what,
             slots: Arc::new(Mutex::new(Slots {
                 by_key: HashMap::new(),
-                pruned_to: 0,
+                pruning: Default::default(),
             })),
             retry_failed,
         }
     }
 
     /// For values read again every `refresh`: a first read the database did not answer is
-    /// tried again after [`RETRY_FAILED`], or `refresh` if that is shorter.
-    pub fn refreshed_every(what: &'static str, refresh: Duration) -> Self {
-        LastKnown::new(what, refresh.min(RETRY_FAILED))
+    /// tried again after `retry_failed` (`catalog_db.retry_failed_ms`), or `refresh` if that
+    /// is shorter.
+    pub fn refreshed_every(what: &'static str, refresh: Duration, retry_failed: Duration) -> Self {
+        LastKnown::new(what, refresh.min(retry_failed))
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots<T>> {
@@ -290,16 +286,12 @@ impl<T: Clone + Send + 'static> LastKnown<T> {
     /// once there are twice as many as after the last time: amortised, a constant cost per
     /// slot made.
     fn prune(&self, slots: &mut Slots<T>) {
-        if slots.by_key.len() < 2 * slots.pruned_to.max(64) {
-            return;
-        }
         let retry_failed = self.retry_failed;
-        slots.by_key.retain(|_, s| {
+        slots.pruning.retain(&mut slots.by_key, 64, |_, s| {
             s.value.is_some()
                 || s.failed_within(retry_failed).is_some()
                 || Arc::strong_count(&s.first) > 1
         });
-        slots.pruned_to = slots.by_key.len();
     }
 }
 

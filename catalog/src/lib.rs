@@ -25,6 +25,7 @@ pub mod metrics;
 mod notify;
 pub mod positions;
 pub mod projection;
+pub mod pruning;
 pub mod quota;
 pub mod retry;
 pub mod rewrite;
@@ -71,6 +72,12 @@ pub struct Catalog {
     /// How long a read [`Catalog::read_or_go_on`] left to the background may take
     /// (`catalog_db.background_read_limit_ms`).
     background_limit: std::time::Duration,
+    /// How long a first read the database did not answer stands (`catalog_db.retry_failed_ms`).
+    retry_failed: std::time::Duration,
+    /// How often [`Catalog::keep_probing`] probes, and how long a probe waits
+    /// (`catalog_db.probe_interval_ms`, `catalog_db.probe_timeout_ms`).
+    probe_every: std::time::Duration,
+    probe_timeout: std::time::Duration,
     /// Told after every commit (see [`Catalog::on_commit`]).
     hooks: notify::Hooks,
     /// Manifests read by this process (`query.manifest_cache_bytes`): queries and maintenance.
@@ -112,6 +119,9 @@ impl Catalog {
             background_limit: std::time::Duration::from_millis(
                 config.catalog_db.background_read_limit_ms,
             ),
+            retry_failed: std::time::Duration::from_millis(config.catalog_db.retry_failed_ms),
+            probe_every: std::time::Duration::from_millis(config.catalog_db.probe_interval_ms),
+            probe_timeout: std::time::Duration::from_millis(config.catalog_db.probe_timeout_ms),
             hooks: Default::default(),
             manifests: std::sync::Arc::new(manifests::ManifestCache::new(
                 config.query.manifest_cache_bytes,
@@ -250,6 +260,12 @@ impl Catalog {
         self.background_limit
     }
 
+    /// How long a first read the database did not answer is answered with its error without
+    /// asking again (`catalog_db.retry_failed_ms`; see [`last_known::LastKnown`]).
+    pub fn retry_failed(&self) -> std::time::Duration {
+        self.retry_failed
+    }
+
     /// Whether the last probe ([`Catalog::unavailable`]) found `dependency` down.
     pub fn is_down(&self, dependency: &str) -> bool {
         self.down
@@ -258,19 +274,21 @@ impl Catalog {
             .contains(&dependency)
     }
 
-    /// Probes the catalog database and the warehouse every 5 s, for ever ([`Catalog::unavailable`]
-    /// with a 3 s timeout): what [`Catalog::is_down`] and [`Catalog::read_or_go_on`] go by, and
-    /// a log line on each change of what is down. `floe serve` and `floe ingest kafka` run it.
+    /// Probes the catalog database and the warehouse every `catalog_db.probe_interval_ms`, for
+    /// ever ([`Catalog::unavailable`]): what [`Catalog::is_down`] and
+    /// [`Catalog::read_or_go_on`] go by, and a log line on each change of what is down.
+    /// `floe serve` and `floe ingest kafka` run it.
     pub async fn keep_probing(self) {
         loop {
-            self.unavailable(std::time::Duration::from_secs(3)).await;
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            self.unavailable().await;
+            tokio::time::sleep(self.probe_every).await;
         }
     }
 
-    /// Which dependencies do not answer within `timeout`: `"catalog"`, `"storage"`. Logs once
-    /// per change of that set, not on every probe.
-    pub async fn unavailable(&self, timeout: std::time::Duration) -> Vec<&'static str> {
+    /// Which dependencies do not answer within `catalog_db.probe_timeout_ms`: `"catalog"`,
+    /// `"storage"`. Logs once per change of that set, not on every probe.
+    pub async fn unavailable(&self) -> Vec<&'static str> {
+        let timeout = self.probe_timeout;
         let (db, storage) = tokio::join!(
             tokio::time::timeout(timeout, self.ping()),
             tokio::time::timeout(timeout, self.ping_storage())

@@ -581,11 +581,7 @@ fn parse_body(
 }
 
 async fn readyz(State(st): State<HttpState>) -> Response {
-    let down = st
-        .ingest
-        .catalog()
-        .unavailable(Duration::from_secs(3))
-        .await;
+    let down = st.ingest.catalog().unavailable().await;
     if down.is_empty() {
         (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
     } else {

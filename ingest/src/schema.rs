@@ -167,9 +167,9 @@ type Registration = (String, String, i32, i64);
 impl Schemas {
     pub fn new(catalog: Catalog, refresh: Duration) -> Schemas {
         Schemas {
+            known: LastKnown::refreshed_every(WHAT, refresh, catalog.retry_failed()),
             catalog,
             refresh,
-            known: LastKnown::refreshed_every(WHAT, refresh),
             compiled: Default::default(),
         }
     }

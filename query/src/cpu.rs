@@ -17,7 +17,10 @@
 //!   cores as if alone, and a tenant running eight queries is charged for all eight.
 //! - a tenant returning from idle starts `query.cpu_credit_ms` behind the least-charged busy
 //!   tenant, not with all the time it did not use: it goes ahead of the busy ones for that much
-//!   CPU at most, and cannot bank credit for later.
+//!   CPU at most, and cannot bank credit for later. With none busy, it starts that far behind
+//!   where the last busy tenant left the floor: a moment between two steps forgets nothing.
+//!   Only a window (`query.cpu_behind_window_ms`) with no tenant busy forgets every charge, so
+//!   that a quiet server starts everyone even.
 //! - the slots order the steps, but the operating system runs the threads: a step holding a
 //!   slot still waits for a core if other threads want it. So a query's own threads go behind
 //!   (`query.cpu_behind_nice`: a nice value, or by default the idle scheduling policy, which
@@ -40,7 +43,7 @@
 //! (a nested loop join joins its whole build side with each probe batch in one poll) gets its
 //! input in slices that keep its steps near one slice long ([`probe`]).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -59,7 +62,11 @@ use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use rustix::process::Pid;
 
+use floe_catalog::pruning::Pruning;
+
 use crate::pass_through::{PassThrough, Wrap};
+
+pub use behind::query_thread;
 
 /// The query CPU of a process, shared by all tenants.
 #[derive(Debug, Clone)]
@@ -75,10 +82,11 @@ struct Shared {
     slice: Duration,
     /// The nice value of a query's threads whose steps a tenant that has had less went ahead
     /// of, or that started a step while such a tenant was busy or within `behind_window` of
-    /// its last step (0: left alone; 20: the idle scheduling policy, see [`go_behind`]).
+    /// its last step (0: left alone; 20: the idle scheduling policy, see [`behind::go_behind`]).
     behind_nice: i32,
     /// How recently another tenant must have run a step for a query's thread starting one to
-    /// go behind it (zero: only while that tenant is busy).
+    /// go behind it (zero: only while that tenant is busy); and how long no tenant must have
+    /// been busy for every charge to be forgotten (zero: a moment).
     behind_window: Duration,
     state: Mutex<State>,
 }
@@ -91,10 +99,19 @@ struct State {
     /// Slots held (may exceed `slots` for a moment: see [`State::may_take`]).
     running: usize,
     tenants: HashMap<Arc<str>, Tenant>,
-    /// When each tenant last ended a step (pruned of those older than the window when it has
-    /// doubled since the last pruning).
-    ended: HashMap<Arc<str>, Instant>,
-    ended_pruned_to: usize,
+    /// When each tenant last ended a step, and its charge then (pruned of those older than
+    /// the window when it has doubled since the last pruning).
+    ended: HashMap<Arc<str>, (Instant, u64)>,
+    ended_pruning: Pruning,
+    /// Of the idle tenants whose charges say nothing ([`State::forget_idle`]).
+    tenants_pruning: Pruning,
+    /// The least charge among busy tenants when one last was, or, none being busy, the
+    /// highest of that and the charge of the tenant that was busy last: where a tenant
+    /// activating while none is busy starts (the fair-queuing virtual time, kept across a
+    /// moment between steps).
+    last_floor: u64,
+    /// Since when no tenant has been busy, if none is.
+    idle_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -124,56 +141,28 @@ struct Waiter {
 }
 
 impl State {
-    /// Whether another tenant has had less than `tenant` and is busy (holds or waits for a
-    /// slot), or has run a step within `window`. One that ran a step within the window and
-    /// has no entry was forgotten for having had less than the busy tenants by more than the
-    /// credit ([`State::forget_if_idle`]: a moment with no tenant busy forgets the charges and
-    /// the steps alike, so that a tenant forgotten then does not count as having had less).
-    fn lighter_near(&self, tenant: &str, window: Duration) -> bool {
-        let Some(charged) = self.tenants.get(tenant).map(|t| t.charged) else {
-            return false;
-        };
-        let now = Instant::now();
+    /// The least charge among busy tenants (other than `except`).
+    fn floor(&self, except: Option<&str>) -> Option<u64> {
         self.tenants
             .iter()
-            .any(|(name, t)| &**name != tenant && t.charged < charged && t.active())
-            || self.ended.iter().any(|(name, at)| {
-                &**name != tenant
-                    && now.duration_since(*at) < window
-                    && self.tenants.get(name).is_none_or(|t| t.charged < charged)
-            })
-    }
-
-    /// Notes that `tenant` ended a step now; forgets the tenants that have not for `window`.
-    fn step_ended(&mut self, tenant: &Arc<str>, window: Duration) {
-        let now = Instant::now();
-        if let Some(at) = self.ended.get_mut(tenant) {
-            *at = now;
-            return;
-        }
-        if self.ended.len() >= self.ended_pruned_to.max(16) * 2 {
-            self.ended.retain(|_, at| now.duration_since(*at) < window);
-            self.ended_pruned_to = self.ended.len();
-        }
-        self.ended.insert(tenant.clone(), now);
-    }
-
-    /// The least charge among busy tenants other than `except`.
-    fn floor(&self, except: &str) -> Option<u64> {
-        self.tenants
-            .iter()
-            .filter(|(name, t)| &***name != except && t.active())
+            .filter(|(name, t)| Some(&***name) != except && t.active())
             .map(|(_, t)| t.charged)
             .min()
     }
 
-    /// `tenant`'s entry, brought up to `credit` behind the busy tenants if it was idle.
-    fn activate(&mut self, tenant: &Arc<str>, credit: u64) -> &mut Tenant {
-        let floor = self.floor(tenant);
-        let t = self.tenants.entry(tenant.clone()).or_default();
-        if !t.active()
-            && let Some(floor) = floor
+    /// `tenant`'s entry, about to be busy: brought up to `credit` behind the busy tenants (or,
+    /// none being busy, behind the last floor) if it was idle. After no tenant was busy for
+    /// `window` (or at once, with a zero window), every charge is forgotten first: a quiet
+    /// server starts everyone even, while a moment between two steps forgets nothing.
+    fn activate(&mut self, tenant: &Arc<str>, credit: u64, window: Duration) -> &mut Tenant {
+        if let Some(since) = self.idle_since.take()
+            && since.elapsed() >= window
         {
+            self.forget_all();
+        }
+        let floor = self.floor(Some(tenant)).unwrap_or(self.last_floor);
+        let t = self.tenants.entry(tenant.clone()).or_default();
+        if !t.active() {
             t.charged = t.charged.max(floor.saturating_sub(credit));
         }
         t
@@ -250,36 +239,38 @@ impl State {
         }
     }
 
-    /// Forgets `tenant` once it is idle and its charge says nothing the next activation would
-    /// not set anyway (it has had less than the busy tenants by more than the credit); forgets
-    /// every tenant, and when each last ran a step, when none is busy.
-    fn forget_if_idle(&mut self, tenant: &str, credit: u64) {
-        if self.tenants.get(tenant).is_some_and(Tenant::active) {
-            return;
-        }
-        match self.floor(tenant) {
+    /// After a step of `tenant` ended: moves the last floor, notes the moment no tenant is
+    /// busy any more, and forgets the idle tenants whose charges say nothing the next
+    /// activation would not set anyway (they have had less than the floor by the credit or
+    /// more): `tenant` now, the others when the entries have doubled since the last pruning.
+    fn forget_idle(&mut self, tenant: &str, credit: u64, window: Duration) {
+        match self.floor(None) {
+            Some(floor) => self.last_floor = floor,
+            None if window.is_zero() => return self.forget_all(),
             None => {
-                // Their charges are forgotten, and with them which of them had less: their
-                // last steps no longer put anyone behind them.
-                let ended = &mut self.ended;
-                self.tenants.retain(|name, t| {
-                    let busy = t.active();
-                    if !busy {
-                        ended.remove(name);
-                    }
-                    busy
-                });
-            }
-            Some(floor) => {
-                if self
-                    .tenants
-                    .get(tenant)
-                    .is_some_and(|t| t.charged.saturating_add(credit) <= floor)
-                {
-                    self.tenants.remove(tenant);
+                // The last busy tenant's charge is where the next one starts (less the credit).
+                if let Some(t) = self.tenants.get(tenant) {
+                    self.last_floor = self.last_floor.max(t.charged);
                 }
+                self.idle_since = Some(Instant::now());
             }
         }
+        let floor = self.last_floor;
+        let redundant = |t: &Tenant| !t.active() && t.charged.saturating_add(credit) <= floor;
+        if self.tenants.get(tenant).is_some_and(redundant) {
+            self.tenants.remove(tenant);
+        }
+        self.tenants_pruning
+            .retain(&mut self.tenants, 16, |_, t| !redundant(t));
+    }
+
+    /// Forgets every charge, and which tenants ran steps (none is busy).
+    fn forget_all(&mut self) {
+        self.tenants.clear();
+        self.ended.clear();
+        self.tenants_pruning = Pruning::default();
+        self.ended_pruning = Pruning::default();
+        self.last_floor = 0;
     }
 }
 
@@ -288,25 +279,17 @@ impl CpuShare {
     /// tenants one returning from idle starts; a step that has run `slice` yields its slot at
     /// its next input while others are kept from one.
     pub fn new(slots: usize, credit: Duration, slice: Duration) -> CpuShare {
-        CpuShare::with_nice(slots, credit, slice, 0)
+        CpuShare::with_behind(slots, credit, slice, 0, Duration::ZERO)
     }
 
     /// As [`CpuShare::new`]; the threads of steps a tenant that has had less goes ahead of
-    /// are given `behind_nice` (0: left alone), so that the operating system, too, runs that
-    /// tenant's steps first until theirs end.
-    pub fn with_nice(
-        slots: usize,
-        credit: Duration,
-        slice: Duration,
-        behind_nice: i32,
-    ) -> CpuShare {
-        CpuShare::with_behind(slots, credit, slice, behind_nice, Duration::ZERO)
-    }
-
-    /// As [`CpuShare::with_nice`]; a query's thread also goes behind when a tenant that has
-    /// had less ran a step within `window`, not only while it is busy: a tenant whose short
-    /// queries come every few hundred milliseconds then finds the heavier tenants' threads
-    /// already behind when its next one arrives, instead of waiting for them to be moved.
+    /// are given `behind_nice` (0: left alone; 20: the idle scheduling policy), so that the
+    /// operating system, too, runs that tenant's steps first until theirs end; and a query's
+    /// thread starting a step goes behind when such a tenant is busy or ran a step within
+    /// `window` (zero: only while it is busy): a tenant whose short queries come every few
+    /// hundred milliseconds then finds the heavier tenants' threads already behind when its
+    /// next one arrives. A window with no tenant busy (a moment, with a zero window) forgets
+    /// every charge.
     pub fn with_behind(
         slots: usize,
         credit: Duration,
@@ -330,7 +313,10 @@ impl CpuShare {
                     running: 0,
                     tenants: HashMap::new(),
                     ended: HashMap::new(),
-                    ended_pruned_to: 0,
+                    ended_pruning: Pruning::default(),
+                    tenants_pruning: Pruning::default(),
+                    last_floor: 0,
+                    idle_since: None,
                 }),
             }),
         }
@@ -423,7 +409,7 @@ impl TenantCpu {
     fn take(&self) -> Taken {
         let mut state = self.share.lock();
         let credit = self.share.credit;
-        state.activate(&self.tenant, credit);
+        state.activate(&self.tenant, credit, self.share.behind_window);
         if state.may_take(&self.tenant) {
             let over = state.running >= state.slots;
             state.running += 1;
@@ -444,12 +430,7 @@ impl TenantCpu {
                     .map(|(thread, _, _)| *thread)
                     .collect();
                 drop(state);
-                // Another thread's policy cannot be set without unsafe code: it gets the
-                // lowest nice value now, and the idle policy at its next step.
-                let nice = self.share.behind_nice.min(19);
-                for thread in behind {
-                    let _ = rustix::process::setpriority_process(Some(thread), nice);
-                }
+                behind::put_behind(&behind, self.share.behind_nice);
             }
             return Taken::Now;
         }
@@ -473,7 +454,7 @@ impl TenantCpu {
             state.step_ended(&self.tenant, self.share.behind_window);
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit);
+        state.forget_idle(&self.tenant, self.share.credit, self.share.behind_window);
     }
 
     /// Records that this thread runs one of the tenant's steps; with `ask`, tells (under the
@@ -482,7 +463,8 @@ impl TenantCpu {
         let thread = rustix::thread::gettid();
         let mut state = self.share.lock();
         if let Some(t) = state.tenants.get_mut(&self.tenant) {
-            t.threads.push((thread, Instant::now(), QUERY_OWNED.get()));
+            t.threads
+                .push((thread, Instant::now(), behind::query_owned()));
         }
         ask && state.lighter_near(&self.tenant, self.share.behind_window)
     }
@@ -509,42 +491,13 @@ impl TenantCpu {
             t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
         }
         state.dispatch();
-        state.forget_if_idle(&self.tenant, self.share.credit);
+        state.forget_idle(&self.tenant, self.share.credit, self.share.behind_window);
     }
 }
 
 thread_local! {
     /// The slot this thread holds for the step it is in, if any.
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
-    /// Whether this thread belongs to one query and ends with it ([`query_thread`]).
-    static QUERY_OWNED: Cell<bool> = const { Cell::new(false) };
-    /// Whether this thread has been put behind other tenants' (it stays there).
-    static BEHIND: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the calling thread as one query's own, ended with it: only such threads are put
-/// behind a tenant that has had less, since a thread's nice value cannot be lowered again
-/// without privileges (a shared pool's thread would stay behind for whoever it serves next).
-pub fn query_thread() {
-    QUERY_OWNED.set(true);
-}
-
-/// Puts the calling thread behind the others on the cores for the rest of its life: at `nice`,
-/// or, at 20, in the idle scheduling policy (`SCHED_IDLE`), whose threads the kernel preempts
-/// as soon as any other thread wakes, and weighs at about a fifth of nice 19's.
-fn go_behind(nice: i32) {
-    // The nicest value first: what stays if the policy cannot be set (a sandbox refusing it).
-    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice.min(19));
-    if nice >= 20 {
-        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-        // The crate sets the policy, then a nice value of 0, which is refused (the thread is
-        // at 19) and would not count in the idle policy anyway.
-        let _ = thread_priority::set_thread_priority_and_policy(
-            thread_priority::thread_native_id(),
-            ThreadPriority::Min,
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-        );
-    }
 }
 
 struct Current {
@@ -577,18 +530,7 @@ struct Held;
 
 impl Held {
     fn enter(cpu: &TenantCpu) -> Held {
-        // A query's thread that starts a step while a tenant that has had less is busy (or ran
-        // a step within the window) goes behind that tenant's threads on the cores for the
-        // rest of its query: its work
-        // outside the steps (a repartition hashing a batch, its runtime's own tasks) and its
-        // steps that overrun the slice would otherwise take the cores from the lighter
-        // tenant's steps, which hold slots but wait for the operating system.
-        let nice = cpu.share.behind_nice;
-        let ask = nice > 0 && QUERY_OWNED.get() && !BEHIND.get();
-        if cpu.enter_thread(ask) {
-            BEHIND.set(true);
-            go_behind(nice);
-        }
+        behind::on_step(cpu);
         CURRENT.set(Some(Current {
             cpu: cpu.clone(),
             since: Instant::now(),
@@ -832,6 +774,7 @@ impl RecordBatchStream for SlicedStream {
     }
 }
 
+mod behind;
 mod probe;
 
 #[cfg(test)]

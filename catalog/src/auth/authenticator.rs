@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::jwks::Jwks;
 use super::{Claims, Principal, Role, TokenAuthority};
 use crate::credentials::{ApiKey, parse_key, secret_matches};
-use crate::last_known::{LastKnown, RETRY_FAILED};
+use crate::last_known::LastKnown;
 use crate::tenant::TenantId;
 use crate::{Error, Result};
 
@@ -62,12 +62,13 @@ fn bearer(authorization: Option<&str>) -> Result<&str> {
 
 impl Authenticator {
     pub fn new(authority: TokenAuthority, catalog: crate::Catalog) -> Self {
+        let retry_failed = catalog.retry_failed();
         Authenticator {
             authority,
             catalog,
-            known: LastKnown::new("tenant", RETRY_FAILED),
-            revoked: LastKnown::refreshed_every(REVOKED, DEFAULT_REVOCATION_REFRESH),
-            keys: LastKnown::refreshed_every(KEY, DEFAULT_REVOCATION_REFRESH),
+            known: LastKnown::new("tenant", retry_failed),
+            revoked: LastKnown::refreshed_every(REVOKED, DEFAULT_REVOCATION_REFRESH, retry_failed),
+            keys: LastKnown::refreshed_every(KEY, DEFAULT_REVOCATION_REFRESH, retry_failed),
             refresh: DEFAULT_REVOCATION_REFRESH,
             jwks: None,
         }
@@ -98,8 +99,9 @@ impl Authenticator {
     pub fn with_revocation_refresh(mut self, every: Duration) -> Self {
         self.refresh = every;
         // A first read the catalog did not answer is not tried again later than a value.
-        self.revoked = LastKnown::refreshed_every(REVOKED, every);
-        self.keys = LastKnown::refreshed_every(KEY, every);
+        let retry_failed = self.catalog.retry_failed();
+        self.revoked = LastKnown::refreshed_every(REVOKED, every, retry_failed);
+        self.keys = LastKnown::refreshed_every(KEY, every, retry_failed);
         self
     }
 

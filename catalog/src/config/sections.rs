@@ -377,7 +377,8 @@ pub struct QueryConfig {
     /// other thread that wakes).
     pub cpu_behind_nice: i32,
     /// How recently a tenant that has had less CPU must have run a query step for another
-    /// tenant's query threads to go behind it (0: only while it is busy).
+    /// tenant's query threads to go behind it (0: only while it is busy); and how long no
+    /// tenant must have been busy for the CPU charges to be forgotten (0: a moment).
     pub cpu_behind_window_ms: u64,
     /// Rows one query may return; past it, `EXCEEDED_ROW_LIMIT`.
     pub max_result_rows: u64,
@@ -556,6 +557,15 @@ pub struct CatalogDbConfig {
     /// this long, so that one stuck on a silent connection does not keep its thing from being
     /// read again.
     pub background_read_limit_ms: u64,
+    /// A first read of a thing (a tenant, key, revocation list, schema set) that the database
+    /// did not answer is answered with that error, without asking again, for this long
+    /// (shorter for a thing read again sooner).
+    pub retry_failed_ms: u64,
+    /// How often the catalog database and the warehouse are probed (what is down decides
+    /// whether a request waits for a catalog read, and is logged on each change).
+    pub probe_interval_ms: u64,
+    /// A probe (and `/readyz`) not answered within this long finds its dependency down.
+    pub probe_timeout_ms: u64,
 }
 
 impl Default for CatalogDbConfig {
@@ -564,6 +574,9 @@ impl Default for CatalogDbConfig {
             max_connections: 8,
             acquire_timeout_ms: 10_000,
             background_read_limit_ms: 30_000,
+            retry_failed_ms: 500,
+            probe_interval_ms: 5_000,
+            probe_timeout_ms: 3_000,
         }
     }
 }

@@ -46,7 +46,13 @@ fn a_tenant_that_has_had_less_runs_at_once_on_every_slot() {
 
 #[test]
 fn the_threads_a_tenant_that_has_had_less_goes_ahead_of_are_put_behind_it() {
-    let share = CpuShare::with_nice(2, Duration::from_secs(1), Duration::from_millis(5), 7);
+    let share = CpuShare::with_behind(
+        2,
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+        7,
+        Duration::ZERO,
+    );
     let a = share.tenant("a");
     let (entered, tid) = std::sync::mpsc::channel();
     let (go_on, proceed) = std::sync::mpsc::channel::<()>();
@@ -314,7 +320,13 @@ fn each_query_adds_up_the_time_its_steps_held_and_waited_for_slots() {
 
 #[test]
 fn a_query_thread_that_starts_a_step_while_a_lighter_tenant_is_busy_goes_behind_it() {
-    let share = CpuShare::with_nice(2, Duration::from_secs(1), Duration::from_millis(5), 7);
+    let share = CpuShare::with_behind(
+        2,
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+        7,
+        Duration::ZERO,
+    );
     let (a, b) = (share.tenant("a"), share.tenant("b"));
     // A holds a slot and has been charged 5 ms; B, busy, has had less.
     assert!(matches!(a.take(), Taken::Now));
@@ -405,35 +417,66 @@ fn a_query_thread_goes_behind_a_lighter_tenant_that_ran_a_step_within_the_window
 }
 
 #[test]
-fn a_moment_with_no_tenant_busy_forgets_the_steps_with_the_charges() {
+fn a_moment_with_no_tenant_busy_keeps_the_charges_and_a_quiet_window_forgets_them() {
+    // (A window far longer than any moment between the steps below, however loaded the
+    // machine.)
+    let credit = Duration::from_millis(10);
     let share = CpuShare::with_behind(
         2,
-        Duration::from_secs(1),
+        credit,
         Duration::from_millis(5),
         20,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     let (a, b) = (share.tenant("a"), share.tenant("b"));
-    // A ran 50 ms of steps, then B 1 ms, each with the other idle: each moment with no tenant
-    // busy forgets the charges, and which tenants ran steps too.
+    // A ran 50 ms of steps, then B 1 ms, each with the other idle, a moment apart. B starts
+    // one credit behind where A left the floor, not from nothing.
     assert!(matches!(a.take(), Taken::Now));
     a.give_back(Duration::from_millis(50));
     assert!(matches!(b.take(), Taken::Now));
+    assert_eq!(charged(&share, "b"), Duration::from_millis(40));
     b.give_back(Duration::from_millis(1));
-    // So B's next query is not put behind A (forgotten, A would otherwise count as having had
-    // less), nor A's behind B.
+    // So B's next query is not put behind A, which has had more; A's next thread goes behind
+    // B, which has had less and ran a step within the window. (Each step on a thread gives
+    // back the slot taken before it, charged its real time.)
     assert!(matches!(b.take(), Taken::Now));
     assert_ne!(policy_after_step(&b, true), IDLE);
     assert!(matches!(a.take(), Taken::Now));
-    assert_ne!(policy_after_step(&a, true), IDLE);
-    // While A is busy, B's short query ends: A's next thread goes behind B.
+    assert_eq!(policy_after_step(&a, true), IDLE);
+    // B alone runs 500 ms of steps; A, back a moment later, starts one credit behind B, not
+    // from nothing: once it has run more than the credit, B's threads do not go behind it.
+    for _ in 0..5 {
+        assert!(matches!(b.take(), Taken::Now));
+        b.give_back(Duration::from_millis(100));
+    }
     assert!(matches!(a.take(), Taken::Now));
+    assert_eq!(charged(&share, "a"), charged(&share, "b") - credit);
+    a.give_back(Duration::from_millis(20));
+    assert!(matches!(b.take(), Taken::Now));
+    assert_ne!(policy_after_step(&b, true), IDLE);
+    assert_eq!(share.free(), 2);
+}
+
+#[test]
+fn a_quiet_window_forgets_every_charge() {
+    let window = Duration::from_millis(100);
+    let share = CpuShare::with_behind(
+        2,
+        Duration::from_millis(10),
+        Duration::from_millis(5),
+        20,
+        window,
+    );
+    let (a, b) = (share.tenant("a"), share.tenant("b"));
     assert!(matches!(a.take(), Taken::Now));
     a.give_back(Duration::from_millis(50));
+    // After a window with no tenant busy, B runs 1 ms; A starts from nothing, and its next
+    // thread (A had had more before) does not go behind B.
+    std::thread::sleep(window + Duration::from_millis(50));
     assert!(matches!(b.take(), Taken::Now));
     b.give_back(Duration::from_millis(1));
     assert!(matches!(a.take(), Taken::Now));
-    assert_eq!(policy_after_step(&a, true), IDLE);
-    a.give_back(Duration::ZERO);
+    assert_eq!(charged(&share, "a"), Duration::ZERO);
+    assert_ne!(policy_after_step(&a, true), IDLE);
     assert_eq!(share.free(), 2);
 }

@@ -11,6 +11,10 @@
 //! took within [`MAX_AGE`] (their commit failed, another process refreshes the tenant, or no
 //! projection needed them) go at the next offer or take after it. A file whose rows are not
 //! here is read from storage as before.
+//!
+//! The budget is shared fairly between tenants: past it, the rows go that the tenant keeping
+//! the most bytes was offered first, so that one tenant's burst of writes lets go of its own
+//! rows, not of the other tenants' (whose refreshes would then read their files back).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -34,6 +38,8 @@ struct State {
     columns: Vec<String>,
     budget: u64,
     bytes: u64,
+    /// Bytes kept by tenant (those keeping any).
+    by_tenant: HashMap<String, u64>,
     kept: HashMap<String, Kept>,
     /// Offers in the order they came, by number and location (some taken or replaced since:
     /// a place counts only while its location keeps the rows of that offer).
@@ -44,6 +50,7 @@ struct State {
 
 #[derive(Debug)]
 struct Kept {
+    tenant: String,
     rows: RecordBatch,
     bytes: u64,
     at: Instant,
@@ -73,12 +80,13 @@ impl Written {
         }
     }
 
-    /// The rows written to the data file at `location` (as its manifest entry names it).
-    pub fn offer(&self, location: &str, rows: &RecordBatch) {
-        self.offer_at(location, rows, Instant::now());
+    /// The rows of `tenant` written to the data file at `location` (as its manifest entry
+    /// names it).
+    pub fn offer(&self, tenant: &str, location: &str, rows: &RecordBatch) {
+        self.offer_at(tenant, location, rows, Instant::now());
     }
 
-    fn offer_at(&self, location: &str, rows: &RecordBatch, now: Instant) {
+    fn offer_at(&self, tenant: &str, location: &str, rows: &RecordBatch, now: Instant) {
         // Rows let go of are freed after the lock is released (declared before the guard, so
         // dropped after it).
         let mut dropped = Vec::new();
@@ -98,15 +106,13 @@ impl Written {
         state.drop_old(now, &mut dropped);
         // A location offered again (not done today: every file name is new) replaces its rows
         // and takes a new place in the order (the old one no longer counts).
-        if let Some(old) = state.kept.remove(location) {
-            state.bytes -= old.bytes;
-            dropped.push(old);
-        }
+        dropped.extend(state.remove(location));
         if bytes > state.budget {
             return;
         }
         while state.bytes + bytes > state.budget {
-            if !state.drop_first(&mut dropped) {
+            // The offering tenant's new rows count towards who keeps the most.
+            if !state.drop_from_largest(tenant, bytes, &mut dropped) {
                 break;
             }
         }
@@ -115,6 +121,7 @@ impl Written {
         state.kept.insert(
             location.to_string(),
             Kept {
+                tenant: tenant.to_string(),
                 rows,
                 bytes,
                 at: now,
@@ -122,6 +129,7 @@ impl Written {
             },
         );
         state.bytes += bytes;
+        *state.by_tenant.entry(tenant.to_string()).or_default() += bytes;
         state.order.push_back((offer, location.to_string()));
     }
 
@@ -134,9 +142,7 @@ impl Written {
         let mut dropped = Vec::new();
         let mut state = self.lock();
         state.drop_old(now, &mut dropped);
-        let kept = state.kept.remove(location)?;
-        state.bytes -= kept.bytes;
-        Some(kept.rows)
+        state.remove(location).map(|kept| kept.rows)
     }
 
     /// Bytes of rows kept now.
@@ -154,22 +160,47 @@ impl Written {
 }
 
 impl State {
-    /// Lets go of the rows offered first that are still kept (into `dropped`); false when
-    /// none is.
-    fn drop_first(&mut self, dropped: &mut Vec<Kept>) -> bool {
-        while let Some((offer, location)) = self.order.pop_front() {
-            if self.kept.get(&location).is_some_and(|k| k.offer == offer)
-                && let Some(kept) = self.kept.remove(&location)
-            {
-                self.bytes -= kept.bytes;
-                dropped.push(kept);
-                return true;
+    /// Stops keeping the rows of `location`, if kept.
+    fn remove(&mut self, location: &str) -> Option<Kept> {
+        let kept = self.kept.remove(location)?;
+        self.bytes -= kept.bytes;
+        if let Some(bytes) = self.by_tenant.get_mut(&kept.tenant) {
+            *bytes -= kept.bytes;
+            if *bytes == 0 {
+                self.by_tenant.remove(&kept.tenant);
             }
         }
-        false
+        Some(kept)
     }
 
-    /// Lets go of rows kept longer than [`MAX_AGE`] (into `dropped`).
+    /// Lets go of the rows offered first (into `dropped`) of the tenant that keeps the most
+    /// bytes, counting `adding` more for `offering`; false when no rows are kept.
+    fn drop_from_largest(&mut self, offering: &str, adding: u64, dropped: &mut Vec<Kept>) -> bool {
+        let largest = self
+            .by_tenant
+            .iter()
+            .map(|(t, b)| (t, b + if t == offering { adding } else { 0 }))
+            .max_by_key(|(_, b)| *b)
+            .map(|(t, _)| t.clone());
+        let Some(largest) = largest else {
+            return false;
+        };
+        let first = self.order.iter().find(|(offer, location)| {
+            self.kept
+                .get(location)
+                .is_some_and(|k| k.offer == *offer && k.tenant == largest)
+        });
+        match first.map(|(_, location)| location.clone()) {
+            Some(location) => {
+                dropped.extend(self.remove(&location));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets go of rows kept longer than [`MAX_AGE`] (into `dropped`), and of the places in the
+    /// order that no longer count at its front.
     fn drop_old(&mut self, now: Instant, dropped: &mut Vec<Kept>) {
         while let Some((offer, location)) = self.order.front() {
             match self.kept.get(location) {
@@ -177,9 +208,11 @@ impl State {
                     return;
                 }
                 Some(kept) if kept.offer == *offer => {
-                    self.drop_first(dropped);
+                    let location = location.clone();
+                    self.order.pop_front();
+                    dropped.extend(self.remove(&location));
                 }
-                // Taken, or offered again since (a later place).
+                // Taken, let go of, or offered again since (a later place).
                 _ => {
                     self.order.pop_front();
                 }
@@ -208,7 +241,7 @@ mod tests {
     #[test]
     fn the_wanted_columns_of_a_file_are_kept_until_taken_once() {
         let written = Written::new(1 << 20);
-        written.offer("s3://b/a.parquet", &rows(10));
+        written.offer("t", "s3://b/a.parquet", &rows(10));
         assert!(
             written.take("s3://b/a.parquet").is_none(),
             "nobody wants rows yet: none kept"
@@ -216,7 +249,7 @@ mod tests {
         assert_eq!(written.bytes(), 0);
 
         written.want(&["event_id", "payload"]);
-        written.offer("s3://b/a.parquet", &rows(10));
+        written.offer("t", "s3://b/a.parquet", &rows(10));
         assert!(written.bytes() > 0);
         let taken = written.take("s3://b/a.parquet").unwrap();
         assert_eq!(taken.num_rows(), 10);
@@ -238,13 +271,13 @@ mod tests {
         let written = Written::new(each * 2 + each / 2);
         written.want(&["event_id"]);
         for f in ["1", "2", "3"] {
-            written.offer(f, &rows(1000));
+            written.offer("t", f, &rows(1000));
             assert!(written.bytes() <= each * 2 + each / 2);
         }
         assert!(written.take("1").is_none(), "the first went to make room");
         assert!(written.take("2").is_some() && written.take("3").is_some());
 
-        written.offer("big", &rows(10_000));
+        written.offer("t", "big", &rows(10_000));
         assert!(
             written.take("big").is_none(),
             "rows past the whole budget are not kept"
@@ -257,25 +290,25 @@ mod tests {
         let each = rows(1000).project(&[0]).unwrap().get_array_memory_size() as u64;
         let written = Written::new(each * 2 + each / 2);
         written.want(&["event_id"]);
-        written.offer("1", &rows(1000));
-        written.offer("2", &rows(1000));
-        written.offer("1", &rows(1000));
+        written.offer("t", "1", &rows(1000));
+        written.offer("t", "2", &rows(1000));
+        written.offer("t", "1", &rows(1000));
         assert_eq!(
             written.bytes(),
             each * 2,
             "the first rows of 1 were replaced"
         );
-        written.offer("3", &rows(1000));
+        written.offer("t", "3", &rows(1000));
         assert!(written.take("2").is_none(), "2 was offered first now");
         assert!(written.take("1").is_some() && written.take("3").is_some());
         assert_eq!(written.bytes(), 0);
 
         // Taken, then offered again: the place of the first offer does not count either.
-        written.offer("4", &rows(1000));
-        written.offer("5", &rows(1000));
+        written.offer("t", "4", &rows(1000));
+        written.offer("t", "5", &rows(1000));
         assert!(written.take("4").is_some());
-        written.offer("4", &rows(1000));
-        written.offer("6", &rows(1000));
+        written.offer("t", "4", &rows(1000));
+        written.offer("t", "6", &rows(1000));
         assert!(written.take("5").is_none(), "5 was offered first now");
         assert!(written.take("4").is_some() && written.take("6").is_some());
     }
@@ -285,9 +318,9 @@ mod tests {
         let written = Written::new(1 << 20);
         written.want(&["event_id"]);
         let start = Instant::now();
-        written.offer_at("old", &rows(10), start);
-        written.offer_at("taken", &rows(10), start + Duration::from_secs(1));
-        written.offer_at("young", &rows(10), start + MAX_AGE);
+        written.offer_at("t", "old", &rows(10), start);
+        written.offer_at("t", "taken", &rows(10), start + Duration::from_secs(1));
+        written.offer_at("t", "young", &rows(10), start + MAX_AGE);
         assert!(written.take_at("taken", start + MAX_AGE).is_some());
         assert!(
             written.take_at("old", start + MAX_AGE).is_none(),
@@ -296,5 +329,26 @@ mod tests {
         assert!(written.take_at("young", start + MAX_AGE).is_some());
         assert_eq!(written.bytes(), 0);
         assert!(written.lock().order.len() <= 1);
+    }
+
+    #[test]
+    fn past_the_budget_the_tenant_keeping_the_most_lets_go_of_its_own_rows() {
+        let each = rows(1000).project(&[0]).unwrap().get_array_memory_size() as u64;
+        let written = Written::new(each * 4 + each / 2);
+        written.want(&["event_id"]);
+        // B's one file was offered first; A's burst fills the rest of the budget and more.
+        written.offer("b", "b1", &rows(1000));
+        for f in ["a1", "a2", "a3", "a4", "a5"] {
+            written.offer("a", f, &rows(1000));
+            assert!(written.bytes() <= each * 4 + each / 2);
+        }
+        // A let go of its own first rows, not of B's older ones.
+        assert!(written.take("a1").is_none() && written.take("a2").is_none());
+        assert!(written.take("b1").is_some(), "B's rows were kept");
+        for f in ["a3", "a4", "a5"] {
+            assert!(written.take(f).is_some());
+        }
+        assert_eq!(written.bytes(), 0);
+        assert!(written.lock().by_tenant.is_empty());
     }
 }

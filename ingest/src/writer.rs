@@ -62,7 +62,7 @@ pub async fn write_events(
     for (day, rows) in by_day {
         batches.push((day, to_batch(arrow_schema.clone(), tenant, &rows)?));
     }
-    write_days(table, batches, compression, Some(written)).await
+    write_days(table, batches, compression, Some((written, tenant))).await
 }
 
 /// The day (since the Unix epoch) of a time in microseconds.
@@ -79,12 +79,12 @@ pub fn arrow_schema_of(table: &Table) -> Result<arrow_schema::SchemaRef> {
 }
 
 /// Writes record batches of a table partitioned by one day transform, one batch per day; the
-/// rows of each batch written as one file are offered to `written`.
+/// rows of each batch written as one file are offered to `written` (with their tenant).
 pub async fn write_days(
     table: &Table,
     batches: Vec<(i32, RecordBatch)>,
     compression: Compression,
-    written: Option<&Written>,
+    written: Option<(&Written, &str)>,
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
@@ -119,8 +119,8 @@ pub async fn write_days(
             .map_err(ice("writing parquet"))?;
         let day_files = writer.close().await.map_err(ice("closing parquet"))?;
         // A batch rolled over into several files cannot be told apart by file.
-        if let (Some(written), [file]) = (written, day_files.as_slice()) {
-            written.offer(file.file_path(), &batch);
+        if let (Some((written, tenant)), [file]) = (written, day_files.as_slice()) {
+            written.offer(tenant, file.file_path(), &batch);
         }
         files.extend(day_files);
     }

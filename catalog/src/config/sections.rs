@@ -153,7 +153,8 @@ pub struct ProjectionConfig {
     pub state_cache_bytes: u64,
     /// Memory for the rows of the files this process just wrote to `events`, kept until the
     /// next refresh takes them so that it need not read those files back (past it the oldest
-    /// go, and rows not taken within 30 s go at the next write; their files are read instead).
+    /// of the tenant keeping the most go, and rows not taken within 30 s go at the next write;
+    /// their files are read instead).
     pub written_rows_bytes: u64,
     /// A projection's snapshots older than this are expired by its refreshes (each refresh is
     /// a snapshot; the newest `keep_snapshots` always stay).

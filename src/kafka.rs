@@ -31,15 +31,18 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     let ran = worker.run(stop.receiver(), Duration::from_secs(10)).await;
     // Nothing uses the catalog any more when its pool closes (a probe would report it down).
     probing.abort();
-    if let Some(refreshing) = refreshing
-        && tokio::time::timeout(crate::serve::HTTP_GRACE, refreshing)
-            .await
-            .is_err()
-    {
-        tracing::warn!(
-            "projection refresh still running after {:?}; cut off",
-            crate::serve::HTTP_GRACE
-        );
+    if let Some(mut refreshing) = refreshing {
+        // After a stop, the refresher ends by itself; after a failure (no stop was asked
+        // for) it is cut off at once.
+        let grace = crate::serve::HTTP_GRACE;
+        let ended = ran.is_ok() && tokio::time::timeout(grace, &mut refreshing).await.is_ok();
+        if !ended {
+            if ran.is_ok() {
+                tracing::warn!("projection refresh still running after {grace:?}; cut off");
+            }
+            refreshing.abort();
+            let _ = refreshing.await;
+        }
     }
     catalog.close(crate::serve::HTTP_GRACE).await;
     ran?;

@@ -7,14 +7,12 @@
 //! columns are kept (the arrays are shared with the batch just written, not copied). A reader
 //! takes a file's rows once ([`Written::take`]): the rows of a file are the rows read from it,
 //! so taking them only saves opening, decompressing and decoding it. What is kept is bounded
-//! by `projection.written_rows_bytes`: past it, the rows offered first go first; rows nobody
-//! took within [`MAX_AGE`] (their commit failed, another process refreshes the tenant, or no
-//! projection needed them) go at the next offer or take after it. A file whose rows are not
-//! here is read from storage as before.
-//!
-//! The budget is shared fairly between tenants: past it, the rows go that the tenant keeping
-//! the most bytes was offered first, so that one tenant's burst of writes lets go of its own
-//! rows, not of the other tenants' (whose refreshes would then read their files back).
+//! by `projection.written_rows_bytes`, shared fairly between tenants: past it, the rows go
+//! that the tenant keeping the most bytes was offered first, so that one tenant's burst of
+//! writes lets go of its own rows, not of the other tenants' (whose refreshes would then read
+//! their files back). Rows nobody took within [`MAX_AGE`] (their commit failed, another
+//! process refreshes the tenant, or no projection needed them) go at the next offer or take
+//! after it. A file whose rows are not here is read from storage as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -38,14 +36,22 @@ struct State {
     columns: Vec<String>,
     budget: u64,
     bytes: u64,
-    /// Bytes kept by tenant (those keeping any).
-    by_tenant: HashMap<String, u64>,
+    /// What each tenant keeping rows keeps.
+    by_tenant: HashMap<String, TenantKept>,
     kept: HashMap<String, Kept>,
     /// Offers in the order they came, by number and location (some taken or replaced since:
     /// a place counts only while its location keeps the rows of that offer).
     order: VecDeque<(u64, String)>,
     /// The number of the next offer.
     next: u64,
+}
+
+#[derive(Debug, Default)]
+struct TenantKept {
+    bytes: u64,
+    /// Its offers in the order they came, as [`State::order`] (the places that no longer count
+    /// at its front are let go of whenever one of its rows is).
+    order: VecDeque<(u64, String)>,
 }
 
 #[derive(Debug)]
@@ -99,6 +105,9 @@ impl Written {
             .iter()
             .filter_map(|c| rows.schema().index_of(c).ok())
             .collect();
+        if indices.is_empty() {
+            return;
+        }
         let Ok(rows) = rows.project(&indices) else {
             return;
         };
@@ -129,7 +138,9 @@ impl Written {
             },
         );
         state.bytes += bytes;
-        *state.by_tenant.entry(tenant.to_string()).or_default() += bytes;
+        let mine = state.by_tenant.entry(tenant.to_string()).or_default();
+        mine.bytes += bytes;
+        mine.order.push_back((offer, location.to_string()));
         state.order.push_back((offer, location.to_string()));
     }
 
@@ -164,10 +175,19 @@ impl State {
     fn remove(&mut self, location: &str) -> Option<Kept> {
         let kept = self.kept.remove(location)?;
         self.bytes -= kept.bytes;
-        if let Some(bytes) = self.by_tenant.get_mut(&kept.tenant) {
-            *bytes -= kept.bytes;
-            if *bytes == 0 {
+        if let Some(mine) = self.by_tenant.get_mut(&kept.tenant) {
+            mine.bytes -= kept.bytes;
+            if mine.bytes == 0 {
                 self.by_tenant.remove(&kept.tenant);
+            } else {
+                // Rows are taken about in the order they came: what no longer counts at the
+                // front goes now, so that the tenant's order stays as long as what it keeps.
+                while let Some((offer, location)) = mine.order.front() {
+                    if self.kept.get(location).is_some_and(|k| k.offer == *offer) {
+                        break;
+                    }
+                    mine.order.pop_front();
+                }
             }
         }
         Some(kept)
@@ -179,20 +199,17 @@ impl State {
         let largest = self
             .by_tenant
             .iter()
-            .map(|(t, b)| (t, b + if t == offering { adding } else { 0 }))
+            .map(|(t, k)| (t, k.bytes + if t == offering { adding } else { 0 }))
             .max_by_key(|(_, b)| *b)
             .map(|(t, _)| t.clone());
-        let Some(largest) = largest else {
-            return false;
-        };
-        let first = self.order.iter().find(|(offer, location)| {
-            self.kept
-                .get(location)
-                .is_some_and(|k| k.offer == *offer && k.tenant == largest)
-        });
-        match first.map(|(_, location)| location.clone()) {
-            Some(location) => {
-                dropped.extend(self.remove(&location));
+        // Its front counts (see `remove`).
+        let first = largest
+            .and_then(|t| self.by_tenant.get(&t))
+            .and_then(|k| k.order.front())
+            .map(|(_, location)| location.clone());
+        match first.and_then(|location| self.remove(&location)) {
+            Some(kept) => {
+                dropped.push(kept);
                 true
             }
             None => false,
@@ -350,5 +367,24 @@ mod tests {
         }
         assert_eq!(written.bytes(), 0);
         assert!(written.lock().by_tenant.is_empty());
+    }
+
+    #[test]
+    fn the_rows_being_offered_count_towards_who_keeps_the_most() {
+        let each = rows(1000).project(&[0]).unwrap().get_array_memory_size() as u64;
+        let big = rows(2000).project(&[0]).unwrap().get_array_memory_size() as u64;
+        let written = Written::new(3 * each + big - 1);
+        written.want(&["event_id"]);
+        // B keeps two files, A one; A offers one twice as large: A would then keep the most,
+        // so its own file goes, not B's first.
+        written.offer("b", "b1", &rows(1000));
+        written.offer("b", "b2", &rows(1000));
+        written.offer("a", "a1", &rows(1000));
+        written.offer("a", "a2", &rows(2000));
+        assert!(written.take("a1").is_none());
+        for f in ["b1", "b2", "a2"] {
+            assert!(written.take(f).is_some());
+        }
+        assert_eq!(written.bytes(), 0);
     }
 }

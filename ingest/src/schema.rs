@@ -150,9 +150,9 @@ pub struct Schemas {
     catalog: Catalog,
     refresh: Duration,
     /// The last read of each tenant: read again once `refresh` has passed, by one request at a
-    /// time (a first read the catalog database did not answer: after `refresh` or 500 ms,
-    /// whichever is shorter), so a catalog outage costs an attempt per tenant per period, not
-    /// one per request.
+    /// time (a first read the catalog database did not answer: after `refresh` or
+    /// `catalog_db.retry_failed_ms`, whichever is shorter), so a catalog outage costs an
+    /// attempt per tenant per period, not one per request.
     /// `None`: the tenant does not exist (deleted since), kept like schemas, so that records
     /// of a deleted tenant's topic do not each ask the catalog.
     known: LastKnown<Option<Arc<TenantSchemas>>>,

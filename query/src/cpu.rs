@@ -243,10 +243,9 @@ impl State {
     /// busy any more, and forgets the idle tenants whose charges say nothing the next
     /// activation would not set anyway (they have had less than the floor by the credit or
     /// more): `tenant` now, the others when the entries have doubled since the last pruning.
-    fn forget_idle(&mut self, tenant: &str, credit: u64, window: Duration) {
+    fn forget_idle(&mut self, tenant: &str, credit: u64) {
         match self.floor(None) {
             Some(floor) => self.last_floor = floor,
-            None if window.is_zero() => return self.forget_all(),
             None => {
                 // The last busy tenant's charge is where the next one starts (less the credit).
                 if let Some(t) = self.tenants.get(tenant) {
@@ -454,7 +453,7 @@ impl TenantCpu {
             state.step_ended(&self.tenant, self.share.behind_window);
         }
         state.dispatch();
-        state.forget_idle(&self.tenant, self.share.credit, self.share.behind_window);
+        state.forget_idle(&self.tenant, self.share.credit);
     }
 
     /// Records that this thread runs one of the tenant's steps; with `ask`, tells (under the
@@ -491,7 +490,7 @@ impl TenantCpu {
             t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
         }
         state.dispatch();
-        state.forget_idle(&self.tenant, self.share.credit, self.share.behind_window);
+        state.forget_idle(&self.tenant, self.share.credit);
     }
 }
 

@@ -49,7 +49,10 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     let lag = refresher
         .clone()
         .map(|r| std::sync::Arc::new(move || r.lag_gauges()) as crate::metrics::Refresh);
-    crate::metrics::serve(&config.metrics, stop.clone(), lag).await?;
+    if let Err(e) = crate::metrics::serve(&config.metrics, stop.clone(), lag).await {
+        catalog.close(crate::serve::CLOSE_GRACE).await;
+        return Err(e);
+    }
     if let Some(refresher) = refresher {
         // Projections of every tenant, whoever commits to its events (a shared catalog): the
         // poll finds the commits, refresh leases keep this process and the committing ones
@@ -62,7 +65,7 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     tracing::info!(%holder, interval_secs = config.compaction.interval_secs, "compactor running");
     floe_compactor::maintain::run_schedule(compactor, holder, stop.wait()).await;
     refreshing.join_all().await;
-    catalog.close(crate::serve::HTTP_GRACE).await;
+    catalog.close(crate::serve::CLOSE_GRACE).await;
     Ok(())
 }
 

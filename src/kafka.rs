@@ -12,13 +12,24 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
     // Signals first: a SIGTERM while connecting still means a clean stop.
     let stop = Stop::on_signals();
     let catalog = Catalog::open(&config).await?;
+    let ran = consume(&catalog, &config, stop).await;
+    // Nothing uses the catalog any more when its pool closes, whatever ended the work.
+    catalog.close(crate::serve::CLOSE_GRACE).await;
+    ran
+}
+
+/// How long the projection refresher may take to end after a stop.
+const REFRESH_GRACE: Duration = Duration::from_secs(3);
+
+/// The worker's life once the catalog is open: until `stop`, or a failure.
+async fn consume(catalog: &Catalog, config: &Config, stop: Stop) -> anyhow::Result<()> {
+    let worker = floe_ingest::kafka::Worker::new(catalog.clone(), config)?;
     // What is down decides whether a batch waits for a catalog read (`http.catalog_wait_ms`).
     let probing = tokio::spawn(catalog.clone().keep_probing());
-    let refresher = crate::serve::projections(&catalog, &config);
+    let refresher = crate::serve::projections(catalog, config);
     let refreshing = refresher
         .clone()
         .map(|refresher| tokio::spawn(refresher.run(stop.clone().wait())));
-    let worker = floe_ingest::kafka::Worker::new(catalog.clone(), &config)?;
     // The lags are computed when scraped: Kafka's from the brokers' latest high watermarks.
     let kafka_lag = worker.lag_gauges();
     let lags: crate::metrics::Refresh = std::sync::Arc::new(move || {
@@ -27,14 +38,17 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
             r.lag_gauges();
         }
     });
-    crate::metrics::serve(&config.metrics, stop.clone(), Some(lags)).await?;
-    let ran = worker.run(stop.receiver(), Duration::from_secs(10)).await;
-    // Nothing uses the catalog any more when its pool closes (a probe would report it down).
+    let ran = match crate::metrics::serve(&config.metrics, stop.clone(), Some(lags)).await {
+        Ok(()) => (worker.run(stop.receiver(), Duration::from_secs(10)).await)
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    // The catalog's pool closes next: a probe would report it down.
     probing.abort();
     if let Some(mut refreshing) = refreshing {
         // After a stop, the refresher ends by itself; after a failure (no stop was asked
         // for) it is cut off at once.
-        let grace = crate::serve::HTTP_GRACE;
+        let grace = REFRESH_GRACE;
         let ended = ran.is_ok() && tokio::time::timeout(grace, &mut refreshing).await.is_ok();
         if !ended {
             if ran.is_ok() {
@@ -44,9 +58,7 @@ pub async fn ingest(config: Config) -> anyhow::Result<()> {
             let _ = refreshing.await;
         }
     }
-    catalog.close(crate::serve::HTTP_GRACE).await;
-    ran?;
-    Ok(())
+    ran
 }
 
 /// `floe dlq replay`: fixed events (JSON lines, or dead letters with a corrected `payload`)

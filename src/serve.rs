@@ -28,6 +28,10 @@ use tokio::task::JoinSet;
 pub const HTTP_GRACE: Duration = Duration::from_secs(3);
 /// How long the batchers may take to commit what they buffer on a stop.
 pub const COMMIT_GRACE: Duration = Duration::from_secs(10);
+/// How long the audit writer may take to write what requests queued, once the port is closed.
+const AUDIT_GRACE: Duration = Duration::from_secs(3);
+/// How long the catalog database's connections may take to close as a process ends.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// A stop asked for, shared by the services of one process.
 #[derive(Clone)]
@@ -109,6 +113,24 @@ pub async fn serve(
         }
     };
     let catalog = Catalog::open(&config).await?;
+    // However serving ends, a failure to start included, the catalog's connections close
+    // before the runtime does (a pool's tasks cut off by the runtime's end panic).
+    let served = serve_with(&catalog, config, flush, accept_wal_loss, stop, tls).await;
+    catalog.close(CLOSE_GRACE).await;
+    served
+}
+
+/// `floe serve` once the catalog is open: starts every service, and stops them on `stop` (or
+/// when the port fails, then returning its error).
+async fn serve_with(
+    catalog: &Catalog,
+    config: Config,
+    flush: tokio::runtime::Handle,
+    accept_wal_loss: &[String],
+    stop: Stop,
+    tls: Option<crate::tls::Tls>,
+) -> anyhow::Result<()> {
+    let catalog = catalog.clone();
     let authority = TokenAuthority::load_or_create(&config.signing_key_path())?;
     let ingest =
         Ingest::start_accepting_loss(catalog.clone(), &config, flush, accept_wal_loss).await?;
@@ -206,7 +228,7 @@ pub async fn serve(
     }
     // Not stopped with the others: it writes what requests in flight queue until the port
     // has closed, then ends once the queue is empty.
-    let audit_writer = tokio::spawn(write_audit_queue);
+    let mut audit_writer = tokio::spawn(write_audit_queue);
     if config.audit.publish_interval_ms > 0 {
         services.spawn(until(
             stop.clone(),
@@ -235,14 +257,15 @@ pub async fn serve(
         tls,
         stop.receiver(),
     ));
-    // Either the port ends (a stop asked for, or a failure) or the stop comes first.
-    let server_ended = tokio::select! {
-        done = &mut server => {
-            done.context("the HTTP server stopped")??;
-            true
-        }
-        _ = stop.wait() => false,
+    // Either the port ends (a stop asked for, or a failure) or the stop comes first. A
+    // failure stops the rest as a stop would, and is returned at the end.
+    let (server_ended, failed) = tokio::select! {
+        done = &mut server => (true, done.context("the HTTP server stopped").and_then(|r| r.map_err(anyhow::Error::from)).err()),
+        _ = stop.wait() => (false, None),
     };
+    if let Some(e) = &failed {
+        tracing::error!(error = format!("{e:#}"), "the HTTP server failed; stopping");
+    }
     tracing::info!("stopping: finishing requests in flight, committing buffered events");
     if !server_ended && tokio::time::timeout(HTTP_GRACE, &mut server).await.is_err() {
         tracing::warn!(
@@ -255,15 +278,15 @@ pub async fn serve(
     quotas.flush().await;
     // The port is closed: the audit records it queued are written, then the writer ends.
     drop(audit_queue);
-    if tokio::time::timeout(HTTP_GRACE, audit_writer)
+    if tokio::time::timeout(AUDIT_GRACE, &mut audit_writer)
         .await
         .is_err()
     {
-        tracing::warn!("audit records still queued after {HTTP_GRACE:?}; left unwritten");
+        tracing::warn!("audit records still queued after {AUDIT_GRACE:?}; left unwritten");
+        audit_writer.abort();
     }
     services.shutdown().await;
-    catalog.close(HTTP_GRACE).await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Runs `work` until the stop is asked for.

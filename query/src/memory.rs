@@ -9,13 +9,13 @@
 //! `ResourcesExhausted`, which the protocol answers as `EXCEEDED_MEMORY_LIMIT`.
 //!
 //! Memory that DataFusion does not account for is brought under the same pools by the engine:
-//! values made by functions (`functions::bounded`), batches made by projections ([`guard`]),
-//! and the pages a client has not fetched yet.
+//! values made by functions (`functions::bounded`), the values of projections' expressions
+//! ([`guard`]), and the pages a client has not fetched yet.
 
 pub mod guard;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,7 @@ impl Budget {
             tenant: tenant.to_string(),
             limit,
             used: AtomicUsize::new(0),
+            planning: AtomicBool::new(true),
         })
     }
 
@@ -194,9 +195,22 @@ pub struct QueryPool {
     tenant: String,
     limit: usize,
     used: AtomicUsize,
+    /// Until the physical plan is made: constants are being folded (see `guard`).
+    planning: AtomicBool,
 }
 
 impl QueryPool {
+    /// Whether the query is still being planned logically (constant folding runs functions
+    /// with nothing counting what they make; see `guard`).
+    pub fn planning(&self) -> bool {
+        self.planning.load(Ordering::Relaxed)
+    }
+
+    /// Logical planning is over: values are made while the query runs, counted.
+    pub fn planned(&self) {
+        self.planning.store(false, Ordering::Relaxed);
+    }
+
     /// Reserves `bytes` that no DataFusion operator accounts for (a value being made, a page
     /// waiting for its client); refused like an operator's reservation.
     pub fn try_take(&self, bytes: usize, what: &str) -> Result<()> {

@@ -121,6 +121,20 @@ def test_memory_bombs_in_sql_are_refused_and_the_server_stays_small(guarded):
         sql = "WITH " + ", ".join([f"a0 AS ({seed})"] + ctes[1:]) + " SELECT length(s) FROM a33"
         e = error_of(guarded, viewer if not source else guarded.token("hog", "analyst"), sql)
         assert e["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql, e)
+    # Values the first checks did not see (each took gigabytes, or the server, before): a
+    # constant copied into every row (by a projection DataFusion had pushed into the scan, or
+    # written in the SQL), calls whose arguments fit the limit one by one but not together,
+    # and a 900 MB string folded into the plan while planning, copied there several times.
+    wide = "x" * 300_000
+    for sql in ["SELECT max(length(s)) FROM (SELECT repeat('x', 1000000) AS s FROM unnest(range(0, 3000)))",
+                f"SELECT max(length(s)) FROM (SELECT '{wide}' AS s FROM unnest(range(0, 3000)))",
+                "SELECT cardinality(make_array(range(0, 12000000), range(0, 12000000), range(0, 12000000)))",
+                "SELECT length(concat(repeat('a', 200000000), repeat('b', 200000000)))",
+                "SELECT length(upper(repeat('a', 200000000)) || upper(repeat('a', 200000000)))"]:
+        e = error_of(guarded, viewer, sql)
+        assert e["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql[:120], e)
+    body = statement(guarded, viewer, "SELECT length(repeat('x', 200000000))")
+    assert body["data"] == [[200000000]], body
     # Three at once, as the attack that took the machine down.
     errors = []
 

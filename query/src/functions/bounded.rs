@@ -58,16 +58,20 @@ const BOUNDED: &[(&str, Growth)] = &[
     (super::concat::NAME, Growth::WithInputs),
     ("concat_ws", Growth::WithInputs),
     ("array_concat", Growth::WithInputs),
+    ("make_array", Growth::WithInputs),
+    ("map", Growth::WithInputs),
     ("array_append", Growth::WithInputs),
     ("array_prepend", Growth::WithInputs),
     ("array_union", Growth::WithInputs),
     ("flatten", Growth::WithInputs),
     ("string_to_array", Growth::WithInputs),
     ("translate", Growth::WithInputs),
+    ("overlay", Growth::WithInputs),
 ];
 
-/// Replaces the functions of [`BOUNDED`] in `ctx` by bounded ones drawing on `pool`.
-pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>) {
+/// Replaces the functions of [`BOUNDED`] in `ctx` by bounded ones drawing on `pool`; while
+/// the query is planned, they make no value over `folded_at_most` bytes (see `memory::guard`).
+pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usize) {
     let state = ctx.state();
     let functions = state.scalar_functions();
     for &(name, growth) in BOUNDED {
@@ -83,6 +87,7 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>) {
             run: Bounded {
                 growth,
                 pool: PoolRef(pool.clone()),
+                folded_at_most,
             },
         }));
     }
@@ -111,6 +116,8 @@ impl std::hash::Hash for PoolRef {
 struct Bounded {
     growth: Growth,
     pool: PoolRef,
+    /// The largest value made while the query is planned (constant folding).
+    folded_at_most: usize,
 }
 
 impl Run for Bounded {
@@ -118,6 +125,12 @@ impl Run for Bounded {
         let pool = &self.pool.0;
         let name = inner.name().to_string();
         let held = estimate(self.growth, &args.args, args.number_rows)?;
+        // Constant folding copies what it makes into the plan, where no pool counts it: a
+        // large value is refused there, and the planner leaves the call to the running query.
+        let planning = pool.planning();
+        if planning && held > self.folded_at_most {
+            return Err(not_folded(&name, held, self.folded_at_most));
+        }
         pool.try_take(held, &format!("{name}(…)"))?;
         let made = inner.invoke_with_args(args);
         pool.give_back(held);
@@ -126,12 +139,23 @@ impl Run for Bounded {
             ColumnarValue::Array(a) => a.get_array_memory_size(),
             ColumnarValue::Scalar(s) => s.size(),
         };
+        if planning && size > self.folded_at_most {
+            return Err(not_folded(&name, size, self.folded_at_most));
+        }
         if size > held {
             pool.try_take(size, &format!("the value of {name}(…)"))?;
             pool.give_back(size);
         }
         Ok(made)
     }
+}
+
+/// The refusal of a value too large to fold into a plan (the planner then keeps the call).
+fn not_folded(name: &str, bytes: usize, limit: usize) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::ResourcesExhausted(format!(
+        "{name}(…) would make {bytes} bytes while the query is planned, more than \
+         query.max_sql_bytes ({limit}); it runs with the query instead"
+    ))
 }
 
 /// Bytes `growth` will make from `args` (an upper bound where it can be known; for functions that

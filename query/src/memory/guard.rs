@@ -1,61 +1,407 @@
-//! The size of every batch a projection makes, checked against the query's memory.
+//! The values a query's projections make, held against the query's memory while they live.
 //!
-//! Functions that can outgrow their arguments are bounded one by one (`functions::bounded`), but
-//! operators make values too: `s || s` doubles a string, and a chain of common table
-//! expressions doubles it again at each step while the SQL text grows by a line. No operator
-//! reserves memory for a projection's output, so each one is followed by a check that the
-//! batch it made fits in what the query may still take (reserved, then given back at once: the
-//! batch then travels downstream as any other). A chain of doublings is stopped at the first
-//! step past the limit, having made at most twice what the limit allows.
+//! DataFusion's pool sees operators (sorts, joins, aggregations), not the values expressions
+//! make: `s || s` doubles a string, `make_array(x, x, x)` triples an array, and a constant in
+//! a projection is copied into every row of each batch (a 1 MiB string, in 8,192 rows, is
+//! 8 GiB). Functions that can outgrow their arguments reserve before they run
+//! (`functions::bounded`); on top of that, every computed node of a projection's expressions
+//! is [`Counted`]:
+//! - the value a node made is held in the query's pool until the node above it has made its
+//!   own, so that the arguments of one call count together (`make_array(range(…), range(…))`
+//!   is refused at the second `range`, before it is made, when the two would not fit), and
+//!   with the value made from them (`upper(s)` holds `s` and its copy);
+//! - at the top of each expression, a constant is checked before the projection copies it into
+//!   every row of the batch (its size times the rows), and a column after it is made; then
+//!   given back: the batch travels downstream, where operators and pages count it.
+//!
+//! [`SizeChecks`] installs the nodes as the first rule of the physical optimizer, so that they
+//! travel with projections that later rules push into scans. It also marks the end of logical
+//! planning, during which constant folding runs functions with no pool counting the constants
+//! it makes (and copies into the plan): until then, growing functions refuse values larger
+//! than a query's SQL may be (`query.max_sql_bytes`), which leaves them to run with the query.
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt::{self, Display, Formatter};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::pass_through::{PassThrough, Wrap};
+use arrow::datatypes::{DataType, FieldRef, Schema};
+use arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::execution::memory_pool::MemoryConsumer;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::sort_properties::ExprProperties;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
+use datafusion::physical_plan::expressions::{Column, Literal};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 
-/// `plan` with a size check after each of its projections.
-pub fn check_projections(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        if node.as_any().is::<ProjectionExec>() {
-            Ok(Transformed::yes(
-                Arc::new(PassThrough::new(node, Checked)) as _
-            ))
-        } else {
-            Ok(Transformed::no(node))
-        }
-    })
-    .map(|t| t.data)
+use super::QueryPool;
+
+/// Values smaller than this are not counted: the columns of an ordinary batch (8,192 rows of
+/// 8 bytes is 64 KiB) stay off the pool's lock, and what goes uncounted per node is small
+/// beside any limit.
+const COUNTED_FROM: usize = 256 << 10;
+
+thread_local! {
+    static HELD: RefCell<Held> = const {
+        RefCell::new(Held {
+            depth: 0,
+            bytes: Vec::new(),
+        })
+    };
 }
 
-/// What makes a plan node check its output batches against the query's memory.
-#[derive(Debug, Clone)]
-struct Checked;
+/// What the nodes being evaluated on this thread hold.
+struct Held {
+    /// Counted nodes being evaluated, one inside the other.
+    depth: usize,
+    /// Bytes held for the values made under them, in the order they were made (a node gives
+    /// back what was pushed after it started).
+    bytes: Vec<usize>,
+}
 
-impl Wrap for Checked {
-    const NAME: &'static str = "CheckedSize";
+/// The physical optimizer's first rule: counts the values of every projection's expressions
+/// against the query's pool, and ends the pool's planning.
+#[derive(Debug)]
+pub struct SizeChecks {
+    pool: Arc<QueryPool>,
+}
 
-    fn wrap(
+impl SizeChecks {
+    pub fn for_pool(pool: Arc<QueryPool>) -> SizeChecks {
+        SizeChecks { pool }
+    }
+}
+
+impl PhysicalOptimizerRule for SizeChecks {
+    fn optimize(
         &self,
-        input: SendableRecordBatchStream,
-        context: &Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let schema = input.schema();
-        let reservation =
-            MemoryConsumer::new("values made by a projection").register(context.memory_pool());
-        let checked = input.map(move |batch| {
-            let batch = batch?;
-            let bytes = batch.get_array_memory_size();
-            reservation.try_grow(bytes)?;
-            reservation.shrink(bytes);
-            Ok(batch)
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Logical planning, and its folding of constants, is over.
+        self.pool.planned();
+        plan.transform_up(|node| {
+            let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let exprs = projection
+                .expr()
+                .iter()
+                .map(|p| {
+                    Ok(ProjectionExpr {
+                        expr: counted(&p.expr, &self.pool)?,
+                        alias: p.alias.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(
+                exprs,
+                projection.input().clone(),
+            )?) as _))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "size_checks"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `expr` with its computed nodes counted, and its top checked before a constant is copied
+/// into every row (a bare column is left as it is: it makes nothing).
+fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dyn PhysicalExpr>> {
+    let any = expr.as_any();
+    if any.is::<Column>() || any.is::<Counted>() {
+        return Ok(expr.clone());
+    }
+    let inner = expr
+        .clone()
+        .transform_up(|node| {
+            let any = node.as_any();
+            if any.is::<Column>() || any.is::<Literal>() || any.is::<Counted>() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(Arc::new(Counted {
+                inner: node,
+                pool: pool.clone(),
+                top: false,
+            }) as _))
+        })?
+        .data;
+    let inner = match inner.as_any().downcast_ref::<Counted>() {
+        Some(node) => node.inner.clone(),
+        None => inner,
+    };
+    Ok(Arc::new(Counted {
+        inner,
+        pool: pool.clone(),
+        top: true,
+    }))
+}
+
+/// A node of a projection's expression whose value is counted; see the module comment.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    inner: Arc<dyn PhysicalExpr>,
+    pool: Arc<QueryPool>,
+    /// The expression's top: a constant is checked as copied into every row, and nothing is
+    /// held once the value is made.
+    top: bool,
+}
+
+impl PhysicalExpr for Counted {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn data_type(&self, schema: &Schema) -> Result<DataType> {
+        self.inner.data_type(schema)
+    }
+
+    fn nullable(&self, schema: &Schema) -> Result<bool> {
+        self.inner.nullable(schema)
+    }
+
+    fn return_field(&self, schema: &Schema) -> Result<FieldRef> {
+        self.inner.return_field(schema)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        let (start, outermost) = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.depth += 1;
+            (held.bytes.len(), held.depth == 1)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
+        let made = self.inner.evaluate(batch);
+        let arguments: usize = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.depth -= 1;
+            held.bytes.drain(start..).sum()
+        });
+        // The node's value is taken while its arguments' are still held (both were in memory
+        // at once); theirs go back after, as nothing needs them any more.
+        let taken = made.as_ref().map_or(Ok(0), |made| self.take(made, batch));
+        if arguments > 0 {
+            self.pool.give_back(arguments);
+        }
+        let (made, bytes) = (made?, taken?);
+        // Held for the node above; with none (the top, or a node some rule moved out of its
+        // expression), given back at once.
+        if self.top || outermost {
+            self.pool.give_back(bytes);
+        } else if bytes > 0 {
+            HELD.with(|held| held.borrow_mut().bytes.push(bytes));
+        }
+        Ok(made)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.inner]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(Arc::new(Counted {
+            inner: children[0].clone(),
+            pool: self.pool.clone(),
+            top: self.top,
+        }))
+    }
+
+    fn get_properties(&self, children: &[ExprProperties]) -> Result<ExprProperties> {
+        // The same values as its one child's.
+        Ok(children[0].clone())
+    }
+
+    fn is_volatile_node(&self) -> bool {
+        self.inner.is_volatile_node()
+    }
+
+    fn placement(&self) -> datafusion::logical_expr::ExpressionPlacement {
+        self.inner.placement()
+    }
+
+    fn fmt_sql(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        self.inner.fmt_sql(f)
+    }
+}
+
+impl Counted {
+    /// Takes the bytes of `made` (at the top, a constant's as copied into every row of
+    /// `batch`) from the pool, unless they are too few to count: the bytes taken.
+    fn take(&self, made: &ColumnarValue, batch: &RecordBatch) -> Result<usize> {
+        let bytes = match made {
+            ColumnarValue::Array(array) => array.get_array_memory_size(),
+            ColumnarValue::Scalar(value) if self.top => {
+                value.size().saturating_mul(batch.num_rows().max(1))
+            }
+            ColumnarValue::Scalar(value) => value.size(),
+        };
+        if bytes < COUNTED_FROM {
+            return Ok(0);
+        }
+        let what = if self.top {
+            format!(
+                "the values of {self} in a batch of {} rows",
+                batch.num_rows()
+            )
+        } else {
+            format!("the value of {self}")
+        };
+        self.pool.try_take(bytes, &what)?;
+        Ok(bytes)
+    }
+}
+
+impl Display for Counted {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        // Plans read as they did: the count is not part of what the expression computes.
+        Display::fmt(&self.inner, f)
+    }
+}
+
+impl PartialEq for Counted {
+    fn eq(&self, other: &Self) -> bool {
+        self.top == other.top && self.inner.as_ref() == other.inner.as_ref()
+    }
+}
+
+impl Eq for Counted {}
+
+impl Hash for Counted {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.top.hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arrow::array::{ArrayRef, Int64Array};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::memory_pool::MemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::memory::Budget;
+
+    const MIB: usize = 1 << 20;
+
+    /// A session as a query's: its pool of `limit` bytes, the bounded functions (folding at
+    /// most 1 MiB) and the size checks first; `t` holds 2,000 rows.
+    fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
+        let pool = Budget::new(4 * limit, Duration::ZERO).query_pool("t", limit);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .build_arc()
+            .unwrap();
+        let state = SessionStateBuilder::new()
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rules(
+                std::iter::once(Arc::new(SizeChecks::for_pool(pool.clone())) as Arc<_>)
+                    .chain(PhysicalOptimizer::new().rules)
+                    .collect(),
+            )
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        crate::functions::bounded::register(&ctx, &pool, MIB);
+        let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2000));
+        let batch = RecordBatch::try_from_iter([("n", n)]).unwrap();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        (ctx, pool)
+    }
+
+    async fn first_value(ctx: &SessionContext, sql: &str) -> Result<String> {
+        let batches = ctx.sql(sql).await?.collect().await?;
+        let batch = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+        Ok(arrow::util::display::array_value_to_string(
+            batch.column(0),
+            0,
+        )?)
+    }
+
+    fn refused(result: Result<String>) -> String {
+        let e = result.expect_err("refused").to_string();
+        assert!(e.contains("query.memory_limit_bytes"), "{e}");
+        e
+    }
+
+    #[tokio::test]
+    async fn a_constant_is_refused_before_it_is_copied_into_every_row() {
+        // 100 KB in each of 2,000 rows: 200 MB, made by the projection from one folded
+        // constant (before, made whole and only then, if at all, checked).
+        let (ctx, pool) = session(64 * MIB);
+        let e = refused(
+            first_value(
+                &ctx,
+                "SELECT max(length(s)) FROM (SELECT repeat('x', 100000) AS s FROM t)",
+            )
+            .await,
+        );
+        assert!(e.contains("2000 rows"), "{e}");
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        // Within the limit, it runs.
+        let (ctx, _) = session(64 * MIB);
+        let sql = "SELECT max(length(s)) FROM (SELECT repeat('x', 1000) AS s FROM t)";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "1000");
+    }
+
+    #[tokio::test]
+    async fn the_arguments_of_one_call_count_together_and_with_its_value() {
+        // Each range is 24 MB, under the limit; the two together are not: refused at the
+        // second, before it is made (before, each was given back as it returned).
+        let (ctx, pool) = session(40 * MIB);
+        let sql = "SELECT cardinality(array_intersect(range(0, 3000000), range(1, 3000001)))";
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("range(…) needs 24000000 bytes, 24"), "{e}");
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        // A value made from a held argument counts with it: 30 MB and its upper-case copy.
+        let (ctx, _) = session(40 * MIB);
+        let e = refused(first_value(&ctx, "SELECT length(upper(repeat('a', 30000000)))").await);
+        assert!(e.contains("the value of upper"), "{e}");
+        let (ctx, _) = session(40 * MIB);
+        let sql = "SELECT cardinality(array_intersect(range(0, 1000000), range(1, 1000001)))";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "999999");
+    }
+
+    #[tokio::test]
+    async fn folding_leaves_large_values_to_the_running_query() {
+        let (ctx, pool) = session(64 * MIB);
+        let large = "SELECT length(repeat('x', 10000000))";
+        let plan = ctx.sql(large).await.unwrap().into_optimized_plan().unwrap();
+        assert!(computed(&plan).contains("repeat"), "not folded: {plan}");
+        assert!(pool.planning());
+        assert_eq!(first_value(&ctx, large).await.unwrap(), "10000000");
+        assert!(!pool.planning(), "planned once the physical plan is made");
+        // A small value is folded as before.
+        let (ctx, _) = session(64 * MIB);
+        let small = ctx.sql("SELECT length(repeat('x', 10))").await.unwrap();
+        let plan = small.into_optimized_plan().unwrap();
+        assert!(!computed(&plan).contains("repeat"), "folded: {plan}");
+    }
+
+    /// What the plan's top projection computes (its first expression, less its name).
+    fn computed(plan: &datafusion::logical_expr::LogicalPlan) -> String {
+        let text = plan.display_indent().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        first.split(" AS ").next().unwrap_or_default().to_string()
     }
 }

@@ -28,7 +28,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use floe_catalog::metrics as m;
 use floe_catalog::quota::QuerySlot;
 use floe_catalog::{TenantId, TenantKey};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -271,7 +271,6 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                 "tenant" => m::tenant(plan_tenant.as_str())
             )
             .increment(bytes);
-            let physical = crate::memory::guard::check_projections(physical)?;
             let physical = crate::cpu::share(physical, &plan_cpu)?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
             let pages = MemoryConsumer::new("pages not yet fetched")
@@ -329,12 +328,28 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                 }
             };
             runtime.block_on(async move {
-                tokio::select! {
-                    _ = watch.closed() => {}
-                    _ = work => {}
+                // A panic in the plan's work (an operator's bug, or a size no check foresaw)
+                // fails the query, as an error its client reads, instead of ending its results
+                // early as if they were complete.
+                let panicked = tokio::select! {
+                    _ = watch.closed() => None,
+                    done = std::panic::AssertUnwindSafe(work).catch_unwind() => done.err(),
                     _ = tokio::time::sleep_until(deadline.into()) => {
                         timer_fired.store(true, Ordering::Relaxed);
+                        None
                     }
+                };
+                if let Some(panic) = panicked {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(panic = %what, "a query's work panicked; the query fails");
+                    let failed = Err(Error::DataFusion(
+                        datafusion::error::DataFusionError::Execution(format!(
+                            "the query failed on an internal error ({what}); the server and \
+                             other queries are unaffected"
+                        )),
+                    ));
+                    // (Pages the client has not fetched may fill the queue: not past the limit.)
+                    let _ = tokio::time::timeout_at(deadline.into(), watch.send(failed)).await;
                 }
             });
             // Waits for the workers' current steps to end; only then is the slot given back,
@@ -591,4 +606,13 @@ pub(crate) fn reap(queries: &Queries, idle: Duration) {
             Err(_) => true,
         });
     }
+}
+
+/// The text of a caught panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }

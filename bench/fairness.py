@@ -126,7 +126,8 @@ class Tenant:
 
 def tenant_b(b, seconds, results):
     """B's steady load; fills `results` with time-to-visible and query latencies (ms)."""
-    stop = time.monotonic() + seconds
+    started = time.monotonic()
+    stop = started + seconds
     sent = [results.get("sent", 0)]
 
     def ingest():
@@ -148,7 +149,8 @@ def tenant_b(b, seconds, results):
                 ms = (time.monotonic() - t0) * 1000
                 results["query"].append(ms)
                 results["split"].append((ms, stats.get("elapsedTimeMillis", 0), stats.get("cpuTimeMillis", 0),
-                                         stats.get("wallTimeMillis", 0) - stats.get("cpuTimeMillis", 0)))
+                                         stats.get("wallTimeMillis", 0) - stats.get("cpuTimeMillis", 0),
+                                         t0 - started))
             else:
                 results["query_errors"].append(error)
             time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
@@ -313,6 +315,11 @@ def main():
             mean = [sum(x[i] for x in rows) / len(rows) for i in range(4)]
             print(f"| {label} | {which} | {mean[0]:.0f} | {mean[1]:.0f} | {mean[2]:.0f} | {mean[3]:.0f} | "
                   f"{mean[0] - mean[1]:.0f} |")
+    print("\nWhen B's slowest 2 % of queries were sent, in seconds from the start of their phase:\n")
+    for label, r in (("alone", solo), ("while A floods", contended)):
+        split = sorted(r["split"])
+        slow = split[-max(1, len(split) // 50):]
+        print(f"- {label}: " + ", ".join(f"{x[4]:.1f} s ({x[0]:.0f} ms)" for x in sorted(slow, key=lambda x: x[4])))
     ratio_v = pct(contended["visible"], 99) / pct(solo["visible"], 99)
     ratio_q = pct(contended["query"], 99) / pct(solo["query"], 99)
     low_v, high_v = ratio_interval(solo["visible"], contended["visible"])

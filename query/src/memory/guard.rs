@@ -134,6 +134,7 @@ fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dy
                 inner: node,
                 pool: pool.clone(),
                 top: false,
+                constant: false,
             }) as _))
         })?
         .data;
@@ -142,10 +143,17 @@ fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dy
         None => inner,
     };
     Ok(Arc::new(Counted {
+        constant: !reads_columns(&inner),
         inner,
         pool: pool.clone(),
         top: true,
     }))
+}
+
+/// Whether `expr` reads any column of its input.
+fn reads_columns(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.exists(|node| Ok(node.as_any().is::<Column>()))
+        .unwrap_or(true)
 }
 
 /// A node of a projection's expression whose value is counted; see the module comment.
@@ -156,6 +164,10 @@ pub(crate) struct Counted {
     /// The expression's top: a constant is checked as copied into every row, and nothing is
     /// held once the value is made.
     top: bool,
+    /// A top that reads no column. It says it is volatile, so that no later simplification
+    /// (a scan's, when it opens a file with a predicate) folds it into a bare literal, which
+    /// the projection would copy into every row unchecked.
+    constant: bool,
 }
 
 impl PhysicalExpr for Counted {
@@ -176,17 +188,9 @@ impl PhysicalExpr for Counted {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let (start, outermost) = HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            held.depth += 1;
-            (held.bytes.len(), held.depth == 1)
-        });
+        let entered = Entered::new(&self.pool);
         let made = self.inner.evaluate(batch);
-        let arguments: usize = HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            held.depth -= 1;
-            held.bytes.drain(start..).sum()
-        });
+        let (arguments, outermost) = entered.leave();
         // The node's value is taken while its arguments' are still held (both were in memory
         // at once); theirs go back after, as nothing needs them any more.
         let taken = made.as_ref().map_or(Ok(0), |made| self.take(made, batch));
@@ -216,6 +220,7 @@ impl PhysicalExpr for Counted {
             inner: children[0].clone(),
             pool: self.pool.clone(),
             top: self.top,
+            constant: self.constant,
         }))
     }
 
@@ -225,7 +230,7 @@ impl PhysicalExpr for Counted {
     }
 
     fn is_volatile_node(&self) -> bool {
-        self.inner.is_volatile_node()
+        self.constant || self.inner.is_volatile_node()
     }
 
     fn placement(&self) -> datafusion::logical_expr::ExpressionPlacement {
@@ -234,6 +239,55 @@ impl PhysicalExpr for Counted {
 
     fn fmt_sql(&self, f: &mut Formatter<'_>) -> fmt::Result {
         self.inner.fmt_sql(f)
+    }
+}
+
+/// A counted node being evaluated on this thread; left when its value is made, or on
+/// unwinding (giving back what its arguments held), so that a panic leaves the thread's
+/// count as it found it.
+struct Entered<'a> {
+    pool: &'a QueryPool,
+    start: usize,
+    left: bool,
+}
+
+impl<'a> Entered<'a> {
+    fn new(pool: &'a QueryPool) -> Entered<'a> {
+        let start = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.depth += 1;
+            held.bytes.len()
+        });
+        Entered {
+            pool,
+            start,
+            left: false,
+        }
+    }
+
+    /// The bytes its arguments' values held (still taken), and whether it is the outermost
+    /// counted node being evaluated.
+    fn leave(mut self) -> (usize, bool) {
+        self.left = true;
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.depth -= 1;
+            (held.bytes.drain(self.start..).sum(), held.depth == 0)
+        })
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            let bytes: usize = HELD.with(|held| {
+                let mut held = held.borrow_mut();
+                held.depth = held.depth.saturating_sub(1);
+                let start = self.start.min(held.bytes.len());
+                held.bytes.drain(start..).sum()
+            });
+            self.pool.give_back(bytes);
+        }
     }
 }
 
@@ -396,6 +450,36 @@ mod tests {
         let small = ctx.sql("SELECT length(repeat('x', 10))").await.unwrap();
         let plan = small.into_optimized_plan().unwrap();
         assert!(!computed(&plan).contains("repeat"), "folded: {plan}");
+    }
+
+    #[test]
+    fn a_constant_stays_counted_through_a_scans_simplification() {
+        // A scan opening a file with a predicate simplifies its pushed projection: a constant
+        // folded there into a bare literal would be copied into every row unchecked.
+        use datafusion::physical_expr::simplifier::PhysicalExprSimplifier;
+        use datafusion::physical_plan::expressions::{BinaryExpr, lit};
+        let pool = Budget::new(64 * MIB, Duration::ZERO).query_pool("t", 16 * MIB);
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            DataType::Int64,
+            false,
+        )]);
+        let constant: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            lit(1i64),
+            datafusion::logical_expr::Operator::Plus,
+            lit(2i64),
+        ));
+        let top = counted(&constant, &pool).unwrap();
+        let simplified = PhysicalExprSimplifier::new(&schema).simplify(top).unwrap();
+        assert!(simplified.as_any().is::<Counted>(), "{simplified}");
+        // An expression of a column is not held back: it is an array anyway.
+        let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new("n", 0));
+        let of_column = Arc::new(BinaryExpr::new(
+            column,
+            datafusion::logical_expr::Operator::Plus,
+            lit(2i64),
+        )) as Arc<dyn PhysicalExpr>;
+        assert!(!counted(&of_column, &pool).unwrap().is_volatile_node());
     }
 
     /// What the plan's top projection computes (its first expression, less its name).

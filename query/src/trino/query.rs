@@ -348,8 +348,14 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                              other queries are unaffected"
                         )),
                     ));
-                    // (Pages the client has not fetched may fill the queue: not past the limit.)
-                    let _ = tokio::time::timeout_at(deadline.into(), watch.send(failed)).await;
+                    // (Pages the client has not fetched may fill the queue: not past the
+                    // limit, and then the client reads the time limit's error, not an end.)
+                    if tokio::time::timeout_at(deadline.into(), watch.send(failed))
+                        .await
+                        .is_err()
+                    {
+                        timer_fired.store(true, Ordering::Relaxed);
+                    }
                 }
             });
             // Waits for the workers' current steps to end; only then is the slot given back,

@@ -36,6 +36,7 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// A stop asked for, shared by the services of one process.
 #[derive(Clone)]
 pub struct Stop {
+    tx: Arc<watch::Sender<bool>>,
     rx: watch::Receiver<bool>,
 }
 
@@ -44,11 +45,18 @@ impl Stop {
     /// dependencies still means a clean stop.
     pub fn on_signals() -> Stop {
         let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        let on_signal = tx.clone();
         tokio::spawn(async move {
             signal().await;
-            let _ = tx.send(true);
+            let _ = on_signal.send(true);
         });
-        Stop { rx }
+        Stop { tx, rx }
+    }
+
+    /// Asks for the stop without a signal (a service failed).
+    pub fn ask(&self) {
+        let _ = self.tx.send(true);
     }
 
     /// Resolves once the stop is asked for.
@@ -261,10 +269,11 @@ async fn serve_with(
     // failure stops the rest as a stop would, and is returned at the end.
     let (server_ended, failed) = tokio::select! {
         done = &mut server => (true, done.context("the HTTP server stopped").and_then(|r| r.map_err(anyhow::Error::from)).err()),
-        _ = stop.wait() => (false, None),
+        _ = stop.clone().wait() => (false, None),
     };
     if let Some(e) = &failed {
         tracing::error!(error = format!("{e:#}"), "the HTTP server failed; stopping");
+        stop.ask();
     }
     tracing::info!("stopping: finishing requests in flight, committing buffered events");
     if !server_ended && tokio::time::timeout(HTTP_GRACE, &mut server).await.is_err() {
@@ -284,6 +293,7 @@ async fn serve_with(
     {
         tracing::warn!("audit records still queued after {AUDIT_GRACE:?}; left unwritten");
         audit_writer.abort();
+        let _ = audit_writer.await;
     }
     services.shutdown().await;
     failed.map_or(Ok(()), Err)

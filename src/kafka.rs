@@ -48,11 +48,13 @@ async fn consume(catalog: &Catalog, config: &Config, stop: Stop) -> anyhow::Resu
     if let Some(mut refreshing) = refreshing {
         // After a stop, the refresher ends by itself; after a failure (no stop was asked
         // for) it is cut off at once.
-        let grace = REFRESH_GRACE;
-        let ended = ran.is_ok() && tokio::time::timeout(grace, &mut refreshing).await.is_ok();
+        let ended = ran.is_ok()
+            && tokio::time::timeout(REFRESH_GRACE, &mut refreshing)
+                .await
+                .is_ok();
         if !ended {
             if ran.is_ok() {
-                tracing::warn!("projection refresh still running after {grace:?}; cut off");
+                tracing::warn!("projection refresh still running after {REFRESH_GRACE:?}; cut off");
             }
             refreshing.abort();
             let _ = refreshing.await;

@@ -216,11 +216,13 @@ impl PhysicalExpr for Counted {
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
+        // Whether it is a constant follows its new child (a rule may have replaced a column).
+        let inner = children[0].clone();
         Ok(Arc::new(Counted {
-            inner: children[0].clone(),
+            constant: self.top && !reads_columns(&inner),
+            inner,
             pool: self.pool.clone(),
             top: self.top,
-            constant: self.constant,
         }))
     }
 

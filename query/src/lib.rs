@@ -299,6 +299,7 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         functions::register(&ctx);
         functions::bounded::register(&ctx, &pool, self.config.max_sql_bytes);
+        memory::copies::register(&ctx);
         let schema = Arc::new(MemorySchemaProvider::new());
         // Two questions to the database, asked together: the tables' metadata files (each read
         // once per location, then kept) and the event schemas the views are made from. Asked

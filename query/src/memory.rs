@@ -10,8 +10,10 @@
 //!
 //! Memory that DataFusion does not account for is brought under the same pools by the engine:
 //! values made by functions (`functions::bounded`), the values of projections' expressions
-//! ([`guard`]), and the pages a client has not fetched yet.
+//! ([`guard`]), the copies aggregates make when they finish ([`copies`]), and the pages a
+//! client has not fetched yet.
 
+pub mod copies;
 pub mod guard;
 
 use std::collections::HashMap;

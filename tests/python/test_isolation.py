@@ -130,7 +130,15 @@ def test_memory_bombs_in_sql_are_refused_and_the_server_stays_small(guarded):
                 f"SELECT max(length(s)) FROM (SELECT '{wide}' AS s FROM unnest(range(0, 3000)))",
                 "SELECT cardinality(make_array(range(0, 12000000), range(0, 12000000), range(0, 12000000)))",
                 "SELECT length(concat(repeat('a', 200000000), repeat('b', 200000000)))",
-                "SELECT length(upper(repeat('a', 200000000)) || upper(repeat('a', 200000000)))"]:
+                "SELECT length(upper(repeat('a', 200000000)) || upper(repeat('a', 200000000)))",
+                # Planned by DataFusion's own planners of syntax (`OVERLAY … PLACING`, `[…]`),
+                # a cast that prints every number, working memory beyond the value (translate),
+                # and an aggregate's copies as it finishes (string_agg: the last two ran before).
+                "SELECT length(overlay(repeat('a', 1000) placing repeat('b', 200000000) from 2))",
+                "SELECT cardinality([range(0, 12000000), range(1, 12000001), range(2, 12000002)])",
+                "SELECT length(CAST(range(0, 20000000) AS VARCHAR))",
+                "SELECT length(translate(repeat('a', 100000000), 'a', 'b'))",
+                "SELECT length(string_agg(s, ',')) FROM (SELECT repeat('y', 1000) AS s FROM unnest(range(0, 120000)))"]:
         e = error_of(guarded, viewer, sql)
         assert e["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql[:120], e)
     body = statement(guarded, viewer, "SELECT length(repeat('x', 200000000))")

@@ -10,13 +10,18 @@
 //! checked the same way. The reservation ends when the function returns: the value then travels
 //! in a batch that the pages count (see `trino::query`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF};
+use datafusion::optimizer::analyzer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 
 use super::wrapped::{Run, Wrapped};
@@ -39,9 +44,18 @@ enum Growth {
     Replace,
     /// `regexp_replace(text, pattern, to[, flags])`: at most one match per position.
     RegexpReplace,
-    /// Grows with its inputs (`concat`, `array_concat`, …): at least the sum of their sizes
-    /// (exact for concatenation), reserved before it runs and checked again after.
+    /// Grows with its inputs (`concat`, `array_concat`, `upper`, …): at least the sum of their
+    /// sizes (exact for concatenation), reserved before it runs and checked again after.
     WithInputs,
+    /// `string_to_array(text, delimiter)`: the text, and per element an offset and a list
+    /// position; at most one element per byte of text over the delimiter's length.
+    Split,
+    /// `translate(text, from, to)`: DataFusion copies the text into an array of the batch's
+    /// rows (even a constant), builds each row's result in a buffer that doubles, copies it
+    /// out and into the result's buffer (about six times the text); unless all three are ASCII,
+    /// each row is first split into characters, 32 bytes each (two vectors of string slices,
+    /// reused from row to row).
+    Translate,
 }
 
 const BOUNDED: &[(&str, Growth)] = &[
@@ -64,32 +78,106 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("array_prepend", Growth::WithInputs),
     ("array_union", Growth::WithInputs),
     ("flatten", Growth::WithInputs),
-    ("string_to_array", Growth::WithInputs),
-    ("translate", Growth::WithInputs),
+    ("string_to_array", Growth::Split),
+    ("translate", Growth::Translate),
     ("overlay", Growth::WithInputs),
+    ("upper", Growth::WithInputs),
+    ("lower", Growth::WithInputs),
+    ("initcap", Growth::WithInputs),
+    ("reverse", Growth::WithInputs),
+    ("encode", Growth::WithInputs),
+    ("array_to_string", Growth::WithInputs),
 ];
 
 /// Replaces the functions of [`BOUNDED`] in `ctx` by bounded ones drawing on `pool`; while
 /// the query is planned, they make no value over `folded_at_most` bytes (see `memory::guard`).
+/// Calls that DataFusion's planners of syntax build with their own instances of these functions
+/// (`OVERLAY(… PLACING …)`, `[…]` array literals, `||` between arrays, `MAP {…}`) are turned
+/// into calls of the session's ([`SessionInstances`]).
 pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usize) {
     let state = ctx.state();
     let functions = state.scalar_functions();
+    let mut bounded = HashMap::new();
     for &(name, growth) in BOUNDED {
         let Some(inner) = functions.get(name) else {
             continue;
         };
         // Already wrapped (a registry shared between sessions): wrap the original only.
-        if inner.inner().as_any().is::<Wrapped<Bounded>>() {
+        if is_bounded(inner) {
             continue;
         }
-        ctx.register_udf(ScalarUDF::new_from_impl(Wrapped {
+        let function = ScalarUDF::new_from_impl(Wrapped {
             inner: inner.clone(),
             run: Bounded {
                 growth,
                 pool: PoolRef(pool.clone()),
                 folded_at_most,
             },
-        }));
+        });
+        bounded.insert(name.to_string(), Arc::new(function.clone()));
+        ctx.register_udf(function);
+    }
+    ctx.add_analyzer_rule(Arc::new(SessionInstances { bounded }));
+}
+
+fn is_bounded(function: &ScalarUDF) -> bool {
+    function.inner().as_any().is::<Wrapped<Bounded>>()
+}
+
+/// `array_has([a, b, …], x)` (how `x = ANY([a, b, …])` is planned) with DataFusion's own
+/// `make_array` as its haystack: the simplifier makes it `x IN (a, b, …)` only for that
+/// instance (and the two differ on nulls), so no array is made.
+fn haystack_unwrapped(mut call: ScalarFunction) -> Transformed<Expr> {
+    let mut changed = false;
+    if let Some(Expr::ScalarFunction(haystack)) = call.args.first_mut()
+        && let Some(bounded) = haystack
+            .func
+            .inner()
+            .as_any()
+            .downcast_ref::<Wrapped<Bounded>>()
+    {
+        haystack.func = bounded.inner.clone();
+        changed = true;
+    }
+    let expr = Expr::ScalarFunction(call);
+    if changed {
+        Transformed::yes(expr)
+    } else {
+        Transformed::no(expr)
+    }
+}
+
+/// An analyzer rule: every call of a function of [`BOUNDED`] calls the session's bounded
+/// instance, whatever instance the plan was built with.
+#[derive(Debug)]
+struct SessionInstances {
+    bounded: HashMap<String, Arc<ScalarUDF>>,
+}
+
+impl AnalyzerRule for SessionInstances {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        let calls = |expr: Expr| {
+            expr.transform_up(|expr| match expr {
+                Expr::ScalarFunction(call) if call.func.name() == "array_has" => {
+                    Ok(haystack_unwrapped(call))
+                }
+                Expr::ScalarFunction(call) if !is_bounded(&call.func) => {
+                    match self.bounded.get(call.func.name()) {
+                        Some(session) => Ok(Transformed::yes(Expr::ScalarFunction(
+                            ScalarFunction::new_udf(session.clone(), call.args),
+                        ))),
+                        None => Ok(Transformed::no(Expr::ScalarFunction(call))),
+                    }
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        };
+        plan.transform_up_with_subqueries(|node| node.map_expressions(calls))
+            .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "bounded_functions"
     }
 }
 
@@ -161,6 +249,7 @@ fn not_folded(name: &str, bytes: usize, limit: usize) -> datafusion::error::Data
 /// Bytes `growth` will make from `args` (an upper bound where it can be known; for functions that
 /// grow with their inputs, the sum of the inputs, which the check after the run completes).
 fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize> {
+    let batch_rows = rows;
     // Scalars only: the function runs once.
     let rows = if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
         1
@@ -234,8 +323,34 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
             // A value that doubles itself step by step is refused before the step that would
             // cross the limit is made, not after.
             for a in args {
-                total += lengths(a, rows)?.iter().map(|&b| b as u128).sum::<u128>();
+                total += total_length(a, rows)?;
             }
+        }
+        Growth::Split => {
+            let text = lengths(&args[0], rows)?;
+            let delimiter = lengths(&args[1], rows)?;
+            for i in 0..rows {
+                let elements = text[i] / delimiter[i].max(1) + 1;
+                total += text[i] as u128 + elements as u128 * 8;
+            }
+        }
+        Growth::Translate => {
+            // Made for every row of the batch, even from scalars.
+            let text = total_length(&args[0], batch_rows)?;
+            // Byte by byte when the text, `from` and `to` are all ASCII (the last two
+            // constants); otherwise each row is split into characters, in vectors reused row
+            // after row.
+            let constant_ascii = |v: &ColumnarValue| {
+                matches!(v, ColumnarValue::Scalar(s)
+                    if s.try_as_str().flatten().is_some_and(str::is_ascii))
+            };
+            let by_bytes = ascii(&args[0])? && constant_ascii(&args[1]) && constant_ascii(&args[2]);
+            let longest = if by_bytes {
+                0
+            } else {
+                lengths(&args[0], rows)?.into_iter().max().unwrap_or(0)
+            };
+            total += text * 6 + longest as u128 * 32;
         }
     }
     Ok(usize::try_from(total).unwrap_or(usize::MAX))
@@ -339,6 +454,47 @@ fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
     })
 }
 
+/// The sum of [`lengths`] over the rows, without a vector of them (these functions run on
+/// every batch of a column).
+fn total_length(v: &ColumnarValue, rows: usize) -> Result<u128> {
+    let ColumnarValue::Array(array) = v else {
+        return Ok(lengths(v, 1)?[0] as u128 * rows as u128);
+    };
+    let sum = |offsets: &[i64]| (offsets[offsets.len() - 1] - offsets[0]) as u128;
+    Ok(match array.data_type() {
+        DataType::Utf8 => {
+            let o = array.as_string::<i32>().value_offsets();
+            (o[o.len() - 1] - o[0]) as u128
+        }
+        DataType::LargeUtf8 => sum(array.as_string::<i64>().value_offsets()),
+        // A view's low 32 bits are its string's length.
+        DataType::Utf8View => array
+            .as_string_view()
+            .views()
+            .iter()
+            .map(|&v| u128::from(v as u32))
+            .sum(),
+        _ => lengths(v, rows)?.iter().map(|&b| b as u128).sum(),
+    })
+}
+
+/// Whether every text of the argument is ASCII (anything else: not).
+fn ascii(v: &ColumnarValue) -> Result<bool> {
+    if let ColumnarValue::Scalar(s) = v {
+        return Ok(s.try_as_str().flatten().is_none_or(str::is_ascii));
+    }
+    let array = one_per_row(v, 1)?;
+    let all = |mut texts: Box<dyn Iterator<Item = Option<&str>> + '_>| {
+        texts.all(|t| t.is_none_or(str::is_ascii))
+    };
+    Ok(match array.data_type() {
+        DataType::Utf8 => all(Box::new(array.as_string::<i32>().iter())),
+        DataType::LargeUtf8 => all(Box::new(array.as_string::<i64>().iter())),
+        DataType::Utf8View => all(Box::new(array.as_string_view().iter())),
+        _ => false,
+    })
+}
+
 fn len_of(s: Option<&str>) -> usize {
     s.map_or(0, str::len)
 }
@@ -394,6 +550,31 @@ mod tests {
         assert_eq!(
             e(Growth::Range { inclusive: true }, &[d(0), d(9), days]),
             80
+        );
+        // Splitting: the text and 8 bytes per element it can have.
+        assert_eq!(e(Growth::Split, &[text("a,b,c"), text(",")]), 5 + 6 * 8);
+        // Translation: six times the text, and 32 bytes more per byte of text not in ASCII.
+        let t = |s| e(Growth::Translate, &[text(s), text("a"), text("b")]);
+        assert_eq!(t("abc"), 18);
+        assert_eq!(t("é"), 2 * 38);
+        let rows = estimate(
+            Growth::Translate,
+            &[text("abc"), text("a"), text("b")],
+            1000,
+        );
+        assert_eq!(
+            rows.unwrap(),
+            18 * 1000,
+            "a constant text is made for every row"
+        );
+        let column = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
+            "abcd", "ab",
+        ])));
+        let accented = [column, text("é"), text("e")];
+        assert_eq!(
+            estimate(Growth::Translate, &accented, 2).unwrap(),
+            6 * 6 + 4 * 32,
+            "split into characters row by row: the longest row"
         );
         // Concatenation: the sum of its inputs, each scalar once per row.
         assert_eq!(e(Growth::WithInputs, &[text("ab"), text("cde")]), 5);

@@ -14,6 +14,9 @@
 //!   every row of the batch (its size times the rows), and a column after it is made; then
 //!   given back: the batch travels downstream, where operators and pages count it.
 //!
+//! An aggregation evaluates its functions' arguments itself, copying a constant into every row
+//! the same way: they are counted as a projection's expressions are.
+//!
 //! [`SizeChecks`] installs the nodes as the first rule of the physical optimizer, so that they
 //! travel with projections that later rules push into scans. It also marks the end of logical
 //! planning, during which constant folding runs functions with no pool counting the constants
@@ -36,7 +39,8 @@ use datafusion::logical_expr::sort_properties::ExprProperties;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::expressions::{Column, Literal};
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::expressions::{CastExpr, Column, Literal};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 
 use super::QueryPool;
@@ -45,6 +49,10 @@ use super::QueryPool;
 /// 8 bytes is 64 KiB) stay off the pool's lock, and what goes uncounted per node is small
 /// beside any limit.
 const COUNTED_FROM: usize = 256 << 10;
+
+/// The largest literal left bare after an aggregate's first argument: copied into every row of
+/// an 8,192-row batch, 8 MiB uncounted.
+const BARE_LITERAL_BYTES: usize = 1 << 10;
 
 thread_local! {
     static HELD: RefCell<Held> = const {
@@ -86,6 +94,9 @@ impl PhysicalOptimizerRule for SizeChecks {
         // Logical planning, and its folding of constants, is over.
         self.pool.planned();
         plan.transform_up(|node| {
+            if node.as_any().is::<AggregateExec>() {
+                return self.aggregate(node);
+            }
             let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() else {
                 return Ok(Transformed::no(node));
             };
@@ -113,6 +124,70 @@ impl PhysicalOptimizerRule for SizeChecks {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+impl SizeChecks {
+    /// An aggregation evaluates its functions' arguments itself, a constant copied into every
+    /// row as a projection would (`string_agg('…300 KB…', ',')` made 600 MB from 2,000 rows):
+    /// they are counted as a projection's. Left as they are: a literal number first (`count(1)`
+    /// is how `count(*)` is planned) and a literal of at most [`BARE_LITERAL_BYTES`] after it
+    /// (functions read their delimiters and fractions from bare literals; `string_agg` refuses
+    /// a longer delimiter, as not a literal).
+    fn aggregate(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+    ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        let Some(aggregate) = node.as_any().downcast_ref::<AggregateExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let mut changed = false;
+        let mut functions = Vec::with_capacity(aggregate.aggr_expr().len());
+        for function in aggregate.aggr_expr() {
+            let args = function.expressions();
+            let bare = |(i, e): (usize, &Arc<dyn PhysicalExpr>)| {
+                e.as_any().downcast_ref::<Literal>().is_some_and(|l| {
+                    if i == 0 {
+                        l.value().data_type().is_primitive()
+                    } else {
+                        l.value().size() <= BARE_LITERAL_BYTES
+                    }
+                })
+            };
+            if function.is_reversed() || args.iter().enumerate().all(bare) {
+                functions.push(function.clone());
+                continue;
+            }
+            let counted_args = args
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    if bare((i, e)) {
+                        Ok(e.clone())
+                    } else {
+                        counted(e, &self.pool)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let order_by = function
+                .order_bys()
+                .iter()
+                .map(|s| s.expr.clone())
+                .collect();
+            match function.with_new_expressions(counted_args, order_by) {
+                Some(rewritten) => {
+                    changed = true;
+                    functions.push(Arc::new(rewritten));
+                }
+                None => functions.push(function.clone()),
+            }
+        }
+        if !changed {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(Arc::new(
+            aggregate.with_new_aggr_exprs(functions),
+        )))
     }
 }
 
@@ -189,7 +264,7 @@ impl PhysicalExpr for Counted {
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
         let entered = Entered::new(&self.pool);
-        let made = self.inner.evaluate(batch);
+        let made = self.make(batch);
         let (arguments, outermost) = entered.leave();
         // The node's value is taken while its arguments' are still held (both were in memory
         // at once); theirs go back after, as nothing needs them any more.
@@ -294,6 +369,48 @@ impl Drop for Entered<'_> {
 }
 
 impl Counted {
+    /// The node's value. A cast to text is made here from its argument, so that a copy as
+    /// large as the argument is reserved before it is made: `CAST(range(…) AS VARCHAR)`
+    /// prints every number, and a list of 8-byte integers takes about as many bytes printed.
+    fn make(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        let Some(cast) = self.inner.as_any().downcast_ref::<CastExpr>() else {
+            return self.inner.evaluate(batch);
+        };
+        if !matches!(
+            cast.cast_type(),
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        ) {
+            return self.inner.evaluate(batch);
+        }
+        let value = cast.expr().evaluate(batch)?;
+        let bytes = match &value {
+            // A slice of a larger batch (an aggregation's output is handed on in slices): its
+            // own rows' bytes.
+            ColumnarValue::Array(array) => array
+                .to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| array.get_array_memory_size()),
+            ColumnarValue::Scalar(value) => value.size(),
+        };
+        let reserved = if bytes < COUNTED_FROM {
+            0
+        } else {
+            let what = format!("a cast to {}", cast.cast_type());
+            self.pool.try_take(bytes, &what)?;
+            bytes
+        };
+        let made = value.cast_to(cast.cast_type(), Some(cast.cast_options()));
+        if reserved > 0 {
+            self.pool.give_back(reserved);
+        }
+        made
+    }
+
     /// Takes the bytes of `made` (at the top, a constant's as copied into every row of
     /// `batch`) from the pool, unless they are too few to count: the bytes taken.
     fn take(&self, made: &ColumnarValue, batch: &RecordBatch) -> Result<usize> {
@@ -378,6 +495,7 @@ mod tests {
             .build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::bounded::register(&ctx, &pool, MIB);
+        crate::memory::copies::register(&ctx);
         let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2000));
         let batch = RecordBatch::try_from_iter([("n", n)]).unwrap();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
@@ -429,13 +547,88 @@ mod tests {
         let e = refused(first_value(&ctx, sql).await);
         assert!(e.contains("range(…) needs 24000000 bytes, 24"), "{e}");
         assert_eq!(pool.reserved(), 0, "nothing stays held");
-        // A value made from a held argument counts with it: 30 MB and its upper-case copy.
+        // A value made from a held argument counts with it: 30 MB and a copy of most of it.
         let (ctx, _) = session(40 * MIB);
-        let e = refused(first_value(&ctx, "SELECT length(upper(repeat('a', 30000000)))").await);
-        assert!(e.contains("the value of upper"), "{e}");
+        let sql = "SELECT length(left(repeat('a', 30000000), 29000000))";
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("the value of left"), "{e}");
         let (ctx, _) = session(40 * MIB);
         let sql = "SELECT cardinality(array_intersect(range(0, 1000000), range(1, 1000001)))";
         assert_eq!(first_value(&ctx, sql).await.unwrap(), "999999");
+    }
+
+    #[tokio::test]
+    async fn a_value_is_reserved_before_it_is_made_whatever_syntax_planned_it() {
+        // `OVERLAY … PLACING` and `[…]` are planned by DataFusion's planners of syntax, with
+        // their own instances of `overlay` and `make_array`: they run bounded too, refused
+        // before their value is made (before, made and only then refused as "the value of").
+        let (ctx, pool) = session(40 * MIB);
+        let sql = "SELECT length(overlay(repeat('a', 10) placing repeat('b', 25000000) from 2))";
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("overlay(…) needs 25000"), "{e}");
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        let (ctx, _) = session(40 * MIB);
+        let sql = "SELECT cardinality([range(0, 2000000), range(1, 2000001)])";
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("make_array(…) needs"), "{e}");
+        // A cast to text reserves its argument's size before it prints every number.
+        let (ctx, pool) = session(40 * MIB);
+        let sql = "SELECT length(CAST(range(0, 3000000) AS VARCHAR))";
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("a cast to"), "{e}");
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        // Within the limit, each runs.
+        let (ctx, _) = session(40 * MIB);
+        let sql = "SELECT length(overlay(repeat('a', 10) placing repeat('b', 1000000) from 2))";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "1000001");
+        let sql = "SELECT cardinality([range(0, 1000000), range(1, 1000001)])";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "2000000");
+        let sql = "SELECT length(CAST(range(0, 100000) AS VARCHAR))";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "688890");
+    }
+
+    #[tokio::test]
+    async fn any_of_an_array_literal_stays_a_list_of_alternatives() {
+        // `x = ANY([a, b])` is simplified into `x IN (a, b)` only with DataFusion's own
+        // `make_array`: with the bounded one it stayed an array search, which answers false
+        // where `IN` answers null (`NOT` then kept every row).
+        let (ctx, _) = session(64 * MIB);
+        let sql = "SELECT count(*) FROM t WHERE NOT (n = ANY([n + 1, CAST(NULL AS BIGINT)]))";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "0");
+        let sql = "SELECT count(*) FROM t WHERE n = ANY([n, n + 1])";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "2000");
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_counts_the_copies_it_makes_when_it_finishes() {
+        // 15 MB joined into one string (16 MiB of capacity), copied twice as it finishes:
+        // refused by the aggregation's own reservation (before, it ran and made 50 MB).
+        let (ctx, pool) = session(40 * MIB);
+        let sql = |rows| {
+            format!(
+                "SELECT length(string_agg(s, ',')) FROM \
+                 (SELECT repeat('y', 1000) AS s FROM unnest(range(0, {rows})))"
+            )
+        };
+        refused(first_value(&ctx, &sql(15000)).await);
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        // An aggregate's constant argument is copied into every row, as a projection's is:
+        // 300 KB in 2,000 rows (before, 600 MB made and aggregated).
+        let (ctx, pool) = session(64 * MIB);
+        let wide = "x".repeat(300_000);
+        for sql in [
+            format!("SELECT length(max('{wide}')) FROM t"),
+            "SELECT length(string_agg(repeat('y', 300000), ',')) FROM t".to_string(),
+            // Small, but copied into every row of a batch of 2,000,000 (2 GB).
+            "SELECT length(string_agg(repeat('y', 1000), ',')) FROM unnest(range(0, 2000000))"
+                .to_string(),
+        ] {
+            let e = refused(first_value(&ctx, &sql).await);
+            assert!(e.contains("2000 rows") || e.contains("2000000 rows"), "{e}");
+        }
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+        let (ctx, _) = session(40 * MIB);
+        assert_eq!(first_value(&ctx, &sql(5000)).await.unwrap(), "5004999");
     }
 
     #[tokio::test]

@@ -140,6 +140,7 @@ impl Refresher {
                 limits: floe_query::projection::Limits {
                     max_depth: config.query.max_sql_depth,
                     max_operators: config.query.max_sql_operators,
+                    max_sql_bytes: config.query.max_sql_bytes,
                 },
                 marked: Mutex::new(BTreeSet::new()),
                 pending: Mutex::new(BTreeMap::new()),

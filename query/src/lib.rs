@@ -36,7 +36,6 @@ use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use floe_catalog::config::QueryConfig;
 use floe_catalog::{CATALOG_NAME, Catalog, ErrorKind, TenantId};
 use scan::FloeTable;
@@ -280,16 +279,10 @@ impl Engine {
         let state = SessionStateBuilder::new()
             .with_config(cfg)
             .with_runtime_env(runtime)
-            .with_default_features()
-            // The values of projections counted first, so that the counts travel with
-            // projections later rules push into scans (`memory::guard`).
-            .with_physical_optimizer_rules(
-                std::iter::once(
-                    Arc::new(memory::guard::SizeChecks::for_pool(pool.clone())) as Arc<_>
-                )
-                .chain(PhysicalOptimizer::new().rules)
-                .collect(),
-            )
+            .with_default_features();
+        // The values of projections counted first, so that the counts travel with projections
+        // later rules push into scans (`memory::guard`).
+        let state = memory::with_size_checks(state, &pool)
             .with_optimizer_rule(Arc::new(set_ops::DistinctProbe))
             .with_physical_optimizer_rule(Arc::new(groups::DictionaryGroups))
             .with_physical_optimizer_rule(Arc::new(
@@ -298,8 +291,7 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         functions::register(&ctx);
-        functions::bounded::register(&ctx, &pool, self.config.max_sql_bytes);
-        memory::copies::register(&ctx);
+        memory::bound_functions(&ctx, &pool, self.config.max_sql_bytes);
         let schema = Arc::new(MemorySchemaProvider::new());
         // Two questions to the database, asked together: the tables' metadata files (each read
         // once per location, then kept) and the event schemas the views are made from. Asked

@@ -16,6 +16,32 @@
 pub mod copies;
 pub mod guard;
 
+/// A session whose memory is `pool`: its physical optimizer with the size checks first
+/// ([`guard`]), the rest of `builder` as it is; then [`bound_functions`] on its context.
+pub fn with_size_checks(
+    builder: datafusion::execution::session_state::SessionStateBuilder,
+    pool: &Arc<QueryPool>,
+) -> datafusion::execution::session_state::SessionStateBuilder {
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    builder.with_physical_optimizer_rules(
+        std::iter::once(Arc::new(guard::SizeChecks::for_pool(pool.clone())) as Arc<_>)
+            .chain(PhysicalOptimizer::new().rules)
+            .collect(),
+    )
+}
+
+/// The growing functions of `ctx` bounded by `pool`, folding no value over `folded_at_most`
+/// bytes while planning (`functions::bounded`), and its aggregates counted with their copies
+/// ([`copies`]).
+pub fn bound_functions(
+    ctx: &datafusion::prelude::SessionContext,
+    pool: &Arc<QueryPool>,
+    folded_at_most: usize,
+) {
+    crate::functions::bounded::register(ctx, pool, folded_at_most);
+    copies::register(ctx);
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -81,6 +107,11 @@ impl Budget {
 
     /// The pool of one query of `tenant`, which may hold `limit` bytes at most.
     pub fn query_pool(&self, tenant: &str, limit: usize) -> Arc<QueryPool> {
+        self.pool_limited_by(tenant, limit, "query.memory_limit_bytes")
+    }
+
+    /// A pool of `tenant` that may hold `limit` bytes at most, the setting named `key`.
+    pub fn pool_limited_by(&self, tenant: &str, limit: usize, key: &'static str) -> Arc<QueryPool> {
         self.inner
             .lock()
             .tenants
@@ -91,6 +122,7 @@ impl Budget {
             budget: self.inner.clone(),
             tenant: tenant.to_string(),
             limit,
+            key,
             used: AtomicUsize::new(0),
             planning: AtomicBool::new(true),
         })
@@ -196,6 +228,8 @@ pub struct QueryPool {
     budget: Arc<Shared>,
     tenant: String,
     limit: usize,
+    /// The setting `limit` comes from, named when it refuses.
+    key: &'static str,
     used: AtomicUsize,
     /// Until the physical plan is made: constants are being folded (see `guard`).
     planning: AtomicBool,
@@ -220,8 +254,8 @@ impl QueryPool {
         if used.saturating_add(bytes) > self.limit {
             return Err(exhausted(format!(
                 "Query exceeded the per-query memory limit of {} bytes \
-                 (query.memory_limit_bytes): {what} needs {bytes} bytes, {used} already held",
-                self.limit
+                 ({}): {what} needs {bytes} bytes, {used} already held",
+                self.limit, self.key
             )));
         }
         self.budget.take(&self.tenant, bytes)?;

@@ -7,6 +7,7 @@
 //! that changed, each from its own events, and replaces their rows.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -14,14 +15,15 @@ use datafusion::catalog::MemTable;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
+use crate::memory::{self, Budget, QueryPool};
 use crate::{Error, Result, dialect, functions};
 
 /// The only table a projection reads.
@@ -34,29 +36,39 @@ pub const DAY: &str = "day";
 pub struct Limits {
     pub max_depth: usize,
     pub max_operators: usize,
+    /// The largest value a function may fold into the plan while it is planned
+    /// (`query.max_sql_bytes`, as for queries).
+    pub max_sql_bytes: usize,
 }
 
-/// A session whose only table is `events` (with `schema`), in UTC, its memory from `pool`
-/// (`None`: unbounded, for checking a definition).
+/// A session whose only table is `events` (with `schema`), in UTC, its memory from `pool`,
+/// with a query's memory checks: growing functions bounded and the values of projections and
+/// aggregates' arguments counted (`memory`). Checking a definition runs nothing: its pool
+/// (`None`) only keeps large values out of the plan while it is planned.
 fn session(
     schema: SchemaRef,
     rows: Option<SendableRecordBatchStream>,
-    pool: Option<Arc<dyn MemoryPool>>,
+    pool: Option<Arc<QueryPool>>,
+    limits: Limits,
 ) -> Result<SessionContext> {
     let mut cfg = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(1);
     cfg.options_mut().execution.time_zone = Some("UTC".to_string());
-    let ctx = match pool {
-        Some(pool) => {
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_pool(pool)
-                .build_arc()?;
-            SessionContext::new_with_config_rt(cfg, runtime)
-        }
-        None => SessionContext::new_with_config(cfg),
-    };
+    let pool = pool.unwrap_or_else(|| {
+        let limit = limits.max_sql_bytes;
+        Budget::new(limit, Duration::ZERO).pool_limited_by("", limit, "query.max_sql_bytes")
+    });
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(pool.clone())
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(cfg)
+        .with_runtime_env(runtime)
+        .with_default_features();
+    let ctx = SessionContext::new_with_state(memory::with_size_checks(state, &pool).build());
     functions::register(&ctx);
+    memory::bound_functions(&ctx, &pool, limits.max_sql_bytes);
     match rows {
         Some(rows) => {
             let once: Arc<dyn PartitionStream> = Arc::new(Once {
@@ -111,7 +123,7 @@ fn refuse(message: impl Into<String>) -> Error {
 
 /// Checks a definition against `events` (with `schema`); its output columns.
 pub async fn check(sql: &str, schema: SchemaRef, limits: Limits) -> Result<SchemaRef> {
-    let ctx = session(schema, None, None)?;
+    let ctx = session(schema, None, None, limits)?;
     let plan = plan(&ctx, sql, limits).await?;
     let mut aggregates = Vec::new();
     let mut problem: Option<String> = None;
@@ -276,15 +288,16 @@ async fn plan(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Logical
 }
 
 /// Runs a checked definition over `rows` of `events` (whole days), read as they come, with
-/// its memory from `pool`: past it, aggregations spill to disk where they can, and the run
-/// fails with `ResourcesExhausted` where they cannot.
+/// its memory from `pool` (the values its functions and expressions make included): past it,
+/// aggregations spill to disk where they can, and the run fails with `ResourcesExhausted`
+/// where they cannot.
 pub async fn run(
     sql: &str,
     rows: SendableRecordBatchStream,
-    pool: Arc<dyn MemoryPool>,
+    pool: Arc<QueryPool>,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = session(rows.schema(), Some(rows), Some(pool))?;
+    let ctx = session(rows.schema(), Some(rows), Some(pool), limits)?;
     let plan = plan(&ctx, sql, limits).await?;
     Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }
@@ -293,7 +306,15 @@ pub async fn run(
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use datafusion::execution::memory_pool::GreedyMemoryPool;
+
+    /// A run's pool of `limit` bytes, as the refresher makes it.
+    fn pool(limit: usize) -> Arc<QueryPool> {
+        Budget::new(limit, std::time::Duration::ZERO).pool_limited_by(
+            "t",
+            limit,
+            "projection.memory_limit_bytes",
+        )
+    }
 
     fn events() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
@@ -309,6 +330,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_depth: 64,
         max_operators: 1000,
+        max_sql_bytes: 1 << 20,
     };
 
     async fn refused(sql: &str) -> String {
@@ -414,8 +436,9 @@ mod tests {
         )
         .unwrap();
         let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
-        let pool = Arc::new(GreedyMemoryPool::new(64 << 20));
-        let out = run(sql, stream(vec![batch]), pool, LIMITS).await.unwrap();
+        let out = run(sql, stream(vec![batch]), pool(64 << 20), LIMITS)
+            .await
+            .unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
             .unwrap()
             .to_string();
@@ -448,13 +471,54 @@ mod tests {
         .unwrap();
         let sql =
             "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
-        let tiny = Arc::new(GreedyMemoryPool::new(64 << 10));
-        let e = run(sql, stream(vec![batch.clone()]), tiny, LIMITS)
+        let e = run(sql, stream(vec![batch.clone()]), pool(64 << 10), LIMITS)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("Resources exhausted"), "{e}");
-        let enough = Arc::new(GreedyMemoryPool::new(256 << 20));
-        let out = run(sql, stream(vec![batch]), enough, LIMITS).await.unwrap();
+        let out = run(sql, stream(vec![batch]), pool(256 << 20), LIMITS)
+            .await
+            .unwrap();
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+    }
+
+    #[tokio::test]
+    async fn a_definition_makes_no_value_larger_than_its_memory() {
+        // A tenant's admin defines the projection, and the server checks and runs it: before,
+        // checking folded a 1.5 GB `repeat` into the plan, and each run made the values of its
+        // expressions with nothing counting them (+1.9 GB and +1.4 GB of the server's RSS).
+        use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+        let n = 100;
+        let ids: Vec<String> = (0..n).map(|i| format!("id-{i}")).collect();
+        let batch = RecordBatch::try_new(
+            events(),
+            vec![
+                Arc::new(StringArray::from(ids.clone())),
+                Arc::new(StringArray::from(vec!["A"; n])),
+                Arc::new(TimestampMicrosecondArray::from(vec![0i64; n]).with_timezone("+00:00")),
+                Arc::new(StringArray::from(ids.clone())),
+                Arc::new(StringArray::from(ids)),
+            ],
+        )
+        .unwrap();
+        let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat('x', 1500000000))) AS n \
+                   FROM events GROUP BY 1";
+        let columns = check(sql, events(), LIMITS).await.unwrap();
+        assert_eq!(columns.fields().len(), 2);
+        let e = run(sql, stream(vec![batch.clone()]), pool(64 << 20), LIMITS)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("repeat(…) needs 1500000000 bytes"),
+            "{e}"
+        );
+        let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat(event_id, 200000))) AS n \
+                   FROM events GROUP BY 1";
+        let e = run(sql, stream(vec![batch]), pool(64 << 20), LIMITS)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("projection.memory_limit_bytes"),
+            "{e}"
+        );
     }
 }

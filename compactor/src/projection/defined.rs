@@ -9,15 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::{
-    FairSpillPool, MemoryConsumer, MemoryPool, MemoryReservation,
-};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use floe_catalog::delta::{Delta, DeltaFile};
 use floe_catalog::projection::{
@@ -25,6 +24,7 @@ use floe_catalog::projection::{
 };
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Error as CatalogError, TenantId};
+use floe_query::memory::Budget;
 use futures::StreamExt;
 use iceberg::spec::{PrimitiveType, Type};
 
@@ -184,12 +184,18 @@ impl Refresher {
         };
         let mut rows = Vec::new();
         // One day at a time, streamed: what a day's run holds (the ids seen, the aggregation's
-        // state) comes from this pool, and aggregations spill to disk past it.
+        // state, the values its expressions make) comes from this pool, and aggregations spill
+        // to disk past it.
         let limit = self.inner.config.memory_limit_bytes;
-        let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(limit as usize));
+        let pool = Budget::new(limit as usize, Duration::ZERO).pool_limited_by(
+            tenant.as_str(),
+            limit as usize,
+            "projection.memory_limit_bytes",
+        );
+        let shared: Arc<dyn MemoryPool> = pool.clone();
         for (day, day_files) in by_day {
             let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
-            let ids = MemoryConsumer::new("projection event ids").register(&pool);
+            let ids = MemoryConsumer::new("projection event ids").register(&shared);
             let events = first_copies(events, events_schema.clone(), ids);
             let out = floe_query::projection::run(&d.sql, events, pool.clone(), self.inner.limits)
                 .await
@@ -210,7 +216,10 @@ impl Refresher {
                         };
                     }
                     let e = e.to_string();
-                    let hint = if e.contains("Resources exhausted") {
+                    // The pool's own refusals name the setting; DataFusion's may not.
+                    let hint = if e.contains("Resources exhausted")
+                        && !e.contains("projection.memory_limit_bytes")
+                    {
                         format!(" (projection.memory_limit_bytes is {limit})")
                     } else {
                         String::new()

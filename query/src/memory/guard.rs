@@ -468,7 +468,6 @@ mod tests {
     use datafusion::execution::memory_pool::MemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::prelude::SessionContext;
 
     use super::*;
@@ -486,16 +485,10 @@ mod tests {
             .unwrap();
         let state = SessionStateBuilder::new()
             .with_runtime_env(runtime)
-            .with_default_features()
-            .with_physical_optimizer_rules(
-                std::iter::once(Arc::new(SizeChecks::for_pool(pool.clone())) as Arc<_>)
-                    .chain(PhysicalOptimizer::new().rules)
-                    .collect(),
-            )
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        crate::functions::bounded::register(&ctx, &pool, MIB);
-        crate::memory::copies::register(&ctx);
+            .with_default_features();
+        let ctx =
+            SessionContext::new_with_state(crate::memory::with_size_checks(state, &pool).build());
+        crate::memory::bound_functions(&ctx, &pool, MIB);
         let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2000));
         let batch = RecordBatch::try_from_iter([("n", n)]).unwrap();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();

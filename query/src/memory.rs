@@ -17,7 +17,8 @@ pub mod copies;
 pub mod guard;
 
 /// A session whose memory is `pool`: its physical optimizer with the size checks first
-/// ([`guard`]), the rest of `builder` as it is; then [`bound_functions`] on its context.
+/// ([`guard`]), the rest of `builder` as it is. Its context then needs [`bound_functions`].
+/// The pool serves one plan: the size checks end its planning.
 pub fn with_size_checks(
     builder: datafusion::execution::session_state::SessionStateBuilder,
     pool: &Arc<QueryPool>,

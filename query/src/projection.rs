@@ -43,8 +43,8 @@ pub struct Limits {
 
 /// A session whose only table is `events` (with `schema`), in UTC, its memory from `pool`,
 /// with a query's memory checks: growing functions bounded and the values of projections and
-/// aggregates' arguments counted (`memory`). Checking a definition runs nothing: its pool
-/// (`None`) only keeps large values out of the plan while it is planned.
+/// aggregates' arguments counted (`memory`). A run's pool serves one run. Checking a
+/// definition runs nothing: its pool (`None`) keeps large values out of any plan made.
 fn session(
     schema: SchemaRef,
     rows: Option<SendableRecordBatchStream>,
@@ -453,12 +453,11 @@ mod tests {
         ))
     }
 
-    #[tokio::test]
-    async fn a_run_takes_its_memory_from_the_pool_it_is_given() {
+    /// `n` events of type A on 1970-01-01, each with its own id, user and payload.
+    fn one_day(n: usize) -> RecordBatch {
         use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
-        let n = 20_000;
         let ids: Vec<String> = (0..n).map(|i| format!("id-{i}")).collect();
-        let batch = RecordBatch::try_new(
+        RecordBatch::try_new(
             events(),
             vec![
                 Arc::new(StringArray::from(ids.clone())),
@@ -468,7 +467,13 @@ mod tests {
                 Arc::new(StringArray::from(ids)),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_takes_its_memory_from_the_pool_it_is_given() {
+        let n = 20_000;
+        let batch = one_day(n);
         let sql =
             "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
         let e = run(sql, stream(vec![batch.clone()]), pool(64 << 10), LIMITS)
@@ -484,22 +489,9 @@ mod tests {
     #[tokio::test]
     async fn a_definition_makes_no_value_larger_than_its_memory() {
         // A tenant's admin defines the projection, and the server checks and runs it: before,
-        // checking folded a 1.5 GB `repeat` into the plan, and each run made the values of its
-        // expressions with nothing counting them (+1.9 GB and +1.4 GB of the server's RSS).
-        use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
-        let n = 100;
-        let ids: Vec<String> = (0..n).map(|i| format!("id-{i}")).collect();
-        let batch = RecordBatch::try_new(
-            events(),
-            vec![
-                Arc::new(StringArray::from(ids.clone())),
-                Arc::new(StringArray::from(vec!["A"; n])),
-                Arc::new(TimestampMicrosecondArray::from(vec![0i64; n]).with_timezone("+00:00")),
-                Arc::new(StringArray::from(ids.clone())),
-                Arc::new(StringArray::from(ids)),
-            ],
-        )
-        .unwrap();
+        // each run made the values of its expressions with nothing counting them (+1.9 GB and
+        // +1.4 GB of the server's RSS). Checking only plans: it accepts the definition.
+        let batch = one_day(100);
         let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat('x', 1500000000))) AS n \
                    FROM events GROUP BY 1";
         let columns = check(sql, events(), LIMITS).await.unwrap();

@@ -187,17 +187,20 @@ impl Refresher {
         // state, the values its expressions make) comes from this pool, and aggregations spill
         // to disk past it.
         let limit = self.inner.config.memory_limit_bytes;
-        let pool = Budget::new(limit as usize, Duration::ZERO).pool_limited_by(
-            tenant.as_str(),
-            limit as usize,
-            "projection.memory_limit_bytes",
-        );
-        let shared: Arc<dyn MemoryPool> = pool.clone();
+        let budget = Budget::new(limit as usize, Duration::ZERO);
         for (day, day_files) in by_day {
+            // A pool per day's run: each is planned anew, and folds no large value into its
+            // plan until its physical plan is made (`floe_query::memory::guard`).
+            let pool = budget.pool_limited_by(
+                tenant.as_str(),
+                limit as usize,
+                "projection.memory_limit_bytes",
+            );
+            let shared: Arc<dyn MemoryPool> = pool.clone();
             let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
             let ids = MemoryConsumer::new("projection event ids").register(&shared);
             let events = first_copies(events, events_schema.clone(), ids);
-            let out = floe_query::projection::run(&d.sql, events, pool.clone(), self.inner.limits)
+            let out = floe_query::projection::run(&d.sql, events, pool, self.inner.limits)
                 .await
                 .map_err(|e| {
                     // Reading the day's files failed: storage trouble, not the definition.

@@ -9,26 +9,31 @@
 //! `ResourcesExhausted`, which the protocol answers as `EXCEEDED_MEMORY_LIMIT`.
 //!
 //! Memory that DataFusion does not account for is brought under the same pools by the engine:
-//! values made by functions (`functions::bounded`), the values of projections' expressions
-//! ([`guard`]), the copies aggregates make when they finish ([`copies`]), and the pages a
+//! values made by functions (`functions::bounded`), the values expressions make
+//! ([`guard`], put into plans by [`checks`]), the copies aggregates make when they finish ([`copies`]), and the pages a
 //! client has not fetched yet.
 
+pub mod checks;
 pub mod copies;
 pub mod guard;
+pub mod window_args;
 
-/// A session whose memory is `pool`: its physical optimizer with the size checks first
-/// ([`guard`]), the rest of `builder` as it is. Its context then needs [`bound_functions`].
+/// A session whose memory is `pool`: window functions' arguments computed below their windows
+/// ([`window_args`]), its physical optimizer with the size checks first ([`checks`]), the rest
+/// of `builder` as it is. Its context then needs [`bound_functions`].
 /// The pool serves one plan: the size checks end its planning.
 pub fn with_size_checks(
     builder: datafusion::execution::session_state::SessionStateBuilder,
     pool: &Arc<QueryPool>,
 ) -> datafusion::execution::session_state::SessionStateBuilder {
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
-    builder.with_physical_optimizer_rules(
-        std::iter::once(Arc::new(guard::SizeChecks::for_pool(pool.clone())) as Arc<_>)
-            .chain(PhysicalOptimizer::new().rules)
-            .collect(),
-    )
+    builder
+        .with_optimizer_rule(Arc::new(window_args::WindowArguments))
+        .with_physical_optimizer_rules(
+            std::iter::once(Arc::new(checks::SizeChecks::for_pool(pool.clone())) as Arc<_>)
+                .chain(PhysicalOptimizer::new().rules)
+                .collect(),
+        )
 }
 
 /// The growing functions of `ctx` bounded by `pool`, folding no value over `folded_at_most`

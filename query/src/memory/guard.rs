@@ -1,4 +1,4 @@
-//! The values a query's projections make, held against the query's memory while they live.
+//! The values a query's expressions make, held against the query's memory while they live.
 //!
 //! DataFusion's pool sees operators (sorts, joins, aggregations), not the values expressions
 //! make: `s || s` doubles a string, `make_array(x, x, x)` triples an array, and a constant in
@@ -15,13 +15,11 @@
 //!   given back: the batch travels downstream, where operators and pages count it.
 //!
 //! An aggregation evaluates its functions' arguments itself, copying a constant into every row
-//! the same way: they are counted as a projection's expressions are.
+//! the same way: they are counted as a projection's expressions are. Filters, sorts and joins
+//! have their calls counted ([`counted_calls`]).
 //!
-//! [`SizeChecks`] installs the nodes as the first rule of the physical optimizer, so that they
-//! travel with projections that later rules push into scans. It also marks the end of logical
-//! planning, during which constant folding runs functions with no pool counting the constants
-//! it makes (and copies into the plan): until then, growing functions refuse values larger
-//! than a query's SQL may be (`query.max_sql_bytes`), which leaves them to run with the query.
+//! `memory::checks::SizeChecks` installs the nodes as the first rule of the physical optimizer,
+//! so that they travel with projections and predicates that later rules push into scans.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -32,16 +30,12 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, FieldRef, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
-use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::logical_expr::ColumnarValue;
 use datafusion::logical_expr::sort_properties::ExprProperties;
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::AggregateExec;
-use datafusion::physical_plan::expressions::{CastExpr, Column, Literal};
-use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::logical_expr::{ColumnarValue, Operator};
+use datafusion::physical_expr::utils::{conjunction, split_conjunction};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_plan::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
 
 use super::QueryPool;
 
@@ -49,10 +43,6 @@ use super::QueryPool;
 /// 8 bytes is 64 KiB) stay off the pool's lock, and what goes uncounted per node is small
 /// beside any limit.
 const COUNTED_FROM: usize = 256 << 10;
-
-/// The largest literal left bare after an aggregate's first argument: copied into every row of
-/// an 8,192-row batch, 8 MiB uncounted.
-const BARE_LITERAL_BYTES: usize = 1 << 10;
 
 thread_local! {
     static HELD: RefCell<Held> = const {
@@ -72,128 +62,12 @@ struct Held {
     bytes: Vec<usize>,
 }
 
-/// The physical optimizer's first rule: counts the values of every projection's expressions
-/// against the query's pool, and ends the pool's planning.
-#[derive(Debug)]
-pub struct SizeChecks {
-    pool: Arc<QueryPool>,
-}
-
-impl SizeChecks {
-    pub fn for_pool(pool: Arc<QueryPool>) -> SizeChecks {
-        SizeChecks { pool }
-    }
-}
-
-impl PhysicalOptimizerRule for SizeChecks {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // Logical planning, and its folding of constants, is over.
-        self.pool.planned();
-        plan.transform_up(|node| {
-            if node.as_any().is::<AggregateExec>() {
-                return self.aggregate(node);
-            }
-            let Some(projection) = node.as_any().downcast_ref::<ProjectionExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            let exprs = projection
-                .expr()
-                .iter()
-                .map(|p| {
-                    Ok(ProjectionExpr {
-                        expr: counted(&p.expr, &self.pool)?,
-                        alias: p.alias.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(
-                exprs,
-                projection.input().clone(),
-            )?) as _))
-        })
-        .map(|t| t.data)
-    }
-
-    fn name(&self) -> &str {
-        "size_checks"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
-
-impl SizeChecks {
-    /// An aggregation evaluates its functions' arguments itself, a constant copied into every
-    /// row as a projection would (`string_agg('…300 KB…', ',')` made 600 MB from 2,000 rows):
-    /// they are counted as a projection's. Left as they are: a literal number first (`count(1)`
-    /// is how `count(*)` is planned) and a literal of at most [`BARE_LITERAL_BYTES`] after it
-    /// (functions read their delimiters and fractions from bare literals; `string_agg` refuses
-    /// a longer delimiter, as not a literal).
-    fn aggregate(
-        &self,
-        node: Arc<dyn ExecutionPlan>,
-    ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
-        let Some(aggregate) = node.as_any().downcast_ref::<AggregateExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let mut changed = false;
-        let mut functions = Vec::with_capacity(aggregate.aggr_expr().len());
-        for function in aggregate.aggr_expr() {
-            let args = function.expressions();
-            let bare = |(i, e): (usize, &Arc<dyn PhysicalExpr>)| {
-                e.as_any().downcast_ref::<Literal>().is_some_and(|l| {
-                    if i == 0 {
-                        l.value().data_type().is_primitive()
-                    } else {
-                        l.value().size() <= BARE_LITERAL_BYTES
-                    }
-                })
-            };
-            if function.is_reversed() || args.iter().enumerate().all(bare) {
-                functions.push(function.clone());
-                continue;
-            }
-            let counted_args = args
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    if bare((i, e)) {
-                        Ok(e.clone())
-                    } else {
-                        counted(e, &self.pool)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let order_by = function
-                .order_bys()
-                .iter()
-                .map(|s| s.expr.clone())
-                .collect();
-            match function.with_new_expressions(counted_args, order_by) {
-                Some(rewritten) => {
-                    changed = true;
-                    functions.push(Arc::new(rewritten));
-                }
-                None => functions.push(function.clone()),
-            }
-        }
-        if !changed {
-            return Ok(Transformed::no(node));
-        }
-        Ok(Transformed::yes(Arc::new(
-            aggregate.with_new_aggr_exprs(functions),
-        )))
-    }
-}
-
 /// `expr` with its computed nodes counted, and its top checked before a constant is copied
 /// into every row (a bare column is left as it is: it makes nothing).
-fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dyn PhysicalExpr>> {
+pub(super) fn counted(
+    expr: &Arc<dyn PhysicalExpr>,
+    pool: &Arc<QueryPool>,
+) -> Result<Arc<dyn PhysicalExpr>> {
     let any = expr.as_any();
     if any.is::<Column>() || any.is::<Counted>() {
         return Ok(expr.clone());
@@ -206,10 +80,10 @@ fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dy
                 return Ok(Transformed::no(node));
             }
             Ok(Transformed::yes(Arc::new(Counted {
+                constant: !reads_columns(&node),
                 inner: node,
                 pool: pool.clone(),
                 top: false,
-                constant: false,
             }) as _))
         })?
         .data;
@@ -223,6 +97,75 @@ fn counted(expr: &Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Result<Arc<dy
         pool: pool.clone(),
         top: true,
     }))
+}
+
+/// `expr` (a conjunct of a predicate, a sort or join key) with the nodes that can make large
+/// values counted: calls of functions, and casts and string concatenations over them, and the
+/// root, which holds what they made until it has made its own value (`s = repeat('a', 9e8)`
+/// compares a value that lives until the comparison ends). Comparisons, `AND`, `OR`, `NOT`,
+/// columns and literals below the root stay as they are (see `memory::checks`).
+pub(super) fn counted_calls(
+    expr: &Arc<dyn PhysicalExpr>,
+    pool: &Arc<QueryPool>,
+) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+    let counted = count_calls(expr, pool)?;
+    if !counted.transformed || counted.data.as_any().is::<Counted>() {
+        return Ok(counted);
+    }
+    Ok(Transformed::yes(Arc::new(Counted {
+        constant: !reads_columns(&counted.data),
+        inner: counted.data,
+        pool: pool.clone(),
+        top: false,
+    })))
+}
+
+/// [`counted_calls`] below the root.
+fn count_calls(
+    expr: &Arc<dyn PhysicalExpr>,
+    pool: &Arc<QueryPool>,
+) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+    expr.clone().transform_up(|node| {
+        let any = node.as_any();
+        let over_calls = || {
+            node.exists(|n| Ok(n.as_any().is::<ScalarFunctionExpr>()))
+                .unwrap_or(true)
+        };
+        let makes = any.is::<ScalarFunctionExpr>()
+            || ((any.is::<CastExpr>()
+                || any.is::<TryCastExpr>()
+                || any
+                    .downcast_ref::<BinaryExpr>()
+                    .is_some_and(|b| *b.op() == Operator::StringConcat))
+                && over_calls());
+        if !makes {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(Arc::new(Counted {
+            constant: !reads_columns(&node),
+            inner: node,
+            pool: pool.clone(),
+            top: false,
+        }) as _))
+    })
+}
+
+/// A predicate with each conjunct's calls counted ([`counted_calls`]): a conjunct without
+/// calls stays bare, for the rules that push conjuncts into scans and prune by them.
+pub(super) fn counted_predicate(
+    predicate: &Arc<dyn PhysicalExpr>,
+    pool: &Arc<QueryPool>,
+) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+    let conjuncts = split_conjunction(predicate)
+        .into_iter()
+        .map(|c| counted_calls(c, pool))
+        .collect::<Result<Vec<_>>>()?;
+    if !conjuncts.iter().any(|c| c.transformed) {
+        return Ok(Transformed::no(predicate.clone()));
+    }
+    Ok(Transformed::yes(conjunction(
+        conjuncts.into_iter().map(|c| c.data),
+    )))
 }
 
 /// Whether `expr` reads any column of its input.
@@ -239,9 +182,10 @@ pub(crate) struct Counted {
     /// The expression's top: a constant is checked as copied into every row, and nothing is
     /// held once the value is made.
     top: bool,
-    /// A top that reads no column. It says it is volatile, so that no later simplification
-    /// (a scan's, when it opens a file with a predicate) folds it into a bare literal, which
-    /// the projection would copy into every row unchecked.
+    /// A node that reads no column. It says it is volatile, so that no later simplification
+    /// (a scan's, when it opens a file with a predicate) folds it into a bare literal: made
+    /// there with nothing holding it, kept in the plan, and copied by a projection into every
+    /// row unchecked.
     constant: bool,
 }
 
@@ -294,7 +238,7 @@ impl PhysicalExpr for Counted {
         // Whether it is a constant follows its new child (a rule may have replaced a column).
         let inner = children[0].clone();
         Ok(Arc::new(Counted {
-            constant: self.top && !reads_columns(&inner),
+            constant: !reads_columns(&inner),
             inner,
             pool: self.pool.clone(),
             top: self.top,
@@ -426,15 +370,45 @@ impl Counted {
         }
         let what = if self.top {
             format!(
-                "the values of {self} in a batch of {} rows",
+                "the values of {} in a batch of {} rows",
+                named(self),
                 batch.num_rows()
             )
         } else {
-            format!("the value of {self}")
+            format!("the value of {}", named(self))
         };
         self.pool.try_take(bytes, &what)?;
         Ok(bytes)
     }
+}
+
+/// The longest text of an expression a refusal quotes.
+const NAMED_AT_MOST: usize = 200;
+
+/// `expr` as a refusal quotes it: cut at [`NAMED_AT_MOST`] bytes, where formatting stops (a
+/// literal of 100,000,000 numbers, printed whole into a refusal, took 20 s and 3 GB).
+fn named(expr: &dyn Display) -> String {
+    struct Cut(String);
+    impl fmt::Write for Cut {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = NAMED_AT_MOST - self.0.len();
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            let end = (0..=room)
+                .rev()
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            self.0.push_str(&s[..end]);
+            self.0.push('…');
+            Err(fmt::Error)
+        }
+    }
+    let mut cut = Cut(String::new());
+    // An error is where the text was cut.
+    let _ = fmt::write(&mut cut, format_args!("{expr}"));
+    cut.0
 }
 
 impl Display for Counted {
@@ -545,9 +519,13 @@ mod tests {
         let sql = "SELECT length(left(repeat('a', 30000000), 29000000))";
         let e = refused(first_value(&ctx, sql).await);
         assert!(e.contains("the value of left"), "{e}");
+        // Compared as rows, 1,000,000 elements a side take about 190 MB (before, uncounted).
         let (ctx, _) = session(40 * MIB);
         let sql = "SELECT cardinality(array_intersect(range(0, 1000000), range(1, 1000001)))";
-        assert_eq!(first_value(&ctx, sql).await.unwrap(), "999999");
+        let e = refused(first_value(&ctx, sql).await);
+        assert!(e.contains("array_intersect(…) needs"), "{e}");
+        let sql = "SELECT cardinality(array_intersect(range(0, 100000), range(1, 100001)))";
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), "99999");
     }
 
     #[tokio::test]
@@ -625,6 +603,127 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn filters_sorts_and_joins_count_the_values_their_calls_make() {
+        // 3,000,000 numbers (24 MB) printed as text: in a projection, the cast reserves its
+        // argument's size with the argument held (48 MB, refused under 40 MiB). In a filter, a
+        // sort's key or a join's filter nothing was counted: each ran (the range reserved
+        // while it was made, then gave it back) and printed 23 MB more.
+        let cast = |n: &str| format!("length(CAST(range(0, {n}) AS VARCHAR))");
+        let queries = |n: &str| {
+            [
+                format!("SELECT count(*) FROM t WHERE {} > 0", cast(n)),
+                format!("SELECT n FROM t ORDER BY {} + n LIMIT 1", cast(n)),
+                // 2,000 matched pairs, each with its own range: 4,000,000 numbers together.
+                format!(
+                    "SELECT count(*) FROM t a JOIN t b ON a.n = b.n AND {} > 0",
+                    cast(&format!("{n} / 1500 + a.n - b.n"))
+                ),
+            ]
+        };
+        for sql in queries("3000000") {
+            let (ctx, pool) = session(40 * MIB);
+            let e = refused(first_value(&ctx, &sql).await);
+            assert!(e.contains("a cast to"), "{sql}: {e}");
+            assert_eq!(pool.reserved(), 0, "{sql}: nothing stays held");
+        }
+        // Within the limit, each runs as before.
+        let (ctx, _) = session(40 * MIB);
+        let answers = ["2000", "0", "2000"];
+        for (sql, answer) in queries("150000").iter().zip(answers) {
+            assert_eq!(first_value(&ctx, sql).await.unwrap(), answer, "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_functions_arguments_are_counted_below_it() {
+        // A constant copied by the window into each of 2,000 rows: 100 KB folded into a
+        // literal (200 MB), or 2 MB left to run with the query (4 GB). Before, counted nowhere:
+        // the first ran.
+        for sql in [
+            "SELECT max(length(v)) FROM \
+             (SELECT first_value(repeat('x', 100000)) OVER (ORDER BY n) AS v FROM t)",
+            "SELECT max(length(v)) FROM \
+             (SELECT last_value(repeat('x', 2000000)) OVER (ORDER BY n) AS v FROM t)",
+        ] {
+            let (ctx, pool) = session(64 * MIB);
+            let e = refused(first_value(&ctx, sql).await);
+            assert!(e.contains("2000 rows"), "{sql}: {e}");
+            assert_eq!(pool.reserved(), 0, "{sql}: nothing stays held");
+        }
+        // Within the limit, windows answer as before, with the literals they read as literals
+        // (`ntile`'s, `lag`'s offset and default) where they were.
+        let (ctx, _) = session(64 * MIB);
+        for (sql, answer) in [
+            (
+                "SELECT max(length(v)) FROM \
+                 (SELECT first_value(repeat('x', 1000)) OVER (ORDER BY n) AS v FROM t)",
+                "1000",
+            ),
+            (
+                "SELECT sum(v) FROM (SELECT lag(n * 2, 1, 0) OVER (ORDER BY n) AS v FROM t)",
+                "3994002",
+            ),
+            (
+                "SELECT max(q) FROM (SELECT ntile(4) OVER (ORDER BY n) AS q FROM t)",
+                "4",
+            ),
+            (
+                "SELECT max(s) FROM \
+                 (SELECT n, sum(n + 1) OVER (PARTITION BY n % 2) AS s FROM t)",
+                "1001000",
+            ),
+        ] {
+            assert_eq!(first_value(&ctx, sql).await.unwrap(), answer, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_predicate_keeps_its_shape_around_counted_calls() {
+        // Conjuncts, comparisons and bare columns stay as they are, for the rules that split
+        // predicates, prune files by `column = literal` and compare dictionaries.
+        use datafusion::physical_plan::expressions::lit;
+        let pool = Budget::new(64 * MIB, Duration::ZERO).query_pool("t", 16 * MIB);
+        let n: Arc<dyn PhysicalExpr> = Arc::new(Column::new("n", 0));
+        let compared = Arc::new(BinaryExpr::new(n.clone(), Operator::Eq, lit(5i64))) as _;
+        let unchanged = counted_predicate(&compared, &pool).unwrap();
+        assert!(!unchanged.transformed);
+        let text = Arc::new(CastExpr::new(n.clone(), DataType::Utf8, None)) as _;
+        assert!(
+            !counted_calls(&text, &pool).unwrap().transformed,
+            "a cast of a column"
+        );
+        let call = length_of(text);
+        let positive = Arc::new(BinaryExpr::new(call, Operator::Gt, lit(0i32))) as _;
+        let both =
+            Arc::new(BinaryExpr::new(compared, Operator::And, positive)) as Arc<dyn PhysicalExpr>;
+        let rewritten = counted_predicate(&both, &pool).unwrap();
+        assert!(rewritten.transformed);
+        let and = rewritten
+            .data
+            .as_any()
+            .downcast_ref::<BinaryExpr>()
+            .expect("AND bare");
+        assert!(and.left().as_any().is::<BinaryExpr>(), "n = 5 bare");
+        // The conjunct with a call is held at its root, the call counted below it.
+        let root = and
+            .right()
+            .as_any()
+            .downcast_ref::<Counted>()
+            .expect("root counted");
+        let gt = root
+            .inner
+            .as_any()
+            .downcast_ref::<BinaryExpr>()
+            .expect("> kept");
+        let counted_call = gt
+            .left()
+            .as_any()
+            .downcast_ref::<Counted>()
+            .expect("the call counted");
+        assert!(counted_call.inner.as_any().is::<ScalarFunctionExpr>());
+    }
+
+    #[tokio::test]
     async fn folding_leaves_large_values_to_the_running_query() {
         let (ctx, pool) = session(64 * MIB);
         let large = "SELECT length(repeat('x', 10000000))";
@@ -668,6 +767,54 @@ mod tests {
             lit(2i64),
         )) as Arc<dyn PhysicalExpr>;
         assert!(!counted(&of_column, &pool).unwrap().is_volatile_node());
+        // The same in a predicate: a constant call is left to the filter, counted.
+        let text = Arc::new(CastExpr::new(lit(1i64), DataType::Utf8, None)) as _;
+        let positive = Arc::new(BinaryExpr::new(
+            length_of(text),
+            datafusion::logical_expr::Operator::Gt,
+            lit(0i32),
+        )) as Arc<dyn PhysicalExpr>;
+        let predicate = counted_predicate(&positive, &pool).unwrap().data;
+        let simplified = PhysicalExprSimplifier::new(&schema)
+            .simplify(predicate)
+            .unwrap();
+        assert!(simplified.as_any().is::<Counted>(), "{simplified}");
+    }
+
+    /// `character_length(expr)` over a table of one column `n`.
+    fn length_of(expr: Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr> {
+        let ctx = SessionContext::new();
+        let length = ctx.state().scalar_functions()["character_length"].clone();
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            DataType::Int64,
+            false,
+        )]);
+        let options = Arc::new(datafusion::common::config::ConfigOptions::default());
+        Arc::new(ScalarFunctionExpr::try_new(length, vec![expr], &schema, options).unwrap())
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_large_constant_cut_short() {
+        // A million numbers: printed whole, about 7 MB of text (100 million took 20 s and
+        // 3 GB of the server's memory, in a refusal).
+        let numbers =
+            arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>([
+                Some((0..1_000_000).map(Some)),
+            ]);
+        let literal = Literal::new(datafusion::common::ScalarValue::List(Arc::new(numbers)));
+        let quoted = named(&literal);
+        assert!(quoted.len() <= NAMED_AT_MOST + '…'.len_utf8(), "{quoted}");
+        assert!(
+            quoted.starts_with("[0, 1, 2") && quoted.ends_with('…'),
+            "{quoted}"
+        );
+        assert_eq!(
+            named(&"é".repeat(150)).len(),
+            200 + '…'.len_utf8(),
+            "cut between characters"
+        );
+        assert_eq!(named(&"short"), "short");
     }
 
     /// What the plan's top projection computes (its first expression, less its name).

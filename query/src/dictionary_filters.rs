@@ -34,6 +34,7 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 
 use crate::dictionary_compare::{DictionaryComparison, is_comparison};
 use crate::dictionary_reads::{read_as_dictionaries, rewrite_each};
+use crate::memory::guard::Counted;
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
@@ -135,6 +136,11 @@ pub(crate) fn reads_as_dictionary(
     let is_target =
         |e: &Arc<dyn PhysicalExpr>| e.as_any().downcast_ref::<Column>().is_some_and(target);
     let any = expr.as_any();
+    // A conjunct with a call is counted at its root (`memory::guard`): its comparisons are
+    // below it.
+    if let Some(counted) = any.downcast_ref::<Counted>() {
+        return reads_as_dictionary(counted.inner(), target);
+    }
     if let Some(binary) = any.downcast_ref::<BinaryExpr>() {
         let (left, right) = (binary.left(), binary.right());
         match binary.op() {

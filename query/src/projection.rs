@@ -287,6 +287,17 @@ async fn plan(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Logical
     Ok(plan)
 }
 
+/// The memory of one day's run of a definition: `limit` bytes (`projection.memory_limit_bytes`,
+/// named in its refusals) for `tenant`, from a budget of its own. A pool serves one run: its
+/// plan's folding of constants ends when the plan is made (`memory::checks`).
+pub fn run_pool(tenant: &str, limit: usize) -> Arc<QueryPool> {
+    Budget::new(limit, Duration::ZERO).pool_limited_by(
+        tenant,
+        limit,
+        "projection.memory_limit_bytes",
+    )
+}
+
 /// Runs a checked definition over `rows` of `events` (whole days), read as they come, with
 /// its memory from `pool` (the values its functions and expressions make included): past it,
 /// aggregations spill to disk where they can, and the run fails with `ResourcesExhausted`
@@ -306,15 +317,6 @@ pub async fn run(
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-
-    /// A run's pool of `limit` bytes, as the refresher makes it.
-    fn pool(limit: usize) -> Arc<QueryPool> {
-        Budget::new(limit, std::time::Duration::ZERO).pool_limited_by(
-            "t",
-            limit,
-            "projection.memory_limit_bytes",
-        )
-    }
 
     fn events() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
@@ -436,7 +438,7 @@ mod tests {
         )
         .unwrap();
         let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
-        let out = run(sql, stream(vec![batch]), pool(64 << 20), LIMITS)
+        let out = run(sql, stream(vec![batch]), run_pool("t", 64 << 20), LIMITS)
             .await
             .unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
@@ -476,11 +478,16 @@ mod tests {
         let batch = one_day(n);
         let sql =
             "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
-        let e = run(sql, stream(vec![batch.clone()]), pool(64 << 10), LIMITS)
-            .await
-            .unwrap_err();
+        let e = run(
+            sql,
+            stream(vec![batch.clone()]),
+            run_pool("t", 64 << 10),
+            LIMITS,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("Resources exhausted"), "{e}");
-        let out = run(sql, stream(vec![batch]), pool(256 << 20), LIMITS)
+        let out = run(sql, stream(vec![batch]), run_pool("t", 256 << 20), LIMITS)
             .await
             .unwrap();
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), n);
@@ -496,16 +503,21 @@ mod tests {
                    FROM events GROUP BY 1";
         let columns = check(sql, events(), LIMITS).await.unwrap();
         assert_eq!(columns.fields().len(), 2);
-        let e = run(sql, stream(vec![batch.clone()]), pool(64 << 20), LIMITS)
-            .await
-            .unwrap_err();
+        let e = run(
+            sql,
+            stream(vec![batch.clone()]),
+            run_pool("t", 64 << 20),
+            LIMITS,
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.to_string().contains("repeat(…) needs 1500000000 bytes"),
             "{e}"
         );
         let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat(event_id, 200000))) AS n \
                    FROM events GROUP BY 1";
-        let e = run(sql, stream(vec![batch]), pool(64 << 20), LIMITS)
+        let e = run(sql, stream(vec![batch]), run_pool("t", 64 << 20), LIMITS)
             .await
             .unwrap_err();
         assert!(

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
@@ -24,7 +23,6 @@ use floe_catalog::projection::{
 };
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Error as CatalogError, TenantId};
-use floe_query::memory::Budget;
 use futures::StreamExt;
 use iceberg::spec::{PrimitiveType, Type};
 
@@ -187,15 +185,10 @@ impl Refresher {
         // state, the values its expressions make) comes from this pool, and aggregations spill
         // to disk past it.
         let limit = self.inner.config.memory_limit_bytes;
-        let budget = Budget::new(limit as usize, Duration::ZERO);
         for (day, day_files) in by_day {
             // A pool per day's run: each is planned anew, and folds no large value into its
-            // plan until its physical plan is made (`floe_query::memory::guard`).
-            let pool = budget.pool_limited_by(
-                tenant.as_str(),
-                limit as usize,
-                "projection.memory_limit_bytes",
-            );
+            // plan until its physical plan is made.
+            let pool = floe_query::projection::run_pool(tenant.as_str(), limit as usize);
             let shared: Arc<dyn MemoryPool> = pool.clone();
             let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
             let ids = MemoryConsumer::new("projection event ids").register(&shared);
@@ -218,16 +211,8 @@ impl Refresher {
                             message: message.clone(),
                         };
                     }
-                    let e = e.to_string();
-                    // The pool's own refusals name the setting; DataFusion's may not.
-                    let hint = if e.contains("Resources exhausted")
-                        && !e.contains("projection.memory_limit_bytes")
-                    {
-                        format!(" (projection.memory_limit_bytes is {limit})")
-                    } else {
-                        String::new()
-                    };
-                    Error::Invalid(format!("projection {} on day {day}: {e}{hint}", d.name))
+                    // The pool's refusals name `projection.memory_limit_bytes`.
+                    Error::Invalid(format!("projection {} on day {day}: {e}", d.name))
                 })?;
             for batch in out {
                 rows.push(conform(&batch, &target)?);

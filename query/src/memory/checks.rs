@@ -1,5 +1,5 @@
 //! Where a plan's expressions are counted: [`SizeChecks`], the physical optimizer's first rule,
-//! puts [`Counted`](super::guard) nodes into every operator that evaluates expressions of its
+//! puts `Counted` nodes (`guard`) into the operators below that evaluate expressions of their
 //! own.
 //!
 //! - Projections and aggregates' arguments: every computed node, with the top checked as a
@@ -14,7 +14,10 @@
 //!
 //! Window functions' arguments are computed by a projection below the window before they get
 //! here (`window_args`). Not counted: grouping keys (held by the aggregation, which counts
-//! them).
+//! them), aggregates' `FILTER (WHERE …)` clauses, windows' PARTITION BY and ORDER BY
+//! expressions and the sorts that later rules add for them, sort-merge and symmetric hash joins
+//! (not planned by Floe's settings), and an `IN` list's value, copied into every row when the
+//! list is not all literals.
 //!
 //! The rule also marks the end of logical planning, during which constant folding runs
 //! functions with no pool counting the constants it makes (and copies into the plan): until

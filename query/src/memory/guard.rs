@@ -79,24 +79,14 @@ pub(super) fn counted(
             if any.is::<Column>() || any.is::<Literal>() || any.is::<Counted>() {
                 return Ok(Transformed::no(node));
             }
-            Ok(Transformed::yes(Arc::new(Counted {
-                constant: !reads_columns(&node),
-                inner: node,
-                pool: pool.clone(),
-                top: false,
-            }) as _))
+            Ok(Transformed::yes(Counted::node(node, pool, false)))
         })?
         .data;
     let inner = match inner.as_any().downcast_ref::<Counted>() {
         Some(node) => node.inner.clone(),
         None => inner,
     };
-    Ok(Arc::new(Counted {
-        constant: !reads_columns(&inner),
-        inner,
-        pool: pool.clone(),
-        top: true,
-    }))
+    Ok(Counted::node(inner, pool, true))
 }
 
 /// `expr` (a conjunct of a predicate, a sort or join key) with the nodes that can make large
@@ -112,12 +102,7 @@ pub(super) fn counted_calls(
     if !counted.transformed || counted.data.as_any().is::<Counted>() {
         return Ok(counted);
     }
-    Ok(Transformed::yes(Arc::new(Counted {
-        constant: !reads_columns(&counted.data),
-        inner: counted.data,
-        pool: pool.clone(),
-        top: false,
-    })))
+    Ok(Transformed::yes(Counted::node(counted.data, pool, false)))
 }
 
 /// [`counted_calls`] below the root.
@@ -127,9 +112,13 @@ fn count_calls(
 ) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
     expr.clone().transform_up(|node| {
         let any = node.as_any();
+        // A call below is counted already (a constant's count hides what it holds).
         let over_calls = || {
-            node.exists(|n| Ok(n.as_any().is::<ScalarFunctionExpr>()))
-                .unwrap_or(true)
+            node.exists(|n| {
+                let any = n.as_any();
+                Ok(any.is::<ScalarFunctionExpr>() || any.is::<Counted>())
+            })
+            .unwrap_or(true)
         };
         let makes = any.is::<ScalarFunctionExpr>()
             || ((any.is::<CastExpr>()
@@ -141,12 +130,7 @@ fn count_calls(
         if !makes {
             return Ok(Transformed::no(node));
         }
-        Ok(Transformed::yes(Arc::new(Counted {
-            constant: !reads_columns(&node),
-            inner: node,
-            pool: pool.clone(),
-            top: false,
-        }) as _))
+        Ok(Transformed::yes(Counted::node(node, pool, false)))
     })
 }
 
@@ -182,11 +166,32 @@ pub(crate) struct Counted {
     /// The expression's top: a constant is checked as copied into every row, and nothing is
     /// held once the value is made.
     top: bool,
-    /// A node that reads no column. It says it is volatile, so that no later simplification
-    /// (a scan's, when it opens a file with a predicate) folds it into a bare literal: made
-    /// there with nothing holding it, kept in the plan, and copied by a projection into every
-    /// row unchecked.
+    /// A node that reads no column. It says it is volatile and has no children, so that no
+    /// later simplification (a scan's, when it opens a file with a predicate) folds it, or
+    /// the call inside it, into a bare literal: made there with nothing holding it, kept in the
+    /// plan, and copied by a projection into every row unchecked.
     constant: bool,
+}
+
+impl Counted {
+    /// `inner` counted against `pool`.
+    fn node(
+        inner: Arc<dyn PhysicalExpr>,
+        pool: &Arc<QueryPool>,
+        top: bool,
+    ) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Counted {
+            constant: !reads_columns(&inner),
+            inner,
+            pool: pool.clone(),
+            top,
+        })
+    }
+
+    /// The expression counted.
+    pub(crate) fn inner(&self) -> &Arc<dyn PhysicalExpr> {
+        &self.inner
+    }
 }
 
 impl PhysicalExpr for Counted {
@@ -228,26 +233,32 @@ impl PhysicalExpr for Counted {
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.inner]
+        // A constant is a leaf: a simplification that folds every node whose children are
+        // literals would otherwise fold the call inside it.
+        match self.constant {
+            true => vec![],
+            false => vec![&self.inner],
+        }
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        // Whether it is a constant follows its new child (a rule may have replaced a column).
-        let inner = children[0].clone();
-        Ok(Arc::new(Counted {
-            constant: !reads_columns(&inner),
-            inner,
-            pool: self.pool.clone(),
-            top: self.top,
-        }))
+        // A constant has no children to replace. Otherwise whether it is a constant follows
+        // its new child (a rule may have replaced a column).
+        match children.into_iter().next() {
+            Some(inner) => Ok(Counted::node(inner, &self.pool, self.top)),
+            None => Ok(self),
+        }
     }
 
     fn get_properties(&self, children: &[ExprProperties]) -> Result<ExprProperties> {
-        // The same values as its one child's.
-        Ok(children[0].clone())
+        // The same values as its one child's; a constant's, unknown.
+        Ok(children
+            .first()
+            .cloned()
+            .unwrap_or_else(ExprProperties::new_unknown))
     }
 
     fn is_volatile_node(&self) -> bool {
@@ -385,13 +396,18 @@ impl Counted {
 /// The longest text of an expression a refusal quotes.
 const NAMED_AT_MOST: usize = 200;
 
-/// `expr` as a refusal quotes it: cut at [`NAMED_AT_MOST`] bytes, where formatting stops (a
-/// literal of 100,000,000 numbers, printed whole into a refusal, took 20 s and 3 GB).
+/// `expr` as a refusal quotes it: cut at [`NAMED_AT_MOST`] bytes (and an ellipsis), where
+/// formatting stops (a literal of 100,000,000 numbers, printed whole into a refusal, took 20 s
+/// and 3 GB). A call formats its arguments whole before writing them: a literal among them is
+/// at most what planning folds (`query.max_sql_bytes`), as scans fold no constant counted.
 fn named(expr: &dyn Display) -> String {
     struct Cut(String);
     impl fmt::Write for Cut {
         fn write_str(&mut self, s: &str) -> fmt::Result {
-            let room = NAMED_AT_MOST - self.0.len();
+            if self.0.ends_with('…') {
+                return Err(fmt::Error);
+            }
+            let room = NAMED_AT_MOST.saturating_sub(self.0.len());
             if s.len() <= room {
                 self.0.push_str(s);
                 return Ok(());
@@ -653,6 +669,12 @@ mod tests {
         // Within the limit, windows answer as before, with the literals they read as literals
         // (`ntile`'s, `lag`'s offset and default) where they were.
         let (ctx, _) = session(64 * MIB);
+        // A default over 1 KiB stays a literal too (a column there is refused).
+        let lag_default = format!(
+            "SELECT max(length(v)) FROM (SELECT lag(CAST(n AS VARCHAR), 1, '{}') \
+             OVER (ORDER BY n) AS v FROM t)",
+            "d".repeat(1500)
+        );
         for (sql, answer) in [
             (
                 "SELECT max(length(v)) FROM \
@@ -667,6 +689,7 @@ mod tests {
                 "SELECT max(q) FROM (SELECT ntile(4) OVER (ORDER BY n) AS q FROM t)",
                 "4",
             ),
+            (lag_default.as_str(), "1500"),
             (
                 "SELECT max(s) FROM \
                  (SELECT n, sum(n + 1) OVER (PARTITION BY n % 2) AS s FROM t)",
@@ -778,7 +801,24 @@ mod tests {
         let simplified = PhysicalExprSimplifier::new(&schema)
             .simplify(predicate)
             .unwrap();
-        assert!(simplified.as_any().is::<Counted>(), "{simplified}");
+        let root = simplified
+            .as_any()
+            .downcast_ref::<Counted>()
+            .expect("root kept");
+        let gt = root
+            .inner
+            .as_any()
+            .downcast_ref::<BinaryExpr>()
+            .expect("> kept");
+        let call = gt
+            .left()
+            .as_any()
+            .downcast_ref::<Counted>()
+            .expect("call counted");
+        assert!(
+            call.inner.as_any().is::<ScalarFunctionExpr>(),
+            "not folded: {simplified}"
+        );
     }
 
     /// `character_length(expr)` over a table of one column `n`.

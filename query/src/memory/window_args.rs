@@ -5,15 +5,19 @@
 //! took 3 GB, counted nowhere), and DataFusion gives most window functions no way to take new
 //! expressions once they are planned, where the size checks (`checks`) could count them. So
 //! before physical planning, [`WindowArguments`] moves each argument that computes something,
-//! or is a literal of more than `checks::BARE_LITERAL_BYTES`, into a projection below the
-//! window, where the size checks count it as any projection's expression (a constant as copied
-//! into every row); the window reads a column instead, and a projection above it hands on what
-//! the window did before. Small literals stay: `ntile(4)` and `lag(x, 1, 0)` read theirs as
-//! literals.
+//! and a first argument that is a literal of more than `checks::BARE_LITERAL_BYTES`, into a
+//! projection below the window, where the size checks count it as any projection's expression
+//! (a constant as copied into every row); the window reads a column instead, and a projection
+//! above it hands on what the window did before. Other literals stay: `ntile(4)`,
+//! `lag(x, 1, 'default')` and `nth_value(x, 2)` read theirs as literals, and refuse a column.
+//!
+//! Not moved: the window's PARTITION BY and ORDER BY expressions, which the window and the sort
+//! before it evaluate themselves, uncounted unless they are plain columns.
 
 use std::sync::Arc;
 
 use datafusion::common::Result;
+use datafusion::common::alias::AliasGenerator;
 use datafusion::common::tree_node::Transformed;
 use datafusion::logical_expr::expr::{Alias, WindowFunction};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, Window};
@@ -26,7 +30,8 @@ use super::checks::BARE_LITERAL_BYTES;
 #[derive(Debug, Default)]
 pub struct WindowArguments;
 
-/// The names of the moved arguments' columns, numbered from 0 in each window.
+/// The start of the moved arguments' columns' names (numbered by the optimizer, unique in the
+/// plan).
 const MOVED: &str = "__floe_window_argument_";
 
 impl OptimizerRule for WindowArguments {
@@ -45,12 +50,14 @@ impl OptimizerRule for WindowArguments {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         let LogicalPlan::Window(window) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        match moved(window)? {
+        // A window this cannot rebuild is planned as it was (its arguments uncounted), rather
+        // than failing the query.
+        match moved(window, config.alias_generator()).ok().flatten() {
             Some(rewritten)
                 if rewritten
                     .schema()
@@ -63,17 +70,17 @@ impl OptimizerRule for WindowArguments {
     }
 }
 
-/// Whether a window function's argument is moved below the window.
-fn moves(arg: &Expr) -> bool {
+/// Whether a window function's argument at `position` is moved below the window.
+fn moves(position: usize, arg: &Expr) -> bool {
     match arg {
         Expr::Column(_) => false,
-        Expr::Literal(value, _) => value.size() > BARE_LITERAL_BYTES,
+        Expr::Literal(value, _) => position == 0 && value.size() > BARE_LITERAL_BYTES,
         _ => true,
     }
 }
 
 /// `window` with its functions' arguments computed below it, if any moves.
-fn moved(window: &Window) -> Result<Option<LogicalPlan>> {
+fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>> {
     let input_fields = window.input.schema().fields().len();
     let mut below: Vec<Expr> = window
         .input
@@ -85,26 +92,41 @@ fn moved(window: &Window) -> Result<Option<LogicalPlan>> {
     let mut exprs = Vec::with_capacity(window.window_expr.len());
     let mut moved_any = false;
     for (i, expr) in window.window_expr.iter().enumerate() {
-        let (call, name) = match expr {
-            Expr::Alias(Alias { expr, name, .. }) => (expr.as_ref(), name.clone()),
-            other => (other, window.schema.field(input_fields + i).name().clone()),
+        let (call, alias) = match expr {
+            Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
+            other => {
+                let (relation, field) = window.schema.qualified_field(input_fields + i);
+                let alias = Alias::new(other.clone(), relation.cloned(), field.name());
+                (other, alias)
+            }
         };
         let Expr::WindowFunction(function) = call else {
             exprs.push(expr.clone());
             continue;
         };
-        if !function.params.args.iter().any(moves) {
+        if !function
+            .params
+            .args
+            .iter()
+            .enumerate()
+            .any(|(p, a)| moves(p, a))
+        {
             exprs.push(expr.clone());
             continue;
         }
         let mut function: WindowFunction = function.as_ref().clone();
-        for arg in function.params.args.iter_mut().filter(|a| moves(a)) {
-            let column = format!("{MOVED}{}", below.len() - input_fields);
-            below.push(arg.clone().alias(&column));
-            *arg = Expr::Column(column.as_str().into());
+        for (position, arg) in function.params.args.iter_mut().enumerate() {
+            if moves(position, arg) {
+                let column = names.next(MOVED);
+                below.push(arg.clone().alias(&column));
+                *arg = Expr::Column(column.as_str().into());
+            }
         }
         moved_any = true;
-        exprs.push(Expr::WindowFunction(Box::new(function)).alias(name));
+        exprs.push(Expr::Alias(Alias {
+            expr: Box::new(Expr::WindowFunction(Box::new(function))),
+            ..alias
+        }));
     }
     if !moved_any {
         return Ok(None);

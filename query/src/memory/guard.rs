@@ -728,22 +728,21 @@ mod tests {
             .expect("AND bare");
         assert!(and.left().as_any().is::<BinaryExpr>(), "n = 5 bare");
         // The conjunct with a call is held at its root, the call counted below it.
-        let root = and
-            .right()
-            .as_any()
-            .downcast_ref::<Counted>()
-            .expect("root counted");
-        let gt = root
-            .inner
-            .as_any()
-            .downcast_ref::<BinaryExpr>()
-            .expect("> kept");
-        let counted_call = gt
-            .left()
-            .as_any()
-            .downcast_ref::<Counted>()
-            .expect("the call counted");
-        assert!(counted_call.inner.as_any().is::<ScalarFunctionExpr>());
+        assert_counted_comparison(and.right());
+    }
+
+    /// `expr` is a comparison counted at its root, whose left side is a call, counted.
+    fn assert_counted_comparison(expr: &Arc<dyn PhysicalExpr>) {
+        let root = expr.as_any().downcast_ref::<Counted>();
+        let root = root.unwrap_or_else(|| panic!("root not counted: {expr}"));
+        let compared = root.inner.as_any().downcast_ref::<BinaryExpr>();
+        let compared = compared.unwrap_or_else(|| panic!("comparison lost: {expr}"));
+        let call = compared.left().as_any().downcast_ref::<Counted>();
+        let call = call.unwrap_or_else(|| panic!("call not counted: {expr}"));
+        assert!(
+            call.inner.as_any().is::<ScalarFunctionExpr>(),
+            "call folded: {expr}"
+        );
     }
 
     #[tokio::test]
@@ -801,24 +800,7 @@ mod tests {
         let simplified = PhysicalExprSimplifier::new(&schema)
             .simplify(predicate)
             .unwrap();
-        let root = simplified
-            .as_any()
-            .downcast_ref::<Counted>()
-            .expect("root kept");
-        let gt = root
-            .inner
-            .as_any()
-            .downcast_ref::<BinaryExpr>()
-            .expect("> kept");
-        let call = gt
-            .left()
-            .as_any()
-            .downcast_ref::<Counted>()
-            .expect("call counted");
-        assert!(
-            call.inner.as_any().is::<ScalarFunctionExpr>(),
-            "not folded: {simplified}"
-        );
+        assert_counted_comparison(&simplified);
     }
 
     /// `character_length(expr)` over a table of one column `n`.

@@ -14,8 +14,7 @@
 //!
 //! Window functions' arguments are computed by a projection below the window before they get
 //! here (`window_args`). Not counted: grouping keys (held by the aggregation, which counts
-//! them), aggregates' `FILTER (WHERE …)` clauses, windows' PARTITION BY and ORDER BY
-//! expressions and the sorts that later rules add for them, sort-merge and symmetric hash joins
+//! them), aggregates' `FILTER (WHERE …)` clauses, sort-merge and symmetric hash joins
 //! (not planned by Floe's settings), and an `IN` list's value, copied into every row when the
 //! list is not all literals.
 //!

@@ -11,9 +11,10 @@
 //! above it hands on what the window did before. Other literals stay: `ntile(4)`,
 //! `lag(x, 1, 'default')` and `nth_value(x, 2)` read theirs as literals, and refuse a column.
 //!
-//! Not moved: the window's PARTITION BY and ORDER BY expressions, which the window and the sort
-//! before it evaluate themselves, uncounted unless they are plain columns.
+//! PARTITION BY and ORDER BY expressions that compute something move too: the window and the
+//! sort before it evaluated them for every batch, uncounted; they now sort and compare columns.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::Result;
@@ -79,7 +80,12 @@ fn moves(position: usize, arg: &Expr) -> bool {
     }
 }
 
-/// `window` with its functions' arguments computed below it, if any moves.
+/// Whether a PARTITION BY or ORDER BY expression is computed below the window.
+fn computed(key: &Expr) -> bool {
+    !matches!(key, Expr::Column(_) | Expr::Literal(..))
+}
+
+/// `window` with its functions' arguments and keys computed below it, if any moves.
 fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>> {
     let input_fields = window.input.schema().fields().len();
     let mut below: Vec<Expr> = window
@@ -90,6 +96,7 @@ fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>>
         .map(Expr::Column)
         .collect();
     let mut exprs = Vec::with_capacity(window.window_expr.len());
+    let mut columns: HashMap<Expr, String> = HashMap::new();
     let mut moved_any = false;
     for (i, expr) in window.window_expr.iter().enumerate() {
         let (call, alias) = match expr {
@@ -104,23 +111,36 @@ fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>>
             exprs.push(expr.clone());
             continue;
         };
-        if !function
-            .params
-            .args
-            .iter()
-            .enumerate()
-            .any(|(p, a)| moves(p, a))
+        let params = &function.params;
+        if !params.args.iter().enumerate().any(|(p, a)| moves(p, a))
+            && !params.partition_by.iter().any(computed)
+            && !params.order_by.iter().any(|s| computed(&s.expr))
         {
             exprs.push(expr.clone());
             continue;
         }
         let mut function: WindowFunction = function.as_ref().clone();
-        for (position, arg) in function.params.args.iter_mut().enumerate() {
-            if moves(position, arg) {
-                let column = names.next(MOVED);
-                below.push(arg.clone().alias(&column));
-                *arg = Expr::Column(column.as_str().into());
-            }
+        let params = &mut function.params;
+        let keys = params.partition_by.iter_mut();
+        let keys = keys.chain(params.order_by.iter_mut().map(|s| &mut s.expr));
+        let moving = params
+            .args
+            .iter_mut()
+            .enumerate()
+            .filter(|(p, a)| moves(*p, a));
+        for arg in moving.map(|(_, a)| a).chain(keys.filter(|k| computed(k))) {
+            // The same expression in several functions (their shared PARTITION BY) is one
+            // column, so that they stay one window with one sort.
+            let column = match columns.get(arg) {
+                Some(column) => column.clone(),
+                None => {
+                    let column = names.next(MOVED);
+                    below.push(arg.clone().alias(&column));
+                    columns.insert(arg.clone(), column.clone());
+                    column
+                }
+            };
+            *arg = Expr::Column(column.as_str().into());
         }
         moved_any = true;
         exprs.push(Expr::Alias(Alias {

@@ -136,7 +136,9 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usi
     ctx.add_analyzer_rule(Arc::new(SessionInstances { bounded }));
 }
 
-fn is_bounded(function: &ScalarUDF) -> bool {
+/// Whether `function` is one of [`BOUNDED`], wrapped: its estimate counts the constants it
+/// copies into every row.
+pub(crate) fn is_bounded(function: &ScalarUDF) -> bool {
     function.inner().as_any().is::<Wrapped<Bounded>>()
 }
 

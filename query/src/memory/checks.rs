@@ -6,17 +6,20 @@
 //!   constant copied into every row ([`guard::counted`]).
 //! - Filters, sorts, and joins' keys and filters: the calls of functions, the casts and string
 //!   concatenations over them, and the root of each key and of each conjunct that has any
-//!   ([`guard::counted_calls`]). Conjuncts without calls, and comparisons, `AND`, `OR` and
-//!   `NOT` below a root, stay as they are, for the rules that read a predicate's shape
-//!   (conjuncts pushed into scans, files and row groups pruned by `column = literal`,
-//!   dictionaries compared once); a predicate's constant is compared with each row, not
-//!   copied into it.
+//!   ([`guard::counted_calls`]). Conjuncts without calls or copied constants (below), and
+//!   comparisons, `AND`, `OR` and `NOT` below a root, stay as they are, for the rules that
+//!   read a predicate's shape (conjuncts pushed into scans, files and row groups pruned by
+//!   `column = literal`, dictionaries compared once); a comparison's constant is compared
+//!   with each row, not copied into it.
+//! - Aggregations' grouping keys and `FILTER (WHERE …)` clauses: as filters' and sort keys.
+//! - Everywhere, a constant that a node copies into every row of a batch (a function's
+//!   argument beside a column, a `CASE`'s result, one side of `||`, an `IN`'s needle) is
+//!   counted as its size times the rows, before the node makes its value
+//!   (`guard::copies_counted`).
 //!
 //! Window functions' arguments are computed by a projection below the window before they get
-//! here (`window_args`). Not counted: grouping keys (held by the aggregation, which counts
-//! them), aggregates' `FILTER (WHERE …)` clauses, sort-merge and symmetric hash joins
-//! (not planned by Floe's settings), and an `IN` list's value, copied into every row when the
-//! list is not all literals.
+//! here (`window_args`). Not counted: sort-merge and symmetric hash joins (not planned by
+//! Floe's settings).
 //!
 //! The rule also marks the end of logical planning, during which constant folding runs
 //! functions with no pool counting the constants it makes (and copies into the plan): until
@@ -28,10 +31,11 @@ use std::sync::Arc;
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{AggregateExec, PhysicalGroupBy};
 use datafusion::physical_plan::expressions::Literal;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::joins::utils::JoinFilter;
@@ -44,8 +48,8 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use super::QueryPool;
 use super::guard::{counted, counted_calls, counted_predicate};
 
-/// The largest literal left bare after an aggregate's first argument: copied into every row of
-/// an 8,192-row batch, 8 MiB uncounted.
+/// The largest literal left bare after an aggregate's first argument, or where a node copies it
+/// into every row (`guard::copies_counted`): in an 8,192-row batch, 8 MiB uncounted.
 pub(super) const BARE_LITERAL_BYTES: usize = 1 << 10;
 
 /// The rule (see the module comment).
@@ -123,8 +127,63 @@ impl SizeChecks {
     /// they are counted as a projection's. Left as they are: a literal number first (`count(1)`
     /// is how `count(*)` is planned) and a literal of at most [`BARE_LITERAL_BYTES`] after it
     /// (functions read their delimiters and fractions from bare literals; `string_agg` refuses
-    /// a longer delimiter, as not a literal).
+    /// a longer delimiter, as not a literal). Its grouping keys and its functions'
+    /// `FILTER (WHERE …)` clauses are evaluated for every batch too: they have their calls
+    /// counted as a filter's and a sort's are.
     fn aggregate(&self, aggregate: &AggregateExec) -> Result<Option<Plan>> {
+        let functions = self.aggregate_arguments(aggregate)?;
+        let mut changed = false;
+        let filters = aggregate
+            .filter_expr()
+            .iter()
+            .map(|filter| match filter {
+                Some(filter) => {
+                    let counted = counted_predicate(filter, &self.pool)?;
+                    changed |= counted.transformed;
+                    Ok(Some(counted.data))
+                }
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let group_by = aggregate.group_expr();
+        let keys = group_by
+            .expr()
+            .iter()
+            .map(|(key, name)| {
+                let counted = counted_calls(key, &self.pool)?;
+                changed |= counted.transformed;
+                Ok((counted.data, name.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !changed {
+            return Ok(
+                functions.map(|functions| Arc::new(aggregate.with_new_aggr_exprs(functions)) as _)
+            );
+        }
+        let group_by = PhysicalGroupBy::new(
+            keys,
+            group_by.null_expr().to_vec(),
+            group_by.groups().to_vec(),
+            group_by.has_grouping_set(),
+        );
+        let rebuilt = AggregateExec::try_new(
+            *aggregate.mode(),
+            group_by,
+            functions.unwrap_or_else(|| aggregate.aggr_expr().to_vec()),
+            filters,
+            aggregate.input().clone(),
+            aggregate.input_schema(),
+        )?
+        .with_limit_options(aggregate.limit_options());
+        Ok(Some(Arc::new(rebuilt)))
+    }
+
+    /// An aggregation's functions with their arguments counted (see [`Self::aggregate`]), if
+    /// any is.
+    fn aggregate_arguments(
+        &self,
+        aggregate: &AggregateExec,
+    ) -> Result<Option<Vec<Arc<AggregateFunctionExpr>>>> {
         let mut changed = false;
         let mut functions = Vec::with_capacity(aggregate.aggr_expr().len());
         for function in aggregate.aggr_expr() {
@@ -166,7 +225,7 @@ impl SizeChecks {
                 None => functions.push(function.clone()),
             }
         }
-        Ok(changed.then(|| Arc::new(aggregate.with_new_aggr_exprs(functions)) as _))
+        Ok(changed.then_some(functions))
     }
 
     /// `WHERE length(CAST(range(0, 1e8) AS VARCHAR)) > 0` made 3 GB uncounted.

@@ -16,7 +16,9 @@
 //!
 //! An aggregation evaluates its functions' arguments itself, copying a constant into every row
 //! the same way: they are counted as a projection's expressions are. Filters, sorts and joins
-//! have their calls counted ([`counted_calls`]).
+//! have their calls counted ([`counted_calls`]). Wherever a node copies a constant into every
+//! row while its own value is small (`strpos(s, '…1 MB…')`, a `CASE`), the constant is
+//! counted as so copied, before the node runs ([`copies_counted`]).
 //!
 //! `memory::checks::SizeChecks` installs the nodes as the first rule of the physical optimizer,
 //! so that they travel with projections and predicates that later rules push into scans.
@@ -35,9 +37,12 @@ use datafusion::logical_expr::sort_properties::ExprProperties;
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
-use datafusion::physical_plan::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
+use datafusion::physical_plan::expressions::{
+    BinaryExpr, CaseExpr, CastExpr, Column, InListExpr, Literal, TryCastExpr,
+};
 
 use super::QueryPool;
+use super::checks::BARE_LITERAL_BYTES;
 
 /// Values smaller than this are not counted: the columns of an ordinary batch (8,192 rows of
 /// 8 bytes is 64 KiB) stay off the pool's lock, and what goes uncounted per node is small
@@ -79,6 +84,7 @@ pub(super) fn counted(
             if any.is::<Column>() || any.is::<Literal>() || any.is::<Counted>() {
                 return Ok(Transformed::no(node));
             }
+            let node = copies_counted(node, pool)?.data;
             Ok(Transformed::yes(Counted::node(node, pool, false)))
         })?
         .data;
@@ -111,6 +117,8 @@ fn count_calls(
     pool: &Arc<QueryPool>,
 ) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
     expr.clone().transform_up(|node| {
+        let copies = copies_counted(node, pool)?;
+        let (node, copied) = (copies.data, copies.transformed);
         let any = node.as_any();
         // A call below is counted already (a constant's count hides what it holds).
         let over_calls = || {
@@ -128,10 +136,89 @@ fn count_calls(
                     .is_some_and(|b| *b.op() == Operator::StringConcat))
                 && over_calls());
         if !makes {
-            return Ok(Transformed::no(node));
+            return Ok(Transformed::new_transformed(node, copied));
         }
         Ok(Transformed::yes(Counted::node(node, pool, false)))
     })
+}
+
+/// `node` with the constants it copies into every row of a batch counted as so copied: a
+/// literal over [`BARE_LITERAL_BYTES`] (what planning folds is up to `query.max_sql_bytes`)
+/// and a counted constant (a value planning did not fold), where [`copies_constant`] says the
+/// node copies that child. The copies are held until the node above has made its value (its
+/// own count, or the root's). `strpos(s, '…1 MB…')` over 2,000 rows made 2 GB this way, of
+/// which the node's value showed nothing.
+fn copies_counted(
+    node: Arc<dyn PhysicalExpr>,
+    pool: &Arc<QueryPool>,
+) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+    if !makes_rows(&node) {
+        return Ok(Transformed::no(node));
+    }
+    let mut changed = false;
+    let children = node
+        .children()
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            if !copies_constant(&node, i) {
+                return child.clone();
+            }
+            let any = child.as_any();
+            if let Some(literal) = any.downcast_ref::<Literal>()
+                && literal.value().size() > BARE_LITERAL_BYTES
+            {
+                changed = true;
+                return Counted::copied(child.clone(), pool);
+            }
+            if let Some(counted) = any.downcast_ref::<Counted>()
+                && counted.constant
+                && !counted.copied
+            {
+                changed = true;
+                return Counted::copied(counted.inner.clone(), pool);
+            }
+            child.clone()
+        })
+        .collect::<Vec<_>>();
+    if !changed {
+        return Ok(Transformed::no(node));
+    }
+    Ok(Transformed::yes(node.with_new_children(children)?))
+}
+
+/// Whether `node` copies its child `child` into every row when that child's value is one
+/// constant and another is a column: DataFusion's functions turn constant arguments into
+/// arrays as long as a column argument (`strpos`, `coalesce`, `levenshtein`, …; the bounded
+/// ones count that copy in their own estimate), a `CASE` copies its constant results into the
+/// rows that take them, `||` joins a constant to every row, and `IN` makes a constant needle
+/// an array to compare with a list of columns. Comparisons, `LIKE` and an `IN` list's members
+/// compare a constant with each row without copying it.
+fn copies_constant(node: &Arc<dyn PhysicalExpr>, child: usize) -> bool {
+    let any = node.as_any();
+    if let Some(call) = any.downcast_ref::<ScalarFunctionExpr>() {
+        return !crate::functions::bounded::is_bounded(call.fun());
+    }
+    any.is::<CaseExpr>()
+        || (any.is::<InListExpr>() && child == 0)
+        || any
+            .downcast_ref::<BinaryExpr>()
+            .is_some_and(|b| *b.op() == Operator::StringConcat)
+}
+
+/// Whether `expr`'s value is an array of the batch's rows: it reads a column, or calls a
+/// volatile function (`random()` is a value per row).
+fn makes_rows(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.exists(|node| {
+        Ok(match node.as_any().downcast_ref::<Counted>() {
+            // A constant's count is a leaf that says it is volatile: look inside instead.
+            Some(counted) if counted.constant => makes_rows(&counted.inner),
+            // Its child is looked at next.
+            Some(_) => false,
+            None => node.as_any().is::<Column>() || node.is_volatile_node(),
+        })
+    })
+    .unwrap_or(true)
 }
 
 /// A predicate with each conjunct's calls counted ([`counted_calls`]): a conjunct without
@@ -171,6 +258,9 @@ pub(crate) struct Counted {
     /// the call inside it, into a bare literal: made there with nothing holding it, kept in the
     /// plan, and copied by a projection into every row unchecked.
     constant: bool,
+    /// A constant that the node above copies into every row ([`copies_counted`]): held as its
+    /// size times the batch's rows.
+    copied: bool,
 }
 
 impl Counted {
@@ -180,11 +270,26 @@ impl Counted {
         pool: &Arc<QueryPool>,
         top: bool,
     ) -> Arc<dyn PhysicalExpr> {
+        Counted::with(inner, pool, top, false)
+    }
+
+    /// The constant `inner`, counted as copied into every row by the node above.
+    fn copied(inner: Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Arc<dyn PhysicalExpr> {
+        Counted::with(inner, pool, false, true)
+    }
+
+    fn with(
+        inner: Arc<dyn PhysicalExpr>,
+        pool: &Arc<QueryPool>,
+        top: bool,
+        copied: bool,
+    ) -> Arc<dyn PhysicalExpr> {
         Arc::new(Counted {
             constant: !reads_columns(&inner),
             inner,
             pool: pool.clone(),
             top,
+            copied,
         })
     }
 
@@ -248,7 +353,7 @@ impl PhysicalExpr for Counted {
         // A constant has no children to replace. Otherwise whether it is a constant follows
         // its new child (a rule may have replaced a column).
         match children.into_iter().next() {
-            Some(inner) => Ok(Counted::node(inner, &self.pool, self.top)),
+            Some(inner) => Ok(Counted::with(inner, &self.pool, self.top, self.copied)),
             None => Ok(self),
         }
     }
@@ -371,7 +476,7 @@ impl Counted {
     fn take(&self, made: &ColumnarValue, batch: &RecordBatch) -> Result<usize> {
         let bytes = match made {
             ColumnarValue::Array(array) => array.get_array_memory_size(),
-            ColumnarValue::Scalar(value) if self.top => {
+            ColumnarValue::Scalar(value) if self.top || self.copied => {
                 value.size().saturating_mul(batch.num_rows().max(1))
             }
             ColumnarValue::Scalar(value) => value.size(),
@@ -379,7 +484,7 @@ impl Counted {
         if bytes < COUNTED_FROM {
             return Ok(0);
         }
-        let what = if self.top {
+        let what = if self.top || self.copied {
             format!(
                 "the values of {} in a batch of {} rows",
                 named(self),
@@ -436,7 +541,9 @@ impl Display for Counted {
 
 impl PartialEq for Counted {
     fn eq(&self, other: &Self) -> bool {
-        self.top == other.top && self.inner.as_ref() == other.inner.as_ref()
+        self.top == other.top
+            && self.copied == other.copied
+            && self.inner.as_ref() == other.inner.as_ref()
     }
 }
 
@@ -446,6 +553,7 @@ impl Hash for Counted {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.inner.hash(state);
         self.top.hash(state);
+        self.copied.hash(state);
     }
 }
 

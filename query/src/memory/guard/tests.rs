@@ -197,6 +197,41 @@ async fn filters_sorts_and_joins_count_the_values_their_calls_make() {
 }
 
 #[tokio::test]
+async fn a_constant_a_node_copies_into_every_row_is_counted_before_it_is_copied() {
+    // 100 KB in each of 2,000 rows is 200 MB: `strpos` makes its constant argument an array
+    // beside a column, a `CASE` copies its result into the rows that take it, `IN` its needle
+    // beside a list of columns. Each node's own value is small (a number or a flag per row),
+    // so before, nothing was counted, in an aggregate's arguments, a filter, an aggregate's
+    // `FILTER` or a grouping key; the constant planning leaves (2 MB, over the 1 MiB folded)
+    // neither.
+    let queries = |text: &str| {
+        let n = "CAST(n AS VARCHAR)";
+        [
+            format!("SELECT sum(strpos({n}, {text})) FROM t"),
+            format!("SELECT count(*) FROM t WHERE strpos({n}, {text}) > 0"),
+            format!("SELECT max(length(CASE WHEN n >= 0 THEN {text} END)) FROM t"),
+            format!("SELECT count(*) FROM t WHERE {text} IN ({n}, 'a', 'b', 'c', 'd')"),
+            format!("SELECT count(*) FILTER (WHERE strpos({n}, {text}) > 0) FROM t"),
+            format!("SELECT count(*) FROM t GROUP BY strpos({n}, {text})"),
+        ]
+    };
+    for text in ["repeat('x', 100000)", "repeat('x', 2000000)"] {
+        for sql in queries(text) {
+            let (ctx, pool) = session(64 * MIB);
+            let e = refused(first_value(&ctx, &sql).await);
+            assert!(e.contains("2000 rows"), "{sql}: {e}");
+            assert_eq!(pool.reserved(), 0, "{sql}: nothing stays held");
+        }
+    }
+    // 2 KB in each row (4 MB): each answers as before.
+    let (ctx, _) = session(64 * MIB);
+    let answers = ["0", "0", "2000", "0", "0", "2000"];
+    for (sql, answer) in queries("repeat('x', 2000)").iter().zip(answers) {
+        assert_eq!(first_value(&ctx, sql).await.unwrap(), answer, "{sql}");
+    }
+}
+
+#[tokio::test]
 async fn a_window_functions_arguments_are_counted_below_it() {
     // A constant copied by the window into each of 2,000 rows: 100 KB folded into a
     // literal (200 MB), or 2 MB left to run with the query (4 GB). Before, counted nowhere:

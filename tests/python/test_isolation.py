@@ -183,6 +183,31 @@ def test_memory_bombs_in_sql_are_refused_and_the_server_stays_small(guarded):
     assert body["data"] == [[1000000]], body
 
 
+def test_text_joined_to_a_constant_takes_no_more_than_the_query_memory(tmp_path):
+    """`user_id || repeat('x', 1000000)` over one file of 200 events makes 200 MB, within the
+    query's 256 MiB. `||` first copied its constant into an array of the batch's rows, 200 MB
+    more that its estimate did not count: the server's RSS rose 380 MB, past the limit. Its own
+    server, so that memory other tests freed does not hide the growth."""
+    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
+                      "--set", "query.memory_total_bytes=512MiB")
+    try:
+        floe(tmp_path, "tenant", "create", "joined")
+        post(srv.url, srv.token("joined", "ingest"), events(200))
+        analyst = srv.token("joined", "analyst")
+        body = statement(srv, analyst, "SELECT count(*) FROM events")
+        assert body["data"] == [[200]], body
+        # The peak is read from here (writing 5 to clear_refs resets VmHWM to the RSS now).
+        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_bytes(proc)
+        body = statement(srv, analyst, "SELECT max(length(user_id || repeat('x', 1000000))) FROM events")
+        assert body["data"] == [[1000002]], body
+        grown = peak_rss_bytes(proc) - before
+        assert grown < 256 * MIB, f"RSS rose {grown / MIB:.0f} MiB, past the query's 256 MiB"
+    finally:
+        stop(proc)
+
+
 def test_a_tenants_projection_makes_no_value_larger_than_its_memory(guarded):
     """A tenant's admin defines a projection; the server checks it and runs its refreshes. A
     1.5 GB `repeat` in a definition took the server 1.9 GB above its size, made by the refresh

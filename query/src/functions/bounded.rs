@@ -46,7 +46,9 @@ enum Growth {
     RegexpReplace,
     /// Grows with its inputs (`concat`, `array_concat`, `upper`, …): at least the sum of their
     /// sizes (exact for concatenation), reserved before it runs and checked again after.
-    WithInputs,
+    /// `copies`: DataFusion first copies a constant argument beside a column into an array of
+    /// the batch's rows (`make_scalar_function`), so that constant is counted twice.
+    WithInputs { copies: bool },
     /// `string_to_array(text, delimiter)`: the text, and per element an offset and a list
     /// position; at most one element per byte of text over the delimiter's length.
     Split,
@@ -79,30 +81,30 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("array_resize", Growth::ArrayResize),
     ("replace", Growth::Replace),
     ("regexp_replace", Growth::RegexpReplace),
-    ("concat", Growth::WithInputs),
-    (super::concat::NAME, Growth::WithInputs),
-    ("concat_ws", Growth::WithInputs),
-    ("array_concat", Growth::WithInputs),
-    ("make_array", Growth::WithInputs),
-    ("map", Growth::WithInputs),
-    ("array_append", Growth::WithInputs),
-    ("array_prepend", Growth::WithInputs),
+    ("concat", Growth::WithInputs { copies: false }),
+    (super::concat::NAME, Growth::WithInputs { copies: false }),
+    ("concat_ws", Growth::WithInputs { copies: false }),
+    ("array_concat", Growth::WithInputs { copies: true }),
+    ("make_array", Growth::WithInputs { copies: true }),
+    ("map", Growth::WithInputs { copies: false }),
+    ("array_append", Growth::WithInputs { copies: true }),
+    ("array_prepend", Growth::WithInputs { copies: true }),
     ("array_union", Growth::Rows { scalar_once: false }),
     ("array_intersect", Growth::Rows { scalar_once: false }),
     ("array_except", Growth::Rows { scalar_once: false }),
     ("array_distinct", Growth::Rows { scalar_once: false }),
     ("array_has_any", Growth::Rows { scalar_once: true }),
     ("array_has_all", Growth::Rows { scalar_once: true }),
-    ("flatten", Growth::WithInputs),
+    ("flatten", Growth::WithInputs { copies: false }),
     ("string_to_array", Growth::Split),
     ("translate", Growth::Translate),
-    ("overlay", Growth::WithInputs),
-    ("upper", Growth::WithInputs),
-    ("lower", Growth::WithInputs),
-    ("initcap", Growth::WithInputs),
-    ("reverse", Growth::WithInputs),
-    ("encode", Growth::WithInputs),
-    ("array_to_string", Growth::WithInputs),
+    ("overlay", Growth::WithInputs { copies: true }),
+    ("upper", Growth::WithInputs { copies: false }),
+    ("lower", Growth::WithInputs { copies: false }),
+    ("initcap", Growth::WithInputs { copies: false }),
+    ("reverse", Growth::WithInputs { copies: false }),
+    ("encode", Growth::WithInputs { copies: false }),
+    ("array_to_string", Growth::WithInputs { copies: true }),
 ];
 
 /// Replaces the functions of [`BOUNDED`] in `ctx` by bounded ones drawing on `pool`; while
@@ -337,11 +339,12 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += text[i] as u128 + matches as u128 * to[i] as u128;
             }
         }
-        Growth::WithInputs => {
+        Growth::WithInputs { copies } => {
             // A value that doubles itself step by step is refused before the step that would
             // cross the limit is made, not after.
             for a in args {
-                total += total_length(a, rows)?;
+                let copied = copies && rows > 1 && matches!(a, ColumnarValue::Scalar(_));
+                total += total_length(a, rows)? * (1 + u128::from(copied));
             }
         }
         Growth::Rows { scalar_once } => {
@@ -628,21 +631,30 @@ mod tests {
             6 * 6 + 4 * 32,
             "split into characters row by row: the longest row"
         );
-        // Concatenation: the sum of its inputs, each scalar once per row.
-        assert_eq!(e(Growth::WithInputs, &[text("ab"), text("cde")]), 5);
+        // Concatenation: the sum of its inputs, each scalar once per row (twice where
+        // DataFusion first copies it into an array of the batch's rows).
+        let joins = Growth::WithInputs { copies: false };
+        let copies = Growth::WithInputs { copies: true };
+        assert_eq!(e(joins, &[text("ab"), text("cde")]), 5);
+        assert_eq!(
+            e(copies, &[text("ab"), text("cde")]),
+            5,
+            "no column: no copy"
+        );
         let column = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
             Some("x"),
             None,
             Some("yyyy"),
         ])));
         assert_eq!(
-            estimate(Growth::WithInputs, &[column.clone(), text("ab")], 3).unwrap(),
+            estimate(joins, &[column.clone(), text("ab")], 3).unwrap(),
             5 + 3 * 2
         );
         assert_eq!(
-            estimate(Growth::WithInputs, &[column.clone(), column], 3).unwrap(),
-            10
+            estimate(copies, &[column.clone(), text("ab")], 3).unwrap(),
+            5 + 2 * 3 * 2
         );
+        assert_eq!(estimate(joins, &[column.clone(), column], 3).unwrap(), 10);
         // Compared as rows: twice the elements' bytes, and a list entry and a hash set slot
         // per element (five here, in two rows).
         let lists = arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(

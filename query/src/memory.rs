@@ -16,11 +16,12 @@
 pub mod checks;
 pub mod copies;
 pub mod guard;
+pub mod unnest_pieces;
 pub mod window_args;
 
 /// A session whose memory is `pool`: window functions' arguments computed below their windows
-/// ([`window_args`]), its physical optimizer with the size checks first ([`checks`]), the rest
-/// of `builder` as it is. Its context then needs [`bound_functions`].
+/// ([`window_args`]), its physical optimizer with the size checks first ([`checks`]) and
+/// `unnest`'s input cut into pieces last ([`unnest_pieces`]), the rest of `builder` as it is. Its context then needs [`bound_functions`].
 /// The pool serves one plan: the size checks end its planning.
 pub fn with_size_checks(
     builder: datafusion::execution::session_state::SessionStateBuilder,
@@ -32,6 +33,9 @@ pub fn with_size_checks(
         .with_physical_optimizer_rules(
             std::iter::once(Arc::new(checks::SizeChecks::for_pool(pool.clone())) as Arc<_>)
                 .chain(PhysicalOptimizer::new().rules)
+                .chain(std::iter::once(
+                    Arc::new(unnest_pieces::UnnestPieces) as Arc<_>
+                ))
                 .collect(),
         )
 }

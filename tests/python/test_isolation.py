@@ -208,6 +208,38 @@ def test_text_joined_to_a_constant_takes_no_more_than_the_query_memory(tmp_path)
         stop(proc)
 
 
+def test_unnest_makes_its_rows_a_batch_at_a_time_within_the_query_memory(tmp_path):
+    """`unnest` made every row of a list at once, in one batch, copying the row's other columns
+    into each: at a 256 MiB limit, grouping by the elements of `range(0, 10000000)` ran at
+    +836 MB of RSS, `count(DISTINCT …)` of them at +830 MB, and a 1 MB string beside 2,000
+    elements at +3.8 GB. Now each piece of the input unnests into at most a batch, which the
+    aggregations count, and what batches joined downstream can hold of the copies is counted."""
+    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
+                      "--set", "query.memory_total_bytes=512MiB")
+    try:
+        floe(tmp_path, "tenant", "create", "lists")
+        viewer = srv.token("lists", "viewer")
+        for sql, answer in [
+            ("SELECT count(*) FROM (SELECT x FROM unnest(range(0, 10000000)) AS t(x) GROUP BY x)", 10000000),
+            ("SELECT count(DISTINCT x) FROM unnest(range(0, 10000000)) AS t(x)", 10000000),
+            ("SELECT max(length(s)) FROM (SELECT repeat('y', 1000000) AS s, unnest(range(0, 2000)) AS x)", None),
+        ]:
+            with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+                f.write("5")
+            before = rss_bytes(proc)
+            body = statement(srv, viewer, sql)
+            if "error" in body or answer is None:
+                assert body["error"]["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql, body)
+            else:
+                assert body["data"] == [[answer]], (sql, body)
+            grown = peak_rss_bytes(proc) - before
+            # The query's 256 MiB, the list (80 MB), and what spilling keeps beside them.
+            assert grown < 700 * MIB, f"{sql}: RSS rose {grown / MIB:.0f} MiB"
+            assert healthy(srv)
+    finally:
+        stop(proc)
+
+
 def test_a_tenants_projection_makes_no_value_larger_than_its_memory(guarded):
     """A tenant's admin defines a projection; the server checks it and runs its refreshes. A
     1.5 GB `repeat` in a definition took the server 1.9 GB above its size, made by the refresh

@@ -152,13 +152,14 @@ async fn an_aggregate_counts_the_copies_it_makes_when_it_finishes() {
     for sql in [
         format!("SELECT length(max('{wide}')) FROM t"),
         "SELECT length(string_agg(repeat('y', 300000), ',')) FROM t".to_string(),
-        // Small, but copied into every row of a batch of 2,000,000 (2 GB).
-        "SELECT length(string_agg(repeat('y', 1000), ',')) FROM unnest(range(0, 2000000))"
-            .to_string(),
     ] {
         let e = refused(first_value(&ctx, &sql).await);
-        assert!(e.contains("2000 rows") || e.contains("2000000 rows"), "{e}");
+        assert!(e.contains("2000 rows"), "{e}");
     }
+    // Small, but copied into every row of 2,000,000 (2 GB): unnested in batches of 8,192 rows
+    // (`unnest_pieces`), refused as the aggregate's copies grow.
+    let many = "SELECT length(string_agg(repeat('y', 1000), ',')) FROM unnest(range(0, 2000000))";
+    refused(first_value(&ctx, many).await);
     assert_eq!(pool.reserved(), 0, "nothing stays held");
     let (ctx, _) = session(40 * MIB);
     assert_eq!(first_value(&ctx, &sql(5000)).await.unwrap(), "5004999");

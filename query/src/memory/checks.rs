@@ -46,7 +46,7 @@ use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::sorts::sort::SortExec;
 
 use super::QueryPool;
-use super::guard::{counted, counted_calls, counted_predicate};
+use super::guard::{counted, counted_calls, counted_key, counted_predicate};
 
 /// The largest literal left bare after an aggregate's first argument, or where a node copies it
 /// into every row (`guard::copies_counted`): in an 8,192-row batch, 8 MiB uncounted.
@@ -150,7 +150,7 @@ impl SizeChecks {
             .expr()
             .iter()
             .map(|(key, name)| {
-                let counted = counted_calls(key, &self.pool)?;
+                let counted = counted_key(key, &self.pool)?;
                 changed |= counted.transformed;
                 Ok((counted.data, name.clone()))
             })

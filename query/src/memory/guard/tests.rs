@@ -448,3 +448,20 @@ fn computed(plan: &datafusion::logical_expr::LogicalPlan) -> String {
     let first = text.lines().next().unwrap_or_default();
     first.split(" AS ").next().unwrap_or_default().to_string()
 }
+
+#[tokio::test]
+async fn a_grouping_key_is_checked_with_the_copies_the_aggregation_keeps() {
+    // 15 KB keys in 2,000 rows: 30 MB, and the aggregation's row format and store of them
+    // 30 MB each, under 64 MiB one by one but not together: refused when the key is made
+    // (before, by the aggregation, once it had copied them).
+    let (ctx, pool) = session(64 * MIB);
+    let sql = |width: usize| {
+        format!("SELECT count(*) FROM t GROUP BY CAST(n AS VARCHAR) || repeat('x', {width})")
+    };
+    let e = refused(first_value(&ctx, &sql(15000)).await);
+    assert!(e.contains("two copies"), "{e}");
+    assert_eq!(pool.reserved(), 0, "nothing stays held");
+    let (ctx, _) = session(64 * MIB);
+    let groups = ctx.sql(&sql(5000)).await.unwrap().count().await.unwrap();
+    assert_eq!(groups, 2000);
+}

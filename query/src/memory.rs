@@ -326,10 +326,32 @@ impl MemoryPool for QueryPool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MIB: usize = 1 << 20;
+
+    /// A session as a query's: its pool of `limit` bytes (on a budget of four times that),
+    /// the size checks and the bounded functions (folding at most 1 MiB).
+    pub(crate) fn query_session(
+        limit: usize,
+    ) -> (datafusion::prelude::SessionContext, Arc<QueryPool>) {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::execution::session_state::SessionStateBuilder;
+        let pool = Budget::new(4 * limit, Duration::ZERO).query_pool("t", limit);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .build_arc()
+            .unwrap();
+        let state = SessionStateBuilder::new()
+            .with_runtime_env(runtime)
+            .with_default_features();
+        let ctx = datafusion::prelude::SessionContext::new_with_state(
+            with_size_checks(state, &pool).build(),
+        );
+        bound_functions(&ctx, &pool, MIB);
+        (ctx, pool)
+    }
 
     #[test]
     fn a_query_stops_at_its_own_limit() {

@@ -1,6 +1,7 @@
 //! A plan node that hands on its one input's batches through a stream of its own: the CPU
-//! share's slots (`cpu::share`), the nested loop join's probe slices (`cpu::probe`) and the
-//! projections' size check (`memory::guard`) are each such a node. What differs is only what
+//! share's slots (`cpu::share`), the nested loop join's probe slices (`cpu::probe`), the
+//! projections' size check (`memory::guard`) and `unnest`'s input in pieces
+//! (`memory::unnest_pieces`) are each such a node. What differs is only what
 //! wraps the input's stream; the rest (properties, order, children) is the input's.
 
 use std::any::Any;

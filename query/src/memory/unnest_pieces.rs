@@ -7,7 +7,7 @@
 //! row's other columns are copied into every row it unnests into: a 1 MB string beside 2,000
 //! elements is 2 GB in one batch.
 //!
-//! [`UnnestPieces`], a physical optimizer rule, puts [`PiecesExec`] under each `UnnestExec`.
+//! [`UnnestPieces`], a physical optimizer rule, puts a [`Pieces`] node under each `UnnestExec`.
 //! It cuts each input batch into slices whose unnested rows number at most the session's batch
 //! size and whose bytes (the other columns copied into each of those rows, and the elements)
 //! come to about [`PIECE_BYTES`]. A row that alone unnests past that is cut into windows of
@@ -24,8 +24,6 @@
 //! unnests into, if fewer), each as wide as the widest row it unnests into. Past the query's
 //! memory the query is refused before anything is unnested.
 
-use std::any::Any;
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait, RecordBatch};
@@ -37,10 +35,12 @@ use datafusion::common::{Result, internal_err};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::unnest::UnnestExec;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
+
+use crate::pass_through::{PassThrough, Wrap};
 
 /// About the most bytes a piece unnests into (a row that alone unnests into more is cut into
 /// windows of its elements; a single row of the output may still be larger).
@@ -61,18 +61,17 @@ impl PhysicalOptimizerRule for UnnestPieces {
             let Some(unnest) = node.as_any().downcast_ref::<UnnestExec>() else {
                 return Ok(Transformed::no(node));
             };
-            if unnest.input().as_any().is::<PiecesExec>() {
+            if unnest.input().as_any().is::<PassThrough<Pieces>>() {
                 return Ok(Transformed::no(node));
             }
             let lists = unnest.list_column_indices();
-            let pieces = PiecesExec {
-                input: unnest.input().clone(),
+            let pieces = Pieces {
                 lists: lists.iter().map(|l| l.index_in_input_schema).collect(),
                 within_rows: lists.iter().all(|l| l.depth == 1),
                 rows,
-                properties: unnest.input().properties().clone(),
             };
-            let input: Arc<dyn ExecutionPlan> = Arc::new(pieces);
+            let input: Arc<dyn ExecutionPlan> =
+                Arc::new(PassThrough::new(unnest.input().clone(), pieces));
             Ok(Transformed::yes(
                 node.clone().with_new_children(vec![input])?,
             ))
@@ -90,72 +89,24 @@ impl PhysicalOptimizerRule for UnnestPieces {
 }
 
 /// Hands its input on in pieces that each unnest into at most `rows` rows and about
-/// [`PIECE_BYTES`] (see the module comment).
-#[derive(Debug)]
-pub struct PiecesExec {
-    input: Arc<dyn ExecutionPlan>,
+/// [`PIECE_BYTES`] (see the module comment): a [`PassThrough`] node's stream.
+#[derive(Debug, Clone)]
+pub struct Pieces {
     /// The input's columns the unnest above unnests.
     lists: Vec<usize>,
     /// Every list is unnested once: a row may be cut into windows of its elements.
     within_rows: bool,
     rows: usize,
-    properties: Arc<PlanProperties>,
 }
 
-impl DisplayAs for PiecesExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "PiecesExec: rows={}, bytes={PIECE_BYTES}, within_rows={}",
-            self.rows, self.within_rows
-        )
-    }
-}
+impl Wrap for Pieces {
+    const NAME: &'static str = "PiecesExec";
 
-impl ExecutionPlan for PiecesExec {
-    fn name(&self) -> &str {
-        "PiecesExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("PiecesExec takes one input");
-        }
-        let input = children.swap_remove(0);
-        Ok(Arc::new(PiecesExec {
-            properties: input.properties().clone(),
-            input,
-            lists: self.lists.clone(),
-            within_rows: self.within_rows,
-            rows: self.rows,
-        }))
-    }
-
-    fn execute(
+    fn wrap(
         &self,
-        partition: usize,
-        context: Arc<TaskContext>,
+        input: SendableRecordBatchStream,
+        context: &Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context.clone())?;
         let schema = input.schema();
         let within_rows = self.within_rows
             && self.lists.iter().all(|&i| {
@@ -170,8 +121,8 @@ impl ExecutionPlan for PiecesExec {
             rows: self.rows,
             bytes: PIECE_BYTES,
         };
-        let joined = MemoryConsumer::new(format!("unnest's rows of a batch[{partition}]"))
-            .register(context.memory_pool());
+        let joined =
+            MemoryConsumer::new("unnest's rows of a batch").register(context.memory_pool());
         let pieces = input.flat_map(move |batch| {
             let pieces = batch.and_then(|b| {
                 let (pieces, most) = cut.pieces(&b)?;

@@ -3,8 +3,6 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::MemoryPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 
 use super::*;
@@ -12,19 +10,9 @@ use crate::memory::Budget;
 
 const MIB: usize = 1 << 20;
 
-/// A session as a query's: its pool of `limit` bytes, the bounded functions (folding at
-/// most 1 MiB) and the size checks first; `t` holds 2,000 rows.
+/// A session as a query's (`memory::tests::query_session`); `t` holds 2,000 rows.
 fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
-    let pool = Budget::new(4 * limit, Duration::ZERO).query_pool("t", limit);
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(pool.clone())
-        .build_arc()
-        .unwrap();
-    let state = SessionStateBuilder::new()
-        .with_runtime_env(runtime)
-        .with_default_features();
-    let ctx = SessionContext::new_with_state(crate::memory::with_size_checks(state, &pool).build());
-    crate::memory::bound_functions(&ctx, &pool, MIB);
+    let (ctx, pool) = crate::memory::tests::query_session(limit);
     let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2000));
     let batch = RecordBatch::try_from_iter([("n", n)]).unwrap();
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();

@@ -1,13 +1,8 @@
-use std::time::Duration;
-
 use arrow::compute::concat_batches;
 use arrow::util::pretty::pretty_format_batches;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 
 use super::*;
-use crate::memory::Budget;
 
 /// A session as a query's (its pool, the size checks, the bounded functions), with `unnest`
 /// cut into pieces.
@@ -16,17 +11,7 @@ fn session() -> SessionContext {
 }
 
 fn limited(limit: usize) -> SessionContext {
-    let pool = Budget::new(limit, Duration::ZERO).query_pool("t", limit);
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(pool.clone())
-        .build_arc()
-        .unwrap();
-    let state = SessionStateBuilder::new()
-        .with_runtime_env(runtime)
-        .with_default_features();
-    let ctx = SessionContext::new_with_state(crate::memory::with_size_checks(state, &pool).build());
-    crate::memory::bound_functions(&ctx, &pool, 1 << 20);
-    ctx
+    crate::memory::tests::query_session(limit).0
 }
 
 /// The batches `sql` answers with.

@@ -477,7 +477,7 @@ impl Engine {
         let ctx = self.session(tenant, scope).await?;
         let df = self.plan(&ctx, tenant, sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+        let batches = memory::claims::collect(df).await?;
         Ok((schema, batches))
     }
 }

@@ -14,6 +14,7 @@
 //! client has not fetched yet.
 
 pub mod checks;
+pub mod claims;
 pub mod copies;
 pub mod guard;
 pub mod unnest_pieces;
@@ -21,13 +22,18 @@ pub mod window_args;
 
 /// A session whose memory is `pool`: window functions' arguments computed below their windows
 /// ([`window_args`]), its physical optimizer with the size checks first ([`checks`]) and
-/// `unnest`'s input cut into pieces last ([`unnest_pieces`]), the rest of `builder` as it is. Its context then needs [`bound_functions`].
-/// The pool serves one plan: the size checks end its planning.
+/// `unnest`'s input cut into pieces last ([`unnest_pieces`]), the pool in its configuration
+/// for the plans it runs ([`claims::held`]), the rest of `builder` as it is. Its context then
+/// needs [`bound_functions`]. The pool serves one plan: the size checks end its planning.
 pub fn with_size_checks(
-    builder: datafusion::execution::session_state::SessionStateBuilder,
+    mut builder: datafusion::execution::session_state::SessionStateBuilder,
     pool: &Arc<QueryPool>,
 ) -> datafusion::execution::session_state::SessionStateBuilder {
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    builder
+        .config()
+        .get_or_insert_with(Default::default)
+        .set_extension(pool.clone());
     builder
         .with_optimizer_rule(Arc::new(window_args::WindowArguments))
         .with_physical_optimizer_rules(
@@ -53,7 +59,7 @@ pub fn bound_functions(
 }
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,6 +140,7 @@ impl Budget {
             limit,
             key,
             used: AtomicUsize::new(0),
+            peak: Arc::default(),
             planning: AtomicBool::new(true),
         })
     }
@@ -241,6 +248,8 @@ pub struct QueryPool {
     /// The setting `limit` comes from, named when it refuses.
     key: &'static str,
     used: AtomicUsize,
+    /// The most it has held at once (Trino's `peakMemoryBytes`), kept past the pool.
+    peak: Arc<AtomicU64>,
     /// Until the physical plan is made: constants are being folded (see `guard`).
     planning: AtomicBool,
 }
@@ -269,11 +278,33 @@ impl QueryPool {
             )));
         }
         self.budget.take(&self.tenant, bytes)?;
-        self.used.fetch_add(bytes, Ordering::Relaxed);
+        self.held_more(bytes);
         Ok(())
     }
 
-    /// Gives back bytes taken with [`QueryPool::try_take`].
+    /// Takes `bytes` whatever the limits: memory that is in use already (DataFusion's
+    /// infallible `grow`, a value claimed when it was made: `claims`).
+    pub fn force(&self, bytes: usize) {
+        self.held_more(bytes);
+        self.budget.force(&self.tenant, bytes);
+    }
+
+    fn held_more(&self, bytes: usize) {
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now as u64, Ordering::Relaxed);
+    }
+
+    /// The most the query has held at once, as it grows (it outlives the pool).
+    pub fn peak(&self) -> Arc<AtomicU64> {
+        self.peak.clone()
+    }
+
+    /// The most the query may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Gives back bytes taken with [`QueryPool::try_take`] or [`QueryPool::force`].
     pub fn give_back(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.give_back(&self.tenant, bytes);
@@ -304,8 +335,7 @@ impl Drop for QueryPool {
 
 impl MemoryPool for QueryPool {
     fn grow(&self, _reservation: &MemoryReservation, additional: usize) {
-        self.used.fetch_add(additional, Ordering::Relaxed);
-        self.budget.force(&self.tenant, additional);
+        self.force(additional);
     }
 
     fn shrink(&self, _reservation: &MemoryReservation, shrink: usize) {

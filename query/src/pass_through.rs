@@ -1,8 +1,9 @@
 //! A plan node that hands on its one input's batches through a stream of its own: the CPU
-//! share's slots (`cpu::share`), the nested loop join's probe slices (`cpu::probe`), the
-//! projections' size check (`memory::guard`) and `unnest`'s input in pieces
-//! (`memory::unnest_pieces`) are each such a node. What differs is only what
-//! wraps the input's stream; the rest (properties, order, children) is the input's.
+//! share's slots (`cpu::share`), the nested loop join's probe slices (`cpu::probe`),
+//! `unnest`'s input in pieces (`memory::unnest_pieces`) and large batches claimed in the
+//! query's memory as they are handed on (`memory::claims`) are each such a node. What differs
+//! is only what wraps the input's stream; the rest (properties, order, children) is the
+//! input's.
 
 use std::any::Any;
 use std::fmt;

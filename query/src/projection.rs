@@ -310,7 +310,8 @@ pub async fn run(
 ) -> Result<Vec<RecordBatch>> {
     let ctx = session(rows.schema(), Some(rows), Some(pool), limits)?;
     let plan = plan(&ctx, sql, limits).await?;
-    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
+    let df = ctx.execute_logical_plan(plan).await?;
+    Ok(memory::claims::collect(df).await?)
 }
 
 #[cfg(test)]

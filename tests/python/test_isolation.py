@@ -208,6 +208,41 @@ def test_text_joined_to_a_constant_takes_no_more_than_the_query_memory(tmp_path)
         stop(proc)
 
 
+def test_batches_handed_between_operators_count_against_the_query_memory(tmp_path):
+    """A join on `a.user_id || repeat('x', 500000)` over one file of 400 events: the batch of
+    keys is 200 MB, within the query's 256 MiB when it is made, and was then given back. The
+    join's repartition copied it and the join kept both while it probed, with nothing counting
+    either, and the query ran (over 2,000 events at 1 GiB, the server grew 870 MB). Now a
+    batch that large is held in the query's pool for as long as an operator holds it, so the
+    next reservation that does not fit beside it is refused. `peakMemoryBytes` (0 before) says
+    what the query held."""
+    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
+                      "--set", "query.memory_total_bytes=512MiB")
+    try:
+        floe(tmp_path, "tenant", "create", "inflight")
+        post(srv.url, srv.token("inflight", "ingest"), events(400))
+        analyst = srv.token("inflight", "analyst")
+        body = statement(srv, analyst, "SELECT count(*) FROM events")
+        assert body["data"] == [[400]], body
+        # A 40 MB value held while it is handed on: counted, and reported as the peak.
+        body = statement(srv, analyst, "SELECT max(length(user_id || repeat('x', 100000))) FROM events")
+        assert body["data"] == [[100002]], body
+        peak = body["stats"]["peakMemoryBytes"]
+        assert 40_000_000 <= peak <= 256 * MIB, body["stats"]
+        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_bytes(proc)
+        sql = "SELECT count(*) FROM events a JOIN events b ON a.user_id || repeat('x', 500000) = b.user_id"
+        body = statement(srv, analyst, sql)
+        assert body.get("error", {}).get("errorName") == "EXCEEDED_MEMORY_LIMIT", body
+        grown = peak_rss_bytes(proc) - before
+        # The batch of keys and what was being made beside it when the refusal came.
+        assert grown < 512 * MIB, f"RSS rose {grown / MIB:.0f} MiB"
+        assert healthy(srv)
+    finally:
+        stop(proc)
+
+
 def test_unnest_makes_its_rows_a_batch_at_a_time_within_the_query_memory(tmp_path):
     """`unnest` made every row of a list at once, in one batch, copying the row's other columns
     into each: at a 256 MiB limit, grouping by the elements of `range(0, 10000000)` ran at

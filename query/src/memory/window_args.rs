@@ -96,6 +96,9 @@ fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>>
         .map(Expr::Column)
         .collect();
     let mut exprs = Vec::with_capacity(window.window_expr.len());
+    // An `Expr`'s hash is its value's: the lock arrow's buffers carry for their memory claim
+    // (`memory::claims`) is not part of it.
+    #[allow(clippy::mutable_key_type)]
     let mut columns: HashMap<Expr, String> = HashMap::new();
     let mut moved_any = false;
     for (i, expr) in window.window_expr.iter().enumerate() {

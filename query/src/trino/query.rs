@@ -17,8 +17,8 @@
 //! runtime, whether or not the client fetches; a query is reaped once its client has not
 //! fetched for `query.abandoned_after_secs` or [`REAP_AFTER_DEADLINE`] after its time limit.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -41,6 +41,7 @@ use super::session::Answer;
 use super::values::{Progress, column, json_rows, stats};
 use super::{Queries, TrinoState, info_uri};
 use crate::cpu::SlotTimes;
+use crate::memory::QueryPool;
 use crate::{Engine, Error, Scope};
 
 /// Stack of query threads: parsing and planning walk expression trees recursively, to the
@@ -111,6 +112,8 @@ pub(crate) struct Run {
     error: Option<(String, String)>,
     /// Its steps' time at the query CPU slots, once it runs on the engine.
     times: Option<Arc<SlotTimes>>,
+    /// The most its pool has held at once, once it is planned (`QueryPool::peak`).
+    peak_memory: Arc<OnceLock<Arc<AtomicU64>>>,
 }
 
 impl Run {
@@ -164,6 +167,10 @@ impl Run {
             elapsed: self.started.elapsed(),
             cpu: self.times.as_ref().map_or(Duration::ZERO, |t| t.held()),
             waited: self.times.as_ref().map_or(Duration::ZERO, |t| t.waited()),
+            peak_memory: self
+                .peak_memory
+                .get()
+                .map_or(0, |peak| peak.load(Ordering::Relaxed)),
         }
     }
 }
@@ -203,6 +210,7 @@ impl Run {
             scanned: Scanned::default(),
             error: None,
             times: None,
+            peak_memory: Arc::default(),
         }
     }
 
@@ -241,6 +249,8 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
     let scanned = slot.clone();
     let total = Scanned::default();
     let counted = total.clone();
+    let peak_memory = Arc::<OnceLock<Arc<AtomicU64>>>::default();
+    let peak_seen = peak_memory.clone();
     let kept = slot.clone();
     let Plan {
         engine,
@@ -260,6 +270,9 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                 .session_scoped(&plan_tenant, scope, &time_zone)
                 .await?;
             let df = engine.plan(&ctx, &plan_tenant, &sql).await?;
+            if let Some(pool) = ctx.state_ref().read().config().get_extension::<QueryPool>() {
+                let _ = peak_seen.set(pool.peak());
+            }
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());
             let physical = df.create_physical_plan().await?;
@@ -271,6 +284,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                 "tenant" => m::tenant(plan_tenant.as_str())
             )
             .increment(bytes);
+            let physical = crate::memory::claims::held(physical)?;
             let physical = crate::cpu::share(physical, &plan_cpu)?;
             let stream = datafusion::physical_plan::execute_stream(physical, task)?;
             let pages = MemoryConsumer::new("pages not yet fetched")
@@ -293,7 +307,12 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
         async {
             while let Some(next) = stream.next().await {
                 let item = next.map_err(Error::DataFusion).and_then(|batch| {
-                    let bytes = batch.get_array_memory_size();
+                    // A batch this large is held by its claim already (the plan's nodes hand
+                    // their batches on `held`): not counted twice.
+                    let bytes = match batch.get_array_memory_size() {
+                        b if b >= crate::memory::claims::CLAIMED_FROM => 0,
+                        b => b,
+                    };
                     pages.try_grow(bytes).map_err(Error::DataFusion)?;
                     Ok(Produced::Batch(batch, pages.split(bytes)))
                 });
@@ -372,6 +391,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             run.slot = Some(kept);
             run.scanned = total;
             run.times = Some(times);
+            run.peak_memory = peak_memory;
             run
         }
         Err(e) => {

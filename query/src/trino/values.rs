@@ -23,6 +23,8 @@ pub struct Progress {
     pub cpu: Duration,
     /// The time its steps waited for a slot.
     pub waited: Duration,
+    /// The most its pool held at once (`query.memory_limit_bytes` bounds it).
+    pub peak_memory: u64,
 }
 
 /// `stats` of a `QueryResults` in `state`: `cpuTimeMillis` is the time its steps held a core,
@@ -35,7 +37,7 @@ pub fn stats(state: &str, p: &Progress) -> Value {
         "totalSplits": 0, "queuedSplits": 0, "runningSplits": 0, "completedSplits": 0,
         "cpuTimeMillis": ms(p.cpu), "wallTimeMillis": ms(p.cpu + p.waited),
         "queuedTimeMillis": 0, "elapsedTimeMillis": ms(p.elapsed),
-        "processedRows": p.rows, "processedBytes": p.bytes, "peakMemoryBytes": 0,
+        "processedRows": p.rows, "processedBytes": p.bytes, "peakMemoryBytes": p.peak_memory,
         "spilledBytes": 0,
     })
 }

@@ -511,7 +511,7 @@ fn elements(v: &ColumnarValue, rows: usize) -> u128 {
 
 /// The sum of [`lengths`] over the rows, without a vector of them (these functions run on
 /// every batch of a column).
-fn total_length(v: &ColumnarValue, rows: usize) -> Result<u128> {
+pub(super) fn total_length(v: &ColumnarValue, rows: usize) -> Result<u128> {
     let ColumnarValue::Array(array) = v else {
         return Ok(lengths(v, 1)?[0] as u128 * rows as u128);
     };

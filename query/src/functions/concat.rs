@@ -17,6 +17,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::bounded::total_length;
+
 /// The name the dialect calls `||` by.
 pub const NAME: &str = "floe_concat";
 
@@ -105,7 +107,16 @@ impl ScalarUDFImpl for Concat {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let left = Side::of(&args.args[0], columns[0].as_ref())?;
         let right = Side::of(&args.args[1], columns[1].as_ref())?;
-        let joined = joined(&left, &right, rows, &text)?;
+        // The text both sides hold over the rows: the output's size, nulls aside.
+        let mut bytes = 0u128;
+        for (value, column) in args.args.iter().zip(&columns) {
+            bytes += match column {
+                Some(column) => total_length(&ColumnarValue::Array(column.clone()), rows)?,
+                None => total_length(value, rows)?,
+            };
+        }
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        let joined = joined(&left, &right, rows, bytes, &text)?;
         if scalars {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
                 joined.as_ref(),
@@ -159,19 +170,17 @@ impl<'a> Side<'a> {
             Side::View(a) => at(*a, row),
         }
     }
-
-    /// The bytes of its texts over `rows` rows.
-    fn bytes(&self, rows: usize) -> usize {
-        match self {
-            Side::Constant(text) => text.map_or(0, str::len).saturating_mul(rows),
-            _ => (0..rows).map(|r| self.get(r).map_or(0, str::len)).sum(),
-        }
-    }
 }
 
-/// `left || right` in each of `rows` rows, as `text` (null where either is null).
-fn joined(left: &Side, right: &Side, rows: usize, text: &DataType) -> Result<ArrayRef> {
-    let bytes = left.bytes(rows).saturating_add(right.bytes(rows));
+/// `left || right` in each of `rows` rows, as `text` (null where either is null), in buffers
+/// of `bytes`.
+fn joined(
+    left: &Side,
+    right: &Side,
+    rows: usize,
+    bytes: usize,
+    text: &DataType,
+) -> Result<ArrayRef> {
     let mut buffer = String::new();
     let mut each = |append: &mut dyn FnMut(Option<&str>)| {
         for row in 0..rows {

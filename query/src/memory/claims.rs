@@ -6,9 +6,10 @@
 //! one operator to the next and kept by it while it works (an aggregation's input while it
 //! is grouped, a repartition's while it is hashed and cut, the groups an aggregation hands
 //! on when it ends or is short of memory). A batch of ordinary rows is small; one of wide
-//! values is not: `SELECT DISTINCT user_id || repeat('x', 400000)` makes 200 MB for a file
-//! of 500 events, and with copies of it in flight in each of those places the server grew
-//! 2.2–2.5 GB past a 1 GiB limit, running.
+//! values is not: a join on `a.user_id || repeat('x', 500000)` makes 250 MB of keys for a
+//! file of 500 events, checked when made and then given back; the repartition's copy of them
+//! and the join's probe held them uncounted, and the query ran with the server 870 MB larger
+//! at a 1 GiB limit.
 //!
 //! Arrow's buffers can carry a reservation that goes back when the buffer is freed
 //! (`Array::claim`, arrow's `pool` feature). Every node of a running plan hands its batches

@@ -85,14 +85,14 @@ pub(super) fn counted(
                 return Ok(Transformed::no(node));
             }
             let node = copies_counted(node, pool)?.data;
-            Ok(Transformed::yes(Counted::node(node, pool, false)))
+            Ok(Transformed::yes(Counted::around(node, pool, Role::Inner)))
         })?
         .data;
     let inner = match inner.as_any().downcast_ref::<Counted>() {
         Some(node) => node.inner.clone(),
         None => inner,
     };
-    Ok(Counted::node(inner, pool, true))
+    Ok(Counted::around(inner, pool, Role::Top))
 }
 
 /// `expr` (a conjunct of a predicate, a sort or join key) with the nodes that can make large
@@ -108,7 +108,11 @@ pub(super) fn counted_calls(
     if !counted.transformed || counted.data.as_any().is::<Counted>() {
         return Ok(counted);
     }
-    Ok(Transformed::yes(Counted::node(counted.data, pool, false)))
+    Ok(Transformed::yes(Counted::around(
+        counted.data,
+        pool,
+        Role::Inner,
+    )))
 }
 
 /// A grouping key with its calls counted ([`counted_calls`]), its value checked as three times
@@ -123,7 +127,7 @@ pub(super) fn counted_key(
     let Some(node) = counted.data.as_any().downcast_ref::<Counted>() else {
         return Ok(counted);
     };
-    let key = Counted::built(node.inner.clone(), pool, node.top, node.copied, true);
+    let key = Counted::around(node.inner.clone(), pool, Role::Key);
     Ok(Transformed::yes(key))
 }
 
@@ -154,7 +158,7 @@ fn count_calls(
         if !makes {
             return Ok(Transformed::new_transformed(node, copied));
         }
-        Ok(Transformed::yes(Counted::node(node, pool, false)))
+        Ok(Transformed::yes(Counted::around(node, pool, Role::Inner)))
     })
 }
 
@@ -185,14 +189,14 @@ fn copies_counted(
                 && literal.value().size() > BARE_LITERAL_BYTES
             {
                 changed = true;
-                return Counted::copied(child.clone(), pool);
+                return Counted::around(child.clone(), pool, Role::Copied);
             }
             if let Some(counted) = any.downcast_ref::<Counted>()
                 && counted.constant
-                && !counted.copied
+                && counted.role != Role::Copied
             {
                 changed = true;
-                return Counted::copied(counted.inner.clone(), pool);
+                return Counted::around(counted.inner.clone(), pool, Role::Copied);
             }
             child.clone()
         })
@@ -266,66 +270,27 @@ fn reads_columns(expr: &Arc<dyn PhysicalExpr>) -> bool {
 pub(crate) struct Counted {
     inner: Arc<dyn PhysicalExpr>,
     pool: Arc<QueryPool>,
-    /// The expression's top: a constant is checked as copied into every row, and nothing is
-    /// held once the value is made.
-    top: bool,
     /// A node that reads no column. It says it is volatile and has no children, so that no
     /// later simplification (a scan's, when it opens a file with a predicate) folds it, or
     /// the call inside it, into a bare literal: made there with nothing holding it, kept in the
     /// plan, and copied by a projection into every row unchecked.
     constant: bool,
-    /// A constant that the node above copies into every row ([`copies_counted`]): held as its
-    /// size times the batch's rows.
-    copied: bool,
-    /// A grouping key ([`counted_key`]): checked as three times its size.
-    stored: bool,
+    role: Role,
 }
 
-impl Counted {
-    /// `inner` counted against `pool`.
-    fn node(
-        inner: Arc<dyn PhysicalExpr>,
-        pool: &Arc<QueryPool>,
-        top: bool,
-    ) -> Arc<dyn PhysicalExpr> {
-        Counted::with(inner, pool, top, false)
-    }
-
-    /// The constant `inner`, counted as copied into every row by the node above.
-    fn copied(inner: Arc<dyn PhysicalExpr>, pool: &Arc<QueryPool>) -> Arc<dyn PhysicalExpr> {
-        Counted::with(inner, pool, false, true)
-    }
-
-    fn with(
-        inner: Arc<dyn PhysicalExpr>,
-        pool: &Arc<QueryPool>,
-        top: bool,
-        copied: bool,
-    ) -> Arc<dyn PhysicalExpr> {
-        Counted::built(inner, pool, top, copied, false)
-    }
-
-    fn built(
-        inner: Arc<dyn PhysicalExpr>,
-        pool: &Arc<QueryPool>,
-        top: bool,
-        copied: bool,
-        stored: bool,
-    ) -> Arc<dyn PhysicalExpr> {
-        Arc::new(Counted {
-            constant: !reads_columns(&inner),
-            inner,
-            pool: pool.clone(),
-            top,
-            copied,
-            stored,
-        })
-    }
-
-    /// The expression counted.
-    pub(crate) fn inner(&self) -> &Arc<dyn PhysicalExpr> {
-        &self.inner
-    }
+/// What a [`Counted`] node is in its expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Role {
+    /// Below the top: its value is held until the node above has made its own.
+    Inner,
+    /// The expression's top: a constant is checked as copied into every row, and nothing is
+    /// held once the value is made.
+    Top,
+    /// A constant that the node above copies into every row ([`copies_counted`]): held as its
+    /// size times the batch's rows.
+    Copied,
+    /// A grouping key ([`counted_key`]): checked as three times its size.
+    Key,
 }
 
 impl PhysicalExpr for Counted {
@@ -358,7 +323,7 @@ impl PhysicalExpr for Counted {
         let (made, bytes) = (made?, taken?);
         // Held for the node above; with none (the top, or a node some rule moved out of its
         // expression), given back at once.
-        if self.top || outermost {
+        if self.role == Role::Top || outermost {
             self.pool.give_back(bytes);
         } else if bytes > 0 {
             HELD.with(|held| held.borrow_mut().bytes.push(bytes));
@@ -382,13 +347,7 @@ impl PhysicalExpr for Counted {
         // A constant has no children to replace. Otherwise whether it is a constant follows
         // its new child (a rule may have replaced a column).
         match children.into_iter().next() {
-            Some(inner) => Ok(Counted::built(
-                inner,
-                &self.pool,
-                self.top,
-                self.copied,
-                self.stored,
-            )),
+            Some(inner) => Ok(Counted::around(inner, &self.pool, self.role)),
             None => Ok(self),
         }
     }
@@ -464,6 +423,25 @@ impl Drop for Entered<'_> {
 }
 
 impl Counted {
+    /// `inner` counted against `pool` as `role`.
+    fn around(
+        inner: Arc<dyn PhysicalExpr>,
+        pool: &Arc<QueryPool>,
+        role: Role,
+    ) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Counted {
+            constant: !reads_columns(&inner),
+            inner,
+            pool: pool.clone(),
+            role,
+        })
+    }
+
+    /// The expression counted.
+    pub(crate) fn inner(&self) -> &Arc<dyn PhysicalExpr> {
+        &self.inner
+    }
+
     /// The node's value. A cast to text is made here from its argument, so that a copy as
     /// large as the argument is reserved before it is made: `CAST(range(…) AS VARCHAR)`
     /// prints every number, and a list of 8-byte integers takes about as many bytes printed.
@@ -511,24 +489,24 @@ impl Counted {
     fn take(&self, made: &ColumnarValue, batch: &RecordBatch) -> Result<usize> {
         let bytes = match made {
             ColumnarValue::Array(array) => array.get_array_memory_size(),
-            ColumnarValue::Scalar(value) if self.top || self.copied => {
+            ColumnarValue::Scalar(value) if matches!(self.role, Role::Top | Role::Copied) => {
                 value.size().saturating_mul(batch.num_rows().max(1))
             }
             ColumnarValue::Scalar(value) => value.size(),
         };
-        let bytes = match self.stored {
-            true => bytes.saturating_mul(3),
-            false => bytes,
+        let bytes = match self.role {
+            Role::Key => bytes.saturating_mul(3),
+            _ => bytes,
         };
         if bytes < COUNTED_FROM {
             return Ok(0);
         }
-        let what = if self.stored {
+        let what = if self.role == Role::Key {
             format!(
                 "the value of {} and the aggregation's two copies of it",
                 named(self)
             )
-        } else if self.top || self.copied {
+        } else if matches!(self.role, Role::Top | Role::Copied) {
             format!(
                 "the values of {} in a batch of {} rows",
                 named(self),
@@ -585,10 +563,7 @@ impl Display for Counted {
 
 impl PartialEq for Counted {
     fn eq(&self, other: &Self) -> bool {
-        self.top == other.top
-            && self.copied == other.copied
-            && self.stored == other.stored
-            && self.inner.as_ref() == other.inner.as_ref()
+        self.role == other.role && self.inner.as_ref() == other.inner.as_ref()
     }
 }
 
@@ -597,9 +572,7 @@ impl Eq for Counted {}
 impl Hash for Counted {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.inner.hash(state);
-        self.top.hash(state);
-        self.copied.hash(state);
-        self.stored.hash(state);
+        self.role.hash(state);
     }
 }
 

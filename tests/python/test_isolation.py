@@ -34,6 +34,31 @@ def peak_rss_bytes(proc):
     return status_bytes(proc, "VmHWM")
 
 
+def rss_from_here(proc):
+    """The RSS now, with the peak (VmHWM) reset to it: writing 5 to `clear_refs`."""
+    with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+        f.write("5")
+    return rss_bytes(proc)
+
+
+def one_file_at_256mib(tmp_path, tenant, n):
+    """A server of its own at 256 MiB per query (so that memory other tests freed does not hide
+    a growth), and `tenant` with `n` events in one file: the process, the server, an analyst
+    token."""
+    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
+                      "--set", "query.memory_total_bytes=512MiB")
+    try:
+        floe(tmp_path, "tenant", "create", tenant)
+        post(srv.url, srv.token(tenant, "ingest"), events(n))
+        analyst = srv.token(tenant, "analyst")
+        body = statement(srv, analyst, "SELECT count(*) FROM events")
+        assert body["data"] == [[n]], body
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, srv, analyst
+
+
 def settled_growth(srv, before, bound, seconds=10):
     """How much RSS has grown since `before`, once the allocator has given back what was freed:
     mimalloc hands freed memory back to the system once it has been free for a second, when a
@@ -186,20 +211,10 @@ def test_memory_bombs_in_sql_are_refused_and_the_server_stays_small(guarded):
 def test_text_joined_to_a_constant_takes_no_more_than_the_query_memory(tmp_path):
     """`user_id || repeat('x', 1000000)` over one file of 200 events makes 200 MB, within the
     query's 256 MiB. `||` first copied its constant into an array of the batch's rows, 200 MB
-    more that its estimate did not count: the server's RSS rose 380 MB, past the limit. Its own
-    server, so that memory other tests freed does not hide the growth."""
-    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
-                      "--set", "query.memory_total_bytes=512MiB")
+    more that its estimate did not count: the server's RSS rose 380 MB, past the limit."""
+    proc, srv, analyst = one_file_at_256mib(tmp_path, "joined", 200)
     try:
-        floe(tmp_path, "tenant", "create", "joined")
-        post(srv.url, srv.token("joined", "ingest"), events(200))
-        analyst = srv.token("joined", "analyst")
-        body = statement(srv, analyst, "SELECT count(*) FROM events")
-        assert body["data"] == [[200]], body
-        # The peak is read from here (writing 5 to clear_refs resets VmHWM to the RSS now).
-        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-            f.write("5")
-        before = rss_bytes(proc)
+        before = rss_from_here(proc)
         body = statement(srv, analyst, "SELECT max(length(user_id || repeat('x', 1000000))) FROM events")
         assert body["data"] == [[1000002]], body
         grown = peak_rss_bytes(proc) - before
@@ -216,22 +231,14 @@ def test_batches_handed_between_operators_count_against_the_query_memory(tmp_pat
     batch that large is held in the query's pool for as long as an operator holds it, so the
     next reservation that does not fit beside it is refused. `peakMemoryBytes` (0 before) says
     what the query held."""
-    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=256MiB",
-                      "--set", "query.memory_total_bytes=512MiB")
+    proc, srv, analyst = one_file_at_256mib(tmp_path, "inflight", 400)
     try:
-        floe(tmp_path, "tenant", "create", "inflight")
-        post(srv.url, srv.token("inflight", "ingest"), events(400))
-        analyst = srv.token("inflight", "analyst")
-        body = statement(srv, analyst, "SELECT count(*) FROM events")
-        assert body["data"] == [[400]], body
         # A 40 MB value held while it is handed on: counted, and reported as the peak.
         body = statement(srv, analyst, "SELECT max(length(user_id || repeat('x', 100000))) FROM events")
         assert body["data"] == [[100002]], body
         peak = body["stats"]["peakMemoryBytes"]
         assert 40_000_000 <= peak <= 256 * MIB, body["stats"]
-        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-            f.write("5")
-        before = rss_bytes(proc)
+        before = rss_from_here(proc)
         sql = "SELECT count(*) FROM events a JOIN events b ON a.user_id || repeat('x', 500000) = b.user_id"
         body = statement(srv, analyst, sql)
         assert body.get("error", {}).get("errorName") == "EXCEEDED_MEMORY_LIMIT", body
@@ -259,9 +266,7 @@ def test_unnest_makes_its_rows_a_batch_at_a_time_within_the_query_memory(tmp_pat
             ("SELECT count(DISTINCT x) FROM unnest(range(0, 10000000)) AS t(x)", 10000000),
             ("SELECT max(length(s)) FROM (SELECT repeat('y', 1000000) AS s, unnest(range(0, 2000)) AS x)", None),
         ]:
-            with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-                f.write("5")
-            before = rss_bytes(proc)
+            before = rss_from_here(proc)
             body = statement(srv, viewer, sql)
             if "error" in body or answer is None:
                 assert body["error"]["errorName"] == "EXCEEDED_MEMORY_LIMIT", (sql, body)

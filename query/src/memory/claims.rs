@@ -20,7 +20,6 @@
 //! fit beside it, an operator's (which then spills or fails) or a value's (`guard`). A claim
 //! holds the pool weakly: a buffer that outlives its query holds nothing of a budget.
 
-use std::fmt;
 use std::sync::{Arc, Weak};
 
 use arrow::array::Array;
@@ -91,6 +90,7 @@ impl Wrap for Held {
 }
 
 /// A query's pool as Arrow's buffers see it.
+#[derive(Debug)]
 struct Claims {
     pool: Weak<QueryPool>,
 }
@@ -105,12 +105,6 @@ impl Claims {
         for column in batch.columns() {
             column.claim(self);
         }
-    }
-}
-
-impl fmt::Debug for Claims {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Claims")
     }
 }
 
@@ -144,15 +138,10 @@ impl arrow_buffer::MemoryPool for Claims {
 }
 
 /// One buffer's claim: given back when the buffer is freed.
+#[derive(Debug)]
 struct Claim {
     pool: Weak<QueryPool>,
     size: usize,
-}
-
-impl fmt::Debug for Claim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Claim({} bytes)", self.size)
-    }
 }
 
 impl arrow_buffer::MemoryReservation for Claim {

@@ -12,7 +12,7 @@ use crate::schema::{TenantSchemas, Violation, validate};
 
 mod read;
 
-use read::{Field, Incoming, Payload, compact, repeats_no_key};
+use read::{Field, Incoming, Payload, stored_form};
 
 /// An event ready to be logged and stored. Times are microseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,10 +322,12 @@ fn judge(
         checked.map_err(refuse)?;
     }
     let payload = match body {
-        Body::Text(text) if repeats_no_key(text) => compact(text).into_owned(),
-        Body::Text(text) => serde_json::from_str::<Value>(text)
-            .and_then(|tree| serde_json::to_string(&tree))
-            .map_err(invalid)?,
+        Body::Text(text) => match stored_form(text) {
+            Some(stored) => stored.into_owned(),
+            None => serde_json::from_str::<Value>(text)
+                .and_then(|tree| serde_json::to_string(&tree))
+                .map_err(invalid)?,
+        },
         Body::Tree(tree) => serde_json::to_string(&tree).map_err(invalid)?,
     };
     Ok(StoredEvent {

@@ -210,9 +210,132 @@ impl<'a> Incoming<'a> {
     }
 }
 
-/// Whether no object in `json` repeats a key. Such a payload is stored as sent: readers that
-/// take a repeated key's first value (SQL's JSON functions) and those that take its last
-/// (erasure, schemas) would otherwise see different values in it.
+/// A payload's valid JSON text as it is stored: without the whitespace between its tokens, or
+/// `None` when an object in it repeats a key (such a payload is stored as parsed instead:
+/// readers that take a repeated key's first value, SQL's JSON functions, and those that take
+/// its last, erasure and schemas, would otherwise see different values in it).
+///
+/// One pass over the text checks the keys and drops the whitespace. A key written with an
+/// escape (`"\u0061"` is `"a"`), an object of more than [`FEW_KEYS`] keys, more than
+/// [`OPEN_KEYS`] keys in the objects open at once, and a value nested [`DEEP`] are left to the
+/// parser's walk ([`repeats_no_key`]) and [`compact`], two passes.
+pub(super) fn stored_form(json: &str) -> Option<Cow<'_, str>> {
+    match one_pass(json) {
+        OnePass::Stored(text) => Some(text),
+        OnePass::Repeats => None,
+        OnePass::Unsure => repeats_no_key(json).then(|| compact(json)),
+    }
+}
+
+/// Containers nested this deep are left to the parser, which refuses a payload past its own
+/// depth (128): readers parse what is stored.
+const DEEP: usize = 64;
+/// Keys of the objects open at once that the one pass holds; more are left to the parser.
+const OPEN_KEYS: usize = 32;
+/// An open array, where an object has the start of its keys.
+const ARRAY: u8 = u8::MAX;
+const _: () = assert!(OPEN_KEYS < ARRAY as usize);
+
+enum OnePass<'a> {
+    Stored(Cow<'a, str>),
+    Repeats,
+    /// A key with an escape, an object of many keys, a deep value, or text that is not valid
+    /// JSON.
+    Unsure,
+}
+
+fn one_pass(json: &str) -> OnePass<'_> {
+    let bytes = json.as_bytes();
+    // The text so far less its whitespace, once some was found.
+    let mut out: Option<Vec<u8>> = None;
+    // The keys of the objects open, innermost last, and for each open container where its keys
+    // start in `keys` (`ARRAY`: an array). On the stack: a payload costs no allocation here.
+    let (mut keys, mut n_keys) = ([""; OPEN_KEYS], 0);
+    let (mut open, mut depth) = ([0u8; DEEP], 0usize);
+    let mut key_next = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                let (mut end, mut escaped) = (i + 1, false);
+                loop {
+                    match bytes.get(end) {
+                        None => return OnePass::Unsure,
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            escaped = true;
+                            end += 2;
+                        }
+                        Some(_) => end += 1,
+                    }
+                }
+                if key_next {
+                    let first = match depth.checked_sub(1).map(|d| open[d]) {
+                        Some(first) if first != ARRAY => usize::from(first),
+                        _ => return OnePass::Unsure,
+                    };
+                    if escaped || n_keys - first == FEW_KEYS || n_keys == OPEN_KEYS {
+                        return OnePass::Unsure;
+                    }
+                    let key = &json[i + 1..end];
+                    if keys[first..n_keys].contains(&key) {
+                        return OnePass::Repeats;
+                    }
+                    keys[n_keys] = key;
+                    n_keys += 1;
+                    key_next = false;
+                }
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(&bytes[i..=end]);
+                }
+                i = end + 1;
+                continue;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                if out.is_none() {
+                    let mut text = Vec::with_capacity(json.len());
+                    text.extend_from_slice(&bytes[..i]);
+                    out = Some(text);
+                }
+                i += 1;
+                continue;
+            }
+            b'{' | b'[' if depth == DEEP => return OnePass::Unsure,
+            b'{' => {
+                // `n_keys` is below OPEN_KEYS, which fits in a byte below ARRAY.
+                open[depth] = n_keys as u8;
+                depth += 1;
+                key_next = true;
+            }
+            b'[' => {
+                open[depth] = ARRAY;
+                depth += 1;
+            }
+            b'}' | b']' if depth > 0 => {
+                depth -= 1;
+                if open[depth] != ARRAY {
+                    n_keys = usize::from(open[depth]);
+                }
+            }
+            b',' => key_next = depth > 0 && open[depth - 1] != ARRAY,
+            _ => {}
+        }
+        if let Some(out) = out.as_mut() {
+            out.push(b);
+        }
+        i += 1;
+    }
+    match out {
+        None => OnePass::Stored(Cow::Borrowed(json)),
+        // Only ASCII bytes were left out, so the text is still UTF-8.
+        Some(text) => match String::from_utf8(text) {
+            Ok(text) => OnePass::Stored(Cow::Owned(text)),
+            Err(_) => OnePass::Unsure,
+        },
+    }
+}
+
+/// Whether no object in `json` repeats a key.
 pub(super) fn repeats_no_key(json: &str) -> bool {
     serde_json::from_str::<NoRepeats>(json).is_ok()
 }
@@ -307,5 +430,130 @@ pub(super) fn compact(json: &str) -> Cow<'_, str> {
     match String::from_utf8(out) {
         Ok(text) => Cow::Owned(text),
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the one pass must answer: the parser's walk, then the whitespace dropped.
+    fn two_passes(json: &str) -> Option<String> {
+        repeats_no_key(json).then(|| compact(json).into_owned())
+    }
+
+    fn space() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", " ", "\n  ", "\t", "\r\n"])
+    }
+
+    /// Keys that repeat often, one the same as another once its escape is read, and some with
+    /// escapes or letters beyond ASCII.
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            r#""a""#,
+            r#""b""#,
+            r#""a b""#,
+            r#""\u0061""#,
+            r#""q\"""#,
+            r#""é""#,
+            r#""\\""#,
+        ])
+    }
+
+    /// JSON text with whitespace between its tokens and objects that may repeat a key.
+    fn json_text() -> impl Strategy<Value = String> {
+        let leaf = prop::sample::select(vec![
+            "1",
+            "-2.5e3",
+            "true",
+            "null",
+            r#""a b""#,
+            r#""{\"a\": 1, \"a\": 2}""#,
+            r#""é\n""#,
+            r#""\\""#,
+        ])
+        .prop_map(str::to_string);
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec((space(), key(), space(), inner.clone()), 0..6).prop_map(
+                    |members| {
+                        let members: Vec<String> = members
+                            .into_iter()
+                            .map(|(s, k, t, v)| format!("{s}{k}{t}:{s}{v}{t}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }
+                ),
+                prop::collection::vec((space(), inner), 0..5).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(s, v)| format!("{s}{v}{s}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn one_pass_answers_as_the_parsers_walk_and_compact(text in json_text()) {
+            prop_assume!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+            prop_assert_eq!(stored_form(&text).map(Cow::into_owned), two_passes(&text));
+        }
+    }
+
+    #[test]
+    fn plain_keys_are_judged_in_the_one_pass() {
+        let stored = |json| match one_pass(json) {
+            OnePass::Stored(text) => Some(text.into_owned()),
+            OnePass::Repeats => None,
+            OnePass::Unsure => panic!("{json} left to the parser"),
+        };
+        assert_eq!(
+            stored(r#"{"page": "/home", "ref": {"a": [1, {"a": 2}]}}"#).as_deref(),
+            Some(r#"{"page":"/home","ref":{"a":[1,{"a":2}]}}"#)
+        );
+        // Nothing to drop: the text itself, not a copy.
+        assert!(matches!(
+            one_pass(r#"{"a":1}"#),
+            OnePass::Stored(Cow::Borrowed(_))
+        ));
+        // Sibling objects may use the same keys; one object may not.
+        assert!(stored(r#"[{"a":1},{"a":2}]"#).is_some());
+        assert_eq!(stored(r#"{"x": {"a":1}, "y": 2, "x": 3}"#), None);
+        assert_eq!(
+            stored(r#"{"s": "a, \"a\": 1", "a": 2}"#).as_deref(),
+            Some(r#"{"s":"a, \"a\": 1","a":2}"#)
+        );
+    }
+
+    #[test]
+    fn escaped_keys_many_keys_and_deep_values_are_left_to_the_parser() {
+        assert!(matches!(one_pass(r#"{"a":1,"\u0061":2}"#), OnePass::Unsure));
+        let deep = format!("{}1{}", "[".repeat(DEEP + 1), "]".repeat(DEEP + 1));
+        assert!(matches!(one_pass(&deep), OnePass::Unsure));
+        assert_eq!(stored_form(r#"{"a":1,"\u0061":2}"#), None);
+        let many = |last: &str| {
+            let keys: Vec<String> = (0..FEW_KEYS).map(|k| format!("\"k{k}\": {k}")).collect();
+            format!("{{{}, \"{last}\": 0}}", keys.join(", "))
+        };
+        assert!(matches!(one_pass(&many("k0")), OnePass::Unsure));
+        // Three objects open at once, of 12 keys each before the next opens: past OPEN_KEYS.
+        let level = |inner: &str| {
+            let keys: Vec<String> = (0..12).map(|k| format!("\"k{k}\": {k}")).collect();
+            format!("{{{}, \"in\": {inner}, \"k0\": 0}}", keys.join(", "))
+        };
+        let nested = level(&level(&level("1")));
+        assert!(matches!(one_pass(&nested), OnePass::Unsure));
+        assert_eq!(stored_form(&nested), None);
+        assert_eq!(stored_form(&many("k0")), None);
+        assert_eq!(
+            stored_form(&many("z")),
+            two_passes(&many("z")).map(Cow::Owned)
+        );
     }
 }

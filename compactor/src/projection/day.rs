@@ -38,11 +38,16 @@ pub const PAGE_VIEWED: &str = "PageViewed";
 /// The event type whose `payload.amount` and `payload.currency` `revenue_by_day` sums.
 pub const PURCHASE_MADE: &str = "PurchaseMade";
 
+/// A set of hashes (of users, of event ids). They are hashed again to find their place with
+/// foldhash, seeded per process, rather than SipHash: flooding resistance comes from the seed,
+/// and SipHash over values already uniform cost 4 % of the server's CPU under ingest.
+pub type Hashes<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// Views and distinct visitors of one page on one day.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Page {
     pub views: u64,
-    pub visitors: HashSet<u128>,
+    pub visitors: Hashes<u128>,
 }
 
 /// Revenue and orders of one currency on one day.
@@ -61,9 +66,9 @@ pub struct Day {
     /// Rows of `events` (duplicates included).
     pub events: u64,
     /// Distinct non-null `user_id`s, hashed.
-    pub users: HashSet<u128>,
+    pub users: Hashes<u128>,
     /// Event ids counted, hashed.
-    pub ids: HashSet<u64>,
+    pub ids: Hashes<u64>,
     /// By `payload.page` (NULL is a page of its own).
     pub pages: HashMap<Option<String>, Page>,
     /// By `payload.currency` (NULL is a currency of its own).
@@ -95,7 +100,7 @@ impl Day {
 
     /// Drops all but the users (what a window over later days still needs).
     pub fn keep_users_only(&mut self) {
-        self.ids = HashSet::new();
+        self.ids = Hashes::default();
         self.pages = HashMap::new();
         self.revenue = HashMap::new();
         self.partial = true;

@@ -5,7 +5,7 @@
 //!   orders;
 //! - `top_pages`: per day and `PageViewed` page, the views and distinct visitors.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -14,7 +14,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::SchemaRef;
 use floe_catalog::projection::{DAILY_ACTIVE_USERS, REVENUE_BY_DAY, TOP_PAGES};
 
-use super::day::Day;
+use super::day::{Day, Hashes};
 use crate::{Error, Result};
 
 /// The trailing windows of `daily_active_users`, in days (the day itself included).
@@ -94,7 +94,7 @@ fn dau(days: &BTreeMap<i32, Day>, changed: &BTreeSet<i32>) -> Vec<ArrayRef> {
 
 /// Distinct users of the day, of the 7 days and of the 28 days ending on it.
 pub fn windows(days: &BTreeMap<i32, Day>, day: i32) -> [i64; 3] {
-    let mut seen: HashSet<u128> = HashSet::new();
+    let mut seen: Hashes<u128> = Hashes::default();
     let mut out = [0; 3];
     // From the day backwards: each window is what has been seen when its first day is passed.
     for back in 0..WINDOWS[1] {

@@ -80,6 +80,7 @@ impl Dedup {
     pub fn admit(&self, keys: &[Key], now_us: i64) -> Vec<bool> {
         let mut w = self.lock();
         w.evict(now_us);
+        w.warm(keys);
         let verdicts = keys.iter().map(|&k| w.insert(k, now_us)).collect();
         w.evict(now_us);
         verdicts
@@ -314,10 +315,26 @@ impl Window {
         ((age as usize) < self.generations.len()).then_some(age as usize)
     }
 
+    /// The slot a print's probe starts at: its top bits (it is a hash: uniform), scaled to the
+    /// table.
+    fn first_slot(&self, p: Print) -> usize {
+        ((u128::from(p.hi) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// Reads the first slot of each key's probe, one load not waiting for the one before, so
+    /// that the inserts which follow find them in the cache. A table of millions of ids is
+    /// larger than the cache, and each probe would otherwise wait for memory in turn.
+    fn warm(&self, keys: &[Key]) {
+        let mut any = 0u64;
+        for &k in keys {
+            any ^= self.slots[self.first_slot(print(k))].hi;
+        }
+        std::hint::black_box(any);
+    }
+
     fn find(&self, p: Print) -> Found {
         let n = self.slots.len();
-        // The print's top bits pick the first slot (it is a hash: uniform), scaled to `n`.
-        let mut i = ((u128::from(p.hi) * n as u128) >> 64) as usize;
+        let mut i = self.first_slot(p);
         let mut reuse = None;
         loop {
             let Slot { hi, lo, stamp } = self.slots[i];

@@ -10,7 +10,8 @@
 //! of the commits that added them, so the first copy is the one counted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -40,10 +41,36 @@ pub const PURCHASE_MADE: &str = "PurchaseMade";
 
 /// A set of hashes (of users, of event ids). They are hashed again to find their place with
 /// foldhash rather than SipHash, which over values already uniform cost 3–4 % of the server's
-/// CPU under ingest. foldhash's seed comes from the process's address-space layout, not from
-/// the system's random source: ids chosen to crowd one place must beat xxh3 and that seed, a
-/// weaker bar than SipHash's random keys.
-pub type Hashes<T> = HashSet<T, foldhash::fast::RandomState>;
+/// CPU under ingest.
+pub type Hashes<T> = HashSet<T, RandomlySeeded>;
+
+/// foldhash seeded from the system's random source (through std's `RandomState`): the seed all
+/// sets share once per process, each set's own when it is made. foldhash's own default seeds
+/// from the address-space layout only (its `std` feature, which adds the clock, would rebuild
+/// everything above hashbrown): ids chosen to crowd one place of a set would have to beat
+/// random keys, as with SipHash.
+#[derive(Clone, Debug)]
+pub struct RandomlySeeded(foldhash::fast::SeedableRandomState);
+
+impl Default for RandomlySeeded {
+    fn default() -> Self {
+        static SHARED: OnceLock<foldhash::SharedSeed> = OnceLock::new();
+        let random = || std::hash::RandomState::new().hash_one(0u8);
+        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(random()));
+        RandomlySeeded(foldhash::fast::SeedableRandomState::with_seed(
+            random(),
+            shared,
+        ))
+    }
+}
+
+impl BuildHasher for RandomlySeeded {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// Views and distinct visitors of one page on one day.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -471,6 +498,16 @@ pub(super) fn id_hash(event_id: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_set_of_hashes_is_seeded_at_random() {
+        // Two sets place the same value apart: neither seed is fixed (one chance in 2^64 of a
+        // false failure).
+        let (a, b) = (RandomlySeeded::default(), RandomlySeeded::default());
+        assert_ne!(a.hash_one(17u128), b.hash_one(17u128));
+        let mut set = Hashes::default();
+        assert!(set.insert(17u128) && !set.insert(17u128));
+    }
 
     fn day(users: &[&str], used: u64) -> Day {
         Day {

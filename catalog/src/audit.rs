@@ -233,6 +233,13 @@ pub(crate) async fn audit_in(
     append_in(conn, &Entry::new(actor, tenant, action, detail)).await
 }
 
+/// Whether an audit write waits for the disk.
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    Wait,
+    Later,
+}
+
 impl Catalog {
     /// Appends to the audit log, in a transaction of its own.
     pub async fn audit(
@@ -246,16 +253,35 @@ impl Catalog {
             .await
     }
 
-    /// Appends `entries` to the audit log in one transaction (all or none). Taken chain by
-    /// chain in one order (each chain's entries in their order), so that two transactions
-    /// holding several chains' heads never wait for each other in a cycle.
-    pub async fn audit_all(&self, mut entries: Vec<Entry>) -> Result<()> {
+    /// Appends `entries` to the audit log in one transaction (all or none), durable when this
+    /// returns. Taken chain by chain in one order (each chain's entries in their order), so
+    /// that two transactions holding several chains' heads never wait for each other in a
+    /// cycle.
+    pub async fn audit_all(&self, entries: Vec<Entry>) -> Result<()> {
+        self.append_all(entries, Flush::Wait).await
+    }
+
+    /// Appends as [`Catalog::audit_all`] does, committed without waiting for the disk
+    /// ([`Catalog::unflushed_tx`]): for the records every request of a kind makes (a query's
+    /// start and end, a refusal), which would otherwise each wait for a flush of their own,
+    /// behind every other writer's. Committed, chained and safe from a crash of the process
+    /// when this returns; a power loss can take the last few, never one without those
+    /// before it.
+    pub async fn audit_all_unflushed(&self, entries: Vec<Entry>) -> Result<()> {
+        self.append_all(entries, Flush::Later).await
+    }
+
+    async fn append_all(&self, mut entries: Vec<Entry>, flush: Flush) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         entries.sort_by(|a, b| a.chain().cmp(b.chain()));
         self.on_io(move |c| async move {
-            let mut tx = c.write_tx().await.map_err(Error::db("audit"))?;
+            let mut tx = match flush {
+                Flush::Wait => c.write_tx().await,
+                Flush::Later => c.unflushed_tx().await,
+            }
+            .map_err(Error::db("audit"))?;
             for entry in &entries {
                 append_in(&mut tx, entry).await?;
             }

@@ -467,9 +467,18 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The catalog database, opened by [`open`].
+pub struct Opened {
+    pub db: Db,
+    /// SQLite only: one connection whose commits do not wait for the disk (`synchronous =
+    /// NORMAL`), for [`crate::Catalog::unflushed_tx`].
+    pub unflushed: Option<Db>,
+    pub backend: Backend,
+}
+
 /// Opens (creating an embedded database if needed) the catalog database at `url` and applies
 /// pending migrations.
-pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<(Db, Backend)> {
+pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<Opened> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
     let connect_url = match backend {
@@ -483,22 +492,59 @@ pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<(D
         }
         Backend::Postgres => url.to_string(),
     };
+    // FULL makes every committed metadata swap durable before the write-ahead log behind it
+    // is truncated.
+    let db = connect(
+        url,
+        &connect_url,
+        backend,
+        pool.max_connections,
+        pool,
+        "FULL",
+    )
+    .await?;
+    migrate(&db, backend).await?;
+    // In WAL mode a NORMAL commit is in the database file's log at once, safe from a crash of
+    // the process, and on the disk with the next FULL commit of any connection (the log is
+    // one file, synced whole) or checkpoint: a power loss can take the last few, in order.
+    let unflushed = match backend {
+        Backend::Sqlite => Some(connect(url, &connect_url, backend, 1, pool, "NORMAL").await?),
+        Backend::Postgres => None,
+    };
+    Ok(Opened {
+        db,
+        unflushed,
+        backend,
+    })
+}
+
+/// A pool of at most `connections` to the database at `connect_url` (`url` as the user gave
+/// it, for errors); on SQLite with `synchronous` set as given.
+async fn connect(
+    url: &str,
+    connect_url: &str,
+    backend: Backend,
+    connections: u32,
+    pool: &crate::config::CatalogDbConfig,
+    synchronous: &'static str,
+) -> Result<Db> {
     let options: AnyConnectOptions = connect_url
         .parse()
         .map_err(Error::db("parsing the catalog URL"))?;
-    let pool = AnyPoolOptions::new()
-        .max_connections(pool.max_connections)
+    AnyPoolOptions::new()
+        .max_connections(connections)
         .acquire_timeout(Duration::from_millis(pool.acquire_timeout_ms))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    // WAL lets `floe tenant create` and `floe serve` share the file; FULL makes
-                    // every committed metadata swap durable before the write-ahead log behind
-                    // it is truncated.
+                    // WAL lets `floe tenant create` and `floe serve` share the file.
                     use sqlx::Executor;
                     conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                        format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;"
+                        )
+                        .as_str(),
                     )
                     .await?;
                 }
@@ -510,9 +556,7 @@ pub async fn open(url: &str, pool: &crate::config::CatalogDbConfig) -> Result<(D
         .map_err(Error::db(format!(
             "opening the catalog database {}",
             redact(url)
-        )))?;
-    migrate(&pool, backend).await?;
-    Ok((pool, backend))
+        )))
 }
 
 async fn migrate(pool: &Db, backend: Backend) -> Result<()> {
@@ -572,6 +616,28 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_commits_wait_for_the_disk_except_on_the_unflushed_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let opened = open(&url, &Default::default()).await.unwrap();
+        let synchronous = |db: Db| async move {
+            let (mode,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            mode
+        };
+        // SQLite's numbers: 1 NORMAL, 2 FULL.
+        assert_eq!(synchronous(opened.db.clone()).await, 2);
+        assert_eq!(synchronous(opened.unflushed.clone().unwrap()).await, 1);
+        let (journal,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&opened.unflushed.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+    }
 
     #[test]
     fn urls_name_their_backend_and_hide_passwords() {

@@ -54,6 +54,8 @@ pub const CATALOG_NAME: &str = "floe";
 #[derive(Clone)]
 pub struct Catalog {
     db: Db,
+    /// SQLite's connection for [`Catalog::unflushed_tx`] (`None` on PostgreSQL).
+    unflushed: Option<Db>,
     backend: Backend,
     name: String,
     warehouse: String,
@@ -103,9 +105,14 @@ impl Catalog {
         let io = tokio::runtime::Handle::current();
         let (file_io, data_store) =
             storage::file_io(&Warehouse::parse(&warehouse)?, &config.s3, &io)?;
-        let (db, backend) = db::open(&config.catalog_url()?, &config.catalog_db).await?;
+        let db::Opened {
+            db,
+            unflushed,
+            backend,
+        } = db::open(&config.catalog_url()?, &config.catalog_db).await?;
         Ok(Catalog {
             db,
+            unflushed,
             backend,
             name: CATALOG_NAME.to_string(),
             warehouse,
@@ -165,6 +172,29 @@ impl Catalog {
         }
     }
 
+    /// A transaction that will write, and whose commit does not wait for the disk: it is
+    /// visible and safe from a crash of this process when `commit` returns, and reaches the
+    /// disk within moments (with the next commit that does wait, or SQLite's next checkpoint;
+    /// PostgreSQL's WAL writer). A power loss, or a crash of the database server, can take the
+    /// last few such commits, in order, never one without those before it. For records that
+    /// every request of a kind makes (the audit log's queries and refusals), so that each
+    /// request does not wait for a disk flush of its own.
+    pub(crate) async fn unflushed_tx(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match (&self.backend, &self.unflushed) {
+            (Backend::Sqlite, Some(db)) => db.begin_with("BEGIN IMMEDIATE").await,
+            (Backend::Sqlite, None) => self.write_tx().await,
+            (Backend::Postgres, _) => {
+                let mut tx = self.db.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
     pub fn file_io(&self) -> &FileIO {
         &self.file_io
     }
@@ -193,7 +223,13 @@ impl Catalog {
     /// come back, and closes them all. At the end of a long-running process, before its runtime
     /// ends: the pool's own tasks are not cut off half-way.
     pub async fn close(&self, within: std::time::Duration) {
-        if tokio::time::timeout(within, self.db.close()).await.is_err() {
+        let both = async {
+            if let Some(unflushed) = &self.unflushed {
+                unflushed.close().await;
+            }
+            self.db.close().await;
+        };
+        if tokio::time::timeout(within, both).await.is_err() {
             tracing::warn!(
                 "catalog connections still in use after {within:?}; left to close on exit"
             );

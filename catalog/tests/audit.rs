@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use std::time::Duration;
 
-use floe_catalog::audit::{AUDIT_TABLE, PLATFORM_CHAIN};
+use floe_catalog::audit::{AUDIT_TABLE, Entry, PLATFORM_CHAIN};
 use floe_catalog::maintenance::ExpirePolicy;
 use floe_catalog::table::EVENTS_TABLE;
 use floe_catalog::{Catalog, TenantId};
@@ -41,7 +41,8 @@ async fn the_chain_is_whole_published_once_and_a_change_is_named() {
     let acme = TenantId::parse("acme").unwrap();
     catalog.create_tenant(&acme, "test").await.unwrap();
 
-    // 40 records written at once from two processes: one chain, 1..=40, no fork.
+    // 40 records written at once from two processes, a third of them without waiting for the
+    // disk: one chain, 1..=40, no fork.
     let mut writers = Vec::new();
     for i in 0..40 {
         let c = if i % 2 == 0 {
@@ -50,13 +51,15 @@ async fn the_chain_is_whole_published_once_and_a_change_is_named() {
             other.clone()
         };
         writers.push(tokio::spawn(async move {
-            c.audit(
-                &format!("token:{i}"),
-                Some("acme"),
-                "key.create",
-                &format!("{{\"n\":{i}}}"),
-            )
-            .await
+            let (actor, detail) = (format!("token:{i}"), format!("{{\"n\":{i}}}"));
+            if i % 3 == 0 {
+                // A third as a query's records are written: committed without waiting for the
+                // disk, on a connection of their own, onto the same chain.
+                let entry = Entry::new(actor, Some("acme"), "query", detail);
+                c.audit_all_unflushed(vec![entry]).await
+            } else {
+                c.audit(&actor, Some("acme"), "key.create", &detail).await
+            }
         }));
     }
     for w in writers {

@@ -1,6 +1,6 @@
 //! A queue of audit records written in batches by one task: for records that are many and
 //! must not each cost a transaction on the path that makes them (refused requests, ended
-//! queries). Past its bound, records are counted and written as one `audit.unitemised` record
+//! queries). Their commits do not wait for the disk (`Catalog::audit_all_unflushed`). Past its bound, records are counted and written as one `audit.unitemised` record
 //! with the count: never dropped unsaid.
 
 use std::sync::Arc;
@@ -69,7 +69,7 @@ async fn write(catalog: Catalog, mut rx: mpsc::Receiver<Entry>, unitemised: Arc<
             ));
         }
         let entries = std::mem::take(&mut batch);
-        if let Err(e) = catalog.audit_all(entries).await {
+        if let Err(e) = catalog.audit_all_unflushed(entries).await {
             // Counted again, so the next batch says how many are missing.
             unitemised.fetch_add(stands_for, Ordering::Relaxed);
             tracing::warn!(error = %e, records = stands_for, "could not write queued audit records");

@@ -1,7 +1,8 @@
 //! A queue of audit records written in batches by one task: for records that are many and
 //! must not each cost a transaction on the path that makes them (refused requests, ended
-//! queries). Their commits do not wait for the disk (`Catalog::audit_all_unflushed`). Past its bound, records are counted and written as one `audit.unitemised` record
-//! with the count: never dropped unsaid.
+//! queries). Their commits do not wait for the disk (`Catalog::audit_all_unflushed`). Past its
+//! bound, records are counted and written as one `audit.unitemised` record with the count:
+//! never dropped unsaid.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -261,6 +261,18 @@ impl Catalog {
         self.append_all(entries, Flush::Wait).await
     }
 
+    /// Appends one entry as [`Catalog::audit_all_unflushed`] does.
+    pub async fn audit_unflushed(
+        &self,
+        actor: &str,
+        tenant: Option<&str>,
+        action: &str,
+        detail: &str,
+    ) -> Result<()> {
+        self.audit_all_unflushed(vec![Entry::new(actor, tenant, action, detail)])
+            .await
+    }
+
     /// Appends as [`Catalog::audit_all`] does, committed without waiting for the disk
     /// ([`Catalog::unflushed_tx`]): for the records every request of a kind makes (a query's
     /// start and end, a refusal), which would otherwise each wait for a flush of their own,

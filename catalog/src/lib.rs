@@ -182,10 +182,11 @@ impl Catalog {
     pub(crate) async fn unflushed_tx(
         &self,
     ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match (&self.backend, &self.unflushed) {
-            (Backend::Sqlite, Some(db)) => db.begin_with("BEGIN IMMEDIATE").await,
-            (Backend::Sqlite, None) => self.write_tx().await,
-            (Backend::Postgres, _) => {
+        match &self.unflushed {
+            // SQLite: the pool whose connection commits at `synchronous = NORMAL` (`db::open`).
+            Some(db) => db.begin_with("BEGIN IMMEDIATE").await,
+            // PostgreSQL: this transaction's commit alone does not wait for the WAL's flush.
+            None => {
                 let mut tx = self.db.begin().await?;
                 sqlx::query("SET LOCAL synchronous_commit = off")
                     .execute(&mut *tx)

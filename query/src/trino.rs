@@ -345,16 +345,15 @@ async fn audit(
         "sql": redact::redact_literals(sql, 4096),
     });
     // Committed before the query runs, without waiting for the disk: a query does not wait
-    // for a flush of its own, behind every other writer's (`audit_all_unflushed`).
-    let entry = floe_catalog::audit::Entry::new(
-        principal.claims.actor(),
-        Some(principal.tenant.id().as_str()),
-        "query",
-        detail.to_string(),
-    );
+    // for a flush of its own, behind every other writer's (`audit_unflushed`).
     st.engine
         .catalog()
-        .audit_all_unflushed(vec![entry])
+        .audit_unflushed(
+            &principal.claims.actor(),
+            Some(principal.tenant.id().as_str()),
+            "query",
+            &detail.to_string(),
+        )
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "could not write the query audit entry: the query is refused");

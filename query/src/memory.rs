@@ -9,13 +9,15 @@
 //! `ResourcesExhausted`, which the protocol answers as `EXCEEDED_MEMORY_LIMIT`.
 //!
 //! Memory that DataFusion does not account for is brought under the same pools by the engine:
-//! values made by functions (`functions::bounded`), the values expressions make
-//! ([`guard`], put into plans by [`checks`]), the copies aggregates make when they finish ([`copies`]), and the pages a
-//! client has not fetched yet.
+//! values made by functions (`functions::bounded`), the values expressions make ([`guard`], put
+//! into plans by [`checks`]), the copies aggregates make when they finish ([`copies`]) and of
+//! the grouping keys they are given ([`group_keys`]), batches in flight ([`claims`]), and the
+//! pages a client has not fetched yet.
 
 pub mod checks;
 pub mod claims;
 pub mod copies;
+pub mod group_keys;
 pub mod guard;
 pub mod unnest_pieces;
 pub mod window_args;

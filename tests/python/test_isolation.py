@@ -250,6 +250,39 @@ def test_batches_handed_between_operators_count_against_the_query_memory(tmp_pat
         stop(proc)
 
 
+def test_grouping_keys_made_below_the_aggregation_count_with_its_copies(tmp_path):
+    """`SELECT DISTINCT event_id || repeat('x', 400000)` over one file of 400 events: the keys
+    (160 MB, all different) are made by the scan's projection and reach the aggregation as a
+    column, which copied them into its groups' store (a buffer that doubles as it grows) before
+    it counted them: refused after the server grew 548 MB, at a 256 MiB limit (1.9 GB at the
+    default 1 GiB over 2,000 events); grouped beside `type`, the same. Now the two copies are
+    taken from the query's memory before the aggregation makes them, and refused there."""
+    sql = "SELECT max(length(u)) FROM (SELECT DISTINCT event_id || repeat('x', 400000) AS u FROM events)"
+    # The same keys beside `type`, which Floe groups by its Parquet dictionary (`groups`).
+    beside = ("SELECT max(length(u)) FROM (SELECT u, type, count(*) FROM "
+              "(SELECT event_id || repeat('x', 400000) AS u, type FROM events) GROUP BY u, type)")
+    # Each on a server of its own: memory an earlier query freed would hide a growth.
+    for i, query in enumerate((sql, beside)):
+        data = tmp_path / str(i)
+        data.mkdir()
+        proc, srv, analyst = one_file_at_256mib(data, "groups", 400)
+        try:
+            before = rss_from_here(proc)
+            body = statement(srv, analyst, query)
+            error = body.get("error", {})
+            assert error.get("errorName") == "EXCEEDED_MEMORY_LIMIT", body
+            assert "grouping keys" in error.get("message", ""), error
+            grown = peak_rss_bytes(proc) - before
+            # The batch of keys, made and counted, and nothing of the aggregation's copies.
+            assert grown < 256 * MIB, f"{query}: RSS rose {grown / MIB:.0f} MiB"
+            # Keys that fit: the same query over 100 KB keys answers.
+            body = statement(srv, analyst, query.replace("400000", "100000"))
+            assert body["data"] == [[100005]], body
+            assert healthy(srv)
+        finally:
+            stop(proc)
+
+
 def test_unnest_makes_its_rows_a_batch_at_a_time_within_the_query_memory(tmp_path):
     """`unnest` made every row of a list at once, in one batch, copying the row's other columns
     into each: at a 256 MiB limit, grouping by the elements of `range(0, 10000000)` ran at

@@ -77,6 +77,16 @@ impl DictionaryGroupsExec {
         }
     }
 
+    /// Its group expressions that are not dictionaries: the values its grouping copies into
+    /// its groups' store as they are (`memory::group_keys`).
+    pub fn copied_groups(&self) -> impl Iterator<Item = &Arc<dyn PhysicalExpr>> {
+        self.groups
+            .iter()
+            .zip(&self.dictionaries)
+            .filter(|(_, dictionary)| !**dictionary)
+            .map(|((expr, _), _)| expr)
+    }
+
     /// Whether its rows are counted per dictionary key, then per group, with no group number
     /// per row: one group column, a dictionary, and `count(*)` alone (any number of times).
     fn counting(&self) -> bool {

@@ -532,6 +532,27 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_with_a_lone_surrogate_escape_is_refused() {
+        // The envelope's reader takes any four hex digits after `\u` in the payload it keeps
+        // as text; a surrogate without its pair was stored, and every reader of the payload
+        // then refused it (a property test of `tests/props.rs` found `"20\ud80025…"`).
+        for payload in [r#""20\ud80025""#, r#""\udc00""#, r#"{"s":["\ud800\n"]}"#] {
+            let raw = format!(r#"{{"type":"A","timestamp":1,"payload":{{"s":{payload}}}}}"#);
+            let r = parse_event(0, &raw, "acme", 0, L, &none()).unwrap_err();
+            assert_eq!(r.code, "invalid_payload", "{raw}: {}", r.message);
+            // The parser's own words ("unexpected end of hex escape", "lone leading
+            // surrogate in hex escape").
+            assert!(r.message.contains("hex escape"), "{raw}: {}", r.message);
+        }
+        // A pair is a character, stored as written; an escaped backslash before `u` is text.
+        let raw = r#"{"type":"A","timestamp":1,"payload":{"s":"\ud83d\ude00 \\ud800"}}"#;
+        let e = parse_event(0, raw, "acme", 0, L, &none()).unwrap();
+        assert_eq!(e.payload, r#"{"s":"\ud83d\ude00 \\ud800"}"#);
+        let stored: Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(stored["s"], "\u{1F600} \\ud800");
+    }
+
+    #[test]
     fn payloads_are_stored_as_sent_without_the_spaces_between_tokens() {
         let raw = r#"{"type":"A","timestamp":1,"payload": { "b" : [1, 2],
             "a" : "x y \" z\\" }}"#;

@@ -257,17 +257,21 @@ fn one_pass(json: &str) -> OnePass<'_> {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'"' => {
-                let (mut end, mut escaped) = (i + 1, false);
+                let (mut end, mut escaped, mut code_units) = (i + 1, false, false);
                 loop {
                     match bytes.get(end) {
                         None => return OnePass::Unsure,
                         Some(b'"') => break,
                         Some(b'\\') => {
                             escaped = true;
+                            code_units |= bytes.get(end + 1) == Some(&b'u');
                             end += 2;
                         }
                         Some(_) => end += 1,
                     }
+                }
+                if code_units && !surrogates_paired(&bytes[i + 1..end]) {
+                    return OnePass::Unsure;
                 }
                 if key_next {
                     let first = match depth.checked_sub(1).map(|d| open[d]) {
@@ -333,6 +337,40 @@ fn one_pass(json: &str) -> OnePass<'_> {
             Err(_) => OnePass::Unsure,
         },
     }
+}
+
+/// Whether the `\u` escapes in a JSON string's text (between its quotes) that stand for
+/// UTF-16 surrogates come in pairs, a high one then a low one. JSON's grammar takes any four
+/// hex digits, and so did the reading of the envelope, which keeps the payload as its text;
+/// a lone surrogate is no character, and readers of the stored payload refuse it.
+fn surrogates_paired(text: &[u8]) -> bool {
+    let mut high = false;
+    let mut i = 0;
+    while i < text.len() {
+        let unit = match text[i..] {
+            [b'\\', b'u', a, b, c, d, ..] => std::str::from_utf8(&[a, b, c, d])
+                .ok()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok()),
+            _ => None,
+        };
+        let Some(unit) = unit else {
+            if high {
+                return false;
+            }
+            // Any other escape is two bytes: skipping both keeps `\\u` from reading as `\u`.
+            i += if text[i] == b'\\' { 2 } else { 1 };
+            continue;
+        };
+        match unit {
+            0xD800..=0xDBFF if !high => high = true,
+            0xDC00..=0xDFFF if high => high = false,
+            0xD800..=0xDFFF => return false,
+            _ if high => return false,
+            _ => {}
+        }
+        i += 6;
+    }
+    !high
 }
 
 /// Whether no object in `json` repeats a key.
@@ -529,6 +567,27 @@ mod tests {
             stored(r#"{"s": "a, \"a\": 1", "a": 2}"#).as_deref(),
             Some(r#"{"s":"a, \"a\": 1","a":2}"#)
         );
+    }
+
+    #[test]
+    fn lone_surrogates_are_left_to_the_parser() {
+        for lone in [
+            r#"{"s":"20\ud80025"}"#,
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"\udc00\ud800"}"#,
+            r#"{"s":"\ud800\u0041"}"#,
+            r#"{"s":"\ud800\n"}"#,
+            r#"{"s":"\ud83d\ud83d\ude00"}"#,
+        ] {
+            assert!(matches!(one_pass(lone), OnePass::Unsure), "{lone}");
+            assert_eq!(stored_form(lone), None, "{lone}");
+        }
+        for paired in [
+            r#"{"s":"\ud83d\ude00"}"#,
+            r#"{"s":"\\ud800 \u00e9\uDBFF\uDFFF"}"#,
+        ] {
+            assert!(matches!(one_pass(paired), OnePass::Stored(_)), "{paired}");
+        }
     }
 
     #[test]

@@ -385,6 +385,36 @@ pub(crate) mod tests {
         (ctx, pool)
     }
 
+    /// A [`query_session`] whose table `t` holds six batches of 32 rows: `s`, a short text
+    /// (`u-{batch}-{row}`), and with `wide`, `w`, a text of 1 MiB (about 32 MiB a batch).
+    pub(crate) fn session_over_texts(
+        limit: usize,
+        wide: bool,
+    ) -> (datafusion::prelude::SessionContext, Arc<QueryPool>) {
+        use arrow::array::{ArrayRef, StringArray};
+        use arrow::record_batch::RecordBatch;
+        let (ctx, pool) = query_session(limit);
+        let batches = (0..6)
+            .map(|b| {
+                let s: ArrayRef = Arc::new(StringArray::from_iter_values(
+                    (0..32).map(|i| format!("u-{b}-{i}")),
+                ));
+                let w: ArrayRef = Arc::new(StringArray::from_iter_values(
+                    (0..32).map(|i| format!("{b}-{i}-{}", "x".repeat(MIB))),
+                ));
+                let columns = match wide {
+                    true => vec![("s", s), ("w", w)],
+                    false => vec![("s", s)],
+                };
+                RecordBatch::try_from_iter(columns).unwrap()
+            })
+            .collect::<Vec<_>>();
+        let table =
+            datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        (ctx, pool)
+    }
+
     #[test]
     fn a_query_stops_at_its_own_limit() {
         let budget = Budget::new(100 * MIB, Duration::ZERO);

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
-use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use super::*;
@@ -9,21 +8,9 @@ use crate::memory::Budget;
 
 const MIB: usize = 1 << 20;
 
-/// A session as a query's (`memory::tests::query_session`); `t` holds six batches of 32
-/// short texts.
+/// `t`: six batches of 32 short texts, `s`.
 fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
-    let (ctx, pool) = crate::memory::tests::query_session(limit);
-    let batches = (0..6)
-        .map(|b| {
-            let s: ArrayRef = Arc::new(StringArray::from_iter_values(
-                (0..32).map(|i| format!("u-{b}-{i}")),
-            ));
-            RecordBatch::try_from_iter([("s", s)]).unwrap()
-        })
-        .collect::<Vec<_>>();
-    let table = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
-    ctx.register_table("t", Arc::new(table)).unwrap();
-    (ctx, pool)
+    crate::memory::tests::session_over_texts(limit, false)
 }
 
 /// Each batch's value: 32 rows of 1 MB, about 32 MiB.

@@ -1,6 +1,5 @@
-use arrow::array::{ArrayRef, AsArray, StringArray};
+use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::prelude::SessionContext;
 
@@ -9,24 +8,9 @@ use crate::memory::claims::held;
 
 const MIB: usize = 1 << 20;
 
-/// A session as a query's (`memory::tests::query_session`); `t` holds six batches of 32 rows:
-/// `s`, a short text, and `w`, 1 MiB of text (about 32 MiB a batch).
+/// `t`: six batches of 32 rows, `s` short texts and `w` texts of 1 MiB (about 32 MiB a batch).
 fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
-    let (ctx, pool) = crate::memory::tests::query_session(limit);
-    let batches = (0..6)
-        .map(|b| {
-            let s: ArrayRef = Arc::new(StringArray::from_iter_values(
-                (0..32).map(|i| format!("u-{b}-{i}")),
-            ));
-            let w: ArrayRef = Arc::new(StringArray::from_iter_values(
-                (0..32).map(|i| format!("{b}-{i}-{}", "x".repeat(MIB))),
-            ));
-            RecordBatch::try_from_iter([("s", s), ("w", w)]).unwrap()
-        })
-        .collect::<Vec<_>>();
-    let table = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
-    ctx.register_table("t", Arc::new(table)).unwrap();
-    (ctx, pool)
+    crate::memory::tests::session_over_texts(limit, true)
 }
 
 /// Runs `sql` as a query runs (`claims::held`): its one value.

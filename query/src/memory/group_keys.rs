@@ -1,8 +1,7 @@
 //! The copies an aggregation makes of its grouping keys, counted before it makes them.
 //!
-//! An aggregation takes a batch, copies its grouping keys (into Arrow's row format, and the new
-//! ones into its groups' store, whose buffer doubles as it grows), and only then resizes its
-//! reservation. A key computed by the aggregation itself is checked as three times its size
+//! An aggregation takes a batch, copies its new grouping keys into its groups' store (whose
+//! buffer doubles as it grows, copying what it held), and only then resizes its reservation. A key computed by the aggregation itself is checked as three times its size
 //! when it is made (`guard::counted_key`); a key that arrives as a column was made below (a
 //! projection's `user_id || repeat('x', 400000)`, pushed into the scan) or read from a file,
 //! and nothing counted its copies: `SELECT DISTINCT` over 200 MB of such keys per batch grew
@@ -38,8 +37,10 @@ use super::claims::CLAIMED_FROM;
 use crate::groups::DictionaryGroupsExec;
 use crate::pass_through::{PassThrough, Wrap};
 
-/// Copies of a key the aggregation makes before it checks its memory: its row format, and
-/// its groups' store.
+/// Copies of a key the aggregation makes before it checks its memory: the new key in its
+/// groups' store, and the store's buffer as it doubles (the old one beside the new while
+/// its keys are moved; both showed in `perf record -e page-faults`), or Arrow's row format
+/// for key types its columnar store does not take.
 const COPIES: usize = 2;
 
 /// `node` with its input taken through [`KeysCopied`] if it is an aggregation that groups by

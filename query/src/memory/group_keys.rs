@@ -1,21 +1,23 @@
 //! The copies an aggregation makes of its grouping keys, counted before it makes them.
 //!
 //! An aggregation takes a batch, copies its new grouping keys into its groups' store (whose
-//! buffer doubles as it grows, copying what it held), and only then resizes its reservation. A key computed by the aggregation itself is checked as three times its size
-//! when it is made (`guard::counted_key`); a key that arrives as a column was made below (a
-//! projection's `user_id || repeat('x', 400000)`, pushed into the scan) or read from a file,
-//! and nothing counted its copies: `SELECT DISTINCT` over 200 MB of such keys per batch grew
-//! the server by 790–890 MB at a 256 MiB limit, and by 1.9–2.0 GB at 1 GiB, before the
-//! refusal came.
+//! buffer doubles as it grows, copying what it held), and only then resizes its reservation.
+//! A key computed by the aggregation itself is checked as three times its size when it is
+//! made (`guard::counted_key`); a key that arrives as a column was made below (a projection's
+//! `user_id || repeat('x', 400000)`, pushed into the scan) or read from a file, and nothing
+//! counted its copies: `SELECT DISTINCT` over 200 MB of such keys per batch grew the server by
+//! 790–890 MB at a 256 MiB limit, and by 1.9–2.0 GB at 1 GiB, before the refusal came.
+//! Accumulators that keep the values they are given (`DISTINCT` ones, `array_agg`, …) copy
+//! them the same way, and so does an aggregation that merges partial ones' groups and states.
 //!
-//! Here each aggregation with grouping keys takes its input through [`KeysCopied`]: a batch of
-//! at least [`CLAIMED_FROM`] bytes has twice the size of its key columns taken from the query's
-//! pool before the aggregation sees it (refused as any value is, naming the limit), and given
-//! back when the aggregation asks for the next batch, by which time its own reservation
-//! counts what it kept. The batch itself is claimed as it travels (`claims`): three times in
-//! all, as for a computed key. Every key is counted as if it were new: a batch of wide keys
-//! that repeat may be refused where its groups would have fitted (at the 1 GiB default, a
-//! batch's keys must pass about 340 MB, 43 KB a row in 8,192 rows, for that).
+//! Here each aggregation that copies columns of its input takes it through [`KeysCopied`]: a
+//! batch of at least [`CLAIMED_FROM`] bytes has twice the size of those columns taken from the
+//! query's pool before the aggregation sees it (refused as any value is, naming the limit),
+//! and given back when the aggregation asks for the next batch, by which time its own
+//! reservation counts what it kept. The batch itself is claimed as it travels (`claims`):
+//! three times in all, as for a computed key. Every key is counted as if it were new: a batch
+//! of wide keys that repeat may be refused where its groups would have fitted (at the 1 GiB
+//! default, a batch's keys must pass about 340 MB, 43 KB a row in 8,192 rows, for that).
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -28,7 +30,7 @@ use datafusion::common::Result;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateInputMode};
 use datafusion::physical_plan::expressions::Column;
 use futures::{Stream, StreamExt};
 
@@ -43,39 +45,64 @@ use crate::pass_through::{PassThrough, Wrap};
 /// for key types its columnar store does not take.
 const COPIES: usize = 2;
 
-/// `node` with its input taken through [`KeysCopied`] if it is an aggregation that groups by
-/// columns (DataFusion's, or Floe's over dictionaries: `groups`); otherwise `node` as it is.
+/// Aggregate functions whose accumulators keep every argument they are given, as those of
+/// `DISTINCT` aggregates keep each new one.
+const KEEPING: &[&str] = &["array_agg", "string_agg", "median", "percentile_cont"];
+
+/// `node` with its input taken through [`KeysCopied`] if it is an aggregation that copies
+/// columns of its input (DataFusion's, or Floe's over dictionaries: `groups`); otherwise
+/// `node` as it is.
 pub(super) fn counted(node: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let any = node.as_any();
-    let groups: Vec<&Arc<dyn PhysicalExpr>> =
-        if let Some(aggregate) = any.downcast_ref::<AggregateExec>() {
-            aggregate
-                .group_expr()
-                .expr()
-                .iter()
-                .map(|(e, _)| e)
-                .collect()
-        } else if let Some(groups) = any.downcast_ref::<DictionaryGroupsExec>() {
-            groups.copied_groups().collect()
-        } else {
-            return Ok(node);
-        };
-    let keys: Vec<usize> = groups
-        .into_iter()
-        .filter_map(|expr| expr.as_any().downcast_ref::<Column>())
-        .map(Column::index)
-        .collect();
+    let copied = if let Some(aggregate) = any.downcast_ref::<AggregateExec>() {
+        copied_by(aggregate)
+    } else if let Some(groups) = any.downcast_ref::<DictionaryGroupsExec>() {
+        columns(groups.copied_groups())
+    } else {
+        return Ok(node);
+    };
     let [input] = node.children()[..] else {
         return Ok(node);
     };
-    if keys.is_empty() {
+    if copied.is_empty() {
         return Ok(node);
     }
     let input = Arc::new(PassThrough::new(
         input.clone(),
-        KeysCopied { keys: keys.into() },
+        KeysCopied {
+            keys: copied.into(),
+        },
     ));
     node.with_new_children(vec![input])
+}
+
+/// The columns of its input that `aggregate` copies before it checks its memory: its grouping
+/// keys, and the arguments its accumulators keep (of `DISTINCT` aggregates and [`KEEPING`]);
+/// or, merging partial aggregations, all of them (their groups and their states, which for
+/// those aggregates are lists of the values kept).
+fn copied_by(aggregate: &AggregateExec) -> Vec<usize> {
+    if aggregate.mode().input_mode() != AggregateInputMode::Raw {
+        return (0..aggregate.input().schema().fields().len()).collect();
+    }
+    let keys = aggregate.group_expr().expr().iter().map(|(e, _)| e);
+    let kept = aggregate
+        .aggr_expr()
+        .iter()
+        .filter(|a| a.is_distinct() || KEEPING.contains(&a.fun().name()))
+        .flat_map(|a| a.expressions());
+    let mut copied = columns(keys);
+    copied.extend(columns(kept.collect::<Vec<_>>().iter()));
+    copied.sort_unstable();
+    copied.dedup();
+    copied
+}
+
+/// The indices of the bare columns among `exprs`.
+fn columns<'a>(exprs: impl Iterator<Item = &'a Arc<dyn PhysicalExpr>>) -> Vec<usize> {
+    exprs
+        .filter_map(|expr| expr.as_any().downcast_ref::<Column>())
+        .map(Column::index)
+        .collect()
 }
 
 /// What takes the copies of an aggregation's key columns (`keys`, by index) from the query's
@@ -135,7 +162,10 @@ impl KeysStream {
         if bytes == 0 {
             return Ok(());
         }
-        pool.try_take(bytes, "an aggregation's copies of its grouping keys")?;
+        pool.try_take(
+            bytes,
+            "an aggregation's copies of its grouping keys and of the values it keeps",
+        )?;
         self.taken = bytes;
         Ok(())
     }

@@ -22,14 +22,16 @@ async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
     Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
 }
 
-/// Keys made by a projection below the aggregation, and keys read as they are stored.
-const DISTINCT: [&str; 2] = [
+/// Keys made by a projection below the aggregation, keys read as they are stored, and values
+/// that `DISTINCT` aggregates keep (two of them: not planned as a grouping).
+const DISTINCT: [&str; 3] = [
     "SELECT count(*) FROM (SELECT DISTINCT s || repeat('x', 1000000) AS k FROM t)",
     "SELECT count(*) FROM (SELECT DISTINCT w FROM t)",
+    "SELECT count(DISTINCT w) + count(DISTINCT s) - 192 FROM t",
 ];
 
 #[tokio::test]
-async fn grouping_keys_that_arrive_as_columns_count_with_their_copies() -> Result<()> {
+async fn columns_an_aggregation_keeps_count_with_their_copies() -> Result<()> {
     for sql in DISTINCT {
         // Each batch's keys (32 MiB) fit an 80 MiB limit, and the aggregation's two copies of
         // them beside the batch do not: refused before they are made. Before, the

@@ -41,12 +41,13 @@ use crate::pass_through::{PassThrough, Wrap};
 /// (Pages not fetched yet leave a claimed batch to its claim: `trino::query`.)
 pub(crate) const CLAIMED_FROM: usize = 16 << 20;
 
-/// `plan` with every node's batches handed on through [`Held`], and each aggregation's input
-/// through `group_keys::KeysCopied`. The query's pool is the session's extension
-/// ([`QueryPool`]); without one, batches are handed on as they are.
+/// `plan` with every node's batches handed on through [`Held`], each aggregation's input
+/// through `group_keys::KeysCopied`, and each window computing under its ledger
+/// (`window_values::Polled`). The query's pool is the session's extension ([`QueryPool`]);
+/// without one, batches are handed on as they are.
 pub fn held(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
-        let node = super::group_keys::counted(node)?;
+        let node = super::window_values::polled(super::group_keys::counted(node)?);
         Ok(Transformed::yes(
             Arc::new(PassThrough::new(node, Held)) as Arc<dyn ExecutionPlan>
         ))

@@ -1,4 +1,5 @@
-//! Aggregates whose value is copied when they finish, counted with their copies.
+//! Aggregates counted with the copies of their values: those whose value is copied when they
+//! finish, and every aggregate a window calls.
 //!
 //! An aggregation reserves what its accumulators say they hold after each batch, and nothing
 //! for what finishing makes. `string_agg` keeps one string (its capacity doubles as it grows),
@@ -7,6 +8,10 @@
 //! under a 1 GiB limit made 4.8 GB before the reservation refused it. Here the accumulator
 //! reports its size times its copies, so that the aggregation's own reservation refuses it
 //! before the copies are made.
+//!
+//! A window calls an aggregate for each row's value and copies it into that row and others:
+//! in a window, the accumulator counts each value it hands out with those copies, as
+//! `window_values` tells (which plans windows' aggregates so, with [`in_window`]).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::expr::{AggregateFunctionParams, WindowFunctionParams};
 use datafusion::logical_expr::function::{
     AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs,
 };
@@ -40,15 +46,33 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udaf(AggregateUDF::new_from_impl(Copies {
             inner: inner.clone(),
             copies,
+            in_window: false,
         }));
     }
 }
 
-/// An aggregate function as it is, but for the size its accumulators report.
+/// `function` as a window calls it: its accumulators count the values they hand out
+/// (`window_values`), and the size they report as before. `None` if it does already.
+pub(super) fn in_window(function: &Arc<AggregateUDF>) -> Option<Arc<AggregateUDF>> {
+    let (inner, copies) = match function.inner().as_any().downcast_ref::<Copies>() {
+        Some(c) if c.in_window => return None,
+        Some(c) => (c.inner.clone(), c.copies),
+        None => (function.clone(), 1),
+    };
+    Some(Arc::new(AggregateUDF::new_from_impl(Copies {
+        inner,
+        copies,
+        in_window: true,
+    })))
+}
+
+/// An aggregate function as it is, but for the size its accumulators report and, in a window,
+/// the values they hand out counted.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Copies {
     inner: Arc<AggregateUDF>,
     copies: usize,
+    in_window: bool,
 }
 
 impl Copies {
@@ -60,6 +84,7 @@ impl Copies {
         Arc::new(AggregateUDF::new_from_impl(Copies {
             inner,
             copies: self.copies,
+            in_window: self.in_window,
         }))
     }
 
@@ -67,6 +92,8 @@ impl Copies {
         Box::new(Counted {
             inner,
             copies: self.copies,
+            in_window: self.in_window,
+            rows: 0,
         })
     }
 }
@@ -82,6 +109,26 @@ impl AggregateUDFImpl for Copies {
 
     fn aliases(&self) -> &[String] {
         self.of().aliases()
+    }
+
+    fn schema_name(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.of().schema_name(params)
+    }
+
+    fn human_display(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.of().human_display(params)
+    }
+
+    fn window_function_schema_name(&self, params: &WindowFunctionParams) -> Result<String> {
+        self.of().window_function_schema_name(params)
+    }
+
+    fn display_name(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.of().display_name(params)
+    }
+
+    fn window_function_display_name(&self, params: &WindowFunctionParams) -> Result<String> {
+        self.of().window_function_display_name(params)
     }
 
     fn signature(&self) -> &Signature {
@@ -112,7 +159,8 @@ impl AggregateUDFImpl for Copies {
         self.of().state_fields(args)
     }
 
-    // Groups accumulators report their own sizes: none of [`COPIED`] has one.
+    // Groups accumulators report their own sizes: none of [`COPIED`] has one, and a window
+    // calls none.
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
         self.of().groups_accumulator_supported(args)
     }
@@ -155,6 +203,7 @@ impl AggregateUDFImpl for Copies {
                 Arc::new(Copies {
                     inner: Arc::new(AggregateUDF::new_from_shared_impl(changed)),
                     copies: self.copies,
+                    in_window: self.in_window,
                 }) as _
             }))
     }
@@ -187,20 +236,37 @@ impl AggregateUDFImpl for Copies {
     }
 }
 
-/// An accumulator as it is, reporting its size times its copies.
+/// An accumulator as it is, reporting its size times its copies, and in a window counting
+/// the values it hands out.
 #[derive(Debug)]
 struct Counted {
     inner: Box<dyn Accumulator>,
     copies: usize,
+    in_window: bool,
+    /// Rows given since the last value was handed out.
+    rows: usize,
 }
 
 impl Accumulator for Counted {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.rows = self
+            .rows
+            .saturating_add(values.first().map_or(0, |v| v.len()));
         self.inner.update_batch(values)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.inner.evaluate()
+        let value = self.inner.evaluate()?;
+        if self.in_window {
+            // A window keeps the value beside the others of its batch, then copies it into the
+            // rows that entered the frame since the last one (each running row its own; the
+            // whole partition, a value it shares). Its fixed part is in every scalar and every
+            // row alike: what grows is its list or text.
+            let rows = std::mem::take(&mut self.rows);
+            let bytes = value.size().saturating_sub(size_of_val(&value));
+            super::window_values::count(bytes.saturating_mul(rows.saturating_add(1)))?;
+        }
+        Ok(value)
     }
 
     fn size(&self) -> usize {

@@ -151,7 +151,8 @@ async fn serve_with(
         tracing::info!(brokers = %config.kafka.brokers, topics = %config.kafka.topic_template, "Kafka mode: accepted events are produced to tenant topics");
         Some(Arc::new(floe_ingest::produce::Producer::new(&config)?))
     };
-    let engine = Engine::new(catalog.clone(), config.query.clone());
+    let engine =
+        Engine::new(catalog.clone(), config.query.clone()).spilling_into(&config.spill_dir())?;
     let quotas = QuotaBook::new(catalog.clone(), config.quota.clone());
     let producer_for_tenants = producer.clone();
     let topic_lag = producer.clone().map(|p| {

@@ -364,6 +364,11 @@ impl Config {
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }
+
+    /// Where `floe serve`'s queries spill (`query.spill_total_bytes`).
+    pub fn spill_dir(&self) -> PathBuf {
+        self.data_dir.join("spill")
+    }
 }
 
 /// Makes `path` absolute without requiring it to exist.

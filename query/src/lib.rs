@@ -19,6 +19,7 @@ mod pass_through;
 pub mod projection;
 pub mod scan;
 pub mod set_ops;
+pub mod spill;
 pub mod trino;
 pub mod type_names;
 
@@ -164,6 +165,8 @@ pub struct Engine {
     memory: memory::Budget,
     /// The cores all queries share (`query.cpu_slots`).
     cpu: cpu::CpuShare,
+    /// The disk all queries may spill to (`query.spill_total_bytes`; `spill`).
+    spill: Arc<datafusion::execution::disk_manager::DiskManager>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -194,6 +197,8 @@ impl Engine {
             config.cpu_behind_nice,
             std::time::Duration::from_millis(config.cpu_behind_window_ms),
         );
+        let spill = spill::manager(None, config.spill_total_bytes)
+            .expect("the system's temporary directory needs no set-up");
         Engine {
             catalog,
             config,
@@ -202,7 +207,16 @@ impl Engine {
             manifests,
             memory,
             cpu,
+            spill,
         }
+    }
+
+    /// The engine with its queries spilling into `dir`, emptied first of what an earlier
+    /// process left there (`spill`): for the one long-lived process of a data directory.
+    pub fn spilling_into(mut self, dir: &std::path::Path) -> floe_catalog::Result<Self> {
+        spill::emptied(dir)?;
+        self.spill = spill::manager(Some(dir), self.config.spill_total_bytes)?;
+        Ok(self)
     }
 
     pub fn config(&self) -> &QueryConfig {
@@ -257,10 +271,12 @@ impl Engine {
         let pool = self
             .memory
             .query_pool(tenant.as_str(), self.config.memory_limit_bytes);
-        let runtime = RuntimeEnvBuilder::new()
+        let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_cache_manager(caches)
-            .build_arc()?;
+            .build()?;
+        runtime.disk_manager = self.spill.clone();
+        let runtime = Arc::new(runtime);
         match &self.catalog.data_store().store {
             Some(store) => {
                 runtime.register_object_store(self.store_url.as_ref(), store.clone());

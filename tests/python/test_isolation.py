@@ -334,6 +334,62 @@ def test_values_a_window_hands_out_count_against_the_query_memory(tmp_path):
         stop(proc)
 
 
+def spilled_bytes(spill):
+    """Bytes of the files under `spill` now (files may go while they are listed)."""
+    total = 0
+    for path in spill.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def test_spilled_bytes_stop_at_the_servers_spill_limit(tmp_path):
+    """An aggregation past its query's memory writes its state to disk and goes on. DataFusion
+    let each query write up to 100 GB into the system's temporary directory: a viewer's
+    `SELECT DISTINCT` over a cross join wrote 22.5 GB there in the 60 s of its time limit, and a
+    few such queries fill the disk the write-ahead log is on. Now all of a server's queries
+    share `query.spill_total_bytes`, in `<data_dir>/spill`, which the server empties when it
+    starts (a killed process's files hold tenants' rows)."""
+    spill = tmp_path / "spill"
+    (spill / "datafusion-left").mkdir(parents=True)
+    (spill / "datafusion-left" / "rows.arrow").write_bytes(b"a tenant's rows")
+    proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=64MiB",
+                      "--set", "query.spill_total_bytes=64MiB")
+    try:
+        assert not (spill / "datafusion-left").exists(), "emptied at start"
+        floe(tmp_path, "tenant", "create", "spills")
+        viewer = srv.token("spills", "viewer")
+        most, done = [0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                most[0] = max(most[0], spilled_bytes(spill))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            body = statement(srv, viewer, (
+                "SELECT count(*) FROM (SELECT DISTINCT CAST(v AS VARCHAR) || 'abcdefghij' AS s FROM "
+                "(SELECT a.x * 100000 + b.y AS v FROM unnest(range(0, 20000)) AS a(x) "
+                "CROSS JOIN unnest(range(0, 3000)) AS b(y)))"))
+        finally:
+            done.set()
+            sampler.join()
+        error = body.get("error", {})
+        assert error.get("errorName") == "EXCEEDED_SPILL_LIMIT", body
+        assert "query.spill_total_bytes" in error.get("message", ""), error
+        # It spilled, and no more than the limit and the write that passed it.
+        assert 0 < most[0] < 96 * MIB, f"spilled {most[0] / MIB:.0f} MiB"
+        assert spilled_bytes(spill) == 0, "the query's files went with it"
+        assert healthy(srv)
+    finally:
+        stop(proc)
+
+
 def test_unnest_makes_its_rows_a_batch_at_a_time_within_the_query_memory(tmp_path):
     """`unnest` made every row of a list at once, in one batch, copying the row's other columns
     into each: at a 256 MiB limit, grouping by the elements of `range(0, 10000000)` ran at

@@ -361,6 +361,10 @@ pub struct QueryConfig {
     pub memory_total_bytes: usize,
     /// How long a query waits for its tenant's share of `memory_total_bytes`.
     pub memory_wait_ms: u64,
+    /// Bytes all running queries may have spilled to disk at once (sorts, aggregations and
+    /// joins past their memory limit); the query whose write would pass it fails with
+    /// `EXCEEDED_SPILL_LIMIT`. 0: nothing spills, and an operator past its memory limit fails.
+    pub spill_total_bytes: u64,
     /// Query work running at once, in steps of a few milliseconds (0: one per core). A free
     /// slot goes to the tenant that has had the least CPU, so a tenant's share of the cores
     /// does not grow with the number of queries it runs.
@@ -415,6 +419,7 @@ impl Default for QueryConfig {
             memory_limit_bytes: 1 << 30,
             memory_total_bytes: 2 << 30,
             memory_wait_ms: 2_000,
+            spill_total_bytes: 8 << 30,
             cpu_slots: 0,
             cpu_credit_ms: 1_000,
             cpu_slice_ms: 5,

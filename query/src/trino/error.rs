@@ -71,6 +71,7 @@ pub const GENERIC_INTERNAL_ERROR: ErrorCode = ErrorCode {
 pub const QUOTA_EXCEEDED: ErrorCode = resources("QUOTA_EXCEEDED", 131_072);
 pub const QUERY_QUEUE_FULL: ErrorCode = resources("QUERY_QUEUE_FULL", 131_074);
 pub const EXCEEDED_TIME_LIMIT: ErrorCode = resources("EXCEEDED_TIME_LIMIT", 131_075);
+pub const EXCEEDED_SPILL_LIMIT: ErrorCode = resources("EXCEEDED_SPILL_LIMIT", 131_078);
 pub const SERVER_RESOURCES_EXHAUSTED: ErrorCode = resources("SERVER_RESOURCES_EXHAUSTED", 131_076);
 pub const EXCEEDED_MEMORY_LIMIT: ErrorCode = resources("EXCEEDED_MEMORY_LIMIT", 131_079);
 pub const EXCEEDED_ROW_LIMIT: ErrorCode = resources("EXCEEDED_ROW_LIMIT", 131_083);
@@ -103,6 +104,14 @@ impl QueryError {
                 use arrow::error::ArrowError as A;
                 use datafusion::error::DataFusionError as D;
                 match df.find_root() {
+                    D::ResourcesExhausted(m) if crate::spill::exceeded(m) => {
+                        return QueryError::new(
+                            EXCEEDED_SPILL_LIMIT,
+                            "Query exceeded the spill limit: the running queries have spilled \
+                             as much to disk as query.spill_total_bytes allows; it may pass \
+                             when fewer of them run",
+                        );
+                    }
                     D::ResourcesExhausted(_) => {
                         return QueryError::new(EXCEEDED_MEMORY_LIMIT, text);
                     }

@@ -245,6 +245,10 @@ fn exhausted(message: String) -> DataFusionError {
     DataFusionError::ResourcesExhausted(message)
 }
 
+/// The part of a query's limit (one in this many) that operators able to spill leave to what
+/// cannot: the values expressions make, batches in flight, pages not fetched.
+const SPILL_HEADROOM: usize = 8;
+
 /// One query's memory: at most its limit, drawn from the shared [`Budget`].
 #[derive(Debug)]
 pub struct QueryPool {
@@ -275,8 +279,13 @@ impl QueryPool {
     /// Reserves `bytes` that no DataFusion operator accounts for (a value being made, a page
     /// waiting for its client); refused like an operator's reservation.
     pub fn try_take(&self, bytes: usize, what: &str) -> Result<()> {
+        self.try_take_within(self.limit, bytes, what)
+    }
+
+    /// [`QueryPool::try_take`], refused past `limit` (at most the query's own).
+    fn try_take_within(&self, limit: usize, bytes: usize, what: &str) -> Result<()> {
         let used = self.used.load(Ordering::Relaxed);
-        if used.saturating_add(bytes) > self.limit {
+        if used.saturating_add(bytes) > limit {
             return Err(exhausted(format!(
                 "Query exceeded the per-query memory limit of {} bytes \
                  ({}): {what} needs {bytes} bytes, {used} already held",
@@ -349,7 +358,15 @@ impl MemoryPool for QueryPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
-        self.try_take(additional, reservation.consumer().name())
+        let consumer = reservation.consumer();
+        // An operator that can spill does so when refused, and goes on: it stops short of the
+        // limit by `SPILL_HEADROOM`, so that the values and batches counted beside it (which
+        // cannot spill) find room, rather than failing the query while it could have spilled.
+        let limit = match consumer.can_spill() {
+            true => self.limit - self.limit / SPILL_HEADROOM,
+            false => self.limit,
+        };
+        self.try_take_within(limit, additional, consumer.name())
     }
 
     fn reserved(&self) -> usize {
@@ -430,6 +447,24 @@ pub(crate) mod tests {
         pool.try_take(10 * MIB, "x").unwrap();
         drop(pool);
         assert_eq!(budget.used(), 0, "a dropped pool gives everything back");
+    }
+
+    #[test]
+    fn operators_that_spill_leave_room_for_what_cannot() {
+        use datafusion::execution::memory_pool::MemoryConsumer;
+        let budget = Budget::new(100 * MIB, Duration::ZERO);
+        let pool: Arc<dyn MemoryPool> = budget.query_pool("a", 16 * MIB);
+        let mut sort = MemoryConsumer::new("sort")
+            .with_can_spill(true)
+            .register(&pool);
+        let mut value = MemoryConsumer::new("value").register(&pool);
+        // The sort is refused (and spills) at 14 MiB, seven eighths of the limit ...
+        sort.try_grow(14 * MIB).unwrap();
+        let e = sort.try_grow(MIB).unwrap_err();
+        assert!(e.to_string().contains("query.memory_limit_bytes"), "{e}");
+        // ... where a value that cannot spill still finds room, up to the limit.
+        value.try_grow(2 * MIB).unwrap();
+        value.try_grow(1).unwrap_err();
     }
 
     #[test]

@@ -406,6 +406,22 @@ pub(crate) mod tests {
         (ctx, pool)
     }
 
+    /// Runs `sql` as a query runs (`claims::held`): its one value, a 64-bit integer.
+    pub(crate) async fn one_value(
+        ctx: &datafusion::prelude::SessionContext,
+        sql: &str,
+    ) -> Result<i64> {
+        use arrow::array::AsArray;
+        let df = ctx.sql(sql).await?;
+        let task = Arc::new(df.task_ctx());
+        let plan = claims::held(df.create_physical_plan().await?)?;
+        let batches = datafusion::physical_plan::collect(plan, task).await?;
+        Ok(batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0))
+    }
+
     /// A [`query_session`] whose table `t` holds six batches of 32 rows: `s`, a short text
     /// (`u-{batch}-{row}`), and with `wide`, `w`, a text of 1 MiB (about 32 MiB a batch).
     pub(crate) fn session_over_texts(

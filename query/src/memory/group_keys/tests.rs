@@ -1,5 +1,3 @@
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::prelude::SessionContext;
 
@@ -13,14 +11,7 @@ fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
     crate::memory::tests::session_over_texts(limit, true)
 }
 
-/// Runs `sql` as a query runs (`claims::held`): its one value.
-async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
-    let df = ctx.sql(sql).await?;
-    let task = Arc::new(df.task_ctx());
-    let plan = held(df.create_physical_plan().await?)?;
-    let batches = datafusion::physical_plan::collect(plan, task).await?;
-    Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
-}
+use crate::memory::tests::one_value as count;
 
 /// Keys made by a projection below the aggregation, keys read as they are stored, and values
 /// that `DISTINCT` aggregates keep (two of them: not planned as a grouping).

@@ -1,22 +1,11 @@
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use datafusion::execution::memory_pool::MemoryPool;
-use datafusion::prelude::SessionContext;
 
 use super::*;
-use crate::memory::claims::held;
 use crate::memory::tests::query_session;
 
 const MIB: usize = 1 << 20;
 
-/// Runs `sql` as a query runs (`claims::held`): its one value.
-async fn one(ctx: &SessionContext, sql: &str) -> Result<i64> {
-    let df = ctx.sql(sql).await?;
-    let task = Arc::new(df.task_ctx());
-    let plan = held(df.create_physical_plan().await?)?;
-    let batches = datafusion::physical_plan::collect(plan, task).await?;
-    Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
-}
+use crate::memory::tests::one_value as one;
 
 /// Windows whose aggregates hand out values that grow with the rows: a running list (the n-th
 /// row gets n numbers), a list every row of the partition shares, a running text. Over `{n}`

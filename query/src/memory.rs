@@ -470,10 +470,10 @@ pub(crate) mod tests {
         use datafusion::execution::memory_pool::MemoryConsumer;
         let budget = Budget::new(100 * MIB, Duration::ZERO);
         let pool: Arc<dyn MemoryPool> = budget.query_pool("a", 16 * MIB);
-        let mut sort = MemoryConsumer::new("sort")
+        let sort = MemoryConsumer::new("sort")
             .with_can_spill(true)
             .register(&pool);
-        let mut value = MemoryConsumer::new("value").register(&pool);
+        let value = MemoryConsumer::new("value").register(&pool);
         // The sort is refused (and spills) at 14 MiB, seven eighths of the limit ...
         sort.try_grow(14 * MIB).unwrap();
         let e = sort.try_grow(MIB).unwrap_err();

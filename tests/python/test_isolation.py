@@ -380,7 +380,7 @@ def test_spilled_bytes_stop_at_the_servers_spill_limit(tmp_path):
             done.set()
             sampler.join()
         error = body.get("error", {})
-        assert error.get("errorName") == "EXCEEDED_SPILL_LIMIT", error.get("message")
+        assert error.get("errorName") == "EXCEEDED_SPILL_LIMIT", error
         assert "query.spill_total_bytes" in error.get("message", ""), error
         # It spilled, and no more than the limit and the write that passed it.
         assert 0 < most[0] < 96 * MIB, f"spilled {most[0] / MIB:.0f} MiB"

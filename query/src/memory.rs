@@ -11,10 +11,12 @@
 //! Memory that DataFusion does not account for is brought under the same pools by the engine:
 //! values made by functions (`functions::bounded`), the values expressions make ([`guard`], put
 //! into plans by [`checks`]), the copies aggregates make when they finish ([`copies`]) and of
-//! the grouping keys they are given ([`group_keys`]), the values windows' aggregates hand out
+//! the grouping keys and kept values they are given ([`group_keys`], with the arguments they
+//! keep computed below them: [`aggregate_args`]), the values windows' aggregates hand out
 //! ([`window_values`]), batches in flight ([`claims`]), and the pages a client has not fetched
 //! yet.
 
+pub mod aggregate_args;
 pub mod checks;
 pub mod claims;
 pub mod copies;
@@ -25,7 +27,8 @@ pub mod window_args;
 pub mod window_values;
 
 /// A session whose memory is `pool`: window functions' arguments computed below their windows
-/// ([`window_args`]) and the values their aggregates hand out counted ([`window_values`]), its
+/// ([`window_args`]), and the arguments aggregates keep below their aggregations
+/// ([`aggregate_args`]), and the values their aggregates hand out counted ([`window_values`]), its
 /// physical optimizer with the size checks first ([`checks`]) and
 /// `unnest`'s input cut into pieces last ([`unnest_pieces`]), the pool in its configuration
 /// for the plans it runs ([`claims::held`]), the rest of `builder` as it is. Its context then
@@ -41,6 +44,7 @@ pub fn with_size_checks(
         .set_extension(pool.clone());
     builder
         .with_optimizer_rule(Arc::new(window_args::WindowArguments))
+        .with_optimizer_rule(Arc::new(aggregate_args::AggregateArguments))
         .with_optimizer_rule(Arc::new(window_values::WindowValues))
         .with_physical_optimizer_rules(
             std::iter::once(Arc::new(checks::SizeChecks::for_pool(pool.clone())) as Arc<_>)

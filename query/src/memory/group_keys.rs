@@ -47,7 +47,7 @@ const COPIES: usize = 2;
 
 /// Aggregate functions whose accumulators keep every argument they are given, as those of
 /// `DISTINCT` aggregates keep each new one.
-const KEEPING: &[&str] = &["array_agg", "string_agg", "median", "percentile_cont"];
+pub(super) const KEEPING: &[&str] = &["array_agg", "string_agg", "median", "percentile_cont"];
 
 /// `node` with its input taken through [`KeysCopied`] if it is an aggregation that copies
 /// columns of its input (DataFusion's, or Floe's over dictionaries: `groups`); otherwise

@@ -13,12 +13,15 @@ fn session(limit: usize) -> (SessionContext, Arc<QueryPool>) {
 
 use crate::memory::tests::one_value as count;
 
-/// Keys made by a projection below the aggregation, keys read as they are stored, and values
-/// that `DISTINCT` aggregates keep (two of them: not planned as a grouping).
-const DISTINCT: [&str; 3] = [
+/// Keys made by a projection below the aggregation, keys read as they are stored, values
+/// that `DISTINCT` aggregates keep (two of them: not planned as a grouping), and values they
+/// keep that the aggregation computed itself before `aggregate_args` moved them below it.
+const DISTINCT: [&str; 5] = [
     "SELECT count(*) FROM (SELECT DISTINCT s || repeat('x', 1000000) AS k FROM t)",
     "SELECT count(*) FROM (SELECT DISTINCT w FROM t)",
     "SELECT count(DISTINCT w) + count(DISTINCT s) - 192 FROM t",
+    "SELECT count(DISTINCT s || repeat('x', 1000000)) FROM t",
+    "SELECT CAST(cardinality(array_agg(s || repeat('x', 1000000))) AS BIGINT) FROM t",
 ];
 
 #[tokio::test]

@@ -334,6 +334,45 @@ def test_values_a_window_hands_out_count_against_the_query_memory(tmp_path):
         stop(proc)
 
 
+def test_values_aggregates_keep_and_repeated_arrays_count_against_the_query_memory(tmp_path):
+    """Two ways past the query's memory, found with an analyst token over 2,000 events at the
+    1 GiB default: `count(DISTINCT user_id || repeat('x', 400000))` grew the server 1.7–1.8 GB
+    (the aggregation computed the argument itself, and its copy into the kept values was
+    counted only after it was made), and `array_repeat(user_id, 100000)` 1.3–2.3 GB (each copy
+    counted as the text's 6 bytes, not its index and view). Now the argument is computed
+    below the aggregation, where its copies are counted before they are made, and each
+    repeated element costs what the function makes of it."""
+    queries = [
+        ("SELECT count(DISTINCT event_id || repeat('x', 200000)) FROM events",
+         "copies of its grouping keys"),
+        ("SELECT sum(cardinality(array_repeat(user_id, 40000))) FROM events", "array_repeat"),
+    ]
+    for i, (sql, refused_by) in enumerate(queries):
+        data = tmp_path / str(i)
+        data.mkdir()
+        proc, srv = start(data, "--set", "query.memory_limit_bytes=256MiB",
+                          "--set", "query.memory_total_bytes=512MiB")
+        try:
+            floe(data, "tenant", "create", "kept")
+            # Four files of 500 events: four batches of arguments, each within the limit.
+            for b in range(4):
+                post(srv.url, srv.token("kept", "ingest"), events(500, start_at=500 * b))
+            analyst = srv.token("kept", "analyst")
+            before = rss_from_here(proc)
+            body = statement(srv, analyst, sql)
+            error = body.get("error", {})
+            assert error.get("errorName") == "EXCEEDED_MEMORY_LIMIT", (sql, body)
+            grown = peak_rss_bytes(proc) - before
+            assert grown < 512 * MIB, f"{sql}: RSS rose {grown / MIB:.0f} MiB"
+            assert refused_by in error.get("message", ""), error
+            # Values that fit: the same query with short values answers.
+            body = statement(srv, analyst, sql.replace("200000", "10").replace("40000", "10"))
+            assert "error" not in body, body
+            assert healthy(srv)
+        finally:
+            stop(proc)
+
+
 def spilled_bytes(spill):
     """Bytes of the files under `spill` now (files may go while they are listed)."""
     total = 0

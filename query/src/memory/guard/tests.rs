@@ -69,6 +69,20 @@ async fn the_arguments_of_one_call_count_together_and_with_its_value() {
     let sql = "SELECT length(left(repeat('a', 30000000), 29000000))";
     let e = refused(first_value(&ctx, sql).await);
     assert!(e.contains("the value of left"), "{e}");
+    // A function that copies its argument reserves the copy before it makes it, while the
+    // argument is held (before, `the value of array_reverse(…)`: refused once both existed).
+    for sql in [
+        "SELECT cardinality(array_reverse(range(0, 3000000)))",
+        "SELECT cardinality(array_sort(range(0, 3000000)))",
+        "SELECT length(ltrim(repeat('a', 30000000), 'b'))",
+        "SELECT length(substr(repeat('a', 30000000), 2))",
+    ] {
+        let (ctx, pool) = session(40 * MIB);
+        let e = refused(first_value(&ctx, sql).await);
+        let call = &sql[sql.find("(").unwrap() + 1..sql.find("(r").unwrap()];
+        assert!(e.contains(&format!("{call}(…) needs")), "{sql}: {e}");
+        assert_eq!(pool.reserved(), 0, "nothing stays held");
+    }
     // Compared as rows, 1,000,000 elements a side take about 190 MB (before, uncounted).
     let (ctx, _) = session(40 * MIB);
     let sql = "SELECT cardinality(array_intersect(range(0, 1000000), range(1, 1000001)))";

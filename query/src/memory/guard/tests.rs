@@ -66,9 +66,9 @@ async fn the_arguments_of_one_call_count_together_and_with_its_value() {
     assert_eq!(pool.reserved(), 0, "nothing stays held");
     // A value made from a held argument counts with it: 30 MB and a copy of most of it.
     let (ctx, _) = session(40 * MIB);
-    let sql = "SELECT length(left(repeat('a', 30000000), 29000000))";
+    let sql = "SELECT cardinality(array_slice(range(0, 3000000), 2, 2900000))";
     let e = refused(first_value(&ctx, sql).await);
-    assert!(e.contains("the value of left"), "{e}");
+    assert!(e.contains("the value of array_slice"), "{e}");
     // A function that copies its argument reserves the copy before it makes it, while the
     // argument is held (before, `the value of array_reverse(…)`: refused once both existed).
     for sql in [
@@ -76,6 +76,7 @@ async fn the_arguments_of_one_call_count_together_and_with_its_value() {
         "SELECT cardinality(array_sort(range(0, 3000000)))",
         "SELECT length(ltrim(repeat('a', 30000000), 'b'))",
         "SELECT length(substr(repeat('a', 30000000), 2))",
+        "SELECT length(left(repeat('a', 30000000), 29000000))",
     ] {
         let (ctx, pool) = session(40 * MIB);
         let e = refused(first_value(&ctx, sql).await);

@@ -22,6 +22,7 @@ pub mod claims;
 pub mod copies;
 pub mod group_keys;
 pub mod guard;
+mod moved;
 pub mod unnest_pieces;
 pub mod window_args;
 pub mod window_values;

@@ -15,26 +15,24 @@
 //! any projection's expression; the aggregate reads a column instead, under its old name.
 //! Other aggregates (`sum`, `max`, …) keep nothing of their arguments and stay as they are.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::Result;
 use datafusion::common::alias::AliasGenerator;
 use datafusion::common::tree_node::Transformed;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
-use super::checks::BARE_LITERAL_BYTES;
 use super::group_keys::KEEPING;
+use super::moved::{Below, computed, if_same, moves};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
 pub struct AggregateArguments;
 
-/// The start of the moved arguments' columns' names (numbered by the optimizer, unique in the
-/// plan).
+/// The start of the moved arguments' columns' names.
 const MOVED: &str = "__floe_aggregate_argument_";
 
 impl OptimizerRule for AggregateArguments {
@@ -58,18 +56,8 @@ impl OptimizerRule for AggregateArguments {
         let LogicalPlan::Aggregate(aggregate) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        // An aggregation this cannot rebuild is planned as it was (its arguments counted only
-        // as they are made), rather than failing the query.
-        match moved(aggregate, config.alias_generator()).ok().flatten() {
-            Some(rewritten)
-                if rewritten
-                    .schema()
-                    .logically_equivalent_names_and_types(plan.schema()) =>
-            {
-                Ok(Transformed::yes(rewritten))
-            }
-            _ => Ok(Transformed::no(plan)),
-        }
+        let rewritten = moved(aggregate, config.alias_generator());
+        Ok(if_same(plan, rewritten))
     }
 }
 
@@ -78,40 +66,14 @@ fn keeps(function: &AggregateFunction) -> bool {
     function.params.distinct || KEEPING.contains(&function.func.name())
 }
 
-/// Whether an aggregate's argument at `position` is moved below the aggregation. Later
-/// literals stay: `string_agg`'s separator and `percentile_cont`'s fraction must be literals.
-fn moves(position: usize, arg: &Expr) -> bool {
-    match arg {
-        Expr::Column(_) => false,
-        Expr::Literal(value, _) => position == 0 && value.size() > BARE_LITERAL_BYTES,
-        _ => true,
-    }
-}
-
-/// Whether an ordering an aggregate keeps beside its values is computed below it.
-fn computed(key: &Expr) -> bool {
-    !matches!(key, Expr::Column(_) | Expr::Literal(..))
-}
-
 /// `aggregate` with the arguments of the aggregates that keep them computed below it, if any
 /// moves.
 fn moved(aggregate: &Aggregate, names: &AliasGenerator) -> Result<Option<LogicalPlan>> {
-    let mut below: Vec<Expr> = aggregate
-        .input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
+    let mut below = Below::new(&aggregate.input, names, MOVED);
     // The aggregates' fields are the schema's last (after the groups, and the grouping id of
     // grouping sets).
     let first = aggregate.schema.fields().len() - aggregate.aggr_expr.len();
     let mut exprs = Vec::with_capacity(aggregate.aggr_expr.len());
-    // An `Expr`'s hash is its value's: the lock arrow's buffers carry for their memory claim
-    // (`memory::claims`) is not part of it.
-    #[allow(clippy::mutable_key_type)]
-    let mut columns: HashMap<Expr, String> = HashMap::new();
-    let mut moved_any = false;
     for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
         let (call, alias) = match expr {
             Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
@@ -145,31 +107,18 @@ fn moved(aggregate: &Aggregate, names: &AliasGenerator) -> Result<Option<Logical
             .filter(|(p, a)| moves(*p, a))
             .map(|(_, a)| a);
         for arg in moving.chain(keys.filter(|k| computed(k))) {
-            // The same expression twice (an argument and its ordering, or two aggregates'
-            // argument) is one column.
-            let column = match columns.get(arg) {
-                Some(column) => column.clone(),
-                None => {
-                    let column = names.next(MOVED);
-                    below.push(arg.clone().alias(&column));
-                    columns.insert(arg.clone(), column.clone());
-                    column
-                }
-            };
-            *arg = Expr::Column(column.as_str().into());
+            below.take(arg);
         }
-        moved_any = true;
         exprs.push(Expr::Alias(Alias {
             expr: Box::new(Expr::AggregateFunction(function)),
             ..alias
         }));
     }
-    if !moved_any {
+    if !below.any() {
         return Ok(None);
     }
-    let below = Projection::try_new(below, aggregate.input.clone())?;
     let rewritten = Aggregate::try_new(
-        Arc::new(LogicalPlan::Projection(below)),
+        Arc::new(below.over(aggregate.input.clone())?),
         aggregate.group_expr.clone(),
         exprs,
     )?;

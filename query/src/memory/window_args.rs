@@ -14,7 +14,6 @@
 //! PARTITION BY and ORDER BY expressions that compute something move too: the window and the
 //! sort before it evaluated them for every batch, uncounted; they now sort and compare columns.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::Result;
@@ -25,14 +24,13 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Projection, Window};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
-use super::checks::BARE_LITERAL_BYTES;
+use super::moved::{Below, computed, if_same, moves};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
 pub struct WindowArguments;
 
-/// The start of the moved arguments' columns' names (numbered by the optimizer, unique in the
-/// plan).
+/// The start of the moved arguments' columns' names.
 const MOVED: &str = "__floe_window_argument_";
 
 impl OptimizerRule for WindowArguments {
@@ -56,51 +54,16 @@ impl OptimizerRule for WindowArguments {
         let LogicalPlan::Window(window) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        // A window this cannot rebuild is planned as it was (its arguments uncounted), rather
-        // than failing the query.
-        match moved(window, config.alias_generator()).ok().flatten() {
-            Some(rewritten)
-                if rewritten
-                    .schema()
-                    .logically_equivalent_names_and_types(plan.schema()) =>
-            {
-                Ok(Transformed::yes(rewritten))
-            }
-            _ => Ok(Transformed::no(plan)),
-        }
+        let rewritten = moved(window, config.alias_generator());
+        Ok(if_same(plan, rewritten))
     }
-}
-
-/// Whether a window function's argument at `position` is moved below the window.
-fn moves(position: usize, arg: &Expr) -> bool {
-    match arg {
-        Expr::Column(_) => false,
-        Expr::Literal(value, _) => position == 0 && value.size() > BARE_LITERAL_BYTES,
-        _ => true,
-    }
-}
-
-/// Whether a PARTITION BY or ORDER BY expression is computed below the window.
-fn computed(key: &Expr) -> bool {
-    !matches!(key, Expr::Column(_) | Expr::Literal(..))
 }
 
 /// `window` with its functions' arguments and keys computed below it, if any moves.
 fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>> {
     let input_fields = window.input.schema().fields().len();
-    let mut below: Vec<Expr> = window
-        .input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
+    let mut below = Below::new(&window.input, names, MOVED);
     let mut exprs = Vec::with_capacity(window.window_expr.len());
-    // An `Expr`'s hash is its value's: the lock arrow's buffers carry for their memory claim
-    // (`memory::claims`) is not part of it.
-    #[allow(clippy::mutable_key_type)]
-    let mut columns: HashMap<Expr, String> = HashMap::new();
-    let mut moved_any = false;
     for (i, expr) in window.window_expr.iter().enumerate() {
         let (call, alias) = match expr {
             Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
@@ -134,28 +97,17 @@ fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>>
         for arg in moving.map(|(_, a)| a).chain(keys.filter(|k| computed(k))) {
             // The same expression in several functions (their shared PARTITION BY) is one
             // column, so that they stay one window with one sort.
-            let column = match columns.get(arg) {
-                Some(column) => column.clone(),
-                None => {
-                    let column = names.next(MOVED);
-                    below.push(arg.clone().alias(&column));
-                    columns.insert(arg.clone(), column.clone());
-                    column
-                }
-            };
-            *arg = Expr::Column(column.as_str().into());
+            below.take(arg);
         }
-        moved_any = true;
         exprs.push(Expr::Alias(Alias {
             expr: Box::new(Expr::WindowFunction(Box::new(function))),
             ..alias
         }));
     }
-    if !moved_any {
+    if !below.any() {
         return Ok(None);
     }
-    let below = Projection::try_new(below, window.input.clone())?;
-    let rewritten = Window::try_new(exprs, Arc::new(LogicalPlan::Projection(below)))?;
+    let rewritten = Window::try_new(exprs, Arc::new(below.over(window.input.clone())?))?;
     // What the window handed on before: its input's columns and its functions', by name.
     let above = window
         .schema

@@ -338,7 +338,7 @@ def test_values_aggregates_keep_and_repeated_arrays_count_against_the_query_memo
     """Two ways past the query's memory, found with an analyst token over 2,000 events at the
     1 GiB default: `count(DISTINCT user_id || repeat('x', 400000))` grew the server 1.7–1.8 GB
     (the aggregation computed the argument itself, and its copy into the kept values was
-    counted only after it was made), and `array_repeat(user_id, 100000)` 1.3–2.3 GB (each copy
+    counted only after it was made), and `array_repeat(user_id, 100000)` 0.5–2.3 GB (each copy
     counted as the text's 6 bytes, not its index and view). Now the argument is computed
     below the aggregation, where its copies are counted before they are made, and each
     repeated element costs what the function makes of it."""

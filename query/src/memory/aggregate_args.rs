@@ -26,7 +26,7 @@ use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::group_keys::KEEPING;
-use super::moved::{Below, computed, if_same, moves};
+use super::moved::{Below, computed, if_same, moves, named};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
@@ -75,16 +75,7 @@ fn moved(aggregate: &Aggregate, names: &AliasGenerator) -> Result<Option<Logical
     let first = aggregate.schema.fields().len() - aggregate.aggr_expr.len();
     let mut exprs = Vec::with_capacity(aggregate.aggr_expr.len());
     for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
-        let (call, alias) = match expr {
-            Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
-            other => {
-                let (relation, field) = aggregate.schema.qualified_field(first + i);
-                (
-                    other,
-                    Alias::new(other.clone(), relation.cloned(), field.name()),
-                )
-            }
-        };
+        let (call, alias) = named(expr, &aggregate.schema, first + i);
         let Expr::AggregateFunction(function) = call else {
             exprs.push(expr.clone());
             continue;

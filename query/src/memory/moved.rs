@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::common::Result;
 use datafusion::common::alias::AliasGenerator;
 use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, Result};
+use datafusion::logical_expr::expr::Alias;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 
 use super::checks::BARE_LITERAL_BYTES;
@@ -27,6 +28,21 @@ pub(super) fn moves(position: usize, arg: &Expr) -> bool {
 /// Whether a key (PARTITION BY, ORDER BY) is computed: it moves below its node.
 pub(super) fn computed(key: &Expr) -> bool {
     !matches!(key, Expr::Column(_) | Expr::Literal(..))
+}
+
+/// A node's expression `expr`, the `index`-th field of the node's `schema`: the call inside it,
+/// and the alias under which the rebuilt call keeps the name it was handed on under.
+pub(super) fn named<'e>(expr: &'e Expr, schema: &DFSchema, index: usize) -> (&'e Expr, Alias) {
+    match expr {
+        Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
+        other => {
+            let (relation, field) = schema.qualified_field(index);
+            (
+                other,
+                Alias::new(other.clone(), relation.cloned(), field.name()),
+            )
+        }
+    }
 }
 
 /// The projection being made below a node: its input's columns, then the moved expressions.

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Projection, Window};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
-use super::moved::{Below, computed, if_same, moves};
+use super::moved::{Below, computed, if_same, moves, named};
 
 /// The rule (see the module comment).
 #[derive(Debug, Default)]
@@ -65,14 +65,7 @@ fn moved(window: &Window, names: &AliasGenerator) -> Result<Option<LogicalPlan>>
     let mut below = Below::new(&window.input, names, MOVED);
     let mut exprs = Vec::with_capacity(window.window_expr.len());
     for (i, expr) in window.window_expr.iter().enumerate() {
-        let (call, alias) = match expr {
-            Expr::Alias(alias) => (alias.expr.as_ref(), alias.clone()),
-            other => {
-                let (relation, field) = window.schema.qualified_field(input_fields + i);
-                let alias = Alias::new(other.clone(), relation.cloned(), field.name());
-                (other, alias)
-            }
-        };
+        let (call, alias) = named(expr, &window.schema, input_fields + i);
         let Expr::WindowFunction(function) = call else {
             exprs.push(expr.clone());
             continue;

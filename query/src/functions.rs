@@ -23,6 +23,7 @@ use datafusion::prelude::SessionContext;
 pub mod bounded;
 pub mod concat;
 mod json;
+pub mod pieces;
 mod time;
 mod trunc;
 mod wrapped;

@@ -58,14 +58,16 @@ pub fn with_size_checks(
 }
 
 /// The growing functions of `ctx` bounded by `pool`, folding no value over `folded_at_most`
-/// bytes while planning (`functions::bounded`), and its aggregates counted with their copies
-/// ([`copies`]).
+/// bytes while planning (`functions::bounded`), the calls whose steps or compiled patterns
+/// outgrow their arguments run in pieces that stop with the query (`functions::pieces`), and
+/// its aggregates counted with their copies ([`copies`]).
 pub fn bound_functions(
     ctx: &datafusion::prelude::SessionContext,
     pool: &Arc<QueryPool>,
     folded_at_most: usize,
 ) {
     crate::functions::bounded::register(ctx, pool, folded_at_most);
+    crate::functions::pieces::register(ctx, pool);
     copies::register(ctx);
 }
 
@@ -153,6 +155,7 @@ impl Budget {
             used: AtomicUsize::new(0),
             peak: Arc::default(),
             planning: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -267,6 +270,9 @@ pub struct QueryPool {
     peak: Arc<AtomicU64>,
     /// Until the physical plan is made: constants are being folded (see `guard`).
     planning: AtomicBool,
+    /// The query has stopped (its time limit, its client gone, an error): functions that run
+    /// long calls in pieces run no further piece (`functions::pieces`).
+    stopped: AtomicBool,
 }
 
 impl QueryPool {
@@ -279,6 +285,17 @@ impl QueryPool {
     /// Logical planning is over: values are made while the query runs, counted.
     pub fn planned(&self) {
         self.planning.store(false, Ordering::Relaxed);
+    }
+
+    /// The query has stopped: its work ends at its next yield, and long calls at their next
+    /// piece ([`QueryPool::stopped`]).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`QueryPool::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// Reserves `bytes` that no DataFusion operator accounts for (a value being made, a page

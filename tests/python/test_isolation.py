@@ -4,6 +4,7 @@ floods. The server stays up, its memory stays within its budgets, and another te
 being answered within 2 s."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -371,6 +372,77 @@ def test_values_aggregates_keep_and_repeated_arrays_count_against_the_query_memo
             assert healthy(srv)
         finally:
             stop(proc)
+
+
+def cpu_seconds(proc):
+    """The CPU time the process has had, all its threads, user and system."""
+    with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_call_that_outlasts_its_query_stops_with_it(tmp_path):
+    """`levenshtein` compares every character of one text with every one of the other, and
+    DataFusion computes a batch's rows in one call that nothing interrupts: with an analyst
+    token, two such queries failed by a 5 s time limit kept both cores busy for more than ten
+    minutes after. Now a row past Trino's bound is refused with Trino's words, and a batch is
+    computed in pieces that stop with the query."""
+    proc, srv = start(tmp_path, "--set", "query.timeout_secs=2")
+    try:
+        floe(tmp_path, "tenant", "create", "steps")
+        viewer = srv.token("steps", "viewer")
+        e = error_of(srv, viewer, "SELECT max(levenshtein(repeat(CAST(x AS VARCHAR), 20000), "
+                                  "repeat('y', 60000))) FROM unnest(range(0, 100)) AS t(x)")
+        assert e["errorName"] == "INVALID_FUNCTION_ARGUMENT", e
+        assert "The combined inputs for Levenshtein distance are too large" in e["message"], e
+        # Rows within the bound, 40,000 of them: about 40 billion steps, far past 2 s.
+        e = error_of(srv, viewer, "SELECT sum(levenshtein(rpad(CAST(x AS VARCHAR), 1000, 'a'), "
+                                  "rpad('b', 1000, CAST(x AS VARCHAR)))) "
+                                  "FROM unnest(range(0, 40000)) AS t(x)")
+        assert e["errorName"] == "EXCEEDED_TIME_LIMIT", e
+        # The query's threads stop within a piece of the call (tens of milliseconds); before,
+        # each went on with its batch of 8,192 rows, seconds of a core.
+        time.sleep(0.5)
+        before = cpu_seconds(proc)
+        time.sleep(3)
+        spent = cpu_seconds(proc) - before
+        assert spent < 1.0, f"the server spent {spent:.1f} s of CPU in the 3 s after the query failed"
+        assert healthy(srv)
+    finally:
+        stop(proc)
+
+
+def test_patterns_from_rows_are_compiled_a_few_at_a_time(tmp_path):
+    """A regular expression whose pattern is a column compiles each distinct pattern of a batch
+    and kept them all until the batch was done: 20,000 patterns of 3 KB grew the server by
+    2 GB with a viewer token, and went on after the query's time limit had failed it. Now a
+    batch is matched a few patterns at a time, held in the query's pool, and stops with the
+    query."""
+    proc, srv = start(tmp_path, "--set", "query.timeout_secs=2")
+    try:
+        floe(tmp_path, "tenant", "create", "patterns")
+        viewer = srv.token("patterns", "viewer")
+        before = rss_from_here(proc)
+        for sql in ["SELECT count(*) FROM unnest(range(0, 20000)) AS t(x) "
+                    "WHERE regexp_like('abc', repeat(CAST(x AS VARCHAR) || '(a|b)', 300))",
+                    "SELECT count(*) FROM unnest(range(0, 20000)) AS t(x) "
+                    "WHERE 'abc' ~ repeat(CAST(x AS VARCHAR) || '(a|b)', 300)"]:
+            body = statement(srv, viewer, sql)
+            outcome = body.get("error", {}).get("errorName") or body["data"]
+            assert outcome in ("EXCEEDED_TIME_LIMIT", [[0]]), (sql, body)
+        grown = peak_rss_bytes(proc) - before
+        assert grown < 256 * MIB, f"RSS rose {grown / MIB:.0f} MiB"
+        time.sleep(0.5)
+        before = cpu_seconds(proc)
+        time.sleep(2)
+        spent = cpu_seconds(proc) - before
+        assert spent < 1.0, f"the server spent {spent:.1f} s of CPU in the 2 s after the queries"
+        # Each row's own pattern still matches as it did.
+        body = statement(srv, viewer, "SELECT count(*) FROM unnest(range(0, 1000)) AS t(x) "
+                                      "WHERE CAST(x AS VARCHAR) ~ ('^' || substr(CAST(x AS VARCHAR), 1, 1))")
+        assert body["data"] == [[1000]], body
+    finally:
+        stop(proc)
 
 
 def spilled_bytes(spill):

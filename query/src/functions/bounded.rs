@@ -24,7 +24,7 @@ use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlan, ScalarFunctionA
 use datafusion::optimizer::analyzer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 
-use super::wrapped::{Run, Wrapped};
+use super::wrapped::{PoolRef, Run, Wrapped};
 use crate::memory::QueryPool;
 
 /// How a function's output size follows from its arguments.
@@ -227,24 +227,6 @@ impl AnalyzerRule for SessionInstances {
 
     fn name(&self) -> &str {
         "bounded_functions"
-    }
-}
-
-/// The query's pool, compared by identity (a function's equality must not look inside it).
-#[derive(Debug, Clone)]
-struct PoolRef(Arc<QueryPool>);
-
-impl PartialEq for PoolRef {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for PoolRef {}
-
-impl std::hash::Hash for PoolRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
     }
 }
 

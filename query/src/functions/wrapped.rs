@@ -1,13 +1,15 @@
 //! A DataFusion function wrapped to run differently, and otherwise the same function: its name,
 //! signature, types, ordering and documentation are the inner function's. A wrapper says only
-//! how a call runs ([`Run`]); the memory bounds of growing functions (`bounded.rs`) and the
-//! UTC arithmetic of `date_trunc` (`trunc.rs`) are the two.
+//! how a call runs ([`Run`]): the memory bounds of growing functions (`bounded.rs`), the step
+//! bounds of functions whose work outgrows their arguments (`pieces.rs`) and the UTC arithmetic
+//! of `date_trunc` (`trunc.rs`).
 
 use std::any::Any;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use crate::memory::QueryPool;
 use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
@@ -20,6 +22,24 @@ use datafusion::logical_expr::{
 pub(super) trait Run: Debug + PartialEq + Eq + Hash + Send + Sync + 'static {
     /// Runs `args` through `inner` (the wrapped function), in this wrapper's way.
     fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue>;
+}
+
+/// The query's pool, compared by identity (a function's equality must not look inside it).
+#[derive(Debug, Clone)]
+pub(super) struct PoolRef(pub(super) Arc<QueryPool>);
+
+impl PartialEq for PoolRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PoolRef {}
+
+impl std::hash::Hash for PoolRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -18,7 +18,7 @@
 //! fetched for `query.abandoned_after_secs` or [`REAP_AFTER_DEADLINE`] after its time limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -251,6 +251,10 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
     let counted = total.clone();
     let peak_memory = Arc::<OnceLock<Arc<AtomicU64>>>::default();
     let peak_seen = peak_memory.clone();
+    // The query's pool, told when the query stops, so that long calls end at their next piece
+    // (not kept alive by this: it goes with the plan).
+    let stop_pool = Arc::<OnceLock<Weak<QueryPool>>>::default();
+    let stop_seen = stop_pool.clone();
     let kept = slot.clone();
     let Plan {
         engine,
@@ -272,6 +276,7 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
             let df = engine.plan(&ctx, &plan_tenant, &sql).await?;
             if let Some(pool) = ctx.state_ref().read().config().get_extension::<QueryPool>() {
                 let _ = peak_seen.set(pool.peak());
+                let _ = stop_seen.set(Arc::downgrade(&pool));
             }
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let task = Arc::new(df.task_ctx());
@@ -377,6 +382,9 @@ pub(crate) fn start(tenant: TenantKey, plan: Plan, slot: QuerySlot, deadline: In
                     }
                 }
             });
+            if let Some(pool) = stop_pool.get().and_then(Weak::upgrade) {
+                pool.stop();
+            }
             // Waits for the workers' current steps to end; only then is the slot given back,
             // so that the tenant's limit counts work that is really still running.
             drop(runtime);

@@ -59,6 +59,16 @@ enum Growth {
     /// each row is first split into characters, 32 bytes each (two vectors of string slices,
     /// reused from row to row).
     Translate,
+    /// `to_char`/`date_format(value, format)` and `format_datetime(value, pattern)`: each row
+    /// writes the format out, up to [`FORMATTED_BYTES`] per byte of it. `copies`: the format
+    /// is first copied into every row beside a column (`format_datetime`). `to_char(ts,
+    /// repeat('%c', 20000))` over 2,000 rows made 960 MB before any check.
+    Format { copies: bool },
+    /// `json_extract(text, path)`: the value found is parsed into a tree before it is written
+    /// out again, up to [`TREE_BYTES`] per byte of its text, one row at a time; then the texts
+    /// it writes (and a constant text first copied into every row beside a column path). `json_extract` of a list of 50 million numbers (100 MB of text) grew the
+    /// server by 2.8 GB at a 1 GiB limit.
+    Tree,
     /// Compares its arrays' elements in Arrow's row format (`array_distinct`, `array_union`,
     /// `array_intersect`, `array_except`, `array_has_any`, `array_has_all`): every element is
     /// encoded into a row (about its own size again), and DataFusion keeps a list of the rows
@@ -76,6 +86,15 @@ enum Growth {
 /// `array_repeat(user_id, 100000)` over 2,000 rows, 6-byte texts counted as 6 bytes an
 /// element, grew the server by 2.3 GB at a 1 GiB limit before the next function was refused.
 const REPEATED_ELEMENT_BYTES: u128 = 32;
+
+/// The most a byte of a date's format writes: `%+` (two bytes) is an instant of 32
+/// (`2001-07-08T00:34:60.026490+09:30`), `%c` 24; a pattern letter of `format_datetime` at
+/// most 9 (`EEEE`, a day's name).
+const FORMATTED_BYTES: u128 = 16;
+
+/// What a parsed JSON value may take per byte of its text: a number in a list is one byte and
+/// a comma, parsed into a value of 32 bytes in a vector that may be half empty.
+const TREE_BYTES: u128 = 32;
 
 /// What a function comparing elements as rows keeps per element besides the encoded rows: a
 /// row reference (24 bytes) in a list, and one in a hash set that may be half empty.
@@ -108,6 +127,9 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("flatten", Growth::WithInputs { copies: false }),
     ("string_to_array", Growth::Split),
     ("translate", Growth::Translate),
+    ("json_extract", Growth::Tree),
+    ("to_char", Growth::Format { copies: false }),
+    ("format_datetime", Growth::Format { copies: true }),
     ("overlay", Growth::WithInputs { copies: true }),
     ("upper", Growth::WithInputs { copies: false }),
     ("lower", Growth::WithInputs { copies: false }),
@@ -382,6 +404,18 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += text[i] as u128 + elements as u128 * 8;
             }
         }
+        Growth::Format { copies } => {
+            let copied = copies && rows > 1 && matches!(args[1], ColumnarValue::Scalar(_));
+            total += total_length(&args[1], rows)? * (FORMATTED_BYTES + u128::from(copied));
+        }
+        Growth::Tree => {
+            // One tree at a time: the longest text's. A constant text beside a column path is
+            // first copied into every row.
+            let longest = lengths(&args[0], rows)?.into_iter().max().unwrap_or(0);
+            let copied = rows > 1 && matches!(args[0], ColumnarValue::Scalar(_));
+            total += longest as u128 * TREE_BYTES
+                + total_length(&args[0], rows)? * (1 + u128::from(copied));
+        }
         Growth::Translate => {
             // Made for every row of the batch, even from scalars.
             let text = total_length(&args[0], batch_rows)?;
@@ -606,6 +640,13 @@ mod tests {
             3_000_000_000
         );
         assert_eq!(e(Growth::Pad, &[text("a"), int(100)]), 400);
+        // A date's format writes up to 16 bytes per byte of it.
+        assert_eq!(
+            e(Growth::Format { copies: false }, &[int(0), text("%c")]),
+            32
+        );
+        // A JSON text is parsed into a tree of up to 32 bytes per byte, then written out.
+        assert_eq!(e(Growth::Tree, &[text("[1,2]"), text("$")]), 5 * 32 + 5);
         assert_eq!(
             e(Growth::ArrayRepeat, &[int(1), int(1000)]),
             e(Growth::ArrayRepeat, &[int(2), int(1000)])

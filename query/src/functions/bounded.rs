@@ -67,6 +67,10 @@ enum Growth {
     /// [`ELEMENT_TEXT_BYTES`] for a number, its own bytes for a text) with the separator after
     /// it, four times over (buffers that double). `array_to_string(range(0, 100000), repeat('x', 5000))` made 500 MB from 800 KB.
     ListJoined,
+    /// `regexp_match(text, pattern[, flags])`: the text each group captures, up to the whole
+    /// text for each group (groups nest: `((((a*))))`), written into a list whose buffer
+    /// doubles. 100 nested groups over a 4 MB text grew the server by 674 MiB.
+    Captures,
     /// `to_char`/`date_format(value, format)` and `format_datetime(value, pattern)`: each row
     /// writes the format out, up to [`FORMATTED_BYTES`] per byte of it. `copies`: the format
     /// is first copied into every row beside a column (`format_datetime`). `to_char(ts,
@@ -122,6 +126,7 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("array_resize", Growth::ArrayResize),
     ("replace", Growth::Replace),
     ("regexp_replace", Growth::RegexpReplace),
+    ("regexp_match", Growth::Captures),
     ("concat", Growth::WithInputs { copies: false }),
     (super::concat::NAME, Growth::WithInputs { copies: false }),
     ("concat_ws", Growth::Separated),
@@ -416,6 +421,13 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += text[i] as u128 + elements as u128 * 8;
             }
         }
+        Growth::Captures => {
+            let text = lengths(&args[0], rows)?;
+            let groups = groups(&args[1], rows)?;
+            for i in 0..rows {
+                total += text[i] as u128 * (groups[i] + 1) * 2;
+            }
+        }
         Growth::Separated => {
             for a in &args[1..] {
                 total += total_length(a, rows)?;
@@ -570,6 +582,17 @@ fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
     })
 }
 
+/// The groups each row's pattern may capture: its opening parentheses (an upper bound: some
+/// are escaped or do not capture).
+fn groups(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    let count = |p: Option<&str>| p.map_or(0, |p| p.bytes().filter(|&b| b == b'(').count() as u128);
+    if let ColumnarValue::Scalar(s) = v {
+        return Ok(vec![count(s.try_as_str().flatten()); rows]);
+    }
+    let patterns = cast(&one_per_row(v, rows)?, &DataType::Utf8View)?;
+    Ok(patterns.as_string_view().iter().map(count).collect())
+}
+
 /// The elements of a list argument over `rows` rows (0 for anything else).
 fn elements(v: &ColumnarValue, rows: usize) -> u128 {
     fn spanned<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> u128 {
@@ -682,6 +705,11 @@ mod tests {
             3_000_000_000
         );
         assert_eq!(e(Growth::Pad, &[text("a"), int(100)]), 400);
+        // Each group may capture the whole text.
+        assert_eq!(
+            e(Growth::Captures, &[text("aaaa"), text("((a)(a*))")]),
+            4 * 4 * 2
+        );
         // A separator between each two texts; after each element of a list.
         assert_eq!(
             e(

@@ -297,9 +297,10 @@ impl<'d> Cursor<'d> {
     }
 }
 
-/// The documents of `json_extract*`'s first argument, whichever string type it has (a column
-/// read as `Utf8View` is not copied into `Utf8` first).
-fn documents(doc: &ArrayRef) -> Result<Box<dyn Iterator<Item = Option<&str>> + '_>> {
+/// The texts of a string argument (`json_extract*`'s documents, a pattern or text of
+/// `functions::pieces` and `bounded`), whichever string type it has (a column read as
+/// `Utf8View` is not copied into `Utf8` first).
+pub(super) fn documents(doc: &ArrayRef) -> Result<Box<dyn Iterator<Item = Option<&str>> + '_>> {
     Ok(match doc.data_type() {
         DataType::Utf8 => Box::new(doc.as_string::<i32>().iter()),
         DataType::LargeUtf8 => Box::new(doc.as_string::<i64>().iter()),

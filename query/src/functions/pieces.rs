@@ -22,9 +22,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::compute::{cast, concat};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, ArrayRef};
+use arrow::compute::concat;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, exec_err};
@@ -36,6 +35,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::analyzer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 
+use super::json::documents;
 use super::wrapped::{PoolRef, Run, Wrapped};
 use crate::memory::QueryPool;
 
@@ -69,7 +69,8 @@ const PATTERNED: &[&str] = &[
 /// ([`RowPatterns`]); all stop with the query of `pool`. Call after `bounded::register`: the
 /// rule wraps the instance that one has put in the plan.
 pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>) {
-    let functions = ctx.state().scalar_functions().clone();
+    let state = ctx.state();
+    let functions = state.scalar_functions();
     if let Some(inner) = functions.get("levenshtein")
         && !is_pieced(inner)
     {
@@ -218,11 +219,10 @@ fn by_steps(steps: &[u64]) -> Vec<Piece> {
 
 /// Pieces of at most [`PIECE_PATTERNS`] distinct patterns.
 fn by_patterns(patterns: &ArrayRef) -> Result<Vec<Piece>> {
-    let patterns = cast(patterns, &DataType::Utf8View)?;
     let mut pieces = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
     let mut start = 0;
-    for (row, pattern) in patterns.as_string_view().iter().enumerate() {
+    for (row, pattern) in documents(patterns)?.enumerate() {
         let Some(pattern) = pattern else { continue };
         if seen.contains(pattern) {
             continue;
@@ -272,22 +272,9 @@ fn steps(args: &[ColumnarValue], rows: usize) -> Result<Vec<u64>> {
 fn characters(v: &ColumnarValue, rows: usize) -> Result<Vec<u64>> {
     let count = |t: Option<&str>| t.map_or(0, |t| t.chars().count() as u64);
     if let ColumnarValue::Scalar(s) = v {
-        let text = cast(&s.to_array()?, &DataType::Utf8View)?;
-        return Ok(vec![
-            count(text.as_string_view().iter().next().flatten());
-            rows
-        ]);
+        return Ok(vec![count(s.try_as_str().flatten()); rows]);
     }
-    let array = v.to_array(rows)?;
-    Ok(match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().map(count).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(count).collect(),
-        _ => cast(&array, &DataType::Utf8View)?
-            .as_string_view()
-            .iter()
-            .map(count)
-            .collect(),
-    })
+    Ok(documents(&v.to_array(rows)?)?.map(count).collect())
 }
 
 /// An analyzer rule: a regular expression function or operator whose pattern is not a

@@ -1,0 +1,175 @@
+use super::*;
+
+fn int(v: i64) -> ColumnarValue {
+    ColumnarValue::Scalar(ScalarValue::Int64(Some(v)))
+}
+
+fn list(values: &[i64]) -> ColumnarValue {
+    ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>([Some(
+            values.iter().copied().map(Some),
+        )]),
+    )))
+}
+
+fn text(v: &str) -> ColumnarValue {
+    ColumnarValue::Scalar(ScalarValue::Utf8(Some(v.to_string())))
+}
+
+#[test]
+fn estimates_follow_the_arguments() {
+    let e = |g, a: &[ColumnarValue]| estimate(g, a, 1).unwrap();
+    assert_eq!(
+        e(
+            Growth::Range { inclusive: false },
+            &[int(0), int(400_000_000)]
+        ),
+        3_200_000_000
+    );
+    assert_eq!(e(Growth::Range { inclusive: true }, &[int(1), int(3)]), 24);
+    assert_eq!(e(Growth::Range { inclusive: false }, &[int(10)]), 80);
+    assert_eq!(e(Growth::Range { inclusive: false }, &[int(5), int(0)]), 0);
+    assert_eq!(
+        e(Growth::Repeat, &[text("xy"), int(1_500_000_000)]),
+        3_000_000_000
+    );
+    assert_eq!(e(Growth::Pad, &[text("a"), int(100)]), 400);
+    // Each group may capture the whole text.
+    assert_eq!(
+        e(Growth::Captures, &[text("aaaa"), text("((a)(a*))")]),
+        4 * 4 * 2
+    );
+    // A separator between each two texts; after each element of a list.
+    assert_eq!(
+        e(
+            Growth::Separated,
+            &[text("--"), text("a"), text("b"), text("c")]
+        ),
+        3 + 2 * 2
+    );
+    assert_eq!(
+        e(Growth::ListJoined, &[list(&[1, 2, 3]), text("--")]),
+        total_length(&list(&[1, 2, 3]), 1).unwrap() as usize + 3 * (24 + 2) * 4
+    );
+    // A date's format writes up to 16 bytes per byte of it.
+    assert_eq!(
+        e(Growth::Format { copies: false }, &[int(0), text("%c")]),
+        32
+    );
+    // A JSON text is parsed into a tree of up to 32 bytes per byte, then written out.
+    assert_eq!(e(Growth::Tree, &[text("[1,2]"), text("$")]), 5 * 32 + 5);
+    assert_eq!(
+        e(Growth::ArrayRepeat, &[int(1), int(1000)]),
+        e(Growth::ArrayRepeat, &[int(2), int(1000)])
+    );
+    // A short text repeated costs more than its bytes: an index (twice) and a view or an
+    // offset per copy. Counted as its 3 bytes, 1,000 copies were 3,000 bytes.
+    assert_eq!(
+        e(Growth::ArrayRepeat, &[text("u-1"), int(1000)]),
+        1000 * (3 + REPEATED_ELEMENT_BYTES as usize)
+    );
+    // A list of 1,000 numbers repeated: an index per number of each copy as well.
+    let list = ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>([Some(
+            (0..1000).map(Some),
+        )]),
+    )));
+    assert!(
+        e(Growth::ArrayRepeat, &[list, int(100)])
+            >= 100 * (8000 + 1000 * REPEATED_ELEMENT_BYTES as usize)
+    );
+    assert!(
+        e(
+            Growth::Replace,
+            &[text("aaaa"), text("a"), text("bbbbbbbb")]
+        ) >= 4 * 8
+    );
+    let days = ColumnarValue::Scalar(ScalarValue::IntervalMonthDayNano(Some(
+        IntervalMonthDayNano::new(0, 1, 0),
+    )));
+    let d = |v| ColumnarValue::Scalar(ScalarValue::Date32(Some(v)));
+    assert_eq!(
+        e(Growth::Range { inclusive: true }, &[d(0), d(9), days]),
+        80
+    );
+    // Splitting: the text and 8 bytes per element it can have.
+    assert_eq!(e(Growth::Split, &[text("a,b,c"), text(",")]), 5 + 6 * 8);
+    // Translation: six times the text, and 32 bytes more per byte of text not in ASCII.
+    let t = |s| e(Growth::Translate, &[text(s), text("a"), text("b")]);
+    assert_eq!(t("abc"), 18);
+    assert_eq!(t("é"), 2 * 38);
+    let rows = estimate(
+        Growth::Translate,
+        &[text("abc"), text("a"), text("b")],
+        1000,
+    );
+    assert_eq!(
+        rows.unwrap(),
+        18 * 1000,
+        "a constant text is made for every row"
+    );
+    let column = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
+        "abcd", "ab",
+    ])));
+    let accented = [column, text("é"), text("e")];
+    assert_eq!(
+        estimate(Growth::Translate, &accented, 2).unwrap(),
+        6 * 6 + 4 * 32,
+        "split into characters row by row: the longest row"
+    );
+    // Concatenation: the sum of its inputs, each scalar once per row (twice where
+    // DataFusion first copies it into an array of the batch's rows).
+    let joins = Growth::WithInputs { copies: false };
+    let copies = Growth::WithInputs { copies: true };
+    assert_eq!(e(joins, &[text("ab"), text("cde")]), 5);
+    assert_eq!(
+        e(copies, &[text("ab"), text("cde")]),
+        5,
+        "no column: no copy"
+    );
+    let column = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
+        Some("x"),
+        None,
+        Some("yyyy"),
+    ])));
+    assert_eq!(
+        estimate(joins, &[column.clone(), text("ab")], 3).unwrap(),
+        5 + 3 * 2
+    );
+    assert_eq!(
+        estimate(copies, &[column.clone(), text("ab")], 3).unwrap(),
+        5 + 2 * 3 * 2
+    );
+    assert_eq!(estimate(joins, &[column.clone(), column], 3).unwrap(), 10);
+    // Compared as rows: twice the elements' bytes, and a list entry and a hash set slot
+    // per element (five here, in two rows).
+    let lists =
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(vec![
+            Some(vec![Some(1), Some(2), Some(3)]),
+            Some(vec![Some(4), Some(5)]),
+        ]);
+    let lists = ColumnarValue::Array(Arc::new(lists));
+    let rows = Growth::Rows { scalar_once: false };
+    let rows = estimate(rows, std::slice::from_ref(&lists), 2).unwrap();
+    assert!(rows >= 5 * 80 + 2 * 5 * 8, "{rows}");
+    assert!(rows < 5 * 80 + 2 * 1024, "{rows}");
+    assert_eq!(elements(&lists, 2), 5);
+    let one = ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(vec![
+            Some(vec![Some(1), Some(2), Some(3)]),
+        ]),
+    )));
+    assert_eq!(elements(&one, 4), 12, "a constant list in every row");
+    let any = |scalar_once| {
+        estimate(
+            Growth::Rows { scalar_once },
+            &[lists.clone(), one.clone()],
+            1000,
+        )
+        .unwrap()
+    };
+    assert!(
+        any(false) - any(true) >= 999 * 3 * 80,
+        "a list converted once is counted once"
+    );
+}

@@ -9,6 +9,12 @@
 //! before the step that would cross the limit is made; after it runs, the size of what it made is
 //! checked the same way. The reservation ends when the function returns: the value then travels
 //! in a batch that the pages count (see `trino::query`).
+//!
+//! Every other function is wrapped too, its value taken to be no larger than its arguments
+//! ([`Growth::Unlisted`]): most copy what they are given (`split_part`, `substr_index`,
+//! `array_slice`, `greatest`), and DataFusion first copies their constant arguments into arrays.
+//! Checked only after it ran, `split_part` of a 900 MB text grew the server by 3.4 GB at the
+//! 1 GiB limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +87,11 @@ enum Growth {
     /// it writes (and a constant text first copied into every row beside a column path). `json_extract` of a list of 50 million numbers (100 MB of text) grew the
     /// server by 2.8 GB at a 1 GiB limit.
     Tree,
+    /// Any function not in [`BOUNDED`]: a value no larger than its arguments together, unless of
+    /// a fixed width (a number, a time, a truth: `fixed_width`, set per call from its type), made
+    /// after each constant argument is copied into an array (of the batch's rows, or of one row
+    /// when every argument is a constant, and then the value is copied back into a constant).
+    Unlisted { fixed_width: bool },
     /// Compares its arrays' elements in Arrow's row format (`array_distinct`, `array_union`,
     /// `array_intersect`, `array_except`, `array_has_any`, `array_has_all`): every element is
     /// encoded into a row (about its own size again), and DataFusion keeps a list of the rows
@@ -184,7 +195,12 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usi
     let state = ctx.state();
     let functions = state.scalar_functions();
     let mut bounded = HashMap::new();
-    for &(name, growth) in BOUNDED {
+    let unlisted = functions
+        .iter()
+        // A function once, under its own name (the registry lists its aliases too).
+        .filter(|(key, f)| key.as_str() == f.name() && !BOUNDED.iter().any(|(n, _)| n == key))
+        .map(|(key, _)| (key.as_str(), Growth::Unlisted { fixed_width: false }));
+    for (name, growth) in BOUNDED.iter().copied().chain(unlisted) {
         let Some(inner) = functions.get(name) else {
             continue;
         };
@@ -210,6 +226,15 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usi
 /// copies into every row.
 pub(crate) fn is_bounded(function: &ScalarUDF) -> bool {
     function.inner().as_any().is::<Wrapped<Bounded>>()
+}
+
+/// Whether `bounded` (a session's instance) wraps `function`.
+fn wraps(bounded: &ScalarUDF, function: &ScalarUDF) -> bool {
+    bounded
+        .inner()
+        .as_any()
+        .downcast_ref::<Wrapped<Bounded>>()
+        .is_some_and(|b| *b.inner == *function)
 }
 
 /// `array_has([a, b, …], x)` (how `x = ANY([a, b, …])` is planned) with DataFusion's own
@@ -249,14 +274,14 @@ impl AnalyzerRule for SessionInstances {
                 Expr::ScalarFunction(call) if call.func.name() == "array_has" => {
                     Ok(haystack_unwrapped(call))
                 }
-                Expr::ScalarFunction(call) if !is_bounded(&call.func) => {
-                    match self.bounded.get(call.func.name()) {
-                        Some(session) => Ok(Transformed::yes(Expr::ScalarFunction(
-                            ScalarFunction::new_udf(session.clone(), call.args),
-                        ))),
-                        None => Ok(Transformed::no(Expr::ScalarFunction(call))),
-                    }
-                }
+                Expr::ScalarFunction(call) => match self.bounded.get(call.func.name()) {
+                    // Only a call of the function the session's wraps: another wrapper of it
+                    // (`pieces`) stays.
+                    Some(session) if wraps(session, &call.func) => Ok(Transformed::yes(
+                        Expr::ScalarFunction(ScalarFunction::new_udf(session.clone(), call.args)),
+                    )),
+                    _ => Ok(Transformed::no(Expr::ScalarFunction(call))),
+                },
                 other => Ok(Transformed::no(other)),
             })
         };
@@ -270,7 +295,7 @@ impl AnalyzerRule for SessionInstances {
 }
 
 /// How a growing function's calls run: their output reserved in the query's pool.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Bounded {
     growth: Growth,
     pool: PoolRef,
@@ -282,7 +307,13 @@ impl Run for Bounded {
     fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let pool = &self.pool.0;
         let name = inner.name().to_string();
-        let held = estimate(self.growth, &args.args, args.number_rows)?;
+        let growth = match self.growth {
+            Growth::Unlisted { .. } => Growth::Unlisted {
+                fixed_width: fixed_width(args.return_field.data_type()),
+            },
+            growth => growth,
+        };
+        let held = estimate(growth, &args.args, args.number_rows)?;
         // Constant folding copies what it makes into the plan, where no pool counts it: a
         // large value is refused there, and the planner leaves the call to the running query.
         let planning = pool.planning();
@@ -404,6 +435,20 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += total_length(a, rows)? * (1 + u128::from(copied));
             }
         }
+        Growth::Unlisted { fixed_width } => {
+            let mut given = 0;
+            for a in args {
+                let size = total_length(a, rows)?;
+                given += size;
+                if matches!(a, ColumnarValue::Scalar(_)) {
+                    total += size;
+                }
+            }
+            if !fixed_width {
+                let constant = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+                total += given * (1 + u128::from(constant && !args.is_empty()));
+            }
+        }
         Growth::Rows { scalar_once } => {
             for a in args {
                 let rows = match a {
@@ -482,6 +527,11 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
         }
     }
     Ok(usize::try_from(total).unwrap_or(usize::MAX))
+}
+
+/// Whether every value of `data_type` takes the same few bytes.
+fn fixed_width(data_type: &DataType) -> bool {
+    data_type.is_primitive() || matches!(data_type, DataType::Boolean | DataType::Null)
 }
 
 /// The argument as integers, one per row (`None` for null).

@@ -109,7 +109,7 @@ enum How {
 }
 
 /// How a call runs: its batch in pieces ([`How`]), none once its query has stopped.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Pieces {
     how: How,
     pool: PoolRef,
@@ -123,6 +123,11 @@ struct Piece {
 }
 
 impl Run for Pieces {
+    /// A pieced call stays one: `regexp_like` would otherwise become `~`, which runs whole.
+    fn simplified(&self) -> bool {
+        false
+    }
+
     fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         if args
             .args

@@ -26,7 +26,7 @@ pub(super) fn date_trunc() -> Wrapped<UtcArithmetic> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct UtcArithmetic;
 
 /// `array` with its timestamp type's zone set to `zone` (the same buffers).

@@ -219,6 +219,23 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usi
         bounded.insert(name.to_string(), Arc::new(function.clone()));
         ctx.register_udf(function);
     }
+    // Each name stays with the function it named: a wrapper is registered with its aliases,
+    // and an alias may be another function's name (DataFusion's `map_extract` is also
+    // `element_at`, a name Floe's own `element_at` took over).
+    let now = ctx.state();
+    for (key, original) in functions {
+        let Some(wrapper) = bounded.get(original.name()) else {
+            continue;
+        };
+        if wraps(wrapper, original)
+            && now
+                .scalar_functions()
+                .get(key)
+                .is_some_and(|named| **named != **wrapper)
+        {
+            ctx.register_udf((**wrapper).clone());
+        }
+    }
     ctx.add_analyzer_rule(Arc::new(SessionInstances { bounded }));
 }
 

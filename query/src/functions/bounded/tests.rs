@@ -242,3 +242,34 @@ async fn functions_not_listed_reserve_their_copies_before_they_run() {
         values(&SessionContext::new(), rewritten).await.unwrap()
     );
 }
+
+/// Every name of the session's functions calls the function it called before they were
+/// wrapped, wrapped: an alias of one (`map_extract`'s `element_at`) does not take the name of
+/// another (Floe's `element_at`, which reads arrays as well as maps).
+#[test]
+fn every_name_keeps_its_function_once_wrapped() {
+    let ctx = SessionContext::new();
+    crate::functions::register(&ctx);
+    let before = ctx.state().scalar_functions().clone();
+    let pool =
+        crate::memory::Budget::new(1 << 30, std::time::Duration::ZERO).query_pool("t", 1 << 20);
+    crate::memory::bound_functions(&ctx, &pool, 1 << 20);
+    let after = ctx.state();
+    for (key, original) in &before {
+        let now = &after.scalar_functions()[key];
+        let wrapped = now
+            .inner()
+            .as_any()
+            .downcast_ref::<Wrapped<Bounded>>()
+            .map(|w| &w.inner);
+        // `levenshtein` is pieced around its bounded instance (`pieces`).
+        if key != "levenshtein" {
+            assert_eq!(wrapped, Some(original), "{key}");
+        }
+    }
+    for (name, _) in BOUNDED {
+        if let Some(f) = before.get(*name) {
+            assert_eq!(f.name(), *name, "listed by its own name");
+        }
+    }
+}

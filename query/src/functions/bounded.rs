@@ -32,6 +32,7 @@ use datafusion::prelude::SessionContext;
 
 use super::wrapped::{PoolRef, Run, Wrapped};
 use crate::memory::QueryPool;
+use crate::memory::guard::COUNTED_FROM;
 
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,7 +199,12 @@ pub fn register(ctx: &SessionContext, pool: &Arc<QueryPool>, folded_at_most: usi
     let unlisted = functions
         .iter()
         // A function once, under its own name (the registry lists its aliases too).
-        .filter(|(key, f)| key.as_str() == f.name() && !BOUNDED.iter().any(|(n, _)| n == key))
+        // An asynchronous function is planned by its type: it stays as it is.
+        .filter(|(key, f)| {
+            key.as_str() == f.name()
+                && !BOUNDED.iter().any(|(n, _)| n == key)
+                && f.as_async().is_none()
+        })
         .map(|(key, _)| (key.as_str(), Growth::Unlisted { fixed_width: false }));
     for (name, growth) in BOUNDED.iter().copied().chain(unlisted) {
         let Some(inner) = functions.get(name) else {
@@ -257,7 +263,8 @@ fn wraps(bounded: &ScalarUDF, function: &ScalarUDF) -> bool {
 /// `array_has([a, b, …], x)` (how `x = ANY([a, b, …])` is planned) with DataFusion's own
 /// `make_array` as its haystack: the simplifier makes it `x IN (a, b, …)` only for that
 /// instance (and the two differ on nulls), so no array is made.
-fn haystack_unwrapped(mut call: ScalarFunction) -> Transformed<Expr> {
+/// Only `make_array`: any other haystack (`x = ANY(range(…))`) stays bounded.
+fn haystack_unwrapped(mut call: ScalarFunction) -> (ScalarFunction, bool) {
     let mut changed = false;
     if let Some(Expr::ScalarFunction(haystack)) = call.args.first_mut()
         && let Some(bounded) = haystack
@@ -265,16 +272,12 @@ fn haystack_unwrapped(mut call: ScalarFunction) -> Transformed<Expr> {
             .inner()
             .as_any()
             .downcast_ref::<Wrapped<Bounded>>()
+        && bounded.inner.name() == "make_array"
     {
         haystack.func = bounded.inner.clone();
         changed = true;
     }
-    let expr = Expr::ScalarFunction(call);
-    if changed {
-        Transformed::yes(expr)
-    } else {
-        Transformed::no(expr)
-    }
+    (call, changed)
 }
 
 /// An analyzer rule: every call of a function of [`BOUNDED`] calls the session's bounded
@@ -288,17 +291,25 @@ impl AnalyzerRule for SessionInstances {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
         let calls = |expr: Expr| {
             expr.transform_up(|expr| match expr {
-                Expr::ScalarFunction(call) if call.func.name() == "array_has" => {
-                    Ok(haystack_unwrapped(call))
+                Expr::ScalarFunction(call) => {
+                    let (call, unwrapped) = match call.func.name() {
+                        "array_has" => haystack_unwrapped(call),
+                        _ => (call, false),
+                    };
+                    match self.bounded.get(call.func.name()) {
+                        // Only a call of the function the session's wraps: another wrapper of
+                        // it (`pieces`) stays.
+                        Some(session) if wraps(session, &call.func) => {
+                            Ok(Transformed::yes(Expr::ScalarFunction(
+                                ScalarFunction::new_udf(session.clone(), call.args),
+                            )))
+                        }
+                        _ => Ok(Transformed::new_transformed(
+                            Expr::ScalarFunction(call),
+                            unwrapped,
+                        )),
+                    }
                 }
-                Expr::ScalarFunction(call) => match self.bounded.get(call.func.name()) {
-                    // Only a call of the function the session's wraps: another wrapper of it
-                    // (`pieces`) stays.
-                    Some(session) if wraps(session, &call.func) => Ok(Transformed::yes(
-                        Expr::ScalarFunction(ScalarFunction::new_udf(session.clone(), call.args)),
-                    )),
-                    _ => Ok(Transformed::no(Expr::ScalarFunction(call))),
-                },
                 other => Ok(Transformed::no(other)),
             })
         };
@@ -321,6 +332,12 @@ struct Bounded {
 }
 
 impl Run for Bounded {
+    /// A function not listed takes its rewrites (some must: `coalesce`, `now()`); a listed one
+    /// keeps its call, bounded (`concat_ws('', …)` would become DataFusion's own `concat`).
+    fn simplified(&self) -> bool {
+        matches!(self.growth, Growth::Unlisted { .. })
+    }
+
     fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let pool = &self.pool.0;
         let name = inner.name().to_string();
@@ -337,9 +354,18 @@ impl Run for Bounded {
         if planning && held > self.folded_at_most {
             return Err(not_folded(&name, held, self.folded_at_most));
         }
-        pool.try_take(held, &format!("{name}(…)"))?;
+        // A few bytes are not worth the budget's lock (and a tenant past its share would be
+        // refused even nothing).
+        let taken = if held >= COUNTED_FROM {
+            pool.try_take(held, &format!("{name}(…)"))?;
+            held
+        } else {
+            0
+        };
         let made = inner.invoke_with_args(args);
-        pool.give_back(held);
+        if taken > 0 {
+            pool.give_back(taken);
+        }
         let made = made?;
         let size = match &made {
             ColumnarValue::Array(a) => a.get_array_memory_size(),
@@ -348,7 +374,7 @@ impl Run for Bounded {
         if planning && size > self.folded_at_most {
             return Err(not_folded(&name, size, self.folded_at_most));
         }
-        if size > held {
+        if size > held && size >= COUNTED_FROM {
             pool.try_take(size, &format!("the value of {name}(…)"))?;
             pool.give_back(size);
         }
@@ -662,7 +688,7 @@ fn groups(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
 }
 
 /// The elements of a list argument over `rows` rows (0 for anything else).
-fn elements(v: &ColumnarValue, rows: usize) -> u128 {
+pub(crate) fn elements(v: &ColumnarValue, rows: usize) -> u128 {
     fn spanned<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> u128 {
         match (offsets.first(), offsets.last()) {
             (Some(first), Some(last)) => (last.as_usize() - first.as_usize()) as u128,

@@ -47,7 +47,7 @@ use super::checks::BARE_LITERAL_BYTES;
 /// Values smaller than this are not counted: the columns of an ordinary batch (8,192 rows of
 /// 8 bytes is 64 KiB) stay off the pool's lock, and what goes uncounted per node is small
 /// beside any limit.
-const COUNTED_FROM: usize = 256 << 10;
+pub(crate) const COUNTED_FROM: usize = 256 << 10;
 
 thread_local! {
     static HELD: RefCell<Held> = const {
@@ -477,7 +477,8 @@ impl Counted {
     /// prints every number, and a list of 8-byte integers takes about as many bytes printed.
     /// A cast to a list (or any nested value) of texts reserves twice that: each element
     /// printed is a view of 16 bytes (`CAST(range(0, 120000000) AS VARCHAR[])` made 1.9 GB
-    /// from 960 MB before the check after it).
+    /// from 960 MB before the check after it); and at least 24 bytes an element of a list
+    /// (a list of flags takes a bit an element).
     fn make(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
         let Some(cast) = self.inner.as_any().downcast_ref::<CastExpr>() else {
             return self.inner.evaluate(batch);
@@ -499,7 +500,12 @@ impl Counted {
                 .unwrap_or_else(|_| array.get_array_memory_size()),
             ColumnarValue::Scalar(value) => value.size(),
         };
-        let bytes = bytes.saturating_mul(times);
+        // Each element printed is a view of 16 bytes and its text (up to 8 more out of line):
+        // a list of flags is 1 bit an element.
+        let listed = crate::functions::bounded::elements(&value, 1);
+        let bytes = bytes
+            .saturating_mul(times)
+            .max(usize::try_from(listed * 24).unwrap_or(usize::MAX));
         let reserved = if bytes < COUNTED_FROM {
             0
         } else {

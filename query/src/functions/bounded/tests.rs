@@ -234,6 +234,21 @@ async fn functions_not_listed_reserve_their_copies_before_they_run() {
             values(&own, sql).await.unwrap()
         );
     }
+    // A listed function keeps its call, and its bound: `concat_ws` with an empty separator
+    // would become DataFusion's own `concat`. A haystack other than a list written out stays
+    // bounded (`x = ANY(…)` is `array_has`, whose list `make_array` is left to the simplifier).
+    for (sql, name) in [
+        (
+            "SELECT length(concat_ws('', repeat('x', 2000000), repeat('y', 2000000), \
+             repeat('z', 2000000)))",
+            "concat_ws",
+        ),
+        ("SELECT 5 = ANY(range(0, 3000000))", "range"),
+    ] {
+        let (ctx, _) = crate::memory::tests::query_session(10 * MIB);
+        let refused = values(&ctx, sql).await.unwrap_err().to_string();
+        assert!(refused.contains(&format!("{name}(…) needs")), "{refused}");
+    }
     let (ctx, _) = crate::memory::tests::query_session(64 * MIB);
     let rewritten = "SELECT coalesce(NULL, 'a'), nvl2(NULL, 1, 2), arrow_cast(7, 'Int8'), \
                      now() IS NOT NULL, upper(coalesce(NULL, 'b') || 'c')";

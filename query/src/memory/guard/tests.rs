@@ -122,6 +122,11 @@ async fn a_value_is_reserved_before_it_is_made_whatever_syntax_planned_it() {
     let e = refused(first_value(&ctx, sql).await);
     assert!(e.contains("a cast to List("), "{e}");
     assert_eq!(pool.reserved(), 0, "nothing stays held");
+    // Flags are a bit each, their texts a view of 16 bytes: counted by the elements.
+    let (ctx, _) = session(40 * MIB);
+    let sql = "SELECT cardinality(CAST(CAST(range(0, 3000000) AS BOOLEAN[]) AS VARCHAR[]))";
+    let e = refused(first_value(&ctx, sql).await);
+    assert!(e.contains("a cast to List("), "{e}");
     // Within the limit, each runs.
     let (ctx, _) = session(40 * MIB);
     let sql = "SELECT length(overlay(repeat('a', 10) placing repeat('b', 1000000) from 2))";

@@ -340,7 +340,7 @@ impl Run for Bounded {
 
     fn run(&self, inner: &ScalarUDF, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let pool = &self.pool.0;
-        let name = inner.name().to_string();
+        let name = inner.name();
         let growth = match self.growth {
             Growth::Unlisted { .. } => Growth::Unlisted {
                 fixed_width: fixed_width(args.return_field.data_type()),
@@ -352,7 +352,7 @@ impl Run for Bounded {
         // large value is refused there, and the planner leaves the call to the running query.
         let planning = pool.planning();
         if planning && held > self.folded_at_most {
-            return Err(not_folded(&name, held, self.folded_at_most));
+            return Err(not_folded(name, held, self.folded_at_most));
         }
         // A few bytes are not worth the budget's lock (and a tenant past its share would be
         // refused even nothing).
@@ -372,7 +372,7 @@ impl Run for Bounded {
             ColumnarValue::Scalar(s) => s.size(),
         };
         if planning && size > self.folded_at_most {
-            return Err(not_folded(&name, size, self.folded_at_most));
+            return Err(not_folded(name, size, self.folded_at_most));
         }
         if size > held && size >= COUNTED_FROM {
             pool.try_take(size, &format!("the value of {name}(…)"))?;

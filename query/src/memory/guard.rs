@@ -386,7 +386,7 @@ fn is_text(data_type: &DataType) -> bool {
     )
 }
 
-/// Whether `data_type` is a list, map, struct or dictionary with texts or bytes in it.
+/// Whether `data_type` is a text or bytes, or a list, map, struct or dictionary with some in it.
 fn holds_text(data_type: &DataType) -> bool {
     match data_type {
         DataType::List(f)
@@ -394,12 +394,10 @@ fn holds_text(data_type: &DataType) -> bool {
         | DataType::ListView(f)
         | DataType::LargeListView(f)
         | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => is_text(f.data_type()) || holds_text(f.data_type()),
-        DataType::Struct(fields) => fields
-            .iter()
-            .any(|f| is_text(f.data_type()) || holds_text(f.data_type())),
-        DataType::Dictionary(_, values) => is_text(values) || holds_text(values),
-        _ => false,
+        | DataType::Map(f, _) => holds_text(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| holds_text(f.data_type())),
+        DataType::Dictionary(_, values) => holds_text(values),
+        other => is_text(other),
     }
 }
 

@@ -24,6 +24,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 
 use crate::dictionary_filters::reads_as_dictionary;
+use crate::scan::dictionaries::OwnDictionaries;
 use crate::scan::{PerFileMetrics, file_scan};
 
 /// A node rewritten, or `None` to keep it.
@@ -110,8 +111,12 @@ pub(crate) fn read_as_dictionaries(
         let Some(source) = source.reading_dictionaries(&names)? else {
             return Ok(None);
         };
+        // A file without a dictionary of a column hands its strings on as one (`scan::
+        // dictionaries::OwnDictionaries`), not cast into one.
+        let adapter = OwnDictionaries::over(config.expr_adapter_factory.clone());
         let config = FileScanConfigBuilder::from(config.clone())
             .with_source(Arc::new(source))
+            .with_expr_adapter(Some(Arc::new(adapter)))
             .build();
         return Ok(Some((DataSourceExec::from_data_source(config), kept)));
     }

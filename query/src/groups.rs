@@ -14,27 +14,36 @@
 //!   accumulators, and turns the numbers back into strings when it hands the groups on. Its
 //!   output is the replaced aggregate's, so the final aggregate above is unchanged.
 //!
+//! A group may also be computed from one string column alone, deterministically, as a string:
+//! `GROUP BY json_extract_scalar(payload, '$.page')`. The scan then reads `payload` as a
+//! dictionary too, and the page is computed once per dictionary value (once per distinct
+//! string where a file keeps the column without a dictionary), not once per row.
+//!
 //! A column qualifies only where nothing else reads it (no aggregate argument or projection
 //! computed from it) but filters that compare it with literals, which Arrow's kernels answer
 //! on a dictionary as on its strings (`dictionary_filters::reads_as_dictionary`), so no other
 //! operator meets a dictionary; and only partial aggregates without grouping sets, ordered or
-//! distinct aggregates, or a limit.
+//! distinct aggregates, or a limit. As DataFusion's own partial aggregate does, one that finds
+//! nearly a group per row in its first rows hands the rest on ungrouped (`exec::Probe`).
 
 mod exec;
 mod ids;
 
 use std::sync::Arc;
 
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Schema};
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
-use datafusion::physical_expr::Partitioning;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
 
 pub use exec::DictionaryGroupsExec;
+use ids::StringIds;
 
 use crate::dictionary_reads::{column_indices, read_as_dictionaries, rewrite_each};
 
@@ -88,18 +97,19 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         read_elsewhere.extend(column_indices(f));
     }
     let groups = aggregate.group_expr().expr();
-    let mut candidates: Vec<usize> = Vec::new();
-    for (e, _) in groups {
-        if let Some(c) = e.as_any().downcast_ref::<Column>()
-            && input_schema.field(c.index()).data_type() == &DataType::Utf8
-            && !read_elsewhere.contains(&c.index())
-        {
-            candidates.push(c.index());
-        } else {
+    // The string column each group reads, if its key can be found once per string.
+    let strings: Vec<Option<&Column>> = groups
+        .iter()
+        .map(|(e, _)| strings_read(e, &input_schema))
+        .collect::<Result<_>>()?;
+    for ((e, _), column) in groups.iter().zip(&strings) {
+        if column.is_none() {
             read_elsewhere.extend(column_indices(e));
         }
     }
+    let mut candidates: Vec<usize> = strings.iter().flatten().map(|c| c.index()).collect();
     candidates.retain(|c| !read_elsewhere.contains(c));
+    candidates.sort_unstable();
     candidates.dedup();
     if candidates.is_empty() {
         return Ok(None);
@@ -107,24 +117,85 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     let Some((input, dictionaries)) = read_as_dictionaries(input, &candidates)? else {
         return Ok(None);
     };
-    let is_dictionary: Vec<bool> = groups
-        .iter()
-        .map(|(e, _)| {
-            e.as_any()
-                .downcast_ref::<Column>()
-                .is_some_and(|c| dictionaries.contains(&c.index()))
-        })
-        .collect();
+    let mut keys = Vec::with_capacity(groups.len());
+    let mut is_dictionary = Vec::with_capacity(groups.len());
+    let mut values = Vec::with_capacity(groups.len());
+    for ((e, name), column) in groups.iter().zip(&strings) {
+        match column.filter(|c| dictionaries.contains(&c.index())) {
+            Some(column) => {
+                let column: Arc<dyn PhysicalExpr> = Arc::new(column.clone());
+                values.push(match e.as_any().is::<Column>() {
+                    true => None,
+                    false => Some(of_strings(e)?),
+                });
+                keys.push((column, name.clone()));
+                is_dictionary.push(true);
+            }
+            None => {
+                keys.push((e.clone(), name.clone()));
+                is_dictionary.push(false);
+                values.push(None);
+            }
+        }
+    }
     let partitioning: Partitioning = aggregate.properties().partitioning.clone();
     Ok(Some(Arc::new(DictionaryGroupsExec::new(
         input,
-        groups.to_vec(),
+        keys,
         is_dictionary,
+        values,
         aggregate.aggr_expr().to_vec(),
         aggregate.filter_expr().to_vec(),
         aggregate.schema(),
         partitioning,
     ))))
+}
+
+/// The string column `expr` (a group expression) reads, when its key can be found once per
+/// distinct string of that column: the column itself, or an expression of that column alone
+/// whose value is a string (of any string type) and depends on nothing else (`json_extract_scalar(payload,
+/// '$.page')`, not `random()`).
+fn strings_read<'e>(
+    expr: &'e Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Option<&'e Column>> {
+    let mut columns: Vec<&Column> = Vec::new();
+    expr.apply(|node| {
+        if let Some(c) = node.as_any().downcast_ref::<Column>() {
+            columns.push(c);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let Some(column) = columns.first().copied() else {
+        return Ok(None);
+    };
+    if columns.iter().any(|c| c.index() != column.index())
+        || schema.field(column.index()).data_type() != &DataType::Utf8
+    {
+        return Ok(None);
+    }
+    let by_value = expr.as_any().is::<Column>()
+        || (!is_volatile(expr)
+            && matches!(
+                expr.data_type(schema)?,
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+            ));
+    Ok(by_value.then_some(column))
+}
+
+/// `expr` (see [`strings_read`]) over the one column of `StringIds::strings_schema`.
+fn of_strings(expr: &Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
+    let strings = StringIds::strings_schema();
+    let name = strings.field(0).name().clone();
+    Ok(expr
+        .clone()
+        .transform(|node| {
+            Ok(match node.as_any().is::<Column>() {
+                true => Transformed::yes(Arc::new(Column::new(&name, 0)) as Arc<dyn PhysicalExpr>),
+                false => Transformed::no(node),
+            })
+        })?
+        .data)
 }
 
 #[cfg(test)]
@@ -133,8 +204,6 @@ pub(crate) mod tests {
     use crate::scan::{file_scan, per_file_metrics};
     use arrow::array::RecordBatch;
     use arrow::util::pretty::pretty_format_batches;
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::dataframe::DataFrameWriteOptions;
     use datafusion::physical_plan::collect;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -150,12 +219,26 @@ pub(crate) mod tests {
         distinct: usize,
         rows: usize,
     ) -> (tempfile::TempDir, SessionContext) {
+        table_written(distinct, rows, true).await
+    }
+
+    /// [`table`] whose files keep no dictionary of any column (as ingest keeps `payload`).
+    async fn table_without_dictionaries(distinct: usize) -> (tempfile::TempDir, SessionContext) {
+        table_written(distinct, 1024 * 1024, false).await
+    }
+
+    async fn table_written(
+        distinct: usize,
+        rows: usize,
+        dictionaries: bool,
+    ) -> (tempfile::TempDir, SessionContext) {
         let dir = tempfile::tempdir().unwrap();
         // Strings as Floe's tables declare them (not as views, DataFusion's default for files).
         let mut config = SessionConfig::new().with_target_partitions(2);
         let parquet = &mut config.options_mut().execution.parquet;
         parquet.schema_force_view_types = false;
         parquet.max_row_group_size = rows;
+        parquet.dictionary_enabled = Some(dictionaries);
         let ctx = SessionContext::new_with_config(config);
         let per_file = distinct / 4;
         for i in 0..4 {
@@ -323,8 +406,13 @@ pub(crate) mod tests {
             "SELECT f, count(*) FROM t WHERE f LIKE 'type_' GROUP BY f ORDER BY f",
             // An aggregate reads it.
             "SELECT f, max(f), count(*) FROM t GROUP BY f ORDER BY f",
-            // A computed group.
-            "SELECT upper(f), count(*) FROM t GROUP BY 1 ORDER BY 1",
+            // Computed groups whose key is not a string of one column alone: a number, two
+            // columns, a value that changes from row to row.
+            "SELECT length(f), count(*) FROM t GROUP BY 1 ORDER BY 1",
+            "SELECT f || g, count(*) FROM t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3",
+            "SELECT count(*) FROM (SELECT f || CAST(random() AS VARCHAR) FROM t GROUP BY 1)",
+            // A computed group whose column an aggregate reads.
+            "SELECT upper(f), max(f), count(*) FROM t GROUP BY 1 ORDER BY 1",
             // A limit DataFusion takes into the aggregate (it stops at the first groups).
             "SELECT f, g, count(*) FROM t GROUP BY f, g ORDER BY f, g LIMIT 20",
         ] {
@@ -334,18 +422,90 @@ pub(crate) mod tests {
         }
     }
 
+    /// `GROUP BY json_extract_scalar(payload, '$.page')` computes the page once per dictionary
+    /// value of `payload`, not once per row.
+    #[tokio::test]
+    async fn a_group_computed_from_one_string_column_is_computed_once_per_string() {
+        let (_dir, ctx) = table(4_000).await;
+        let (_plain_dir, plain) = table_without_dictionaries(4_000).await;
+        crate::functions::register(&ctx);
+        crate::functions::register(&plain);
+        for (ctx, sql) in [&ctx, &plain].into_iter().flat_map(|ctx| {
+            [
+            "SELECT upper(f), count(*) FROM t GROUP BY 1 ORDER BY 1",
+            "SELECT coalesce(f, 'none') AS k, count(*), sum(n) FROM t GROUP BY 1 ORDER BY 1",
+            // Many strings with few values, and many values handed on in pieces.
+            "SELECT substr(g, 1, 3) AS k, count(*), min(n) FROM t GROUP BY 1 ORDER BY 1",
+            "SELECT count(*), sum(c), min(k), max(k) FROM              (SELECT g || '!' AS k, count(*) AS c FROM t GROUP BY 1)",
+            // The same column as it is and computed.
+            "SELECT f, upper(f), count(*) FROM t GROUP BY 1, 2 ORDER BY 1, 2",
+            // Floe's JSON extractor, over documents built from the strings.
+            "SELECT json_extract_scalar('{\"k\": \"' || f || '\"}', '$.k') AS k, count(*) \
+             FROM t GROUP BY 1 ORDER BY 1",
+            // Filtered on another column, and on the one grouped.
+            "SELECT upper(g) AS k, count(*) FROM t WHERE n % 3 = 0 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
+            "SELECT lower(f) AS k, count(*) FROM t WHERE f <> 'type1' GROUP BY 1 ORDER BY 1",
+            ]
+            .map(move |sql| (ctx, sql))
+        }) {
+            let (expected, got, replaced) = both_ways(ctx, sql).await;
+            assert_eq!(got, expected, "{sql}");
+            assert_eq!(replaced, 1, "{sql}");
+        }
+    }
+
     #[tokio::test]
     async fn many_distinct_strings_are_handed_on_in_pieces_with_the_same_answer() {
-        // More distinct `g` per partition than a partial aggregate holds.
+        // More distinct `g` per partition than a partial aggregate holds, and more rows than
+        // DataFusion's probe reads before it hands rows on as groups of their own.
         let (_dir, ctx) = table(4 * exec::MAX_GROUPS).await;
-        let sql = "SELECT count(*), sum(c), min(g), max(g) FROM \
-                   (SELECT g, count(*) AS c FROM t GROUP BY g)";
-        let (expected, got, replaced) = both_ways(&ctx, sql).await;
-        assert_eq!(got, expected);
-        assert!(
-            expected.contains(&(4 * exec::MAX_GROUPS).to_string()),
-            "{expected}"
-        );
-        assert_eq!(replaced, 1);
+        let (_plain_dir, plain) = table_without_dictionaries(4 * exec::MAX_GROUPS).await;
+        for ctx in [&ctx, &plain] {
+            for sql in [
+                "SELECT count(*), sum(c), min(g), max(g) FROM \
+                 (SELECT g, count(*) AS c FROM t GROUP BY g)",
+                "SELECT count(*), sum(c), min(k), max(k) FROM \
+                 (SELECT upper(g) AS k, count(*) AS c FROM t GROUP BY 1)",
+                "SELECT count(*), sum(c), sum(s) FROM \
+                 (SELECT substr(g, 2) AS k, count(*) AS c, sum(n) AS s FROM t GROUP BY 1)",
+            ] {
+                let (expected, got, replaced) = both_ways(ctx, sql).await;
+                assert_eq!(got, expected, "{sql}");
+                assert!(
+                    expected.contains(&(4 * exec::MAX_GROUPS).to_string()),
+                    "{expected}"
+                );
+                assert_eq!(replaced, 1, "{sql}");
+            }
+        }
+    }
+
+    /// Past DataFusion's probe (`skip_partial_aggregation_probe_*`), a grouping that made
+    /// nearly a group per row hands rows on as groups of their own; one of few groups goes on
+    /// grouping.
+    #[tokio::test]
+    async fn rows_of_distinct_strings_are_handed_on_without_grouping() {
+        let (_dir, ctx) = table(4 * exec::MAX_GROUPS).await;
+        let mut rows = Vec::new();
+        for sql in [
+            "SELECT count(*), sum(c) FROM (SELECT g, count(*) AS c FROM t GROUP BY g)",
+            "SELECT f, count(*) FROM t GROUP BY f ORDER BY f",
+        ] {
+            let ran = run_both_ways(&ctx, sql, &DictionaryGroups).await;
+            assert_eq!(ran.got, ran.expected, "{sql}");
+            ran.ours
+                .apply(|node| {
+                    if node.name() == "DictionaryGroupsExec" {
+                        rows.push(node.metrics().unwrap().output_rows().unwrap());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+                .unwrap();
+        }
+        let [all, few] = rows[..] else {
+            panic!("{rows:?}")
+        };
+        assert_eq!(all, 4 * exec::MAX_GROUPS);
+        assert!(few <= 8, "{few}");
     }
 }

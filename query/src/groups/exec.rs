@@ -43,6 +43,10 @@ pub struct DictionaryGroupsExec {
     groups: Vec<(Arc<dyn PhysicalExpr>, String)>,
     /// Which group columns are dictionaries.
     dictionaries: Vec<bool>,
+    /// For a dictionary group whose key is not the column's strings but an expression of
+    /// them, that expression, over `StringIds::strings_schema` (its group expression above is
+    /// then the column).
+    values: Vec<Option<Arc<dyn PhysicalExpr>>>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     properties: Arc<PlanProperties>,
@@ -51,10 +55,12 @@ pub struct DictionaryGroupsExec {
 
 impl DictionaryGroupsExec {
     /// `schema` and `partitioning`: the output of the aggregate this replaces.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
         groups: Vec<(Arc<dyn PhysicalExpr>, String)>,
         dictionaries: Vec<bool>,
+        values: Vec<Option<Arc<dyn PhysicalExpr>>>,
         aggregates: Vec<Arc<AggregateFunctionExpr>>,
         filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
         schema: SchemaRef,
@@ -70,6 +76,7 @@ impl DictionaryGroupsExec {
             input,
             groups,
             dictionaries,
+            values,
             aggregates,
             filters,
             properties: Arc::new(properties),
@@ -167,6 +174,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             input: children.swap_remove(0),
             groups: self.groups.clone(),
             dictionaries: self.dictionaries.clone(),
+            values: self.values.clone(),
             aggregates: self.aggregates.clone(),
             filters: self.filters.clone(),
             properties: self.properties.clone(),
@@ -187,7 +195,8 @@ impl ExecutionPlan for DictionaryGroupsExec {
         let ids = self
             .dictionaries
             .iter()
-            .map(|d| d.then(StringIds::new).transpose())
+            .zip(&self.values)
+            .map(|(d, of)| d.then(|| StringIds::of(of.clone())).transpose())
             .collect::<Result<Vec<_>>>()?;
         let numbered = self.numbered_schema()?;
         let kind = match self.dictionaries.as_slice() {
@@ -197,6 +206,14 @@ impl ExecutionPlan for DictionaryGroupsExec {
         };
         let (group_values, accumulators) = empty(&numbered, kind, &self.aggregates)?;
         let counting = self.counting();
+        let options = &context.session_config().options().execution;
+        let probe = Probe {
+            rows: options.skip_partial_aggregation_probe_rows_threshold,
+            ratio: options.skip_partial_aggregation_probe_ratio_threshold,
+            rows_seen: 0,
+            groups_made: 0,
+            passing: false,
+        };
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(Grouping {
@@ -212,6 +229,7 @@ impl ExecutionPlan for DictionaryGroupsExec {
             accumulators,
             aggregates: self.aggregates.clone(),
             counting,
+            probe,
             counts: Vec::new(),
             per_key: Vec::new(),
             rows: Vec::new(),
@@ -242,6 +260,8 @@ struct Grouping {
     /// Every aggregate counts rows and the one group column is a dictionary: rows are counted
     /// per key (`per_key`), then per group (`counts`), instead of through the accumulators.
     counting: bool,
+    /// Whether grouping pays (see [`Probe`]).
+    probe: Probe,
     /// The rows of each group, when `counting`.
     counts: Vec<i64>,
     /// The rows of each dictionary key of the batch at hand, when `counting`.
@@ -256,19 +276,55 @@ struct Grouping {
     metrics: BaselineMetrics,
 }
 
+/// As DataFusion's partial aggregate decides, after its first rows, whether grouping them pays:
+/// when nearly every row is a group of its own (`GROUP BY event_id`), grouping costs a hash per
+/// row and saves the final aggregate nothing, so each row is handed on as its own group.
+struct Probe {
+    /// Rows seen before deciding (`skip_partial_aggregation_probe_rows_threshold`).
+    rows: usize,
+    /// Groups per row from which rows are handed on
+    /// (`skip_partial_aggregation_probe_ratio_threshold`).
+    ratio: f64,
+    rows_seen: usize,
+    /// Groups made so far, those handed on included.
+    groups_made: usize,
+    /// Rows are handed on as groups of their own.
+    passing: bool,
+}
+
 impl Grouping {
     fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.probe.passing {
+            let passed = self.passed(batch)?;
+            self.ready.push_back(passed);
+            return Ok(());
+        }
+        let before = self.group_values.len();
         match self.counting {
             true => self.count(batch)?,
             false => self.accumulate(batch)?,
         }
         let total = self.group_values.len();
+        if self.probe.rows_seen < self.probe.rows {
+            self.probe.rows_seen += batch.num_rows();
+            self.probe.groups_made += total - before;
+            if self.probe.rows_seen >= self.probe.rows
+                && self.probe.groups_made as f64 >= self.probe.ratio * self.probe.rows_seen as f64
+                && self
+                    .accumulators
+                    .iter()
+                    .all(|a| a.supports_convert_to_state())
+            {
+                self.probe.passing = true;
+                return self.emit();
+            }
+        }
         if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
             self.emit()?;
             // A column of many distinct strings keeps no numbers past a hand-over.
             for ids in self.ids.iter_mut().flatten() {
                 if ids.len() >= MAX_GROUPS {
-                    *ids = StringIds::new()?;
+                    *ids = ids.emptied()?;
                 }
             }
             self.reservation.try_resize(self.size())?;
@@ -365,6 +421,45 @@ impl Grouping {
         Ok(())
     }
 
+    /// `batch`'s rows, each handed on as a group of its own: its group columns' values and each
+    /// aggregate's state of that one row.
+    fn passed(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let rows = batch.num_rows();
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for ((expr, ids), field) in self.groups.iter().zip(&self.ids).zip(self.schema.fields()) {
+            let column = expr.evaluate(batch)?.into_array(rows)?;
+            columns.push(match ids {
+                Some(ids) => {
+                    let values = ids.values_of(&column)?;
+                    match values.data_type() == field.data_type() {
+                        true => values,
+                        false => arrow::compute::cast(&values, field.data_type())?,
+                    }
+                }
+                None => column,
+            });
+        }
+        for ((accumulator, arguments), filter) in self
+            .accumulators
+            .iter()
+            .zip(&self.arguments)
+            .zip(&self.filters)
+        {
+            let values = arguments
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(rows))
+                .collect::<Result<Vec<_>>>()?;
+            let filter = match filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
+                None => None,
+            };
+            columns.extend(
+                accumulator.convert_to_state(&values, filter.as_ref().map(|f| f.as_boolean()))?,
+            );
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
     fn size(&self) -> usize {
         self.group_values.size()
             + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
@@ -379,9 +474,14 @@ impl Grouping {
             return Ok(());
         }
         let mut columns = self.group_values.emit()?;
-        for (column, ids) in columns.iter_mut().zip(&self.ids) {
+        for ((column, ids), field) in columns.iter_mut().zip(&self.ids).zip(self.schema.fields()) {
             if let Some(ids) = ids {
+                // A computed key of another string type (`substr` gives views) was numbered as
+                // `Utf8`.
                 *column = ids.strings(column)?;
+                if column.data_type() != field.data_type() {
+                    *column = arrow::compute::cast(column, field.data_type())?;
+                }
             }
         }
         if self.counting {

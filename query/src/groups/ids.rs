@@ -1,13 +1,17 @@
 //! Numbers for the strings of one group column, looked up once per dictionary value instead of
-//! once per row.
+//! once per row: the strings themselves, or the value of an expression of them
+//! (`json_extract_scalar(payload, '$.page')`), which is then computed once per dictionary value
+//! too.
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::array::{
     Array, ArrayBuilder, ArrayData, ArrayRef, AsArray, StringArray, StringBuilder, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, UInt32Type};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{Result, exec_err};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
@@ -20,6 +24,8 @@ const UNSEEN: u32 = u32::MAX;
 /// share it) and an array index per row; a plain string column costs a hash per row, as
 /// DataFusion's grouping does.
 pub struct StringIds {
+    /// What a string is numbered as, if not as itself: the value of an expression of it.
+    of: Option<Valued>,
     /// The strings seen, hashed by DataFusion's own grouping of one string column: its group
     /// numbers are the numbers given here.
     hashed: Box<dyn GroupValues>,
@@ -33,10 +39,64 @@ pub struct StringIds {
     hashed_strings: usize,
 }
 
+/// Numbers of an expression's values (see [`StringIds::of`]).
+struct Valued {
+    /// Over a batch of one string column ([`StringIds::strings_schema`]); its value is a string
+    /// too, kept as `Utf8` (the caller casts it back to its own string type).
+    expr: Arc<dyn PhysicalExpr>,
+    /// The strings themselves, numbered, so that each distinct one's value is computed once
+    /// (a batch of Parquet strings kept without a dictionary comes as a dictionary of its own
+    /// rows, `scan::dictionaries::OwnDictionary`); `None` once most strings come once, when
+    /// a hash per string would cost more than it saves.
+    seen: Option<Box<StringIds>>,
+    /// The number of the value of each string of `seen`.
+    value_of: Vec<u32>,
+}
+
+/// A batch of at least this many strings of which more than a quarter are new stops
+/// [`Valued::seen`]: computing a value per row then costs less than a hash per row more.
+const SEEN_FROM: usize = 1024;
+
+/// [`Valued::seen`] starts again from none past this many strings, so that its table stays
+/// small enough to be looked up quickly.
+const SEEN_AT_MOST: usize = 1 << 16;
+
+impl Valued {
+    fn new(expr: Arc<dyn PhysicalExpr>) -> Result<Valued> {
+        Ok(Valued {
+            expr,
+            seen: Some(Box::new(StringIds::of(None)?)),
+            value_of: Vec::new(),
+        })
+    }
+
+    /// The value of each string of `strings`, as `Utf8`.
+    fn values(&self, strings: &ArrayRef) -> Result<ArrayRef> {
+        let batch = RecordBatch::try_new(StringIds::strings_schema(), vec![strings.clone()])?;
+        let values = self.expr.evaluate(&batch)?.into_array(strings.len())?;
+        Ok(match values.data_type() {
+            DataType::Utf8 => values,
+            DataType::Utf8View | DataType::LargeUtf8 => {
+                arrow::compute::cast(&values, &DataType::Utf8)?
+            }
+            other => {
+                return exec_err!(
+                    "strings numbered by {}, whose value is a {other}",
+                    self.expr
+                );
+            }
+        })
+    }
+}
+
 impl StringIds {
-    pub fn new() -> Result<StringIds> {
+    /// Numbers for the values of `of` (an expression over [`StringIds::strings_schema`] whose
+    /// value is a string) of each string, or of the strings themselves when `None`. Two strings
+    /// whose values are equal get the same number.
+    pub fn of(of: Option<Arc<dyn PhysicalExpr>>) -> Result<StringIds> {
         let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
         Ok(StringIds {
+            of: of.map(Valued::new).transpose()?,
             hashed: new_group_values(schema, &GroupOrdering::None)?,
             strings: StringBuilder::new(),
             dictionary: None,
@@ -45,9 +105,24 @@ impl StringIds {
         })
     }
 
-    /// How many strings have a number.
+    /// Numbers of the same kind as these, none given yet.
+    pub fn emptied(&self) -> Result<StringIds> {
+        StringIds::of(self.of.as_ref().map(|v| v.expr.clone()))
+    }
+
+    /// The schema of the one-column batches an expression given to [`StringIds::of`] reads.
+    pub fn strings_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new(
+            "strings",
+            DataType::Utf8,
+            true,
+        )]))
+    }
+
+    /// How many strings (or values) have a number, or more strings are held to find them.
     pub fn len(&self) -> usize {
-        self.strings.len()
+        let seen = self.of.as_ref().and_then(|v| v.seen.as_ref());
+        self.strings.len().max(seen.map_or(0, |s| s.len()))
     }
 
     /// Bytes held.
@@ -57,6 +132,23 @@ impl StringIds {
             + size_of_val(self.strings.offsets_slice())
             + self.dictionary.as_ref().map_or(0, |(_, n)| n.len() * 4)
             + self.found.capacity() * size_of::<usize>()
+            + self.of.as_ref().map_or(0, |v| {
+                v.seen.as_ref().map_or(0, |s| s.size()) + v.value_of.capacity() * 4
+            })
+    }
+
+    /// Each row's string (a `Dictionary(Int32, Utf8)` or a `Utf8` column), or its value when
+    /// the numbers are of an expression's values, as `Utf8`; nothing is numbered.
+    pub fn values_of(&self, column: &ArrayRef) -> Result<ArrayRef> {
+        let strings = match column.data_type() {
+            DataType::Dictionary(..) => arrow::compute::cast(column, &DataType::Utf8)?,
+            DataType::Utf8 => column.clone(),
+            other => return exec_err!("strings to number, got a column of {other}"),
+        };
+        match &self.of {
+            Some(valued) => valued.values(&strings),
+            None => Ok(strings),
+        }
     }
 
     /// The number of each row's string (a `Dictionary(Int32, Utf8)` or a `Utf8` column).
@@ -113,7 +205,13 @@ impl StringIds {
             }
         }
         if !unseen.is_empty() {
-            let strings = arrow::compute::take(values, &UInt32Array::from(unseen.clone()), None)?;
+            // Every value in order (a dictionary of its own rows, every row used) is not copied.
+            let every = unseen.len() == values.len()
+                && unseen.iter().enumerate().all(|(i, k)| i == *k as usize);
+            let strings = match every {
+                true => values.clone(),
+                false => arrow::compute::take(values, &UInt32Array::from(unseen.clone()), None)?,
+            };
             for (key, id) in unseen.iter().zip(self.number(&strings)?) {
                 known[*key as usize] = id;
             }
@@ -135,8 +233,58 @@ impl StringIds {
         Ok(self.number(&(Arc::new(StringArray::new_null(1)) as ArrayRef))?[0])
     }
 
-    /// The number of each string of `strings` (a `Utf8` array), new strings numbered next.
+    /// The number of each string of `strings` (a `Utf8` array), or of its value when the
+    /// numbers are of an expression's values, new ones numbered next.
     fn number(&mut self, strings: &ArrayRef) -> Result<Vec<u32>> {
+        let Some(mut valued) = self.of.take() else {
+            return self.number_strings(strings);
+        };
+        let numbers = self.number_values(&mut valued, strings);
+        self.of = Some(valued);
+        numbers
+    }
+
+    /// The number of the value of each string of `strings`, each distinct string's value
+    /// computed once while [`Valued::seen`] pays.
+    fn number_values(&mut self, valued: &mut Valued, strings: &ArrayRef) -> Result<Vec<u32>> {
+        let Some(seen) = valued.seen.as_mut() else {
+            let values = valued.values(strings)?;
+            return self.number_strings(&values);
+        };
+        let before = seen.len();
+        let string_numbers = seen.number_strings(strings)?;
+        let new = seen.len() - before;
+        if new > 0 {
+            // The first row of each new string, whose value is computed.
+            let mut first = vec![u32::MAX; new];
+            for (row, &n) in string_numbers.iter().enumerate() {
+                if let Some(slot) = (n as usize).checked_sub(before).map(|i| &mut first[i])
+                    && *slot == u32::MAX
+                {
+                    *slot = row as u32;
+                }
+            }
+            let new_strings = arrow::compute::take(strings, &UInt32Array::from(first), None)?;
+            let values = valued.values(&new_strings)?;
+            let numbers = self.number_strings(&values)?;
+            valued.value_of.extend(numbers);
+        }
+        let numbers = string_numbers
+            .iter()
+            .map(|&n| valued.value_of[n as usize])
+            .collect();
+        if strings.len() >= SEEN_FROM && new * 4 > strings.len() {
+            valued.seen = None;
+            valued.value_of = Vec::new();
+        } else if before + new > SEEN_AT_MOST {
+            valued.seen = Some(Box::new(StringIds::of(None)?));
+            valued.value_of.clear();
+        }
+        Ok(numbers)
+    }
+
+    /// The number of each string of `strings` (a `Utf8` array), new ones numbered next.
+    fn number_strings(&mut self, strings: &ArrayRef) -> Result<Vec<u32>> {
         self.found.clear();
         self.hashed_strings += strings.len();
         self.hashed
@@ -191,7 +339,7 @@ mod tests {
 
     #[test]
     fn the_same_string_gets_the_same_number_whatever_dictionary_or_key_it_comes_by() {
-        let mut ids = StringIds::new().unwrap();
+        let mut ids = StringIds::of(None).unwrap();
         let first: ArrayRef = Arc::new(StringArray::from(vec![
             Some("PageViewed"),
             Some("unused"),
@@ -235,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_dictionary_handed_again_in_a_new_array_is_not_looked_up_again() {
-        let mut ids = StringIds::new().unwrap();
+        let mut ids = StringIds::of(None).unwrap();
         let values: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
         ids.ids(&dictionary(vec![Some(0), Some(1), Some(2)], &values))
             .unwrap();
@@ -256,9 +404,73 @@ mod tests {
         assert_eq!(ids.hashed_strings, 4);
     }
 
+    /// `upper` of the one column of [`StringIds::strings_schema`].
+    fn upper() -> Arc<dyn PhysicalExpr> {
+        use datafusion::common::DFSchema;
+        use datafusion::execution::context::ExecutionProps;
+        use datafusion::prelude::col;
+        let schema = DFSchema::try_from(StringIds::strings_schema().as_ref().clone()).unwrap();
+        let expr = datafusion::functions::string::expr_fn::upper(col("strings"));
+        datafusion::physical_expr::create_physical_expr(&expr, &schema, &ExecutionProps::new())
+            .unwrap()
+    }
+
+    fn strings(of: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(of.to_vec()))
+    }
+
+    #[test]
+    fn the_values_of_an_expression_are_numbered_each_computed_once_per_distinct_string() {
+        let mut ids = StringIds::of(Some(upper())).unwrap();
+        let a = ids
+            .ids(&strings(&[
+                Some("a"),
+                Some("A"),
+                Some("b"),
+                Some("a"),
+                None,
+            ]))
+            .unwrap();
+        // "a" and "A" have one value.
+        assert_eq!(a.values().to_vec(), vec![0, 0, 1, 0, 2]);
+        // A dictionary of its own rows (as `scan::dictionaries::OwnDictionary` hands a column
+        // Parquet kept without one), all but one of its strings seen before.
+        let own = strings(&[Some("b"), Some("a"), Some("c")]);
+        let b = ids
+            .ids(&dictionary(vec![Some(0), Some(1), Some(2), None], &own))
+            .unwrap();
+        assert_eq!(b.values().to_vec(), vec![1, 0, 3, 2]);
+        assert_eq!(
+            strings_of(&ids, UInt32Array::from(vec![0, 1, 2, 3])),
+            vec![Some("A".into()), Some("B".into()), None, Some("C".into())]
+        );
+        // Each distinct string's value was computed once: five of them ("a", "A", "b", null,
+        // "c") numbered as values, where the rows were eight.
+        assert_eq!(ids.hashed_strings, 5);
+    }
+
+    #[test]
+    fn strings_mostly_new_have_their_values_computed_row_by_row() {
+        let mut ids = StringIds::of(Some(upper())).unwrap();
+        ids.ids(&strings(&[Some("a")])).unwrap();
+        let distinct: Vec<String> = (0..SEEN_FROM).map(|i| format!("s{i}")).collect();
+        let many: ArrayRef = Arc::new(StringArray::from_iter_values(&distinct));
+        ids.ids(&many).unwrap();
+        // Every string was new: remembering them costs more than it saves.
+        assert!(ids.of.as_ref().unwrap().seen.is_none());
+        let again = ids
+            .ids(&strings(&[Some("A"), Some("s1"), Some("new")]))
+            .unwrap();
+        assert_eq!(again.values().to_vec(), vec![0, 2, SEEN_FROM as u32 + 1]);
+        assert_eq!(
+            strings_of(&ids, UInt32Array::from(vec![0, 2, SEEN_FROM as u32 + 1])),
+            vec![Some("A".into()), Some("S1".into()), Some("NEW".into())]
+        );
+    }
+
     #[test]
     fn a_column_of_another_type_is_refused() {
-        let mut ids = StringIds::new().unwrap();
+        let mut ids = StringIds::of(None).unwrap();
         let ints: ArrayRef = Arc::new(Int32Array::from(vec![1]));
         assert!(ids.ids(&ints).is_err());
     }

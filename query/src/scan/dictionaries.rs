@@ -12,18 +12,38 @@
 //! writer falls back to plain pages when a dictionary grows too large) reads as a dictionary
 //! of its own values: the same strings, no saving.
 //!
+//! A file that keeps a named column without any dictionary (ingest writes `payload` and
+//! `event_id` so) is not hinted for it: both the Parquet reader and DataFusion's cast would
+//! hash every string into a dictionary of distinct ones, a cost the plain column never had.
+//! Its strings are handed on instead as a dictionary whose key `i` is row `i`
+//! ([`OwnDictionaries`], in place of that cast), and the readers of dictionaries take such a
+//! dictionary as they take any.
+//!
 //! Used by the grouping over dictionaries (`crate::groups`) and the filters over them
 //! (`crate::dictionary_filters`); any other reader of the scan's columns would see
 //! dictionaries, so only those rules install it.
 
+use std::any::Any;
+use std::fmt::{self, Display, Formatter};
+use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{Array, AsArray, DictionaryArray, Int32Array, RecordBatch};
+use arrow::buffer::ScalarBuffer;
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use bytes::Bytes;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{exec_err, internal_err};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::CastColumnExpr;
+use datafusion::physical_expr_adapter::{
+    DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
+};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -107,20 +127,34 @@ impl AsyncFileReader for HintedReader {
 }
 
 /// `metadata` whose Arrow schema reads the string columns named in `columns` as dictionaries
-/// (the same footer when none of them is a string column of the file).
+/// where every row group keeps a dictionary of them (the same footer when none does).
 pub fn with_dictionaries(
     metadata: Arc<ParquetMetaData>,
     columns: &[String],
 ) -> parquet::errors::Result<Arc<ParquetMetaData>> {
     let file = metadata.file_metadata();
     let schema = parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
+    let has_dictionaries = |name: &str| {
+        let leaf = file
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [name]);
+        leaf.is_some_and(|leaf| {
+            metadata
+                .row_groups()
+                .iter()
+                .all(|g| g.column(leaf).dictionary_page_offset().is_some())
+        })
+    };
     let mut changed = false;
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|field| {
-            let hinted =
-                field.data_type() == &DataType::Utf8 && columns.iter().any(|c| c == field.name());
+            let hinted = field.data_type() == &DataType::Utf8
+                && columns.iter().any(|c| c == field.name())
+                && has_dictionaries(field.name());
             changed |= hinted;
             match hinted {
                 true => field
@@ -162,6 +196,159 @@ pub fn with_dictionaries(
         .set_offset_index(metadata.offset_index().cloned())
         .build();
     Ok(Arc::new(rebuilt))
+}
+
+/// DataFusion's adaptation of a file's columns to the table's, except that a string column the
+/// table reads as a dictionary and the file has no dictionary for is handed on as
+/// [`OwnDictionary`], not cast (see the module comment).
+#[derive(Debug)]
+pub struct OwnDictionaries {
+    inner: Arc<dyn PhysicalExprAdapterFactory>,
+}
+
+impl OwnDictionaries {
+    /// Over the scan's own adaptation (`None`: DataFusion's default).
+    pub fn over(inner: Option<Arc<dyn PhysicalExprAdapterFactory>>) -> OwnDictionaries {
+        OwnDictionaries {
+            inner: inner.unwrap_or_else(|| Arc::new(DefaultPhysicalExprAdapterFactory)),
+        }
+    }
+}
+
+impl PhysicalExprAdapterFactory for OwnDictionaries {
+    fn create(
+        &self,
+        logical_file_schema: SchemaRef,
+        physical_file_schema: SchemaRef,
+    ) -> DFResult<Arc<dyn PhysicalExprAdapter>> {
+        Ok(Arc::new(OwnDictionariesAdapter {
+            inner: self
+                .inner
+                .create(logical_file_schema, physical_file_schema)?,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct OwnDictionariesAdapter {
+    inner: Arc<dyn PhysicalExprAdapter>,
+}
+
+impl PhysicalExprAdapter for OwnDictionariesAdapter {
+    fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> DFResult<Arc<dyn PhysicalExpr>> {
+        self.inner
+            .rewrite(expr)?
+            .transform(|e| {
+                let Some(cast) = e.as_any().downcast_ref::<CastColumnExpr>() else {
+                    return Ok(Transformed::no(e));
+                };
+                Ok(
+                    match cast.input_field().data_type() == &DataType::Utf8
+                        && cast.target_field().data_type() == &dictionary_of_strings()
+                    {
+                        true => Transformed::yes(Arc::new(OwnDictionary {
+                            strings: cast.expr().clone(),
+                        })
+                            as Arc<dyn PhysicalExpr>),
+                        false => Transformed::no(e),
+                    },
+                )
+            })
+            .data()
+    }
+}
+
+/// A `Utf8` column as a `Dictionary(Int32, Utf8)` whose values are its strings, row `i` keyed
+/// `i` (a null row keyed null): no string is copied or hashed. A dictionary may hold a string
+/// twice; the readers of dictionaries here number or compare each value, not each distinct one.
+#[derive(Debug)]
+pub struct OwnDictionary {
+    strings: Arc<dyn PhysicalExpr>,
+}
+
+impl PartialEq for OwnDictionary {
+    fn eq(&self, other: &Self) -> bool {
+        self.strings.as_ref() == other.strings.as_ref()
+    }
+}
+
+impl Eq for OwnDictionary {}
+
+impl Hash for OwnDictionary {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.strings.hash(state);
+    }
+}
+
+impl OwnDictionary {
+    fn of(strings: &dyn Array) -> DFResult<DictionaryArray<Int32Type>> {
+        let Ok(rows) = i32::try_from(strings.len()) else {
+            return exec_err!(
+                "{} strings are too many for a dictionary's keys",
+                strings.len()
+            );
+        };
+        let keys = Int32Array::new(ScalarBuffer::from_iter(0..rows), strings.nulls().cloned());
+        Ok(DictionaryArray::try_new(
+            keys,
+            arrow::array::make_array(strings.to_data()),
+        )?)
+    }
+}
+
+impl Display for OwnDictionary {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (as its own dictionary)", self.strings)
+    }
+}
+
+impl PhysicalExpr for OwnDictionary {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn data_type(&self, _schema: &Schema) -> DFResult<DataType> {
+        Ok(dictionary_of_strings())
+    }
+
+    fn nullable(&self, schema: &Schema) -> DFResult<bool> {
+        self.strings.nullable(schema)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> DFResult<ColumnarValue> {
+        Ok(match self.strings.evaluate(batch)? {
+            ColumnarValue::Array(strings) if strings.data_type() == &DataType::Utf8 => {
+                ColumnarValue::Array(Arc::new(OwnDictionary::of(strings.as_string::<i32>())?))
+            }
+            ColumnarValue::Array(other) => {
+                return internal_err!(
+                    "a dictionary of its own strings, given {}",
+                    other.data_type()
+                );
+            }
+            ColumnarValue::Scalar(s) => ColumnarValue::Scalar(s.cast_to(&dictionary_of_strings())?),
+        })
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.strings]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> DFResult<Arc<dyn PhysicalExpr>> {
+        if children.len() != 1 {
+            return internal_err!("a dictionary of its own strings takes one column");
+        }
+        Ok(Arc::new(OwnDictionary {
+            strings: children.swap_remove(0),
+        }))
+    }
+
+    fn fmt_sql(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        self.strings.fmt_sql(f)
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +413,58 @@ mod tests {
             vec![Some("a"), Some("b"), Some("a"), Some("a")]
         );
         assert_eq!(batch.column(1).null_count(), 2);
+    }
+
+    #[test]
+    fn a_column_kept_without_a_dictionary_is_handed_on_as_its_own() {
+        // `user_id` written as ingest writes `payload`: no dictionary.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("type", DataType::Utf8, false),
+            Field::new("user_id", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "a"])),
+                Arc::new(StringArray::from(vec![Some("u1"), None, Some("u1")])),
+            ],
+        )
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_column_dictionary_enabled("user_id".into(), false)
+            .build();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let plain = ArrowReaderMetadata::load(&Bytes::from(out), Default::default()).unwrap();
+        let hinted = with_dictionaries(
+            plain.metadata().clone(),
+            &["type".to_string(), "user_id".to_string()],
+        )
+        .unwrap();
+        let hinted = ArrowReaderMetadata::try_new(hinted, Default::default()).unwrap();
+        // Not hinted: the reader would hash every string into a dictionary of distinct ones.
+        assert_eq!(
+            hinted.schema().field(0).data_type(),
+            &dictionary_of_strings()
+        );
+        assert_eq!(hinted.schema().field(1).data_type(), &DataType::Utf8);
+
+        // In its place: the strings as they are, key `i` for row `i`, null rows keyed null.
+        let column = batch.column(1);
+        let own = OwnDictionary::of(column.as_ref()).unwrap();
+        assert_eq!(
+            own.keys().iter().collect::<Vec<_>>(),
+            vec![Some(0), None, Some(2)]
+        );
+        // Not copied.
+        assert_eq!(
+            own.values().to_data().buffers()[1].as_ptr(),
+            column.to_data().buffers()[1].as_ptr()
+        );
+        let strings = arrow::compute::cast(&own, &DataType::Utf8).unwrap();
+        assert_eq!(strings.as_ref(), column.as_ref());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExp
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
@@ -213,6 +215,8 @@ impl ExecutionPlan for DictionaryGroupsExec {
             rows_seen: 0,
             groups_made: 0,
             passing: false,
+            handed_on: MetricBuilder::new(&self.metrics)
+                .counter("skipped_aggregation_rows", partition),
         };
         let reservation = MemoryConsumer::new(format!("DictionaryGroupsExec[{partition}]"))
             .register(context.memory_pool());
@@ -290,12 +294,15 @@ struct Probe {
     groups_made: usize,
     /// Rows are handed on as groups of their own.
     passing: bool,
+    /// Rows handed on so (named as DataFusion's partial aggregate names them).
+    handed_on: Count,
 }
 
 impl Grouping {
     fn aggregate(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.probe.passing {
             let passed = self.passed(batch)?;
+            self.probe.handed_on.add(batch.num_rows());
             self.ready.push_back(passed);
             return Ok(());
         }
@@ -305,26 +312,33 @@ impl Grouping {
             false => self.accumulate(batch)?,
         }
         let total = self.group_values.len();
-        if self.probe.rows_seen < self.probe.rows {
-            self.probe.rows_seen += batch.num_rows();
-            self.probe.groups_made += total - before;
-            if self.probe.rows_seen >= self.probe.rows
-                && self.probe.groups_made as f64 >= self.probe.ratio * self.probe.rows_seen as f64
-                && self
-                    .accumulators
-                    .iter()
-                    .all(|a| a.supports_convert_to_state())
-            {
-                self.probe.passing = true;
-                return self.emit();
+        // Judged after every batch past the first rows, as DataFusion judges (groups made again
+        // after a hand-over count again: they cost a hash again).
+        self.probe.rows_seen += batch.num_rows();
+        self.probe.groups_made += total - before;
+        if self.probe.rows_seen >= self.probe.rows
+            && self.probe.groups_made as f64 >= self.probe.ratio * self.probe.rows_seen as f64
+            && self
+                .accumulators
+                .iter()
+                .all(|a| a.supports_convert_to_state())
+        {
+            self.probe.passing = true;
+            self.emit()?;
+            for ids in self.ids.iter_mut().flatten() {
+                *ids = ids.emptied()?;
             }
+            self.reservation.try_resize(self.size())?;
+            return Ok(());
         }
         if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
             self.emit()?;
-            // A column of many distinct strings keeps no numbers past a hand-over.
+            // A column of many distinct strings keeps no numbers past a hand-over, and none
+            // keeps what only saves work.
             for ids in self.ids.iter_mut().flatten() {
-                if ids.len() >= MAX_GROUPS {
-                    *ids = ids.emptied()?;
+                match ids.len() >= MAX_GROUPS {
+                    true => *ids = ids.emptied()?,
+                    false => ids.forget()?,
                 }
             }
             self.reservation.try_resize(self.size())?;

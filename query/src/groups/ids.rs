@@ -44,49 +44,70 @@ struct Valued {
     /// Over a batch of one string column ([`StringIds::strings_schema`]); its value is a string
     /// too, kept as `Utf8` (the caller casts it back to its own string type).
     expr: Arc<dyn PhysicalExpr>,
-    /// The strings themselves, numbered, so that each distinct one's value is computed once
-    /// (a batch of Parquet strings kept without a dictionary comes as a dictionary of its own
-    /// rows, `scan::dictionaries::OwnDictionary`); `None` once most strings come once, when
-    /// a hash per string would cost more than it saves.
-    seen: Option<Box<StringIds>>,
+    /// The strings themselves, hashed by DataFusion's grouping of one string column, so that
+    /// each distinct one's value is computed once (a batch of Parquet strings kept without a
+    /// dictionary comes as a dictionary of its own rows, `scan::dictionaries::OwnDictionary`);
+    /// `None` once more than a quarter of the strings met were new, when a hash per string
+    /// costs more than it saves.
+    seen: Option<Box<dyn GroupValues>>,
     /// The number of the value of each string of `seen`.
     value_of: Vec<u32>,
+    /// Scratch space for the numbers `seen` gives.
+    found: Vec<usize>,
+    /// Strings met while `seen` was kept, and how many of them were new to it.
+    met: usize,
+    new: usize,
 }
 
-/// A batch of at least this many strings of which more than a quarter are new stops
-/// [`Valued::seen`]: computing a value per row then costs less than a hash per row more.
+/// Strings met before [`Valued::seen`] is judged by how many of them were new.
 const SEEN_FROM: usize = 1024;
 
-/// [`Valued::seen`] starts again from none past this many strings, so that its table stays
-/// small enough to be looked up quickly.
-const SEEN_AT_MOST: usize = 1 << 16;
+/// [`Valued::seen`] starts again from none past this many bytes, so that it stays a cache: small
+/// enough to be looked up quickly, and never what makes a query run out of memory.
+const SEEN_BYTES: usize = 16 << 20;
 
 impl Valued {
     fn new(expr: Arc<dyn PhysicalExpr>) -> Result<Valued> {
         Ok(Valued {
             expr,
-            seen: Some(Box::new(StringIds::of(None)?)),
+            seen: Some(Valued::none_seen()?),
             value_of: Vec::new(),
+            found: Vec::new(),
+            met: 0,
+            new: 0,
         })
     }
 
-    /// The value of each string of `strings`, as `Utf8`.
-    fn values(&self, strings: &ArrayRef) -> Result<ArrayRef> {
-        let batch = RecordBatch::try_new(StringIds::strings_schema(), vec![strings.clone()])?;
-        let values = self.expr.evaluate(&batch)?.into_array(strings.len())?;
-        Ok(match values.data_type() {
-            DataType::Utf8 => values,
-            DataType::Utf8View | DataType::LargeUtf8 => {
-                arrow::compute::cast(&values, &DataType::Utf8)?
-            }
-            other => {
-                return exec_err!(
-                    "strings numbered by {}, whose value is a {other}",
-                    self.expr
-                );
-            }
-        })
+    fn none_seen() -> Result<Box<dyn GroupValues>> {
+        new_group_values(StringIds::strings_schema(), &GroupOrdering::None)
     }
+
+    /// Forgets the strings seen (their values keep their numbers).
+    fn forget(&mut self) -> Result<()> {
+        if self.seen.is_some() {
+            self.seen = Some(Valued::none_seen()?);
+            self.value_of = Vec::new();
+            self.found = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> usize {
+        self.seen.as_ref().map_or(0, |s| s.size())
+            + self.value_of.capacity() * size_of::<u32>()
+            + self.found.capacity() * size_of::<usize>()
+    }
+}
+
+/// The value of `expr` (see [`Valued::expr`]) for each string of `strings`, as `Utf8`.
+fn values(expr: &Arc<dyn PhysicalExpr>, strings: &ArrayRef) -> Result<ArrayRef> {
+    let batch = RecordBatch::try_new(StringIds::strings_schema(), vec![strings.clone()])?;
+    let values = expr.evaluate(&batch)?.into_array(strings.len())?;
+    Ok(match values.data_type() {
+        DataType::Utf8 => values,
+        DataType::Utf8View | DataType::LargeUtf8 => arrow::compute::cast(&values, &DataType::Utf8)?,
+        other => return exec_err!("strings numbered by {expr}, whose value is a {other}"),
+    })
 }
 
 impl StringIds {
@@ -119,10 +140,19 @@ impl StringIds {
         )]))
     }
 
-    /// How many strings (or values) have a number, or more strings are held to find them.
+    /// How many strings (or values) have a number.
     pub fn len(&self) -> usize {
-        let seen = self.of.as_ref().and_then(|v| v.seen.as_ref());
-        self.strings.len().max(seen.map_or(0, |s| s.len()))
+        self.strings.len()
+    }
+
+    /// Forgets what is kept only to save work (the strings whose values are known), not the
+    /// numbers given.
+    pub fn forget(&mut self) -> Result<()> {
+        self.dictionary = None;
+        match &mut self.of {
+            Some(valued) => valued.forget(),
+            None => Ok(()),
+        }
     }
 
     /// Bytes held.
@@ -132,9 +162,7 @@ impl StringIds {
             + size_of_val(self.strings.offsets_slice())
             + self.dictionary.as_ref().map_or(0, |(_, n)| n.len() * 4)
             + self.found.capacity() * size_of::<usize>()
-            + self.of.as_ref().map_or(0, |v| {
-                v.seen.as_ref().map_or(0, |s| s.size()) + v.value_of.capacity() * 4
-            })
+            + self.of.as_ref().map_or(0, Valued::size)
     }
 
     /// Each row's string (a `Dictionary(Int32, Utf8)` or a `Utf8` column), or its value when
@@ -146,7 +174,7 @@ impl StringIds {
             other => return exec_err!("strings to number, got a column of {other}"),
         };
         match &self.of {
-            Some(valued) => valued.values(&strings),
+            Some(valued) => values(&valued.expr, &strings),
             None => Ok(strings),
         }
     }
@@ -248,37 +276,37 @@ impl StringIds {
     /// computed once while [`Valued::seen`] pays.
     fn number_values(&mut self, valued: &mut Valued, strings: &ArrayRef) -> Result<Vec<u32>> {
         let Some(seen) = valued.seen.as_mut() else {
-            let values = valued.values(strings)?;
+            let values = values(&valued.expr, strings)?;
             return self.number_strings(&values);
         };
         let before = seen.len();
-        let string_numbers = seen.number_strings(strings)?;
+        valued.found.clear();
+        seen.intern(std::slice::from_ref(strings), &mut valued.found)?;
         let new = seen.len() - before;
         if new > 0 {
             // The first row of each new string, whose value is computed.
             let mut first = vec![u32::MAX; new];
-            for (row, &n) in string_numbers.iter().enumerate() {
-                if let Some(slot) = (n as usize).checked_sub(before).map(|i| &mut first[i])
+            for (row, &n) in valued.found.iter().enumerate() {
+                if let Some(slot) = n.checked_sub(before).map(|i| &mut first[i])
                     && *slot == u32::MAX
                 {
                     *slot = row as u32;
                 }
             }
             let new_strings = arrow::compute::take(strings, &UInt32Array::from(first), None)?;
-            let values = valued.values(&new_strings)?;
+            let values = values(&valued.expr, &new_strings)?;
             let numbers = self.number_strings(&values)?;
             valued.value_of.extend(numbers);
         }
-        let numbers = string_numbers
-            .iter()
-            .map(|&n| valued.value_of[n as usize])
-            .collect();
-        if strings.len() >= SEEN_FROM && new * 4 > strings.len() {
+        let numbers = valued.found.iter().map(|&n| valued.value_of[n]).collect();
+        valued.met += strings.len();
+        valued.new += new;
+        if valued.met >= SEEN_FROM && valued.new * 4 > valued.met {
             valued.seen = None;
             valued.value_of = Vec::new();
-        } else if before + new > SEEN_AT_MOST {
-            valued.seen = Some(Box::new(StringIds::of(None)?));
-            valued.value_of.clear();
+            valued.found = Vec::new();
+        } else if seen.size() > SEEN_BYTES {
+            valued.forget()?;
         }
         Ok(numbers)
     }

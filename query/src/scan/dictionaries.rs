@@ -33,7 +33,6 @@ use arrow::array::{Array, AsArray, DictionaryArray, Int32Array, RecordBatch};
 use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use bytes::Bytes;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{exec_err, internal_err};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
@@ -51,6 +50,7 @@ use parquet::arrow::ARROW_SCHEMA_META_KEY;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{encode_arrow_schema, parquet_to_arrow_schema};
+use parquet::basic::Encoding;
 use parquet::file::metadata::{FileMetaData, KeyValue, ParquetMetaData, ParquetMetaDataBuilder};
 
 /// The type a hinted column reads as.
@@ -141,10 +141,13 @@ pub fn with_dictionaries(
             .iter()
             .position(|c| c.path().parts() == [name]);
         leaf.is_some_and(|leaf| {
-            metadata
-                .row_groups()
-                .iter()
-                .all(|g| g.column(leaf).dictionary_page_offset().is_some())
+            metadata.row_groups().iter().all(|g| {
+                let chunk = g.column(leaf);
+                chunk.dictionary_page_offset().is_some()
+                    || chunk
+                        .encodings()
+                        .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY))
+            })
         })
     };
     let mut changed = false;
@@ -235,26 +238,19 @@ struct OwnDictionariesAdapter {
 }
 
 impl PhysicalExprAdapter for OwnDictionariesAdapter {
+    /// Only a column handed on as it is (a projection's) becomes an [`OwnDictionary`]; a cast
+    /// inside the scan's filter stays, as the pruning of row groups and pages reads it.
     fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> DFResult<Arc<dyn PhysicalExpr>> {
-        self.inner
-            .rewrite(expr)?
-            .transform(|e| {
-                let Some(cast) = e.as_any().downcast_ref::<CastColumnExpr>() else {
-                    return Ok(Transformed::no(e));
-                };
-                Ok(
-                    match cast.input_field().data_type() == &DataType::Utf8
-                        && cast.target_field().data_type() == &dictionary_of_strings()
-                    {
-                        true => Transformed::yes(Arc::new(OwnDictionary {
-                            strings: cast.expr().clone(),
-                        })
-                            as Arc<dyn PhysicalExpr>),
-                        false => Transformed::no(e),
-                    },
-                )
-            })
-            .data()
+        let adapted = self.inner.rewrite(expr)?;
+        if let Some(cast) = adapted.as_any().downcast_ref::<CastColumnExpr>()
+            && cast.input_field().data_type() == &DataType::Utf8
+            && cast.target_field().data_type() == &dictionary_of_strings()
+        {
+            return Ok(Arc::new(OwnDictionary {
+                strings: cast.expr().clone(),
+            }));
+        }
+        Ok(adapted)
     }
 }
 

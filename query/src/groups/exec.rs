@@ -417,14 +417,7 @@ impl Grouping {
             .zip(&self.arguments)
             .zip(&self.filters)
         {
-            let values = arguments
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(rows))
-                .collect::<Result<Vec<_>>>()?;
-            let filter = match filter {
-                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
-                None => None,
-            };
+            let (values, filter) = inputs(arguments, filter, batch)?;
             accumulator.update_batch(
                 &values,
                 &self.rows,
@@ -443,13 +436,7 @@ impl Grouping {
         for ((expr, ids), field) in self.groups.iter().zip(&self.ids).zip(self.schema.fields()) {
             let column = expr.evaluate(batch)?.into_array(rows)?;
             columns.push(match ids {
-                Some(ids) => {
-                    let values = ids.values_of(&column)?;
-                    match values.data_type() == field.data_type() {
-                        true => values,
-                        false => arrow::compute::cast(&values, field.data_type())?,
-                    }
-                }
+                Some(ids) => of_type(ids.values_of(&column)?, field)?,
                 None => column,
             });
         }
@@ -459,14 +446,7 @@ impl Grouping {
             .zip(&self.arguments)
             .zip(&self.filters)
         {
-            let values = arguments
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(rows))
-                .collect::<Result<Vec<_>>>()?;
-            let filter = match filter {
-                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
-                None => None,
-            };
+            let (values, filter) = inputs(arguments, filter, batch)?;
             columns.extend(
                 accumulator.convert_to_state(&values, filter.as_ref().map(|f| f.as_boolean()))?,
             );
@@ -490,12 +470,7 @@ impl Grouping {
         let mut columns = self.group_values.emit()?;
         for ((column, ids), field) in columns.iter_mut().zip(&self.ids).zip(self.schema.fields()) {
             if let Some(ids) = ids {
-                // A computed key of another string type (`substr` gives views) was numbered as
-                // `Utf8`.
-                *column = ids.strings(column)?;
-                if column.data_type() != field.data_type() {
-                    *column = arrow::compute::cast(column, field.data_type())?;
-                }
+                *column = of_type(ids.strings(column)?, field)?;
             }
         }
         if self.counting {
@@ -519,6 +494,33 @@ impl Grouping {
             empty(&self.numbered, self.kind, &self.aggregates)?;
         Ok(())
     }
+}
+
+/// An aggregate's arguments and its filter, computed over `batch`.
+fn inputs(
+    arguments: &[Arc<dyn PhysicalExpr>],
+    filter: &Option<Arc<dyn PhysicalExpr>>,
+    batch: &RecordBatch,
+) -> Result<(Vec<ArrayRef>, Option<ArrayRef>)> {
+    let rows = batch.num_rows();
+    let values = arguments
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(rows))
+        .collect::<Result<Vec<_>>>()?;
+    let filter = match filter {
+        Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
+        None => None,
+    };
+    Ok((values, filter))
+}
+
+/// A dictionary group's strings (`Utf8`) as `field` has them: a computed key of another string
+/// type (`substr` gives views) was numbered as `Utf8`.
+fn of_type(strings: ArrayRef, field: &Field) -> Result<ArrayRef> {
+    Ok(match strings.data_type() == field.data_type() {
+        true => strings,
+        false => arrow::compute::cast(&strings, field.data_type())?,
+    })
 }
 
 /// The groups held and an accumulator per aggregate over them.

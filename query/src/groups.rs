@@ -34,7 +34,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema};
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -98,7 +99,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     }
     let groups = aggregate.group_expr().expr();
     // The string column each group reads, if its key can be found once per string.
-    let strings: Vec<Option<&Column>> = groups
+    let strings: Vec<Option<Column>> = groups
         .iter()
         .map(|(e, _)| strings_read(e, &input_schema))
         .collect::<Result<_>>()?;
@@ -121,7 +122,10 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     let mut is_dictionary = Vec::with_capacity(groups.len());
     let mut values = Vec::with_capacity(groups.len());
     for ((e, name), column) in groups.iter().zip(&strings) {
-        match column.filter(|c| dictionaries.contains(&c.index())) {
+        match column
+            .as_ref()
+            .filter(|c| dictionaries.contains(&c.index()))
+        {
             Some(column) => {
                 let column: Arc<dyn PhysicalExpr> = Arc::new(column.clone());
                 values.push(match e.as_any().is::<Column>() {
@@ -153,25 +157,14 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
 
 /// The string column `expr` (a group expression) reads, when its key can be found once per
 /// distinct string of that column: the column itself, or an expression of that column alone
-/// whose value is a string (of any string type) and depends on nothing else (`json_extract_scalar(payload,
-/// '$.page')`, not `random()`).
-fn strings_read<'e>(
-    expr: &'e Arc<dyn PhysicalExpr>,
-    schema: &Schema,
-) -> Result<Option<&'e Column>> {
-    let mut columns: Vec<&Column> = Vec::new();
-    expr.apply(|node| {
-        if let Some(c) = node.as_any().downcast_ref::<Column>() {
-            columns.push(c);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    let Some(column) = columns.first().copied() else {
+/// whose value is a string (of any string type) and depends on nothing else
+/// (`json_extract_scalar(payload, '$.page')`, not `random()`).
+fn strings_read(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Column>> {
+    let columns = collect_columns(expr);
+    let (1, Some(column)) = (columns.len(), columns.into_iter().next()) else {
         return Ok(None);
     };
-    if columns.iter().any(|c| c.index() != column.index())
-        || schema.field(column.index()).data_type() != &DataType::Utf8
-    {
+    if schema.field(column.index()).data_type() != &DataType::Utf8 {
         return Ok(None);
     }
     let by_value = expr.as_any().is::<Column>()
@@ -204,6 +197,7 @@ pub(crate) mod tests {
     use crate::scan::{file_scan, per_file_metrics};
     use arrow::array::RecordBatch;
     use arrow::util::pretty::pretty_format_batches;
+    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::dataframe::DataFrameWriteOptions;
     use datafusion::physical_plan::collect;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};

@@ -333,15 +333,19 @@ impl Grouping {
         }
         if total >= MAX_GROUPS || self.reservation.try_resize(self.size()).is_err() {
             self.emit()?;
-            // A column of many distinct strings keeps no numbers past a hand-over, and none
-            // keeps what only saves work.
+            // A column of many distinct strings keeps no numbers past a hand-over.
             for ids in self.ids.iter_mut().flatten() {
-                match ids.len() >= MAX_GROUPS {
-                    true => *ids = ids.emptied()?,
-                    false => ids.forget()?,
+                if ids.len() >= MAX_GROUPS {
+                    *ids = ids.emptied()?;
                 }
             }
-            self.reservation.try_resize(self.size())?;
+            // Short of memory still: what only saves work goes.
+            if self.reservation.try_resize(self.size()).is_err() {
+                for ids in self.ids.iter_mut().flatten() {
+                    ids.forget()?;
+                }
+                self.reservation.try_resize(self.size())?;
+            }
         }
         Ok(())
     }

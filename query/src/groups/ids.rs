@@ -145,10 +145,9 @@ impl StringIds {
         self.strings.len()
     }
 
-    /// Forgets what is kept only to save work (the strings whose values are known), not the
-    /// numbers given.
+    /// Forgets the strings whose values are known, kept only to save work (not the numbers
+    /// given).
     pub fn forget(&mut self) -> Result<()> {
-        self.dictionary = None;
         match &mut self.of {
             Some(valued) => valued.forget(),
             None => Ok(()),

@@ -100,6 +100,16 @@ enum Growth {
     /// took 5 GB from 800 MB of input. `scalar_once`: a constant argument beside a column is
     /// converted once (`array_has_any`, `array_has_all`), not copied into every row.
     Rows { scalar_once: bool },
+    /// `arrays_zip(list, …)`: each row's lists padded to its longest, so every list takes the
+    /// longest's length; each padding element a null of its list's element type
+    /// ([`padded_bytes`]), in buffers that double. `arrays_zip(range(0, 10000000), [1], …)`
+    /// with 20 lists made 1.6 GB from 80 MB of input before the check after it.
+    Zipped,
+    /// `array_positions(list, element)`: up to one position per element, each collected as
+    /// an `Option<u64>` into a vector that doubles, all rows' vectors kept until the lists are
+    /// built from them in a builder that doubles too ([`POSITION_BYTES`]). Over a list of
+    /// truths (a bit each) that is 384 bits an element.
+    Positions,
 }
 
 /// What `array_repeat` makes per element besides the element's bytes: DataFusion lists the
@@ -127,6 +137,10 @@ const TREE_BYTES: u128 = 32;
 /// What a function comparing elements as rows keeps per element besides the encoded rows: a
 /// row reference (24 bytes) in a list, and one in a hash set that may be half empty.
 const ROW_BYTES: u128 = 80;
+
+/// What `array_positions` may hold per element of its list: the position as an `Option<u64>`
+/// (16 bytes) in a vector that may be half empty, then 8 bytes in a builder that may be too.
+const POSITION_BYTES: u128 = 48;
 
 const BOUNDED: &[(&str, Growth)] = &[
     ("range", Growth::Range { inclusive: false }),
@@ -166,6 +180,8 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("reverse", Growth::WithInputs { copies: false }),
     ("encode", Growth::WithInputs { copies: false }),
     ("array_to_string", Growth::ListJoined),
+    ("arrays_zip", Growth::Zipped),
+    ("array_positions", Growth::Positions),
     // Copies of their input, whole or nearly: made from a value still held, each doubled what
     // the query held before the check after it (`array_reverse(range(0, 120000000))` grew the
     // server by 2.8 GB at the 1 GiB default).
@@ -501,6 +517,36 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 total += total_length(a, rows)? * 2 + elements(a, rows) * ROW_BYTES;
             }
         }
+        Growth::Zipped => {
+            // DataFusion first copies a constant list beside a column into every row; then
+            // each list's elements are copied, and the padding made for each row.
+            let mut longest = vec![0; rows];
+            let mut per_element = 0;
+            for a in args {
+                let copied = rows > 1 && matches!(a, ColumnarValue::Scalar(_));
+                total += total_length(a, rows)? * (1 + u128::from(copied));
+                for (l, n) in longest.iter_mut().zip(list_lengths(a, rows)?) {
+                    *l = n.max(*l);
+                }
+                if let DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) =
+                    a.data_type()
+                {
+                    per_element += padded_bytes(f.data_type());
+                }
+                // Per row and list: its offsets and whether it is null, as DataFusion reads
+                // them.
+                total += rows as u128 * 9;
+            }
+            total += longest.iter().sum::<u128>() * per_element * 2 + rows as u128 * 4;
+        }
+        Growth::Positions => {
+            for a in args {
+                let copied = rows > 1 && matches!(a, ColumnarValue::Scalar(_));
+                total += total_length(a, rows)? * (1 + u128::from(copied));
+            }
+            // Each row's vector, and its list's offset.
+            total += elements(&args[0], rows) * POSITION_BYTES + rows as u128 * 40;
+        }
         Growth::Split => {
             let text = lengths(&args[0], rows)?;
             let delimiter = lengths(&args[1], rows)?;
@@ -575,6 +621,48 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
 /// Whether every value of `data_type` takes the same few bytes.
 fn fixed_width(data_type: &DataType) -> bool {
     data_type.is_primitive() || matches!(data_type, DataType::Boolean | DataType::Null)
+}
+
+/// What one element of `data_type` takes in an array, for a null made to pad a list
+/// (`arrays_zip`): its width, an offset or a view, each child's for a struct; and its bit of
+/// validity, counted as a byte.
+fn padded_bytes(data_type: &DataType) -> u128 {
+    let own = match data_type {
+        DataType::Null => return 0,
+        DataType::Boolean => 0,
+        DataType::Utf8 | DataType::Binary | DataType::List(_) | DataType::Map(..) => 4,
+        DataType::LargeUtf8 | DataType::LargeBinary | DataType::LargeList(_) => 8,
+        DataType::Struct(fields) => fields.iter().map(|f| padded_bytes(f.data_type())).sum(),
+        DataType::FixedSizeList(f, n) => padded_bytes(f.data_type()) * (*n).max(0) as u128,
+        DataType::Dictionary(key, _) => padded_bytes(key),
+        other => other.primitive_width().unwrap_or(16) as u128,
+    };
+    own + 1
+}
+
+/// The elements of a list argument in each row (0 for a null or anything not a list).
+fn list_lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    fn spans<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> Vec<u128> {
+        offsets
+            .windows(2)
+            .map(|w| (w[1].as_usize() - w[0].as_usize()) as u128)
+            .collect()
+    }
+    fn of(array: &dyn Array) -> Vec<u128> {
+        match array.data_type() {
+            DataType::List(_) => spans(array.as_list::<i32>().value_offsets()),
+            DataType::LargeList(_) => spans(array.as_list::<i64>().value_offsets()),
+            DataType::FixedSizeList(_, n) => vec![(*n).max(0) as u128; array.len()],
+            _ => vec![0; array.len()],
+        }
+    }
+    Ok(match v {
+        ColumnarValue::Array(array) => of(array.as_ref()),
+        ColumnarValue::Scalar(s) => {
+            let one = of(s.to_array_of_size(1)?.as_ref());
+            vec![one.first().copied().unwrap_or(0); rows]
+        }
+    })
 }
 
 /// The argument as integers, one per row (`None` for null).

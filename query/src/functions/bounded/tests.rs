@@ -288,3 +288,153 @@ fn every_name_keeps_its_function_once_wrapped() {
         }
     }
 }
+
+/// What DataFusion's own `name` makes of `args` over `rows` rows, in bytes.
+fn made_by(name: &str, args: Vec<ColumnarValue>, rows: usize) -> usize {
+    use arrow::datatypes::Field;
+    let function = SessionContext::new().state().scalar_functions()[name].clone();
+    let types: Vec<_> = args.iter().map(ColumnarValue::data_type).collect();
+    let made = function
+        .invoke_with_args(ScalarFunctionArgs {
+            arg_fields: types
+                .iter()
+                .map(|t| Arc::new(Field::new("a", t.clone(), true)))
+                .collect(),
+            args,
+            number_rows: rows,
+            return_field: Arc::new(Field::new("r", function.return_type(&types).unwrap(), true)),
+            config_options: Arc::new(Default::default()),
+        })
+        .unwrap();
+    match made {
+        ColumnarValue::Array(a) => a.get_array_memory_size(),
+        ColumnarValue::Scalar(s) => s.size(),
+    }
+}
+
+/// `arrays_zip` pads each row's lists to its longest, and `array_positions` makes 8 bytes a
+/// match even from a list of bits: both make values many times their arguments, which a
+/// function not listed takes to be no larger. `arrays_zip` of a 10-million-element list and 19
+/// lists of one made 1.6 GB before the check after it refused it. Their estimates are at least
+/// what DataFusion's functions make, and a query past its limit is refused before the value
+/// is made.
+#[tokio::test]
+async fn zipped_and_searched_lists_are_reserved_before_they_are_made() {
+    use arrow::array::{BooleanArray, Int64Array, ListArray, StringArray};
+    use arrow::buffer::OffsetBuffer;
+    use arrow::datatypes::{Field, Int64Type};
+    let numbers = |lens: &[usize]| {
+        ColumnarValue::Array(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
+            lens.iter()
+                .map(|&n| Some((0..n as i64).map(Some).collect::<Vec<_>>())),
+        )))
+    };
+    let texts = |lens: &[usize]| {
+        let values = StringArray::from_iter_values((0..lens.iter().sum()).map(|i| i.to_string()));
+        let offsets = OffsetBuffer::from_lengths(lens.iter().copied());
+        let field = Arc::new(Field::new_list_field(DataType::Utf8, true));
+        ColumnarValue::Array(Arc::new(
+            ListArray::try_new(field, offsets, Arc::new(values), None).unwrap(),
+        ))
+    };
+    let truths = |n: usize| {
+        let values = BooleanArray::from(vec![true; n]);
+        let field = Arc::new(Field::new_list_field(DataType::Boolean, true));
+        ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+            ListArray::try_new(
+                field,
+                OffsetBuffer::from_lengths([n]),
+                Arc::new(values),
+                None,
+            )
+            .unwrap(),
+        )))
+    };
+    let cases: Vec<(&str, Growth, Vec<ColumnarValue>, usize)> = vec![
+        (
+            "arrays_zip",
+            Growth::Zipped,
+            [list(&(0..100_000).collect::<Vec<_>>())]
+                .into_iter()
+                .chain((1..9).map(|i| list(&[i])))
+                .collect(),
+            1,
+        ),
+        (
+            "arrays_zip",
+            Growth::Zipped,
+            vec![numbers(&[20_000, 3, 0]), list(&[1]), texts(&[1, 2, 30_000])],
+            3,
+        ),
+        (
+            "arrays_zip",
+            Growth::Zipped,
+            vec![truths(50_000), numbers(&[1, 2])],
+            2,
+        ),
+        (
+            "array_positions",
+            Growth::Positions,
+            vec![
+                truths(100_000),
+                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+            ],
+            1,
+        ),
+        (
+            "array_positions",
+            Growth::Positions,
+            vec![
+                ColumnarValue::Array(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
+                    [40_000, 7].map(|n| Some(vec![Some(5); n])),
+                ))),
+                ColumnarValue::Array(Arc::new(Int64Array::from(vec![5, 6]))),
+            ],
+            2,
+        ),
+    ];
+    for (i, (name, growth, args, rows)) in cases.into_iter().enumerate() {
+        let estimated = estimate(growth, &args, rows).unwrap();
+        let unlisted = estimate(Growth::Unlisted { fixed_width: false }, &args, rows).unwrap();
+        let made = made_by(name, args, rows);
+        // Positions of numbers take no more than the numbers.
+        if i < 4 {
+            assert!(
+                made > unlisted,
+                "{name} {i}: {made} made, {unlisted} reserved if not listed"
+            );
+        }
+        assert!(
+            estimated >= made,
+            "{name}: {estimated} estimated, {made} made"
+        );
+        assert!(
+            estimated < 8 * made,
+            "{name}: {estimated} estimated, {made} made"
+        );
+    }
+    // 10 MiB: the value is refused before it is made, not by the check after it.
+    const MIB: usize = 1 << 20;
+    for (sql, name) in [
+        (
+            "SELECT cardinality(arrays_zip(range(0, 100000), [1], [2], [3], [4], [5], [6], [7], \
+             [8], [9], [10], [11], [12], [13], [14], [15], [16], [17], [18], [19]))",
+            "arrays_zip",
+        ),
+        (
+            "SELECT cardinality(array_positions(CAST(range(0, 1000000) AS BOOLEAN[]), true))",
+            "array_positions",
+        ),
+    ] {
+        let (ctx, pool) = crate::memory::tests::query_session(10 * MIB);
+        let refused = values(&ctx, sql).await.unwrap_err().to_string();
+        assert!(refused.contains(&format!(" {name}(…) needs")), "{refused}");
+        assert!(!refused.contains("the value of"), "{refused}");
+        assert_eq!(pool.reserved(), 0, "{sql}: nothing stays held");
+        let (ctx, _) = crate::memory::tests::query_session(256 * MIB);
+        assert_eq!(
+            values(&ctx, sql).await.unwrap(),
+            values(&SessionContext::new(), sql).await.unwrap()
+        );
+    }
+}

@@ -1,4 +1,6 @@
 use super::*;
+use arrow::datatypes::IntervalMonthDayNano;
+use datafusion::common::ScalarValue;
 use datafusion::execution::memory_pool::MemoryPool;
 
 fn int(v: i64) -> ColumnarValue {

@@ -249,7 +249,8 @@ async fn serve_with(
     }
     if config.compaction.interval_secs > 0 {
         let mut compactor =
-            floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone());
+            floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone())
+                .spilling_into(config.spill_dir());
         if let Some(refresher) = refresher {
             compactor = compactor.with_projections(refresher);
         }

@@ -365,7 +365,9 @@ impl Config {
         self.data_dir.join("wal")
     }
 
-    /// Where `floe serve`'s queries spill (`query.spill_total_bytes`).
+    /// Where the processes of this data directory spill, each into its own directory
+    /// (`query.spill_total_bytes`, `compaction.spill_total_bytes`,
+    /// `projection.spill_total_bytes`).
     pub fn spill_dir(&self) -> PathBuf {
         self.data_dir.join("spill")
     }

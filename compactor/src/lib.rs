@@ -10,6 +10,7 @@
 //! files deleted.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -270,6 +271,9 @@ fn pack(mut files: Vec<InputFile>, target: u64) -> Vec<Vec<InputFile>> {
 pub struct Compactor {
     catalog: Catalog,
     config: CompactionConfig,
+    /// Where rewrites spill: this process' directory under it (`floe_query::spill`), or the
+    /// system's temporary directory if `None`.
+    spill_root: Option<PathBuf>,
     /// Brought up to date by an erasure before it expires the old snapshots of `events`.
     projections: Option<projection::Refresher>,
 }
@@ -279,8 +283,15 @@ impl Compactor {
         Compactor {
             catalog,
             config,
+            spill_root: None,
             projections: None,
         }
+    }
+
+    /// Rewrites spill into this process' directory under `root` (`<data_dir>/spill`).
+    pub fn spilling_into(mut self, root: PathBuf) -> Compactor {
+        self.spill_root = Some(root);
+        self
     }
 
     /// Refreshes the tenant's projections during an erasure, after the rows are gone and before
@@ -349,9 +360,20 @@ impl Compactor {
         drop: Option<&RowFilter>,
     ) -> Result<Vec<DataFile>> {
         let name = table.identifier().to_string();
-        let df = |source: datafusion::error::DataFusionError| Error::DataFusion {
-            table: name.clone(),
-            source: Box::new(source),
+        let spill_total = self.config.spill_total_bytes;
+        let df = |source: datafusion::error::DataFusionError| {
+            let source = if floe_query::spill::exceeded(&source.to_string()) {
+                datafusion::error::DataFusionError::ResourcesExhausted(format!(
+                    "the rewrite's sort would spill more than compaction.spill_total_bytes \
+                     ({spill_total} bytes) to disk: {source}"
+                ))
+            } else {
+                source
+            };
+            Error::DataFusion {
+                table: name.clone(),
+                source: Box::new(source),
+            }
         };
         let metadata = table.metadata();
         let schema = metadata.current_schema().clone();
@@ -361,10 +383,17 @@ impl Compactor {
         let store_url = ObjectStoreUrl::parse(&store.url).map_err(df)?;
         // The sorts of the streams share the rewrite's memory evenly, each spilling past its
         // share (a greedy pool would refuse a sort that has nothing to spill yet).
-        let runtime = RuntimeEnvBuilder::new()
+        let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit_bytes)))
-            .build_arc()
+            .build()
             .map_err(df)?;
+        let spill_dir = match &self.spill_root {
+            Some(root) => Some(floe_query::spill::process_dir(root)?),
+            None => None,
+        };
+        runtime.disk_manager =
+            floe_query::spill::manager(spill_dir.as_deref(), self.config.spill_total_bytes)?;
+        let runtime = Arc::new(runtime);
         if let Some(s) = &store.store {
             runtime.register_object_store(store_url.as_ref(), s.clone());
         }

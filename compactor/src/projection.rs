@@ -25,6 +25,7 @@ mod rows;
 mod sharing;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,9 @@ struct Inner {
     config: ProjectionConfig,
     /// The SQL guard's limits, for user-defined projections (`query.max_sql_*`).
     limits: floe_query::projection::Limits,
+    /// Where user-defined projections' refreshes spill: this process' directory under it
+    /// (`<data_dir>/spill`, `floe_query::spill`).
+    spill_root: PathBuf,
     /// Tenants with commits not yet reflected.
     marked: Mutex<BTreeSet<String>>,
     /// Tenants with commits their projections do not reflect yet: when the first and the last
@@ -142,6 +146,7 @@ impl Refresher {
                     max_operators: config.query.max_sql_operators,
                     max_sql_bytes: config.query.max_sql_bytes,
                 },
+                spill_root: config.spill_dir(),
                 marked: Mutex::new(BTreeSet::new()),
                 pending: Mutex::new(BTreeMap::new()),
                 caught_up: Mutex::new(BTreeSet::new()),

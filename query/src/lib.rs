@@ -211,11 +211,11 @@ impl Engine {
         }
     }
 
-    /// The engine with its queries spilling into `dir`, emptied first of what an earlier
-    /// process left there (`spill`): for the one long-lived process of a data directory.
-    pub fn spilling_into(mut self, dir: &std::path::Path) -> floe_catalog::Result<Self> {
-        spill::emptied(dir)?;
-        self.spill = spill::manager(Some(dir), self.config.spill_total_bytes)?;
+    /// The engine with its queries spilling into this process' directory under `root`
+    /// (`<data_dir>/spill`; `spill::process_dir`).
+    pub fn spilling_into(mut self, root: &std::path::Path) -> floe_catalog::Result<Self> {
+        let dir = spill::process_dir(root)?;
+        self.spill = spill::manager(Some(&dir), self.config.spill_total_bytes)?;
         Ok(self)
     }
 

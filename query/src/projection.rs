@@ -15,6 +15,7 @@ use datafusion::catalog::MemTable;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -44,11 +45,13 @@ pub struct Limits {
 /// A session whose only table is `events` (with `schema`), in UTC, its memory from `pool`,
 /// with a query's memory checks: growing functions bounded and the values of projections and
 /// aggregates' arguments counted (`memory`). A run's pool serves one run. Checking a
-/// definition runs nothing: its pool (`None`) keeps large values out of any plan made.
+/// definition runs nothing: its pool (`None`) keeps large values out of any plan made. A run
+/// spills through `spill`.
 fn session(
     schema: SchemaRef,
     rows: Option<SendableRecordBatchStream>,
     pool: Option<Arc<QueryPool>>,
+    spill: Option<Arc<DiskManager>>,
     limits: Limits,
 ) -> Result<SessionContext> {
     let mut cfg = SessionConfig::new()
@@ -59,9 +62,13 @@ fn session(
         let limit = limits.max_sql_bytes;
         Budget::new(limit, Duration::ZERO).pool_limited_by("", limit, "query.max_sql_bytes")
     });
-    let runtime = RuntimeEnvBuilder::new()
+    let mut runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(pool.clone())
-        .build_arc()?;
+        .build()?;
+    if let Some(spill) = spill {
+        runtime.disk_manager = spill;
+    }
+    let runtime = Arc::new(runtime);
     let state = SessionStateBuilder::new()
         .with_config(cfg)
         .with_runtime_env(runtime)
@@ -123,7 +130,7 @@ fn refuse(message: impl Into<String>) -> Error {
 
 /// Checks a definition against `events` (with `schema`); its output columns.
 pub async fn check(sql: &str, schema: SchemaRef, limits: Limits) -> Result<SchemaRef> {
-    let ctx = session(schema, None, None, limits)?;
+    let ctx = session(schema, None, None, None, limits)?;
     let plan = plan(&ctx, sql, limits).await?;
     let mut aggregates = Vec::new();
     let mut problem: Option<String> = None;
@@ -300,15 +307,16 @@ pub fn run_pool(tenant: &str, limit: usize) -> Arc<QueryPool> {
 
 /// Runs a checked definition over `rows` of `events` (whole days), read as they come, with
 /// its memory from `pool` (the values its functions and expressions make included): past it,
-/// aggregations spill to disk where they can, and the run fails with `ResourcesExhausted`
-/// where they cannot.
+/// aggregations spill to disk through `spill` where they can, and the run fails with
+/// `ResourcesExhausted` where they cannot.
 pub async fn run(
     sql: &str,
     rows: SendableRecordBatchStream,
     pool: Arc<QueryPool>,
+    spill: Arc<DiskManager>,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = session(rows.schema(), Some(rows), Some(pool), limits)?;
+    let ctx = session(rows.schema(), Some(rows), Some(pool), Some(spill), limits)?;
     let plan = plan(&ctx, sql, limits).await?;
     let df = ctx.execute_logical_plan(plan).await?;
     Ok(memory::claims::collect(df).await?)
@@ -317,6 +325,10 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spill() -> Arc<DiskManager> {
+        crate::spill::manager(None, 1 << 30).unwrap()
+    }
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
 
     fn events() -> SchemaRef {
@@ -439,9 +451,15 @@ mod tests {
         )
         .unwrap();
         let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
-        let out = run(sql, stream(vec![batch]), run_pool("t", 64 << 20), LIMITS)
-            .await
-            .unwrap();
+        let out = run(
+            sql,
+            stream(vec![batch]),
+            run_pool("t", 64 << 20),
+            spill(),
+            LIMITS,
+        )
+        .await
+        .unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
             .unwrap()
             .to_string();
@@ -483,14 +501,21 @@ mod tests {
             sql,
             stream(vec![batch.clone()]),
             run_pool("t", 64 << 10),
+            spill(),
             LIMITS,
         )
         .await
         .unwrap_err();
         assert!(e.to_string().contains("Resources exhausted"), "{e}");
-        let out = run(sql, stream(vec![batch]), run_pool("t", 256 << 20), LIMITS)
-            .await
-            .unwrap();
+        let out = run(
+            sql,
+            stream(vec![batch]),
+            run_pool("t", 256 << 20),
+            spill(),
+            LIMITS,
+        )
+        .await
+        .unwrap();
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), n);
     }
 
@@ -508,6 +533,7 @@ mod tests {
             sql,
             stream(vec![batch.clone()]),
             run_pool("t", 64 << 20),
+            spill(),
             LIMITS,
         )
         .await
@@ -518,9 +544,15 @@ mod tests {
         );
         let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat(event_id, 200000))) AS n \
                    FROM events GROUP BY 1";
-        let e = run(sql, stream(vec![batch]), run_pool("t", 64 << 20), LIMITS)
-            .await
-            .unwrap_err();
+        let e = run(
+            sql,
+            stream(vec![batch]),
+            run_pool("t", 64 << 20),
+            spill(),
+            LIMITS,
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.to_string().contains("projection.memory_limit_bytes"),
             "{e}"

@@ -9,11 +9,20 @@
 //! Here all queries of a process share one manager: everything they have spilled at once is
 //! at most `query.spill_total_bytes`, and the query whose write would pass it fails with
 //! `EXCEEDED_SPILL_LIMIT` (its files, and every other query's, are deleted as their operators
-//! end). `floe serve` spills into `<data_dir>/spill`, emptied when it starts: files a killed
-//! process left, tenants' rows among them, do not stay.
+//! end). Compaction's rewrites and projections' refreshes spill too (their sorts and
+//! aggregations), each run at most `compaction.spill_total_bytes` or
+//! `projection.spill_total_bytes`.
+//!
+//! Every process of a data directory (`floe serve`, `floe compactor`, `floe compact`,
+//! `floe projection`) spills into its own directory under `<data_dir>/spill`, locked for as
+//! long as the process lives ([`process_dir`]). Each removes, when it first spills, the
+//! directories whose process is gone: a killed process' files (tenants' rows, some of them
+//! perhaps erased since) do not stay, and a running process' files are not taken from it.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use floe_catalog::{Error, Result};
@@ -36,20 +45,96 @@ pub fn manager(dir: Option<&Path>, total: u64) -> Result<Arc<DiskManager>> {
         })
 }
 
-/// Empties `dir` of what an earlier process spilled (creating it if missing).
-pub fn emptied(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Config {
-                message: format!("cannot empty the spill directory {}: {e}", dir.display()),
-            });
+/// This process' spill directory under `root`: made, and the directories of processes gone
+/// removed, the first time it is asked for; the same directory after that.
+pub fn process_dir(root: &Path) -> Result<PathBuf> {
+    static OWN: Mutex<Vec<(PathBuf, ProcessDir)>> = Mutex::new(Vec::new());
+    let mut own = OWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, dir)) = own.iter().find(|(r, _)| r == root) {
+        return Ok(dir.path.clone());
+    }
+    let dir = ProcessDir::new(root)?;
+    let path = dir.path.clone();
+    own.push((root.to_path_buf(), dir));
+    Ok(path)
+}
+
+/// A directory `<root>/<name>` beside its lock file `<root>/<name>.lock`, held locked while
+/// the directory is in use (the lock goes with the process, however it ends).
+struct ProcessDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl ProcessDir {
+    fn new(root: &Path) -> Result<ProcessDir> {
+        let io = |what: &str, path: &Path| {
+            let what = format!("{what} {}", path.display());
+            move |e: std::io::Error| Error::Config {
+                message: format!("spill directory: cannot {what}: {e}"),
+            }
+        };
+        std::fs::create_dir_all(root).map_err(io("create", root))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("{}-{nanos}", std::process::id());
+        // The lock first, then the directory: a directory without its lock file is a
+        // leftover.
+        let lock_path = root.join(format!("{name}.lock"));
+        let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
+        lock.try_lock()
+            .map_err(|e| io("lock", &lock_path)(std::io::Error::other(e)))?;
+        remove_leftovers(root, &name)?;
+        let path = root.join(&name);
+        std::fs::create_dir(&path).map_err(io("create", &path))?;
+        Ok(ProcessDir { path, _lock: lock })
+    }
+}
+
+/// Removes from `root` what no living process holds: a directory whose lock file is not
+/// locked, with that file; a directory without one; any other file (what `floe serve` spilled
+/// straight into `root` before each process had its own directory).
+fn remove_leftovers(root: &Path, own: &str) -> Result<()> {
+    let gone = |path: &Path, e: std::io::Error| match e.kind() {
+        // Removed by another process cleaning up at the same time.
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(Error::Config {
+            message: format!("spill directory: cannot remove {}: {e}", path.display()),
+        }),
+    };
+    let remove = |path: &Path| {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.or_else(|e| gone(path, e))
+    };
+    let entries = std::fs::read_dir(root).map_err(|e| Error::Config {
+        message: format!("spill directory: cannot list {}: {e}", root.display()),
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match name.strip_suffix(".lock") {
+            Some(stem) if stem == own => {}
+            Some(stem) => {
+                let Ok(lock) = File::options().write(true).open(&path) else {
+                    continue;
+                };
+                // Held: its process lives. Taken: the process is gone, and this one removes
+                // what it left while holding its lock.
+                if lock.try_lock().is_ok() {
+                    remove(&root.join(stem))?;
+                    remove(&path)?;
+                }
+            }
+            None if name == own || root.join(format!("{name}.lock")).exists() => {}
+            None => remove(&path)?,
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::Config {
-        message: format!("cannot create the spill directory {}: {e}", dir.display()),
-    })
+    Ok(())
 }
 
 /// Whether DataFusion's refusal `message` is its spill manager's, past its size.
@@ -83,16 +168,60 @@ mod tests {
         assert!(!spill.tmp_files_enabled());
     }
 
+    /// A killed process' spilled rows do not stay, and a running process' are not taken
+    /// from it: each process spills into its own directory, locked while it lives.
     #[test]
-    fn leftovers_are_emptied() {
-        let dir = tempfile::tempdir().unwrap();
-        let spill = dir.path().join("spill");
-        std::fs::create_dir_all(spill.join("datafusion-old")).unwrap();
-        std::fs::write(spill.join("datafusion-old/x.arrow"), b"rows").unwrap();
-        emptied(&spill).unwrap();
-        assert!(spill.is_dir());
-        assert!(std::fs::read_dir(&spill).unwrap().next().is_none());
-        emptied(&dir.path().join("new")).unwrap();
-        assert!(dir.path().join("new").is_dir());
+    fn the_files_of_processes_gone_are_removed_and_the_living_keep_theirs() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().join("spill");
+        let with_rows = |dir: &Path| {
+            std::fs::create_dir_all(dir.join("datafusion-x")).unwrap();
+            std::fs::write(dir.join("datafusion-x/sort.arrow"), b"rows").unwrap();
+        };
+        // What `floe serve` spilled straight into the root before, a process gone (its lock
+        // file left unlocked), one that died between its lock file and its directory, and
+        // one alive.
+        with_rows(&root);
+        with_rows(&root.join("11-1"));
+        std::fs::write(root.join("11-1.lock"), b"").unwrap();
+        std::fs::write(root.join("12-2.lock"), b"").unwrap();
+        with_rows(&root.join("13-3"));
+        let alive = File::create(root.join("13-3.lock")).unwrap();
+        alive.try_lock().unwrap();
+        with_rows(&root.join("14-4"));
+
+        let first = ProcessDir::new(&root).unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let own = first
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut expected = vec!["13-3".to_string(), "13-3.lock".into(), own.clone()];
+        expected.push(format!("{own}.lock"));
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!(first.path.is_dir());
+        assert!(root.join("13-3/datafusion-x/sort.arrow").exists());
+
+        // The living process ends: the next one takes its files away, not the first's.
+        drop(alive);
+        let second = ProcessDir::new(&root).unwrap();
+        assert!(!root.join("13-3").exists() && !root.join("13-3.lock").exists());
+        assert!(first.path.is_dir());
+        drop(first);
+        let third = ProcessDir::new(&root).unwrap();
+        assert!(second.path.is_dir() && third.path.is_dir());
+        assert!(!root.join(&own).exists());
+
+        // One directory per process and root, the same every time it is asked for.
+        let dir = process_dir(&root).unwrap();
+        assert_eq!(process_dir(&root).unwrap(), dir);
+        assert!(dir.starts_with(&root) && dir.is_dir());
     }
 }

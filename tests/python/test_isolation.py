@@ -503,15 +503,19 @@ def test_spilled_bytes_stop_at_the_servers_spill_limit(tmp_path):
     let each query write up to 100 GB into the system's temporary directory: a viewer's
     `SELECT DISTINCT` over a cross join wrote 22.5 GB there in the 60 s of its time limit, and a
     few such queries fill the disk the write-ahead log is on. Now all of a server's queries
-    share `query.spill_total_bytes`, in `<data_dir>/spill`, which the server empties when it
-    starts (a killed process's files hold tenants' rows)."""
+    share `query.spill_total_bytes`, in the server's own directory under `<data_dir>/spill`;
+    it removes, as it starts, what processes no longer running left there (a killed
+    process's files hold tenants' rows)."""
     spill = tmp_path / "spill"
-    (spill / "datafusion-left").mkdir(parents=True)
-    (spill / "datafusion-left" / "rows.arrow").write_bytes(b"a tenant's rows")
+    for left in ["datafusion-left", "4000000-1"]:
+        (spill / left).mkdir(parents=True)
+        (spill / left / "rows.arrow").write_bytes(b"a tenant's rows")
+    (spill / "4000000-1.lock").write_bytes(b"")
     proc, srv = start(tmp_path, "--set", "query.memory_limit_bytes=64MiB",
                       "--set", "query.spill_total_bytes=64MiB")
     try:
-        assert not (spill / "datafusion-left").exists(), "emptied at start"
+        left = sorted(p.name for p in spill.iterdir())
+        assert left == [f"{left[0]}", f"{left[0]}.lock"] and left[0].startswith(f"{proc.pid}-"), left
         floe(tmp_path, "tenant", "create", "spills")
         viewer = srv.token("spills", "viewer")
         most, done = [0], threading.Event()

@@ -89,6 +89,10 @@ pub struct CompactionConfig {
     pub zstd_level: i32,
     /// Memory one rewrite may hold while sorting; past it, the sort spills to temporary files.
     pub memory_limit_bytes: usize,
+    /// Disk one rewrite may have spilled at once (into the process' directory under
+    /// `<data_dir>/spill`); past it the rewrite fails, and is tried again next run. 0: nothing
+    /// spills, and a rewrite past its memory fails.
+    pub spill_total_bytes: u64,
     /// Streams that read and sort one rewrite's files side by side, merged in order into its
     /// output (0: one per core; at most one per 64 MiB of `memory_limit_bytes`, which they
     /// share evenly).
@@ -125,6 +129,7 @@ impl Default for CompactionConfig {
             target_file_bytes: 128 << 20,
             zstd_level: 3,
             memory_limit_bytes: 512 << 20,
+            spill_total_bytes: 16 << 30,
             read_parallelism: 0,
             bins_per_commit: 16,
             snapshot_max_age_secs: 900,
@@ -173,6 +178,9 @@ pub struct ProjectionConfig {
     /// the aggregation's state; aggregations spill to disk past it, a refresh that cannot
     /// fails naming this key). One refresh runs at a time per process.
     pub memory_limit_bytes: u64,
+    /// Disk one refresh of a day may have spilled at once (into the process' directory under
+    /// `<data_dir>/spill`); past it the refresh fails, and is tried again. 0: nothing spills.
+    pub spill_total_bytes: u64,
 }
 
 impl Default for ProjectionConfig {
@@ -188,6 +196,7 @@ impl Default for ProjectionConfig {
             poll_interval_ms: 1000,
             retry_after_ms: 5000,
             memory_limit_bytes: 512 << 20,
+            spill_total_bytes: 16 << 30,
         }
     }
 }

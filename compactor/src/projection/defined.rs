@@ -185,6 +185,7 @@ impl Refresher {
         // state, the values its expressions make) comes from this pool, and aggregations spill
         // to disk past it.
         let limit = self.inner.config.memory_limit_bytes;
+        let spill_dir = floe_query::spill::process_dir(&self.inner.spill_root)?;
         for (day, day_files) in by_day {
             // A pool per day's run: each is planned anew, and folds no large value into its
             // plan until its physical plan is made.
@@ -193,7 +194,9 @@ impl Refresher {
             let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
             let ids = MemoryConsumer::new("projection event ids").register(&shared);
             let events = first_copies(events, events_schema.clone(), ids);
-            let out = floe_query::projection::run(&d.sql, events, pool, self.inner.limits)
+            let spill =
+                floe_query::spill::manager(Some(&spill_dir), self.inner.config.spill_total_bytes)?;
+            let out = floe_query::projection::run(&d.sql, events, pool, spill, self.inner.limits)
                 .await
                 .map_err(|e| {
                     // Reading the day's files failed: storage trouble, not the definition.

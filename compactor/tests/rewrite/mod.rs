@@ -537,3 +537,61 @@ async fn a_bin_whose_files_lack_rows_is_left_out_and_the_others_land() {
     assert!(inputs.clone().all(|p| live.contains(p)), "{live:?}");
     assert_eq!(live.len(), good.len() + inputs.count());
 }
+
+/// A rewrite whose sort passes its memory spills into this process' directory under the data
+/// directory's `spill`, at most `compaction.spill_total_bytes`: with DataFusion's defaults
+/// each rewrite could write up to 100 GB into the system's temporary directory, where a
+/// killed compaction left tenants' rows that no erasure reaches.
+#[tokio::test]
+async fn a_rewrite_spills_into_the_data_directory_at_most_its_total() {
+    let world = World::new().await;
+    // 48 MB of payloads, against 40 MiB of memory.
+    for commit in 0..24i64 {
+        let stored: Vec<StoredEvent> = (0..2_000i64)
+            .map(|i| StoredEvent {
+                payload: format!("{{\"n\":\"{}\"}}", "x".repeat(1_000 + (i as usize % 7))),
+                ..page_view(
+                    format!("e{commit}-{i}"),
+                    3 * US_PER_DAY + (i * 7_919 % 5_000),
+                )
+            })
+            .collect();
+        world.commit(&stored).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let spill = root.path().join("spill");
+    let compactor = |total| {
+        let mut config = world.config.compaction.clone();
+        config.memory_limit_bytes = 40 << 20;
+        config.spill_total_bytes = total;
+        Compactor::new(world.catalog.clone(), config).spilling_into(spill.clone())
+    };
+    let plan = compactor(1)
+        .plan_table(&world.tenant, EVENTS_TABLE)
+        .await
+        .unwrap();
+    assert_eq!(plan.bins.len(), 1, "{plan:?}");
+    let refused = compactor(1)
+        .run_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .expect_err("past the spill total")
+        .to_string();
+    assert!(
+        refused.contains("compaction.spill_total_bytes"),
+        "{refused}"
+    );
+    // The process' own directory, emptied of the rewrite's files as they went.
+    let dirs: Vec<_> = std::fs::read_dir(&spill)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(std::fs::read_dir(&dirs[0]).unwrap().count(), 0);
+    // With room to spill, the rewrite lands.
+    let done = compactor(1 << 30)
+        .run_bin(&world.tenant, EVENTS_TABLE, &plan.bins[0])
+        .await
+        .unwrap();
+    assert!(done.committed, "{done:?}");
+}

@@ -44,7 +44,7 @@ pub async fn service(config: &Config) -> anyhow::Result<()> {
     let stop = Stop::on_signals();
     let catalog = Catalog::open(config).await?;
     let mut compactor = floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone())
-        .spilling_into(config.spill_dir());
+        .spilling_into(config.spill_dir())?;
     let mut refreshing = tokio::task::JoinSet::new();
     let refresher = refresher(&catalog, config);
     let lag = refresher
@@ -103,7 +103,7 @@ pub async fn backfill(config: &Config, tenant: &str, column: &str) -> anyhow::Re
         bail!("tenant {tenant} does not exist");
     }
     let compactor = floe_compactor::Compactor::new(catalog, config.compaction.clone())
-        .spilling_into(config.spill_dir());
+        .spilling_into(config.spill_dir())?;
     // A bin whose files changed meanwhile (a compaction, an erasure) is left; a next pass
     // finds its files again.
     let mut done = compactor.backfill_promoted(&tenant, column).await?;
@@ -148,7 +148,7 @@ pub async fn once(config: &Config, tenant: Option<&str>, dry_run: bool) -> anyho
     };
     let compactor = with_projections(
         floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone())
-            .spilling_into(config.spill_dir()),
+            .spilling_into(config.spill_dir())?,
         &catalog,
         config,
     );

@@ -250,7 +250,7 @@ async fn serve_with(
     if config.compaction.interval_secs > 0 {
         let mut compactor =
             floe_compactor::Compactor::new(catalog.clone(), config.compaction.clone())
-                .spilling_into(config.spill_dir());
+                .spilling_into(config.spill_dir())?;
         if let Some(refresher) = refresher {
             compactor = compactor.with_projections(refresher);
         }

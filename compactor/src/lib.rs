@@ -288,10 +288,14 @@ impl Compactor {
         }
     }
 
-    /// Rewrites spill into this process' directory under `root` (`<data_dir>/spill`).
-    pub fn spilling_into(mut self, root: PathBuf) -> Compactor {
+    /// Rewrites spill into this process' directory under `root` (`<data_dir>/spill`), made
+    /// now (and the directories of processes gone removed).
+    pub fn spilling_into(mut self, root: PathBuf) -> Result<Compactor> {
+        if self.config.spill_total_bytes > 0 {
+            floe_query::spill::process_dir(&root)?;
+        }
         self.spill_root = Some(root);
-        self
+        Ok(self)
     }
 
     /// Refreshes the tenant's projections during an erasure, after the rows are gone and before
@@ -365,7 +369,8 @@ impl Compactor {
             let source = if floe_query::spill::exceeded(&source.to_string()) {
                 datafusion::error::DataFusionError::ResourcesExhausted(format!(
                     "the rewrite's sort would spill more than compaction.spill_total_bytes \
-                     ({spill_total} bytes) to disk: {source}"
+                     ({spill_total} bytes) to disk; the next run tries again (raise it, or \
+                     compaction.memory_limit_bytes)"
                 ))
             } else {
                 source
@@ -387,12 +392,8 @@ impl Compactor {
             .with_memory_pool(Arc::new(FairSpillPool::new(self.config.memory_limit_bytes)))
             .build()
             .map_err(df)?;
-        let spill_dir = match &self.spill_root {
-            Some(root) => Some(floe_query::spill::process_dir(root)?),
-            None => None,
-        };
         runtime.disk_manager =
-            floe_query::spill::manager(spill_dir.as_deref(), self.config.spill_total_bytes)?;
+            floe_query::spill::manager(self.spill_root.as_deref(), self.config.spill_total_bytes)?;
         let runtime = Arc::new(runtime);
         if let Some(s) = &store.store {
             runtime.register_object_store(store_url.as_ref(), s.clone());

@@ -214,8 +214,7 @@ impl Engine {
     /// The engine with its queries spilling into this process' directory under `root`
     /// (`<data_dir>/spill`; `spill::process_dir`).
     pub fn spilling_into(mut self, root: &std::path::Path) -> floe_catalog::Result<Self> {
-        let dir = spill::process_dir(root)?;
-        self.spill = spill::manager(Some(&dir), self.config.spill_total_bytes)?;
+        self.spill = spill::manager(Some(root), self.config.spill_total_bytes)?;
         Ok(self)
     }
 

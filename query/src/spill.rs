@@ -15,9 +15,10 @@
 //!
 //! Every process of a data directory (`floe serve`, `floe compactor`, `floe compact`,
 //! `floe projection`) spills into its own directory under `<data_dir>/spill`, locked for as
-//! long as the process lives ([`process_dir`]). Each removes, when it first spills, the
-//! directories whose process is gone: a killed process' files (tenants' rows, some of them
-//! perhaps erased since) do not stay, and a running process' files are not taken from it.
+//! long as the process lives ([`process_dir`]). Each removes, as it starts (`floe serve`,
+//! `floe compactor`, `floe compact`) or at its first refresh, the directories whose process is
+//! gone: a killed process' files (tenants' rows, some of them perhaps erased since) do not
+//! stay, and a running process' files are not taken from it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,12 +28,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use floe_catalog::{Error, Result};
 
-/// The process' spill manager: `total` bytes at most in `dir` (the system's temporary
-/// directory if `None`); 0 turns spilling off (an operator past its memory fails instead).
-pub fn manager(dir: Option<&Path>, total: u64) -> Result<Arc<DiskManager>> {
-    let mode = match dir {
+/// A spill manager: at most `total` bytes, in this process' directory under `root`
+/// ([`process_dir`]), or in the system's temporary directory if `None`; 0 turns spilling off
+/// (an operator past its memory fails instead), and makes no directory.
+pub fn manager(root: Option<&Path>, total: u64) -> Result<Arc<DiskManager>> {
+    let mode = match root {
         _ if total == 0 => DiskManagerMode::Disabled,
-        Some(dir) => DiskManagerMode::Directories(vec![dir.to_path_buf()]),
+        Some(root) => DiskManagerMode::Directories(vec![process_dir(root)?]),
         None => DiskManagerMode::OsTmpDirectory,
     };
     DiskManagerBuilder::default()
@@ -41,7 +43,7 @@ pub fn manager(dir: Option<&Path>, total: u64) -> Result<Arc<DiskManager>> {
         .build()
         .map(Arc::new)
         .map_err(|e| Error::Config {
-            message: format!("query spill directory: {e}"),
+            message: format!("spill directory: {e}"),
         })
 }
 
@@ -49,15 +51,20 @@ pub fn manager(dir: Option<&Path>, total: u64) -> Result<Arc<DiskManager>> {
 /// removed, the first time it is asked for; the same directory after that.
 pub fn process_dir(root: &Path) -> Result<PathBuf> {
     static OWN: Mutex<Vec<(PathBuf, ProcessDir)>> = Mutex::new(Vec::new());
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
     let mut own = OWN.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((_, dir)) = own.iter().find(|(r, _)| r == root) {
+    if let Some((_, dir)) = own.iter().find(|(r, _)| *r == root) {
         return Ok(dir.path.clone());
     }
-    let dir = ProcessDir::new(root)?;
+    let dir = ProcessDir::new(&root)?;
     let path = dir.path.clone();
-    own.push((root.to_path_buf(), dir));
+    own.push((root, dir));
     Ok(path)
 }
+
+/// Held by a process while it makes its directory or removes others': a lock file is never
+/// seen between its creation and its locking.
+const MAKING: &str = ".making";
 
 /// A directory `<root>/<name>` beside its lock file `<root>/<name>.lock`, held locked while
 /// the directory is in use (the lock goes with the process, however it ends).
@@ -75,6 +82,13 @@ impl ProcessDir {
             }
         };
         std::fs::create_dir_all(root).map_err(io("create", root))?;
+        let making_path = root.join(MAKING);
+        let making = File::create(&making_path).map_err(io("create", &making_path))?;
+        // A file system without locks: each process keeps its own directory, and leaves the
+        // others' (their locks cannot be taken either).
+        if let Err(e) = making.lock() {
+            tracing::warn!(path = %making_path.display(), error = %e, "spill directory: locks unavailable; directories of stopped processes are not removed");
+        }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -83,8 +97,17 @@ impl ProcessDir {
         // leftover.
         let lock_path = root.join(format!("{name}.lock"));
         let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
-        lock.try_lock()
-            .map_err(|e| io("lock", &lock_path)(std::io::Error::other(e)))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io("lock", &lock_path)(std::io::Error::other(
+                    "another process holds it; try again",
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(path = %lock_path.display(), error = %e, "spill directory: cannot lock this process' directory");
+            }
+        }
         remove_leftovers(root, &name)?;
         let path = root.join(&name);
         std::fs::create_dir(&path).map_err(io("create", &path))?;
@@ -130,7 +153,8 @@ fn remove_leftovers(root: &Path, own: &str) -> Result<()> {
                     remove(&path)?;
                 }
             }
-            None if name == own || root.join(format!("{name}.lock")).exists() => {}
+            None if name == own || name == MAKING || root.join(format!("{name}.lock")).exists() => {
+            }
             None => remove(&path)?,
         }
     }
@@ -152,14 +176,20 @@ mod tests {
     fn a_write_past_the_total_is_refused_as_a_spill_limit() {
         let dir = tempfile::tempdir().unwrap();
         let spill = manager(Some(dir.path()), 1000).unwrap();
+        let own = process_dir(dir.path()).unwrap();
         let mut file = spill.create_tmp_file("test").unwrap();
         file.inner().as_file().write_all(&[7; 2000]).unwrap();
         let e = file.update_disk_usage().expect_err("past the total");
         assert!(exceeded(&e.find_root().to_string()), "{e}");
-        // The files are in the directory given, and go with their manager.
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_some());
+        // The files are in this process' directory under the one given, and go with their
+        // manager.
+        assert!(std::fs::read_dir(&own).unwrap().next().is_some());
         drop((file, spill));
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        assert!(std::fs::read_dir(&own).unwrap().next().is_none());
+        // Nothing spills: no directory is made.
+        let elsewhere = dir.path().join("none");
+        assert!(!manager(Some(&elsewhere), 0).unwrap().tmp_files_enabled());
+        assert!(!elsewhere.exists());
     }
 
     #[test]
@@ -202,7 +232,12 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let mut expected = vec!["13-3".to_string(), "13-3.lock".into(), own.clone()];
+        let mut expected = vec![
+            "13-3".to_string(),
+            "13-3.lock".into(),
+            MAKING.into(),
+            own.clone(),
+        ];
         expected.push(format!("{own}.lock"));
         expected.sort();
         assert_eq!(left, expected);
@@ -222,6 +257,7 @@ mod tests {
         // One directory per process and root, the same every time it is asked for.
         let dir = process_dir(&root).unwrap();
         assert_eq!(process_dir(&root).unwrap(), dir);
+        assert_eq!(process_dir(&root.join(".")).unwrap(), dir);
         assert!(dir.starts_with(&root) && dir.is_dir());
     }
 }

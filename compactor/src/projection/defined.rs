@@ -185,7 +185,6 @@ impl Refresher {
         // state, the values its expressions make) comes from this pool, and aggregations spill
         // to disk past it.
         let limit = self.inner.config.memory_limit_bytes;
-        let spill_dir = floe_query::spill::process_dir(&self.inner.spill_root)?;
         for (day, day_files) in by_day {
             // A pool per day's run: each is planned anew, and folds no large value into its
             // plan until its physical plan is made.
@@ -194,8 +193,8 @@ impl Refresher {
             let events = files::read_events(catalog.data_store(), day_files, events_schema.clone());
             let ids = MemoryConsumer::new("projection event ids").register(&shared);
             let events = first_copies(events, events_schema.clone(), ids);
-            let spill =
-                floe_query::spill::manager(Some(&spill_dir), self.inner.config.spill_total_bytes)?;
+            let spill_total = self.inner.config.spill_total_bytes;
+            let spill = floe_query::spill::manager(Some(&self.inner.spill_root), spill_total)?;
             let out = floe_query::projection::run(&d.sql, events, pool, spill, self.inner.limits)
                 .await
                 .map_err(|e| {
@@ -213,6 +212,14 @@ impl Refresher {
                             object: object.clone(),
                             message: message.clone(),
                         };
+                    }
+                    if floe_query::spill::exceeded(&e.to_string()) {
+                        return Error::Invalid(format!(
+                            "projection {} on day {day}: its aggregations would spill more \
+                             than projection.spill_total_bytes ({spill_total} bytes) to disk; \
+                             it is tried again (raise it, or projection.memory_limit_bytes)",
+                            d.name
+                        ));
                     }
                     // The pool's refusals name `projection.memory_limit_bytes`.
                     Error::Invalid(format!("projection {} on day {day}: {e}", d.name))

@@ -564,7 +564,9 @@ async fn a_rewrite_spills_into_the_data_directory_at_most_its_total() {
         let mut config = world.config.compaction.clone();
         config.memory_limit_bytes = 40 << 20;
         config.spill_total_bytes = total;
-        Compactor::new(world.catalog.clone(), config).spilling_into(spill.clone())
+        Compactor::new(world.catalog.clone(), config)
+            .spilling_into(spill.clone())
+            .unwrap()
     };
     let plan = compactor(1)
         .plan_table(&world.tenant, EVENTS_TABLE)

@@ -79,7 +79,7 @@ impl World {
     }
 
     pub fn refresher(&self) -> Refresher {
-        Refresher::new(self.catalog.clone(), &Config::default())
+        Refresher::new(self.catalog.clone(), &self.config)
     }
 
     /// New events: (day, user, kind), each with a new id.

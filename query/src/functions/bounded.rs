@@ -102,8 +102,8 @@ enum Growth {
     /// converted once (`array_has_any`, `array_has_all`), not copied into every row.
     Rows { scalar_once: bool },
     /// `arrays_zip(list, …)`: each row's lists padded to its longest, so every list takes the
-    /// longest's length; each padding element a null of its list's element type
-    /// ([`padded_bytes`]), in buffers that double. `arrays_zip(range(0, 10000000), [1], …)`
+    /// longest's length; its elements copied, and each padding element a null of its list's
+    /// element type ([`padded_bytes`]), into buffers that double. `arrays_zip(range(0, 10000000), [1], …)`
     /// with 20 lists made 1.6 GB from 80 MB of input before the check after it.
     Zipped,
     /// `array_positions(list, element)`: up to one position per element, each collected as
@@ -142,6 +142,11 @@ const ROW_BYTES: u128 = 80;
 /// What `array_positions` may hold per element of its list: the position as an `Option<u64>`
 /// (16 bytes) in a vector that may be half empty, then 8 bytes in a builder that may be too.
 const POSITION_BYTES: u128 = 48;
+
+/// What `array_positions` holds per row besides: the row's slot among the vectors (24 bytes),
+/// a vector of at least four positions once one matches (64), the list's offset in a builder
+/// that doubles (8), and its validity.
+const POSITIONS_ROW_BYTES: u128 = 112;
 
 const BOUNDED: &[(&str, Growth)] = &[
     ("range", Growth::Range { inclusive: false }),
@@ -524,8 +529,9 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
             let mut longest = vec![0; rows];
             let mut per_element = 0;
             for a in args {
+                // Copied row by row into buffers that double: up to twice their size.
                 let copied = rows > 1 && matches!(a, ColumnarValue::Scalar(_));
-                total += total_length(a, rows)? * (1 + u128::from(copied));
+                total += total_length(a, rows)? * (2 + u128::from(copied));
                 for (l, n) in longest.iter_mut().zip(list_lengths(a, rows)?) {
                     *l = n.max(*l);
                 }
@@ -545,8 +551,7 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 let copied = rows > 1 && matches!(a, ColumnarValue::Scalar(_));
                 total += total_length(a, rows)? * (1 + u128::from(copied));
             }
-            // Each row's vector, and its list's offset.
-            total += elements(&args[0], rows) * POSITION_BYTES + rows as u128 * 40;
+            total += elements(&args[0], rows) * POSITION_BYTES + rows as u128 * POSITIONS_ROW_BYTES;
         }
         Growth::Split => {
             let text = lengths(&args[0], rows)?;

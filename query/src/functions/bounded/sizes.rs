@@ -24,12 +24,23 @@ pub(super) fn padded_bytes(data_type: &DataType) -> u128 {
         DataType::Struct(fields) => fields.iter().map(|f| padded_bytes(f.data_type())).sum(),
         DataType::FixedSizeList(f, n) => padded_bytes(f.data_type()) * (*n).max(0) as u128,
         DataType::Dictionary(key, _) => padded_bytes(key),
+        // Zeros of its width (`arrow_cast(NULL, 'FixedSizeBinary(1000000)')` pads with a
+        // megabyte per element).
+        DataType::FixedSizeBinary(n) => (*n).max(0) as u128,
+        // A type id, an offset (dense), and each child's.
+        DataType::Union(fields, _) => {
+            5 + fields
+                .iter()
+                .map(|(_, f)| padded_bytes(f.data_type()))
+                .sum::<u128>()
+        }
         other => other.primitive_width().unwrap_or(16) as u128,
     };
     own + 1
 }
 
-/// The elements of a list argument in each row (0 for a null or anything not a list).
+/// The elements of a list argument in each row, as its offsets span them (a null row's span
+/// too, and a fixed size list's size whether null or not; 0 for anything not a list).
 pub(super) fn list_lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
     fn spans<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> Vec<u128> {
         offsets

@@ -352,6 +352,25 @@ async fn zipped_and_searched_lists_are_reserved_before_they_are_made() {
             .unwrap(),
         )))
     };
+    // A list of `n` nulls of `width` bytes each: padded with `width` zeros an element.
+    let wide = |n: usize, width: i32| {
+        let field = Arc::new(Field::new_list_field(
+            DataType::FixedSizeBinary(width),
+            true,
+        ));
+        let values = arrow::array::new_null_array(&DataType::FixedSizeBinary(width), n);
+        ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+            ListArray::try_new(field, OffsetBuffer::from_lengths([n]), values, None).unwrap(),
+        )))
+    };
+    let large = |lens: &[usize]| {
+        ColumnarValue::Array(Arc::new(
+            arrow::array::LargeListArray::from_iter_primitive::<Int64Type, _, _>(
+                lens.iter()
+                    .map(|&n| Some((0..n as i64).map(Some).collect::<Vec<_>>())),
+            ),
+        ))
+    };
     let cases: Vec<(&str, Growth, Vec<ColumnarValue>, usize)> = vec![
         (
             "arrays_zip",
@@ -375,6 +394,12 @@ async fn zipped_and_searched_lists_are_reserved_before_they_are_made() {
             2,
         ),
         (
+            "arrays_zip",
+            Growth::Zipped,
+            vec![list(&(0..20_000).collect::<Vec<_>>()), wide(1, 4096)],
+            1,
+        ),
+        (
             "array_positions",
             Growth::Positions,
             vec![
@@ -394,13 +419,20 @@ async fn zipped_and_searched_lists_are_reserved_before_they_are_made() {
             ],
             2,
         ),
+        (
+            "arrays_zip",
+            Growth::Zipped,
+            vec![large(&[10_000, 0, 5]), numbers(&[1, 1, 1])],
+            3,
+        ),
     ];
     for (i, (name, growth, args, rows)) in cases.into_iter().enumerate() {
         let estimated = estimate(growth, &args, rows).unwrap();
         let unlisted = estimate(Growth::Unlisted { fixed_width: false }, &args, rows).unwrap();
         let made = made_by(name, args, rows);
-        // Positions of numbers take no more than the numbers.
-        if i < 4 {
+        // The last two take about what they are given: positions of numbers, and a long list
+        // zipped with short ones.
+        if i < 5 {
             assert!(
                 made > unlisted,
                 "{name} {i}: {made} made, {unlisted} reserved if not listed"

@@ -553,6 +553,33 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_with_a_number_past_a_doubles_range_is_refused() {
+        // The envelope's reader takes any exponent in the payload it keeps as text; `1e999`
+        // was stored, and every reader of the payload then refused it (a property test of
+        // `tests/props.rs` found `[631e99937827744286325073]`).
+        let long = "9".repeat(400);
+        for number in [
+            "1e999",
+            "631e99937827744286325073",
+            "-1.5E+400",
+            long.as_str(),
+        ] {
+            let raw = format!(r#"{{"type":"A","timestamp":1,"payload":{{"n":[{number}]}}}}"#);
+            let r = parse_event(0, &raw, "acme", 0, L, &none()).unwrap_err();
+            assert_eq!(r.code, "invalid_payload", "{raw}: {}", r.message);
+            assert!(
+                r.message.contains("number out of range"),
+                "{raw}: {}",
+                r.message
+            );
+        }
+        // Within it, a number is stored as written.
+        let raw = r#"{"type":"A","timestamp":1,"payload":{"n":[1.5e-3, -1E308, 1e-999]}}"#;
+        let e = parse_event(0, raw, "acme", 0, L, &none()).unwrap();
+        assert_eq!(e.payload, r#"{"n":[1.5e-3,-1E308,1e-999]}"#);
+    }
+
+    #[test]
     fn payloads_are_stored_as_sent_without_the_spaces_between_tokens() {
         let raw = r#"{"type":"A","timestamp":1,"payload": { "b" : [1, 2],
             "a" : "x y \" z\\" }}"#;

@@ -322,6 +322,20 @@ fn one_pass(json: &str) -> OnePass<'_> {
                 }
             }
             b',' => key_next = depth > 0 && open[depth - 1] != ARRAY,
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(bytes.len(), |n| i + n);
+                if !in_range(&bytes[i..end]) {
+                    return OnePass::Unsure;
+                }
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(&bytes[i..end]);
+                }
+                i = end;
+                continue;
+            }
             _ => {}
         }
         if let Some(out) = out.as_mut() {
@@ -337,6 +351,20 @@ fn one_pass(json: &str) -> OnePass<'_> {
             Err(_) => OnePass::Unsure,
         },
     }
+}
+
+/// Whether a JSON number's text is a finite double. The grammar takes any exponent, and so did
+/// the reading of the envelope, which keeps the payload as its text; readers of the stored
+/// payload refuse a number past a double's range (`1e999`, or an integer of 309 digits). Only
+/// a number with an exponent or of many digits can be past it, and only those are parsed.
+fn in_range(number: &[u8]) -> bool {
+    if number.len() < 300 && !number.iter().any(|b| matches!(b, b'e' | b'E')) {
+        return true;
+    }
+    std::str::from_utf8(number)
+        .ok()
+        .and_then(|n| n.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
 }
 
 /// Whether the `\u` escapes in a JSON string's text (between its quotes) that stand for
@@ -588,6 +616,34 @@ mod tests {
         ] {
             assert!(matches!(one_pass(paired), OnePass::Stored(_)), "{paired}");
         }
+    }
+
+    #[test]
+    fn numbers_past_a_doubles_range_are_left_to_the_parser() {
+        let long = format!(r#"{{"n":{}}}"#, "9".repeat(400));
+        for past in [
+            r#"{"n":1e999}"#,
+            r#"{"f":[631e99937827744286325073]}"#,
+            r#"{"n":-1.5E+400}"#,
+            long.as_str(),
+        ] {
+            assert!(matches!(one_pass(past), OnePass::Unsure), "{past}");
+            assert_eq!(stored_form(past), None, "{past}");
+        }
+        let long = format!(r#"{{"n":{}}}"#, "9".repeat(300));
+        for within in [
+            r#"{"n":1.5e-3}"#,
+            r#"{"n":-1e308}"#,
+            r#"{"n":1e-999}"#,
+            r#"{"t":true,"f":false,"z":0,"m":-0.5}"#,
+            long.as_str(),
+        ] {
+            assert!(matches!(one_pass(within), OnePass::Stored(_)), "{within}");
+        }
+        assert_eq!(
+            stored_form(r#"{"a": [1e3, -2.5E-1]}"#).as_deref(),
+            Some(r#"{"a":[1e3,-2.5E-1]}"#)
+        );
     }
 
     #[test]

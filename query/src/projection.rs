@@ -325,11 +325,17 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spill() -> Arc<DiskManager> {
-        crate::spill::manager(None, 1 << 30).unwrap()
-    }
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+
+    /// `run` over `batches`, with `memory` bytes and room to spill.
+    async fn run_in(
+        sql: &str,
+        batches: Vec<RecordBatch>,
+        memory: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let spill = crate::spill::manager(None, 1 << 30).unwrap();
+        run(sql, stream(batches), run_pool("t", memory), spill, LIMITS).await
+    }
 
     fn events() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
@@ -451,15 +457,7 @@ mod tests {
         )
         .unwrap();
         let sql = "SELECT CAST(ts AS DATE) AS day, type, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
-        let out = run(
-            sql,
-            stream(vec![batch]),
-            run_pool("t", 64 << 20),
-            spill(),
-            LIMITS,
-        )
-        .await
-        .unwrap();
+        let out = run_in(sql, vec![batch], 64 << 20).await.unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
             .unwrap()
             .to_string();
@@ -497,25 +495,11 @@ mod tests {
         let batch = one_day(n);
         let sql =
             "SELECT CAST(ts AS DATE) AS day, user_id, count(*) AS n FROM events GROUP BY 1, 2";
-        let e = run(
-            sql,
-            stream(vec![batch.clone()]),
-            run_pool("t", 64 << 10),
-            spill(),
-            LIMITS,
-        )
-        .await
-        .unwrap_err();
+        let e = run_in(sql, vec![batch.clone()], 64 << 10)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("Resources exhausted"), "{e}");
-        let out = run(
-            sql,
-            stream(vec![batch]),
-            run_pool("t", 256 << 20),
-            spill(),
-            LIMITS,
-        )
-        .await
-        .unwrap();
+        let out = run_in(sql, vec![batch], 256 << 20).await.unwrap();
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), n);
     }
 
@@ -529,30 +513,16 @@ mod tests {
                    FROM events GROUP BY 1";
         let columns = check(sql, events(), LIMITS).await.unwrap();
         assert_eq!(columns.fields().len(), 2);
-        let e = run(
-            sql,
-            stream(vec![batch.clone()]),
-            run_pool("t", 64 << 20),
-            spill(),
-            LIMITS,
-        )
-        .await
-        .unwrap_err();
+        let e = run_in(sql, vec![batch.clone()], 64 << 20)
+            .await
+            .unwrap_err();
         assert!(
             e.to_string().contains("repeat(…) needs 1500000000 bytes"),
             "{e}"
         );
         let sql = "SELECT CAST(ts AS DATE) AS day, max(length(repeat(event_id, 200000))) AS n \
                    FROM events GROUP BY 1";
-        let e = run(
-            sql,
-            stream(vec![batch]),
-            run_pool("t", 64 << 20),
-            spill(),
-            LIMITS,
-        )
-        .await
-        .unwrap_err();
+        let e = run_in(sql, vec![batch], 64 << 20).await.unwrap_err();
         assert!(
             e.to_string().contains("projection.memory_limit_bytes"),
             "{e}"

@@ -66,6 +66,9 @@ pub fn process_dir(root: &Path) -> Result<PathBuf> {
 /// seen between its creation and its locking.
 const MAKING: &str = ".making";
 
+/// How long a process waits for another to finish making its directory or removing others'.
+const MAKING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A directory `<root>/<name>` beside its lock file `<root>/<name>.lock`, held locked while
 /// the directory is in use (the lock goes with the process, however it ends).
 struct ProcessDir {
@@ -84,11 +87,29 @@ impl ProcessDir {
         std::fs::create_dir_all(root).map_err(io("create", root))?;
         let making_path = root.join(MAKING);
         let making = File::create(&making_path).map_err(io("create", &making_path))?;
-        // A file system without locks: each process keeps its own directory, and leaves the
-        // others' (their locks cannot be taken either).
-        if let Err(e) = making.lock() {
-            tracing::warn!(path = %making_path.display(), error = %e, "spill directory: locks unavailable; directories of stopped processes are not removed");
-        }
+        // Another process removing what stopped processes left holds it for as long as that
+        // takes; one that hangs holding it is waited for no longer than this.
+        let deadline = std::time::Instant::now() + MAKING_WAIT;
+        let serialized = loop {
+            match making.try_lock() {
+                Ok(()) => break true,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io("lock", &making_path)(std::io::Error::other(format!(
+                        "another process has held it for {} s; try again",
+                        MAKING_WAIT.as_secs()
+                    ))));
+                }
+                // A file system without locks: each process keeps its own directory and
+                // leaves the others'.
+                Err(std::fs::TryLockError::Error(e)) => {
+                    tracing::warn!(path = %making_path.display(), error = %e, "spill directory: locks unavailable; directories of stopped processes are not removed");
+                    break false;
+                }
+            }
+        };
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -108,7 +129,10 @@ impl ProcessDir {
                 tracing::warn!(path = %lock_path.display(), error = %e, "spill directory: cannot lock this process' directory");
             }
         }
-        remove_leftovers(root, &name)?;
+        // Only while no other process can be between making its lock file and locking it.
+        if serialized {
+            remove_leftovers(root, &name)?;
+        }
         let path = root.join(&name);
         std::fs::create_dir(&path).map_err(io("create", &path))?;
         Ok(ProcessDir { path, _lock: lock })

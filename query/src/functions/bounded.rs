@@ -544,7 +544,8 @@ fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<usize
                 // them.
                 total += rows as u128 * 9;
             }
-            total += longest.iter().sum::<u128>() * per_element * 2 + rows as u128 * 4;
+            // Per row: the zipped list's offset, and whether it is null (twice).
+            total += longest.iter().sum::<u128>() * per_element * 2 + rows as u128 * 6;
         }
         Growth::Positions => {
             for a in args {
